@@ -1,0 +1,61 @@
+"""Blocking twin of ModelWorkerClient, for scripts and threads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from modelwire.client.errors import from_rpc_error
+from modelwire.client.requests import Messages, build_request, count_request
+from modelwire.v1 import worker_pb2 as pb
+from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+
+class ModelWorkerSyncClient:
+    def __init__(self, address: str, *, timeout: float | None = 120.0, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+        self._stub = pb_grpc.ModelWorkerStub(self._channel)
+        self._timeout = timeout
+
+    def __enter__(self) -> ModelWorkerSyncClient:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def generate(self, model: str, messages: Messages, *, timeout: float | None = None, **sampling: Any) -> pb.ModelOutput:
+        try:
+            output: pb.ModelOutput = self._stub.Generate(build_request(model, messages, **sampling), timeout=timeout or self._timeout)
+            return output
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def stream(self, model: str, messages: Messages, *, timeout: float | None = None, **sampling: Any) -> Iterator[pb.ModelOutput]:
+        """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
+        call = self._stub.GenerateStream(build_request(model, messages, **sampling), timeout=timeout or self._timeout)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    def count_tokens(self, model: str, messages: Messages, *, timeout: float | None = None) -> pb.CountTokenResponse:
+        try:
+            response: pb.CountTokenResponse = self._stub.CountToken(count_request(model, messages), timeout=timeout or self._timeout)
+            return response
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def list_models(self, *, timeout: float | None = None) -> list[pb.ModelMetadata]:
+        try:
+            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return list(response.models)

@@ -1,0 +1,1 @@
+"""Assembly: configuration, clients, server, command line."""

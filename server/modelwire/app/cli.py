@@ -1,0 +1,121 @@
+"""`modelwire serve | generate | models | count-tokens`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
+from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient
+from modelwire.core.config import ConfigError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else embedded_default()
+    server = config.server
+    if args.host is not None:
+        server = replace(server, host=args.host)
+    if args.port is not None:
+        server = replace(server, port=args.port)
+    return replace(config, server=server)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from modelwire.app.server import Worker, serve
+
+    def announce(worker: Worker) -> None:
+        models = ", ".join(m.metadata.model for m in worker.models)
+        print(f"modelwire serving {models} on {worker.address}", flush=True)
+
+    asyncio.run(serve(_config(args), on_ready=announce))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async with ModelWorkerClient(args.address, timeout=args.timeout) as client:
+            async for chunk in client.stream(
+                args.model, args.prompt, temperature=args.temperature, max_new_tokens=args.max_new_tokens
+            ):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+
+    asyncio.run(run())
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    with ModelWorkerSyncClient(args.address, timeout=args.timeout) as client:
+        for model in client.list_models():
+            print(f"{model.model}\t{model.provider}\tcontext={model.context_length}\tmax_output={model.max_output_tokens}")
+    return 0
+
+
+def _count_tokens(args: argparse.Namespace) -> int:
+    with ModelWorkerSyncClient(args.address, timeout=args.timeout) as client:
+        count = client.count_tokens(args.model, args.prompt)
+    print(f"{count.count}\t{count.tokenizer}\t{'exact' if count.exact else 'estimate'}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelwire", description="gRPC model-serving worker for LLMs")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run a worker (the embedded gemma-3-270m without --config)")
+    serve.add_argument("--config", type=Path, help="TOML configuration file (docs/configuration.md)")
+    serve.add_argument("--host", help="overrides [server].host")
+    serve.add_argument("--port", type=int, help="overrides [server].port")
+    serve.set_defaults(run=_serve)
+
+    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--address", default=DEFAULT_ADDRESS, help=f"worker address (default {DEFAULT_ADDRESS})")
+        sub.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+        return sub
+
+    generate = client_command("generate", "stream a completion to stdout")
+    generate.add_argument("--model", default=EMBEDDED_MODEL)
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--max-new-tokens", type=int)
+    generate.add_argument("prompt")
+    generate.set_defaults(run=_generate)
+
+    models = client_command("models", "list the worker's models")
+    models.set_defaults(run=_models)
+
+    count = client_command("count-tokens", "count a prompt's tokens with the model's tokenizer")
+    count.add_argument("--model", default=EMBEDDED_MODEL)
+    count.add_argument("prompt")
+    count.set_defaults(run=_count_tokens)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.run(args)
+        return code
+    except ConfigError as error:
+        print(f"modelwire: invalid configuration: {error}", file=sys.stderr)
+        return 2
+    except ModelwireCallError as error:
+        print(f"modelwire: {error}", file=sys.stderr)
+        for field, description in error.field_violations.items():
+            print(f"  {field}: {description}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Domain types and typed errors: no grpc, no protobuf, no provider."""

@@ -1,0 +1,71 @@
+"""Typed errors: providers and the worker raise these, the edge maps each to one gRPC status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ModelwireError(Exception):
+    """Base of every error a caller may see; its message must be safe to show (no secrets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidRequest(ModelwireError):
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+class ModelNotFound(ModelwireError):
+    def __init__(self, model: str, served: list[str]) -> None:
+        self.model = model
+        self.served = served
+        super().__init__(f"model {model!r} is not served here; served models: {', '.join(served)}")
+
+
+class ContextLengthExceeded(ModelwireError):
+    def __init__(self, model: str, prompt_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"prompt has {prompt_tokens} tokens but model {model!r} has a context of "
+            f"{context_length} tokens; shorten the messages"
+        )
+
+
+class Overloaded(ModelwireError):
+    """The worker or the upstream cannot take the call now; retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class UpstreamUnavailable(ModelwireError):
+    """The provider could not be reached or failed on its side (connection error, 5xx)."""
+
+
+class UpstreamRejected(ModelwireError):
+    """The provider refused the request as malformed (its 400); the message is the provider's."""
+
+
+class UpstreamAuthFailed(ModelwireError):
+    def __init__(self) -> None:
+        super().__init__("upstream rejected the worker's credentials; check the worker's API key configuration")
+
+
+class UpstreamModelNotFound(ModelwireError):
+    """The provider does not know the configured upstream model."""
+
+
+class DeadlineExceeded(ModelwireError):
+    """The caller's deadline or the configured timeout passed before the work finished."""
+
+
+class TokenizerUnavailable(ModelwireError):
+    """No tokenizer data could be loaded offline for this model."""

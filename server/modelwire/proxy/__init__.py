@@ -1,0 +1,1 @@
+"""Proxy clients: one ProxyLLMClient subclass per provider; they know only the core."""

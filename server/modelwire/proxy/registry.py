@@ -1,0 +1,20 @@
+"""Provider name (the `provider` config key) → ProxyLLMClient subclass."""
+
+from __future__ import annotations
+
+from modelwire.core.config import ModelConfig
+from modelwire.proxy.base import ProxyLLMClient
+from modelwire.proxy.llamacpp import LlamaCppClient
+
+PROVIDERS: dict[str, type[ProxyLLMClient]] = {
+    LlamaCppClient.provider: LlamaCppClient,
+}
+
+
+def provider_class(model: ModelConfig) -> type[ProxyLLMClient]:
+    try:
+        return PROVIDERS[model.provider]
+    except KeyError:
+        raise model.provider_options.error(
+            "provider", f"unknown provider {model.provider!r}; known: {', '.join(sorted(PROVIDERS))}"
+        ) from None

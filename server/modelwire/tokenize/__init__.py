@@ -1,0 +1,1 @@
+"""Token counting that never touches the network."""

@@ -1,0 +1,1 @@
+"""The worker: the gRPC edge, validation, admission and the generation path."""

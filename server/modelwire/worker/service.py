@@ -1,0 +1,98 @@
+"""The generation path in domain terms: find the model, check the request, admit it, time it.
+
+The servicer calls this and only translates; nothing here knows grpc or protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+
+from modelwire.core.errors import ContextLengthExceeded, ModelNotFound
+from modelwire.core.types import (
+    FinishReason,
+    ModelMessage,
+    ModelMetadata,
+    ModelOutput,
+    ModelRequest,
+    Timing,
+    TokenCount,
+    Usage,
+    merge_outputs,
+)
+from modelwire.proxy.base import ProxyLLMClient
+from modelwire.worker.admission import Admission
+from modelwire.worker.validation import validate_request
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    metadata: ModelMetadata
+    client: ProxyLLMClient
+    admission: Admission
+
+
+class WorkerService:
+    def __init__(self, models: Sequence[ServedModel]) -> None:
+        self._models = {served.metadata.model: served for served in models}
+
+    def list_models(self) -> list[ModelMetadata]:
+        return [served.metadata for served in self._models.values()]
+
+    def served(self, model: str) -> ServedModel:
+        try:
+            return self._models[model]
+        except KeyError:
+            raise ModelNotFound(model, sorted(self._models)) from None
+
+    async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
+        served = self.served(model)
+        return await served.client.count_token(model, prompt)
+
+    async def generate(self, request: ModelRequest) -> ModelOutput:
+        return merge_outputs([chunk async for chunk in self.generate_stream(request)])
+
+    async def generate_stream(self, request: ModelRequest) -> AsyncIterator[ModelOutput]:
+        validate_request(request)
+        served = self.served(request.model)
+        request = await self._fit_context(served, request)
+        async with served.admission.slot():
+            started = time.perf_counter()
+            first_token_at: float | None = None
+            finished = False
+            async for chunk in served.client.generate_stream(request):
+                if first_token_at is None and (chunk.text or chunk.reasoning):
+                    first_token_at = time.perf_counter()
+                if chunk.finish_reason is not None:
+                    finished = True
+                    chunk = replace(chunk, timing=_timing(started, first_token_at, chunk.usage))
+                yield replace(chunk, model=request.model)
+            if not finished:
+                # A provider that ended without a final chunk still owes the caller finish_reason.
+                yield ModelOutput(
+                    finish_reason=FinishReason.STOP,
+                    usage=Usage(estimated=True),
+                    timing=_timing(started, first_token_at, None),
+                    model=request.model,
+                )
+
+    async def _fit_context(self, served: ServedModel, request: ModelRequest) -> ModelRequest:
+        """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left."""
+        context_length = served.metadata.context_length
+        prompt = await served.client.count_token(request.model, request.messages)
+        if prompt.count >= context_length:
+            raise ContextLengthExceeded(request.model, prompt.count, context_length)
+        room = min(context_length - prompt.count, served.metadata.max_output_tokens)
+        wanted = request.sampling.max_new_tokens
+        bounded = room if wanted is None else min(wanted, room)
+        return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
+
+
+def _timing(started: float, first_token_at: float | None, usage: Usage | None) -> Timing:
+    now = time.perf_counter()
+    ttft = (first_token_at or now) - started
+    decode_s = now - (first_token_at or now)
+    tokens = usage.completion_tokens if usage else 0
+    rate = (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0
+    return Timing(time_to_first_token_s=ttft, tokens_per_second=rate, total_s=now - started)
