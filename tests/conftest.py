@@ -1,0 +1,49 @@
+"""Shared fixtures: workers run in-process on 127.0.0.1 with an OS-chosen port, on the session loop."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+
+import pytest
+
+from modelwire.app.config import Config, ServerConfig, embedded_default
+from modelwire.app.server import Worker, build_worker
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def running_worker(config: Config) -> AsyncIterator[Worker]:
+    """A started worker on 127.0.0.1 and a free port; drained on exit."""
+    config = replace(config, server=replace(config.server, host="127.0.0.1", port=0))
+    worker = await build_worker(config)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.drain()
+
+
+WorkerFactory = Callable[[Config], AbstractAsyncContextManager[Worker]]
+
+
+@pytest.fixture
+def worker_factory() -> WorkerFactory:
+    return running_worker
+
+
+@pytest.fixture(scope="session")
+async def embedded_worker() -> AsyncIterator[Worker]:
+    """The embedded default (gemma-3-270m through llamacpp), shared by the tests that only read."""
+    config = embedded_default()
+    config = replace(config, server=ServerConfig(grace_period_s=1.0), models=(replace(config.models[0], max_concurrency=2),))
+    async with running_worker(config) as worker:
+        yield worker
