@@ -1,0 +1,84 @@
+"""A blocking test provider: implements only sync_generate_stream, like a provider whose SDK blocks.
+
+It records what the base class did to it (threads in use, chunks produced after a cancel, closes),
+so tests can check the contract rather than trust it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+from typing import Self
+
+from modelwire.core.config import ModelConfig
+from modelwire.core.types import FinishReason, ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
+from modelwire.proxy.base import ProxyLLMClient
+from modelwire.tokenize.tiktoken_counter import count_tokens
+
+PROVIDER = "blocking-test"
+
+
+class BlockingTestClient(ProxyLLMClient):
+    """Yields `tokens` words "w0 w1 …", each after `token_delay_s`; counts tokens as gpt-4 does."""
+
+    provider = PROVIDER
+    instances: list[BlockingTestClient] = []
+
+    def __init__(self, metadata: ModelMetadata, executor: Executor, tokens: int, token_delay_s: float) -> None:
+        super().__init__(metadata, executor)
+        self.tokens = tokens
+        self.token_delay_s = token_delay_s
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.started = 0
+        self.closed = 0
+        self.produced = 0
+        self.all_closed = threading.Condition(self.lock)
+        BlockingTestClient.instances.append(self)
+
+    @classmethod
+    def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
+        options = params.provider_options
+        tokens = options.int("tokens", 20, minimum=0)
+        delay = options.float("token_delay_s", 0.0, minimum=0.0)
+        params.reject_unknown_options()
+        metadata = ModelMetadata(
+            model=params.name,
+            provider=cls.provider,
+            context_length=params.context_length or 8192,
+            max_output_tokens=params.max_output_tokens or 4096,
+        )
+        return cls(metadata, executor, tokens, delay)
+
+    async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
+        return count_tokens("gpt-4", prompt)
+
+    def sync_generate_stream(self, request: ModelRequest) -> Iterator[ModelOutput]:
+        with self.lock:
+            self.active += 1
+            self.started += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            limit = min(self.tokens, request.sampling.max_new_tokens or self.tokens)
+            for index in range(limit):
+                time.sleep(self.token_delay_s)
+                with self.lock:
+                    self.produced += 1
+                yield ModelOutput(text=f"w{index} ")
+            yield ModelOutput(
+                finish_reason=FinishReason.LENGTH if limit < self.tokens else FinishReason.STOP,
+                usage=Usage(prompt_tokens=1, completion_tokens=limit),
+            )
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.closed += 1
+                self.all_closed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no generation runs any more (every started generator was closed)."""
+        with self.lock:
+            return self.all_closed.wait_for(lambda: self.active == 0, timeout)
