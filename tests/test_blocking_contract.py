@@ -1,0 +1,124 @@
+"""The ProxyLLMClient contract with a blocking provider: async over sync, sync over stream, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from modelwire.app.config import Config, ServerConfig
+from modelwire.core.config import ModelConfig, Table
+from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
+from modelwire.client import ModelwireCallError, ModelWorkerClient
+from modelwire.proxy import registry
+from tests.blocking_provider import PROVIDER, BlockingTestClient
+from tests.conftest import WorkerFactory
+
+REQUEST = ModelRequest(model="slow", messages=(ModelMessage(Role.USER, "hi"),))
+
+
+@pytest.fixture(autouse=True)
+def blocking_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setitem(registry.PROVIDERS, PROVIDER, BlockingTestClient)
+    BlockingTestClient.instances.clear()
+    yield
+
+
+def model_config(name: str = "slow", **options: object) -> ModelConfig:
+    table = Table({"name": name, "provider": PROVIDER, **options}, "models[0]", "<test>")
+    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=4, max_queue=100, provider_options=table)
+
+
+def client_of(executor: ThreadPoolExecutor, **options: object) -> BlockingTestClient:
+    return BlockingTestClient.new_client(model_config(**options), executor)
+
+
+async def test_async_stream_over_sync_stream_yields_deltas_then_final_chunk() -> None:
+    with ThreadPoolExecutor(2) as executor:
+        client = client_of(executor, tokens=3)
+        chunks = [chunk async for chunk in client.generate_stream(REQUEST)]
+
+    assert [chunk.text for chunk in chunks] == ["w0 ", "w1 ", "w2 ", ""]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert all(chunk.finish_reason is None for chunk in chunks[:-1])
+
+
+async def test_generate_and_sync_generate_are_the_merged_stream() -> None:
+    with ThreadPoolExecutor(2) as executor:
+        client = client_of(executor, tokens=4)
+        unary = await client.generate(REQUEST)
+        blocking = await asyncio.to_thread(client.sync_generate, REQUEST)
+
+    assert unary.text == blocking.text == "w0 w1 w2 w3 "
+    assert unary.usage == blocking.usage
+    assert unary.finish_reason == blocking.finish_reason is not None
+
+
+async def test_message_converter_runs_before_the_provider_sees_messages() -> None:
+    seen: list[tuple[ModelMessage, ...]] = []
+
+    def shout(messages: tuple[ModelMessage, ...]) -> tuple[ModelMessage, ...]:
+        converted = tuple(replace(m, content=m.content.upper()) for m in messages)
+        seen.append(converted)
+        return converted
+
+    with ThreadPoolExecutor(2) as executor:
+        client = client_of(executor, tokens=1)
+        await client.generate(REQUEST, message_converter=shout)  # type: ignore[arg-type]
+
+    assert seen == [(ModelMessage(Role.USER, "HI"),)]
+
+
+async def test_provider_error_reaches_the_consumer() -> None:
+    class Failing(BlockingTestClient):
+        def sync_generate_stream(self, request: ModelRequest) -> Iterator:  # type: ignore[type-arg]
+            yield from super().sync_generate_stream(replace(request, sampling=SamplingParams(max_new_tokens=1)))
+            raise ValueError("boom")
+
+    with ThreadPoolExecutor(2) as executor:
+        client = Failing.new_client(model_config(tokens=5), executor)
+        with pytest.raises(ValueError, match="boom"):
+            [chunk async for chunk in client.generate_stream(REQUEST)]
+
+
+def worker_config(threads: int, **options: object) -> Config:
+    return Config(server=ServerConfig(grace_period_s=1.0, blocking_threads=threads), models=(model_config(**options),))
+
+
+async def test_cancelled_streams_stop_within_a_token_and_free_the_pool(worker_factory: WorkerFactory) -> None:
+    """50 streams cancelled after their first chunk: each generator stops, the 4-thread pool is free."""
+    async with worker_factory(worker_config(threads=4, tokens=10_000, token_delay_s=0.01)) as worker:
+        provider = BlockingTestClient.instances[-1]
+        async with ModelWorkerClient(worker.address, timeout=30) as client:
+            for _ in range(50):
+                async for _chunk in client.stream("slow", "hi"):
+                    break
+            assert await asyncio.to_thread(provider.wait_idle, 5.0), "a cancelled generation kept running"
+            # Each stream produced its first token, at most one more while the cancel travelled, and
+            # no run went on: 10,000 tokens per stream would have been produced otherwise.
+            assert provider.started == provider.closed == 50
+            assert provider.produced <= 50 * 3
+
+            after = await asyncio.wait_for(client.generate("slow", "hi", max_new_tokens=3), 5)
+            assert after.text == "w0 w1 w2 "
+
+
+async def test_deadline_stops_the_blocking_generation(worker_factory: WorkerFactory) -> None:
+    async with worker_factory(worker_config(threads=2, tokens=10_000, token_delay_s=0.01)) as worker:
+        provider = BlockingTestClient.instances[-1]
+        async with ModelWorkerClient(worker.address) as client:
+            with pytest.raises(ModelwireCallError) as raised:
+                await client.generate("slow", "hi", timeout=0.2)
+            assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await asyncio.to_thread(provider.wait_idle, 5.0)
+            assert provider.produced < 1000
+
+
+def test_model_config_table_rejects_unknown_provider_keys() -> None:
+    with ThreadPoolExecutor(1) as executor, pytest.raises(Exception, match=r"models\[0\]\.tokenz: is not a known key"):
+        client_of(executor, tokenz=3)
+
