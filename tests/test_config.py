@@ -1,0 +1,95 @@
+"""An invalid configuration fails at start and names the file, the key and the reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelwire.app.config import EMBEDDED_MODEL, load_config
+from modelwire.core.config import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "modelwire.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_loads(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+[server]
+host = "0.0.0.0"
+port = 6000
+grace_period_s = 3
+blocking_threads = 2
+
+[[models]]
+name = "gemma-3-270m"
+provider = "llamacpp"
+context_length = 1024
+max_concurrency = 2
+max_queue = 5
+""",
+        )
+    )
+    assert (config.server.host, config.server.port, config.server.grace_period_s) == ("0.0.0.0", 6000, 3.0)
+    model = config.models[0]
+    assert (model.name, model.provider, model.context_length, model.max_concurrency, model.max_queue) == (
+        "gemma-3-270m", "llamacpp", 1024, 2, 5,
+    )
+
+
+def test_no_models_means_the_embedded_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[server]\nport = 7000\n"))
+    assert [m.name for m in config.models] == [EMBEDDED_MODEL]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nport = \"x\"\n", r"server\.port: must be an integer, got str"),
+        ("[server]\nport = -1\n", r"server\.port: must be at least 0, got -1"),
+        ("[server]\nhots = \"x\"\n", r"server\.hots: is not a known key"),
+        ("[[models]]\nprovider = \"llamacpp\"\n", r"models\[0\]\.name: is required"),
+        ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\nmax_concurrency = 0\n", r"models\[0\]\.max_concurrency: must be at least 1"),
+        ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n", r"models: model name 'a' is configured twice"),
+        ("[server\n", r"not valid TOML"),
+        ("models = 3\n", r"models: must be an array of tables"),
+    ],
+)
+def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(path)
+    assert str(raised.value).startswith(f"{path}: ")
+
+
+def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Path) -> None:
+    bad_provider = write(tmp_path, '[[models]]\nname = "a"\nprovider = "openia"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(bad_provider), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{bad_provider}: models[0].provider: unknown provider 'openia'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[models]]\nname = "a"\nprovider = "llamacpp"\nn_thread = 2\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(typo), "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{typo}: models[0].n_thread: is not a known key" in result.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml")
