@@ -1,0 +1,69 @@
+"""SIGTERM on a real worker process: NOT_SERVING at once, new calls refused, the stream in flight completes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelwire.client import ModelwireCallError, ModelWorkerClient
+from tests.conftest import free_port
+
+MODEL = "gemma-3-270m"
+
+
+@pytest.fixture
+async def worker_process(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    port = free_port()
+    config = tmp_path / "modelwire.toml"
+    config.write_text(f'[server]\nport = {port}\ngrace_period_s = 30\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 120)
+    assert line.decode().startswith(f"modelwire serving {MODEL} on 127.0.0.1:{port}"), line
+    try:
+        yield process, f"127.0.0.1:{port}"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def refused_within(client: ModelWorkerClient, attempts: int) -> grpc.StatusCode | None:
+    """NOT_SERVING is announced just before the port stops accepting; a call may slip in between."""
+    for _ in range(attempts):
+        try:
+            await client.generate(MODEL, "hi", max_new_tokens=1)
+        except ModelwireCallError as error:
+            return error.code
+    return None
+
+
+async def test_sigterm_drains_the_stream_in_flight(worker_process: tuple[asyncio.subprocess.Process, str]) -> None:
+    process, address = worker_process
+    async with grpc.aio.insecure_channel(address) as channel, ModelWorkerClient(address, timeout=60) as client:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+        stream = client.stream(MODEL, "Count from one to a hundred.", temperature=0, max_new_tokens=200)
+        chunks = [await anext(stream)]
+        process.send_signal(signal.SIGTERM)
+
+        assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await refused_within(client, attempts=50) == grpc.StatusCode.UNAVAILABLE
+
+        chunks += [chunk async for chunk in stream]
+        last = chunks[-1]
+        assert last.usage.completion_tokens == 200, "the call in flight was cut short"
+        assert last.finish_reason != 0
+
+    assert await asyncio.wait_for(process.wait(), 30) == 0
