@@ -6,10 +6,12 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
-PROTOS := $(shell find protos -name '*.proto')
+PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install proto run test lint typecheck clean
+.PHONY: install proto run test typecheck pytest clean
 
+# One install for everything: the server, the local model (llama-cpp-python compiles here, about
+# 5 minutes on 2 cores the first time; pip caches the wheel) and the test tools.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip wheel
@@ -27,9 +29,13 @@ proto: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/modelwire serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+typecheck: $(STAMP)
 	$(PY) -m mypy
+
+pytest: $(STAMP)
 	$(PY) -m pytest
+
+test: typecheck pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info

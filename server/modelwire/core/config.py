@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,17 +19,17 @@ class ConfigError(Exception):
 class Table:
     """A TOML table that knows where it came from, so errors can say `file: models[0].port: reason`."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, source: str) -> None:
+    def __init__(self, data: Mapping[builtins.str, Any], path: builtins.str, source: builtins.str) -> None:
         self._data = data
         self._path = path
         self._source = source
-        self._read: set[str] = set()
+        self._read: set[builtins.str] = set()
 
-    def error(self, key: str, reason: str) -> ConfigError:
+    def error(self, key: builtins.str, reason: builtins.str) -> ConfigError:
         where = f"{self._path}.{key}" if self._path else key
         return ConfigError(f"{self._source}: {where}: {reason}")
 
-    def _get(self, key: str, kind: type | tuple[type, ...], kind_name: str, default: Any) -> Any:
+    def _get(self, key: builtins.str, kind: type | tuple[type, ...], kind_name: builtins.str, default: Any) -> Any:
         self._read.add(key)
         if key not in self._data:
             if default is _REQUIRED:
@@ -39,36 +40,36 @@ class Table:
             raise self.error(key, f"must be {kind_name}, got {type(value).__name__}")
         return value
 
-    def str(self, key: str, default: Any = None) -> Any:
+    def str(self, key: builtins.str, default: Any = None) -> Any:
         return self._get(key, str, "a string", default)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: bool) -> bool:
         value: bool = self._get(key, bool, "true or false", default)
         return value
 
-    def int(self, key: str, default: Any, minimum: int | None = None) -> Any:
+    def int(self, key: builtins.str, default: Any, minimum: int | None = None) -> Any:
         value = self._get(key, int, "an integer", default)
         if value is not None and minimum is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def float(self, key: str, default: Any, minimum: float | None = None) -> Any:
+    def float(self, key: builtins.str, default: Any, minimum: float | None = None) -> Any:
         value = self._get(key, (int, float), "a number", default)
         if value is not None and minimum is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
         return None if value is None else float(value)
 
-    def str_map(self, key: str) -> dict[str, str]:
+    def str_map(self, key: builtins.str) -> dict[builtins.str, builtins.str]:
         value = self._get(key, dict, "a table of strings", {})
         for name, item in value.items():
             if not isinstance(item, str):
                 raise self.error(f"{key}.{name}", "must be a string")
         return dict(value)
 
-    def sub(self, key: str) -> Table:
+    def sub(self, key: builtins.str) -> Table:
         return Table(self._get(key, dict, "a table", {}), f"{self._path}.{key}" if self._path else key, self._source)
 
-    def tables(self, key: str) -> list[Table]:
+    def tables(self, key: builtins.str) -> builtins.list[Table]:
         """An array of tables such as [[models]]."""
         items = self._get(key, list, "an array of tables", [])
         for index, item in enumerate(items):
@@ -76,7 +77,7 @@ class Table:
                 raise self.error(f"{key}[{index}]", "must be a table")
         return [Table(item, f"{key}[{index}]", self._source) for index, item in enumerate(items)]
 
-    def reject_unknown(self, also_known: frozenset[str] = frozenset()) -> None:
+    def reject_unknown(self, also_known: frozenset[builtins.str] = frozenset()) -> None:
         unknown = sorted(set(self._data) - self._read - also_known)
         if unknown:
             raise self.error(unknown[0], "is not a known key (see docs/configuration.md)")

@@ -44,7 +44,7 @@ _DETAIL_TYPES = (
 def from_rpc_error(error: grpc.RpcError) -> ModelwireCallError:
     """Works for sync and aio errors alike: both carry the rich status in trailing metadata."""
     details: list[object] = []
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in error.trailing_metadata() or ():
         if key != rpc_status.GRPC_DETAILS_METADATA_KEY:
             continue
         for packed in status_pb2.Status.FromString(value).details:
@@ -53,4 +53,4 @@ def from_rpc_error(error: grpc.RpcError) -> ModelwireCallError:
                     detail = kind()
                     packed.Unpack(detail)
                     details.append(detail)
-    return ModelwireCallError(error.code(), error.details() or "", details)  # type: ignore[attr-defined]
+    return ModelwireCallError(error.code(), error.details() or "", details)
