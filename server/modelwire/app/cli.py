@@ -11,7 +11,9 @@ from pathlib import Path
 
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
 from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient
+from modelwire.app.processes import CHILD_FLAG
 from modelwire.core.config import ConfigError
+from modelwire.observe.logs import configure_logging
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -19,21 +21,30 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else embedded_default()
     server = config.server
-    if args.host is not None:
-        server = replace(server, host=args.host)
-    if args.port is not None:
-        server = replace(server, port=args.port)
-    return replace(config, server=server)
+    for key in ("host", "port", "processes"):
+        if getattr(args, key) is not None:
+            server = replace(server, **{key: getattr(args, key)})
+    observability = config.observability
+    if args.metrics_port is not None:
+        observability = replace(observability, metrics_port=args.metrics_port)
+    return replace(config, server=server, observability=observability)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    configure_logging(args.log_level, config.observability.log_format)
+    if config.server.processes > 1 and not args.child:
+        from modelwire.app.processes import supervise
+
+        return supervise(config, sys.argv[1:])
+
     from modelwire.app.server import Worker, serve
 
     def announce(worker: Worker) -> None:
         models = ", ".join(m.metadata.model for m in worker.models)
         print(f"modelwire serving {models} on {worker.address}", flush=True)
 
-    asyncio.run(serve(_config(args), on_ready=announce))
+    asyncio.run(serve(config, on_ready=announce, serve_metrics_here=not args.child))
     return 0
 
 
@@ -67,13 +78,16 @@ def _count_tokens(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelwire", description="gRPC model-serving worker for LLMs")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="the worker's log level")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run a worker (the embedded gemma-3-270m without --config)")
     serve.add_argument("--config", type=Path, help="TOML configuration file (docs/configuration.md)")
     serve.add_argument("--host", help="overrides [server].host")
     serve.add_argument("--port", type=int, help="overrides [server].port")
+    serve.add_argument("--processes", type=int, help="overrides [server].processes (processes sharing the port)")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default)")
+    serve.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
@@ -101,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.run(args)
         return code

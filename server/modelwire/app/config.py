@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelwire.core.config import REQUIRED, ConfigError, ModelConfig, Table
 
 EMBEDDED_MODEL = "gemma-3-270m"
+
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -17,12 +21,54 @@ class ServerConfig:
     port: int = 50051
     grace_period_s: float = 10.0
     blocking_threads: int = 8
+    # Processes sharing the port; a configuration file defaults to one per CPU.
+    processes: int = 1
+    max_receive_message_bytes: int = 4 * MIB
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """One bearer token; `models` None means every model. The token never appears in a repr."""
+
+    name: str
+    token: str = field(repr=False)
+    models: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    grants: tuple[TokenGrant, ...]
+    protect_health: bool = False
+    protect_reflection: bool = False
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    tracing: bool = False
+    otlp_endpoint: str | None = None
+    log_format: str = "json"
 
 
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig
     models: tuple[ModelConfig, ...]
+    auth: AuthConfig | None = None
+    tls: TlsConfig | None = None
+    observability: ObservabilityConfig = ObservabilityConfig()
 
 
 def embedded_default() -> Config:
@@ -58,19 +104,110 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     root = Table(data, "", source)
     server_table = root.sub("server")
+    defaults = ServerConfig()
     server = ServerConfig(
-        host=server_table.str("host", ServerConfig.host),
-        port=server_table.int("port", ServerConfig.port, minimum=0),
-        grace_period_s=server_table.float("grace_period_s", ServerConfig.grace_period_s, minimum=0),
-        blocking_threads=server_table.int("blocking_threads", ServerConfig.blocking_threads, minimum=1),
+        host=server_table.str("host", defaults.host),
+        port=server_table.int("port", defaults.port, minimum=0),
+        grace_period_s=server_table.float("grace_period_s", defaults.grace_period_s, minimum=0),
+        blocking_threads=server_table.int("blocking_threads", defaults.blocking_threads, minimum=1),
+        processes=server_table.int("processes", os.cpu_count() or 1, minimum=1),
+        max_receive_message_bytes=server_table.int("max_receive_message_bytes", defaults.max_receive_message_bytes, minimum=1024),
+        keepalive_time_s=server_table.float("keepalive_time_s", defaults.keepalive_time_s, minimum=1),
+        keepalive_timeout_s=server_table.float("keepalive_timeout_s", defaults.keepalive_timeout_s, minimum=1),
+        max_connection_age_s=server_table.float("max_connection_age_s", None, minimum=1),
+        max_connection_age_grace_s=server_table.float("max_connection_age_grace_s", defaults.max_connection_age_grace_s, minimum=0),
     )
     server_table.reject_unknown()
-    models = [_parse_model(table) for table in root.tables("models")]
+    models = [_parse_model(table) for table in root.tables("models")] or list(embedded_default().models)
+    auth = _parse_auth(root.sub("auth"), path.parent) if "auth" in data else None
+    tls = _parse_tls(root.sub("tls"), path.parent) if "tls" in data else None
+    observability = _parse_observability(root.sub("observability"))
     root.reject_unknown()
-    if not models:
-        return Config(server=server, models=embedded_default().models)
     names = [model.name for model in models]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise root.error("models", f"model name {duplicates[0]!r} is configured twice")
-    return Config(server=server, models=tuple(models))
+    return Config(server=server, models=tuple(models), auth=auth, tls=tls, observability=observability)
+
+
+def _relative_file(table: Table, key: str, base: Path, required: bool) -> Path | None:
+    """Paths in the file are relative to the file; the file must exist at start, not at first use."""
+    value: str | None = table.str(key, REQUIRED if required else None)
+    if value is None:
+        return None
+    path = (base / value).expanduser()
+    if not path.is_file():
+        raise table.error(key, f"no such file: {path}")
+    return path
+
+
+def _parse_auth(table: Table, base: Path) -> AuthConfig:
+    grants: list[TokenGrant] = []
+    tokens_file = _relative_file(table, "tokens_file", base, required=False)
+    if tokens_file is not None:
+        grants += _read_token_file(tokens_file)
+    tokens_env = table.str("tokens_env", None)
+    if tokens_env is not None:
+        value = os.environ.get(tokens_env)
+        if not value:
+            raise table.error("tokens_env", f"environment variable {tokens_env} is not set or empty")
+        grants += [TokenGrant(name=f"{tokens_env}[{index}]", token=token.strip()) for index, token in enumerate(value.split(",")) if token.strip()]
+    if not grants:
+        raise table.error("tokens_file", "auth needs tokens: set tokens_file, tokens_env or both")
+    config = AuthConfig(
+        grants=tuple(grants),
+        protect_health=table.bool("protect_health", False),
+        protect_reflection=table.bool("protect_reflection", False),
+    )
+    table.reject_unknown()
+    return config
+
+
+def _read_token_file(path: Path) -> list[TokenGrant]:
+    """`[[tokens]]` tables with `name`, `token` and an optional `models` allow-list."""
+    source = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    root = Table(data, "", source)
+    grants = []
+    for table in root.tables("tokens"):
+        models = table.str_list("models")
+        grants.append(
+            TokenGrant(
+                name=table.str("name", REQUIRED),
+                token=table.str("token", REQUIRED),
+                models=frozenset(models) if models is not None else None,
+            )
+        )
+        table.reject_unknown()
+    root.reject_unknown()
+    if len({grant.token for grant in grants}) != len(grants):
+        raise root.error("tokens", "the same token is listed twice")
+    return grants
+
+
+def _parse_tls(table: Table, base: Path) -> TlsConfig:
+    cert = _relative_file(table, "cert_file", base, required=True)
+    key = _relative_file(table, "key_file", base, required=True)
+    assert cert is not None and key is not None
+    config = TlsConfig(cert_file=cert, key_file=key, client_ca_file=_relative_file(table, "client_ca_file", base, required=False))
+    table.reject_unknown()
+    return config
+
+
+def _parse_observability(table: Table) -> ObservabilityConfig:
+    defaults = ObservabilityConfig()
+    log_format = table.str("log_format", defaults.log_format)
+    if log_format not in ("json", "text"):
+        raise table.error("log_format", f'must be "json" or "text", got {log_format!r}')
+    config = ObservabilityConfig(
+        metrics_port=table.int("metrics_port", None, minimum=0),
+        metrics_host=table.str("metrics_host", defaults.metrics_host),
+        tracing=table.bool("tracing", False),
+        otlp_endpoint=table.str("otlp_endpoint", None),
+        log_format=log_format,
+    )
+    table.reject_unknown()
+    return config

@@ -12,7 +12,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelwire.app.config import Config
+from modelwire.app.config import Config, ServerConfig, TlsConfig
+from modelwire.observe import tracing
+from modelwire.observe.auth import BearerAuth
+from modelwire.observe.interceptor import CallObserver
+from modelwire.observe.metrics import WorkerMetrics, serve_metrics
 from modelwire.proxy.registry import provider_class
 from modelwire.v1 import worker_pb2, worker_pb2_grpc
 from modelwire.worker.admission import Admission
@@ -36,6 +40,43 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
     return served
 
 
+def _server_options(server: ServerConfig) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_receive_message_length", server.max_receive_message_bytes),
+        ("grpc.keepalive_time_ms", int(server.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(server.keepalive_timeout_s * 1000)),
+        # Several processes share one port only on purpose; otherwise a second worker on a busy
+        # port must fail instead of silently splitting its traffic.
+        ("grpc.so_reuseport", 1 if server.processes > 1 else 0),
+    ]
+    if server.max_connection_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(server.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(server.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+def _interceptors(config: Config, metrics: WorkerMetrics) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first: tracing sees everything, the observer logs refused calls too, auth is last."""
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if config.observability.tracing:
+        interceptors.append(tracing.server_interceptor(config.observability.otlp_endpoint))
+    interceptors.append(CallObserver(metrics))
+    if config.auth is not None:
+        interceptors.append(BearerAuth(config.auth))
+    return interceptors
+
+
+def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 class Worker:
     """A running gRPC worker: ModelWorker, health and reflection on one port."""
 
@@ -43,15 +84,24 @@ class Worker:
         self.config = config
         self.models = models
         self._executor = executor
+        self.metrics = WorkerMetrics()
+        for served in models:
+            served.admission.observer = self.metrics.admission_changed
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(
+            interceptors=_interceptors(config, self.metrics), options=_server_options(config.server)
+        )
         worker_pb2_grpc.add_ModelWorkerServicer_to_server(ModelWorkerServicer(WorkerService(models)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (WORKER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+        bind = f"{config.server.host}:{config.server.port}"
+        if config.tls is not None:
+            self.port = self.server.add_secure_port(bind, _server_credentials(config.tls))
+        else:
+            self.port = self.server.add_insecure_port(bind)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.server.host}:{config.server.port}")
 
@@ -78,10 +128,14 @@ async def build_worker(config: Config) -> Worker:
     return Worker(config, await load_models(config, executor), executor)
 
 
-async def serve(config: Config, on_ready: Callable[[Worker], None] | None = None) -> None:
+async def serve(config: Config, on_ready: Callable[[Worker], None] | None = None, serve_metrics_here: bool = True) -> None:
     """Runs until SIGTERM or SIGINT, then drains within the configured grace period."""
     worker = await build_worker(config)
     await worker.start()
+    metrics_port = config.observability.metrics_port
+    if serve_metrics_here and metrics_port is not None:
+        bound = serve_metrics(worker.metrics, config.observability.metrics_host, metrics_port)
+        logger.info("metrics on http://%s:%d/metrics", config.observability.metrics_host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

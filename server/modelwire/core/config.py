@@ -66,6 +66,14 @@ class Table:
                 raise self.error(f"{key}.{name}", "must be a string")
         return dict(value)
 
+    def str_list(self, key: builtins.str) -> builtins.list[builtins.str] | None:
+        value = self._get(key, builtins.list, "an array of strings", None)
+        if value is None:
+            return None
+        if not all(isinstance(item, builtins.str) for item in value):
+            raise self.error(key, "must be an array of strings")
+        return [builtins.str(item) for item in value]
+
     def sub(self, key: builtins.str) -> Table:
         return Table(self._get(key, dict, "a table", {}), f"{self._path}.{key}" if self._path else key, self._source)
 

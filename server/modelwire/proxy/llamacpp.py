@@ -55,6 +55,13 @@ def embedded_model_path() -> Path:
     return path
 
 
+def _default_threads() -> int:
+    """All cores, shared out among the processes started by `--processes` (which export their count):
+    llama.cpp threads spin while they wait, so oversubscribing cores slows every process down."""
+    processes = int(os.environ.get("MODELWIRE_PROCESSES", "1"))
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 @dataclass(frozen=True)
 class LlamaCppParams:
     model_path: Path | None
@@ -70,7 +77,7 @@ def _parse_params(config: ModelConfig) -> LlamaCppParams:
         raise options.error("chat_format", "must be \"gemma\" (the only chat format modelwire formats itself)")
     params = LlamaCppParams(
         model_path=Path(model_path).expanduser() if model_path else None,
-        n_threads=options.int("n_threads", os.cpu_count() or 1, minimum=1),
+        n_threads=options.int("n_threads", _default_threads(), minimum=1),
         chat_format=chat_format,
     )
     if params.model_path is not None and not params.model_path.is_file():

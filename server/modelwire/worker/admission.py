@@ -7,7 +7,7 @@ that is cancelled leaves the queue at once because it is only an asyncio waiter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from modelwire.core.errors import Overloaded
@@ -23,6 +23,12 @@ class Admission:
         self.in_flight = 0
         self.queued = 0
         self._slots = asyncio.Semaphore(max_concurrency)
+        # Told (model, in_flight, queued) after every change, e.g. to keep gauges current.
+        self.observer: Callable[[str, int, int], None] | None = None
+
+    def _changed(self) -> None:
+        if self.observer is not None:
+            self.observer(self.model, self.in_flight, self.queued)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -33,13 +39,17 @@ class Admission:
                 retry_after_s=RETRY_AFTER_S,
             )
         self.queued += 1
+        self._changed()
         try:
             await self._slots.acquire()
         finally:
             self.queued -= 1
+            self._changed()
         self.in_flight += 1
+        self._changed()
         try:
             yield
         finally:
             self.in_flight -= 1
             self._slots.release()
+            self._changed()

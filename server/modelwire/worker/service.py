@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from modelwire.core.errors import ContextLengthExceeded, ModelNotFound
@@ -19,8 +20,8 @@ from modelwire.core.types import (
     Timing,
     TokenCount,
     Usage,
-    merge_outputs,
 )
+from modelwire.observe.tracing import upstream_span
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
 from modelwire.worker.validation import validate_request
@@ -50,14 +51,32 @@ class WorkerService:
         served = self.served(model)
         return await served.client.count_token(model, prompt)
 
-    async def generate(self, request: ModelRequest) -> ModelOutput:
-        return merge_outputs([chunk async for chunk in self.generate_stream(request)])
-
-    async def generate_stream(self, request: ModelRequest) -> AsyncIterator[ModelOutput]:
+    @asynccontextmanager
+    async def _admitted(self, request: ModelRequest) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
+        """Everything a generation passes before the provider: checks, context fit, a slot, a span."""
         validate_request(request)
         served = self.served(request.model)
         request = await self._fit_context(served, request)
         async with served.admission.slot():
+            with upstream_span(served.metadata.provider, request.model):
+                yield served, request
+
+    async def generate(self, request: ModelRequest) -> ModelOutput:
+        """Unary goes through the provider's own `generate`: an HTTP provider then makes one
+        non-streaming upstream call and reports the upstream's usage; the base class derives it
+        from the stream for the others."""
+        async with self._admitted(request) as (served, request):
+            started = time.perf_counter()
+            output = await served.client.generate(request)
+            return replace(
+                output,
+                finish_reason=output.finish_reason or FinishReason.STOP,
+                timing=_timing(started, None, output.usage),
+                model=request.model,
+            )
+
+    async def generate_stream(self, request: ModelRequest) -> AsyncIterator[ModelOutput]:
+        async with self._admitted(request) as (served, request):
             started = time.perf_counter()
             first_token_at: float | None = None
             finished = False

@@ -12,7 +12,8 @@ from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
 from modelwire.worker.service import WorkerService
-from modelwire.worker.status import to_status
+from modelwire.observe.call_record import note_error_kind
+from modelwire.worker.status import error_kind, to_status
 
 
 class CallScope:
@@ -37,7 +38,11 @@ class CallScope:
         except TimeoutError as expired:
             error = expired
         if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
-            await self._context.abort_with_status(to_status(error))
+            note_error_kind(error_kind(error))
+            status = to_status(error)
+            # Keep what the interceptors already put in the trailer (request id) next to the details.
+            trailer = tuple(self._context.trailing_metadata() or ()) + tuple(status.trailing_metadata)
+            await self._context.abort(status.code, status.details, trailer)
 
 
 class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):

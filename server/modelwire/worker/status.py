@@ -66,6 +66,16 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
     return []
 
 
+def error_kind(error: BaseException) -> str:
+    """A stable label for metrics and logs: the typed error's name in snake case, else `internal`."""
+    if isinstance(error, TimeoutError):
+        return "deadline_exceeded"
+    if not isinstance(error, errors.ModelwireError):
+        return "internal"
+    name = type(error).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
 def to_status(error: BaseException) -> grpc.Status:
     """The status a caller sees; an unexpected error is logged with an id and shown only as that id."""
     if isinstance(error, TimeoutError):

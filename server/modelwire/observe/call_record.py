@@ -1,0 +1,49 @@
+"""What one call did, filled in by the interceptor (method, timing, status) and by the servicer
+(the error class that chose the status); read by the log line and the metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    method: str
+    request_id: str
+    model: str = ""
+    started: float = field(default_factory=time.perf_counter)
+    code: str = "OK"
+    error_kind: str | None = None
+    first_chunk_at: float | None = None
+    last_chunk_at: float | None = None
+    chunks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def latency_s(self) -> float:
+        return time.perf_counter() - self.started
+
+
+_current: ContextVar[CallRecord | None] = ContextVar("modelwire_call", default=None)
+
+
+def current_call() -> CallRecord | None:
+    return _current.get()
+
+
+def begin_call(method: str, request_id: str | None) -> CallRecord:
+    record = CallRecord(method=method, request_id=request_id or uuid.uuid4().hex)
+    _current.set(record)
+    return record
+
+
+def note_error_kind(kind: str) -> None:
+    record = _current.get()
+    if record is not None:
+        record.error_kind = kind

@@ -1,0 +1,41 @@
+"""Rewrapping a gRPC method handler's behavior, the one mechanism every interceptor here uses."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+async def responses(result: Any) -> AsyncIterator[Any]:
+    """A server-streaming behavior's messages, whether it yields them or writes them itself
+    (grpc-health's Watch awaits `context.write`; such messages pass without being seen here)."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for message in result:
+        yield message
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[UnaryBehavior], UnaryBehavior],
+    server_stream: Callable[[StreamBehavior], StreamBehavior],
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind whose behavior is wrapped; client-streaming kinds pass unchanged."""
+    if handler is None:
+        return None
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            server_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+        )
+    return handler

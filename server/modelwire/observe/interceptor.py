@@ -1,0 +1,118 @@
+"""One interceptor that records every call: request id in and out, status, timing, tokens.
+
+It wraps handler behaviors (see handlers.rewrap) so it sees the request, each streamed message and
+how the call ended; it then writes one log line and updates the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from modelwire.observe.call_record import REQUEST_ID_KEY, CallRecord, begin_call
+from modelwire.observe.handlers import StreamBehavior, UnaryBehavior, responses, rewrap
+from modelwire.observe.logs import log_call
+from modelwire.observe.metrics import WorkerMetrics
+from modelwire.v1 import worker_pb2 as pb
+
+PID_KEY = "modelwire-pid"
+
+
+def _header(details: grpc.HandlerCallDetails, key: str) -> str | None:
+    for name, value in details.invocation_metadata or ():
+        if name == key:
+            return str(value)
+    return None
+
+
+def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
+    if isinstance(error, GeneratorExit):
+        return "CANCELLED"
+    if isinstance(error, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name if code else "UNKNOWN"
+    return "UNKNOWN"
+
+
+class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, metrics: WorkerMetrics | None) -> None:
+        self._metrics = metrics
+        self._pid = str(os.getpid())
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        request_id = _header(details, REQUEST_ID_KEY)
+        return rewrap(
+            handler,
+            unary=lambda behavior: self._unary(behavior, method, request_id),
+            server_stream=lambda behavior: self._stream(behavior, method, request_id),
+        )
+
+    def _begin(self, method: str, request_id: str | None, request: Any, context: grpc.aio.ServicerContext) -> CallRecord:
+        record = begin_call(method, request_id)
+        record.model = getattr(request, "model", "")
+        context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (PID_KEY, self._pid)))
+        return record
+
+    def _finish(self, record: CallRecord, streamed: bool) -> None:
+        log_call(record)
+        if self._metrics is not None:
+            self._metrics.finished(record, streamed)
+
+    def _unary(self, behavior: UnaryBehavior, method: str, request_id: str | None) -> UnaryBehavior:
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            record = self._begin(method, request_id, request, context)
+            try:
+                response = await behavior(request, context)
+                _count_usage(record, response)
+                return response
+            except BaseException as error:
+                record.code = _ended_code(error, context)
+                raise
+            finally:
+                self._finish(record, streamed=False)
+
+        return observed
+
+    def _stream(self, behavior: StreamBehavior, method: str, request_id: str | None) -> StreamBehavior:
+        metrics = self._metrics
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            record = self._begin(method, request_id, request, context)
+            try:
+                async for response in responses(behavior(request, context)):
+                    now = time.perf_counter()
+                    if record.first_chunk_at is None:
+                        record.first_chunk_at = now
+                    elif metrics is not None and record.last_chunk_at is not None:
+                        metrics.inter_token_gap(record.model, now - record.last_chunk_at)
+                    record.last_chunk_at = now
+                    record.chunks += 1
+                    _count_usage(record, response)
+                    yield response
+            except BaseException as error:
+                record.code = _ended_code(error, context)
+                raise
+            finally:
+                self._finish(record, streamed=True)
+
+        return observed
+
+
+def _count_usage(record: CallRecord, response: Any) -> None:
+    if isinstance(response, pb.ModelOutput) and response.HasField("usage"):
+        record.prompt_tokens = response.usage.prompt_tokens
+        record.completion_tokens = response.usage.completion_tokens

@@ -1,0 +1,53 @@
+"""JSON log lines: every log record, and one `call` line per RPC. No prompt text, no secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from modelwire.observe.call_record import CallRecord
+
+ACCESS_LOGGER = "modelwire.access"
+_STANDARD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update({key: value for key, value in record.__dict__.items() if key not in _STANDARD_FIELDS})
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def log_call(record: CallRecord) -> None:
+    fields: dict[str, object] = {
+        "request_id": record.request_id,
+        "method": record.method,
+        "model": record.model,
+        "code": record.code,
+        "latency_ms": round(record.latency_s * 1000, 3),
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+    }
+    if record.first_chunk_at is not None:
+        fields["ttft_ms"] = round((record.first_chunk_at - record.started) * 1000, 3)
+    if record.error_kind is not None:
+        fields["error"] = record.error_kind
+    logging.getLogger(ACCESS_LOGGER).info("call", extra=fields)

@@ -1,0 +1,75 @@
+"""Prometheus metrics, named by Prometheus conventions (`modelwire_…_seconds`, `_total`).
+
+Each worker owns a registry, so several workers in one process (tests) never collide. With
+`--processes N` the children write prometheus-client's multiprocess files (PROMETHEUS_MULTIPROC_DIR)
+and the parent serves their aggregate; gauges then add up over the live processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from modelwire.observe.call_record import CallRecord
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("modelwire_requests", "Calls by method, model and status code.", ["method", "model", "code"], registry=r)
+        self.duration = Histogram(
+            "modelwire_request_duration_seconds", "Latency of unary calls.", ["method", "model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.time_to_first_token = Histogram(
+            "modelwire_time_to_first_token_seconds", "Time from call start to the first streamed text.", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.inter_token = Histogram(
+            "modelwire_inter_token_latency_seconds", "Gap between consecutive streamed chunks.", ["model"], buckets=_TOKEN_GAP_BUCKETS, registry=r
+        )
+        self.prompt_tokens = Counter("modelwire_prompt_tokens", "Prompt tokens of finished calls.", ["model"], registry=r)
+        self.completion_tokens = Counter("modelwire_completion_tokens", "Generated tokens of finished calls.", ["model"], registry=r)
+        self.in_flight = Gauge("modelwire_in_flight", "Calls running per model.", ["model"], multiprocess_mode="livesum", registry=r)
+        self.queued = Gauge("modelwire_queued", "Calls waiting for a slot per model.", ["model"], multiprocess_mode="livesum", registry=r)
+        self.errors = Counter(
+            "modelwire_errors", "Failed calls by the error that failed them (upstream_* come from the provider).", ["model", "kind"], registry=r
+        )
+
+    def admission_changed(self, model: str, in_flight: int, queued: int) -> None:
+        self.in_flight.labels(model).set(in_flight)
+        self.queued.labels(model).set(queued)
+
+    def inter_token_gap(self, model: str, gap_s: float) -> None:
+        self.inter_token.labels(model).observe(gap_s)
+
+    def finished(self, record: CallRecord, streamed: bool) -> None:
+        method = record.method.rsplit("/", 1)[-1]
+        self.requests.labels(method, record.model, record.code).inc()
+        if not streamed:
+            self.duration.labels(method, record.model).observe(record.latency_s)
+        if record.first_chunk_at is not None:
+            self.time_to_first_token.labels(record.model).observe(record.first_chunk_at - record.started)
+        if record.prompt_tokens or record.completion_tokens:
+            self.prompt_tokens.labels(record.model).inc(record.prompt_tokens)
+            self.completion_tokens.labels(record.model).inc(record.completion_tokens)
+        if record.error_kind is not None:
+            self.errors.labels(record.model, record.error_kind).inc()
+
+
+def serve_metrics(metrics: WorkerMetrics | None, host: str, port: int) -> int:
+    """Starts the /metrics HTTP endpoint; in multiprocess mode it serves every child's aggregate."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        assert metrics is not None
+        registry = metrics.registry
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    bound: int = server.server_port
+    return bound

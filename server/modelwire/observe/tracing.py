@@ -1,0 +1,47 @@
+"""OpenTelemetry, off unless configured: a server span per call (opentelemetry-instrumentation-grpc)
+and a client span per upstream call, whose context HTTP providers forward as W3C `traceparent`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate, trace
+
+TRACER_NAME = "modelwire"
+
+
+def server_interceptor(otlp_endpoint: str | None) -> Any:
+    """The instrumentation's aio interceptor, on the global tracer provider.
+
+    An application (or a test) that already installed a provider keeps it; otherwise an SDK provider
+    is installed, exporting over OTLP when an endpoint is configured (the `tracing` extra).
+    """
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+        trace.set_tracer_provider(provider)
+    return aio_server_interceptor()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def upstream_span(provider: str, model: str) -> Iterator[None]:
+    """A no-op unless tracing is configured (the API's default provider records nothing)."""
+    tracer = trace.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(
+        f"upstream {provider}", kind=trace.SpanKind.CLIENT, attributes={"modelwire.provider": provider, "modelwire.model": model}
+    ):
+        yield
+
+
+def inject_trace_headers(headers: MutableMapping[str, str]) -> None:
+    """Adds `traceparent` (and `tracestate`) of the current span, for an outgoing HTTP request."""
+    propagate.inject(headers)
