@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: install proto run test typecheck pytest clean
+.PHONY: install proto run test typecheck pytest certs clean
 
 # One install for everything: the server, the local model (llama-cpp-python compiles here, about
 # 5 minutes on 2 cores the first time; pip caches the wheel) and the test tools.
@@ -36,6 +36,10 @@ pytest: $(STAMP)
 	$(PY) -m pytest
 
 test: typecheck pytest
+
+# A throwaway CA, server and client certificates for trying TLS/mTLS (docs/operations.md).
+certs:
+	scripts/make_certs.sh certs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,8 @@ import pytest
 
 from modelwire.app.config import Config, ServerConfig, embedded_default
 from modelwire.app.server import Worker, build_worker
+from modelwire.proxy import registry
+from tests.blocking_provider import PROVIDER, BlockingTestClient
 
 
 def free_port() -> int:
@@ -47,3 +49,10 @@ async def embedded_worker() -> AsyncIterator[Worker]:
     config = replace(config, server=ServerConfig(grace_period_s=1.0), models=(replace(config.models[0], max_concurrency=2),))
     async with running_worker(config) as worker:
         yield worker
+
+
+@pytest.fixture
+def blocking_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Makes `provider = "blocking-test"` (tests/blocking_provider.py) configurable in this test."""
+    monkeypatch.setitem(registry.PROVIDERS, PROVIDER, BlockingTestClient)
+    BlockingTestClient.instances.clear()

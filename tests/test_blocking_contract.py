@@ -14,18 +14,13 @@ from modelwire.app.config import Config, ServerConfig
 from modelwire.core.config import ModelConfig, Table
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
 from modelwire.client import ModelwireCallError, ModelWorkerClient
-from modelwire.proxy import registry
 from tests.blocking_provider import PROVIDER, BlockingTestClient
 from tests.conftest import WorkerFactory
 
 REQUEST = ModelRequest(model="slow", messages=(ModelMessage(Role.USER, "hi"),))
 
 
-@pytest.fixture(autouse=True)
-def blocking_provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setitem(registry.PROVIDERS, PROVIDER, BlockingTestClient)
-    BlockingTestClient.instances.clear()
-    yield
+pytestmark = pytest.mark.usefixtures("blocking_provider")
 
 
 def model_config(name: str = "slow", **options: object) -> ModelConfig:
