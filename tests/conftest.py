@@ -12,7 +12,7 @@ import pytest
 from modelwire.app.config import Config, ServerConfig, embedded_default
 from modelwire.app.server import Worker, build_worker
 from modelwire.proxy import registry
-from tests.blocking_provider import PROVIDER, BlockingTestClient
+from blocking_provider import PROVIDER, BlockingTestClient
 
 
 def free_port() -> int:

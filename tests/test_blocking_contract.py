@@ -14,8 +14,8 @@ from modelwire.app.config import Config, ServerConfig
 from modelwire.core.config import ModelConfig, Table
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
 from modelwire.client import ModelwireCallError, ModelWorkerClient
-from tests.blocking_provider import PROVIDER, BlockingTestClient
-from tests.conftest import WorkerFactory
+from blocking_provider import PROVIDER, BlockingTestClient
+from conftest import WorkerFactory
 
 REQUEST = ModelRequest(model="slow", messages=(ModelMessage(Role.USER, "hi"),))
 

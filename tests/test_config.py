@@ -73,7 +73,7 @@ def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, mes
 def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Path) -> None:
     bad_provider = write(tmp_path, '[[models]]\nname = "a"\nprovider = "openia"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(bad_provider), "--port", "0"],
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(bad_provider), "--port", "0", "--processes", "1"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
@@ -83,7 +83,7 @@ def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Pat
     typo = tmp_path / "typo.toml"
     typo.write_text('[[models]]\nname = "a"\nprovider = "llamacpp"\nn_thread = 2\n')
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(typo), "--port", "0"],
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(typo), "--port", "0", "--processes", "1"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

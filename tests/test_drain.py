@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelwire.client import ModelwireCallError, ModelWorkerClient
-from tests.conftest import free_port
+from conftest import free_port
 
 MODEL = "gemma-3-270m"
 
@@ -22,7 +22,7 @@ MODEL = "gemma-3-270m"
 async def worker_process(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
     config = tmp_path / "modelwire.toml"
-    config.write_text(f'[server]\nport = {port}\ngrace_period_s = 30\n')
+    config.write_text(f"[server]\nport = {port}\nprocesses = 1\ngrace_period_s = 30\n")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,

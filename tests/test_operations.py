@@ -26,7 +26,8 @@ from modelwire.observe.logs import ACCESS_LOGGER, JsonFormatter
 from modelwire.observe.metrics import serve_metrics
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import WorkerFactory
+from fake_upstream import fake_upstream, load_toml_config
+from conftest import WorkerFactory
 
 pytestmark = pytest.mark.usefixtures("blocking_provider")
 
@@ -121,6 +122,32 @@ async def test_trace_has_the_upstream_span_as_child_of_the_server_span(
     assert upstream[0].parent is not None and upstream[0].parent.span_id == server[0].context.span_id
     assert upstream[0].context.trace_id == server[0].context.trace_id
     assert upstream[0].attributes is not None and upstream[0].attributes["modelwire.model"] == "slow"
+
+
+async def test_http_provider_forwards_the_upstream_spans_traceparent(
+    tmp_path: Path, worker_factory: WorkerFactory, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    async with fake_upstream() as upstream:
+        config = f"""
+[server]
+processes = 1
+[observability]
+tracing = true
+[[models]]
+name = "remote"
+provider = "openai"
+api_base = "{upstream.url}/v1"
+context_length = 4096
+"""
+        async with worker_factory(load_toml_config(tmp_path, config)) as worker:
+            async with ModelWorkerClient(worker.address) as client:
+                await client.generate("remote", "hi")
+        (exchange,) = await upstream.wait_for_requests(1)
+    (upstream_span,) = [s for s in spans.get_finished_spans() if s.name == "upstream openai"]
+    version, trace_id, span_id, flags = exchange.headers["traceparent"].split("-")
+    assert int(trace_id, 16) == upstream_span.context.trace_id
+    assert int(span_id, 16) == upstream_span.context.span_id
 
 
 async def test_one_json_call_line_with_the_request_id_and_no_prompt_text(

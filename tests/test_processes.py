@@ -12,7 +12,7 @@ import grpc
 
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import free_port
+from conftest import free_port
 
 MODEL = "gemma-3-270m"
 TOKENS = 20

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from modelwire.core.config import ModelConfig
 from modelwire.proxy.base import ProxyLLMClient
+from modelwire.proxy.anthropic import AnthropicClient
 from modelwire.proxy.llamacpp import LlamaCppClient
+from modelwire.proxy.openai import OpenAIClient
 
 PROVIDERS: dict[str, type[ProxyLLMClient]] = {
     LlamaCppClient.provider: LlamaCppClient,
+    OpenAIClient.provider: OpenAIClient,
+    AnthropicClient.provider: AnthropicClient,
 }
 
 

@@ -1,0 +1,505 @@
+"""What the HTTP providers (openai, anthropic) share: one home for each piece.
+
+- configuration keys every remote provider has (`api_base`, `api_key_env`, `upstream_model`,
+  `timeout_s`, `max_retries`, `retry_backoff_s`, `headers`) and the API key as a `Secret`;
+- one `httpx.AsyncClient` per configured model, which is that model's connection pool;
+- a small server-sent-events parser;
+- HTTP status / transport failure → typed error (`errors.*`), `Retry-After` parsing;
+- retry with backoff, only for retryable failures and only before the first streamed token;
+- token counting with offline tiktoken on the executor, and estimated usage when the upstream
+  sends none.
+
+Cancellation: every upstream request is an `httpx` call awaited inside the provider's coroutine or
+async generator; when the caller cancels or its deadline passes, `CancelledError` arrives at that
+await, and leaving the `async with client.stream(...)` block closes the response, which closes its
+connection (a half-read response is never returned to the pool). Backoff sleeps are plain
+`asyncio.sleep`, so they are cancelled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from modelwire.core import errors
+from modelwire.core.config import ModelConfig
+from modelwire.core.types import ModelMessage, ModelMetadata, TokenCount, Usage
+from modelwire.observe.tracing import inject_trace_headers
+from modelwire.proxy.base import ProxyLLMClient
+from modelwire.tokenize.tiktoken_counter import count_tokens
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_RETRY_BACKOFF_S = 0.5
+# The longest the worker waits before one retry; an upstream asking for a longer Retry-After is
+# answered at once with RESOURCE_EXHAUSTED and that delay, so the caller decides.
+MAX_RETRY_WAIT_S = 8.0
+# The delay a 429 without Retry-After suggests to the caller.
+DEFAULT_RETRY_AFTER_S = 1.0
+# Remote models are not asked for more than this unless `max_output_tokens` says otherwise: every
+# current OpenAI-compatible and Anthropic model accepts it, while "the whole context" is refused.
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+# Error bodies are read up to this size; the message shown to the caller is cut shorter.
+_MAX_ERROR_BODY = 64 * 1024
+_MAX_MESSAGE = 1000
+
+
+class Secret:
+    """An API key: its value never shows in a repr, a log line or an error message."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._value, "[redacted]") if self._value else text
+
+    def __repr__(self) -> str:
+        return "Secret('[redacted]')"
+
+    __str__ = __repr__
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class HttpParams:
+    """The keys every HTTP provider reads; `api_key` is None when no `api_key_env` is configured."""
+
+    api_base: str
+    api_key: Secret | None
+    api_key_env: str | None
+    upstream_model: str
+    timeout_s: float
+    max_retries: int
+    retry_backoff_s: float
+    headers: dict[str, str]
+
+
+def read_http_params(config: ModelConfig, default_api_base: str | None) -> HttpParams:
+    """Reads the shared keys; the provider reads its own next, then calls reject_unknown_options."""
+    options = config.provider_options
+    api_base = options.str("api_base", default_api_base)
+    if api_base is None:
+        raise options.error("api_base", f"is required for provider {config.provider!r}")
+    if not api_base.startswith(("http://", "https://")):
+        raise options.error("api_base", f"must start with http:// or https://, got {api_base!r}")
+    api_key_env = options.str("api_key_env", None)
+    api_key: Secret | None = None
+    if api_key_env is not None:
+        value = os.environ.get(api_key_env, "")
+        if not value:
+            raise options.error("api_key_env", f"environment variable {api_key_env} is not set or empty")
+        api_key = Secret(value)
+    headers = options.str_map("headers")
+    return HttpParams(
+        api_base=api_base.rstrip("/"),
+        api_key=api_key,
+        api_key_env=api_key_env,
+        upstream_model=options.str("upstream_model", config.name),
+        timeout_s=options.float("timeout_s", DEFAULT_TIMEOUT_S, minimum=0.001),
+        max_retries=options.int("max_retries", DEFAULT_MAX_RETRIES, minimum=0),
+        retry_backoff_s=options.float("retry_backoff_s", DEFAULT_RETRY_BACKOFF_S, minimum=0),
+        headers=headers,
+    )
+
+
+def wire_float(value: float | None) -> float | None:
+    """A sampling value as the caller wrote it: the contract's 32-bit floats arrive as 0.8999999761…
+    for 0.9, and seven significant digits are all a float32 holds."""
+    return None if value is None else float(f"{value:.7g}")
+
+
+def remote_limits(config: ModelConfig) -> tuple[int, int]:
+    """(context_length, max_output_tokens): context_length is required for a remote model."""
+    if config.context_length is None:
+        raise config.provider_options.error(
+            "context_length",
+            f"is required for provider {config.provider!r}: the worker checks each prompt against it "
+            "(see the upstream model's documentation)",
+        )
+    return config.context_length, min(config.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, config.context_length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-sent events
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
+    """Events of a text/event-stream, by the WHATWG rules (comments and `id`/`retry` ignored).
+
+    An event is dispatched at its blank line; an event cut off by the end of the stream is
+    dropped, as the standard says, so a truncated stream shows as a stream without its end.
+    """
+    event = ""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield SSEEvent(event or "message", "\n".join(data))
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+
+
+async def drain(events: AsyncIterator[SSEEvent], limit_s: float = 0.5) -> None:
+    """Reads what follows a stream's end marker, so that its connection can go back to the pool.
+
+    Bounded and silent: the completion was already delivered, a slow or broken tail only costs
+    the connection (it is closed instead of reused).
+    """
+    try:
+        async with asyncio.timeout(limit_s):
+            async for _ in events:
+                pass
+    except (TimeoutError, errors.ModelwireError):
+        pass
+
+
+def parse_json_event(event: SSEEvent, redact: Callable[[str], str]) -> Any:
+    try:
+        return json.loads(event.data)
+    except ValueError:
+        raise errors.UpstreamUnavailable(
+            f"upstream sent a malformed event stream: {redact(_shorten(event.data))!r} is not JSON"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def _shorten(text: str, limit: int = _MAX_MESSAGE) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def message_from_payload(payload: Any) -> str | None:
+    """The human message in an error body: OpenAI's and Anthropic's `error.message`, FastAPI's
+    `detail`, a bare `error` or `message` string."""
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message:
+            return message
+    if isinstance(error, str) and error:
+        return error
+    for key in ("message", "detail"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if value:
+            return json.dumps(value, ensure_ascii=False)
+    return None
+
+
+def message_from_body(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
+    return message_from_payload(payload) or body.decode("utf-8", errors="replace")
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI), or `Retry-After` as seconds or an HTTP date."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    milliseconds = lowered.get("retry-after-ms")
+    if milliseconds:
+        try:
+            value = float(milliseconds) / 1000.0
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+    retry_after = lowered.get("retry-after")
+    if not retry_after:
+        return None
+    try:
+        seconds = float(retry_after)
+        return seconds if seconds >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_for_status(
+    status: int, message: str, retry_after_s: float | None, upstream_model: str
+) -> errors.ModelwireError:
+    """The one mapping of an upstream HTTP status to a typed error (and so to a gRPC status)."""
+    message = _shorten(message) or f"HTTP {status}"
+    if status in (401, 403):
+        return errors.UpstreamAuthFailed()
+    if status == 404:
+        return errors.UpstreamModelNotFound(
+            f"upstream has no model {upstream_model!r} (HTTP 404): {message}; check upstream_model and api_base"
+        )
+    if status == 429:
+        return errors.Overloaded(
+            f"upstream rate limit (HTTP 429): {message}",
+            retry_after_s=DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s,
+        )
+    if status in (408, 409) or status >= 500:
+        return errors.UpstreamUnavailable(f"upstream failed (HTTP {status}): {message}")
+    if 400 <= status < 500:
+        return errors.UpstreamRejected(f"upstream rejected the request (HTTP {status}): {message}")
+    return errors.UpstreamUnavailable(f"upstream answered with unexpected HTTP {status}: {message}")
+
+
+def error_for_transport(error: httpx.HTTPError, timeout_s: float, redact: Callable[[str], str]) -> errors.ModelwireError:
+    """A failure below HTTP: the configured timeout is DEADLINE_EXCEEDED, the rest UNAVAILABLE."""
+    detail = redact(_shorten(str(error))) or type(error).__name__
+    if isinstance(error, httpx.ConnectTimeout):
+        return errors.UpstreamUnavailable(f"cannot connect to upstream within timeout_s={timeout_s:g}s")
+    if isinstance(error, httpx.TimeoutException):
+        return errors.DeadlineExceeded(f"upstream did not answer within timeout_s={timeout_s:g}s ({type(error).__name__})")
+    if isinstance(error, httpx.ConnectError):
+        return errors.UpstreamUnavailable(f"cannot connect to upstream: {detail}")
+    return errors.UpstreamUnavailable(f"upstream connection failed ({type(error).__name__}): {detail}")
+
+
+def is_retryable(error: errors.ModelwireError) -> bool:
+    return isinstance(error, (errors.Overloaded, errors.UpstreamUnavailable))
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, for rate limits (honouring Retry-After), 408/409/5xx and
+    connection failures. Never for 4xx, auth, timeouts, or once a token has been streamed."""
+
+    max_retries: int
+    backoff_s: float
+    max_wait_s: float = MAX_RETRY_WAIT_S
+
+    def wait_before_retry(self, retries_done: int, error: errors.ModelwireError) -> float | None:
+        """Seconds to wait before the next try, or None to give up and raise `error`."""
+        if retries_done >= self.max_retries or not is_retryable(error):
+            return None
+        backoff = min(self.max_wait_s, self.backoff_s * 2.0**retries_done) * random.uniform(0.5, 1.0)
+        if isinstance(error, errors.Overloaded):
+            if error.retry_after_s > self.max_wait_s:
+                return None
+            return max(error.retry_after_s, backoff)
+        return backoff
+
+
+async def retrying_call(policy: RetryPolicy, model: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    retries = 0
+    while True:
+        try:
+            return await attempt()
+        except errors.ModelwireError as error:
+            wait = policy.wait_before_retry(retries, error)
+            if wait is None:
+                raise
+            _log_retry(model, error, retries, policy, wait)
+        await asyncio.sleep(wait)
+        retries += 1
+
+
+async def retrying_stream(
+    policy: RetryPolicy, model: str, attempt: Callable[[], AsyncGenerator[T, None]]
+) -> AsyncIterator[T]:
+    """Retries a stream only while it has yielded nothing: sent tokens are never repeated."""
+    retries = 0
+    while True:
+        emitted = False
+        try:
+            async with aclosing(attempt()) as stream:
+                async for item in stream:
+                    emitted = True
+                    yield item
+            return
+        except errors.ModelwireError as error:
+            wait = None if emitted else policy.wait_before_retry(retries, error)
+            if wait is None:
+                raise
+            _log_retry(model, error, retries, policy, wait)
+        await asyncio.sleep(wait)
+        retries += 1
+
+
+def _log_retry(model: str, error: errors.ModelwireError, retries: int, policy: RetryPolicy, wait: float) -> None:
+    logger.warning(
+        "model %s: upstream call failed (%s: %s); retry %d of %d in %.2fs",
+        model, type(error).__name__, error, retries + 1, policy.max_retries, wait,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared client
+
+
+class HttpProxyClient(ProxyLLMClient):
+    """A remote model behind an HTTP API: one connection pool, typed errors, retries, counting."""
+
+    def __init__(self, metadata: ModelMetadata, executor: Executor, params: HttpParams, max_concurrency: int) -> None:
+        super().__init__(metadata, executor)
+        self._params = params
+        self._retry = RetryPolicy(max_retries=params.max_retries, backoff_s=params.retry_backoff_s)
+        # Admission bounds in-flight calls to max_concurrency; the margin covers connections that
+        # are still closing while their slot is reused.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(params.timeout_s),
+            limits=httpx.Limits(max_connections=2 * max_concurrency + 2, max_keepalive_connections=max_concurrency),
+            headers=params.headers,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.default_model!r}, api_base={self._params.api_base!r})"
+
+    @property
+    def upstream_model(self) -> str:
+        return self._params.upstream_model
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _redact(self, text: str) -> str:
+        return self._params.api_key.redact(text) if self._params.api_key is not None else text
+
+    # --- counting
+
+    async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
+        """tiktoken, on the executor: a long prompt is CPU work that must not stall the loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, count_tokens, self.upstream_model, prompt)
+
+    async def estimate_usage(self, messages: Sequence[ModelMessage], completion: str) -> Usage:
+        """Usage the worker counted itself, for an upstream that reported none."""
+
+        def count() -> Usage:
+            prompt = count_tokens(self.upstream_model, messages).count
+            generated = count_tokens(self.upstream_model, completion).count if completion else 0
+            return Usage(prompt_tokens=prompt, completion_tokens=generated, estimated=True)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, count)
+        except errors.TokenizerUnavailable as error:
+            # The completion was delivered; a count the worker cannot make must not fail it.
+            logger.warning("model %s: cannot estimate usage: %s", self.default_model, error)
+            return Usage(estimated=True)
+
+    # --- one attempt of a call; retries wrap these
+
+    def _status_error(self, response: httpx.Response, body: bytes) -> errors.ModelwireError:
+        message = self._redact(message_from_body(body))
+        error = error_for_status(response.status_code, message, parse_retry_after(response.headers), self.upstream_model)
+        logger.info("model %s: upstream answered HTTP %d: %s", self.default_model, response.status_code, error)
+        return error
+
+    def _transport_error(self, error: httpx.HTTPError) -> errors.ModelwireError:
+        mapped = error_for_transport(error, self._params.timeout_s, self._redact)
+        logger.info("model %s: upstream call failed: %s", self.default_model, mapped)
+        return mapped
+
+    async def post_json(self, url: str, body: dict[str, Any], headers: Mapping[str, str]) -> Any:
+        """One unary POST; any failure leaves as a typed error."""
+        try:
+            response = await self._http.post(url, json=body, headers=_outgoing(headers))
+        except httpx.HTTPError as error:
+            raise self._transport_error(error) from None
+        if not response.is_success:
+            raise self._status_error(response, response.content[:_MAX_ERROR_BODY])
+        try:
+            return response.json()
+        except ValueError:
+            raise errors.UpstreamUnavailable(
+                f"upstream sent a response that is not JSON: {self._redact(_shorten(response.text, 200))!r}"
+            ) from None
+
+    async def post_events(
+        self, url: str, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> AsyncGenerator[SSEEvent, None]:
+        """One streaming POST as server-sent events; closing the generator closes the connection."""
+        try:
+            async with self._http.stream("POST", url, json=body, headers=_outgoing(headers)) as response:
+                if not response.is_success:
+                    raise self._status_error(response, await _read_capped(response))
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # Some servers answer a stream request with a plain JSON error and status 200.
+                    raw = await _read_capped(response)
+                    message = self._redact(message_from_body(raw))
+                    raise errors.UpstreamUnavailable(f"upstream sent JSON instead of an event stream: {_shorten(message)}")
+                async for event in iter_sse(response.aiter_lines()):
+                    yield event
+        except httpx.HTTPError as error:
+            raise self._transport_error(error) from None
+
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        return await retrying_call(self._retry, self.default_model, attempt)
+
+    def stream(self, attempt: Callable[[], AsyncGenerator[T, None]]) -> AsyncIterator[T]:
+        return retrying_stream(self._retry, self.default_model, attempt)
+
+
+def _outgoing(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request's headers plus W3C `traceparent` of the current upstream span, if tracing is on."""
+    outgoing = dict(headers)
+    inject_trace_headers(outgoing)
+    return outgoing
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    body = bytearray()
+    async for part in response.aiter_bytes():
+        body += part
+        if len(body) >= _MAX_ERROR_BODY:
+            break
+    return bytes(body[:_MAX_ERROR_BODY])
+
+
+def http_error_from_code(code: int | None, message: str, upstream_model: str) -> errors.ModelwireError:
+    """An error reported inside a stream (after status 200): mapped as its code would be."""
+    if code is None or not 400 <= code <= 599:
+        return errors.UpstreamUnavailable(f"upstream reported an error mid-stream: {_shorten(message)}")
+    return error_for_status(code, message, None, upstream_model)
