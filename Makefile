@@ -6,9 +6,10 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
-PROTOS := $(shell find protos -name '*.proto' | sort)
 
 .PHONY: install proto run test typecheck pytest certs clean
+
+include mk/stubs.mk
 
 # One install for everything: the server, the local model (llama-cpp-python compiles here, about
 # 5 minutes on 2 cores the first time; pip caches the wheel) and the test tools.
@@ -20,11 +21,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Regenerates the committed Python stubs from the contract.
-proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=client_stub/python --pyi_out=client_stub/python \
-		--grpc_python_out=client_stub/python $(PROTOS)
+# Regenerates every committed stub (Python, Go, Java) from the contract: see mk/stubs.mk.
+proto: stubs
 
 run: $(STAMP)
 	$(VENV)/bin/modelwire serve --host $(HOST) --port $(PORT)
@@ -35,7 +33,9 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest
 
-test: typecheck pytest
+# The whole suite: types, Python tests, stubs up to date, proto lint and compatibility, and the
+# Go/Java/grpcurl interop stage against a live worker.
+test: typecheck pytest check-stubs lint-proto breaking-proto interop
 
 # A throwaway CA, server and client certificates for trying TLS/mTLS (docs/operations.md).
 certs:

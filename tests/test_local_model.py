@@ -50,6 +50,7 @@ async def test_usage_is_exact_and_max_new_tokens_is_honoured(client: ModelWorker
     assert output.usage.prompt_tokens == counted.count
     assert output.usage.total_tokens == counted.count + 5
     assert not output.usage.estimated
+    assert output.timing.total_seconds > 0 and output.timing.tokens_per_second > 0
 
 
 async def test_stop_string_ends_generation_before_it(client: ModelWorkerClient) -> None:

@@ -109,9 +109,13 @@ class WorkerService:
 
 
 def _timing(started: float, first_token_at: float | None, usage: Usage | None) -> Timing:
+    """Streams: decode rate after the first token. Unary calls see no first token before the whole
+    answer, so their time to first token is the total and their rate is over the whole call."""
     now = time.perf_counter()
-    ttft = (first_token_at or now) - started
-    decode_s = now - (first_token_at or now)
     tokens = usage.completion_tokens if usage else 0
+    if first_token_at is None:
+        total = now - started
+        return Timing(time_to_first_token_s=total, tokens_per_second=tokens / total if total > 0 else 0.0, total_s=total)
+    decode_s = now - first_token_at
     rate = (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0
-    return Timing(time_to_first_token_s=ttft, tokens_per_second=rate, total_s=now - started)
+    return Timing(time_to_first_token_s=first_token_at - started, tokens_per_second=rate, total_s=now - started)

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# The live interop stage (`make interop`): starts a worker on the embedded default model on a free
+# port, runs the Go interop test, the Java interop test, the mwcall CLI and grpcurl against it, stops
+# the worker, and fails when any of them failed. Prints how long each stage took.
+#
+#   MODELWIRE=.venv/bin/modelwire GRPCURL=path/to/grpcurl scripts/interop.sh
+#
+# Environment:
+#   MODELWIRE              the worker's CLI (default .venv/bin/modelwire)
+#   GRPCURL                grpcurl (default .tools/bin/grpcurl)
+#   MODELWIRE_MODEL        model the clients call (default gemma-3-270m, the embedded default)
+#   INTEROP_READY_TIMEOUT  seconds to wait for the worker to be ready (default 180)
+# The tests skip without MODELWIRE_ADDR; this script always sets it, and sets MODELWIRE_INTEROP_REQUIRED=1
+# so that a test that cannot find the worker fails instead; it also fails when any test was skipped.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+MODELWIRE=${MODELWIRE:-.venv/bin/modelwire}
+GRPCURL=${GRPCURL:-.tools/bin/grpcurl}
+[[ $MODELWIRE == /* ]] || MODELWIRE=$ROOT/$MODELWIRE
+[[ $GRPCURL == /* ]] || GRPCURL=$ROOT/$GRPCURL
+export MODELWIRE_MODEL=${MODELWIRE_MODEL:-gemma-3-270m}
+READY_TIMEOUT=${INTEROP_READY_TIMEOUT:-180}
+HOST=127.0.0.1
+
+WORK=$(mktemp -d)
+WORKER_LOG=$WORK/worker.log
+WORKER_PID=
+declare -a SUMMARY=()
+PASSED=0
+FAILED=0
+START_ALL=$(date +%s%N)
+
+log() { echo "interop: $*"; }
+
+# Maven quietly, without the stray colour resets that Debian's mvn prints even in batch mode.
+mvn_quiet() {
+	mvn -B -q "$@" 2>&1 | sed -u $'s/\x1b\\[0m//g'
+	return "${PIPESTATUS[0]}"
+}
+
+elapsed() { # start_ns -> seconds with one decimal
+	local ns=$(($(date +%s%N) - $1))
+	printf '%d.%d' $((ns / 1000000000)) $((ns / 100000000 % 10))
+}
+
+stop_worker() {
+	[[ -n $WORKER_PID ]] || return 0
+	if kill -0 "$WORKER_PID" 2>/dev/null; then
+		kill -TERM "$WORKER_PID" 2>/dev/null
+		for _ in $(seq 1 150); do
+			kill -0 "$WORKER_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$WORKER_PID" 2>/dev/null; then
+			log "worker $WORKER_PID ignored SIGTERM for 15 s; killing it"
+			kill -KILL "$WORKER_PID" 2>/dev/null
+		fi
+	fi
+	wait "$WORKER_PID" 2>/dev/null
+	WORKER_PID=
+}
+
+cleanup() {
+	stop_worker
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+	"$ROOT/.venv/bin/python" -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+}
+
+# Runs one stage: stage NAME COMMAND...; records its time and result.
+stage() {
+	local name=$1
+	shift
+	local start
+	start=$(date +%s%N)
+	log "---- $name"
+	if "$@"; then
+		SUMMARY+=("$(printf '%-10s ok     %6ss' "$name" "$(elapsed "$start")")")
+		PASSED=$((PASSED + 1))
+	else
+		SUMMARY+=("$(printf '%-10s FAILED %6ss' "$name" "$(elapsed "$start")")")
+		FAILED=$((FAILED + 1))
+	fi
+}
+
+# ---- the stages
+
+start_worker() {
+	# The port is free when picked; the worker binds it a moment later (grpc sets SO_REUSEPORT, so a
+	# worker never fails to bind: readiness is checked on the address it announces).
+	local port
+	port=$(free_port) || return 1
+	ADDR=$HOST:$port
+	"$MODELWIRE" serve --host "$HOST" --port "$port" >"$WORKER_LOG" 2>&1 &
+	WORKER_PID=$!
+	log "worker pid $WORKER_PID starting on $ADDR"
+}
+
+wait_ready() {
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	while ((SECONDS < deadline)); do
+		if grep -q "^modelwire serving .* on $ADDR\$" "$WORKER_LOG"; then
+			log "worker ready on $ADDR"
+			return 0
+		fi
+		if ! kill -0 "$WORKER_PID" 2>/dev/null; then
+			wait "$WORKER_PID"
+			log "worker exited with status $? before it was ready; its log:"
+			cat "$WORKER_LOG"
+			WORKER_PID=
+			return 1
+		fi
+		sleep 0.2
+	done
+	log "worker not ready after ${READY_TIMEOUT}s; its log:"
+	cat "$WORKER_LOG"
+	return 1
+}
+
+compile_clients() {
+	(cd client_stub/go && go vet ./... && go build ./... && go test -count=1 -run '^$' ./... >/dev/null) &&
+		(cd client_stub/java && mvn_quiet test-compile)
+}
+
+go_test() {
+	local out=$WORK/go-test.log
+	(cd client_stub/go && MODELWIRE_ADDR=$ADDR MODELWIRE_INTEROP_REQUIRED=1 go test -count=1 -v ./...) 2>&1 | tee "$out"
+	local rc=${PIPESTATUS[0]}
+	((rc == 0)) || return "$rc"
+	if grep -q -- '--- SKIP' "$out"; then
+		log "go: some tests were skipped"
+		return 1
+	fi
+	local passed
+	passed=$(grep -c -- '^--- PASS' "$out")
+	log "go: $passed tests passed"
+	((passed > 0))
+}
+
+java_test() {
+	rm -rf client_stub/java/target/surefire-reports
+	(cd client_stub/java && MODELWIRE_ADDR=$ADDR MODELWIRE_INTEROP_REQUIRED=1 mvn_quiet test) || return 1
+	# -q hides Surefire's summary: read it from the reports.
+	"$ROOT/.venv/bin/python" - client_stub/java/target/surefire-reports <<'EOF'
+import sys, xml.etree.ElementTree as ET
+from pathlib import Path
+totals = dict(tests=0, failures=0, errors=0, skipped=0)
+for report in Path(sys.argv[1]).glob("TEST-*.xml"):
+    suite = ET.parse(report).getroot()
+    for key in totals:
+        totals[key] += int(suite.get(key, "0"))
+print("interop: java: Tests run: {tests}, Failures: {failures}, Errors: {errors}, Skipped: {skipped}".format(**totals))
+sys.exit(0 if totals["tests"] > 0 and totals["failures"] + totals["errors"] + totals["skipped"] == 0 else 1)
+EOF
+}
+
+mwcall_cli() {
+	local out
+	out=$(cd client_stub/go && go run ./cmd/mwcall -addr "$ADDR" -model "$MODELWIRE_MODEL" -temperature 0 -max-new-tokens 8 stream "Hello") || return 1
+	echo "$out"
+	grep -q "finish_reason=FINISH_REASON_" <<<"$out"
+}
+
+grpcurl_calls() {
+	local out
+	# The services, through server reflection.
+	out=$("$GRPCURL" -plaintext "$ADDR" list) || return 1
+	echo "$out"
+	for service in modelwire.v1.ModelWorker grpc.health.v1.Health grpc.reflection; do
+		grep -q "^$service" <<<"$out" || { log "grpcurl list lacks $service"; return 1; }
+	done
+	out=$("$GRPCURL" -plaintext "$ADDR" describe modelwire.v1.ModelWorker) || return 1
+	grep -q "rpc GenerateStream" <<<"$out" || { log "grpcurl describe lacks GenerateStream: $out"; return 1; }
+	# Generate with a JSON body (the command docs/interop.md shows).
+	out=$("$GRPCURL" -plaintext -d '{
+	  "model": "'"$MODELWIRE_MODEL"'",
+	  "messages": [{"role": "ROLE_USER", "content": "Write one sentence about the sea."}],
+	  "sampling": {"temperature": 0, "max_new_tokens": 16}
+	}' "$ADDR" modelwire.v1.ModelWorker/Generate) || return 1
+	echo "$out"
+	"$ROOT/.venv/bin/python" -c '
+import json, sys
+out = json.loads(sys.argv[1])
+assert out.get("text"), "no text"
+assert out.get("finish_reason", "FINISH_REASON_UNSPECIFIED") != "FINISH_REASON_UNSPECIFIED", "no finish_reason"
+assert out["usage"]["completion_tokens"] > 0, "no completion tokens"
+' "$out" || return 1
+	# Health, for the server and for the service.
+	for service in "" modelwire.v1.ModelWorker; do
+		out=$("$GRPCURL" -plaintext -d "{\"service\": \"$service\"}" "$ADDR" grpc.health.v1.Health/Check) || return 1
+		grep -q '"SERVING"' <<<"$out" || { log "health of '$service': $out"; return 1; }
+	done
+	# An unknown model: grpcurl exits non-zero and prints the status code.
+	if out=$("$GRPCURL" -plaintext -d '{"model": "no-such-model", "messages": [{"role": "ROLE_USER", "content": "hi"}]}' \
+		"$ADDR" modelwire.v1.ModelWorker/Generate 2>&1); then
+		log "Generate(no-such-model) succeeded: $out"
+		return 1
+	fi
+	grep -q "Code: NotFound" <<<"$out" || { log "Generate(no-such-model): $out"; return 1; }
+	log "grpcurl: list, describe, Generate (JSON), health and NOT_FOUND as expected"
+}
+
+# ---- run them
+
+[[ -x $MODELWIRE ]] || { log "no worker CLI at $MODELWIRE (make install)"; exit 1; }
+[[ -x $GRPCURL ]] || { log "no grpcurl at $GRPCURL (make stub-tools)"; exit 1; }
+
+ADDR=
+start_worker || exit 1
+stage compile compile_clients # while the model loads
+
+stage worker wait_ready
+if [[ -n $WORKER_PID ]]; then
+	stage go go_test
+	stage java java_test
+	stage mwcall mwcall_cli
+	stage grpcurl grpcurl_calls
+	if ! kill -0 "$WORKER_PID" 2>/dev/null; then
+		log "the worker died during the interop stage; its log:"
+		cat "$WORKER_LOG"
+		SUMMARY+=("$(printf '%-10s FAILED (died)' worker-alive)")
+		FAILED=$((FAILED + 1))
+	fi
+fi
+stop_worker
+
+log "==== summary (worker on $ADDR)"
+for line in "${SUMMARY[@]}"; do
+	log "  $line"
+done
+log "  total      $(elapsed "$START_ALL")s"
+echo "interop: $PASSED passed, $FAILED failed"
+((FAILED == 0))
