@@ -9,7 +9,7 @@ an `error` event inside the stream is mapped like the HTTP status it stands for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -26,7 +26,6 @@ from modelwire.core.types import (
     Role,
     Usage,
 )
-from modelwire.proxy.base import MessageConverter
 from modelwire.proxy.http_upstream import (
     HttpParams,
     HttpProxyClient,
@@ -172,10 +171,7 @@ class AnthropicClient(HttpProxyClient):
 
     # --- unary
 
-    async def generate(self, request: ModelRequest, message_converter: MessageConverter | None = None) -> ModelOutput:
-        request = self.apply_converter(request, message_converter)
-        body = self._body(request, stream=False)
-        payload = await self.call(lambda: self.post_json(self._url, body, self._headers()))
+    async def _completion(self, request: ModelRequest, payload: Any) -> ModelOutput:
         if not isinstance(payload, dict):
             raise errors.UpstreamUnavailable("upstream sent a message that is not a JSON object")
         if payload.get("type") == "error":
@@ -200,14 +196,6 @@ class AnthropicClient(HttpProxyClient):
         )
 
     # --- streaming
-
-    async def generate_stream(
-        self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncIterator[ModelOutput]:
-        request = self.apply_converter(request, message_converter)
-        body = self._body(request, stream=True)
-        async for chunk in self.stream(lambda: self._stream_once(request, body)):
-            yield chunk
 
     async def _stream_once(self, request: ModelRequest, body: dict[str, Any]) -> AsyncGenerator[ModelOutput, None]:
         finish: FinishReason | None = None

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import time
+from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
@@ -35,9 +36,9 @@ import httpx
 
 from modelwire.core import errors
 from modelwire.core.config import ModelConfig
-from modelwire.core.types import ModelMessage, ModelMetadata, TokenCount, Usage
+from modelwire.core.types import ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.observe.tracing import inject_trace_headers
-from modelwire.proxy.base import ProxyLLMClient
+from modelwire.proxy.base import MessageConverter, ProxyLLMClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 logger = logging.getLogger(__name__)
@@ -475,11 +476,40 @@ class HttpProxyClient(ProxyLLMClient):
         except httpx.HTTPError as error:
             raise self._transport_error(error) from None
 
-    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        return await retrying_call(self._retry, self.default_model, attempt)
+    # --- the calls: shared flow, the provider supplies its wire format
 
-    def stream(self, attempt: Callable[[], AsyncGenerator[T, None]]) -> AsyncIterator[T]:
-        return retrying_stream(self._retry, self.default_model, attempt)
+    _url: str
+
+    @abstractmethod
+    def _headers(self) -> dict[str, str]:
+        """Authentication and version headers of every request."""
+
+    @abstractmethod
+    def _body(self, request: ModelRequest, stream: bool) -> dict[str, Any]:
+        """The JSON request body."""
+
+    @abstractmethod
+    async def _completion(self, request: ModelRequest, payload: Any) -> ModelOutput:
+        """The domain output of a unary response's JSON."""
+
+    @abstractmethod
+    def _stream_once(self, request: ModelRequest, body: dict[str, Any]) -> AsyncGenerator[ModelOutput, None]:
+        """One streaming attempt: deltas, then a final chunk with finish_reason and usage."""
+
+    async def generate(self, request: ModelRequest, message_converter: MessageConverter | None = None) -> ModelOutput:
+        """One non-streaming upstream call, so the usage is the upstream's own."""
+        request = self.apply_converter(request, message_converter)
+        body = self._body(request, stream=False)
+        payload = await retrying_call(self._retry, self.default_model, lambda: self.post_json(self._url, body, self._headers()))
+        return await self._completion(request, payload)
+
+    async def generate_stream(
+        self, request: ModelRequest, message_converter: MessageConverter | None = None
+    ) -> AsyncIterator[ModelOutput]:
+        request = self.apply_converter(request, message_converter)
+        body = self._body(request, stream=True)
+        async for chunk in retrying_stream(self._retry, self.default_model, lambda: self._stream_once(request, body)):
+            yield chunk
 
 
 def _outgoing(headers: Mapping[str, str]) -> dict[str, str]:

@@ -13,7 +13,6 @@ import asyncio
 import codecs
 import os
 import queue
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager

@@ -10,7 +10,7 @@ itself and marks it estimated. `reasoning_content` / `reasoning` deltas become t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -28,7 +28,6 @@ from modelwire.core.types import (
     ModelRequest,
     Usage,
 )
-from modelwire.proxy.base import MessageConverter
 from modelwire.proxy.http_upstream import (
     HttpParams,
     HttpProxyClient,
@@ -150,7 +149,7 @@ class OpenAIClient(HttpProxyClient):
         )
         return cls(metadata, executor, options, params.max_concurrency)
 
-    def _auth_headers(self) -> dict[str, str]:
+    def _headers(self) -> dict[str, str]:
         key = self._params.api_key
         if key is None:
             return {}
@@ -191,10 +190,7 @@ class OpenAIClient(HttpProxyClient):
 
     # --- unary: one non-streaming request, so usage is the upstream's own
 
-    async def generate(self, request: ModelRequest, message_converter: MessageConverter | None = None) -> ModelOutput:
-        request = self.apply_converter(request, message_converter)
-        body = self._body(request, stream=False)
-        payload = await self.call(lambda: self.post_json(self._url, body, self._auth_headers()))
+    async def _completion(self, request: ModelRequest, payload: Any) -> ModelOutput:
         if not isinstance(payload, dict):
             raise errors.UpstreamUnavailable("upstream sent a completion that is not a JSON object")
         if payload.get("error"):
@@ -217,19 +213,11 @@ class OpenAIClient(HttpProxyClient):
 
     # --- streaming
 
-    async def generate_stream(
-        self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncIterator[ModelOutput]:
-        request = self.apply_converter(request, message_converter)
-        body = self._body(request, stream=True)
-        async for chunk in self.stream(lambda: self._stream_once(request, body)):
-            yield chunk
-
     async def _stream_once(self, request: ModelRequest, body: dict[str, Any]) -> AsyncGenerator[ModelOutput, None]:
         finish: FinishReason | None = None
         usage: Usage | None = None
         generated: list[str] = []
-        async with aclosing(self.post_events(self._url, body, self._auth_headers())) as events:
+        async with aclosing(self.post_events(self._url, body, self._headers())) as events:
             done = False
             async for event in events:
                 if event.data.strip() == "[DONE]":
