@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -67,23 +68,26 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (PID_KEY, self._pid)))
         return record
 
-    def _finish(self, record: CallRecord, streamed: bool) -> None:
-        log_call(record)
-        if self._metrics is not None:
-            self._metrics.finished(record, streamed)
+    @contextmanager
+    def _observing(self, record: CallRecord, context: grpc.aio.ServicerContext, streamed: bool) -> Iterator[None]:
+        """However the call ends, its record gets the status and is logged and counted once."""
+        try:
+            yield
+        except BaseException as error:
+            record.code = _ended_code(error, context)
+            raise
+        finally:
+            log_call(record)
+            if self._metrics is not None:
+                self._metrics.finished(record, streamed)
 
     def _unary(self, behavior: UnaryBehavior, method: str, request_id: str | None) -> UnaryBehavior:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             record = self._begin(method, request_id, request, context)
-            try:
+            with self._observing(record, context, streamed=False):
                 response = await behavior(request, context)
                 _count_usage(record, response)
                 return response
-            except BaseException as error:
-                record.code = _ended_code(error, context)
-                raise
-            finally:
-                self._finish(record, streamed=False)
 
         return observed
 
@@ -92,7 +96,7 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             record = self._begin(method, request_id, request, context)
-            try:
+            with self._observing(record, context, streamed=True):
                 async for response in responses(behavior(request, context)):
                     now = time.perf_counter()
                     if record.first_chunk_at is None:
@@ -103,11 +107,6 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     record.chunks += 1
                     _count_usage(record, response)
                     yield response
-            except BaseException as error:
-                record.code = _ended_code(error, context)
-                raise
-            finally:
-                self._finish(record, streamed=True)
 
         return observed
 
