@@ -12,6 +12,7 @@ from pathlib import Path
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
 from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient
 from modelwire.app.processes import CHILD_FLAG
+from modelwire.controller.cli import add_fleet_commands, add_registration_flags, registration_from_args
 from modelwire.core.config import ConfigError
 from modelwire.observe.logs import configure_logging
 
@@ -44,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         models = ", ".join(m.metadata.model for m in worker.models)
         print(f"modelwire serving {models} on {worker.address}", flush=True)
 
-    asyncio.run(serve(config, on_ready=announce, serve_metrics_here=not args.child))
+    asyncio.run(serve(config, on_ready=announce, serve_metrics_here=not args.child, registration=registration_from_args(args)))
     return 0
 
 
@@ -88,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--processes", type=int, help="overrides [server].processes (processes sharing the port)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default)")
     serve.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    add_registration_flags(serve)
     serve.set_defaults(run=_serve)
+    add_fleet_commands(commands)
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)

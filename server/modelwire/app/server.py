@@ -13,6 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelwire.app.config import Config, ServerConfig, TlsConfig
+from modelwire.controller.agent import RegistrationAgent, RegistrationSettings, worker_agent
+from modelwire.controller.orca import OrcaInterceptor
 from modelwire.observe import tracing
 from modelwire.observe.auth import BearerAuth
 from modelwire.observe.interceptor import CallObserver
@@ -84,12 +86,16 @@ class Worker:
         self.config = config
         self.models = models
         self._executor = executor
+        # Registers the worker with a controller or etcd (serve --controller/--registry); see controller/agent.py.
+        self.registration: RegistrationAgent | None = None
         self.metrics = WorkerMetrics()
         for served in models:
             served.admission.observer = self.metrics.admission_changed
         self.health = health.aio.HealthServicer()
+        # Innermost: every ModelWorker response carries an ORCA load report (controller/orca.py).
+        orca = OrcaInterceptor(models, lambda: self.registration.instance_id if self.registration else None)
         self.server = grpc.aio.server(
-            interceptors=_interceptors(config, self.metrics), options=_server_options(config.server)
+            interceptors=[*_interceptors(config, self.metrics), orca], options=_server_options(config.server)
         )
         worker_pb2_grpc.add_ModelWorkerServicer_to_server(ModelWorkerServicer(WorkerService(models)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -113,10 +119,15 @@ class Worker:
         await self.server.start()
         for name in ("", WORKER_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.registration is not None:
+            await self.registration.start()
 
     async def drain(self) -> None:
         """NOT_SERVING first so balancers stop sending, then in-flight calls get the grace period."""
         await self.health.enter_graceful_shutdown()
+        if self.registration is not None:
+            # Leave the registry before the port closes, so routers stop sending first.
+            await self.registration.stop()
         await self.server.stop(self.config.server.grace_period_s)
         for served in {id(m.client): m.client for m in self.models}.values():
             await served.close()
@@ -128,9 +139,16 @@ async def build_worker(config: Config) -> Worker:
     return Worker(config, await load_models(config, executor), executor)
 
 
-async def serve(config: Config, on_ready: Callable[[Worker], None] | None = None, serve_metrics_here: bool = True) -> None:
+async def serve(
+    config: Config,
+    on_ready: Callable[[Worker], None] | None = None,
+    serve_metrics_here: bool = True,
+    registration: RegistrationSettings | None = None,
+) -> None:
     """Runs until SIGTERM or SIGINT, then drains within the configured grace period."""
     worker = await build_worker(config)
+    if registration is not None:
+        worker.registration = worker_agent(registration, worker.models, config.server.host, worker.port)
     await worker.start()
     metrics_port = config.observability.metrics_port
     if serve_metrics_here and metrics_port is not None:

@@ -1,0 +1,190 @@
+"""The worker's registration agent: register at start, heartbeat with live load, register again when
+the registry forgot us, deregister on graceful shutdown, and keep serving while the registry is away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from modelwire.controller.registry import Registrar
+from modelwire.controller.types import InstanceModel, InstanceSpec, Lease, ModelLoad
+from modelwire.core.errors import InvalidRequest
+from modelwire.worker.service import ServedModel
+
+logger = logging.getLogger(__name__)
+
+INITIAL_BACKOFF_S = 0.25
+MAX_BACKOFF_S = 5.0
+DEREGISTER_TIMEOUT_S = 2.0
+
+
+class ClosableRegistrar(Registrar, Protocol):
+    async def close(self) -> None: ...
+
+
+class RegistrationAgent:
+    """Keeps one instance registered for as long as the worker serves.
+
+    `load()` is read at every heartbeat. The agent never stops the worker: while the registry is
+    unreachable it logs once, retries with exponential backoff (up to MAX_BACKOFF_S) and logs again
+    when it is back.
+    """
+
+    def __init__(
+        self,
+        registrar: ClosableRegistrar,
+        spec: InstanceSpec,
+        load: Callable[[], Mapping[str, ModelLoad]],
+        *,
+        max_backoff_s: float = MAX_BACKOFF_S,
+    ) -> None:
+        self.registrar = registrar
+        self.spec = replace(spec, instance_id=spec.instance_id or new_instance_id())
+        self._load = load
+        self._max_backoff_s = max_backoff_s
+        self.lease: Lease | None = None
+        self.registrations = 0
+        self.registered = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.spec.instance_id
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"registration-{self.instance_id}")
+
+    async def stop(self) -> None:
+        """Deregisters (bounded by DEREGISTER_TIMEOUT_S, so a dead registry cannot hold up shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.lease is not None:
+            try:
+                await asyncio.wait_for(self.registrar.deregister(self.lease.instance_id), DEREGISTER_TIMEOUT_S)
+                logger.info("deregistered %s from %s", self.instance_id, self.registrar)
+            except Exception as error:  # the lease lapses on its own
+                logger.warning("could not deregister %s from %s (%s); its lease will lapse",
+                               self.instance_id, self.registrar, error or type(error).__name__)
+            self.lease = None
+            self.registered.clear()
+        await self.registrar.close()
+
+    async def _run(self) -> None:
+        backoff = INITIAL_BACKOFF_S
+        # Never back off longer than a heartbeat interval: a registry that comes back (a restarted etcd
+        # that lost our lease) must see us again within one TTL.
+        cap = self._max_backoff_s
+        unreachable = False
+        while True:
+            try:
+                if self.lease is None:
+                    self.lease = await self.registrar.register(self.spec)
+                    self.spec = replace(self.spec, instance_id=self.lease.instance_id)
+                    self.registrations += 1
+                    self.registered.set()
+                    cap = min(self._max_backoff_s, self.lease.heartbeat_interval_s)
+                    logger.info("registered %s (%s) with %s: lease %.1fs, heartbeat every %.1fs",
+                                self.instance_id, self.spec.address, self.registrar,
+                                self.lease.ttl_s, self.lease.heartbeat_interval_s)
+                elif not await self.registrar.heartbeat(self.lease.instance_id, self._load()):
+                    logger.warning("%s no longer knows %s (restarted, or the lease lapsed); registering again",
+                                   self.registrar, self.instance_id)
+                    self.lease = None
+                    self.registered.clear()
+                    continue
+                if unreachable:
+                    logger.info("%s is reachable again", self.registrar)
+                    unreachable = False
+                backoff = INITIAL_BACKOFF_S
+                await asyncio.sleep(self.lease.heartbeat_interval_s)
+            except asyncio.CancelledError:
+                raise
+            except InvalidRequest as error:
+                logger.error("%s refused the registration of %s: %s", self.registrar, self.instance_id, error)
+                await asyncio.sleep(self._max_backoff_s)
+            except Exception as error:
+                if not unreachable:
+                    logger.warning("%s is unreachable (%s); still serving, retrying with backoff up to %.1fs",
+                                   self.registrar, describe(error), cap)
+                    unreachable = True
+                else:
+                    logger.debug("%s still unreachable: %s", self.registrar, describe(error))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
+
+
+def describe(error: BaseException) -> str:
+    code = getattr(error, "code", None)
+    if callable(code):
+        details = getattr(error, "details", lambda: "")()
+        return f"{code().name}: {details}"
+    return str(error) or type(error).__name__
+
+
+def new_instance_id() -> str:
+    """Readable and unique: the host's name and a random suffix."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40] or "worker"
+    return f"{host}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """How a worker announces itself: `--controller ADDR` or `--registry etcd://...`, and `--advertise`."""
+
+    controller: str | None = None
+    registry: str | None = None
+    advertise: str | None = None
+    weight: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.controller or self.registry)
+
+    def registrar(self) -> ClosableRegistrar:
+        if self.registry:
+            from modelwire.controller.etcd import EtcdRegistry
+
+            return EtcdRegistry.from_url(self.registry)
+        if self.controller:
+            from modelwire.controller.remote import RemoteController
+
+            return RemoteController(self.controller)
+        raise ValueError("neither a controller nor a registry is configured")
+
+
+def advertised_address(listen_host: str, port: int, advertise: str | None) -> str:
+    """The address callers dial: --advertise, else the listen address (a wildcard becomes the host name)."""
+    if advertise:
+        return advertise
+    if listen_host in ("", "0.0.0.0", "::", "[::]"):
+        return f"{socket.getfqdn()}:{port}"
+    return f"{listen_host}:{port}"
+
+
+def worker_agent(
+    settings: RegistrationSettings, models: Sequence[ServedModel], listen_host: str, port: int
+) -> RegistrationAgent:
+    """The agent of a worker serving `models`, reading their admission counters as its load."""
+    spec = InstanceSpec(
+        instance_id="",
+        address=advertised_address(listen_host, port, settings.advertise),
+        models=tuple(InstanceModel(m.metadata.model, m.admission.max_concurrency) for m in models),
+        weight=settings.weight,
+        labels=dict(settings.labels),
+    )
+
+    def load() -> dict[str, ModelLoad]:
+        return {m.metadata.model: ModelLoad(m.admission.in_flight, m.admission.queued) for m in models}
+
+    return RegistrationAgent(settings.registrar(), spec, load)

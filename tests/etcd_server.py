@@ -1,0 +1,96 @@
+"""A real etcd server for tests (Debian package `etcd-server`; `.ci/run` installs it), on 127.0.0.1
+with free ports and a temporary data directory. It can be killed and started again, keeping or
+wiping its data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from aetcd import rpc
+
+from conftest import free_port
+
+ETCD = shutil.which("etcd")
+
+
+class EtcdServer:
+    def __init__(self) -> None:
+        if ETCD is None:
+            raise FileNotFoundError("etcd is not installed (apt-get install etcd-server)")
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="modelwire-etcd-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, prefix: str) -> str:
+        return f"etcd://{self.endpoint}/{prefix}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        client_url = f"http://{self.endpoint}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        log = open(self.root / "etcd.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                ETCD or "etcd", "--name", "test", "--data-dir", str(self.root / "data"),
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"test={peer_url}", "--log-level", "warn",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine},
+        )
+        log.close()
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Ready when it answers a linearizable read (polling an external process, bounded)."""
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.endpoint) as channel:
+            kv = rpc.KVStub(channel)
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"etcd exited with {self.process.returncode}: {self.log()[-2000:]}")
+                try:
+                    kv.Range(rpc.RangeRequest(key=b"ready"), timeout=0.5)
+                    return
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"etcd not ready after {timeout}s: {self.log()[-2000:]}") from None
+                    time.sleep(0.05)
+
+    def keys(self, prefix: str) -> dict[str, bytes]:
+        """Every key under `prefix` and its value, read straight from etcd."""
+        with grpc.insecure_channel(self.endpoint) as channel:
+            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            reply = rpc.KVStub(channel).Range(rpc.RangeRequest(key=prefix.encode(), range_end=end.encode()), timeout=5)
+            return {kv.key.decode(): kv.value for kv in reply.kvs}
+
+    def log(self) -> str:
+        path = self.root / "etcd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self, wipe: bool = False) -> None:
+        self.kill()
+        if wipe:
+            shutil.rmtree(self.root / "data", ignore_errors=True)
+        self.start()
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

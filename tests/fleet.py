@@ -1,0 +1,111 @@
+"""Helpers for the fleet tests: an in-process controller, workers that register, event waits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import grpc
+
+from modelwire.app.config import Config, ServerConfig
+from modelwire.app.server import Worker, build_worker
+from modelwire.controller import convert
+from modelwire.controller.agent import RegistrationAgent, RegistrationSettings, worker_agent
+from modelwire.controller.registry import MemoryRegistry
+from modelwire.controller.server import ControllerServer
+from modelwire.controller.types import WatchBatch
+from modelwire.core.config import ModelConfig, Table
+from modelwire.v1 import controller_pb2 as cpb
+from modelwire.v1 import controller_pb2_grpc as cpb_grpc
+from blocking_provider import PROVIDER
+
+TTL_S = 2.0
+
+
+def blocking_model(name: str = "slow", max_concurrency: int = 8, max_queue: int = 100, **options: object) -> ModelConfig:
+    table = Table({"name": name, "provider": PROVIDER, **options}, "models[0]", "<test>")
+    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=max_concurrency, max_queue=max_queue,
+                       provider_options=table)
+
+
+def blocking_config(*models: ModelConfig, grace_period_s: float = 5.0) -> Config:
+    return Config(server=ServerConfig(host="127.0.0.1", port=0, grace_period_s=grace_period_s),
+                  models=models or (blocking_model(),))
+
+
+@asynccontextmanager
+async def running_controller(ttl_s: float = TTL_S, port: int = 0, probe_health: bool = True) -> AsyncIterator[ControllerServer]:
+    server = ControllerServer(MemoryRegistry(ttl_s), "127.0.0.1", port, probe_health=probe_health)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@asynccontextmanager
+async def registered_worker(config: Config, settings: RegistrationSettings) -> AsyncIterator[Worker]:
+    """A started worker whose agent registers it; drained (and so deregistered) on exit."""
+    config = replace(config, server=replace(config.server, host="127.0.0.1", port=0))
+    worker = await build_worker(config)
+    worker.registration = worker_agent(settings, worker.models, "127.0.0.1", worker.port)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.drain()
+
+
+def agent_of(worker: Worker) -> RegistrationAgent:
+    assert worker.registration is not None
+    return worker.registration
+
+
+async def registered(worker: Worker, timeout: float = 10.0) -> str:
+    agent = agent_of(worker)
+    await asyncio.wait_for(agent.registered.wait(), timeout)
+    return agent.instance_id
+
+
+class Watcher:
+    """Reads a WatchInstances stream in the background and lets a test wait for a matching event."""
+
+    def __init__(self, address: str, model: str = "") -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._call = cpb_grpc.ModelControllerStub(self._channel).WatchInstances(cpb.WatchInstancesRequest(model=model))
+        self.batches: list[tuple[float, WatchBatch]] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self._call:
+            async with self._changed:
+                self.batches.append((time.monotonic(), convert.batch_from_pb(message)))
+                self._changed.notify_all()
+
+    async def wait_for(self, match: Callable[[WatchBatch], bool], timeout: float) -> float:
+        """The monotonic time of the first batch (old or new) that matches."""
+        async def found() -> float:
+            async with self._changed:
+                seen = 0
+                while True:
+                    for at, batch in self.batches[seen:]:
+                        if match(batch):
+                            return at
+                    seen = len(self.batches)
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(found(), timeout)
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._channel.close()
+
+
+def has_event(kind: str, instance_id: str) -> Callable[[WatchBatch], bool]:
+    return lambda batch: any(e.type.value == kind and e.instance.instance_id == instance_id for e in batch.events)

@@ -1,0 +1,156 @@
+"""ORCA load reports: every ModelWorker response carries xds.data.orca.v3.OrcaLoadReport in the
+`endpoint-load-metrics-bin` trailer, and its utilisation rises under load.
+
+gRPC Python's C core keeps `endpoint-load-metrics-bin` for itself, so the report is read off the wire
+with a bare HTTP/2 client here; through gRPC Python the same report is read from `modelwire-load-bin`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from xds.data.orca.v3 import orca_load_report_pb2
+
+from conftest import running_worker
+from fleet import blocking_config, blocking_model, registered, registered_worker, running_controller
+from modelwire.client import ModelWorkerClient
+from modelwire.client.requests import build_request, count_request
+from modelwire.controller.agent import RegistrationSettings
+from modelwire.controller.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
+from modelwire.v1 import worker_pb2 as pb
+from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.usefixtures("blocking_provider")
+
+
+def report_of(trailers: object) -> tuple[orca_load_report_pb2.OrcaLoadReport, dict[str, str | bytes]]:
+    metadata = dict(trailers)  # type: ignore[call-overload]
+    return orca_load_report_pb2.OrcaLoadReport.FromString(metadata[LOAD_TRAILER]), metadata
+
+
+async def test_the_orca_trailer_reports_utilisation_that_rises_under_load() -> None:
+    config = blocking_config(blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01))
+    async with running_controller() as controller:
+        async with registered_worker(config, RegistrationSettings(controller=controller.address)) as worker:
+            instance_id = await registered(worker)
+            async with grpc.aio.insecure_channel(worker.address) as channel:
+                stub = pb_grpc.ModelWorkerStub(channel)
+                quick = build_request("slow", "hi", max_new_tokens=1)
+
+                idle_call = stub.Generate(quick, timeout=10)
+                await idle_call
+                idle, metadata = report_of(await idle_call.trailing_metadata())
+                assert metadata[INSTANCE_TRAILER] == instance_id
+                assert idle.application_utilization == 0.0
+                assert dict(idle.named_metrics) == {"in_flight": 0.0, "queued": 0.0, "capacity": 4.0}
+                assert idle.rps_fractional > 0
+                assert 0.0 <= idle.cpu_utilization <= 1.0
+
+                # Three long streams hold three of the four slots.
+                async with ModelWorkerClient(worker.address, timeout=30) as direct:
+                    streams = [direct.stream("slow", "load") for _ in range(3)]
+                    for stream in streams:
+                        await anext(stream)
+                    loaded_call = stub.Generate(quick, timeout=10)
+                    await loaded_call
+                    loaded, _ = report_of(await loaded_call.trailing_metadata())
+                    count_call = stub.CountToken(count_request("slow", "one two"), timeout=10)
+                    await count_call
+                    counted, _ = report_of(await count_call.trailing_metadata())
+                    for stream in streams:
+                        await stream.aclose()
+
+                # A stream's report comes with its end.
+                stream_call = stub.GenerateStream(quick, timeout=10)
+                chunks = [chunk async for chunk in stream_call]
+                streamed, _ = report_of(await stream_call.trailing_metadata())
+                models_call = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+                await models_call
+                listed, _ = report_of(await models_call.trailing_metadata())
+
+    print(f"application_utilization idle {idle.application_utilization}, with 3 of 4 slots busy {loaded.application_utilization}")
+    assert loaded.application_utilization == pytest.approx(0.75)
+    assert loaded.named_metrics["in_flight"] == 3.0
+    assert loaded.application_utilization > idle.application_utilization
+    assert counted.application_utilization == pytest.approx(0.75)
+    assert chunks[-1].finish_reason != pb.FINISH_REASON_UNSPECIFIED
+    assert streamed.named_metrics["capacity"] == 4.0
+    assert loaded.rps_fractional >= idle.rps_fractional
+    assert listed.named_metrics["capacity"] == 4.0
+
+
+async def test_a_worker_without_registration_still_reports_load() -> None:
+    config = blocking_config(blocking_model("slow", tokens=1))
+    async with running_worker(config) as worker:
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            call = pb_grpc.ModelWorkerStub(channel).Generate(build_request("slow", "hi"), timeout=10)
+            await call
+            report, metadata = report_of(await call.trailing_metadata())
+    assert INSTANCE_TRAILER not in metadata
+    assert report.named_metrics["capacity"] == 8.0
+
+
+def wire_unary(address: str, method: str, request: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """One gRPC unary call over a bare HTTP/2 connection: the response message and the raw trailers."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        connection.initiate_connection()
+        stream = connection.get_next_available_stream_id()
+        connection.send_headers(stream, [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", method.encode()), (b":authority", address.encode()),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        ])
+        connection.send_data(stream, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
+        sock.sendall(connection.data_to_send())
+        body, trailers, ended = b"", {}, False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    connection.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = {bytes(k).decode(): bytes(v) for k, v in event.headers}
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+            sock.sendall(connection.data_to_send())
+    return body[5:], trailers
+
+
+def unbase64(value: bytes) -> bytes:
+    """gRPC sends -bin metadata as base64, padding optional."""
+    return base64.b64decode(value + b"=" * (-len(value) % 4))
+
+
+async def test_the_orca_trailer_is_on_the_wire_and_rises_under_load() -> None:
+    config = blocking_config(blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01))
+    request = build_request("slow", "hi", max_new_tokens=1).SerializeToString()
+    async with running_worker(config) as worker:
+        method = "/modelwire.v1.ModelWorker/Generate"
+        body, idle_trailers = await asyncio.to_thread(wire_unary, worker.address, method, request)
+        assert pb.ModelOutput.FromString(body).text == "w0 "
+        assert idle_trailers["grpc-status"] == b"0"
+        async with ModelWorkerClient(worker.address, timeout=30) as direct:
+            streams = [direct.stream("slow", "load") for _ in range(2)]
+            for stream in streams:
+                await anext(stream)
+            _, loaded_trailers = await asyncio.to_thread(wire_unary, worker.address, method, request)
+            for stream in streams:
+                await stream.aclose()
+
+    idle = orca_load_report_pb2.OrcaLoadReport.FromString(unbase64(idle_trailers[ORCA_TRAILER]))
+    loaded = orca_load_report_pb2.OrcaLoadReport.FromString(unbase64(loaded_trailers[ORCA_TRAILER]))
+    print(f"on the wire: application_utilization idle {idle.application_utilization}, loaded {loaded.application_utilization}")
+    assert idle.application_utilization == 0.0
+    assert loaded.application_utilization == pytest.approx(0.5)
+    assert loaded.named_metrics["in_flight"] == 2.0
+    assert loaded.rps_fractional > 0
+    assert unbase64(loaded_trailers[LOAD_TRAILER]) == unbase64(loaded_trailers[ORCA_TRAILER])
