@@ -10,9 +10,8 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
-from modelwire.controller.registry import Registrar
+from modelwire.controller.registry import RegistryClient, connect
 from modelwire.controller.types import InstanceModel, InstanceSpec, Lease, ModelLoad
 from modelwire.core.errors import InvalidRequest
 from modelwire.worker.service import ServedModel
@@ -22,10 +21,6 @@ logger = logging.getLogger(__name__)
 INITIAL_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 5.0
 DEREGISTER_TIMEOUT_S = 2.0
-
-
-class ClosableRegistrar(Registrar, Protocol):
-    async def close(self) -> None: ...
 
 
 class RegistrationAgent:
@@ -38,7 +33,7 @@ class RegistrationAgent:
 
     def __init__(
         self,
-        registrar: ClosableRegistrar,
+        registrar: RegistryClient,
         spec: InstanceSpec,
         load: Callable[[], Mapping[str, ModelLoad]],
         *,
@@ -151,16 +146,8 @@ class RegistrationSettings:
     def enabled(self) -> bool:
         return bool(self.controller or self.registry)
 
-    def registrar(self) -> ClosableRegistrar:
-        if self.registry:
-            from modelwire.controller.etcd import EtcdRegistry
-
-            return EtcdRegistry.from_url(self.registry)
-        if self.controller:
-            from modelwire.controller.remote import RemoteController
-
-            return RemoteController(self.controller)
-        raise ValueError("neither a controller nor a registry is configured")
+    def registrar(self) -> RegistryClient:
+        return connect(self.controller, self.registry)
 
 
 def advertised_address(listen_host: str, port: int, advertise: str | None) -> str:

@@ -6,11 +6,9 @@ import argparse
 import asyncio
 import logging
 
-from modelwire.controller import convert
 from modelwire.controller.agent import RegistrationSettings
-from modelwire.controller.remote import RemoteController
 from modelwire.controller.types import Instance
-from modelwire.controller.registry import DEFAULT_TTL_S, MemoryRegistry, Registry
+from modelwire.controller.registry import DEFAULT_TTL_S, MemoryRegistry, Registry, connect
 from modelwire.observe.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -78,13 +76,13 @@ def _controller(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from modelwire.controller.gateway import Gateway, source_from
+    from modelwire.controller.gateway import Gateway
     from modelwire.controller.server import wait_for_signal
 
     configure_logging(args.log_level, args.log_format)
 
     async def run() -> None:
-        gateway = Gateway(source_from(args.controller, args.registry), args.host, args.port)
+        gateway = Gateway(connect(args.controller, args.registry), args.host, args.port)
         await gateway.start()
         print(f"modelwire gateway on {gateway.address} (instances from {gateway.source})", flush=True)
         await wait_for_signal()
@@ -99,22 +97,14 @@ def _instances(args: argparse.Namespace) -> int:
     """Prints the registry's instances, from a controller or straight from etcd."""
 
     async def run() -> list[Instance]:
-        if args.registry:
-            from modelwire.controller.etcd import EtcdRegistry
-
-            registry = EtcdRegistry.from_url(args.registry)
-            try:
-                watch = registry.watch(args.model)
-                snapshot = await anext(watch)
-                await watch.aclose()
-                return [event.instance for event in snapshot.events]
-            finally:
-                await registry.close()
-        remote = RemoteController(args.controller)
+        registry = connect(args.controller, args.registry)
         try:
-            return [convert.instance_from_pb(i) for i in await remote.list(args.model)]
+            watch = registry.watch(args.model)
+            snapshot = await anext(watch)
+            await watch.aclose()  # type: ignore[attr-defined]
+            return [event.instance for event in snapshot.events]
         finally:
-            await remote.close()
+            await registry.close()
 
     for instance in asyncio.run(run()):
         models = ",".join(f"{m.model}(load {instance.load_of(m.model).in_flight}+{instance.load_of(m.model).queued}q"

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelwire.controller.health import WORKER_SERVICE, follow_health
 from modelwire.controller.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER, parse_report
-from modelwire.controller.registry import DEFAULT_TTL_S, InstanceSource
+from modelwire.controller.registry import DEFAULT_TTL_S, RegistryClient
 from modelwire.controller.remote import CHANNEL_OPTIONS
 from modelwire.controller.types import EventType, Instance, WatchBatch
 from modelwire.v1 import worker_pb2 as pb
@@ -43,22 +43,6 @@ LIST_MODELS_TIMEOUT_S = 5.0
 # Metadata that belongs to this hop, not to the call: never forwarded.
 _HOP_KEYS = frozenset({"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"})
 Metadata = tuple[tuple[str, str | bytes], ...]
-
-
-class ClosableSource(InstanceSource, Protocol):
-    async def close(self) -> None: ...
-
-
-def source_from(controller: str | None, registry: str | None) -> ClosableSource:
-    if registry:
-        from modelwire.controller.etcd import EtcdRegistry
-
-        return EtcdRegistry.from_url(registry)
-    if controller:
-        from modelwire.controller.remote import RemoteController
-
-        return RemoteController(controller)
-    raise ValueError("a gateway needs --controller or --registry")
 
 
 class NoInstance(Exception):
@@ -145,7 +129,7 @@ def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Met
 class Router:
     """The instance table and the choice of instance; fed by a registry watch."""
 
-    def __init__(self, source: ClosableSource, probe_health: bool = True) -> None:
+    def __init__(self, source: RegistryClient, probe_health: bool = True) -> None:
         self.source = source
         self.routes: dict[str, Route] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, int]] = {}
@@ -303,7 +287,7 @@ class Router:
 class Gateway:
     """A ModelWorker server whose every call is forwarded to the fleet."""
 
-    def __init__(self, source: ClosableSource, host: str = "127.0.0.1", port: int = 0, probe_health: bool = True) -> None:
+    def __init__(self, source: RegistryClient, host: str = "127.0.0.1", port: int = 0, probe_health: bool = True) -> None:
         self.source = source
         self.host = host
         self.router = Router(source, probe_health)

@@ -59,6 +59,26 @@ class InstanceSource(Protocol):
         ...
 
 
+class RegistryClient(Registrar, InstanceSource, Protocol):
+    """A registry across the network (a controller, or etcd): both sides, and a connection to close."""
+
+    async def close(self) -> None: ...
+
+
+def connect(controller: str | None, registry: str | None) -> RegistryClient:
+    """The one place that picks the registry a worker, a gateway or `modelwire instances` talks to:
+    etcd when `--registry etcd://…` is given, else the controller at `--controller`."""
+    if registry:
+        from modelwire.controller.etcd import EtcdRegistry
+
+        return EtcdRegistry.from_url(registry)
+    if controller:
+        from modelwire.controller.remote import RemoteController
+
+        return RemoteController(controller)
+    raise ValueError("neither --controller nor --registry is given")
+
+
 class Registry(ABC):
     """A registry the ModelController service can serve."""
 
