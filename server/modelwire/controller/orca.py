@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from xds.data.orca.v3 import orca_load_report_pb2
 
-from modelwire.observe.handlers import StreamBehavior, UnaryBehavior, rewrap
+from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, rewrap
 from modelwire.worker.service import ServedModel
 
 ORCA_TRAILER = "endpoint-load-metrics-bin"
@@ -88,6 +88,7 @@ class OrcaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._instance_id = instance_id
         self._rate = _Rate()
         self._cpu = _Cpu()
+        self._handlers = HandlerCache(lambda method, handler: rewrap(handler, unary=self._unary, server_stream=self._stream))
 
     def report(self, model: str) -> orca_load_report_pb2.OrcaLoadReport:
         report = orca_load_report_pb2.OrcaLoadReport(
@@ -121,7 +122,7 @@ class OrcaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or not details.method.startswith(WORKER_PREFIX):
             return handler
-        return rewrap(handler, unary=self._unary, server_stream=self._stream)
+        return self._handlers.get(details.method, handler)
 
     def _unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:

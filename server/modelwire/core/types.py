@@ -90,7 +90,6 @@ class ModelOutput:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timing: Timing | None = None
-    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,5 +120,4 @@ def merge_outputs(chunks: list[ModelOutput]) -> ModelOutput:
         finish_reason=last.finish_reason,
         usage=last.usage,
         timing=last.timing,
-        model=last.model,
     )

@@ -39,3 +39,19 @@ def rewrap(
             server_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
         )
     return handler
+
+
+class HandlerCache:
+    """Wrapped handlers built once per method rather than once per call: building them is work that
+    every call would otherwise pay. A handler that changes (a re-registered service) is rewrapped."""
+
+    def __init__(self, build: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._build = build
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        cached = self._by_method.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, self._build(method, handler))
+            self._by_method[method] = cached
+        return cached[1]

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from modelwire.observe.call_record import REQUEST_ID_KEY, CallRecord, begin_call
-from modelwire.observe.handlers import StreamBehavior, UnaryBehavior, responses, rewrap
+from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, responses, rewrap
 from modelwire.observe.logs import log_call
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.v1 import worker_pb2 as pb
@@ -24,8 +24,8 @@ from modelwire.v1 import worker_pb2 as pb
 PID_KEY = "modelwire-pid"
 
 
-def _header(details: grpc.HandlerCallDetails, key: str) -> str | None:
-    for name, value in details.invocation_metadata or ():
+def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
         if name == key:
             return str(value)
     return None
@@ -47,6 +47,13 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, metrics: WorkerMetrics | None) -> None:
         self._metrics = metrics
         self._pid = str(os.getpid())
+        self._handlers = HandlerCache(
+            lambda method, handler: rewrap(
+                handler,
+                unary=lambda behavior: self._unary(behavior, method),
+                server_stream=lambda behavior: self._stream(behavior, method),
+            )
+        )
 
     async def intercept_service(
         self,
@@ -54,16 +61,10 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        method: str = details.method
-        request_id = _header(details, REQUEST_ID_KEY)
-        return rewrap(
-            handler,
-            unary=lambda behavior: self._unary(behavior, method, request_id),
-            server_stream=lambda behavior: self._stream(behavior, method, request_id),
-        )
+        return None if handler is None else self._handlers.get(details.method, handler)
 
-    def _begin(self, method: str, request_id: str | None, request: Any, context: grpc.aio.ServicerContext) -> CallRecord:
-        record = begin_call(method, request_id)
+    def _begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> CallRecord:
+        record = begin_call(method, _header(context, REQUEST_ID_KEY))
         record.model = getattr(request, "model", "")
         context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (PID_KEY, self._pid)))
         return record
@@ -81,9 +82,9 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if self._metrics is not None:
                 self._metrics.finished(record, streamed)
 
-    def _unary(self, behavior: UnaryBehavior, method: str, request_id: str | None) -> UnaryBehavior:
+    def _unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record = self._begin(method, request_id, request, context)
+            record = self._begin(method, request, context)
             with self._observing(record, context, streamed=False):
                 response = await behavior(request, context)
                 _count_usage(record, response)
@@ -91,11 +92,11 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return observed
 
-    def _stream(self, behavior: StreamBehavior, method: str, request_id: str | None) -> StreamBehavior:
+    def _stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
         metrics = self._metrics
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            record = self._begin(method, request_id, request, context)
+            record = self._begin(method, request, context)
             with self._observing(record, context, streamed=True):
                 async for response in responses(behavior(request, context)):
                     now = time.perf_counter()

@@ -37,13 +37,18 @@ class WorkerMetrics:
         self.completion_tokens = Counter("modelwire_completion_tokens", "Generated tokens of finished calls.", ["model"], registry=r)
         self.in_flight = Gauge("modelwire_in_flight", "Calls running per model.", ["model"], multiprocess_mode="livesum", registry=r)
         self.queued = Gauge("modelwire_queued", "Calls waiting for a slot per model.", ["model"], multiprocess_mode="livesum", registry=r)
+        # Labelled children looked up once per model: admission changes four times per call.
+        self._admission_gauges: dict[str, tuple[Gauge, Gauge]] = {}
         self.errors = Counter(
             "modelwire_errors", "Failed calls by the error that failed them (upstream_* come from the provider).", ["model", "kind"], registry=r
         )
 
     def admission_changed(self, model: str, in_flight: int, queued: int) -> None:
-        self.in_flight.labels(model).set(in_flight)
-        self.queued.labels(model).set(queued)
+        gauges = self._admission_gauges.get(model)
+        if gauges is None:
+            gauges = self._admission_gauges[model] = (self.in_flight.labels(model), self.queued.labels(model))
+        gauges[0].set(in_flight)
+        gauges[1].set(queued)
 
     def inter_token_gap(self, model: str, gap_s: float) -> None:
         self.inter_token.labels(model).observe(gap_s)

@@ -79,8 +79,9 @@ def request_from_pb(request: pb.ModelRequest) -> ModelRequest:
     )
 
 
-def output_to_pb(output: ModelOutput) -> pb.ModelOutput:
-    message = pb.ModelOutput(text=output.text, finish_reason=_FINISH_TO_PB[output.finish_reason], model=output.model)
+def output_to_pb(output: ModelOutput, model: str) -> pb.ModelOutput:
+    """`model` names the answering model on every message, whatever the domain output carries."""
+    message = pb.ModelOutput(text=output.text, finish_reason=_FINISH_TO_PB[output.finish_reason], model=model)
     if output.reasoning is not None:
         message.reasoning = output.reasoning
     if output.usage is not None:

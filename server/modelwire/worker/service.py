@@ -72,7 +72,6 @@ class WorkerService:
                 output,
                 finish_reason=output.finish_reason or FinishReason.STOP,
                 timing=_timing(started, None, output.usage),
-                model=request.model,
             )
 
     async def generate_stream(self, request: ModelRequest) -> AsyncIterator[ModelOutput]:
@@ -86,14 +85,14 @@ class WorkerService:
                 if chunk.finish_reason is not None:
                     finished = True
                     chunk = replace(chunk, timing=_timing(started, first_token_at, chunk.usage))
-                yield replace(chunk, model=request.model)
+                # Deltas pass as they are (a copy per delta is measurable); the edge names the model.
+                yield chunk
             if not finished:
                 # A provider that ended without a final chunk still owes the caller finish_reason.
                 yield ModelOutput(
                     finish_reason=FinishReason.STOP,
                     usage=Usage(estimated=True),
                     timing=_timing(started, first_token_at, None),
-                    model=request.model,
                 )
 
     async def _fit_context(self, served: ServedModel, request: ModelRequest) -> ModelRequest:

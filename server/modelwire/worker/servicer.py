@@ -52,14 +52,14 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
     async def Generate(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelOutput:
         async with CallScope(context):
             output = await self._service.generate(convert.request_from_pb(request))
-            return convert.output_to_pb(output)
+            return convert.output_to_pb(output, request.model)
 
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
         async with CallScope(context):
             async for chunk in self._service.generate_stream(convert.request_from_pb(request)):
-                yield convert.output_to_pb(chunk)
+                yield convert.output_to_pb(chunk, request.model)
 
     async def CountToken(
         self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext
