@@ -39,7 +39,7 @@ from modelwire.core.config import ModelConfig
 from modelwire.core.types import ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.observe.tracing import inject_trace_headers
 from modelwire.proxy.base import MessageConverter, ProxyLLMClient
-from modelwire.tokenize.tiktoken_counter import count_tokens
+from modelwire.tokenize.tiktoken_counter import count_tokens_async
 
 logger = logging.getLogger(__name__)
 
@@ -411,24 +411,18 @@ class HttpProxyClient(ProxyLLMClient):
     # --- counting
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
-        """tiktoken, on the executor: a long prompt is CPU work that must not stall the loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, count_tokens, self.upstream_model, prompt)
+        return await count_tokens_async(self.upstream_model, prompt, self._executor)
 
     async def estimate_usage(self, messages: Sequence[ModelMessage], completion: str) -> Usage:
         """Usage the worker counted itself, for an upstream that reported none."""
-
-        def count() -> Usage:
-            prompt = count_tokens(self.upstream_model, messages).count
-            generated = count_tokens(self.upstream_model, completion).count if completion else 0
-            return Usage(prompt_tokens=prompt, completion_tokens=generated, estimated=True)
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, count)
+            prompt = await count_tokens_async(self.upstream_model, messages, self._executor)
+            generated = await count_tokens_async(self.upstream_model, completion, self._executor) if completion else None
         except errors.TokenizerUnavailable as error:
             # The completion was delivered; a count the worker cannot make must not fail it.
             logger.warning("model %s: cannot estimate usage: %s", self.default_model, error)
             return Usage(estimated=True)
+        return Usage(prompt_tokens=prompt.count, completion_tokens=generated.count if generated else 0, estimated=True)
 
     # --- one attempt of a call; retries wrap these
 
