@@ -10,6 +10,7 @@ PORT ?= 50051
 .PHONY: install proto run test typecheck pytest certs clean
 
 include mk/stubs.mk
+include mk/bench.mk
 
 # One install for everything: the server, the local model (llama-cpp-python compiles here, about
 # 5 minutes on 2 cores the first time; pip caches the wheel) and the test tools.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelwire.core.config import ModelConfig
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.proxy.anthropic import AnthropicClient
+from modelwire.proxy.echo import EchoClient
 from modelwire.proxy.llamacpp import LlamaCppClient
 from modelwire.proxy.openai import OpenAIClient
 
@@ -12,6 +13,7 @@ PROVIDERS: dict[str, type[ProxyLLMClient]] = {
     LlamaCppClient.provider: LlamaCppClient,
     OpenAIClient.provider: OpenAIClient,
     AnthropicClient.provider: AnthropicClient,
+    EchoClient.provider: EchoClient,
 }
 
 

@@ -1,0 +1,193 @@
+"""Where a modelwire call's CPU goes: the same echo worker with one layer switched off at a time.
+
+py-spy shows where the time is (`--native` for grpc's Cython core), but the asyncio and gRPC
+bookkeeping each layer causes is spread over grpc's own frames; switching a layer off and measuring
+again gives its whole cost. Each variant runs as its own worker process (bench/ablation.py --serve),
+patched before it is built, and is driven by ghz like bench/run.py drives the real one.
+
+  shipped         the worker as `modelwire serve` runs it
+  no-access-log   the per-call JSON log line off (logger modelwire.access above INFO)
+  no-metrics      the observer without Prometheus updates
+  no-observer     without the CallObserver interceptor (log, metrics, request id)
+  no-orca         without the ORCA load-report interceptor
+  no-interceptors without any interceptor
+  no-count        without counting the prompt's tokens (the context-length check)
+  bare-service    no interceptors and no count: servicer + service + admission + provider only
+  floor-servicer  modelwire's server (options, interceptors, health, reflection) with the floor's
+                  servicer (pre-built answers): the cost of the server around the servicer
+  floor-servicer-bare   the same without interceptors: should cost what bench/echo_floor.py costs
+
+With `--provider openai` the worker fronts bench/instant_upstream.py over HTTP instead, and:
+  pool-count      every prompt counted on the thread pool, as HTTP providers did before short
+                  prompts were counted in place (tokenize.tiktoken_counter.count_tokens_async)
+  no-interceptors as above
+
+    .venv/bin/python bench/ablation.py [--duration 8] [--concurrency 16] [--mode unary|stream|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+VARIANTS = ("shipped", "no-access-log", "no-metrics", "no-observer", "no-orca", "no-interceptors", "no-count", "bare-service",
+            "floor-servicer", "floor-servicer-bare")
+HTTP_VARIANTS = ("shipped", "pool-count", "no-interceptors")
+
+
+def _patch(variant: str) -> None:
+    """Applied in the worker process before the server is built."""
+    import grpc
+
+    from modelwire.core.types import TokenCount
+
+    dropped: set[str] = set()
+    if variant in ("no-observer",):
+        dropped = {"CallObserver"}
+    if variant == "no-orca":
+        dropped = {"OrcaInterceptor"}
+    if variant in ("no-interceptors", "bare-service", "floor-servicer-bare"):
+        dropped = {"*"}
+    if variant == "pool-count":
+        import asyncio
+
+        from modelwire.proxy import http_upstream
+        from modelwire.tokenize.tiktoken_counter import count_tokens
+
+        async def pool_count(self: Any, model: str, prompt: Any) -> TokenCount:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, count_tokens, self.upstream_model, prompt)
+
+        http_upstream.HttpProxyClient.count_token = pool_count  # type: ignore[method-assign]
+    if variant.startswith("floor-servicer"):
+        import echo_floor
+
+        from modelwire.worker import servicer
+
+        floor = echo_floor.FloorServicer("gpt-4o", 100, "hello ")
+        async def generate(self: Any, request: Any, context: Any) -> Any:
+            return await floor.Generate(request, context)
+
+        async def generate_stream(self: Any, request: Any, context: Any) -> Any:
+            async for message in floor.GenerateStream(request, context):
+                yield message
+
+        servicer.ModelWorkerServicer.Generate = generate  # type: ignore[method-assign]
+        servicer.ModelWorkerServicer.GenerateStream = generate_stream  # type: ignore[method-assign]
+    if dropped:
+        original = grpc.aio.server
+
+        def server(*args: Any, interceptors: Any = None, **kwargs: Any) -> Any:
+            kept = [] if "*" in dropped else [i for i in interceptors or () if type(i).__name__ not in dropped]
+            return original(*args, interceptors=kept, **kwargs)
+
+        grpc.aio.server = server  # type: ignore[assignment]
+    if variant == "no-access-log":
+        import modelwire.observe.logs as logs
+
+        original_configure = logs.configure_logging
+
+        def configure(*args: Any, **kwargs: Any) -> Any:
+            result = original_configure(*args, **kwargs)
+            logging.getLogger("modelwire.access").setLevel(logging.WARNING)
+            return result
+
+        logs.configure_logging = configure  # type: ignore[assignment]
+        import modelwire.app.cli as cli
+
+        cli.configure_logging = configure  # type: ignore[assignment]
+    if variant == "no-metrics":
+        from modelwire.observe.metrics import WorkerMetrics
+
+        WorkerMetrics.finished = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        WorkerMetrics.inter_token_gap = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        WorkerMetrics.admission_changed = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    if variant in ("no-count", "bare-service"):
+        from modelwire.proxy.echo import EchoClient
+
+        async def count_token(self: Any, model: str, prompt: Any) -> TokenCount:
+            return TokenCount(12, "none", False)
+
+        EchoClient.count_token = count_token  # type: ignore[method-assign]
+
+
+def serve(variant: str, config: str) -> None:
+    _patch(variant)
+    from modelwire.app.cli import main
+
+    sys.exit(main(["serve", "--config", config]))
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import loadgen
+    import procstat
+    from run import ECHO_MODEL, GRPC_REQUEST, Proc, _worker_toml, free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="modelwire-ablation-"))
+    rows = []
+    model_block = ECHO_MODEL
+    upstream = None
+    if args.provider == "openai":
+        from run import _openai_model
+
+        upstream = Proc("instant-upstream", [sys.executable, str(HERE / "instant_upstream.py"), "--port", "0"], workdir,
+                        ready_text="instant upstream on")
+        model_block = _openai_model("http://" + upstream.address())
+    modes = ("unary", "stream") if args.mode == "both" else (args.mode,)
+    variants = args.variants or ",".join(HTTP_VARIANTS if args.provider == "openai" else VARIANTS)
+    for variant in variants.split(","):
+        port = free_port()
+        config = workdir / f"{variant}.toml"
+        config.write_text(_worker_toml(port, 1, model_block))
+        proc = Proc(variant, [sys.executable, __file__, "--serve", variant, "--config", str(config)], workdir,
+                    ready_text="modelwire serving")
+        try:
+            group = procstat.ProcessGroup([proc.pid])
+            for mode in modes:
+                method = "Generate" if mode == "unary" else "GenerateStream"
+                loadgen.ghz(args.ghz, f"127.0.0.1:{port}", method, GRPC_REQUEST, 16, 1.0, 4)
+                procstat.wait_for_idle(0.35, 20)
+                before = group.snapshot()
+                result = loadgen.ghz(args.ghz, f"127.0.0.1:{port}", method, GRPC_REQUEST, args.concurrency, args.duration, 4)
+                cpu = group.cpu_since(before)
+                row = {"variant": variant, "mode": mode, "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+                       "cpu_us_per_call": 1e6 * cpu / max(result.ok, 1), "errors": result.errors, "loadavg1": procstat.loadavg1()}
+                rows.append(row)
+                print(f"{variant:16} {mode:6} {row['rps']:8,.0f} calls/s  {row['cpu_us_per_call']:7.0f} µs CPU/call  "
+                      f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  load {row['loadavg1']:.2f}", flush=True)
+        finally:
+            proc.stop()
+    if upstream is not None:
+        upstream.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--provider", choices=("echo", "openai"), default="echo")
+    parser.add_argument("--serve", choices=VARIANTS + HTTP_VARIANTS[1:2], help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", help="comma-separated (default: all of the mode's)")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--mode", choices=("unary", "stream", "both"), default="both")
+    parser.add_argument("--ghz", type=Path, default=HERE.parent / ".tools" / "bin" / "ghz")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.config)
+        return
+    rows = run(args)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

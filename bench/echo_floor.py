@@ -1,0 +1,85 @@
+"""The floor: a bare grpc.aio server answering modelwire's own messages, with none of its layers.
+
+It implements `modelwire.v1.ModelWorker` from the generated stubs and answers every call with
+pre-built messages of the same size as the `echo` provider's (the same text, usage, timing and
+model fields): no interceptor, no conversion, no admission, no token counting, no logging. What it
+costs is what Python gRPC itself costs for these messages, so the load generator calls it exactly
+as it calls modelwire.
+
+    python bench/echo_floor.py --port 8901 [--chunks 100] [--chunk-text "hello "]
+
+Prints "echo floor on HOST:PORT" when it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from modelwire.v1 import worker_pb2 as pb
+from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+
+def _final(model: str, completion_tokens: int, text: str = "") -> pb.ModelOutput:
+    return pb.ModelOutput(
+        text=text,
+        finish_reason=pb.FINISH_REASON_STOP,
+        usage=pb.Usage(prompt_tokens=12, completion_tokens=completion_tokens, total_tokens=12 + completion_tokens),
+        timing=pb.Timing(time_to_first_token_seconds=0.000123, tokens_per_second=123456.7, total_seconds=0.000456),
+        model=model,
+    )
+
+
+class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
+    def __init__(self, model: str, chunks: int, chunk_text: str) -> None:
+        self._unary = _final(model, chunks, chunk_text * chunks)
+        self._chunk = pb.ModelOutput(text=chunk_text, model=model)
+        self._last = _final(model, chunks)
+        self._chunks = chunks
+        self._count = pb.CountTokenResponse(count=12, tokenizer="tiktoken:o200k_base", exact=True)
+        self._models = pb.ListModelsResponse(models=[pb.ModelMetadata(model=model, provider="floor", context_length=131072, max_output_tokens=4096)])
+
+    async def Generate(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelOutput:
+        return self._unary
+
+    async def GenerateStream(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelOutput]:
+        chunk = self._chunk
+        for _ in range(self._chunks):
+            yield chunk
+        yield self._last
+
+    async def CountToken(self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext) -> pb.CountTokenResponse:
+        return self._count
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return self._models
+
+
+async def serve(host: str, port: int, model: str, chunks: int, chunk_text: str) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_ModelWorkerServicer_to_server(FloorServicer(model, chunks, chunk_text), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    print(f"echo floor on {host}:{bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8901)
+    parser.add_argument("--model", default="gpt-4o")
+    parser.add_argument("--chunks", type=int, default=100)
+    parser.add_argument("--chunk-text", default="hello ")
+    args = parser.parse_args()
+    try:
+        asyncio.run(serve(args.host, args.port, args.model, args.chunks, args.chunk_text))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

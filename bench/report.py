@@ -1,0 +1,289 @@
+"""Renders a bench/run.py report: the one table (every row as a ratio to the floor and to LiteLLM),
+the verdicts against the issue's targets, the latency-vs-throughput PNG, and the generated part of
+docs/benchmarks.md (between the BEGIN/END markers; the prose around it is written by hand)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- BEGIN GENERATED: bench/run.py writes this part; edit the prose outside it -->"
+END = "<!-- END GENERATED -->"
+
+LABELS = {
+    "floor": "floor: bare grpc.aio",
+    "modelwire": "modelwire, echo provider",
+    "modelwire-p2": "modelwire --processes 2",
+    "gateway": "gateway → modelwire",
+    "modelwire-http": "modelwire → HTTP upstream",
+    "modelwire-http-p2": "modelwire --processes N → HTTP upstream",
+    "litellm": "LiteLLM → HTTP upstream",
+    "http-floor": "HTTP upstream directly",
+}
+ORDER = list(LABELS)
+
+
+def _index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return {(row["target"], row["mode"], row["concurrency"]): row for row in rows}
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return value / base
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}×"
+
+
+def _num(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _load(part: dict[str, Any]) -> str:
+    other = part.get("other_busy_cores")
+    return f"{part['loadavg1_at_start']:.2f}" + (f" / {other:.2f}" if other is not None else "")
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Header, then every row: gRPC/HTTP targets, then CountToken, local model, slow streams."""
+    header = ["target", "call", "c", "throughput", "p50 ms", "p90 ms", "p99 ms", "CPU s / 1k calls", "peak RSS MiB",
+              "× floor", "× LiteLLM", "p99 × LiteLLM", "load"]
+    rows: list[list[str]] = [header]
+    index = _index(report["rows"])
+    ordered = sorted(report["rows"], key=lambda r: (ORDER.index(r["target"]) if r["target"] in ORDER else 99,
+                                                     r["mode"] != "unary", r["concurrency"]))
+    for row in ordered:
+        key = (row["mode"], row["concurrency"])
+        floor = index.get(("floor", *key))
+        litellm = index.get(("litellm", *key))
+        throughput = f"{_num(row['rps'])} calls/s"
+        if row["mode"] == "stream":
+            throughput += f" ({_num(row['chunks_per_s'])} chunks/s)"
+        cpu = f"{row['cpu_s_per_1k']:.2f}"
+        if row.get("upstream_cpu_s_per_1k") is not None:
+            cpu += f" (+{row['upstream_cpu_s_per_1k']:.2f} upstream)"
+        if row["errors"]:
+            throughput += f", {row['errors']} errors"
+        rows.append([
+            LABELS.get(row["target"], row["target"]), row["mode"], str(row["concurrency"]), throughput,
+            f"{row['p50_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}", cpu, f"{row['peak_rss_mib']:.0f}",
+            _x(_ratio(row["rps"], floor["rps"] if floor else None)),
+            _x(_ratio(row["rps"], litellm["rps"] if litellm else None)),
+            _x(_ratio(row["p99_ms"], litellm["p99_ms"] if litellm else None)),
+            f"{row['loadavg1_at_start']:.2f} / {row['other_busy_cores']:.2f}",
+        ])
+    count = report.get("count_tokens")
+    if count:
+        for item in count["rows"]:
+            floor = f", gRPC floor {item['floor_ms_per_call']:.2f}" if "floor_ms_per_call" in item else ""
+            rows.append([
+                "modelwire CountToken (× floor: tiktoken in-process)", f"{item['tokens']:,} tokens", "1",
+                f"{_num(item['grpc_tokens_per_s'])} tokens/s (direct {_num(item['direct_tokens_per_s'])})",
+                f"{item['grpc_ms_per_call']:.2f} per call (direct {item['direct_ms_per_call']:.2f}, from bytes "
+                f"{item['direct_from_bytes_ms_per_call']:.2f}{floor})", "", "", "", "", _x(item["ratio"]), "—", "—",
+                _load(count),
+            ])
+    local = report.get("local_model")
+    if local:
+        mw, direct = local["modelwire"], local["direct"]
+        rows.append([
+            "modelwire GenerateStream, gemma-3-270m (× floor: llama-cpp-python directly)", f"{local['max_tokens']} tokens, greedy", "1",
+            f"{mw['tokens_per_s']:.1f} tokens/s (direct {direct['tokens_per_s']:.1f})",
+            f"TTFT {mw['ttft_ms']:.1f} (direct {direct['ttft_ms']:.1f})", "", "", "", "",
+            _x(_ratio(mw["tokens_per_s"], direct["tokens_per_s"])), "—", "—", _load(local),
+        ])
+    streams = report.get("slow_streams")
+    if streams:
+        rows.append([
+            "modelwire, 1,000 slow streams (1 chunk/s)", f"{streams['chunks_per_stream']} chunks each", str(streams["streams"]),
+            f"{streams['completed']}/{streams['streams']} completed", "", "", "", f"{streams['worker_cpu_s']:.2f} total",
+            f"{streams['rss_peak_mib']:.0f} (idle {streams['rss_before_mib']:.0f}, {streams['rss_per_stream_kib']:.1f} KiB/stream)",
+            "—", "—", "—", _load(streams),
+        ])
+    return rows
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def console_table(report: dict[str, Any]) -> str:
+    rows = table_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for number, row in enumerate(rows):
+        out.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        if number == 0:
+            out.append("  ".join("-" * width for width in widths))
+    out.append("")
+    out += [f"{'MET   ' if v['met'] else 'MISSED' if v['met'] is False else 'n/a   '} {v['target']}: {v['measured']}" for v in verdicts(report)]
+    return "\n".join(out)
+
+
+def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    index = _index(report["rows"])
+    levels = report["settings"]["levels"]
+    found: list[dict[str, Any]] = []
+
+    def versus(target: str, base: str, mode: str, threshold: float, what: str) -> None:
+        ratios = []
+        for level in levels:
+            row, floor = index.get((target, mode, level)), index.get((base, mode, level))
+            if row and floor and floor["rps"]:
+                ratios.append((level, row["rps"] / floor["rps"]))
+        if not ratios:
+            found.append({"target": what, "met": None, "measured": "not measured"})
+            return
+        met = all(ratio >= threshold for _, ratio in ratios)
+        found.append({"target": what, "met": met,
+                      "measured": ", ".join(f"c={level}: {ratio:.2f}×" for level, ratio in ratios)})
+
+    versus("modelwire", "floor", "unary", 0.8, "unary Generate ≥ 0.8× the floor's throughput")
+    versus("modelwire", "floor", "stream", 0.8, "streaming ≥ 0.8× the floor's message rate")
+    for target in ("modelwire-http-p2", "modelwire-http", "modelwire"):
+        for mode in ("unary", "stream"):
+            row, lite = index.get((target, mode, 64)), index.get(("litellm", mode, 64))
+            what = f"{LABELS[target]} {mode} at c=64: ≥ 5× LiteLLM's throughput and ≤ 1/5 of its p99"
+            if not row or not lite:
+                found.append({"target": what, "met": None, "measured": "not measured"})
+                continue
+            throughput, p99 = row["rps"] / lite["rps"], row["p99_ms"] / lite["p99_ms"]
+            found.append({"target": what, "met": throughput >= 5 and p99 <= 0.2,
+                          "measured": f"{throughput:.1f}× the throughput, {p99:.2f}× the p99 "
+                                      f"({row['p99_ms']:.1f} vs {lite['p99_ms']:.1f} ms)"})
+    count = report.get("count_tokens")
+    big = [row for row in (count or {}).get("rows", []) if row["tokens"] == 100_000]
+    found.append({"target": "CountToken ≥ 0.9× direct tiktoken on 100k-token prompts",
+                  "met": big[0]["ratio"] >= 0.9 if big else None,
+                  "measured": (f"{big[0]['ratio']:.2f}× ({big[0]['grpc_ms_per_call']:.1f} vs {big[0]['direct_ms_per_call']:.1f} ms per call; "
+                               f"{big[0]['ratio_from_bytes']:.2f}× against tiktoken on the decoded UTF-8 bytes"
+                               + (f"; gRPC alone carries the request in {big[0]['floor_ms_per_call']:.1f} ms)" if "floor_ms_per_call" in big[0] else ")"))
+                              if big else "not measured"})
+    local = report.get("local_model")
+    if local:
+        rate = local["modelwire"]["tokens_per_s"] / local["direct"]["tokens_per_s"]
+        ttft = local["modelwire"]["ttft_ms"] / local["direct"]["ttft_ms"]
+        found.append({"target": "local model within 5% of llama-cpp-python directly (tokens/s and TTFT)",
+                      "met": rate >= 0.95 and ttft <= 1.05,
+                      "measured": f"tokens/s {rate:.3f}×, time to first token {ttft:.3f}× "
+                                  f"({local['modelwire']['ttft_ms']:.1f} vs {local['direct']['ttft_ms']:.1f} ms)"})
+    else:
+        found.append({"target": "local model within 5% of llama-cpp-python directly", "met": None, "measured": "not measured"})
+    streams = report.get("slow_streams")
+    found.append({"target": "1,000 open streams held, under 300 MiB RSS",
+                  "met": (streams["completed"] == streams["streams"] and streams["rss_peak_mib"] < 300) if streams else None,
+                  "measured": (f"{streams['completed']}/{streams['streams']} completed, peak {streams['rss_peak_mib']:.0f} MiB"
+                               if streams else "not measured")})
+    return found
+
+
+def markdown(report: dict[str, Any], png_name: str | None) -> str:
+    machine = report["machine"]
+    settings = report["settings"]
+    others = [row["other_busy_cores"] for row in report["rows"]]
+    tools = ", ".join(f"{name} {version}" for name, version in report["tools"].items())
+    lines = [
+        f"Run `{report['stamp']}`{' (quick)' if report['quick'] else ''}: {machine['cpus']} × {machine['cpu']}, "
+        f"{machine['memory_gib']} GiB, Linux {machine['kernel']}, Python {machine['python']}, grpcio {machine['grpcio']}; {tools}. "
+        f"Closed loop at concurrency {', '.join(map(str, settings['levels']))}, about {settings['duration_s']:g} s per measurement, "
+        f"each after a {settings['pilot_s']:g} s pilot at the same concurrency (warm-up; it sizes ghz's call count so no call is "
+        f"cut off at the end; oha waits for its calls in flight); ghz over {settings['connections']} connections "
+        f"(fewer when c is smaller), oha one connection per worker. Streams carry {settings['chunks']} deltas of "
+        f"{settings['chunk_text']!r}; unary calls return the same text whole. Took {report['elapsed_s'] / 60:.1f} min.",
+        "",
+        f"Load: 1-minute load average {report['loadavg1_at_start']:.2f} when the run started "
+        f"({report['loadavg1_at_end']:.2f} at its end)"
+        + (f"; other processes (not the servers, the upstream, the load generator or the harness) used "
+           f"{min(others):.2f}–{max(others):.2f} cores during the measurements (median {sorted(others)[len(others) // 2]:.2f}); "
+           f"the load column shows, per row, the load average when it started (inflated by the previous row's own load) "
+           f"/ the cores other processes used during it." if others else "."),
+        "",
+    ]
+    if png_name:
+        lines += [f"![latency against throughput]({png_name})", ""]
+    lines += [_markdown_table(table_rows(report)), ""]
+    lines += ["| target | verdict | measured |", "|---|---|---|"]
+    for verdict in verdicts(report):
+        state = {True: "met", False: "**missed**", None: "not measured"}[verdict["met"]]
+        lines.append(f"| {verdict['target']} | {state} | {verdict['measured']} |")
+    lines.append("")
+    if report.get("count_tokens") is None and report.get("failures", {}).get("count"):
+        lines.append(f"CountToken failed: {report['failures']['count']}")
+    if report.get("failures"):
+        lines.append("Failures: " + "; ".join(f"{key}: {value}" for key, value in report["failures"].items()))
+        lines.append("")
+    if report.get("slow_streams"):
+        streams = report["slow_streams"]
+        lines.append(
+            f"Slow streams: {streams['streams']} GenerateStream calls over 4 connections, {streams['chunks_per_stream']} chunks "
+            f"{streams['interval_s']:g} s apart, admission `max_concurrency = {streams['max_concurrency']}`, "
+            f"`max_queue = {streams['max_queue']}`; at most {streams['peak_open']} open at once; worker RSS "
+            f"{streams['rss_before_mib']:.0f} MiB idle, {streams['rss_peak_mib']:.0f} MiB peak, {streams['rss_after_mib']:.0f} MiB after; "
+            f"{streams['worker_cpu_s']:.2f} CPU s in all; errors: {streams['errors'] or 'none'}.")
+        lines.append("")
+    if report.get("verified"):
+        lines.append("Each target was checked before it was measured (one unary and one streamed call, right text, "
+                     "right number of deltas, usage on the last): " + "; ".join(f"{key}: {value}" for key, value in report["verified"].items()) + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = report["rows"]
+    if not rows:
+        return False
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for axis, mode in zip(axes, ("unary", "stream")):
+        for position, target in enumerate(ORDER):
+            series = sorted((r for r in rows if r["target"] == target and r["mode"] == mode), key=lambda r: r["concurrency"])
+            if not series:
+                continue
+            color = f"C{position}"
+            xs = [r["rps"] for r in series]
+            axis.plot(xs, [r["p50_ms"] for r in series], "o-", color=color, label=f"{LABELS[target]} p50")
+            axis.plot(xs, [r["p99_ms"] for r in series], "x--", color=color, alpha=0.6, label=f"{LABELS[target]} p99")
+            for r in series:
+                axis.annotate(f"c={r['concurrency']}", (r["rps"], r["p50_ms"]), textcoords="offset points", xytext=(3, 3),
+                              fontsize=6, color=color)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        unit = "calls/s" if mode == "unary" else f"streams/s ({report['settings']['chunks']} deltas each)"
+        axis.set_xlabel(f"throughput, {unit}")
+        axis.set_ylabel("latency, ms (whole call)")
+        axis.set_title("Generate (unary)" if mode == "unary" else "GenerateStream")
+        axis.grid(True, which="both", alpha=0.25)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    machine = report["machine"]
+    figure.suptitle(f"Latency against throughput, closed loop at concurrency {', '.join(map(str, report['settings']['levels']))} "
+                    f"— {machine['cpus']} CPUs, load generator on the same machine", fontsize=10)
+    figure.tight_layout(rect=(0, 0.12, 1, 0.95))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def update_docs(path: Path, generated: str) -> None:
+    """Replaces the generated part of docs/benchmarks.md; creates the file with markers if needed."""
+    block = f"{BEGIN}\n\n{generated.rstrip()}\n\n{END}"
+    if path.exists():
+        text = path.read_text()
+        if BEGIN in text and END in text:
+            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+            path.write_text(text)
+            return
+        path.write_text(text.rstrip() + "\n\n" + block + "\n")
+        return
+    path.write_text(f"# Benchmarks\n\n{block}\n")

@@ -1,0 +1,69 @@
+# Benchmarks (docs/benchmarks.md). Included by the top-level Makefile (it uses PY, PIP, VENV and STAMP
+# from there); try it alone with
+#   make -f Makefile -f mk/bench.mk bench-quick
+#
+#   make bench           the full run (about 16 minutes): every target at concurrency 1, 16, 64, 256 for 10 s,
+#                        CountToken, 1,000 slow streams, the local model; writes bench/results/<stamp>.{json,md},
+#                        bench/results/latest.{json,md}, docs/benchmarks.png and the generated part of docs/benchmarks.md
+#   make bench-quick     the same at concurrency 1 and 64 for 2 s each (under 3 minutes once the tools are built);
+#                        writes only bench/results/<stamp>-quick.{json,md,png}
+#   make bench-ablation  the echo worker with one layer off at a time (access log, metrics, observer, ORCA, token count)
+#   make bench-tools     install the pinned load generators and LiteLLM (each rule above does it)
+#
+# Pinned tools, each installed under .tools/ by a rule that names its version (bumping a pin reinstalls):
+#   ghz      from the Go module proxy (go install), the gRPC load generator
+#   oha      from crates.io (cargo install --locked), the HTTP load generator; compiling it takes about 7 minutes on 2 cores
+#   LiteLLM  litellm[proxy] from PyPI into its own venv (.tools/litellm-venv), so it cannot disturb modelwire's pins.
+#            1.108.7 is the newest release whose [proxy] extra resolves from PyPI here: later ones pin
+#            litellm-enterprise/litellm-proxy builds the index does not carry.
+#   matplotlib, py-spy   the `bench` extra of pyproject.toml, into .venv
+
+GHZ_VERSION     := v0.120.0
+OHA_VERSION     := 1.16.0
+LITELLM_VERSION := 1.108.7
+
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+VENV ?= .venv
+GO ?= go
+CARGO ?= cargo
+PYTHON ?= python3
+
+BENCH_TOOLS   := $(CURDIR)/.tools
+GHZ           := $(BENCH_TOOLS)/ghz-$(GHZ_VERSION)/ghz
+OHA           := $(BENCH_TOOLS)/oha-$(OHA_VERSION)/bin/oha
+LITELLM_VENV  := $(BENCH_TOOLS)/litellm-venv
+LITELLM       := $(LITELLM_VENV)/bin/litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.litellm-$(LITELLM_VERSION)
+BENCH_STAMP   := $(VENV)/.bench-installed
+
+BENCH_ARGS := --ghz $(GHZ) --ghz-version $(GHZ_VERSION) --oha $(OHA) --oha-version $(OHA_VERSION) --litellm $(LITELLM)
+
+.PHONY: bench bench-quick bench-ablation bench-tools
+
+bench: $(BENCH_STAMP) bench-tools
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) bench-tools
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+bench-ablation: $(BENCH_STAMP) $(GHZ)
+	$(PY) bench/ablation.py --ghz $(GHZ)
+
+bench-tools: $(GHZ) $(OHA) $(LITELLM_STAMP)
+
+# The project with its `bench` extra (matplotlib for the PNG, py-spy for profiling).
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -e '.[local,dev,bench]'
+	touch $@
+
+$(GHZ):
+	GOBIN=$(@D) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+$(OHA):
+	$(CARGO) install oha --version $(OHA_VERSION) --locked --root $(BENCH_TOOLS)/oha-$(OHA_VERSION)
+
+$(LITELLM_STAMP):
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
