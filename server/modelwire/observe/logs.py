@@ -47,6 +47,7 @@ def log_call(record: CallRecord) -> None:
         "completion_tokens": record.completion_tokens,
     }
     if record.first_chunk_at is not None:
+        fields["messages"] = record.chunks
         fields["ttft_ms"] = round((record.first_chunk_at - record.started) * 1000, 3)
     if record.error_kind is not None:
         fields["error"] = record.error_kind
