@@ -100,7 +100,10 @@ class ProxyLLMClient(ABC):
         stop = threading.Event()
 
         def hand_over(item: object) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            # Once the consumer has left (cancel, deadline, shutdown) nobody reads the queue, and
+            # its loop may already be closed: hand nothing more over.
+            if not stop.is_set():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def run() -> None:
             try:
@@ -118,7 +121,7 @@ class ProxyLLMClient(ABC):
                     close()
                 hand_over(_END)
 
-        pump = loop.run_in_executor(self._executor, run)
+        loop.run_in_executor(self._executor, run)
         try:
             while True:
                 item = await queue.get()
@@ -130,5 +133,3 @@ class ProxyLLMClient(ABC):
                 yield item
         finally:
             stop.set()
-            if pump.done():
-                pump.result()
