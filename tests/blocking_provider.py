@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Self
 
+from modelwire.core.cancellation import Cancellation
 from modelwire.core.config import ModelConfig
 from modelwire.core.types import FinishReason, ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.proxy.base import ProxyLLMClient
@@ -24,6 +25,7 @@ class BlockingTestClient(ProxyLLMClient):
     """Yields `tokens` words "w0 w1 …", each after `token_delay_s`; counts tokens as gpt-4 does."""
 
     provider = PROVIDER
+    runs_on_pool = True
     instances: list[BlockingTestClient] = []
 
     def __init__(self, metadata: ModelMetadata, executor: Executor, tokens: int, token_delay_s: float) -> None:
@@ -56,7 +58,7 @@ class BlockingTestClient(ProxyLLMClient):
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         return count_tokens("gpt-4", prompt)
 
-    def sync_generate_stream(self, request: ModelRequest) -> Iterator[ModelOutput]:
+    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
         with self.lock:
             self.active += 1
             self.started += 1

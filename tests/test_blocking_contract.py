@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from modelwire.app.config import Config, ServerConfig
+from modelwire.core.cancellation import Cancellation
 from modelwire.core.config import ModelConfig, Table
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
 from modelwire.client import ModelwireCallError, ModelWorkerClient
@@ -70,8 +71,8 @@ async def test_message_converter_runs_before_the_provider_sees_messages() -> Non
 
 async def test_provider_error_reaches_the_consumer() -> None:
     class Failing(BlockingTestClient):
-        def sync_generate_stream(self, request: ModelRequest) -> Iterator:  # type: ignore[type-arg]
-            yield from super().sync_generate_stream(replace(request, sampling=SamplingParams(max_new_tokens=1)))
+        def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator:  # type: ignore[type-arg]
+            yield from super().sync_generate_stream(replace(request, sampling=SamplingParams(max_new_tokens=1)), cancellation)
             raise ValueError("boom")
 
     with ThreadPoolExecutor(2) as executor:

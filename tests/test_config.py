@@ -27,7 +27,7 @@ def test_full_config_loads(tmp_path: Path) -> None:
 host = "0.0.0.0"
 port = 6000
 grace_period_s = 3
-blocking_threads = 2
+blocking_threads = 3
 
 [[models]]
 name = "gemma-3-270m"
@@ -50,6 +50,17 @@ def test_no_models_means_the_embedded_default(tmp_path: Path) -> None:
     assert [m.name for m in config.models] == [EMBEDDED_MODEL]
 
 
+def test_a_config_file_means_one_process_unless_asked(tmp_path: Path) -> None:
+    """Per-model limits are per process: a default of one process per CPU multiplied them silently."""
+    assert load_config(write(tmp_path, "[server]\nport = 7000\n")).server.processes == 1
+    assert load_config(write(tmp_path, "[server]\nprocesses = 3\n")).server.processes == 3
+
+
+def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[limits]\nmax_messages = 10\nmax_request_chars = 99\nmax_stop_strings = 2\nmax_stop_chars = 5\n"))
+    assert (config.limits.max_messages, config.limits.max_request_chars, config.limits.max_stop_strings, config.limits.max_stop_chars) == (10, 99, 2, 5)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -61,6 +72,12 @@ def test_no_models_means_the_embedded_default(tmp_path: Path) -> None:
         ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n", r"models: model name 'a' is configured twice"),
         ("[server\n", r"not valid TOML"),
         ("models = 3\n", r"models: must be an array of tables"),
+        (
+            "[server]\nblocking_threads = 2\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\nmax_concurrency = 2\n",
+            r"server\.blocking_threads: must exceed the local models' max_concurrency in all \(2\)",
+        ),
+        ("[limits]\nmax_messages = 0\n", r"limits\.max_messages: must be at least 1"),
+        ("[limits]\nmax_stops = 3\n", r"limits\.max_stops: is not a known key"),
     ],
 )
 def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:

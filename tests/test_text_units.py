@@ -47,7 +47,7 @@ def test_gemma_format_folds_system_into_the_first_user_turn() -> None:
             ModelMessage(Role.TOOL, "42"),
         ]
     )
-    assert prompt == (
+    assert "".join(piece.text for piece in prompt) == (
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
         "<start_of_turn>model\nHello.<end_of_turn>\n"
         "<start_of_turn>user\n42<end_of_turn>\n"
@@ -66,4 +66,6 @@ def test_gemma_format_folds_system_into_the_first_user_turn() -> None:
     ],
 )
 def test_gemma_format_never_drops_the_system_text(messages: list[ModelMessage], expected: str) -> None:
-    assert format_gemma_chat(messages) == expected
+    prompt = format_gemma_chat(messages)
+    assert "".join(piece.text for piece in prompt) == expected
+    assert {piece.text for piece in prompt if piece.marker} == {"<start_of_turn>", "<end_of_turn>"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import sys
 from dataclasses import replace
@@ -14,6 +15,7 @@ from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerS
 from modelwire.app.processes import CHILD_FLAG
 from modelwire.controller.cli import add_fleet_commands, add_registration_flags, registration_from_args
 from modelwire.core.config import ConfigError
+from modelwire.core.errors import StartupFailure
 from modelwire.observe.logs import configure_logging
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -32,6 +34,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # A crash in native code (llama.cpp) then prints where Python was, next to the last log line.
+    faulthandler.enable()
     config = _config(args)
     configure_logging(args.log_level, config.observability.log_format)
     if config.server.processes > 1 and not args.child:
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"modelwire: invalid configuration: {error}", file=sys.stderr)
         return 2
+    except StartupFailure as error:
+        print(f"modelwire: cannot start: {error}", file=sys.stderr)
+        return 1
     except ModelwireCallError as error:
         print(f"modelwire: {error}", file=sys.stderr)
         for field, description in error.field_violations.items():

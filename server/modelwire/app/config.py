@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import tomllib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelwire.core.config import REQUIRED, ConfigError, ModelConfig, Table
+from modelwire.proxy.registry import provider_class
+from modelwire.worker.validation import RequestLimits
 
 EMBEDDED_MODEL = "gemma-3-270m"
 
 
 MIB = 1024 * 1024
+# Pool threads beyond the generation slots, for counting long prompts and loading models.
+COUNTING_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -20,8 +25,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     grace_period_s: float = 10.0
-    blocking_threads: int = 8
-    # Processes sharing the port; a configuration file defaults to one per CPU.
+    # None: a thread per slot of every blocking model plus COUNTING_THREADS (Config.blocking_pool_size).
+    blocking_threads: int | None = None
+    # Processes sharing the port (SO_REUSEPORT); more than one only when asked for.
     processes: int = 1
     max_receive_message_bytes: int = 4 * MIB
     keepalive_time_s: float = 60.0
@@ -69,6 +75,10 @@ class Config:
     auth: AuthConfig | None = None
     tls: TlsConfig | None = None
     observability: ObservabilityConfig = ObservabilityConfig()
+    limits: RequestLimits = RequestLimits()
+
+    def blocking_pool_size(self) -> int:
+        return self.server.blocking_threads or _pool_slots(self.models) + COUNTING_THREADS
 
 
 def embedded_default() -> Config:
@@ -109,8 +119,8 @@ def load_config(path: Path) -> Config:
         host=server_table.str("host", defaults.host),
         port=server_table.int("port", defaults.port, minimum=0),
         grace_period_s=server_table.float("grace_period_s", defaults.grace_period_s, minimum=0),
-        blocking_threads=server_table.int("blocking_threads", defaults.blocking_threads, minimum=1),
-        processes=server_table.int("processes", os.cpu_count() or 1, minimum=1),
+        blocking_threads=server_table.int("blocking_threads", None, minimum=1),
+        processes=server_table.int("processes", defaults.processes, minimum=1),
         max_receive_message_bytes=server_table.int("max_receive_message_bytes", defaults.max_receive_message_bytes, minimum=1024),
         keepalive_time_s=server_table.float("keepalive_time_s", defaults.keepalive_time_s, minimum=1),
         keepalive_timeout_s=server_table.float("keepalive_timeout_s", defaults.keepalive_timeout_s, minimum=1),
@@ -122,12 +132,43 @@ def load_config(path: Path) -> Config:
     auth = _parse_auth(root.sub("auth"), path.parent) if "auth" in data else None
     tls = _parse_tls(root.sub("tls"), path.parent) if "tls" in data else None
     observability = _parse_observability(root.sub("observability"))
+    limits = _parse_limits(root.sub("limits"))
     root.reject_unknown()
     names = [model.name for model in models]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise root.error("models", f"model name {duplicates[0]!r} is configured twice")
-    return Config(server=server, models=tuple(models), auth=auth, tls=tls, observability=observability)
+    _check_blocking_threads(server_table, server, models)
+    return Config(server=server, models=tuple(models), auth=auth, tls=tls, observability=observability, limits=limits)
+
+
+def _pool_slots(models: Sequence[ModelConfig]) -> int:
+    """Threads that running generations can hold: each blocking provider's call keeps one to its end."""
+    return sum(model.max_concurrency for model in models if provider_class(model).runs_on_pool)
+
+
+def _check_blocking_threads(table: Table, server: ServerConfig, models: Sequence[ModelConfig]) -> None:
+    """With fewer threads than slots an admitted call would wait for a thread while counted as
+    running, and long prompts of every model (counted on the pool) would wait behind generations."""
+    slots = _pool_slots(models)
+    if server.blocking_threads is not None and slots and server.blocking_threads <= slots:
+        raise table.error(
+            "blocking_threads",
+            f"must exceed the local models' max_concurrency in all ({slots}): one thread per running "
+            f"generation and at least one for counting long prompts; got {server.blocking_threads}",
+        )
+
+
+def _parse_limits(table: Table) -> RequestLimits:
+    defaults = RequestLimits()
+    limits = RequestLimits(
+        max_messages=table.int("max_messages", defaults.max_messages, minimum=1),
+        max_request_chars=table.int("max_request_chars", defaults.max_request_chars, minimum=1),
+        max_stop_strings=table.int("max_stop_strings", defaults.max_stop_strings, minimum=0),
+        max_stop_chars=table.int("max_stop_chars", defaults.max_stop_chars, minimum=1),
+    )
+    table.reject_unknown()
+    return limits
 
 
 def _relative_file(table: Table, key: str, base: Path, required: bool) -> Path | None:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from modelwire.app.config import Config, ServerConfig, TlsConfig
+from modelwire.core.errors import StartupFailure
 from modelwire.controller.agent import RegistrationAgent, RegistrationSettings, worker_agent
 from modelwire.controller.orca import OrcaInterceptor
 from modelwire.observe import tracing
@@ -31,12 +32,18 @@ WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
 
 
 async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[ServedModel]:
-    """Builds each model's client on the pool: loading a local model blocks for seconds."""
+    """Builds each model's client on the pool (loading a local model blocks for seconds) and warms
+    it up, so a model that cannot generate stops the start before health says SERVING."""
     loop = asyncio.get_running_loop()
     served = []
     for model in config.models:
         cls = provider_class(model)
         client = await loop.run_in_executor(executor, cls.new_client, model, executor)
+        logger.info("model %s: warming up", model.name)
+        try:
+            await client.warm_up()
+        except Exception as error:
+            raise StartupFailure(f"model {model.name!r} failed its warm-up generation: {error}") from error
         for metadata in client.models():
             served.append(ServedModel(metadata, client, Admission(metadata.model, model.max_concurrency, model.max_queue)))
     return served
@@ -97,7 +104,7 @@ class Worker:
         self.server = grpc.aio.server(
             interceptors=[*_interceptors(config, self.metrics), orca], options=_server_options(config.server)
         )
-        worker_pb2_grpc.add_ModelWorkerServicer_to_server(ModelWorkerServicer(WorkerService(models)), self.server)
+        worker_pb2_grpc.add_ModelWorkerServicer_to_server(ModelWorkerServicer(WorkerService(models, config.limits)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (WORKER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -135,7 +142,7 @@ class Worker:
 
 
 async def build_worker(config: Config) -> Worker:
-    executor = ThreadPoolExecutor(max_workers=config.server.blocking_threads, thread_name_prefix="modelwire-blocking")
+    executor = ThreadPoolExecutor(max_workers=config.blocking_pool_size(), thread_name_prefix="modelwire-blocking")
     return Worker(config, await load_models(config, executor), executor)
 
 

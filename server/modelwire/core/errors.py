@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class StartupFailure(Exception):
+    """The worker cannot start (a model fails its warm-up, a build does not fit the CPU); never a caller's error."""
+
+
 class ModelwireError(Exception):
     """Base of every error a caller may see; its message must be safe to show (no secrets)."""
 

@@ -1,21 +1,25 @@
 """The ProxyLLMClient contract kept from DB-GPT, with streams of deltas and real cancellation.
 
-A blocking provider implements only `sync_generate_stream`; the base class pumps it on a bounded
-thread pool and stops it between two chunks once the async consumer goes away (cancel, deadline,
-disconnect), so a cancelled stream frees its thread within one token. A provider with a native
-async client overrides `generate_stream` and never touches the pool.
+A blocking provider implements only `sync_generate_stream`; the base class pumps it on the thread
+pool. When the async consumer goes away (cancel, deadline, disconnect), a job that has not started
+is dropped, a running one is told through its `Cancellation` and waited for: the consumer returns
+only once the thread has stopped, so whatever bounds the consumer (the model's admission slot)
+bounds the thread too. A provider with a native async client overrides `generate_stream` and never
+touches the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import concurrent.futures
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
+from modelwire.core.cancellation import Cancellation
+from modelwire.tokenize.placement import counts_inline
 from modelwire.core.types import (
     ModelMessage,
     ModelMetadata,
@@ -26,14 +30,33 @@ from modelwire.core.types import (
 )
 
 MessageConverter = Callable[[Sequence[ModelMessage]], Sequence[ModelMessage]]
+T = TypeVar("T")
 
 _END = object()
+
+
+async def _until_done(job: concurrent.futures.Future[Any]) -> None:
+    """Waits for a started job even if the waiting task is cancelled meanwhile; that cancel is
+    re-raised once the job is done. The job's own outcome is the caller's to read, not ours."""
+    waiter = asyncio.wrap_future(job)
+    interrupted = False
+    while not waiter.done():
+        try:
+            await asyncio.wait([waiter])
+        except asyncio.CancelledError:
+            interrupted = True
+    if not waiter.cancelled():
+        waiter.exception()  # retrieved, so asyncio does not warn about it
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 class ProxyLLMClient(ABC):
     """One configured model behind one provider."""
 
     provider: ClassVar[str]
+    # True for blocking providers: each running call occupies a pool thread until it ends.
+    runs_on_pool: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -61,6 +84,10 @@ class ProxyLLMClient(ABC):
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         """Counts a plain prompt as is, or chat messages as the model will see them."""
 
+    async def warm_up(self) -> None:
+        """Called once at start, before the worker reports SERVING: a provider that can only fail
+        on its first call (a local model, a native build) fails here instead."""
+
     async def close(self) -> None:
         """Releases connections or model memory; called once at shutdown."""
 
@@ -81,38 +108,59 @@ class ProxyLLMClient(ABC):
         self, request: ModelRequest, message_converter: MessageConverter | None = None
     ) -> AsyncIterator[ModelOutput]:
         request = self.apply_converter(request, message_converter)
-        async for chunk in self._pump(self.sync_generate_stream(request)):
+        async for chunk in self._pump(lambda cancellation: self.sync_generate_stream(request, cancellation)):
             yield chunk
 
-    def sync_generate_stream(self, request: ModelRequest) -> Iterator[ModelOutput]:
-        """Blocking providers implement this; it runs on the executor, never on the event loop."""
+    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
+        """Blocking providers implement this; it runs on the executor, never on the event loop, and
+        stops soon after `cancellation` is set (the base class also stops between two chunks)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither sync nor async streaming")
 
     def sync_generate(self, request: ModelRequest) -> ModelOutput:
-        return merge_outputs(list(self.sync_generate_stream(self.apply_converter(request))))
+        return merge_outputs(list(self.sync_generate_stream(self.apply_converter(request), Cancellation())))
 
-    async def _pump(self, chunks: Iterator[ModelOutput]) -> AsyncIterator[ModelOutput]:
-        """Runs a blocking iterator on the executor and hands its chunks to the event loop."""
+    def _submit(self, work: Callable[[], T]) -> concurrent.futures.Future[T]:
         if self._executor is None:
             raise RuntimeError(f"{type(self).__name__} is blocking but was given no executor")
+        return self._executor.submit(work)
+
+    async def run_blocking(self, work: Callable[[], T]) -> T:
+        """`work()` on the executor. If the caller leaves first, work not yet started never starts and
+        started work is waited for, so the caller never outlives the thread it occupies."""
+        job = self._submit(work)
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if not job.cancel():
+                await _until_done(job)
+            raise
+
+    async def count_with(self, prompt: str | Sequence[ModelMessage], count: Callable[[], TokenCount]) -> TokenCount:
+        """`count()` in place for a short prompt, on the pool for a long one (tokenize/placement.py)."""
+        if self._executor is None or counts_inline(prompt):
+            return count()
+        return await self.run_blocking(count)
+
+    async def _pump(self, produce: Callable[[Cancellation], Iterator[ModelOutput]]) -> AsyncIterator[ModelOutput]:
+        """Runs a blocking iterator on the executor and hands its chunks to the event loop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        stop = threading.Event()
+        cancellation = Cancellation()
 
         def hand_over(item: object) -> None:
-            # Once the consumer has left (cancel, deadline, shutdown) nobody reads the queue, and
-            # its loop may already be closed: hand nothing more over.
-            if not stop.is_set():
+            # Once the consumer has left nobody reads the queue, and its loop may be closing.
+            if not cancellation.cancelled:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def run() -> None:
+            if cancellation.cancelled:  # left while this job waited for a thread
+                return
+            chunks = produce(cancellation)
             try:
                 for chunk in chunks:
-                    if stop.is_set():
+                    if cancellation.cancelled:
                         break
                     hand_over(chunk)
-                    if stop.is_set():
-                        break
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 hand_over(exc)
             finally:
@@ -121,7 +169,7 @@ class ProxyLLMClient(ABC):
                     close()
                 hand_over(_END)
 
-        loop.run_in_executor(self._executor, run)
+        job = self._submit(run)
         try:
             while True:
                 item = await queue.get()
@@ -132,4 +180,6 @@ class ProxyLLMClient(ABC):
                 assert isinstance(item, ModelOutput)
                 yield item
         finally:
-            stop.set()
+            cancellation.cancel()
+            if not job.cancel():
+                await _until_done(job)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
+from functools import partial
 from typing import Self
 
 from modelwire.core.config import ModelConfig
@@ -36,7 +37,7 @@ from modelwire.core.types import (
     Usage,
 )
 from modelwire.proxy.base import MessageConverter, ProxyLLMClient
-from modelwire.tokenize.tiktoken_counter import count_tokens, count_tokens_async
+from modelwire.tokenize.tiktoken_counter import count_tokens
 
 DEFAULT_CONTEXT_LENGTH = 131072
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -72,7 +73,7 @@ class EchoClient(ProxyLLMClient):
         return cls(metadata, executor, chunks, chunk_text, chunk_interval_s)
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
-        return await count_tokens_async(self.default_model, prompt, self._executor)
+        return await self.count_with(prompt, partial(count_tokens, self.default_model, prompt))
 
     def _plan(self, request: ModelRequest) -> tuple[int, FinishReason]:
         """How many chunks fit in max_new_tokens (the service always bounds it), and why it ends."""

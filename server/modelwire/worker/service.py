@@ -24,7 +24,8 @@ from modelwire.core.types import (
 from modelwire.observe.tracing import upstream_span
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
-from modelwire.worker.validation import validate_request
+from modelwire.tokenize.placement import counts_inline
+from modelwire.worker.validation import RequestLimits, validate_count_input, validate_request
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class ServedModel:
 
 
 class WorkerService:
-    def __init__(self, models: Sequence[ServedModel]) -> None:
+    def __init__(self, models: Sequence[ServedModel], limits: RequestLimits) -> None:
         self._models = {served.metadata.model: served for served in models}
+        self.limits = limits
 
     def list_models(self) -> list[ModelMetadata]:
         return [served.metadata for served in self._models.values()]
@@ -48,16 +50,22 @@ class WorkerService:
             raise ModelNotFound(model, sorted(self._models)) from None
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
+        """A short prompt is counted at once; a long one is work on the pool and waits for a slot."""
+        validate_count_input(prompt, self.limits)
         served = self.served(model)
-        return await served.client.count_token(model, prompt)
+        if counts_inline(prompt):
+            return await served.client.count_token(model, prompt)
+        async with served.admission.slot():
+            return await served.client.count_token(model, prompt)
 
     @asynccontextmanager
     async def _admitted(self, request: ModelRequest) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
-        """Everything a generation passes before the provider: checks, context fit, a slot, a span."""
-        validate_request(request)
+        """Everything a generation passes before the provider: checks, a slot, context fit, a span.
+        The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
+        validate_request(request, self.limits)
         served = self.served(request.model)
-        request = await self._fit_context(served, request)
         async with served.admission.slot():
+            request = await self._fit_context(served, request)
             with upstream_span(served.metadata.provider, request.model):
                 yield served, request
 

@@ -51,21 +51,21 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
 
     async def Generate(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelOutput:
         async with CallScope(context):
-            output = await self._service.generate(convert.request_from_pb(request))
+            output = await self._service.generate(convert.request_from_pb(request, self._service.limits))
             return convert.output_to_pb(output, request.model)
 
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
         async with CallScope(context):
-            async for chunk in self._service.generate_stream(convert.request_from_pb(request)):
+            async for chunk in self._service.generate_stream(convert.request_from_pb(request, self._service.limits)):
                 yield convert.output_to_pb(chunk, request.model)
 
     async def CountToken(
         self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountTokenResponse:
         async with CallScope(context):
-            count = await self._service.count_token(request.model, convert.count_input_from_pb(request))
+            count = await self._service.count_token(request.model, convert.count_input_from_pb(request, self._service.limits))
             return convert.token_count_to_pb(count)
 
     async def ListModels(

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from modelwire.core.errors import FieldViolation, InvalidRequest
-from modelwire.core.types import ModelRequest
+from modelwire.core.types import ModelMessage, ModelRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on a request's shape, checked before any work (`[limits]`, docs/configuration.md)."""
+
+    max_messages: int = 4096
+    # Characters over all message contents and names: about 250k tokens of English.
+    max_request_chars: int = 1 << 20
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256
+
+
+def message_count_violation(count: int, limits: RequestLimits, field: str = "messages") -> FieldViolation | None:
+    """Checked by the edge before it converts anything, and again here on domain requests."""
+    if count > limits.max_messages:
+        return FieldViolation(field, f"at most {limits.max_messages} messages (limits.max_messages), got {count}")
+    return None
 
 
 def _check_range(violations: list[FieldViolation], name: str, value: float | None, low: float, high: float) -> None:
@@ -11,12 +32,37 @@ def _check_range(violations: list[FieldViolation], name: str, value: float | Non
         violations.append(FieldViolation(name, f"must be in [{low:g}, {high:g}], got {value:g}"))
 
 
-def validate_request(request: ModelRequest) -> None:
+def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMessage], limits: RequestLimits) -> None:
+    too_many = message_count_violation(len(messages), limits)
+    if too_many is not None:
+        violations.append(too_many)
+    chars = sum(len(message.content) + len(message.name) for message in messages)
+    if chars > limits.max_request_chars:
+        violations.append(
+            FieldViolation("messages", f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}")
+        )
+
+
+def validate_count_input(prompt: str | Sequence[ModelMessage], limits: RequestLimits) -> None:
+    violations: list[FieldViolation] = []
+    if isinstance(prompt, str):
+        if len(prompt) > limits.max_request_chars:
+            violations.append(
+                FieldViolation("prompt", f"at most {limits.max_request_chars} characters (limits.max_request_chars), got {len(prompt)}")
+            )
+    else:
+        _check_messages(violations, prompt, limits)
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
     violations: list[FieldViolation] = []
     if not request.model:
         violations.append(FieldViolation("model", "must name a served model (see ListModels)"))
     if not request.messages:
         violations.append(FieldViolation("messages", "must contain at least one message"))
+    _check_messages(violations, request.messages, limits)
     sampling = request.sampling
     _check_range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
     if sampling.top_p is not None and not 0.0 < sampling.top_p <= 1.0:
@@ -25,8 +71,16 @@ def validate_request(request: ModelRequest) -> None:
         violations.append(FieldViolation("sampling.max_new_tokens", f"must be positive when set, got {sampling.max_new_tokens}"))
     _check_range(violations, "sampling.presence_penalty", sampling.presence_penalty, -2.0, 2.0)
     _check_range(violations, "sampling.frequency_penalty", sampling.frequency_penalty, -2.0, 2.0)
-    for index, stop in enumerate(sampling.stop):
+    if len(sampling.stop) > limits.max_stop_strings:
+        violations.append(
+            FieldViolation("sampling.stop", f"at most {limits.max_stop_strings} stop strings (limits.max_stop_strings), got {len(sampling.stop)}")
+        )
+    for index, stop in enumerate(sampling.stop[: limits.max_stop_strings]):
         if not stop:
             violations.append(FieldViolation(f"sampling.stop[{index}]", "must not be empty"))
+        elif len(stop) > limits.max_stop_chars:
+            violations.append(
+                FieldViolation(f"sampling.stop[{index}]", f"at most {limits.max_stop_chars} characters (limits.max_stop_chars), got {len(stop)}")
+            )
     if violations:
         raise InvalidRequest(violations)

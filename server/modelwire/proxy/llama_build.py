@@ -1,0 +1,90 @@
+"""What the installed llama.cpp was compiled for, checked against this CPU before any model loads.
+
+Two ways a build breaks on an x86 server, both seen in the field:
+- it uses instructions this CPU lacks (a `-march=native` wheel from another machine, reused from
+  a pip cache): the first matrix product dies of SIGILL. Refused here with a message instead.
+- it carries ggml's AMX kernels, which segfault on this Q4_K_M model on Sapphire Rapids and later
+  (llama.cpp #20824). Those kernels are reached only through the extra weight buffers, so a build
+  with AMX loads models without extra buffers (`use_extra_bufts = False`).
+`make install` builds a portable wheel (AVX2 baseline, no AMX; see docs/architecture.md), for which
+both checks pass and the extra buffers (ggml's CPU weight repacking) stay on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelwire.core.errors import StartupFailure
+
+# ggml's feature names (ggml-cpu.cpp, ggml_backend_cpu_get_features) → Linux /proc/cpuinfo flags.
+_CPU_FLAG = {
+    "SSE3": "pni",
+    "SSSE3": "ssse3",
+    "AVX": "avx",
+    "AVX_VNNI": "avx_vnni",
+    "AVX2": "avx2",
+    "F16C": "f16c",
+    "FMA": "fma",
+    "BMI2": "bmi2",
+    "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi",
+    "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16",
+    "AMX_INT8": "amx_int8",
+}
+
+
+class LlamaBuildUnfit(StartupFailure):
+    """The installed llama.cpp cannot run on this CPU; raised at start, before any model loads."""
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaBuild:
+    features: frozenset[str]
+
+    @classmethod
+    def from_system_info(cls, system_info: str) -> LlamaBuild:
+        """From llama.cpp's `llama_print_system_info()`, e.g. `CPU : SSE3 = 1 | AVX2 = 1 | …`."""
+        return cls(frozenset(re.findall(r"([A-Z0-9_]+) = 1", system_info)))
+
+    @classmethod
+    def installed(cls) -> LlamaBuild:
+        import llama_cpp
+
+        return cls.from_system_info(llama_cpp.llama_print_system_info().decode(errors="replace"))
+
+    @property
+    def has_amx(self) -> bool:
+        return "AMX_INT8" in self.features
+
+    @property
+    def use_extra_buffers(self) -> bool:
+        """Extra buffers repack weights for faster kernels; with AMX in the build they would route
+        Q4_K matrix products to the kernels that crash, so they are off for such a build."""
+        return not self.has_amx
+
+    def missing_instructions(self, cpu_flags: frozenset[str]) -> list[str]:
+        return sorted(feature for feature, flag in _CPU_FLAG.items() if feature in self.features and flag not in cpu_flags)
+
+    def check_runs_on(self, cpu_flags: frozenset[str] | None) -> None:
+        if cpu_flags is None:  # not Linux: nothing to compare with
+            return
+        missing = self.missing_instructions(cpu_flags)
+        if missing:
+            raise LlamaBuildUnfit(
+                f"the installed llama-cpp-python was compiled for instructions this CPU lacks ({', '.join(missing)}); "
+                "it was built on another machine (for example a wheel reused from a pip cache). "
+                "Rebuild it here with `make llama-wheel` (docs/architecture.md, 'The llama.cpp build')."
+            )
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """This CPU's feature flags, or None where /proc/cpuinfo does not list them."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    match = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return frozenset(match.group(1).split()) if match else None

@@ -1,0 +1,252 @@
+"""llama.cpp driven through its C API (llama-cpp-python's ctypes bindings), not through `Llama`.
+
+`llama_cpp.Llama` cannot do four things the worker needs: load a model without the extra weight
+buffers (the AMX repack that segfaults on Sapphire Rapids, llama.cpp #20824), render a token
+longer than 32 bytes (its detokenizer's buffer is fixed), sample each call with its own seed (the
+seed sticks to the instance), and stop during prompt evaluation. The C API does all four, so this
+module holds the few calls modelwire makes and nothing else.
+
+One `LlamaModel` holds the weights and the vocabulary; each `LlamaSession` is a context (KV cache)
+on it and runs one generation at a time. A session's abort flag is read by ggml between two graph
+nodes without Python or the GIL: the abort callback is libc's `strlen` over a two-byte buffer, so
+"aborted" is the flag byte being non-zero (`bool (*)(void *)` and `size_t strlen(const char *)`
+agree in every x86-64 and arm64 calling convention for a result of 0 or 1).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from modelwire.core.cancellation import Cancellation
+
+logger = logging.getLogger(__name__)
+
+_DECODE_OK = 0
+_DECODE_ABORTED = 2
+_LIBC = ctypes.CDLL(None)
+_STRLEN_ADDRESS = ctypes.cast(_LIBC.strlen, ctypes.c_void_p).value
+assert _STRLEN_ADDRESS is not None
+_ABORT_WHEN_NONZERO_BYTE = llama_cpp.ggml_abort_callback(_STRLEN_ADDRESS)
+
+_backend_ready = False
+
+
+class LlamaFailure(RuntimeError):
+    """llama.cpp refused an operation (load, context, decode): a bug or a broken build, not the caller's fault."""
+
+
+class Aborted(Exception):
+    """The call was cancelled while llama.cpp was evaluating; nothing more is computed for it."""
+
+
+_GGML_LOG_ERROR = 4
+_GGML_LOG_CONTINUE = 5
+_last_log_level = 0
+
+
+def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's log, into ours: its errors as errors, the rest (a line per tensor at load) as debug.
+    llama-cpp-python's own callback misreads ggml's levels and prints warnings to stderr."""
+    global _last_log_level
+    if level != _GGML_LOG_CONTINUE:
+        _last_log_level = level
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        logger.log(logging.ERROR if _last_log_level == _GGML_LOG_ERROR else logging.DEBUG, "llama.cpp: %s", message)
+
+
+_LOG_CALLBACK = llama_cpp.llama_log_callback(_log)  # kept referenced: C holds only its address
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """One call's sampler settings; `seed` is always set (a fresh one when the caller gave none)."""
+
+    temperature: float
+    top_p: float
+    seed: int
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # llama-cpp-python's defaults, so texts match what its users know from `Llama.generate`.
+    top_k: int = 40
+    min_p: float = 0.05
+    penalty_last_n: int = 64
+
+    @staticmethod
+    def fresh_seed() -> int:
+        return secrets.randbits(32)
+
+
+class LlamaModel:
+    """Weights and vocabulary, loaded once and shared by every session and tokenization."""
+
+    def __init__(self, path: Path, *, use_extra_buffers: bool, vocab_only: bool = False) -> None:
+        _init_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = use_extra_buffers
+        params.vocab_only = vocab_only
+        self.use_extra_buffers = use_extra_buffers
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise LlamaFailure(f"llama.cpp could not load {path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.bos = int(llama_cpp.llama_vocab_bos(self._vocab))
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    @property
+    def handle(self) -> Any:
+        return self._model
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        """Tokens of `text` alone (no BOS); `special` lets marker text become control tokens, so it is
+        True only for template markers, never for what a caller wrote."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 1
+        while True:
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, False, special)
+            if count >= 0:
+                return list(buffer[:count])
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        """The token's whole byte sequence, however long (control tokens render as nothing)."""
+        buffer = ctypes.create_string_buffer(64)
+        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        if length < 0:
+            buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+        return buffer.raw[:length]
+
+    def is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def vocab_size(self) -> int:
+        return int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+
+@dataclass
+class SessionStats:
+    """What the session did, for tests and gauges: read under the owner's lock."""
+
+    tokens_evaluated: int = 0
+    decodes_aborted: int = 0
+    last_abort_latency_s: float | None = None
+
+
+class LlamaSession:
+    """A context on a model: evaluates a prompt in `n_batch` pieces and samples tokens after it."""
+
+    def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_threads: int) -> None:
+        self.model = model
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_threads = params.n_threads_batch = n_threads
+        params.no_perf = True
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
+        if not self._ctx:
+            raise LlamaFailure(f"llama.cpp could not create a context of {n_ctx} tokens")
+        self._abort_flag = ctypes.create_string_buffer(2)
+        self._abort_requested_at = 0.0
+        llama_cpp.llama_set_abort_callback(
+            self._ctx, _ABORT_WHEN_NONZERO_BYTE, ctypes.cast(self._abort_flag, ctypes.c_void_p)
+        )
+        self._one_token = (llama_cpp.llama_token * 1)()
+        self._sampler: Any = None
+        self.stats = SessionStats()
+
+    def abort(self) -> None:
+        """Any thread: the running or next decode stops after the graph node in progress."""
+        self._abort_requested_at = time.perf_counter()
+        self._abort_flag[0] = b"\x01"
+
+    @contextmanager
+    def call(self, sampling: Sampling, cancellation: Cancellation) -> Iterator[None]:
+        """One call on a clean cache with its own sampler; cancelling it aborts any decode inside."""
+        self._abort_flag[0] = b"\x00"
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        self._sampler = _sampler_chain(self.model, sampling)
+        try:
+            with cancellation.on_cancel(self.abort):
+                yield
+        finally:
+            llama_cpp.llama_sampler_free(self._sampler)
+            self._sampler = None
+
+    def evaluate(self, tokens: list[int]) -> None:
+        """Decodes a prompt in pieces of `n_batch`; raises Aborted when the call was cancelled."""
+        for start in range(0, len(tokens), self.n_batch):
+            piece = tokens[start : start + self.n_batch]
+            self._decode((llama_cpp.llama_token * len(piece))(*piece), len(piece))
+
+    def sample(self) -> int:
+        return int(llama_cpp.llama_sampler_sample(self._sampler, self._ctx, -1))
+
+    def feed(self, token: int) -> None:
+        """Decodes one generated token, so the next `sample` continues after it."""
+        self._one_token[0] = token
+        self._decode(self._one_token, 1)
+
+    def _decode(self, tokens: Any, count: int) -> None:
+        if self._abort_flag[0] != b"\x00":
+            raise Aborted
+        status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(tokens, count))
+        if status == _DECODE_ABORTED:
+            self.stats.decodes_aborted += 1
+            self.stats.last_abort_latency_s = time.perf_counter() - self._abort_requested_at
+            raise Aborted
+        if status != _DECODE_OK:
+            raise LlamaFailure(f"llama_decode returned {status} for {count} tokens")
+        self.stats.tokens_evaluated += count
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+
+def _sampler_chain(model: LlamaModel, sampling: Sampling) -> Any:
+    """A fresh chain per call: nothing, the seed least of all, carries over to the next caller."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    add = llama_cpp.llama_sampler_chain_add
+    add(
+        chain,
+        llama_cpp.llama_sampler_init_penalties(
+            model.vocab_size(), sampling.penalty_last_n, 1.0, sampling.frequency_penalty, sampling.presence_penalty
+        ),
+    )
+    if sampling.temperature == 0.0:
+        add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    add(chain, llama_cpp.llama_sampler_init_top_k(sampling.top_k))
+    add(chain, llama_cpp.llama_sampler_init_top_p(sampling.top_p, 1))
+    add(chain, llama_cpp.llama_sampler_init_min_p(sampling.min_p, 1))
+    add(chain, llama_cpp.llama_sampler_init_temp(sampling.temperature))
+    add(chain, llama_cpp.llama_sampler_init_dist(sampling.seed))
+    return chain
