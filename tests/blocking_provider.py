@@ -28,10 +28,15 @@ class BlockingTestClient(ProxyLLMClient):
     runs_on_pool = True
     instances: list[BlockingTestClient] = []
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, tokens: int, token_delay_s: float) -> None:
+    def __init__(self, metadata: ModelMetadata, executor: Executor, tokens: int, token_delay_s: float, warm_up_error: str | None) -> None:
         super().__init__(metadata, executor)
         self.tokens = tokens
         self.token_delay_s = token_delay_s
+        self.warm_up_error = warm_up_error
+        # Set when a generation sees its cancellation; while `hold` is set up and not released, that
+        # generation then keeps its thread (a provider slow to stop).
+        self.cancel_seen = threading.Event()
+        self.hold: threading.Event | None = None
         self.lock = threading.Lock()
         self.active = 0
         self.max_active = 0
@@ -46,6 +51,7 @@ class BlockingTestClient(ProxyLLMClient):
         options = params.provider_options
         tokens = options.int("tokens", 20, minimum=0)
         delay = options.float("token_delay_s", 0.0, minimum=0.0)
+        warm_up_error = options.str("warm_up_error", None)
         params.reject_unknown_options()
         metadata = ModelMetadata(
             model=params.name,
@@ -53,7 +59,11 @@ class BlockingTestClient(ProxyLLMClient):
             context_length=params.context_length or 8192,
             max_output_tokens=params.max_output_tokens or 4096,
         )
-        return cls(metadata, executor, tokens, delay)
+        return cls(metadata, executor, tokens, delay, warm_up_error)
+
+    async def warm_up(self) -> None:
+        if self.warm_up_error is not None:
+            raise RuntimeError(self.warm_up_error)
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         return count_tokens("gpt-4", prompt)
@@ -66,6 +76,8 @@ class BlockingTestClient(ProxyLLMClient):
         try:
             limit = min(self.tokens, request.sampling.max_new_tokens or self.tokens)
             for index in range(limit):
+                if cancellation.cancelled:
+                    return
                 time.sleep(self.token_delay_s)
                 with self.lock:
                     self.produced += 1
@@ -75,6 +87,10 @@ class BlockingTestClient(ProxyLLMClient):
                 usage=Usage(prompt_tokens=1, completion_tokens=limit),
             )
         finally:
+            if cancellation.cancelled:
+                self.cancel_seen.set()
+                if self.hold is not None:
+                    self.hold.wait(30)
             with self.lock:
                 self.active -= 1
                 self.closed += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,6 +13,7 @@ import pytest
 from modelwire.app.config import Config, ServerConfig, embedded_default
 from modelwire.app.server import Worker, build_worker
 from modelwire.proxy import registry
+from modelwire.worker.admission import Admission
 from blocking_provider import PROVIDER, BlockingTestClient
 
 
@@ -32,6 +34,26 @@ async def running_worker(config: Config) -> AsyncIterator[Worker]:
         yield worker
     finally:
         await worker.drain()
+
+
+async def admission_reaches(gate: Admission, in_flight: int, queued: int) -> None:
+    """Returns once the model's admission counters read so; they change on the loop, and a slot
+    goes back only after its thread has stopped."""
+    changed = asyncio.Event()
+    previous = gate.observer
+
+    def observe(model: str, running: int, waiting: int) -> None:
+        if previous is not None:
+            previous(model, running, waiting)
+        changed.set()
+
+    gate.observer = observe
+    try:
+        while (gate.in_flight, gate.queued) != (in_flight, queued):
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 30)
+    finally:
+        gate.observer = previous
 
 
 WorkerFactory = Callable[[Config], AbstractAsyncContextManager[Worker]]

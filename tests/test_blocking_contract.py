@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -11,12 +12,16 @@ import grpc
 import pytest
 
 from modelwire.app.config import Config, ServerConfig
+from modelwire.app.server import build_worker
+from modelwire.core.errors import StartupFailure
+from modelwire.v1 import worker_pb2 as pb
+from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.config import ModelConfig, Table
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from blocking_provider import PROVIDER, BlockingTestClient
-from conftest import WorkerFactory
+from conftest import WorkerFactory, admission_reaches
 
 REQUEST = ModelRequest(model="slow", messages=(ModelMessage(Role.USER, "hi"),))
 
@@ -112,6 +117,56 @@ async def test_deadline_stops_the_blocking_generation(worker_factory: WorkerFact
             assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
             assert await asyncio.to_thread(provider.wait_idle, 5.0)
             assert provider.produced < 1000
+
+
+async def test_a_job_that_has_not_started_never_starts() -> None:
+    """The one pool thread is busy; a stream whose consumer leaves while its job waits for a thread
+    must never run, not even its first step."""
+    with ThreadPoolExecutor(1) as executor:
+        client = client_of(executor, tokens=3)
+        busy = threading.Event()
+        release = threading.Event()
+
+        def occupy() -> None:
+            busy.set()
+            release.wait(10)
+
+        executor.submit(occupy)
+        assert await asyncio.to_thread(busy.wait, 5)
+        consumer = asyncio.create_task(anext(aiter(client.generate_stream(REQUEST))))
+        await asyncio.sleep(0)  # let the consumer submit its job behind `occupy`
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        release.set()
+        await asyncio.to_thread(executor.submit(lambda: None).result, 5)
+        assert client.started == 0
+
+
+async def test_the_admission_slot_is_held_until_the_thread_has_stopped(worker_factory: WorkerFactory) -> None:
+    """A generation slow to notice its cancel keeps its slot: admission then bounds the threads at
+    work, and the in-flight gauge tells the truth."""
+    async with worker_factory(worker_config(threads=2, tokens=10_000, token_delay_s=0.01)) as worker:
+        provider = BlockingTestClient.instances[-1]
+        provider.hold = threading.Event()
+        admission = worker.models[0].admission
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            call = pb_grpc.ModelWorkerStub(channel).GenerateStream(
+                pb.ModelRequest(model="slow", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]), timeout=30
+            )
+            await call.read()
+            call.cancel()
+            assert await asyncio.to_thread(provider.cancel_seen.wait, 5)
+            assert (admission.in_flight, provider.active) == (1, 1), "the slot went back while its thread still ran"
+            provider.hold.set()
+            assert await asyncio.to_thread(provider.wait_idle, 5.0)
+            await admission_reaches(admission, in_flight=0, queued=0)
+
+
+async def test_a_failed_warm_up_stops_the_start() -> None:
+    config = worker_config(threads=2, warm_up_error="weights are garbage")
+    with pytest.raises(StartupFailure, match="model 'slow' failed its warm-up generation: weights are garbage"):
+        await build_worker(config)
 
 
 def test_model_config_table_rejects_unknown_provider_keys() -> None:

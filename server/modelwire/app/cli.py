@@ -49,7 +49,9 @@ def _serve(args: argparse.Namespace) -> int:
         models = ", ".join(m.metadata.model for m in worker.models)
         print(f"modelwire serving {models} on {worker.address}", flush=True)
 
-    asyncio.run(serve(config, on_ready=announce, serve_metrics_here=not args.child, registration=registration_from_args(args)))
+    asyncio.run(
+        serve(config, on_ready=announce, serve_metrics_here=not args.child, registration=registration_from_args(args), lifeline=args.child)
+    )
     return 0
 
 

@@ -1,59 +1,157 @@
 """`--processes N`: N worker processes on one port (SO_REUSEPORT), supervised by this one.
 
-Children are fresh interpreters, not forks (gRPC's threads do not survive fork). The parent
-forwards SIGTERM/SIGINT so every child drains, serves the aggregate of the children's metrics
-(prometheus-client multiprocess mode), and exits with the worst child's exit code.
+Children are fresh interpreters, not forks (gRPC's threads do not survive fork). The parent:
+- binds the metrics port before any child starts, so a taken port fails the start with no child;
+- gives each child a lifeline, its stdin: when the parent dies, even by SIGKILL, the pipe closes
+  and the child drains and exits (app/server.py watches it), so no orphan keeps serving;
+- restarts a child that dies while serving, after dropping its live gauges from the aggregate,
+  and gives up (stopping the others and exiting non-zero) when children keep dying;
+- forwards SIGTERM/SIGINT so every child drains, and exits with the worst child's exit code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from types import FrameType
+import time
+from collections import deque
+
+from prometheus_client import multiprocess
 
 from modelwire.app.config import Config
-from modelwire.core.config import ConfigError
+from modelwire.core.config import PROCESSES_ENV, ConfigError
+from modelwire.core.errors import StartupFailure
 from modelwire.observe.metrics import MULTIPROC_ENV, serve_metrics
 
-PROCESSES_ENV = "MODELWIRE_PROCESSES"
+logger = logging.getLogger(__name__)
+
 CHILD_FLAG = "--child"
+RESTART_DELAY_S = 1.0
+# More deaths than this within the window mean a child cannot serve: stop instead of looping.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
 def supervise(config: Config, argv: list[str]) -> int:
-    count = config.server.processes
     if config.server.port == 0:
         raise ConfigError("--processes: several processes need a fixed port, not 0")
-    env = dict(os.environ, **{PROCESSES_ENV: str(count)})
     metrics_dir = None
-    if config.observability.metrics_port is not None:
-        metrics_dir = tempfile.mkdtemp(prefix="modelwire-metrics-")
-        env[MULTIPROC_ENV] = os.environ[MULTIPROC_ENV] = metrics_dir
-    children = [
-        subprocess.Popen([sys.executable, "-m", "modelwire.app.cli", *argv, CHILD_FLAG], env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(count)
-    ]
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     try:
-        announcements = [child.stdout.readline().strip() for child in children if child.stdout is not None]
-        if all(announcements):
-            if metrics_dir is not None and config.observability.metrics_port is not None:
+        if config.observability.metrics_port is not None:
+            metrics_dir = tempfile.mkdtemp(prefix="modelwire-metrics-")
+            os.environ[MULTIPROC_ENV] = metrics_dir
+            try:
                 serve_metrics(None, config.observability.metrics_host, config.observability.metrics_port)
-            print(f"{announcements[0]} ({count} processes: {', '.join(str(c.pid) for c in children)})", flush=True)
-        else:
-            forward(signal.SIGTERM, None)
-        codes = [child.wait() for child in children]
+            except OSError as error:
+                raise StartupFailure(
+                    f"observability.metrics_port: cannot listen on {config.observability.metrics_host}:"
+                    f"{config.observability.metrics_port}: {error.strerror}"
+                ) from None
+        return asyncio.run(Supervisor(config.server.processes, argv, metrics_dir).run())
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max(codes, key=abs)
+
+
+class Supervisor:
+    def __init__(self, count: int, argv: list[str], metrics_dir: str | None) -> None:
+        self._count = count
+        self._argv = argv
+        self._metrics_dir = metrics_dir
+        self._env = dict(os.environ, **{PROCESSES_ENV: str(count)})
+        self._children: list[asyncio.subprocess.Process] = []
+        self._stopping = asyncio.Event()
+        self._deaths: deque[float] = deque(maxlen=MAX_RESTARTS + 1)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig)
+        try:
+            announcements = [await self._start_child() for _ in range(self._count)]
+        except StartupFailure:
+            self._stop(signal.SIGTERM)
+            await self._wait_all()
+            raise
+        print(f"{announcements[0]} ({self._count} processes: {', '.join(str(c.pid) for c in self._children)})", flush=True)
+        return await self._watch()
+
+    async def _start_child(self) -> str:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "modelwire.app.cli", *self._argv, CHILD_FLAG,
+            env=self._env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        self._children.append(child)
+        assert child.stdout is not None
+        announcement = (await child.stdout.readline()).decode().strip()
+        if not announcement:
+            code = await child.wait()
+            raise StartupFailure(f"worker process {child.pid} exited during its start (exit code {code}); its log says why")
+        # Nothing else is expected on stdout, but a full pipe would block the child: keep reading.
+        asyncio.create_task(_drain(child.stdout))
+        return announcement
+
+    async def _watch(self) -> int:
+        """Waits for children to exit; restarts one that died while the others serve."""
+        codes: list[int] = []
+        while self._children:
+            waits = {asyncio.create_task(child.wait()): child for child in self._children}
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                child = waits[task]
+                self._children.remove(child)
+                code = task.result()
+                if self._metrics_dir is not None:
+                    multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
+                if self._stopping.is_set():
+                    codes.append(code)
+                    continue
+                if not await self._restart(child.pid, code):
+                    codes.append(1)
+        return max(codes, key=abs, default=0)
+
+    async def _restart(self, pid: int, code: int) -> bool:
+        now = time.monotonic()
+        self._deaths.append(now)
+        if len(self._deaths) > MAX_RESTARTS and now - self._deaths[0] < RESTART_WINDOW_S:
+            logger.error(
+                "worker process %d exited (code %d): %d deaths within %.0fs, giving up and stopping the others",
+                pid, code, len(self._deaths), RESTART_WINDOW_S,
+            )
+            self._stop(signal.SIGTERM)
+            return False
+        logger.error("worker process %d exited (code %d) while serving; starting another", pid, code)
+        try:
+            await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_S)
+            return True  # asked to stop meanwhile: nothing to restart
+        except TimeoutError:
+            pass
+        try:
+            await self._start_child()
+        except StartupFailure as error:
+            logger.error("%s; stopping the others", error)
+            self._stop(signal.SIGTERM)
+            return False
+        logger.warning("worker process %d replaced by %d", pid, self._children[-1].pid)
+        return True
+
+    def _stop(self, signum: int) -> None:
+        self._stopping.set()
+        for child in self._children:
+            if child.returncode is None:
+                child.send_signal(signum)
+
+    async def _wait_all(self) -> None:
+        await asyncio.gather(*(child.wait() for child in self._children))
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass

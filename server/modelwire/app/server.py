@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -146,25 +148,48 @@ async def build_worker(config: Config) -> Worker:
     return Worker(config, await load_models(config, executor), executor)
 
 
+def _watch_lifeline(stop: asyncio.Event) -> None:
+    """Sets `stop` when stdin reaches its end: the parent holding its other end has exited."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not os.read(fd, 4096):
+            loop.remove_reader(fd)
+            logger.warning("the supervising process is gone: draining")
+            stop.set()
+
+    loop.add_reader(fd, readable)
+
+
 async def serve(
     config: Config,
     on_ready: Callable[[Worker], None] | None = None,
     serve_metrics_here: bool = True,
     registration: RegistrationSettings | None = None,
+    lifeline: bool = False,
 ) -> None:
-    """Runs until SIGTERM or SIGINT, then drains within the configured grace period."""
+    """Runs until SIGTERM or SIGINT (or, with `lifeline`, until stdin closes: the supervising
+    parent is gone), then drains within the configured grace period."""
     worker = await build_worker(config)
     if registration is not None:
         worker.registration = worker_agent(registration, worker.models, config.server.host, worker.port)
+    observability = config.observability
+    if serve_metrics_here and observability.metrics_port is not None:
+        try:
+            bound = serve_metrics(worker.metrics, observability.metrics_host, observability.metrics_port)
+        except OSError as error:
+            raise StartupFailure(
+                f"observability.metrics_port: cannot listen on {observability.metrics_host}:{observability.metrics_port}: {error.strerror}"
+            ) from None
+        logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
     await worker.start()
-    metrics_port = config.observability.metrics_port
-    if serve_metrics_here and metrics_port is not None:
-        bound = serve_metrics(worker.metrics, config.observability.metrics_host, metrics_port)
-        logger.info("metrics on http://%s:%d/metrics", config.observability.metrics_host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if lifeline:
+        _watch_lifeline(stop)
     logger.info("serving %s on %s", ", ".join(m.metadata.model for m in worker.models), worker.address)
     if on_ready is not None:
         on_ready(worker)

@@ -16,6 +16,11 @@ class ConfigError(Exception):
     pass
 
 
+# How many worker processes share this machine (`--processes`); set for each of them, so providers
+# can share the cores out (llama.cpp's threads spin while they wait).
+PROCESSES_ENV = "MODELWIRE_PROCESSES"
+
+
 class Table:
     """A TOML table that knows where it came from, so errors can say `file: models[0].port: reason`."""
 

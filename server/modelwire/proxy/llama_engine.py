@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,19 +51,36 @@ class Aborted(Exception):
 
 
 _GGML_LOG_ERROR = 4
+_ERRORS_KEPT = 5
+_errors = threading.local()
 _GGML_LOG_CONTINUE = 5
 _last_log_level = 0
 
 
 def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp's log, into ours: its errors as errors, the rest (a line per tensor at load) as debug.
-    llama-cpp-python's own callback misreads ggml's levels and prints warnings to stderr."""
+    """llama.cpp's log, into ours at debug level (a line per tensor at load); llama-cpp-python's own
+    callback misreads ggml's levels and prints warnings to stderr."""
     global _last_log_level
     if level != _GGML_LOG_CONTINUE:
         _last_log_level = level
     message = text.decode("utf-8", errors="replace").rstrip()
-    if message:
-        logger.log(logging.ERROR if _last_log_level == _GGML_LOG_ERROR else logging.DEBUG, "llama.cpp: %s", message)
+    if not message:
+        return
+    logger.debug("llama.cpp: %s", message)
+    if _last_log_level == _GGML_LOG_ERROR:
+        errors = getattr(_errors, "lines", None)
+        if errors is None:
+            errors = _errors.lines = []
+        errors.append(message)
+        del errors[:-_ERRORS_KEPT]
+
+
+def _last_errors() -> str:
+    """llama.cpp's error lines logged on this thread since the last call, to explain a failure.
+    They are not logged as errors: an abort (a cancelled call) makes llama.cpp log three of them."""
+    lines: list[str] = getattr(_errors, "lines", None) or []
+    _errors.lines = []
+    return f" (llama.cpp: {'; '.join(lines)})" if lines else ""
 
 
 _LOG_CALLBACK = llama_cpp.llama_log_callback(_log)  # kept referenced: C holds only its address
@@ -106,7 +124,7 @@ class LlamaModel:
         self.use_extra_buffers = use_extra_buffers
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
-            raise LlamaFailure(f"llama.cpp could not load {path}")
+            raise LlamaFailure(f"llama.cpp could not load {path}{_last_errors()}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.bos = int(llama_cpp.llama_vocab_bos(self._vocab))
         self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
@@ -153,6 +171,7 @@ class SessionStats:
     """What the session did, for tests and gauges: read under the owner's lock."""
 
     tokens_evaluated: int = 0
+    tokens_reused: int = 0
     decodes_aborted: int = 0
     last_abort_latency_s: float | None = None
 
@@ -171,7 +190,7 @@ class LlamaSession:
         self.n_batch = n_batch
         self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not self._ctx:
-            raise LlamaFailure(f"llama.cpp could not create a context of {n_ctx} tokens")
+            raise LlamaFailure(f"llama.cpp could not create a context of {n_ctx} tokens{_last_errors()}")
         self._abort_flag = ctypes.create_string_buffer(2)
         self._abort_requested_at = 0.0
         llama_cpp.llama_set_abort_callback(
@@ -179,6 +198,8 @@ class LlamaSession:
         )
         self._one_token = (llama_cpp.llama_token * 1)()
         self._sampler: Any = None
+        # The tokens the KV cache holds, in order; None when unknown (after an abort or a failure).
+        self._cached: list[int] | None = None
         self.stats = SessionStats()
 
     def abort(self) -> None:
@@ -188,22 +209,43 @@ class LlamaSession:
 
     @contextmanager
     def call(self, sampling: Sampling, cancellation: Cancellation) -> Iterator[None]:
-        """One call on a clean cache with its own sampler; cancelling it aborts any decode inside."""
+        """One call with its own sampler; cancelling it aborts any decode inside."""
         self._abort_flag[0] = b"\x00"
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        _last_errors()  # forget what earlier calls on this thread left
         self._sampler = _sampler_chain(self.model, sampling)
         try:
             with cancellation.on_cancel(self.abort):
                 yield
+        except BaseException:
+            self._cached = None  # an aborted or failed decode leaves the cache in a state we do not track
+            raise
         finally:
             llama_cpp.llama_sampler_free(self._sampler)
             self._sampler = None
 
-    def evaluate(self, tokens: list[int]) -> None:
-        """Decodes a prompt in pieces of `n_batch`; raises Aborted when the call was cancelled."""
-        for start in range(0, len(tokens), self.n_batch):
-            piece = tokens[start : start + self.n_batch]
+    def evaluate_prompt(self, prompt: list[int]) -> None:
+        """Evaluates what the cache does not already hold: the longest prefix shared with the
+        previous call's tokens is kept (a chat's system prompt and history), the rest is decoded in
+        pieces of `n_batch`. The last prompt token is always decoded, since sampling reads its logits."""
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        keep = 0
+        if self._cached is not None:
+            limit = min(len(self._cached), len(prompt) - 1)
+            while keep < limit and self._cached[keep] == prompt[keep]:
+                keep += 1
+        if keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):
+            llama_cpp.llama_memory_clear(memory, True)
+            keep = 0
+        self._cached = prompt[:keep]
+        self.stats.tokens_reused += keep
+        for start in range(keep, len(prompt), self.n_batch):
+            piece = prompt[start : start + self.n_batch]
             self._decode((llama_cpp.llama_token * len(piece))(*piece), len(piece))
+            self._cached += piece
+
+    def forget(self) -> None:
+        """Drops the cached prefix: the next prompt is evaluated whole."""
+        self._cached = None
 
     def sample(self) -> int:
         return int(llama_cpp.llama_sampler_sample(self._sampler, self._ctx, -1))
@@ -212,6 +254,8 @@ class LlamaSession:
         """Decodes one generated token, so the next `sample` continues after it."""
         self._one_token[0] = token
         self._decode(self._one_token, 1)
+        if self._cached is not None:
+            self._cached.append(token)
 
     def _decode(self, tokens: Any, count: int) -> None:
         if self._abort_flag[0] != b"\x00":
@@ -222,7 +266,7 @@ class LlamaSession:
             self.stats.last_abort_latency_s = time.perf_counter() - self._abort_requested_at
             raise Aborted
         if status != _DECODE_OK:
-            raise LlamaFailure(f"llama_decode returned {status} for {count} tokens")
+            raise LlamaFailure(f"llama_decode returned {status} for {count} tokens{_last_errors()}")
         self.stats.tokens_evaluated += count
 
     def close(self) -> None:

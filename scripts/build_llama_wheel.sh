@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds llama-cpp-python once per build configuration and installs it into the given Python.
+#
+# The build is portable on purpose: GGML_NATIVE=OFF with an explicit x86 baseline (AVX2, FMA, F16C,
+# BMI2; no AVX-512, no AMX). A `-march=native` wheel built on one machine dies of SIGILL on a CPU
+# without its instructions, and one built on Sapphire Rapids carries the AMX kernels that segfault
+# on the embedded Q4_K_M model (llama.cpp #20824); pip caches a wheel and reuses it whatever
+# CMAKE_ARGS say later. So pip's cache is bypassed, and the wheel is kept in a directory named after
+# the version, the CMake arguments and the compiler: another configuration never finds it.
+# docs/architecture.md ("The llama.cpp build") has the measurements behind the choice.
+#
+#   scripts/build_llama_wheel.sh PYTHON [--rebuild]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=$1
+rebuild=${2:-}
+
+version=$(sed -n 's/.*"llama-cpp-python\[server\]==\([^"]*\)".*/\1/p' pyproject.toml)
+[ -n "$version" ] || { echo "build_llama_wheel: no llama-cpp-python pin in pyproject.toml" >&2; exit 1; }
+cmake_args="-DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+cmake_args+=" -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+key=$(printf '%s\n' "$version" "$cmake_args" "$(cc --version | head -n 1)" | sha256sum | cut -c1-16)
+house="${MODELWIRE_WHEELHOUSE:-$HOME/.cache/modelwire/wheels}/llama-cpp-python-$version-$key"
+
+if [ -n "$rebuild" ] || ! ls "$house"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
+	echo "building llama-cpp-python $version (portable x86 baseline; about 6 minutes on 2 cores) into $house"
+	rm -rf "$house" "$house.partial"
+	mkdir -p "$house.partial"
+	CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+		"$python" -m pip wheel -v --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		-w "$house.partial" "llama-cpp-python==$version" >"$house.partial/build.log" 2>&1 \
+		|| { tail -n 40 "$house.partial/build.log" >&2; exit 1; }
+	mv "$house.partial" "$house"  # only a finished build is ever found
+fi
+"$python" -m pip install --no-deps --force-reinstall --no-cache-dir "$house"/llama_cpp_python-"$version"-*.whl

@@ -1,0 +1,95 @@
+"""The llama.cpp build fits every x86 server CPU, and the model is loaded the way the build needs.
+
+The AMX crash (llama.cpp #20824) cannot happen on an AMD machine, so what is checked here is the
+choice: the installed wheel is the portable one `make install` builds, a build with AMX kernels
+loads models without extra buffers (the only way into those kernels), and a build compiled for
+instructions this CPU lacks is refused at start with a message instead of dying of SIGILL.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from modelwire.core.config import ModelConfig, Table
+from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
+from modelwire.proxy import llamacpp
+from modelwire.proxy.llama_build import LlamaBuild, LlamaBuildUnfit, cpu_flags
+from modelwire.proxy.llamacpp import LlamaCppClient
+
+# llama_print_system_info() of a `-march=native` build on a Sapphire Rapids Xeon.
+SAPPHIRE_RAPIDS_NATIVE = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
+    "OPENMP = 1 | REPACK = 1 | "
+)
+SAPPHIRE_RAPIDS_FLAGS = frozenset(
+    "pni ssse3 avx avx_vnni avx2 f16c fma bmi2 avx512f avx512vbmi avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16".split()
+)
+EPYC_ZEN3_FLAGS = frozenset("pni ssse3 avx avx2 f16c fma bmi2".split())
+
+
+def test_the_installed_build_is_the_portable_one() -> None:
+    """`make install` builds llama-cpp-python with an AVX2 baseline and no AVX-512 or AMX; a wheel
+    from anywhere else (pip's cache, another machine) would show up here."""
+    build = LlamaBuild.installed()
+    assert {"AVX2", "FMA", "F16C"} <= build.features
+    assert not {feature for feature in build.features if feature.startswith(("AVX512", "AMX"))}
+    assert build.use_extra_buffers
+
+
+def test_a_build_with_amx_loads_without_extra_buffers() -> None:
+    build = LlamaBuild.from_system_info(SAPPHIRE_RAPIDS_NATIVE)
+    assert build.has_amx and not build.use_extra_buffers
+    build.check_runs_on(SAPPHIRE_RAPIDS_FLAGS)
+
+
+def test_a_build_for_another_cpu_is_refused_with_the_instructions_it_lacks() -> None:
+    build = LlamaBuild.from_system_info(SAPPHIRE_RAPIDS_NATIVE)
+    with pytest.raises(LlamaBuildUnfit, match=r"AMX_INT8, AVX512, AVX512_BF16, AVX512_VBMI, AVX512_VNNI, AVX_VNNI.*make llama-wheel"):
+        build.check_runs_on(EPYC_ZEN3_FLAGS)
+
+
+def test_cpu_flags_come_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma amx_int8\n")
+    assert cpu_flags(cpuinfo) == frozenset({"fpu", "avx2", "fma", "amx_int8"})
+    assert cpu_flags(tmp_path / "absent") is None
+    assert cpu_flags() is None or "avx2" in (cpu_flags() or ())
+
+
+def load(monkeypatch: pytest.MonkeyPatch, system_info: str, flags: frozenset[str], executor: ThreadPoolExecutor) -> LlamaCppClient:
+    monkeypatch.setattr(LlamaBuild, "installed", classmethod(lambda cls: cls.from_system_info(system_info)))
+    monkeypatch.setattr(llamacpp, "cpu_flags", lambda: flags)
+    table = Table({"name": "gemma", "provider": "llamacpp"}, "models[0]", "<test>")
+    return LlamaCppClient.new_client(ModelConfig(name="gemma", provider="llamacpp", max_concurrency=1, provider_options=table), executor)
+
+
+async def test_the_model_loads_without_extra_buffers_where_the_build_has_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision as the provider makes it, on the real model: on an AMX machine with an AMX build
+    it loads without extra buffers, and generation then works (checked here on this CPU)."""
+    with ThreadPoolExecutor(2) as executor:
+        amx = load(monkeypatch, SAPPHIRE_RAPIDS_NATIVE, SAPPHIRE_RAPIDS_FLAGS | cpu_flags_or_empty(), executor)
+        assert not amx.model.use_extra_buffers
+        request = ModelRequest(model="gemma", messages=(ModelMessage(Role.USER, "Hi"),), sampling=SamplingParams(temperature=0, max_new_tokens=3))
+        output = await amx.generate(request)
+        await amx.close()
+        assert output.usage is not None and output.usage.completion_tokens == 3
+
+        portable = load(monkeypatch, "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 |", EPYC_ZEN3_FLAGS, executor)
+        assert portable.model.use_extra_buffers
+        await portable.close()
+
+
+def test_a_build_that_does_not_fit_the_cpu_stops_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[object] = []
+    monkeypatch.setattr(llamacpp, "LlamaModel", lambda *args, **kwargs: loaded.append(args))
+    with ThreadPoolExecutor(1) as executor, pytest.raises(LlamaBuildUnfit):
+        load(monkeypatch, SAPPHIRE_RAPIDS_NATIVE, EPYC_ZEN3_FLAGS, executor)
+    assert not loaded
+
+
+def cpu_flags_or_empty() -> frozenset[str]:
+    return cpu_flags() or frozenset()
