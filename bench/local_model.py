@@ -34,7 +34,7 @@ def direct(runs: int, tokens: int) -> list[tuple[float, float, int]]:
     from llama_cpp import Llama
 
     llama = Llama(model_path=str(embedded_model_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
-    prompt = format_gemma_chat([ModelMessage(Role.USER, PROMPT)])
+    prompt = "".join(piece.text for piece in format_gemma_chat([ModelMessage(Role.USER, PROMPT)]))
     results = []
     for _ in range(runs):
         started = time.perf_counter()

@@ -279,6 +279,9 @@ async def start_process(*args: str, expect: str, timeout: float = 120) -> asynci
     return process
 
 
+STREAM_TOKENS = 150
+
+
 async def test_kill_9_under_load_with_gemma_workers() -> None:
     """Two gemma workers, the `modelwire gateway` command, six streams; one worker is killed with
     SIGKILL. Calls not yet streaming complete on the other worker; the dead one leaves the registry
@@ -304,7 +307,8 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
 
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}") as channel:
                 stub = pb_grpc.ModelWorkerStub(channel)
-                request = build_request("gemma-3-270m", "Count from one to fifty.", temperature=0, max_new_tokens=24)
+                # Long enough that a stream under way at the kill is still under way when it lands.
+                request = build_request("gemma-3-270m", "Count from one to fifty.", temperature=0, max_new_tokens=STREAM_TOKENS)
                 started: dict[int, str] = {}  # call index -> instance id, once streaming
                 first_chunk = asyncio.Event()
 
@@ -317,7 +321,7 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
                             if len(set(started.values())) == 2:
                                 first_chunk.set()
                         chunks.append(chunk)
-                    assert chunks[-1].usage.completion_tokens == 24
+                    assert chunks[-1].usage.completion_tokens == STREAM_TOKENS
                     return started[index]
 
                 tasks = [asyncio.create_task(one(i)) for i in range(6)]
