@@ -3,10 +3,10 @@
 In one process, for the installed llama-cpp-python build: modelwire's engine (proxy/llama_engine.py)
 with and without the extra weight buffers (ggml's repacking; AMX kernels when the build has them),
 and llama-cpp-python's `Llama` for reference, all greedy on the same tokens and threads. Per option:
-time to first token for a short chat prompt on an empty cache ("cold") and on a cache holding the
-same prompt ("warm", as a chat's next turn finds its history), decode tokens/s over 128 tokens,
-prompt evaluation tokens/s over a ~1,700-token prompt, and for the engine the time from an abort to
-llama.cpp returning during that evaluation. Prints a table; asserts nothing. Run it under each
+time to first token for a short chat prompt (on an empty cache: the engine keeps nothing between
+calls, and `Llama` is reset), decode tokens/s over 128 tokens, prompt evaluation tokens/s over a
+~2,000-token prompt, and for the engine the time from an abort to llama.cpp returning during that
+evaluation. Prints a table; asserts nothing. Run it under each
 build to compare builds.
 
     .venv/bin/python bench/local_engine.py [--runs 5]
@@ -29,7 +29,7 @@ from modelwire.proxy.llama_engine import Aborted, LlamaModel, LlamaSession, Samp
 from modelwire.proxy.llamacpp import embedded_model_path
 
 SHORT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-LONG = " ".join(f"Item {n}: the keeper logged the weather, the ships and the light." for n in range(100))
+LONG = " ".join(f"Item {n}: the keeper logged the weather, the ships and the light." for n in range(118))
 TOKENS = 128
 GREEDY = Sampling(temperature=0.0, top_p=1.0, seed=0)
 
@@ -41,9 +41,7 @@ def chat_tokens(model: LlamaModel, text: str) -> list[int]:
     return tokens
 
 
-def engine_first_token(session: LlamaSession, prompt: list[int], cold: bool) -> float:
-    if cold:
-        session.forget()
+def engine_first_token(session: LlamaSession, prompt: list[int]) -> float:
     started = time.perf_counter()
     with session.call(GREEDY, Cancellation()):
         session.evaluate_prompt(prompt)
@@ -63,7 +61,6 @@ def engine_decode_rate(session: LlamaSession, prompt: list[int]) -> float:
 
 
 def engine_prefill_rate(session: LlamaSession, prompt: list[int]) -> float:
-    session.forget()
     started = time.perf_counter()
     with session.call(GREEDY, Cancellation()):
         session.evaluate_prompt(prompt)
@@ -72,7 +69,6 @@ def engine_prefill_rate(session: LlamaSession, prompt: list[int]) -> float:
 
 def engine_abort_latency(session: LlamaSession, prompt: list[int], prefill_rate: float) -> float:
     """Aborts 40% into the evaluation of `prompt`; seconds from the abort to llama.cpp returning."""
-    session.forget()
     session.stats.last_abort_latency_s = None
     cancellation = Cancellation()
     timer = threading.Timer(0.4 * len(prompt) / prefill_rate, cancellation.cancel)
@@ -96,31 +92,30 @@ def engine_row(path: str, extra: bool, runs: int, threads: int) -> str:
     model = LlamaModel(embedded_model_path(), use_extra_buffers=extra)
     prompt, long_prompt = chat_tokens(model, SHORT), chat_tokens(model, LONG)
     session = LlamaSession(model, n_ctx=2048, n_batch=512, n_threads=threads)
-    cold = median(lambda: engine_first_token(session, prompt, cold=True), runs)
-    warm = median(lambda: engine_first_token(session, prompt, cold=False), runs)
+    first = median(lambda: engine_first_token(session, prompt), runs)
     rate = median(lambda: engine_decode_rate(session, prompt), runs)
     prefill = median(lambda: engine_prefill_rate(session, long_prompt), runs)
     abort = median(lambda: engine_abort_latency(session, long_prompt, prefill), runs)
     session.close()
     model.close()
-    return f"| modelwire engine, extra buffers {'on' if extra else 'off'} | {cold * 1000:.1f} | {warm * 1000:.1f} | {rate:.1f} | {prefill:.0f} | {abort * 1000:.1f} |"
+    return f"| modelwire engine, extra buffers {'on' if extra else 'off'} | {first * 1000:.1f} | {rate:.1f} | {prefill:.0f} | {abort * 1000:.1f} |"
 
 
 def llama_row(path: str, runs: int, threads: int) -> str:
     from llama_cpp import Llama
 
-    vocab = LlamaModel(embedded_model_path(), use_extra_buffers=True, vocab_only=True)
+    vocab = LlamaModel(embedded_model_path(), use_extra_buffers=False, vocab_only=True)
     prompt, long_prompt = chat_tokens(vocab, SHORT), chat_tokens(vocab, LONG)
     llama = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
 
-    def first_token(cold: bool) -> float:
-        if cold:
-            llama.reset()
+    def first_token() -> float:
+        llama.reset()
         started = time.perf_counter()
         next(llama.generate(prompt, temp=0.0, reset=True))
         return time.perf_counter() - started
 
     def decode_rate() -> float:
+        llama.reset()
         tokens = llama.generate(prompt, temp=0.0, reset=True)
         next(tokens)
         started = time.perf_counter()
@@ -134,11 +129,10 @@ def llama_row(path: str, runs: int, threads: int) -> str:
         llama.eval(long_prompt)
         return len(long_prompt) / (time.perf_counter() - started)
 
-    cold = median(lambda: first_token(True), runs)
-    warm = median(lambda: first_token(False), runs)
+    first = median(first_token, runs)
     rate = median(decode_rate, runs)
     prefill = median(prefill_rate, runs)
-    return f"| llama-cpp-python `Llama` (extra buffers on) | {cold * 1000:.1f} | {warm * 1000:.1f} | {rate:.1f} | {prefill:.0f} | cannot abort |"
+    return f"| llama-cpp-python `Llama` (extra buffers on) | {first * 1000:.1f} | {rate:.1f} | {prefill:.0f} | cannot abort |"
 
 
 def main() -> None:
@@ -150,8 +144,8 @@ def main() -> None:
     build = LlamaBuild.installed()
     print(f"gemma-3-270m q4_k_m, {threads} threads, llama.cpp build: {' '.join(sorted(build.features))}")
     print(f"greedy, {TOKENS} decode tokens, median of {args.runs} runs after one warm-up")
-    print("| option | first token, cold (ms) | first token, warm (ms) | decode tokens/s | prompt eval tokens/s | abort → return (ms) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| option | first token (ms) | decode tokens/s | prompt eval tokens/s | abort → return (ms) |")
+    print("| --- | --- | --- | --- | --- |")
     for extra in (True, False):
         print(engine_row(path, extra, args.runs, threads), flush=True)
     print(llama_row(path, args.runs, threads), flush=True)

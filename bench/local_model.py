@@ -37,6 +37,7 @@ def direct(runs: int, tokens: int) -> list[tuple[float, float, int]]:
     prompt = "".join(piece.text for piece in format_gemma_chat([ModelMessage(Role.USER, PROMPT)]))
     results = []
     for _ in range(runs):
+        llama.reset()  # the worker keeps nothing between calls; neither does this path
         started = time.perf_counter()
         first = None
         count = 0

@@ -16,6 +16,10 @@ from modelwire.app.server import build_worker
 from modelwire.core.errors import StartupFailure
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
+from modelwire.worker.admission import Admission
+from modelwire.worker.service import ServedModel, WorkerService
+from modelwire.worker.servicer import ModelWorkerServicer
+from modelwire.worker.validation import RequestLimits
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.config import ModelConfig, Table
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
@@ -161,6 +165,40 @@ async def test_the_admission_slot_is_held_until_the_thread_has_stopped(worker_fa
             provider.hold.set()
             assert await asyncio.to_thread(provider.wait_idle, 5.0)
             await admission_reaches(admission, in_flight=0, queued=0)
+
+
+async def test_closing_the_stream_at_a_yield_waits_for_the_thread_before_the_slot_goes_back() -> None:
+    """gRPC closes a handler's generator when a cancel arrives while it waits at a `yield`. Every
+    layer must close the one inside it at once, down to the pump, which waits for the thread: the
+    admission slot is released only after that (it went back at once, and the pump's cleanup ran
+    whenever the garbage collector got to it)."""
+    with ThreadPoolExecutor(2) as executor:
+        provider = client_of(executor, tokens=10_000, token_delay_s=0.001)
+        provider.hold = threading.Event()
+        admission = Admission("slow", max_concurrency=1, max_queue=0)
+        service = WorkerService([ServedModel(provider.models()[0], provider, admission)], RequestLimits())
+        servicer = ModelWorkerServicer(service)
+        context = IdleContext()
+        stream = servicer.GenerateStream(
+            pb.ModelRequest(model="slow", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]), context
+        )
+        await anext(stream)  # the handler now waits at its yield
+        closing = asyncio.create_task(stream.aclose())
+        assert await asyncio.to_thread(provider.cancel_seen.wait, 5)
+        assert not closing.done() and admission.in_flight == 1, "the slot went back while the thread ran"
+        provider.hold.set()
+        await asyncio.wait_for(closing, 5)
+        assert (admission.in_flight, provider.active) == (0, 0)
+
+
+class IdleContext:
+    """The little of grpc.aio.ServicerContext the servicer touches on a call that succeeds."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
 
 
 async def test_a_failed_warm_up_stops_the_start() -> None:

@@ -67,3 +67,35 @@ async def test_sigterm_drains_the_stream_in_flight(worker_process: tuple[asyncio
         assert last.finish_reason != 0
 
     assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_a_generation_cut_by_the_grace_period_stops_before_the_model_is_freed(tmp_path: Path) -> None:
+    """Grace of 1 s, a stream of 2,000 tokens: the stream is cancelled at the end of the grace, its
+    llama.cpp thread is waited for, and only then is the model freed (freeing it under a running
+    decode crashed the worker with SIGSEGV)."""
+    port = free_port()
+    config = tmp_path / "modelwire.toml"
+    config.write_text(f"[server]\nport = {port}\ngrace_period_s = 1\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        assert (await asyncio.wait_for(process.stdout.readline(), 120)).startswith(b"modelwire serving")
+        async with ModelWorkerClient(f"127.0.0.1:{port}", timeout=60) as client:
+            stream = client.stream(MODEL, "Count to ten thousand.", temperature=0, max_new_tokens=2000)
+            await anext(stream)
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ModelwireCallError) as cut:
+                async for _ in stream:
+                    pass
+            assert cut.value.code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        code = await asyncio.wait_for(process.wait(), 60)
+        stderr = (await process.stderr.read()).decode()
+        assert code == 0, stderr[-2000:]
+        assert "Segmentation fault" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

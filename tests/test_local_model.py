@@ -130,6 +130,23 @@ async def test_invalid_requests_name_the_field(embedded_worker: Worker, request_
             assert field in error.message
 
 
+async def test_thousands_of_bad_messages_get_a_bounded_invalid_argument(embedded_worker: Worker) -> None:
+    """One field violation per bad message would make a trailer larger than clients accept
+    (RESOURCE_EXHAUSTED at the client instead of the worker's INVALID_ARGUMENT)."""
+    from modelwire.client.errors import from_rpc_error
+
+    request = pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(role=99, content="hi") for _ in range(4096)])  # type: ignore[arg-type]
+    async with grpc.aio.insecure_channel(embedded_worker.address) as channel:
+        stub = pb_grpc.ModelWorkerStub(channel)
+        for call in (stub.Generate, _drain_stream(stub)):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call(request, timeout=10)
+            error = from_rpc_error(raised.value)
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "messages[0].role" in error.field_violations
+            assert "more problems like the above" in error.message
+
+
 def _drain_stream(stub: pb_grpc.ModelWorkerStub):  # type: ignore[no-untyped-def]
     async def call(request: pb.ModelRequest, timeout: float) -> list[pb.ModelOutput]:
         return [chunk async for chunk in stub.GenerateStream(request, timeout=timeout)]

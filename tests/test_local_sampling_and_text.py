@@ -43,6 +43,28 @@ async def test_a_seed_reproduces_and_never_sticks_to_later_unseeded_calls(client
     assert len(set(unseeded)) == 3, "unseeded calls at temperature 1 must differ"
 
 
+@pytest.mark.parametrize(
+    ("prompt", "sampling"),
+    [("Write a poem about the sea.", {"temperature": 0.0}), ("Tell me a joke about computers.", {"temperature": 0.8, "seed": 42})],
+)
+async def test_greedy_and_seeded_calls_give_the_same_text_whatever_came_before(
+    client: ModelWorkerClient, prompt: str, sampling: dict[str, float]
+) -> None:
+    """Nothing of an earlier call is reused: a cached prefix changed the batches of the rest of the
+    prompt, and with them the logits, enough to flip greedy choices."""
+    first = await client.generate(MODEL, prompt, max_new_tokens=40, **sampling)
+    await client.generate(MODEL, prompt + " Make it long.", max_new_tokens=8, temperature=0)
+    again = await client.generate(MODEL, prompt, max_new_tokens=40, **sampling)
+    assert again.text == first.text
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32 - 1, 2**63 - 1, -(2**63), 0])
+async def test_every_int64_seed_reproduces(client: ModelWorkerClient, seed: int) -> None:
+    """llama.cpp reads a seed of 0xFFFFFFFF as "pick one at random"; no caller's seed may become it."""
+    texts = {(await client.generate(MODEL, CHAT, temperature=1.0, max_new_tokens=16, seed=seed)).text for _ in range(2)}
+    assert len(texts) == 1
+
+
 def test_every_token_longer_than_32_bytes_decodes_whole(embedded_worker: Worker) -> None:
     """The vocabulary's own text for a token (SentencePiece writes a space as ▁) is the oracle."""
     model = provider(embedded_worker).model

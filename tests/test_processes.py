@@ -211,3 +211,26 @@ def in_flight(metrics_port: int) -> float:
         metrics = response.read().decode()
     lines = [line for line in metrics.splitlines() if line.startswith(f'modelwire_in_flight{{model="{MODEL}"}}')]
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+async def test_sigterm_during_the_start_stops_cleanly(tmp_path: Path) -> None:
+    """Told to stop while its children still load their models: they stop, and so does the parent,
+    with exit code 0 (it reported a failed start before)."""
+    config = tmp_path / "modelwire.toml"
+    config.write_text(f"[server]\nport = {free_port()}\nprocesses = 2\n[observability]\nlog_format = \"text\"\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        while b"warming up" not in await asyncio.wait_for(process.stderr.readline(), 120):
+            pass
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert b"cannot start" not in stderr and not stdout
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -47,7 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     def announce(worker: Worker) -> None:
         models = ", ".join(m.metadata.model for m in worker.models)
-        print(f"modelwire serving {models} on {worker.address}", flush=True)
+        try:
+            print(f"modelwire serving {models} on {worker.address}", flush=True)
+        except BrokenPipeError:
+            # Whoever waited for this line is gone (a supervisor killed during our start); its
+            # lifeline closing drains us. Later writes to stdout must not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     asyncio.run(
         serve(config, on_ready=announce, serve_metrics_here=not args.child, registration=registration_from_args(args), lifeline=args.child)

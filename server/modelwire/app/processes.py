@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 CHILD_FLAG = "--child"
 RESTART_DELAY_S = 1.0
+# Exit codes of a child that stopped because it was told to (SIGTERM, SIGINT, or its KeyboardInterrupt).
+_STOPPED_AS_ASKED = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 130})
 # More deaths than this within the window mean a child cannot serve: stop instead of looping.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
@@ -75,6 +77,9 @@ class Supervisor:
         try:
             announcements = [await self._start_child() for _ in range(self._count)]
         except StartupFailure:
+            if self._stopping.is_set():  # a signal during the start: the children stopped as asked
+                await self._wait_all()
+                return 0
             self._stop(signal.SIGTERM)
             await self._wait_all()
             raise
@@ -91,13 +96,15 @@ class Supervisor:
         announcement = (await child.stdout.readline()).decode().strip()
         if not announcement:
             code = await child.wait()
+            self._children.remove(child)
+            self._forget(child)
             raise StartupFailure(f"worker process {child.pid} exited during its start (exit code {code}); its log says why")
         # Nothing else is expected on stdout, but a full pipe would block the child: keep reading.
         asyncio.create_task(_drain(child.stdout))
         return announcement
 
     async def _watch(self) -> int:
-        """Waits for children to exit; restarts one that died while the others serve."""
+        """Waits for children to exit; replaces one that died while the worker serves."""
         codes: list[int] = []
         while self._children:
             waits = {asyncio.create_task(child.wait()): child for child in self._children}
@@ -107,40 +114,47 @@ class Supervisor:
             for task in done:
                 child = waits[task]
                 self._children.remove(child)
+                self._forget(child)
                 code = task.result()
-                if self._metrics_dir is not None:
-                    multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
                 if self._stopping.is_set():
-                    codes.append(code)
-                    continue
-                if not await self._restart(child.pid, code):
+                    codes.append(0 if code in _STOPPED_AS_ASKED else code)
+                elif not await self._replace(child.pid, code):
                     codes.append(1)
         return max(codes, key=abs, default=0)
 
-    async def _restart(self, pid: int, code: int) -> bool:
-        now = time.monotonic()
-        self._deaths.append(now)
-        if len(self._deaths) > MAX_RESTARTS and now - self._deaths[0] < RESTART_WINDOW_S:
-            logger.error(
-                "worker process %d exited (code %d): %d deaths within %.0fs, giving up and stopping the others",
-                pid, code, len(self._deaths), RESTART_WINDOW_S,
-            )
-            self._stop(signal.SIGTERM)
-            return False
-        logger.error("worker process %d exited (code %d) while serving; starting another", pid, code)
-        try:
-            await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_S)
-            return True  # asked to stop meanwhile: nothing to restart
-        except TimeoutError:
-            pass
-        try:
-            await self._start_child()
-        except StartupFailure as error:
-            logger.error("%s; stopping the others", error)
-            self._stop(signal.SIGTERM)
-            return False
-        logger.warning("worker process %d replaced by %d", pid, self._children[-1].pid)
-        return True
+    def _forget(self, child: asyncio.subprocess.Process) -> None:
+        """A dead child's live gauges (in flight, queued) leave the aggregate."""
+        if self._metrics_dir is not None:
+            multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
+
+    async def _replace(self, pid: int, code: int) -> bool:
+        """Starts a child in place of `pid`; a replacement that dies during its start counts as
+        one more death. False once deaths exceed the budget (the others are then stopped)."""
+        while True:
+            now = time.monotonic()
+            self._deaths.append(now)
+            if len(self._deaths) > MAX_RESTARTS and now - self._deaths[0] < RESTART_WINDOW_S:
+                logger.error(
+                    "worker process %d exited (code %d): %d deaths within %.0fs, giving up and stopping the others",
+                    pid, code, len(self._deaths), RESTART_WINDOW_S,
+                )
+                self._stop(signal.SIGTERM)
+                return False
+            logger.error("worker process %d exited (code %d) while serving; starting another", pid, code)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_S)
+                return True  # asked to stop meanwhile: nothing to replace
+            except TimeoutError:
+                pass
+            try:
+                await self._start_child()
+            except StartupFailure as error:
+                if self._stopping.is_set():
+                    return True
+                logger.error("%s", error)
+                continue
+            logger.warning("worker process %d replaced by %d", pid, self._children[-1].pid)
+            return True
 
     def _stop(self, signum: int) -> None:
         self._stopping.set()

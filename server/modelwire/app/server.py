@@ -100,6 +100,7 @@ class Worker:
         self.metrics = WorkerMetrics()
         for served in models:
             served.admission.observer = self.metrics.admission_changed
+            self.metrics.admission_changed(served.metadata.model, 0, 0)  # the gauges exist from the start
         self.health = health.aio.HealthServicer()
         # Innermost: every ModelWorker response carries an ORCA load report (controller/orca.py).
         orca = OrcaInterceptor(models, lambda: self.registration.instance_id if self.registration else None)
@@ -138,9 +139,11 @@ class Worker:
             # Leave the registry before the port closes, so routers stop sending first.
             await self.registration.stop()
         await self.server.stop(self.config.server.grace_period_s)
+        # Stopping the server cancelled the calls left, which tells their threads to stop: wait for
+        # them before the clients free what those threads use (a llama.cpp context mid-decode).
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         for served in {id(m.client): m.client for m in self.models}.values():
             await served.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def build_worker(config: Config) -> Worker:

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from xds.data.orca.v3 import orca_load_report_pb2
 
-from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, rewrap
+from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, responses, rewrap
 from modelwire.worker.service import ServedModel
 
 ORCA_TRAILER = "endpoint-load-metrics-bin"
@@ -141,7 +141,7 @@ class OrcaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             model = getattr(request, "model", "")
             self._rate.add()
             context.set_trailing_metadata(self.trailers(model, context))
-            async for chunk in behavior(request, context):
+            async for chunk in responses(behavior(request, context)):
                 yield chunk
             context.set_trailing_metadata(self.trailers(model, context))
 

@@ -20,7 +20,15 @@ class FieldViolation:
 
 
 class InvalidRequest(ModelwireError):
+    """At most MAX_VIOLATIONS problems are named: the status travels in a header, and a request with
+    thousands of bad messages would otherwise get a trailer no client accepts."""
+
+    MAX_VIOLATIONS = 10
+
     def __init__(self, violations: list[FieldViolation]) -> None:
+        if len(violations) > self.MAX_VIOLATIONS:
+            more = len(violations) - self.MAX_VIOLATIONS + 1
+            violations = violations[: self.MAX_VIOLATIONS - 1] + [FieldViolation(violations[self.MAX_VIOLATIONS - 1].field, f"and {more} more problems like the above")]
         self.violations = violations
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -14,12 +15,17 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 async def responses(result: Any) -> AsyncIterator[Any]:
     """A server-streaming behavior's messages, whether it yields them or writes them itself
-    (grpc-health's Watch awaits `context.write`; such messages pass without being seen here)."""
+    (grpc-health's Watch awaits `context.write`; such messages pass without being seen here).
+
+    When gRPC closes the outer generator (a cancel while it waits at a yield), the inner one is
+    closed at once, not when it is garbage-collected: its cleanup (an admission slot, a thread to
+    wait for) must run before the call is over."""
     if inspect.isawaitable(result):
         await result
         return
-    async for message in result:
-        yield message
+    async with aclosing(result) as messages:
+        async for message in messages:
+            yield message
 
 
 def rewrap(

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -106,10 +107,11 @@ class ProxyLLMClient(ABC):
 
     async def generate_stream(
         self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncIterator[ModelOutput]:
+    ) -> AsyncGenerator[ModelOutput, None]:
         request = self.apply_converter(request, message_converter)
-        async for chunk in self._pump(lambda cancellation: self.sync_generate_stream(request, cancellation)):
-            yield chunk
+        async with aclosing(self._pump(lambda cancellation: self.sync_generate_stream(request, cancellation))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
         """Blocking providers implement this; it runs on the executor, never on the event loop, and
@@ -141,7 +143,7 @@ class ProxyLLMClient(ABC):
             return count()
         return await self.run_blocking(count)
 
-    async def _pump(self, produce: Callable[[Cancellation], Iterator[ModelOutput]]) -> AsyncIterator[ModelOutput]:
+    async def _pump(self, produce: Callable[[Cancellation], Iterator[ModelOutput]]) -> AsyncGenerator[ModelOutput, None]:
         """Runs a blocking iterator on the executor and hands its chunks to the event loop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

@@ -20,7 +20,7 @@ Token counts come from tiktoken (offline), with the model's name choosing the en
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Executor
 from functools import partial
 from typing import Self
@@ -95,7 +95,7 @@ class EchoClient(ProxyLLMClient):
 
     async def generate_stream(
         self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncIterator[ModelOutput]:
+    ) -> AsyncGenerator[ModelOutput, None]:
         request = self.apply_converter(request, message_converter)
         chunks, finish = self._plan(request)
         interval = self.chunk_interval_s

@@ -500,7 +500,7 @@ class HttpProxyClient(ProxyLLMClient):
 
     async def generate_stream(
         self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncIterator[ModelOutput]:
+    ) -> AsyncGenerator[ModelOutput, None]:
         request = self.apply_converter(request, message_converter)
         body = self._body(request, stream=True)
         async for chunk in retrying_stream(self._retry, self.default_model, lambda: self._stream_once(request, body)):

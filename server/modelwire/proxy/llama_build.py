@@ -4,10 +4,9 @@ Two ways a build breaks on an x86 server, both seen in the field:
 - it uses instructions this CPU lacks (a `-march=native` wheel from another machine, reused from
   a pip cache): the first matrix product dies of SIGILL. Refused here with a message instead.
 - it carries ggml's AMX kernels, which segfault on this Q4_K_M model on Sapphire Rapids and later
-  (llama.cpp #20824). Those kernels are reached only through the extra weight buffers, so a build
-  with AMX loads models without extra buffers (`use_extra_bufts = False`).
-`make install` builds a portable wheel (AVX2 baseline, no AMX; see docs/architecture.md), for which
-both checks pass and the extra buffers (ggml's CPU weight repacking) stay on.
+  (llama.cpp #20824). Those kernels are reached only through the extra weight buffers, so models
+  are loaded without them (EXTRA_WEIGHT_BUFFERS), whatever the build.
+`make install` builds a portable wheel (AVX2 baseline, no AMX; see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -36,6 +35,12 @@ _CPU_FLAG = {
 }
 
 
+# ggml's extra weight buffers: the AMX kernels on a build that has them, CPU weight repacking
+# otherwise. Off for every build: measured on an AVX2 EPYC they gain nothing beyond noise
+# (bench/local_engine.py, docs/architecture.md), and they are the one way into the AMX crash.
+EXTRA_WEIGHT_BUFFERS = False
+
+
 class LlamaBuildUnfit(StartupFailure):
     """The installed llama.cpp cannot run on this CPU; raised at start, before any model loads."""
 
@@ -54,16 +59,6 @@ class LlamaBuild:
         import llama_cpp
 
         return cls.from_system_info(llama_cpp.llama_print_system_info().decode(errors="replace"))
-
-    @property
-    def has_amx(self) -> bool:
-        return "AMX_INT8" in self.features
-
-    @property
-    def use_extra_buffers(self) -> bool:
-        """Extra buffers repack weights for faster kernels; with AMX in the build they would route
-        Q4_K matrix products to the kernels that crash, so they are off for such a build."""
-        return not self.has_amx
 
     def missing_instructions(self, cpu_flags: frozenset[str]) -> list[str]:
         return sorted(feature for feature, flag in _CPU_FLAG.items() if feature in self.features and flag not in cpu_flags)

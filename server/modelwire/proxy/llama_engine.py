@@ -32,6 +32,8 @@ from modelwire.core.cancellation import Cancellation
 
 logger = logging.getLogger(__name__)
 
+# LLAMA_DEFAULT_SEED: a dist sampler given it draws a random seed of its own.
+_RANDOM_SEED = 0xFFFFFFFF
 _DECODE_OK = 0
 _DECODE_ABORTED = 2
 _LIBC = ctypes.CDLL(None)
@@ -110,7 +112,12 @@ class Sampling:
 
     @staticmethod
     def fresh_seed() -> int:
-        return secrets.randbits(32)
+        return secrets.randbelow(_RANDOM_SEED)
+
+    @staticmethod
+    def seed_from(seed: int) -> int:
+        """A caller's int64 seed as llama.cpp's 32 bits, never the value llama.cpp reads as "random"."""
+        return seed % _RANDOM_SEED
 
 
 class LlamaModel:
@@ -171,7 +178,6 @@ class SessionStats:
     """What the session did, for tests and gauges: read under the owner's lock."""
 
     tokens_evaluated: int = 0
-    tokens_reused: int = 0
     decodes_aborted: int = 0
     last_abort_latency_s: float | None = None
 
@@ -198,8 +204,6 @@ class LlamaSession:
         )
         self._one_token = (llama_cpp.llama_token * 1)()
         self._sampler: Any = None
-        # The tokens the KV cache holds, in order; None when unknown (after an abort or a failure).
-        self._cached: list[int] | None = None
         self.stats = SessionStats()
 
     def abort(self) -> None:
@@ -209,43 +213,27 @@ class LlamaSession:
 
     @contextmanager
     def call(self, sampling: Sampling, cancellation: Cancellation) -> Iterator[None]:
-        """One call with its own sampler; cancelling it aborts any decode inside."""
+        """One call on an empty cache with its own sampler; cancelling it aborts any decode inside.
+
+        Nothing of an earlier call is kept: reusing a cached prefix changes how the rest of the
+        prompt is split into batches, which changes the logits enough to flip a greedy choice, and
+        a seeded or greedy call must give the same text every time."""
         self._abort_flag[0] = b"\x00"
         _last_errors()  # forget what earlier calls on this thread left
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
         self._sampler = _sampler_chain(self.model, sampling)
         try:
             with cancellation.on_cancel(self.abort):
                 yield
-        except BaseException:
-            self._cached = None  # an aborted or failed decode leaves the cache in a state we do not track
-            raise
         finally:
             llama_cpp.llama_sampler_free(self._sampler)
             self._sampler = None
 
     def evaluate_prompt(self, prompt: list[int]) -> None:
-        """Evaluates what the cache does not already hold: the longest prefix shared with the
-        previous call's tokens is kept (a chat's system prompt and history), the rest is decoded in
-        pieces of `n_batch`. The last prompt token is always decoded, since sampling reads its logits."""
-        memory = llama_cpp.llama_get_memory(self._ctx)
-        keep = 0
-        if self._cached is not None:
-            limit = min(len(self._cached), len(prompt) - 1)
-            while keep < limit and self._cached[keep] == prompt[keep]:
-                keep += 1
-        if keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, -1, keep, -1):
-            llama_cpp.llama_memory_clear(memory, True)
-            keep = 0
-        self._cached = prompt[:keep]
-        self.stats.tokens_reused += keep
-        for start in range(keep, len(prompt), self.n_batch):
+        """Decodes the prompt in pieces of `n_batch`; raises Aborted when the call was cancelled."""
+        for start in range(0, len(prompt), self.n_batch):
             piece = prompt[start : start + self.n_batch]
             self._decode((llama_cpp.llama_token * len(piece))(*piece), len(piece))
-            self._cached += piece
-
-    def forget(self) -> None:
-        """Drops the cached prefix: the next prompt is evaluated whole."""
-        self._cached = None
 
     def sample(self) -> int:
         return int(llama_cpp.llama_sampler_sample(self._sampler, self._ctx, -1))
@@ -254,8 +242,6 @@ class LlamaSession:
         """Decodes one generated token, so the next `sample` continues after it."""
         self._one_token[0] = token
         self._decode(self._one_token, 1)
-        if self._cached is not None:
-            self._cached.append(token)
 
     def _decode(self, tokens: Any, count: int) -> None:
         if self._abort_flag[0] != b"\x00":

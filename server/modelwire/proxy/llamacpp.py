@@ -9,6 +9,7 @@ stops within one graph node of llama.cpp once the caller leaves.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import logging
 import os
@@ -38,7 +39,7 @@ from modelwire.core.types import (
 )
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.proxy.gemma_format import END_OF_TURN, format_gemma_chat
-from modelwire.proxy.llama_build import LlamaBuild, cpu_flags
+from modelwire.proxy.llama_build import EXTRA_WEIGHT_BUFFERS, LlamaBuild, cpu_flags
 from modelwire.proxy.llama_engine import Aborted, LlamaFailure, LlamaModel, LlamaSession, Sampling
 from modelwire.proxy.stop_strings import StopStringFilter
 
@@ -49,6 +50,7 @@ DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_N_BATCH = 512
 WARM_UP_TOKENS = 2
+CLOSE_WAIT_S = 30.0
 
 
 def model_cache_dir() -> Path:
@@ -178,7 +180,7 @@ class LlamaCppClient(ProxyLLMClient):
             metadata={"gguf": model_path.name, "chat_format": options.chat_format},
         )
         try:
-            model = LlamaModel(model_path, use_extra_buffers=build.use_extra_buffers)
+            model = LlamaModel(model_path, use_extra_buffers=EXTRA_WEIGHT_BUFFERS)
             sessions = [
                 LlamaSession(model, n_ctx=context_length, n_batch=min(options.n_batch, context_length), n_threads=options.n_threads)
                 for _ in range(params.max_concurrency)
@@ -225,6 +227,13 @@ class LlamaCppClient(ProxyLLMClient):
             await self.generate(request)
 
     async def close(self) -> None:
+        """Frees the sessions and the model once no generation runs: freeing a context that a
+        thread is decoding crashes the process. Generations still running are aborted first."""
+        for session in self.sessions:
+            session.abort()
+        if not await asyncio.to_thread(self.activity.wait_for, lambda activity: activity.running == 0, CLOSE_WAIT_S):
+            logger.error("model %s: a generation did not stop within %.0fs; its memory is not freed", self.default_model, CLOSE_WAIT_S)
+            return
         for session in self.sessions:
             session.close()
         self._model.close()
@@ -253,7 +262,7 @@ class LlamaCppClient(ProxyLLMClient):
         call_sampling = Sampling(
             temperature=DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature,
             top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
-            seed=Sampling.fresh_seed() if sampling.seed is None else sampling.seed & 0xFFFFFFFF,
+            seed=Sampling.fresh_seed() if sampling.seed is None else Sampling.seed_from(sampling.seed),
             presence_penalty=sampling.presence_penalty or 0.0,
             frequency_penalty=sampling.frequency_penalty or 0.0,
         )

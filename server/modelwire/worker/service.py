@@ -6,8 +6,8 @@ The servicer calls this and only translates; nothing here knows grpc or protobuf
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
 from modelwire.core.errors import ContextLengthExceeded, ModelNotFound
@@ -82,19 +82,20 @@ class WorkerService:
                 timing=_timing(started, None, output.usage),
             )
 
-    async def generate_stream(self, request: ModelRequest) -> AsyncIterator[ModelOutput]:
+    async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
         async with self._admitted(request) as (served, request):
             started = time.perf_counter()
             first_token_at: float | None = None
             finished = False
-            async for chunk in served.client.generate_stream(request):
-                if first_token_at is None and (chunk.text or chunk.reasoning):
-                    first_token_at = time.perf_counter()
-                if chunk.finish_reason is not None:
-                    finished = True
-                    chunk = replace(chunk, timing=_timing(started, first_token_at, chunk.usage))
-                # Deltas pass as they are (a copy per delta is measurable); the edge names the model.
-                yield chunk
+            async with aclosing(served.client.generate_stream(request)) as chunks:
+                async for chunk in chunks:
+                    if first_token_at is None and (chunk.text or chunk.reasoning):
+                        first_token_at = time.perf_counter()
+                    if chunk.finish_reason is not None:
+                        finished = True
+                        chunk = replace(chunk, timing=_timing(started, first_token_at, chunk.usage))
+                    # Deltas pass as they are (a copy per delta is measurable); the edge names the model.
+                    yield chunk
             if not finished:
                 # A provider that ended without a final chunk still owes the caller finish_reason.
                 yield ModelOutput(

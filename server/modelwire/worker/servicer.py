@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from types import TracebackType
 
 import grpc
@@ -57,8 +58,10 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
-        async with CallScope(context):
-            async for chunk in self._service.generate_stream(convert.request_from_pb(request, self._service.limits)):
+        async with CallScope(context), aclosing(
+            self._service.generate_stream(convert.request_from_pb(request, self._service.limits))
+        ) as chunks:
+            async for chunk in chunks:
                 yield convert.output_to_pb(chunk, request.model)
 
     async def CountToken(
