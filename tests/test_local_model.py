@@ -215,3 +215,21 @@ async def test_reflection_lists_and_describes_every_service(embedded_worker: Wor
 
     assert {"modelwire.v1.ModelWorker", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     assert getattr(method, "name") == "modelwire/v1/worker.proto"
+
+
+async def test_calls_cut_by_tiny_deadlines_are_recorded_as_deadline_exceeded(embedded_worker: Worker) -> None:
+    """A deadline that passes while the worker aborts used to fail inside grpc (the call had already
+    ended) and be logged and counted as UNKNOWN."""
+    request = pb.ModelRequest(
+        model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")], sampling=pb.SamplingParams(max_new_tokens=20)
+    )
+    async with grpc.aio.insecure_channel(embedded_worker.address) as channel:
+        stub = pb_grpc.ModelWorkerStub(channel)
+        for attempt in range(100):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Generate(request, timeout=0.002 + (attempt % 10) * 0.005)
+    registry = embedded_worker.metrics.registry
+    unknown = registry.get_sample_value("modelwire_requests_total", {"code": "UNKNOWN", "method": "Generate", "model": MODEL})
+    deadline = registry.get_sample_value("modelwire_requests_total", {"code": "DEADLINE_EXCEEDED", "method": "Generate", "model": MODEL})
+    # The last calls may still be finishing at the worker; none of them may end as UNKNOWN.
+    assert unknown is None and deadline is not None and deadline >= 90, (unknown, deadline)

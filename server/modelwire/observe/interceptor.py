@@ -32,11 +32,11 @@ def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
 
 
 def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
-    if isinstance(error, GeneratorExit):
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "DEADLINE_EXCEEDED"
+    if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
         return "CANCELLED"
-    if isinstance(error, asyncio.CancelledError):
-        remaining = context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     if isinstance(error, grpc.aio.AbortError):
         code = context.code()
         return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name if code else "UNKNOWN"

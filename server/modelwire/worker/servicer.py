@@ -43,7 +43,14 @@ class CallScope:
             status = to_status(error)
             # Keep what the interceptors already put in the trailer (request id) next to the details.
             trailer = tuple(self._context.trailing_metadata() or ()) + tuple(status.trailing_metadata)
-            await self._context.abort(status.code, status.details, trailer)
+            try:
+                await self._context.abort(status.code, status.details, trailer)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                # The call already ended at the transport (its deadline passed the same instant,
+                # the caller left): there is nobody to tell, and grpc refuses to send a status.
+                raise asyncio.CancelledError from error
 
 
 class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
