@@ -12,11 +12,11 @@ import grpc
 
 from modelwire.app.config import Config, ServerConfig
 from modelwire.app.server import Worker, build_worker
-from modelwire.controller import convert
-from modelwire.controller.agent import RegistrationAgent, RegistrationSettings, worker_agent
-from modelwire.controller.registry import MemoryRegistry
+from modelwire.fleet import convert
+from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
+from modelwire.controller.memory import MemoryRegistry
 from modelwire.controller.server import ControllerServer
-from modelwire.controller.types import WatchBatch
+from modelwire.fleet.types import WatchBatch
 from modelwire.core.config import ModelConfig, Table
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc

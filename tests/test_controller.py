@@ -16,12 +16,12 @@ from grpc_status import rpc_status
 
 from modelwire.app.server import build_worker
 from modelwire.client import ModelWorkerClient
-from modelwire.controller.agent import worker_agent
-from modelwire.controller import convert
-from modelwire.controller.agent import RegistrationSettings
-from modelwire.controller.remote import RemoteController
+from modelwire.worker.agent import worker_agent
+from modelwire.fleet import convert
+from modelwire.worker.agent import RegistrationSettings
+from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
-from modelwire.controller.types import InstanceModel, InstanceSpec, ModelLoad
+from modelwire.fleet.types import InstanceModel, InstanceSpec, ModelLoad
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
 from conftest import free_port
@@ -209,7 +209,7 @@ async def test_worker_registers_reports_live_load_and_deregisters_before_its_por
 
 
 async def test_agent_reregisters_after_a_controller_restart_and_serves_meanwhile(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="modelwire.controller.agent")
+    caplog.set_level(logging.INFO, logger="modelwire.worker.agent")
     port = free_port()
     config = blocking_config(blocking_model("slow", tokens=2))
     async with running_controller(port=port) as first:
@@ -280,7 +280,7 @@ async def test_controller_command_with_a_registering_worker_process() -> None:
 
 
 def test_registration_id_rules() -> None:
-    from modelwire.controller.registry import check_spec
+    from modelwire.fleet.registry import check_spec
     from modelwire.core.errors import InvalidRequest
 
     spec = check_spec(InstanceSpec("", "h:1", (InstanceModel("m"),), weight=0))

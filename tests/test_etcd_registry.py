@@ -22,12 +22,12 @@ from etcd_server import ETCD, EtcdServer
 from fleet import blocking_config, blocking_model, registered, registered_worker
 from modelwire.app.server import Worker
 from modelwire.client import ModelWorkerClient
-from modelwire.controller.agent import RegistrationSettings
-from modelwire.controller.etcd import EtcdRegistry, EtcdTarget, endpoint_value, parse_endpoint
-from modelwire.controller.gateway import Gateway
-from modelwire.controller.remote import RemoteController
+from modelwire.worker.agent import RegistrationSettings
+from modelwire.fleet.etcd import EtcdRegistry, EtcdTarget, endpoint_value, parse_endpoint
+from modelwire.gateway.server import Gateway
+from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
-from modelwire.controller.types import InstanceModel, InstanceSpec, ModelLoad, WatchBatch
+from modelwire.fleet.types import InstanceModel, InstanceSpec, ModelLoad, WatchBatch
 
 TTL_S = 2
 

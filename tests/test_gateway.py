@@ -17,12 +17,12 @@ import pytest
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.requests import build_request
-from modelwire.controller.agent import RegistrationSettings
-from modelwire.controller.gateway import Gateway, model_field
-from modelwire.controller.orca import INSTANCE_TRAILER
-from modelwire.controller.remote import RemoteController
+from modelwire.worker.agent import RegistrationSettings
+from modelwire.gateway.server import Gateway, model_field
+from modelwire.fleet.orca import INSTANCE_TRAILER
+from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
-from modelwire.controller.types import InstanceModel, InstanceSpec
+from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from blocking_provider import BlockingTestClient

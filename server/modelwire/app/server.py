@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection
 
 from modelwire.app.config import Config, ServerConfig, TlsConfig
 from modelwire.core.errors import StartupFailure
-from modelwire.controller.agent import RegistrationAgent, RegistrationSettings, worker_agent
-from modelwire.controller.orca import OrcaInterceptor
+from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
+from modelwire.worker.orca import OrcaInterceptor
 from modelwire.observe import tracing
-from modelwire.observe.auth import BearerAuth
+from modelwire.rpc.auth import BearerAuth
 from modelwire.observe.interceptor import CallObserver
 from modelwire.observe.metrics import WorkerMetrics, serve_metrics
 from modelwire.proxy.registry import provider_class
@@ -95,14 +95,14 @@ class Worker:
         self.config = config
         self.models = models
         self._executor = executor
-        # Registers the worker with a controller or etcd (serve --controller/--registry); see controller/agent.py.
+        # Registers the worker with a controller or etcd (serve --controller/--registry); see worker/agent.py.
         self.registration: RegistrationAgent | None = None
         self.metrics = WorkerMetrics()
         for served in models:
             served.admission.observer = self.metrics.admission_changed
             self.metrics.admission_changed(served.metadata.model, 0, 0)  # the gauges exist from the start
         self.health = health.aio.HealthServicer()
-        # Innermost: every ModelWorker response carries an ORCA load report (controller/orca.py).
+        # Innermost: every ModelWorker response carries an ORCA load report (worker/orca.py).
         orca = OrcaInterceptor(models, lambda: self.registration.instance_id if self.registration else None)
         self.server = grpc.aio.server(
             interceptors=[*_interceptors(config, self.metrics), orca], options=_server_options(config.server)

@@ -1,2 +1,2 @@
-"""Fleets: the instance registry (in memory or etcd), the ModelController service, the worker's
-registration agent, the load-balancing gateway and the ORCA load-report interceptor."""
+"""The `modelwire controller` process: the ModelController service over a registry (in memory or
+etcd) and the active health prober."""

@@ -10,8 +10,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelwire.controller.health import HealthProber
-from modelwire.controller.registry import Registry
+from modelwire.controller.prober import HealthProber
+from modelwire.fleet.registry import Registry
 from modelwire.controller.servicer import ModelControllerServicer
 from modelwire.v1 import controller_pb2, controller_pb2_grpc
 

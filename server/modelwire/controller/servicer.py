@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from modelwire.controller import convert
-from modelwire.controller.registry import Registry
+from modelwire.fleet import convert
+from modelwire.fleet.registry import Registry
 from modelwire.core.errors import ModelwireError
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
-from modelwire.worker.status import to_status
+from modelwire.rpc.status import to_status
 
 
 class ModelControllerServicer(pb_grpc.ModelControllerServicer):

@@ -14,7 +14,7 @@ from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
 from modelwire.worker.service import WorkerService
 from modelwire.observe.call_record import note_error_kind
-from modelwire.worker.status import error_kind, to_status
+from modelwire.rpc.status import error_kind, to_status
 
 
 class CallScope:

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 
-from modelwire.controller.agent import RegistrationSettings
-from modelwire.controller.types import Instance
-from modelwire.controller.registry import DEFAULT_TTL_S, MemoryRegistry, Registry, connect
+from modelwire.worker.agent import RegistrationSettings
+from modelwire.fleet.types import Instance
+from modelwire.controller.memory import MemoryRegistry
+from modelwire.fleet.connect import connect
+from modelwire.fleet.registry import DEFAULT_TTL_S, Registry
 from modelwire.observe.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def registration_from_args(args: argparse.Namespace) -> RegistrationSettings | N
 def registry_from_url(url: str | None, ttl_s: float) -> Registry:
     if not url or url == "memory":
         return MemoryRegistry(ttl_s)
-    from modelwire.controller.etcd import EtcdRegistry
+    from modelwire.fleet.etcd import EtcdRegistry
 
     return EtcdRegistry.from_url(url, ttl_s=ttl_s)
 
@@ -76,7 +78,7 @@ def _controller(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from modelwire.controller.gateway import Gateway
+    from modelwire.gateway.server import Gateway
     from modelwire.controller.server import wait_for_signal
 
     configure_logging(args.log_level, args.log_format)

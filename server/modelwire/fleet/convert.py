@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from modelwire.controller.types import (
+from modelwire.fleet.types import (
     EventType,
     Instance,
     InstanceEvent,

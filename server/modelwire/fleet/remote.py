@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
-from modelwire.controller import convert
-from modelwire.controller.types import InstanceSpec, Lease, ModelLoad, WatchBatch
+from modelwire.fleet import convert
+from modelwire.fleet.types import InstanceSpec, Lease, ModelLoad, WatchBatch
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
 

@@ -1,50 +1,20 @@
-"""Active health checks: follow an instance's grpc.health.v1 Watch stream, so health is not known only
-from heartbeats (a killed worker's stream breaks at once; a draining one says NOT_SERVING at once)."""
+"""The controller's active health checks: follows every registered instance's health Watch and
+records the verdicts in the registry."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelwire.controller.registry import Registry
-from modelwire.controller.remote import CHANNEL_OPTIONS
-from modelwire.controller.types import EventType
-from modelwire.v1 import worker_pb2
+from modelwire.fleet.health import follow_health
+from modelwire.fleet.registry import Registry
+from modelwire.fleet.remote import CHANNEL_OPTIONS
+from modelwire.fleet.types import EventType
 
 logger = logging.getLogger(__name__)
-
-WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
-RETRY_S = (0.2, 0.5, 1.0, 2.0)
-
-
-async def follow_health(
-    channel: grpc.aio.Channel, on_change: Callable[[bool | None], None], service: str = WORKER_SERVICE
-) -> None:
-    """Calls `on_change(True)` on SERVING, `on_change(False)` on anything else or when the stream
-    breaks, and keeps watching (with a short backoff) until cancelled. A server without the health
-    service is reported once as None (unknown) and not watched further."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    failures = 0
-    while True:
-        call = stub.Watch(health_pb2.HealthCheckRequest(service=service))
-        try:
-            async for response in call:
-                failures = 0
-                on_change(response.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                on_change(None)
-                return
-        finally:
-            call.cancel()
-        on_change(False)
-        await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
-        failures += 1
 
 
 class HealthProber:

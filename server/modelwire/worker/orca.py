@@ -25,11 +25,9 @@ import grpc
 from xds.data.orca.v3 import orca_load_report_pb2
 
 from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, responses, rewrap
+from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
 from modelwire.worker.service import ServedModel
 
-ORCA_TRAILER = "endpoint-load-metrics-bin"
-LOAD_TRAILER = "modelwire-load-bin"
-INSTANCE_TRAILER = "modelwire-instance-id"
 WORKER_PREFIX = "/modelwire.v1.ModelWorker/"
 RATE_WINDOW_S = 10
 CPU_SAMPLE_S = 1.0
@@ -146,11 +144,3 @@ class OrcaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             context.set_trailing_metadata(self.trailers(model, context))
 
         return wrapped
-
-
-def parse_report(trailers: Sequence[tuple[str, str | bytes]] | None) -> orca_load_report_pb2.OrcaLoadReport | None:
-    """The load report in a call's trailing metadata (either copy), if there is one."""
-    for key, value in trailers or ():
-        if key in (ORCA_TRAILER, LOAD_TRAILER) and isinstance(value, bytes):
-            return orca_load_report_pb2.OrcaLoadReport.FromString(value)
-    return None

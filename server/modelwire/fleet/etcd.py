@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 import aetcd
 import aetcd.rtypes
 
-from modelwire.controller.registry import DEFAULT_TTL_S, Registry, WatchHub, check_spec
-from modelwire.controller.types import (
+from modelwire.fleet.registry import DEFAULT_TTL_S, Registry, WatchHub, check_spec
+from modelwire.fleet.types import (
     EventType,
     Instance,
     InstanceEvent,

@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from modelwire.controller.registry import RegistryClient, connect
-from modelwire.controller.types import InstanceModel, InstanceSpec, Lease, ModelLoad
+from modelwire.fleet.connect import connect
+from modelwire.fleet.registry import RegistryClient
+from modelwire.fleet.types import InstanceModel, InstanceSpec, Lease, ModelLoad
 from modelwire.core.errors import InvalidRequest
 from modelwire.worker.service import ServedModel
 

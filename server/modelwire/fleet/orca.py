@@ -1,0 +1,23 @@
+"""The load-report trailers a worker writes (worker/orca.py) and a gateway reads.
+
+`endpoint-load-metrics-bin` is ORCA's own trailer, for gRPC clients that balance on it (Go, Java,
+C++); their C core consumes it, so the same report also travels as `modelwire-load-bin`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xds.data.orca.v3 import orca_load_report_pb2
+
+ORCA_TRAILER = "endpoint-load-metrics-bin"
+LOAD_TRAILER = "modelwire-load-bin"
+INSTANCE_TRAILER = "modelwire-instance-id"
+
+
+def parse_report(trailers: Sequence[tuple[str, str | bytes]] | None) -> orca_load_report_pb2.OrcaLoadReport | None:
+    """The load report in a call's trailing metadata (either copy), if there is one."""
+    for key, value in trailers or ():
+        if key in (ORCA_TRAILER, LOAD_TRAILER) and isinstance(value, bytes):
+            return orca_load_report_pb2.OrcaLoadReport.FromString(value)
+    return None

@@ -1,0 +1,1 @@
+"""The `modelwire gateway` process: the ModelWorker API in front of a fleet."""

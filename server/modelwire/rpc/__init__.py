@@ -1,0 +1,1 @@
+"""The gRPC plumbing every process (worker, controller, gateway) is assembled from."""
