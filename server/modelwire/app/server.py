@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelwire.app.config import Config, ServerConfig, TlsConfig
 from modelwire.core.errors import StartupFailure
+from modelwire.rpc.channels import server_ping_options
 from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
 from modelwire.worker.orca import OrcaInterceptor
 from modelwire.observe import tracing
@@ -59,6 +60,7 @@ def _server_options(server: ServerConfig) -> list[tuple[str, int]]:
         # Several processes share one port only on purpose; otherwise a second worker on a busy
         # port must fail instead of silently splitting its traffic.
         ("grpc.so_reuseport", 1 if server.processes > 1 else 0),
+        *server_ping_options(),
     ]
     if server.max_connection_age_s is not None:
         options += [

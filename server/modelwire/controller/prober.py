@@ -11,8 +11,9 @@ import grpc
 
 from modelwire.fleet.health import follow_health
 from modelwire.fleet.registry import Registry
-from modelwire.fleet.remote import CHANNEL_OPTIONS
 from modelwire.fleet.types import EventType
+from modelwire.core.backoff import Backoff
+from modelwire.rpc.channels import client_options
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,11 @@ class HealthProber:
         self._probes.clear()
 
     async def _follow(self) -> None:
+        backoff = Backoff()
         while True:
             try:
                 async for batch in self._registry.watch():
+                    backoff.reset()
                     if batch.snapshot:
                         current = {e.instance.instance_id for e in batch.events}
                         for gone in set(self._probes) - current:
@@ -54,7 +57,7 @@ class HealthProber:
                             self._ensure(event.instance.instance_id, event.instance.address)
             except ConnectionError as lost:
                 logger.debug("health prober lost its registry watch (%s); watching again", lost)
-                await asyncio.sleep(0.5)
+                await backoff.wait()
 
     def _ensure(self, instance_id: str, address: str) -> None:
         probe = self._probes.get(instance_id)
@@ -72,5 +75,5 @@ class HealthProber:
         def mark(serving: bool | None) -> None:
             self._registry.mark_probe(instance_id, serving)
 
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with grpc.aio.insecure_channel(address, options=client_options()) as channel:
             await follow_health(channel, mark)

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelwire.controller.prober import HealthProber
 from modelwire.fleet.registry import Registry
+from modelwire.rpc.channels import server_ping_options
 from modelwire.controller.servicer import ModelControllerServicer
 from modelwire.v1 import controller_pb2, controller_pb2_grpc
 
@@ -31,7 +32,7 @@ class ControllerServer:
         self.registry = registry
         self.host = host
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=server_ping_options())
         controller_pb2_grpc.add_ModelControllerServicer_to_server(ModelControllerServicer(registry), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

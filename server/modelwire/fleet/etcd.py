@@ -44,18 +44,14 @@ from modelwire.fleet.types import (
     WatchBatch,
 )
 from modelwire.core.config import ConfigError
+from modelwire.core.backoff import Backoff
+from modelwire.rpc.channels import client_options
 
 logger = logging.getLogger(__name__)
 
 # etcd's smallest lease TTL with its default election timeout (1 s) is 2 s; TTLs are whole seconds.
 MIN_TTL_S = 2
 CALL_TIMEOUT_S = 3.0
-# Reconnect quickly after an etcd restart (gRPC's default backoff grows to two minutes).
-CHANNEL_OPTIONS = {
-    "grpc.initial_reconnect_backoff_ms": 200,
-    "grpc.min_reconnect_backoff_ms": 200,
-    "grpc.max_reconnect_backoff_ms": 1000,
-}
 
 
 def endpoint_value(spec: InstanceSpec, model: str) -> bytes:
@@ -163,7 +159,7 @@ class EtcdRegistry(Registry):
 
     def _new_client(self) -> Any:
         host, port = self.target.endpoints[self._endpoint % len(self.target.endpoints)]
-        return aetcd.Client(host, port, timeout=CALL_TIMEOUT_S, options=dict(CHANNEL_OPTIONS))
+        return aetcd.Client(host, port, timeout=CALL_TIMEOUT_S, options=dict(client_options()))
 
     async def _failover(self, error: BaseException) -> EtcdUnavailable:
         """With several endpoints, the next call goes to the next one."""
@@ -287,11 +283,13 @@ class EtcdRegistry(Registry):
     async def _follow(self) -> None:
         """Mirrors `<prefix>/` into the cache: list, then watch from the next revision; again on loss."""
         lost = False
+        backoff = Backoff(max_s=1.0)
         while True:
             try:
                 async for endpoints in self._etcd_watch():
                     self._apply(endpoints)
                     self._synced.set()
+                    backoff.reset()
                     if lost:
                         logger.info("%s is reachable again", self)
                         lost = False
@@ -302,7 +300,7 @@ class EtcdRegistry(Registry):
                     logger.warning("lost the watch on %s (%s); listing and watching again", self,
                                    error or type(error).__name__)
                     lost = True
-            await asyncio.sleep(0.2)
+            await backoff.wait()
 
     async def _etcd_watch(self) -> AsyncIterator[dict[str, tuple[str, str, dict[str, Any]]]]:
         """Yields the complete set of endpoints {key: (model, address, metadata)} after every change."""

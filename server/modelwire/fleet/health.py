@@ -3,19 +3,18 @@ from heartbeats (a killed worker's stream breaks at once; a draining one says NO
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from modelwire.core.backoff import Backoff
 from modelwire.v1 import worker_pb2
 
 logger = logging.getLogger(__name__)
 
 WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
-RETRY_S = (0.2, 0.5, 1.0, 2.0)
 
 
 async def follow_health(
@@ -25,12 +24,12 @@ async def follow_health(
     breaks, and keeps watching (with a short backoff) until cancelled. A server without the health
     service is reported once as None (unknown) and not watched further."""
     stub = health_pb2_grpc.HealthStub(channel)
-    failures = 0
+    backoff = Backoff()
     while True:
         call = stub.Watch(health_pb2.HealthCheckRequest(service=service))
         try:
             async for response in call:
-                failures = 0
+                backoff.reset()
                 on_change(response.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -39,5 +38,4 @@ async def follow_health(
         finally:
             call.cancel()
         on_change(False)
-        await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
-        failures += 1
+        await backoff.wait()

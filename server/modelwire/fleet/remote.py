@@ -8,16 +8,9 @@ import grpc
 
 from modelwire.fleet import convert
 from modelwire.fleet.types import InstanceSpec, Lease, ModelLoad, WatchBatch
+from modelwire.rpc.channels import client_options
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
-
-# Reconnect quickly after a controller restart; gRPC's default backoff grows to two minutes.
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
-
 
 class RemoteController:
     """Calls a `modelwire controller`; every unary call is bounded by `timeout_s`."""
@@ -25,7 +18,7 @@ class RemoteController:
     def __init__(self, address: str, timeout_s: float = 3.0) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(address, options=client_options())
         self._stub = pb_grpc.ModelControllerStub(self._channel)
 
     def __str__(self) -> str:

@@ -28,8 +28,9 @@ import grpc
 from modelwire.fleet.health import follow_health
 from modelwire.fleet.orca import LOAD_TRAILER, ORCA_TRAILER
 from modelwire.fleet.registry import DEFAULT_TTL_S, RegistryClient
-from modelwire.fleet.remote import CHANNEL_OPTIONS
 from modelwire.fleet.types import EventType, Instance, WatchBatch
+from modelwire.core.backoff import Backoff
+from modelwire.rpc.channels import client_options
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class Router:
     # -- the table -------------------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        backoff = 0.2
+        backoff = Backoff()
         lost = False
         while True:
             try:
@@ -166,7 +167,7 @@ class Router:
                     if lost:
                         logger.info("instance source %s is back", self.source)
                         lost = False
-                    backoff = 0.2
+                    backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -174,8 +175,7 @@ class Router:
                     logger.warning("lost the instance source %s (%s); routing on the last known instances, retrying",
                                    self.source, error or type(error).__name__)
                     lost = True
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await backoff.wait()
 
     async def _apply(self, batch: WatchBatch) -> None:
         if batch.snapshot:
@@ -231,7 +231,7 @@ class Router:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel, users = self._channels.get(address, (None, 0))
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(address, options=client_options())
         self._channels[address] = (channel, users + 1)
         return channel
 

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from modelwire.fleet.health import WORKER_SERVICE
 from modelwire.fleet.orca import INSTANCE_TRAILER, parse_report
 from modelwire.fleet.registry import RegistryClient
+from modelwire.rpc.channels import server_ping_options
 from modelwire.gateway.router import (
     MAX_ATTEMPTS,
     LIST_MODELS_TIMEOUT_S,
@@ -40,7 +41,7 @@ class Gateway:
         self.host = host
         self.router = Router(source, probe_health)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=server_ping_options())
         self.server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

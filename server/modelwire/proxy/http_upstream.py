@@ -23,7 +23,6 @@ import email.utils
 import json
 import logging
 import os
-import random
 import time
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import Any, TypeVar
 import httpx
 
 from modelwire.core import errors
+from modelwire.core.backoff import backoff_delay
 from modelwire.core.config import ModelConfig
 from modelwire.core.types import ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.observe.tracing import inject_trace_headers
@@ -325,7 +325,7 @@ class RetryPolicy:
         """Seconds to wait before the next try, or None to give up and raise `error`."""
         if retries_done >= self.max_retries or not is_retryable(error):
             return None
-        backoff = min(self.max_wait_s, self.backoff_s * 2.0**retries_done) * random.uniform(0.5, 1.0)
+        backoff = backoff_delay(retries_done, self.backoff_s, self.max_wait_s)
         if isinstance(error, errors.Overloaded):
             if error.retry_after_s > self.max_wait_s:
                 return None

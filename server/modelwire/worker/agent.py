@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from modelwire.fleet.connect import connect
 from modelwire.fleet.registry import RegistryClient
 from modelwire.fleet.types import InstanceModel, InstanceSpec, Lease, ModelLoad
+from modelwire.core.backoff import Backoff
 from modelwire.core.errors import InvalidRequest
 from modelwire.worker.service import ServedModel
 
@@ -76,10 +77,9 @@ class RegistrationAgent:
         await self.registrar.close()
 
     async def _run(self) -> None:
-        backoff = INITIAL_BACKOFF_S
         # Never back off longer than a heartbeat interval: a registry that comes back (a restarted etcd
         # that lost our lease) must see us again within one TTL.
-        cap = self._max_backoff_s
+        backoff = Backoff(INITIAL_BACKOFF_S, self._max_backoff_s)
         unreachable = False
         while True:
             try:
@@ -88,7 +88,7 @@ class RegistrationAgent:
                     self.spec = replace(self.spec, instance_id=self.lease.instance_id)
                     self.registrations += 1
                     self.registered.set()
-                    cap = min(self._max_backoff_s, self.lease.heartbeat_interval_s)
+                    backoff.max_s = min(self._max_backoff_s, self.lease.heartbeat_interval_s)
                     logger.info("registered %s (%s) with %s: lease %.1fs, heartbeat every %.1fs",
                                 self.instance_id, self.spec.address, self.registrar,
                                 self.lease.ttl_s, self.lease.heartbeat_interval_s)
@@ -101,7 +101,7 @@ class RegistrationAgent:
                 if unreachable:
                     logger.info("%s is reachable again", self.registrar)
                     unreachable = False
-                backoff = INITIAL_BACKOFF_S
+                backoff.reset()
                 await asyncio.sleep(self.lease.heartbeat_interval_s)
             except asyncio.CancelledError:
                 raise
@@ -111,12 +111,11 @@ class RegistrationAgent:
             except Exception as error:
                 if not unreachable:
                     logger.warning("%s is unreachable (%s); still serving, retrying with backoff up to %.1fs",
-                                   self.registrar, describe(error), cap)
+                                   self.registrar, describe(error), backoff.max_s)
                     unreachable = True
                 else:
                     logger.debug("%s still unreachable: %s", self.registrar, describe(error))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, cap)
+                await backoff.wait()
 
 
 def describe(error: BaseException) -> str:
