@@ -10,15 +10,25 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
-from typing import Self
+from typing import Annotated, Self
+
+from pydantic import Field, StrictFloat, StrictInt, StrictStr
+from pydantic.dataclasses import dataclass
 
 from modelwire.core.cancellation import Cancellation
-from modelwire.core.config import ModelConfig
+from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import FinishReason, ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 PROVIDER = "blocking-test"
+
+
+@dataclass(config=SECTION)
+class BlockingOptions:
+    tokens: Annotated[StrictInt, Field(ge=0)] = 20
+    token_delay_s: Annotated[StrictFloat, Field(ge=0)] = 0.0
+    warm_up_error: StrictStr | None = None
 
 
 class BlockingTestClient(ProxyLLMClient):
@@ -48,18 +58,14 @@ class BlockingTestClient(ProxyLLMClient):
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
-        options = params.provider_options
-        tokens = options.int("tokens", 20, minimum=0)
-        delay = options.float("token_delay_s", 0.0, minimum=0.0)
-        warm_up_error = options.str("warm_up_error", None)
-        params.reject_unknown_options()
+        options = params.options_as(BlockingOptions)
         metadata = ModelMetadata(
             model=params.name,
             provider=cls.provider,
             context_length=params.context_length or 8192,
             max_output_tokens=params.max_output_tokens or 4096,
         )
-        return cls(metadata, executor, tokens, delay, warm_up_error)
+        return cls(metadata, executor, options.tokens, options.token_delay_s, options.warm_up_error)
 
     async def warm_up(self) -> None:
         if self.warm_up_error is not None:

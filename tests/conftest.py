@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from modelwire.app.config import Config, ServerConfig, embedded_default
+from modelwire.app.config import Config, embedded_default
+from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker, build_worker
 from modelwire.proxy import registry
 from modelwire.worker.admission import Admission

@@ -10,14 +10,15 @@ from dataclasses import replace
 
 import grpc
 
-from modelwire.app.config import Config, ServerConfig
+from modelwire.app.config import Config
+from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker, build_worker
 from modelwire.fleet import convert
 from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
 from modelwire.controller.memory import MemoryRegistry
 from modelwire.controller.server import ControllerServer
 from modelwire.fleet.types import WatchBatch
-from modelwire.core.config import ModelConfig, Table
+from modelwire.core.settings import ModelConfig
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
 from blocking_provider import PROVIDER
@@ -26,9 +27,7 @@ TTL_S = 2.0
 
 
 def blocking_model(name: str = "slow", max_concurrency: int = 8, max_queue: int = 100, **options: object) -> ModelConfig:
-    table = Table({"name": name, "provider": PROVIDER, **options}, "models[0]", "<test>")
-    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=max_concurrency, max_queue=max_queue,
-                       provider_options=table)
+    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=max_concurrency, max_queue=max_queue, options=dict(options))
 
 
 def blocking_config(*models: ModelConfig, grace_period_s: float = 5.0) -> Config:

@@ -11,7 +11,8 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from modelwire.app.config import Config, ServerConfig
+from modelwire.app.config import Config
+from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import build_worker
 from modelwire.core.errors import StartupFailure
 from modelwire.v1 import worker_pb2 as pb
@@ -19,9 +20,9 @@ from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
-from modelwire.worker.validation import RequestLimits
+from modelwire.core.settings import RequestLimits
 from modelwire.core.cancellation import Cancellation
-from modelwire.core.config import ModelConfig, Table
+from modelwire.core.settings import ModelConfig
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from blocking_provider import PROVIDER, BlockingTestClient
@@ -34,8 +35,7 @@ pytestmark = pytest.mark.usefixtures("blocking_provider")
 
 
 def model_config(name: str = "slow", **options: object) -> ModelConfig:
-    table = Table({"name": name, "provider": PROVIDER, **options}, "models[0]", "<test>")
-    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=4, max_queue=100, provider_options=table)
+    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=4, max_queue=100, options=dict(options), source="<test>")
 
 
 def client_of(executor: ThreadPoolExecutor, **options: object) -> BlockingTestClient:

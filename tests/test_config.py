@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelwire.app.config import EMBEDDED_MODEL, load_config
-from modelwire.core.config import ConfigError
+from modelwire.core.settings import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -71,7 +71,7 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
         ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\nmax_concurrency = 0\n", r"models\[0\]\.max_concurrency: must be at least 1"),
         ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n", r"models: model name 'a' is configured twice"),
         ("[server\n", r"not valid TOML"),
-        ("models = 3\n", r"models: must be an array of tables"),
+        ("models = 3\n", r"models: must be an array, got int"),
         (
             "[server]\nblocking_threads = 2\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\nmax_concurrency = 2\n",
             r"server\.blocking_threads: must exceed the local models' max_concurrency in all \(2\)",

@@ -15,7 +15,7 @@ import pytest
 from conftest import running_worker
 from fake_upstream import load_toml_config
 from modelwire.app.server import Worker
-from modelwire.core.config import ConfigError
+from modelwire.core.settings import ConfigError
 from modelwire.tokenize.tiktoken_counter import count_tokens
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc

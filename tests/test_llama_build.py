@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelwire.core.config import ModelConfig, Table
+from modelwire.core.settings import ModelConfig
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
 from modelwire.proxy import llamacpp
 from modelwire.proxy.llama_build import LlamaBuild, LlamaBuildUnfit, cpu_flags
@@ -60,8 +60,7 @@ def test_cpu_flags_come_from_cpuinfo(tmp_path: Path) -> None:
 def load(monkeypatch: pytest.MonkeyPatch, system_info: str, flags: frozenset[str], executor: ThreadPoolExecutor) -> LlamaCppClient:
     monkeypatch.setattr(LlamaBuild, "installed", classmethod(lambda cls: cls.from_system_info(system_info)))
     monkeypatch.setattr(llamacpp, "cpu_flags", lambda: flags)
-    table = Table({"name": "gemma", "provider": "llamacpp"}, "models[0]", "<test>")
-    return LlamaCppClient.new_client(ModelConfig(name="gemma", provider="llamacpp", max_concurrency=1, provider_options=table), executor)
+    return LlamaCppClient.new_client(ModelConfig(name="gemma", provider="llamacpp", max_concurrency=1), executor)
 
 
 async def test_every_build_loads_the_model_without_extra_buffers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,9 +12,10 @@ import grpc
 import pytest
 
 from conftest import admission_reaches, running_worker
-from modelwire.app.config import ServerConfig, embedded_default
+from modelwire.app.config import embedded_default
+from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker
-from modelwire.core.config import ModelConfig, Table
+from modelwire.core.settings import ModelConfig
 from modelwire.core.types import ModelMessage, Role
 from modelwire.proxy.llamacpp import LlamaCppClient
 from modelwire.v1 import worker_pb2 as pb
@@ -29,8 +30,7 @@ PROMPT_TOKENS = 2000
 async def worker() -> AsyncIterator[Worker]:
     """One session, and a batch as large as the context: a prompt is one llama_decode call, so
     only llama.cpp's abort can stop it midway (evaluating in pieces would stop between them)."""
-    options = Table({"n_batch": 4096}, "models[0]", "<test>")
-    model = ModelConfig(name=MODEL, provider="llamacpp", context_length=4096, max_concurrency=1, max_queue=32, provider_options=options)
+    model = ModelConfig(name=MODEL, provider="llamacpp", context_length=4096, max_concurrency=1, max_queue=32, options={"n_batch": 4096})
     config = replace(embedded_default(), server=ServerConfig(grace_period_s=1.0), models=(model,))
     async with running_worker(config) as worker:
         yield worker

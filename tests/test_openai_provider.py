@@ -27,7 +27,7 @@ from fake_upstream import (
 from llama_server import llama_server
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
-from modelwire.core.config import ConfigError
+from modelwire.core.settings import ConfigError
 from modelwire.core.types import ModelMessage, Role
 from modelwire.proxy.llamacpp import embedded_model_path
 from modelwire.proxy.openai import OpenAIClient

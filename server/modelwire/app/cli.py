@@ -15,7 +15,7 @@ from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_
 from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient
 from modelwire.app.processes import CHILD_FLAG
 from modelwire.app.fleet_cli import add_fleet_commands, add_registration_flags, registration_from_args
-from modelwire.core.config import ConfigError
+from modelwire.core.settings import ConfigError
 from modelwire.core.errors import StartupFailure
 from modelwire.observe.logs import configure_logging
 

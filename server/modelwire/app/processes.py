@@ -24,7 +24,7 @@ from collections import deque
 from prometheus_client import multiprocess
 
 from modelwire.app.config import Config
-from modelwire.core.config import PROCESSES_ENV, ConfigError
+from modelwire.core.settings import PROCESSES_ENV, ConfigError
 from modelwire.core.errors import StartupFailure
 from modelwire.observe.metrics import MULTIPROC_ENV, serve_metrics
 

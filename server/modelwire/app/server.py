@@ -14,7 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelwire.app.config import Config, ServerConfig, TlsConfig
+from modelwire.app.config import Config
+from modelwire.core.settings import TlsConfig, WorkerServerConfig
 from modelwire.core.errors import StartupFailure
 from modelwire.rpc.channels import server_ping_options
 from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
@@ -52,7 +53,7 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
     return served
 
 
-def _server_options(server: ServerConfig) -> list[tuple[str, int]]:
+def _server_options(server: WorkerServerConfig) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", server.max_receive_message_bytes),
         ("grpc.keepalive_time_ms", int(server.keepalive_time_s * 1000)),

@@ -43,7 +43,7 @@ from modelwire.fleet.types import (
     ModelLoad,
     WatchBatch,
 )
-from modelwire.core.config import ConfigError
+from modelwire.core.settings import ConfigError
 from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import client_options
 

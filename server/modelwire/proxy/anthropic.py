@@ -15,8 +15,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Self
 
+from pydantic import StrictStr
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
 from modelwire.core import errors
-from modelwire.core.config import ModelConfig
+from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
     Capability,
     FinishReason,
@@ -27,6 +30,7 @@ from modelwire.core.types import (
     Usage,
 )
 from modelwire.proxy.http_upstream import (
+    HttpOptions,
     HttpParams,
     HttpProxyClient,
     drain,
@@ -71,14 +75,14 @@ class AnthropicParams:
     anthropic_version: str
 
 
+@pydantic_dataclass(config=SECTION)
+class AnthropicOptions(HttpOptions):
+    anthropic_version: StrictStr = DEFAULT_ANTHROPIC_VERSION
+
+
 def _parse_params(config: ModelConfig) -> AnthropicParams:
-    options = config.provider_options
-    params = AnthropicParams(
-        http=read_http_params(config, DEFAULT_API_BASE),
-        anthropic_version=options.str("anthropic_version", DEFAULT_ANTHROPIC_VERSION),
-    )
-    config.reject_unknown_options()
-    return params
+    options = config.options_as(AnthropicOptions)
+    return AnthropicParams(http=read_http_params(config, options, DEFAULT_API_BASE), anthropic_version=options.anthropic_version)
 
 
 def _finish_reason(value: object) -> FinishReason | None:

@@ -23,9 +23,12 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Executor
 from functools import partial
-from typing import Self
+from typing import Annotated, Self
 
-from modelwire.core.config import ModelConfig
+from pydantic import Field, StrictFloat, StrictInt, StrictStr
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
     Capability,
     FinishReason,
@@ -42,6 +45,13 @@ from modelwire.tokenize.tiktoken_counter import count_tokens
 DEFAULT_CONTEXT_LENGTH = 131072
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_CHUNK_TEXT = "hello"
+@pydantic_dataclass(config=SECTION)
+class EchoOptions:
+    chunks: Annotated[StrictInt, Field(ge=0)] = 1
+    chunk_text: StrictStr = DEFAULT_CHUNK_TEXT
+    chunk_interval_s: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
 class EchoClient(ProxyLLMClient):
     provider = "echo"
 
@@ -56,11 +66,8 @@ class EchoClient(ProxyLLMClient):
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
-        options = params.provider_options
-        chunks = options.int("chunks", 1, minimum=0)
-        chunk_text = options.str("chunk_text", DEFAULT_CHUNK_TEXT)
-        chunk_interval_s = options.float("chunk_interval_s", 0.0, minimum=0.0)
-        params.reject_unknown_options()
+        options = params.options_as(EchoOptions)
+        chunks, chunk_text, chunk_interval_s = options.chunks, options.chunk_text, options.chunk_interval_s
         context_length = params.context_length or DEFAULT_CONTEXT_LENGTH
         metadata = ModelMetadata(
             model=params.name,

@@ -28,15 +28,17 @@ from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
+from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core import errors
 from modelwire.core.backoff import backoff_delay
-from modelwire.core.config import ModelConfig
+from modelwire.core.settings import SECTION, ModelConfig, set_env
 from modelwire.core.types import ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.observe.tracing import inject_trace_headers
 from modelwire.proxy.base import MessageConverter, ProxyLLMClient
@@ -100,31 +102,42 @@ class HttpParams:
     headers: dict[str, str]
 
 
-def read_http_params(config: ModelConfig, default_api_base: str | None) -> HttpParams:
-    """Reads the shared keys; the provider reads its own next, then calls reject_unknown_options."""
-    options = config.provider_options
-    api_base = options.str("api_base", default_api_base)
+@pydantic_dataclass(config=SECTION)
+class HttpOptions:
+    """The keys every HTTP provider has; a provider's own schema adds its keys to these."""
+
+    api_base: StrictStr | None = None
+    api_key_env: StrictStr | None = None
+    upstream_model: StrictStr | None = None
+    timeout_s: Annotated[StrictFloat, Field(ge=0.001, allow_inf_nan=False)] = DEFAULT_TIMEOUT_S
+    max_retries: Annotated[StrictInt, Field(ge=0)] = DEFAULT_MAX_RETRIES
+    retry_backoff_s: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = DEFAULT_RETRY_BACKOFF_S
+    headers: dict[StrictStr, StrictStr] = field(default_factory=dict)
+
+    _api_key_env = field_validator("api_key_env")(set_env)
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+
+def read_http_params(config: ModelConfig, options: HttpOptions, default_api_base: str | None) -> HttpParams:
+    """The shared keys as the client uses them."""
+    api_base = options.api_base or default_api_base
     if api_base is None:
-        raise options.error("api_base", f"is required for provider {config.provider!r}")
-    if not api_base.startswith(("http://", "https://")):
-        raise options.error("api_base", f"must start with http:// or https://, got {api_base!r}")
-    api_key_env = options.str("api_key_env", None)
-    api_key: Secret | None = None
-    if api_key_env is not None:
-        value = os.environ.get(api_key_env, "")
-        if not value:
-            raise options.error("api_key_env", f"environment variable {api_key_env} is not set or empty")
-        api_key = Secret(value)
-    headers = options.str_map("headers")
+        raise config.error("api_base", f"is required for provider {config.provider!r}")
     return HttpParams(
         api_base=api_base.rstrip("/"),
-        api_key=api_key,
-        api_key_env=api_key_env,
-        upstream_model=options.str("upstream_model", config.name),
-        timeout_s=options.float("timeout_s", DEFAULT_TIMEOUT_S, minimum=0.001),
-        max_retries=options.int("max_retries", DEFAULT_MAX_RETRIES, minimum=0),
-        retry_backoff_s=options.float("retry_backoff_s", DEFAULT_RETRY_BACKOFF_S, minimum=0),
-        headers=headers,
+        api_key=Secret(os.environ[options.api_key_env]) if options.api_key_env else None,
+        api_key_env=options.api_key_env,
+        upstream_model=options.upstream_model or config.name,
+        timeout_s=options.timeout_s,
+        max_retries=options.max_retries,
+        retry_backoff_s=options.retry_backoff_s,
+        headers=dict(options.headers),
     )
 
 
@@ -137,7 +150,7 @@ def wire_float(value: float | None) -> float | None:
 def remote_limits(config: ModelConfig) -> tuple[int, int]:
     """(context_length, max_output_tokens): context_length is required for a remote model."""
     if config.context_length is None:
-        raise config.provider_options.error(
+        raise config.error(
             "context_length",
             f"is required for provider {config.provider!r}: the worker checks each prompt against it "
             "(see the upstream model's documentation)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import dataclasses
 import logging
 import os
 import queue
@@ -18,12 +19,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, StrictInt, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core.cancellation import Cancellation
-from modelwire.core.config import PROCESSES_ENV, ModelConfig
+from modelwire.core.settings import PROCESSES_ENV, SECTION, ModelConfig, existing_file
 from modelwire.core.errors import ContextLengthExceeded, StartupFailure
 from modelwire.core.types import (
     Capability,
@@ -73,30 +76,15 @@ def _default_threads() -> int:
     return max(1, (os.cpu_count() or 1) // processes)
 
 
-@dataclass(frozen=True)
-class LlamaCppParams:
-    model_path: Path | None
-    n_threads: int
-    n_batch: int
-    chat_format: str
+@pydantic_dataclass(config=SECTION)
+class LlamaCppOptions:
+    model_path: Path | None = None
+    n_threads: Annotated[StrictInt, Field(ge=1)] = dataclasses.field(default_factory=_default_threads)
+    n_batch: Annotated[StrictInt, Field(ge=1)] = DEFAULT_N_BATCH
+    # The only chat format modelwire writes itself.
+    chat_format: Literal["gemma"] = "gemma"
 
-
-def _parse_params(config: ModelConfig) -> LlamaCppParams:
-    options = config.provider_options
-    model_path = options.str("model_path", None)
-    chat_format = options.str("chat_format", "gemma")
-    if chat_format != "gemma":
-        raise options.error("chat_format", "must be \"gemma\" (the only chat format modelwire formats itself)")
-    params = LlamaCppParams(
-        model_path=Path(model_path).expanduser() if model_path else None,
-        n_threads=options.int("n_threads", _default_threads(), minimum=1),
-        n_batch=options.int("n_batch", DEFAULT_N_BATCH, minimum=1),
-        chat_format=chat_format,
-    )
-    if params.model_path is not None and not params.model_path.is_file():
-        raise options.error("model_path", f"no such file: {params.model_path}")
-    config.reject_unknown_options()
-    return params
+    _model_path = field_validator("model_path", mode="before")(existing_file)
 
 
 class Activity:
@@ -166,7 +154,7 @@ class LlamaCppClient(ProxyLLMClient):
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
-        options = _parse_params(params)
+        options = params.options_as(LlamaCppOptions)
         build = LlamaBuild.installed()
         build.check_runs_on(cpu_flags())
         model_path = options.model_path or embedded_model_path()

@@ -14,11 +14,14 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote, urlencode
 
+from pydantic import StrictBool, StrictStr
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
 from modelwire.core import errors
-from modelwire.core.config import ModelConfig
+from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
     Capability,
     FinishReason,
@@ -29,6 +32,7 @@ from modelwire.core.types import (
     Usage,
 )
 from modelwire.proxy.http_upstream import (
+    HttpOptions,
     HttpParams,
     HttpProxyClient,
     drain,
@@ -62,32 +66,31 @@ class OpenAIParams:
     stream_usage: bool
 
 
+@pydantic_dataclass(config=SECTION)
+class OpenAIOptions(HttpOptions):
+    api_type: Literal["openai", "azure"] = "openai"
+    api_version: StrictStr | None = None
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    stream_usage: StrictBool = True
+
+
 def _parse_params(config: ModelConfig) -> OpenAIParams:
-    options = config.provider_options
-    api_type = options.str("api_type", "openai")
-    if api_type not in API_TYPES:
-        raise options.error("api_type", f"must be one of {', '.join(API_TYPES)}, got {api_type!r}")
-    azure = api_type == "azure"
-    http = read_http_params(config, None if azure else DEFAULT_API_BASE)
-    api_version = options.str("api_version", None)
-    if azure and not api_version:
-        raise options.error("api_version", 'is required when api_type = "azure" (e.g. "2024-10-21")')
-    if not azure and api_version is not None:
-        raise options.error("api_version", 'is only used with api_type = "azure"')
+    options = config.options_as(OpenAIOptions)
+    azure = options.api_type == "azure"
+    http = read_http_params(config, options, None if azure else DEFAULT_API_BASE)
+    if azure and not options.api_version:
+        raise config.error("api_version", 'is required when api_type = "azure" (e.g. "2024-10-21")')
+    if not azure and options.api_version is not None:
+        raise config.error("api_version", 'is only used with api_type = "azure"')
     if azure and http.api_key is None:
-        raise options.error("api_key_env", 'is required when api_type = "azure"')
-    max_tokens_param = options.str("max_tokens_param", "max_tokens")
-    if max_tokens_param not in MAX_TOKENS_PARAMS:
-        raise options.error("max_tokens_param", f"must be one of {', '.join(MAX_TOKENS_PARAMS)}, got {max_tokens_param!r}")
-    params = OpenAIParams(
+        raise config.error("api_key_env", 'is required when api_type = "azure"')
+    return OpenAIParams(
         http=http,
-        api_type=api_type,
-        api_version=api_version,
-        max_tokens_param=max_tokens_param,
-        stream_usage=options.bool("stream_usage", True),
+        api_type=options.api_type,
+        api_version=options.api_version,
+        max_tokens_param=options.max_tokens_param,
+        stream_usage=options.stream_usage,
     )
-    config.reject_unknown_options()
-    return params
 
 
 def _finish_reason(value: object) -> FinishReason | None:

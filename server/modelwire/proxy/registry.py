@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modelwire.core.config import ModelConfig
+from modelwire.core.settings import ModelConfig
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.proxy.anthropic import AnthropicClient
 from modelwire.proxy.echo import EchoClient
@@ -21,6 +21,6 @@ def provider_class(model: ModelConfig) -> type[ProxyLLMClient]:
     try:
         return PROVIDERS[model.provider]
     except KeyError:
-        raise model.provider_options.error(
+        raise model.error(
             "provider", f"unknown provider {model.provider!r}; known: {', '.join(sorted(PROVIDERS))}"
         ) from None

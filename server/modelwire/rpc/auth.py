@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from modelwire.app.config import AuthConfig, TokenGrant
+from modelwire.core.settings import AuthConfig, TokenGrant
 from modelwire.observe.handlers import StreamBehavior, UnaryBehavior, responses, rewrap
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"

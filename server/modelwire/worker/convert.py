@@ -18,7 +18,8 @@ from modelwire.core.types import (
     TokenCount,
 )
 from modelwire.v1 import worker_pb2 as pb
-from modelwire.worker.validation import RequestLimits, message_count_violation
+from modelwire.core.settings import RequestLimits
+from modelwire.worker.validation import message_count_violation
 
 _ROLE_FROM_PB = {
     pb.ROLE_SYSTEM: Role.SYSTEM,

@@ -25,7 +25,8 @@ from modelwire.observe.tracing import upstream_span
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
-from modelwire.worker.validation import RequestLimits, validate_count_input, validate_request
+from modelwire.core.settings import RequestLimits
+from modelwire.worker.validation import validate_count_input, validate_request
 
 
 @dataclass(frozen=True)

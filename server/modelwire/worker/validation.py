@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 from modelwire.core.errors import FieldViolation, InvalidRequest
+from modelwire.core.settings import RequestLimits
 from modelwire.core.types import ModelMessage, ModelRequest
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """Bounds on a request's shape, checked before any work (`[limits]`, docs/configuration.md)."""
-
-    max_messages: int = 4096
-    # Characters over all message contents and names: about 250k tokens of English.
-    max_request_chars: int = 1 << 20
-    max_stop_strings: int = 16
-    max_stop_chars: int = 256
 
 
 def message_count_violation(count: int, limits: RequestLimits, field: str = "messages") -> FieldViolation | None:

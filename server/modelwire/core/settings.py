@@ -1,0 +1,444 @@
+"""The configuration schema of every process (worker, controller, gateway), as typed dataclasses
+that pydantic validates: a mistake names the file, the key and the reason, and an unknown key is a
+mistake. Providers declare their own keys the same way (`ModelConfig.options_as`).
+
+Why pydantic: it is already installed (llama-cpp-python's server extra brings it), its dataclasses
+stay dataclasses (`dataclasses.replace` works, so CLI overrides and tests stay plain), and its
+errors carry the path of the offending key. Values are strict: a string is never read as a number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic.dataclasses import dataclass
+
+T = TypeVar("T")
+
+_SECTION = ConfigDict(extra="forbid", frozen=True)
+# For the schemas of providers' own keys, so they read like every other section.
+SECTION = _SECTION
+
+# How many worker processes share this machine (`--processes`); set for each of them, so providers
+# can share the cores out (llama.cpp's threads spin while they wait).
+PROCESSES_ENV = "MODELWIRE_PROCESSES"
+MIB = 1024 * 1024
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+Port = Annotated[StrictInt, Field(ge=0, le=65535)]
+NonNegative = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+AtLeastOne = Annotated[StrictFloat, Field(ge=1, allow_inf_nan=False)]
+Seconds = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+
+# What a bearer token may do. A token without `permissions` may call models only.
+Permission = Literal["generate", "register", "read_fleet"]
+DEFAULT_PERMISSIONS: tuple[Permission, ...] = ("generate",)
+
+
+class ConfigError(Exception):
+    """A configuration mistake: `file: key.path: reason`."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def parse(kind: type[T], data: Mapping[str, Any], source: str, where: str = "", base: Path | None = None) -> T:
+    """Validates `data` as `kind`; the first problem becomes a ConfigError naming source and key.
+    `base` is the directory relative file names are read from (the configuration file's)."""
+    try:
+        return TypeAdapter(kind).validate_python(dict(data), context={"base": base or Path.cwd()})
+    except ValidationError as invalid:
+        raise ConfigError(_describe(invalid, source, where)) from None
+
+
+def _describe(invalid: ValidationError, source: str, where: str) -> str:
+    error = invalid.errors()[0]
+    key = where
+    for part in error["loc"]:
+        key = f"{key}[{part}]" if isinstance(part, int) else (f"{key}.{part}" if key else str(part))
+    return f"{source}: {key or '(top level)'}: {_reason(error)}"
+
+
+def _type_name(value: object) -> str:
+    return {str: "str", int: "int", float: "float", bool: "bool", list: "array", dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = _type_name(value)
+    if kind in ("missing", "missing_argument"):
+        return "is required"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return "is not a known key (see docs/configuration.md)"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, got {got}"
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return f"must be a finite number, got {value!r}" if kind == "finite_number" else f"must be a number, got {got}"
+    if kind == "string_type":
+        return f"must be a string, got {got}"
+    if kind == "bool_type":
+        return f"must be true or false, got {got}"
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        return f"must be at least {bound}, got {value}" if kind == "greater_than_equal" else f"must be more than {bound}, got {value}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, got {value}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, got {value!r}"
+    if kind in ("dataclass_type", "dict_type", "model_type"):
+        return f"must be a table, got {got}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be an array, got {got}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def existing_file(value: object, info: ValidationInfo) -> Path | None:
+    """A file named relative to the configuration file; it must exist at start, not at first use."""
+    if value is None or isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string (a file name), got {_type_name(value)}")
+    base: Path = (info.context or {}).get("base", Path.cwd())
+    path = (base / value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+def set_env(value: str | None) -> str | None:
+    """The name of an environment variable that must hold a value (a secret) at start."""
+    if value is not None and not os.environ.get(value):
+        raise ValueError(f"environment variable {value} is not set or empty")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections every process has
+
+
+@dataclass(config=_SECTION)
+class ServerConfig:
+    host: StrictStr = "127.0.0.1"
+    port: Port = 50051
+    grace_period_s: NonNegative = 10.0
+    # Between NOT_SERVING (and leaving the registry) and refusing new calls, for balancers that poll.
+    drain_delay_s: NonNegative = 0.0
+    # A listener on a non-loopback address needs [auth], unless this says the network is trusted.
+    allow_unauthenticated: StrictBool = False
+    max_receive_message_bytes: Annotated[StrictInt, Field(ge=1024)] = 4 * MIB
+    keepalive_time_s: AtLeastOne = 60.0
+    keepalive_timeout_s: AtLeastOne = 20.0
+    max_connection_age_s: AtLeastOne | None = None
+    max_connection_age_grace_s: NonNegative = 30.0
+
+    @field_validator("max_connection_age_grace_s")
+    @classmethod
+    def _grace_needs_age(cls, value: float, info: ValidationInfo) -> float:
+        if value != 30.0 and info.data.get("max_connection_age_s") is None:
+            raise ValueError("has no effect without max_connection_age_s")
+        return value
+
+
+@dataclass(config=_SECTION)
+class WorkerServerConfig(ServerConfig):
+    # None: a thread per slot of every blocking model plus COUNTING_THREADS.
+    blocking_threads: PositiveInt | None = None
+    # Processes sharing the port (SO_REUSEPORT); more than one only when asked for.
+    processes: PositiveInt = 1
+
+
+@dataclass(config=_SECTION)
+class TokenGrant:
+    """One bearer token; `models` None means every model. The token never appears in a repr."""
+
+    name: StrictStr
+    token: StrictStr = dataclasses.field(repr=False)
+    models: frozenset[StrictStr] | None = None
+    permissions: frozenset[Permission] = frozenset(DEFAULT_PERMISSIONS)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if len(value) < 16:
+            raise ValueError("must be at least 16 characters (a guessable token is no protection)")
+        return value
+
+
+@dataclass(config=_SECTION)
+class TokensFile:
+    tokens: tuple[TokenGrant, ...] = ()
+
+    @field_validator("tokens")
+    @classmethod
+    def _distinct(cls, value: tuple[TokenGrant, ...]) -> tuple[TokenGrant, ...]:
+        if len({grant.token for grant in value}) != len(value):
+            raise ValueError("the same token is listed twice")
+        if len({grant.name for grant in value}) != len(value):
+            raise ValueError("the same name is given to two tokens (a name is an identity)")
+        return value
+
+
+@dataclass(config=_SECTION)
+class AuthSection:
+    """`[auth]` as written; `AuthConfig` is what it means once the tokens are read."""
+
+    tokens_file: Path | None = None
+    tokens_env: StrictStr | None = None
+    tokens_env_permissions: frozenset[Permission] = frozenset(DEFAULT_PERMISSIONS)
+    protect_health: StrictBool = False
+    protect_reflection: StrictBool = False
+
+    _tokens_file = field_validator("tokens_file", mode="before")(existing_file)
+    _tokens_env = field_validator("tokens_env")(set_env)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    grants: tuple[TokenGrant, ...]
+    protect_health: bool = False
+    protect_reflection: bool = False
+
+
+@dataclass(config=_SECTION)
+class TlsConfig:
+    """A server's certificate; with `client_ca_file`, clients must present one it signed (mTLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    _files = field_validator("cert_file", "key_file", "client_ca_file", mode="before")(existing_file)
+
+
+@dataclass(config=_SECTION)
+class ClientTlsConfig:
+    """How a client verifies a server (`ca_file`) and, for mTLS, proves itself (`cert_file`, `key_file`)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # The name the server's certificate must carry, when it is not the host dialled.
+    server_name: StrictStr | None = None
+
+    _files = field_validator("ca_file", "cert_file", "key_file", mode="before")(existing_file)
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (a client certificate and its key)")
+
+
+@dataclass(config=_SECTION)
+class ObservabilityConfig:
+    metrics_port: Port | None = None
+    metrics_host: StrictStr = "127.0.0.1"
+    tracing: StrictBool = False
+    otlp_endpoint: StrictStr | None = None
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _needs_tracing(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not info.data.get("tracing"):
+            raise ValueError("has no effect without tracing = true")
+        return value
+
+
+@dataclass(config=_SECTION)
+class RegistryAccess:
+    """How this process reaches the fleet's registry: a controller, or etcd directly."""
+
+    controller: StrictStr | None = None
+    etcd: StrictStr | None = None
+    # A bearer token for the controller, in this environment variable.
+    token_env: StrictStr | None = None
+    # etcd's own authentication: a user, its password in this environment variable.
+    etcd_username: StrictStr | None = None
+    etcd_password_env: StrictStr | None = None
+    tls: ClientTlsConfig | None = None
+
+    _envs = field_validator("token_env", "etcd_password_env")(set_env)
+
+    @field_validator("etcd")
+    @classmethod
+    def _one_registry(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("controller") is not None:
+            raise ValueError("set controller or etcd, not both")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.controller or self.etcd)
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env) if self.token_env else None
+
+    @property
+    def etcd_password(self) -> str | None:
+        return os.environ.get(self.etcd_password_env) if self.etcd_password_env else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+@dataclass(config=_SECTION)
+class RequestLimits:
+    """Bounds on a request's shape, checked before any work (`[limits]`)."""
+
+    max_messages: PositiveInt = 4096
+    # Characters over all message contents and names: about 250k tokens of English.
+    max_request_chars: PositiveInt = 1 << 20
+    max_stop_strings: NonNegativeInt = 16
+    max_stop_chars: PositiveInt = 256
+
+
+@dataclass(config=_SECTION)
+class RegistrationConfig:
+    """How a worker announces itself in the registry (`[registration]`)."""
+
+    advertise: StrictStr | None = None
+    weight: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    labels: dict[StrictStr, StrictStr] = dataclasses.field(default_factory=dict)
+    # A loopback advertise address is refused with a remote registry (nobody else can dial it).
+    allow_loopback: StrictBool = False
+
+
+@dataclass(config=_SECTION)
+class ModelConfig:
+    """Keys every model has; the provider's own keys stay in `options`, read by `options_as`."""
+
+    name: StrictStr
+    provider: StrictStr
+    context_length: PositiveInt | None = None
+    max_output_tokens: PositiveInt | None = None
+    max_concurrency: PositiveInt = 4
+    max_queue: NonNegativeInt = 16
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Where the table came from, so a provider's errors name it: `file` and `models[i]`.
+    source: StrictStr = "<defaults>"
+    where: StrictStr = "models[0]"
+    base: StrictStr = "."
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def options_as(self, kind: type[T]) -> T:
+        """The provider's keys, validated by its own schema; unknown keys are errors."""
+        return parse(kind, self.options, self.source, self.where, Path(self.base))
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.where}.{key}: {reason}")
+
+
+MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) - {"options", "source", "where", "base"}
+
+
+def model_config(table: Mapping[str, Any], source: str, where: str, base: Path) -> ModelConfig:
+    common = {key: value for key, value in table.items() if key in MODEL_KEYS}
+    options = {key: value for key, value in table.items() if key not in MODEL_KEYS}
+    return parse(ModelConfig, {**common, "options": options, "source": source, "where": where, "base": str(base)}, source, where)
+
+
+
+@dataclass(config=_SECTION)
+class WorkerFile:
+    """A worker's configuration file (`modelwire serve --config`)."""
+
+    server: WorkerServerConfig = dataclasses.field(default_factory=WorkerServerConfig)
+    models: tuple[dict[str, Any], ...] = ()
+    auth: AuthSection | None = None
+    tls: TlsConfig | None = None
+    observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
+    limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
+    registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
+    registration: RegistrationConfig = dataclasses.field(default_factory=RegistrationConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The controller and the gateway
+
+
+@dataclass(config=_SECTION)
+class ControllerSection:
+    """`[controller]`: how the controller keeps its fleet."""
+
+    ttl_s: Annotated[StrictFloat, Field(ge=1, le=3600, allow_inf_nan=False)] = 15.0
+    # Follow each instance's health Watch (so a draining or killed worker leaves at once).
+    probe_health: StrictBool = True
+    # Registered addresses on loopback, link-local or unix sockets are refused unless allowed:
+    # true for a fleet on one machine (the default when the controller listens on loopback).
+    allow_private_addresses: StrictBool | None = None
+    max_weight: Annotated[StrictInt, Field(ge=1)] = 100
+
+
+@dataclass(config=_SECTION)
+class ControllerFile:
+    server: ServerConfig = dataclasses.field(default_factory=lambda: ServerConfig(port=50050))
+    auth: AuthSection | None = None
+    tls: TlsConfig | None = None
+    observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
+    # The backing store: etcd (with its credentials), or memory when not set.
+    registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
+    controller: ControllerSection = dataclasses.field(default_factory=ControllerSection)
+
+
+@dataclass(config=_SECTION)
+class WorkerAccess:
+    """`[gateway.workers]`: how the gateway calls workers and their health service."""
+
+    # The gateway's own bearer token towards workers (and their protected health), from this variable.
+    token_env: StrictStr | None = None
+    # Pass each caller's `authorization` on to the worker instead (and then no token of our own).
+    forward_authorization: StrictBool = False
+    tls: ClientTlsConfig | None = None
+
+    _env = field_validator("token_env")(set_env)
+
+    @field_validator("forward_authorization")
+    @classmethod
+    def _one_credential(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("token_env") is not None:
+            raise ValueError("forwarding callers' credentials and sending our own token exclude each other")
+        return value
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env) if self.token_env else None
+
+
+@dataclass(config=_SECTION)
+class GatewaySection:
+    workers: WorkerAccess = dataclasses.field(default_factory=WorkerAccess)
+    # A worker that has no connection within this is skipped for the call (another one is tried).
+    connect_timeout_s: Annotated[StrictFloat, Field(gt=0, le=60, allow_inf_nan=False)] = 2.0
+    keepalive_time_s: Annotated[StrictFloat, Field(ge=1, allow_inf_nan=False)] = 10.0
+    keepalive_timeout_s: Annotated[StrictFloat, Field(ge=1, allow_inf_nan=False)] = 5.0
+    # Retries may add at most this share of calls (plus a few per second), so a sick fleet is not
+    # hammered by its own gateway.
+    retry_budget_ratio: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = 0.2
+    # A model served within this long answers UNAVAILABLE (retry), not NOT_FOUND, while it has no instance.
+    recently_served_s: NonNegative = 300.0
+
+
+@dataclass(config=_SECTION)
+class GatewayFile:
+    server: ServerConfig = dataclasses.field(default_factory=lambda: ServerConfig(port=50052))
+    auth: AuthSection | None = None
+    tls: TlsConfig | None = None
+    observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
+    registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
+    gateway: GatewaySection = dataclasses.field(default_factory=GatewaySection)
