@@ -6,19 +6,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelwire.app.config import Config
 from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker, build_worker
 from modelwire.fleet import convert
-from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
+from modelwire.worker.agent import RegistrationAgent, worker_agent
 from modelwire.controller.memory import MemoryRegistry
 from modelwire.controller.server import ControllerServer
 from modelwire.fleet.types import WatchBatch
-from modelwire.core.settings import ModelConfig
+from modelwire.core.settings import ControllerSection, ModelConfig, RegistrationConfig, RegistryAccess
+from modelwire.core.settings import ServerConfig as PlainServerConfig
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
 from blocking_provider import PROVIDER
@@ -35,22 +37,44 @@ def blocking_config(*models: ModelConfig, grace_period_s: float = 5.0) -> Config
                   models=models or (blocking_model(),))
 
 
+@dataclass(frozen=True)
+class Joining:
+    """How a test worker joins a fleet: the registry it uses, and what it registers."""
+
+    controller: str | None = None
+    registry: str | None = None
+    weight: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def access(self) -> RegistryAccess:
+        return RegistryAccess(controller=self.controller, etcd=self.registry)
+
+    def registration(self) -> RegistrationConfig:
+        return RegistrationConfig(weight=self.weight, labels=dict(self.labels))
+
+
+def agent_for(worker: Worker, joining: Joining) -> RegistrationAgent:
+    return worker_agent(joining.access(), joining.registration(), worker.models, "127.0.0.1", worker.port)
+
+
 @asynccontextmanager
 async def running_controller(ttl_s: float = TTL_S, port: int = 0, probe_health: bool = True) -> AsyncIterator[ControllerServer]:
-    server = ControllerServer(MemoryRegistry(ttl_s), "127.0.0.1", port, probe_health=probe_health)
+    server = ControllerServer(
+        MemoryRegistry(ttl_s), PlainServerConfig(port=port, grace_period_s=0), ControllerSection(probe_health=probe_health)
+    )
     await server.start()
     try:
         yield server
     finally:
-        await server.stop(0)
+        await server.stop()
 
 
 @asynccontextmanager
-async def registered_worker(config: Config, settings: RegistrationSettings) -> AsyncIterator[Worker]:
+async def registered_worker(config: Config, settings: Joining) -> AsyncIterator[Worker]:
     """A started worker whose agent registers it; drained (and so deregistered) on exit."""
     config = replace(config, server=replace(config.server, host="127.0.0.1", port=0))
     worker = await build_worker(config)
-    worker.registration = worker_agent(settings, worker.models, "127.0.0.1", worker.port)
+    worker.registration = agent_for(worker, settings)
     await worker.start()
     try:
         yield worker
@@ -108,3 +132,14 @@ class Watcher:
 
 def has_event(kind: str, instance_id: str) -> Callable[[WatchBatch], bool]:
     return lambda batch: any(e.type.value == kind and e.instance.instance_id == instance_id for e in batch.events)
+
+
+async def serving(address: str, timeout: float = 30.0) -> None:
+    """Returns once the server at `address` says SERVING on its health Watch."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=timeout)
+        async for status in watch:
+            if status.status == health_pb2.HealthCheckResponse.SERVING:
+                watch.cancel()
+                return
+    raise AssertionError(f"{address} never said SERVING")

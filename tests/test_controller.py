@@ -16,9 +16,7 @@ from grpc_status import rpc_status
 
 from modelwire.app.server import build_worker
 from modelwire.client import ModelWorkerClient
-from modelwire.worker.agent import worker_agent
 from modelwire.fleet import convert
-from modelwire.worker.agent import RegistrationSettings
 from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
 from modelwire.fleet.types import InstanceModel, InstanceSpec, ModelLoad
@@ -27,6 +25,8 @@ from modelwire.v1 import controller_pb2_grpc as cpb_grpc
 from conftest import free_port
 from fleet import (
     TTL_S,
+    Joining,
+    agent_for,
     Watcher,
     agent_of,
     blocking_config,
@@ -174,12 +174,12 @@ async def test_active_health_probe_marks_an_unreachable_instance_unhealthy(probi
 
 async def test_worker_registers_reports_live_load_and_deregisters_before_its_port_closes(probing_controller: ControllerServer) -> None:
     controller = probing_controller
-    settings = RegistrationSettings(controller=controller.address, labels={"zone": "test"})
+    settings = Joining(controller=controller.address, labels={"zone": "test"})
     config = blocking_config(blocking_model("slow", tokens=40, token_delay_s=0.05))
     watcher = Watcher(controller.address)
     remote = RemoteController(controller.address)
     worker = await build_worker(config)
-    worker.registration = worker_agent(settings, worker.models, "127.0.0.1", worker.port)
+    worker.registration = agent_for(worker, settings)
     await worker.start()
     try:
         instance_id = await registered(worker)
@@ -213,13 +213,13 @@ async def test_agent_reregisters_after_a_controller_restart_and_serves_meanwhile
     port = free_port()
     config = blocking_config(blocking_model("slow", tokens=2))
     async with running_controller(port=port) as first:
-        settings = RegistrationSettings(controller=first.address)
+        settings = Joining(controller=first.address)
         async with registered_worker(config, settings) as worker:
             instance_id = await registered(worker)
             agent = agent_of(worker)
             assert agent.registrations == 1
 
-            await first.stop(0)
+            await first.stop()
             agent.registered.clear()
             # The controller is gone: the worker keeps serving.
             async with ModelWorkerClient(worker.address, timeout=10) as client:

@@ -19,14 +19,14 @@ import pytest
 from blocking_provider import BlockingTestClient
 from conftest import free_port
 from etcd_server import ETCD, EtcdServer
-from fleet import blocking_config, blocking_model, registered, registered_worker
+from fleet import Joining, blocking_config, blocking_model, registered, registered_worker
 from modelwire.app.server import Worker
 from modelwire.client import ModelWorkerClient
-from modelwire.worker.agent import RegistrationSettings
 from modelwire.fleet.etcd import EtcdRegistry, EtcdTarget, endpoint_value, parse_endpoint
 from modelwire.gateway.server import Gateway
 from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
+from modelwire.core.settings import ControllerSection, ServerConfig
 from modelwire.fleet.types import InstanceModel, InstanceSpec, ModelLoad, WatchBatch
 
 TTL_S = 2
@@ -67,7 +67,7 @@ def keys_under(etcd: EtcdServer, prefix: str) -> dict[str, bytes]:
 
 async def test_keys_are_what_etcds_endpoints_manager_writes_and_go_before_the_port_closes(etcd: EtcdServer) -> None:
     config = blocking_config(blocking_model("llama", tokens=40, token_delay_s=0.05), blocking_model("llama-70b"))
-    settings = RegistrationSettings(registry=url(etcd), weight=3, labels={"zone": "a"})
+    settings = Joining(registry=url(etcd), weight=3, labels={"zone": "a"})
     async with registered_worker(config, settings) as worker:
         instance_id = await registered(worker)
         keys = keys_under(etcd, "mw/")
@@ -77,7 +77,7 @@ async def test_keys_are_what_etcds_endpoints_manager_writes_and_go_before_the_po
         assert value["Addr"] == worker.address
         # A JSON string, so grpc-go can compare resolver.Address.Metadata with == (a map would panic).
         assert isinstance(value["Metadata"], str)
-        assert json.loads(value["Metadata"]) == {"instance_id": instance_id, "weight": 3, "capacity": 8, "labels": {"zone": "a"}}
+        assert json.loads(value["Metadata"]) == {"instance_id": instance_id, "weight": 3, "capacity": 8, "labels": {"zone": "a"}, "owner": ""}
 
         async with ModelWorkerClient(worker.address, timeout=30) as client:
             stream = client.stream("llama", "hi")
@@ -97,7 +97,7 @@ def test_endpoint_value_round_trip_and_url() -> None:
     spec = InstanceSpec("i-1", "10.0.0.5:50051", (InstanceModel("m", 4),), weight=2, labels={"k": "v"})
     value = endpoint_value(spec, "m")
     assert value.startswith(b'{"Op":0,"Addr":"10.0.0.5:50051","Metadata":"')
-    assert parse_endpoint(value) == ("10.0.0.5:50051", {"instance_id": "i-1", "weight": 2, "capacity": 4, "labels": {"k": "v"}})
+    assert parse_endpoint(value) == ("10.0.0.5:50051", {"instance_id": "i-1", "weight": 2, "capacity": 4, "labels": {"k": "v"}, "owner": ""})
     # Values written by others (an object, or no metadata) are read too.
     assert parse_endpoint(b'{"Op":0,"Addr":"h:1","Metadata":{"a":1}}') == ("h:1", {"a": 1})
     assert parse_endpoint(b'{"Addr":"h:1"}') == ("h:1", {})
@@ -135,14 +135,15 @@ async def test_lease_lapses_after_the_worker_is_killed(etcd: EtcdServer) -> None
 
 async def test_gateway_routes_through_the_etcd_registry(etcd: EtcdServer) -> None:
     config = blocking_config(blocking_model("slow", tokens=2))
-    settings = RegistrationSettings(registry=url(etcd))
+    settings = Joining(registry=url(etcd))
     async with AsyncExitStack() as stack:
         workers = [await stack.enter_async_context(registered_worker(config, settings)) for _ in range(2)]
         for worker in workers:
             await registered(worker)
-        gateway = Gateway(EtcdRegistry.from_url(url(etcd)))
+        gateway = Gateway(EtcdRegistry.from_url(url(etcd)), ServerConfig(port=0, grace_period_s=1.0))
         await gateway.start()
-        stack.push_async_callback(gateway.stop, 1.0)
+        stack.push_async_callback(gateway.stop)
+        await asyncio.wait_for(gateway.router.synced.wait(), 10)
         assert len(gateway.router.routes) == 2
         async with ModelWorkerClient(gateway.address, timeout=10) as client:
             outputs = await asyncio.gather(*(client.generate("slow", "hi") for _ in range(40)))
@@ -161,7 +162,7 @@ def client_of(worker: Worker) -> BlockingTestClient:
 
 async def test_keys_are_back_within_one_ttl_after_etcd_restarts(etcd: EtcdServer) -> None:
     config = blocking_config(blocking_model("slow", tokens=1))
-    settings = RegistrationSettings(registry=url(etcd))
+    settings = Joining(registry=url(etcd))
     async with AsyncExitStack() as stack:
         workers = [await stack.enter_async_context(registered_worker(config, settings)) for _ in range(2)]
         ids = sorted([await registered(w) for w in workers])
@@ -193,7 +194,7 @@ async def test_keys_are_back_within_one_ttl_after_etcd_restarts(etcd: EtcdServer
 
 
 async def test_llama_and_llama_70b_never_show_up_in_each_others_resolution(etcd: EtcdServer) -> None:
-    settings = RegistrationSettings(registry=url(etcd))
+    settings = Joining(registry=url(etcd))
     async with AsyncExitStack() as stack:
         small = await stack.enter_async_context(registered_worker(blocking_config(blocking_model("llama", tokens=1)), settings))
         big = await stack.enter_async_context(registered_worker(blocking_config(blocking_model("llama-70b", tokens=1)), settings))
@@ -214,9 +215,9 @@ async def test_llama_and_llama_70b_never_show_up_in_each_others_resolution(etcd:
         assert [e.instance.instance_id for e in seen["llama-70b"].events] == [big_id]
 
         # The controller on etcd lists them apart too, with the load its heartbeats report.
-        controller = ControllerServer(EtcdRegistry.from_url(url(etcd)), probe_health=False)
+        controller = ControllerServer(EtcdRegistry.from_url(url(etcd)), ServerConfig(port=0, grace_period_s=0), ControllerSection(probe_health=False))
         await controller.start()
-        stack.push_async_callback(controller.stop, 0)
+        stack.push_async_callback(controller.stop)
         remote = RemoteController(controller.address)
         stack.push_async_callback(remote.close)
         await poll_async(lambda: remote.list("llama"), lambda listed: [i.instance_id for i in listed] == [small_id], 5)

@@ -17,7 +17,8 @@ import pytest
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.requests import build_request
-from modelwire.worker.agent import RegistrationSettings
+from modelwire.core.errors import InvalidRequest
+from modelwire.core.settings import ServerConfig
 from modelwire.gateway.server import Gateway, model_field
 from modelwire.fleet.orca import INSTANCE_TRAILER
 from modelwire.fleet.remote import RemoteController
@@ -27,19 +28,20 @@ from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from blocking_provider import BlockingTestClient
 from conftest import free_port
-from fleet import Watcher, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
+from fleet import Joining, Watcher, serving, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
 
 TTL_S = 2.0
 
 
 @asynccontextmanager
 async def running_gateway(controller_address: str) -> AsyncIterator[Gateway]:
-    gateway = Gateway(RemoteController(controller_address))
+    gateway = Gateway(RemoteController(controller_address), ServerConfig(port=0, grace_period_s=1.0))
     await gateway.start()
+    await asyncio.wait_for(gateway.router.synced.wait(), 10)
     try:
         yield gateway
     finally:
-        await gateway.stop(1.0)
+        await gateway.stop()
 
 
 def client_of(worker: Worker) -> BlockingTestClient:
@@ -64,7 +66,7 @@ async def fleet(blocking_provider: None) -> AsyncIterator[tuple[ControllerServer
     config = replace(config, server=replace(config.server, blocking_threads=16))
     async with AsyncExitStack() as stack:
         controller = await stack.enter_async_context(running_controller(TTL_S))
-        settings = RegistrationSettings(controller=controller.address)
+        settings = Joining(controller=controller.address)
         workers = [await stack.enter_async_context(registered_worker(config, settings)) for _ in range(2)]
         for worker in workers:
             await registered(worker)
@@ -109,7 +111,7 @@ async def test_calls_shift_away_from_an_artificially_loaded_worker(fleet: tuple[
         streams = [direct.stream("slow", "load") for _ in range(6)]
         for stream in streams:
             await anext(stream)
-        await wait_until(gateway.router.changed, lambda: route.others.get("slow", 0) >= 6, 5)
+        await wait_until(gateway.router.changed, lambda: route.others_load("slow", time.monotonic()) >= 5.9, 5)
 
         before = [client_of(w).started for w in (busy, idle)]
         gate = asyncio.Semaphore(4)
@@ -125,7 +127,7 @@ async def test_calls_shift_away_from_an_artificially_loaded_worker(fleet: tuple[
 
         for stream in streams:
             await stream.aclose()
-        await wait_until(gateway.router.changed, lambda: route.others.get("slow", 1) == 0, 5)
+        await wait_until(gateway.router.changed, lambda: route.others_load("slow", time.monotonic()) == 0, 5)
         before = [client_of(w).started for w in (busy, idle)]
         await asyncio.gather(*(one() for _ in range(40)))
         to_busy = client_of(busy).started - before[0]
@@ -265,7 +267,12 @@ def test_model_field_reads_only_the_model() -> None:
     request = build_request("llama-70b", [("system", "s" * 300), ("user", "hi")], temperature=0.5)
     assert model_field(request.SerializeToString()) == "llama-70b"
     assert model_field(pb.CountTokenRequest(model="m", prompt="x").SerializeToString()) == "m"
-    assert model_field(b"") == ""
+    for empty in (b"", pb.CountTokenRequest(prompt="x").SerializeToString()):
+        with pytest.raises(InvalidRequest, match="model: must name a served model"):
+            model_field(empty)
+    for garbage in (b"\xff\xff\xff", b"\x0a\x05ab", b"\x0b"):
+        with pytest.raises(InvalidRequest, match="not a valid protobuf message"):
+            model_field(garbage)
 
 
 async def start_process(*args: str, expect: str, timeout: float = 120) -> asyncio.subprocess.Process:
@@ -300,6 +307,7 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
             processes.append(await start_process(
                 "gateway", "--controller", controller.address, "--port", str(gateway_port),
                 expect=f"modelwire gateway on 127.0.0.1:{gateway_port}", timeout=30))
+            await serving(f"127.0.0.1:{gateway_port}")
             for port in ports:
                 await watcher.wait_for(lambda b, p=port: any(  # type: ignore[misc]
                     e.instance.address == f"127.0.0.1:{p}" and e.instance.healthy for e in b.events), 30)
@@ -367,7 +375,7 @@ async def test_gateway_keeps_routing_through_a_controller_restart(blocking_provi
     config = blocking_config(blocking_model("slow", tokens=1))
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(running_controller(TTL_S, port=port))
-        worker = await stack.enter_async_context(registered_worker(config, RegistrationSettings(controller=first.address)))
+        worker = await stack.enter_async_context(registered_worker(config, Joining(controller=first.address)))
         await registered(worker)
         gateway = await stack.enter_async_context(running_gateway(first.address))
         await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 1, 5)
@@ -387,7 +395,7 @@ async def test_gateway_keeps_routing_through_a_controller_restart(blocking_provi
                     await asyncio.sleep(0.01)
 
             caller = asyncio.create_task(keep_calling())
-            await first.stop(0)
+            await first.stop()
             agent = worker.registration
             assert agent is not None
             agent.registered.clear()

@@ -73,9 +73,9 @@ async def test_metrics_show_exactly_the_traffic_sent(tmp_path: Path, worker_fact
 
     assert metrics['modelwire_requests_total{code="OK",method="Generate",model="slow"}'] == 3
     assert metrics['modelwire_requests_total{code="OK",method="GenerateStream",model="slow"}'] == 2
-    assert metrics['modelwire_requests_total{code="NOT_FOUND",method="Generate",model="missing"}'] == 1
+    assert metrics['modelwire_requests_total{code="NOT_FOUND",method="Generate",model="_unknown"}'] == 1
     assert metrics['modelwire_requests_total{code="INVALID_ARGUMENT",method="Generate",model="other"}'] == 1
-    assert metrics['modelwire_errors_total{kind="model_not_found",model="missing"}'] == 1
+    assert metrics['modelwire_errors_total{kind="model_not_found",model="_unknown"}'] == 1
     assert metrics['modelwire_errors_total{kind="invalid_request",model="other"}'] == 1
     assert metrics['modelwire_request_duration_seconds_count{method="Generate",model="slow"}'] == 3
     assert metrics['modelwire_time_to_first_token_seconds_count{model="slow"}'] == 2

@@ -18,10 +18,9 @@ import pytest
 from xds.data.orca.v3 import orca_load_report_pb2
 
 from conftest import running_worker
-from fleet import blocking_config, blocking_model, registered, registered_worker, running_controller
+from fleet import Joining, blocking_config, blocking_model, registered, registered_worker, running_controller
 from modelwire.client import ModelWorkerClient
 from modelwire.client.requests import build_request, count_request
-from modelwire.worker.agent import RegistrationSettings
 from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -37,7 +36,7 @@ def report_of(trailers: object) -> tuple[orca_load_report_pb2.OrcaLoadReport, di
 async def test_the_orca_trailer_reports_utilisation_that_rises_under_load() -> None:
     config = blocking_config(blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01))
     async with running_controller() as controller:
-        async with registered_worker(config, RegistrationSettings(controller=controller.address)) as worker:
+        async with registered_worker(config, Joining(controller=controller.address)) as worker:
             instance_id = await registered(worker)
             async with grpc.aio.insecure_channel(worker.address) as channel:
                 stub = pb_grpc.ModelWorkerStub(channel)

@@ -9,12 +9,18 @@ import logging
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
 from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient
 from modelwire.app.processes import CHILD_FLAG
-from modelwire.app.fleet_cli import add_fleet_commands, add_registration_flags, registration_from_args
+from modelwire.app.fleet_cli import (
+    add_fleet_commands,
+    add_registration_flags,
+    add_server_flags,
+    observability_overrides,
+    registry_overrides,
+    server_overrides,
+)
 from modelwire.core.settings import ConfigError
 from modelwire.core.errors import StartupFailure
 from modelwire.observe.logs import configure_logging
@@ -24,14 +30,23 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else embedded_default()
-    server = config.server
-    for key in ("host", "port", "processes"):
-        if getattr(args, key) is not None:
-            server = replace(server, **{key: getattr(args, key)})
-    observability = config.observability
-    if args.metrics_port is not None:
-        observability = replace(observability, metrics_port=args.metrics_port)
-    return replace(config, server=server, observability=observability)
+    server = server_overrides(config.server, args)
+    if args.processes is not None:
+        server = replace(server, processes=args.processes)
+    registration = config.registration
+    if args.advertise is not None:
+        registration = replace(registration, advertise=args.advertise)
+    if args.weight is not None:
+        registration = replace(registration, weight=args.weight)
+    if args.label:
+        registration = replace(registration, labels={**registration.labels, **dict(args.label)})
+    return replace(
+        config,
+        server=server,
+        observability=observability_overrides(config.observability, args),
+        registry=registry_overrides(config.registry, args),
+        registration=registration,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     asyncio.run(
-        serve(config, on_ready=announce, serve_metrics_here=not args.child, registration=registration_from_args(args), lifeline=args.child)
+        serve(config, on_ready=announce, serve_metrics_here=not args.child, lifeline=args.child)
     )
     return 0
 
@@ -95,11 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run a worker (the embedded gemma-3-270m without --config)")
-    serve.add_argument("--config", type=Path, help="TOML configuration file (docs/configuration.md)")
-    serve.add_argument("--host", help="overrides [server].host")
-    serve.add_argument("--port", type=int, help="overrides [server].port")
+    add_server_flags(serve)
     serve.add_argument("--processes", type=int, help="overrides [server].processes (processes sharing the port)")
-    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default)")
     serve.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     add_registration_flags(serve)
     serve.set_defaults(run=_serve)

@@ -1,23 +1,48 @@
-"""`modelwire controller`, `modelwire gateway`, and the registration flags of `modelwire serve`."""
+"""`modelwire controller`, `modelwire gateway`, `modelwire instances`, and the flags every server
+command shares (each overrides its configuration file's key)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
 
-from modelwire.worker.agent import RegistrationSettings
+from modelwire.app.config import load_controller_config, load_gateway_config, read_auth
+from modelwire.core.settings import ControllerFile, GatewayFile, ObservabilityConfig, RegistryAccess, ServerConfig
 from modelwire.fleet.types import Instance
-from modelwire.controller.memory import MemoryRegistry
-from modelwire.fleet.connect import connect
-from modelwire.fleet.registry import DEFAULT_TTL_S, Registry
 from modelwire.observe.logs import configure_logging
+from modelwire.observe.metrics import serve_metrics
+from modelwire.rpc.server import serve_until_signalled
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONTROLLER_PORT = 50050
-DEFAULT_GATEWAY_PORT = 50052
 REGISTRY_HELP = "etcd://HOST:PORT[,HOST:PORT]/PREFIX: keep instances in etcd (several machines)"
+S = TypeVar("S", bound=ServerConfig)
+
+
+def add_server_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", type=Path, help="TOML configuration file (docs/configuration.md)")
+    command.add_argument("--host", help="overrides [server].host")
+    command.add_argument("--port", type=int, help="overrides [server].port")
+    command.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (off by default)")
+    command.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                         help="listen on a non-loopback address without [auth] (a trusted network only)")
+
+
+def server_overrides(server: S, args: argparse.Namespace) -> S:
+    for key in ("host", "port", "allow_unauthenticated"):
+        if getattr(args, key, None) is not None:
+            server = replace(server, **{key: getattr(args, key)})
+    return server
+
+
+def observability_overrides(observability: ObservabilityConfig, args: argparse.Namespace) -> ObservabilityConfig:
+    if getattr(args, "metrics_port", None) is not None:
+        return replace(observability, metrics_port=args.metrics_port)
+    return observability
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -27,49 +52,63 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def add_registry_flags(command: argparse.ArgumentParser, required: bool = False) -> None:
+    where = command.add_mutually_exclusive_group(required=required)
+    where.add_argument("--controller", metavar="ADDR", help="the modelwire controller at HOST:PORT (overrides [registry].controller)")
+    where.add_argument("--registry", metavar="URL", help=f"{REGISTRY_HELP} (overrides [registry].etcd)")
+
+
+def registry_overrides(access: RegistryAccess, args: argparse.Namespace) -> RegistryAccess:
+    if args.controller:
+        return replace(access, controller=args.controller, etcd=None)
+    if args.registry:
+        return replace(access, etcd=args.registry, controller=None)
+    return access
+
+
 def add_registration_flags(serve: argparse.ArgumentParser) -> None:
     """The flags `modelwire serve` takes to join a fleet."""
     group = serve.add_argument_group("fleet registration")
-    where = group.add_mutually_exclusive_group()
-    where.add_argument("--controller", metavar="ADDR", help="register with the modelwire controller at HOST:PORT")
-    where.add_argument("--registry", metavar="URL", help=REGISTRY_HELP)
+    add_registry_flags(group)  # type: ignore[arg-type]
     group.add_argument("--advertise", metavar="HOST:PORT",
                        help="address callers dial (default: the listen address; a wildcard host becomes this host's name)")
-    group.add_argument("--weight", type=int, default=1, help="relative share of traffic (default 1)")
+    group.add_argument("--weight", type=int, help="relative share of traffic (default 1)")
     group.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE",
                        help="a label for the registry; repeatable")
 
 
-def registration_from_args(args: argparse.Namespace) -> RegistrationSettings | None:
-    settings = RegistrationSettings(
-        controller=args.controller,
-        registry=args.registry,
-        advertise=args.advertise,
-        weight=args.weight,
-        labels=dict(args.label),
-    )
-    return settings if settings.enabled else None
-
-
-def registry_from_url(url: str | None, ttl_s: float) -> Registry:
-    if not url or url == "memory":
-        return MemoryRegistry(ttl_s)
-    from modelwire.fleet.etcd import EtcdRegistry
-
-    return EtcdRegistry.from_url(url, ttl_s=ttl_s)
+def _serve_metrics(metrics: object, observability: ObservabilityConfig) -> None:
+    if observability.metrics_port is not None:
+        bound = serve_metrics(metrics, observability.metrics_host, observability.metrics_port)  # type: ignore[arg-type]
+        logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
 
 
 def _controller(args: argparse.Namespace) -> int:
-    from modelwire.controller.server import ControllerServer, wait_for_signal
+    from modelwire.controller.memory import MemoryRegistry
+    from modelwire.controller.server import ControllerServer
+    from modelwire.fleet.etcd import EtcdRegistry
 
-    configure_logging(args.log_level, args.log_format)
+    config = load_controller_config(args.config) if args.config else ControllerFile()
+    section = config.controller
+    if args.ttl is not None:
+        section = replace(section, ttl_s=args.ttl)
+    if args.no_health_probe:
+        section = replace(section, probe_health=False)
+    access = config.registry if not args.registry or args.registry == "memory" else replace(config.registry, etcd=args.registry)
+    observability = observability_overrides(config.observability, args)
+    configure_logging(args.log_level, args.log_format or observability.log_format)
+    source = str(args.config or "the command line")
 
     async def run() -> None:
-        registry = registry_from_url(args.registry, args.ttl)
-        server = ControllerServer(registry, args.host, args.port, probe_health=not args.no_health_probe)
+        registry = EtcdRegistry.from_url(access.etcd, ttl_s=section.ttl_s, access=access) if access.etcd else MemoryRegistry(section.ttl_s)
+        server = ControllerServer(
+            registry, server_overrides(config.server, args), section,
+            auth=read_auth(config.auth, source), tls=config.tls, observability=observability,
+        )
+        _serve_metrics(server.rpc.metrics, observability)
         await server.start()
         print(f"modelwire controller on {server.address} ({registry})", flush=True)
-        await wait_for_signal()
+        await serve_until_signalled()
         logger.info("stopping")
         await server.stop()
 
@@ -78,18 +117,31 @@ def _controller(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    from modelwire.fleet.connect import connect
     from modelwire.gateway.server import Gateway
-    from modelwire.controller.server import wait_for_signal
 
-    configure_logging(args.log_level, args.log_format)
+    config = load_gateway_config(args.config) if args.config else GatewayFile()
+    access = registry_overrides(config.registry, args)
+    if not access.enabled:
+        raise SystemExit("modelwire gateway: name the registry: --controller ADDR, --registry etcd://… or [registry] in --config")
+    server = server_overrides(config.server, args)
+    if args.grace_period is not None:
+        server = replace(server, grace_period_s=args.grace_period)
+    observability = observability_overrides(config.observability, args)
+    configure_logging(args.log_level, args.log_format or observability.log_format)
+    source = str(args.config or "the command line")
 
     async def run() -> None:
-        gateway = Gateway(connect(args.controller, args.registry), args.host, args.port)
+        gateway = Gateway(
+            connect(access), server, config.gateway,
+            auth=read_auth(config.auth, source), tls=config.tls, observability=observability,
+        )
+        _serve_metrics(gateway.rpc.metrics, observability)
         await gateway.start()
         print(f"modelwire gateway on {gateway.address} (instances from {gateway.source})", flush=True)
-        await wait_for_signal()
-        logger.info("draining: grace period %.1fs", args.grace_period)
-        await gateway.stop(args.grace_period)
+        await serve_until_signalled()
+        logger.info("draining: grace period %.1fs", server.grace_period_s)
+        await gateway.stop()
 
     asyncio.run(run())
     return 0
@@ -97,18 +149,26 @@ def _gateway(args: argparse.Namespace) -> int:
 
 def _instances(args: argparse.Namespace) -> int:
     """Prints the registry's instances, from a controller or straight from etcd."""
+    from modelwire.fleet.connect import connect
+
+    access = registry_overrides(RegistryAccess(token_env=args.token_env), args)
 
     async def run() -> list[Instance]:
-        registry = connect(args.controller, args.registry)
+        registry = connect(access)
         try:
             watch = registry.watch(args.model)
-            snapshot = await anext(watch)
+            snapshot = await asyncio.wait_for(anext(watch), args.timeout)
             await watch.aclose()  # type: ignore[attr-defined]
             return [event.instance for event in snapshot.events]
         finally:
             await registry.close()
 
-    for instance in asyncio.run(run()):
+    try:
+        instances = asyncio.run(run())
+    except (TimeoutError, ConnectionError, OSError) as error:
+        print(f"modelwire: cannot read the instances from {access.controller or access.etcd}: {error or type(error).__name__}")
+        return 1
+    for instance in instances:
         models = ",".join(f"{m.model}(load {instance.load_of(m.model).in_flight}+{instance.load_of(m.model).queued}q"
                           f"/{m.capacity})" for m in instance.spec.models)
         state = "healthy" if instance.healthy else "UNHEALTHY"
@@ -118,29 +178,24 @@ def _instances(args: argparse.Namespace) -> int:
 
 def add_fleet_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     controller = commands.add_parser("controller", help="run a model controller (the fleet's registry)")
-    controller.add_argument("--host", default="127.0.0.1")
-    controller.add_argument("--port", type=int, default=DEFAULT_CONTROLLER_PORT)
-    controller.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
-                            help=f"seconds without a heartbeat before an instance is removed (default {DEFAULT_TTL_S:g})")
+    add_server_flags(controller)
+    controller.add_argument("--ttl", type=float, help="seconds without a heartbeat before an instance is removed (overrides [controller].ttl_s)")
     controller.add_argument("--registry", metavar="URL", help=f"memory (default) or {REGISTRY_HELP}")
     controller.add_argument("--no-health-probe", action="store_true",
                             help="judge health by heartbeats only (default: also follow each instance's health Watch)")
-    controller.add_argument("--log-format", choices=("text", "json"), default="text")
+    controller.add_argument("--log-format", choices=("text", "json"), help="overrides [observability].log_format")
     controller.set_defaults(run=_controller)
 
     gateway = commands.add_parser("gateway", help="serve ModelWorker by forwarding to the fleet's least-loaded instance")
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=DEFAULT_GATEWAY_PORT)
-    where = gateway.add_mutually_exclusive_group(required=True)
-    where.add_argument("--controller", metavar="ADDR", help="the modelwire controller at HOST:PORT")
-    where.add_argument("--registry", metavar="URL", help=REGISTRY_HELP)
-    gateway.add_argument("--grace-period", type=float, default=10.0, help="seconds in-flight calls get at shutdown")
-    gateway.add_argument("--log-format", choices=("text", "json"), default="text")
+    add_server_flags(gateway)
+    add_registry_flags(gateway)
+    gateway.add_argument("--grace-period", type=float, help="seconds in-flight calls get at shutdown (overrides [server].grace_period_s)")
+    gateway.add_argument("--log-format", choices=("text", "json"), help="overrides [observability].log_format")
     gateway.set_defaults(run=_gateway)
 
     instances = commands.add_parser("instances", help="list the fleet's instances (from a controller or etcd)")
-    where = instances.add_mutually_exclusive_group(required=True)
-    where.add_argument("--controller", metavar="ADDR", help="the modelwire controller at HOST:PORT")
-    where.add_argument("--registry", metavar="URL", help=REGISTRY_HELP)
+    add_registry_flags(instances, required=True)
     instances.add_argument("--model", default="", help="only instances serving this model")
+    instances.add_argument("--token-env", help="environment variable holding a token with the read_fleet permission")
+    instances.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the registry")
     instances.set_defaults(run=_instances)

@@ -8,25 +8,20 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from modelwire.app.config import Config
-from modelwire.core.settings import TlsConfig, WorkerServerConfig
 from modelwire.core.errors import StartupFailure
-from modelwire.rpc.channels import server_ping_options
-from modelwire.worker.agent import RegistrationAgent, RegistrationSettings, worker_agent
-from modelwire.worker.orca import OrcaInterceptor
-from modelwire.observe import tracing
-from modelwire.rpc.auth import BearerAuth
-from modelwire.observe.interceptor import CallObserver
-from modelwire.observe.metrics import WorkerMetrics, serve_metrics
+from modelwire.core.settings import Permission
+from modelwire.observe.interceptor import UNKNOWN_MODEL, ModelLabel
+from modelwire.observe.metrics import serve_metrics
 from modelwire.proxy.registry import provider_class
+from modelwire.rpc.server import RpcServer, Service
 from modelwire.v1 import worker_pb2, worker_pb2_grpc
 from modelwire.worker.admission import Admission
+from modelwire.worker.agent import RegistrationAgent, worker_agent
+from modelwire.worker.orca import OrcaInterceptor
 from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
 
@@ -53,46 +48,22 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
     return served
 
 
-def _server_options(server: WorkerServerConfig) -> list[tuple[str, int]]:
-    options = [
-        ("grpc.max_receive_message_length", server.max_receive_message_bytes),
-        ("grpc.keepalive_time_ms", int(server.keepalive_time_s * 1000)),
-        ("grpc.keepalive_timeout_ms", int(server.keepalive_timeout_s * 1000)),
-        # Several processes share one port only on purpose; otherwise a second worker on a busy
-        # port must fail instead of silently splitting its traffic.
-        ("grpc.so_reuseport", 1 if server.processes > 1 else 0),
-        *server_ping_options(),
-    ]
-    if server.max_connection_age_s is not None:
-        options += [
-            ("grpc.max_connection_age_ms", int(server.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(server.max_connection_age_grace_s * 1000)),
-        ]
-    return options
+def _model_label(models: list[ServedModel]) -> ModelLabel:
+    served = {m.metadata.model for m in models}
+
+    def label(request: Any) -> str:
+        model = getattr(request, "model", "")
+        return model if model in served else UNKNOWN_MODEL
+
+    return label
 
 
-def _interceptors(config: Config, metrics: WorkerMetrics) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: tracing sees everything, the observer logs refused calls too, auth is last."""
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if config.observability.tracing:
-        interceptors.append(tracing.server_interceptor(config.observability.otlp_endpoint))
-    interceptors.append(CallObserver(metrics))
-    if config.auth is not None:
-        interceptors.append(BearerAuth(config.auth))
-    return interceptors
-
-
-def _server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
+def _model_calls(method: str) -> Permission | None:
+    return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None
 
 
 class Worker:
-    """A running gRPC worker: ModelWorker, health and reflection on one port."""
+    """A running gRPC worker: ModelWorker, health and reflection on one port (rpc/server.py)."""
 
     def __init__(self, config: Config, models: list[ServedModel], executor: ThreadPoolExecutor) -> None:
         self.config = config
@@ -100,48 +71,41 @@ class Worker:
         self._executor = executor
         # Registers the worker with a controller or etcd (serve --controller/--registry); see worker/agent.py.
         self.registration: RegistrationAgent | None = None
-        self.metrics = WorkerMetrics()
+        servicer = ModelWorkerServicer(WorkerService(models, config.limits))
+        # Innermost: every ModelWorker response carries an ORCA load report (worker/orca.py).
+        orca = OrcaInterceptor(models, lambda: self.registration.instance_id if self.registration else None)
+        self.rpc = RpcServer(
+            role="worker",
+            server=config.server,
+            services=[Service(WORKER_SERVICE, lambda server: worker_pb2_grpc.add_ModelWorkerServicer_to_server(servicer, server))],
+            permission_of=_model_calls,
+            tls=config.tls,
+            auth=config.auth,
+            observability=config.observability,
+            model_label=_model_label(models),
+            inner_interceptors=[orca],
+            # Several processes share one port only on purpose; otherwise a second worker on a busy
+            # port must fail instead of silently splitting its traffic.
+            options=[("grpc.so_reuseport", 1 if config.server.processes > 1 else 0)],
+        )
+        self.metrics = self.rpc.metrics
         for served in models:
             served.admission.observer = self.metrics.admission_changed
             self.metrics.admission_changed(served.metadata.model, 0, 0)  # the gauges exist from the start
-        self.health = health.aio.HealthServicer()
-        # Innermost: every ModelWorker response carries an ORCA load report (worker/orca.py).
-        orca = OrcaInterceptor(models, lambda: self.registration.instance_id if self.registration else None)
-        self.server = grpc.aio.server(
-            interceptors=[*_interceptors(config, self.metrics), orca], options=_server_options(config.server)
-        )
-        worker_pb2_grpc.add_ModelWorkerServicer_to_server(ModelWorkerServicer(WorkerService(models, config.limits)), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (WORKER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
-        bind = f"{config.server.host}:{config.server.port}"
-        if config.tls is not None:
-            self.port = self.server.add_secure_port(bind, _server_credentials(config.tls))
-        else:
-            self.port = self.server.add_insecure_port(bind)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.server.host}:{config.server.port}")
+        self.port = self.rpc.port
 
     @property
     def address(self) -> str:
-        return f"{self.config.server.host}:{self.port}"
+        return self.rpc.address
 
     async def start(self) -> None:
-        await self.server.start()
-        for name in ("", WORKER_SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.rpc.start()
         if self.registration is not None:
             await self.registration.start()
 
     async def drain(self) -> None:
-        """NOT_SERVING first so balancers stop sending, then in-flight calls get the grace period."""
-        await self.health.enter_graceful_shutdown()
-        if self.registration is not None:
-            # Leave the registry before the port closes, so routers stop sending first.
-            await self.registration.stop()
-        await self.server.stop(self.config.server.grace_period_s)
+        """NOT_SERVING and out of the registry first, so balancers stop sending; then the grace period."""
+        await self.rpc.drain(self.registration.stop if self.registration is not None else None)
         # Stopping the server cancelled the calls left, which tells their threads to stop: wait for
         # them before the clients free what those threads use (a llama.cpp context mid-decode).
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -172,14 +136,13 @@ async def serve(
     config: Config,
     on_ready: Callable[[Worker], None] | None = None,
     serve_metrics_here: bool = True,
-    registration: RegistrationSettings | None = None,
     lifeline: bool = False,
 ) -> None:
     """Runs until SIGTERM or SIGINT (or, with `lifeline`, until stdin closes: the supervising
     parent is gone), then drains within the configured grace period."""
     worker = await build_worker(config)
-    if registration is not None:
-        worker.registration = worker_agent(registration, worker.models, config.server.host, worker.port)
+    if config.registry.enabled:
+        worker.registration = worker_agent(config.registry, config.registration, worker.models, config.server.host, worker.port)
     observability = config.observability
     if serve_metrics_here and observability.metrics_port is not None:
         try:

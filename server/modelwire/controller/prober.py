@@ -7,13 +7,12 @@ import asyncio
 import contextlib
 import logging
 
-import grpc
-
+from modelwire.core.settings import PeerAccess
 from modelwire.fleet.health import follow_health
 from modelwire.fleet.registry import Registry
 from modelwire.fleet.types import EventType
 from modelwire.core.backoff import Backoff
-from modelwire.rpc.channels import client_options
+from modelwire.rpc.channels import dial
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +20,9 @@ logger = logging.getLogger(__name__)
 class HealthProber:
     """Follows the health of every instance in a registry and records the verdicts in it."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, workers: PeerAccess) -> None:
         self._registry = registry
+        self._workers = workers
         self._probes: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -75,5 +75,5 @@ class HealthProber:
         def mark(serving: bool | None) -> None:
             self._registry.mark_probe(instance_id, serving)
 
-        async with grpc.aio.insecure_channel(address, options=client_options()) as channel:
+        async with dial(address, self._workers.tls, self._workers.token) as channel:
             await follow_health(channel, mark)

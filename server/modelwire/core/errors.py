@@ -51,7 +51,18 @@ class ContextLengthExceeded(ModelwireError):
 
 
 class Overloaded(ModelwireError):
-    """The worker or the upstream cannot take the call now; retry after `retry_after_s`."""
+    """The worker or the upstream cannot take the call now; retry after `retry_after_s`.
+    `not_started`: refused before any work (admission), so another instance may take it at once."""
+
+    def __init__(self, message: str, retry_after_s: float, not_started: bool = False) -> None:
+        self.retry_after_s = retry_after_s
+        self.not_started = not_started
+        super().__init__(message)
+
+
+class NotReady(ModelwireError):
+    """Nothing can serve the call right now, but something should soon (a gateway without its
+    instance table yet, a model whose only worker restarts); retry after `retry_after_s`."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
@@ -77,6 +88,14 @@ class UpstreamModelNotFound(ModelwireError):
 
 class DeadlineExceeded(ModelwireError):
     """The caller's deadline or the configured timeout passed before the work finished."""
+
+
+class PermissionDenied(ModelwireError):
+    """An authenticated caller asked for what its token does not allow (another's instance id)."""
+
+
+class RegistryUnavailable(ModelwireError):
+    """The fleet's backing store (etcd) cannot be reached; the caller retries."""
 
 
 class TokenizerUnavailable(ModelwireError):

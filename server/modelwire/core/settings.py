@@ -373,6 +373,21 @@ class WorkerFile:
 
 
 @dataclass(config=_SECTION)
+class PeerAccess:
+    """How a process calls workers (a gateway's calls, health probes): TLS, and its own token."""
+
+    # This process's own bearer token towards workers (and their protected health), from this variable.
+    token_env: StrictStr | None = None
+    tls: ClientTlsConfig | None = None
+
+    _env = field_validator("token_env")(set_env)
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env) if self.token_env else None
+
+
+@dataclass(config=_SECTION)
 class ControllerSection:
     """`[controller]`: how the controller keeps its fleet."""
 
@@ -383,6 +398,8 @@ class ControllerSection:
     # true for a fleet on one machine (the default when the controller listens on loopback).
     allow_private_addresses: StrictBool | None = None
     max_weight: Annotated[StrictInt, Field(ge=1)] = 100
+    # How the health prober reaches workers (TLS, a token for protected health).
+    workers: PeerAccess = dataclasses.field(default_factory=PeerAccess)
 
 
 @dataclass(config=_SECTION)
@@ -397,16 +414,11 @@ class ControllerFile:
 
 
 @dataclass(config=_SECTION)
-class WorkerAccess:
+class WorkerAccess(PeerAccess):
     """`[gateway.workers]`: how the gateway calls workers and their health service."""
 
-    # The gateway's own bearer token towards workers (and their protected health), from this variable.
-    token_env: StrictStr | None = None
     # Pass each caller's `authorization` on to the worker instead (and then no token of our own).
     forward_authorization: StrictBool = False
-    tls: ClientTlsConfig | None = None
-
-    _env = field_validator("token_env")(set_env)
 
     @field_validator("forward_authorization")
     @classmethod
@@ -414,10 +426,6 @@ class WorkerAccess:
         if value and info.data.get("token_env") is not None:
             raise ValueError("forwarding callers' credentials and sending our own token exclude each other")
         return value
-
-    @property
-    def token(self) -> str | None:
-        return os.environ.get(self.token_env) if self.token_env else None
 
 
 @dataclass(config=_SECTION)

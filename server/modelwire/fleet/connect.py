@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from modelwire.core.settings import RegistryAccess
 from modelwire.fleet.registry import RegistryClient
 
 
-def connect(controller: str | None, registry: str | None) -> RegistryClient:
-    """The one place that picks the registry a worker, a gateway or `modelwire instances` talks to:
-    etcd when `--registry etcd://…` is given, else the controller at `--controller`."""
-    if registry:
+def connect(access: RegistryAccess) -> RegistryClient:
+    """etcd when `[registry] etcd` (`--registry etcd://…`) is set, else the controller at
+    `[registry] controller` (`--controller`), each with the credentials `access` names."""
+    if access.etcd:
         from modelwire.fleet.etcd import EtcdRegistry
 
-        return EtcdRegistry.from_url(registry)
-    if controller:
+        return EtcdRegistry.from_url(access.etcd, access=access)
+    if access.controller:
         from modelwire.fleet.remote import RemoteController
 
-        return RemoteController(controller)
-    raise ValueError("neither --controller nor --registry is given")
+        return RemoteController(access.controller, access)
+    raise ValueError("neither a controller nor an etcd registry is configured")

@@ -30,7 +30,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aetcd
+import aetcd.rpc
 import aetcd.rtypes
+import aetcd.watcher
 
 from modelwire.fleet.registry import DEFAULT_TTL_S, Registry, WatchHub, check_spec
 from modelwire.fleet.types import (
@@ -43,9 +45,10 @@ from modelwire.fleet.types import (
     ModelLoad,
     WatchBatch,
 )
-from modelwire.core.settings import ConfigError
+from modelwire.core.errors import RegistryUnavailable
+from modelwire.core.settings import ConfigError, RegistryAccess
 from modelwire.core.backoff import Backoff
-from modelwire.rpc.channels import client_options
+from modelwire.rpc.channels import client_options, dial
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ def endpoint_value(spec: InstanceSpec, model: str) -> bytes:
         "weight": spec.weight,
         "capacity": spec.capacity(model),
         "labels": spec.labels,
+        "owner": spec.owner,
     }
     return json.dumps(
         {"Op": 0, "Addr": spec.address, "Metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":"))},
@@ -113,7 +117,39 @@ class EtcdTarget:
         return "etcd://" + ",".join(f"{h}:{p}" for h, p in self.endpoints) + "/" + self.prefix
 
 
-class EtcdUnavailable(ConnectionError):
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd's client, dialling etcd over TLS (mTLS with a client certificate): aetcd itself only
+    opens plaintext channels. `connect` does what aetcd's does, on a secure channel."""
+
+    tls: Any = None
+    _is_connecting: bool
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        self._is_connecting = True
+        try:
+            self.channel = dial(f"{self._host}:{self._port}", self.tls, options=list(self._options.items()))
+            if self._username is not None:
+                self.auth_stub = aetcd.rpc.AuthStub(self.channel)
+                reply = await self.auth_stub.Authenticate(
+                    aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+                )
+                self.metadata = (("token", reply.token),)
+            self.kvstub = aetcd.rpc.KVStub(self.channel)
+            self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+            self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+            self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.watcher.Watcher(aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+
+class EtcdUnavailable(RegistryUnavailable, ConnectionError):
     pass
 
 
@@ -126,8 +162,9 @@ class _Registration:
 class EtcdRegistry(Registry):
     """A Registry (controller), Registrar (worker agent) and InstanceSource (gateway) on etcd."""
 
-    def __init__(self, target: EtcdTarget, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(self, target: EtcdTarget, ttl_s: float = DEFAULT_TTL_S, access: RegistryAccess | None = None) -> None:
         self.target = target
+        self._access = access or RegistryAccess()
         self.ttl = max(MIN_TTL_S, math.ceil(ttl_s))
         self._endpoint = 0
         self._client = self._new_client()
@@ -140,10 +177,10 @@ class EtcdRegistry(Registry):
         self._synced = asyncio.Event()
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: float = DEFAULT_TTL_S) -> EtcdRegistry:
-        """A `?ttl=SECONDS` in the URL wins over `ttl_s`."""
+    def from_url(cls, url: str, ttl_s: float = DEFAULT_TTL_S, access: RegistryAccess | None = None) -> EtcdRegistry:
+        """A `?ttl=SECONDS` in the URL wins over `ttl_s`; `access` has etcd's user and TLS."""
         target = EtcdTarget.parse(url)
-        return cls(target, target.ttl_s or ttl_s)
+        return cls(target, target.ttl_s or ttl_s, access)
 
     def __str__(self) -> str:
         return str(self.target)
@@ -159,7 +196,15 @@ class EtcdRegistry(Registry):
 
     def _new_client(self) -> Any:
         host, port = self.target.endpoints[self._endpoint % len(self.target.endpoints)]
-        return aetcd.Client(host, port, timeout=CALL_TIMEOUT_S, options=dict(client_options()))
+        access = self._access
+        kind = _TlsClient if access.tls is not None else aetcd.Client
+        client = kind(
+            host, port, username=access.etcd_username, password=access.etcd_password,
+            timeout=CALL_TIMEOUT_S, options=dict(client_options()),
+        )
+        if access.tls is not None:
+            client.tls = access.tls
+        return client
 
     async def _failover(self, error: BaseException) -> EtcdUnavailable:
         """With several endpoints, the next call goes to the next one."""
@@ -347,6 +392,7 @@ class EtcdRegistry(Registry):
                 models=tuple(InstanceModel(model, int(meta.get("capacity") or 0)) for model, _, meta in entries),
                 weight=int(metadata.get("weight") or 1),
                 labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+                owner=str(metadata.get("owner") or ""),
             )
             fresh[instance_id] = self._decorate(Instance(spec))
         events = [InstanceEvent(EventType.REMOVED, old) for key, old in self._cache.items() if key not in fresh]

@@ -17,12 +17,17 @@ logger = logging.getLogger(__name__)
 WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
 
 
+# Answers that say nothing about the instance's health: no health service, or our credentials are
+# not accepted there. The instance is then "unknown", not "down".
+_UNKNOWABLE = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
 async def follow_health(
     channel: grpc.aio.Channel, on_change: Callable[[bool | None], None], service: str = WORKER_SERVICE
 ) -> None:
     """Calls `on_change(True)` on SERVING, `on_change(False)` on anything else or when the stream
     breaks, and keeps watching (with a short backoff) until cancelled. A server without the health
-    service is reported once as None (unknown) and not watched further."""
+    service, or one refusing our credentials, is reported once as None (unknown) and not watched further."""
     stub = health_pb2_grpc.HealthStub(channel)
     backoff = Backoff()
     while True:
@@ -32,7 +37,10 @@ async def follow_health(
                 backoff.reset()
                 on_change(response.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+            if error.code() in _UNKNOWABLE:
+                if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    logger.warning("health of %s cannot be watched: %s %s (check the token and TLS used towards workers)",
+                                   channel, error.code().name, error.details())
                 on_change(None)
                 return
         finally:

@@ -8,17 +8,19 @@ import grpc
 
 from modelwire.fleet import convert
 from modelwire.fleet.types import InstanceSpec, Lease, ModelLoad, WatchBatch
-from modelwire.rpc.channels import client_options
+from modelwire.core.settings import RegistryAccess
+from modelwire.rpc.channels import dial
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
 
 class RemoteController:
     """Calls a `modelwire controller`; every unary call is bounded by `timeout_s`."""
 
-    def __init__(self, address: str, timeout_s: float = 3.0) -> None:
+    def __init__(self, address: str, access: RegistryAccess | None = None, timeout_s: float = 3.0) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(address, options=client_options())
+        access = access or RegistryAccess()
+        self._channel = dial(address, access.tls, access.token)
         self._stub = pb_grpc.ModelControllerStub(self._channel)
 
     def __str__(self) -> str:

@@ -3,14 +3,15 @@ relative to weight.
 
 - Load of an instance for a model = the calls this gateway has open to it for that model, plus the
   load others put on it: the instance's last report (heartbeat through the controller, or the ORCA
-  trailer of the last call) less what this gateway had open at that moment. Ties go to the instance
-  picked least recently, so an idle fleet is served in turn rather than at random.
+  trailer of the last call) less what this gateway had open at that moment. A report ages: it
+  halves every LOAD_HALF_LIFE_S, so an instance last seen busy is tried again once it is quiet.
+  Ties go to the instance picked least recently, so an idle fleet is served in turn.
 - Health: the registry's verdict, and the gateway's own grpc.health.v1 Watch on each instance, so a
   draining or killed worker is left at once, not when its lease lapses.
 - Requests and responses are forwarded as bytes (only the model name is read from the request):
   no re-encoding, no buffering; stream chunks pass through one by one.
-- The caller's deadline (time remaining), cancellation and metadata go upstream; a call that fails
-  with UNAVAILABLE before its first response message is retried on another instance.
+- Until the first snapshot, and for a model served within `recently_served_s`, a model with no
+  instance is "not ready" (UNAVAILABLE with RetryInfo), never NOT_FOUND: NOT_FOUND is permanent to SDKs.
 """
 
 from __future__ import annotations
@@ -25,27 +26,25 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from modelwire.core.errors import FieldViolation, InvalidRequest, ModelNotFound, NotReady
+from modelwire.core.settings import GatewaySection
 from modelwire.fleet.health import follow_health
 from modelwire.fleet.orca import LOAD_TRAILER, ORCA_TRAILER
 from modelwire.fleet.registry import DEFAULT_TTL_S, RegistryClient
 from modelwire.fleet.types import EventType, Instance, WatchBatch
 from modelwire.core.backoff import Backoff
-from modelwire.rpc.channels import client_options
+from modelwire.rpc.channels import client_options, dial
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 STALE_GRACE_S = DEFAULT_TTL_S
 LIST_MODELS_TIMEOUT_S = 5.0
+LOAD_HALF_LIFE_S = 5.0
+NOT_READY_RETRY_S = 1.0
 # Metadata that belongs to this hop, not to the call: never forwarded.
 _HOP_KEYS = frozenset({"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"})
 Metadata = tuple[tuple[str, str | bytes], ...]
-
-
-class NoInstance(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -55,8 +54,8 @@ class Route:
     instance: Instance
     channel: grpc.aio.Channel
     open: dict[str, int] = field(default_factory=dict)
-    # Load others put on the instance, per model, from its last report.
-    others: dict[str, float] = field(default_factory=dict)
+    # Load others put on the instance, per model, from its last report: (load, when reported).
+    others: dict[str, tuple[float, float]] = field(default_factory=dict)
     probe: bool | None = None
     picked_at: float = 0.0
     probe_task: asyncio.Task[None] | None = None
@@ -69,25 +68,34 @@ class Route:
     def routable(self) -> bool:
         return self.instance.healthy and self.probe is not False
 
-    def score(self, model: str) -> float:
-        return (self.open.get(model, 0) + self.others.get(model, 0.0)) / max(1, self.instance.spec.weight)
+    def others_load(self, model: str, now: float) -> float:
+        load, at = self.others.get(model, (0.0, now))
+        decay: float = 0.5 ** ((now - at) / LOAD_HALF_LIFE_S)
+        return load * decay
+
+    def score(self, model: str, now: float) -> float:
+        return (self.open.get(model, 0) + self.others_load(model, now)) / max(1, self.instance.spec.weight)
 
     def reported(self, model: str, load: float, open_excluding: int = 0) -> None:
         """Another party's view of the instance's load, which includes our own open calls."""
-        self.others[model] = max(0.0, load - (self.open.get(model, 0) - open_excluding))
+        self.others[model] = (max(0.0, load - (self.open.get(model, 0) - open_excluding)), time.monotonic())
 
 
 def model_field(raw: bytes) -> str:
-    """Reads field 1 (`model`, a string in ModelRequest and CountTokenRequest) without parsing the rest."""
+    """Reads field 1 (`model`, a string in ModelRequest and CountTokenRequest) without parsing the
+    rest; a body that is not protobuf wire format, or names no model, is the caller's mistake."""
     position = 0
+    model = ""
     try:
         while position < len(raw):
             key, position = _varint(raw, position)
             number, wire = key >> 3, key & 7
             if wire == 2:
                 length, position = _varint(raw, position)
+                if position + length > len(raw):
+                    raise IndexError
                 if number == 1:
-                    return raw[position:position + length].decode()
+                    model = raw[position:position + length].decode()
                 position += length
             elif wire == 0:
                 _, position = _varint(raw, position)
@@ -96,10 +104,14 @@ def model_field(raw: bytes) -> str:
             elif wire == 5:
                 position += 4
             else:
-                break
+                raise IndexError
+        if position != len(raw):
+            raise IndexError
     except (IndexError, UnicodeDecodeError):
-        pass
-    return ""
+        raise InvalidRequest([FieldViolation("", "the request body is not a valid protobuf message")]) from None
+    if not model:
+        raise InvalidRequest([FieldViolation("model", "must name a served model (see ListModels)")])
+    return model
 
 
 def _varint(raw: bytes, position: int) -> tuple[int, int]:
@@ -113,8 +125,13 @@ def _varint(raw: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def forwarded_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
-    return tuple((k, v) for k, v in metadata or () if not k.startswith(":") and k not in _HOP_KEYS)
+def forwarded_metadata(metadata: Sequence[tuple[str, str | bytes]] | None, authorization: bool = False) -> Metadata:
+    """The caller's metadata for the worker: never this hop's own headers, and the caller's
+    `authorization` only when the gateway is told to pass it on (it has a token of its own)."""
+    return tuple(
+        (k, v) for k, v in metadata or ()
+        if not k.startswith(":") and k not in _HOP_KEYS and (authorization or k != "authorization")
+    )
 
 
 def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
@@ -126,9 +143,12 @@ def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Met
 class Router:
     """The instance table and the choice of instance; fed by a registry watch."""
 
-    def __init__(self, source: RegistryClient, probe_health: bool = True) -> None:
+    def __init__(self, source: RegistryClient, settings: GatewaySection | None = None, probe_health: bool = True) -> None:
         self.source = source
+        self.settings = settings or GatewaySection()
         self.routes: dict[str, Route] = {}
+        # When each model was last served by some instance: such a model is "not ready", not unknown.
+        self._last_served: dict[str, float] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, int]] = {}
         self._probe_health = probe_health
         self._follower: asyncio.Task[None] | None = None
@@ -223,6 +243,8 @@ class Router:
         route = self.routes.pop(instance_id, None)
         if route is None:
             return
+        now = time.monotonic()
+        self._last_served.update((model, now) for model in route.instance.spec.model_names)
         logger.info("instance %s at %s left", instance_id, route.instance.address)
         if route.probe_task is not None:
             route.probe_task.cancel()
@@ -231,7 +253,11 @@ class Router:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel, users = self._channels.get(address, (None, 0))
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=client_options())
+            settings = self.settings
+            channel = dial(
+                address, settings.workers.tls, settings.workers.token,
+                client_options(settings.keepalive_time_s, settings.keepalive_timeout_s),
+            )
         self._channels[address] = (channel, users + 1)
         return channel
 
@@ -257,24 +283,35 @@ class Router:
 
     # -- choosing ----------------------------------------------------------------------------------
 
+    def known_models(self) -> set[str]:
+        return {m for r in self.routes.values() for m in r.instance.spec.model_names} | set(self._last_served)
+
     def pick(self, model: str, tried: set[str]) -> Route:
+        now = time.monotonic()
         serving = [r for r in self.routes.values() if r.instance.spec.serves(model)]
         if not serving:
-            known = sorted({m for r in self.routes.values() for m in r.instance.spec.model_names})
-            raise NoInstance(grpc.StatusCode.NOT_FOUND,
-                             f"no instance serves model {model!r}; served models: {', '.join(known) or 'none'}")
+            self._refuse_missing(model, now)
+        self._last_served[model] = now
         candidates = [r for r in serving if r.routable and r.instance_id not in tried]
         if not candidates:
             # Nothing healthy is left: try the others rather than refuse (health may lag behind).
             candidates = [r for r in serving if r.instance_id not in tried]
         if not candidates:
-            raise NoInstance(grpc.StatusCode.UNAVAILABLE,
-                             f"every instance of model {model!r} was tried and is unavailable")
+            raise NotReady(f"every instance of model {model!r} was tried and is unavailable", NOT_READY_RETRY_S)
         if len(candidates) > 2:
             candidates = random.sample(candidates, 2)
-        chosen = min(candidates, key=lambda r: (r.score(model), r.picked_at))
-        chosen.picked_at = time.monotonic()
+        chosen = min(candidates, key=lambda r: (r.score(model, now), r.picked_at))
+        chosen.picked_at = now
         return chosen
+
+    def _refuse_missing(self, model: str, now: float) -> None:
+        if not self.synced.is_set():
+            raise NotReady(f"the gateway has no instance table from {self.source} yet; retry shortly", NOT_READY_RETRY_S)
+        served_at = self._last_served.get(model)
+        if served_at is not None and now - served_at <= self.settings.recently_served_s:
+            raise NotReady(f"no instance of model {model!r} is registered right now (it was {now - served_at:.0f}s ago)", NOT_READY_RETRY_S)
+        known = sorted({m for r in self.routes.values() for m in r.instance.spec.model_names})
+        raise ModelNotFound(model, known)
 
     def instances(self) -> list[Route]:
         return list(self.routes.values())

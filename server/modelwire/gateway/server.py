@@ -1,5 +1,15 @@
 """`modelwire gateway`: the ModelWorker API, each call forwarded to an instance the router picks
-(gateway/router.py). Requests and responses pass as bytes: only the model name is read."""
+(gateway/router.py), on the shared server builder (its own auth, TLS, call log and metrics).
+
+Requests and responses pass as bytes: only the model name is read. A call goes to another instance
+only when the first one provably did not start it:
+- the failure came from the transport, not from a worker (no worker trailer: refused connection,
+  a connection lost before any answer, no connection within `connect_timeout_s`); or
+- the worker said so (`google.rpc.ErrorInfo` reason NOT_STARTED: its admission refused the call).
+A worker's own UNAVAILABLE (its upstream failed after its own retries) goes back to the caller: the
+upstream may have been called, and billed, already. Retries also stop when the retry budget (a
+share of recent calls) is spent, so a sick fleet is not hammered by its own gateway.
+"""
 
 from __future__ import annotations
 
@@ -10,64 +20,142 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from google.rpc import error_details_pb2, status_pb2
 
+from modelwire.core.errors import InvalidRequest, ModelwireError, NotReady
+from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityConfig, Permission, ServerConfig, TlsConfig
 from modelwire.fleet.health import WORKER_SERVICE
 from modelwire.fleet.orca import INSTANCE_TRAILER, parse_report
 from modelwire.fleet.registry import RegistryClient
-from modelwire.rpc.channels import server_ping_options
 from modelwire.gateway.router import (
-    MAX_ATTEMPTS,
     LIST_MODELS_TIMEOUT_S,
+    MAX_ATTEMPTS,
     Metadata,
-    NoInstance,
     Route,
     Router,
     forwarded_metadata,
     model_field,
     returned_trailers,
 )
+from modelwire.observe.interceptor import PID_KEY, UNKNOWN_MODEL
+from modelwire.rpc.server import RpcServer, Service
+from modelwire.rpc.status import ERROR_DOMAIN, NOT_STARTED, CallScope
 from modelwire.v1 import worker_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+_STATUS_DETAILS = "grpc-status-details-bin"
+# A retry budget lets a burst this large through before the ratio governs.
+_BUDGET_BURST = 10.0
+
+
+class RetryBudget:
+    """Each call earns `ratio` retries (up to a burst); each retry spends one."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = ratio
+        self._tokens = _BUDGET_BURST
+
+    def earn(self) -> None:
+        self._tokens = min(_BUDGET_BURST, self._tokens + self._ratio)
+
+    def spend(self) -> bool:
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+def not_started(error: grpc.aio.AioRpcError) -> bool:
+    """True when the failed attempt provably did no work at the worker."""
+    trailers = dict(error.trailing_metadata() or ())
+    if PID_KEY not in trailers:
+        # No worker put its trailer on the status: the transport failed before a worker answered.
+        return bool(error.code() == grpc.StatusCode.UNAVAILABLE)
+    details = trailers.get(_STATUS_DETAILS)
+    if not isinstance(details, bytes):
+        return False
+    for packed in status_pb2.Status.FromString(details).details:
+        info = error_details_pb2.ErrorInfo()
+        if packed.Is(info.DESCRIPTOR) and packed.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, NOT_STARTED):
+            return True
+    return False
+
+
+class _NoConnection(Exception):
+    """The chosen worker had no connection within the connect bound: the call never left."""
+
+
+def _model_calls(method: str) -> Permission | None:
+    return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None
 
 
 class Gateway:
     """A ModelWorker server whose every call is forwarded to the fleet."""
 
-    def __init__(self, source: RegistryClient, host: str = "127.0.0.1", port: int = 0, probe_health: bool = True) -> None:
+    def __init__(
+        self,
+        source: RegistryClient,
+        server: ServerConfig | None = None,
+        gateway: GatewaySection | None = None,
+        *,
+        auth: AuthConfig | None = None,
+        tls: TlsConfig | None = None,
+        observability: ObservabilityConfig | None = None,
+        probe_health: bool = True,
+    ) -> None:
         self.source = source
-        self.host = host
-        self.router = Router(source, probe_health)
-        self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=server_ping_options())
-        self.server.add_generic_rpc_handlers((self._handlers(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (WORKER_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
+        self.settings = gateway or GatewaySection()
+        self.router = Router(source, self.settings, probe_health)
+        self._budget = RetryBudget(self.settings.retry_budget_ratio)
+        handlers = self._handlers()
+        self.rpc = RpcServer(
+            role="gateway",
+            server=server or ServerConfig(port=0),
+            services=[Service(WORKER_SERVICE, lambda s: s.add_generic_rpc_handlers((handlers,)))],
+            permission_of=_model_calls,
+            tls=tls,
+            auth=auth,
+            observability=observability,
+            model_label=self._model_label,
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+        self._synced: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.rpc.address
 
-    async def start(self, sync_timeout_s: float = 5.0) -> None:
-        """Starts serving once the first snapshot of instances arrived (or after `sync_timeout_s`)."""
+    def _model_label(self, raw: Any) -> str:
+        try:
+            model = model_field(raw) if isinstance(raw, bytes) else ""
+        except InvalidRequest:
+            return UNKNOWN_MODEL
+        return model if model in self.router.known_models() else UNKNOWN_MODEL
+
+    @property
+    def port(self) -> int:
+        return self.rpc.port
+
+    async def start(self) -> None:
+        """Listens at once, NOT_SERVING (and answering UNAVAILABLE with RetryInfo) until the first
+        snapshot of instances arrives; SERVING from then on."""
         await self.router.start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.router.synced.wait(), sync_timeout_s)
-        await self.server.start()
-        for name in ("", WORKER_SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.rpc.start()
+        await self.rpc.set_serving(False)
 
-    async def stop(self, grace_s: float | None = 5.0) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        async def serve_when_synced() -> None:
+            await self.router.synced.wait()
+            await self.rpc.set_serving(True)
+            logger.info("gateway SERVING: instance table from %s", self.source)
+
+        self._synced = asyncio.create_task(serve_when_synced())
+
+    async def stop(self) -> None:
+        if self._synced is not None:
+            self._synced.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._synced
+        await self.rpc.drain()
         await self.router.close()
 
     def _handlers(self) -> grpc.GenericRpcHandler:
@@ -79,88 +167,102 @@ class Gateway:
             "ListModels": grpc.unary_unary_rpc_method_handler(self._list_models),
         })
 
-    async def _route(self, model: str, tried: set[str], context: grpc.aio.ServicerContext) -> Route:
+    def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
+        return forwarded_metadata(context.invocation_metadata(), self.settings.workers.forward_authorization)
+
+    async def _connected(self, route: Route) -> None:
+        """Bounds the wait for a connection to the chosen worker (a frozen host accepts TCP and then
+        says nothing); a worker without one is skipped for this call."""
+        if route.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
         try:
-            return self.router.pick(model, tried)
-        except NoInstance as refused:
-            await context.abort(refused.code, str(refused))
-            raise
+            await asyncio.wait_for(route.channel.channel_ready(), self.settings.connect_timeout_s)
+        except TimeoutError:
+            raise _NoConnection from None
+
+    def _again(self, route: Route, error: grpc.aio.AioRpcError | None, tried: set[str], context: grpc.aio.ServicerContext) -> bool:
+        remaining = context.time_remaining()
+        if (error is not None and not not_started(error)) or len(tried) >= MAX_ATTEMPTS or (remaining is not None and remaining <= 0):
+            return False
+        if not self._budget.spend():
+            logger.warning("retry budget spent: instance %s's failure goes to the caller", route.instance_id)
+            return False
+        logger.info("instance %s did not take the call (%s); trying another", route.instance_id,
+                    "no connection" if error is None else f"{error.code().name} {error.details()}")
+        return True
 
     def _unary(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            model = model_field(raw)
-            metadata = forwarded_metadata(context.invocation_metadata())
-            tried: set[str] = set()
-            while True:
-                route = await self._route(model, tried, context)
-                tried.add(route.instance_id)
-                route.open[model] = route.open.get(model, 0) + 1
-                call = route.channel.unary_unary(method)(raw, timeout=context.time_remaining(), metadata=metadata)
-                try:
-                    response: bytes = await call
-                    trailers = await call.trailing_metadata()
-                    self._observe(route, model, trailers)
-                    context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
-                    return response
-                except grpc.aio.AioRpcError as error:
-                    if self._retryable(error, tried, context):
-                        logger.info("instance %s unavailable for %s (%s); trying another", route.instance_id,
-                                    method, error.details())
-                        continue
-                    await context.abort(error.code(), error.details() or "",
-                                        _with_instance(returned_trailers(error.trailing_metadata()), route))
-                    raise
-                finally:
-                    if not call.done():
-                        call.cancel()
-                    route.open[model] -= 1
+            async with CallScope(context):
+                model = model_field(raw)
+                self._budget.earn()
+                tried: set[str] = set()
+                while True:
+                    route = self.router.pick(model, tried)
+                    tried.add(route.instance_id)
+                    route.open[model] = route.open.get(model, 0) + 1
+                    try:
+                        await self._connected(route)
+                        call = route.channel.unary_unary(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
+                        response: bytes = await call
+                        trailers = await call.trailing_metadata()
+                        self._observe(route, model, trailers)
+                        context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
+                        return response
+                    except _NoConnection:
+                        if self._again(route, None, tried, context):
+                            continue
+                        raise _unreachable(route) from None
+                    except grpc.aio.AioRpcError as error:
+                        if self._again(route, error, tried, context):
+                            continue
+                        await _pass_on(context, error, route)
+                        raise
+                    finally:
+                        route.open[model] -= 1
 
         return forward
 
     def _stream(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            model = model_field(raw)
-            metadata = forwarded_metadata(context.invocation_metadata())
-            tried: set[str] = set()
-            while True:
-                route = await self._route(model, tried, context)
-                tried.add(route.instance_id)
-                route.open[model] = route.open.get(model, 0) + 1
-                call = route.channel.unary_stream(method)(raw, timeout=context.time_remaining(), metadata=metadata)
-                started = False
-                try:
-                    async for chunk in call:
-                        if not started:
-                            started = True
-                            initial = forwarded_metadata(await call.initial_metadata())
-                            await context.send_initial_metadata(initial + ((INSTANCE_TRAILER, route.instance_id),))
-                        yield chunk
-                    trailers = await call.trailing_metadata()
-                    self._observe(route, model, trailers)
-                    context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
-                    return
-                except grpc.aio.AioRpcError as error:
-                    if not started and self._retryable(error, tried, context):
-                        logger.info("instance %s unavailable for %s before its first chunk (%s); trying another",
-                                    route.instance_id, method, error.details())
-                        continue
-                    await context.abort(error.code(), error.details() or "",
-                                        _with_instance(returned_trailers(error.trailing_metadata()), route))
-                    raise
-                finally:
-                    call.cancel()
-                    route.open[model] -= 1
+            async with CallScope(context):
+                model = model_field(raw)
+                self._budget.earn()
+                tried: set[str] = set()
+                while True:
+                    route = self.router.pick(model, tried)
+                    tried.add(route.instance_id)
+                    route.open[model] = route.open.get(model, 0) + 1
+                    started = False
+                    call = None
+                    try:
+                        await self._connected(route)
+                        call = route.channel.unary_stream(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
+                        async for chunk in call:
+                            if not started:
+                                started = True
+                                initial = forwarded_metadata(await call.initial_metadata(), authorization=False)
+                                await context.send_initial_metadata(initial + ((INSTANCE_TRAILER, route.instance_id),))
+                            yield chunk
+                        trailers = await call.trailing_metadata()
+                        self._observe(route, model, trailers)
+                        context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
+                        return
+                    except _NoConnection:
+                        if self._again(route, None, tried, context):
+                            continue
+                        raise _unreachable(route) from None
+                    except grpc.aio.AioRpcError as error:
+                        if not started and self._again(route, error, tried, context):
+                            continue
+                        await _pass_on(context, error, route)
+                        raise
+                    finally:
+                        if call is not None:
+                            call.cancel()
+                        route.open[model] -= 1
 
         return forward
-
-    @staticmethod
-    def _retryable(error: grpc.aio.AioRpcError, tried: set[str], context: grpc.aio.ServicerContext) -> bool:
-        remaining = context.time_remaining()
-        return (
-            error.code() == grpc.StatusCode.UNAVAILABLE
-            and len(tried) < MAX_ATTEMPTS
-            and (remaining is None or remaining > 0)
-        )
 
     @staticmethod
     def _observe(route: Route, model: str, trailers: Sequence[tuple[str, str | bytes]] | None) -> None:
@@ -174,7 +276,7 @@ class Gateway:
         """Every model of the fleet, described by one routable instance each."""
         remaining = context.time_remaining()
         timeout = min(LIST_MODELS_TIMEOUT_S, remaining) if remaining is not None else LIST_MODELS_TIMEOUT_S
-        metadata = forwarded_metadata(context.invocation_metadata())
+        metadata = self._metadata(context)
         routes = [r for r in self.router.instances() if r.routable]
 
         async def ask(route: Route) -> list[pb.ModelMetadata]:
@@ -194,6 +296,15 @@ class Gateway:
             for metadata_ in answer:
                 models.setdefault(metadata_.model, metadata_)
         return pb.ListModelsResponse(models=[models[name] for name in sorted(models)]).SerializeToString()
+
+
+def _unreachable(route: Route) -> ModelwireError:
+    return NotReady(f"instance {route.instance_id} at {route.instance.address} has no connection and no other instance is left", 1.0)
+
+
+async def _pass_on(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, route: Route) -> None:
+    """The worker's status, details and trailers, as the caller's answer."""
+    await context.abort(error.code(), error.details() or "", _with_instance(returned_trailers(error.trailing_metadata()), route))
 
 
 def _with_instance(trailers: Metadata, route: Route) -> Metadata:

@@ -22,6 +22,10 @@ from modelwire.observe.metrics import WorkerMetrics
 from modelwire.v1 import worker_pb2 as pb
 
 PID_KEY = "modelwire-pid"
+# The metrics label of a call's model, from its request: only names the process knows (its served
+# models, its fleet's) become labels, so a client sending random names cannot grow the label set.
+ModelLabel = Callable[[Any], str]
+UNKNOWN_MODEL = "_unknown"
 
 
 def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -44,8 +48,9 @@ def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
 
 
 class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, metrics: WorkerMetrics | None) -> None:
+    def __init__(self, metrics: WorkerMetrics | None, model_label: ModelLabel) -> None:
         self._metrics = metrics
+        self._model_label = model_label
         self._pid = str(os.getpid())
         self._handlers = HandlerCache(
             lambda method, handler: rewrap(
@@ -65,7 +70,7 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> CallRecord:
         record = begin_call(method, _header(context, REQUEST_ID_KEY))
-        record.model = getattr(request, "model", "")
+        record.model = self._model_label(request)
         context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (PID_KEY, self._pid)))
         return record
 

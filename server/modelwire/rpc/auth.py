@@ -1,20 +1,30 @@
-"""Static bearer tokens in `authorization` metadata, compared in constant time, with an optional
-per-token model allow-list. Health and reflection stay open unless configured otherwise."""
+"""Static bearer tokens in `authorization` metadata, compared in constant time. Each token has a
+name (the caller's identity: `caller_identity()` during the call), permissions (calling models,
+registering instances, reading the fleet; each method needs one) and an optional model allow-list.
+Health and reflection stay open unless configured otherwise."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
 
-from modelwire.core.settings import AuthConfig, TokenGrant
+from modelwire.core.settings import AuthConfig, Permission, TokenGrant
 from modelwire.observe.handlers import StreamBehavior, UnaryBehavior, responses, rewrap
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 _UNAUTHENTICATED = "missing or invalid bearer token: send metadata `authorization: Bearer <token>`"
+
+_identity: ContextVar[str | None] = ContextVar("modelwire_caller", default=None)
+
+
+def caller_identity() -> str | None:
+    """The name of the token the current call authenticated with; None without [auth]."""
+    return _identity.get()
 
 
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
@@ -33,8 +43,10 @@ def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 
 
 class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, permission_of: Callable[[str], Permission | None]) -> None:
+        """`permission_of(method)` is what a method needs (None: any valid token)."""
         self._config = config
+        self._permission_of = permission_of
         self._grants = [(grant, grant.token.encode()) for grant in config.grants]
 
     def _protected(self, method: str) -> bool:
@@ -66,6 +78,14 @@ class BearerAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         grant = self._grant(details)
         if grant is None:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+        needed = self._permission_of(details.method)
+        if needed is not None and needed not in grant.permissions:
+            return _refusal(
+                handler, grpc.StatusCode.PERMISSION_DENIED,
+                f"token {grant.name!r} lacks the {needed!r} permission that {details.method} needs",
+            )
+        # grpc.aio runs the handler in the task that ran the interceptors: the identity reaches it.
+        _identity.set(grant.name)
         if grant.models is None:
             return handler
         allowed = grant.models

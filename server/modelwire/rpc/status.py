@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from types import TracebackType
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -12,8 +14,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from modelwire.core import errors
+from modelwire.observe.call_record import note_error_kind
 
 logger = logging.getLogger(__name__)
+
+# google.rpc.ErrorInfo of a refusal made before any work: a gateway may send the call elsewhere.
+ERROR_DOMAIN = "modelwire"
+NOT_STARTED = "NOT_STARTED"
 
 _CODES: dict[type[errors.ModelwireError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -25,6 +32,9 @@ _CODES: dict[type[errors.ModelwireError], grpc.StatusCode] = {
     errors.TokenizerUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
@@ -47,10 +57,13 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
                 )
             )
         ]
-    if isinstance(error, errors.Overloaded):
+    if isinstance(error, errors.Overloaded | errors.NotReady):
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
-        return [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
+        details = [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
+        if isinstance(error, errors.Overloaded) and error.not_started:
+            details.append(_packed(error_details_pb2.ErrorInfo(reason=NOT_STARTED, domain=ERROR_DOMAIN)))
+        return details
     if isinstance(error, errors.ContextLengthExceeded):
         return [
             _packed(
@@ -91,3 +104,39 @@ def to_status(error: BaseException) -> grpc.Status:
     return rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     )
+
+
+class CallScope:
+    """The caller's remaining time bounds all work; a typed error leaves as its status.
+
+    A class rather than @asynccontextmanager so the type checker knows it never swallows an
+    exception: `__aexit__` returns None, aborting replaces the error with the status.
+    """
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self._timeout = asyncio.timeout(context.time_remaining())
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            await self._timeout.__aexit__(kind, error, traceback)
+        except TimeoutError as expired:
+            error = expired
+        if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+            note_error_kind(error_kind(error))
+            status = to_status(error)
+            # Keep what the interceptors already put in the trailer (request id) next to the details.
+            trailer = tuple(self._context.trailing_metadata() or ()) + tuple(status.trailing_metadata)
+            try:
+                await self._context.abort(status.code, status.details, trailer)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                # The call already ended at the transport (its deadline passed the same instant,
+                # the caller left): there is nobody to tell, and grpc refuses to send a status.
+                raise asyncio.CancelledError from error

@@ -37,6 +37,7 @@ class Admission:
                 f"model {self.model!r} is at capacity ({self.in_flight} running, {self.queued} waiting); "
                 f"retry after {RETRY_AFTER_S:g}s",
                 retry_after_s=RETRY_AFTER_S,
+                not_started=True,
             )
         self.queued += 1
         self._changed()

@@ -9,13 +9,15 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from modelwire.fleet.connect import connect
 from modelwire.fleet.registry import RegistryClient
 from modelwire.fleet.types import InstanceModel, InstanceSpec, Lease, ModelLoad
+from modelwire.core.addresses import host_of, is_loopback
 from modelwire.core.backoff import Backoff
-from modelwire.core.errors import InvalidRequest
+from modelwire.core.errors import InvalidRequest, StartupFailure
+from modelwire.core.settings import RegistrationConfig, RegistryAccess
 from modelwire.worker.service import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -132,24 +134,6 @@ def new_instance_id() -> str:
     return f"{host}-{uuid.uuid4().hex[:12]}"
 
 
-@dataclass(frozen=True)
-class RegistrationSettings:
-    """How a worker announces itself: `--controller ADDR` or `--registry etcd://...`, and `--advertise`."""
-
-    controller: str | None = None
-    registry: str | None = None
-    advertise: str | None = None
-    weight: int = 1
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.controller or self.registry)
-
-    def registrar(self) -> RegistryClient:
-        return connect(self.controller, self.registry)
-
-
 def advertised_address(listen_host: str, port: int, advertise: str | None) -> str:
     """The address callers dial: --advertise, else the listen address (a wildcard becomes the host name)."""
     if advertise:
@@ -159,19 +143,34 @@ def advertised_address(listen_host: str, port: int, advertise: str | None) -> st
     return f"{listen_host}:{port}"
 
 
+def check_reachable(address: str, access: RegistryAccess, registration: RegistrationConfig) -> None:
+    """A loopback address in a registry on another host sends its callers to their own machine."""
+    registry = access.controller or (access.etcd or "").removeprefix("etcd://").split("/")[0]
+    remote = not all(is_loopback(host_of(item)) for item in registry.split(","))
+    if remote and is_loopback(host_of(address)) and not registration.allow_loopback:
+        raise StartupFailure(
+            f"the worker would register {address} with {registry}, on another host: nobody there can dial it. "
+            "Listen on a routable address, set --advertise HOST:PORT ([registration] advertise), "
+            "or set [registration] allow_loopback = true"
+        )
+
+
 def worker_agent(
-    settings: RegistrationSettings, models: Sequence[ServedModel], listen_host: str, port: int
+    access: RegistryAccess, registration: RegistrationConfig, models: Sequence[ServedModel], listen_host: str, port: int
 ) -> RegistrationAgent:
     """The agent of a worker serving `models`, reading their admission counters as its load."""
+    address = advertised_address(listen_host, port, registration.advertise)
+    check_reachable(address, access, registration)
+    logger.info("this worker advertises %s", address)
     spec = InstanceSpec(
         instance_id="",
-        address=advertised_address(listen_host, port, settings.advertise),
+        address=address,
         models=tuple(InstanceModel(m.metadata.model, m.admission.max_concurrency) for m in models),
-        weight=settings.weight,
-        labels=dict(settings.labels),
+        weight=registration.weight,
+        labels=dict(registration.labels),
     )
 
     def load() -> dict[str, ModelLoad]:
         return {m.metadata.model: ModelLoad(m.admission.in_flight, m.admission.queued) for m in models}
 
-    return RegistrationAgent(settings.registrar(), spec, load)
+    return RegistrationAgent(connect(access), spec, load)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from types import TracebackType
 
 import grpc
 
@@ -13,44 +11,7 @@ from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
 from modelwire.worker.service import WorkerService
-from modelwire.observe.call_record import note_error_kind
-from modelwire.rpc.status import error_kind, to_status
-
-
-class CallScope:
-    """The caller's remaining time bounds all work; a typed error leaves as its status.
-
-    A class rather than @asynccontextmanager so the type checker knows it never swallows an
-    exception: `__aexit__` returns None, aborting replaces the error with the status.
-    """
-
-    def __init__(self, context: grpc.aio.ServicerContext) -> None:
-        self._context = context
-        self._timeout = asyncio.timeout(context.time_remaining())
-
-    async def __aenter__(self) -> None:
-        await self._timeout.__aenter__()
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        try:
-            await self._timeout.__aexit__(kind, error, traceback)
-        except TimeoutError as expired:
-            error = expired
-        if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
-            note_error_kind(error_kind(error))
-            status = to_status(error)
-            # Keep what the interceptors already put in the trailer (request id) next to the details.
-            trailer = tuple(self._context.trailing_metadata() or ()) + tuple(status.trailing_metadata)
-            try:
-                await self._context.abort(status.code, status.details, trailer)
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                # The call already ended at the transport (its deadline passed the same instant,
-                # the caller left): there is nobody to tell, and grpc refuses to send a status.
-                raise asyncio.CancelledError from error
+from modelwire.rpc.status import CallScope
 
 
 class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):

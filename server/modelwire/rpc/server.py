@@ -1,0 +1,162 @@
+"""The one server builder: the worker, the controller and the gateway are each an `RpcServer` with
+their own services on it.
+
+Every server gets: grpc.health.v1 (for "" and each service) and reflection; TLS or mTLS when
+configured; the interceptor chain (tracing when enabled, the call observer with its log line and
+metrics, bearer auth with per-method permissions, refusal of undecodable requests); receive limit,
+keepalive and connection age; acceptance of clients' keepalive pings; a drain that says NOT_SERVING,
+waits `drain_delay_s` for balancers that poll, then lets calls in flight finish within the grace
+period. It refuses to listen on a non-loopback address without authentication unless told the
+network is trusted (`allow_unauthenticated`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from modelwire.core.addresses import is_loopback
+from modelwire.core.errors import StartupFailure
+from modelwire.core.settings import AuthConfig, ObservabilityConfig, Permission, ServerConfig, TlsConfig
+from modelwire.observe import tracing
+from modelwire.observe.interceptor import CallObserver, ModelLabel
+from modelwire.observe.metrics import WorkerMetrics
+from modelwire.rpc.auth import BearerAuth
+from modelwire.rpc.channels import server_ping_options
+from modelwire.rpc.malformed import MalformedRequests
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+@dataclass(frozen=True)
+class Service:
+    """A gRPC service to serve: its full name (for health and reflection) and how to add it."""
+
+    name: str
+    add: Callable[[grpc.aio.Server], None]
+
+
+def check_exposure(role: str, server: ServerConfig, auth: AuthConfig | None) -> None:
+    """Secure by default: a port others can reach needs credentials, or an explicit waiver."""
+    if auth is None and not server.allow_unauthenticated and not is_loopback(server.host):
+        raise StartupFailure(
+            f"the {role} would listen on {server.host}:{server.port} without authentication; configure [auth] "
+            "(tokens), or set [server] allow_unauthenticated = true (--allow-unauthenticated) for a trusted network"
+        )
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _options(server: ServerConfig, extra: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_receive_message_length", server.max_receive_message_bytes),
+        ("grpc.keepalive_time_ms", int(server.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(server.keepalive_timeout_s * 1000)),
+        *server_ping_options(),
+        *extra,
+    ]
+    if server.max_connection_age_s is not None:
+        options += [
+            ("grpc.max_connection_age_ms", int(server.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(server.max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+class RpcServer:
+    def __init__(
+        self,
+        *,
+        role: str,
+        server: ServerConfig,
+        services: Sequence[Service],
+        permission_of: Callable[[str], Permission | None],
+        tls: TlsConfig | None = None,
+        auth: AuthConfig | None = None,
+        observability: ObservabilityConfig | None = None,
+        model_label: ModelLabel = lambda request: "",
+        inner_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        options: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        check_exposure(role, server, auth)
+        observability = observability or ObservabilityConfig()
+        self.role = role
+        self.config = server
+        self.metrics = WorkerMetrics()
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if observability.tracing:
+            interceptors.append(tracing.server_interceptor(observability.otlp_endpoint))
+        interceptors.append(CallObserver(self.metrics, model_label))
+        if auth is not None:
+            interceptors.append(BearerAuth(auth, permission_of))
+        interceptors += [*inner_interceptors, MalformedRequests()]
+        self.server = grpc.aio.server(interceptors=interceptors, options=_options(server, options))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for service in services:
+            service.add(self.server)
+        self.service_names = tuple(service.name for service in services)
+        reflection.enable_server_reflection((*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
+        self.port = self._bind(server, tls)
+
+    def _bind(self, server: ServerConfig, tls: TlsConfig | None) -> int:
+        bind = f"{server.host}:{server.port}"
+        try:
+            port: int = self.server.add_secure_port(bind, server_credentials(tls)) if tls else self.server.add_insecure_port(bind)
+        except RuntimeError as error:
+            raise StartupFailure(f"the {self.role} cannot listen on {bind}: {error}") from None
+        if port == 0:
+            raise StartupFailure(f"the {self.role} cannot listen on {bind} (in use, or not an address of this host)")
+        return port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def drain(self, leave: Callable[[], Awaitable[None]] | None = None) -> None:
+        """NOT_SERVING, then `leave` (deregistration), then `drain_delay_s` in which new calls are
+        still served (balancers that poll health see the change), then the grace period."""
+        await self.health.enter_graceful_shutdown()
+        if leave is not None:
+            await leave()
+        if self.config.drain_delay_s:
+            logger.info("%s: NOT_SERVING; still accepting calls for %.1fs", self.role, self.config.drain_delay_s)
+            await asyncio.sleep(self.config.drain_delay_s)
+        await self.server.stop(self.config.grace_period_s)
+
+
+def serve_until_signalled() -> Awaitable[Any]:
+    """Completes on SIGTERM or SIGINT."""
+    import signal
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping.wait()
