@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from typing import Any
 
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
-from modelwire.client import ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient
+from modelwire.client import REQUEST_ID_KEY, ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient, tls_credentials
 from modelwire.app.processes import CHILD_FLAG
 from modelwire.app.fleet_cli import (
     add_fleet_commands,
@@ -26,6 +27,19 @@ from modelwire.core.errors import StartupFailure
 from modelwire.observe.logs import configure_logging
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+TOKEN_ENV = "MODELWIRE_TOKEN"
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Address, deadline, TLS, token and request id of a client command, for either client."""
+    tls = args.tls or any((args.ca_file, args.cert_file, args.key_file))
+    return {
+        "address": args.address,
+        "timeout": args.timeout,
+        "credentials": tls_credentials(args.ca_file, args.cert_file, args.key_file) if tls else None,
+        "token": args.token,
+        "metadata": ((REQUEST_ID_KEY, args.request_id),) if args.request_id else (),
+    }
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -78,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     async def run() -> None:
-        async with ModelWorkerClient(args.address, timeout=args.timeout) as client:
+        async with ModelWorkerClient(**_client_options(args)) as client:
             async for chunk in client.stream(
                 args.model, args.prompt, temperature=args.temperature, max_new_tokens=args.max_new_tokens
             ):
@@ -91,14 +105,14 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    with ModelWorkerSyncClient(args.address, timeout=args.timeout) as client:
+    with ModelWorkerSyncClient(**_client_options(args)) as client:
         for model in client.list_models():
             print(f"{model.model}\t{model.provider}\tcontext={model.context_length}\tmax_output={model.max_output_tokens}")
     return 0
 
 
 def _count_tokens(args: argparse.Namespace) -> int:
-    with ModelWorkerSyncClient(args.address, timeout=args.timeout) as client:
+    with ModelWorkerSyncClient(**_client_options(args)) as client:
         count = client.count_tokens(args.model, args.prompt)
     print(f"{count.count}\t{count.tokenizer}\t{'exact' if count.exact else 'estimate'}")
     return 0
@@ -119,8 +133,14 @@ def _parser() -> argparse.ArgumentParser:
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
-        sub.add_argument("--address", default=DEFAULT_ADDRESS, help=f"worker address (default {DEFAULT_ADDRESS})")
+        sub.add_argument("--address", default=DEFAULT_ADDRESS, help=f"worker or gateway address (default {DEFAULT_ADDRESS})")
         sub.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
+        sub.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
+        sub.add_argument("--ca-file", help="TLS: the CA that signed the server's certificate (TLS is on when any TLS flag is given)")
+        sub.add_argument("--cert-file", help="mTLS: this client's certificate")
+        sub.add_argument("--key-file", help="mTLS: this client's key")
+        sub.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+        sub.add_argument("--request-id", help="x-request-id of the call (echoed in the worker's log)")
         return sub
 
     generate = client_command("generate", "stream a completion to stdout")

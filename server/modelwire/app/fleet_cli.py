@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from modelwire.app.config import load_controller_config, load_gateway_config, read_auth
-from modelwire.core.settings import ControllerFile, GatewayFile, ObservabilityConfig, RegistryAccess, ServerConfig
+from modelwire.core.settings import ControllerFile, GatewayFile, ObservabilityConfig, RegistryAccess, ServerConfig, parse
 from modelwire.fleet.types import Instance
 from modelwire.observe.logs import configure_logging
 from modelwire.observe.metrics import serve_metrics
@@ -151,7 +151,10 @@ def _instances(args: argparse.Namespace) -> int:
     """Prints the registry's instances, from a controller or straight from etcd."""
     from modelwire.fleet.connect import connect
 
-    access = registry_overrides(RegistryAccess(token_env=args.token_env), args)
+    tls = {key: getattr(args, key) for key in ("ca_file", "cert_file", "key_file") if getattr(args, key)}
+    access = registry_overrides(
+        parse(RegistryAccess, {"token_env": args.token_env, "tls": tls or None}, "the command line", "instances"), args
+    )
 
     async def run() -> list[Instance]:
         registry = connect(access)
@@ -197,5 +200,8 @@ def add_fleet_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     add_registry_flags(instances, required=True)
     instances.add_argument("--model", default="", help="only instances serving this model")
     instances.add_argument("--token-env", help="environment variable holding a token with the read_fleet permission")
+    instances.add_argument("--ca-file", help="TLS: the CA that signed the controller's (or etcd's) certificate")
+    instances.add_argument("--cert-file", help="mTLS: this client's certificate")
+    instances.add_argument("--key-file", help="mTLS: this client's key")
     instances.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the registry")
     instances.set_defaults(run=_instances)

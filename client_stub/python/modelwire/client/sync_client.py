@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from modelwire.client.credentials import call_metadata
 from modelwire.client.errors import from_rpc_error
 from modelwire.client.requests import Messages, build_request, count_request
 from modelwire.v1 import worker_pb2 as pb
@@ -15,7 +16,18 @@ from modelwire.v1 import worker_pb2_grpc as pb_grpc
 
 
 class ModelWorkerSyncClient:
-    def __init__(self, address: str, *, timeout: float | None = 120.0, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = 120.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """`credentials`: TLS (see `tls_credentials`); `token`: a bearer token sent on every call;
+        `metadata`: more pairs sent on every call, such as ("x-request-id", …)."""
+        self._metadata = call_metadata(token, metadata)
         self._channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
         self._stub = pb_grpc.ModelWorkerStub(self._channel)
         self._timeout = timeout
@@ -31,14 +43,14 @@ class ModelWorkerSyncClient:
 
     def generate(self, model: str, messages: Messages, *, timeout: float | None = None, **sampling: Any) -> pb.ModelOutput:
         try:
-            output: pb.ModelOutput = self._stub.Generate(build_request(model, messages, **sampling), timeout=timeout or self._timeout)
+            output: pb.ModelOutput = self._stub.Generate(build_request(model, messages, **sampling), timeout=timeout or self._timeout, metadata=self._metadata)
             return output
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
     def stream(self, model: str, messages: Messages, *, timeout: float | None = None, **sampling: Any) -> Iterator[pb.ModelOutput]:
         """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
-        call = self._stub.GenerateStream(build_request(model, messages, **sampling), timeout=timeout or self._timeout)
+        call = self._stub.GenerateStream(build_request(model, messages, **sampling), timeout=timeout or self._timeout, metadata=self._metadata)
         try:
             yield from call
         except grpc.RpcError as error:
@@ -48,14 +60,14 @@ class ModelWorkerSyncClient:
 
     def count_tokens(self, model: str, messages: Messages, *, timeout: float | None = None) -> pb.CountTokenResponse:
         try:
-            response: pb.CountTokenResponse = self._stub.CountToken(count_request(model, messages), timeout=timeout or self._timeout)
+            response: pb.CountTokenResponse = self._stub.CountToken(count_request(model, messages), timeout=timeout or self._timeout, metadata=self._metadata)
             return response
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
     def list_models(self, *, timeout: float | None = None) -> list[pb.ModelMetadata]:
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._timeout)
+            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return list(response.models)
