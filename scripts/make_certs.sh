@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# A throwaway CA with a server certificate (127.0.0.1, localhost) and a client certificate, for
-# trying TLS and mTLS locally and in tests. Never use these keys for anything real.
+# A throwaway CA with a server certificate (127.0.0.1, localhost, and any further IP addresses
+# given) and a client certificate, for trying TLS and mTLS locally and in tests. Never use these
+# keys for anything real.
+#   scripts/make_certs.sh [DIR] [IP ...]
 set -euo pipefail
 out=${1:-certs}
+shift || true
+sans="IP:127.0.0.1,DNS:localhost"
+for ip in "$@"; do sans+=",IP:$ip"; done
 mkdir -p "$out"
 cd "$out"
 days=30
@@ -16,7 +21,7 @@ issue() {  # name, subject CN, extensions
     openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$1.pem" -days $days -extfile "$1.ext" 2>/dev/null
     rm -f "$1.csr" "$1.ext"
 }
-issue server localhost "subjectAltName=IP:127.0.0.1,DNS:localhost
+issue server localhost "subjectAltName=$sans
 extendedKeyUsage=serverAuth"
 issue client "modelwire test client" "extendedKeyUsage=clientAuth"
 rm -f ca.srl

@@ -143,3 +143,11 @@ async def serving(address: str, timeout: float = 30.0) -> None:
                 watch.cancel()
                 return
     raise AssertionError(f"{address} never said SERVING")
+
+
+async def wait_until(router_changed: asyncio.Condition, predicate: object, timeout: float) -> None:
+    async def wait() -> None:
+        async with router_changed:
+            await router_changed.wait_for(predicate)  # type: ignore[arg-type]
+
+    await asyncio.wait_for(wait(), timeout)

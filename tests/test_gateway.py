@@ -28,7 +28,7 @@ from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from blocking_provider import BlockingTestClient
 from conftest import free_port
-from fleet import Joining, Watcher, serving, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
+from fleet import Joining, Watcher, serving, wait_until, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
 
 TTL_S = 2.0
 
@@ -48,14 +48,6 @@ def client_of(worker: Worker) -> BlockingTestClient:
     client = worker.models[0].client
     assert isinstance(client, BlockingTestClient)
     return client
-
-
-async def wait_until(router_changed: asyncio.Condition, predicate: object, timeout: float) -> None:
-    async def wait() -> None:
-        async with router_changed:
-            await router_changed.wait_for(predicate)  # type: ignore[arg-type]
-
-    await asyncio.wait_for(wait(), timeout)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from modelwire.core.settings import Permission
 from modelwire.observe.interceptor import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.proxy.registry import provider_class
-from modelwire.rpc.server import RpcServer, Service
+from modelwire.rpc.server import RpcServer, Service, check_exposure
 from modelwire.v1 import worker_pb2, worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import RegistrationAgent, worker_agent
@@ -114,6 +114,7 @@ class Worker:
 
 
 async def build_worker(config: Config) -> Worker:
+    check_exposure("worker", config.server, config.auth)  # before minutes of model loading, not after
     executor = ThreadPoolExecutor(max_workers=config.blocking_pool_size(), thread_name_prefix="modelwire-blocking")
     return Worker(config, await load_models(config, executor), executor)
 

@@ -214,8 +214,7 @@ class Router:
                 self._upsert(event.instance)
         if batch.snapshot:
             self.synced.set()
-        async with self.changed:
-            self.changed.notify_all()
+        await self._notify()
 
     def _upsert(self, instance: Instance) -> None:
         stale = self._stale.pop(instance.instance_id, None)
@@ -278,10 +277,19 @@ class Router:
                 logger.info("instance %s at %s: health %s", route.instance_id, route.instance.address,
                             {True: "SERVING", False: "NOT_SERVING or unreachable", None: "unknown"}[serving])
             route.probe = serving
+            asyncio.get_running_loop().create_task(self._notify())
 
         await follow_health(route.channel, mark)
 
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
     # -- choosing ----------------------------------------------------------------------------------
+
+    def untried(self, model: str, tried: set[str]) -> bool:
+        """Whether another instance of `model` is left to try."""
+        return any(r.instance.spec.serves(model) and r.instance_id not in tried for r in self.routes.values())
 
     def known_models(self) -> set[str]:
         return {m for r in self.routes.values() for m in r.instance.spec.model_names} | set(self._last_served)

@@ -180,9 +180,12 @@ class Gateway:
         except TimeoutError:
             raise _NoConnection from None
 
-    def _again(self, route: Route, error: grpc.aio.AioRpcError | None, tried: set[str], context: grpc.aio.ServicerContext) -> bool:
+    def _again(self, model: str, route: Route, error: grpc.aio.AioRpcError | None, tried: set[str], context: grpc.aio.ServicerContext) -> bool:
+        """Whether to try another instance; if not, the caller gets this attempt's answer."""
         remaining = context.time_remaining()
         if (error is not None and not not_started(error)) or len(tried) >= MAX_ATTEMPTS or (remaining is not None and remaining <= 0):
+            return False
+        if not self.router.untried(model, tried):
             return False
         if not self._budget.spend():
             logger.warning("retry budget spent: instance %s's failure goes to the caller", route.instance_id)
@@ -210,11 +213,11 @@ class Gateway:
                         context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
                         return response
                     except _NoConnection:
-                        if self._again(route, None, tried, context):
+                        if self._again(model, route, None, tried, context):
                             continue
                         raise _unreachable(route) from None
                     except grpc.aio.AioRpcError as error:
-                        if self._again(route, error, tried, context):
+                        if self._again(model, route, error, tried, context):
                             continue
                         await _pass_on(context, error, route)
                         raise
@@ -249,11 +252,11 @@ class Gateway:
                         context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
                         return
                     except _NoConnection:
-                        if self._again(route, None, tried, context):
+                        if self._again(model, route, None, tried, context):
                             continue
                         raise _unreachable(route) from None
                     except grpc.aio.AioRpcError as error:
-                        if not started and self._again(route, error, tried, context):
+                        if not started and self._again(model, route, error, tried, context):
                             continue
                         await _pass_on(context, error, route)
                         raise
