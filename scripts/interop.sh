@@ -64,6 +64,7 @@ stop_worker() {
 
 cleanup() {
 	stop_worker
+	stop_secure_fleet
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -210,6 +211,97 @@ assert out["usage"]["completion_tokens"] > 0, "no completion tokens"
 	log "grpcurl: list, describe, Generate (JSON), health and NOT_FOUND as expected"
 }
 
+# ---- a secured fleet: controller, worker and gateway with TLS and tokens, on this machine's
+# routable address (not loopback), and the Go client through the gateway.
+
+SECURE_PIDS=()
+
+stop_secure_fleet() {
+	for pid in "${SECURE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+	for pid in "${SECURE_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+	SECURE_PIDS=()
+}
+
+wait_line() { # file pattern seconds: waits until the file has a line matching pattern
+	local deadline=$((SECONDS + $3))
+	while ((SECONDS < deadline)); do
+		grep -q -- "$2" "$1" && return 0
+		sleep 0.2
+	done
+	log "no '$2' in $1 after $3 s:"
+	cat "$1"
+	return 1
+}
+
+secure_fleet() {
+	local ip certs=$WORK/certs dir=$WORK/secure
+	ip=$("$ROOT/.venv/bin/python" -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("192.0.2.1", 9))
+print(s.getsockname()[0])') || return 1
+	[[ $ip != 127.* ]] || { log "no address beyond loopback on this machine"; return 1; }
+	mkdir -p "$dir"
+	scripts/make_certs.sh "$certs" "$ip" >/dev/null || return 1
+	export MW_WORKER_TOKEN=worker-token-$RANDOM$RANDOM$RANDOM MW_GATEWAY_TOKEN=gateway-token-$RANDOM$RANDOM$RANDOM
+	export MW_CONTROLLER_TOKEN=controller-token-$RANDOM$RANDOM$RANDOM
+	local caller=caller-token-$RANDOM$RANDOM$RANDOM
+	cat >"$dir/tokens.toml" <<TOKENS
+[[tokens]]
+name = "worker"
+token = "$MW_WORKER_TOKEN"
+permissions = ["register"]
+[[tokens]]
+name = "gateway"
+token = "$MW_GATEWAY_TOKEN"
+permissions = ["generate", "read_fleet"]
+[[tokens]]
+name = "caller"
+token = "$caller"
+permissions = ["generate"]
+[[tokens]]
+name = "controller"
+token = "$MW_CONTROLLER_TOKEN"
+permissions = ["read_fleet"]
+TOKENS
+	local tls="[tls]
+cert_file = \"$certs/server.pem\"
+key_file = \"$certs/server.key\"
+[auth]
+tokens_file = \"$dir/tokens.toml\"
+protect_health = true"
+	local cport wport gport
+	cport=$(free_port) && wport=$(free_port) && gport=$(free_port) || return 1
+	# The controller's health prober needs the workers' TLS and a token for their protected health.
+	printf '[server]\nhost = "%s"\nport = %s\n%b\n[controller.workers]\ntoken_env = "MW_CONTROLLER_TOKEN"\n[controller.workers.tls]\nca_file = "%s"\n' \
+		"$ip" "$cport" "$tls" "$certs/ca.pem" >"$dir/controller.toml"
+	printf '[server]\nhost = "%s"\nport = %s\n%b\n[registry]\ncontroller = "%s:%s"\ntoken_env = "MW_WORKER_TOKEN"\n[registry.tls]\nca_file = "%s"\n' \
+		"$ip" "$wport" "$tls" "$ip" "$cport" "$certs/ca.pem" >"$dir/worker.toml"
+	printf '[server]\nhost = "%s"\nport = %s\n%b\n[registry]\ncontroller = "%s:%s"\ntoken_env = "MW_GATEWAY_TOKEN"\n[registry.tls]\nca_file = "%s"\n[gateway.workers]\ntoken_env = "MW_GATEWAY_TOKEN"\n[gateway.workers.tls]\nca_file = "%s"\n' \
+		"$ip" "$gport" "$tls" "$ip" "$cport" "$certs/ca.pem" "$certs/ca.pem" >"$dir/gateway.toml"
+	"$MODELWIRE" controller --config "$dir/controller.toml" >"$dir/controller.log" 2>&1 &
+	SECURE_PIDS+=($!)
+	wait_line "$dir/controller.log" "^modelwire controller on" 30 || return 1
+	"$MODELWIRE" serve --config "$dir/worker.toml" >"$dir/worker.log" 2>&1 &
+	SECURE_PIDS+=($!)
+	wait_line "$dir/worker.log" "^modelwire serving" "$READY_TIMEOUT" || return 1
+	"$MODELWIRE" gateway --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
+	SECURE_PIDS+=($!)
+	wait_line "$dir/gateway.log" "gateway SERVING" 30 || return 1
+	wait_line "$dir/gateway.log" "health SERVING" 30 || return 1 # the worker's protected health, seen with the gateway's token
+	local out=$WORK/go-secure.log
+	(cd client_stub/go && MODELWIRE_ADDR=$ip:$gport MODELWIRE_CA_FILE=$certs/ca.pem MODELWIRE_TOKEN=$caller \
+		MODELWIRE_INTEROP_REQUIRED=1 go test -count=1 -v ./interop/) 2>&1 | tee "$out"
+	local rc=${PIPESTATUS[0]}
+	stop_secure_fleet
+	((rc == 0)) || return "$rc"
+	! grep -q -- '--- SKIP' "$out" || { log "go (secure): some tests were skipped"; return 1; }
+	log "go through the TLS+auth gateway: $(grep -c -- '^--- PASS' "$out") tests passed"
+	if grep -q -e "$MW_WORKER_TOKEN" -e "$MW_GATEWAY_TOKEN" -e "$MW_CONTROLLER_TOKEN" -e "$caller" "$dir"/*.log; then
+		log "a token appears in a log"
+		return 1
+	fi
+}
+
 # ---- run them
 
 [[ -x $MODELWIRE ]] || { log "no worker CLI at $MODELWIRE (make install)"; exit 1; }
@@ -233,6 +325,8 @@ if [[ -n $WORKER_PID ]]; then
 	fi
 fi
 stop_worker
+stage secure secure_fleet
+stop_secure_fleet
 
 log "==== summary (worker on $ADDR)"
 for line in "${SUMMARY[@]}"; do

@@ -241,7 +241,9 @@ async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(ip: str, auth
         credentials = tls_credentials(certs / "ca.pem")
         async with ModelWorkerClient(gateway.address, credentials=credentials, token=token("caller"), timeout=10) as client:
             output = await client.generate("slow", "hi")
+            models = await client.list_models()
         assert output.text == "w0 w1 w2 "
+        assert [m.model for m in models] == ["slow"]
         async with ModelWorkerClient(gateway.address, credentials=credentials, timeout=10) as anonymous:
             with pytest.raises(ModelwireCallError) as raised:
                 await anonymous.generate("slow", "hi")

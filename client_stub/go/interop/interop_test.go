@@ -4,6 +4,9 @@
 // MODELWIRE_ADDR (and MODELWIRE_INTEROP_REQUIRED=1, which turns a missing address into a failure).
 // Without MODELWIRE_ADDR the tests skip, so `go test ./...` on a machine without a worker still passes.
 // MODELWIRE_MODEL names the model to call (default gemma-3-270m, the worker's embedded default).
+// MODELWIRE_CA_FILE turns on TLS (the CA that signed the server's certificate) and MODELWIRE_TOKEN
+// sends a bearer token on every call: `make interop` runs the tests a second time that way, through
+// a TLS and auth gateway in front of a TLS and auth worker.
 package interop
 
 import (
@@ -18,6 +21,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -48,13 +52,34 @@ func client(t *testing.T) modelwirev1.ModelWorkerClient {
 		}
 		t.Skip("MODELWIRE_ADDR is not set; `make interop` starts a worker and sets it")
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	transport := insecure.NewCredentials()
+	if ca := os.Getenv("MODELWIRE_CA_FILE"); ca != "" {
+		tls, err := credentials.NewClientTLSFromFile(ca, "")
+		if err != nil {
+			t.Fatalf("TLS with %s: %v", ca, err)
+		}
+		transport = tls
+	}
+	options := []grpc.DialOption{grpc.WithTransportCredentials(transport)}
+	if token := os.Getenv("MODELWIRE_TOKEN"); token != "" {
+		options = append(options, grpc.WithPerRPCCredentials(bearer(token)))
+	}
+	conn, err := grpc.NewClient(addr, options...)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return modelwirev1.NewModelWorkerClient(conn)
 }
+
+// bearer sends `authorization: Bearer <token>` with every call, over TLS only.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return true }
 
 func callContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
