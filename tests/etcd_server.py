@@ -20,9 +20,11 @@ ETCD = shutil.which("etcd")
 
 
 class EtcdServer:
-    def __init__(self) -> None:
+    def __init__(self, certs: Path | None = None) -> None:
+        """With `certs` (scripts/make_certs.sh output) clients speak TLS to it."""
         if ETCD is None:
             raise FileNotFoundError("etcd is not installed (apt-get install etcd-server)")
+        self.certs = certs
         self.port = free_port()
         self.peer_port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="modelwire-etcd-"))
@@ -35,16 +37,22 @@ class EtcdServer:
     def url(self, prefix: str) -> str:
         return f"etcd://{self.endpoint}/{prefix}"
 
+    def _channel(self) -> grpc.Channel:
+        if self.certs is None:
+            return grpc.insecure_channel(self.endpoint)
+        return grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials((self.certs / "ca.pem").read_bytes()))
+
     def start(self, timeout: float = 20.0) -> None:
-        client_url = f"http://{self.endpoint}"
+        client_url = f"{'https' if self.certs else 'http'}://{self.endpoint}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
+        tls = ["--cert-file", str(self.certs / "server.pem"), "--key-file", str(self.certs / "server.key")] if self.certs else []
         log = open(self.root / "etcd.log", "ab")
         self.process = subprocess.Popen(
             [
                 ETCD or "etcd", "--name", "test", "--data-dir", str(self.root / "data"),
                 "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"test={peer_url}", "--log-level", "warn",
+                "--initial-cluster", f"test={peer_url}", "--log-level", "warn", *tls,
             ],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine},
         )
@@ -54,7 +62,7 @@ class EtcdServer:
     def _wait_ready(self, timeout: float) -> None:
         """Ready when it answers a linearizable read (polling an external process, bounded)."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.endpoint) as channel:
+        with self._channel() as channel:
             kv = rpc.KVStub(channel)
             while True:
                 assert self.process is not None
@@ -67,6 +75,15 @@ class EtcdServer:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"etcd not ready after {timeout}s: {self.log()[-2000:]}") from None
                     time.sleep(0.05)
+
+    def enable_auth(self, password: str) -> None:
+        """etcd's own authentication on, with `root` (the only user) holding `password`."""
+        with self._channel() as channel:
+            auth = rpc.AuthStub(channel)
+            auth.RoleAdd(rpc.AuthRoleAddRequest(name="root"), timeout=5)
+            auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=password), timeout=5)
+            auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=5)
+            auth.AuthEnable(rpc.AuthEnableRequest(), timeout=5)
 
     def keys(self, prefix: str) -> dict[str, bytes]:
         """Every key under `prefix` and its value, read straight from etcd."""

@@ -8,10 +8,12 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,14 +22,15 @@ from blocking_provider import BlockingTestClient
 from conftest import free_port
 from etcd_server import ETCD, EtcdServer
 from fleet import Joining, blocking_config, blocking_model, registered, registered_worker
-from modelwire.app.server import Worker
+from modelwire.app.server import Worker, build_worker
 from modelwire.client import ModelWorkerClient
 from modelwire.fleet.etcd import EtcdRegistry, EtcdTarget, endpoint_value, parse_endpoint
 from modelwire.gateway.server import Gateway
 from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
-from modelwire.core.settings import ControllerSection, ServerConfig
+from modelwire.core.settings import ClientTlsConfig, ControllerSection, RegistrationConfig, RegistryAccess, ServerConfig
 from modelwire.fleet.types import InstanceModel, InstanceSpec, ModelLoad, WatchBatch
+from modelwire.worker.agent import worker_agent
 
 TTL_S = 2
 
@@ -294,3 +297,40 @@ async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -
                 except TimeoutError:
                     process.kill()
                     await process.wait()
+
+
+async def test_a_worker_and_a_gateway_use_etcd_over_tls_with_etcd_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd as the multi-machine recipe runs it: TLS to its clients, its own authentication on.
+    A worker registers with the password, a gateway routes from it; without the password the
+    registration is refused and nothing is written."""
+    certs = tmp_path / "certs"
+    subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "make_certs.sh"), str(certs)], check=True, capture_output=True)
+    server = EtcdServer(certs)
+    server.start()
+    try:
+        server.enable_auth("etcd-root-password")
+        monkeypatch.setenv("ETCD_PASSWORD", "etcd-root-password")
+        tls = ClientTlsConfig(ca_file=certs / "ca.pem")
+        access = RegistryAccess(etcd=url(server), etcd_username="root", etcd_password_env="ETCD_PASSWORD", tls=tls)
+        config = replace(blocking_config(blocking_model("slow", tokens=2)), registry=access)
+        worker = await build_worker(config)
+        worker.registration = worker_agent(access, RegistrationConfig(), worker.models, "127.0.0.1", worker.port)
+        await worker.start()
+        try:
+            await asyncio.wait_for(worker.registration.registered.wait(), 10)
+            gateway = Gateway(EtcdRegistry.from_url(url(server), access=access), ServerConfig(port=0, grace_period_s=0))
+            await gateway.start()
+            try:
+                await asyncio.wait_for(gateway.router.synced.wait(), 10)
+                async with ModelWorkerClient(gateway.address, timeout=10) as client:
+                    assert (await client.generate("slow", "hi")).text == "w0 w1 "
+            finally:
+                await gateway.stop()
+            intruder = EtcdRegistry.from_url(url(server), access=replace(access, etcd_username=None, etcd_password_env=None))
+            with pytest.raises(Exception):
+                await intruder.register(InstanceSpec("intruder", "10.0.0.9:1", (InstanceModel("slow"),)))
+            await intruder.close()
+        finally:
+            await worker.drain()
+    finally:
+        server.close()
