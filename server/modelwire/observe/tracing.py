@@ -7,6 +7,7 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 TRACER_NAME = "modelwire"
@@ -34,12 +35,27 @@ def server_interceptor(otlp_endpoint: str | None) -> Any:
 
 @contextmanager
 def upstream_span(provider: str, model: str) -> Iterator[None]:
-    """A no-op unless tracing is configured (the API's default provider records nothing)."""
+    """A no-op unless tracing is configured (the API's default provider records nothing).
+
+    A stream's span lives across yields, and gRPC may close the stream from another task (another
+    contextvars Context) than the one that opened it: the span is current only where it was made
+    current, and is ended wherever the stream ends (OpenTelemetry's own context manager would log
+    "Failed to detach context" each time)."""
     tracer = trace.get_tracer(TRACER_NAME)
-    with tracer.start_as_current_span(
+    span = tracer.start_span(
         f"upstream {provider}", kind=trace.SpanKind.CLIENT, attributes={"modelwire.provider": provider, "modelwire.model": model}
-    ):
+    )
+    made_current = trace.set_span_in_context(span)
+    token = otel_context.attach(made_current)
+    try:
         yield
+    except BaseException as error:
+        span.record_exception(error)
+        raise
+    finally:
+        if otel_context.get_current() is made_current:
+            otel_context.detach(token)
+        span.end()
 
 
 def inject_trace_headers(headers: MutableMapping[str, str]) -> None:
