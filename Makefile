@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
+# More `modelwire serve` flags for `make run`, e.g. ARGS=--allow-unauthenticated or ARGS='--config FILE'.
+ARGS ?=
 
 .PHONY: install llama-wheel proto run test typecheck pytest certs clean
 
@@ -33,7 +35,7 @@ llama-wheel:
 proto: stubs
 
 run: $(STAMP)
-	$(VENV)/bin/modelwire serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/modelwire serve --host $(HOST) --port $(PORT) $(ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
