@@ -341,10 +341,11 @@ async def test_caller_deadline_closes_an_upstream_that_never_answers(
 
 
 @pytest.mark.parametrize("model", WIRES)
-async def test_timeout_s_bounds_the_wait_for_the_first_byte(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
+async def test_timeout_s_bounds_a_unary_call_without_a_deadline(client: ModelWorkerClient, worker: Worker, fake: FakeUpstream, model: str) -> None:
     fake.script(hang_before_first_byte)
     started = time.monotonic()
-    _, error = await call(client, model, "unary")
+    async with ModelWorkerClient(worker.address, timeout=None) as no_deadline:
+        _, error = await call(no_deadline, model, "unary")
     elapsed = time.monotonic() - started
 
     assert error is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -469,11 +470,12 @@ def test_retry_after_parsing() -> None:
 
 def test_status_mapping_and_retry_policy() -> None:
     from modelwire.core import errors
-    from modelwire.proxy.http_upstream import RetryPolicy, error_for_status
+    from modelwire.proxy.http_upstream import HttpParams, RetryPolicy, error_for_status
 
-    kinds = {status: type(error_for_status(status, "m", None, "gpt")) for status in (400, 401, 403, 404, 408, 413, 422, 429, 500, 529)}
+    upstream = HttpParams("openai", "https://api.example", None, None, "gpt", 60.0, 0, 0.5, {})
+    kinds = {status: type(error_for_status(status, "m", None, upstream)) for status in (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 529)}
     assert kinds == {
-        400: errors.UpstreamRejected, 401: errors.UpstreamAuthFailed, 403: errors.UpstreamAuthFailed,
+        400: errors.UpstreamRejected, 401: errors.UpstreamAuthFailed, 402: errors.UpstreamAccountProblem, 403: errors.UpstreamAuthFailed,
         404: errors.UpstreamModelNotFound, 408: errors.UpstreamUnavailable, 413: errors.UpstreamRejected,
         422: errors.UpstreamRejected, 429: errors.Overloaded, 500: errors.UpstreamUnavailable, 529: errors.UpstreamUnavailable,
     }

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from modelwire.core.types import ESTIMATE_MARGIN
+
+# Bounds of every retry delay a caller is told (google.rpc.RetryInfo): at least half a second, so a
+# "retry now" never turns into a hot loop, and at most a day, so a huge or infinite Retry-After
+# stays a number a client can hold.
+MIN_RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 86400.0
+
+
+def retry_delay(seconds: float) -> float:
+    """`seconds` within [MIN_RETRY_DELAY_S, MAX_RETRY_DELAY_S]; not a number counts as the maximum."""
+    if math.isnan(seconds):
+        return MAX_RETRY_DELAY_S
+    return min(max(seconds, MIN_RETRY_DELAY_S), MAX_RETRY_DELAY_S)
 
 
 class StartupFailure(Exception):
@@ -41,12 +57,15 @@ class ModelNotFound(ModelwireError):
 
 
 class ContextLengthExceeded(ModelwireError):
-    def __init__(self, model: str, prompt_tokens: int, context_length: int) -> None:
+    def __init__(self, model: str, prompt_tokens: int, context_length: int, estimated: bool = False) -> None:
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+        count = (
+            f"about {prompt_tokens} tokens (an estimate, too long even if {ESTIMATE_MARGIN:.0%} high)"
+            if estimated else f"{prompt_tokens} tokens"
+        )
         super().__init__(
-            f"prompt has {prompt_tokens} tokens but model {model!r} has a context of "
-            f"{context_length} tokens; shorten the messages"
+            f"prompt has {count} but model {model!r} has a context of {context_length} tokens; shorten the messages"
         )
 
 
@@ -55,7 +74,7 @@ class Overloaded(ModelwireError):
     `not_started`: refused before any work (admission), so another instance may take it at once."""
 
     def __init__(self, message: str, retry_after_s: float, not_started: bool = False) -> None:
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_delay(retry_after_s)
         self.not_started = not_started
         super().__init__(message)
 
@@ -65,7 +84,7 @@ class NotReady(ModelwireError):
     instance table yet, a model whose only worker restarts); retry after `retry_after_s`."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_delay(retry_after_s)
         super().__init__(message)
 
 
@@ -75,6 +94,16 @@ class UpstreamUnavailable(ModelwireError):
 
 class UpstreamRejected(ModelwireError):
     """The provider refused the request as malformed (its 400); the message is the provider's."""
+
+
+class UpstreamContextExceeded(ModelwireError):
+    """The provider itself said the prompt and max_new_tokens do not fit its context; the
+    message is the provider's (a worker's count is an estimate for most remote models)."""
+
+
+class UpstreamAccountProblem(ModelwireError):
+    """The worker's account with the provider cannot pay or is suspended (HTTP 402): not the
+    caller's fault, nothing the caller can change, and not worth an immediate retry."""
 
 
 class UpstreamAuthFailed(ModelwireError):

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from modelwire.observe.call_record import REQUEST_ID_KEY, CallRecord, begin_call
+from modelwire.observe.guard import never_fails
 from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, responses, rewrap
 from modelwire.observe.logs import log_call
 from modelwire.observe.metrics import WorkerMetrics
@@ -83,9 +84,9 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             record.code = _ended_code(error, context)
             raise
         finally:
-            log_call(record)
+            never_fails("the call log", log_call, record)
             if self._metrics is not None:
-                self._metrics.finished(record, streamed)
+                never_fails("the call metrics", self._metrics.finished, record, streamed)
 
     def _unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -108,7 +109,7 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     if record.first_chunk_at is None:
                         record.first_chunk_at = now
                     elif metrics is not None and record.last_chunk_at is not None:
-                        metrics.inter_token_gap(record.model, now - record.last_chunk_at)
+                        never_fails("the call metrics", metrics.inter_token_gap, record.model, now - record.last_chunk_at)
                     record.last_chunk_at = now
                     record.chunks += 1
                     _count_usage(record, response)

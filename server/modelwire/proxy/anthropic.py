@@ -171,7 +171,7 @@ class AnthropicClient(HttpProxyClient):
         error = payload.get("error")
         kind = error.get("type") if isinstance(error, dict) else None
         message = self._redact(message_from_payload(payload) or str(kind or "unknown error"))
-        return http_error_from_code(_ERROR_STATUS.get(str(kind)), message, self.upstream_model)
+        return http_error_from_code(_ERROR_STATUS.get(str(kind)), message, self._params)
 
     # --- unary
 
@@ -209,7 +209,7 @@ class AnthropicClient(HttpProxyClient):
         async with aclosing(self.post_events(self._url, body, self._headers())) as events:
             done = False
             async for event in events:
-                payload = parse_json_event(event, self._redact)
+                payload = parse_json_event(event)
                 if not isinstance(payload, dict):
                     raise errors.UpstreamUnavailable("upstream sent a malformed event stream: an event is not a JSON object")
                 kind = payload.get("type", event.event)

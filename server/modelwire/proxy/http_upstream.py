@@ -22,7 +22,9 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import os
+import re
 import time
 from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -31,6 +33,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator
@@ -38,6 +41,8 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core import errors
 from modelwire.core.backoff import backoff_delay
+from modelwire.core.deadline import remaining_s
+from modelwire.core.redaction import scrub
 from modelwire.core.settings import SECTION, ModelConfig, set_env
 from modelwire.core.types import ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
 from modelwire.observe.tracing import inject_trace_headers
@@ -54,6 +59,8 @@ DEFAULT_RETRY_BACKOFF_S = 0.5
 # The longest the worker waits before one retry; an upstream asking for a longer Retry-After is
 # answered at once with RESOURCE_EXHAUSTED and that delay, so the caller decides.
 MAX_RETRY_WAIT_S = 8.0
+# A retry is made only when at least this much of the caller's time is left after its wait.
+MIN_ATTEMPT_S = 0.25
 # The delay a 429 without Retry-After suggests to the caller.
 DEFAULT_RETRY_AFTER_S = 1.0
 # Remote models are not asked for more than this unless `max_output_tokens` says otherwise: every
@@ -92,6 +99,7 @@ class Secret:
 class HttpParams:
     """The keys every HTTP provider reads; `api_key` is None when no `api_key_env` is configured."""
 
+    provider: str
     api_base: str
     api_key: Secret | None
     api_key_env: str | None
@@ -100,6 +108,12 @@ class HttpParams:
     max_retries: int
     retry_backoff_s: float
     headers: dict[str, str]
+
+    @property
+    def account(self) -> str:
+        """The worker's account with the provider, as an operator finds it (never the key itself)."""
+        key = f", key from ${self.api_key_env}" if self.api_key_env else ""
+        return f"the worker's {self.provider} account at {urlsplit(self.api_base).hostname}{key}"
 
 
 @pydantic_dataclass(config=SECTION)
@@ -130,6 +144,7 @@ def read_http_params(config: ModelConfig, options: HttpOptions, default_api_base
     if api_base is None:
         raise config.error("api_base", f"is required for provider {config.provider!r}")
     return HttpParams(
+        provider=config.provider,
         api_base=api_base.rstrip("/"),
         api_key=Secret(os.environ[options.api_key_env]) if options.api_key_env else None,
         api_key_env=options.api_key_env,
@@ -207,12 +222,13 @@ async def drain(events: AsyncIterator[SSEEvent], limit_s: float = 0.5) -> None:
         pass
 
 
-def parse_json_event(event: SSEEvent, redact: Callable[[str], str]) -> Any:
+def parse_json_event(event: SSEEvent) -> Any:
     try:
         return json.loads(event.data)
     except ValueError:
+        # The event may hold completion text: its size is told, never its content.
         raise errors.UpstreamUnavailable(
-            f"upstream sent a malformed event stream: {redact(_shorten(event.data))!r} is not JSON"
+            f"upstream sent a malformed event stream: a {event.event!r} event of {len(event.data)} characters is not JSON"
         ) from None
 
 
@@ -225,9 +241,25 @@ def _shorten(text: str, limit: int = _MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _without_echo(detail: Any) -> Any:
+    """FastAPI's validation details (vLLM, llama.cpp's server) without the `input` and `ctx` they
+    echo from the request: where and what, never the caller's text."""
+    if isinstance(detail, list):
+        return [
+            {key: value for key, value in item.items() if key not in ("input", "ctx", "url")} if isinstance(item, dict) else item
+            for item in detail
+        ]
+    return detail
+
+
 def message_from_payload(payload: Any) -> str | None:
     """The human message in an error body: OpenAI's and Anthropic's `error.message`, FastAPI's
-    `detail`, a bare `error` or `message` string."""
+    `detail`, a bare `error` or `message` string. The caller's request text is scrubbed from it."""
+    message = _message_in(payload)
+    return None if message is None else scrub(message)
+
+
+def _message_in(payload: Any) -> str | None:
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
@@ -242,56 +274,94 @@ def message_from_payload(payload: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
         if value:
-            return json.dumps(value, ensure_ascii=False)
+            return json.dumps(_without_echo(value), ensure_ascii=False)
     return None
 
 
-def message_from_body(body: bytes) -> str:
+def error_codes(body: bytes) -> str:
+    """`error.code` and `error.type` of a JSON error body (OpenAI's `context_length_exceeded`,
+    llama.cpp's `exceed_context_size_error`), or ""."""
     try:
         payload = json.loads(body)
     except ValueError:
-        return body.decode("utf-8", errors="replace")
-    return message_from_payload(payload) or body.decode("utf-8", errors="replace")
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    return " ".join(str(error[key]) for key in ("code", "type") if isinstance(error.get(key), str))
+
+
+def message_from_body(body: bytes) -> str:
+    """The message of an error body, scrubbed of the caller's request text."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    return message_from_payload(payload) or scrub(_shorten(body.decode("utf-8", errors="replace")))
+
+
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A delay header's number of seconds, capped at a day; not a number, negative or NaN: None."""
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return None
+    if math.isnan(value) or value < 0:
+        return None
+    return min(value, errors.MAX_RETRY_DELAY_S)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI), or `Retry-After` as seconds or an HTTP date."""
+    """Seconds to wait from `retry-after-ms` (OpenAI), or `Retry-After` as seconds or an HTTP date;
+    `inf` and huge values are capped at a day, so no delay the worker passes on can overflow."""
     lowered = {key.lower(): value for key, value in headers.items()}
     milliseconds = lowered.get("retry-after-ms")
     if milliseconds:
-        try:
-            value = float(milliseconds) / 1000.0
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
+        value = _seconds(milliseconds, 1e-3)
+        if value is not None:
+            return value
     retry_after = lowered.get("retry-after")
     if not retry_after:
         return None
-    try:
-        seconds = float(retry_after)
-        return seconds if seconds >= 0 else None
-    except ValueError:
-        pass
+    seconds = _seconds(retry_after)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(retry_after)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when.timestamp() - time.time()), errors.MAX_RETRY_DELAY_S)
+
+
+# How OpenAI (code context_length_exceeded), vLLM ("maximum context length is"), llama.cpp's server
+# (exceed_context_size_error) and Anthropic ("prompt is too long", "exceed context limit") say that
+# a prompt and its max_tokens do not fit.
+_CONTEXT_EXCEEDED = re.compile(r"context[ _-]?(length|window|size|limit)|prompt is too long", re.IGNORECASE)
 
 
 def error_for_status(
-    status: int, message: str, retry_after_s: float | None, upstream_model: str
+    status: int, message: str, retry_after_s: float | None, upstream: HttpParams, codes: str = ""
 ) -> errors.ModelwireError:
-    """The one mapping of an upstream HTTP status to a typed error (and so to a gRPC status)."""
+    """The one mapping of an upstream HTTP status to a typed error (and so to a gRPC status).
+    `codes`: the body's machine-readable error code and type (`error_codes`)."""
     message = _shorten(message) or f"HTTP {status}"
     if status in (401, 403):
         return errors.UpstreamAuthFailed()
+    if status == 402:
+        return errors.UpstreamAccountProblem(
+            f"{upstream.account} cannot pay for model {upstream.upstream_model!r} (HTTP 402): {message}; "
+            "the request is fine, the worker's operator must restore the account"
+        )
     if status == 404:
         return errors.UpstreamModelNotFound(
-            f"upstream has no model {upstream_model!r} (HTTP 404): {message}; check upstream_model and api_base"
+            f"upstream has no model {upstream.upstream_model!r} (HTTP 404): {message}; check upstream_model and api_base"
+        )
+    if status in (400, 413) and (_CONTEXT_EXCEEDED.search(message) or _CONTEXT_EXCEEDED.search(codes)):
+        return errors.UpstreamContextExceeded(
+            f"upstream says the prompt and max_new_tokens do not fit model {upstream.upstream_model!r} "
+            f"(HTTP {status}): {message}; shorten the messages or lower max_new_tokens"
         )
     if status == 429:
         return errors.Overloaded(
@@ -311,7 +381,10 @@ def error_for_transport(error: httpx.HTTPError, timeout_s: float, redact: Callab
     if isinstance(error, httpx.ConnectTimeout):
         return errors.UpstreamUnavailable(f"cannot connect to upstream within timeout_s={timeout_s:g}s")
     if isinstance(error, httpx.TimeoutException):
-        return errors.DeadlineExceeded(f"upstream did not answer within timeout_s={timeout_s:g}s ({type(error).__name__})")
+        return errors.DeadlineExceeded(
+            f"upstream stayed silent for timeout_s={timeout_s:g}s ({type(error).__name__}); a unary call "
+            "without a deadline waits at most that long for the whole answer: set a deadline to wait longer"
+        )
     if isinstance(error, httpx.ConnectError):
         return errors.UpstreamUnavailable(f"cannot connect to upstream: {detail}")
     return errors.UpstreamUnavailable(f"upstream connection failed ({type(error).__name__}): {detail}")
@@ -335,15 +408,20 @@ class RetryPolicy:
     max_wait_s: float = MAX_RETRY_WAIT_S
 
     def wait_before_retry(self, retries_done: int, error: errors.ModelwireError) -> float | None:
-        """Seconds to wait before the next try, or None to give up and raise `error`."""
+        """Seconds to wait before the next try, or None to give up and raise `error`: also when
+        the wait and a short attempt after it do not fit in the caller's remaining time, so the
+        caller gets the upstream's answer (a 429's RetryInfo) instead of a passed deadline."""
         if retries_done >= self.max_retries or not is_retryable(error):
             return None
-        backoff = backoff_delay(retries_done, self.backoff_s, self.max_wait_s)
+        wait = backoff_delay(retries_done, self.backoff_s, self.max_wait_s)
         if isinstance(error, errors.Overloaded):
             if error.retry_after_s > self.max_wait_s:
                 return None
-            return max(error.retry_after_s, backoff)
-        return backoff
+            wait = max(error.retry_after_s, wait)
+        remaining = remaining_s()
+        if remaining is not None and wait + MIN_ATTEMPT_S > remaining:
+            return None
+        return wait
 
 
 async def retrying_call(policy: RetryPolicy, model: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -402,6 +480,7 @@ class HttpProxyClient(ProxyLLMClient):
         self._retry = RetryPolicy(max_retries=params.max_retries, backoff_s=params.retry_backoff_s)
         # Admission bounds in-flight calls to max_concurrency; the margin covers connections that
         # are still closing while their slot is reused.
+        self._unary_timeout = httpx.Timeout(params.timeout_s, read=None)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(params.timeout_s),
             limits=httpx.Limits(max_connections=2 * max_concurrency + 2, max_keepalive_connections=max_concurrency),
@@ -442,7 +521,9 @@ class HttpProxyClient(ProxyLLMClient):
 
     def _status_error(self, response: httpx.Response, body: bytes) -> errors.ModelwireError:
         message = self._redact(message_from_body(body))
-        error = error_for_status(response.status_code, message, parse_retry_after(response.headers), self.upstream_model)
+        error = error_for_status(
+            response.status_code, message, parse_retry_after(response.headers), self._params, error_codes(body)
+        )
         logger.info("model %s: upstream answered HTTP %d: %s", self.default_model, response.status_code, error)
         return error
 
@@ -452,9 +533,12 @@ class HttpProxyClient(ProxyLLMClient):
         return mapped
 
     async def post_json(self, url: str, body: dict[str, Any], headers: Mapping[str, str]) -> Any:
-        """One unary POST; any failure leaves as a typed error."""
+        """One unary POST; any failure leaves as a typed error. A unary completion arrives all at
+        once, after the whole generation: its wait is bounded by the caller's deadline (the edge's
+        timeout cancels it), and by `timeout_s` only for a call without one."""
+        timeout = self._http.timeout if remaining_s() is None else self._unary_timeout
         try:
-            response = await self._http.post(url, json=body, headers=_outgoing(headers))
+            response = await self._http.post(url, json=body, headers=_outgoing(headers), timeout=timeout)
         except httpx.HTTPError as error:
             raise self._transport_error(error) from None
         if not response.is_success:
@@ -463,7 +547,8 @@ class HttpProxyClient(ProxyLLMClient):
             return response.json()
         except ValueError:
             raise errors.UpstreamUnavailable(
-                f"upstream sent a response that is not JSON: {self._redact(_shorten(response.text, 200))!r}"
+                f"upstream sent a response that is not JSON ({response.headers.get('content-type', 'no content type')}, "
+                f"{len(response.content)} bytes)"
             ) from None
 
     async def post_events(
@@ -536,8 +621,8 @@ async def _read_capped(response: httpx.Response) -> bytes:
     return bytes(body[:_MAX_ERROR_BODY])
 
 
-def http_error_from_code(code: int | None, message: str, upstream_model: str) -> errors.ModelwireError:
+def http_error_from_code(code: int | None, message: str, upstream: HttpParams) -> errors.ModelwireError:
     """An error reported inside a stream (after status 200): mapped as its code would be."""
     if code is None or not 400 <= code <= 599:
         return errors.UpstreamUnavailable(f"upstream reported an error mid-stream: {_shorten(message)}")
-    return error_for_status(code, message, None, upstream_model)
+    return error_for_status(code, message, None, upstream)

@@ -189,7 +189,7 @@ class OpenAIClient(HttpProxyClient):
         if isinstance(code, str) and code.isdigit():
             code = int(code)
         message = self._redact(message_from_payload(payload) or "unknown error")
-        return http_error_from_code(code if isinstance(code, int) else None, message, self.upstream_model)
+        return http_error_from_code(code if isinstance(code, int) else None, message, self._params)
 
     # --- unary: one non-streaming request, so usage is the upstream's own
 
@@ -226,7 +226,7 @@ class OpenAIClient(HttpProxyClient):
                 if event.data.strip() == "[DONE]":
                     done = True
                     break
-                payload = parse_json_event(event, self._redact)
+                payload = parse_json_event(event)
                 if not isinstance(payload, dict):
                     raise errors.UpstreamUnavailable("upstream sent a malformed event stream: a chunk is not a JSON object")
                 if payload.get("error"):

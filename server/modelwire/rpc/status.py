@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 import uuid
 from types import TracebackType
 
@@ -14,6 +15,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from modelwire.core import errors
+from modelwire.core.deadline import set_deadline
+from modelwire.core.redaction import scrub
 from modelwire.observe.call_record import note_error_kind
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ _CODES: dict[type[errors.ModelwireError], grpc.StatusCode] = {
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.UpstreamModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ContextLengthExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.UpstreamContextExceeded: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.UpstreamAccountProblem: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UpstreamAuthFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.TokenizerUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -64,7 +69,7 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
         if isinstance(error, errors.Overloaded) and error.not_started:
             details.append(_packed(error_details_pb2.ErrorInfo(reason=NOT_STARTED, domain=ERROR_DOMAIN)))
         return details
-    if isinstance(error, errors.ContextLengthExceeded):
+    if isinstance(error, errors.ContextLengthExceeded | errors.UpstreamContextExceeded):
         return [
             _packed(
                 error_details_pb2.PreconditionFailure(
@@ -96,7 +101,8 @@ def to_status(error: BaseException) -> grpc.Status:
     code = next((code for kind, code in _CODES.items() if isinstance(error, kind)), None)
     if code is None:
         incident = uuid.uuid4().hex[:12]
-        logger.error("internal error, incident %s", incident, exc_info=error)
+        # The traceback as text, scrubbed: an exception's message may quote the caller's prompt.
+        logger.error("internal error, incident %s\n%s", incident, scrub("".join(traceback.format_exception(error))))
         code, message, details = grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the worker's log", []
     else:
         assert isinstance(error, errors.ModelwireError)
@@ -115,7 +121,9 @@ class CallScope:
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
-        self._timeout = asyncio.timeout(context.time_remaining())
+        remaining = context.time_remaining()
+        self._timeout = asyncio.timeout(remaining)
+        set_deadline(remaining)
 
     async def __aenter__(self) -> None:
         await self._timeout.__aenter__()

@@ -7,12 +7,17 @@ that is cancelled leaves the queue at once because it is only an asyncio waiter.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from modelwire.core.errors import Overloaded
+from modelwire.core.errors import Overloaded, retry_delay
+from modelwire.observe.guard import never_fails
 
-RETRY_AFTER_S = 1.0
+# What a refusal suggests before any call has finished; afterwards the suggestion follows how long
+# calls hold a slot (a moving average), scaled by the queue ahead of a newcomer.
+INITIAL_HOLD_S = 1.0
+_HOLD_WEIGHT = 0.2
 
 
 class Admission:
@@ -23,20 +28,27 @@ class Admission:
         self.in_flight = 0
         self.queued = 0
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._hold_s = INITIAL_HOLD_S
         # Told (model, in_flight, queued) after every change, e.g. to keep gauges current.
         self.observer: Callable[[str, int, int], None] | None = None
 
     def _changed(self) -> None:
         if self.observer is not None:
-            self.observer(self.model, self.in_flight, self.queued)
+            never_fails("the admission gauges", self.observer, self.model, self.in_flight, self.queued)
+
+    def retry_after_s(self) -> float:
+        """When a slot is likely free for a newcomer: every call ahead of it (running and queued)
+        holds a slot about as long as recent calls did, `max_concurrency` at a time."""
+        return self._hold_s * (self.queued + 1) / self.max_concurrency
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self.queued >= self.max_queue:
+            delay = retry_delay(self.retry_after_s())
             raise Overloaded(
                 f"model {self.model!r} is at capacity ({self.in_flight} running, {self.queued} waiting); "
-                f"retry after {RETRY_AFTER_S:g}s",
-                retry_after_s=RETRY_AFTER_S,
+                f"retry after {delay:.1f}s",
+                retry_after_s=delay,
                 not_started=True,
             )
         self.queued += 1
@@ -48,9 +60,11 @@ class Admission:
             self._changed()
         self.in_flight += 1
         self._changed()
+        started = time.monotonic()
         try:
             yield
         finally:
+            self._hold_s += _HOLD_WEIGHT * (time.monotonic() - started - self._hold_s)
             self.in_flight -= 1
             self._slots.release()
             self._changed()

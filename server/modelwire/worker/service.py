@@ -11,6 +11,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
 from modelwire.core.errors import ContextLengthExceeded, ModelNotFound
+from modelwire.core.redaction import remember_request_text
 from modelwire.core.types import (
     FinishReason,
     ModelMessage,
@@ -52,7 +53,8 @@ class WorkerService:
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         """A short prompt is counted at once; a long one is work on the pool and waits for a slot."""
-        validate_count_input(prompt, self.limits)
+        validate_count_input(model, prompt, self.limits)
+        remember_request_text([prompt] if isinstance(prompt, str) else _message_texts(prompt))
         served = self.served(model)
         if counts_inline(prompt):
             return await served.client.count_token(model, prompt)
@@ -64,6 +66,7 @@ class WorkerService:
         """Everything a generation passes before the provider: checks, a slot, context fit, a span.
         The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
         validate_request(request, self.limits)
+        remember_request_text([*_message_texts(request.messages), *request.sampling.stop])
         served = self.served(request.model)
         async with served.admission.slot():
             request = await self._fit_context(served, request)
@@ -106,15 +109,27 @@ class WorkerService:
                 )
 
     async def _fit_context(self, served: ServedModel, request: ModelRequest) -> ModelRequest:
-        """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left."""
+        """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left.
+
+        An estimated count (another model's tokenizer standing in) may be off either way by up to
+        core.types.ESTIMATE_MARGIN: the prompt is refused only when it is too long even if the estimate is
+        that much high, and the room left assumes the estimate is that much low. When that leaves
+        no room, max_new_tokens assumes the estimate is high and the upstream judges the fit (its
+        refusal is FAILED_PRECONDITION too)."""
         context_length = served.metadata.context_length
         prompt = await served.client.count_token(request.model, request.messages)
-        if prompt.count >= context_length:
-            raise ContextLengthExceeded(request.model, prompt.count, context_length)
-        room = min(context_length - prompt.count, served.metadata.max_output_tokens)
+        low, high = prompt.bounds()
+        if low >= context_length:
+            raise ContextLengthExceeded(request.model, prompt.count, context_length, estimated=not prompt.exact)
+        room = context_length - high if high < context_length else context_length - low
+        room = min(room, served.metadata.max_output_tokens)
         wanted = request.sampling.max_new_tokens
         bounded = room if wanted is None else min(wanted, room)
         return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
+
+
+def _message_texts(messages: Sequence[ModelMessage]) -> list[str]:
+    return [text for message in messages for text in (message.content, message.name)]
 
 
 def _timing(started: float, first_token_at: float | None, usage: Usage | None) -> Timing:

@@ -31,8 +31,14 @@ def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMe
         )
 
 
-def validate_count_input(prompt: str | Sequence[ModelMessage], limits: RequestLimits) -> None:
+def _check_model(violations: list[FieldViolation], model: str) -> None:
+    if not model:
+        violations.append(FieldViolation("model", "must name a served model (see ListModels)"))
+
+
+def validate_count_input(model: str, prompt: str | Sequence[ModelMessage], limits: RequestLimits) -> None:
     violations: list[FieldViolation] = []
+    _check_model(violations, model)
     if isinstance(prompt, str):
         if len(prompt) > limits.max_request_chars:
             violations.append(
@@ -46,8 +52,7 @@ def validate_count_input(prompt: str | Sequence[ModelMessage], limits: RequestLi
 
 def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
     violations: list[FieldViolation] = []
-    if not request.model:
-        violations.append(FieldViolation("model", "must name a served model (see ListModels)"))
+    _check_model(violations, request.model)
     if not request.messages:
         violations.append(FieldViolation("messages", "must contain at least one message"))
     _check_messages(violations, request.messages, limits)
