@@ -24,7 +24,8 @@ from etcd_server import ETCD, EtcdServer
 from fleet import Joining, blocking_config, blocking_model, registered, registered_worker
 from modelwire.app.server import Worker, build_worker
 from modelwire.client import ModelWorkerClient
-from modelwire.fleet.etcd import EtcdRegistry, EtcdTarget, endpoint_value, parse_endpoint
+from modelwire.core.addresses import EtcdTarget
+from modelwire.fleet.etcd import EtcdRegistry, endpoint_value, parse_endpoint
 from modelwire.gateway.server import Gateway
 from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer

@@ -22,7 +22,7 @@ from modelwire.app.fleet_cli import (
     registry_overrides,
     server_overrides,
 )
-from modelwire.core.settings import ConfigError
+from modelwire.core.settings import ConfigError, override
 from modelwire.core.errors import StartupFailure
 from modelwire.observe.logs import configure_logging
 
@@ -46,14 +46,14 @@ def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else embedded_default()
     server = server_overrides(config.server, args)
     if args.processes is not None:
-        server = replace(server, processes=args.processes)
+        server = override(server, "--processes", processes=args.processes)
     registration = config.registration
     if args.advertise is not None:
-        registration = replace(registration, advertise=args.advertise)
+        registration = override(registration, "--advertise", advertise=args.advertise)
     if args.weight is not None:
-        registration = replace(registration, weight=args.weight)
+        registration = override(registration, "--weight", weight=args.weight)
     if args.label:
-        registration = replace(registration, labels={**registration.labels, **dict(args.label)})
+        registration = override(registration, "--label", labels={**registration.labels, **dict(args.label)})
     return replace(
         config,
         server=server,

@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from modelwire.app.config import load_controller_config, load_gateway_config, read_auth
-from modelwire.core.settings import ControllerFile, GatewayFile, ObservabilityConfig, RegistryAccess, ServerConfig, parse
+from modelwire.core.settings import ControllerFile, GatewayFile, ObservabilityConfig, RegistryAccess, ServerConfig, override, parse
 from modelwire.fleet.types import Instance
 from modelwire.observe.logs import configure_logging
 from modelwire.observe.metrics import serve_metrics
@@ -35,13 +34,13 @@ def add_server_flags(command: argparse.ArgumentParser) -> None:
 def server_overrides(server: S, args: argparse.Namespace) -> S:
     for key in ("host", "port", "allow_unauthenticated"):
         if getattr(args, key, None) is not None:
-            server = replace(server, **{key: getattr(args, key)})
+            server = override(server, "--" + key.replace("_", "-"), **{key: getattr(args, key)})
     return server
 
 
 def observability_overrides(observability: ObservabilityConfig, args: argparse.Namespace) -> ObservabilityConfig:
     if getattr(args, "metrics_port", None) is not None:
-        return replace(observability, metrics_port=args.metrics_port)
+        return override(observability, "--metrics-port", metrics_port=args.metrics_port)
     return observability
 
 
@@ -60,9 +59,9 @@ def add_registry_flags(command: argparse.ArgumentParser, required: bool = False)
 
 def registry_overrides(access: RegistryAccess, args: argparse.Namespace) -> RegistryAccess:
     if args.controller:
-        return replace(access, controller=args.controller, etcd=None)
+        return override(access, "--controller", controller=args.controller, etcd=None)
     if args.registry:
-        return replace(access, etcd=args.registry, controller=None)
+        return override(access, "--registry", etcd=args.registry, controller=None)
     return access
 
 
@@ -91,10 +90,10 @@ def _controller(args: argparse.Namespace) -> int:
     config = load_controller_config(args.config) if args.config else ControllerFile()
     section = config.controller
     if args.ttl is not None:
-        section = replace(section, ttl_s=args.ttl)
+        section = override(section, "--ttl", ttl_s=args.ttl)
     if args.no_health_probe:
-        section = replace(section, probe_health=False)
-    access = config.registry if not args.registry or args.registry == "memory" else replace(config.registry, etcd=args.registry)
+        section = override(section, "--no-health-probe", probe_health=False)
+    access = config.registry if not args.registry or args.registry == "memory" else override(config.registry, "--registry", etcd=args.registry)
     observability = observability_overrides(config.observability, args)
     configure_logging(args.log_level, args.log_format or observability.log_format)
     source = str(args.config or "the command line")
@@ -126,7 +125,7 @@ def _gateway(args: argparse.Namespace) -> int:
         raise SystemExit("modelwire gateway: name the registry: --controller ADDR, --registry etcd://… or [registry] in --config")
     server = server_overrides(config.server, args)
     if args.grace_period is not None:
-        server = replace(server, grace_period_s=args.grace_period)
+        server = override(server, "--grace-period", grace_period_s=args.grace_period)
     observability = observability_overrides(config.observability, args)
     configure_logging(args.log_level, args.log_format or observability.log_format)
     source = str(args.config or "the command line")

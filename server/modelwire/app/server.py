@@ -20,7 +20,7 @@ from modelwire.proxy.registry import provider_class
 from modelwire.rpc.server import RpcServer, Service, check_exposure
 from modelwire.v1 import worker_pb2, worker_pb2_grpc
 from modelwire.worker.admission import Admission
-from modelwire.worker.agent import RegistrationAgent, worker_agent
+from modelwire.worker.agent import RegistrationAgent, advertised_address, check_reachable, worker_agent
 from modelwire.worker.orca import OrcaInterceptor
 from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
@@ -114,7 +114,11 @@ class Worker:
 
 
 async def build_worker(config: Config) -> Worker:
-    check_exposure("worker", config.server, config.auth)  # before minutes of model loading, not after
+    # Before minutes of model loading, not after.
+    check_exposure("worker", config.server, config.auth)
+    if config.registry.enabled:
+        server, registration = config.server, config.registration
+        check_reachable(advertised_address(server.host, server.port, registration.advertise), config.registry, registration)
     executor = ThreadPoolExecutor(max_workers=config.blocking_pool_size(), thread_name_prefix="modelwire-blocking")
     return Worker(config, await load_models(config, executor), executor)
 

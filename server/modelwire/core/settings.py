@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
+
+from modelwire.core.addresses import EtcdTarget, check_host_port
 
 T = TypeVar("T")
 
@@ -56,6 +59,15 @@ def parse(kind: type[T], data: Mapping[str, Any], source: str, where: str = "", 
         return TypeAdapter(kind).validate_python(dict(data), context={"base": base or Path.cwd()})
     except ValidationError as invalid:
         raise ConfigError(_describe(invalid, source, where)) from None
+
+
+def override(section: T, flag: str, **changes: Any) -> T:
+    """`section` with a command-line flag's values, validated as the file's are; a bad value is a
+    ConfigError naming the flag."""
+    try:
+        return dataclasses.replace(section, **changes)  # type: ignore[type-var]
+    except ValidationError as invalid:
+        raise ConfigError(f"{flag}: {_reason(invalid.errors()[0])}") from None
 
 
 def _describe(invalid: ValidationError, source: str, where: str) -> str:
@@ -99,6 +111,31 @@ def _reason(error: Mapping[str, Any]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return str(error["msg"])
+
+
+def key_pair(key_file: Path | None, info: ValidationInfo) -> Path | None:
+    """The key must be a PEM private key of the certificate read as `cert_file`, checked at start:
+    gRPC would only say "cannot listen" (a server) or fail every call (a client)."""
+    cert_file = info.data.get("cert_file")
+    if key_file is None or cert_file is None:
+        return key_file
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file, password=b"")
+    except ssl.SSLError as error:
+        raise ValueError(
+            f"{key_file} is not the private key of the certificate in {cert_file}, or one of them is not PEM ({error.reason or error})"
+        ) from None
+    return key_file
+
+
+def ca_bundle(ca_file: Path | None) -> Path | None:
+    """A CA bundle must hold PEM certificates."""
+    if ca_file is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=ca_file)
+        except ssl.SSLError as error:
+            raise ValueError(f"{ca_file} holds no PEM certificate ({error.reason or error})") from None
+    return ca_file
 
 
 def existing_file(value: object, info: ValidationInfo) -> Path | None:
@@ -217,6 +254,8 @@ class TlsConfig:
     client_ca_file: Path | None = None
 
     _files = field_validator("cert_file", "key_file", "client_ca_file", mode="before")(existing_file)
+    _pair = field_validator("key_file")(key_pair)
+    _ca = field_validator("client_ca_file")(ca_bundle)
 
 
 @dataclass(config=_SECTION)
@@ -230,6 +269,8 @@ class ClientTlsConfig:
     server_name: StrictStr | None = None
 
     _files = field_validator("ca_file", "cert_file", "key_file", mode="before")(existing_file)
+    _pair = field_validator("key_file")(key_pair)
+    _ca = field_validator("ca_file")(ca_bundle)
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
@@ -267,11 +308,20 @@ class RegistryAccess:
 
     _envs = field_validator("token_env", "etcd_password_env")(set_env)
 
+    @field_validator("controller")
+    @classmethod
+    def _controller_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_host_port(value)
+        return value
+
     @field_validator("etcd")
     @classmethod
     def _one_registry(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("controller") is not None:
             raise ValueError("set controller or etcd, not both")
+        if value is not None:
+            EtcdTarget.parse(value)
         return value
 
     @property

@@ -27,7 +27,6 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import aetcd
 import aetcd.rpc
@@ -46,14 +45,14 @@ from modelwire.fleet.types import (
     WatchBatch,
 )
 from modelwire.core.errors import RegistryUnavailable
-from modelwire.core.settings import ConfigError, RegistryAccess
+from modelwire.core.addresses import MIN_TTL_S, EtcdTarget
+from modelwire.core.settings import RegistryAccess
 from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import client_options, dial
 
 logger = logging.getLogger(__name__)
 
 # etcd's smallest lease TTL with its default election timeout (1 s) is 2 s; TTLs are whole seconds.
-MIN_TTL_S = 2
 CALL_TIMEOUT_S = 3.0
 
 
@@ -83,38 +82,6 @@ def parse_endpoint(value: bytes) -> tuple[str, dict[str, Any]] | None:
         return str(address), metadata if isinstance(metadata, dict) else {}
     except (ValueError, KeyError, TypeError):
         return None
-
-
-@dataclass(frozen=True)
-class EtcdTarget:
-    endpoints: tuple[tuple[str, int], ...]
-    prefix: str
-    ttl_s: float | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> EtcdTarget:
-        """`etcd://HOST:PORT[,HOST:PORT]/PREFIX[?ttl=SECONDS]`; the prefix has no leading or trailing '/'."""
-        parts = urlsplit(url)
-        if parts.scheme != "etcd" or not parts.netloc:
-            raise ConfigError(f"--registry {url!r}: expected etcd://HOST:PORT[,HOST:PORT]/PREFIX")
-        endpoints = []
-        for item in parts.netloc.split(","):
-            host, sep, port = item.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ConfigError(f"--registry {url!r}: {item!r} is not HOST:PORT")
-            endpoints.append((host.strip("[]"), int(port)))
-        prefix = parts.path.strip("/")
-        if not prefix:
-            raise ConfigError(f"--registry {url!r}: name a key prefix, e.g. etcd://127.0.0.1:2379/modelwire")
-        ttl = parse_qs(parts.query).get("ttl")
-        try:
-            ttl_s = float(ttl[-1]) if ttl else None
-        except ValueError:
-            raise ConfigError(f"--registry {url!r}: ttl must be a number of seconds") from None
-        return cls(tuple(endpoints), prefix, ttl_s)
-
-    def __str__(self) -> str:
-        return "etcd://" + ",".join(f"{h}:{p}" for h, p in self.endpoints) + "/" + self.prefix
 
 
 class _TlsClient(aetcd.Client):  # type: ignore[misc]
