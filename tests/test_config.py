@@ -78,6 +78,14 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
         ),
         ("[limits]\nmax_messages = 0\n", r"limits\.max_messages: must be at least 1"),
         ("[limits]\nmax_stops = 3\n", r"limits\.max_stops: is not a known key"),
+        ('[registry]\netcd = "etcd://h:2379/p?ttl=nan"\n', r"registry\.etcd: 'etcd://h:2379/p\?ttl=nan': ttl must be from 2 to 3600 seconds, got 'nan'"),
+        ('[registry]\netcd = "etcd://h:2379/p?ttl=inf"\n', r"registry\.etcd: .*ttl must be from 2 to 3600 seconds, got 'inf'"),
+        ('[registry]\netcd = "etcd://h:2379/p?ttl=1"\n', r"registry\.etcd: .*got '1'"),
+        ('[registry]\netcd = "etcd://h/p"\n', r"registry\.etcd: 'h' is not HOST:PORT"),
+        ('[registry]\ncontroller = "nohostport"\n', r"registry\.controller: 'nohostport' is not HOST:PORT"),
+        ('[registry]\ncontroller = "h:99999"\n', r"registry\.controller: 'h:99999' is not HOST:PORT"),
+        ('[observability]\notlp_endpoint = "http://c:4317"\n', r"observability\.otlp_endpoint: has no effect without tracing = true"),
+        ("[server]\nmax_connection_age_grace_s = 3\n", r"server\.max_connection_age_grace_s: has no effect without max_connection_age_s"),
     ],
 )
 def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
@@ -110,3 +118,46 @@ def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Pat
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("certs")
+    subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "make_certs.sh"), str(directory)], check=True, capture_output=True)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ('[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/client.key"\n',
+         r"tls\.key_file: .*client\.key is not the private key of the certificate in .*server\.pem"),
+        ('[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.pem"\n', r"tls\.key_file: .*is not the private key"),
+        ('[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.key"\nclient_ca_file = "{d}/server.key"\n',
+         r"tls\.client_ca_file: .*server\.key holds no PEM certificate"),
+        ('[registry]\ncontroller = "h:1"\n[registry.tls]\nca_file = "{d}/ca.pem"\ncert_file = "{d}/client.pem"\nkey_file = "{d}/server.key"\n',
+         r"registry\.tls\.key_file: .*is not the private key"),
+    ],
+)
+def test_tls_files_are_checked_at_start(tmp_path: Path, certs: Path, section: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, section.format(d=certs)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--registry", "etcd://127.0.0.1:2379/mw?ttl=inf"], "--registry: 'etcd://127.0.0.1:2379/mw?ttl=inf': ttl must be from 2 to 3600 seconds"),
+        (["--controller", "nohost"], "--controller: 'nohost' is not HOST:PORT"),
+        (["--port", "70000"], "--port: must be at most 65535, got 70000"),
+        (["--weight", "0"], "--weight: must be at least 1, got 0"),
+    ],
+)
+def test_bad_flags_stop_serve_before_any_model_loads(tmp_path: Path, flags: list[str], message: str) -> None:
+    """One line naming the flag, from the command line, before the embedded model is loaded."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modelwire.app.cli", "serve", *flags], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"modelwire: invalid configuration: {message}"), line

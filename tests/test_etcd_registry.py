@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
 from blocking_provider import BlockingTestClient
@@ -31,6 +32,7 @@ from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
 from modelwire.core.settings import ClientTlsConfig, ControllerSection, RegistrationConfig, RegistryAccess, ServerConfig
 from modelwire.fleet.types import InstanceModel, InstanceSpec, ModelLoad, WatchBatch
+from modelwire.v1 import controller_pb2, controller_pb2_grpc
 from modelwire.worker.agent import worker_agent
 
 TTL_S = 2
@@ -236,6 +238,33 @@ async def test_llama_and_llama_70b_never_show_up_in_each_others_resolution(etcd:
         assert {i.instance_id: [(l.model, l.in_flight, l.queued) for l in i.load] for i in listed}["via-controller"] == [("llama", 2, 1)]
         assert await remote.deregister("via-controller")
         assert list(keys_under(etcd, "mw/llama/")) == [f"mw/llama/{small_id}"]
+
+
+async def test_a_controller_whose_etcd_is_down_answers_unavailable(etcd: EtcdServer) -> None:
+    """Registration calls through a controller on a dead etcd: UNAVAILABLE naming etcd (the agents
+    back off and retry), never UNKNOWN with a Python exception's text."""
+    async with AsyncExitStack() as stack:
+        controller = ControllerServer(EtcdRegistry.from_url(url(etcd)), ServerConfig(port=0, grace_period_s=0), ControllerSection(probe_health=False))
+        await controller.start()
+        stack.push_async_callback(controller.stop)
+        remote = RemoteController(controller.address)
+        stack.push_async_callback(remote.close)
+        await remote.register(InstanceSpec("i-down", "10.0.0.9:50051", (InstanceModel("m"),)))
+        await asyncio.to_thread(etcd.kill)
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            stub = controller_pb2_grpc.ModelControllerStub(channel)
+            calls = {
+                "register": lambda: stub.RegisterInstance(controller_pb2.RegisterInstanceRequest(
+                    instance_id="i-2", address="10.0.0.9:50052", models=[controller_pb2.InstanceModel(model="m")]), timeout=15),
+                "heartbeat": lambda: stub.Heartbeat(controller_pb2.HeartbeatRequest(instance_id="i-down"), timeout=15),
+                "deregister": lambda: stub.DeregisterInstance(controller_pb2.DeregisterInstanceRequest(instance_id="i-down"), timeout=15),
+            }
+            for name, method in calls.items():
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await method()
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, (name, raised.value)
+                assert "etcd" in (raised.value.details() or ""), name
+                assert "Unexpected" not in (raised.value.details() or "")
 
 
 async def poll_async(fetch: Callable[[], object], done: Callable[[object], bool], timeout: float) -> object:

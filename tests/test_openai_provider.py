@@ -140,6 +140,28 @@ async def test_list_models_describes_the_remote_model(llama_client: ModelWorkerC
     assert model.metadata["upstream_model"] == "gemma-3-270m"
 
 
+async def test_a_unary_completion_longer_than_timeout_s_is_bounded_by_the_callers_deadline(
+    llama_server_url: str, tmp_path: Path
+) -> None:
+    """timeout_s = 1 against llama.cpp's server generating 96 tokens on one thread (about 3 s): a
+    unary answer comes all at once, so the caller's 60 s deadline bounds the wait, not timeout_s."""
+    config = load_toml_config(tmp_path, f"""
+[[models]]
+name = "{MODEL}"
+provider = "openai"
+api_base = "{llama_server_url}"
+upstream_model = "gemma-3-270m"
+context_length = 2048
+timeout_s = 1
+max_retries = 0
+""")
+    async with running_worker(config) as worker, ModelWorkerClient(worker.address, timeout=60) as client:
+        output = await client.generate(MODEL, "List the numbers from 1 to 100, one per line.", temperature=0, max_new_tokens=96)
+    assert output.usage.completion_tokens == 96
+    assert output.timing.total_seconds > 1.0, "the completion must outlast timeout_s for this test to mean anything"
+    print(f"\n96 tokens in {output.timing.total_seconds:.2f} s with timeout_s = 1")
+
+
 # --- wire format against the fake upstream ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -229,11 +229,13 @@ class EtcdRegistry(Registry):
 
     async def deregister(self, instance_id: str) -> bool:
         """Revokes the lease, which deletes every key of the instance at once."""
-        registration = self._registrations.pop(instance_id, None)
-        self._load.pop(instance_id, None)
+        registration = self._registrations.get(instance_id)
         if registration is None:
             return False
+        # Forgotten only once etcd has revoked it: a deregistration that failed can be retried.
         await self._call("revoke_lease", registration.lease_id)
+        self._registrations.pop(instance_id, None)
+        self._load.pop(instance_id, None)
         logger.info("deregistered %s from %s", instance_id, self)
         return True
 
