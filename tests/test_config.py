@@ -77,6 +77,7 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
             r"server\.blocking_threads: must exceed the local models' max_concurrency in all \(2\)",
         ),
         ("[limits]\nmax_messages = 0\n", r"limits\.max_messages: must be at least 1"),
+        ("[[models]]\nname = \"a\"\nprovider = \"echo\"\nestimate_margin = 1.0\n", r"models\[0\]\.estimate_margin: must be less than 1.0, got 1.0"),
         ("[limits]\nmax_stops = 3\n", r"limits\.max_stops: is not a known key"),
         ('[registry]\netcd = "etcd://h:2379/p?ttl=nan"\n', r"registry\.etcd: 'etcd://h:2379/p\?ttl=nan': ttl must be from 2 to 3600 seconds, got 'nan'"),
         ('[registry]\netcd = "etcd://h:2379/p?ttl=inf"\n', r"registry\.etcd: .*ttl must be from 2 to 3600 seconds, got 'inf'"),
@@ -161,3 +162,13 @@ def test_bad_flags_stop_serve_before_any_model_loads(tmp_path: Path, flags: list
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"modelwire: invalid configuration: {message}"), line
+
+
+@pytest.mark.parametrize("where", [["--controller", "127.0.0.1:1"], ["--registry", "etcd://127.0.0.1:1/mw"]])
+def test_instances_with_its_registry_down_prints_one_line(where: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modelwire.app.cli", "instances", *where, "--timeout", "2"], capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"modelwire: cannot read the instances from {where[1]}: "), line

@@ -34,7 +34,7 @@ from modelwire.tokenize.tiktoken_counter import count_tokens
 from test_upstream_faults import call, error_reply
 
 WIRES = ("oa", "an")
-CONTEXT = 1000  # of the "qwen" model, whose counts are cl100k estimates
+CONTEXT = 1000  # of the "qwen" model, whose counts are cl100k estimates, taken as ±10%
 
 
 def _toml(fake: FakeUpstream) -> str:
@@ -66,6 +66,7 @@ api_base = "{fake.url}/v1"
 upstream_model = "qwen2.5-7b-instruct"
 context_length = {CONTEXT}
 max_output_tokens = {CONTEXT}
+estimate_margin = 0.1
 max_retries = 0
 
 [[models]]

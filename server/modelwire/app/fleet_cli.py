@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -165,10 +166,13 @@ def _instances(args: argparse.Namespace) -> int:
         finally:
             await registry.close()
 
+    # The registry clients log each reconnect; this one-shot command says what failed in one line.
+    logging.getLogger("modelwire").setLevel(logging.ERROR)
     try:
         instances = asyncio.run(run())
     except (TimeoutError, ConnectionError, OSError) as error:
-        print(f"modelwire: cannot read the instances from {access.controller or access.etcd}: {error or type(error).__name__}")
+        reason = str(error) or f"no answer within --timeout {args.timeout:g}s"
+        print(f"modelwire: cannot read the instances from {access.controller or access.etcd}: {reason}", file=sys.stderr)
         return 1
     for instance in instances:
         models = ",".join(f"{m.model}(load {instance.load_of(m.model).in_flight}+{instance.load_of(m.model).queued}q"

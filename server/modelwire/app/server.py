@@ -44,7 +44,7 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
         except Exception as error:
             raise StartupFailure(f"model {model.name!r} failed its warm-up generation: {error}") from error
         for metadata in client.models():
-            served.append(ServedModel(metadata, client, Admission(metadata.model, model.max_concurrency, model.max_queue)))
+            served.append(ServedModel(metadata, client, Admission(metadata.model, model.max_concurrency, model.max_queue), model.estimate_margin))
     return served
 
 

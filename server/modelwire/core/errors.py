@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from modelwire.core.types import ESTIMATE_MARGIN
-
 # Bounds of every retry delay a caller is told (google.rpc.RetryInfo): at least half a second, so a
 # "retry now" never turns into a hot loop, and at most a day, so a huge or infinite Retry-After
 # stays a number a client can hold.
@@ -57,12 +55,13 @@ class ModelNotFound(ModelwireError):
 
 
 class ContextLengthExceeded(ModelwireError):
-    def __init__(self, model: str, prompt_tokens: int, context_length: int, estimated: bool = False) -> None:
+    def __init__(self, model: str, prompt_tokens: int, context_length: int, estimate_margin: float | None = None) -> None:
+        """`estimate_margin`: the count is an estimate that may be off by this fraction."""
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
         count = (
-            f"about {prompt_tokens} tokens (an estimate, too long even if {ESTIMATE_MARGIN:.0%} high)"
-            if estimated else f"{prompt_tokens} tokens"
+            f"{prompt_tokens} tokens" if estimate_margin is None
+            else f"about {prompt_tokens} tokens (an estimate, too long even if {estimate_margin:.0%} high)"
         )
         super().__init__(
             f"prompt has {count} but model {model!r} has a context of {context_length} tokens; shorten the messages"

@@ -44,6 +44,10 @@ Permission = Literal["generate", "register", "read_fleet"]
 DEFAULT_PERMISSIONS: tuple[Permission, ...] = ("generate",)
 
 
+# cl100k against gemma-3's own tokenizer: prose +8%, JSON +14%, code +20%, German −19%, Chinese −38%.
+DEFAULT_ESTIMATE_MARGIN = 0.2
+
+
 class ConfigError(Exception):
     """A configuration mistake: `file: key.path: reason`."""
 
@@ -102,6 +106,8 @@ def _reason(error: Mapping[str, Any]) -> str:
         return f"must be at least {bound}, got {value}" if kind == "greater_than_equal" else f"must be more than {bound}, got {value}"
     if kind == "less_than_equal":
         return f"must be at most {ctx['le']}, got {value}"
+    if kind == "less_than":
+        return f"must be less than {ctx['lt']}, got {value}"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}, got {value!r}"
     if kind in ("dataclass_type", "dict_type", "model_type"):
@@ -373,6 +379,9 @@ class ModelConfig:
     max_output_tokens: PositiveInt | None = None
     max_concurrency: PositiveInt = 4
     max_queue: NonNegativeInt = 16
+    # How far a token count that is not exact may be off, either way, as a fraction (see
+    # docs/configuration.md#context-checks-on-estimated-counts).
+    estimate_margin: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)] = DEFAULT_ESTIMATE_MARGIN
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Where the table came from, so a provider's errors name it: `file` and `models[i]`.
     source: StrictStr = "<defaults>"

@@ -103,23 +103,18 @@ class ModelMetadata:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-# How far a count that is not exact (another model's tokenizer standing in: cl100k for Qwen, Llama,
-# Claude, DeepSeek; OpenAI's framing for any chat template) may be off, either way
-# (docs/configuration.md#context-checks has the measurement).
-ESTIMATE_MARGIN = 0.10
-
-
 @dataclass(frozen=True, slots=True)
 class TokenCount:
     count: int
     tokenizer: str
     exact: bool
 
-    def bounds(self) -> tuple[int, int]:
-        """(fewest, most) tokens this count may stand for."""
+    def bounds(self, margin: float) -> tuple[int, int]:
+        """(fewest, most) tokens this count may stand for, when an estimate may be off by `margin`
+        either way (another model's tokenizer standing in, OpenAI's framing for any template)."""
         if self.exact:
             return self.count, self.count
-        return math.floor(self.count * (1 - ESTIMATE_MARGIN)), math.ceil(self.count * (1 + ESTIMATE_MARGIN))
+        return math.floor(self.count * (1 - margin)), math.ceil(self.count * (1 + margin))
 
 
 def merge_outputs(chunks: list[ModelOutput]) -> ModelOutput:

@@ -26,7 +26,7 @@ from modelwire.observe.tracing import upstream_span
 from modelwire.proxy.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
-from modelwire.core.settings import RequestLimits
+from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
 from modelwire.worker.validation import validate_count_input, validate_request
 
 
@@ -35,6 +35,7 @@ class ServedModel:
     metadata: ModelMetadata
     client: ProxyLLMClient
     admission: Admission
+    estimate_margin: float = DEFAULT_ESTIMATE_MARGIN
 
 
 class WorkerService:
@@ -112,15 +113,16 @@ class WorkerService:
         """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left.
 
         An estimated count (another model's tokenizer standing in) may be off either way by up to
-        core.types.ESTIMATE_MARGIN: the prompt is refused only when it is too long even if the estimate is
+        the model's `estimate_margin`: the prompt is refused only when it is too long even if the estimate is
         that much high, and the room left assumes the estimate is that much low. When that leaves
         no room, max_new_tokens assumes the estimate is high and the upstream judges the fit (its
         refusal is FAILED_PRECONDITION too)."""
         context_length = served.metadata.context_length
         prompt = await served.client.count_token(request.model, request.messages)
-        low, high = prompt.bounds()
+        low, high = prompt.bounds(served.estimate_margin)
         if low >= context_length:
-            raise ContextLengthExceeded(request.model, prompt.count, context_length, estimated=not prompt.exact)
+            margin = None if prompt.exact else served.estimate_margin
+            raise ContextLengthExceeded(request.model, prompt.count, context_length, margin)
         room = context_length - high if high < context_length else context_length - low
         room = min(room, served.metadata.max_output_tokens)
         wanted = request.sampling.max_new_tokens
