@@ -127,19 +127,20 @@ async def test_unary_answer_slower_than_timeout_s_arrives_within_the_callers_dea
     assert output.timing.total_seconds > 1.5
 
 
+@pytest.mark.parametrize("kind", ["unary", "stream"])
 @pytest.mark.parametrize("model", ["oa-retry", "an-retry"])
 async def test_a_retry_after_that_does_not_fit_the_deadline_is_passed_on_at_once(
-    client: ModelWorkerClient, fake: FakeUpstream, model: str
+    client: ModelWorkerClient, fake: FakeUpstream, model: str, kind: str
 ) -> None:
     fake.script(error_reply(429, "rate_limit_error", "Rate limit reached", {"Retry-After": "5"}))
     started = time.monotonic()
-    _, error = await call(client, model, "unary", timeout=1.0)
+    _, error = await call(client, model, kind, timeout=1.0)
     elapsed = time.monotonic() - started
 
     assert error is not None and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED, error
     assert error.retry_after_s == 5.0
     assert len(fake.exchanges) == 1, "no retry was attempted"
-    print(f"\n{model}: RESOURCE_EXHAUSTED after {1000 * elapsed:.0f} ms of a 1 s deadline")
+    print(f"\n{model} {kind}: RESOURCE_EXHAUSTED after {1000 * elapsed:.0f} ms of a 1 s deadline")
 
 
 @pytest.mark.parametrize("model", ["oa-retry", "an-retry"])
