@@ -6,6 +6,7 @@ this machine's routable address (not loopback), as in a multi-machine fleet."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from modelwire.app.server import build_worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient, tls_credentials
 from modelwire.controller.memory import MemoryRegistry
 from modelwire.controller.server import ControllerServer
+from modelwire.controller.servicer import MAX_INSTANCES_PER_IDENTITY
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import (
     AuthConfig,
@@ -41,7 +43,8 @@ from modelwire.core.settings import (
 )
 from modelwire.fleet.connect import connect
 from modelwire.gateway.server import Gateway
-from modelwire.worker.agent import worker_agent
+from modelwire.fleet.types import InstanceModel, InstanceSpec
+from modelwire.worker.agent import RegistrationAgent, worker_agent
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
 
@@ -158,7 +161,15 @@ async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig,
             assert (instance.address, instance.spec.owner) == (f"{ip}:5001", "worker-a")
 
             # Addresses only this machine can dial, and a weight that would win every pick.
-            for address in ("unix:/tmp/worker.sock:1", "127.0.0.1:50051", "localhost:50051", "169.254.10.1:1", "0.0.0.0:1", "[::1]:1"):
+            for address in (
+                "unix:/tmp/worker.sock:1", "UNIX:/tmp/w.sock:1", "vsock:1:2", "127.0.0.1:50051", "localhost:50051",
+                "LOCALHOST:50051", "localhost.:1", "ip6-loopback:1", "a.localhost:1", "169.254.10.1:1", "0.0.0.0:1", "[::1]:1",
+                # forms resolvers and gRPC widen to loopback (found by an attack on this code)
+                "[::ffff:127.0.0.1]:1", "[::ffff:7f00:1]:1", "[64:ff9b::7f00:1]:1", "[::ffff:169.254.1.1]:1",
+                "127.000.000.001:1", "127.1:1", "0x7f000001:1", "2130706433:1", "0:1", "ipv4:127.0.0.1:1",
+                "dns:///127.0.0.1:1", "dns:///localhost:1", "127.0.0.1 :1", "[fe80::1%eth0]:1", "[]:1",
+                f"{ip}:70000", f"{ip}:\u0665\u0660\u0660\u0660", f"{ip}:99999999999999999999", "x" * 300 + ":1",
+            ):
                 details = await refused(
                     control.RegisterInstance(registration("w2", address), metadata=bearer("worker-a"), timeout=5),
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -169,6 +180,35 @@ async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig,
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
             assert "weight: at most 100" in details
+
+            # What a registration may hold is bounded (the fleet goes to every watcher in one
+            # message) and printable (names end up in log lines).
+            for field, bad in (
+                ("labels", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m")],
+                                                       labels={f"k{i}": "v" * 10 for i in range(33)})),
+                ("labels", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m")],
+                                                       labels={"k": "v" * 100_000})),
+                ("models", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003",
+                                                       models=[cpb.InstanceModel(model=f"m{i}") for i in range(65)])),
+                ("models[0].model", cpb.RegisterInstanceRequest(
+                    instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m\n{\"forged\": 1}")])),
+                ("models[0].model", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m" * 300)])),
+                ("instance_id", registration("w3\n", f"{ip}:5003")),
+            ):
+                details = await refused(control.RegisterInstance(bad, metadata=bearer("worker-a"), timeout=5), grpc.StatusCode.INVALID_ARGUMENT)
+                assert details.startswith(field), (field, details[:200])
+
+            # One identity holds at most MAX_INSTANCES_PER_IDENTITY instances.
+            for index in range(1, MAX_INSTANCES_PER_IDENTITY):
+                await control.RegisterInstance(registration(f"flood-{index}", f"{ip}:{6000 + index}"), metadata=bearer("worker-b"), timeout=5)
+            await control.RegisterInstance(registration("flood-last", f"{ip}:5999"), metadata=bearer("worker-b"), timeout=5)
+            assert f"already holds {MAX_INSTANCES_PER_IDENTITY} instances" in await refused(
+                control.RegisterInstance(registration("flood-over", f"{ip}:5998"), metadata=bearer("worker-b"), timeout=5),
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+            for instance in server.registry.instances():
+                if instance.spec.owner == "worker-b":
+                    await server.registry.deregister(instance.instance_id)
 
             # Reading the fleet (addresses) needs its own permission.
             await refused(control.ListInstances(cpb.ListInstancesRequest(), metadata=bearer("caller"), timeout=5), grpc.StatusCode.PERMISSION_DENIED)
@@ -250,3 +290,52 @@ async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(ip: str, auth
         assert raised.value.code == grpc.StatusCode.UNAUTHENTICATED
         provider = worker.models[0].client
         assert isinstance(provider, BlockingTestClient) and provider.started == 1
+
+
+@pytest.mark.usefixtures("tokens_in_env")
+async def test_a_worker_whose_id_was_squatted_after_a_controller_restart_comes_back_under_a_new_one(
+    ip: str, auth: AuthConfig, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The controller restarts and forgets who owns what; another identity registers the worker's id
+    first (ids are visible to every caller in the gateway's trailer). The worker is refused, says
+    so at WARNING, and registers again under a new id instead of being locked out."""
+    port = free_port()
+    access = RegistryAccess(controller=f"{ip}:{port}", token_env="TOKEN_WORKER_A", tls=client_tls(certs))
+    section = ControllerSection(probe_health=False)
+
+    def fresh_controller() -> ControllerServer:
+        return ControllerServer(MemoryRegistry(3), ServerConfig(host=ip, port=port, grace_period_s=0), section, auth=auth, tls=server_tls(certs))
+
+    first = fresh_controller()
+    await first.start()
+    agent = RegistrationAgent(connect(access), InstanceSpec("", f"{ip}:5101", (InstanceModel("m"),)), dict)
+    await agent.start()
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 10)
+        squatted = agent.instance_id
+        await first.stop()
+        second = fresh_controller()
+        await second.start()
+        try:
+            channel, control = stub(second.address, certs)
+            async with channel:
+                await control.RegisterInstance(registration(squatted, f"{ip}:6666"), metadata=bearer("worker-b"), timeout=5)
+            with caplog.at_level(logging.WARNING, logger="modelwire.worker.agent"):
+                await wait_until_owned(second, "worker-a", timeout=15)
+            [mine] = [i for i in second.registry.instances() if i.spec.owner == "worker-a"]
+            assert mine.instance_id == agent.instance_id != squatted
+            assert mine.address == f"{ip}:5101"
+            assert "registered by another identity" in caplog.text and f"registering again as {agent.instance_id}" in caplog.text
+        finally:
+            await agent.stop()
+            await second.stop()
+    finally:
+        await agent.stop()
+
+
+async def wait_until_owned(server: ControllerServer, owner: str, timeout: float) -> None:
+    """Follows the registry's own watch until an instance of `owner` shows up."""
+    async with asyncio.timeout(timeout):
+        async for _ in server.registry.watch():
+            if any(i.spec.owner == owner for i in server.registry.instances()):
+                return

@@ -4,6 +4,7 @@ deadline/cancellation/metadata propagation, error details, and a kill -9 under l
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -13,13 +14,15 @@ from dataclasses import replace
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.requests import build_request
 from modelwire.core.errors import InvalidRequest
-from modelwire.core.settings import ServerConfig
-from modelwire.gateway.server import Gateway, model_field
+from modelwire.core.settings import GatewaySection, ServerConfig
+from modelwire.gateway.server import Gateway, model_field, not_started
 from modelwire.fleet.orca import INSTANCE_TRAILER
 from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
@@ -34,8 +37,12 @@ TTL_S = 2.0
 
 
 @asynccontextmanager
-async def running_gateway(controller_address: str) -> AsyncIterator[Gateway]:
-    gateway = Gateway(RemoteController(controller_address), ServerConfig(port=0, grace_period_s=1.0))
+async def running_gateway(controller_address: str, probe_health: bool = True) -> AsyncIterator[Gateway]:
+    """Settled at once: these tests start their workers first (test_fleet_resilience.py has the window)."""
+    gateway = Gateway(
+        RemoteController(controller_address), ServerConfig(port=0, grace_period_s=1.0),
+        GatewaySection(settle_s=0, connect_timeout_s=0.3), probe_health=probe_health,
+    )
     await gateway.start()
     await asyncio.wait_for(gateway.router.synced.wait(), 10)
     try:
@@ -177,6 +184,9 @@ class FakeWorker(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
         self.time_remaining.append(context.time_remaining())
         if self.mode == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: down")
+        if self.mode == "started-then-unavailable":
+            await context.send_initial_metadata((("modelwire-pid", "1"),))  # as a worker does when work begins
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: lost after starting")
         yield pb.ModelOutput(text="a")
         if self.mode == "one-then-unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: died mid-stream")
@@ -191,27 +201,60 @@ class FakeWorker(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
 
 
 @asynccontextmanager
-async def fake_fleet(*modes: str) -> AsyncIterator[tuple[list[FakeWorker], Gateway]]:
+async def fake_fleet(*modes: str, probe_health: bool = True) -> AsyncIterator[tuple[list[FakeWorker], Gateway]]:
     """Fake upstreams registered straight into a controller's registry (no health service: unknown)."""
     async with AsyncExitStack() as stack:
         controller = await stack.enter_async_context(running_controller(ttl_s=60, probe_health=False))
         fakes = []
         for index, mode in enumerate(modes):
             fake = FakeWorker(mode)
-            server = grpc.aio.server()
-            pb_grpc.add_ModelWorkerServicer_to_server(fake, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            stack.push_async_callback(server.stop, 0)
+            if mode == "refused":
+                port = free_port()  # nothing listens there: every connection is refused
+            else:
+                server = grpc.aio.server()
+                pb_grpc.add_ModelWorkerServicer_to_server(fake, server)
+                port = server.add_insecure_port("127.0.0.1:0")
+                await server.start()
+                stack.push_async_callback(server.stop, 0)
             await controller.registry.register(InstanceSpec(f"fake-{index}", f"127.0.0.1:{port}", (InstanceModel("m"),)))
             fakes.append(fake)
-        gateway = await stack.enter_async_context(running_gateway(controller.address))
+        gateway = await stack.enter_async_context(running_gateway(controller.address, probe_health))
         await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == len(modes), 5)
         yield fakes, gateway
 
 
 async def collect(stub: pb_grpc.ModelWorkerStub, **kwargs: object) -> str:
     return "".join([chunk.text async for chunk in stub.GenerateStream(build_request("m", "hi"), **kwargs)])
+
+
+async def test_a_refused_connection_is_retried_on_another_instance(caplog: pytest.LogCaptureFixture) -> None:
+    """Without health probes (which would mark it down first), the refused instance gets its turn."""
+    with caplog.at_level(logging.INFO, logger="modelwire.gateway"):
+        async with fake_fleet("refused", "ok", probe_health=False) as ((_, up), gateway):
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                stub = pb_grpc.ModelWorkerStub(channel)
+                texts = [await collect(stub, timeout=5) for _ in range(10)]
+
+    assert texts == ["abb"] * 10
+    assert up.calls == 10
+    assert "instance fake-0 did not take the call" in caplog.text, "the refused instance was never tried"
+
+
+def test_only_a_call_no_worker_began_counts_as_not_started() -> None:
+    def error(details: str, trailers: tuple[tuple[str, str | bytes], ...] = (), headers: tuple[tuple[str, str], ...] = ()) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(*headers), grpc.aio.Metadata(*trailers), details)
+
+    refused = status_pb2.Status(code=8, message="full")
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(domain="modelwire", reason="NOT_STARTED"))
+    refused.details.append(info)
+    pid = ("modelwire-pid", "123")
+    assert not_started(error("failed to connect to all addresses; last error: UNKNOWN: Connection refused"))
+    assert not_started(error("Socket closed"))  # lost while queued: no headers yet
+    assert not not_started(error("Socket closed", headers=(pid,)))  # lost after the work began
+    assert not not_started(error("draining", (pid,)))
+    assert not_started(error("full", (pid, ("grpc-status-details-bin", refused.SerializeToString()))))
+    assert not not_started(error("full", (pid, ("grpc-status-details-bin", b"\xff\xff garbage"))))
 
 
 async def test_unavailable_before_the_first_chunk_is_retried_on_another_instance() -> None:
@@ -223,6 +266,30 @@ async def test_unavailable_before_the_first_chunk_is_retried_on_another_instance
     assert texts == ["abb"] * 10
     assert down.calls >= 3, "the unavailable instance was never tried, so nothing was retried"
     assert up.calls == 10
+
+
+async def test_a_call_lost_after_the_worker_began_it_is_not_replayed() -> None:
+    """The worker's headers came (its work had begun), then UNAVAILABLE without its trailer, as
+    when it is killed mid-call: the upstream may have been called, so no other instance repeats it."""
+    async with fake_fleet("started-then-unavailable", "started-then-unavailable") as (fakes, gateway):
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await collect(pb_grpc.ModelWorkerStub(channel), timeout=5)
+
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and raised.value.details() == "scripted: lost after starting"
+    assert sum(f.calls for f in fakes) == 1
+
+
+async def test_a_call_routed_back_to_the_gateway_stops_at_once() -> None:
+    """An instance registered at the gateway's own address: one hop, then FAILED_PRECONDITION."""
+    async with running_controller(ttl_s=60, probe_health=False) as controller, running_gateway(controller.address) as gateway:
+        await controller.registry.register(InstanceSpec("loop", gateway.address, (InstanceModel("m"),)))
+        await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 1, 5)
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await collect(pb_grpc.ModelWorkerStub(channel), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "came back to gateway" in (raised.value.details() or "")
 
 
 async def test_unavailable_after_the_first_chunk_is_not_retried() -> None:

@@ -89,6 +89,10 @@ class MemoryRegistry(Registry):
         self._hub.publish([InstanceEvent(EventType.REMOVED, self._view(entry))])
         return True
 
+    def owner_of(self, instance_id: str) -> str | None:
+        entry = self._entries.get(instance_id)
+        return None if entry is None else entry.spec.owner
+
     def instances(self, model: str = "", healthy_only: bool = False) -> list[Instance]:
         return [
             self._view(entry)

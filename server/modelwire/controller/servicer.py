@@ -7,20 +7,29 @@ is on one machine, and a weight has a ceiling (a weight of a million would win e
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import grpc
 
-from modelwire.core.addresses import host_of, is_private_to_host
+from modelwire.core.addresses import host_of, ip_literal, is_private_to_host
 from modelwire.core.errors import FieldViolation, InvalidRequest, PermissionDenied
 from modelwire.fleet import convert
-from modelwire.fleet.registry import Registry
-from modelwire.fleet.types import InstanceSpec
+from modelwire.fleet.registry import Registry, check_spec
+from modelwire.fleet.types import ID_TAKEN, InstanceSpec
 from modelwire.rpc.auth import caller_identity
 from modelwire.rpc.status import CallScope
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
+
+
+# Instances one identity may hold: registrations beyond it are refused, so one token cannot flood
+# the fleet (and every watcher's snapshot) with instances.
+MAX_INSTANCES_PER_IDENTITY = 256
+# How long a registered name may take to resolve before it is judged by its form alone.
+RESOLVE_TIMEOUT_S = 2.0
 
 
 class RegistrationPolicy:
@@ -28,10 +37,9 @@ class RegistrationPolicy:
         self.allow_private_addresses = allow_private_addresses
         self.max_weight = max_weight
 
-    def check(self, spec: InstanceSpec) -> None:
+    async def check(self, spec: InstanceSpec) -> None:
         violations = []
-        host = host_of(spec.address)
-        if not self.allow_private_addresses and (spec.address.startswith("unix") or is_private_to_host(host)):
+        if not self.allow_private_addresses and await _private(host_of(spec.address)):
             violations.append(FieldViolation(
                 "address", f"{spec.address} can be dialled from its own machine only; register an address callers can reach"
             ))
@@ -41,6 +49,22 @@ class RegistrationPolicy:
             raise InvalidRequest(violations)
 
 
+async def _private(host: str) -> bool:
+    """The host, or any address a name resolves to here, is private to its machine. Resolved off
+    the loop and bounded; a name that does not resolve here is judged by its form."""
+    if is_private_to_host(host):
+        return True
+    if ip_literal(host):
+        return False
+    try:
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_TCP), RESOLVE_TIMEOUT_S
+        )
+    except (OSError, UnicodeError, TimeoutError):
+        return False
+    return any(is_private_to_host(str(info[4][0]).split("%")[0]) for info in infos)
+
+
 class ModelControllerServicer(pb_grpc.ModelControllerServicer):
     def __init__(self, registry: Registry, policy: RegistrationPolicy) -> None:
         self._registry = registry
@@ -48,19 +72,26 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
 
     def _owned(self, instance_id: str) -> None:
         """Refuses a caller that is not the identity which registered `instance_id`."""
-        caller = caller_identity() or ""
-        for instance in self._registry.instances():
-            if instance.instance_id == instance_id and instance.spec.owner != caller:
-                raise PermissionDenied(f"instance {instance_id!r} was registered by another identity")
+        owner = self._registry.owner_of(instance_id)
+        if owner is not None and owner != (caller_identity() or ""):
+            raise PermissionDenied(f"instance {instance_id!r} {ID_TAKEN}")
+
+    def _room_for(self, spec: InstanceSpec) -> None:
+        caller = caller_identity()
+        if not caller or self._registry.owner_of(spec.instance_id) is not None:
+            return
+        held = sum(1 for instance in self._registry.instances() if instance.spec.owner == caller)
+        if held >= MAX_INSTANCES_PER_IDENTITY:
+            raise PermissionDenied(f"identity {caller!r} already holds {held} instances, the most one identity may register")
 
     async def RegisterInstance(
         self, request: pb.RegisterInstanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterInstanceResponse:
         async with CallScope(context):
-            spec = convert.spec_from_register(request)
-            self._policy.check(spec)
-            if spec.instance_id:
-                self._owned(spec.instance_id)
+            spec = check_spec(convert.spec_from_register(request))
+            await self._policy.check(spec)
+            self._owned(spec.instance_id)
+            self._room_for(spec)
             spec = replace(spec, owner=caller_identity() or "")
             return convert.lease_to_pb(await self._registry.register(spec))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -54,26 +55,83 @@ class EtcdTarget:
         return "etcd://" + ",".join(f"{h}:{p}" for h, p in self.endpoints) + "/" + self.prefix
 
 
+# A DNS name as callers' resolvers read it: letters, digits and hyphens in dot-separated labels.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# NAT64's well-known prefix (RFC 6052): 64:ff9b::a.b.c.d reaches the IPv4 address a.b.c.d.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
+def instance_address(address: str) -> tuple[str, int]:
+    """A registered address as (host, port), in the one form every caller dials the same way:
+    `HOST:PORT` with a DNS name, a dotted-quad IPv4 address or a bracketed IPv6 address, and an
+    ASCII port from 1 to 65535. gRPC target schemes (`unix:`, `dns:///`, `ipv4:`), numeric IPv4
+    spellings that resolvers widen (`127.1`, `0x7f000001`, `2130706433`, `127.000.000.001`) and
+    zone ids are refused, so the host checked is the host dialled. ValueError says why."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535 or len(port) > 5:
+        raise ValueError("must be HOST:PORT with a port from 1 to 65535")
+    shown = host if len(host) <= 80 else host[:79] + "…"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            if "%" in host:
+                raise ValueError
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{shown} is not an IPv6 address (zone ids are not accepted)") from None
+        return host[1:-1], int(port)
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{shown!r} is not a DNS name, an IPv4 address or a bracketed IPv6 address")
+    if labels[-1].isdigit() or labels[-1].lower().startswith("0x"):
+        # All-numeric: only the four-decimal form, which every resolver reads alike.
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            raise ValueError(f"{shown!r} is not a dotted-quad IPv4 address") from None
+    return name.lower(), int(port)
+
+
 def host_of(address: str) -> str:
     """The host of `host:port` (IPv6 in brackets or not)."""
     return address.rpartition(":")[0].strip("[]")
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def is_private_to_host(host: str) -> bool:
-    """Loopback, link-local, unspecified (0.0.0.0) or a unix socket: reachable from this machine only."""
-    if host.startswith("unix") or is_loopback(host):
-        return True
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `host` names, IPv4 for the IPv6 forms that embed one (mapped, NAT64, 6to4)."""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return ip.is_link_local or ip.is_unspecified or ip.is_multicast
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+    return ip
+
+
+def ip_literal(host: str) -> bool:
+    """`host` is an IP address, not a name."""
+    return _ip(host) is not None
+
+
+def is_loopback(host: str) -> bool:
+    name = host.lower().removesuffix(".")
+    if name in _LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    ip = _ip(name)
+    return ip is not None and ip.is_loopback
+
+
+def is_private_to_host(host: str) -> bool:
+    """Loopback, link-local, unspecified (0.0.0.0) or multicast, also inside the IPv6 forms that
+    embed an IPv4 address: reachable from this machine only (or from nobody). Names other than
+    localhost's are not resolved here (see controller/servicer.py)."""
+    if is_loopback(host):
+        return True
+    ip = _ip(host)
+    return ip is not None and (ip.is_link_local or ip.is_unspecified or ip.is_multicast)

@@ -122,6 +122,11 @@ class PermissionDenied(ModelwireError):
     """An authenticated caller asked for what its token does not allow (another's instance id)."""
 
 
+class RoutingLoop(ModelwireError):
+    """A gateway received a call it had forwarded itself (an instance registered at a gateway's
+    address): the fleet's registrations must change, retrying cannot help."""
+
+
 class RegistryUnavailable(ModelwireError):
     """The fleet's backing store (etcd) cannot be reached; the caller retries."""
 

@@ -438,12 +438,28 @@ class PeerAccess:
     # This process's own bearer token towards workers (and their protected health), from this variable.
     token_env: StrictStr | None = None
     tls: ClientTlsConfig | None = None
+    # Send credentials to workers over plaintext, or over TLS verified only by the system's roots.
+    allow_unverified_credentials: StrictBool = False
 
     _env = field_validator("token_env")(set_env)
 
     @property
     def token(self) -> str | None:
         return os.environ.get(self.token_env) if self.token_env else None
+
+    @property
+    def sends_credentials(self) -> bool:
+        return self.token_env is not None
+
+    def __post_init__(self) -> None:
+        # Workers are whatever was registered: a credential goes only to a worker whose certificate
+        # comes from the operator's own CA, or a registrant could collect it.
+        if self.sends_credentials and (self.tls is None or self.tls.ca_file is None) and not self.allow_unverified_credentials:
+            raise ValueError(
+                "credentials would go to every registered address unverified (a token holding only `register` "
+                "could collect them): set tls.ca_file to the CA of the workers' certificates, or "
+                "allow_unverified_credentials = true on a network where every registrant is trusted"
+            )
 
 
 @dataclass(config=_SECTION)
@@ -479,6 +495,10 @@ class WorkerAccess(PeerAccess):
     # Pass each caller's `authorization` on to the worker instead (and then no token of our own).
     forward_authorization: StrictBool = False
 
+    @property
+    def sends_credentials(self) -> bool:
+        return self.token_env is not None or self.forward_authorization
+
     @field_validator("forward_authorization")
     @classmethod
     def _one_credential(cls, value: bool, info: ValidationInfo) -> bool:
@@ -494,11 +514,14 @@ class GatewaySection:
     connect_timeout_s: Annotated[StrictFloat, Field(gt=0, le=60, allow_inf_nan=False)] = 2.0
     keepalive_time_s: Annotated[StrictFloat, Field(ge=1, allow_inf_nan=False)] = 10.0
     keepalive_timeout_s: Annotated[StrictFloat, Field(ge=1, allow_inf_nan=False)] = 5.0
-    # Retries may add at most this share of calls (plus a few per second), so a sick fleet is not
+    # Retries may add at most this share of calls (after a burst of 10), so a sick fleet is not
     # hammered by its own gateway.
     retry_budget_ratio: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = 0.2
     # A model served within this long answers UNAVAILABLE (retry), not NOT_FOUND, while it has no instance.
     recently_served_s: NonNegative = 300.0
+    # For this long after each snapshot of the instance table (a start, a registry restart), a model
+    # nobody serves answers UNAVAILABLE too: workers re-register within one heartbeat interval.
+    settle_s: NonNegative = 10.0
 
 
 @dataclass(config=_SECTION)

@@ -255,6 +255,13 @@ class EtcdRegistry(Registry):
         with contextlib.suppress(Exception):
             await self._client.close()
 
+    def owner_of(self, instance_id: str) -> str | None:
+        registration = self._registrations.get(instance_id)
+        if registration is not None:
+            return registration.spec.owner
+        instance = self._cache.get(instance_id)
+        return None if instance is None else instance.spec.owner
+
     def instances(self, model: str = "", healthy_only: bool = False) -> list[Instance]:
         return [
             instance

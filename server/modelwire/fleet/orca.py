@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from google.protobuf.message import DecodeError
 from xds.data.orca.v3 import orca_load_report_pb2
 
 ORCA_TRAILER = "endpoint-load-metrics-bin"
@@ -19,5 +20,8 @@ def parse_report(trailers: Sequence[tuple[str, str | bytes]] | None) -> orca_loa
     """The load report in a call's trailing metadata (either copy), if there is one."""
     for key, value in trailers or ():
         if key in (ORCA_TRAILER, LOAD_TRAILER) and isinstance(value, bytes):
-            return orca_load_report_pb2.OrcaLoadReport.FromString(value)
+            try:
+                return orca_load_report_pb2.OrcaLoadReport.FromString(value)
+            except DecodeError:
+                return None  # a peer's garbage is no report, and no reason to fail its call
     return None

@@ -29,6 +29,7 @@ from modelwire.fleet.types import (
     WatchBatch,
     valid_instance_id,
 )
+from modelwire.core.addresses import instance_address
 from modelwire.core.errors import FieldViolation, InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class Registry(ABC):
     async def deregister(self, instance_id: str) -> bool: ...
 
     @abstractmethod
+    def owner_of(self, instance_id: str) -> str | None:
+        """The identity that registered `instance_id`, or None when no such instance is known."""
+
+    @abstractmethod
     def instances(self, model: str = "", healthy_only: bool = False) -> list[Instance]:
         """The current instances (of `model`, if given), ordered by id."""
 
@@ -94,23 +99,52 @@ class Registry(ABC):
         """Records an active health check's verdict (None: not known yet)."""
 
 
+# What one registration may hold: the whole fleet travels in one snapshot message to every
+# watcher (4 MiB at most), so no registrant can make it too large to read.
+MAX_MODELS = 64
+MAX_MODEL_NAME = 256
+MAX_LABELS = 32
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 256
+
+
+def _printable(text: str) -> bool:
+    """No control characters: names and labels end up in log lines, one per line."""
+    return text.isprintable()
+
+
 def check_spec(spec: InstanceSpec) -> InstanceSpec:
     """Validates a registration and fills in an id when none was proposed."""
     violations = []
     if spec.instance_id and not valid_instance_id(spec.instance_id):
         violations.append(FieldViolation("instance_id", "letters, digits, '-', '_' and '.' only, at most 128"))
-    host, sep, port = spec.address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        violations.append(FieldViolation("address", "must be host:port, dialable by callers"))
+    try:
+        instance_address(spec.address)
+    except ValueError as bad:
+        violations.append(FieldViolation("address", f"{bad}; an address callers can dial"))
     if not spec.models:
         violations.append(FieldViolation("models", "must name at least one model"))
-    for index, model in enumerate(spec.models):
-        if not model.model or "/" in model.model:
-            violations.append(FieldViolation(f"models[{index}].model", "must be non-empty and contain no '/'"))
+    if len(spec.models) > MAX_MODELS:
+        violations.append(FieldViolation("models", f"at most {MAX_MODELS} models per instance, got {len(spec.models)}"))
+    for index, model in enumerate(spec.models[:MAX_MODELS]):
+        name = model.model
+        if not name or "/" in name or len(name) > MAX_MODEL_NAME or not _printable(name):
+            violations.append(FieldViolation(
+                f"models[{index}].model", f"must be 1 to {MAX_MODEL_NAME} printable characters without '/'"
+            ))
         if model.capacity < 0:
             violations.append(FieldViolation(f"models[{index}].capacity", "must not be negative"))
     if spec.weight < 0:
         violations.append(FieldViolation("weight", "must not be negative"))
+    if len(spec.labels) > MAX_LABELS:
+        violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels, got {len(spec.labels)}"))
+    elif any(
+        not key or len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE or not _printable(key) or not _printable(value)
+        for key, value in spec.labels.items()
+    ):
+        violations.append(FieldViolation(
+            "labels", f"keys of 1 to {MAX_LABEL_KEY} and values of at most {MAX_LABEL_VALUE} printable characters"
+        ))
     if violations:
         raise InvalidRequest(violations)
     return replace(spec, instance_id=spec.instance_id or uuid.uuid4().hex, weight=spec.weight or 1)

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+# How a controller says that another identity holds an instance id; an agent then takes a new one.
+ID_TAKEN = "was registered by another identity"
+
+
 def valid_instance_id(instance_id: str) -> bool:
     """Ids become the last segment of an etcd key, so they must not contain '/'."""
-    return bool(_ID.match(instance_id)) and instance_id not in (".", "..")
+    return bool(_ID.fullmatch(instance_id)) and instance_id not in (".", "..")
 
 
 @dataclass(frozen=True, slots=True)

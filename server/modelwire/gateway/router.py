@@ -81,13 +81,22 @@ class Route:
         self.others[model] = (max(0.0, load - (self.open.get(model, 0) - open_excluding)), time.monotonic())
 
 
+# Fields read before field 1 is given up on: every protobuf serializer writes fields in number
+# order, so `model` comes first; the bound keeps a hostile body's cost constant (this runs before
+# authentication, for the metrics label).
+MAX_FIELDS_BEFORE_MODEL = 16
+MAX_MODEL_BYTES = 1024
+
+
 def model_field(raw: bytes) -> str:
     """Reads field 1 (`model`, a string in ModelRequest and CountTokenRequest) without parsing the
-    rest; a body that is not protobuf wire format, or names no model, is the caller's mistake."""
+    rest, which the worker decodes; a body whose start is not protobuf wire format, or that names
+    no model first, is the caller's mistake."""
     position = 0
-    model = ""
     try:
-        while position < len(raw):
+        for _ in range(MAX_FIELDS_BEFORE_MODEL):
+            if position >= len(raw):
+                break
             key, position = _varint(raw, position)
             number, wire = key >> 3, key & 7
             if wire == 2:
@@ -95,7 +104,12 @@ def model_field(raw: bytes) -> str:
                 if position + length > len(raw):
                     raise IndexError
                 if number == 1:
+                    if length > MAX_MODEL_BYTES:
+                        raise InvalidRequest([FieldViolation("model", f"at most {MAX_MODEL_BYTES} bytes")])
                     model = raw[position:position + length].decode()
+                    if model:
+                        return model
+                    break
                 position += length
             elif wire == 0:
                 _, position = _varint(raw, position)
@@ -105,24 +119,21 @@ def model_field(raw: bytes) -> str:
                 position += 4
             else:
                 raise IndexError
-        if position != len(raw):
-            raise IndexError
     except (IndexError, UnicodeDecodeError):
         raise InvalidRequest([FieldViolation("", "the request body is not a valid protobuf message")]) from None
-    if not model:
-        raise InvalidRequest([FieldViolation("model", "must name a served model (see ListModels)")])
-    return model
+    raise InvalidRequest([FieldViolation("model", "must name a served model (see ListModels)")])
 
 
 def _varint(raw: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
+    """A varint of at most 10 bytes (64 bits), as protobuf defines it."""
+    value = 0
+    for shift in range(0, 70, 7):
         byte = raw[position]
         position += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
             return value, position
-        shift += 7
+    raise IndexError
 
 
 def forwarded_metadata(metadata: Sequence[tuple[str, str | bytes]] | None, authorization: bool = False) -> Metadata:
@@ -154,6 +165,9 @@ class Router:
         self._follower: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._stale: dict[str, asyncio.TimerHandle] = {}
+        # When the last snapshot arrived: for `settle_s` after it, workers may still be registering
+        # (the source restarted with the gateway), so a model nobody serves is not yet unknown.
+        self._snapshot_at = 0.0
         self.synced = asyncio.Event()
         self.changed = asyncio.Condition()
 
@@ -213,6 +227,7 @@ class Router:
             else:
                 self._upsert(event.instance)
         if batch.snapshot:
+            self._snapshot_at = time.monotonic()
             self.synced.set()
         await self._notify()
 
@@ -318,6 +333,11 @@ class Router:
         served_at = self._last_served.get(model)
         if served_at is not None and now - served_at <= self.settings.recently_served_s:
             raise NotReady(f"no instance of model {model!r} is registered right now (it was {now - served_at:.0f}s ago)", NOT_READY_RETRY_S)
+        if now - self._snapshot_at < self.settings.settle_s:
+            raise NotReady(
+                f"no instance of model {model!r} yet: the instance table from {self.source} is {now - self._snapshot_at:.0f}s "
+                "old and workers may still be registering", NOT_READY_RETRY_S,
+            )
         known = sorted({m for r in self.routes.values() for m in r.instance.spec.model_names})
         raise ModelNotFound(model, known)
 

@@ -3,8 +3,9 @@
 
 Requests and responses pass as bytes: only the model name is read. A call goes to another instance
 only when the first one provably did not start it:
-- the failure came from the transport, not from a worker (no worker trailer: refused connection,
-  a connection lost before any answer, no connection within `connect_timeout_s`); or
+- no worker answered, and no worker's headers came (a worker sends them when the work begins, after
+  admission): a refused connection, a worker lost while the call waited in its queue, no
+  connection within `connect_timeout_s`; or
 - the worker said so (`google.rpc.ErrorInfo` reason NOT_STARTED: its admission refused the call).
 A worker's own UNAVAILABLE (its upstream failed after its own retries) goes back to the caller: the
 upstream may have been called, and billed, already. Retries also stop when the retry budget (a
@@ -16,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from modelwire.core.errors import InvalidRequest, ModelwireError, NotReady
+from modelwire.core.errors import InvalidRequest, ModelwireError, NotReady, RoutingLoop
 from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityConfig, Permission, ServerConfig, TlsConfig
 from modelwire.fleet.health import WORKER_SERVICE
 from modelwire.fleet.orca import INSTANCE_TRAILER, parse_report
@@ -45,6 +48,9 @@ from modelwire.v1 import worker_pb2 as pb
 logger = logging.getLogger(__name__)
 
 _STATUS_DETAILS = "grpc-status-details-bin"
+# Gateways a call has passed, each adding its own id: a gateway that sees its id again refuses.
+VIA_KEY = "modelwire-via"
+MAX_HOPS = 8
 # A retry budget lets a burst this large through before the ratio governs.
 _BUDGET_BURST = 10.0
 
@@ -70,12 +76,20 @@ def not_started(error: grpc.aio.AioRpcError) -> bool:
     """True when the failed attempt provably did no work at the worker."""
     trailers = dict(error.trailing_metadata() or ())
     if PID_KEY not in trailers:
-        # No worker put its trailer on the status: the transport failed before a worker answered.
+        if PID_KEY in dict(error.initial_metadata() or ()):
+            return False  # the worker's headers came: its work had begun when the call was lost
+        # No worker answered: a refused connection, or a worker lost while the call was still
+        # queued at its admission (it sends its headers when the work begins), or a server that is
+        # no modelwire worker and answered without them, which cannot have done our work.
         return bool(error.code() == grpc.StatusCode.UNAVAILABLE)
     details = trailers.get(_STATUS_DETAILS)
     if not isinstance(details, bytes):
         return False
-    for packed in status_pb2.Status.FromString(details).details:
+    try:
+        status = status_pb2.Status.FromString(details)
+    except DecodeError:
+        return False
+    for packed in status.details:
         info = error_details_pb2.ErrorInfo()
         if packed.Is(info.DESCRIPTOR) and packed.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, NOT_STARTED):
             return True
@@ -120,6 +134,7 @@ class Gateway:
             model_label=self._model_label,
         )
         self._synced: asyncio.Task[None] | None = None
+        self._id = uuid.uuid4().hex[:12]
 
     @property
     def address(self) -> str:
@@ -168,7 +183,17 @@ class Gateway:
         })
 
     def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
-        return forwarded_metadata(context.invocation_metadata(), self.settings.workers.forward_authorization)
+        """The caller's metadata for the worker, with this gateway added to the call's path; a
+        call that already passed here (an instance registered at this gateway's address) stops."""
+        incoming = context.invocation_metadata() or ()
+        via = [hop for key, value in incoming if key == VIA_KEY and isinstance(value, str) for hop in value.split(",")]
+        if self._id in via or len(via) >= MAX_HOPS:
+            raise RoutingLoop(
+                f"the call came back to gateway {self._id} after {len(via)} hops: an instance is registered at a "
+                "gateway's address; deregister it"
+            )
+        kept = tuple((k, v) for k, v in forwarded_metadata(incoming, self.settings.workers.forward_authorization) if k != VIA_KEY)
+        return kept + ((VIA_KEY, ",".join([*via, self._id])),)
 
     async def _connected(self, route: Route) -> None:
         """Bounds the wait for a connection to the chosen worker (a frozen host accepts TCP and then
@@ -276,29 +301,31 @@ class Gateway:
             route.reported(model, load, open_excluding=1)
 
     async def _list_models(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """Every model of the fleet, described by one routable instance each."""
-        remaining = context.time_remaining()
-        timeout = min(LIST_MODELS_TIMEOUT_S, remaining) if remaining is not None else LIST_MODELS_TIMEOUT_S
-        metadata = self._metadata(context)
-        routes = [r for r in self.router.instances() if r.routable]
+        """Every model of the fleet, described by one routable instance each (an instance that
+        fails or answers garbage is left out)."""
+        async with CallScope(context):
+            remaining = context.time_remaining()
+            timeout = min(LIST_MODELS_TIMEOUT_S, remaining) if remaining is not None else LIST_MODELS_TIMEOUT_S
+            metadata = self._metadata(context)
+            routes = [r for r in self.router.instances() if r.routable]
 
-        async def ask(route: Route) -> list[pb.ModelMetadata]:
-            try:
-                reply = await route.channel.unary_unary(
-                    f"/{WORKER_SERVICE}/ListModels",
-                    request_serializer=pb.ListModelsRequest.SerializeToString,
-                    response_deserializer=pb.ListModelsResponse.FromString,
-                )(pb.ListModelsRequest(), timeout=timeout, metadata=metadata)
-                return list(reply.models)
-            except grpc.aio.AioRpcError as error:
-                logger.info("ListModels on instance %s failed: %s", route.instance_id, error.code().name)
+            async def ask(route: Route) -> list[pb.ModelMetadata]:
+                try:
+                    answer: bytes = await route.channel.unary_unary(f"/{WORKER_SERVICE}/ListModels")(
+                        pb.ListModelsRequest().SerializeToString(), timeout=timeout, metadata=metadata
+                    )
+                    return list(pb.ListModelsResponse.FromString(answer).models)
+                except grpc.aio.AioRpcError as error:
+                    logger.info("ListModels on instance %s failed: %s", route.instance_id, error.code().name)
+                except DecodeError:
+                    logger.warning("instance %s answered ListModels with bytes that are not a ListModelsResponse", route.instance_id)
                 return []
 
-        models: dict[str, pb.ModelMetadata] = {}
-        for answer in await asyncio.gather(*(ask(r) for r in routes)):
-            for metadata_ in answer:
-                models.setdefault(metadata_.model, metadata_)
-        return pb.ListModelsResponse(models=[models[name] for name in sorted(models)]).SerializeToString()
+            models: dict[str, pb.ModelMetadata] = {}
+            for answer in await asyncio.gather(*(ask(r) for r in routes)):
+                for described in answer:
+                    models.setdefault(described.model, described)
+            return pb.ListModelsResponse(models=[models[name] for name in sorted(models)]).SerializeToString()
 
 
 def _unreachable(route: Route) -> ModelwireError:

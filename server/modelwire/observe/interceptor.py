@@ -23,6 +23,7 @@ from modelwire.observe.metrics import WorkerMetrics
 from modelwire.v1 import worker_pb2 as pb
 
 PID_KEY = "modelwire-pid"
+PID = str(os.getpid())
 # The metrics label of a call's model, from its request: only names the process knows (its served
 # models, its fleet's) become labels, so a client sending random names cannot grow the label set.
 ModelLabel = Callable[[Any], str]
@@ -52,7 +53,6 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, metrics: WorkerMetrics | None, model_label: ModelLabel) -> None:
         self._metrics = metrics
         self._model_label = model_label
-        self._pid = str(os.getpid())
         self._handlers = HandlerCache(
             lambda method, handler: rewrap(
                 handler,
@@ -72,7 +72,7 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> CallRecord:
         record = begin_call(method, _header(context, REQUEST_ID_KEY))
         record.model = self._model_label(request)
-        context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (PID_KEY, self._pid)))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id), (PID_KEY, PID)))
         return record
 
     @contextmanager

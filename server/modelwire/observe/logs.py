@@ -26,11 +26,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """For humans: the message, then a record's extra fields as key=value (values quoted when they
+    hold spaces or control characters, so one record stays one line)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = [(key, value) for key, value in record.__dict__.items() if key not in _STANDARD_FIELDS]
+        if extra:
+            line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in extra)
+        return line
+
+
+def _text_value(value: object) -> str:
+    text = str(value)
+    return text if text.isprintable() and " " not in text and text else json.dumps(text)
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -127,7 +127,8 @@ class RpcServer:
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.port}"
+        host = self.config.host
+        return f"[{host}]:{self.port}" if ":" in host and not host.startswith("[") else f"{host}:{self.port}"
 
     async def start(self) -> None:
         await self.server.start()

@@ -33,6 +33,7 @@ _CODES: dict[type[errors.ModelwireError], grpc.StatusCode] = {
     errors.ContextLengthExceeded: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UpstreamContextExceeded: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UpstreamAccountProblem: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.RoutingLoop: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UpstreamAuthFailed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.TokenizerUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -103,7 +104,7 @@ def to_status(error: BaseException) -> grpc.Status:
         incident = uuid.uuid4().hex[:12]
         # The traceback as text, scrubbed: an exception's message may quote the caller's prompt.
         logger.error("internal error, incident %s\n%s", incident, scrub("".join(traceback.format_exception(error))))
-        code, message, details = grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the worker's log", []
+        code, message, details = grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the log of the server that answered", []
     else:
         assert isinstance(error, errors.ModelwireError)
         message, details = str(error), _details(error)

@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+import grpc
+
 from modelwire.fleet.connect import connect
 from modelwire.fleet.registry import RegistryClient
-from modelwire.fleet.types import InstanceModel, InstanceSpec, Lease, ModelLoad
+from modelwire.fleet.types import ID_TAKEN, InstanceModel, InstanceSpec, Lease, ModelLoad
 from modelwire.core.addresses import host_of, is_loopback
 from modelwire.core.backoff import Backoff
 from modelwire.core.errors import InvalidRequest, StartupFailure
@@ -110,14 +112,33 @@ class RegistrationAgent:
             except InvalidRequest as error:
                 logger.error("%s refused the registration of %s: %s", self.registrar, self.instance_id, error)
                 await asyncio.sleep(self._max_backoff_s)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    unreachable = self._unreachable(error, unreachable, backoff)
+                    await backoff.wait()
+                    continue
+                # Refused, not unreachable: said every time, since nothing works until it changes.
+                logger.warning("%s refused %s: %s", self.registrar, self.instance_id, describe(error))
+                if error.code() == grpc.StatusCode.PERMISSION_DENIED and ID_TAKEN in (error.details() or ""):
+                    # Another identity holds our id (it registered it while the controller had
+                    # forgotten us): keep serving under a new one.
+                    self.spec = replace(self.spec, instance_id=new_instance_id())
+                    self.lease = None
+                    self.registered.clear()
+                    logger.warning("registering again as %s", self.instance_id)
+                    continue
+                await asyncio.sleep(self._max_backoff_s)
             except Exception as error:
-                if not unreachable:
-                    logger.warning("%s is unreachable (%s); still serving, retrying with backoff up to %.1fs",
-                                   self.registrar, describe(error), backoff.max_s)
-                    unreachable = True
-                else:
-                    logger.debug("%s still unreachable: %s", self.registrar, describe(error))
+                unreachable = self._unreachable(error, unreachable, backoff)
                 await backoff.wait()
+
+    def _unreachable(self, error: BaseException, already: bool, backoff: Backoff) -> bool:
+        if not already:
+            logger.warning("%s is unreachable (%s); still serving, retrying with backoff up to %.1fs",
+                           self.registrar, describe(error), backoff.max_s)
+        else:
+            logger.debug("%s still unreachable: %s", self.registrar, describe(error))
+        return True
 
 
 def describe(error: BaseException) -> str:

@@ -6,7 +6,7 @@ The servicer calls this and only translates; nothing here knows grpc or protobuf
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
@@ -28,6 +28,11 @@ from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
 from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
 from modelwire.worker.validation import validate_count_input, validate_request
+
+
+# Told when a generation leaves admission and its work begins (the edge then sends the response
+# headers, so a gateway knows a lost call may have started and must not replay it).
+Started = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -63,33 +68,35 @@ class WorkerService:
             return await served.client.count_token(model, prompt)
 
     @asynccontextmanager
-    async def _admitted(self, request: ModelRequest) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
+    async def _admitted(self, request: ModelRequest, started: Started | None) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
         """Everything a generation passes before the provider: checks, a slot, context fit, a span.
         The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
         validate_request(request, self.limits)
         remember_request_text([*_message_texts(request.messages), *request.sampling.stop])
         served = self.served(request.model)
         async with served.admission.slot():
+            if started is not None:
+                await started()
             request = await self._fit_context(served, request)
             with upstream_span(served.metadata.provider, request.model):
                 yield served, request
 
-    async def generate(self, request: ModelRequest) -> ModelOutput:
+    async def generate(self, request: ModelRequest, started: Started | None = None) -> ModelOutput:
         """Unary goes through the provider's own `generate`: an HTTP provider then makes one
         non-streaming upstream call and reports the upstream's usage; the base class derives it
         from the stream for the others."""
-        async with self._admitted(request) as (served, request):
-            started = time.perf_counter()
+        async with self._admitted(request, started) as (served, request):
+            began = time.perf_counter()
             output = await served.client.generate(request)
             return replace(
                 output,
                 finish_reason=output.finish_reason or FinishReason.STOP,
-                timing=_timing(started, None, output.usage),
+                timing=_timing(began, None, output.usage),
             )
 
-    async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
-        async with self._admitted(request) as (served, request):
-            started = time.perf_counter()
+    async def generate_stream(self, request: ModelRequest, started: Started | None = None) -> AsyncGenerator[ModelOutput, None]:
+        async with self._admitted(request, started) as (served, request):
+            began = time.perf_counter()
             first_token_at: float | None = None
             finished = False
             async with aclosing(served.client.generate_stream(request)) as chunks:
@@ -98,7 +105,7 @@ class WorkerService:
                         first_token_at = time.perf_counter()
                     if chunk.finish_reason is not None:
                         finished = True
-                        chunk = replace(chunk, timing=_timing(started, first_token_at, chunk.usage))
+                        chunk = replace(chunk, timing=_timing(began, first_token_at, chunk.usage))
                     # Deltas pass as they are (a copy per delta is measurable); the edge names the model.
                     yield chunk
             if not finished:
@@ -106,7 +113,7 @@ class WorkerService:
                 yield ModelOutput(
                     finish_reason=FinishReason.STOP,
                     usage=Usage(estimated=True),
-                    timing=_timing(started, first_token_at, None),
+                    timing=_timing(began, first_token_at, None),
                 )
 
     async def _fit_context(self, served: ServedModel, request: ModelRequest) -> ModelRequest:

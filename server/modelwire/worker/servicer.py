@@ -10,8 +10,18 @@ import grpc
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
-from modelwire.worker.service import WorkerService
+from modelwire.observe.interceptor import PID, PID_KEY
+from modelwire.worker.service import Started, WorkerService
 from modelwire.rpc.status import CallScope
+
+
+def _headers_when_started(context: grpc.aio.ServicerContext) -> Started:
+    """Sends the response headers, with this process's pid, once the work begins: a gateway that
+    then loses the call knows it may have started and does not replay it elsewhere."""
+    async def started() -> None:
+        await context.send_initial_metadata(((PID_KEY, PID),))
+
+    return started
 
 
 class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
@@ -20,14 +30,16 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
 
     async def Generate(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelOutput:
         async with CallScope(context):
-            output = await self._service.generate(convert.request_from_pb(request, self._service.limits))
+            output = await self._service.generate(
+                convert.request_from_pb(request, self._service.limits), _headers_when_started(context)
+            )
             return convert.output_to_pb(output, request.model)
 
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
         async with CallScope(context), aclosing(
-            self._service.generate_stream(convert.request_from_pb(request, self._service.limits))
+            self._service.generate_stream(convert.request_from_pb(request, self._service.limits), _headers_when_started(context))
         ) as chunks:
             async for chunk in chunks:
                 yield convert.output_to_pb(chunk, request.model)
