@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,43 @@ def test_instances_with_its_registry_down_prints_one_line(where: list[str]) -> N
     assert result.returncode == 1 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"modelwire: cannot read the instances from {where[1]}: "), line
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[registry]\ncontroller = "c:1"\n[gateway.workers]\ntoken_env = "MW_TEST_GATEWAY_TOKEN"\n', r"gateway\.workers: .*set tls\.ca_file"),
+        ('[registry]\ncontroller = "c:1"\n[gateway.workers]\nforward_authorization = true\n[gateway.workers.tls]\n', r"gateway\.workers: .*set tls\.ca_file"),
+    ],
+)
+def test_credentials_go_to_workers_only_when_they_are_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    """Workers are whatever was registered: a gateway's own token, or its callers' forwarded ones,
+    would go to any registrant over plaintext or TLS checked only against public roots."""
+    from modelwire.app.config import load_gateway_config
+
+    monkeypatch.setenv("MW_TEST_GATEWAY_TOKEN", "t" * 20)
+    with pytest.raises(ConfigError, match=message):
+        load_gateway_config(write(tmp_path, text))
+    waived = text.replace("[gateway.workers]\n", "[gateway.workers]\nallow_unverified_credentials = true\n")
+    assert load_gateway_config(write(tmp_path, waived)).gateway.workers.allow_unverified_credentials
+
+
+def test_text_logs_keep_every_call_field_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from modelwire.observe.call_record import begin_call
+    from modelwire.observe.logs import configure_logging, log_call
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", "text")
+    try:
+        record = begin_call("/modelwire.v1.ModelWorker/Generate", "req-7")
+        record.model = 'forged\n{"level": "ERROR"}'
+        log_call(record)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "request_id=req-7 method=/modelwire.v1.ModelWorker/Generate" in line and "code=OK" in line
+    assert 'model="forged\\n{\\"level\\": \\"ERROR\\"}"' in line

@@ -334,6 +334,28 @@ def test_model_field_reads_only_the_model() -> None:
             model_field(garbage)
 
 
+def test_model_field_costs_the_same_whatever_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It runs before authentication (for the metrics label): an unterminated varint as long as the
+    receive limit is read for 10 bytes, a body of many small fields for 16 fields, never to the end."""
+    import modelwire.gateway.router as router
+    calls = 0
+    real = router._varint
+
+    def counted(raw: bytes, position: int) -> tuple[int, int]:
+        nonlocal calls
+        calls += 1
+        return real(raw, position)
+
+    monkeypatch.setattr(router, "_varint", counted)
+    for hostile in (b"\xff" * 4_000_000, b"\x10\x01" * 2_000_000, b"\x12\x00" * 2_000_000):
+        calls = 0
+        with pytest.raises(InvalidRequest):
+            model_field(hostile)
+        assert calls <= 2 * router.MAX_FIELDS_BEFORE_MODEL, calls
+    with pytest.raises(InvalidRequest, match="model: at most 1024 bytes"):
+        model_field(pb.CountTokenRequest(model="m" * 2000).SerializeToString())
+
+
 async def start_process(*args: str, expect: str, timeout: float = 120) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "modelwire.app.cli", *args,
@@ -465,3 +487,34 @@ async def test_gateway_keeps_routing_through_a_controller_restart(blocking_provi
             await caller
     print(f"{calls} calls through the gateway across a controller restart, failures: {failures}")
     assert calls > 20 and not failures
+
+
+async def test_garbage_from_one_instance_costs_only_its_own_answer() -> None:
+    """A registrant answering ListModels with bytes that are not a ListModelsResponse, and Generate
+    with a load trailer that is not an ORCA report: the others' models are listed, the call is OK."""
+    garbage_port = free_port()
+
+    async def list_garbage(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"\xff\xff\xff"
+
+    async def generate_with_bad_trailer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        context.set_trailing_metadata((("endpoint-load-metrics-bin", b"\xff\xff"), ("modelwire-load-bin", b"\xff")))
+        return pb.ModelOutput(text="fine", finish_reason=pb.FINISH_REASON_STOP).SerializeToString()
+
+    evil = grpc.aio.server()
+    evil.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("modelwire.v1.ModelWorker", {
+        "ListModels": grpc.unary_unary_rpc_method_handler(list_garbage),
+        "Generate": grpc.unary_unary_rpc_method_handler(generate_with_bad_trailer),
+    }),))
+    evil.add_insecure_port(f"127.0.0.1:{garbage_port}")
+    await evil.start()
+    try:
+        async with fake_fleet("ok") as ((_,), gateway):
+            await gateway.router.source.register(InstanceSpec("evil", f"127.0.0.1:{garbage_port}", (InstanceModel("evil"),)))  # type: ignore[attr-defined]
+            await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 2, 5)
+            async with ModelWorkerClient(gateway.address, timeout=5) as client:
+                models = await client.list_models()
+                assert (await client.generate("evil", "hi")).text == "fine"
+    finally:
+        await evil.stop(0)
+    assert [m.model for m in models] == []  # the fake "ok" worker has no ListModels either: nothing, no UNKNOWN
