@@ -106,6 +106,9 @@ MAX_MODEL_NAME = 256
 MAX_LABELS = 32
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
+# Characters of one registration in all (address, model names, labels): 256 instances of this
+# size fit in a few MiB.
+MAX_SPEC_CHARS = 8192
 
 
 def _printable(text: str) -> bool:
@@ -145,6 +148,9 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         violations.append(FieldViolation(
             "labels", f"keys of 1 to {MAX_LABEL_KEY} and values of at most {MAX_LABEL_VALUE} printable characters"
         ))
+    size = len(spec.address) + sum(len(m.model) for m in spec.models) + sum(len(k) + len(v) for k, v in spec.labels.items())
+    if size > MAX_SPEC_CHARS:
+        violations.append(FieldViolation("labels", f"the registration holds {size} characters, at most {MAX_SPEC_CHARS}"))
     if violations:
         raise InvalidRequest(violations)
     return replace(spec, instance_id=spec.instance_id or uuid.uuid4().hex, weight=spec.weight or 1)

@@ -9,9 +9,12 @@ import grpc
 from modelwire.fleet import convert
 from modelwire.fleet.types import InstanceSpec, Lease, ModelLoad, WatchBatch
 from modelwire.core.settings import RegistryAccess
-from modelwire.rpc.channels import dial
+from modelwire.rpc.channels import client_options, dial
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
+
+SNAPSHOT_LIMIT = 64 * 1024 * 1024
+
 
 class RemoteController:
     """Calls a `modelwire controller`; every unary call is bounded by `timeout_s`."""
@@ -20,7 +23,9 @@ class RemoteController:
         self.address = address
         self.timeout_s = timeout_s
         access = access or RegistryAccess()
-        self._channel = dial(address, access.tls, access.token)
+        # A fleet's snapshot is one message: registrations are bounded (fleet/registry.py), and
+        # the limit here leaves room for thousands of instances beyond gRPC's 4 MiB default.
+        self._channel = dial(address, access.tls, access.token, [*client_options(), ("grpc.max_receive_message_length", SNAPSHOT_LIMIT)])
         self._stub = pb_grpc.ModelControllerStub(self._channel)
 
     def __str__(self) -> str:
