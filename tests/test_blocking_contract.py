@@ -200,6 +200,9 @@ class IdleContext:
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
 
+    async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        pass
+
 
 async def test_a_failed_warm_up_stops_the_start() -> None:
     config = worker_config(threads=2, warm_up_error="weights are garbage")

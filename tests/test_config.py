@@ -213,3 +213,17 @@ def test_text_logs_keep_every_call_field_on_one_line(capsys: pytest.CaptureFixtu
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "request_id=req-7 method=/modelwire.v1.ModelWorker/Generate" in line and "code=OK" in line
     assert 'model="forged\\n{\\"level\\": \\"ERROR\\"}"' in line
+
+
+def test_a_loopback_address_for_a_registry_on_another_host_is_refused_before_loading() -> None:
+    """The worker would register 127.0.0.1:PORT with a controller elsewhere: whoever dials that
+    reaches their own machine. Refused at once (the embedded model was not loaded: no llama.cpp
+    line), with the ways out named."""
+    result = subprocess.run(
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--controller", "192.0.2.10:50050", "--port", "50999"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("modelwire: cannot start: the worker would register 127.0.0.1:50999 with 192.0.2.10:50050")
+    assert "--advertise" in line and "allow_loopback" in line
