@@ -276,7 +276,8 @@ protect_health = true"
 		"$ip" "$cport" "$tls" "$certs/ca.pem" >"$dir/controller.toml"
 	printf '[server]\nhost = "%s"\nport = %s\n%b\n[registry]\ncontroller = "%s:%s"\ntoken_env = "MW_WORKER_TOKEN"\n[registry.tls]\nca_file = "%s"\n' \
 		"$ip" "$wport" "$tls" "$ip" "$cport" "$certs/ca.pem" >"$dir/worker.toml"
-	printf '[server]\nhost = "%s"\nport = %s\n%b\n[registry]\ncontroller = "%s:%s"\ntoken_env = "MW_GATEWAY_TOKEN"\n[registry.tls]\nca_file = "%s"\n[gateway.workers]\ntoken_env = "MW_GATEWAY_TOKEN"\n[gateway.workers.tls]\nca_file = "%s"\n' \
+	# settle_s = 0: the worker registered before the gateway starts, so an unknown model is NOT_FOUND at once.
+	printf '[server]\nhost = "%s"\nport = %s\n%b\n[registry]\ncontroller = "%s:%s"\ntoken_env = "MW_GATEWAY_TOKEN"\n[registry.tls]\nca_file = "%s"\n[gateway]\nsettle_s = 0\n[gateway.workers]\ntoken_env = "MW_GATEWAY_TOKEN"\n[gateway.workers.tls]\nca_file = "%s"\n' \
 		"$ip" "$gport" "$tls" "$ip" "$cport" "$certs/ca.pem" "$certs/ca.pem" >"$dir/gateway.toml"
 	"$MODELWIRE" controller --config "$dir/controller.toml" >"$dir/controller.log" 2>&1 &
 	SECURE_PIDS+=($!)
