@@ -61,3 +61,24 @@ class HandlerCache:
             cached = (handler, self._build(method, handler))
             self._by_method[method] = cached
         return cached[1]
+
+
+class RewrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A server interceptor that wraps the handler of each method it `applies` to once, with
+    `build`, and hands every call the cached wrapper."""
+
+    def __init__(self, build: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._handlers = HandlerCache(build)
+
+    def applies(self, method: str) -> bool:
+        return True
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not self.applies(details.method):
+            return handler
+        return self._handlers.get(details.method, handler)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ import grpc
 
 from modelwire.observe.call_record import REQUEST_ID_KEY, CallRecord, begin_call
 from modelwire.observe.guard import never_fails
-from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, responses, rewrap
+from modelwire.observe.handlers import RewrappingInterceptor, StreamBehavior, UnaryBehavior, responses, rewrap
 from modelwire.observe.logs import log_call
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.v1 import worker_pb2 as pb
@@ -49,25 +49,17 @@ def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
     return "UNKNOWN"
 
 
-class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallObserver(RewrappingInterceptor):
     def __init__(self, metrics: WorkerMetrics | None, model_label: ModelLabel) -> None:
         self._metrics = metrics
         self._model_label = model_label
-        self._handlers = HandlerCache(
+        super().__init__(
             lambda method, handler: rewrap(
                 handler,
                 unary=lambda behavior: self._unary(behavior, method),
                 server_stream=lambda behavior: self._stream(behavior, method),
             )
         )
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        return None if handler is None else self._handlers.get(details.method, handler)
 
     def _begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> CallRecord:
         record = begin_call(method, _header(context, REQUEST_ID_KEY))

@@ -3,12 +3,12 @@ grpcio's own answer is UNKNOWN, which tells the caller nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
-from modelwire.observe.handlers import HandlerCache, responses
+from modelwire.observe.handlers import RewrappingInterceptor, responses
 
 
 class _Undecodable:
@@ -54,16 +54,8 @@ def _guard(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(checked_stream, _tolerant(deserialize), handler.response_serializer)
 
 
-class MalformedRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MalformedRequests(RewrappingInterceptor):
     """Innermost, so the other interceptors keep the tolerant deserializer when they rewrap."""
 
     def __init__(self) -> None:
-        self._handlers = HandlerCache(lambda method, handler: _guard(handler))
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        return None if handler is None else self._handlers.get(details.method, handler)
+        super().__init__(lambda method, handler: _guard(handler))

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
 from xds.data.orca.v3 import orca_load_report_pb2
 
-from modelwire.observe.handlers import HandlerCache, StreamBehavior, UnaryBehavior, responses, rewrap
+from modelwire.observe.handlers import RewrappingInterceptor, StreamBehavior, UnaryBehavior, responses, rewrap
 from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
 from modelwire.worker.service import ServedModel
 
@@ -80,13 +80,13 @@ class _Cpu:
         return self.value
 
 
-class OrcaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class OrcaInterceptor(RewrappingInterceptor):
     def __init__(self, models: Sequence[ServedModel], instance_id: Callable[[], str | None] = lambda: None) -> None:
         self._models = {m.metadata.model: m for m in models}
         self._instance_id = instance_id
         self._rate = _Rate()
         self._cpu = _Cpu()
-        self._handlers = HandlerCache(lambda method, handler: rewrap(handler, unary=self._unary, server_stream=self._stream))
+        super().__init__(lambda method, handler: rewrap(handler, unary=self._unary, server_stream=self._stream))
 
     def report(self, model: str) -> orca_load_report_pb2.OrcaLoadReport:
         report = orca_load_report_pb2.OrcaLoadReport(
@@ -112,15 +112,8 @@ class OrcaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ours.append((INSTANCE_TRAILER, instance_id))
         return kept + tuple(ours)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(WORKER_PREFIX):
-            return handler
-        return self._handlers.get(details.method, handler)
+    def applies(self, method: str) -> bool:
+        return method.startswith(WORKER_PREFIX)
 
     def _unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
