@@ -86,6 +86,8 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
         ('[registry]\netcd = "etcd://h/p"\n', r"registry\.etcd: 'h' is not HOST:PORT"),
         ('[registry]\ncontroller = "nohostport"\n', r"registry\.controller: 'nohostport' is not HOST:PORT"),
         ('[registry]\ncontroller = "h:99999"\n', r"registry\.controller: 'h:99999' is not HOST:PORT"),
+        ('[registry]\ncontroller = "x:1:2"\n', r"registry\.controller: 'x:1:2' is not HOST:PORT"),
+        ('[registry]\ncontroller = "http://[::1"\n', r"registry\.controller: 'http://\[::1' is not HOST:PORT"),
         ('[observability]\notlp_endpoint = "http://c:4317"\n', r"observability\.otlp_endpoint: has no effect without tracing = true"),
         ("[server]\nmax_connection_age_grace_s = 3\n", r"server\.max_connection_age_grace_s: has no effect without max_connection_age_s"),
     ],
@@ -227,3 +229,20 @@ def test_a_loopback_address_for_a_registry_on_another_host_is_refused_before_loa
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("modelwire: cannot start: the worker would register 127.0.0.1:50999 with 192.0.2.10:50050")
     assert "--advertise" in line and "allow_loopback" in line
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('headers = { "Bad Header" = "x" }', "models[0].headers: 'Bad Header' is not an HTTP header name"),
+        ('headers = { "X-Ok" = "a\\r\\nInjected: 1" }', "models[0].headers: the value of 'X-Ok' holds a line break or NUL"),
+        ("max_retries = 11", "models[0].max_retries: must be at most 10, got 11"),
+    ],
+)
+def test_provider_keys_that_would_misbehave_stop_serve(tmp_path: Path, keys: str, message: str) -> None:
+    path = write(tmp_path, f'[[models]]\nname = "a"\nprovider = "openai"\ncontext_length = 10\n{keys}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(path), "--port", "0"], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: {message}" in result.stderr and "Traceback" not in result.stderr

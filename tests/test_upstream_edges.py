@@ -6,6 +6,7 @@ floored, bookkeeping never fails a call, and request text never reaches a log or
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -315,7 +316,9 @@ async def test_failing_metrics_and_call_log_never_fail_a_call(
 # --- 5. request text never reaches a log or an error message ------------------------------------------
 
 MARKER = "ZEBRA-7731-QUOKKA"
-PROMPT = f"Please summarise the {MARKER} memo: the quarterly figures of the Lisbon office, line by line."
+# The markers sit between characters JSON encoders escape (Go: < > &, PHP: /), in runs too short
+# to be recognised unless the escaped form of the prompt is looked for too.
+PROMPT = f"Summarise <a>{MARKER}</a> & <b>Lisbon/Porto</b> & <i>the quarterly figures</i>, line by line."
 COMPLETION_MARKER = "PELICAN-5150-TAPIR"
 
 
@@ -365,14 +368,41 @@ async def echo_500(exchange: Exchange, respond: Responder) -> None:
     await respond.json(500, {"error": {"message": f"server fault while reading {PROMPT}", "type": "server_error"}})
 
 
+def _quoted_body(exchange: Exchange) -> str:
+    """The request as a JSON string inside the error message (the message quotes the body it got)."""
+    return json.dumps(exchange.body.decode(), ensure_ascii=False)[1:-1]
+
+
+async def go_escaped_echo(exchange: Exchange, respond: Responder) -> None:
+    """Go's encoding/json (Ollama and other Go servers) writes <, > and & as \\u003c…"""
+    go = _quoted_body(exchange).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    await respond.json(400, {"error": {"message": f"rejected '{go}'", "type": "invalid_request_error"}})
+
+
+async def php_escaped_echo(exchange: Exchange, respond: Responder) -> None:
+    """PHP's json_encode writes / as \\/."""
+    await respond.json(400, {"error": {"message": "rejected " + _quoted_body(exchange).replace("/", "\\/")}})
+
+
+async def completion_instead_of_a_stream(exchange: Exchange, respond: Responder) -> None:
+    """A server that ignores stream=true and sends its whole completion as JSON."""
+    await respond.json(200, {"choices": [{"message": {"content": f"{COMPLETION_MARKER} is the answer"}}]})
+
+
+INVALID, UNAVAILABLE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE
+# kind, the upstream's answer, the status it must give, words the message must keep (so a handler
+# that crashed cannot pass for one that echoed).
 FAILURES = {
-    "400 quoting the message": ("unary", _echoing(400, "Invalid 'messages[0].content': {0!r} is not allowed")),
-    "400 quoting it in a stream": ("stream", _echoing(400, "content {0} rejected")),
-    "FastAPI 422 with input and ctx": ("unary", fastapi_422),
-    "400 quoting a piece of it": ("unary", partial_echo),
-    "an error event quoting it mid-stream": ("stream", mid_stream_echo),
-    "a malformed event holding completion text": ("stream", malformed_event_with_completion),
-    "a body that is not JSON": ("unary", non_json_with_completion),
+    "400 quoting it as Go escapes": ("unary", go_escaped_echo, INVALID, "rejected '{"),
+    "400 quoting it as PHP escapes": ("unary", php_escaped_echo, INVALID, "rejected {"),
+    "a whole completion where a stream was asked for": ("stream", completion_instead_of_a_stream, UNAVAILABLE, "instead of an event stream"),
+    "400 quoting the message": ("unary", _echoing(400, "Invalid 'messages[0].content': {0!r} is not allowed"), INVALID, "Invalid 'messages[0].content'"),
+    "400 quoting it in a stream": ("stream", _echoing(400, "content {0} rejected"), INVALID, "content [request text] rejected"),
+    "FastAPI 422 with input and ctx": ("unary", fastapi_422, INVALID, "String should have at most 10 characters"),
+    "400 quoting a piece of it": ("unary", partial_echo, INVALID, "cannot parse near"),
+    "an error event quoting it mid-stream": ("stream", mid_stream_echo, UNAVAILABLE, "failed on [request text]"),
+    "a malformed event holding completion text": ("stream", malformed_event_with_completion, UNAVAILABLE, "is not JSON"),
+    "a body that is not JSON": ("unary", non_json_with_completion, UNAVAILABLE, "not JSON"),
 }
 
 
@@ -381,11 +411,12 @@ FAILURES = {
 async def test_request_text_never_reaches_the_logs_or_the_error(
     client: ModelWorkerClient, fake: FakeUpstream, caplog: pytest.LogCaptureFixture, model: str, failure: str
 ) -> None:
-    kind, handler = FAILURES[failure]
+    kind, handler, code, kept = FAILURES[failure]
     fake.script(handler)
     with caplog.at_level(logging.DEBUG):
         _, error = await _call_with(client, model, kind)
-    assert error is not None and error.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK), error
+    assert error is not None and error.code == code, error
+    assert kept in error.message, error.message
     for text in (error.message, caplog.text):
         assert MARKER not in text and "Lisbon" not in text and COMPLETION_MARKER not in text, text
     assert MARKER in fake.exchanges[0].body.decode(), "the prompt did reach the upstream"
@@ -423,3 +454,50 @@ async def _call_with(client: ModelWorkerClient, model: str, kind: str) -> tuple[
     except ModelwireCallError as error:
         return texts, error
     return texts, None
+
+
+@pytest.mark.parametrize("where", ["a 200 body", "a stream event"])
+async def test_an_openai_context_error_inside_a_successful_response_is_failed_precondition(
+    client: ModelWorkerClient, fake: FakeUpstream, where: str
+) -> None:
+    """OpenAI's shape, with a string code, where a completion was expected."""
+    refusal = CONTEXT_REFUSALS["openai"]
+
+    async def in_body(exchange: Exchange, respond: Responder) -> None:
+        await respond.json(200, refusal)
+
+    async def in_stream(exchange: Exchange, respond: Responder) -> None:
+        await stream_prologue(exchange, respond)
+        await respond.event(refusal)
+        await respond.end()
+
+    fake.script(in_body if where == "a 200 body" else in_stream)
+    _, error = await call(client, "oa", "unary" if where == "a 200 body" else "stream")
+    assert error is not None and error.code == grpc.StatusCode.FAILED_PRECONDITION, error
+    assert _precondition(error) == ["CONTEXT_LENGTH"]
+
+
+@pytest.mark.timeout(60)
+def test_the_scrub_is_bounded_for_huge_and_repetitive_echoes() -> None:
+    """A 1 MiB prompt echoed 64 KiB long (random, and one phrase repeated) or not at all: the
+    message is cut to MAX_SCRUBBED before the search, and a run is widened only over unmasked
+    text, so repeated text costs no more than random text (an attack froze the worker 43 s)."""
+    import random
+    import string
+    from modelwire.core.redaction import MASK, MAX_SCRUBBED, remember_request_text, scrub
+
+    randomly = random.Random(7)
+    prompts = {
+        "random": "".join(randomly.choice(string.ascii_letters + " ") for _ in range(1 << 20)),
+        "repetitive": "abcdefghijk " * ((1 << 20) // 12),
+    }
+    for name, prompt in prompts.items():
+        remember_request_text([prompt])
+        started = time.perf_counter()
+        out = scrub("error: " + prompt[: 64 * 1024])
+        assert out.startswith("error: " + MASK) and len(out) <= MAX_SCRUBBED, (name, out[:100])
+        clean = scrub("a message sharing nothing with the prompt, at a normal length" * 10)
+        assert MASK not in clean
+        print(f"\n{name}: 1 MiB prompt, 64 KiB echo scrubbed in {1000 * (time.perf_counter() - started):.0f} ms")
+    remember_request_text([" " * (1 << 20)])
+    assert scrub("x" + " " * 200 + "y") == "x" + " " * 200 + "y", "whitespace is no request text"

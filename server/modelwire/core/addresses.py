@@ -15,11 +15,12 @@ MAX_TTL_S = 3600
 
 
 def check_host_port(address: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 in brackets) as (host, port); ValueError naming what is wrong."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{address!r} is not HOST:PORT (a port from 1 to 65535)")
-    return host.strip("[]"), int(port)
+    """A configured `HOST:PORT` (a controller, an etcd endpoint), in the same strict form as a
+    registered address; ValueError naming what is wrong."""
+    try:
+        return instance_address(address)
+    except ValueError as bad:
+        raise ValueError(f"{address[:80]!r} is not HOST:PORT: {bad}") from None
 
 
 @dataclass(frozen=True)

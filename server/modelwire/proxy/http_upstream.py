@@ -66,6 +66,8 @@ DEFAULT_RETRY_AFTER_S = 1.0
 # Remote models are not asked for more than this unless `max_output_tokens` says otherwise: every
 # current OpenAI-compatible and Anthropic model accepts it, while "the whole context" is refused.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Error bodies are read up to this size; the message shown to the caller is cut shorter.
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_MESSAGE = 1000
@@ -124,11 +126,21 @@ class HttpOptions:
     api_key_env: StrictStr | None = None
     upstream_model: StrictStr | None = None
     timeout_s: Annotated[StrictFloat, Field(ge=0.001, allow_inf_nan=False)] = DEFAULT_TIMEOUT_S
-    max_retries: Annotated[StrictInt, Field(ge=0)] = DEFAULT_MAX_RETRIES
+    max_retries: Annotated[StrictInt, Field(ge=0, le=10)] = DEFAULT_MAX_RETRIES
     retry_backoff_s: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = DEFAULT_RETRY_BACKOFF_S
     headers: dict[StrictStr, StrictStr] = field(default_factory=dict)
 
     _api_key_env = field_validator("api_key_env")(set_env)
+
+    @field_validator("headers")
+    @classmethod
+    def _http_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of {name!r} holds a line break or NUL")
+        return value
 
     @field_validator("api_base")
     @classmethod
@@ -256,7 +268,7 @@ def message_from_payload(payload: Any) -> str | None:
     """The human message in an error body: OpenAI's and Anthropic's `error.message`, FastAPI's
     `detail`, a bare `error` or `message` string. The caller's request text is scrubbed from it."""
     message = _message_in(payload)
-    return None if message is None else scrub(message)
+    return None if message is None else scrub(_shorten(message))
 
 
 def _message_in(payload: Any) -> str | None:
@@ -278,13 +290,16 @@ def _message_in(payload: Any) -> str | None:
     return None
 
 
-def error_codes(body: bytes) -> str:
+def json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def error_codes(payload: Any) -> str:
     """`error.code` and `error.type` of a JSON error body (OpenAI's `context_length_exceeded`,
     llama.cpp's `exceed_context_size_error`), or ""."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return ""
     error = payload.get("error") if isinstance(payload, dict) else None
     if not isinstance(error, dict):
         return ""
@@ -293,10 +308,7 @@ def error_codes(body: bytes) -> str:
 
 def message_from_body(body: bytes) -> str:
     """The message of an error body, scrubbed of the caller's request text."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
+    payload = json_or_none(body)
     return message_from_payload(payload) or scrub(_shorten(body.decode("utf-8", errors="replace")))
 
 
@@ -375,12 +387,18 @@ def error_for_status(
     return errors.UpstreamUnavailable(f"upstream answered with unexpected HTTP {status}: {message}")
 
 
-def error_for_transport(error: httpx.HTTPError, timeout_s: float, redact: Callable[[str], str]) -> errors.ModelwireError:
+def error_for_transport(
+    error: httpx.HTTPError, timeout_s: float, redact: Callable[[str], str], streaming: bool
+) -> errors.ModelwireError:
     """A failure below HTTP: the configured timeout is DEADLINE_EXCEEDED, the rest UNAVAILABLE."""
     detail = redact(_shorten(str(error))) or type(error).__name__
     if isinstance(error, httpx.ConnectTimeout):
         return errors.UpstreamUnavailable(f"cannot connect to upstream within timeout_s={timeout_s:g}s")
     if isinstance(error, httpx.TimeoutException):
+        if streaming:
+            return errors.DeadlineExceeded(
+                f"upstream stayed silent for timeout_s={timeout_s:g}s while streaming, before or between events ({type(error).__name__})"
+            )
         return errors.DeadlineExceeded(
             f"upstream stayed silent for timeout_s={timeout_s:g}s ({type(error).__name__}); a unary call "
             "without a deadline waits at most that long for the whole answer: set a deadline to wait longer"
@@ -522,13 +540,23 @@ class HttpProxyClient(ProxyLLMClient):
     def _status_error(self, response: httpx.Response, body: bytes) -> errors.ModelwireError:
         message = self._redact(message_from_body(body))
         error = error_for_status(
-            response.status_code, message, parse_retry_after(response.headers), self._params, error_codes(body)
+            response.status_code, message, parse_retry_after(response.headers), self._params, error_codes(json_or_none(body))
         )
         logger.info("model %s: upstream answered HTTP %d: %s", self.default_model, response.status_code, error)
         return error
 
-    def _transport_error(self, error: httpx.HTTPError) -> errors.ModelwireError:
-        mapped = error_for_transport(error, self._params.timeout_s, self._redact)
+    def _json_instead_of_events(self, raw: bytes) -> errors.ModelwireError:
+        payload = json_or_none(raw)
+        message = message_from_payload(payload) if isinstance(payload, dict) and payload.get("error") else None
+        if message is not None:
+            return http_error_from_code(None, self._redact(message), self._params, error_codes(payload))
+        return errors.UpstreamUnavailable(
+            f"upstream answered a stream request with a JSON body of {len(raw)} bytes instead of an event stream "
+            "(a server that ignores stream=true?)"
+        )
+
+    def _transport_error(self, error: httpx.HTTPError, streaming: bool) -> errors.ModelwireError:
+        mapped = error_for_transport(error, self._params.timeout_s, self._redact, streaming)
         logger.info("model %s: upstream call failed: %s", self.default_model, mapped)
         return mapped
 
@@ -540,7 +568,7 @@ class HttpProxyClient(ProxyLLMClient):
         try:
             response = await self._http.post(url, json=body, headers=_outgoing(headers), timeout=timeout)
         except httpx.HTTPError as error:
-            raise self._transport_error(error) from None
+            raise self._transport_error(error, streaming=False) from None
         if not response.is_success:
             raise self._status_error(response, response.content[:_MAX_ERROR_BODY])
         try:
@@ -560,14 +588,14 @@ class HttpProxyClient(ProxyLLMClient):
                 if not response.is_success:
                     raise self._status_error(response, await _read_capped(response))
                 if response.headers.get("content-type", "").startswith("application/json"):
-                    # Some servers answer a stream request with a plain JSON error and status 200.
+                    # Some servers answer a stream request with a plain JSON error and status 200,
+                    # others with a whole completion (they ignore stream=true): never quoted.
                     raw = await _read_capped(response)
-                    message = self._redact(message_from_body(raw))
-                    raise errors.UpstreamUnavailable(f"upstream sent JSON instead of an event stream: {_shorten(message)}")
+                    raise self._json_instead_of_events(raw)
                 async for event in iter_sse(response.aiter_lines()):
                     yield event
         except httpx.HTTPError as error:
-            raise self._transport_error(error) from None
+            raise self._transport_error(error, streaming=True) from None
 
     # --- the calls: shared flow, the provider supplies its wire format
 
@@ -621,8 +649,11 @@ async def _read_capped(response: httpx.Response) -> bytes:
     return bytes(body[:_MAX_ERROR_BODY])
 
 
-def http_error_from_code(code: int | None, message: str, upstream: HttpParams) -> errors.ModelwireError:
-    """An error reported inside a stream (after status 200): mapped as its code would be."""
+def http_error_from_code(code: int | None, message: str, upstream: HttpParams, codes: str = "") -> errors.ModelwireError:
+    """An error reported in a successful response (a 200 body, a stream event): mapped as its HTTP
+    code would be; `codes` (its machine-readable code and type) can name a context overflow."""
     if code is None or not 400 <= code <= 599:
-        return errors.UpstreamUnavailable(f"upstream reported an error mid-stream: {_shorten(message)}")
-    return error_for_status(code, message, None, upstream)
+        code = 400 if _CONTEXT_EXCEEDED.search(message) or _CONTEXT_EXCEEDED.search(codes) else None
+    if code is None:
+        return errors.UpstreamUnavailable(f"upstream reported an error in a successful response: {_shorten(message)}")
+    return error_for_status(code, message, None, upstream, codes)

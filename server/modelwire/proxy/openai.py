@@ -36,6 +36,7 @@ from modelwire.proxy.http_upstream import (
     HttpParams,
     HttpProxyClient,
     drain,
+    error_codes,
     http_error_from_code,
     message_from_payload,
     parse_json_event,
@@ -189,7 +190,7 @@ class OpenAIClient(HttpProxyClient):
         if isinstance(code, str) and code.isdigit():
             code = int(code)
         message = self._redact(message_from_payload(payload) or "unknown error")
-        return http_error_from_code(code if isinstance(code, int) else None, message, self._params)
+        return http_error_from_code(code if isinstance(code, int) else None, message, self._params, error_codes(payload))
 
     # --- unary: one non-streaming request, so usage is the upstream's own
 

@@ -16,7 +16,7 @@ from grpc_status import rpc_status
 
 from modelwire.core import errors
 from modelwire.core.deadline import set_deadline
-from modelwire.core.redaction import scrub
+from modelwire.core.redaction import MAX_SCRUBBED, scrub
 from modelwire.observe.call_record import note_error_kind
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ def to_status(error: BaseException) -> grpc.Status:
     if code is None:
         incident = uuid.uuid4().hex[:12]
         # The traceback as text, scrubbed: an exception's message may quote the caller's prompt.
-        logger.error("internal error, incident %s\n%s", incident, scrub("".join(traceback.format_exception(error))))
+        # Its end (where the exception is) is kept when it is longer than the scrub takes.
+        text = "".join(traceback.format_exception(error))
+        if len(text) > MAX_SCRUBBED:
+            text = "…" + text[-(MAX_SCRUBBED - 1):]
+        logger.error("internal error, incident %s\n%s", incident, scrub(text))
         code, message, details = grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the log of the server that answered", []
     else:
         assert isinstance(error, errors.ModelwireError)
