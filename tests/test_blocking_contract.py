@@ -200,8 +200,8 @@ class IdleContext:
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
 
-    async def send_initial_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
-        pass
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
 
 
 async def test_a_failed_warm_up_stops_the_start() -> None:

@@ -30,7 +30,7 @@ from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from blocking_provider import BlockingTestClient
-from conftest import free_port
+from conftest import free_port, running_worker
 from fleet import Joining, Watcher, serving, wait_until, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
 
 TTL_S = 2.0
@@ -518,3 +518,16 @@ async def test_garbage_from_one_instance_costs_only_its_own_answer() -> None:
     finally:
         await evil.stop(0)
     assert [m.model for m in models] == []  # the fake "ok" worker has no ListModels either: nothing, no UNKNOWN
+
+
+async def test_a_worker_sends_early_headers_only_to_gateways(blocking_provider: None) -> None:
+    """A call forwarded by a gateway (it carries modelwire-via) gets the worker's headers when its
+    work begins; a direct caller is spared the extra frame and gets them with the first message."""
+    async with running_worker(blocking_config(blocking_model("slow", tokens=1))) as worker:
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            stub = pb_grpc.ModelWorkerStub(channel)
+            for metadata, early in (((("modelwire-via", "g1"),), True), ((), False)):
+                call = stub.Generate(build_request("slow", "hi"), metadata=metadata, timeout=10)
+                await call
+                headers = dict(await call.initial_metadata())
+                assert ("modelwire-pid" in headers) is early, (metadata, headers)

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+# Metadata a gateway adds to each call it forwards: the gateways the call has passed. A worker
+# that sees it sends its response headers when the work begins (what a gateway needs to know
+# whether a lost call may have run); direct callers are spared that extra frame.
+VIA_KEY = "modelwire-via"
 # How a controller says that another identity holds an instance id; an agent then takes a new one.
 ID_TAKEN = "was registered by another identity"
 

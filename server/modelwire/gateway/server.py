@@ -30,6 +30,7 @@ from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityCon
 from modelwire.fleet.health import WORKER_SERVICE
 from modelwire.fleet.orca import INSTANCE_TRAILER, parse_report
 from modelwire.fleet.registry import RegistryClient
+from modelwire.fleet.types import VIA_KEY
 from modelwire.gateway.router import (
     LIST_MODELS_TIMEOUT_S,
     MAX_ATTEMPTS,
@@ -48,8 +49,7 @@ from modelwire.v1 import worker_pb2 as pb
 logger = logging.getLogger(__name__)
 
 _STATUS_DETAILS = "grpc-status-details-bin"
-# Gateways a call has passed, each adding its own id: a gateway that sees its id again refuses.
-VIA_KEY = "modelwire-via"
+# A gateway that sees its own id in a call's VIA_KEY refuses it; so does one past this many hops.
 MAX_HOPS = 8
 # A retry budget lets a burst this large through before the ratio governs.
 _BUDGET_BURST = 10.0

@@ -10,14 +10,19 @@ import grpc
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
+from modelwire.fleet.types import VIA_KEY
 from modelwire.observe.interceptor import PID, PID_KEY
 from modelwire.worker.service import Started, WorkerService
 from modelwire.rpc.status import CallScope
 
 
-def _headers_when_started(context: grpc.aio.ServicerContext) -> Started:
-    """Sends the response headers, with this process's pid, once the work begins: a gateway that
-    then loses the call knows it may have started and does not replay it elsewhere."""
+def _headers_when_started(context: grpc.aio.ServicerContext) -> Started | None:
+    """For a call forwarded by a gateway: sends the response headers, with this process's pid,
+    once the work begins, so a gateway that then loses the call knows it may have run and does not
+    replay it elsewhere. Direct callers need no such signal (measured: +0.13–0.21 CPU-ms a call)."""
+    if not any(key == VIA_KEY for key, _ in context.invocation_metadata() or ()):
+        return None
+
     async def started() -> None:
         await context.send_initial_metadata(((PID_KEY, PID),))
 
