@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 INITIAL_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 5.0
 DEREGISTER_TIMEOUT_S = 2.0
+# A controller that answers these is reachable and says no: logged as a refusal every time.
+_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class RegistrationAgent:
@@ -113,7 +115,7 @@ class RegistrationAgent:
                 logger.error("%s refused the registration of %s: %s", self.registrar, self.instance_id, error)
                 await asyncio.sleep(self._max_backoff_s)
             except grpc.aio.AioRpcError as error:
-                if error.code() not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                if error.code() not in _REFUSALS:
                     unreachable = self._unreachable(error, unreachable, backoff)
                     await backoff.wait()
                     continue
