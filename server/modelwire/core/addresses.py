@@ -70,7 +70,7 @@ def instance_address(address: str) -> tuple[str, int]:
     spellings that resolvers widen (`127.1`, `0x7f000001`, `2130706433`, `127.000.000.001`) and
     zone ids are refused, so the host checked is the host dialled. ValueError says why."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535 or len(port) > 5:
+    if not sep or len(port) > 5 or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError("must be HOST:PORT with a port from 1 to 65535")
     shown = host if len(host) <= 80 else host[:79] + "…"
     if host.startswith("[") and host.endswith("]"):
