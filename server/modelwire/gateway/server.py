@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from contextlib import aclosing
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -94,6 +95,10 @@ def not_started(error: grpc.aio.AioRpcError) -> bool:
         if packed.Is(info.DESCRIPTOR) and packed.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, NOT_STARTED):
             return True
     return False
+
+
+# One try of a call on a route: yields what the caller gets, fills in the worker's trailers.
+Attempt = Callable[[Route, list[tuple[str, str | bytes]]], AsyncGenerator[bytes, None]]
 
 
 class _NoConnection(Exception):
@@ -219,76 +224,75 @@ class Gateway:
                     "no connection" if error is None else f"{error.code().name} {error.details()}")
         return True
 
+    async def _forward(self, raw: bytes, context: grpc.aio.ServicerContext, attempt: Attempt) -> AsyncGenerator[bytes, None]:
+        """The one retry loop of unary and streamed calls: `attempt` makes the call on a route,
+        yields what the caller gets and fills in the worker's trailers; once it has yielded, the
+        call is the caller's and never retried."""
+        model = model_field(raw)
+        self._budget.earn()
+        tried: set[str] = set()
+        while True:
+            route = self.router.pick(model, tried)
+            tried.add(route.instance_id)
+            route.open[model] = route.open.get(model, 0) + 1
+            started = False
+            trailers: list[tuple[str, str | bytes]] = []
+            try:
+                await self._connected(route)
+                async with aclosing(attempt(route, trailers)) as answers:
+                    async for answer in answers:
+                        started = True
+                        yield answer
+                self._observe(route, model, trailers)
+                context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
+                return
+            except _NoConnection:
+                if self._again(model, route, None, tried, context):
+                    continue
+                raise _unreachable(route) from None
+            except grpc.aio.AioRpcError as error:
+                if not started and self._again(model, route, error, tried, context):
+                    continue
+                await _pass_on(context, error, route)
+                raise
+            finally:
+                route.open[model] -= 1
+
     def _unary(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            async with CallScope(context):
-                model = model_field(raw)
-                self._budget.earn()
-                tried: set[str] = set()
-                while True:
-                    route = self.router.pick(model, tried)
-                    tried.add(route.instance_id)
-                    route.open[model] = route.open.get(model, 0) + 1
-                    try:
-                        await self._connected(route)
-                        call = route.channel.unary_unary(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
-                        response: bytes = await call
-                        trailers = await call.trailing_metadata()
-                        self._observe(route, model, trailers)
-                        context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
-                        return response
-                    except _NoConnection:
-                        if self._again(model, route, None, tried, context):
-                            continue
-                        raise _unreachable(route) from None
-                    except grpc.aio.AioRpcError as error:
-                        if self._again(model, route, error, tried, context):
-                            continue
-                        await _pass_on(context, error, route)
-                        raise
-                    finally:
-                        route.open[model] -= 1
+            async def attempt(route: Route, trailers: list[tuple[str, str | bytes]]) -> AsyncGenerator[bytes, None]:
+                call = route.channel.unary_unary(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
+                response: bytes = await call
+                trailers.extend(await call.trailing_metadata() or ())
+                yield response
+
+            responses: list[bytes] = []
+            async with CallScope(context), aclosing(self._forward(raw, context, attempt)) as answers:
+                # Read to the end: the loop sets the worker's trailers after its one answer.
+                responses += [response async for response in answers]
+            return responses[0]
 
         return forward
 
     def _stream(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            async with CallScope(context):
-                model = model_field(raw)
-                self._budget.earn()
-                tried: set[str] = set()
-                while True:
-                    route = self.router.pick(model, tried)
-                    tried.add(route.instance_id)
-                    route.open[model] = route.open.get(model, 0) + 1
-                    started = False
-                    call = None
-                    try:
-                        await self._connected(route)
-                        call = route.channel.unary_stream(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
-                        async for chunk in call:
-                            if not started:
-                                started = True
-                                initial = forwarded_metadata(await call.initial_metadata(), authorization=False)
-                                await context.send_initial_metadata(initial + ((INSTANCE_TRAILER, route.instance_id),))
-                            yield chunk
-                        trailers = await call.trailing_metadata()
-                        self._observe(route, model, trailers)
-                        context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
-                        return
-                    except _NoConnection:
-                        if self._again(model, route, None, tried, context):
-                            continue
-                        raise _unreachable(route) from None
-                    except grpc.aio.AioRpcError as error:
-                        if not started and self._again(model, route, error, tried, context):
-                            continue
-                        await _pass_on(context, error, route)
-                        raise
-                    finally:
-                        if call is not None:
-                            call.cancel()
-                        route.open[model] -= 1
+            async def attempt(route: Route, trailers: list[tuple[str, str | bytes]]) -> AsyncGenerator[bytes, None]:
+                call = route.channel.unary_stream(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
+                try:
+                    first = True
+                    async for chunk in call:
+                        if first:
+                            first = False
+                            initial = forwarded_metadata(await call.initial_metadata(), authorization=False)
+                            await context.send_initial_metadata(initial + ((INSTANCE_TRAILER, route.instance_id),))
+                        yield chunk
+                    trailers.extend(await call.trailing_metadata() or ())
+                finally:
+                    call.cancel()
+
+            async with CallScope(context), aclosing(self._forward(raw, context, attempt)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
         return forward
 
