@@ -16,6 +16,7 @@ from modelwire.app.server import Worker, build_worker
 from modelwire.proxy import registry
 from modelwire.worker.admission import Admission
 from blocking_provider import PROVIDER, BlockingTestClient
+from fake_upstream import FakeUpstream, fake_upstream
 
 
 def free_port() -> int:
@@ -79,3 +80,10 @@ def blocking_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     """Makes `provider = "blocking-test"` (tests/blocking_provider.py) configurable in this test."""
     monkeypatch.setitem(registry.PROVIDERS, PROVIDER, BlockingTestClient)
     BlockingTestClient.instances.clear()
+
+
+@pytest.fixture(scope="module")
+async def fake() -> AsyncIterator[FakeUpstream]:
+    """The scripted OpenAI/Anthropic upstream (fake_upstream.py), one per test module."""
+    async with fake_upstream() as upstream:
+        yield upstream

@@ -11,19 +11,13 @@ import grpc
 import pytest
 
 from conftest import running_worker
-from fake_upstream import Exchange, FakeUpstream, Responder, answer_ok, fake_upstream, load_toml_config
+from fake_upstream import Exchange, FakeUpstream, Responder, answer_ok, load_toml_config
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.worker.admission import Admission
 
 MAX_CONCURRENCY = 2
 MAX_QUEUE = 2
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from fake_upstream import (
     Responder,
     anthropic_events,
     anthropic_message,
-    fake_upstream,
     load_toml_config,
 )
 from modelwire.app.server import Worker
@@ -36,12 +35,6 @@ CHAT = [
     ("user", "Two more?"),
     ("tool", "weather: sunny"),
 ]
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest.fixture(scope="module")

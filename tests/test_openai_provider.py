@@ -18,7 +18,6 @@ from fake_upstream import (
     FakeUpstream,
     Responder,
     answer_ok,
-    fake_upstream,
     load_toml_config,
     openai_chunk,
     openai_completion,
@@ -163,12 +162,6 @@ max_retries = 0
 
 
 # --- wire format against the fake upstream ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as upstream:
-        yield upstream
-
 
 @pytest.fixture(scope="module")
 async def fake_worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:

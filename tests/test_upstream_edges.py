@@ -22,7 +22,6 @@ from fake_upstream import (
     FakeUpstream,
     Responder,
     answer_ok,
-    fake_upstream,
     is_anthropic,
     load_toml_config,
     send_first_token,
@@ -80,12 +79,6 @@ max_concurrency = 1
 max_queue = 2
 max_retries = 0
 """
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from fake_upstream import (
     Exchange,
     FakeUpstream,
     Responder,
-    fake_upstream,
     is_anthropic,
     load_toml_config,
     send_first_token,
@@ -97,12 +96,6 @@ max_retries = 1
 retry_backoff_s = 0.01
 {key_line}
 """
-
-
-@pytest.fixture(scope="module")
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with fake_upstream() as upstream:
-        yield upstream
 
 
 @pytest.fixture(scope="module")
