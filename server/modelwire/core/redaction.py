@@ -32,9 +32,15 @@ _texts: ContextVar[tuple[str, ...]] = ContextVar("modelwire_request_texts", defa
 
 
 def remember_request_text(texts: Iterable[str]) -> None:
-    """The texts of the current call (message contents, names, stop strings, a prompt); texts
-    without a letter or digit (whitespace, punctuation) would only mask indentation."""
-    _texts.set(tuple(text for text in texts if len(text) >= MIN_MASKED and any(c.isalnum() for c in text)))
+    """The texts of the current call (message contents, names, stop strings, a prompt), kept as
+    they are: every call pays only for this tuple, and the error path alone sorts them out."""
+    _texts.set(tuple(texts))
+
+
+def _worth_masking(text: str) -> bool:
+    """Long enough to be the caller's, and with a letter or digit (whitespace and punctuation
+    would only mask indentation)."""
+    return len(text) >= MIN_MASKED and any(c.isalnum() for c in text)
 
 
 def _forms(text: str) -> list[str]:
@@ -50,7 +56,7 @@ def scrub(text: str) -> str:
     """`text` (cut to MAX_SCRUBBED) with every run it shares with the current call's request texts
     masked. Linear in the message and in the request: windows are indexed once, each distinct
     piece of a request text is looked up once, and a run is widened only over what is not masked."""
-    texts = _texts.get()
+    texts = [candidate for candidate in _texts.get() if _worth_masking(candidate)]
     if not texts or len(text) < MIN_MASKED:
         return text
     if len(text) > MAX_SCRUBBED:
