@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, Stri
 from pydantic.dataclasses import dataclass
 
 from modelwire.core.addresses import EtcdTarget, check_host_port
+from modelwire.core.types import Capability
 
 T = TypeVar("T")
 
@@ -356,6 +357,9 @@ class RequestLimits:
     max_request_chars: PositiveInt = 1 << 20
     max_stop_strings: NonNegativeInt = 16
     max_stop_chars: PositiveInt = 256
+    # OpenAI's own bounds.
+    max_tools: NonNegativeInt = 128
+    max_embed_inputs: PositiveInt = 2048
 
 
 @dataclass(config=_SECTION)
@@ -382,6 +386,8 @@ class ModelConfig:
     # How far a token count that is not exact may be off, either way, as a fraction (see
     # docs/configuration.md#context-checks-on-estimated-counts).
     estimate_margin: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)] = DEFAULT_ESTIMATE_MARGIN
+    # What the model accepts, replacing its provider's defaults (docs/configuration.md#capabilities).
+    capabilities: tuple[Capability, ...] | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Where the table came from, so a provider's errors name it: `file` and `models[i]`.
     source: StrictStr = "<defaults>"
@@ -394,6 +400,30 @@ class ModelConfig:
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _capability_names(cls, value: object) -> object:
+        if not isinstance(value, (list, tuple)):
+            return value
+        names = {capability.value: capability for capability in Capability}
+        unknown = [item for item in value if not isinstance(item, str) or item not in names]
+        if unknown:
+            raise ValueError(f"unknown capability {unknown[0]!r}; known: {', '.join(names)}")
+        if len(set(value)) != len(value):
+            raise ValueError("names a capability twice")
+        return tuple(names[item] for item in value)
+
+    def capabilities_within(self, default: tuple[Capability, ...], supported: frozenset[Capability]) -> tuple[Capability, ...]:
+        """The configured capabilities, or the provider's `default`; a capability the provider
+        cannot translate is a configuration error, not a promise ListModels would break."""
+        if self.capabilities is None:
+            return default
+        beyond = [capability.value for capability in self.capabilities if capability not in supported]
+        if beyond:
+            known = ", ".join(capability.value for capability in Capability if capability in supported)
+            raise self.error("capabilities", f"provider {self.provider!r} cannot honour {', '.join(beyond)} (it can: {known})")
+        return self.capabilities
 
     def options_as(self, kind: type[T]) -> T:
         """The provider's keys, validated by its own schema; unknown keys are errors."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 from dataclasses import dataclass, field
@@ -22,11 +23,53 @@ class FinishReason(enum.Enum):
 
 
 class Capability(enum.Enum):
+    """What a model accepts; configuration names them by these values (docs/configuration.md)."""
+
     CHAT = "chat"
     STREAMING = "streaming"
     REASONING = "reasoning"
     VISION = "vision"
     TOOLS = "tools"
+    JSON_SCHEMA = "json_schema"
+    GRAMMAR = "grammar"
+    EMBEDDINGS = "embeddings"
+    PROMPT_CACHE = "prompt_cache"
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """Exactly one of `data` (with `mime_type`) or `url`."""
+
+    data: bytes | None = None
+    url: str | None = None
+    mime_type: str = ""
+
+    def data_url(self) -> str:
+        """The image as a URL: its own, or a base64 `data:` URL of its bytes."""
+        if self.url is not None:
+            return self.url
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data or b'').decode('ascii')}"
+
+
+# A part of a message's content: text, or an image.
+ContentPart = str | Image
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call; `id` and `name` come on a call's first piece."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments_delta: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +77,92 @@ class ModelMessage:
     role: Role
     content: str
     name: str = ""
+    # When set, the message's content in order (then `content` is empty).
+    parts: tuple[ContentPart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    reasoning: str | None = None
+    reasoning_signature: bytes = b""
+    cache_breakpoint: bool = False
+
+    @property
+    def text(self) -> str:
+        """The message's text: `content`, or its text parts joined (images left out)."""
+        if not self.parts:
+            return self.content
+        return "".join(part for part in self.parts if isinstance(part, str))
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        return tuple(part for part in self.parts if isinstance(part, Image))
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str = ""
+    # JSON text of a JSON Schema object; empty means no arguments.
+    parameters_json_schema: str = ""
+    strict: bool = False
+
+    @property
+    def schema_json(self) -> str:
+        return self.parameters_json_schema or NO_ARGUMENTS_SCHEMA
+
+
+NO_ARGUMENTS_SCHEMA = '{"type": "object", "properties": {}}'
+
+
+class ToolChoiceMode(enum.Enum):
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedTool:
+    """A tool choice that forces one tool by name."""
+
+    name: str
+
+
+# Unset (None) is the provider's default: auto when tools are given.
+ToolChoice = ToolChoiceMode | NamedTool
+
+
+@dataclass(frozen=True, slots=True)
+class JsonObjectFormat:
+    """Any JSON object."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonSchemaFormat:
+    name: str
+    schema_json: str
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GrammarFormat:
+    """A GBNF grammar (llama.cpp's)."""
+
+    gbnf: str
+
+
+OutputFormat = JsonObjectFormat | JsonSchemaFormat | GrammarFormat
+
+
+class ReasoningEffort(enum.Enum):
+    MINIMAL = "minimal"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningOptions:
+    effort: ReasoningEffort | None = None
+    budget_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +191,11 @@ class ModelRequest:
     messages: tuple[ModelMessage, ...]
     sampling: SamplingParams = SamplingParams()
     context: RequestContext = RequestContext()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    output_format: OutputFormat | None = None
+    reasoning: ReasoningOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +203,10 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False
+    # Each is a part of prompt_tokens or completion_tokens, never added to them.
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -91,6 +229,10 @@ class ModelOutput:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timing: Timing | None = None
+    # Unary outputs carry whole calls, stream deltas carry pieces of them.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_deltas: tuple[ToolCallDelta, ...] = ()
+    reasoning_signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +259,38 @@ class TokenCount:
         return math.floor(self.count * (1 - margin)), math.ceil(self.count * (1 + margin))
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage
+
+
+def merge_tool_call_deltas(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
+    """Whole calls from their pieces, in index order: ids and names from the first piece that has
+    them, arguments concatenated."""
+    calls: dict[int, tuple[str, str, list[str]]] = {}
+    for delta in deltas:
+        call_id, name, arguments = calls.setdefault(delta.index, ("", "", []))
+        calls[delta.index] = (call_id or delta.id, name or delta.name, arguments)
+        arguments.append(delta.arguments_delta)
+    return tuple(
+        ToolCall(id=call_id, name=name, arguments_json="".join(arguments))
+        for _, (call_id, name, arguments) in sorted(calls.items())
+    )
+
+
 def merge_outputs(chunks: list[ModelOutput]) -> ModelOutput:
     """Folds stream deltas into one output: the single place where unary is derived from streaming."""
     text = "".join(chunk.text for chunk in chunks)
     reasoning_parts = [chunk.reasoning for chunk in chunks if chunk.reasoning is not None]
+    deltas = [delta for chunk in chunks for delta in chunk.tool_call_deltas]
     last = chunks[-1] if chunks else ModelOutput()
     return ModelOutput(
         text=text,
@@ -128,4 +298,6 @@ def merge_outputs(chunks: list[ModelOutput]) -> ModelOutput:
         finish_reason=last.finish_reason,
         usage=last.usage,
         timing=last.timing,
+        tool_calls=tuple(call for chunk in chunks for call in chunk.tool_calls) + merge_tool_call_deltas(deltas),
+        reasoning_signature=b"".join(chunk.reasoning_signature for chunk in chunks),
     )

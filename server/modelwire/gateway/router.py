@@ -89,7 +89,7 @@ MAX_MODEL_BYTES = 1024
 
 
 def model_field(raw: bytes) -> str:
-    """Reads field 1 (`model`, a string in ModelRequest and CountTokenRequest) without parsing the
+    """Reads field 1 (`model`, a string in ModelRequest, CountTokenRequest and EmbedRequest) without parsing the
     rest, which the worker decodes; a body whose start is not protobuf wire format, or that names
     no model first, is the caller's mistake."""
     position = 0

@@ -183,6 +183,7 @@ class Gateway:
         return grpc.method_handlers_generic_handler(WORKER_SERVICE, {
             "Generate": grpc.unary_unary_rpc_method_handler(self._unary(method + "Generate")),
             "CountToken": grpc.unary_unary_rpc_method_handler(self._unary(method + "CountToken")),
+            "Embed": grpc.unary_unary_rpc_method_handler(self._unary(method + "Embed")),
             "GenerateStream": grpc.unary_stream_rpc_method_handler(self._stream(method + "GenerateStream")),
             "ListModels": grpc.unary_unary_rpc_method_handler(self._list_models),
         })

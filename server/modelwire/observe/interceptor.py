@@ -111,6 +111,6 @@ class CallObserver(RewrappingInterceptor):
 
 
 def _count_usage(record: CallRecord, response: Any) -> None:
-    if isinstance(response, pb.ModelOutput) and response.HasField("usage"):
+    if isinstance(response, (pb.ModelOutput, pb.EmbedResponse)) and response.HasField("usage"):
         record.prompt_tokens = response.usage.prompt_tokens
         record.completion_tokens = response.usage.completion_tokens

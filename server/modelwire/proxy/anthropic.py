@@ -44,6 +44,12 @@ from modelwire.proxy.http_upstream import (
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
+# Every Claude model since Claude 3 takes tools, images and cache_control; extended thinking only
+# some, so reasoning is configured where it applies. Anthropic has no embeddings and no grammars.
+DEFAULT_CAPABILITIES = (
+    Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA, Capability.VISION, Capability.PROMPT_CACHE,
+)
+SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {Capability.REASONING}
 
 _FINISH_REASONS = {
     "end_turn": FinishReason.STOP,
@@ -135,7 +141,7 @@ class AnthropicClient(HttpProxyClient):
             provider=cls.provider,
             context_length=context_length,
             max_output_tokens=max_output_tokens,
-            capabilities=(Capability.CHAT, Capability.STREAMING),
+            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, SUPPORTED_CAPABILITIES),
             metadata={"upstream_model": options.http.upstream_model},
         )
         return cls(metadata, executor, options, params.max_concurrency)

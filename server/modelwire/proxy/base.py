@@ -20,8 +20,11 @@ from dataclasses import replace
 from typing import Any, ClassVar, Self, TypeVar
 
 from modelwire.core.cancellation import Cancellation
+from modelwire.core.errors import FieldViolation
 from modelwire.tokenize.placement import counts_inline
 from modelwire.core.types import (
+    EmbedRequest,
+    Embeddings,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
@@ -84,6 +87,19 @@ class ProxyLLMClient(ABC):
     @abstractmethod
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         """Counts a plain prompt as is, or chat messages as the model will see them."""
+
+    def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
+        """The provider's own refusals beyond the model's capabilities (worker/capabilities.py):
+        a field combination its upstream cannot express. Each names the field and the model."""
+        return []
+
+    def unsupported_embedding(self, request: EmbedRequest) -> list[FieldViolation]:
+        return []
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Only called for a model with CAPABILITY_EMBEDDINGS, which a provider grants only if it
+        overrides this."""
+        raise NotImplementedError(f"{type(self).__name__} has no embeddings")
 
     async def warm_up(self) -> None:
         """Called once at start, before the worker reports SERVING: a provider that can only fail

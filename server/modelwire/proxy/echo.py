@@ -45,6 +45,8 @@ from modelwire.tokenize.tiktoken_counter import count_tokens
 DEFAULT_CONTEXT_LENGTH = 131072
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_CHUNK_TEXT = "hello"
+# A stand-in upstream for tests and benchmarks: it chats and streams, and refuses everything else.
+DEFAULT_CAPABILITIES = (Capability.CHAT, Capability.STREAMING)
 @pydantic_dataclass(config=SECTION)
 class EchoOptions:
     chunks: Annotated[StrictInt, Field(ge=0)] = 1
@@ -74,7 +76,7 @@ class EchoClient(ProxyLLMClient):
             provider=cls.provider,
             context_length=context_length,
             max_output_tokens=min(params.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, context_length),
-            capabilities=(Capability.CHAT, Capability.STREAMING),
+            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)),
             metadata={"chunks": str(chunks), "chunk_interval_s": f"{chunk_interval_s:g}"},
         )
         return cls(metadata, executor, chunks, chunk_text, chunk_interval_s)

@@ -54,6 +54,10 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_N_BATCH = 512
 WARM_UP_TOKENS = 2
 CLOSE_WAIT_S = 30.0
+# llama.cpp's grammars enforce json_object, json_schema and GBNF; tools only when a call is forced.
+DEFAULT_CAPABILITIES = (
+    Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA, Capability.GRAMMAR, Capability.EMBEDDINGS,
+)
 
 
 def model_cache_dir() -> Path:
@@ -164,7 +168,7 @@ class LlamaCppClient(ProxyLLMClient):
             provider=cls.provider,
             context_length=context_length,
             max_output_tokens=params.max_output_tokens or context_length,
-            capabilities=(Capability.CHAT, Capability.STREAMING),
+            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)),
             metadata={"gguf": model_path.name, "chat_format": options.chat_format},
         )
         try:

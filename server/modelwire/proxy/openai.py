@@ -48,6 +48,10 @@ from modelwire.proxy.http_upstream import (
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 API_TYPES = ("openai", "azure")
 MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+# Every OpenAI-compatible server chats, streams and (nearly all) takes tools and response_format;
+# vision, reasoning and embeddings depend on the model, so they are configured where they apply.
+DEFAULT_CAPABILITIES = (Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA)
+SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {Capability.VISION, Capability.REASONING, Capability.EMBEDDINGS}
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -148,7 +152,7 @@ class OpenAIClient(HttpProxyClient):
             provider=cls.provider,
             context_length=context_length,
             max_output_tokens=max_output_tokens,
-            capabilities=(Capability.CHAT, Capability.STREAMING),
+            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, SUPPORTED_CAPABILITIES),
             metadata={"upstream_model": options.http.upstream_model, "api_type": options.api_type},
         )
         return cls(metadata, executor, options, params.max_concurrency)

@@ -7,15 +7,31 @@ from collections.abc import Sequence
 from modelwire.core.errors import FieldViolation, InvalidRequest
 from modelwire.core.types import (
     Capability,
+    ContentPart,
+    EmbedRequest,
+    Embeddings,
     FinishReason,
+    GrammarFormat,
+    Image,
+    JsonObjectFormat,
+    JsonSchemaFormat,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    NamedTool,
+    OutputFormat,
+    ReasoningEffort,
+    ReasoningOptions,
     RequestContext,
     Role,
     SamplingParams,
     TokenCount,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    Usage,
 )
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.core.settings import RequestLimits
@@ -40,6 +56,21 @@ _CAPABILITY_TO_PB = {
     Capability.REASONING: pb.CAPABILITY_REASONING,
     Capability.VISION: pb.CAPABILITY_VISION,
     Capability.TOOLS: pb.CAPABILITY_TOOLS,
+    Capability.JSON_SCHEMA: pb.CAPABILITY_JSON_SCHEMA,
+    Capability.GRAMMAR: pb.CAPABILITY_GRAMMAR,
+    Capability.EMBEDDINGS: pb.CAPABILITY_EMBEDDINGS,
+    Capability.PROMPT_CACHE: pb.CAPABILITY_PROMPT_CACHE,
+}
+_TOOL_CHOICE_FROM_PB = {
+    pb.TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.AUTO,
+    pb.TOOL_CHOICE_MODE_NONE: ToolChoiceMode.NONE,
+    pb.TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.REQUIRED,
+}
+_EFFORT_FROM_PB = {
+    pb.REASONING_EFFORT_MINIMAL: ReasoningEffort.MINIMAL,
+    pb.REASONING_EFFORT_LOW: ReasoningEffort.LOW,
+    pb.REASONING_EFFORT_MEDIUM: ReasoningEffort.MEDIUM,
+    pb.REASONING_EFFORT_HIGH: ReasoningEffort.HIGH,
 }
 
 
@@ -57,10 +88,83 @@ def messages_from_pb(messages: Sequence[pb.ModelMessage], limits: RequestLimits,
                 FieldViolation(f"{field}[{index}].role", "must be one of ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL")
             )
             continue
-        converted.append(ModelMessage(role=role, content=message.content, name=message.name))
+        parts = tuple(_part_from_pb(part, f"{field}[{index}].parts[{number}]", violations) for number, part in enumerate(message.parts))
+        converted.append(
+            ModelMessage(
+                role=role,
+                content=message.content,
+                name=message.name,
+                parts=parts,
+                tool_calls=tuple(_tool_call_from_pb(call) for call in message.tool_calls),
+                tool_call_id=message.tool_call_id,
+                reasoning=message.reasoning if message.HasField("reasoning") else None,
+                reasoning_signature=message.reasoning_signature,
+                cache_breakpoint=message.cache_breakpoint,
+            )
+        )
     if violations:
         raise InvalidRequest(violations)
     return tuple(converted)
+
+
+def _part_from_pb(part: pb.ContentPart, field: str, violations: list[FieldViolation]) -> ContentPart:
+    kind = part.WhichOneof("part")
+    if kind == "text":
+        return part.text
+    if kind == "image":
+        image = part.image
+        source = image.WhichOneof("source")
+        if source is None:
+            violations.append(FieldViolation(f"{field}.image", "set data or url"))
+        return Image(
+            data=image.data if source == "data" else None,
+            url=image.url if source == "url" else None,
+            mime_type=image.mime_type,
+        )
+    violations.append(FieldViolation(field, "set text or image"))
+    return ""
+
+
+def _tool_call_from_pb(call: pb.ToolCall) -> ToolCall:
+    return ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+
+
+def _tool_choice_from_pb(request: pb.ModelRequest) -> ToolChoice | None:
+    if not request.HasField("tool_choice"):
+        return None
+    choice = request.tool_choice
+    kind = choice.WhichOneof("choice")
+    if kind == "tool_name":
+        return NamedTool(choice.tool_name)
+    mode = _TOOL_CHOICE_FROM_PB.get(choice.mode) if kind == "mode" else None
+    if mode is None:
+        raise InvalidRequest([FieldViolation("tool_choice", "set mode (AUTO, NONE or REQUIRED) or tool_name")])
+    return mode
+
+
+def _output_format_from_pb(request: pb.ModelRequest) -> OutputFormat | None:
+    if not request.HasField("output_format"):
+        return None
+    output_format = request.output_format
+    kind = output_format.WhichOneof("format")
+    if kind == "json_object" and output_format.json_object:
+        return JsonObjectFormat()
+    if kind == "json_schema":
+        schema = output_format.json_schema
+        return JsonSchemaFormat(name=schema.name, schema_json=schema.schema_json, strict=schema.strict)
+    if kind == "grammar":
+        return GrammarFormat(output_format.grammar)
+    raise InvalidRequest([FieldViolation("output_format", "set json_object = true, json_schema or grammar")])
+
+
+def _reasoning_from_pb(request: pb.ModelRequest) -> ReasoningOptions | None:
+    if not request.HasField("reasoning"):
+        return None
+    reasoning = request.reasoning
+    return ReasoningOptions(
+        effort=_EFFORT_FROM_PB.get(reasoning.effort),
+        budget_tokens=reasoning.budget_tokens if reasoning.HasField("budget_tokens") else None,
+    )
 
 
 def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelRequest:
@@ -82,6 +186,14 @@ def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelReq
             user=request.context.user,
             metadata=dict(request.context.metadata),
         ),
+        tools=tuple(
+            Tool(name=tool.name, description=tool.description, parameters_json_schema=tool.parameters_json_schema, strict=tool.strict)
+            for tool in request.tools
+        ),
+        tool_choice=_tool_choice_from_pb(request),
+        parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None,
+        output_format=_output_format_from_pb(request),
+        reasoning=_reasoning_from_pb(request),
     )
 
 
@@ -91,17 +203,40 @@ def output_to_pb(output: ModelOutput, model: str) -> pb.ModelOutput:
     if output.reasoning is not None:
         message.reasoning = output.reasoning
     if output.usage is not None:
-        usage = output.usage
-        message.usage.prompt_tokens = usage.prompt_tokens
-        message.usage.completion_tokens = usage.completion_tokens
-        message.usage.total_tokens = usage.total_tokens
-        message.usage.estimated = usage.estimated
+        _usage_to_pb(output.usage, message.usage)
+    if output.tool_calls:
+        message.tool_calls.extend(
+            pb.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json) for call in output.tool_calls
+        )
+    if output.tool_call_deltas:
+        message.tool_call_deltas.extend(
+            pb.ToolCallDelta(index=delta.index, id=delta.id, name=delta.name, arguments_delta=delta.arguments_delta)
+            for delta in output.tool_call_deltas
+        )
+    if output.reasoning_signature:
+        message.reasoning_signature = output.reasoning_signature
     if output.timing is not None:
         timing = output.timing
         message.timing.time_to_first_token_seconds = timing.time_to_first_token_s
         message.timing.tokens_per_second = timing.tokens_per_second
         message.timing.total_seconds = timing.total_s
     return message
+
+
+def _usage_to_pb(usage: Usage, message: pb.Usage) -> None:
+    message.prompt_tokens = usage.prompt_tokens
+    message.completion_tokens = usage.completion_tokens
+    message.total_tokens = usage.total_tokens
+    message.estimated = usage.estimated
+    message.cached_prompt_tokens = usage.cached_prompt_tokens
+    message.cache_write_tokens = usage.cache_write_tokens
+    message.reasoning_tokens = usage.reasoning_tokens
+
+
+def embeddings_to_pb(embeddings: Embeddings, model: str) -> pb.EmbedResponse:
+    response = pb.EmbedResponse(model=model, embeddings=[pb.Embedding(values=vector) for vector in embeddings.vectors])
+    _usage_to_pb(embeddings.usage, response.usage)
+    return response
 
 
 def metadata_to_pb(metadata: ModelMetadata) -> pb.ModelMetadata:
@@ -122,6 +257,14 @@ def count_input_from_pb(request: pb.CountTokenRequest, limits: RequestLimits) ->
     if request.prompt:
         return request.prompt
     return messages_from_pb(request.messages, limits)
+
+
+def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
+    return EmbedRequest(
+        model=request.model,
+        inputs=tuple(request.inputs),
+        dimensions=request.dimensions if request.HasField("dimensions") else None,
+    )
 
 
 def token_count_to_pb(count: TokenCount) -> pb.CountTokenResponse:

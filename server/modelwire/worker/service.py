@@ -10,9 +10,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
-from modelwire.core.errors import ContextLengthExceeded, ModelNotFound
+from modelwire.core.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from modelwire.core.redaction import remember_request_text
 from modelwire.core.types import (
+    EmbedRequest,
+    Embeddings,
     FinishReason,
     ModelMessage,
     ModelMetadata,
@@ -27,7 +29,8 @@ from modelwire.proxy.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
 from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
-from modelwire.worker.validation import validate_count_input, validate_request
+from modelwire.worker.capabilities import unsupported_embedding, unsupported_fields
+from modelwire.worker.validation import validate_count_input, validate_embed_request, validate_request
 
 
 # Told when a generation leaves admission and its work begins (the edge then sends the response
@@ -67,13 +70,29 @@ class WorkerService:
         async with served.admission.slot():
             return await served.client.count_token(model, prompt)
 
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        validate_embed_request(request, self.limits)
+        remember_request_text(request.inputs)
+        served = self.served(request.model)
+        refused = unsupported_embedding(request, served.metadata) or served.client.unsupported_embedding(request)
+        if refused:
+            raise InvalidRequest(refused)
+        async with served.admission.slot():
+            with upstream_span(served.metadata.provider, request.model):
+                return await served.client.embed(request)
+
     @asynccontextmanager
-    async def _admitted(self, request: ModelRequest, started: Started | None) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
+    async def _admitted(
+        self, request: ModelRequest, started: Started | None, streaming: bool
+    ) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
         """Everything a generation passes before the provider: checks, a slot, context fit, a span.
         The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
         validate_request(request, self.limits)
         remember_request_text([*_message_texts(request.messages), *request.sampling.stop])
         served = self.served(request.model)
+        refused = unsupported_fields(request, served.metadata, streaming) or served.client.unsupported(request)
+        if refused:
+            raise InvalidRequest(refused)
         async with served.admission.slot():
             if started is not None:
                 await started()
@@ -85,7 +104,7 @@ class WorkerService:
         """Unary goes through the provider's own `generate`: an HTTP provider then makes one
         non-streaming upstream call and reports the upstream's usage; the base class derives it
         from the stream for the others."""
-        async with self._admitted(request, started) as (served, request):
+        async with self._admitted(request, started, streaming=False) as (served, request):
             began = time.perf_counter()
             output = await served.client.generate(request)
             return replace(
@@ -95,13 +114,13 @@ class WorkerService:
             )
 
     async def generate_stream(self, request: ModelRequest, started: Started | None = None) -> AsyncGenerator[ModelOutput, None]:
-        async with self._admitted(request, started) as (served, request):
+        async with self._admitted(request, started, streaming=True) as (served, request):
             began = time.perf_counter()
             first_token_at: float | None = None
             finished = False
             async with aclosing(served.client.generate_stream(request)) as chunks:
                 async for chunk in chunks:
-                    if first_token_at is None and (chunk.text or chunk.reasoning):
+                    if first_token_at is None and (chunk.text or chunk.reasoning or chunk.tool_call_deltas):
                         first_token_at = time.perf_counter()
                     if chunk.finish_reason is not None:
                         finished = True
@@ -138,7 +157,13 @@ class WorkerService:
 
 
 def _message_texts(messages: Sequence[ModelMessage]) -> list[str]:
-    return [text for message in messages for text in (message.content, message.name)]
+    """What a caller wrote, so an upstream's error quoting it is scrubbed (core/redaction.py)."""
+    texts: list[str] = []
+    for message in messages:
+        texts += (message.content, message.name)
+        texts += (part for part in message.parts if isinstance(part, str))
+        texts += (call.arguments_json for call in message.tool_calls)
+    return texts
 
 
 def _timing(started: float, first_token_at: float | None, usage: Usage | None) -> Timing:

@@ -56,6 +56,11 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
             count = await self._service.count_token(request.model, convert.count_input_from_pb(request, self._service.limits))
             return convert.token_count_to_pb(count)
 
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        async with CallScope(context):
+            embeddings = await self._service.embed(convert.embed_request_from_pb(request))
+            return convert.embeddings_to_pb(embeddings, request.model)
+
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
+from typing import Any
+
 from modelwire.core.errors import FieldViolation, InvalidRequest
 from modelwire.core.settings import RequestLimits
-from modelwire.core.types import ModelMessage, ModelRequest
+from modelwire.core.types import (
+    EmbedRequest,
+    GrammarFormat,
+    JsonSchemaFormat,
+    ModelMessage,
+    ModelRequest,
+    NamedTool,
+    Role,
+    ToolChoiceMode,
+)
+
+# The tool and schema names OpenAI and Anthropic both accept.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+_IMAGE_URL_SCHEMES = ("https://", "http://", "data:image/")
 
 
 def message_count_violation(count: int, limits: RequestLimits, field: str = "messages") -> FieldViolation | None:
@@ -20,15 +38,110 @@ def _check_range(violations: list[FieldViolation], name: str, value: float | Non
         violations.append(FieldViolation(name, f"must be in [{low:g}, {high:g}], got {value:g}"))
 
 
-def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMessage], limits: RequestLimits) -> None:
+def message_chars(message: ModelMessage) -> int:
+    """What a message weighs against limits.max_request_chars: its text, tool calls, reasoning and
+    image URLs (image bytes are bounded by the server's receive limit instead)."""
+    chars = len(message.content) + len(message.name) + len(message.tool_call_id) + len(message.reasoning or "")
+    for part in message.parts:
+        chars += len(part) if isinstance(part, str) else len(part.url or "")
+    for call in message.tool_calls:
+        chars += len(call.id) + len(call.name) + len(call.arguments_json)
+    return chars
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _check_message_shape(violations: list[FieldViolation], index: int, message: ModelMessage) -> None:
+    field = f"messages[{index}]"
+    if message.parts and message.content:
+        violations.append(FieldViolation(f"{field}.content", "must be empty when parts is set"))
+    for number, part in enumerate(message.parts):
+        if isinstance(part, str):
+            continue
+        where = f"{field}.parts[{number}].image"
+        if part.data is not None:
+            if part.mime_type not in IMAGE_MIME_TYPES:
+                violations.append(FieldViolation(f"{where}.mime_type", f"must be one of {', '.join(IMAGE_MIME_TYPES)} for data, got {part.mime_type!r}"))
+            if not part.data:
+                violations.append(FieldViolation(f"{where}.data", "must not be empty"))
+        elif part.url is not None and not part.url.startswith(_IMAGE_URL_SCHEMES):
+            violations.append(FieldViolation(f"{where}.url", "must be an https:, http: or data:image/ URL"))
+    if message.tool_calls and message.role is not Role.ASSISTANT:
+        violations.append(FieldViolation(f"{field}.tool_calls", "only a ROLE_ASSISTANT message carries tool calls"))
+    for number, call in enumerate(message.tool_calls):
+        where = f"{field}.tool_calls[{number}]"
+        if not call.id:
+            violations.append(FieldViolation(f"{where}.id", "must not be empty (the id the model gave the call)"))
+        if not _NAME.fullmatch(call.name):
+            violations.append(FieldViolation(f"{where}.name", "must be 1 to 64 of [A-Za-z0-9_-]"))
+        if _json_object(call.arguments_json or "{}") is None:
+            violations.append(FieldViolation(f"{where}.arguments_json", "must be a JSON object"))
+    if message.tool_call_id and message.role is not Role.TOOL:
+        violations.append(FieldViolation(f"{field}.tool_call_id", "only a ROLE_TOOL message answers a tool call"))
+    if (message.reasoning is not None or message.reasoning_signature) and message.role is not Role.ASSISTANT:
+        violations.append(FieldViolation(f"{field}.reasoning", "only a ROLE_ASSISTANT message carries reasoning"))
+
+
+def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMessage], limits: RequestLimits) -> int:
+    """Returns the characters the messages weigh, for the request's total."""
     too_many = message_count_violation(len(messages), limits)
     if too_many is not None:
         violations.append(too_many)
-    chars = sum(len(message.content) + len(message.name) for message in messages)
+    for index, message in enumerate(messages):
+        _check_message_shape(violations, index, message)
+    return sum(message_chars(message) for message in messages)
+
+
+def _check_chars(violations: list[FieldViolation], chars: int, limits: RequestLimits) -> None:
     if chars > limits.max_request_chars:
         violations.append(
             FieldViolation("messages", f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}")
         )
+
+
+def _check_tools(violations: list[FieldViolation], request: ModelRequest, limits: RequestLimits) -> int:
+    """Returns the characters the tools and the output format weigh."""
+    chars = 0
+    if len(request.tools) > limits.max_tools:
+        violations.append(FieldViolation("tools", f"at most {limits.max_tools} tools (limits.max_tools), got {len(request.tools)}"))
+    names: set[str] = set()
+    for index, tool in enumerate(request.tools[: limits.max_tools]):
+        chars += len(tool.name) + len(tool.description) + len(tool.parameters_json_schema)
+        if not _NAME.fullmatch(tool.name):
+            violations.append(FieldViolation(f"tools[{index}].name", "must be 1 to 64 of [A-Za-z0-9_-]"))
+        elif tool.name in names:
+            violations.append(FieldViolation(f"tools[{index}].name", f"{tool.name!r} is given twice"))
+        names.add(tool.name)
+        if tool.parameters_json_schema and _json_object(tool.parameters_json_schema) is None:
+            violations.append(FieldViolation(f"tools[{index}].parameters_json_schema", "must be a JSON Schema object, as JSON text"))
+    choice = request.tool_choice
+    if isinstance(choice, NamedTool) and choice.name not in names:
+        violations.append(FieldViolation("tool_choice.tool_name", f"{choice.name!r} is not one of tools"))
+    elif choice is ToolChoiceMode.REQUIRED and not request.tools:
+        violations.append(FieldViolation("tool_choice.mode", "REQUIRED needs tools"))
+    if request.parallel_tool_calls is not None and not request.tools:
+        violations.append(FieldViolation("parallel_tool_calls", "only applies with tools"))
+    output_format = request.output_format
+    if isinstance(output_format, JsonSchemaFormat):
+        chars += len(output_format.name) + len(output_format.schema_json)
+        if not _NAME.fullmatch(output_format.name):
+            violations.append(FieldViolation("output_format.json_schema.name", "must be 1 to 64 of [A-Za-z0-9_-]"))
+        if _json_object(output_format.schema_json) is None:
+            violations.append(FieldViolation("output_format.json_schema.schema_json", "must be a JSON Schema object, as JSON text"))
+    elif isinstance(output_format, GrammarFormat):
+        chars += len(output_format.gbnf)
+        if not output_format.gbnf.strip():
+            violations.append(FieldViolation("output_format.grammar", "must not be empty"))
+    reasoning = request.reasoning
+    if reasoning is not None and reasoning.budget_tokens is not None and reasoning.budget_tokens <= 0:
+        violations.append(FieldViolation("reasoning.budget_tokens", f"must be positive when set, got {reasoning.budget_tokens}"))
+    return chars
 
 
 def _check_model(violations: list[FieldViolation], model: str) -> None:
@@ -45,7 +158,28 @@ def validate_count_input(model: str, prompt: str | Sequence[ModelMessage], limit
                 FieldViolation("prompt", f"at most {limits.max_request_chars} characters (limits.max_request_chars), got {len(prompt)}")
             )
     else:
-        _check_messages(violations, prompt, limits)
+        _check_chars(violations, _check_messages(violations, prompt, limits), limits)
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def validate_embed_request(request: EmbedRequest, limits: RequestLimits) -> None:
+    violations: list[FieldViolation] = []
+    _check_model(violations, request.model)
+    if not request.inputs:
+        violations.append(FieldViolation("inputs", "must contain at least one text"))
+    if len(request.inputs) > limits.max_embed_inputs:
+        violations.append(
+            FieldViolation("inputs", f"at most {limits.max_embed_inputs} texts (limits.max_embed_inputs), got {len(request.inputs)}")
+        )
+    for index, text in enumerate(request.inputs[: limits.max_embed_inputs]):
+        if not text:
+            violations.append(FieldViolation(f"inputs[{index}]", "must not be empty"))
+    chars = sum(len(text) for text in request.inputs)
+    if chars > limits.max_request_chars:
+        violations.append(FieldViolation("inputs", f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}"))
+    if request.dimensions is not None and request.dimensions <= 0:
+        violations.append(FieldViolation("dimensions", f"must be positive when set, got {request.dimensions}"))
     if violations:
         raise InvalidRequest(violations)
 
@@ -55,7 +189,8 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
     _check_model(violations, request.model)
     if not request.messages:
         violations.append(FieldViolation("messages", "must contain at least one message"))
-    _check_messages(violations, request.messages, limits)
+    chars = _check_messages(violations, request.messages, limits) + _check_tools(violations, request, limits)
+    _check_chars(violations, chars, limits)
     sampling = request.sampling
     _check_range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
     if sampling.top_p is not None and not 0.0 < sampling.top_p <= 1.0:

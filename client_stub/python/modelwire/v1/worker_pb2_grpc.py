@@ -55,6 +55,11 @@ class ModelWorkerStub:
                 request_serializer=modelwire_dot_v1_dot_worker__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=modelwire_dot_v1_dot_worker__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/modelwire.v1.ModelWorker/Embed',
+                request_serializer=modelwire_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=modelwire_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class ModelWorkerServicer:
@@ -89,6 +94,13 @@ class ModelWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed returns one embedding per input, from a model with CAPABILITY_EMBEDDINGS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_ModelWorkerServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=modelwire_dot_v1_dot_worker__pb2.ListModelsRequest.FromString,
                     response_serializer=modelwire_dot_v1_dot_worker__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=modelwire_dot_v1_dot_worker__pb2.EmbedRequest.FromString,
+                    response_serializer=modelwire_dot_v1_dot_worker__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class ModelWorker:
             '/modelwire.v1.ModelWorker/ListModels',
             modelwire_dot_v1_dot_worker__pb2.ListModelsRequest.SerializeToString,
             modelwire_dot_v1_dot_worker__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelwire.v1.ModelWorker/Embed',
+            modelwire_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
+            modelwire_dot_v1_dot_worker__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,
