@@ -18,8 +18,10 @@ from modelwire.fleet import convert
 from modelwire.worker.agent import RegistrationAgent, worker_agent
 from modelwire.controller.memory import MemoryRegistry
 from modelwire.controller.server import ControllerServer
+from modelwire.fleet.remote import RemoteController
 from modelwire.fleet.types import WatchBatch
-from modelwire.core.settings import ControllerSection, ModelConfig, RegistrationConfig, RegistryAccess
+from modelwire.gateway.server import Gateway
+from modelwire.core.settings import ControllerSection, GatewaySection, ModelConfig, RegistrationConfig, RegistryAccess
 from modelwire.core.settings import ServerConfig as PlainServerConfig
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
@@ -151,3 +153,18 @@ async def wait_until(router_changed: asyncio.Condition, predicate: object, timeo
             await router_changed.wait_for(predicate)  # type: ignore[arg-type]
 
     await asyncio.wait_for(wait(), timeout)
+
+
+@asynccontextmanager
+async def running_gateway(controller_address: str, probe_health: bool = True) -> AsyncIterator[Gateway]:
+    """Settled at once: these tests start their workers first (test_fleet_resilience.py has the window)."""
+    gateway = Gateway(
+        RemoteController(controller_address), PlainServerConfig(port=0, grace_period_s=1.0),
+        GatewaySection(settle_s=0, connect_timeout_s=0.3), probe_health=probe_health,
+    )
+    await gateway.start()
+    await asyncio.wait_for(gateway.router.synced.wait(), 10)
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()

@@ -21,34 +21,17 @@ from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.requests import build_request
 from modelwire.core.errors import InvalidRequest
-from modelwire.core.settings import GatewaySection, ServerConfig
 from modelwire.gateway.server import Gateway, model_field, not_started
 from modelwire.fleet.orca import INSTANCE_TRAILER
-from modelwire.fleet.remote import RemoteController
 from modelwire.controller.server import ControllerServer
 from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from blocking_provider import BlockingTestClient
 from conftest import free_port, running_worker
-from fleet import Joining, Watcher, serving, wait_until, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
+from fleet import Joining, Watcher, running_gateway, serving, wait_until, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
 
 TTL_S = 2.0
-
-
-@asynccontextmanager
-async def running_gateway(controller_address: str, probe_health: bool = True) -> AsyncIterator[Gateway]:
-    """Settled at once: these tests start their workers first (test_fleet_resilience.py has the window)."""
-    gateway = Gateway(
-        RemoteController(controller_address), ServerConfig(port=0, grace_period_s=1.0),
-        GatewaySection(settle_s=0, connect_timeout_s=0.3), probe_health=probe_health,
-    )
-    await gateway.start()
-    await asyncio.wait_for(gateway.router.synced.wait(), 10)
-    try:
-        yield gateway
-    finally:
-        await gateway.stop()
 
 
 def client_of(worker: Worker) -> BlockingTestClient:

@@ -96,6 +96,17 @@ class ModelMessage:
     def images(self) -> tuple[Image, ...]:
         return tuple(part for part in self.parts if isinstance(part, Image))
 
+    @property
+    def char_count(self) -> int:
+        """What the message weighs in characters (limits, and whether a count runs inline): its
+        text, tool calls, reasoning and image URLs; image bytes are bounded by the receive limit."""
+        chars = len(self.content) + len(self.name) + len(self.tool_call_id) + len(self.reasoning or "")
+        for part in self.parts:
+            chars += len(part) if isinstance(part, str) else len(part.url or "")
+        for call in self.tool_calls:
+            chars += len(call.id) + len(call.name) + len(call.arguments_json)
+        return chars
+
 
 @dataclass(frozen=True, slots=True)
 class Tool:

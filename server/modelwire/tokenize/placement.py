@@ -20,4 +20,4 @@ def counts_inline(prompt: str | Sequence[ModelMessage]) -> bool:
         return len(prompt) <= INLINE_COUNT_CHARS
     if len(prompt) > INLINE_COUNT_MESSAGES:
         return False
-    return sum(len(message.content) + len(message.name) for message in prompt) <= INLINE_COUNT_CHARS
+    return sum(message.char_count for message in prompt) <= INLINE_COUNT_CHARS

@@ -38,17 +38,6 @@ def _check_range(violations: list[FieldViolation], name: str, value: float | Non
         violations.append(FieldViolation(name, f"must be in [{low:g}, {high:g}], got {value:g}"))
 
 
-def message_chars(message: ModelMessage) -> int:
-    """What a message weighs against limits.max_request_chars: its text, tool calls, reasoning and
-    image URLs (image bytes are bounded by the server's receive limit instead)."""
-    chars = len(message.content) + len(message.name) + len(message.tool_call_id) + len(message.reasoning or "")
-    for part in message.parts:
-        chars += len(part) if isinstance(part, str) else len(part.url or "")
-    for call in message.tool_calls:
-        chars += len(call.id) + len(call.name) + len(call.arguments_json)
-    return chars
-
-
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
@@ -95,7 +84,7 @@ def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMe
         violations.append(too_many)
     for index, message in enumerate(messages):
         _check_message_shape(violations, index, message)
-    return sum(message_chars(message) for message in messages)
+    return sum(message.char_count for message in messages)
 
 
 def _check_chars(violations: list[FieldViolation], chars: int, limits: RequestLimits) -> None:
