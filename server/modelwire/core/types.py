@@ -86,6 +86,15 @@ class ModelMessage:
     cache_breakpoint: bool = False
 
     @property
+    def plain(self) -> bool:
+        """Only role, content and name: the common case, which every layer keeps as cheap as it was
+        before the contract grew."""
+        return not (
+            self.parts or self.tool_calls or self.tool_call_id or self.reasoning is not None
+            or self.reasoning_signature or self.cache_breakpoint
+        )
+
+    @property
     def text(self) -> str:
         """The message's text: `content`, or its text parts joined (images left out)."""
         if not self.parts:
@@ -207,6 +216,14 @@ class ModelRequest:
     parallel_tool_calls: bool | None = None
     output_format: OutputFormat | None = None
     reasoning: ReasoningOptions | None = None
+
+    @property
+    def plain(self) -> bool:
+        """No tools, output format or reasoning options (messages aside)."""
+        return not (
+            self.tools or self.tool_choice is not None or self.parallel_tool_calls is not None
+            or self.output_format is not None or self.reasoning is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from modelwire.core.types import (
     Capability,
     EmbedRequest,
     GrammarFormat,
+    ModelMessage,
     ModelMetadata,
     ModelRequest,
 )
@@ -31,6 +32,17 @@ def unsupported_fields(request: ModelRequest, metadata: ModelMetadata, streaming
     wanted: list[tuple[Capability, str]] = [(Capability.CHAT, "model")]
     if streaming:
         wanted.append((Capability.STREAMING, "model"))
+    if not request.plain:
+        wanted += _request_fields(request)
+    for index, message in enumerate(request.messages):
+        if not message.plain:
+            wanted += _message_fields(message, f"messages[{index}]")
+    violations = [_lacks(metadata, capability, field) for capability, field in wanted]
+    return [violation for violation in violations if violation is not None]
+
+
+def _request_fields(request: ModelRequest) -> list[tuple[Capability, str]]:
+    wanted: list[tuple[Capability, str]] = []
     if request.tools:
         wanted.append((Capability.TOOLS, "tools"))
     if request.tool_choice is not None:
@@ -39,28 +51,28 @@ def unsupported_fields(request: ModelRequest, metadata: ModelMetadata, streaming
         wanted.append((Capability.TOOLS, "parallel_tool_calls"))
     if request.output_format is not None:
         grammar = isinstance(request.output_format, GrammarFormat)
-        wanted.append(
-            (Capability.GRAMMAR, "output_format.grammar") if grammar else (Capability.JSON_SCHEMA, "output_format")
-        )
+        wanted.append((Capability.GRAMMAR, "output_format.grammar") if grammar else (Capability.JSON_SCHEMA, "output_format"))
     if request.reasoning is not None:
         wanted.append((Capability.REASONING, "reasoning"))
-    for index, message in enumerate(request.messages):
-        field = f"messages[{index}]"
-        if message.tool_calls:
-            wanted.append((Capability.TOOLS, f"{field}.tool_calls"))
-        if message.tool_call_id:
-            wanted.append((Capability.TOOLS, f"{field}.tool_call_id"))
-        if message.reasoning is not None:
-            wanted.append((Capability.REASONING, f"{field}.reasoning"))
-        if message.reasoning_signature:
-            wanted.append((Capability.REASONING, f"{field}.reasoning_signature"))
-        if message.cache_breakpoint:
-            wanted.append((Capability.PROMPT_CACHE, f"{field}.cache_breakpoint"))
-        for number, part in enumerate(message.parts):
-            if not isinstance(part, str):
-                wanted.append((Capability.VISION, f"{field}.parts[{number}].image"))
-    violations = [_lacks(metadata, capability, field) for capability, field in wanted]
-    return [violation for violation in violations if violation is not None]
+    return wanted
+
+
+def _message_fields(message: ModelMessage, field: str) -> list[tuple[Capability, str]]:
+    wanted: list[tuple[Capability, str]] = []
+    if message.tool_calls:
+        wanted.append((Capability.TOOLS, f"{field}.tool_calls"))
+    if message.tool_call_id:
+        wanted.append((Capability.TOOLS, f"{field}.tool_call_id"))
+    if message.reasoning is not None:
+        wanted.append((Capability.REASONING, f"{field}.reasoning"))
+    if message.reasoning_signature:
+        wanted.append((Capability.REASONING, f"{field}.reasoning_signature"))
+    if message.cache_breakpoint:
+        wanted.append((Capability.PROMPT_CACHE, f"{field}.cache_breakpoint"))
+    for number, part in enumerate(message.parts):
+        if not isinstance(part, str):
+            wanted.append((Capability.VISION, f"{field}.parts[{number}].image"))
+    return wanted
 
 
 def unsupported_embedding(request: EmbedRequest, metadata: ModelMetadata) -> list[FieldViolation]:

@@ -83,7 +83,8 @@ def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMe
     if too_many is not None:
         violations.append(too_many)
     for index, message in enumerate(messages):
-        _check_message_shape(violations, index, message)
+        if not message.plain:
+            _check_message_shape(violations, index, message)
     return sum(message.char_count for message in messages)
 
 
@@ -178,7 +179,9 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
     _check_model(violations, request.model)
     if not request.messages:
         violations.append(FieldViolation("messages", "must contain at least one message"))
-    chars = _check_messages(violations, request.messages, limits) + _check_tools(violations, request, limits)
+    chars = _check_messages(violations, request.messages, limits)
+    if not request.plain:
+        chars += _check_tools(violations, request, limits)
     _check_chars(violations, chars, limits)
     sampling = request.sampling
     _check_range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
