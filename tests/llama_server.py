@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def llama_server(model_path: Path, n_ctx: int = 2048, n_threads: int = 1) -> Iterator[str]:
+def llama_server(model_path: Path, n_ctx: int = 2048, n_threads: int = 1, extra_args: Sequence[str] = ()) -> Iterator[str]:
     """Starts `python -m llama_cpp.server --chat_format gemma`, yields its `.../v1` base URL once
     GET /v1/models answers (bounded), and terminates it on exit.
 
@@ -40,6 +40,7 @@ def llama_server(model_path: Path, n_ctx: int = 2048, n_threads: int = 1) -> Ite
         "--n_ctx", str(n_ctx),
         "--n_threads", str(n_threads),
         "--n_threads_batch", str(n_threads),
+        *extra_args,
     ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -230,6 +230,7 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("image bytes without type", lambda r: _message(r).parts.add(image=pb.Image(data=b"x")), "messages[0].parts[0].image.mime_type"),
     ("image of no image type", lambda r: _message(r).parts.add(image=pb.Image(data=b"x", mime_type="text/html")), "messages[0].parts[0].image.mime_type"),
     ("image url of a file", lambda r: _message(r).parts.add(image=pb.Image(url="file:///etc/passwd")), "messages[0].parts[0].image.url"),
+    ("image url with a type", lambda r: _message(r).parts.add(image=pb.Image(url="https://a.example/x.png", mime_type="image/png")), "messages[0].parts[0].image.mime_type"),
     ("tool calls on a user turn", lambda r: _message(r).tool_calls.add(id="c", name="f", arguments_json="{}"), "messages[0].tool_calls"),
     ("tool call without id", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="", tool_calls=[pb.ToolCall(name="f")])), "messages[1].tool_calls[0].id"),
     ("tool call arguments not an object", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f", arguments_json="[1]")])), "messages[1].tool_calls[0].arguments_json"),

@@ -5,15 +5,45 @@ OpenAI endpoint, vLLM, llama.cpp server, Ollama's /v1. Streams ask for
 `stream_options.include_usage`, read usage from whichever chunk carries it (the usage-only chunk
 with `choices: []` included), and always end with one chunk that has finish_reason and usage; when
 the upstream sends no usage (llama.cpp server, old vLLM, some gateways) the worker counts it
-itself and marks it estimated. `reasoning_content` / `reasoning` deltas become the reasoning field.
+itself, tool-call names and arguments included, and marks it estimated. `reasoning_content` /
+`reasoning` deltas become the reasoning field.
+
+Contract v1.1, field by field:
+- `tools` → `tools: [{"type": "function", "function": {name, description, parameters, strict}}]`,
+  `parameters` being the caller's JSON Schema parsed (key order kept); `tool_choice` → "auto",
+  "none", "required" or `{"type": "function", "function": {"name"}}` (AUTO and NONE without tools
+  are left out: OpenAI refuses a tool_choice without tools, and with none there is nothing to
+  call either way); `parallel_tool_calls` as is.
+- An assistant turn's `tool_calls` → `tool_calls: [{id, "type": "function", function: {name,
+  arguments}}]` with `content` null when it has no text; a ROLE_TOOL message → `{"role": "tool",
+  "tool_call_id", "content"}`; `parts` → a content array of `text` and `image_url` parts (bytes as
+  a `data:` URL).
+- `output_format` → `response_format` json_object or json_schema {name, schema, strict};
+  `reasoning.effort` → `reasoning_effort`.
+- Answers: `message.tool_calls` → whole ToolCalls; streamed `delta.tool_calls` → ToolCallDeltas as
+  they come, keyed by `index`, except that an id or name a call already has is not repeated (the
+  contract gives them on a call's first delta; llama.cpp's server repeats both on every delta).
+  Tool calls that end with finish_reason "stop" (OpenAI's answer to a forced tool_choice) finish
+  with TOOL_CALLS. Usage `prompt_tokens_details.cached_tokens` (DeepSeek:
+  `prompt_cache_hit_tokens`) → cached_prompt_tokens, `completion_tokens_details.reasoning_tokens`
+  → reasoning_tokens.
+- Embed → `POST /embeddings` (`encoding_format: "float"`, `dimensions`), vectors in `index` order;
+  an answer of the wrong count or dimension is UNAVAILABLE, never passed on.
+
+What Chat Completions cannot express is refused by `unsupported`, by field: a ROLE_TOOL message
+without tool_call_id, an image outside a user message, `reasoning.budget_tokens`, and an earlier
+turn's `reasoning` or `reasoning_signature`. A request with none of the new fields takes the path it
+took before them, plus a few attribute checks per message and one lookup per streamed delta.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import json
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, Self
 from urllib.parse import quote, urlencode
 
@@ -21,14 +51,25 @@ from pydantic import StrictBool, StrictStr
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core import errors
+from modelwire.core.errors import FieldViolation
 from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
     Capability,
+    ContentPart,
+    EmbedRequest,
+    Embeddings,
     FinishReason,
+    GrammarFormat,
+    JsonSchemaFormat,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    NamedTool,
+    Role,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from modelwire.proxy.http_upstream import (
@@ -42,8 +83,10 @@ from modelwire.proxy.http_upstream import (
     parse_json_event,
     read_http_params,
     remote_limits,
+    retrying_call,
     wire_float,
 )
+from modelwire.tokenize.tiktoken_counter import count_tokens
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 API_TYPES = ("openai", "azure")
@@ -52,6 +95,9 @@ MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
 # vision, reasoning and embeddings depend on the model, so they are configured where they apply.
 DEFAULT_CAPABILITIES = (Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA)
 SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {Capability.VISION, Capability.REASONING, Capability.EMBEDDINGS}
+
+# Enum members as module constants: `Role.TOOL` costs a class attribute lookup on every read.
+_TOOL, _USER = Role.TOOL, Role.USER
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -104,13 +150,34 @@ def _finish_reason(value: object) -> FinishReason | None:
     return _FINISH_REASONS.get(value, FinishReason.STOP)
 
 
+def _finish(reason: FinishReason | None, called_tools: bool) -> FinishReason:
+    """OpenAI ends a forced tool_choice with "stop"; the contract says TOOL_CALLS whenever the
+    model called tools (a LENGTH cut stays LENGTH: its arguments are incomplete)."""
+    reason = reason or FinishReason.STOP
+    return FinishReason.TOOL_CALLS if called_tools and reason is FinishReason.STOP else reason
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def _detail(usage: dict[str, Any], group: str, key: str) -> int:
+    details = usage.get(group)
+    return _count(details.get(key)) if isinstance(details, dict) else 0
+
+
 def _usage(value: object) -> Usage | None:
     if not isinstance(value, dict):
         return None
     prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_prompt_tokens=_detail(value, "prompt_tokens_details", "cached_tokens") or _count(value.get("prompt_cache_hit_tokens")),
+        reasoning_tokens=_detail(value, "completion_tokens_details", "reasoning_tokens"),
+    )
 
 
 def _reasoning(message: dict[str, Any]) -> str | None:
@@ -122,11 +189,172 @@ def _reasoning(message: dict[str, Any]) -> str | None:
     return None
 
 
-def _message(message: ModelMessage) -> dict[str, str]:
+# --- request translation
+
+
+def _message(message: ModelMessage) -> dict[str, Any]:
+    if message.parts or message.tool_calls or message.tool_call_id:
+        return _structured_message(message)
     wire = {"role": message.role.value, "content": message.content}
     if message.name:
         wire["name"] = message.name
     return wire
+
+
+def _structured_message(message: ModelMessage) -> dict[str, Any]:
+    """A message with content parts, tool calls or a tool call id (a tool's answer)."""
+    content: str | list[dict[str, Any]] | None = message.content
+    if message.parts:
+        content = [_part(part) for part in message.parts]
+    elif message.tool_calls and not message.content:
+        content = None
+    wire: dict[str, Any] = {"role": message.role.value, "content": content}
+    if message.name:
+        wire["name"] = message.name
+    if message.tool_calls:
+        wire["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
+def _part(part: ContentPart) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    return {"type": "image_url", "image_url": {"url": part.data_url()}}
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = json.loads(tool.schema_json)
+    if tool.strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def _contract_fields(request: ModelRequest) -> dict[str, Any]:
+    """The v1.1 request fields as Chat Completions names them; only requests that use one get here."""
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [_tool(tool) for tool in request.tools]
+        choice = request.tool_choice
+        if isinstance(choice, NamedTool):
+            fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        elif choice is not None:
+            fields["tool_choice"] = choice.value
+        if request.parallel_tool_calls is not None:
+            fields["parallel_tool_calls"] = request.parallel_tool_calls
+    output_format = request.output_format
+    # A grammar never gets here: the provider grants no CAPABILITY_GRAMMAR, so it is refused before.
+    assert not isinstance(output_format, GrammarFormat), "grammar is refused by capability"
+    if isinstance(output_format, JsonSchemaFormat):
+        fields["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": output_format.name, "schema": json.loads(output_format.schema_json), "strict": output_format.strict},
+        }
+    elif output_format is not None:
+        fields["response_format"] = {"type": "json_object"}
+    if request.reasoning is not None and request.reasoning.effort is not None:
+        fields["reasoning_effort"] = request.reasoning.effort.value
+    return fields
+
+
+# --- answer translation
+
+
+def _arguments(value: object) -> str | None:
+    """A call's arguments as JSON text; a few servers send them as an object, which is the same JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else None
+
+
+def _tool_call(call: object) -> ToolCall:
+    function = call.get("function") if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    arguments = _arguments(function.get("arguments")) if isinstance(function, dict) else None
+    if not isinstance(name, str) or arguments is None:
+        raise errors.UpstreamUnavailable("upstream sent a tool call without a function name and JSON arguments")
+    call_id = call.get("id") if isinstance(call, dict) else None
+    return ToolCall(id=call_id if isinstance(call_id, str) else "", name=name, arguments_json=arguments)
+
+
+def _tool_calls(message: dict[str, Any]) -> tuple[ToolCall, ...]:
+    calls = message.get("tool_calls")
+    if not calls:
+        return ()
+    if not isinstance(calls, list):
+        raise errors.UpstreamUnavailable("upstream sent message.tool_calls that is not a list")
+    return tuple(_tool_call(call) for call in calls)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _call_deltas(calls: object, known: dict[int, tuple[str, str]]) -> tuple[ToolCallDelta, ...]:
+    """One chunk's `delta.tool_calls` as they come, keyed by `index` (its position in the list if a
+    server leaves it out); `known` holds each call's id and name so far, which are never repeated."""
+    if not isinstance(calls, list):
+        raise errors.UpstreamUnavailable("upstream sent delta.tool_calls that is not a list")
+    deltas: list[ToolCallDelta] = []
+    for position, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise errors.UpstreamUnavailable("upstream sent a tool call delta that is not a JSON object")
+        index = call.get("index")
+        index = index if isinstance(index, int) else position
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        known_id, known_name = known.get(index, ("", ""))
+        call_id = "" if known_id else _text(call.get("id"))
+        name = "" if known_name else _text(function.get("name"))
+        arguments = _arguments(function.get("arguments"))
+        if arguments is None:
+            raise errors.UpstreamUnavailable("upstream sent a tool call delta whose arguments are not JSON text")
+        if call_id or name or index not in known:
+            known[index] = (known_id or call_id, known_name or name)
+        if call_id or name or arguments:
+            deltas.append(ToolCallDelta(index=index, id=call_id, name=name, arguments_delta=arguments))
+    return tuple(deltas)
+
+
+def _vectors(payload: dict[str, Any], request: EmbedRequest) -> tuple[tuple[float, ...], ...]:
+    """`data` in `index` order, one vector of numbers per input, all of one dimension (the one asked
+    for, if any): anything else is a broken answer, never passed on."""
+    data = payload.get("data")
+    count = len(request.inputs)
+    if not isinstance(data, list) or len(data) != count:
+        got = f"{len(data)} embeddings" if isinstance(data, list) else "no data list"
+        raise errors.UpstreamUnavailable(f"upstream answered {count} inputs with {got}")
+    vectors: dict[int, tuple[float, ...]] = {}
+    for position, item in enumerate(data):
+        index = item.get("index") if isinstance(item, dict) else None
+        if not isinstance(index, int) or not 0 <= index < count or index in vectors:
+            raise errors.UpstreamUnavailable(f"upstream sent data[{position}] without a distinct index in [0, {count})")
+        values = item.get("embedding")
+        if not isinstance(values, list) or not values or not all(type(value) in (float, int) for value in values):
+            raise errors.UpstreamUnavailable(
+                f"upstream sent data[{position}].embedding that is not a list of numbers "
+                "(per-token vectors from a model without pooling, or base64?)"
+            )
+        vectors[index] = tuple(float(value) for value in values)
+    ordered = tuple(vectors[index] for index in range(count))
+    dimensions = sorted({len(vector) for vector in ordered})
+    if len(dimensions) != 1:
+        raise errors.UpstreamUnavailable(f"upstream sent embeddings of mixed dimensions {dimensions}")
+    if request.dimensions is not None and dimensions[0] != request.dimensions:
+        raise errors.UpstreamUnavailable(
+            f"upstream sent embeddings of dimension {dimensions[0]} where {request.dimensions} were asked for "
+            "(a server that ignores `dimensions`?)"
+        )
+    return ordered
 
 
 class OpenAIClient(HttpProxyClient):
@@ -135,13 +363,16 @@ class OpenAIClient(HttpProxyClient):
     def __init__(self, metadata: ModelMetadata, executor: Executor, params: OpenAIParams, max_concurrency: int) -> None:
         super().__init__(metadata, executor, params.http, max_concurrency)
         self._options = params
-        base = params.http.api_base
-        if params.api_type == "azure":
-            deployment = quote(params.http.upstream_model, safe="")
-            query = urlencode({"api-version": params.api_version})
-            self._url = f"{base}/openai/deployments/{deployment}/chat/completions?{query}"
-        else:
-            self._url = f"{base}/chat/completions"
+        self._url = self._endpoint("chat/completions")
+        self._embeddings_url = self._endpoint("embeddings")
+
+    def _endpoint(self, path: str) -> str:
+        base = self._params.api_base
+        if self._options.api_type == "azure":
+            deployment = quote(self._params.upstream_model, safe="")
+            query = urlencode({"api-version": self._options.api_version})
+            return f"{base}/openai/deployments/{deployment}/{path}?{query}"
+        return f"{base}/{path}"
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
@@ -165,6 +396,48 @@ class OpenAIClient(HttpProxyClient):
             return {"api-key": key.reveal()}
         return {"Authorization": f"Bearer {key.reveal()}"}
 
+    # --- what Chat Completions cannot express
+
+    def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
+        """A cheap scan first, on every request: nearly none has anything refused here."""
+        reasoning = request.reasoning
+        if reasoning is not None and reasoning.budget_tokens is not None:
+            return self._refusals(request)
+        for message in request.messages:
+            if message.role is _TOOL or message.parts or message.reasoning is not None or message.reasoning_signature:
+                return self._refusals(request)
+        return []
+
+    def _refusals(self, request: ModelRequest) -> list[FieldViolation]:
+        violations: list[FieldViolation] = []
+        if request.reasoning is not None and request.reasoning.budget_tokens is not None:
+            violations.append(self._cannot("reasoning.budget_tokens", "take a reasoning budget in tokens; set reasoning.effort instead"))
+        for index, message in enumerate(request.messages):
+            violations += self._message_refusals(index, message)
+        return violations
+
+    def _message_refusals(self, index: int, message: ModelMessage) -> list[FieldViolation]:
+        field = f"messages[{index}]"
+        violations: list[FieldViolation] = []
+        if message.role is _TOOL and not message.tool_call_id:
+            violations.append(self._cannot(f"{field}.tool_call_id", "take a ROLE_TOOL message without the id of the call it answers"))
+        if message.reasoning is not None:
+            violations.append(self._cannot(f"{field}.reasoning", "take an earlier turn's reasoning back (no Chat Completions field)"))
+        if message.reasoning_signature:
+            violations.append(self._cannot(f"{field}.reasoning_signature", "take a reasoning signature (no Chat Completions field)"))
+        if message.role is not _USER:
+            violations += [
+                self._cannot(f"{field}.parts[{number}].image", f"take an image in a {message.role.value} message, only in user messages")
+                for number, part in enumerate(message.parts)
+                if not isinstance(part, str)
+            ]
+        return violations
+
+    def _cannot(self, field: str, what: str) -> FieldViolation:
+        return FieldViolation(field, f"model {self.default_model!r} (provider openai, Chat Completions) cannot {what}")
+
+    # --- the request
+
     def _body(self, request: ModelRequest, stream: bool) -> dict[str, Any]:
         sampling = request.sampling
         body: dict[str, Any] = {
@@ -184,7 +457,11 @@ class OpenAIClient(HttpProxyClient):
             "stop": list(sampling.stop) or None,
             "user": request.context.user or None,
         }
-        body.update((key, value) for key, value in optional.items() if value is not None)
+        for key, value in optional.items():  # a loop: half the cost of update() with a generator
+            if value is not None:
+                body[key] = value
+        if request.tools or request.output_format is not None or request.reasoning is not None:
+            body.update(_contract_fields(request))
         return body
 
     def _payload_error(self, payload: dict[str, Any]) -> errors.ModelwireError:
@@ -208,15 +485,18 @@ class OpenAIClient(HttpProxyClient):
         message = choice.get("message") if choice is not None else None
         if choice is None or not isinstance(message, dict):
             raise errors.UpstreamUnavailable("upstream sent a completion without choices[0].message")
-        content = message.get("content")
-        text = content if isinstance(content, str) else ""
+        text = _text(message.get("content"))
         reasoning = _reasoning(message)
-        usage = _usage(payload.get("usage")) or await self.estimate_usage(request.messages, text + (reasoning or ""))
+        tool_calls = _tool_calls(message)
+        usage = _usage(payload.get("usage")) or await self.estimate_usage(
+            request.messages, text + (reasoning or "") + "".join(call.name + call.arguments_json for call in tool_calls)
+        )
         return ModelOutput(
             text=text,
             reasoning=reasoning,
-            finish_reason=_finish_reason(choice.get("finish_reason")) or FinishReason.STOP,
+            finish_reason=_finish(_finish_reason(choice.get("finish_reason")), bool(tool_calls)),
             usage=usage,
+            tool_calls=tool_calls,
         )
 
     # --- streaming
@@ -225,6 +505,8 @@ class OpenAIClient(HttpProxyClient):
         finish: FinishReason | None = None
         usage: Usage | None = None
         generated: list[str] = []
+        # Each streamed tool call's id and name so far, by index.
+        calls: dict[int, tuple[str, str]] = {}
         async with aclosing(self.post_events(self._url, body, self._headers())) as events:
             done = False
             async for event in events:
@@ -247,7 +529,14 @@ class OpenAIClient(HttpProxyClient):
                         content = delta.get("content")
                         text = content if isinstance(content, str) else ""
                         reasoning = _reasoning(delta)
-                        if text or reasoning:
+                        wire_calls = delta.get("tool_calls")
+                        if wire_calls:
+                            deltas = _call_deltas(wire_calls, calls)
+                            # An estimate of usage counts the calls' names and arguments too.
+                            generated.append(text + (reasoning or "") + "".join(d.name + d.arguments_delta for d in deltas))
+                            if text or reasoning or deltas:
+                                yield ModelOutput(text=text, reasoning=reasoning, tool_call_deltas=deltas)
+                        elif text or reasoning:
                             generated.append(text + (reasoning or ""))
                             yield ModelOutput(text=text, reasoning=reasoning)
                     finish = _finish_reason(choice.get("finish_reason")) or finish
@@ -255,6 +544,36 @@ class OpenAIClient(HttpProxyClient):
                 raise errors.UpstreamUnavailable("upstream stream ended before the completion finished")
             if usage is None:
                 usage = await self.estimate_usage(request.messages, "".join(generated))
-            yield ModelOutput(finish_reason=finish or FinishReason.STOP, usage=usage)
+            yield ModelOutput(finish_reason=_finish(finish, bool(calls)), usage=usage)
             if done:
                 await drain(events)
+
+    # --- embeddings
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        body: dict[str, Any] = {"model": self.upstream_model, "input": list(request.inputs), "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        payload = await retrying_call(
+            self._retry, self.default_model, lambda: self.post_json(self._embeddings_url, body, self._headers())
+        )
+        if not isinstance(payload, dict):
+            raise errors.UpstreamUnavailable("upstream sent embeddings that are not a JSON object")
+        if payload.get("error"):
+            raise self._payload_error(payload)
+        vectors = _vectors(payload, request)
+        return Embeddings(vectors=vectors, usage=_embedding_usage(payload.get("usage")) or await self._estimate_inputs(request.inputs))
+
+    async def _estimate_inputs(self, inputs: Sequence[str]) -> Usage:
+        """Usage the worker counted itself, for an upstream that reported none."""
+        text = "\n".join(inputs)
+        try:
+            count = await self.count_with(text, partial(count_tokens, self.upstream_model, text))
+        except errors.TokenizerUnavailable:
+            return Usage(estimated=True)
+        return Usage(prompt_tokens=count.count, estimated=True)
+
+
+def _embedding_usage(value: object) -> Usage | None:
+    prompt = value.get("prompt_tokens") if isinstance(value, dict) else None
+    return Usage(prompt_tokens=prompt) if isinstance(prompt, int) else None

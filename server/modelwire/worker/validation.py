@@ -59,8 +59,11 @@ def _check_message_shape(violations: list[FieldViolation], index: int, message: 
                 violations.append(FieldViolation(f"{where}.mime_type", f"must be one of {', '.join(IMAGE_MIME_TYPES)} for data, got {part.mime_type!r}"))
             if not part.data:
                 violations.append(FieldViolation(f"{where}.data", "must not be empty"))
-        elif part.url is not None and not part.url.startswith(_IMAGE_URL_SCHEMES):
-            violations.append(FieldViolation(f"{where}.url", "must be an https:, http: or data:image/ URL"))
+        elif part.url is not None:
+            if not part.url.startswith(_IMAGE_URL_SCHEMES):
+                violations.append(FieldViolation(f"{where}.url", "must be an https:, http: or data:image/ URL"))
+            if part.mime_type:
+                violations.append(FieldViolation(f"{where}.mime_type", "only goes with data: no provider takes a type for a URL (its server gives it)"))
     if message.tool_calls and message.role is not Role.ASSISTANT:
         violations.append(FieldViolation(f"{field}.tool_calls", "only a ROLE_ASSISTANT message carries tool calls"))
     for number, call in enumerate(message.tool_calls):
