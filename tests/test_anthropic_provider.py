@@ -33,7 +33,7 @@ CHAT = [
     ("assistant", "Red, green, blue."),
     ("system", "Use British spelling."),
     ("user", "Two more?"),
-    ("tool", "weather: sunny"),
+    ("user", "Quickly."),
 ]
 
 
@@ -82,7 +82,7 @@ async def test_request_splits_out_the_system_prompt(client: ModelWorkerClient, f
     assert body["messages"] == [
         {"role": "user", "content": "Name three colours."},
         {"role": "assistant", "content": "Red, green, blue."},
-        {"role": "user", "content": "Two more?\n\nweather: sunny"},
+        {"role": "user", "content": "Two more?\n\nQuickly."},
     ]
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["stop_sequences"]) == (64, 0.25, 0.5, ["END"])
     assert body["stream"] is True
