@@ -181,7 +181,9 @@ grpcurl_calls() {
 		grep -q "^$service" <<<"$out" || { log "grpcurl list lacks $service"; return 1; }
 	done
 	out=$("$GRPCURL" -plaintext "$ADDR" describe modelwire.v1.ModelWorker) || return 1
-	grep -q "rpc GenerateStream" <<<"$out" || { log "grpcurl describe lacks GenerateStream: $out"; return 1; }
+	for rpc in GenerateStream Embed; do
+		grep -q "rpc $rpc" <<<"$out" || { log "grpcurl describe lacks $rpc: $out"; return 1; }
+	done
 	# Generate with a JSON body (the command docs/interop.md shows).
 	out=$("$GRPCURL" -plaintext -d '{
 	  "model": "'"$MODELWIRE_MODEL"'",

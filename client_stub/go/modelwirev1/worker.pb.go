@@ -80,6 +80,118 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{0}
 }
 
+// Whether and which tools the model calls.
+type ToolChoiceMode int32
+
+const (
+	ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED ToolChoiceMode = 0
+	// The model decides (the default when tools are given).
+	ToolChoiceMode_TOOL_CHOICE_MODE_AUTO ToolChoiceMode = 1
+	// The model calls no tool.
+	ToolChoiceMode_TOOL_CHOICE_MODE_NONE ToolChoiceMode = 2
+	// The model calls at least one tool.
+	ToolChoiceMode_TOOL_CHOICE_MODE_REQUIRED ToolChoiceMode = 3
+)
+
+// Enum value maps for ToolChoiceMode.
+var (
+	ToolChoiceMode_name = map[int32]string{
+		0: "TOOL_CHOICE_MODE_UNSPECIFIED",
+		1: "TOOL_CHOICE_MODE_AUTO",
+		2: "TOOL_CHOICE_MODE_NONE",
+		3: "TOOL_CHOICE_MODE_REQUIRED",
+	}
+	ToolChoiceMode_value = map[string]int32{
+		"TOOL_CHOICE_MODE_UNSPECIFIED": 0,
+		"TOOL_CHOICE_MODE_AUTO":        1,
+		"TOOL_CHOICE_MODE_NONE":        2,
+		"TOOL_CHOICE_MODE_REQUIRED":    3,
+	}
+)
+
+func (x ToolChoiceMode) Enum() *ToolChoiceMode {
+	p := new(ToolChoiceMode)
+	*p = x
+	return p
+}
+
+func (x ToolChoiceMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoiceMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_modelwire_v1_worker_proto_enumTypes[1].Descriptor()
+}
+
+func (ToolChoiceMode) Type() protoreflect.EnumType {
+	return &file_modelwire_v1_worker_proto_enumTypes[1]
+}
+
+func (x ToolChoiceMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoiceMode.Descriptor instead.
+func (ToolChoiceMode) EnumDescriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{1}
+}
+
+// How hard a reasoning model thinks.
+type ReasoningEffort int32
+
+const (
+	ReasoningEffort_REASONING_EFFORT_UNSPECIFIED ReasoningEffort = 0
+	ReasoningEffort_REASONING_EFFORT_MINIMAL     ReasoningEffort = 1
+	ReasoningEffort_REASONING_EFFORT_LOW         ReasoningEffort = 2
+	ReasoningEffort_REASONING_EFFORT_MEDIUM      ReasoningEffort = 3
+	ReasoningEffort_REASONING_EFFORT_HIGH        ReasoningEffort = 4
+)
+
+// Enum value maps for ReasoningEffort.
+var (
+	ReasoningEffort_name = map[int32]string{
+		0: "REASONING_EFFORT_UNSPECIFIED",
+		1: "REASONING_EFFORT_MINIMAL",
+		2: "REASONING_EFFORT_LOW",
+		3: "REASONING_EFFORT_MEDIUM",
+		4: "REASONING_EFFORT_HIGH",
+	}
+	ReasoningEffort_value = map[string]int32{
+		"REASONING_EFFORT_UNSPECIFIED": 0,
+		"REASONING_EFFORT_MINIMAL":     1,
+		"REASONING_EFFORT_LOW":         2,
+		"REASONING_EFFORT_MEDIUM":      3,
+		"REASONING_EFFORT_HIGH":        4,
+	}
+)
+
+func (x ReasoningEffort) Enum() *ReasoningEffort {
+	p := new(ReasoningEffort)
+	*p = x
+	return p
+}
+
+func (x ReasoningEffort) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasoningEffort) Descriptor() protoreflect.EnumDescriptor {
+	return file_modelwire_v1_worker_proto_enumTypes[2].Descriptor()
+}
+
+func (ReasoningEffort) Type() protoreflect.EnumType {
+	return &file_modelwire_v1_worker_proto_enumTypes[2]
+}
+
+func (x ReasoningEffort) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasoningEffort.Descriptor instead.
+func (ReasoningEffort) EnumDescriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{2}
+}
+
 // Why generation ended; UNSPECIFIED on every stream message but the last.
 type FinishReason int32
 
@@ -122,11 +234,11 @@ func (x FinishReason) String() string {
 }
 
 func (FinishReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_modelwire_v1_worker_proto_enumTypes[1].Descriptor()
+	return file_modelwire_v1_worker_proto_enumTypes[3].Descriptor()
 }
 
 func (FinishReason) Type() protoreflect.EnumType {
-	return &file_modelwire_v1_worker_proto_enumTypes[1]
+	return &file_modelwire_v1_worker_proto_enumTypes[3]
 }
 
 func (x FinishReason) Number() protoreflect.EnumNumber {
@@ -135,7 +247,7 @@ func (x FinishReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FinishReason.Descriptor instead.
 func (FinishReason) EnumDescriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{1}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{3}
 }
 
 // What a model can do.
@@ -148,6 +260,14 @@ const (
 	Capability_CAPABILITY_REASONING   Capability = 3
 	Capability_CAPABILITY_VISION      Capability = 4
 	Capability_CAPABILITY_TOOLS       Capability = 5
+	// output_format json_object and json_schema.
+	Capability_CAPABILITY_JSON_SCHEMA Capability = 6
+	// output_format grammar.
+	Capability_CAPABILITY_GRAMMAR Capability = 7
+	// Embed.
+	Capability_CAPABILITY_EMBEDDINGS Capability = 8
+	// ModelMessage.cache_breakpoint.
+	Capability_CAPABILITY_PROMPT_CACHE Capability = 9
 )
 
 // Enum value maps for Capability.
@@ -159,14 +279,22 @@ var (
 		3: "CAPABILITY_REASONING",
 		4: "CAPABILITY_VISION",
 		5: "CAPABILITY_TOOLS",
+		6: "CAPABILITY_JSON_SCHEMA",
+		7: "CAPABILITY_GRAMMAR",
+		8: "CAPABILITY_EMBEDDINGS",
+		9: "CAPABILITY_PROMPT_CACHE",
 	}
 	Capability_value = map[string]int32{
-		"CAPABILITY_UNSPECIFIED": 0,
-		"CAPABILITY_CHAT":        1,
-		"CAPABILITY_STREAMING":   2,
-		"CAPABILITY_REASONING":   3,
-		"CAPABILITY_VISION":      4,
-		"CAPABILITY_TOOLS":       5,
+		"CAPABILITY_UNSPECIFIED":  0,
+		"CAPABILITY_CHAT":         1,
+		"CAPABILITY_STREAMING":    2,
+		"CAPABILITY_REASONING":    3,
+		"CAPABILITY_VISION":       4,
+		"CAPABILITY_TOOLS":        5,
+		"CAPABILITY_JSON_SCHEMA":  6,
+		"CAPABILITY_GRAMMAR":      7,
+		"CAPABILITY_EMBEDDINGS":   8,
+		"CAPABILITY_PROMPT_CACHE": 9,
 	}
 )
 
@@ -181,11 +309,11 @@ func (x Capability) String() string {
 }
 
 func (Capability) Descriptor() protoreflect.EnumDescriptor {
-	return file_modelwire_v1_worker_proto_enumTypes[2].Descriptor()
+	return file_modelwire_v1_worker_proto_enumTypes[4].Descriptor()
 }
 
 func (Capability) Type() protoreflect.EnumType {
-	return &file_modelwire_v1_worker_proto_enumTypes[2]
+	return &file_modelwire_v1_worker_proto_enumTypes[4]
 }
 
 func (x Capability) Number() protoreflect.EnumNumber {
@@ -194,19 +322,31 @@ func (x Capability) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Capability.Descriptor instead.
 func (Capability) EnumDescriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{2}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{4}
 }
 
 // One chat message.
 type ModelMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Role  Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=modelwire.v1.Role" json:"role,omitempty"`
-	// Text content of the message.
+	// Text content of the message; empty when parts is set.
 	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
 	// Optional author name (for example the tool that produced a tool message).
-	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Text and images, in order, instead of content (images need CAPABILITY_VISION).
+	Parts []*ContentPart `protobuf:"bytes,4,rep,name=parts,proto3" json:"parts,omitempty"`
+	// The tools an assistant turn called (ROLE_ASSISTANT only).
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The call a ROLE_TOOL message answers: the id of one of the previous turn's tool_calls.
+	ToolCallId string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	// An earlier assistant turn's reasoning signature, sent back as the model returned it (ModelOutput.reasoning_signature).
+	ReasoningSignature []byte `protobuf:"bytes,7,opt,name=reasoning_signature,json=reasoningSignature,proto3" json:"reasoning_signature,omitempty"`
+	// An earlier assistant turn's reasoning text, sent back with its signature.
+	Reasoning *string `protobuf:"bytes,8,opt,name=reasoning,proto3,oneof" json:"reasoning,omitempty"`
+	// The prompt up to and including this message may be cached (needs CAPABILITY_PROMPT_CACHE).
+	CacheBreakpoint bool `protobuf:"varint,9,opt,name=cache_breakpoint,json=cacheBreakpoint,proto3" json:"cache_breakpoint,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ModelMessage) Reset() {
@@ -260,6 +400,735 @@ func (x *ModelMessage) GetName() string {
 	return ""
 }
 
+func (x *ModelMessage) GetParts() []*ContentPart {
+	if x != nil {
+		return x.Parts
+	}
+	return nil
+}
+
+func (x *ModelMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ModelMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *ModelMessage) GetReasoningSignature() []byte {
+	if x != nil {
+		return x.ReasoningSignature
+	}
+	return nil
+}
+
+func (x *ModelMessage) GetReasoning() string {
+	if x != nil && x.Reasoning != nil {
+		return *x.Reasoning
+	}
+	return ""
+}
+
+func (x *ModelMessage) GetCacheBreakpoint() bool {
+	if x != nil {
+		return x.CacheBreakpoint
+	}
+	return false
+}
+
+// One part of a message's content.
+type ContentPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ContentPart_Text
+	//	*ContentPart_Image
+	Part          isContentPart_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentPart) Reset() {
+	*x = ContentPart{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentPart) ProtoMessage() {}
+
+func (x *ContentPart) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
+func (*ContentPart) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ContentPart) GetPart() isContentPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ContentPart) GetText() string {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ContentPart) GetImage() *Image {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+type isContentPart_Part interface {
+	isContentPart_Part()
+}
+
+type ContentPart_Text struct {
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type ContentPart_Image struct {
+	Image *Image `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
+}
+
+func (*ContentPart_Text) isContentPart_Part() {}
+
+func (*ContentPart_Image) isContentPart_Part() {}
+
+// An image, inline or by URL.
+type Image struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Source:
+	//
+	//	*Image_Data
+	//	*Image_Url
+	Source isImage_Source `protobuf_oneof:"source"`
+	// The type of data, for example "image/png"; empty for a url (its server gives the type).
+	MimeType      string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Image) GetSource() isImage_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *Image) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Source.(*Image_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *Image) GetUrl() string {
+	if x != nil {
+		if x, ok := x.Source.(*Image_Url); ok {
+			return x.Url
+		}
+	}
+	return ""
+}
+
+func (x *Image) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+type isImage_Source interface {
+	isImage_Source()
+}
+
+type Image_Data struct {
+	// The encoded image (PNG, JPEG, GIF or WebP); mime_type is then required.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3,oneof"`
+}
+
+type Image_Url struct {
+	// An https: (or data:) URL the provider fetches itself.
+	Url string `protobuf:"bytes,2,opt,name=url,proto3,oneof"`
+}
+
+func (*Image_Data) isImage_Source() {}
+
+func (*Image_Url) isImage_Source() {}
+
+// A function the model may call.
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 64 of [A-Za-z0-9_-].
+	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// A JSON Schema object for the arguments, as JSON text (key order and number types survive);
+	// empty means no arguments.
+	ParametersJsonSchema string `protobuf:"bytes,3,opt,name=parameters_json_schema,json=parametersJsonSchema,proto3" json:"parameters_json_schema,omitempty"`
+	// Ask the provider to enforce the schema exactly (OpenAI strict mode).
+	Strict        bool `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParametersJsonSchema() string {
+	if x != nil {
+		return x.ParametersJsonSchema
+	}
+	return ""
+}
+
+func (x *Tool) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Choice:
+	//
+	//	*ToolChoice_Mode
+	//	*ToolChoice_ToolName
+	Choice        isToolChoice_Choice `protobuf_oneof:"choice"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ToolChoice) GetChoice() isToolChoice_Choice {
+	if x != nil {
+		return x.Choice
+	}
+	return nil
+}
+
+func (x *ToolChoice) GetMode() ToolChoiceMode {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Mode); ok {
+			return x.Mode
+		}
+	}
+	return ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED
+}
+
+func (x *ToolChoice) GetToolName() string {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_ToolName); ok {
+			return x.ToolName
+		}
+	}
+	return ""
+}
+
+type isToolChoice_Choice interface {
+	isToolChoice_Choice()
+}
+
+type ToolChoice_Mode struct {
+	Mode ToolChoiceMode `protobuf:"varint,1,opt,name=mode,proto3,enum=modelwire.v1.ToolChoiceMode,oneof"`
+}
+
+type ToolChoice_ToolName struct {
+	// The model calls this tool (one of ModelRequest.tools).
+	ToolName string `protobuf:"bytes,2,opt,name=tool_name,json=toolName,proto3,oneof"`
+}
+
+func (*ToolChoice_Mode) isToolChoice_Choice() {}
+
+func (*ToolChoice_ToolName) isToolChoice_Choice() {}
+
+// A complete tool call.
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The arguments as a JSON object, as JSON text.
+	ArgumentsJson string `protobuf:"bytes,3,opt,name=arguments_json,json=argumentsJson,proto3" json:"arguments_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArgumentsJson() string {
+	if x != nil {
+		return x.ArgumentsJson
+	}
+	return ""
+}
+
+// A piece of a streamed tool call: the pieces of one index, concatenated, are one ToolCall.
+type ToolCallDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which call of this turn (from 0).
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Set on a call's first delta.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// Set on a call's first delta.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The next characters of arguments_json.
+	ArgumentsDelta string `protobuf:"bytes,4,opt,name=arguments_delta,json=argumentsDelta,proto3" json:"arguments_delta,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ToolCallDelta) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetArgumentsDelta() string {
+	if x != nil {
+		return x.ArgumentsDelta
+	}
+	return ""
+}
+
+// The shape the output must take.
+type OutputFormat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Format:
+	//
+	//	*OutputFormat_JsonObject
+	//	*OutputFormat_JsonSchema
+	//	*OutputFormat_Grammar
+	Format        isOutputFormat_Format `protobuf_oneof:"format"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputFormat) Reset() {
+	*x = OutputFormat{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputFormat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputFormat) ProtoMessage() {}
+
+func (x *OutputFormat) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputFormat.ProtoReflect.Descriptor instead.
+func (*OutputFormat) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *OutputFormat) GetFormat() isOutputFormat_Format {
+	if x != nil {
+		return x.Format
+	}
+	return nil
+}
+
+func (x *OutputFormat) GetJsonObject() bool {
+	if x != nil {
+		if x, ok := x.Format.(*OutputFormat_JsonObject); ok {
+			return x.JsonObject
+		}
+	}
+	return false
+}
+
+func (x *OutputFormat) GetJsonSchema() *JsonSchema {
+	if x != nil {
+		if x, ok := x.Format.(*OutputFormat_JsonSchema); ok {
+			return x.JsonSchema
+		}
+	}
+	return nil
+}
+
+func (x *OutputFormat) GetGrammar() string {
+	if x != nil {
+		if x, ok := x.Format.(*OutputFormat_Grammar); ok {
+			return x.Grammar
+		}
+	}
+	return ""
+}
+
+type isOutputFormat_Format interface {
+	isOutputFormat_Format()
+}
+
+type OutputFormat_JsonObject struct {
+	// Any JSON object (set to true).
+	JsonObject bool `protobuf:"varint,1,opt,name=json_object,json=jsonObject,proto3,oneof"`
+}
+
+type OutputFormat_JsonSchema struct {
+	// JSON matching a schema (needs CAPABILITY_JSON_SCHEMA).
+	JsonSchema *JsonSchema `protobuf:"bytes,2,opt,name=json_schema,json=jsonSchema,proto3,oneof"`
+}
+
+type OutputFormat_Grammar struct {
+	// A GBNF grammar (llama.cpp's grammar format; needs CAPABILITY_GRAMMAR).
+	Grammar string `protobuf:"bytes,3,opt,name=grammar,proto3,oneof"`
+}
+
+func (*OutputFormat_JsonObject) isOutputFormat_Format() {}
+
+func (*OutputFormat_JsonSchema) isOutputFormat_Format() {}
+
+func (*OutputFormat_Grammar) isOutputFormat_Format() {}
+
+type JsonSchema struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 64 of [A-Za-z0-9_-].
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A JSON Schema object, as JSON text.
+	SchemaJson string `protobuf:"bytes,2,opt,name=schema_json,json=schemaJson,proto3" json:"schema_json,omitempty"`
+	// Ask the provider to enforce the schema exactly (OpenAI strict mode).
+	Strict        bool `protobuf:"varint,3,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JsonSchema) Reset() {
+	*x = JsonSchema{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JsonSchema) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JsonSchema) ProtoMessage() {}
+
+func (x *JsonSchema) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JsonSchema.ProtoReflect.Descriptor instead.
+func (*JsonSchema) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *JsonSchema) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JsonSchema) GetSchemaJson() string {
+	if x != nil {
+		return x.SchemaJson
+	}
+	return ""
+}
+
+func (x *JsonSchema) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
+// Reasoning controls (need CAPABILITY_REASONING); which of them a provider takes is in docs/api.md.
+type ReasoningOptions struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Effort ReasoningEffort        `protobuf:"varint,1,opt,name=effort,proto3,enum=modelwire.v1.ReasoningEffort" json:"effort,omitempty"`
+	// Tokens the model may spend thinking (Anthropic's thinking budget).
+	BudgetTokens  *int32 `protobuf:"varint,2,opt,name=budget_tokens,json=budgetTokens,proto3,oneof" json:"budget_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReasoningOptions) Reset() {
+	*x = ReasoningOptions{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReasoningOptions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReasoningOptions) ProtoMessage() {}
+
+func (x *ReasoningOptions) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReasoningOptions.ProtoReflect.Descriptor instead.
+func (*ReasoningOptions) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReasoningOptions) GetEffort() ReasoningEffort {
+	if x != nil {
+		return x.Effort
+	}
+	return ReasoningEffort_REASONING_EFFORT_UNSPECIFIED
+}
+
+func (x *ReasoningOptions) GetBudgetTokens() int32 {
+	if x != nil && x.BudgetTokens != nil {
+		return *x.BudgetTokens
+	}
+	return 0
+}
+
 // Sampling parameters; an unset field means "the model's default", which differs from zero.
 type SamplingParams struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -282,7 +1151,7 @@ type SamplingParams struct {
 
 func (x *SamplingParams) Reset() {
 	*x = SamplingParams{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[1]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +1163,7 @@ func (x *SamplingParams) String() string {
 func (*SamplingParams) ProtoMessage() {}
 
 func (x *SamplingParams) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[1]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +1176,7 @@ func (x *SamplingParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SamplingParams.ProtoReflect.Descriptor instead.
 func (*SamplingParams) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{1}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SamplingParams) GetTemperature() float32 {
@@ -371,7 +1240,7 @@ type RequestContext struct {
 
 func (x *RequestContext) Reset() {
 	*x = RequestContext{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[2]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +1252,7 @@ func (x *RequestContext) String() string {
 func (*RequestContext) ProtoMessage() {}
 
 func (x *RequestContext) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[2]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +1265,7 @@ func (x *RequestContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestContext.ProtoReflect.Descriptor instead.
 func (*RequestContext) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{2}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RequestContext) GetRequestId() string {
@@ -424,17 +1293,27 @@ func (x *RequestContext) GetMetadata() map[string]string {
 type ModelRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A model name from ListModels.
-	Model         string          `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	Messages      []*ModelMessage `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
-	Sampling      *SamplingParams `protobuf:"bytes,3,opt,name=sampling,proto3" json:"sampling,omitempty"`
-	Context       *RequestContext `protobuf:"bytes,4,opt,name=context,proto3" json:"context,omitempty"`
+	Model    string          `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Messages []*ModelMessage `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	Sampling *SamplingParams `protobuf:"bytes,3,opt,name=sampling,proto3" json:"sampling,omitempty"`
+	Context  *RequestContext `protobuf:"bytes,4,opt,name=context,proto3" json:"context,omitempty"`
+	// Functions the model may call (needs CAPABILITY_TOOLS).
+	Tools []*Tool `protobuf:"bytes,5,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Unset: the provider's default (auto when tools are given).
+	ToolChoice *ToolChoice `protobuf:"bytes,6,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// Unset: the provider's default.
+	ParallelToolCalls *bool `protobuf:"varint,7,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	// Unset: free text.
+	OutputFormat *OutputFormat `protobuf:"bytes,8,opt,name=output_format,json=outputFormat,proto3" json:"output_format,omitempty"`
+	// Unset: the model's default.
+	Reasoning     *ReasoningOptions `protobuf:"bytes,9,opt,name=reasoning,proto3" json:"reasoning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelRequest) Reset() {
 	*x = ModelRequest{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[3]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +1325,7 @@ func (x *ModelRequest) String() string {
 func (*ModelRequest) ProtoMessage() {}
 
 func (x *ModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[3]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +1338,7 @@ func (x *ModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelRequest.ProtoReflect.Descriptor instead.
 func (*ModelRequest) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{3}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ModelRequest) GetModel() string {
@@ -490,6 +1369,41 @@ func (x *ModelRequest) GetContext() *RequestContext {
 	return nil
 }
 
+func (x *ModelRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *ModelRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *ModelRequest) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+func (x *ModelRequest) GetOutputFormat() *OutputFormat {
+	if x != nil {
+		return x.OutputFormat
+	}
+	return nil
+}
+
+func (x *ModelRequest) GetReasoning() *ReasoningOptions {
+	if x != nil {
+		return x.Reasoning
+	}
+	return nil
+}
+
 // Token accounting of one call.
 type Usage struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -497,14 +1411,20 @@ type Usage struct {
 	CompletionTokens int32                  `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	TotalTokens      int32                  `protobuf:"varint,3,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
 	// True when the worker counted the tokens itself because the upstream did not report them.
-	Estimated     bool `protobuf:"varint,4,opt,name=estimated,proto3" json:"estimated,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Estimated bool `protobuf:"varint,4,opt,name=estimated,proto3" json:"estimated,omitempty"`
+	// Prompt tokens read from the provider's prompt cache (included in prompt_tokens).
+	CachedPromptTokens int32 `protobuf:"varint,5,opt,name=cached_prompt_tokens,json=cachedPromptTokens,proto3" json:"cached_prompt_tokens,omitempty"`
+	// Prompt tokens written to the provider's prompt cache (included in prompt_tokens).
+	CacheWriteTokens int32 `protobuf:"varint,6,opt,name=cache_write_tokens,json=cacheWriteTokens,proto3" json:"cache_write_tokens,omitempty"`
+	// Completion tokens spent on reasoning (included in completion_tokens).
+	ReasoningTokens int32 `protobuf:"varint,7,opt,name=reasoning_tokens,json=reasoningTokens,proto3" json:"reasoning_tokens,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[4]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +1436,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[4]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +1449,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{4}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -560,6 +1480,27 @@ func (x *Usage) GetEstimated() bool {
 	return false
 }
 
+func (x *Usage) GetCachedPromptTokens() int32 {
+	if x != nil {
+		return x.CachedPromptTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCacheWriteTokens() int32 {
+	if x != nil {
+		return x.CacheWriteTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetReasoningTokens() int32 {
+	if x != nil {
+		return x.ReasoningTokens
+	}
+	return 0
+}
+
 // Timing of one call, measured by the worker.
 type Timing struct {
 	state                   protoimpl.MessageState `protogen:"open.v1"`
@@ -572,7 +1513,7 @@ type Timing struct {
 
 func (x *Timing) Reset() {
 	*x = Timing{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[5]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +1525,7 @@ func (x *Timing) String() string {
 func (*Timing) ProtoMessage() {}
 
 func (x *Timing) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[5]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +1538,7 @@ func (x *Timing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timing.ProtoReflect.Descriptor instead.
 func (*Timing) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{5}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Timing) GetTimeToFirstTokenSeconds() float64 {
@@ -634,14 +1575,20 @@ type ModelOutput struct {
 	// Set on Generate and on the last GenerateStream message.
 	Timing *Timing `protobuf:"bytes,5,opt,name=timing,proto3" json:"timing,omitempty"`
 	// The model that answered.
-	Model         string `protobuf:"bytes,6,opt,name=model,proto3" json:"model,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Model string `protobuf:"bytes,6,opt,name=model,proto3" json:"model,omitempty"`
+	// Generate: the tools the model called (finish_reason is then TOOL_CALLS).
+	ToolCalls []*ToolCall `protobuf:"bytes,7,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// GenerateStream: pieces of the tool calls, in order.
+	ToolCallDeltas []*ToolCallDelta `protobuf:"bytes,8,rep,name=tool_call_deltas,json=toolCallDeltas,proto3" json:"tool_call_deltas,omitempty"`
+	// Opaque proof of the reasoning (Anthropic's thinking signature): send it back with the turn.
+	ReasoningSignature []byte `protobuf:"bytes,9,opt,name=reasoning_signature,json=reasoningSignature,proto3" json:"reasoning_signature,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ModelOutput) Reset() {
 	*x = ModelOutput{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[6]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +1600,7 @@ func (x *ModelOutput) String() string {
 func (*ModelOutput) ProtoMessage() {}
 
 func (x *ModelOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[6]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +1613,7 @@ func (x *ModelOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelOutput.ProtoReflect.Descriptor instead.
 func (*ModelOutput) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{6}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ModelOutput) GetText() string {
@@ -711,6 +1658,27 @@ func (x *ModelOutput) GetModel() string {
 	return ""
 }
 
+func (x *ModelOutput) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ModelOutput) GetToolCallDeltas() []*ToolCallDelta {
+	if x != nil {
+		return x.ToolCallDeltas
+	}
+	return nil
+}
+
+func (x *ModelOutput) GetReasoningSignature() []byte {
+	if x != nil {
+		return x.ReasoningSignature
+	}
+	return nil
+}
+
 // Description of one served model.
 type ModelMetadata struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -727,7 +1695,7 @@ type ModelMetadata struct {
 
 func (x *ModelMetadata) Reset() {
 	*x = ModelMetadata{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[7]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1707,7 @@ func (x *ModelMetadata) String() string {
 func (*ModelMetadata) ProtoMessage() {}
 
 func (x *ModelMetadata) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[7]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1720,7 @@ func (x *ModelMetadata) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelMetadata.ProtoReflect.Descriptor instead.
 func (*ModelMetadata) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{7}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ModelMetadata) GetModel() string {
@@ -803,7 +1771,7 @@ type CountTokenRequest struct {
 	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// Plain text, counted as is.
 	Prompt string `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
-	// Chat messages, counted as the model would see them.
+	// Chat messages, counted as the model would see them (parts and tool calls included).
 	Messages      []*ModelMessage `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -811,7 +1779,7 @@ type CountTokenRequest struct {
 
 func (x *CountTokenRequest) Reset() {
 	*x = CountTokenRequest{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[8]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1791,7 @@ func (x *CountTokenRequest) String() string {
 func (*CountTokenRequest) ProtoMessage() {}
 
 func (x *CountTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[8]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1804,7 @@ func (x *CountTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountTokenRequest.ProtoReflect.Descriptor instead.
 func (*CountTokenRequest) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{8}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CountTokenRequest) GetModel() string {
@@ -873,7 +1841,7 @@ type CountTokenResponse struct {
 
 func (x *CountTokenResponse) Reset() {
 	*x = CountTokenResponse{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[9]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1853,7 @@ func (x *CountTokenResponse) String() string {
 func (*CountTokenResponse) ProtoMessage() {}
 
 func (x *CountTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[9]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1866,7 @@ func (x *CountTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountTokenResponse.ProtoReflect.Descriptor instead.
 func (*CountTokenResponse) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{9}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CountTokenResponse) GetCount() int32 {
@@ -930,7 +1898,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[10]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1910,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[10]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1923,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{10}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{19}
 }
 
 type ListModelsResponse struct {
@@ -967,7 +1935,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[11]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1947,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[11]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1960,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{11}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelMetadata {
@@ -1002,15 +1970,239 @@ func (x *ListModelsResponse) GetModels() []*ModelMetadata {
 	return nil
 }
 
+type EmbedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A model with CAPABILITY_EMBEDDINGS.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Texts to embed, each non-empty.
+	Inputs []string `protobuf:"bytes,2,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	// Shorter embeddings, for models that can give them.
+	Dimensions    *int32 `protobuf:"varint,3,opt,name=dimensions,proto3,oneof" json:"dimensions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmbedRequest) Reset() {
+	*x = EmbedRequest{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmbedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmbedRequest) ProtoMessage() {}
+
+func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
+func (*EmbedRequest) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *EmbedRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *EmbedRequest) GetInputs() []string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *EmbedRequest) GetDimensions() int32 {
+	if x != nil && x.Dimensions != nil {
+		return *x.Dimensions
+	}
+	return 0
+}
+
+type Embedding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Values        []float32              `protobuf:"fixed32,1,rep,packed,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Embedding) Reset() {
+	*x = Embedding{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Embedding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Embedding) ProtoMessage() {}
+
+func (x *Embedding) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
+func (*Embedding) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Embedding) GetValues() []float32 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+type EmbedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per input, in order.
+	Embeddings []*Embedding `protobuf:"bytes,1,rep,name=embeddings,proto3" json:"embeddings,omitempty"`
+	Usage      *Usage       `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
+	// The model that answered.
+	Model         string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EmbedResponse) Reset() {
+	*x = EmbedResponse{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EmbedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EmbedResponse) ProtoMessage() {}
+
+func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
+func (*EmbedResponse) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *EmbedResponse) GetEmbeddings() []*Embedding {
+	if x != nil {
+		return x.Embeddings
+	}
+	return nil
+}
+
+func (x *EmbedResponse) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *EmbedResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
 var File_modelwire_v1_worker_proto protoreflect.FileDescriptor
 
 const file_modelwire_v1_worker_proto_rawDesc = "" +
 	"\n" +
-	"\x19modelwire/v1/worker.proto\x12\fmodelwire.v1\"d\n" +
+	"\x19modelwire/v1/worker.proto\x12\fmodelwire.v1\"\xfb\x02\n" +
 	"\fModelMessage\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.modelwire.v1.RoleR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"\xec\x02\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12/\n" +
+	"\x05parts\x18\x04 \x03(\v2\x19.modelwire.v1.ContentPartR\x05parts\x125\n" +
+	"\n" +
+	"tool_calls\x18\x05 \x03(\v2\x16.modelwire.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x06 \x01(\tR\n" +
+	"toolCallId\x12/\n" +
+	"\x13reasoning_signature\x18\a \x01(\fR\x12reasoningSignature\x12!\n" +
+	"\treasoning\x18\b \x01(\tH\x00R\treasoning\x88\x01\x01\x12)\n" +
+	"\x10cache_breakpoint\x18\t \x01(\bR\x0fcacheBreakpointB\f\n" +
+	"\n" +
+	"_reasoning\"X\n" +
+	"\vContentPart\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12+\n" +
+	"\x05image\x18\x02 \x01(\v2\x13.modelwire.v1.ImageH\x00R\x05imageB\x06\n" +
+	"\x04part\"X\n" +
+	"\x05Image\x12\x14\n" +
+	"\x04data\x18\x01 \x01(\fH\x00R\x04data\x12\x12\n" +
+	"\x03url\x18\x02 \x01(\tH\x00R\x03url\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeTypeB\b\n" +
+	"\x06source\"\x8a\x01\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x124\n" +
+	"\x16parameters_json_schema\x18\x03 \x01(\tR\x14parametersJsonSchema\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"i\n" +
+	"\n" +
+	"ToolChoice\x122\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1c.modelwire.v1.ToolChoiceModeH\x00R\x04mode\x12\x1d\n" +
+	"\ttool_name\x18\x02 \x01(\tH\x00R\btoolNameB\b\n" +
+	"\x06choice\"U\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12%\n" +
+	"\x0earguments_json\x18\x03 \x01(\tR\rargumentsJson\"r\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12'\n" +
+	"\x0farguments_delta\x18\x04 \x01(\tR\x0eargumentsDelta\"\x94\x01\n" +
+	"\fOutputFormat\x12!\n" +
+	"\vjson_object\x18\x01 \x01(\bH\x00R\n" +
+	"jsonObject\x12;\n" +
+	"\vjson_schema\x18\x02 \x01(\v2\x18.modelwire.v1.JsonSchemaH\x00R\n" +
+	"jsonSchema\x12\x1a\n" +
+	"\agrammar\x18\x03 \x01(\tH\x00R\agrammarB\b\n" +
+	"\x06format\"Y\n" +
+	"\n" +
+	"JsonSchema\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vschema_json\x18\x02 \x01(\tR\n" +
+	"schemaJson\x12\x16\n" +
+	"\x06strict\x18\x03 \x01(\bR\x06strict\"\x85\x01\n" +
+	"\x10ReasoningOptions\x125\n" +
+	"\x06effort\x18\x01 \x01(\x0e2\x1d.modelwire.v1.ReasoningEffortR\x06effort\x12(\n" +
+	"\rbudget_tokens\x18\x02 \x01(\x05H\x00R\fbudgetTokens\x88\x01\x01B\x10\n" +
+	"\x0e_budget_tokens\"\xec\x02\n" +
 	"\x0eSamplingParams\x12%\n" +
 	"\vtemperature\x18\x01 \x01(\x02H\x00R\vtemperature\x88\x01\x01\x12\x18\n" +
 	"\x05top_p\x18\x02 \x01(\x02H\x01R\x04topP\x88\x01\x01\x12)\n" +
@@ -1032,28 +2224,42 @@ const file_modelwire_v1_worker_proto_rawDesc = "" +
 	"\bmetadata\x18\x03 \x03(\v2*.modelwire.v1.RequestContext.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xff\x03\n" +
 	"\fModelRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x126\n" +
 	"\bmessages\x18\x02 \x03(\v2\x1a.modelwire.v1.ModelMessageR\bmessages\x128\n" +
 	"\bsampling\x18\x03 \x01(\v2\x1c.modelwire.v1.SamplingParamsR\bsampling\x126\n" +
-	"\acontext\x18\x04 \x01(\v2\x1c.modelwire.v1.RequestContextR\acontext\"\x9a\x01\n" +
+	"\acontext\x18\x04 \x01(\v2\x1c.modelwire.v1.RequestContextR\acontext\x12(\n" +
+	"\x05tools\x18\x05 \x03(\v2\x12.modelwire.v1.ToolR\x05tools\x129\n" +
+	"\vtool_choice\x18\x06 \x01(\v2\x18.modelwire.v1.ToolChoiceR\n" +
+	"toolChoice\x123\n" +
+	"\x13parallel_tool_calls\x18\a \x01(\bH\x00R\x11parallelToolCalls\x88\x01\x01\x12?\n" +
+	"\routput_format\x18\b \x01(\v2\x1a.modelwire.v1.OutputFormatR\foutputFormat\x12<\n" +
+	"\treasoning\x18\t \x01(\v2\x1e.modelwire.v1.ReasoningOptionsR\treasoningB\x16\n" +
+	"\x14_parallel_tool_calls\"\xa5\x02\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x05R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\x12!\n" +
 	"\ftotal_tokens\x18\x03 \x01(\x05R\vtotalTokens\x12\x1c\n" +
-	"\testimated\x18\x04 \x01(\bR\testimated\"\x97\x01\n" +
+	"\testimated\x18\x04 \x01(\bR\testimated\x120\n" +
+	"\x14cached_prompt_tokens\x18\x05 \x01(\x05R\x12cachedPromptTokens\x12,\n" +
+	"\x12cache_write_tokens\x18\x06 \x01(\x05R\x10cacheWriteTokens\x12)\n" +
+	"\x10reasoning_tokens\x18\a \x01(\x05R\x0freasoningTokens\"\x97\x01\n" +
 	"\x06Timing\x12<\n" +
 	"\x1btime_to_first_token_seconds\x18\x01 \x01(\x01R\x17timeToFirstTokenSeconds\x12*\n" +
 	"\x11tokens_per_second\x18\x02 \x01(\x01R\x0ftokensPerSecond\x12#\n" +
-	"\rtotal_seconds\x18\x03 \x01(\x01R\ftotalSeconds\"\x82\x02\n" +
+	"\rtotal_seconds\x18\x03 \x01(\x01R\ftotalSeconds\"\xb1\x03\n" +
 	"\vModelOutput\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12!\n" +
 	"\treasoning\x18\x02 \x01(\tH\x00R\treasoning\x88\x01\x01\x12?\n" +
 	"\rfinish_reason\x18\x03 \x01(\x0e2\x1a.modelwire.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\x04 \x01(\v2\x13.modelwire.v1.UsageR\x05usage\x12,\n" +
 	"\x06timing\x18\x05 \x01(\v2\x14.modelwire.v1.TimingR\x06timing\x12\x14\n" +
-	"\x05model\x18\x06 \x01(\tR\x05modelB\f\n" +
+	"\x05model\x18\x06 \x01(\tR\x05model\x125\n" +
+	"\n" +
+	"tool_calls\x18\a \x03(\v2\x16.modelwire.v1.ToolCallR\ttoolCalls\x12E\n" +
+	"\x10tool_call_deltas\x18\b \x03(\v2\x1b.modelwire.v1.ToolCallDeltaR\x0etoolCallDeltas\x12/\n" +
+	"\x13reasoning_signature\x18\t \x01(\fR\x12reasoningSignatureB\f\n" +
 	"\n" +
 	"_reasoning\"\xd6\x02\n" +
 	"\rModelMetadata\x12\x14\n" +
@@ -1076,19 +2282,45 @@ const file_modelwire_v1_worker_proto_rawDesc = "" +
 	"\x05exact\x18\x03 \x01(\bR\x05exact\"\x13\n" +
 	"\x11ListModelsRequest\"I\n" +
 	"\x12ListModelsResponse\x123\n" +
-	"\x06models\x18\x01 \x03(\v2\x1b.modelwire.v1.ModelMetadataR\x06models*_\n" +
+	"\x06models\x18\x01 \x03(\v2\x1b.modelwire.v1.ModelMetadataR\x06models\"p\n" +
+	"\fEmbedRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
+	"\x06inputs\x18\x02 \x03(\tR\x06inputs\x12#\n" +
+	"\n" +
+	"dimensions\x18\x03 \x01(\x05H\x00R\n" +
+	"dimensions\x88\x01\x01B\r\n" +
+	"\v_dimensions\"#\n" +
+	"\tEmbedding\x12\x16\n" +
+	"\x06values\x18\x01 \x03(\x02R\x06values\"\x89\x01\n" +
+	"\rEmbedResponse\x127\n" +
+	"\n" +
+	"embeddings\x18\x01 \x03(\v2\x17.modelwire.v1.EmbeddingR\n" +
+	"embeddings\x12)\n" +
+	"\x05usage\x18\x02 \x01(\v2\x13.modelwire.v1.UsageR\x05usage\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model*_\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x01\x12\r\n" +
 	"\tROLE_USER\x10\x02\x12\x12\n" +
 	"\x0eROLE_ASSISTANT\x10\x03\x12\r\n" +
-	"\tROLE_TOOL\x10\x04*\x9f\x01\n" +
+	"\tROLE_TOOL\x10\x04*\x87\x01\n" +
+	"\x0eToolChoiceMode\x12 \n" +
+	"\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n" +
+	"\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xa3\x01\n" +
+	"\x0fReasoningEffort\x12 \n" +
+	"\x1cREASONING_EFFORT_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REASONING_EFFORT_MINIMAL\x10\x01\x12\x18\n" +
+	"\x14REASONING_EFFORT_LOW\x10\x02\x12\x1b\n" +
+	"\x17REASONING_EFFORT_MEDIUM\x10\x03\x12\x19\n" +
+	"\x15REASONING_EFFORT_HIGH\x10\x04*\x9f\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
 	"\x14FINISH_REASON_LENGTH\x10\x02\x12 \n" +
 	"\x1cFINISH_REASON_CONTENT_FILTER\x10\x03\x12\x1c\n" +
-	"\x18FINISH_REASON_TOOL_CALLS\x10\x04*\x9e\x01\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\x04*\x8a\x02\n" +
 	"\n" +
 	"Capability\x12\x1a\n" +
 	"\x16CAPABILITY_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1096,14 +2328,19 @@ const file_modelwire_v1_worker_proto_rawDesc = "" +
 	"\x14CAPABILITY_STREAMING\x10\x02\x12\x18\n" +
 	"\x14CAPABILITY_REASONING\x10\x03\x12\x15\n" +
 	"\x11CAPABILITY_VISION\x10\x04\x12\x14\n" +
-	"\x10CAPABILITY_TOOLS\x10\x052\xbd\x02\n" +
+	"\x10CAPABILITY_TOOLS\x10\x05\x12\x1a\n" +
+	"\x16CAPABILITY_JSON_SCHEMA\x10\x06\x12\x16\n" +
+	"\x12CAPABILITY_GRAMMAR\x10\a\x12\x19\n" +
+	"\x15CAPABILITY_EMBEDDINGS\x10\b\x12\x1b\n" +
+	"\x17CAPABILITY_PROMPT_CACHE\x10\t2\xff\x02\n" +
 	"\vModelWorker\x12A\n" +
 	"\bGenerate\x12\x1a.modelwire.v1.ModelRequest\x1a\x19.modelwire.v1.ModelOutput\x12I\n" +
 	"\x0eGenerateStream\x12\x1a.modelwire.v1.ModelRequest\x1a\x19.modelwire.v1.ModelOutput0\x01\x12O\n" +
 	"\n" +
 	"CountToken\x12\x1f.modelwire.v1.CountTokenRequest\x1a .modelwire.v1.CountTokenResponse\x12O\n" +
 	"\n" +
-	"ListModels\x12\x1f.modelwire.v1.ListModelsRequest\x1a .modelwire.v1.ListModelsResponseBh\n" +
+	"ListModels\x12\x1f.modelwire.v1.ListModelsRequest\x1a .modelwire.v1.ListModelsResponse\x12@\n" +
+	"\x05Embed\x12\x1a.modelwire.v1.EmbedRequest\x1a\x1b.modelwire.v1.EmbedResponseBh\n" +
 	"\x10dev.modelwire.v1B\vWorkerProtoP\x01ZEgithub.com/modelwire/modelwire/client_stub/go/modelwirev1;modelwirev1b\x06proto3"
 
 var (
@@ -1118,53 +2355,83 @@ func file_modelwire_v1_worker_proto_rawDescGZIP() []byte {
 	return file_modelwire_v1_worker_proto_rawDescData
 }
 
-var file_modelwire_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_modelwire_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_modelwire_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_modelwire_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_modelwire_v1_worker_proto_goTypes = []any{
 	(Role)(0),                  // 0: modelwire.v1.Role
-	(FinishReason)(0),          // 1: modelwire.v1.FinishReason
-	(Capability)(0),            // 2: modelwire.v1.Capability
-	(*ModelMessage)(nil),       // 3: modelwire.v1.ModelMessage
-	(*SamplingParams)(nil),     // 4: modelwire.v1.SamplingParams
-	(*RequestContext)(nil),     // 5: modelwire.v1.RequestContext
-	(*ModelRequest)(nil),       // 6: modelwire.v1.ModelRequest
-	(*Usage)(nil),              // 7: modelwire.v1.Usage
-	(*Timing)(nil),             // 8: modelwire.v1.Timing
-	(*ModelOutput)(nil),        // 9: modelwire.v1.ModelOutput
-	(*ModelMetadata)(nil),      // 10: modelwire.v1.ModelMetadata
-	(*CountTokenRequest)(nil),  // 11: modelwire.v1.CountTokenRequest
-	(*CountTokenResponse)(nil), // 12: modelwire.v1.CountTokenResponse
-	(*ListModelsRequest)(nil),  // 13: modelwire.v1.ListModelsRequest
-	(*ListModelsResponse)(nil), // 14: modelwire.v1.ListModelsResponse
-	nil,                        // 15: modelwire.v1.RequestContext.MetadataEntry
-	nil,                        // 16: modelwire.v1.ModelMetadata.MetadataEntry
+	(ToolChoiceMode)(0),        // 1: modelwire.v1.ToolChoiceMode
+	(ReasoningEffort)(0),       // 2: modelwire.v1.ReasoningEffort
+	(FinishReason)(0),          // 3: modelwire.v1.FinishReason
+	(Capability)(0),            // 4: modelwire.v1.Capability
+	(*ModelMessage)(nil),       // 5: modelwire.v1.ModelMessage
+	(*ContentPart)(nil),        // 6: modelwire.v1.ContentPart
+	(*Image)(nil),              // 7: modelwire.v1.Image
+	(*Tool)(nil),               // 8: modelwire.v1.Tool
+	(*ToolChoice)(nil),         // 9: modelwire.v1.ToolChoice
+	(*ToolCall)(nil),           // 10: modelwire.v1.ToolCall
+	(*ToolCallDelta)(nil),      // 11: modelwire.v1.ToolCallDelta
+	(*OutputFormat)(nil),       // 12: modelwire.v1.OutputFormat
+	(*JsonSchema)(nil),         // 13: modelwire.v1.JsonSchema
+	(*ReasoningOptions)(nil),   // 14: modelwire.v1.ReasoningOptions
+	(*SamplingParams)(nil),     // 15: modelwire.v1.SamplingParams
+	(*RequestContext)(nil),     // 16: modelwire.v1.RequestContext
+	(*ModelRequest)(nil),       // 17: modelwire.v1.ModelRequest
+	(*Usage)(nil),              // 18: modelwire.v1.Usage
+	(*Timing)(nil),             // 19: modelwire.v1.Timing
+	(*ModelOutput)(nil),        // 20: modelwire.v1.ModelOutput
+	(*ModelMetadata)(nil),      // 21: modelwire.v1.ModelMetadata
+	(*CountTokenRequest)(nil),  // 22: modelwire.v1.CountTokenRequest
+	(*CountTokenResponse)(nil), // 23: modelwire.v1.CountTokenResponse
+	(*ListModelsRequest)(nil),  // 24: modelwire.v1.ListModelsRequest
+	(*ListModelsResponse)(nil), // 25: modelwire.v1.ListModelsResponse
+	(*EmbedRequest)(nil),       // 26: modelwire.v1.EmbedRequest
+	(*Embedding)(nil),          // 27: modelwire.v1.Embedding
+	(*EmbedResponse)(nil),      // 28: modelwire.v1.EmbedResponse
+	nil,                        // 29: modelwire.v1.RequestContext.MetadataEntry
+	nil,                        // 30: modelwire.v1.ModelMetadata.MetadataEntry
 }
 var file_modelwire_v1_worker_proto_depIdxs = []int32{
 	0,  // 0: modelwire.v1.ModelMessage.role:type_name -> modelwire.v1.Role
-	15, // 1: modelwire.v1.RequestContext.metadata:type_name -> modelwire.v1.RequestContext.MetadataEntry
-	3,  // 2: modelwire.v1.ModelRequest.messages:type_name -> modelwire.v1.ModelMessage
-	4,  // 3: modelwire.v1.ModelRequest.sampling:type_name -> modelwire.v1.SamplingParams
-	5,  // 4: modelwire.v1.ModelRequest.context:type_name -> modelwire.v1.RequestContext
-	1,  // 5: modelwire.v1.ModelOutput.finish_reason:type_name -> modelwire.v1.FinishReason
-	7,  // 6: modelwire.v1.ModelOutput.usage:type_name -> modelwire.v1.Usage
-	8,  // 7: modelwire.v1.ModelOutput.timing:type_name -> modelwire.v1.Timing
-	2,  // 8: modelwire.v1.ModelMetadata.capabilities:type_name -> modelwire.v1.Capability
-	16, // 9: modelwire.v1.ModelMetadata.metadata:type_name -> modelwire.v1.ModelMetadata.MetadataEntry
-	3,  // 10: modelwire.v1.CountTokenRequest.messages:type_name -> modelwire.v1.ModelMessage
-	10, // 11: modelwire.v1.ListModelsResponse.models:type_name -> modelwire.v1.ModelMetadata
-	6,  // 12: modelwire.v1.ModelWorker.Generate:input_type -> modelwire.v1.ModelRequest
-	6,  // 13: modelwire.v1.ModelWorker.GenerateStream:input_type -> modelwire.v1.ModelRequest
-	11, // 14: modelwire.v1.ModelWorker.CountToken:input_type -> modelwire.v1.CountTokenRequest
-	13, // 15: modelwire.v1.ModelWorker.ListModels:input_type -> modelwire.v1.ListModelsRequest
-	9,  // 16: modelwire.v1.ModelWorker.Generate:output_type -> modelwire.v1.ModelOutput
-	9,  // 17: modelwire.v1.ModelWorker.GenerateStream:output_type -> modelwire.v1.ModelOutput
-	12, // 18: modelwire.v1.ModelWorker.CountToken:output_type -> modelwire.v1.CountTokenResponse
-	14, // 19: modelwire.v1.ModelWorker.ListModels:output_type -> modelwire.v1.ListModelsResponse
-	16, // [16:20] is the sub-list for method output_type
-	12, // [12:16] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	6,  // 1: modelwire.v1.ModelMessage.parts:type_name -> modelwire.v1.ContentPart
+	10, // 2: modelwire.v1.ModelMessage.tool_calls:type_name -> modelwire.v1.ToolCall
+	7,  // 3: modelwire.v1.ContentPart.image:type_name -> modelwire.v1.Image
+	1,  // 4: modelwire.v1.ToolChoice.mode:type_name -> modelwire.v1.ToolChoiceMode
+	13, // 5: modelwire.v1.OutputFormat.json_schema:type_name -> modelwire.v1.JsonSchema
+	2,  // 6: modelwire.v1.ReasoningOptions.effort:type_name -> modelwire.v1.ReasoningEffort
+	29, // 7: modelwire.v1.RequestContext.metadata:type_name -> modelwire.v1.RequestContext.MetadataEntry
+	5,  // 8: modelwire.v1.ModelRequest.messages:type_name -> modelwire.v1.ModelMessage
+	15, // 9: modelwire.v1.ModelRequest.sampling:type_name -> modelwire.v1.SamplingParams
+	16, // 10: modelwire.v1.ModelRequest.context:type_name -> modelwire.v1.RequestContext
+	8,  // 11: modelwire.v1.ModelRequest.tools:type_name -> modelwire.v1.Tool
+	9,  // 12: modelwire.v1.ModelRequest.tool_choice:type_name -> modelwire.v1.ToolChoice
+	12, // 13: modelwire.v1.ModelRequest.output_format:type_name -> modelwire.v1.OutputFormat
+	14, // 14: modelwire.v1.ModelRequest.reasoning:type_name -> modelwire.v1.ReasoningOptions
+	3,  // 15: modelwire.v1.ModelOutput.finish_reason:type_name -> modelwire.v1.FinishReason
+	18, // 16: modelwire.v1.ModelOutput.usage:type_name -> modelwire.v1.Usage
+	19, // 17: modelwire.v1.ModelOutput.timing:type_name -> modelwire.v1.Timing
+	10, // 18: modelwire.v1.ModelOutput.tool_calls:type_name -> modelwire.v1.ToolCall
+	11, // 19: modelwire.v1.ModelOutput.tool_call_deltas:type_name -> modelwire.v1.ToolCallDelta
+	4,  // 20: modelwire.v1.ModelMetadata.capabilities:type_name -> modelwire.v1.Capability
+	30, // 21: modelwire.v1.ModelMetadata.metadata:type_name -> modelwire.v1.ModelMetadata.MetadataEntry
+	5,  // 22: modelwire.v1.CountTokenRequest.messages:type_name -> modelwire.v1.ModelMessage
+	21, // 23: modelwire.v1.ListModelsResponse.models:type_name -> modelwire.v1.ModelMetadata
+	27, // 24: modelwire.v1.EmbedResponse.embeddings:type_name -> modelwire.v1.Embedding
+	18, // 25: modelwire.v1.EmbedResponse.usage:type_name -> modelwire.v1.Usage
+	17, // 26: modelwire.v1.ModelWorker.Generate:input_type -> modelwire.v1.ModelRequest
+	17, // 27: modelwire.v1.ModelWorker.GenerateStream:input_type -> modelwire.v1.ModelRequest
+	22, // 28: modelwire.v1.ModelWorker.CountToken:input_type -> modelwire.v1.CountTokenRequest
+	24, // 29: modelwire.v1.ModelWorker.ListModels:input_type -> modelwire.v1.ListModelsRequest
+	26, // 30: modelwire.v1.ModelWorker.Embed:input_type -> modelwire.v1.EmbedRequest
+	20, // 31: modelwire.v1.ModelWorker.Generate:output_type -> modelwire.v1.ModelOutput
+	20, // 32: modelwire.v1.ModelWorker.GenerateStream:output_type -> modelwire.v1.ModelOutput
+	23, // 33: modelwire.v1.ModelWorker.CountToken:output_type -> modelwire.v1.CountTokenResponse
+	25, // 34: modelwire.v1.ModelWorker.ListModels:output_type -> modelwire.v1.ListModelsResponse
+	28, // 35: modelwire.v1.ModelWorker.Embed:output_type -> modelwire.v1.EmbedResponse
+	31, // [31:36] is the sub-list for method output_type
+	26, // [26:31] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_modelwire_v1_worker_proto_init() }
@@ -1172,15 +2439,36 @@ func file_modelwire_v1_worker_proto_init() {
 	if File_modelwire_v1_worker_proto != nil {
 		return
 	}
-	file_modelwire_v1_worker_proto_msgTypes[1].OneofWrappers = []any{}
-	file_modelwire_v1_worker_proto_msgTypes[6].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[0].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[1].OneofWrappers = []any{
+		(*ContentPart_Text)(nil),
+		(*ContentPart_Image)(nil),
+	}
+	file_modelwire_v1_worker_proto_msgTypes[2].OneofWrappers = []any{
+		(*Image_Data)(nil),
+		(*Image_Url)(nil),
+	}
+	file_modelwire_v1_worker_proto_msgTypes[4].OneofWrappers = []any{
+		(*ToolChoice_Mode)(nil),
+		(*ToolChoice_ToolName)(nil),
+	}
+	file_modelwire_v1_worker_proto_msgTypes[7].OneofWrappers = []any{
+		(*OutputFormat_JsonObject)(nil),
+		(*OutputFormat_JsonSchema)(nil),
+		(*OutputFormat_Grammar)(nil),
+	}
+	file_modelwire_v1_worker_proto_msgTypes[9].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[10].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[12].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[15].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_modelwire_v1_worker_proto_rawDesc), len(file_modelwire_v1_worker_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   14,
+			NumEnums:      5,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

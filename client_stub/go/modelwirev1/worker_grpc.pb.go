@@ -26,6 +26,7 @@ const (
 	ModelWorker_GenerateStream_FullMethodName = "/modelwire.v1.ModelWorker/GenerateStream"
 	ModelWorker_CountToken_FullMethodName     = "/modelwire.v1.ModelWorker/CountToken"
 	ModelWorker_ListModels_FullMethodName     = "/modelwire.v1.ModelWorker/ListModels"
+	ModelWorker_Embed_FullMethodName          = "/modelwire.v1.ModelWorker/Embed"
 )
 
 // ModelWorkerClient is the client API for ModelWorker service.
@@ -42,6 +43,8 @@ type ModelWorkerClient interface {
 	CountToken(ctx context.Context, in *CountTokenRequest, opts ...grpc.CallOption) (*CountTokenResponse, error)
 	// ListModels describes every model this worker serves.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// Embed returns one embedding per input, from a model with CAPABILITY_EMBEDDINGS.
+	Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error)
 }
 
 type modelWorkerClient struct {
@@ -101,6 +104,16 @@ func (c *modelWorkerClient) ListModels(ctx context.Context, in *ListModelsReques
 	return out, nil
 }
 
+func (c *modelWorkerClient) Embed(ctx context.Context, in *EmbedRequest, opts ...grpc.CallOption) (*EmbedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EmbedResponse)
+	err := c.cc.Invoke(ctx, ModelWorker_Embed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ModelWorkerServer is the server API for ModelWorker service.
 // All implementations must embed UnimplementedModelWorkerServer
 // for forward compatibility.
@@ -115,6 +128,8 @@ type ModelWorkerServer interface {
 	CountToken(context.Context, *CountTokenRequest) (*CountTokenResponse, error)
 	// ListModels describes every model this worker serves.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// Embed returns one embedding per input, from a model with CAPABILITY_EMBEDDINGS.
+	Embed(context.Context, *EmbedRequest) (*EmbedResponse, error)
 	mustEmbedUnimplementedModelWorkerServer()
 }
 
@@ -136,6 +151,9 @@ func (UnimplementedModelWorkerServer) CountToken(context.Context, *CountTokenReq
 }
 func (UnimplementedModelWorkerServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedModelWorkerServer) Embed(context.Context, *EmbedRequest) (*EmbedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Embed not implemented")
 }
 func (UnimplementedModelWorkerServer) mustEmbedUnimplementedModelWorkerServer() {}
 func (UnimplementedModelWorkerServer) testEmbeddedByValue()                     {}
@@ -223,6 +241,24 @@ func _ModelWorker_ListModels_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ModelWorker_Embed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EmbedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ModelWorkerServer).Embed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ModelWorker_Embed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ModelWorkerServer).Embed(ctx, req.(*EmbedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ModelWorker_ServiceDesc is the grpc.ServiceDesc for ModelWorker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -241,6 +277,10 @@ var ModelWorker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListModels",
 			Handler:    _ModelWorker_ListModels_Handler,
+		},
+		{
+			MethodName: "Embed",
+			Handler:    _ModelWorker_Embed_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,18 +1,36 @@
-"""`modelwire serve | generate | models | count-tokens`."""
+"""`modelwire serve | generate | embed | models | count-tokens`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import faulthandler
+import json
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
-from modelwire.client import REQUEST_ID_KEY, ModelwireCallError, ModelWorkerClient, ModelWorkerSyncClient, tls_credentials
+from modelwire.client import (
+    REQUEST_ID_KEY,
+    ModelwireCallError,
+    ModelWorkerClient,
+    ModelWorkerSyncClient,
+    OutputCollector,
+    grammar_format,
+    image,
+    json_object_format,
+    json_schema_format,
+    message,
+    tls_credentials,
+    tool,
+)
+from modelwire.client.requests import Messages
+from modelwire.v1 import worker_pb2 as pb
 from modelwire.app.processes import CHILD_FLAG
 from modelwire.app.fleet_cli import (
     add_fleet_commands,
@@ -90,24 +108,122 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_or_file(value: str) -> str:
+    """`@PATH` is the file's text; anything else is the text itself."""
+    if not value.startswith("@"):
+        return value
+    try:
+        return Path(value[1:]).read_text(encoding="utf-8")
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {value[1:]!r}: {error.strerror}") from None
+
+
+def _json_object_text(value: str) -> str:
+    """A JSON object (a schema), inline or `@FILE`; sent as written, so key order and numbers survive."""
+    text = _text_or_file(value)
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object (a JSON Schema)")
+    return text
+
+
+def _tool_flag(value: str) -> tuple[str, str]:
+    name, _, schema = value.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SCHEMA_JSON or NAME=@FILE, got {value!r}")
+    return name, _json_object_text(schema) if schema else ""
+
+
+def _description_flag(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=TEXT, got {value!r}")
+    return name, text
+
+
+def _image_flag(value: str) -> pb.Image:
+    try:
+        return image(value)
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _generate(args: argparse.Namespace) -> int:
+    descriptions = dict(args.tool_description)
+    unknown = sorted(set(descriptions) - {name for name, _ in args.tool})
+    if unknown:
+        print(f"modelwire: --tool-description names no --tool: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    tools = [tool(name, schema or None, description=descriptions.get(name, ""), strict=args.strict) for name, schema in args.tool]
+    output_format = (
+        json_object_format() if args.json_object
+        else json_schema_format(args.schema_name, args.json_schema, strict=args.strict) if args.json_schema is not None
+        else grammar_format(args.grammar) if args.grammar is not None
+        else None
+    )
+    messages: Messages = [message("user", args.prompt, *args.image)] if args.image else args.prompt
+    collector = OutputCollector()
+
     async def run() -> None:
         async with ModelWorkerClient(**_client_options(args)) as client:
             async for chunk in client.stream(
-                args.model, args.prompt, temperature=args.temperature, max_new_tokens=args.max_new_tokens
+                args.model,
+                messages,
+                temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens,
+                tools=tools,
+                tool_choice=args.tool_choice,
+                parallel_tool_calls=args.parallel_tool_calls,
+                output_format=output_format,
+                reasoning_effort=args.reasoning_effort,
+                reasoning_budget_tokens=args.reasoning_budget,
             ):
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
-        sys.stdout.write("\n")
+                collector.add(chunk)
 
     asyncio.run(run())
+    output = collector.output()
+    if output.text or not output.tool_calls:
+        sys.stdout.write("\n")
+    # One JSON line per tool call, after the text: {"id": ..., "name": ..., "arguments": {...}}.
+    for call in output.tool_calls:
+        try:
+            arguments: dict[str, Any] = {"arguments": json.loads(call.arguments_json or "{}")}
+        except json.JSONDecodeError:
+            arguments = {"arguments_json": call.arguments_json}
+        print(json.dumps({"id": call.id, "name": call.name, **arguments}), flush=True)
+    if output.finish_reason == pb.FINISH_REASON_LENGTH:
+        print("modelwire: the output was cut at max_new_tokens (finish_reason LENGTH)", file=sys.stderr)
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    with ModelWorkerSyncClient(**_client_options(args)) as client:
+        response = client.embed(args.model, args.texts, args.dimensions)
+    for embedding in response.embeddings:
+        values = embedding.values
+        if args.summary:
+            norm = math.sqrt(sum(value * value for value in values))
+            head = [float(f"{value:.6g}") for value in values[:4]]
+            print(json.dumps({"dimensions": len(values), "norm": round(norm, 6), "head": head}))
+        else:
+            # Nine significant digits give back every float32 exactly.
+            print("[" + ",".join(f"{value:.9g}" for value in values) + "]")
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
     with ModelWorkerSyncClient(**_client_options(args)) as client:
         for model in client.list_models():
-            print(f"{model.model}\t{model.provider}\tcontext={model.context_length}\tmax_output={model.max_output_tokens}")
+            capabilities = ",".join(pb.Capability.Name(c).removeprefix("CAPABILITY_").lower() for c in model.capabilities)
+            print(
+                f"{model.model}\t{model.provider}\tcontext={model.context_length}\tmax_output={model.max_output_tokens}"
+                f"\tcapabilities={capabilities}"
+            )
     return 0
 
 
@@ -143,12 +259,38 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--request-id", help="x-request-id of the call (echoed in the worker's log)")
         return sub
 
-    generate = client_command("generate", "stream a completion to stdout")
+    generate = client_command("generate", "stream a completion to stdout; tool calls follow as JSON lines")
     generate.add_argument("--model", default=EMBEDDED_MODEL)
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--max-new-tokens", type=int)
+    generate.add_argument("--tool", type=_tool_flag, action="append", default=[], metavar="NAME=SCHEMA",
+                          help="a tool the model may call, its arguments' JSON Schema inline or as @FILE (NAME alone: no arguments); repeatable")
+    generate.add_argument("--tool-description", type=_description_flag, action="append", default=[], metavar="NAME=TEXT",
+                          help="the description of the --tool NAME; repeatable")
+    generate.add_argument("--tool-choice", metavar="auto|none|required|NAME",
+                          help="whether the model calls a tool, or which one it must call")
+    generate.add_argument("--parallel-tool-calls", action=argparse.BooleanOptionalAction,
+                          help="allow (or forbid) several tool calls in one turn (default: the provider's)")
+    output = generate.add_mutually_exclusive_group()
+    output.add_argument("--json-object", action="store_true", help="the output is one JSON object")
+    output.add_argument("--json-schema", type=_json_object_text, metavar="JSON|@FILE",
+                        help="the output is JSON matching this JSON Schema")
+    output.add_argument("--grammar", type=_text_or_file, metavar="GBNF|@FILE", help="the output follows this GBNF grammar")
+    generate.add_argument("--schema-name", default="output", help="the name of --json-schema's schema (default output)")
+    generate.add_argument("--strict", action="store_true", help="ask the provider to enforce --json-schema and --tool schemas exactly")
+    generate.add_argument("--image", type=_image_flag, action="append", default=[], metavar="PATH|URL",
+                          help="an image after the prompt (a file's type from its extension: .png .jpg .jpeg .gif .webp); repeatable")
+    generate.add_argument("--reasoning-effort", choices=("minimal", "low", "medium", "high"))
+    generate.add_argument("--reasoning-budget", type=int, metavar="TOKENS", help="tokens the model may spend thinking")
     generate.add_argument("prompt")
     generate.set_defaults(run=_generate)
+
+    embed = client_command("embed", "print one embedding per text, each a JSON array on its own line")
+    embed.add_argument("--model", default=EMBEDDED_MODEL)
+    embed.add_argument("--dimensions", type=int, help="shorter embeddings, for models that can give them")
+    embed.add_argument("--summary", action="store_true", help="print each embedding's dimensions, norm and first values instead")
+    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.set_defaults(run=_embed)
 
     models = client_command("models", "list the worker's models")
     models.set_defaults(run=_models)
@@ -173,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelwire: cannot start: {error}", file=sys.stderr)
         return 1
     except ModelwireCallError as error:
-        print(f"modelwire: {error}", file=sys.stderr)
-        for field, description in error.field_violations.items():
+        violations = error.violations
+        # A refusal's message is its violations joined: print them one a line instead.
+        print(f"modelwire: {error.code.name}" if violations else f"modelwire: {error}", file=sys.stderr)
+        for field, description in violations:
             print(f"  {field}: {description}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

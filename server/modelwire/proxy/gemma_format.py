@@ -1,11 +1,13 @@
 """Gemma's chat turn format, applied by hand because the shipped GGUF carries no chat template.
 
 Gemma has no system role: the system text opens the first user turn. Tool results are shown to
-the model as user turns; the assistant speaks as "model".
+the model as user turns; the assistant speaks as "model". Gemma has no tool format either: an
+assistant turn's tool calls and a tool's result are written as plain lines of text (`tool_lines`),
+and the instruction describing a forced tool call (llamacpp.py) closes the last user turn.
 
 The prompt is a list of pieces, each either a template marker or text. Only markers may become
-control tokens: a caller who writes `<end_of_turn>` in a message gets those characters as text,
-so no message can close its own turn and speak for another role.
+control tokens: a caller who writes `<end_of_turn>` in a message, a tool argument or a tool result
+gets those characters as text, so no message can close its own turn and speak for another role.
 """
 
 from __future__ import annotations
@@ -31,21 +33,50 @@ def _turn(speaker: str, content: str) -> list[PromptPiece]:
     return [PromptPiece(START_OF_TURN, marker=True), PromptPiece(f"{speaker}\n{content}"), PromptPiece(END_OF_TURN, marker=True), PromptPiece("\n")]
 
 
-def format_gemma_chat(messages: Sequence[ModelMessage]) -> list[PromptPiece]:
-    """The prompt after BOS, as pieces; it ends by opening the model's turn."""
-    pending_system = "\n\n".join(m.content for m in messages if m.role is Role.SYSTEM)
-    pieces: list[PromptPiece] = []
+def _joined(*paragraphs: str) -> str:
+    return "\n\n".join(paragraph for paragraph in paragraphs if paragraph)
+
+
+def _contents(messages: Sequence[ModelMessage]) -> list[tuple[str, str]]:
+    """(speaker, text) of each turn: tool calls and results written out, one call per line."""
+    names = {call.id: call.name for message in messages for call in message.tool_calls}
+    turns: list[tuple[str, str]] = []
     for message in messages:
+        text = message.text
+        if message.tool_calls:
+            calls = "\n".join(f"Tool call {call.id}: {call.name} {call.arguments_json or '{}'}" for call in message.tool_calls)
+            text = _joined(text, calls)
+        if message.role is Role.TOOL:
+            name = names.get(message.tool_call_id) or message.name
+            label = " ".join(part for part in (message.tool_call_id, name) if part)
+            text = f"Tool result{' ' + label if label else ''}:\n{text}"
+        turns.append((_SPEAKER[message.role], text))
+    return turns
+
+
+def format_gemma_chat(messages: Sequence[ModelMessage], instruction: str = "") -> list[PromptPiece]:
+    """The prompt after BOS, as pieces; it ends by opening the model's turn. `instruction` (text)
+    ends the last turn when that turn is the user's, or comes as a user turn of its own."""
+    pending_system = "\n\n".join(m.text for m in messages if m.role is Role.SYSTEM)
+    turns: list[tuple[str, str]] = []
+    for (speaker, content), message in zip(_contents(messages), messages, strict=True):
         if message.role is Role.SYSTEM:
             continue
-        content = message.content
         if pending_system:
             if message.role is Role.ASSISTANT:
-                pieces += _turn("user", pending_system)
+                turns.append(("user", pending_system))
             else:
                 content = f"{pending_system}\n\n{content}"
             pending_system = ""
-        pieces += _turn(_SPEAKER[message.role], content)
+        turns.append((speaker, content))
     if pending_system:
-        pieces += _turn("user", pending_system)
+        turns.append(("user", pending_system))
+    if instruction:
+        if turns and turns[-1][0] == "user":
+            turns[-1] = ("user", _joined(turns[-1][1], instruction))
+        else:
+            turns.append(("user", instruction))
+    pieces: list[PromptPiece] = []
+    for speaker, content in turns:
+        pieces += _turn(speaker, content)
     return pieces + [PromptPiece(START_OF_TURN, marker=True), PromptPiece("model\n")]

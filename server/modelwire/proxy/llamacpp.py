@@ -5,6 +5,12 @@ the thread pool. One model (weights loaded once) carries `max_concurrency` sessi
 admission slot, so a slot always finds a session free. Each call builds its prompt from template
 markers (control tokens) and message text (never control tokens), samples with its own seed, and
 stops within one graph node of llama.cpp once the caller leaves.
+
+Constrained output (`output_format`, a forced tool call) samples under a llama.cpp grammar
+(proxy/output_grammar.py builds it; proxy/llama_engine.py's ConstrainedSampler applies it), so every
+token keeps the text a sentence of the grammar and the turn ends when the grammar is complete. A
+request without them takes the unconstrained path, unchanged. Embeddings are the mean of the last
+layer's hidden states of the same model (`LlamaSession.embed`), L2-normalised.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import asyncio
 import codecs
 import dataclasses
 import logging
+import math
 import os
 import queue
+import re
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -27,23 +36,48 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.settings import PROCESSES_ENV, SECTION, ModelConfig, existing_file
-from modelwire.core.errors import ContextLengthExceeded, StartupFailure
+from modelwire.core.errors import ContextLengthExceeded, FieldViolation, InvalidRequest, StartupFailure
 from modelwire.core.types import (
     Capability,
+    EmbedRequest,
+    Embeddings,
     FinishReason,
+    GrammarFormat,
+    JsonObjectFormat,
+    JsonSchemaFormat,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    NamedTool,
     Role,
     SamplingParams,
     TokenCount,
+    Tool,
+    ToolCallDelta,
+    ToolChoiceMode,
     Usage,
 )
-from modelwire.proxy.base import ProxyLLMClient
+from modelwire.proxy.base import ProxyLLMClient, _until_done
 from modelwire.proxy.gemma_format import END_OF_TURN, format_gemma_chat
 from modelwire.proxy.llama_build import EXTRA_WEIGHT_BUFFERS, LlamaBuild, cpu_flags
-from modelwire.proxy.llama_engine import Aborted, LlamaFailure, LlamaModel, LlamaSession, Sampling
+from modelwire.proxy.llama_engine import (
+    Aborted,
+    GrammarDeadEnd,
+    GrammarError,
+    LlamaFailure,
+    LlamaModel,
+    LlamaSession,
+    Sampling,
+)
+from modelwire.proxy.output_grammar import (
+    SchemaNotSupported,
+    ToolSchemaNotSupported,
+    json_object_grammar,
+    json_schema_grammar,
+    tool_arguments_grammar,
+    tool_choice_grammar,
+)
 from modelwire.proxy.stop_strings import StopStringFilter
 
 logger = logging.getLogger(__name__)
@@ -154,6 +188,7 @@ class LlamaCppClient(ProxyLLMClient):
         for session in sessions:
             self._idle.put(session)
         (self._end_of_turn,) = model.tokenize(END_OF_TURN, special=True)
+        model.unsampleable  # computed once here (a pass over the vocabulary), not on a caller's time
         self.activity = Activity()
 
     @classmethod
@@ -163,14 +198,6 @@ class LlamaCppClient(ProxyLLMClient):
         build.check_runs_on(cpu_flags())
         model_path = options.model_path or embedded_model_path()
         context_length = params.context_length or 2048
-        metadata = ModelMetadata(
-            model=params.name,
-            provider=cls.provider,
-            context_length=context_length,
-            max_output_tokens=params.max_output_tokens or context_length,
-            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)),
-            metadata={"gguf": model_path.name, "chat_format": options.chat_format},
-        )
         try:
             model = LlamaModel(model_path, use_extra_buffers=EXTRA_WEIGHT_BUFFERS)
             sessions = [
@@ -179,6 +206,19 @@ class LlamaCppClient(ProxyLLMClient):
             ]
         except LlamaFailure as error:
             raise StartupFailure(f"model {params.name!r}: {error}") from error
+        metadata = ModelMetadata(
+            model=params.name,
+            provider=cls.provider,
+            context_length=context_length,
+            max_output_tokens=params.max_output_tokens or context_length,
+            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)),
+            metadata={
+                "gguf": model_path.name,
+                "chat_format": options.chat_format,
+                "embedding_dimensions": str(model.n_embd),
+                "embedding_pooling": "mean",
+            },
+        )
         logger.info(
             "model %s: %s, %d session(s), %d threads, extra buffers %s (llama.cpp build: %s)",
             params.name, model_path.name, len(sessions), options.n_threads,
@@ -190,12 +230,68 @@ class LlamaCppClient(ProxyLLMClient):
     def model(self) -> LlamaModel:
         return self._model
 
-    def prompt_tokens(self, messages: Sequence[ModelMessage]) -> list[int]:
-        """Exactly what generation feeds the model: BOS, markers as control tokens, text as text."""
+    def prompt_tokens(self, messages: Sequence[ModelMessage], instruction: str = "") -> list[int]:
+        """Exactly what generation feeds the model: BOS, markers as control tokens, text as text.
+        `instruction` describes a forced tool call (CountToken counts the messages alone)."""
         tokens = [self._model.bos] if self._model.adds_bos else []
-        for piece in format_gemma_chat(messages):
+        for piece in format_gemma_chat(messages, instruction):
             tokens += self._model.tokenize(piece.text, special=piece.marker)
         return tokens
+
+    def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
+        """What the grammars cannot enforce (a schema keyword, an unparsable GBNF), a tool choice the
+        model cannot make, and what would break constrained output (stop strings)."""
+        if request.output_format is None and not request.tools:
+            return []
+        return _constraint(request, self._model, self.default_model)[1]
+
+    def unsupported_embedding(self, request: EmbedRequest) -> list[FieldViolation]:
+        n_embd = self._model.n_embd
+        if request.dimensions is not None and request.dimensions != n_embd:
+            return [
+                FieldViolation(
+                    "dimensions",
+                    f"model {self.default_model!r} makes {n_embd}-dimensional embeddings and cannot shorten them "
+                    f"(it is not Matryoshka-trained): leave dimensions unset or set it to {n_embd}",
+                )
+            ]
+        return []
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """On the pool, under the caller's admission slot; a caller who leaves aborts the decode in
+        progress, and the slot is released only once the thread has stopped."""
+        cancellation = Cancellation()
+        job = self._submit(lambda: self._sync_embed(request, cancellation))
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            cancellation.cancel()
+            if not job.cancel():
+                await _until_done(job)
+            raise
+
+    def _sync_embed(self, request: EmbedRequest, cancellation: Cancellation) -> Embeddings:
+        context_length = self._metadata.context_length
+        inputs = [[self._model.bos, *self._model.tokenize(text, special=False)] for text in request.inputs]
+        too_long = [
+            FieldViolation(
+                f"inputs[{index}]",
+                f"{len(tokens)} tokens, more than the {context_length} of model {self.default_model!r}'s context; shorten it",
+            )
+            for index, tokens in enumerate(inputs)
+            if len(tokens) > context_length
+        ]
+        if too_long:
+            raise InvalidRequest(too_long)
+        vectors: list[tuple[float, ...]] = []
+        with self.activity.generation(), self._session() as session, session.embedding(cancellation):
+            for tokens in inputs:
+                if cancellation.cancelled:
+                    raise Aborted
+                vector = session.embed(tokens)
+                norm = float(math.sqrt(float(vector @ vector)))
+                vectors.append(tuple((vector / norm if norm > 0 else vector).tolist()))
+        return Embeddings(vectors=tuple(vectors), usage=Usage(prompt_tokens=sum(len(tokens) for tokens in inputs)))
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         def count() -> TokenCount:
@@ -240,17 +336,14 @@ class LlamaCppClient(ProxyLLMClient):
         finally:
             self._idle.put(session)
 
-    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
-        prompt = self.prompt_tokens(request.messages)
+    def _prepared(self, request: ModelRequest, instruction: str = "") -> tuple[list[int], int, Sampling]:
+        """The prompt's tokens, the tokens it leaves room for, and the call's sampler settings."""
+        prompt = self.prompt_tokens(request.messages, instruction)
         if len(prompt) >= self._metadata.context_length:
             raise ContextLengthExceeded(request.model, len(prompt), self._metadata.context_length)
         sampling = request.sampling
         room = self._metadata.context_length - len(prompt)
         max_new_tokens = min(sampling.max_new_tokens or room, room)
-        stops = StopStringFilter(sampling.stop)
-        decoder = TokenDecoder(self._model)
-        completion_tokens = 0
-        finish_reason = FinishReason.LENGTH
         call_sampling = Sampling(
             temperature=DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature,
             top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
@@ -258,6 +351,21 @@ class LlamaCppClient(ProxyLLMClient):
             presence_penalty=sampling.presence_penalty or 0.0,
             frequency_penalty=sampling.frequency_penalty or 0.0,
         )
+        return prompt, max_new_tokens, call_sampling
+
+    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
+        if request.output_format is not None or request.tools:
+            constraint, refused = _constraint(request, self._model, self.default_model)
+            if refused:
+                raise InvalidRequest(refused)
+            if constraint is not None:
+                yield from self._constrained_stream(request, constraint, cancellation)
+                return
+        prompt, max_new_tokens, call_sampling = self._prepared(request)
+        stops = StopStringFilter(request.sampling.stop)
+        decoder = TokenDecoder(self._model)
+        completion_tokens = 0
+        finish_reason = FinishReason.LENGTH
         with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation):
             try:
                 with self.activity.prompt_evaluation():
@@ -287,3 +395,225 @@ class LlamaCppClient(ProxyLLMClient):
             finish_reason=finish_reason,
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens),
         )
+
+    def _constrained_stream(self, request: ModelRequest, constraint: Constraint, cancellation: Cancellation) -> Iterator[ModelOutput]:
+        """Generation under the constraint's grammar: text for an output format, the deltas of one
+        tool call for a forced tool (finish_reason TOOL_CALLS once its grammar is complete)."""
+        prompt, max_new_tokens, call_sampling = self._prepared(request, constraint.instruction)
+        decoder = TokenDecoder(self._model)
+        call = constraint.call_stream()
+        completion_tokens = 0
+        finish_reason = FinishReason.LENGTH
+        try:
+            with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation, constraint.grammar):
+                try:
+                    with self.activity.prompt_evaluation():
+                        session.evaluate_prompt(prompt)
+                    while not cancellation.cancelled:
+                        token = session.sample()
+                        if token == self._end_of_turn or self._model.is_end(token):
+                            finish_reason = FinishReason.STOP
+                            break
+                        completion_tokens += 1
+                        text = decoder.decode(token)
+                        if text:
+                            if call is None:
+                                yield ModelOutput(text=text)
+                            else:
+                                deltas = call.feed(text)
+                                if deltas:
+                                    yield ModelOutput(tool_call_deltas=deltas)
+                        if completion_tokens >= max_new_tokens:
+                            break
+                        session.feed(token)
+                except Aborted:
+                    return
+        except GrammarError as error:  # the constraint's grammar was checked before admission: a bug if here
+            raise InvalidRequest([FieldViolation(constraint.field, f"model {self.default_model!r}: llama.cpp refused the grammar: {error.reason}")]) from None
+        except GrammarDeadEnd:
+            raise InvalidRequest(
+                [FieldViolation(constraint.field, f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {completion_tokens} tokens")]
+            ) from None
+        if cancellation.cancelled:
+            return
+        tail = decoder.flush()
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens)
+        if call is None:
+            yield ModelOutput(text=tail, finish_reason=finish_reason, usage=usage)
+            return
+        complete = finish_reason is FinishReason.STOP
+        yield ModelOutput(
+            tool_call_deltas=call.finish(tail, complete),
+            finish_reason=FinishReason.TOOL_CALLS if complete else finish_reason,
+            usage=usage,
+        )
+
+
+# --- constrained output: what a request asks for, as a grammar ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Constraint:
+    grammar: str
+    # The request field a grammar failure is reported on.
+    field: str
+    # Text closing the last user turn: the forced tool(s) and the reply's shape.
+    instruction: str = ""
+    # The forced tool; or None with `choose` set: REQUIRED among several, {"name", "arguments"}.
+    tool: Tool | None = None
+    choose: bool = False
+
+    def call_stream(self) -> ToolCallStream | ChosenCallStream | None:
+        call_id = f"call_{secrets.token_hex(12)}"
+        if self.tool is not None:
+            return ToolCallStream(call_id, self.tool.name)
+        return ChosenCallStream(call_id) if self.choose else None
+
+
+class ToolCallStream:
+    """A forced tool's call: every generated piece is arguments; id and name ride on the first."""
+
+    def __init__(self, call_id: str, name: str) -> None:
+        self._id = call_id
+        self._name = name
+        self._started = False
+
+    def _delta(self, arguments: str) -> ToolCallDelta:
+        if self._started:
+            return ToolCallDelta(index=0, arguments_delta=arguments)
+        self._started = True
+        return ToolCallDelta(index=0, id=self._id, name=self._name, arguments_delta=arguments)
+
+    def feed(self, text: str) -> tuple[ToolCallDelta, ...]:
+        return (self._delta(text),)
+
+    def finish(self, tail: str, complete: bool) -> tuple[ToolCallDelta, ...]:
+        return (self._delta(tail),) if tail or not self._started else ()
+
+
+# The grammar writes {"name": "<tool>", "arguments": <arguments>} with at most one space between tokens.
+_CHOSEN_HEADER = re.compile(r'\{ ?"name" ?: ?"([A-Za-z0-9_-]+)" ?, ?"arguments" ?: ?')
+_CHOSEN_TAIL = re.compile(r"[ }]*$")
+
+
+class ChosenCallStream:
+    """REQUIRED among several tools: the name is known once the header is written; the arguments
+    stream after it, holding back closing braces and spaces until it is known whether they close
+    the arguments or the wrapper."""
+
+    def __init__(self, call_id: str) -> None:
+        self._id = call_id
+        self._name = ""
+        self._pending = ""
+        self._started = False
+
+    def feed(self, text: str) -> tuple[ToolCallDelta, ...]:
+        self._pending += text
+        if not self._name:
+            header = _CHOSEN_HEADER.match(self._pending)
+            if header is None:
+                return ()
+            self._name = header.group(1)
+            self._pending = self._pending[header.end() :]
+        if not self._started:
+            self._pending = self._pending.lstrip(" ")
+        held = _CHOSEN_TAIL.search(self._pending)
+        cut = held.start() if held is not None else len(self._pending)
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        return (self._delta(ready),) if ready else ()
+
+    def _delta(self, arguments: str) -> ToolCallDelta:
+        if self._started:
+            return ToolCallDelta(index=0, arguments_delta=arguments)
+        self._started = True
+        return ToolCallDelta(index=0, id=self._id, name=self._name, arguments_delta=arguments)
+
+    def finish(self, tail: str, complete: bool) -> tuple[ToolCallDelta, ...]:
+        self._pending += tail
+        if not self._name:
+            header = _CHOSEN_HEADER.match(self._pending)
+            if header is None:
+                return ()  # cut before the tool's name: no call
+            self._name = header.group(1)
+            self._pending = self._pending[header.end() :]
+        rest = self._pending
+        if complete:  # the wrapper's closing brace is the last one
+            closing = rest.rindex("}")
+            rest = (rest[:closing] + rest[closing + 1 :]).rstrip()
+        return (self._delta(rest),) if rest or not self._started else ()
+
+
+def _describe(tool: Tool) -> str:
+    return f"{tool.name}" + (f" ({tool.description.strip()})" if tool.description.strip() else "")
+
+
+def _constraint(request: ModelRequest, model: LlamaModel, model_name: str) -> tuple[Constraint | None, list[FieldViolation]]:
+    """The grammar (and prompt text) a request needs, or the violations that refuse it."""
+    violations: list[FieldViolation] = []
+    named = f"model {model_name!r}"
+    forced = _forced_tools(request, named, violations)
+    output_format = request.output_format
+    if forced and output_format is not None:
+        violations.append(FieldViolation("output_format", f"{named} writes a forced tool call instead of text; drop output_format or the forced tool"))
+    if (forced or output_format is not None) and request.sampling.stop:
+        violations.append(FieldViolation("sampling.stop", f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings"))
+    constraint: Constraint | None = None
+    try:
+        if len(forced) == 1:
+            index, tool = forced[0]
+            field = f"tools[{index}].parameters_json_schema"
+            instruction = f"Call the tool {_describe(tool)}. Reply with its arguments only, as JSON matching this JSON Schema: {tool.schema_json}"
+            constraint = Constraint(tool_arguments_grammar(index, tool), field, instruction, tool=tool)
+        elif forced:
+            lines = "\n".join(f"- {_describe(tool)}, arguments matching this JSON Schema: {tool.schema_json}" for _, tool in forced)
+            instruction = f'Call one of these tools:\n{lines}\nReply with JSON only: {{"name": the tool\'s name, "arguments": its arguments}}.'
+            constraint = Constraint(tool_choice_grammar(forced), "tool_choice", instruction, choose=True)
+        elif isinstance(output_format, JsonSchemaFormat):
+            constraint = Constraint(json_schema_grammar(output_format.schema_json), "output_format.json_schema.schema_json")
+        elif isinstance(output_format, JsonObjectFormat):
+            constraint = Constraint(json_object_grammar(), "output_format")
+        elif isinstance(output_format, GrammarFormat):
+            constraint = Constraint(output_format.gbnf, "output_format.grammar")
+    except ToolSchemaNotSupported as refused:
+        violations.append(
+            FieldViolation(
+                f"tools[{refused.index}].parameters_json_schema",
+                f"{named} cannot enforce {refused.error.pointer} of this schema in its grammar: {refused.error.reason}",
+            )
+        )
+    except SchemaNotSupported as refused:
+        violations.append(
+            FieldViolation(
+                "output_format.json_schema.schema_json",
+                f"{named} cannot enforce {refused.pointer} of this schema in its grammar: {refused.reason}",
+            )
+        )
+    if constraint is not None:
+        try:
+            model.check_grammar(constraint.grammar)
+        except GrammarError as error:
+            whose = "the grammar" if constraint.field == "output_format.grammar" else "the grammar modelwire wrote for it"
+            violations.append(FieldViolation(constraint.field, f"{named}: llama.cpp refused {whose}: {error.reason}"))
+    return (None if violations else constraint), violations
+
+
+def _forced_tools(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
+    """The tools a call must be made to (with their index in the request), or [] for text."""
+    if not request.tools:
+        return []
+    choice = request.tool_choice
+    if request.parallel_tool_calls:
+        violations.append(FieldViolation("parallel_tool_calls", f"{named} makes one tool call per turn; set it to false or leave it unset"))
+    if choice is ToolChoiceMode.NONE:
+        return []
+    if isinstance(choice, NamedTool):
+        return [(index, tool) for index, tool in enumerate(request.tools) if tool.name == choice.name][:1]
+    if choice is ToolChoiceMode.REQUIRED:
+        return list(enumerate(request.tools))
+    violations.append(
+        FieldViolation(
+            "tool_choice",
+            f"{named} cannot decide whether to call a tool: force one (REQUIRED, or a tool's name) or set NONE for text",
+        )
+    )
+    return []

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+
+class FieldViolation(NamedTuple):
+    """One problem of a refused request: the request field (`tools`, `messages[0].parts[1].image`,
+    `output_format.grammar`, …) and why; a refusal for a model's capabilities names the model."""
+
+    field: str
+    description: str
 
 
 class ModelwireCallError(Exception):
@@ -15,14 +25,23 @@ class ModelwireCallError(Exception):
         self.details = details
 
     @property
-    def field_violations(self) -> dict[str, str]:
-        """INVALID_ARGUMENT's google.rpc.BadRequest as {field: description}."""
-        return {
-            violation.field: violation.description
+    def violations(self) -> list[FieldViolation]:
+        """INVALID_ARGUMENT's google.rpc.BadRequest field violations, in the server's order (a
+        field may appear more than once)."""
+        return [
+            FieldViolation(violation.field, violation.description)
             for detail in self.details
             if isinstance(detail, error_details_pb2.BadRequest)
             for violation in detail.field_violations
-        }
+        ]
+
+    @property
+    def field_violations(self) -> dict[str, str]:
+        """The violations as {field: description}; a field's several descriptions are joined by "; "."""
+        joined: dict[str, str] = {}
+        for field, description in self.violations:
+            joined[field] = f"{joined[field]}; {description}" if field in joined else description
+        return joined
 
     @property
     def retry_after_s(self) -> float | None:
