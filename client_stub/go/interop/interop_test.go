@@ -100,7 +100,8 @@ func greedyRequest(modelName string, maxTokens int32) *modelwirev1.ModelRequest 
 	}
 }
 
-func checkUsage(t *testing.T, usage *modelwirev1.Usage) {
+// checkUsage: usage is set, counts are positive, at most maxCompletion tokens were generated, and the total adds up.
+func checkUsage(t *testing.T, usage *modelwirev1.Usage, maxCompletion int32) {
 	t.Helper()
 	if usage == nil {
 		t.Fatal("usage is not set")
@@ -108,8 +109,8 @@ func checkUsage(t *testing.T, usage *modelwirev1.Usage) {
 	if usage.GetPromptTokens() <= 0 {
 		t.Errorf("usage.prompt_tokens = %d, want > 0", usage.GetPromptTokens())
 	}
-	if c := usage.GetCompletionTokens(); c <= 0 || c > maxNewTokens {
-		t.Errorf("usage.completion_tokens = %d, want in [1, %d]", c, maxNewTokens)
+	if c := usage.GetCompletionTokens(); c <= 0 || c > maxCompletion {
+		t.Errorf("usage.completion_tokens = %d, want in [1, %d]", c, maxCompletion)
 	}
 	if usage.GetTotalTokens() != usage.GetPromptTokens()+usage.GetCompletionTokens() {
 		t.Errorf("usage.total_tokens = %d, want prompt %d + completion %d",
@@ -169,7 +170,7 @@ func TestGenerate(t *testing.T) {
 	if output.GetModel() != model() {
 		t.Errorf("model = %q, want %q", output.GetModel(), model())
 	}
-	checkUsage(t, output.GetUsage())
+	checkUsage(t, output.GetUsage(), maxNewTokens)
 	checkFinishReason(t, output)
 	if output.GetTiming() == nil || output.GetTiming().GetTotalSeconds() <= 0 {
 		t.Errorf("timing = %v, want total_seconds > 0", output.GetTiming())
@@ -215,7 +216,7 @@ func TestGenerateStream(t *testing.T) {
 	}
 	last := chunks[len(chunks)-1]
 	checkFinishReason(t, last)
-	checkUsage(t, last.GetUsage())
+	checkUsage(t, last.GetUsage(), maxNewTokens)
 	if text.Len() == 0 {
 		t.Fatal("the stream's deltas are empty")
 	}
