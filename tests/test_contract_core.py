@@ -56,6 +56,10 @@ provider = "{PROVIDER}"
 capabilities = ["chat", "streaming"]
 """
 
+PICTURE_QUESTION = pb.ModelMessage(
+    role=pb.ROLE_USER,
+    parts=[pb.ContentPart(text="What is in the picture?"), pb.ContentPart(image=pb.Image(url="https://example.com/a.png"))],
+)
 SCHEMA = '{"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}'
 
 
@@ -295,21 +299,25 @@ async def test_list_models_says_exactly_what_each_model_accepts(stub: pb_grpc.Mo
 
 async def test_count_token_counts_parts_images_and_tool_calls(stub: pb_grpc.ModelWorkerStub) -> None:
     async def count(*messages: pb.ModelMessage) -> int:
-        return (await stub.CountToken(pb.CountTokenRequest(model="echo", messages=list(messages)))).count
+        return (await stub.CountToken(pb.CountTokenRequest(model="everything", messages=list(messages)))).count
 
     text = await count(pb.ModelMessage(role=pb.ROLE_USER, content="What is in the picture?"))
     parts = await count(pb.ModelMessage(role=pb.ROLE_USER, parts=[pb.ContentPart(text="What is in the picture?")]))
-    with_image = await count(
-        pb.ModelMessage(
-            role=pb.ROLE_USER,
-            parts=[pb.ContentPart(text="What is in the picture?"), pb.ContentPart(image=pb.Image(url="https://example.com/a.png"))],
-        )
-    )
+    with_image = await count(PICTURE_QUESTION)
     assert parts == text and with_image == text + IMAGE_TOKENS_ESTIMATE
     arguments = json.dumps({"city": "Paris", "unit": "celsius", "days": list(range(20))})
     bare = await count(pb.ModelMessage(role=pb.ROLE_ASSISTANT))
     called = await count(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c1", name="get_weather", arguments_json=arguments)]))
     assert called - bare >= 20
+
+
+async def test_count_token_refuses_what_the_model_cannot_take_as_generate_does(stub: pb_grpc.ModelWorkerStub) -> None:
+    """A count of a prompt the model would refuse is no count: the image is refused by name."""
+    await assert_refused(
+        stub.CountToken(pb.CountTokenRequest(model="text-only", messages=[PICTURE_QUESTION])),
+        "messages[0].parts[1].image",
+        "text-only",
+    )
 
 
 async def test_count_token_refuses_malformed_new_fields_by_name(stub: pb_grpc.ModelWorkerStub) -> None:

@@ -50,7 +50,7 @@ def test_gemma_format_folds_system_into_the_first_user_turn() -> None:
     assert "".join(piece.text for piece in prompt) == (
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
         "<start_of_turn>model\nHello.<end_of_turn>\n"
-        "<start_of_turn>user\n42<end_of_turn>\n"
+        "<start_of_turn>user\nTool result:\n42<end_of_turn>\n"
         "<start_of_turn>model\n"
     )
 

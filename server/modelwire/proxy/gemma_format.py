@@ -37,31 +37,29 @@ def _joined(*paragraphs: str) -> str:
     return "\n\n".join(paragraph for paragraph in paragraphs if paragraph)
 
 
-def _contents(messages: Sequence[ModelMessage]) -> list[tuple[str, str]]:
-    """(speaker, text) of each turn: tool calls and results written out, one call per line."""
-    names = {call.id: call.name for message in messages for call in message.tool_calls}
-    turns: list[tuple[str, str]] = []
-    for message in messages:
-        text = message.text
-        if message.tool_calls:
-            calls = "\n".join(f"Tool call {call.id}: {call.name} {call.arguments_json or '{}'}" for call in message.tool_calls)
-            text = _joined(text, calls)
-        if message.role is Role.TOOL:
-            name = names.get(message.tool_call_id) or message.name
-            label = " ".join(part for part in (message.tool_call_id, name) if part)
-            text = f"Tool result{' ' + label if label else ''}:\n{text}"
-        turns.append((_SPEAKER[message.role], text))
-    return turns
+def _content(message: ModelMessage, names: dict[str, str]) -> str:
+    """A turn's text: tool calls and results written out, one call per line."""
+    text = message.text
+    if message.tool_calls:
+        calls = "\n".join(f"Tool call {call.id}: {call.name} {call.arguments_json or '{}'}" for call in message.tool_calls)
+        text = _joined(text, calls)
+    if message.role is Role.TOOL:
+        name = names.get(message.tool_call_id) or message.name
+        label = " ".join(part for part in (message.tool_call_id, name) if part)
+        text = f"Tool result{' ' + label if label else ''}:\n{text}"
+    return text
 
 
 def format_gemma_chat(messages: Sequence[ModelMessage], instruction: str = "") -> list[PromptPiece]:
     """The prompt after BOS, as pieces; it ends by opening the model's turn. `instruction` (text)
     ends the last turn when that turn is the user's, or comes as a user turn of its own."""
     pending_system = "\n\n".join(m.text for m in messages if m.role is Role.SYSTEM)
+    names = {call.id: call.name for message in messages for call in message.tool_calls}
     turns: list[tuple[str, str]] = []
-    for (speaker, content), message in zip(_contents(messages), messages, strict=True):
+    for message in messages:
         if message.role is Role.SYSTEM:
             continue
+        speaker, content = _SPEAKER[message.role], _content(message, names)
         if pending_system:
             if message.role is Role.ASSISTANT:
                 turns.append(("user", pending_system))

@@ -7,6 +7,8 @@ finer rules (`ProxyLLMClient.unsupported`) come on top of these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from modelwire.core.errors import FieldViolation
 from modelwire.core.types import (
     Capability,
@@ -34,11 +36,25 @@ def unsupported_fields(request: ModelRequest, metadata: ModelMetadata, streaming
         wanted.append((Capability.STREAMING, "model"))
     if not request.plain:
         wanted += _request_fields(request)
-    for index, message in enumerate(request.messages):
-        if not message.plain:
-            wanted += _message_fields(message, f"messages[{index}]")
+    return _lacking(metadata, wanted + _messages_fields(request.messages))
+
+
+def unsupported_message_fields(messages: Sequence[ModelMessage], metadata: ModelMetadata) -> list[FieldViolation]:
+    """CountToken's share of the rule: it takes the messages Generate takes, and refuses the same."""
+    return _lacking(metadata, _messages_fields(messages))
+
+
+def _lacking(metadata: ModelMetadata, wanted: list[tuple[Capability, str]]) -> list[FieldViolation]:
     violations = [_lacks(metadata, capability, field) for capability, field in wanted]
     return [violation for violation in violations if violation is not None]
+
+
+def _messages_fields(messages: Sequence[ModelMessage]) -> list[tuple[Capability, str]]:
+    wanted: list[tuple[Capability, str]] = []
+    for index, message in enumerate(messages):
+        if not message.plain:
+            wanted += _message_fields(message, f"messages[{index}]")
+    return wanted
 
 
 def _request_fields(request: ModelRequest) -> list[tuple[Capability, str]]:

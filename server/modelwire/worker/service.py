@@ -29,7 +29,7 @@ from modelwire.proxy.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
 from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
-from modelwire.worker.capabilities import unsupported_embedding, unsupported_fields
+from modelwire.worker.capabilities import unsupported_embedding, unsupported_fields, unsupported_message_fields
 from modelwire.worker.validation import validate_count_input, validate_embed_request, validate_request
 
 
@@ -65,6 +65,9 @@ class WorkerService:
         validate_count_input(model, prompt, self.limits)
         remember_request_text([prompt] if isinstance(prompt, str) else _message_texts(prompt))
         served = self.served(model)
+        refused = [] if isinstance(prompt, str) else unsupported_message_fields(prompt, served.metadata)
+        if refused:
+            raise InvalidRequest(refused)
         if counts_inline(prompt):
             return await served.client.count_token(model, prompt)
         async with served.admission.slot():

@@ -85,9 +85,19 @@ def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMe
     too_many = message_count_violation(len(messages), limits)
     if too_many is not None:
         violations.append(too_many)
+    called: set[str] = set()
     for index, message in enumerate(messages):
-        if not message.plain:
-            _check_message_shape(violations, index, message)
+        if message.plain:
+            continue
+        _check_message_shape(violations, index, message)
+        called.update(call.id for call in message.tool_calls)
+        if message.tool_call_id and message.tool_call_id not in called:
+            violations.append(
+                FieldViolation(
+                    f"messages[{index}].tool_call_id",
+                    f"{message.tool_call_id!r} answers no tool call of an earlier assistant message; send the turn that made the call",
+                )
+            )
     return sum(message.char_count for message in messages)
 
 
