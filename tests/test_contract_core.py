@@ -240,6 +240,11 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("tool call arguments not an object", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f", arguments_json="[1]")])), "messages[1].tool_calls[0].arguments_json"),
     ("tool_call_id on a user turn", lambda r: setattr(_message(r), "tool_call_id", "c"), "messages[0].tool_call_id"),
     ("reasoning on a user turn", lambda r: setattr(_message(r), "reasoning", "x"), "messages[0].reasoning"),
+    ("tool result answering no call", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", content="21")), "messages[1].tool_call_id"),
+    ("tool result before its call", lambda r: (
+        _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", content="21")),
+        _message(r, 2).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f")])),
+    ), "messages[1].tool_call_id"),
     ("tool name", lambda r: r.tools.add(name="get weather"), "tools[0].name"),
     ("tool twice", lambda r: r.tools.extend([pb.Tool(name="f"), pb.Tool(name="f")]), "tools[1].name"),
     ("tool schema not JSON", lambda r: r.tools.add(name="f", parameters_json_schema="{type: object}"), "tools[0].parameters_json_schema"),

@@ -186,6 +186,8 @@ async def test_an_invalid_grammar_is_refused_with_llama_cpp_s_reason_before_admi
     [
         # llama.cpp's parser prints where it failed to stderr only; its log says this much.
         ("root ::= answer", "failed to parse grammar"),
+        ('start ::= "yes"', "grammar does not contain a 'root' symbol"),
+        ('root ::= root "a"', "unsupported grammar, left recursion detected for nonterminal at index 0"),
     ],
 )
 async def test_an_invalid_grammar_s_description_is_llama_cpp_s_reason(stub: pb_grpc.ModelWorkerStub, gbnf: str, reason: str) -> None:
