@@ -258,6 +258,12 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("schema not an object", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="s", schema_json="true")), "output_format.json_schema.schema_json"),
     ("grammar blank", lambda r: setattr(r.output_format, "grammar", "  "), "output_format.grammar"),
     ("budget not positive", lambda r: setattr(r.reasoning, "budget_tokens", 0), "reasoning.budget_tokens"),
+    ("effort of no known value", lambda r: setattr(r.reasoning, "effort", 99), "reasoning.effort"),
+    ("grammar with a NUL", lambda r: setattr(r.output_format, "grammar", 'root ::= "a"\x00 "b"'), "output_format.grammar"),
+    ("schema with NaN", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="s", schema_json='{"const": NaN}')), "output_format.json_schema.schema_json"),
+    ("schema with a number beyond doubles", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="s", schema_json='{"const": 1e400}')), "output_format.json_schema.schema_json"),
+    ("schema nested past the recursion limit", lambda r: r.tools.add(name="f", parameters_json_schema='{"a":' * 100_000 + "1" + "}" * 100_000), "tools[0].parameters_json_schema"),
+    ("tool arguments with Infinity", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f", arguments_json='{"x": Infinity}')])), "messages[1].tool_calls[0].arguments_json"),
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import threading
 import math
 import re
 from collections.abc import AsyncIterator
@@ -171,7 +172,7 @@ async def test_a_grammar_decides_the_answer_and_ends_the_turn(stub: pb_grpc.Mode
     ['root ::= "yes', "root ::= answer", 'start ::= "yes"', 'root ::= root "a"', "root ::= [a-"],
     ids=["open-literal", "undefined-rule", "no-root", "left-recursion", "open-class"],
 )
-async def test_an_invalid_grammar_is_refused_with_llama_cpp_s_reason_before_admission(
+async def test_an_invalid_grammar_is_refused_with_llama_cpp_s_reason_before_the_model_runs(
     embedded_worker: Worker, stub: pb_grpc.ModelWorkerStub, gbnf: str
 ) -> None:
     started = provider(embedded_worker).activity.started
@@ -214,6 +215,10 @@ async def test_an_invalid_grammar_s_description_is_llama_cpp_s_reason(stub: pb_g
         ({"type": "string", "minLength": 2, "pattern": "^[a-z]+$"}, "#"),
         ({"$ref": "https://example.com/schema.json"}, "#/$ref"),
         ({"type": ["string", "null"], "maxLength": 3}, "#/type"),
+        # A reference must land on a schema, not on a keyword's value.
+        ({"type": "object", "properties": {"a": {"$ref": "#/required"}}, "required": ["a"]}, "#/properties/a/$ref"),
+        ({"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}, "b": {"$ref": "#/properties/a/maxLength"}}}, "#/properties/b/$ref"),
+        ({"type": "string", "pattern": "^a{99999999999}$"}, "#/pattern"),
     ],
 )
 async def test_what_a_grammar_cannot_enforce_is_refused_by_its_pointer(stub: pb_grpc.ModelWorkerStub, schema: dict[str, Any], pointer: str) -> None:
@@ -222,6 +227,31 @@ async def test_what_a_grammar_cannot_enforce_is_refused_by_its_pointer(stub: pb_
         await stub.Generate(request([user("JSON, please.")], output_format=output_format))
     await assert_refused(stub.Generate(request([user("JSON, please.")], output_format=output_format)), "output_format.json_schema.schema_json", MODEL)
     assert f"cannot enforce {pointer} " in (refused.value.details() or ""), refused.value.details()
+
+
+async def test_grammars_are_built_and_parsed_off_the_event_loop(
+    embedded_worker: Worker, stub: pb_grpc.ModelWorkerStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llama.cpp's parse of a big grammar takes long: on the loop it would stall every call."""
+    model = provider(embedded_worker).model
+    threads: list[threading.Thread] = []
+    check = type(model).check_grammar
+
+    def recording_check(self: Any, gbnf: str) -> None:
+        threads.append(threading.current_thread())
+        check(self, gbnf)
+
+    monkeypatch.setattr(type(model), "check_grammar", recording_check)
+    schema = json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    await stub.Generate(request([user("A number.")], max_new_tokens=8, output_format=pb.OutputFormat(json_schema=pb.JsonSchema(name="n", schema_json=schema))))
+    assert threads and threading.main_thread() not in threads, threads
+
+
+async def test_a_grammar_too_big_to_parse_quickly_is_refused_naming_the_field(stub: pb_grpc.ModelWorkerStub) -> None:
+    """A 990 kB enum took llama.cpp 25 s to parse; the bound refuses it before llama.cpp sees it."""
+    schema = json.dumps({"enum": [str(n) for n in range(20_000)]})
+    output_format = pb.OutputFormat(json_schema=pb.JsonSchema(name="thing", schema_json=schema))
+    await assert_refused(stub.Generate(request([user("A number.")], output_format=output_format)), "output_format.json_schema.schema_json", MODEL)
 
 
 def test_integer_bounds_admit_exactly_the_integers_within(embedded_worker: Worker) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -340,6 +340,34 @@ async def test_a_tool_call_finishing_otherwise(stub: pb_grpc.ModelWorkerStub, fa
     assert unary.finish_reason == stream[-1].finish_reason == expected
 
 
+@pytest.mark.parametrize(
+    ("call", "problem"),
+    [
+        (("call_p", "get_weather", '{"city": "Par'), "are not a JSON object"),
+        (("call_p", "no such tool!", PARIS_ARGS), "has a name that is not"),
+        (("", "get_weather", PARIS_ARGS), "has no id"),
+    ],
+    ids=["arguments-cut", "name", "no-id"],
+)
+async def test_a_broken_tool_call_from_the_upstream_is_unavailable_not_passed_on(
+    stub: pb_grpc.ModelWorkerStub, fake: FakeUpstream, call: tuple[str, str, str], problem: str
+) -> None:
+    """A caller can rely on every call it gets: one the upstream broke ends the call UNAVAILABLE."""
+    call_id, name, arguments = call
+    fake.script(
+        replied(completion({"content": None, "tool_calls": [wire_call(call_id, name, arguments)]}, "tool_calls", usage(9, 9))),
+        streamed(tool_call_chunks([(call_id, name, [arguments[:5], arguments[5:]])]), usage_chunk(9, 9)),
+    )
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: stub.Generate(ask(tools=[WEATHER])), lambda: collect(stub.GenerateStream(ask(tools=[WEATHER]))),
+    ]
+    for make_call in calls:  # one after the other: each takes the next scripted answer
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await make_call()
+        assert failed.value.code() is grpc.StatusCode.UNAVAILABLE and problem in (failed.value.details() or ""), failed.value.details()
+        assert arguments not in (failed.value.details() or "")
+
+
 async def test_streamed_tool_calls_split_mid_json_and_interleaved(stub: pb_grpc.ModelWorkerStub, fake: FakeUpstream) -> None:
     paris = ['{"ci', 'ty":"Pa', 'ris","unit":"cel', 'sius"}']
     rome = ['{"city"', ':"Ro', 'me","un', 'it":"cels', 'ius"}']
@@ -572,6 +600,7 @@ IMAGE_PART = pb.ContentPart(image=pb.Image(url="https://example.com/cat.jpg"))
     [
         (ask(user("Weather?"), pb.ModelMessage(role=pb.ROLE_TOOL, content='{"temperature": 21}')), "messages[1].tool_call_id"),
         (ask(reasoning=pb.ReasoningOptions(effort=pb.REASONING_EFFORT_LOW, budget_tokens=1024)), "reasoning.budget_tokens"),
+        (ask(reasoning=pb.ReasoningOptions()), "reasoning"),
         (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Hello.", reasoning="The user greets."), user("Bye")),
          "messages[1].reasoning"),
         (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Hello.", reasoning_signature=b"sig"), user("Bye")),

@@ -40,7 +40,7 @@ from typing import Any, Literal, Self
 from pydantic import StrictStr
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from modelwire.core import errors
+from modelwire.core import errors, strict_json
 from modelwire.core.errors import FieldViolation
 from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
@@ -229,7 +229,7 @@ def _reasoning_blocks(message: ModelMessage) -> list[dict[str, Any]] | None:
     signature = message.reasoning_signature
     if signature.startswith(b"["):
         try:
-            blocks = json.loads(signature)
+            blocks = strict_json.loads(signature)
         except ValueError:
             return None
         return blocks if isinstance(blocks, list) and all(_is_reasoning_block(block) for block in blocks) else None

@@ -22,7 +22,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +255,9 @@ class LlamaSession:
         self._abort_requested_at = time.perf_counter()
         self._abort_flag[0] = b"\x01"
 
+    def _aborted(self) -> bool:
+        return self._abort_flag[0] == b"\x01"
+
     @contextmanager
     def call(self, sampling: Sampling, cancellation: Cancellation, grammar: str | None = None) -> Iterator[None]:
         """One call on an empty cache with its own sampler; cancelling it aborts any decode inside.
@@ -267,7 +270,7 @@ class LlamaSession:
         self._abort_flag[0] = b"\x00"
         _last_errors()  # forget what earlier calls on this thread left
         if grammar is not None:
-            self._constrained = ConstrainedSampler(self.model, sampling, self.model.grammar_sampler(grammar))
+            self._constrained = ConstrainedSampler(self.model, sampling, self.model.grammar_sampler(grammar), self._aborted)
         else:
             self._sampler = _sampler_chain(self.model, sampling)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
@@ -395,8 +398,9 @@ class ConstrainedSampler:
     WIDE = 1024
     REST_CHUNK = 8192
 
-    def __init__(self, model: LlamaModel, sampling: Sampling, grammar: Any) -> None:
+    def __init__(self, model: LlamaModel, sampling: Sampling, grammar: Any, aborted: Callable[[], bool]) -> None:
         self._model = model
+        self._aborted = aborted  # checked between chunks: one token can take a long walk of the vocabulary
         self._n = model.vocab_size()
         self._grammar = grammar
         self._penalized = sampling.frequency_penalty != 0.0 or sampling.presence_penalty != 0.0
@@ -474,6 +478,8 @@ class ConstrainedSampler:
         threshold = -math.inf
         seen_first = False
         for chunk in self._descending(logits):
+            if self._aborted():
+                raise Aborted
             if len(chunk) == 0:
                 continue
             values = logits[chunk]

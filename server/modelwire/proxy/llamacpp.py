@@ -87,6 +87,9 @@ DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_N_BATCH = 512
 WARM_UP_TOKENS = 2
+# llama.cpp parses a grammar in time that grows faster than its length (a 1 MB grammar: seconds,
+# a 990 kB enum: 25 s); this bound keeps a parse within tens of milliseconds.
+MAX_GRAMMAR_CHARS = 64 * 1024
 CLOSE_WAIT_S = 30.0
 # llama.cpp's grammars enforce json_object, json_schema and GBNF; tools only when a call is forced.
 DEFAULT_CAPABILITIES = (
@@ -239,11 +242,15 @@ class LlamaCppClient(ProxyLLMClient):
         return tokens
 
     def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
-        """What the grammars cannot enforce (a schema keyword, an unparsable GBNF), a tool choice the
-        model cannot make, and what would break constrained output (stop strings)."""
+        """A tool choice the model cannot make, and what would break constrained output (stop
+        strings). What the grammars cannot enforce (a schema keyword, an unparsable GBNF) is found
+        when the grammar is built, on the pool (`sync_generate_stream`): a big schema takes
+        llama.cpp long enough to parse that the event loop must not wait for it."""
         if request.output_format is None and not request.tools:
             return []
-        return _constraint(request, self._model, self.default_model)[1]
+        violations: list[FieldViolation] = []
+        _combination_refusals(request, f"model {self.default_model!r}", violations)
+        return violations
 
     def unsupported_embedding(self, request: EmbedRequest) -> list[FieldViolation]:
         n_embd = self._model.n_embd
@@ -551,12 +558,8 @@ def _constraint(request: ModelRequest, model: LlamaModel, model_name: str) -> tu
     """The grammar (and prompt text) a request needs, or the violations that refuse it."""
     violations: list[FieldViolation] = []
     named = f"model {model_name!r}"
-    forced = _forced_tools(request, named, violations)
+    forced = _combination_refusals(request, named, violations)
     output_format = request.output_format
-    if forced and output_format is not None:
-        violations.append(FieldViolation("output_format", f"{named} writes a forced tool call instead of text; drop output_format or the forced tool"))
-    if (forced or output_format is not None) and request.sampling.stop:
-        violations.append(FieldViolation("sampling.stop", f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings"))
     constraint: Constraint | None = None
     try:
         if len(forced) == 1:
@@ -588,13 +591,32 @@ def _constraint(request: ModelRequest, model: LlamaModel, model_name: str) -> tu
                 f"{named} cannot enforce {refused.pointer} of this schema in its grammar: {refused.reason}",
             )
         )
-    if constraint is not None:
+    if constraint is not None and len(constraint.grammar) > MAX_GRAMMAR_CHARS:
+        violations.append(
+            FieldViolation(
+                constraint.field,
+                f"{named}: its grammar would be {len(constraint.grammar)} characters, more than the {MAX_GRAMMAR_CHARS} "
+                "llama.cpp parses in reasonable time; simplify it (fewer enum values, properties or repetitions)",
+            )
+        )
+    elif constraint is not None:
         try:
             model.check_grammar(constraint.grammar)
         except GrammarError as error:
             whose = "the grammar" if constraint.field == "output_format.grammar" else "the grammar modelwire wrote for it"
             violations.append(FieldViolation(constraint.field, f"{named}: llama.cpp refused {whose}: {error.reason}"))
     return (None if violations else constraint), violations
+
+
+def _combination_refusals(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
+    """The cheap refusals (no grammar built): a tool choice the model cannot make, and what breaks
+    constrained output. Returns the forced tools."""
+    forced = _forced_tools(request, named, violations)
+    if forced and request.output_format is not None:
+        violations.append(FieldViolation("output_format", f"{named} writes a forced tool call instead of text; drop output_format or the forced tool"))
+    if (forced or request.output_format is not None) and request.sampling.stop:
+        violations.append(FieldViolation("sampling.stop", f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings"))
+    return forced
 
 
 def _forced_tools(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:

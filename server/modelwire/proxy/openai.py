@@ -299,6 +299,10 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+# ToolCallDelta.index is an int32; no upstream makes anywhere near this many calls in one turn.
+_MAX_TOOL_CALL_INDEX = 2**16
+
+
 def _call_deltas(calls: object, known: dict[int, tuple[str, str]]) -> tuple[ToolCallDelta, ...]:
     """One chunk's `delta.tool_calls` as they come, keyed by `index` (its position in the list if a
     server leaves it out); `known` holds each call's id and name so far, which are never repeated."""
@@ -310,6 +314,8 @@ def _call_deltas(calls: object, known: dict[int, tuple[str, str]]) -> tuple[Tool
             raise errors.UpstreamUnavailable("upstream sent a tool call delta that is not a JSON object")
         index = call.get("index")
         index = index if isinstance(index, int) else position
+        if not 0 <= index < _MAX_TOOL_CALL_INDEX:
+            raise errors.UpstreamUnavailable(f"upstream sent a tool call delta with index {index}, not a call's position")
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
         known_id, known_name = known.get(index, ("", ""))
@@ -401,7 +407,7 @@ class OpenAIClient(HttpProxyClient):
     def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
         """A cheap scan first, on every request: nearly none has anything refused here."""
         reasoning = request.reasoning
-        if reasoning is not None and reasoning.budget_tokens is not None:
+        if reasoning is not None and (reasoning.budget_tokens is not None or reasoning.effort is None):
             return self._refusals(request)
         for message in request.messages:
             if message.role is _TOOL or message.parts or message.reasoning is not None or message.reasoning_signature:
@@ -412,6 +418,8 @@ class OpenAIClient(HttpProxyClient):
         violations: list[FieldViolation] = []
         if request.reasoning is not None and request.reasoning.budget_tokens is not None:
             violations.append(self._cannot("reasoning.budget_tokens", "take a reasoning budget in tokens; set reasoning.effort instead"))
+        elif request.reasoning is not None and request.reasoning.effort is None:
+            violations.append(self._cannot("reasoning", "switch reasoning on without an effort; set reasoning.effort, or leave reasoning unset"))
         for index, message in enumerate(request.messages):
             violations += self._message_refusals(index, message)
         return violations

@@ -64,6 +64,8 @@ _KEYWORDS_BY_TYPE = {
     "boolean": frozenset(),
     "null": frozenset(),
 }
+# The keywords under which a schema holds subschemas: True when a name or index comes between.
+_SCHEMA_PLACES = {"$defs": True, "definitions": True, "properties": True, "anyOf": True, "items": False, "additionalProperties": False}
 _STRING_FORMATS = ("date", "time", "date-time", "uuid")
 # Lengths and counts become nested optional rules, one level each: bounded so the grammar stays small.
 MAX_REPETITION = 500
@@ -390,7 +392,7 @@ def rewrite_pattern(pattern: str, pointer: str) -> str:
     rewritten = "".join(out)
     try:
         re.compile(rewritten)
-    except re.error as error:
+    except (re.error, OverflowError) as error:  # OverflowError: a repeat count beyond the re module's
         raise SchemaNotSupported(pointer, f"not a valid regular expression: {error}") from None
     return "^(" + rewritten + ")$"
 
@@ -453,14 +455,21 @@ class _Checker:
         if not isinstance(ref, str) or not ref.startswith("#/"):
             raise SchemaNotSupported(_pointer([*path, "$ref"]), "only a local reference (#/…) can be enforced")
         target: Any = self._root
-        for part in ref[2:].split("/"):
-            part = part.replace("~1", "/").replace("~0", "~")
+        parts = [part.replace("~1", "/").replace("~0", "~") for part in ref[2:].split("/")]
+        # Only a schema's place: $defs/<name>, properties/<name>, anyOf/<i>, items… from a schema.
+        expect_schema = True
+        for part in parts:
+            if expect_schema and part not in _SCHEMA_PLACES:
+                raise SchemaNotSupported(_pointer([*path, "$ref"]), f"{ref} does not point at a subschema")
             if isinstance(target, dict) and part in target:
                 target = target[part]
             elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
                 target = target[int(part)]
             else:
                 raise SchemaNotSupported(_pointer([*path, "$ref"]), f"{ref} does not point into the schema")
+            expect_schema = not (expect_schema and _SCHEMA_PLACES[part])
+        if not expect_schema or not isinstance(target, dict):
+            raise SchemaNotSupported(_pointer([*path, "$ref"]), f"{ref} does not point at a subschema")
         return {"$ref": self._ref_prefix + ref[1:]}
 
     def _literals(self, node: dict[str, Any], keys: set[str], kind: Any, path: list[str | int]) -> dict[str, Any]:

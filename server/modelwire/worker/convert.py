@@ -162,6 +162,8 @@ def _output_format_from_pb(request: pb.ModelRequest) -> OutputFormat:
 
 def _reasoning_from_pb(request: pb.ModelRequest) -> ReasoningOptions:
     reasoning = request.reasoning
+    if reasoning.effort not in _EFFORT_FROM_PB and reasoning.effort != pb.REASONING_EFFORT_UNSPECIFIED:
+        raise InvalidRequest([FieldViolation("reasoning.effort", f"unknown value {reasoning.effort}: use MINIMAL, LOW, MEDIUM or HIGH")])
     return ReasoningOptions(
         effort=_EFFORT_FROM_PB.get(reasoning.effort),
         budget_tokens=reasoning.budget_tokens if reasoning.HasField("budget_tokens") else None,

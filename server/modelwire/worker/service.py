@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
-from modelwire.core.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from modelwire.core.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, UpstreamUnavailable
 from modelwire.core.redaction import remember_request_text
 from modelwire.core.types import (
     EmbedRequest,
@@ -22,7 +22,10 @@ from modelwire.core.types import (
     ModelRequest,
     Timing,
     TokenCount,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    merge_tool_call_deltas,
 )
 from modelwire.observe.tracing import upstream_span
 from modelwire.proxy.base import ProxyLLMClient
@@ -30,7 +33,7 @@ from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
 from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
 from modelwire.worker.capabilities import unsupported_embedding, unsupported_fields, unsupported_message_fields
-from modelwire.worker.validation import validate_count_input, validate_embed_request, validate_request
+from modelwire.worker.validation import broken_tool_call, validate_count_input, validate_embed_request, validate_request
 
 
 # Told when a generation leaves admission and its work begins (the edge then sends the response
@@ -110,6 +113,8 @@ class WorkerService:
         async with self._admitted(request, started, streaming=False) as (served, request):
             began = time.perf_counter()
             output = await served.client.generate(request)
+            if output.tool_calls:
+                _check_tool_calls(output.tool_calls, output.finish_reason)
             return replace(
                 output,
                 finish_reason=output.finish_reason or FinishReason.STOP,
@@ -121,11 +126,16 @@ class WorkerService:
             began = time.perf_counter()
             first_token_at: float | None = None
             finished = False
+            deltas: list[ToolCallDelta] = []
             async with aclosing(served.client.generate_stream(request)) as chunks:
                 async for chunk in chunks:
                     if first_token_at is None and (chunk.text or chunk.reasoning or chunk.tool_call_deltas):
                         first_token_at = time.perf_counter()
+                    if chunk.tool_call_deltas:
+                        deltas += chunk.tool_call_deltas
                     if chunk.finish_reason is not None:
+                        if deltas:
+                            _check_tool_calls(merge_tool_call_deltas(deltas), chunk.finish_reason)
                         finished = True
                         chunk = replace(chunk, timing=_timing(began, first_token_at, chunk.usage))
                     # Deltas pass as they are (a copy per delta is measurable); the edge names the model.
@@ -180,3 +190,13 @@ def _timing(started: float, first_token_at: float | None, usage: Usage | None) -
     decode_s = now - first_token_at
     rate = (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0
     return Timing(time_to_first_token_s=first_token_at - started, tokens_per_second=rate, total_s=now - started)
+
+
+def _check_tool_calls(calls: Sequence[ToolCall], finish_reason: FinishReason | None) -> None:
+    """A model's tool calls reach the caller whole and well-formed (an id, a name, arguments that are
+    a JSON object), unless max_new_tokens cut them, which finish_reason LENGTH tells the caller."""
+    if finish_reason is FinishReason.LENGTH:
+        return
+    problem = broken_tool_call(calls)
+    if problem is not None:
+        raise UpstreamUnavailable(f"the model answered with a broken tool call: {problem}")

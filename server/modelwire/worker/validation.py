@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from modelwire.core import strict_json
 from modelwire.core.errors import FieldViolation, InvalidRequest
 from modelwire.core.settings import RequestLimits
 from modelwire.core.types import (
@@ -17,6 +17,7 @@ from modelwire.core.types import (
     ModelRequest,
     NamedTool,
     Role,
+    ToolCall,
     ToolChoiceMode,
 )
 
@@ -33,17 +34,32 @@ def message_count_violation(count: int, limits: RequestLimits, field: str = "mes
     return None
 
 
+def broken_tool_call(calls: Sequence[ToolCall]) -> str | None:
+    """What is wrong with the first malformed tool call a model answered with, or None. Calls are
+    checked as callers' are (an id, a name, arguments that are a JSON object), so a caller can rely
+    on every call it gets; the text is never quoted (it is the model's output)."""
+    for number, call in enumerate(calls):
+        if not call.id:
+            return f"tool call {number} has no id"
+        if not _NAME.fullmatch(call.name):
+            return f"tool call {number} has a name that is not 1 to 64 of [A-Za-z0-9_-] ({len(call.name)} characters)"
+        if _not_a_json_object(call.arguments_json or "{}", "a JSON object") is not None:
+            return f"the arguments of tool call {number} ({call.name}) are not a JSON object ({len(call.arguments_json)} characters)"
+    return None
+
+
 def _check_range(violations: list[FieldViolation], name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
         violations.append(FieldViolation(name, f"must be in [{low:g}, {high:g}], got {value:g}"))
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+def _not_a_json_object(text: str, what: str) -> str | None:
+    """Why `text` is not a JSON object (strict JSON: no NaN, no overflowing number), or None."""
     try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+        value = strict_json.loads(text)
+    except ValueError as error:
+        return f"must be {what}, as JSON text: {str(error)[:200]}"
+    return None if isinstance(value, dict) else f"must be {what}, as JSON text, not a {type(value).__name__}"
 
 
 def _check_message_shape(violations: list[FieldViolation], index: int, message: ModelMessage) -> None:
@@ -72,8 +88,9 @@ def _check_message_shape(violations: list[FieldViolation], index: int, message: 
             violations.append(FieldViolation(f"{where}.id", "must not be empty (the id the model gave the call)"))
         if not _NAME.fullmatch(call.name):
             violations.append(FieldViolation(f"{where}.name", "must be 1 to 64 of [A-Za-z0-9_-]"))
-        if _json_object(call.arguments_json or "{}") is None:
-            violations.append(FieldViolation(f"{where}.arguments_json", "must be a JSON object"))
+        problem = _not_a_json_object(call.arguments_json or "{}", "a JSON object")
+        if problem is not None:
+            violations.append(FieldViolation(f"{where}.arguments_json", problem))
     if message.tool_call_id and message.role is not Role.TOOL:
         violations.append(FieldViolation(f"{field}.tool_call_id", "only a ROLE_TOOL message answers a tool call"))
     if (message.reasoning is not None or message.reasoning_signature) and message.role is not Role.ASSISTANT:
@@ -121,8 +138,9 @@ def _check_tools(violations: list[FieldViolation], request: ModelRequest, limits
         elif tool.name in names:
             violations.append(FieldViolation(f"tools[{index}].name", f"{tool.name!r} is given twice"))
         names.add(tool.name)
-        if tool.parameters_json_schema and _json_object(tool.parameters_json_schema) is None:
-            violations.append(FieldViolation(f"tools[{index}].parameters_json_schema", "must be a JSON Schema object, as JSON text"))
+        problem = _not_a_json_object(tool.parameters_json_schema, "a JSON Schema object") if tool.parameters_json_schema else None
+        if problem is not None:
+            violations.append(FieldViolation(f"tools[{index}].parameters_json_schema", problem))
     choice = request.tool_choice
     if isinstance(choice, NamedTool) and choice.name not in names:
         violations.append(FieldViolation("tool_choice.tool_name", f"{choice.name!r} is not one of tools"))
@@ -135,12 +153,16 @@ def _check_tools(violations: list[FieldViolation], request: ModelRequest, limits
         chars += len(output_format.name) + len(output_format.schema_json)
         if not _NAME.fullmatch(output_format.name):
             violations.append(FieldViolation("output_format.json_schema.name", "must be 1 to 64 of [A-Za-z0-9_-]"))
-        if _json_object(output_format.schema_json) is None:
-            violations.append(FieldViolation("output_format.json_schema.schema_json", "must be a JSON Schema object, as JSON text"))
+        problem = _not_a_json_object(output_format.schema_json, "a JSON Schema object")
+        if problem is not None:
+            violations.append(FieldViolation("output_format.json_schema.schema_json", problem))
     elif isinstance(output_format, GrammarFormat):
         chars += len(output_format.gbnf)
         if not output_format.gbnf.strip():
             violations.append(FieldViolation("output_format.grammar", "must not be empty"))
+        elif "\x00" in output_format.gbnf:
+            # llama.cpp reads the grammar as a C string: it would end at the NUL, unnoticed.
+            violations.append(FieldViolation("output_format.grammar", "must not contain a NUL character (write it as \\x00 in a literal)"))
     reasoning = request.reasoning
     if reasoning is not None and reasoning.budget_tokens is not None and reasoning.budget_tokens <= 0:
         violations.append(FieldViolation("reasoning.budget_tokens", f"must be positive when set, got {reasoning.budget_tokens}"))
