@@ -600,7 +600,6 @@ IMAGE_PART = pb.ContentPart(image=pb.Image(url="https://example.com/cat.jpg"))
     [
         (ask(user("Weather?"), pb.ModelMessage(role=pb.ROLE_TOOL, content='{"temperature": 21}')), "messages[1].tool_call_id"),
         (ask(reasoning=pb.ReasoningOptions(effort=pb.REASONING_EFFORT_LOW, budget_tokens=1024)), "reasoning.budget_tokens"),
-        (ask(reasoning=pb.ReasoningOptions()), "reasoning"),
         (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Hello.", reasoning="The user greets."), user("Bye")),
          "messages[1].reasoning"),
         (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Hello.", reasoning_signature=b"sig"), user("Bye")),

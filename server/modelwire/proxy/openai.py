@@ -407,7 +407,7 @@ class OpenAIClient(HttpProxyClient):
     def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
         """A cheap scan first, on every request: nearly none has anything refused here."""
         reasoning = request.reasoning
-        if reasoning is not None and (reasoning.budget_tokens is not None or reasoning.effort is None):
+        if reasoning is not None and reasoning.budget_tokens is not None:
             return self._refusals(request)
         for message in request.messages:
             if message.role is _TOOL or message.parts or message.reasoning is not None or message.reasoning_signature:
@@ -418,8 +418,6 @@ class OpenAIClient(HttpProxyClient):
         violations: list[FieldViolation] = []
         if request.reasoning is not None and request.reasoning.budget_tokens is not None:
             violations.append(self._cannot("reasoning.budget_tokens", "take a reasoning budget in tokens; set reasoning.effort instead"))
-        elif request.reasoning is not None and request.reasoning.effort is None:
-            violations.append(self._cannot("reasoning", "switch reasoning on without an effort; set reasoning.effort, or leave reasoning unset"))
         for index, message in enumerate(request.messages):
             violations += self._message_refusals(index, message)
         return violations
