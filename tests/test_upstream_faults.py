@@ -474,6 +474,19 @@ async def test_an_endless_event_stream_line_is_unavailable_not_memory() -> None:
             pass
 
 
+def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelwire.proxy.http_upstream import _proxy_for
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _proxy_for("https://api.openai.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
+    assert _proxy_for("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert _proxy_for("http://api.openai.com/v1") is None  # HTTPS_PROXY is for https only
+    assert _proxy_for("https://llm.corp.example/v1") is None
+
+
 def test_retry_after_parsing() -> None:
     from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
