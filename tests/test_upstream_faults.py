@@ -384,7 +384,7 @@ async def test_api_key_never_appears_in_logs_or_errors(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "modelwire", "grpc"):
+    for name in ("aiohttp", "modelwire", "grpc"):
         logging.getLogger(name).setLevel(logging.DEBUG)
     os.environ[SECRET_ENV] = SECRET
     fake.reset_records()
@@ -413,14 +413,14 @@ async def test_api_key_never_appears_in_logs_or_errors(
                 messages.append(str(error))
     finally:
         os.environ.pop(SECRET_ENV, None)
-        for name in ("httpx", "httpcore", "modelwire", "grpc"):
+        for name in ("aiohttp", "modelwire", "grpc"):
             logging.getLogger(name).setLevel(logging.NOTSET)
 
     # The key did go upstream, in each provider's own header ...
     sent = [exchange.headers.get("authorization", exchange.headers.get("x-api-key", "")) for exchange in fake.exchanges]
     assert f"Bearer {SECRET}" in sent and SECRET in sent
     # ... and nowhere else: not in any log record (message, arguments, traceback) nor any error.
-    assert any(record.name.startswith("httpcore") for record in caplog.records), "DEBUG logs were captured"
+    assert any(record.name.startswith("modelwire.proxy") for record in caplog.records), "the providers' logs were captured"
     assert any("credentials" in message for message in messages)
     assert any("[redacted]" in message for message in messages)
     logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
@@ -445,6 +445,46 @@ async def test_sse_parser_follows_the_event_stream_rules() -> None:
     ))]
 
     assert events == [SSEEvent("message_start", '{"a":\n1}'), SSEEvent("message", "no-space")]
+
+
+async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+async def test_event_stream_lines_split_by_every_ending_whatever_the_chunks(size: int) -> None:
+    """\r\n, \r and \n all end a line (the SSE rules), also when a chunk boundary splits \r\n or
+    a UTF-8 character; the last line without an ending still arrives."""
+    from modelwire.proxy.http_upstream import iter_lines
+
+    stream = "data: a\r\ndata: b\rdata: ü€\n\r\n\ndata: tail".encode()
+    chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+    lines = [line async for line in iter_lines(_chunks(*chunks))]
+    assert lines == ["data: a", "data: b", "data: ü€", "", "", "data: tail"]
+
+
+async def test_an_endless_event_stream_line_is_unavailable_not_memory() -> None:
+    from modelwire.core import errors
+    from modelwire.proxy import http_upstream
+
+    endless = (b"x" * (1024 * 1024) for _ in range(http_upstream._MAX_EVENT_LINE // (1024 * 1024) + 2))
+    with pytest.raises(errors.UpstreamUnavailable, match="line longer than"):
+        async for _ in http_upstream.iter_lines(_chunks(*endless)):
+            pass
+
+
+def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelwire.proxy.http_upstream import _proxy_for
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _proxy_for("https://api.openai.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
+    assert _proxy_for("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert _proxy_for("http://api.openai.com/v1") is None  # HTTPS_PROXY is for https only
+    assert _proxy_for("https://llm.corp.example/v1") is None
 
 
 def test_retry_after_parsing() -> None:

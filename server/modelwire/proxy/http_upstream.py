@@ -2,18 +2,19 @@
 
 - configuration keys every remote provider has (`api_base`, `api_key_env`, `upstream_model`,
   `timeout_s`, `max_retries`, `retry_backoff_s`, `headers`) and the API key as a `Secret`;
-- one `httpx.AsyncClient` per configured model, which is that model's connection pool;
-- a small server-sent-events parser;
+- one `aiohttp.ClientSession` per configured model, which is that model's connection pool (aiohttp,
+  not httpx: its C HTTP parser costs a fifth of httpx's CPU per call, bench/http_clients.py);
+- a small server-sent-events parser, over lines split by the SSE rules (`\r\n`, `\r` or `\n`);
 - HTTP status / transport failure → typed error (`errors.*`), `Retry-After` parsing;
 - retry with backoff, only for retryable failures and only before the first streamed token;
 - token counting with offline tiktoken on the executor, and estimated usage when the upstream
   sends none.
 
-Cancellation: every upstream request is an `httpx` call awaited inside the provider's coroutine or
+Cancellation: every upstream request is an aiohttp call awaited inside the provider's coroutine or
 async generator; when the caller cancels or its deadline passes, `CancelledError` arrives at that
-await, and leaving the `async with client.stream(...)` block closes the response, which closes its
-connection (a half-read response is never returned to the pool). Backoff sleeps are plain
-`asyncio.sleep`, so they are cancelled the same way.
+await, and a response not read to its end is closed, which closes its connection (a half-read
+response is never returned to the pool). Backoff sleeps are plain `asyncio.sleep`, so they are
+cancelled the same way.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any, TypeVar
+import urllib.request
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
@@ -70,6 +72,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Error bodies are read up to this size; the message shown to the caller is cut shorter.
 _MAX_ERROR_BODY = 64 * 1024
+# The longest line of an event stream held while waiting for its end: more is a broken upstream.
+_MAX_EVENT_LINE = 16 * 1024 * 1024
 _MAX_MESSAGE = 1000
 
 
@@ -193,6 +197,25 @@ def remote_limits(config: ModelConfig) -> tuple[int, int]:
 class SSEEvent:
     event: str
     data: str
+
+
+async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of a byte stream, each ended by `\r\n`, `\r` or `\n` (as SSE allows), also when a
+    chunk boundary splits a `\r\n`; a last line without an ending is yielded at the end."""
+    pending = b""
+    async for chunk in chunks:
+        lines = (pending + chunk if pending else chunk).splitlines(keepends=True)
+        pending = b""
+        if not lines:
+            continue
+        if not lines[-1].endswith(b"\n"):  # unfinished, or a \r whose \n may open the next chunk
+            pending = lines.pop()
+            if len(pending) > _MAX_EVENT_LINE:
+                raise errors.UpstreamUnavailable(f"upstream sent an event stream line longer than {_MAX_EVENT_LINE} bytes")
+        for line in lines:
+            yield line.rstrip(b"\r\n").decode("utf-8", errors="replace")
+    if pending:
+        yield pending.rstrip(b"\r\n").decode("utf-8", errors="replace")
 
 
 async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
@@ -388,13 +411,13 @@ def error_for_status(
 
 
 def error_for_transport(
-    error: httpx.HTTPError, timeout_s: float, redact: Callable[[str], str], streaming: bool
+    error: aiohttp.ClientError, timeout_s: float, redact: Callable[[str], str], streaming: bool
 ) -> errors.ModelwireError:
     """A failure below HTTP: the configured timeout is DEADLINE_EXCEEDED, the rest UNAVAILABLE."""
     detail = redact(_shorten(str(error))) or type(error).__name__
-    if isinstance(error, httpx.ConnectTimeout):
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
         return errors.UpstreamUnavailable(f"cannot connect to upstream within timeout_s={timeout_s:g}s")
-    if isinstance(error, httpx.TimeoutException):
+    if isinstance(error, aiohttp.ServerTimeoutError):
         if streaming:
             return errors.DeadlineExceeded(
                 f"upstream stayed silent for timeout_s={timeout_s:g}s while streaming, before or between events ({type(error).__name__})"
@@ -403,7 +426,7 @@ def error_for_transport(
             f"upstream stayed silent for timeout_s={timeout_s:g}s ({type(error).__name__}); a unary call "
             "without a deadline waits at most that long for the whole answer: set a deadline to wait longer"
         )
-    if isinstance(error, httpx.ConnectError):
+    if isinstance(error, aiohttp.ClientConnectorError):
         return errors.UpstreamUnavailable(f"cannot connect to upstream: {detail}")
     return errors.UpstreamUnavailable(f"upstream connection failed ({type(error).__name__}): {detail}")
 
@@ -496,15 +519,13 @@ class HttpProxyClient(ProxyLLMClient):
         super().__init__(metadata, executor)
         self._params = params
         self._retry = RetryPolicy(max_retries=params.max_retries, backoff_s=params.retry_backoff_s)
-        # Admission bounds in-flight calls to max_concurrency; the margin covers connections that
-        # are still closing while their slot is reused.
-        self._unary_timeout = httpx.Timeout(params.timeout_s, read=None)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(params.timeout_s),
-            limits=httpx.Limits(max_connections=2 * max_concurrency + 2, max_keepalive_connections=max_concurrency),
-            headers=params.headers,
-            follow_redirects=False,
-        )
+        self._max_connections = 2 * max_concurrency + 2
+        # timeout_s bounds connecting (waiting for a pooled connection included) and each silence
+        # of the upstream; a unary call with a deadline waits for its answer as long as that allows.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=params.timeout_s, sock_read=params.timeout_s)
+        self._unary_timeout = aiohttp.ClientTimeout(total=None, connect=params.timeout_s, sock_read=None)
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy = _proxy_for(params.api_base)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.default_model!r}, api_base={self._params.api_base!r})"
@@ -513,8 +534,25 @@ class HttpProxyClient(ProxyLLMClient):
     def upstream_model(self) -> str:
         return self._params.upstream_model
 
+    def _http(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the event loop it belongs to (aiohttp ties it to one)."""
+        if self._session is None:
+            # Admission bounds in-flight calls to max_concurrency; the margin covers connections
+            # that are still closing while their slot is reused.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                headers=self._params.headers,
+                timeout=self._timeout,
+                # Not trust_env: aiohttp would read ~/.netrc and the proxy variables on the pool at
+                # every request (a tenth of a call's CPU); the proxy is resolved once (`_proxy_for`).
+                trust_env=False,
+                json_serialize=_json_text,
+            )
+        return self._session
+
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def _redact(self, text: str) -> str:
         return self._params.api_key.redact(text) if self._params.api_key is not None else text
@@ -537,12 +575,12 @@ class HttpProxyClient(ProxyLLMClient):
 
     # --- one attempt of a call; retries wrap these
 
-    def _status_error(self, response: httpx.Response, body: bytes) -> errors.ModelwireError:
+    def _status_error(self, response: aiohttp.ClientResponse, body: bytes) -> errors.ModelwireError:
         message = self._redact(message_from_body(body))
         error = error_for_status(
-            response.status_code, message, parse_retry_after(response.headers), self._params, error_codes(json_or_none(body))
+            response.status, message, parse_retry_after(response.headers), self._params, error_codes(json_or_none(body))
         )
-        logger.info("model %s: upstream answered HTTP %d: %s", self.default_model, response.status_code, error)
+        logger.info("model %s: upstream answered HTTP %d: %s", self.default_model, response.status, error)
         return error
 
     def _json_instead_of_events(self, raw: bytes) -> errors.ModelwireError:
@@ -555,7 +593,7 @@ class HttpProxyClient(ProxyLLMClient):
             "(a server that ignores stream=true?)"
         )
 
-    def _transport_error(self, error: httpx.HTTPError, streaming: bool) -> errors.ModelwireError:
+    def _transport_error(self, error: aiohttp.ClientError, streaming: bool) -> errors.ModelwireError:
         mapped = error_for_transport(error, self._params.timeout_s, self._redact, streaming)
         logger.info("model %s: upstream call failed: %s", self.default_model, mapped)
         return mapped
@@ -564,19 +602,22 @@ class HttpProxyClient(ProxyLLMClient):
         """One unary POST; any failure leaves as a typed error. A unary completion arrives all at
         once, after the whole generation: its wait is bounded by the caller's deadline (the edge's
         timeout cancels it), and by `timeout_s` only for a call without one."""
-        timeout = self._http.timeout if remaining_s() is None else self._unary_timeout
+        timeout = self._timeout if remaining_s() is None else self._unary_timeout
         try:
-            response = await self._http.post(url, json=body, headers=_outgoing(headers), timeout=timeout)
-        except httpx.HTTPError as error:
+            async with self._http().post(
+                url, json=body, headers=_outgoing(headers), timeout=timeout, allow_redirects=False, proxy=self._proxy
+            ) as response:
+                if not 200 <= response.status < 300:
+                    raise self._status_error(response, await _read_capped(response))
+                raw = await response.read()
+        except aiohttp.ClientError as error:
             raise self._transport_error(error, streaming=False) from None
-        if not response.is_success:
-            raise self._status_error(response, response.content[:_MAX_ERROR_BODY])
         try:
-            return response.json()
+            return json.loads(raw)
         except ValueError:
             raise errors.UpstreamUnavailable(
                 f"upstream sent a response that is not JSON ({response.headers.get('content-type', 'no content type')}, "
-                f"{len(response.content)} bytes)"
+                f"{len(raw)} bytes)"
             ) from None
 
     async def post_events(
@@ -584,17 +625,21 @@ class HttpProxyClient(ProxyLLMClient):
     ) -> AsyncGenerator[SSEEvent, None]:
         """One streaming POST as server-sent events; closing the generator closes the connection."""
         try:
-            async with self._http.stream("POST", url, json=body, headers=_outgoing(headers)) as response:
-                if not response.is_success:
-                    raise self._status_error(response, await _read_capped(response))
-                if response.headers.get("content-type", "").startswith("application/json"):
-                    # Some servers answer a stream request with a plain JSON error and status 200,
-                    # others with a whole completion (they ignore stream=true): never quoted.
-                    raw = await _read_capped(response)
-                    raise self._json_instead_of_events(raw)
-                async for event in iter_sse(response.aiter_lines()):
-                    yield event
-        except httpx.HTTPError as error:
+            async with self._http().post(url, json=body, headers=_outgoing(headers), allow_redirects=False, proxy=self._proxy) as response:
+                try:
+                    if not 200 <= response.status < 300:
+                        raise self._status_error(response, await _read_capped(response))
+                    if response.headers.get("content-type", "").startswith("application/json"):
+                        # Some servers answer a stream request with a plain JSON error and status 200,
+                        # others with a whole completion (they ignore stream=true): never quoted.
+                        raw = await _read_capped(response)
+                        raise self._json_instead_of_events(raw)
+                    async for event in iter_sse(iter_lines(response.content.iter_any())):
+                        yield event
+                finally:
+                    if not response.content.at_eof():
+                        response.close()  # half read: the connection is closed, never pooled
+        except aiohttp.ClientError as error:
             raise self._transport_error(error, streaming=True) from None
 
     # --- the calls: shared flow, the provider supplies its wire format
@@ -640,9 +685,24 @@ def _outgoing(headers: Mapping[str, str]) -> dict[str, str]:
     return outgoing
 
 
-async def _read_capped(response: httpx.Response) -> bytes:
+def _proxy_for(api_base: str) -> str | None:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name for `api_base`, unless NO_PROXY exempts
+    its host: read once at start, as operators expect of an HTTP client."""
+    parts = urlsplit(api_base)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def _json_text(body: Any) -> str:
+    """Request bodies compact and UTF-8, without NaN (which is not JSON)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     body = bytearray()
-    async for part in response.aiter_bytes():
+    async for part in response.content.iter_any():
         body += part
         if len(body) >= _MAX_ERROR_BODY:
             break
