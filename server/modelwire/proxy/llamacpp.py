@@ -435,7 +435,7 @@ class LlamaCppClient(ProxyLLMClient):
                         session.feed(token)
                 except Aborted:
                     return
-        except GrammarError as error:  # the constraint's grammar was checked before admission: a bug if here
+        except GrammarError as error:  # `_constraint` checked the grammar just before: a bug if here
             raise InvalidRequest([FieldViolation(constraint.field, f"model {self.default_model!r}: llama.cpp refused the grammar: {error.reason}")]) from None
         except GrammarDeadEnd:
             raise InvalidRequest(

@@ -598,7 +598,7 @@ def _convert(schema: dict[str, Any]) -> str:
 @functools.lru_cache(maxsize=256)
 def json_schema_grammar(schema_json: str) -> str:
     """GBNF whose every sentence is JSON valid against the schema (SchemaNotSupported otherwise).
-    Cached: the same schema is checked before admission and used again at generation."""
+    Cached: the same schema repeated across calls is converted once."""
     return _convert(check_schema(json.loads(schema_json)))
 
 
