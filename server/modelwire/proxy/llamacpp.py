@@ -371,27 +371,16 @@ class LlamaCppClient(ProxyLLMClient):
         prompt, max_new_tokens, call_sampling = self._prepared(request)
         stops = StopStringFilter(request.sampling.stop)
         decoder = TokenDecoder(self._model)
-        completion_tokens = 0
-        finish_reason = FinishReason.LENGTH
+        run = _Run()
         with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation):
             try:
-                with self.activity.prompt_evaluation():
-                    session.evaluate_prompt(prompt)
-                while not cancellation.cancelled:
-                    token = session.sample()
-                    if token == self._end_of_turn or self._model.is_end(token):
-                        finish_reason = FinishReason.STOP
-                        break
-                    completion_tokens += 1
+                for token in self._tokens(session, prompt, max_new_tokens, cancellation, run):
                     text = stops.feed(decoder.decode(token))
                     if text:
                         yield ModelOutput(text=text)
                     if stops.stopped:
-                        finish_reason = FinishReason.STOP
+                        run.finish_reason = FinishReason.STOP
                         break
-                    if completion_tokens >= max_new_tokens:
-                        break
-                    session.feed(token)
             except Aborted:
                 return
         if cancellation.cancelled:
@@ -399,9 +388,25 @@ class LlamaCppClient(ProxyLLMClient):
         tail = stops.feed(decoder.flush()) + stops.flush()
         yield ModelOutput(
             text=tail,
-            finish_reason=finish_reason,
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens),
+            finish_reason=run.finish_reason,
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=run.completion_tokens),
         )
+
+    def _tokens(self, session: LlamaSession, prompt: list[int], max_new_tokens: int, cancellation: Cancellation, run: _Run) -> Iterator[int]:
+        """The prompt evaluated, then each generated token until the turn ends (`run` says STOP),
+        `max_new_tokens` or a cancel; a token is fed back only when the consumer asks for the next."""
+        with self.activity.prompt_evaluation():
+            session.evaluate_prompt(prompt)
+        while not cancellation.cancelled:
+            token = session.sample()
+            if token == self._end_of_turn or self._model.is_end(token):
+                run.finish_reason = FinishReason.STOP
+                return
+            run.completion_tokens += 1
+            yield token
+            if run.completion_tokens >= max_new_tokens:
+                return
+            session.feed(token)
 
     def _constrained_stream(self, request: ModelRequest, constraint: Constraint, cancellation: Cancellation) -> Iterator[ModelOutput]:
         """Generation under the constraint's grammar: text for an output format, the deltas of one
@@ -409,19 +414,11 @@ class LlamaCppClient(ProxyLLMClient):
         prompt, max_new_tokens, call_sampling = self._prepared(request, constraint.instruction)
         decoder = TokenDecoder(self._model)
         call = constraint.call_stream()
-        completion_tokens = 0
-        finish_reason = FinishReason.LENGTH
+        run = _Run()
         try:
             with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation, constraint.grammar):
                 try:
-                    with self.activity.prompt_evaluation():
-                        session.evaluate_prompt(prompt)
-                    while not cancellation.cancelled:
-                        token = session.sample()
-                        if token == self._end_of_turn or self._model.is_end(token):
-                            finish_reason = FinishReason.STOP
-                            break
-                        completion_tokens += 1
+                    for token in self._tokens(session, prompt, max_new_tokens, cancellation, run):
                         text = decoder.decode(token)
                         if text:
                             if call is None:
@@ -430,30 +427,35 @@ class LlamaCppClient(ProxyLLMClient):
                                 deltas = call.feed(text)
                                 if deltas:
                                     yield ModelOutput(tool_call_deltas=deltas)
-                        if completion_tokens >= max_new_tokens:
-                            break
-                        session.feed(token)
                 except Aborted:
                     return
         except GrammarError as error:  # `_constraint` checked the grammar just before: a bug if here
             raise InvalidRequest([FieldViolation(constraint.field, f"model {self.default_model!r}: llama.cpp refused the grammar: {error.reason}")]) from None
         except GrammarDeadEnd:
             raise InvalidRequest(
-                [FieldViolation(constraint.field, f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {completion_tokens} tokens")]
+                [FieldViolation(constraint.field, f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {run.completion_tokens} tokens")]
             ) from None
         if cancellation.cancelled:
             return
         tail = decoder.flush()
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=completion_tokens)
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=run.completion_tokens)
         if call is None:
-            yield ModelOutput(text=tail, finish_reason=finish_reason, usage=usage)
+            yield ModelOutput(text=tail, finish_reason=run.finish_reason, usage=usage)
             return
-        complete = finish_reason is FinishReason.STOP
+        complete = run.finish_reason is FinishReason.STOP
         yield ModelOutput(
             tool_call_deltas=call.finish(tail, complete),
-            finish_reason=FinishReason.TOOL_CALLS if complete else finish_reason,
+            finish_reason=FinishReason.TOOL_CALLS if complete else run.finish_reason,
             usage=usage,
         )
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """How a generation went, told by `LlamaCppClient._tokens` to the loop that consumes it."""
+
+    completion_tokens: int = 0
+    finish_reason: FinishReason = FinishReason.LENGTH
 
 
 # --- constrained output: what a request asks for, as a grammar ------------------------------------
