@@ -8,9 +8,9 @@ patched before it is built, and is driven by ghz like bench/run.py drives the re
   shipped         the worker as `modelwire serve` runs it
   no-access-log   the per-call JSON log line off (logger modelwire.access above INFO)
   no-metrics      the observer without Prometheus updates
-  no-observer     without the CallObserver interceptor (log, metrics, request id)
-  no-orca         without the ORCA load-report interceptor
-  no-interceptors without any interceptor
+  no-observer     the call pipeline without its observer (log, metrics, request id)
+  no-orca         the call pipeline without the ORCA load-report trailers
+  no-interceptors without the call pipeline (no interceptor at all)
   no-count        without counting the prompt's tokens (the context-length check)
   bare-service    no interceptors and no count: servicer + service + admission + provider only
   floor-servicer  modelwire's server (options, interceptors, health, reflection) with the floor's
@@ -49,13 +49,18 @@ def _patch(variant: str) -> None:
 
     from modelwire.core.types import TokenCount
 
-    dropped: set[str] = set()
-    if variant in ("no-observer",):
-        dropped = {"CallObserver"}
+    no_interceptors = variant in ("no-interceptors", "bare-service", "floor-servicer-bare")
+    if variant == "no-observer":
+        from modelwire.observe.call_observer import CallObserver
+        from modelwire.observe.call_record import CallRecord
+
+        CallObserver.begin = lambda self, method, request, context: (CallRecord(method, ""), ())  # type: ignore[method-assign]
+        CallObserver.streamed = CallObserver.answered = lambda self, *args: None  # type: ignore[method-assign]
+        CallObserver.failed = CallObserver.finished = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     if variant == "no-orca":
-        dropped = {"OrcaInterceptor"}
-    if variant in ("no-interceptors", "bare-service", "floor-servicer-bare"):
-        dropped = {"*"}
+        from modelwire.worker.orca import LoadReports
+
+        LoadReports.applies = lambda self, method: False  # type: ignore[method-assign]
     if variant == "pool-count":
         import asyncio
 
@@ -81,12 +86,11 @@ def _patch(variant: str) -> None:
 
         servicer.ModelWorkerServicer.Generate = generate  # type: ignore[method-assign]
         servicer.ModelWorkerServicer.GenerateStream = generate_stream  # type: ignore[method-assign]
-    if dropped:
+    if no_interceptors:
         original = grpc.aio.server
 
         def server(*args: Any, interceptors: Any = None, **kwargs: Any) -> Any:
-            kept = [] if "*" in dropped else [i for i in interceptors or () if type(i).__name__ not in dropped]
-            return original(*args, interceptors=kept, **kwargs)
+            return original(*args, interceptors=[], **kwargs)
 
         grpc.aio.server = server  # type: ignore[assignment]
     if variant == "no-access-log":

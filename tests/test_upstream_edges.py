@@ -297,7 +297,7 @@ async def test_failing_metrics_and_call_log_never_fail_a_call(
     monkeypatch.setattr(worker.metrics, "finished", broken)
     monkeypatch.setattr(worker.metrics, "inter_token_gap", broken)
     monkeypatch.setattr(worker.metrics, "admission_changed", broken)
-    monkeypatch.setattr("modelwire.observe.interceptor.log_call", broken)
+    monkeypatch.setattr("modelwire.observe.call_observer.log_call", broken)
     for served in worker.models:
         monkeypatch.setattr(served.admission, "observer", broken)
 

@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from modelwire.app.config import Config
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import Permission
-from modelwire.observe.interceptor import UNKNOWN_MODEL, ModelLabel
+from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.proxy.registry import provider_class
 from modelwire.rpc.server import RpcServer, Service, check_exposure
 from modelwire.v1 import worker_pb2, worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import RegistrationAgent, advertised_address, check_reachable, worker_agent
-from modelwire.worker.orca import OrcaInterceptor
+from modelwire.worker.orca import LoadReports
 from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
 
@@ -72,8 +72,8 @@ class Worker:
         # Registers the worker with a controller or etcd (serve --controller/--registry); see worker/agent.py.
         self.registration: RegistrationAgent | None = None
         servicer = ModelWorkerServicer(WorkerService(models, config.limits))
-        # Innermost: every ModelWorker response carries an ORCA load report (worker/orca.py).
-        orca = OrcaInterceptor(models, lambda: self.registration.instance_id if self.registration else None)
+        # Every ModelWorker response carries an ORCA load report (worker/orca.py).
+        load_reports = LoadReports(models, lambda: self.registration.instance_id if self.registration else None)
         self.rpc = RpcServer(
             role="worker",
             server=config.server,
@@ -83,7 +83,7 @@ class Worker:
             auth=config.auth,
             observability=config.observability,
             model_label=_model_label(models),
-            inner_interceptors=[orca],
+            trailers=load_reports,
             # Several processes share one port only on purpose; otherwise a second worker on a busy
             # port must fail instead of silently splitting its traffic.
             options=[("grpc.so_reuseport", 1 if config.server.processes > 1 else 0)],

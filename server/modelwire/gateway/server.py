@@ -42,7 +42,7 @@ from modelwire.gateway.router import (
     model_field,
     returned_trailers,
 )
-from modelwire.observe.interceptor import PID_KEY, UNKNOWN_MODEL
+from modelwire.observe.call_observer import PID_KEY, UNKNOWN_MODEL
 from modelwire.rpc.server import RpcServer, Service
 from modelwire.rpc.status import ERROR_DOMAIN, NOT_STARTED, CallScope
 from modelwire.v1 import worker_pb2 as pb

@@ -2,8 +2,9 @@
 their own services on it.
 
 Every server gets: grpc.health.v1 (for "" and each service) and reflection; TLS or mTLS when
-configured; the interceptor chain (tracing when enabled, the call observer with its log line and
-metrics, bearer auth with per-method permissions, refusal of undecodable requests); receive limit,
+configured; the call pipeline (rpc/call_pipeline.py: the call log line and metrics, bearer auth
+with per-method permissions, the server's own trailers, refusal of undecodable requests; after
+OpenTelemetry's interceptor when tracing is enabled); receive limit,
 keepalive and connection age; acceptance of clients' keepalive pings; a drain that says NOT_SERVING,
 waits `drain_delay_s` for balancers that poll, then lets calls in flight finish within the grace
 period. It refuses to listen on a non-loopback address without authentication unless told the
@@ -26,11 +27,11 @@ from modelwire.core.addresses import is_loopback
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import AuthConfig, ObservabilityConfig, Permission, ServerConfig, TlsConfig
 from modelwire.observe import tracing
-from modelwire.observe.interceptor import CallObserver, ModelLabel
+from modelwire.observe.call_observer import CallObserver, ModelLabel
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.rpc.auth import BearerAuth
+from modelwire.rpc.call_pipeline import CallPipeline, CallTrailers
 from modelwire.rpc.channels import server_ping_options
-from modelwire.rpc.malformed import MalformedRequests
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class RpcServer:
         auth: AuthConfig | None = None,
         observability: ObservabilityConfig | None = None,
         model_label: ModelLabel = lambda request: "",
-        inner_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        trailers: CallTrailers | None = None,
         options: Sequence[tuple[str, int]] = (),
     ) -> None:
         check_exposure(role, server, auth)
@@ -102,10 +103,8 @@ class RpcServer:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if observability.tracing:
             interceptors.append(tracing.server_interceptor(observability.otlp_endpoint))
-        interceptors.append(CallObserver(self.metrics, model_label))
-        if auth is not None:
-            interceptors.append(BearerAuth(auth, permission_of))
-        interceptors += [*inner_interceptors, MalformedRequests()]
+        bearer = BearerAuth(auth, permission_of) if auth is not None else None
+        interceptors.append(CallPipeline(CallObserver(self.metrics, model_label), bearer, trailers))
         self.server = grpc.aio.server(interceptors=interceptors, options=_options(server, options))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

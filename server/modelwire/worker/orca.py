@@ -1,6 +1,6 @@
 """ORCA per-call load reports: every ModelWorker response carries `xds.data.orca.v3.OrcaLoadReport` in
 the `endpoint-load-metrics-bin` trailer, so gRPC clients using `weighted_round_robin` (Go, Java, C++)
-balance on the worker's real load. Python gRPC has no ORCA API; this interceptor writes the trailer.
+balance on the worker's real load. Python gRPC has no ORCA API; the call pipeline writes the trailer.
 
 Per call, for the model of the call:
 - `application_utilization` = in-flight / capacity (the model's admission limit), after the call;
@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
 from xds.data.orca.v3 import orca_load_report_pb2
 
-from modelwire.observe.handlers import RewrappingInterceptor, StreamBehavior, UnaryBehavior, responses, rewrap
+from modelwire.observe.call_observer import Metadata
 from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
 from modelwire.worker.service import ServedModel
 
 WORKER_PREFIX = "/modelwire.v1.ModelWorker/"
 RATE_WINDOW_S = 10
 CPU_SAMPLE_S = 1.0
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 class _Rate:
@@ -80,13 +77,15 @@ class _Cpu:
         return self.value
 
 
-class OrcaInterceptor(RewrappingInterceptor):
+class LoadReports:
+    """The ORCA trailers of the worker's calls, which the call pipeline (rpc/call_pipeline.py) sets
+    when a call starts (so that an error carries a report too) and again when it has answered."""
+
     def __init__(self, models: Sequence[ServedModel], instance_id: Callable[[], str | None] = lambda: None) -> None:
         self._models = {m.metadata.model: m for m in models}
         self._instance_id = instance_id
         self._rate = _Rate()
         self._cpu = _Cpu()
-        super().__init__(lambda method, handler: rewrap(handler, unary=self._unary, server_stream=self._stream))
 
     def report(self, model: str) -> orca_load_report_pb2.OrcaLoadReport:
         report = orca_load_report_pb2.OrcaLoadReport(
@@ -102,38 +101,16 @@ class OrcaInterceptor(RewrappingInterceptor):
         report.named_metrics["capacity"] = capacity
         return report
 
-    def trailers(self, model: str, context: grpc.aio.ServicerContext) -> Metadata:
-        ours_keys = (ORCA_TRAILER, LOAD_TRAILER, INSTANCE_TRAILER)
-        kept = tuple((k, v) for k, v in (context.trailing_metadata() or ()) if k not in ours_keys)
-        report = self.report(model).SerializeToString()
-        ours: list[tuple[str, str | bytes]] = [(ORCA_TRAILER, report), (LOAD_TRAILER, report)]
-        instance_id = self._instance_id()
-        if instance_id:
-            ours.append((INSTANCE_TRAILER, instance_id))
-        return kept + tuple(ours)
-
     def applies(self, method: str) -> bool:
         return method.startswith(WORKER_PREFIX)
 
-    def _unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            model = getattr(request, "model", "")
-            self._rate.add()
-            # Set first so that an error without details still carries a report; refreshed at the end.
-            context.set_trailing_metadata(self.trailers(model, context))
-            response = await behavior(request, context)
-            context.set_trailing_metadata(self.trailers(model, context))
-            return response
+    def started(self, request: Any) -> Metadata:
+        self._rate.add()
+        return self.trailers(request)
 
-        return wrapped
-
-    def _stream(self, behavior: StreamBehavior) -> StreamBehavior:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            model = getattr(request, "model", "")
-            self._rate.add()
-            context.set_trailing_metadata(self.trailers(model, context))
-            async for chunk in responses(behavior(request, context)):
-                yield chunk
-            context.set_trailing_metadata(self.trailers(model, context))
-
-        return wrapped
+    def trailers(self, request: Any) -> Metadata:
+        report = self.report(getattr(request, "model", "")).SerializeToString()
+        instance_id = self._instance_id()
+        if instance_id:
+            return ((ORCA_TRAILER, report), (LOAD_TRAILER, report), (INSTANCE_TRAILER, instance_id))
+        return ((ORCA_TRAILER, report), (LOAD_TRAILER, report))

@@ -11,7 +11,7 @@ from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
 from modelwire.fleet.types import VIA_KEY
-from modelwire.observe.interceptor import PID, PID_KEY
+from modelwire.observe.call_observer import PID, PID_KEY
 from modelwire.worker.service import Started, WorkerService
 from modelwire.rpc.status import CallScope
 

@@ -1,0 +1,87 @@
+"""What the call pipeline (rpc/call_pipeline.py) records of every call: request id in and out,
+status, timing, tokens; then one log line and the metrics. A part of the one interceptor, not an
+interceptor of its own: each interceptor layer costs every call an await and every streamed
+message a generator hop (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from modelwire.observe.call_record import REQUEST_ID_KEY, CallRecord, begin_call
+from modelwire.observe.guard import never_fails
+from modelwire.observe.logs import log_call
+from modelwire.observe.metrics import WorkerMetrics
+from modelwire.v1 import worker_pb2 as pb
+
+PID_KEY = "modelwire-pid"
+PID = str(os.getpid())
+# The metrics label of a call's model, from its request: only names the process knows (its served
+# models, its fleet's) become labels, so a client sending random names cannot grow the label set.
+ModelLabel = Callable[[Any], str]
+UNKNOWN_MODEL = "_unknown"
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return str(value)
+    return None
+
+
+def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "DEADLINE_EXCEEDED"
+    if isinstance(error, (GeneratorExit, asyncio.CancelledError)):
+        return "CANCELLED"
+    if isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name if code else "UNKNOWN"
+    return "UNKNOWN"
+
+
+class CallObserver:
+    def __init__(self, metrics: WorkerMetrics | None, model_label: ModelLabel) -> None:
+        self._metrics = metrics
+        self._model_label = model_label
+
+    def begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[CallRecord, Metadata]:
+        """The call's record, and the trailers that name it (its request id, this process)."""
+        record = begin_call(method, _header(context, REQUEST_ID_KEY))
+        record.model = self._model_label(request)
+        return record, ((REQUEST_ID_KEY, record.request_id), (PID_KEY, PID))
+
+    def streamed(self, record: CallRecord, message: Any) -> None:
+        now = time.perf_counter()
+        if record.first_chunk_at is None:
+            record.first_chunk_at = now
+        elif self._metrics is not None and record.last_chunk_at is not None:
+            never_fails("the call metrics", self._metrics.inter_token_gap, record.model, now - record.last_chunk_at)
+        record.last_chunk_at = now
+        record.chunks += 1
+        _count_usage(record, message)
+
+    def answered(self, record: CallRecord, response: Any) -> None:
+        _count_usage(record, response)
+
+    def failed(self, record: CallRecord, error: BaseException, context: grpc.aio.ServicerContext) -> None:
+        record.code = _ended_code(error, context)
+
+    def finished(self, record: CallRecord, streamed: bool) -> None:
+        """However the call ended: logged and counted once."""
+        never_fails("the call log", log_call, record)
+        if self._metrics is not None:
+            never_fails("the call metrics", self._metrics.finished, record, streamed)
+
+
+def _count_usage(record: CallRecord, response: Any) -> None:
+    if isinstance(response, (pb.ModelOutput, pb.EmbedResponse)) and response.HasField("usage"):
+        record.prompt_tokens = response.usage.prompt_tokens
+        record.completion_tokens = response.usage.completion_tokens
