@@ -8,6 +8,7 @@ and the parent serves their aggregate; gauges then add up over the live processe
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -39,6 +40,7 @@ class WorkerMetrics:
         self.queued = Gauge("modelwire_queued", "Calls waiting for a slot per model.", ["model"], multiprocess_mode="livesum", registry=r)
         # Labelled children looked up once per model: admission changes four times per call.
         self._admission_gauges: dict[str, tuple[Gauge, Gauge]] = {}
+        self._children: dict[tuple[object, ...], Counter | Histogram] = {}
         self.errors = Counter(
             "modelwire_errors", "Failed calls by the error that failed them (upstream_* come from the provider).", ["model", "kind"], registry=r
         )
@@ -51,20 +53,29 @@ class WorkerMetrics:
         gauges[1].set(queued)
 
     def inter_token_gap(self, model: str, gap_s: float) -> None:
-        self.inter_token.labels(model).observe(gap_s)
+        self._child(self.inter_token, model).observe(gap_s)
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: the label sets are bounded (known models,
+        methods, codes, error kinds), and each lookup takes a lock and builds a key."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def finished(self, record: CallRecord, streamed: bool) -> None:
         method = record.method.rsplit("/", 1)[-1]
-        self.requests.labels(method, record.model, record.code).inc()
+        self._child(self.requests, method, record.model, record.code).inc()
         if not streamed:
-            self.duration.labels(method, record.model).observe(record.latency_s)
+            self._child(self.duration, method, record.model).observe(record.latency_s)
         if record.first_chunk_at is not None:
-            self.time_to_first_token.labels(record.model).observe(record.first_chunk_at - record.started)
+            self._child(self.time_to_first_token, record.model).observe(record.first_chunk_at - record.started)
         if record.prompt_tokens or record.completion_tokens:
-            self.prompt_tokens.labels(record.model).inc(record.prompt_tokens)
-            self.completion_tokens.labels(record.model).inc(record.completion_tokens)
+            self._child(self.prompt_tokens, record.model).inc(record.prompt_tokens)
+            self._child(self.completion_tokens, record.model).inc(record.completion_tokens)
         if record.error_kind is not None:
-            self.errors.labels(record.model, record.error_kind).inc()
+            self._child(self.errors, record.model, record.error_kind).inc()
 
 
 def serve_metrics(metrics: WorkerMetrics | None, host: str, port: int) -> int:
