@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
@@ -160,15 +162,29 @@ class ProxyLLMClient(ABC):
         return await self.run_blocking(count)
 
     async def _pump(self, produce: Callable[[Cancellation], Iterator[ModelOutput]]) -> AsyncGenerator[ModelOutput, None]:
-        """Runs a blocking iterator on the executor and hands its chunks to the event loop."""
+        """Runs a blocking iterator on the executor and hands its chunks to the event loop.
+
+        The thread wakes the loop only when the loop has taken everything handed over before: a
+        loop that lags behind (a busy worker) then takes the chunks in batches, one wake-up for
+        several, instead of one cross-thread wake-up per token."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        handed: deque[object] = deque()
+        lock = threading.Lock()
+        ready = asyncio.Event()
+        wake_pending = False
         cancellation = Cancellation()
 
         def hand_over(item: object) -> None:
-            # Once the consumer has left nobody reads the queue, and its loop may be closing.
-            if not cancellation.cancelled:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+            nonlocal wake_pending
+            # Once the consumer has left nobody reads the chunks, and its loop may be closing.
+            if cancellation.cancelled:
+                return
+            with lock:
+                handed.append(item)
+                if wake_pending:
+                    return
+                wake_pending = True
+            loop.call_soon_threadsafe(ready.set)
 
         def run() -> None:
             if cancellation.cancelled:  # left while this job waited for a thread
@@ -190,13 +206,19 @@ class ProxyLLMClient(ABC):
         job = self._submit(run)
         try:
             while True:
-                item = await queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, ModelOutput)
-                yield item
+                await ready.wait()
+                with lock:
+                    batch = list(handed)
+                    handed.clear()
+                    wake_pending = False
+                    ready.clear()
+                for item in batch:
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    assert isinstance(item, ModelOutput)
+                    yield item
         finally:
             cancellation.cancel()
             if not job.cancel():
