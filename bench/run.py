@@ -7,6 +7,8 @@ fixed concurrency levels for a fixed duration (ghz for gRPC, oha for HTTP, both 
   modelwire      `provider = "echo"`, the in-process instant provider, one process
   modelwire ×2   the same with `--processes 2` (SO_REUSEPORT)
   gateway        modelwire's gateway in front of that worker (controller + gateway + worker)
+  forward floor  a bare grpc.aio byte forwarder in front of the floor (bench/forward_floor.py):
+                 the least the gateway's extra hop can cost
   modelwire→HTTP `provider = "openai"` against the instant HTTP upstream (bench/instant_upstream.py),
                  with one process and with one per CPU (as many as LiteLLM gets workers)
   LiteLLM        `litellm --config` (openai/ against the same upstream), --num_workers = CPUs
@@ -275,6 +277,17 @@ def start_floor(ctx: Context) -> Running:
     return _grpc_running([proc], proc.address())
 
 
+def start_forward_floor(ctx: Context) -> Running:
+    floor = start_floor(ctx).procs[0]
+    try:
+        proc = Proc("forward-floor", [str(ctx.python), str(HERE / "forward_floor.py"), "--port", "0", "--upstream", floor.address()],
+                    ctx.workdir, ready_text="forward floor on")
+    except BaseException:
+        floor.stop()
+        raise
+    return _grpc_running([floor, proc], proc.address())
+
+
 def start_modelwire(ctx: Context) -> Running:
     proc = start_worker(ctx, "modelwire-echo", ECHO_MODEL)
     return _grpc_running([proc], proc.address())
@@ -361,6 +374,7 @@ TARGETS = [
     Target("modelwire", "modelwire (echo provider)", "grpc", start_modelwire),
     Target("modelwire-p2", "modelwire --processes 2", "grpc", start_modelwire_p2),
     Target("gateway", "modelwire gateway → worker", "grpc", start_gateway),
+    Target("forward-floor", "bare grpc.aio forwarder → floor", "grpc", start_forward_floor),
     Target("modelwire-http", "modelwire → HTTP upstream", "grpc", start_modelwire_http),
     Target("modelwire-http-p2", f"modelwire --processes {CPUS} → HTTP upstream", "grpc", start_modelwire_http_p2),
     Target("litellm", "LiteLLM proxy → HTTP upstream", "http", start_litellm),
