@@ -16,11 +16,20 @@ patched before it is built, and is driven by ghz like bench/run.py drives the re
   floor-servicer  modelwire's server (options, interceptors, health, reflection) with the floor's
                   servicer (pre-built answers): the cost of the server around the servicer
   floor-servicer-bare   the same without interceptors: should cost what bench/echo_floor.py costs
+  uvloop          the shipped worker on uvloop's event loop instead of asyncio's (`pip install uvloop`
+                  first: it is not one of modelwire's dependencies, docs/benchmarks.md says why)
 
-With `--provider openai` the worker fronts bench/instant_upstream.py over HTTP instead, and:
+With `--provider openai` the worker fronts bench/instant_upstream.py over HTTP instead, and the
+variants peel the HTTP path's layers off one after the other, each keeping the ones below it:
   pool-count      every prompt counted on the thread pool, as HTTP providers did before short
                   prompts were counted in place (tokenize.tiktoken_counter.count_tokens_async)
   no-interceptors as above
+  canned-http     no HTTP client: the instant upstream's exact body bytes handed to the same SSE
+                  parser and json.loads in-process (shipped minus this: aiohttp, the sockets, the kernel)
+  canned-events   and no SSE parsing: pre-split events (minus canned-http: the SSE parser)
+  canned-json     and no JSON decoding: pre-decoded payloads (minus canned-events: json.loads);
+                  what is left is the request body, the conversion of each payload to a domain
+                  output, and everything the echo worker also does
 
     .venv/bin/python bench/ablation.py [--duration 8] [--concurrency 16] [--mode unary|stream|both]
 """
@@ -39,8 +48,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 VARIANTS = ("shipped", "no-access-log", "no-metrics", "no-observer", "no-orca", "no-interceptors", "no-count", "bare-service",
-            "floor-servicer", "floor-servicer-bare")
-HTTP_VARIANTS = ("shipped", "pool-count", "no-interceptors")
+            "floor-servicer", "floor-servicer-bare", "uvloop")
+HTTP_VARIANTS = ("shipped", "pool-count", "no-interceptors", "canned-http", "canned-events", "canned-json", "uvloop")
 
 
 def _patch(variant: str) -> None:
@@ -71,6 +80,14 @@ def _patch(variant: str) -> None:
             return await asyncio.get_running_loop().run_in_executor(self._executor, count_tokens, self.upstream_model, prompt)
 
         http_upstream.HttpProxyClient.count_token = pool_count  # type: ignore[method-assign]
+    if variant.startswith("canned-"):
+        _can_upstream(variant)
+    if variant == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if variant.startswith("floor-servicer"):
         import echo_floor
 
@@ -120,6 +137,54 @@ def _patch(variant: str) -> None:
             return TokenCount(12, "none", False)
 
         EchoClient.count_token = count_token  # type: ignore[method-assign]
+
+
+def _can_upstream(variant: str) -> None:
+    """The openai provider answered from the instant upstream's bodies without HTTP, with the SSE
+    parsing and the JSON decoding peeled off too as `variant` says (the module docstring)."""
+    import json as json_module
+    from collections.abc import AsyncIterator
+
+    import instant_upstream
+
+    from modelwire.proxy import http_upstream, openai
+
+    answers = instant_upstream.Answers(100, "hello ")
+    decoded: dict[str, Any] = {}
+    events: dict[str, list[http_upstream.SSEEvent]] = {}
+
+    async def post_json(self: Any, url: str, body: dict[str, Any], headers: Any) -> Any:
+        raw = answers.payloads(body["model"], False, False)[0]
+        if variant != "canned-json":
+            return json_module.loads(raw)
+        if body["model"] not in decoded:
+            decoded[body["model"]] = json_module.loads(raw)
+        return decoded[body["model"]]
+
+    async def post_events(self: Any, url: str, body: dict[str, Any], headers: Any) -> AsyncIterator[http_upstream.SSEEvent]:
+        raw = b"".join(answers.payloads(body["model"], True, "stream_options" in body))
+
+        async def arrived() -> AsyncIterator[bytes]:
+            yield raw
+
+        if variant == "canned-http":
+            async for event in http_upstream.iter_sse(http_upstream.iter_lines(arrived())):
+                yield event
+            return
+        if body["model"] not in events:
+            events[body["model"]] = [event async for event in http_upstream.iter_sse(http_upstream.iter_lines(arrived()))]
+        for event in events[body["model"]]:
+            yield event
+
+    def parse_json_event(event: http_upstream.SSEEvent) -> Any:
+        if event.data not in decoded:
+            decoded[event.data] = json_module.loads(event.data)
+        return decoded[event.data]
+
+    http_upstream.HttpProxyClient.post_json = post_json  # type: ignore[method-assign]
+    http_upstream.HttpProxyClient.post_events = post_events  # type: ignore[method-assign,assignment]
+    if variant == "canned-json":
+        openai.parse_json_event = parse_json_event  # type: ignore[assignment]
 
 
 def serve(variant: str, config: str) -> None:
@@ -176,7 +241,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--provider", choices=("echo", "openai"), default="echo")
-    parser.add_argument("--serve", choices=VARIANTS + HTTP_VARIANTS[1:2], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=VARIANTS + HTTP_VARIANTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--variants", help="comma-separated (default: all of the mode's)")
     parser.add_argument("--duration", type=float, default=8.0)

@@ -48,10 +48,12 @@ class Answers:
         # A fixed count: counting here would make the upstream the thing being measured.
         return {"prompt_tokens": 12, "completion_tokens": self.chunks, "total_tokens": 12 + self.chunks}
 
-    def _render(self, model: str, stream: bool, include_usage: bool) -> bytes:
+    def payloads(self, model: str, stream: bool, include_usage: bool) -> list[bytes]:
+        """The body unframed: the one JSON document of a unary answer, or each SSE event of a stream
+        (bench/ablation.py feeds them to the worker without HTTP, to attribute the client's cost)."""
         base: dict[str, Any] = {"id": "chatcmpl-instant", "created": 1700000000, "model": model}
         if not stream:
-            body = json.dumps({
+            return [json.dumps({
                 **base,
                 "object": "chat.completion",
                 "choices": [{
@@ -60,9 +62,7 @@ class Answers:
                     "finish_reason": "stop",
                 }],
                 "usage": self._usage(),
-            }, separators=(",", ":")).encode()
-            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            return head.encode() + body
+            }, separators=(",", ":")).encode()]
         events = []
         chunk = {**base, "object": "chat.completion.chunk"}
         first = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
@@ -74,6 +74,13 @@ class Answers:
             events.append({**chunk, "choices": [], "usage": self._usage()})
         payloads = [f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode() for event in events]
         payloads.append(b"data: [DONE]\n\n")
+        return payloads
+
+    def _render(self, model: str, stream: bool, include_usage: bool) -> bytes:
+        payloads = self.payloads(model, stream, include_usage)
+        if not stream:
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payloads[0])}\r\n\r\n"
+            return head.encode() + payloads[0]
         # Each event is its own HTTP chunk, as a streaming server sends them; written in one go.
         framed = b"".join(b"%x\r\n%s\r\n" % (len(payload), payload) for payload in payloads) + b"0\r\n\r\n"
         head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
