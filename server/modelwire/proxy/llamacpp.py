@@ -112,6 +112,7 @@ def embedded_model_path() -> Path:
 
     target = model_cache_dir() / gguf.MODEL_NAME
     if not target.exists():
+        _remove_orphaned_partials(target)
         partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
             gguf.assemble(partial, overwrite=True)
@@ -120,6 +121,25 @@ def embedded_model_path() -> Path:
             partial.unlink(missing_ok=True)
     path: Path = gguf.assemble(target)  # checks the sha256 of what is there
     return path
+
+
+def _remove_orphaned_partials(target: Path) -> None:
+    """Half-written copies left by processes that died assembling (250 MB each): those of a live
+    process are its work in progress and stay."""
+    for partial in target.parent.glob(f"{target.name}.*.*.partial"):
+        pid = partial.name[len(target.name) + 1 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _default_threads() -> int:
