@@ -156,3 +156,22 @@ def test_configuration_errors_name_the_key(tmp_path: Path) -> None:
         config = load_toml_config(tmp_path, f'[[models]]\nname = "e"\nprovider = "echo"\n{bad}\n')
         with pytest.raises(ConfigError, match=rf"models\[0\]\.{key}"):
             EchoClient.new_client(config.models[0], executor=None)  # type: ignore[arg-type]
+
+
+async def test_a_unary_call_tokenizes_its_prompt_once_and_reports_the_same_count(
+    stub: pb_grpc.ModelWorkerStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The context check and the usage count the same messages: the second reuses the first."""
+    from modelwire.proxy import echo
+
+    counted: list[object] = []
+
+    def counting(model: str, prompt: object) -> object:
+        counted.append(prompt)
+        return count_tokens(model, prompt)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(echo, "count_tokens", counting)
+    first = await stub.Generate(request("gpt-4o", "Count me once."))
+    second = await stub.Generate(request("gpt-4o", "Count me once."))
+    assert len(counted) == 2  # once per call, not once per use
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens > count_tokens("gpt-4o", "Count me once.").count

@@ -11,6 +11,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 TRACER_NAME = "modelwire"
+_tracing = False
+_NO_SPAN: AbstractContextManager[None] = nullcontext()
 
 
 def server_interceptor(otlp_endpoint: str | None) -> Any:
@@ -22,6 +24,8 @@ def server_interceptor(otlp_endpoint: str | None) -> Any:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
     from opentelemetry.sdk.trace import TracerProvider
 
+    global _tracing
+    _tracing = True
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
         if otlp_endpoint:
@@ -33,14 +37,12 @@ def server_interceptor(otlp_endpoint: str | None) -> Any:
     return aio_server_interceptor()  # type: ignore[no-untyped-call]
 
 
-_NO_SPAN: AbstractContextManager[None] = nullcontext()
-
-
 def tracing_on() -> bool:
-    """Whether anything records spans: a tracer provider was installed (by `server_interceptor` or
-    by the application). Checked per call so that tracing off costs nothing on the hot path
-    (an unrecorded span, its context and `traceparent` header: measured 10–20 µs a call)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    """Whether this process records spans: set once `server_interceptor` installed tracing (the
+    configuration's `tracing`). Read per call, so tracing off costs nothing on the hot path (an
+    unrecorded span, its context and `traceparent` header; OpenTelemetry's own check for a
+    provider reads the environment)."""
+    return _tracing
 
 
 def upstream_span(provider: str, model: str) -> AbstractContextManager[None]:

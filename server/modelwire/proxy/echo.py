@@ -65,6 +65,10 @@ class EchoClient(ProxyLLMClient):
         self.chunk_text = chunk_text
         self.chunk_interval_s = chunk_interval_s
         self._chunk_tokens = count_tokens(metadata.model, chunk_text).count if chunk_text else 0
+        # The service counts a prompt (its context check) just before the generation, whose usage
+        # counts it again: the last count is kept, by the messages' identity (holding them keeps
+        # it from being reused), so a unary call counts once.
+        self._last_count: tuple[Sequence[ModelMessage], TokenCount] | None = None
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
@@ -82,7 +86,14 @@ class EchoClient(ProxyLLMClient):
         return cls(metadata, executor, chunks, chunk_text, chunk_interval_s)
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
-        return await self.count_with(prompt, partial(count_tokens, self.default_model, prompt))
+        if isinstance(prompt, str):
+            return await self.count_with(prompt, partial(count_tokens, self.default_model, prompt))
+        last = self._last_count
+        if last is not None and last[0] is prompt:
+            return last[1]
+        count = await self.count_with(prompt, partial(count_tokens, self.default_model, prompt))
+        self._last_count = (prompt, count)
+        return count
 
     def _plan(self, request: ModelRequest) -> tuple[int, FinishReason]:
         """How many chunks fit in max_new_tokens (the service always bounds it), and why it ends."""

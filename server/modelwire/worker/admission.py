@@ -51,13 +51,16 @@ class Admission:
                 retry_after_s=delay,
                 not_started=True,
             )
-        self.queued += 1
-        self._changed()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.queued -= 1
+        if self._slots.locked():
+            self.queued += 1
             self._changed()
+            try:
+                await self._slots.acquire()
+            finally:
+                self.queued -= 1
+                self._changed()
+        else:  # a free slot is taken at once: nobody saw this call waiting
+            await self._slots.acquire()
         self.in_flight += 1
         self._changed()
         started = time.monotonic()
