@@ -5,7 +5,7 @@
 #   make bench           the full run (about 16 minutes): every target at concurrency 1, 16, 64, 256 for 10 s,
 #                        CountToken, 1,000 slow streams, the local model; writes bench/results/<stamp>.{json,md},
 #                        bench/results/latest.{json,md}, docs/benchmarks.png and the generated part of docs/benchmarks.md
-#   make bench-quick     the same at concurrency 1 and 64 for 2 s each (under 3 minutes once the tools are built);
+#   make bench-quick     the same at concurrency 1 and 64 for 1.5 s each (under 3 minutes once the tools are built);
 #                        writes only bench/results/<stamp>-quick.{json,md,png}
 #   make bench-ablation  the echo worker with one layer off at a time (access log, metrics, observer, ORCA, token count)
 #   make bench-tools     install the pinned load generators and LiteLLM (each rule above does it)

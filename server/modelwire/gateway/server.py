@@ -186,7 +186,9 @@ class Gateway:
             "CountToken": grpc.unary_unary_rpc_method_handler(self._unary(method + "CountToken")),
             "Embed": grpc.unary_unary_rpc_method_handler(self._unary(method + "Embed")),
             "GenerateStream": grpc.unary_stream_rpc_method_handler(self._stream(method + "GenerateStream")),
-            "ListModels": grpc.unary_unary_rpc_method_handler(self._list_models),
+            # Decoded, unlike the forwarded methods, as the gateway answers it itself: an undecodable
+            # body is refused as a worker refuses it (rpc/malformed.py).
+            "ListModels": grpc.unary_unary_rpc_method_handler(self._list_models, request_deserializer=pb.ListModelsRequest.FromString),
         })
 
     def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
@@ -309,7 +311,7 @@ class Gateway:
             # The report was made after this call finished at the worker; it is still open here.
             route.reported(model, load, open_excluding=1)
 
-    async def _list_models(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def _list_models(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> bytes:
         """Every model of the fleet, described by one routable instance each (an instance that
         fails or answers garbage is left out)."""
         async with CallScope(context):
