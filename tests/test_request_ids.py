@@ -40,7 +40,7 @@ def logged_ids(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.request_id for r in caplog.records if r.name == ACCESS_LOGGER and r.method == GENERATE]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("sent", [b"a\x7fb", b"a\tb", b"caf\xc3\xa9", b"r" * 129])
+@pytest.mark.parametrize("sent", [b"a\x7fb", b"a\tb", b"caf\xc3\xa9", b"r" * 129, b" abc", b"abc ", b"   "])
 async def test_an_id_that_cannot_go_back_as_it_is_is_replaced(worker: Worker, sent: bytes, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     trailers = await asyncio.to_thread(unary_call, worker.address, GENERATE, REQUEST.SerializeToString(), [(b"x-request-id", sent)])
@@ -89,6 +89,7 @@ async def test_the_gateway_and_the_worker_log_a_call_under_one_id_and_refuse_a_h
                 replaced = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"a\x7fb")])
                 ids_so_far = logged_ids(caplog)
                 refused = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-custom", b"a\x7fb")])
+                refused_via = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"modelwire-via", b"a\x7fb")])
 
     assert given["grpc-status"] == b"0" and given["x-request-id"] == b"req-through-1"
     assert replaced["grpc-status"] == b"0" and GENERATED.fullmatch(replaced["x-request-id"].decode())
@@ -96,4 +97,5 @@ async def test_the_gateway_and_the_worker_log_a_call_under_one_id_and_refuse_a_h
     assert sorted(ids_so_far) == sorted(["req-through-1"] * 2 + [replaced["x-request-id"].decode()] * 2)
     assert refused["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]).encode(), refused
     assert b"metadata x-custom" in refused["grpc-message"]
+    assert refused_via["grpc-status"] == refused["grpc-status"] and b"metadata modelwire-via" in refused_via["grpc-message"]
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]

@@ -138,19 +138,22 @@ def _varint(raw: bytes, position: int) -> tuple[int, int]:
 
 def forwarded_metadata(metadata: Sequence[tuple[str, str | bytes]] | None, authorization: bool = False) -> Metadata:
     """The caller's metadata for the worker: never this hop's own headers, and the caller's
-    `authorization` only when the gateway is told to pass it on (it has a token of its own). A text
-    value gRPC cannot send on (a byte outside printable ASCII, which the incoming HTTP/2 allowed)
-    is refused, naming the header: the call would otherwise fail inside the gateway."""
-    forwarded = []
-    for key, value in metadata or ():
-        if key.startswith(":") or key in _HOP_KEYS or (key == "authorization" and not authorization):
-            continue
+    `authorization` only when the gateway is told to pass it on (it has a token of its own)."""
+    return tuple(
+        (k, v) for k, v in metadata or ()
+        if not k.startswith(":") and k not in _HOP_KEYS and (authorization or k != "authorization")
+    )
+
+
+def refuse_unsendable(metadata: Metadata) -> None:
+    """Refuses, naming the header, a text value gRPC cannot send on: a byte outside printable
+    ASCII, which the caller's HTTP/2 stack may send and gRPC accepts coming in. Passed on, it
+    would fail the call inside the gateway."""
+    for key, value in metadata:
         if isinstance(value, str) and not (value.isascii() and value.isprintable()):
             raise InvalidRequest([FieldViolation(
                 f"metadata {key}", "has a character gRPC cannot pass on: a text value is printable ASCII; a binary value needs a key ending in -bin"
             )])
-        forwarded.append((key, value))
-    return tuple(forwarded)
 
 
 def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:

@@ -39,6 +39,7 @@ from modelwire.gateway.router import (
     Route,
     Router,
     forwarded_metadata,
+    refuse_unsendable,
     model_field,
     returned_trailers,
 )
@@ -205,7 +206,9 @@ class Gateway:
         record = current_call()
         own = ((REQUEST_ID_KEY, record.request_id),) if record is not None else ()
         caller = [(k, v) for k, v in incoming if k not in (VIA_KEY, REQUEST_ID_KEY)]
-        return forwarded_metadata(caller, self.settings.workers.forward_authorization) + own + ((VIA_KEY, ",".join([*via, self._id])),)
+        outgoing = forwarded_metadata(caller, self.settings.workers.forward_authorization) + ((VIA_KEY, ",".join([*via, self._id])),)
+        refuse_unsendable(outgoing)
+        return outgoing + own
 
     async def _connected(self, route: Route) -> None:
         """Bounds the wait for a connection to the chosen worker (a frozen host accepts TCP and then

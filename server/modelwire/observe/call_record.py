@@ -9,9 +9,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 REQUEST_ID_KEY = "x-request-id"
-# Longer ids, and any character outside printable ASCII, are replaced: the id goes back in the
-# trailers, where gRPC refuses such a value or the client's 8 KiB metadata limit drops the answer
-# of a call that ran.
+# Longer ids, any character outside printable ASCII and whitespace at either end are replaced: the
+# id goes back in the trailers, where gRPC refuses such a value, a strict HTTP/2 client drops it, or
+# the client's 8 KiB metadata limit drops the answer of a call that ran.
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -43,7 +43,8 @@ def current_call() -> CallRecord | None:
 
 def _request_id(given: str | None) -> str:
     """The caller's request id if it can go back to the caller as it is, else a generated one."""
-    if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isascii() and given.isprintable():
+    # HTTP/2 forbids a value with whitespace at either end (RFC 9113 §8.2.1): strict clients drop the answer.
+    if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isascii() and given.isprintable() and given == given.strip():
         return given
     return uuid.uuid4().hex
 

@@ -25,6 +25,7 @@ import queue
 import re
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -123,13 +124,24 @@ def embedded_model_path() -> Path:
     return path
 
 
+# A partial not written to for this long is no assembler's work in progress (assembling takes seconds).
+ORPHANED_AFTER_S = 300.0
+
+
 def _remove_orphaned_partials(target: Path) -> None:
-    """Half-written copies left by processes that died assembling (250 MB each): those of a live
-    process are its work in progress and stay."""
+    """Half-written copies left by processes that died assembling (250 MB each). One is removed
+    only if its process is gone and it has not been written to for ORPHANED_AFTER_S: a cache
+    shared across PID namespaces (a volume several containers mount) shows another container's
+    live assembler as a pid that does not exist here."""
     for partial in target.parent.glob(f"{target.name}.*.*.partial"):
         pid = partial.name[len(target.name) + 1 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            partial.unlink(missing_ok=True)
+        try:
+            if not (pid.isascii() and pid.isdigit()) or not partial.is_file() or _alive(int(pid)):
+                continue
+            if time.time() - partial.stat().st_mtime >= ORPHANED_AFTER_S:
+                partial.unlink(missing_ok=True)
+        except (OSError, OverflowError):  # gone meanwhile, or not ours to remove: assembling goes on
+            continue
 
 
 def _alive(pid: int) -> bool:
