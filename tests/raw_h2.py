@@ -4,14 +4,16 @@ bytes above 0x7F) but other HTTP/2 stacks do: what a hostile or foreign client c
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 import h2.config
 import h2.connection
 import h2.events
 
 
-def unary_call(address: str, method: str, request: bytes, headers: list[tuple[bytes, bytes]]) -> dict[str, bytes]:
-    """The call's trailers (or the headers of a trailers-only answer), as bytes."""
+def unary_call(address: str, method: str, request: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> tuple[bytes, dict[str, bytes]]:
+    """The response message (empty if none) and the call's raw trailers (or the headers of a
+    trailers-only answer)."""
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         config = h2.config.H2Configuration(
@@ -26,6 +28,7 @@ def unary_call(address: str, method: str, request: bytes, headers: list[tuple[by
         ])
         connection.send_data(stream, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
         sock.sendall(connection.data_to_send())
+        body = b""
         answered: dict[str, bytes] = {}
         trailers: dict[str, bytes] = {}
         ended = False
@@ -36,10 +39,11 @@ def unary_call(address: str, method: str, request: bytes, headers: list[tuple[by
                 if isinstance(event, h2.events.ResponseReceived):
                     answered = {bytes(k).decode(): bytes(v) for k, v in event.headers}
                 elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
                     connection.acknowledge_received_data(event.flow_controlled_length, stream)
                 elif isinstance(event, h2.events.TrailersReceived):
                     trailers = {bytes(k).decode(): bytes(v) for k, v in event.headers}
                 elif isinstance(event, h2.events.StreamEnded):
                     ended = True
             sock.sendall(connection.data_to_send())
-    return trailers or answered
+    return body[5:], trailers or answered

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 
 import grpc
-import h2.config
-import h2.connection
-import h2.events
 import pytest
 from xds.data.orca.v3 import orca_load_report_pb2
 
@@ -24,6 +20,7 @@ from modelwire.client.requests import build_request, count_request
 from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
+from raw_h2 import unary_call
 
 pytestmark = pytest.mark.usefixtures("blocking_provider")
 
@@ -95,35 +92,6 @@ async def test_a_worker_without_registration_still_reports_load() -> None:
     assert report.named_metrics["capacity"] == 8.0
 
 
-def wire_unary(address: str, method: str, request: bytes) -> tuple[bytes, dict[str, bytes]]:
-    """One gRPC unary call over a bare HTTP/2 connection: the response message and the raw trailers."""
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        connection.initiate_connection()
-        stream = connection.get_next_available_stream_id()
-        connection.send_headers(stream, [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":path", method.encode()), (b":authority", address.encode()),
-            (b"content-type", b"application/grpc"), (b"te", b"trailers"),
-        ])
-        connection.send_data(stream, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
-        sock.sendall(connection.data_to_send())
-        body, trailers, ended = b"", {}, False
-        while not ended:
-            data = sock.recv(65536)
-            assert data, "the server closed the connection"
-            for event in connection.receive_data(data):
-                if isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    connection.acknowledge_received_data(event.flow_controlled_length, stream)
-                elif isinstance(event, h2.events.TrailersReceived):
-                    trailers = {bytes(k).decode(): bytes(v) for k, v in event.headers}
-                elif isinstance(event, h2.events.StreamEnded):
-                    ended = True
-            sock.sendall(connection.data_to_send())
-    return body[5:], trailers
-
-
 def unbase64(value: bytes) -> bytes:
     """gRPC sends -bin metadata as base64, padding optional."""
     return base64.b64decode(value + b"=" * (-len(value) % 4))
@@ -134,14 +102,14 @@ async def test_the_orca_trailer_is_on_the_wire_and_rises_under_load() -> None:
     request = build_request("slow", "hi", max_new_tokens=1).SerializeToString()
     async with running_worker(config) as worker:
         method = "/modelwire.v1.ModelWorker/Generate"
-        body, idle_trailers = await asyncio.to_thread(wire_unary, worker.address, method, request)
+        body, idle_trailers = await asyncio.to_thread(unary_call, worker.address, method, request)
         assert pb.ModelOutput.FromString(body).text == "w0 "
         assert idle_trailers["grpc-status"] == b"0"
         async with ModelWorkerClient(worker.address, timeout=30) as direct:
             streams = [direct.stream("slow", "load") for _ in range(2)]
             for stream in streams:
                 await anext(stream)
-            _, loaded_trailers = await asyncio.to_thread(wire_unary, worker.address, method, request)
+            _, loaded_trailers = await asyncio.to_thread(unary_call, worker.address, method, request)
             for stream in streams:
                 await stream.aclose()
 

@@ -43,7 +43,7 @@ def logged_ids(caplog: pytest.LogCaptureFixture) -> list[str]:
 @pytest.mark.parametrize("sent", [b"a\x7fb", b"a\tb", b"caf\xc3\xa9", b"r" * 129, b" abc", b"abc ", b"   "])
 async def test_an_id_that_cannot_go_back_as_it_is_is_replaced(worker: Worker, sent: bytes, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
-    trailers = await asyncio.to_thread(unary_call, worker.address, GENERATE, REQUEST.SerializeToString(), [(b"x-request-id", sent)])
+    _, trailers = await asyncio.to_thread(unary_call, worker.address, GENERATE, REQUEST.SerializeToString(), [(b"x-request-id", sent)])
     assert trailers.get("grpc-status") == b"0", trailers
     returned = trailers["x-request-id"].decode()
     assert GENERATED.fullmatch(returned) and logged_ids(caplog) == [returned]
@@ -85,11 +85,11 @@ async def test_the_gateway_and_the_worker_log_a_call_under_one_id_and_refuse_a_h
         async with registered_worker(load_toml_config(tmp_path, CONFIG), Joining(controller=controller.address)) as worker:
             await registered(worker)
             async with running_gateway(controller.address) as gateway:
-                given = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"req-through-1")])
-                replaced = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"a\x7fb")])
+                _, given = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"req-through-1")])
+                _, replaced = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"a\x7fb")])
                 ids_so_far = logged_ids(caplog)
-                refused = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-custom", b"a\x7fb")])
-                refused_via = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"modelwire-via", b"a\x7fb")])
+                _, refused = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-custom", b"a\x7fb")])
+                _, refused_via = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"modelwire-via", b"a\x7fb")])
 
     assert given["grpc-status"] == b"0" and given["x-request-id"] == b"req-through-1"
     assert replaced["grpc-status"] == b"0" and GENERATED.fullmatch(replaced["x-request-id"].decode())

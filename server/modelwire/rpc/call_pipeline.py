@@ -77,13 +77,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             record, named = observer.begin(method, request, context)
             try:
-                context.set_trailing_metadata(named)
-                if auth is not None:
-                    await auth.check(method, request, context)
-                if trailers is not None:
-                    context.set_trailing_metadata(named + trailers.started(request))
-                if isinstance(request, malformed.Undecodable):
-                    await malformed.refuse(context)
+                await _admit(method, request, context, named, auth, trailers)
                 response = await behavior(request, context)
                 if trailers is not None:
                     context.set_trailing_metadata(named + trailers.trailers(request))
@@ -103,13 +97,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             record, named = observer.begin(method, request, context)
             try:
-                context.set_trailing_metadata(named)
-                if auth is not None:
-                    await auth.check(method, request, context)
-                if trailers is not None:
-                    context.set_trailing_metadata(named + trailers.started(request))
-                if isinstance(request, malformed.Undecodable):
-                    await malformed.refuse(context)
+                await _admit(method, request, context, named, auth, trailers)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     # It writes its messages itself (grpc-health's Watch awaits `context.write`).
@@ -130,6 +118,20 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 observer.finished(record, streamed=True)
 
         return call
+
+
+async def _admit(
+    method: str, request: Any, context: grpc.aio.ServicerContext, named: Metadata, auth: BearerAuth | None, trailers: CallTrailers | None
+) -> None:
+    """What runs before the method, unary or streamed: the call's trailers (so a refusal carries
+    them too), the token check, and the refusal of an undecodable body."""
+    context.set_trailing_metadata(named)
+    if auth is not None:
+        await auth.check(method, request, context)
+    if trailers is not None:
+        context.set_trailing_metadata(named + trailers.started(request))
+    if isinstance(request, malformed.Undecodable):
+        await malformed.refuse(context)
 
 
 def _checked_request_stream(handler: grpc.RpcMethodHandler, method: str, auth: BearerAuth) -> grpc.RpcMethodHandler:
