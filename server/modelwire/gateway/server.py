@@ -39,8 +39,8 @@ from modelwire.gateway.router import (
     Route,
     Router,
     forwarded_metadata,
-    refuse_unsendable,
     model_field,
+    refuse_unsendable,
     returned_trailers,
 )
 from modelwire.observe.call_observer import PID_KEY, UNKNOWN_MODEL
