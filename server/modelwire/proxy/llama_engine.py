@@ -273,7 +273,7 @@ class LlamaSession:
             self._constrained = ConstrainedSampler(self.model, sampling, self.model.grammar_sampler(grammar), self._aborted)
         else:
             self._sampler = _sampler_chain(self.model, sampling)
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        _empty_cache(self._ctx)
         try:
             with cancellation.on_cancel(self.abort):
                 yield
@@ -302,7 +302,7 @@ class LlamaSession:
         empty cache, with causal attention as in generation. In embedding mode llama.cpp computes the
         output layer for every token (262,144 logits each), so tokens go in pieces of
         EMBED_PIECE_TOKENS, which keeps its output buffer at that many rows."""
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        _empty_cache(self._ctx)
         n_embd = self.model.n_embd
         total = np.zeros(n_embd, dtype=np.float64)
         for start in range(0, len(tokens), EMBED_PIECE_TOKENS):
@@ -346,6 +346,13 @@ class LlamaSession:
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+
+
+def _empty_cache(ctx: Any) -> None:
+    """Every cell of the KV cache marked free, the buffers left as they are: a free cell is never
+    attended to, and zeroing the buffers (`data=True`) cost 1.8–2.7 ms of a call's time to first
+    token with a 2,048-token context (AMD EPYC, 2 vCPU), more with a longer one."""
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
 
 
 def _sampler_chain(model: LlamaModel, sampling: Sampling) -> Any:
