@@ -32,6 +32,7 @@ from modelwire.fleet.health import follow_health
 from modelwire.fleet.orca import LOAD_TRAILER, ORCA_TRAILER
 from modelwire.fleet.registry import DEFAULT_TTL_S, RegistryClient
 from modelwire.fleet.types import EventType, Instance, WatchBatch
+from modelwire.observe.call_record import sendable
 from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import client_options, dial
 
@@ -150,7 +151,7 @@ def refuse_unsendable(metadata: Metadata) -> None:
     ASCII, which the caller's HTTP/2 stack may send and gRPC accepts coming in. Passed on, it
     would fail the call inside the gateway."""
     for key, value in metadata:
-        if isinstance(value, str) and not (value.isascii() and value.isprintable()):
+        if isinstance(value, str) and not sendable(value):
             raise InvalidRequest([FieldViolation(
                 f"metadata {key}", "has a character gRPC cannot pass on: a text value is printable ASCII; a binary value needs a key ending in -bin"
             )])

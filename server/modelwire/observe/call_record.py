@@ -41,10 +41,16 @@ def current_call() -> CallRecord | None:
     return _current.get()
 
 
+def sendable(value: str) -> bool:
+    """Whether gRPC sends this text metadata value as it is: printable ASCII only. An incoming
+    value may hold more (other HTTP/2 stacks send it and gRPC accepts it coming in)."""
+    return value.isascii() and value.isprintable()
+
+
 def _request_id(given: str | None) -> str:
     """The caller's request id if it can go back to the caller as it is, else a generated one."""
     # HTTP/2 forbids a value with whitespace at either end (RFC 9113 §8.2.1): strict clients drop the answer.
-    if given and len(given) <= MAX_REQUEST_ID_CHARS and given.isascii() and given.isprintable() and given == given.strip():
+    if given and len(given) <= MAX_REQUEST_ID_CHARS and sendable(given) and given == given.strip():
         return given
     return uuid.uuid4().hex
 
