@@ -150,16 +150,17 @@ def _can_upstream(variant: str) -> None:
     from modelwire.proxy import http_upstream, openai
 
     answers = instant_upstream.Answers(100, "hello ")
-    decoded: dict[str, Any] = {}
-    events: dict[str, list[http_upstream.SSEEvent]] = {}
+    completions: dict[str, Any] = {}  # by model
+    events: dict[str, list[http_upstream.SSEEvent]] = {}  # by model
+    payloads: dict[str, Any] = {}  # by event data
 
     async def post_json(self: Any, url: str, body: dict[str, Any], headers: Any) -> Any:
         raw = answers.payloads(body["model"], False, False)[0]
         if variant != "canned-json":
             return json_module.loads(raw)
-        if body["model"] not in decoded:
-            decoded[body["model"]] = json_module.loads(raw)
-        return decoded[body["model"]]
+        if body["model"] not in completions:
+            completions[body["model"]] = json_module.loads(raw)
+        return completions[body["model"]]
 
     async def post_events(self: Any, url: str, body: dict[str, Any], headers: Any) -> AsyncIterator[http_upstream.SSEEvent]:
         raw = b"".join(answers.payloads(body["model"], True, "stream_options" in body))
@@ -177,9 +178,9 @@ def _can_upstream(variant: str) -> None:
             yield event
 
     def parse_json_event(event: http_upstream.SSEEvent) -> Any:
-        if event.data not in decoded:
-            decoded[event.data] = json_module.loads(event.data)
-        return decoded[event.data]
+        if event.data not in payloads:
+            payloads[event.data] = json_module.loads(event.data)
+        return payloads[event.data]
 
     http_upstream.HttpProxyClient.post_json = post_json  # type: ignore[method-assign]
     http_upstream.HttpProxyClient.post_events = post_events  # type: ignore[method-assign,assignment]
