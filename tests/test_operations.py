@@ -57,6 +57,18 @@ def scrape(port: int) -> dict[str, float]:
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("modelwire_")}
 
 
+async def scrape_after(port: int, calls: int, timeout_s: float = 5.0) -> dict[str, float]:
+    """The metrics once `calls` calls are counted: a call is counted after its status left, so a
+    caller can see an error before the server has recorded it."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        metrics = await asyncio.to_thread(scrape, port)
+        counted = sum(value for key, value in metrics.items() if key.startswith("modelwire_requests_total{"))
+        if counted >= calls or asyncio.get_running_loop().time() > deadline:
+            return metrics
+        await asyncio.sleep(0.01)
+
+
 async def test_metrics_show_exactly_the_traffic_sent(tmp_path: Path, worker_factory: WorkerFactory) -> None:
     async with worker_factory(load_config(config_file(tmp_path))) as worker:
         port = serve_metrics(worker.metrics, "127.0.0.1", 0)
@@ -69,7 +81,7 @@ async def test_metrics_show_exactly_the_traffic_sent(tmp_path: Path, worker_fact
                 await client.generate("missing", "hi")
             with pytest.raises(ModelwireCallError):
                 await client.generate("other", "hi", temperature=9)
-        metrics = scrape(port)
+        metrics = await scrape_after(port, calls=7)
 
     assert metrics['modelwire_requests_total{code="OK",method="Generate",model="slow"}'] == 3
     assert metrics['modelwire_requests_total{code="OK",method="GenerateStream",model="slow"}'] == 2
