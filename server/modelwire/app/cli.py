@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC core prints its own lines (`E1206 …`: handshake failures, bind errors) to stderr, which
+# would break the log's one JSON object per line; it reads this once, when grpc is first imported
+# (below). An operator's own GRPC_VERBOSITY (to debug gRPC) wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import argparse
 import asyncio
 import faulthandler
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +35,7 @@ from modelwire.client import (
     tls_credentials,
     tool,
 )
+from modelwire.client.errors import SERVER_NOT_TLS, TLS_REQUIRED
 from modelwire.client.requests import Messages
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.app.processes import CHILD_FLAG
@@ -36,6 +43,7 @@ from modelwire.app.fleet_cli import (
     add_fleet_commands,
     add_registration_flags,
     add_server_flags,
+    hold_sighup,
     observability_overrides,
     registry_overrides,
     server_overrides,
@@ -58,6 +66,17 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
         "token": args.token,
         "metadata": ((REQUEST_ID_KEY, args.request_id),) if args.request_id else (),
     }
+
+
+def _connection_hint(problem: str, args: argparse.Namespace) -> str:
+    """What to change when the server refused the connection at its TLS handshake."""
+    if problem == TLS_REQUIRED:
+        return "is the server using TLS? pass --ca-file CA.pem (or --tls for a certificate the system's roots trust)"
+    if problem == SERVER_NOT_TLS:
+        return "is the server plaintext? leave out --tls, --ca-file, --cert-file and --key-file"
+    if args.cert_file:
+        return "the server refused this client's certificate: under mTLS it must be signed by the server's client_ca_file"
+    return "the server may require a client certificate (mTLS): pass --cert-file and --key-file"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -84,6 +103,7 @@ def _config(args: argparse.Namespace) -> Config:
 def _serve(args: argparse.Namespace) -> int:
     # A crash in native code (llama.cpp) then prints where Python was, next to the last log line.
     faulthandler.enable()
+    hold_sighup()
     config = _config(args)
     configure_logging(args.log_level, config.observability.log_format)
     if config.server.processes > 1 and not args.child:
@@ -103,7 +123,10 @@ def _serve(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     asyncio.run(
-        serve(config, on_ready=announce, serve_metrics_here=not args.child, lifeline=args.child)
+        serve(
+            config, on_ready=announce, serve_metrics_here=not args.child, lifeline=args.child,
+            reload_config=lambda: _config(args),
+        )
     )
     return 0
 
@@ -317,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelwireCallError as error:
         violations = error.violations
         # A refusal's message is its violations joined: print them one a line instead.
-        print(f"modelwire: {error.code.name}" if violations else f"modelwire: {error}", file=sys.stderr)
+        print(f"modelwire: {error.code.name}" if violations else f"modelwire: {error.code.name}: {error.message}", file=sys.stderr)
         for field, description in violations:
             print(f"  {field}: {description}", file=sys.stderr)
+        if error.connection_problem is not None:
+            print(f"modelwire: {_connection_hint(error.connection_problem, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

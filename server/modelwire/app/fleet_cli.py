@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TypeVar
 
 from modelwire.app.config import load_controller_config, load_gateway_config, read_auth
+from modelwire.app.reload import Reloader
 from modelwire.core.settings import ControllerFile, GatewayFile, ObservabilityConfig, RegistryAccess, ServerConfig, override, parse
 from modelwire.fleet.types import Instance
 from modelwire.observe.logs import configure_logging
@@ -83,11 +86,14 @@ def _serve_metrics(metrics: object, observability: ObservabilityConfig) -> None:
         logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
 
 
-def _controller(args: argparse.Namespace) -> int:
-    from modelwire.controller.memory import MemoryRegistry
-    from modelwire.controller.server import ControllerServer
-    from modelwire.fleet.etcd import EtcdRegistry
+def hold_sighup() -> None:
+    """SIGHUP is ignored until the serving loop handles it (a reload, app/reload.py): by default
+    it would kill a process that is still starting, without a word."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+
+def _controller_config(args: argparse.Namespace) -> ControllerFile:
+    """The configuration file with the command line's overrides: at start, and again on SIGHUP."""
     config = load_controller_config(args.config) if args.config else ControllerFile()
     section = config.controller
     if args.ttl is not None:
@@ -95,20 +101,34 @@ def _controller(args: argparse.Namespace) -> int:
     if args.no_health_probe:
         section = override(section, "--no-health-probe", probe_health=False)
     access = config.registry if not args.registry or args.registry == "memory" else override(config.registry, "--registry", etcd=args.registry)
-    observability = observability_overrides(config.observability, args)
+    return dataclasses.replace(
+        config, controller=section, registry=access, server=server_overrides(config.server, args),
+        observability=observability_overrides(config.observability, args),
+    )
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from modelwire.controller.memory import MemoryRegistry
+    from modelwire.controller.server import ControllerServer
+    from modelwire.fleet.etcd import EtcdRegistry
+
+    hold_sighup()
+    config = _controller_config(args)
+    section, access, observability = config.controller, config.registry, config.observability
     configure_logging(args.log_level, args.log_format or observability.log_format)
     source = str(args.config or "the command line")
 
     async def run() -> None:
         registry = EtcdRegistry.from_url(access.etcd, ttl_s=section.ttl_s, access=access) if access.etcd else MemoryRegistry(section.ttl_s)
         server = ControllerServer(
-            registry, server_overrides(config.server, args), section,
+            registry, config.server, section,
             auth=read_auth(config.auth, source), tls=config.tls, observability=observability,
         )
         _serve_metrics(server.rpc.metrics, observability)
         await server.start()
         print(f"modelwire controller on {server.address} ({registry})", flush=True)
-        await serve_until_signalled()
+        reload = Reloader("controller", server.rpc, config, lambda: _controller_config(args), lambda new: read_auth(new.auth, source))
+        await serve_until_signalled(reload)
         logger.info("stopping")
         await server.stop()
 
@@ -116,31 +136,41 @@ def _controller(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_config(args: argparse.Namespace) -> GatewayFile:
+    """The configuration file with the command line's overrides: at start, and again on SIGHUP."""
+    config = load_gateway_config(args.config) if args.config else GatewayFile()
+    server = server_overrides(config.server, args)
+    if args.grace_period is not None:
+        server = override(server, "--grace-period", grace_period_s=args.grace_period)
+    return dataclasses.replace(
+        config, server=server, registry=registry_overrides(config.registry, args),
+        observability=observability_overrides(config.observability, args),
+    )
+
+
 def _gateway(args: argparse.Namespace) -> int:
     from modelwire.fleet.connect import connect
     from modelwire.gateway.server import Gateway
 
-    config = load_gateway_config(args.config) if args.config else GatewayFile()
-    access = registry_overrides(config.registry, args)
-    if not access.enabled:
+    hold_sighup()
+    config = _gateway_config(args)
+    if not config.registry.enabled:
         raise SystemExit("modelwire gateway: name the registry: --controller ADDR, --registry etcd://… or [registry] in --config")
-    server = server_overrides(config.server, args)
-    if args.grace_period is not None:
-        server = override(server, "--grace-period", grace_period_s=args.grace_period)
-    observability = observability_overrides(config.observability, args)
+    observability = config.observability
     configure_logging(args.log_level, args.log_format or observability.log_format)
     source = str(args.config or "the command line")
 
     async def run() -> None:
         gateway = Gateway(
-            connect(access), server, config.gateway,
+            connect(config.registry), config.server, config.gateway,
             auth=read_auth(config.auth, source), tls=config.tls, observability=observability,
         )
         _serve_metrics(gateway.rpc.metrics, observability)
         await gateway.start()
         print(f"modelwire gateway on {gateway.address} (instances from {gateway.source})", flush=True)
-        await serve_until_signalled()
-        logger.info("draining: grace period %.1fs", server.grace_period_s)
+        reload = Reloader("gateway", gateway.rpc, config, lambda: _gateway_config(args), lambda new: read_auth(new.auth, source))
+        await serve_until_signalled(reload)
+        logger.info("draining: grace period %.1fs", config.server.grace_period_s)
         await gateway.stop()
 
     asyncio.run(run())

@@ -6,7 +6,9 @@ Children are fresh interpreters, not forks (gRPC's threads do not survive fork).
   and the child drains and exits (app/server.py watches it), so no orphan keeps serving;
 - restarts a child that dies while serving, after dropping its live gauges from the aggregate,
   and gives up (stopping the others and exiting non-zero) when children keep dying;
-- forwards SIGTERM/SIGINT so every child drains, and exits with the worst child's exit code.
+- forwards SIGTERM/SIGINT so every child drains, and exits with the worst child's exit code;
+- forwards SIGHUP to every child that serves, and each reloads its tokens and certificates
+  (app/reload.py); a child still starting (it may not handle SIGHUP yet) is left out.
 """
 
 from __future__ import annotations
@@ -69,11 +71,14 @@ class Supervisor:
         self._children: list[asyncio.subprocess.Process] = []
         self._stopping = asyncio.Event()
         self._deaths: deque[float] = deque(maxlen=MAX_RESTARTS + 1)
+        # Children that said they serve: they reload on SIGHUP; one still starting would die of it.
+        self._serving: set[int] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             announcements = [await self._start_child() for _ in range(self._count)]
         except StartupFailure:
@@ -99,6 +104,7 @@ class Supervisor:
             self._children.remove(child)
             self._forget(child)
             raise StartupFailure(f"worker process {child.pid} exited during its start (exit code {code}); its log says why")
+        self._serving.add(child.pid)
         # Nothing else is expected on stdout, but a full pipe would block the child: keep reading.
         asyncio.create_task(_drain(child.stdout))
         return announcement
@@ -124,6 +130,7 @@ class Supervisor:
 
     def _forget(self, child: asyncio.subprocess.Process) -> None:
         """A dead child's live gauges (in flight, queued) leave the aggregate."""
+        self._serving.discard(child.pid)
         if self._metrics_dir is not None:
             multiprocess.mark_process_dead(child.pid)  # type: ignore[no-untyped-call]
 
@@ -155,6 +162,17 @@ class Supervisor:
                 continue
             logger.warning("worker process %d replaced by %d", pid, self._children[-1].pid)
             return True
+
+    def _reload(self) -> None:
+        """Each serving child reloads and logs what it reloaded; a child still starting is left
+        out (it reads the configuration file as it is now anyway)."""
+        children = [c for c in self._children if c.returncode is None and c.pid in self._serving]
+        if self._stopping.is_set() or not children:
+            logger.warning("SIGHUP while no worker process serves (starting or draining): ignored")
+            return
+        logger.info("SIGHUP: forwarded to worker processes %s", ", ".join(str(c.pid) for c in children))
+        for child in children:
+            child.send_signal(signal.SIGHUP)
 
     def _stop(self, signum: int) -> None:
         self._stopping.set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,8 @@ from modelwire.core.settings import Permission
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.proxy.registry import provider_class
-from modelwire.rpc.server import RpcServer, Service, check_exposure
+from modelwire.app.reload import Reloader
+from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
 from modelwire.v1 import worker_pb2, worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import RegistrationAgent, advertised_address, check_reachable, worker_agent
@@ -142,9 +142,11 @@ async def serve(
     on_ready: Callable[[Worker], None] | None = None,
     serve_metrics_here: bool = True,
     lifeline: bool = False,
+    reload_config: Callable[[], Config] | None = None,
 ) -> None:
     """Runs until SIGTERM or SIGINT (or, with `lifeline`, until stdin closes: the supervising
-    parent is gone), then drains within the configured grace period."""
+    parent is gone), then drains within the configured grace period. SIGHUP reloads the tokens and
+    certificates from `reload_config()` (app/reload.py)."""
     worker = await build_worker(config)
     if config.registry.enabled:
         worker.registration = worker_agent(config.registry, config.registration, worker.models, config.server.host, worker.port)
@@ -159,9 +161,8 @@ async def serve(
         logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
     await worker.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    reload = Reloader("worker", worker.rpc, config, reload_config, lambda new: new.auth) if reload_config else None
+    on_signals(stop, reload)
     if lifeline:
         _watch_lifeline(stop)
     logger.info("serving %s on %s", ", ".join(m.metadata.model for m in worker.models), worker.address)

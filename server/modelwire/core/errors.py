@@ -78,6 +78,12 @@ class Overloaded(ModelwireError):
         super().__init__(message)
 
 
+class UpstreamRateLimited(Overloaded):
+    """The provider is limiting this worker's account (its HTTP 429): RESOURCE_EXHAUSTED like the
+    worker's own refusal, but a kind of its own in logs and metrics, since "the provider limits
+    us" and "we are full" call for different alerts."""
+
+
 class NotReady(ModelwireError):
     """Nothing can serve the call right now, but something should soon (a gateway without its
     instance table yet, a model whose only worker restarts); retry after `retry_after_s`."""

@@ -6,6 +6,7 @@ message a generator hop (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,10 @@ PID = str(os.getpid())
 ModelLabel = Callable[[Any], str]
 UNKNOWN_MODEL = "_unknown"
 Metadata = tuple[tuple[str, str | bytes], ...]
+# Watches held open for as long as their watcher runs (a gateway's or a controller's health Watch on
+# a worker, a gateway's WatchInstances at a controller) end CANCELLED whenever the watcher restarts
+# or leaves, and when this server stops: their normal end, not a failed call.
+SUBSCRIPTIONS = frozenset({"/grpc.health.v1.Health/Watch", "/modelwire.v1.ModelController/WatchInstances"})
 
 
 def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -75,7 +80,10 @@ class CallObserver:
         record.code = _ended_code(error, context)
 
     def finished(self, record: CallRecord, streamed: bool) -> None:
-        """However the call ended: logged and counted once."""
+        """However the call ended: logged and counted once; a watch's normal end only at DEBUG."""
+        if record.code == "CANCELLED" and record.method in SUBSCRIPTIONS:
+            never_fails("the call log", log_call, record, logging.DEBUG)
+            return
         never_fails("the call log", log_call, record)
         if self._metrics is not None:
             never_fails("the call metrics", self._metrics.finished, record, streamed)

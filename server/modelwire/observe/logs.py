@@ -73,10 +73,10 @@ def configure_logging(level: str, log_format: str) -> None:
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
-def log_call(record: CallRecord) -> None:
+def log_call(record: CallRecord, level: int = logging.INFO) -> None:
     """The call's line. Its record is made directly: `Logger.info` would walk the stack to find
     the caller's file and line, which this line never shows (a quarter of its cost)."""
-    if not _access.isEnabledFor(logging.INFO):
+    if not _access.isEnabledFor(level):
         return
     fields: dict[str, object] = {
         "request_id": record.request_id,
@@ -92,4 +92,4 @@ def log_call(record: CallRecord) -> None:
         fields["ttft_ms"] = round((record.first_chunk_at - record.started) * 1000, 3)
     if record.error_kind is not None:
         fields["error"] = record.error_kind
-    _access.handle(_access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "call", (), None, extra=fields))
+    _access.handle(_access.makeRecord(ACCESS_LOGGER, level, "", 0, "call", (), None, extra=fields))

@@ -399,7 +399,7 @@ def error_for_status(
             f"(HTTP {status}): {message}; shorten the messages or lower max_new_tokens"
         )
     if status == 429:
-        return errors.Overloaded(
+        return errors.UpstreamRateLimited(
             f"upstream rate limit (HTTP 429): {message}",
             retry_after_s=DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s,
         )

@@ -35,6 +35,11 @@ class BearerAuth:
         self._permission_of = permission_of
         self._grants = [(grant, grant.token.encode()) for grant in config.grants]
 
+    def replace_grants(self, config: AuthConfig) -> None:
+        """SIGHUP (app/reload.py): `config`'s tokens replace the running ones in one assignment,
+        from the next call on."""
+        self._grants = [(grant, grant.token.encode()) for grant in config.grants]
+
     def protects(self, method: str) -> bool:
         if method.startswith(HEALTH_PREFIX):
             return self._config.protect_health

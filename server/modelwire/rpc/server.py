@@ -8,13 +8,19 @@ OpenTelemetry's interceptor when tracing is enabled); receive limit,
 keepalive and connection age; acceptance of clients' keepalive pings; a drain that says NOT_SERVING,
 waits `drain_delay_s` for balancers that poll, then lets calls in flight finish within the grace
 period. It refuses to listen on a non-loopback address without authentication unless told the
-network is trusted (`allow_unauthenticated`).
+network is trusted (`allow_unauthenticated`), and says why a port cannot be listened on (taken, or
+not an address of this host). Its tokens and TLS certificate can be replaced while it serves
+(SIGHUP: app/reload.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import signal
+import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +61,51 @@ def check_exposure(role: str, server: ServerConfig, auth: AuthConfig | None) -> 
         )
 
 
-def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
+def _certificates(tls: TlsConfig) -> grpc.ServerCertificateConfiguration:
+    """The certificate, key and client CA of `tls`, checked as a working set: a ValueError names
+    what is wrong (gRPC itself would only fail each handshake)."""
+    try:
+        key, cert = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
+        client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if client_ca is not None:
+            context.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+    except ssl.SSLError as error:
+        raise ValueError(
+            f"tls: {tls.cert_file}, {tls.key_file}"
+            f"{f', {tls.client_ca_file}' if tls.client_ca_file else ''}: not a certificate, its key "
+            f"and a CA in PEM ({error.reason or error})"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"tls: cannot read {error.filename}: {error.strerror}") from None
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+
+
+class ServerTls:
+    """TLS credentials whose certificate, key and client CA can be replaced while serving (SIGHUP):
+    gRPC asks `_fetch` at each new connection's handshake, so a reload applies from the next
+    connection on. Whether client certificates are required at all is fixed at start."""
+
+    def __init__(self, tls: TlsConfig) -> None:
+        self.config = tls
+        self._current = self._delivered = _certificates(tls)
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._current, self._fetch, require_client_authentication=tls.client_ca_file is not None
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """On a gRPC core thread, per handshake: the new configuration once, then None (unchanged)."""
+        current = self._current
+        if current is self._delivered:
+            return None
+        self._delivered = current
+        return current
+
+    def reload(self, tls: TlsConfig) -> None:
+        """Reads `tls`'s files; raises ValueError, keeping the running ones, when they do not work."""
+        self._current = _certificates(tls)
+        self.config = tls
 
 
 def _options(server: ServerConfig, extra: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -103,8 +147,13 @@ class RpcServer:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if observability.tracing:
             interceptors.append(tracing.server_interceptor(observability.otlp_endpoint))
-        bearer = BearerAuth(auth, permission_of) if auth is not None else None
-        interceptors.append(CallPipeline(CallObserver(self.metrics, model_label), bearer, trailers))
+        # Kept to be reloaded (SIGHUP, app/reload.py): the tokens, the certificates.
+        self.auth = BearerAuth(auth, permission_of) if auth is not None else None
+        try:
+            self.tls = ServerTls(tls) if tls is not None else None
+        except ValueError as error:
+            raise StartupFailure(str(error)) from None
+        interceptors.append(CallPipeline(CallObserver(self.metrics, model_label), self.auth, trailers))
         self.server = grpc.aio.server(interceptors=interceptors, options=_options(server, options))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -112,16 +161,18 @@ class RpcServer:
             service.add(self.server)
         self.service_names = tuple(service.name for service in services)
         reflection.enable_server_reflection((*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
-        self.port = self._bind(server, tls)
+        self.port = self._bind(server)
 
-    def _bind(self, server: ServerConfig, tls: TlsConfig | None) -> int:
+    def _bind(self, server: ServerConfig) -> int:
         bind = f"{server.host}:{server.port}"
         try:
-            port: int = self.server.add_secure_port(bind, server_credentials(tls)) if tls else self.server.add_insecure_port(bind)
-        except RuntimeError as error:
-            raise StartupFailure(f"the {self.role} cannot listen on {bind}: {error}") from None
+            port: int = (
+                self.server.add_secure_port(bind, self.tls.credentials) if self.tls else self.server.add_insecure_port(bind)
+            )
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise StartupFailure(f"the {self.role} cannot listen on {bind} (in use, or not an address of this host)")
+            raise StartupFailure(f"the {self.role} cannot listen on {bind}: {_bind_failure(server.host, server.port)}")
         return port
 
     @property
@@ -151,12 +202,36 @@ class RpcServer:
         await self.server.stop(self.config.grace_period_s)
 
 
-def serve_until_signalled() -> Awaitable[Any]:
-    """Completes on SIGTERM or SIGINT."""
-    import signal
+def _bind_failure(host: str, port: int) -> str:
+    """Why `host:port` cannot be listened on. gRPC only says "Failed to bind" (its reason goes to
+    its own log): binding a socket the same way tells a taken port from the rest."""
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        return f"{host!r} is not an address of this host ({error.strerror})"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return f"port {port} is already in use on {host}; choose another with --port (or [server] port)"
+                return error.strerror or str(error)
+    return "gRPC refused the address"
 
-    stopping = asyncio.Event()
+
+def on_signals(stop: asyncio.Event, reload: Callable[[], None] | None) -> None:
+    """SIGTERM and SIGINT set `stop` (a drain follows); SIGHUP calls `reload`. SIGHUP's default
+    action would kill the process at once, without a drain or a word."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload or (lambda: logger.warning("SIGHUP: nothing to reload")))
+
+
+def serve_until_signalled(reload: Callable[[], None] | None = None) -> Awaitable[Any]:
+    """Completes on SIGTERM or SIGINT; SIGHUP calls `reload`."""
+    stopping = asyncio.Event()
+    on_signals(stopping, reload)
     return stopping.wait()

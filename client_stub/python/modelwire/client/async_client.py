@@ -35,6 +35,7 @@ class ModelWorkerClient:
         )
         self._stub = pb_grpc.ModelWorkerStub(self._channel)
         self._timeout = timeout
+        self._secure = credentials is not None
 
     async def __aenter__(self) -> ModelWorkerClient:
         return self
@@ -55,7 +56,7 @@ class ModelWorkerClient:
             )
             return output
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
 
     async def stream(self, model: str, messages: Messages, *, timeout: float | None = None, **options: Unpack[RequestOptions]) -> AsyncIterator[pb.ModelOutput]:
         """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
@@ -64,7 +65,7 @@ class ModelWorkerClient:
             async for chunk in call:
                 yield chunk
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
         finally:
             call.cancel()
 
@@ -73,7 +74,7 @@ class ModelWorkerClient:
             response: pb.CountTokenResponse = await self._stub.CountToken(count_request(model, messages), timeout=timeout or self._timeout, metadata=self._metadata)
             return response
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
 
     async def embed(
         self, model: str, inputs: str | Sequence[str], dimensions: int | None = None, *, timeout: float | None = None
@@ -86,11 +87,11 @@ class ModelWorkerClient:
             )
             return response
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
 
     async def list_models(self, *, timeout: float | None = None) -> list[pb.ModelMetadata]:
         try:
             response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
         return list(response.models)

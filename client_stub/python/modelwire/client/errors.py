@@ -17,12 +17,32 @@ class FieldViolation(NamedTuple):
     description: str
 
 
+# What a connection refused at its TLS handshake most likely means (`connection_problem`), and
+# what to change, in this client's terms (the CLI words its own flags).
+TLS_REQUIRED = "tls_required"
+CERTIFICATE_REQUIRED = "certificate_required"
+SERVER_NOT_TLS = "server_not_tls"
+_HINTS = {
+    TLS_REQUIRED: "is the server using TLS? pass credentials=tls_credentials(ca_file)",
+    CERTIFICATE_REQUIRED: (
+        "does the server require a client certificate (mTLS)? pass "
+        "credentials=tls_credentials(ca_file, cert_file, key_file) with one its client CA signed"
+    ),
+    SERVER_NOT_TLS: "is the server plaintext? pass no credentials",
+}
+
+
 class ModelwireCallError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, details: list[object]) -> None:
-        super().__init__(f"{code.name}: {message}")
+    def __init__(
+        self, code: grpc.StatusCode, message: str, details: list[object], connection_problem: str | None = None
+    ) -> None:
+        hint = f" ({_HINTS[connection_problem]})" if connection_problem else ""
+        super().__init__(f"{code.name}: {message}{hint}")
         self.code = code
         self.message = message
         self.details = details
+        # TLS_REQUIRED, CERTIFICATE_REQUIRED, SERVER_NOT_TLS, or None.
+        self.connection_problem = connection_problem
 
     @property
     def violations(self) -> list[FieldViolation]:
@@ -60,8 +80,22 @@ _DETAIL_TYPES = (
 )
 
 
-def from_rpc_error(error: grpc.RpcError) -> ModelwireCallError:
-    """Works for sync and aio errors alike: both carry the rich status in trailing metadata."""
+def connection_problem(code: grpc.StatusCode, message: str, secure: bool) -> str | None:
+    """gRPC says "Socket closed" when a TLS server drops a plaintext client, or an mTLS server a
+    client without an accepted certificate, and "Tls handshake failed … WRONG_VERSION_NUMBER"
+    when a TLS client meets a plaintext server; `secure`: this client spoke TLS."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    if "Socket closed" in message:
+        return CERTIFICATE_REQUIRED if secure else TLS_REQUIRED
+    if secure and "WRONG_VERSION_NUMBER" in message:
+        return SERVER_NOT_TLS
+    return None
+
+
+def from_rpc_error(error: grpc.RpcError, secure: bool | None = None) -> ModelwireCallError:
+    """Works for sync and aio errors alike: both carry the rich status in trailing metadata.
+    `secure` (whether the channel speaks TLS) lets a refused handshake say what to change."""
     details: list[object] = []
     for key, value in error.trailing_metadata() or ():
         if key != rpc_status.GRPC_DETAILS_METADATA_KEY:
@@ -72,4 +106,6 @@ def from_rpc_error(error: grpc.RpcError) -> ModelwireCallError:
                     detail = kind()
                     packed.Unpack(detail)
                     details.append(detail)
-    return ModelwireCallError(error.code(), error.details() or "", details)
+    code, message = error.code(), error.details() or ""
+    problem = connection_problem(code, message, secure) if secure is not None else None
+    return ModelwireCallError(code, message, details, problem)

@@ -31,6 +31,7 @@ class ModelWorkerSyncClient:
         self._channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
         self._stub = pb_grpc.ModelWorkerStub(self._channel)
         self._timeout = timeout
+        self._secure = credentials is not None
 
     def __enter__(self) -> ModelWorkerSyncClient:
         return self
@@ -49,7 +50,7 @@ class ModelWorkerSyncClient:
             output: pb.ModelOutput = self._stub.Generate(build_request(model, messages, **options), timeout=timeout or self._timeout, metadata=self._metadata)
             return output
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
 
     def stream(self, model: str, messages: Messages, *, timeout: float | None = None, **options: Unpack[RequestOptions]) -> Iterator[pb.ModelOutput]:
         """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
@@ -57,7 +58,7 @@ class ModelWorkerSyncClient:
         try:
             yield from call
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
         finally:
             call.cancel()
 
@@ -66,7 +67,7 @@ class ModelWorkerSyncClient:
             response: pb.CountTokenResponse = self._stub.CountToken(count_request(model, messages), timeout=timeout or self._timeout, metadata=self._metadata)
             return response
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
 
     def embed(
         self, model: str, inputs: str | Sequence[str], dimensions: int | None = None, *, timeout: float | None = None
@@ -79,11 +80,11 @@ class ModelWorkerSyncClient:
             )
             return response
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
 
     def list_models(self, *, timeout: float | None = None) -> list[pb.ModelMetadata]:
         try:
             response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self._secure) from None
         return list(response.models)
