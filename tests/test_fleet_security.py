@@ -166,6 +166,8 @@ async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig,
                 "LOCALHOST:50051", "localhost.:1", "ip6-loopback:1", "a.localhost:1", "169.254.10.1:1", "0.0.0.0:1", "[::1]:1",
                 # forms resolvers and gRPC widen to loopback (found by an attack on this code)
                 "[::ffff:127.0.0.1]:1", "[::ffff:7f00:1]:1", "[64:ff9b::7f00:1]:1", "[::ffff:169.254.1.1]:1",
+                # IPv4 inside other IPv6 forms (IPv4-compatible, SIIT), cloud metadata services
+                "[::127.0.0.1]:1", "[::ffff:0:127.0.0.1]:1", "100.100.100.200:1", "[fd00:ec2::254]:1",
                 "127.000.000.001:1", "127.1:1", "0x7f000001:1", "2130706433:1", "0:1", "ipv4:127.0.0.1:1",
                 "dns:///127.0.0.1:1", "dns:///localhost:1", "127.0.0.1 :1", "[fe80::1%eth0]:1", "[]:1",
                 f"{ip}:70000", f"{ip}:\u0665\u0660\u0660\u0660", f"{ip}:99999999999999999999", "x" * 300 + ":1",

@@ -120,7 +120,10 @@ def read_auth(section: AuthSection | None, source: str) -> AuthConfig | None:
         raise ConfigError(f"{source}: auth.tokens_file: auth needs tokens: set tokens_file, tokens_env or both")
     if len({grant.token for grant in grants}) != len(grants):
         raise ConfigError(f"{source}: auth: the same token comes from tokens_file and tokens_env")
-    return AuthConfig(grants=tuple(grants), protect_health=section.protect_health, protect_reflection=section.protect_reflection)
+    return AuthConfig(
+        grants=tuple(grants), protect_health=section.protect_health, protect_reflection=section.protect_reflection,
+        tokens_file=section.tokens_file,
+    )
 
 
 def _pool_slots(models: Sequence[ModelConfig]) -> int:

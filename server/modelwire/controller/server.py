@@ -7,6 +7,7 @@ from modelwire.controller.servicer import ModelControllerServicer, RegistrationP
 from modelwire.core.addresses import is_loopback
 from modelwire.core.settings import (
     AuthConfig,
+    ConfigError,
     ControllerSection,
     ObservabilityConfig,
     Permission,
@@ -25,6 +26,20 @@ def permission_of(method: str) -> Permission | None:
     if not method.startswith(f"/{CONTROLLER_SERVICE}/"):
         return None
     return "register" if method.rsplit("/", 1)[1] in _REGISTERING else "read_fleet"
+
+
+def refuse_model_lists(auth: AuthConfig | None) -> None:
+    """A controller serves no models, so a token's `models` allow-list could never take effect
+    here: a security setting that silently does nothing is refused at start."""
+    if auth is None:
+        return
+    for index, grant in enumerate(auth.grants):
+        if grant.models is not None:
+            raise ConfigError(
+                f"{auth.tokens_file or 'auth'}: tokens[{index}].models: token {grant.name!r} has a "
+                "model allow-list, which a controller cannot honour (it serves no models): remove "
+                "`models` from this token, or give the controller a tokens file of its own"
+            )
 
 
 class ControllerServer:
@@ -46,6 +61,7 @@ class ControllerServer:
     ) -> None:
         server = server or ServerConfig(port=0)
         controller = controller or ControllerSection()
+        refuse_model_lists(auth)
         self.registry = registry
         allow_private = controller.allow_private_addresses
         policy = RegistrationPolicy(

@@ -2,19 +2,20 @@
 
 Registrations are checked here, where the caller is known: an instance id belongs to the identity
 (token name) that registered it, addresses only this machine can dial are refused unless the fleet
-is on one machine, and a weight has a ceiling (a weight of a million would win every pick).
+is on one machine, a cloud metadata service's always, a name the controller cannot resolve (in time)
+always, and a weight has a ceiling (a weight of a million would win every pick).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import grpc
 
-from modelwire.core.addresses import host_of, ip_literal, is_private_to_host
+from modelwire.core.addresses import host_of, ip_literal, is_metadata_service, private_kind
 from modelwire.core.errors import FieldViolation, InvalidRequest, PermissionDenied
 from modelwire.fleet import convert
 from modelwire.fleet.registry import Registry, check_spec
@@ -28,41 +29,75 @@ from modelwire.v1 import controller_pb2_grpc as pb_grpc
 # Instances one identity may hold: registrations beyond it are refused, so one token cannot flood
 # the fleet (and every watcher's snapshot) with instances.
 MAX_INSTANCES_PER_IDENTITY = 256
-# How long a registered name may take to resolve before it is judged by its form alone.
+# How long a registered name may take to resolve at the controller; slower is refused.
 RESOLVE_TIMEOUT_S = 2.0
+# The addresses a name resolves to (IP literals, as text).
+Resolver = Callable[[str], Awaitable[Sequence[str]]]
+_UNCHECKABLE = (
+    "so where it leads cannot be checked; register an IP address, or a name the controller resolves"
+)
+
+
+async def system_resolver(host: str) -> list[str]:
+    """The controller's own resolver, off the event loop."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return [str(info[4][0]).split("%")[0] for info in infos]
 
 
 class RegistrationPolicy:
-    def __init__(self, allow_private_addresses: bool, max_weight: int) -> None:
+    """Fails closed: an address is accepted only when the controller can tell where it leads."""
+
+    def __init__(
+        self, allow_private_addresses: bool, max_weight: int,
+        resolve: Resolver = system_resolver, resolve_timeout_s: float = RESOLVE_TIMEOUT_S,
+    ) -> None:
         self.allow_private_addresses = allow_private_addresses
         self.max_weight = max_weight
+        self._resolve = resolve
+        self._resolve_timeout_s = resolve_timeout_s
 
     async def check(self, spec: InstanceSpec) -> None:
         violations = []
-        if not self.allow_private_addresses and await _private(host_of(spec.address)):
-            violations.append(FieldViolation(
-                "address", f"{spec.address} can be dialled from its own machine only; register an address callers can reach"
-            ))
+        refusal = await self._address_refusal(host_of(spec.address))
+        if refusal is not None:
+            violations.append(FieldViolation("address", f"{spec.address}: {refusal}"))
         if spec.weight > self.max_weight:
             violations.append(FieldViolation("weight", f"at most {self.max_weight}, got {spec.weight}"))
         if violations:
             raise InvalidRequest(violations)
 
+    async def _address_refusal(self, host: str) -> str | None:
+        """Why `host` may not be registered, or None. A name is judged by every address it
+        resolves to here; one that does not resolve, or not within the bound, cannot be judged and
+        is refused (it may resolve elsewhere, or later, to an address that would be)."""
+        refusal = _refusal(host, "it", self.allow_private_addresses)
+        if refusal is not None or self.allow_private_addresses or ip_literal(host):
+            return refusal
+        try:
+            resolved = await asyncio.wait_for(self._resolve(host), self._resolve_timeout_s)
+        except TimeoutError:
+            within = f"{self._resolve_timeout_s:g} s"
+            return f"the name did not resolve at the controller within {within}, {_UNCHECKABLE}"
+        except (OSError, UnicodeError) as failed:
+            return f"the name does not resolve at the controller ({failed}), {_UNCHECKABLE}"
+        if not resolved:
+            return f"the name resolves to no address at the controller, {_UNCHECKABLE}"
+        for address in resolved:
+            refusal = _refusal(address, f"it resolves to {address}, which", allow_private=False)
+            if refusal is not None:
+                return refusal
+        return None
 
-async def _private(host: str) -> bool:
-    """The host, or any address a name resolves to here, is private to its machine. Resolved off
-    the loop and bounded; a name that does not resolve here is judged by its form."""
-    if is_private_to_host(host):
-        return True
-    if ip_literal(host):
-        return False
-    try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(host, None, proto=socket.IPPROTO_TCP), RESOLVE_TIMEOUT_S
-        )
-    except (OSError, UnicodeError, TimeoutError):
-        return False
-    return any(is_private_to_host(str(info[4][0]).split("%")[0]) for info in infos)
+
+def _refusal(host: str, subject: str, allow_private: bool) -> str | None:
+    """Why the address `host` (`subject` in the message) may not be registered, by its form."""
+    if is_metadata_service(host):
+        return f"{subject} is a cloud metadata service's address, never a worker's"
+    kind = None if allow_private else private_kind(host)
+    if kind is None:
+        return None
+    return (f"{subject} is {kind}: only its own machine can dial it; register an address callers "
+            "can reach, or set [controller] allow_private_addresses for a fleet on one machine")
 
 
 class ModelControllerServicer(pb_grpc.ModelControllerServicer):

@@ -58,8 +58,6 @@ class EtcdTarget:
 
 # A DNS name as callers' resolvers read it: letters, digits and hyphens in dot-separated labels.
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-# NAT64's well-known prefix (RFC 6052): 64:ff9b::a.b.c.d reaches the IPv4 address a.b.c.d.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 
 
@@ -99,19 +97,42 @@ def host_of(address: str) -> str:
     return address.rpartition(":")[0].strip("[]")
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits, judged by the IPv4 they carry:
+# SIIT's IPv4-translated ::ffff:0:a.b.c.d (RFC 2765), NAT64's well-known prefix (RFC 6052), and the
+# deprecated IPv4-compatible ::a.b.c.d (RFC 4291), which some stacks still route to IPv4.
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# 0.0.0.0/8, "this network": 0.0.0.0 reaches this machine, the rest nothing.
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+# Cloud instance metadata and credential services: never a worker, whatever the fleet's shape.
+METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, (
+    "169.254.169.254",  # AWS, GCP, Azure, OCI, DigitalOcean, OpenStack
+    "169.254.170.2",    # AWS ECS task credentials
+    "169.254.170.23",   # AWS EKS Pod Identity
+    "fd00:ec2::254",    # AWS instance metadata over IPv6
+    "fd00:ec2::23",     # AWS EKS Pod Identity over IPv6
+    "100.100.100.200",  # Alibaba Cloud
+)))
+
+
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP address `host` names, IPv4 for the IPv6 forms that embed one (mapped, NAT64, 6to4)."""
+    """The IP address `host` names: for the IPv6 forms that embed an IPv4 address (mapped, SIIT,
+    NAT64, IPv4-compatible, 6to4, Teredo's client), the IPv4 address they carry."""
     try:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        if ip in _NAT64:
-            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if ip.sixtofour is not None:
-            return ip.sixtofour
+    if not isinstance(ip, ipaddress.IPv6Address) or ip in METADATA_ADDRESSES:
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _SIIT or ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # not :: or ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
     return ip
 
 
@@ -128,11 +149,25 @@ def is_loopback(host: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
-def is_private_to_host(host: str) -> bool:
-    """Loopback, link-local, unspecified (0.0.0.0) or multicast, also inside the IPv6 forms that
-    embed an IPv4 address: reachable from this machine only (or from nobody). Names other than
-    localhost's are not resolved here (see controller/servicer.py)."""
+def is_metadata_service(host: str) -> bool:
+    """A cloud metadata or credential service's address (also inside an IPv6 form)."""
+    return _ip(host) in METADATA_ADDRESSES
+
+
+def private_kind(host: str) -> str | None:
+    """What makes `host` reachable from its own machine only (or from nobody), judged by its form:
+    loopback (localhost's names included), link-local, unspecified or "this network"
+    (0.0.0.0/8), or multicast, also inside the IPv6 forms that embed an IPv4 address; None for
+    anything else. Names other than localhost's are not resolved here (controller/servicer.py)."""
     if is_loopback(host):
-        return True
+        return "loopback"
     ip = _ip(host)
-    return ip is not None and (ip.is_link_local or ip.is_unspecified or ip.is_multicast)
+    if ip is None:
+        return None
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_unspecified or ip in _THIS_NETWORK:
+        return "unspecified (0.0.0.0/8, ::)"
+    if ip.is_multicast:
+        return "multicast"
+    return None

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from modelwire.core.addresses import EtcdTarget, check_host_port
@@ -217,6 +217,16 @@ class TokenGrant:
         return value
 
 
+    @model_validator(mode="after")
+    def _models_for_model_calls(self) -> TokenGrant:
+        """An allow-list on a token that may call no model could never take effect."""
+        if self.models is not None and "generate" not in self.permissions:
+            raise ValueError(
+                f"token {self.name!r}: `models` has no effect without the \"generate\" permission: "
+                "remove it, or add the permission"
+            )
+        return self
+
 @dataclass(config=_SECTION)
 class TokensFile:
     tokens: tuple[TokenGrant, ...] = ()
@@ -251,6 +261,8 @@ class AuthConfig:
     protect_health: bool = False
     protect_reflection: bool = False
 
+    # Where the grants with names of their own came from, for a process to name in its refusals.
+    tokens_file: Path | None = None
 
 @dataclass(config=_SECTION)
 class TlsConfig:

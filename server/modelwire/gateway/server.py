@@ -1,8 +1,9 @@
 """`modelwire gateway`: the ModelWorker API, each call forwarded to an instance the router picks
 (gateway/router.py), on the shared server builder (its own auth, TLS, call log and metrics).
 
-Requests and responses pass as bytes: only the model name is read. A call goes to another instance
-only when the first one provably did not start it:
+Requests and responses pass as bytes: only the model name is read, to route the call and to hold
+it to the caller's token's `models` allow-list (the worker sees this gateway's token, not the
+caller's). A call goes to another instance only when the first one provably did not start it:
 - no worker answered, and no worker's headers came (a worker sends them when the work begins, after
   admission): a refused connection, a worker lost while the call waited in its queue, no
   connection within `connect_timeout_s`; or
@@ -26,7 +27,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from modelwire.core.errors import InvalidRequest, ModelwireError, NotReady, RoutingLoop
+from modelwire.core.errors import (
+    InvalidRequest,
+    ModelwireError,
+    NotReady,
+    PermissionDenied,
+    RoutingLoop,
+)
 from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityConfig, Permission, ServerConfig, TlsConfig
 from modelwire.fleet.health import WORKER_SERVICE
 from modelwire.fleet.orca import INSTANCE_TRAILER, parse_report
@@ -45,6 +52,7 @@ from modelwire.gateway.router import (
 )
 from modelwire.observe.call_observer import PID_KEY, UNKNOWN_MODEL
 from modelwire.observe.call_record import REQUEST_ID_KEY, current_call
+from modelwire.rpc.auth import model_refusal
 from modelwire.rpc.server import RpcServer, Service
 from modelwire.rpc.status import ERROR_DOMAIN, NOT_STARTED, CallScope
 from modelwire.v1 import worker_pb2 as pb
@@ -239,6 +247,10 @@ class Gateway:
         yields what the caller gets and fills in the worker's trailers; once it has yielded, the
         call is the caller's and never retried."""
         model = model_field(raw)
+        # The caller's allow-list, checked here: the worker sees this gateway's token.
+        refusal = model_refusal(model)
+        if refusal is not None:
+            raise PermissionDenied(refusal)
         self._budget.earn()
         tried: set[str] = set()
         while True:
@@ -315,8 +327,8 @@ class Gateway:
             route.reported(model, load, open_excluding=1)
 
     async def _list_models(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> bytes:
-        """Every model of the fleet, described by one routable instance each (an instance that
-        fails or answers garbage is left out)."""
+        """Every model of the fleet the caller's token may use, described by one routable
+        instance each (an instance that fails or answers garbage is left out)."""
         async with CallScope(context):
             remaining = context.time_remaining()
             timeout = min(LIST_MODELS_TIMEOUT_S, remaining) if remaining is not None else LIST_MODELS_TIMEOUT_S
@@ -338,7 +350,8 @@ class Gateway:
             models: dict[str, pb.ModelMetadata] = {}
             for answer in await asyncio.gather(*(ask(r) for r in routes)):
                 for described in answer:
-                    models.setdefault(described.model, described)
+                    if model_refusal(described.model) is None:
+                        models.setdefault(described.model, described)
             return pb.ListModelsResponse(models=[models[name] for name in sorted(models)]).SerializeToString()
 
 

@@ -1,7 +1,7 @@
 """Static bearer tokens in `authorization` metadata, compared in constant time. Each token has a
 name (the caller's identity: `caller_identity()` during the call), permissions (calling models,
-registering instances, reading the fleet; each method needs one) and an optional model allow-list.
-Health and reflection stay open unless configured otherwise."""
+registering instances, reading the fleet; each method needs one) and an optional model allow-list
+(`model_refusal()` during the call). Health and reflection stay open unless configured otherwise."""
 
 from __future__ import annotations
 
@@ -18,12 +18,24 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 _UNAUTHENTICATED = "missing or invalid bearer token: send metadata `authorization: Bearer <token>`"
 
-_identity: ContextVar[str | None] = ContextVar("modelwire_caller", default=None)
+_caller: ContextVar[TokenGrant | None] = ContextVar("modelwire_caller", default=None)
 
 
 def caller_identity() -> str | None:
     """The name of the token the current call authenticated with; None without [auth]."""
-    return _identity.get()
+    grant = _caller.get()
+    return grant.name if grant is not None else None
+
+
+def model_refusal(model: str) -> str | None:
+    """Why the current call's token may not use `model`, or None when it may: the one home of the
+    `models` allow-list, applied where the model name is in hand (a worker's decoded request, a
+    gateway's routing field) and to what ListModels lists. Every model without [auth] or without
+    an allow-list; a request naming no model is refused for that, not here."""
+    grant = _caller.get()
+    if grant is None or grant.models is None or not model or model in grant.models:
+        return None
+    return f"token {grant.name!r} may not use model {model!r}"
 
 
 class BearerAuth:
@@ -70,8 +82,10 @@ class BearerAuth:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"token {grant.name!r} lacks the {needed!r} permission that {method} needs"
             )
-        model = getattr(request, "model", "")
-        if grant.models is not None and model and model not in grant.models:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"token {grant.name!r} may not use model {model!r}")
-        # The behavior runs in this task after the check: the identity reaches it.
-        _identity.set(grant.name)
+        # The behavior runs in this task after the check: the token's name and models reach it.
+        _caller.set(grant)
+        # Only a model call's request names the model it uses (a gateway's is bytes: it checks the
+        # model it routes on itself).
+        refusal = model_refusal(getattr(request, "model", "")) if needed == "generate" else None
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)

@@ -36,8 +36,9 @@ from modelwire.worker.capabilities import unsupported_embedding, unsupported_fie
 from modelwire.worker.validation import broken_tool_call, validate_count_input, validate_embed_request, validate_request
 
 
-# Told when a generation leaves admission and its work begins (the edge then sends the response
-# headers, so a gateway knows a lost call may have started and must not replay it).
+# Told when a generation or an embedding leaves admission and its work begins (the edge then
+# sends the response headers, so a gateway knows a lost call may have started and must not
+# replay it).
 Started = Callable[[], Awaitable[None]]
 
 
@@ -76,7 +77,7 @@ class WorkerService:
         async with served.admission.slot():
             return await served.client.count_token(model, prompt)
 
-    async def embed(self, request: EmbedRequest) -> Embeddings:
+    async def embed(self, request: EmbedRequest, started: Started | None = None) -> Embeddings:
         validate_embed_request(request, self.limits)
         remember_request_text(request.inputs)
         served = self.served(request.model)
@@ -90,6 +91,8 @@ class WorkerService:
     @asynccontextmanager
     async def _admitted(
         self, request: ModelRequest, started: Started | None, streaming: bool
+            if started is not None:
+                await started()
     ) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
         """Everything a generation passes before the provider: checks, a slot, context fit, a span.
         The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
