@@ -85,14 +85,14 @@ class WorkerService:
         if refused:
             raise InvalidRequest(refused)
         async with served.admission.slot():
+            if started is not None:
+                await started()
             with upstream_span(served.metadata.provider, request.model):
                 return await served.client.embed(request)
 
     @asynccontextmanager
     async def _admitted(
         self, request: ModelRequest, started: Started | None, streaming: bool
-            if started is not None:
-                await started()
     ) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
         """Everything a generation passes before the provider: checks, a slot, context fit, a span.
         The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
