@@ -216,7 +216,6 @@ class TokenGrant:
             raise ValueError("must be at least 16 characters (a guessable token is no protection)")
         return value
 
-
     @model_validator(mode="after")
     def _models_for_model_calls(self) -> TokenGrant:
         """An allow-list on a token that may call no model could never take effect."""
@@ -226,6 +225,7 @@ class TokenGrant:
                 "remove it, or add the permission"
             )
         return self
+
 
 @dataclass(config=_SECTION)
 class TokensFile:
@@ -260,9 +260,9 @@ class AuthConfig:
     grants: tuple[TokenGrant, ...]
     protect_health: bool = False
     protect_reflection: bool = False
-
     # Where the grants with names of their own came from, for a process to name in its refusals.
     tokens_file: Path | None = None
+
 
 @dataclass(config=_SECTION)
 class TlsConfig:
