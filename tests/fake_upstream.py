@@ -168,6 +168,12 @@ def is_anthropic(exchange: Exchange) -> bool:
     return exchange.path.startswith("/v1/messages")
 
 
+def received_credential(exchange: Exchange) -> str:
+    """The credential header as the upstream got it: `Bearer <key>` (OpenAI) or the bare key
+    (Anthropic's x-api-key), for fakes that echo it."""
+    return exchange.headers.get("authorization") or exchange.headers.get("x-api-key", "")
+
+
 def is_stream(exchange: Exchange) -> bool:
     return bool(exchange.json().get("stream"))
 

@@ -286,6 +286,33 @@ async def test_the_upstreams_context_refusal_is_failed_precondition(
     assert "lower max_new_tokens" in error.message
 
 
+# A 400 that merely mentions a context, a size or a length (a quoted schema property, a parameter)
+# is the generic rejection, not a context refusal: only the machine codes and the known sentences are.
+NOT_CONTEXT_REFUSALS = {
+    "a quoted schema property": {"error": {"message": "Invalid schema for function 'configure': "
+                                           "'context_size' is not of type 'integer'", "type": "invalid_request_error",
+                                           "param": "tools[0].function.parameters", "code": "invalid_function_parameters"}},
+    "a parameter's name": {"error": {"message": "Unrecognized request argument supplied: context_length",
+                                     "type": "invalid_request_error", "code": None}},
+    "anthropic mentioning a context window": {"type": "error", "error": {"type": "invalid_request_error",
+                                              "message": "tools.0.input_schema: property 'context_window' is invalid"}},
+}
+
+
+@pytest.mark.parametrize("body", sorted(NOT_CONTEXT_REFUSALS))
+async def test_a_400_that_only_mentions_a_context_stays_invalid_argument(
+    client: ModelWorkerClient, fake: FakeUpstream, body: str
+) -> None:
+    async def reject(exchange: Exchange, respond: Responder) -> None:
+        await respond.json(400, NOT_CONTEXT_REFUSALS[body])
+
+    fake.script(reject)
+    _, error = await call(client, "an" if body.startswith("anthropic") else "oa", "unary")
+    assert error is not None and error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert _precondition(error) == []
+    assert "upstream rejected the request (HTTP 400)" in error.message
+
+
 # --- 3. bookkeeping never fails a call ------------------------------------------------------------
 
 async def test_failing_metrics_and_call_log_never_fail_a_call(

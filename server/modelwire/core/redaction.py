@@ -17,6 +17,7 @@ occur whole.
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -32,8 +33,9 @@ _texts: ContextVar[tuple[str, ...]] = ContextVar("modelwire_request_texts", defa
 
 
 def remember_request_text(texts: Iterable[str]) -> None:
-    """The texts of the current call (message contents, names, stop strings, a prompt), kept as
-    they are: every call pays only for this tuple, and the error path alone sorts them out."""
+    """The texts of the current call (every string its caller gave: messages, tools, schemas,
+    grammars, image URLs, stop strings, a prompt, embedding inputs), kept as they are: every call
+    pays only for this tuple, and the error path alone sorts them out."""
     _texts.set(tuple(texts))
 
 
@@ -45,11 +47,17 @@ def _worth_masking(text: str) -> bool:
 
 def _forms(text: str) -> list[str]:
     """`text` as sent and as JSON encoders quote it: Python's (both ways), Go's (`<`, `>`, `&` as
-    `\\u003c`…) and PHP's (`/` as `\\/`)."""
+    `\\u003c`…) and PHP's (`/` as `\\/`); and as HTML error pages escape it: Python's and
+    Django's (`&amp;`, `&lt;`, `&quot;`, `&#x27;`), Go's and Jinja's (`&#34;`, `&#39;`),
+    text-only escaping that leaves quotes as they are, and a page quoting the JSON body."""
     plain = json.dumps(text, ensure_ascii=False)[1:-1]
     go = plain.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    escaped = html.escape(text)
+    numeric = escaped.replace("&quot;", "&#34;").replace("&#x27;", "&#39;")
     # As sent first, then the escaped forms: each only adds what the earlier ones left unmasked.
-    return list(dict.fromkeys((text, plain, json.dumps(text)[1:-1], go, plain.replace("/", "\\/"))))
+    forms = (text, plain, json.dumps(text)[1:-1], go, plain.replace("/", "\\/"), escaped, numeric,
+             html.escape(text, quote=False), html.escape(plain))
+    return list(dict.fromkeys(forms))
 
 
 def scrub(text: str) -> str:

@@ -66,6 +66,7 @@ from modelwire.proxy.http_upstream import (
     HttpOptions,
     HttpParams,
     HttpProxyClient,
+    clean_message,
     drain,
     http_error_from_code,
     message_from_payload,
@@ -724,7 +725,8 @@ class AnthropicClient(HttpProxyClient):
     def _payload_error(self, payload: dict[str, Any]) -> errors.ModelwireError:
         error = payload.get("error")
         kind = error.get("type") if isinstance(error, dict) else None
-        message = self._redact(message_from_payload(payload) or str(kind or "unknown error"))
+        fallback = str(kind or "unknown error")
+        message = message_from_payload(payload, self._redact) or clean_message(fallback, self._redact)
         return http_error_from_code(_ERROR_STATUS.get(str(kind)), message, self._params)
 
     # --- unary

@@ -72,9 +72,17 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Error bodies are read up to this size; the message shown to the caller is cut shorter.
 _MAX_ERROR_BODY = 64 * 1024
-# The longest line of an event stream held while waiting for its end: more is a broken upstream.
-_MAX_EVENT_LINE = 16 * 1024 * 1024
+# The most of one upstream answer held in memory: a unary response body, or one line of an event
+# stream while waiting for its end. More is a broken (or hostile) upstream or proxy: UNAVAILABLE.
+MAX_UPSTREAM_READ = 16 * 1024 * 1024
 _MAX_MESSAGE = 1000
+REDACTED = "[redacted]"
+# A key's first characters, this many or more, where a text ends or was cut are redacted too.
+_MIN_KEY_PREFIX = 8
+# How a shortened text marks its cut (this module's `…`, and upstreams' own).
+_CUT_MARKS = ("…", "...")
+# A function that removes the worker's API key from a text (`Secret.redact`, or none configured).
+Redact = Callable[[str], str]
 
 
 class Secret:
@@ -89,7 +97,24 @@ class Secret:
         return self._value
 
     def redact(self, text: str) -> str:
-        return text.replace(self._value, "[redacted]") if self._value else text
+        """`text` without the key: whole, and also its first 8 or more characters where they end
+        the text or run into a cut mark (an upstream that shortened its own echo of the key)."""
+        key = self._value
+        if not key:
+            return text
+        text = text.replace(key, REDACTED)
+        if len(key) <= _MIN_KEY_PREFIX:
+            return text
+        start = text.find(key[:_MIN_KEY_PREFIX])
+        while start >= 0:
+            end = start + _MIN_KEY_PREFIX
+            while end < len(text) and end - start < len(key) and text[end] == key[end - start]:
+                end += 1
+            if end == len(text) or text.startswith(_CUT_MARKS, end):
+                text = text[:start] + REDACTED + text[end:]
+                end = start + len(REDACTED)
+            start = text.find(key[:_MIN_KEY_PREFIX], end)
+        return text
 
     def __repr__(self) -> str:
         return "Secret('[redacted]')"
@@ -210,8 +235,10 @@ async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
             continue
         if not lines[-1].endswith(b"\n"):  # unfinished, or a \r whose \n may open the next chunk
             pending = lines.pop()
-            if len(pending) > _MAX_EVENT_LINE:
-                raise errors.UpstreamUnavailable(f"upstream sent an event stream line longer than {_MAX_EVENT_LINE} bytes")
+            if len(pending) > MAX_UPSTREAM_READ:
+                raise errors.UpstreamUnavailable(
+                    f"upstream sent an event stream line longer than {MAX_UPSTREAM_READ} bytes"
+                )
         for line in lines:
             yield line.rstrip(b"\r\n").decode("utf-8", errors="replace")
     if pending:
@@ -257,13 +284,24 @@ async def drain(events: AsyncIterator[SSEEvent], limit_s: float = 0.5) -> None:
         pass
 
 
+def upstream_json(data: str | bytes) -> Any:
+    """`json.loads` of an upstream's text, where nesting too deep for the parser (RecursionError)
+    is a ValueError like any other malformed JSON: the upstream's fault, never INTERNAL."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested deeper than the parser's limit") from None
+
+
 def parse_json_event(event: SSEEvent) -> Any:
     try:
-        return json.loads(event.data)
-    except ValueError:
-        # The event may hold completion text: its size is told, never its content.
+        return upstream_json(event.data)
+    except ValueError as error:
+        # The event may hold completion text: its size and the parser's reason (which quotes no
+        # text) are told, never its content.
         raise errors.UpstreamUnavailable(
-            f"upstream sent a malformed event stream: a {event.event!r} event of {len(event.data)} characters is not JSON"
+            f"upstream sent a malformed event stream: a {event.event!r} event of {len(event.data)} "
+            f"characters is not JSON ({error})"
         ) from None
 
 
@@ -287,11 +325,19 @@ def _without_echo(detail: Any) -> Any:
     return detail
 
 
-def message_from_payload(payload: Any) -> str | None:
+def clean_message(text: str, redact: Redact) -> str:
+    """An upstream's text as a caller or a log may see it: the API key redacted from the whole
+    text (a cut through the key would leave a piece no longer recognised), cut short, redacted
+    again (a cut may end in the start of a key the upstream echoed in part), and scrubbed of the
+    caller's request text."""
+    return scrub(redact(_shorten(redact(text))))
+
+
+def message_from_payload(payload: Any, redact: Redact) -> str | None:
     """The human message in an error body: OpenAI's and Anthropic's `error.message`, FastAPI's
-    `detail`, a bare `error` or `message` string. The caller's request text is scrubbed from it."""
+    `detail`, a bare `error` or `message` string; cleaned of the key and the request text."""
     message = _message_in(payload)
-    return None if message is None else scrub(_shorten(message))
+    return None if message is None else clean_message(message, redact)
 
 
 def _message_in(payload: Any) -> str | None:
@@ -309,13 +355,21 @@ def _message_in(payload: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
         if value:
-            return json.dumps(_without_echo(value), ensure_ascii=False)
+            return _detail_text(value)
     return None
+
+
+def _detail_text(detail: Any) -> str:
+    """A structured `detail` as JSON text; one nested too deeply to serialise is described."""
+    try:
+        return json.dumps(_without_echo(detail), ensure_ascii=False)
+    except RecursionError:
+        return "(an error detail nested too deeply to show)"
 
 
 def json_or_none(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return upstream_json(body)
     except ValueError:
         return None
 
@@ -329,10 +383,10 @@ def error_codes(payload: Any) -> str:
     return " ".join(str(error[key]) for key in ("code", "type") if isinstance(error.get(key), str))
 
 
-def message_from_body(body: bytes) -> str:
-    """The message of an error body, scrubbed of the caller's request text."""
-    payload = json_or_none(body)
-    return message_from_payload(payload) or scrub(_shorten(body.decode("utf-8", errors="replace")))
+def message_from_body(body: bytes, redact: Redact) -> str:
+    """The message of an error body, cleaned of the key and the caller's request text."""
+    message = message_from_payload(json_or_none(body), redact)
+    return message or clean_message(body.decode("utf-8", errors="replace"), redact)
 
 
 def _seconds(text: str, scale: float = 1.0) -> float | None:
@@ -370,10 +424,29 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return min(max(0.0, when.timestamp() - time.time()), errors.MAX_RETRY_DELAY_S)
 
 
-# How OpenAI (code context_length_exceeded), vLLM ("maximum context length is"), llama.cpp's server
-# (exceed_context_size_error) and Anthropic ("prompt is too long", "exceed context limit") say that
-# a prompt and its max_tokens do not fit.
-_CONTEXT_EXCEEDED = re.compile(r"context[ _-]?(length|window|size|limit)|prompt is too long", re.IGNORECASE)
+# The machine codes (`error.code`, `error.type`) saying a prompt and its max_tokens do not fit:
+# OpenAI's (and Azure's), and llama.cpp's server's.
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+# The whole sentences of upstreams that send no such code: vLLM and OpenAI-compatible servers
+# ("This model's maximum context length is 4096 tokens. However, …"), llama.cpp's server
+# ("request (4476 tokens) exceeds the available context size (4096 tokens)") and Anthropic
+# ("prompt is too long: 201234 tokens > 200000 maximum", "input length and `max_tokens` exceed
+# context limit: 180000 + 30000 > 200000, …"). A mere mention ("context_size" quoted from a
+# schema) is no context refusal.
+_CONTEXT_SENTENCE = re.compile(
+    r"maximum context length is \d+ tokens"
+    r"|exceeds the available context size"
+    r"|prompt is too long: \d+ tokens > \d+ maximum"
+    r"|input length and `max_tokens` exceed context limit: \d+ \+ \d+ > \d+",
+    re.IGNORECASE,
+)
+
+
+def _says_context_exceeded(message: str, codes: str) -> bool:
+    """Whether an upstream error says the prompt and max_tokens do not fit: its machine code, or
+    one of the known sentences. `codes` is `error_codes` of the body."""
+    coded = not _CONTEXT_CODES.isdisjoint(codes.split())
+    return coded or _CONTEXT_SENTENCE.search(message) is not None
 
 
 def error_for_status(
@@ -393,7 +466,7 @@ def error_for_status(
         return errors.UpstreamModelNotFound(
             f"upstream has no model {upstream.upstream_model!r} (HTTP 404): {message}; check upstream_model and api_base"
         )
-    if status in (400, 413) and (_CONTEXT_EXCEEDED.search(message) or _CONTEXT_EXCEEDED.search(codes)):
+    if status in (400, 413) and _says_context_exceeded(message, codes):
         return errors.UpstreamContextExceeded(
             f"upstream says the prompt and max_new_tokens do not fit model {upstream.upstream_model!r} "
             f"(HTTP {status}): {message}; shorten the messages or lower max_new_tokens"
@@ -411,10 +484,10 @@ def error_for_status(
 
 
 def error_for_transport(
-    error: aiohttp.ClientError, timeout_s: float, redact: Callable[[str], str], streaming: bool
+    error: aiohttp.ClientError, timeout_s: float, redact: Redact, streaming: bool
 ) -> errors.ModelwireError:
     """A failure below HTTP: the configured timeout is DEADLINE_EXCEEDED, the rest UNAVAILABLE."""
-    detail = redact(_shorten(str(error))) or type(error).__name__
+    detail = clean_message(str(error), redact) or type(error).__name__
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return errors.UpstreamUnavailable(f"cannot connect to upstream within timeout_s={timeout_s:g}s")
     if isinstance(error, aiohttp.ServerTimeoutError):
@@ -576,7 +649,7 @@ class HttpProxyClient(ProxyLLMClient):
     # --- one attempt of a call; retries wrap these
 
     def _status_error(self, response: aiohttp.ClientResponse, body: bytes) -> errors.ModelwireError:
-        message = self._redact(message_from_body(body))
+        message = message_from_body(body, self._redact)
         error = error_for_status(
             response.status, message, parse_retry_after(response.headers), self._params, error_codes(json_or_none(body))
         )
@@ -585,9 +658,10 @@ class HttpProxyClient(ProxyLLMClient):
 
     def _json_instead_of_events(self, raw: bytes) -> errors.ModelwireError:
         payload = json_or_none(raw)
-        message = message_from_payload(payload) if isinstance(payload, dict) and payload.get("error") else None
+        has_error = isinstance(payload, dict) and payload.get("error")
+        message = message_from_payload(payload, self._redact) if has_error else None
         if message is not None:
-            return http_error_from_code(None, self._redact(message), self._params, error_codes(payload))
+            return http_error_from_code(None, message, self._params, error_codes(payload))
         return errors.UpstreamUnavailable(
             f"upstream answered a stream request with a JSON body of {len(raw)} bytes instead of an event stream "
             "(a server that ignores stream=true?)"
@@ -609,15 +683,15 @@ class HttpProxyClient(ProxyLLMClient):
             ) as response:
                 if not 200 <= response.status < 300:
                     raise self._status_error(response, await _read_capped(response))
-                raw = await response.read()
+                raw = await _read_answer(response)
         except aiohttp.ClientError as error:
             raise self._transport_error(error, streaming=False) from None
         try:
-            return json.loads(raw)
-        except ValueError:
+            return upstream_json(raw)
+        except ValueError as error:
+            kind = response.headers.get("content-type", "no content type")
             raise errors.UpstreamUnavailable(
-                f"upstream sent a response that is not JSON ({response.headers.get('content-type', 'no content type')}, "
-                f"{len(raw)} bytes)"
+                f"upstream sent a response that is not JSON ({error}; {kind}, {len(raw)} bytes)"
             ) from None
 
     async def post_events(
@@ -700,20 +774,43 @@ def _json_text(body: Any) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+async def _read_upto(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body's first `limit` bytes, and whether it has more: never more than one network
+    chunk past `limit` is read."""
     body = bytearray()
     async for part in response.content.iter_any():
         body += part
-        if len(body) >= _MAX_ERROR_BODY:
-            break
-    return bytes(body[:_MAX_ERROR_BODY])
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """An error body, cut at _MAX_ERROR_BODY (only its start becomes the message)."""
+    body, _ = await _read_upto(response, _MAX_ERROR_BODY)
+    return body
+
+
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """A unary answer, at most MAX_UPSTREAM_READ bytes; a longer one is refused as soon as its
+    Content-Length or its bytes say so, and its connection closed."""
+    limit = MAX_UPSTREAM_READ
+    if response.content_length is None or response.content_length <= limit:
+        body, more = await _read_upto(response, limit)
+        if not more:
+            return body
+    response.close()
+    raise errors.UpstreamUnavailable(
+        f"upstream sent a response larger than {limit} bytes ({limit / 2**20:g} MiB), the most "
+        "the worker reads of one answer (a broken upstream or proxy?)"
+    )
 
 
 def http_error_from_code(code: int | None, message: str, upstream: HttpParams, codes: str = "") -> errors.ModelwireError:
     """An error reported in a successful response (a 200 body, a stream event): mapped as its HTTP
     code would be; `codes` (its machine-readable code and type) can name a context overflow."""
     if code is None or not 400 <= code <= 599:
-        code = 400 if _CONTEXT_EXCEEDED.search(message) or _CONTEXT_EXCEEDED.search(codes) else None
+        code = 400 if _says_context_exceeded(message, codes) else None
     if code is None:
         return errors.UpstreamUnavailable(f"upstream reported an error in a successful response: {_shorten(message)}")
     return error_for_status(code, message, None, upstream, codes)

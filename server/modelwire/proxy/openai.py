@@ -476,7 +476,7 @@ class OpenAIClient(HttpProxyClient):
         code = error.get("code") if isinstance(error, dict) else None
         if isinstance(code, str) and code.isdigit():
             code = int(code)
-        message = self._redact(message_from_payload(payload) or "unknown error")
+        message = message_from_payload(payload, self._redact) or "unknown error"
         return http_error_from_code(code if isinstance(code, int) else None, message, self._params, error_codes(payload))
 
     # --- unary: one non-streaming request, so usage is the upstream's own

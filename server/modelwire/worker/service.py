@@ -16,6 +16,8 @@ from modelwire.core.types import (
     EmbedRequest,
     Embeddings,
     FinishReason,
+    GrammarFormat,
+    JsonSchemaFormat,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
@@ -97,7 +99,7 @@ class WorkerService:
         """Everything a generation passes before the provider: checks, a slot, context fit, a span.
         The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
         validate_request(request, self.limits)
-        remember_request_text([*_message_texts(request.messages), *request.sampling.stop])
+        remember_request_text(_request_texts(request))
         served = self.served(request.model)
         refused = unsupported_fields(request, served.metadata, streaming) or served.client.unsupported(request)
         if refused:
@@ -172,13 +174,38 @@ class WorkerService:
         return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
 
 
+def _request_texts(request: ModelRequest) -> list[str]:
+    """Every string the caller gave (all that `[limits] max_request_chars` counts, and stop
+    strings and attribution), so an upstream's error or a log line quoting any of it is scrubbed
+    (core/redaction.py). The request id is left out: it is the worker's own log key."""
+    texts = _message_texts(request.messages)
+    texts += request.sampling.stop
+    texts += (request.context.user, *request.context.metadata.values())
+    if request.plain:
+        return texts
+    for tool in request.tools:
+        texts += (tool.name, tool.description, tool.parameters_json_schema)
+    output_format = request.output_format
+    if isinstance(output_format, JsonSchemaFormat):
+        texts += (output_format.name, output_format.schema_json)
+    elif isinstance(output_format, GrammarFormat):
+        texts.append(output_format.gbnf)
+    return texts
+
+
 def _message_texts(messages: Sequence[ModelMessage]) -> list[str]:
-    """What a caller wrote, so an upstream's error quoting it is scrubbed (core/redaction.py)."""
+    """The strings of messages: text, names, image URLs (pre-signed credentials included), tool
+    calls and their ids, reasoning and its signature. Image bytes are not text and stay out."""
     texts: list[str] = []
     for message in messages:
         texts += (message.content, message.name)
-        texts += (part for part in message.parts if isinstance(part, str))
-        texts += (call.arguments_json for call in message.tool_calls)
+        if message.plain:
+            continue
+        texts += (part if isinstance(part, str) else part.url or "" for part in message.parts)
+        for call in message.tool_calls:
+            texts += (call.id, call.name, call.arguments_json)
+        texts += (message.tool_call_id, message.reasoning or "")
+        texts.append(message.reasoning_signature.decode("utf-8", errors="replace"))
     return texts
 
 
