@@ -9,22 +9,33 @@ PORT ?= 50051
 # More `modelwire serve` flags for `make run`, e.g. ARGS=--allow-unauthenticated or ARGS='--config FILE'.
 ARGS ?=
 
-.PHONY: install llama-wheel proto run test typecheck pytest certs clean
+.PHONY: install llama-wheel client-wheel proto run test typecheck pytest certs clean
 
 include mk/stubs.mk
 include mk/bench.mk
 
+# The client distribution (modelwire.v1, modelwire.client) that the server requires: installed
+# editable beside it, so the stubs `make stubs` writes are the ones imported (docs/architecture.md).
+CLIENT := ./client_stub/python
+
 # One install for everything: the server, the local model and the test tools. llama-cpp-python is
 # built first, portable and outside pip's cache (scripts/build_llama_wheel.sh: about 6 minutes on
 # 2 cores the first time on a machine, then reused), so the editable install finds it in place.
-$(STAMP): pyproject.toml scripts/build_llama_wheel.sh
+$(STAMP): pyproject.toml $(CLIENT)/pyproject.toml scripts/build_llama_wheel.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip wheel
 	scripts/build_llama_wheel.sh $(PY)
-	$(PIP) install -e '.[local,dev]'
+	$(PIP) install -e $(CLIENT) -e '.[local,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The modelwire-client wheel (the stubs and the Python client alone: grpcio, grpcio-status and
+# protobuf) into $(CLIENT_WHEEL_DIR), for `pip install` anywhere (docs/interop.md).
+CLIENT_WHEEL_DIR ?= build/client-wheel
+client-wheel:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	scripts/build_client_wheel.sh $(PY) $(CLIENT_WHEEL_DIR)
 
 # Rebuilds llama-cpp-python here even if a wheel for this configuration exists.
 llama-wheel:
