@@ -6,6 +6,7 @@ an Embed a worker had begun is never replayed on another worker."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,8 @@ from modelwire.core.settings import (
 )
 from modelwire.fleet.remote import RemoteController
 from modelwire.gateway.server import Gateway
+from modelwire.v1 import controller_pb2 as cpb
+from modelwire.v1 import controller_pb2_grpc as cpb_grpc
 from openai_wire import embeddings
 
 GATEWAY_TOKEN = "gateway-token-0123456789abcdef"
@@ -188,6 +191,50 @@ models = ["echo"]
         f"{path}: tokens[1].models: token 'team-a' has a model allow-list, which a controller "
         "cannot honour"
     )
+
+
+async def test_a_controller_reload_refuses_a_models_allow_list(tmp_path: Path) -> None:
+    """SIGHUP with a tokens file that gained `models`: the reload is refused, saying why, and the
+    controller keeps its running tokens."""
+    port = free_port()
+    tokens = tmp_path / "tokens.toml"
+    grant = (
+        f'[[tokens]]\nname = "team-a"\ntoken = "{ALICE_TOKEN}"\n'
+        'permissions = ["generate", "read_fleet"]\n'
+    )
+    tokens.write_text(grant)
+    config = tmp_path / "controller.toml"
+    config.write_text(f'[server]\nport = {port}\n[auth]\ntokens_file = "tokens.toml"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modelwire.app.cli", "controller", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+    async def list_instances() -> list[cpb.Instance]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            listed = await cpb_grpc.ModelControllerStub(channel).ListInstances(
+                cpb.ListInstancesRequest(), metadata=(("authorization", f"Bearer {ALICE_TOKEN}"),),
+                timeout=10,
+            )
+        return list(listed.instances)
+
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        announced = await asyncio.wait_for(process.stdout.readline(), 60)
+        assert announced.startswith(b"modelwire controller on"), announced
+        # A call answered: the controller serves, and handles SIGHUP from its announcement on.
+        assert await list_instances() == []
+        tokens.write_text(grant + 'models = ["echo"]\n')
+        process.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(30):
+            while "reloaded" not in (line := json.loads(await process.stderr.readline())):
+                pass
+        assert line["reloaded"] == [] and line["level"] == "ERROR", line
+        refusal = f"{tokens}: tokens[0].models: token 'team-a' has a model allow-list"
+        assert refusal in line["msg"], line
+        assert await list_instances() == [] and process.returncode is None
+    finally:
+        await _kill(process)
 
 
 def test_a_models_allow_list_on_a_token_that_calls_no_model_is_refused(tmp_path: Path) -> None:

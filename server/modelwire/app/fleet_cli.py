@@ -109,7 +109,7 @@ def _controller_config(args: argparse.Namespace) -> ControllerFile:
 
 def _controller(args: argparse.Namespace) -> int:
     from modelwire.controller.memory import MemoryRegistry
-    from modelwire.controller.server import ControllerServer
+    from modelwire.controller.server import ControllerServer, refuse_model_lists
     from modelwire.fleet.etcd import EtcdRegistry
 
     hold_sighup()
@@ -127,7 +127,10 @@ def _controller(args: argparse.Namespace) -> int:
         _serve_metrics(server.rpc.metrics, observability)
         await server.start()
         print(f"modelwire controller on {server.address} ({registry})", flush=True)
-        reload = Reloader("controller", server.rpc, config, lambda: _controller_config(args), lambda new: read_auth(new.auth, source))
+        reload = Reloader(
+            "controller", server.rpc, config, lambda: _controller_config(args),
+            lambda new: refuse_model_lists(read_auth(new.auth, source)),
+        )
         await serve_until_signalled(reload)
         logger.info("stopping")
         await server.stop()

@@ -28,11 +28,12 @@ def permission_of(method: str) -> Permission | None:
     return "register" if method.rsplit("/", 1)[1] in _REGISTERING else "read_fleet"
 
 
-def refuse_model_lists(auth: AuthConfig | None) -> None:
-    """A controller serves no models, so a token's `models` allow-list could never take effect
-    here: a security setting that silently does nothing is refused at start."""
+def refuse_model_lists(auth: AuthConfig | None) -> AuthConfig | None:
+    """`auth`, unless a token has a `models` allow-list: a controller serves no models, so it
+    could never take effect here, and a security setting that silently does nothing is refused (at
+    start, and by a reload)."""
     if auth is None:
-        return
+        return None
     for index, grant in enumerate(auth.grants):
         if grant.models is not None:
             raise ConfigError(
@@ -40,6 +41,7 @@ def refuse_model_lists(auth: AuthConfig | None) -> None:
                 "model allow-list, which a controller cannot honour (it serves no models): remove "
                 "`models` from this token, or give the controller a tokens file of its own"
             )
+    return auth
 
 
 class ControllerServer:
