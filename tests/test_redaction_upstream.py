@@ -8,6 +8,8 @@ ids, reasoning and its signature, embedding inputs) is scrubbed, also when an HT
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import html
 import json
 import logging
@@ -71,7 +73,9 @@ max_retries = 0
 
 
 @pytest.fixture(scope="module")
-async def worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
+async def worker(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv(KEY_ENV, KEY)
     config = load_toml_config(tmp_path_factory.mktemp("redaction"), _toml(fake))
@@ -111,15 +115,24 @@ def _echo_with_key(exchange: Exchange, key_shown: int) -> str:
     leaves `key_shown` characters of the key (all of it when the whole message fits)."""
     credential = received_credential(exchange)
     assert credential.endswith(KEY), "the key went upstream"
-    before_key = "the upstream could not serve this request; request headers: " + credential[: -len(KEY)]
+    header = credential[: -len(KEY)]
+    before_key = "the upstream could not serve this request; request headers: " + header
     filler = "." * (MESSAGE_LIMIT - 1 - key_shown - len(before_key))
     return filler + before_key + KEY
 
 
-def _error_body(exchange: Exchange, text: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+def _error_body(
+    exchange: Exchange, text: str, kind: str = "invalid_request_error"
+) -> dict[str, Any]:
     if is_anthropic(exchange):
         return {"type": "error", "error": {"type": kind, "message": text}}
     return {"error": {"message": text, "type": kind, "param": None, "code": None}}
+
+
+async def _send(respond: Responder, status: int, body: bytes, content_type: str) -> None:
+    await respond.head(status, {"Content-Length": str(len(body))}, chunked=False,
+                       content_type=content_type)
+    await respond.raw(body)
 
 
 def status_echo(status: int) -> Callable[[int], Handler]:
@@ -134,8 +147,7 @@ def html_echo(key_shown: int) -> Handler:
     """A proxy's error page, not JSON: its text is the message."""
     async def reply(exchange: Exchange, respond: Responder) -> None:
         body = _echo_with_key(exchange, key_shown).encode()
-        await respond.head(502, {"Content-Length": str(len(body))}, chunked=False, content_type="text/html")
-        await respond.raw(body)
+        await _send(respond, 502, body, "text/html")
     return reply
 
 
@@ -144,7 +156,8 @@ def stream_error_event(key_shown: int) -> Handler:
         await stream_prologue(exchange, respond)
         text = _echo_with_key(exchange, key_shown)
         if is_anthropic(exchange):
-            await respond.event({"type": "error", "error": {"type": "api_error", "message": text}}, event="error")
+            error = {"type": "error", "error": {"type": "api_error", "message": text}}
+            await respond.event(error, event="error")
         else:
             await respond.event({"error": {"message": text, "code": 500}})
         await respond.end()
@@ -153,7 +166,8 @@ def stream_error_event(key_shown: int) -> Handler:
 
 def json_instead_of_events(key_shown: int) -> Handler:
     async def reply(exchange: Exchange, respond: Responder) -> None:
-        await respond.json(200, _error_body(exchange, _echo_with_key(exchange, key_shown), "api_error"))
+        text = _echo_with_key(exchange, key_shown)
+        await respond.json(200, _error_body(exchange, text, "api_error"))
     return reply
 
 
@@ -207,7 +221,7 @@ def test_a_transport_error_is_redacted_before_it_is_cut() -> None:
         (f"the key ends the text: {KEY[:8]}", "the key ends the text: [redacted]"),
         # Fewer than 8 characters, or the key's start followed by other text: no cut left them.
         (f"too short to tell: {KEY[:7]}…", f"too short to tell: {KEY[:7]}…"),
-        ("keys look like sk-proj-abc123, see the docs", "keys look like sk-proj-abc123, see the docs"),
+        ("keys look like sk-proj-abc123, see docs", "keys look like sk-proj-abc123, see docs"),
     ],
 )
 def test_secret_redacts_the_key_and_its_start_at_a_cut(text: str, expected: str) -> None:
@@ -224,13 +238,13 @@ def test_error_messages_come_from_the_body_redacted_before_the_cut() -> None:
     assert KEY_START not in shown and len(shown) <= MESSAGE_LIMIT
 
 
-# --- item 3: every caller-given string is scrubbed ----------------------------------------------------
+# --- item 3: every caller-given string is scrubbed ------------------------------------------
 
 TOOL_DESCRIPTION = "SECRET-TOOL-DESCRIPTION internal routing notes for acme corp"
 SCHEMA_PROPERTY = "internal_account_number_field"
 OUTPUT_PROPERTY = "quarterly_private_revenue_figure"
-SIGNED_URL = ("https://bucket.s3.amazonaws.com/private/scan.png?X-Amz-Signature=abcdef0123456789deadbeef"
-              "&X-Amz-Credential=AKIAEXAMPLE")
+SIGNED_URL = ("https://bucket.s3.amazonaws.com/private/scan.png"
+              "?X-Amz-Signature=abcdef0123456789deadbeef&X-Amz-Credential=AKIAEXAMPLE")
 TOOL_CALL_ID = "call_Zq8TOOLCALLID4471"
 REASONING = "CONFIDENTIAL-REASONING weighing the merger terms"
 SIGNATURE = "EqSIGNATURE-4471-opaque-bytes-from-the-provider"
@@ -249,15 +263,18 @@ def _rich_request(model: str, field: str) -> tuple[list[pb.ModelMessage], dict[s
     call, so not beside tools), every other field in one conversation with a tool."""
     if field == "output schema":
         output = {"type": "object", "properties": {OUTPUT_PROPERTY: {"type": "number"}}}
-        return [message("user", "Summarise the ledger.")], {"output_format": json_schema_format("ledger", output)}
+        output_format = json_schema_format("ledger", output)
+        return [message("user", "Summarise the ledger.")], {"output_format": output_format}
     messages = [
         message("user", "Read the scanned ledger page, please.", image(SIGNED_URL)),
-        message("assistant", tool_calls=[pb.ToolCall(id=TOOL_CALL_ID, name="lookup_ledger", arguments_json="{}")]),
+        message("assistant", tool_calls=[pb.ToolCall(id=TOOL_CALL_ID, name="lookup_ledger")]),
         tool_result(TOOL_CALL_ID, '{"rows": 12}'),
         message("user", "Now summarise it."),
     ]
     if model == "an":
-        messages.insert(1, message("assistant", "Noted.", reasoning=REASONING, reasoning_signature=SIGNATURE.encode()))
+        thought = message("assistant", "Noted.", reasoning=REASONING,
+                          reasoning_signature=SIGNATURE.encode())
+        messages.insert(1, thought)
         messages.insert(2, message("user", "Go on."))
     schema = {"type": "object", "properties": {SCHEMA_PROPERTY: {"type": "string"}}}
     return messages, {"tools": [tool("lookup_ledger", schema, description=TOOL_DESCRIPTION)]}
@@ -271,11 +288,11 @@ def echo_around(marker: str, *, as_html: bool = False) -> Handler:
         where = body.index(json.dumps(marker)[1:-1])
         quoted = body[max(0, where - 150) : where + 150]
         if as_html:
-            page = f"<html><body><p>while handling: {html.escape(quoted)}</p></body></html>".encode()
-            await respond.head(500, {"Content-Length": str(len(page))}, chunked=False, content_type="text/html")
-            await respond.raw(page)
+            page = f"<html><body><p>while handling: {html.escape(quoted)}</p></body></html>"
+            await _send(respond, 500, page.encode(), "text/html")
             return
-        await respond.json(400, _error_body(exchange, f"cannot accept this part of the request: {quoted}"))
+        text = f"cannot accept this part of the request: {quoted}"
+        await respond.json(400, _error_body(exchange, text))
     return reply
 
 
@@ -330,3 +347,53 @@ def test_html_escaped_echoes_are_recognised() -> None:
                     html.escape(json.dumps(prompt)[1:-1])):
         shown = scrub(f"<p>while handling: {escaped}</p>")
         assert shown == f"<p>while handling: {MASK}</p>", shown
+
+
+def _strings_in(value: object) -> list[str]:
+    """Every string a domain value holds (bytes as UTF-8), found by walking its fields."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, bytes):
+        return [value.decode()]
+    if isinstance(value, enum.Enum) or value is None:
+        return []
+    if dataclasses.is_dataclass(value):
+        return [s for f in dataclasses.fields(value) for s in _strings_in(getattr(value, f.name))]
+    if isinstance(value, dict):
+        return [s for item in value.items() for part in item for s in _strings_in(part)]
+    if isinstance(value, (tuple, list)):
+        return [s for item in value for s in _strings_in(item)]
+    return []
+
+
+@pytest.mark.parametrize("output", ["json_schema", "grammar"])
+def test_every_string_of_a_request_is_remembered_for_the_scrub(output: str) -> None:
+    """Each string field of a request filled with text of its own: all are remembered, but the
+    model name and the request id (the worker's own log key) and metadata keys."""
+    from modelwire.core import types as t
+    from modelwire.worker.service import _request_texts
+
+    fmt: t.OutputFormat = t.GrammarFormat('root ::= "grammar field"')
+    if output == "json_schema":
+        fmt = t.JsonSchemaFormat("out_name_field", '{"out": "schema field"}')
+    image = t.Image(url="https://img/url-field")
+    call = t.ToolCall("call-id-field", "call_name_field", '{"args": 1}')
+    request = t.ModelRequest(
+        model="model-name-field",
+        messages=(
+            t.ModelMessage(t.Role.SYSTEM, "system content field", name="system-name-field"),
+            t.ModelMessage(t.Role.USER, "", parts=("text part field", image)),
+            t.ModelMessage(t.Role.ASSISTANT, "assistant content field", tool_calls=(call,),
+                           reasoning="reasoning text", reasoning_signature=b"signature field"),
+            t.ModelMessage(t.Role.TOOL, "tool result field", tool_call_id="call-id-field"),
+        ),
+        sampling=t.SamplingParams(stop=("stop string field",)),
+        context=t.RequestContext(request_id="request-id-field", user="user field",
+                                 metadata={"key": "metadata value field"}),
+        tools=(t.Tool("tool_name_field", "tool description field", '{"tool": "schema"}'),),
+        tool_choice=t.NamedTool("tool_name_field"),
+        output_format=fmt,
+    )
+    remembered = set(_request_texts(request))
+    expected = set(_strings_in(request)) - {"model-name-field", "request-id-field", "key"}
+    assert expected - remembered == set()

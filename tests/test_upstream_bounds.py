@@ -13,7 +13,14 @@ import grpc
 import pytest
 
 from conftest import running_worker
-from fake_upstream import Exchange, FakeUpstream, Responder, is_anthropic, load_toml_config, stream_prologue
+from fake_upstream import (
+    Exchange,
+    FakeUpstream,
+    Responder,
+    is_anthropic,
+    load_toml_config,
+    stream_prologue,
+)
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.proxy import http_upstream
@@ -49,7 +56,9 @@ max_retries = 0
 
 
 @pytest.fixture(scope="module")
-async def worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
+async def worker(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
     config = load_toml_config(tmp_path_factory.mktemp("bounds"), _toml(fake))
     async with running_worker(config) as worker:
         yield worker
@@ -79,13 +88,14 @@ async def _error(client: ModelWorkerClient, model: str, kind: str) -> ModelwireC
     raise AssertionError("the call succeeded")
 
 
-async def _raw(respond: Responder, status: int, body: str, content_type: str = "application/json") -> None:
+async def _raw(respond: Responder, status: int, body: str) -> None:
     data = body.encode()
-    await respond.head(status, {"Content-Length": str(len(data))}, chunked=False, content_type=content_type)
+    await respond.head(status, {"Content-Length": str(len(data))}, chunked=False,
+                       content_type="application/json")
     await respond.raw(data)
 
 
-# --- item 10: deeply nested JSON -------------------------------------------------------------------
+# --- item 10: deeply nested JSON ---------------------------------------------------------------
 
 async def deep_unary_body(exchange: Exchange, respond: Responder) -> None:
     await _raw(respond, 200, DEEP)
@@ -105,12 +115,13 @@ async def deep_json_instead_of_events(exchange: Exchange, respond: Responder) ->
     await _raw(respond, 200, DEEP_OBJECT)
 
 
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 DEEP_ANSWERS = {
-    "a unary body": ("unary", deep_unary_body, grpc.StatusCode.UNAVAILABLE, "is not JSON (nested deeper"),
-    "a stream event": ("stream", deep_stream_event, grpc.StatusCode.UNAVAILABLE, "malformed event stream"),
+    "a unary body": ("unary", deep_unary_body, UNAVAILABLE, "is not JSON (nested deeper"),
+    "a stream event": ("stream", deep_stream_event, UNAVAILABLE, "malformed event stream"),
     # Not JSON, so the body's text is the message; the status is the 400's.
     "an error body": ("unary", deep_error_body, grpc.StatusCode.INVALID_ARGUMENT, "HTTP 400"),
-    "JSON instead of events": ("stream", deep_json_instead_of_events, grpc.StatusCode.UNAVAILABLE,
+    "JSON instead of events": ("stream", deep_json_instead_of_events, UNAVAILABLE,
                                "instead of an event stream"),
 }
 
@@ -136,7 +147,7 @@ def test_a_deeply_nested_error_detail_is_described_not_internal() -> None:
     assert shown == "(an error detail nested too deeply to show)"
 
 
-# --- item 11: a unary body's size is bounded ---------------------------------------------------------
+# --- item 11: a unary body's size is bounded ---------------------------------------------------
 
 LIMIT = 64 * 1024  # the bound these tests set, instead of sending 16 MiB
 
@@ -148,7 +159,8 @@ def small_bound(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def declared_too_long(exchange: Exchange, respond: Responder) -> None:
     """Declares a body past the bound, then sends nothing: only refusing at once ends the call."""
-    await respond.head(200, {"Content-Length": str(LIMIT + 1)}, chunked=False, content_type="application/json")
+    await respond.head(200, {"Content-Length": str(LIMIT + 1)}, chunked=False,
+                       content_type="application/json")
     await respond.hang()
 
 
@@ -163,7 +175,8 @@ async def endless_body(exchange: Exchange, respond: Responder) -> None:
 
 
 @pytest.mark.usefixtures("small_bound")
-@pytest.mark.parametrize("handler", [declared_too_long, endless_body], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("handler", [declared_too_long, endless_body],
+                         ids=["content-length", "chunked"])
 @pytest.mark.parametrize("model", ["oa", "an"])
 async def test_a_unary_body_past_the_bound_is_unavailable_naming_it(
     client: ModelWorkerClient, fake: FakeUpstream, model: str, handler: Any
@@ -203,12 +216,13 @@ class _Response:
 @pytest.mark.usefixtures("small_bound")
 async def test_reading_stops_one_chunk_past_the_bound() -> None:
     endless = _Response(chunks=10_000)
-    with pytest.raises(http_upstream.errors.UpstreamUnavailable, match=f"larger than {LIMIT} bytes"):
+    refused = http_upstream.errors.UpstreamUnavailable
+    with pytest.raises(refused, match=f"larger than {LIMIT} bytes"):
         await http_upstream._read_answer(endless)  # type: ignore[arg-type]
     assert endless.content.taken == LIMIT // 16384 + 1 and endless.closed
 
     declared = _Response(chunks=10_000, content_length=LIMIT + 1)
-    with pytest.raises(http_upstream.errors.UpstreamUnavailable):
+    with pytest.raises(refused):
         await http_upstream._read_answer(declared)  # type: ignore[arg-type]
     assert declared.content.taken == 0 and declared.closed
 

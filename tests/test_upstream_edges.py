@@ -286,16 +286,20 @@ async def test_the_upstreams_context_refusal_is_failed_precondition(
     assert "lower max_new_tokens" in error.message
 
 
-# A 400 that merely mentions a context, a size or a length (a quoted schema property, a parameter)
-# is the generic rejection, not a context refusal: only the machine codes and the known sentences are.
+# A 400 that merely mentions a context, a size or a length (a quoted schema property, a
+# parameter) is the generic rejection, not a context refusal: only the machine codes and the
+# known sentences are.
 NOT_CONTEXT_REFUSALS = {
-    "a quoted schema property": {"error": {"message": "Invalid schema for function 'configure': "
-                                           "'context_size' is not of type 'integer'", "type": "invalid_request_error",
-                                           "param": "tools[0].function.parameters", "code": "invalid_function_parameters"}},
-    "a parameter's name": {"error": {"message": "Unrecognized request argument supplied: context_length",
-                                     "type": "invalid_request_error", "code": None}},
-    "anthropic mentioning a context window": {"type": "error", "error": {"type": "invalid_request_error",
-                                              "message": "tools.0.input_schema: property 'context_window' is invalid"}},
+    "a quoted schema property": {"error": {
+        "message": "Invalid schema for function 'setup': 'context_size' is not of type 'integer'",
+        "type": "invalid_request_error", "param": "tools[0].function.parameters",
+        "code": "invalid_function_parameters"}},
+    "a parameter's name": {"error": {
+        "message": "Unrecognized request argument supplied: context_length",
+        "type": "invalid_request_error", "code": None}},
+    "anthropic mentioning a context window": {"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "tools.0.input_schema: property 'context_window' is invalid"}},
 }
 
 

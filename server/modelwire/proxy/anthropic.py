@@ -725,8 +725,8 @@ class AnthropicClient(HttpProxyClient):
     def _payload_error(self, payload: dict[str, Any]) -> errors.ModelwireError:
         error = payload.get("error")
         kind = error.get("type") if isinstance(error, dict) else None
-        fallback = str(kind or "unknown error")
-        message = message_from_payload(payload, self._redact) or clean_message(fallback, self._redact)
+        fallback = clean_message(str(kind or "unknown error"), self._redact)
+        message = message_from_payload(payload, self._redact) or fallback
         return http_error_from_code(_ERROR_STATUS.get(str(kind)), message, self._params)
 
     # --- unary
