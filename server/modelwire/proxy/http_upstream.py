@@ -76,7 +76,7 @@ _MAX_ERROR_BODY = 64 * 1024
 # stream while waiting for its end. More is a broken (or hostile) upstream or proxy: UNAVAILABLE.
 MAX_UPSTREAM_READ = 16 * 1024 * 1024
 _MAX_MESSAGE = 1000
-REDACTED = "[redacted]"
+_REDACTED = "[redacted]"
 # A key's first characters, this many or more, where a text ends or was cut are redacted too.
 _MIN_KEY_PREFIX = 8
 # How a shortened text marks its cut (this module's `…`, and upstreams' own).
@@ -102,7 +102,7 @@ class Secret:
         key = self._value
         if not key:
             return text
-        text = text.replace(key, REDACTED)
+        text = text.replace(key, _REDACTED)
         if len(key) <= _MIN_KEY_PREFIX:
             return text
         start = text.find(key[:_MIN_KEY_PREFIX])
@@ -111,8 +111,8 @@ class Secret:
             while end < len(text) and end - start < len(key) and text[end] == key[end - start]:
                 end += 1
             if end == len(text) or text.startswith(_CUT_MARKS, end):
-                text = text[:start] + REDACTED + text[end:]
-                end = start + len(REDACTED)
+                text = text[:start] + _REDACTED + text[end:]
+                end = start + len(_REDACTED)
             start = text.find(key[:_MIN_KEY_PREFIX], end)
         return text
 
