@@ -22,14 +22,34 @@ cmake_args+=" -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_A
 key=$(printf '%s\n' "$version" "$cmake_args" "$(cc --version | head -n 1)" | sha256sum | cut -c1-16)
 house="${MODELWIRE_WHEELHOUSE:-$HOME/.cache/modelwire/wheels}/llama-cpp-python-$version-$key"
 
+# One build at a time per wheelhouse: two installs at once would delete each other's build
+# directory. The second waits here, then finds the first one's wheel.
+mkdir -p "$(dirname "$house")"
+exec 9>"$house.lock"
+if ! flock -n 9; then
+	echo "build_llama_wheel: another install is building llama-cpp-python into $house; waiting for it"
+	flock 9
+fi
+
 if [ -n "$rebuild" ] || ! ls "$house"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
 	echo "building llama-cpp-python $version (portable x86 baseline; about 6 minutes on 2 cores) into $house"
 	rm -rf "$house" "$house.partial"
 	mkdir -p "$house.partial"
+	log="$house.partial/build.log"
+	echo "build log: $log (kept as $house/build.log)"
 	CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
 		"$python" -m pip wheel -v --no-cache-dir --no-deps --no-binary llama-cpp-python \
-		-w "$house.partial" "llama-cpp-python==$version" >"$house.partial/build.log" 2>&1 \
-		|| { tail -n 40 "$house.partial/build.log" >&2; exit 1; }
+		-w "$house.partial" "llama-cpp-python==$version" >"$log" 2>&1 &
+	build=$!
+	trap 'kill "$build" 2>/dev/null || true' EXIT  # an interrupted install stops its build
+	# A line every MODELWIRE_BUILD_PROGRESS_S seconds with the log's latest line (CMake's
+	# "[ 42%] Building ..."), so a long build is not mistaken for a hung one.
+	started=$SECONDS
+	while ! timeout "${MODELWIRE_BUILD_PROGRESS_S:-30}" tail --pid="$build" -f /dev/null; do
+		echo "  still building ($((SECONDS - started)) s): $(tail -n 1 "$log" | cut -c1-100)"
+	done
+	wait "$build" || { tail -n 40 "$log" >&2; exit 1; }
+	trap - EXIT
 	mv "$house.partial" "$house"  # only a finished build is ever found
 fi
 "$python" -m pip install --no-deps --force-reinstall --no-cache-dir "$house"/llama_cpp_python-"$version"-*.whl

@@ -1,6 +1,9 @@
-"""A real etcd server for tests (Debian package `etcd-server`; `.ci/run` installs it), on 127.0.0.1
-with free ports and a temporary data directory. It can be killed and started again, keeping or
-wiping its data."""
+"""A real etcd server for tests, on 127.0.0.1 with free ports and a temporary data directory. It can be
+killed and started again, keeping or wiping its data.
+
+`make test` builds etcd from the Go module proxy into .tools/etcd/ (mk/etcd.mk) and names it in
+MODELWIRE_ETCD; run by hand, the tests take that build, else an `etcd` on PATH. Without either
+they fail, naming the step: a missing tool never skips a test."""
 
 from __future__ import annotations
 
@@ -16,14 +19,23 @@ from aetcd import rpc
 
 from conftest import free_port
 
-ETCD = shutil.which("etcd")
+BUILT_ETCD = Path(__file__).resolve().parent.parent / ".tools" / "etcd" / "etcd"
+
+
+def etcd_binary() -> str:
+    found = os.environ.get("MODELWIRE_ETCD") or (str(BUILT_ETCD) if BUILT_ETCD.exists() else shutil.which("etcd"))
+    if found is None:
+        raise FileNotFoundError(
+            "etcd not found: `make etcd` builds it into .tools/etcd/ (`make test` does that first), "
+            "or install one on PATH (Debian: apt-get install etcd-server)"
+        )
+    return found
 
 
 class EtcdServer:
     def __init__(self, certs: Path | None = None) -> None:
         """With `certs` (scripts/make_certs.sh output) clients speak TLS to it."""
-        if ETCD is None:
-            raise FileNotFoundError("etcd is not installed (apt-get install etcd-server)")
+        self.binary = etcd_binary()
         self.certs = certs
         self.port = free_port()
         self.peer_port = free_port()
@@ -49,7 +61,7 @@ class EtcdServer:
         log = open(self.root / "etcd.log", "ab")
         self.process = subprocess.Popen(
             [
-                ETCD or "etcd", "--name", "test", "--data-dir", str(self.root / "data"),
+                self.binary, "--name", "test", "--data-dir", str(self.root / "data"),
                 "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                 "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                 "--initial-cluster", f"test={peer_url}", "--log-level", "warn", *tls,

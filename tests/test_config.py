@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import logging
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from modelwire.app.config import EMBEDDED_MODEL, load_config
-from modelwire.core.settings import ConfigError
+from modelwire.core.settings import OTLP_EXPORTER, ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -246,3 +248,31 @@ def test_provider_keys_that_would_misbehave_stop_serve(tmp_path: Path, keys: str
     )
     assert result.returncode == 2, result.stderr
     assert f"{path}: {message}" in result.stderr and "Traceback" not in result.stderr
+
+
+TRACING = '[observability]\ntracing = true\notlp_endpoint = "http://127.0.0.1:4317"\n'
+
+
+@pytest.mark.parametrize("loader", ["load_config", "load_controller_config", "load_gateway_config"])
+def test_otlp_endpoint_without_the_exporter_is_refused_when_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str
+) -> None:
+    """Refused with the configuration (not after the models load), with an install step that works
+    from a checkout, where `pip install 'modelwire[tracing]'` cannot (modelwire is not published)."""
+    from modelwire.app import config
+
+    monkeypatch.setitem(sys.modules, OTLP_EXPORTER, None)  # importing it fails, as if not installed
+    path = write(tmp_path, TRACING)
+    with pytest.raises(ConfigError) as raised:
+        getattr(config, loader)(path)
+    assert str(raised.value) == (
+        f"{path}: observability.otlp_endpoint: needs the OTLP exporter (the `tracing` extra), which is "
+        "not installed: from the checkout, `.venv/bin/pip install -e '.[tracing]'`"
+    )
+
+
+def test_otlp_endpoint_with_the_exporter_installed_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = types.ModuleType(OTLP_EXPORTER)
+    exporter.__spec__ = importlib.machinery.ModuleSpec(OTLP_EXPORTER, None)
+    monkeypatch.setitem(sys.modules, OTLP_EXPORTER, exporter)
+    assert load_config(write(tmp_path, TRACING)).observability.otlp_endpoint == "http://127.0.0.1:4317"

@@ -21,7 +21,7 @@ import pytest
 
 from blocking_provider import BlockingTestClient
 from conftest import free_port
-from etcd_server import ETCD, EtcdServer
+from etcd_server import EtcdServer
 from fleet import Joining, blocking_config, blocking_model, registered, registered_worker
 from modelwire.app.server import Worker, build_worker
 from modelwire.client import ModelWorkerClient
@@ -37,10 +37,7 @@ from modelwire.worker.agent import worker_agent
 
 TTL_S = 2
 
-pytestmark = [
-    pytest.mark.usefixtures("blocking_provider"),
-    pytest.mark.skipif(ETCD is None and not os.environ.get("CI"), reason="etcd is not installed (apt-get install etcd-server)"),
-]
+pytestmark = pytest.mark.usefixtures("blocking_provider")
 
 
 @pytest.fixture
@@ -278,14 +275,15 @@ async def poll_async(fetch: Callable[[], object], done: Callable[[object], bool]
         await asyncio.sleep(0.05)
 
 
-GO = shutil.which("go")
 GO_TEST_DIR = Path(__file__).resolve().parent.parent / "client_stub" / "go" / "etcdinterop"
 
 
-@pytest.mark.skipif(GO is None and not os.environ.get("CI"), reason="Go is not installed")
 async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -> None:
     """client_stub/go/etcdinterop: a Go client dials etcd:///mw/gemma-3-270m with etcd's resolver and
     round_robin, sees both workers' instance ids, and SIGTERMs one: no call fails, calls leave it."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("Go is not installed: `make test` needs it (the Go stubs and clients; README, 'Test')")
     ports = [free_port() for _ in range(2)]
     processes = await asyncio.gather(*(
         asyncio.create_subprocess_exec(
@@ -308,7 +306,7 @@ async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -
             "MODELWIRE_MODEL": "gemma-3-270m",
         }
         go = await asyncio.create_subprocess_exec(
-            GO or "go", "test", "-count=1", "-v", "-run", "TestEtcdResolver", "./...",
+            go, "test", "-count=1", "-v", "-run", "TestEtcdResolver", "./...",
             cwd=GO_TEST_DIR, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(go.communicate(), 300)

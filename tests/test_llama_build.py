@@ -8,6 +8,11 @@ compiled for instructions this CPU lacks is refused at start with a message inst
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
+import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -90,3 +95,84 @@ def test_a_build_that_does_not_fit_the_cpu_stops_before_the_model_loads(monkeypa
 
 def cpu_flags_or_empty() -> frozenset[str]:
     return cpu_flags() or frozenset()
+
+
+# A stand-in for the Python that scripts/build_llama_wheel.sh is given: `pip wheel` writes a line
+# to the build log, says it started (the `started` fifo) and writes its wheel once the test says
+# go (the `go` fifo); `pip install` records which wheel it installed.
+STUB_PYTHON = """#!/usr/bin/env bash
+set -eu
+if [ "$3" = wheel ]; then
+    while [ "$1" != -w ]; do shift; done
+    echo "[ 42%] Building CXX object ggml-cpu.c.o"
+    echo build >>"$STUB_DIR/calls"
+    echo started >"$STUB_DIR/started"
+    read -r _ <"$STUB_DIR/go"
+    touch "$2/llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
+else
+    echo "install ${@: -1}" >>"$STUB_DIR/calls"
+fi
+"""
+BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_llama_wheel.sh"
+
+
+class ScriptRun:
+    """One run of the build script, its output read line by line as it comes."""
+
+    def __init__(self, python: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [str(BUILD_SCRIPT), str(python)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env, start_new_session=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def next_line(self) -> str:
+        """The next line it prints (the bound only turns a missing line into a failure)."""
+        return self.lines.get(timeout=60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def test_two_installs_at_once_build_once_and_show_the_build_s_progress(tmp_path: Path) -> None:
+    """The first install builds and says where its log is and how far it got; the second waits for
+    it (before, it deleted the first one's build directory and built again), then installs the
+    same wheel."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    os.mkfifo(tmp_path / "started")
+    os.mkfifo(tmp_path / "go")
+    env = {**os.environ, "STUB_DIR": str(tmp_path), "MODELWIRE_WHEELHOUSE": str(tmp_path / "wheels"), "MODELWIRE_BUILD_PROGRESS_S": "0.2"}
+    first = ScriptRun(stub, env)
+    second: ScriptRun | None = None
+    try:
+        assert first.next_line().startswith("building llama-cpp-python 0.3.36 ")
+        (tmp_path / "started").read_text()  # its `pip wheel` is running
+        [house] = (tmp_path / "wheels").glob("llama-cpp-python-0.3.36-*.partial")
+        assert first.next_line() == f"build log: {house}/build.log (kept as {house.with_suffix('')}/build.log)"
+        progress = first.next_line()
+        while not progress.endswith(" s): [ 42%] Building CXX object ggml-cpu.c.o"):  # the log's latest line
+            assert progress.startswith("  still building ("), progress
+            progress = first.next_line()
+
+        second = ScriptRun(stub, env)
+        assert "another install is building llama-cpp-python" in second.next_line()
+        (tmp_path / "go").write_text("go\n")
+
+        assert first.process.wait(timeout=60) == 0 and second.process.wait(timeout=60) == 0
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    wheel = house.with_suffix("") / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
+    assert (tmp_path / "calls").read_text().splitlines() == ["build", f"install {wheel}", f"install {wheel}"]
+    assert (house.with_suffix("") / "build.log").read_text().startswith("[ 42%] Building CXX object")

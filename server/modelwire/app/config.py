@@ -53,11 +53,15 @@ class Config:
 
 
 def embedded_default() -> Config:
-    """No configuration: the local gemma-3-270m that a registry package ships, no key, no network."""
-    return Config(
-        server=WorkerServerConfig(),
-        models=(ModelConfig(name=EMBEDDED_MODEL, provider="llamacpp", context_length=2048, max_concurrency=1, max_queue=32),),
+    """No configuration: the local gemma-3-270m that a registry package ships, no key, no network.
+    Its provider is imported here, so a remote-only install (no llama-cpp-python) is told at once
+    what to install or configure."""
+    model = ModelConfig(
+        name=EMBEDDED_MODEL, provider="llamacpp", context_length=2048, max_concurrency=1, max_queue=32,
+        source="the embedded default model (served when no [[models]] are configured)",
     )
+    provider_class(model)
+    return Config(server=WorkerServerConfig(), models=(model,))
 
 
 def _read(path: Path) -> dict[str, Any]:

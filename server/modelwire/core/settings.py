@@ -10,6 +10,7 @@ errors carry the path of the offending key. Values are strict: a string is never
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import ssl
 from collections.abc import Mapping
@@ -309,7 +310,24 @@ class ObservabilityConfig:
     def _needs_tracing(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not info.data.get("tracing"):
             raise ValueError("has no effect without tracing = true")
+        if value is not None and not _installed(OTLP_EXPORTER):
+            raise ValueError(
+                "needs the OTLP exporter (the `tracing` extra), which is not installed: from the "
+                "checkout, `.venv/bin/pip install -e '.[tracing]'`"
+            )
         return value
+
+
+# What exports spans to `otlp_endpoint` (observe/tracing.py): checked when the configuration is
+# read, not after the models have loaded.
+OTLP_EXPORTER = "opentelemetry.exporter.otlp.proto.grpc"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 @dataclass(config=_SECTION)
