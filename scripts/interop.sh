@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The live interop stage (`make interop`): starts a worker on the embedded default model on a free
-# port, runs the Go interop test, the Java interop test, the mwcall CLI and grpcurl against it, stops
-# the worker, and fails when any of them failed. Prints how long each stage took.
+# port, runs the Go interop test, the Java interop test, the mwcall CLI, grpcurl and a Go module of
+# its own on the stubs' minimum versions against it, stops the worker, and fails when any of them
+# failed. Prints how long each stage took.
 #
 #   MODELWIRE=.venv/bin/modelwire GRPCURL=path/to/grpcurl scripts/interop.sh
 #
@@ -165,6 +166,95 @@ sys.exit(0 if totals["tests"] > 0 and totals["failures"] + totals["errors"] + to
 EOF
 }
 
+# ---- a Go module outside this repository that uses the stubs from the checkout the way
+# docs/interop.md says (go mod edit -replace, go mod tidy), at the minimums client_stub/go/go.mod
+# promises its consumers: go 1.21, grpc-go v1.64.0 (the first with grpc.SupportPackageIsVersion9,
+# which the generated *_grpc.pb.go assert) and protobuf-go v1.33.0 (what grpc-go v1.64.0 needs; the
+# generated *.pb.go need go1.20's unsafe.StringData). Built while the model loads; run against it.
+CONSUMER_GO=1.21
+CONSUMER_MINIMUMS=(google.golang.org/grpc@v1.64.0 google.golang.org/protobuf@v1.33.0)
+CONSUMER=$WORK/go-consumer
+
+go_consumer_build() {
+	mkdir -p "$CONSUMER"
+	cat >"$CONSUMER/main.go" <<'GO'
+// A program outside the modelwire repository on its Go stubs: ListModels, then a four-token
+// Generate; it exits non-zero unless both answer.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	modelwirev1 "github.com/modelwire/modelwire/client_stub/go/modelwirev1"
+)
+
+func main() {
+	if err := run(os.Args[1], os.Args[2]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run(addr, model string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := modelwirev1.NewModelWorkerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	models, err := client.ListModels(ctx, &modelwirev1.ListModelsRequest{})
+	if err != nil {
+		return fmt.Errorf("ListModels: %w", err)
+	}
+	output, err := client.Generate(ctx, &modelwirev1.ModelRequest{
+		Model:    model,
+		Messages: []*modelwirev1.ModelMessage{{Role: modelwirev1.Role_ROLE_USER, Content: "Hello"}},
+		Sampling: &modelwirev1.SamplingParams{
+			Temperature: proto.Float32(0), MaxNewTokens: proto.Int32(4),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("Generate: %w", err)
+	}
+	if output.GetFinishReason() == modelwirev1.FinishReason_FINISH_REASON_UNSPECIFIED ||
+		output.GetUsage().GetCompletionTokens() == 0 {
+		return fmt.Errorf("Generate: no finish reason or no tokens: %v", output)
+	}
+	fmt.Printf("%d models; Generate: %s, %d tokens\n", len(models.GetModels()),
+		output.GetFinishReason(), output.GetUsage().GetCompletionTokens())
+	return nil
+}
+GO
+	local requires=() module
+	for module in "${CONSUMER_MINIMUMS[@]}"; do requires+=("-require=$module"); done
+	# GOTOOLCHAIN=local: this machine's go, whatever a go.mod asks for.
+	(cd "$CONSUMER" && export GOTOOLCHAIN=local &&
+		go mod init example.com/consumer 2>/dev/null &&
+		go mod edit -go="$CONSUMER_GO" "${requires[@]}" \
+			-replace "github.com/modelwire/modelwire/client_stub/go=$ROOT/client_stub/go" &&
+		go mod tidy 2>/dev/null && go vet ./... && go build -o consumer .) || return 1
+	# Nothing in the stubs' module may have raised the consumer above the minimums.
+	local got want="$CONSUMER_GO ${CONSUMER_MINIMUMS[*]}"
+	got=$(cd "$CONSUMER" && export GOTOOLCHAIN=local && go list -m -f '{{.GoVersion}}' &&
+		go list -m -f '{{.Path}}@{{.Version}}' "${CONSUMER_MINIMUMS[@]%@*}") || return 1
+	got=$(echo $got)
+	[[ $got == "$want" ]] || { log "after go mod tidy the consumer has $got, not $want"; return 1; }
+	log "go-min: a consumer module with go $CONSUMER_GO, ${CONSUMER_MINIMUMS[*]} builds"
+}
+
+go_consumer_call() {
+	"$CONSUMER/consumer" "$ADDR" "$MODELWIRE_MODEL"
+}
+
 mwcall_cli() {
 	local out
 	out=$(cd client_stub/go && go run ./cmd/mwcall -addr "$ADDR" -model "$MODELWIRE_MODEL" -temperature 0 -max-new-tokens 8 stream "Hello") || return 1
@@ -313,6 +403,7 @@ protect_health = true"
 ADDR=
 start_worker || exit 1
 stage compile compile_clients # while the model loads
+stage go-min go_consumer_build
 
 stage worker wait_ready
 if [[ -n $WORKER_PID ]]; then
@@ -320,6 +411,7 @@ if [[ -n $WORKER_PID ]]; then
 	stage java java_test
 	stage mwcall mwcall_cli
 	stage grpcurl grpcurl_calls
+	stage go-min-run go_consumer_call
 	if ! kill -0 "$WORKER_PID" 2>/dev/null; then
 		log "the worker died during the interop stage; its log:"
 		cat "$WORKER_LOG"
