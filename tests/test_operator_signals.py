@@ -35,7 +35,9 @@ WATCH = "/grpc.health.v1.Health/Watch"
 
 
 async def rate_limited(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, {"Retry-After": "3"})
+    await respond.json(
+        429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, {"Retry-After": "3"}
+    )
 
 
 async def test_an_upstream_429_is_counted_and_logged_as_upstream_rate_limited(
@@ -43,26 +45,45 @@ async def test_an_upstream_429_is_counted_and_logged_as_upstream_rate_limited(
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     async with fake_upstream() as fake:
-        config = load_toml_config(tmp_path, f"""
+        config = load_toml_config(
+            tmp_path,
+            f"""
 [[models]]
 name = "remote"
 provider = "openai"
 api_base = "{fake.url}/v1"
 context_length = 4096
 max_retries = 0
-""")
+""",
+        )
         fake.script(rate_limited)
         async with running_worker(config) as worker:
             async with ModelWorkerClient(worker.address) as client:
                 with pytest.raises(ModelwireCallError) as raised:
                     await client.generate("remote", "hi")
 
-    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and raised.value.retry_after_s == 3.0
+    assert (
+        raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and raised.value.retry_after_s == 3.0
+    )
     registry = worker.metrics.registry
-    assert registry.get_sample_value("modelwire_errors_total", {"model": "remote", "kind": "upstream_rate_limited"}) == 1
-    assert registry.get_sample_value("modelwire_errors_total", {"model": "remote", "kind": "overloaded"}) is None
+    assert (
+        registry.get_sample_value(
+            "modelwire_errors_total", {"model": "remote", "kind": "upstream_rate_limited"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "modelwire_errors_total", {"model": "remote", "kind": "overloaded"}
+        )
+        is None
+    )
     (line,) = [record for record in caplog.records if record.name == ACCESS_LOGGER]
-    assert line.__dict__["error"] == "upstream_rate_limited" and line.__dict__["code"] == "RESOURCE_EXHAUSTED"
+    assert (
+        line.__dict__["error"] == "upstream_rate_limited"
+        and line.__dict__["code"] == "RESOURCE_EXHAUSTED"
+    )
 
 
 async def test_a_watch_its_client_cancels_is_neither_an_access_line_nor_counted(
@@ -71,23 +92,34 @@ async def test_a_watch_its_client_cancels_is_neither_an_access_line_nor_counted(
     caplog.set_level(logging.DEBUG, logger=ACCESS_LOGGER)
     async with running_worker(load_toml_config(tmp_path, ECHO)) as worker:
         async with grpc.aio.insecure_channel(worker.address) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="")
+            )
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             watch.cancel()
             # A call after the cancel, on the same connection: its line follows the Watch's end.
-            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
     # Draining the worker ended every call: the Watch's record is complete.
 
-    watch_lines = [r for r in caplog.records if r.name == ACCESS_LOGGER and r.__dict__.get("method") == WATCH]
+    watch_lines = [
+        r for r in caplog.records if r.name == ACCESS_LOGGER and r.__dict__.get("method") == WATCH
+    ]
     assert [(r.levelno, r.__dict__["code"]) for r in watch_lines] == [(logging.DEBUG, "CANCELLED")]
     samples = [
-        sample for metric in worker.metrics.registry.collect() for sample in metric.samples
+        sample
+        for metric in worker.metrics.registry.collect()
+        for sample in metric.samples
         if sample.labels.get("method") == "Watch"
     ]
     assert samples == []
-    assert worker.metrics.registry.get_sample_value(
-        "modelwire_requests_total", {"method": "Check", "model": "_unknown", "code": "OK"}
-    ) == 1
+    assert (
+        worker.metrics.registry.get_sample_value(
+            "modelwire_requests_total", {"method": "Check", "model": "_unknown", "code": "OK"}
+        )
+        == 1
+    )
 
 
 def test_subscriptions_name_real_methods() -> None:
@@ -105,7 +137,11 @@ def test_subscriptions_name_real_methods() -> None:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "modelwire.app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -119,7 +155,8 @@ def test_a_taken_port_says_it_is_in_use_and_which_option_changes_it(tmp_path: Pa
 
     assert result.returncode == 1
     assert (
-        f"the worker cannot listen on 127.0.0.1:{port}: port {port} is already in use on 127.0.0.1; "
+        f"the worker cannot listen on 127.0.0.1:{port}: "
+        f"port {port} is already in use on 127.0.0.1; "
         "choose another with --port (or [server] port)"
     ) in result.stderr
     assert not re.search(r"^[IWE]\d{4} ", result.stderr, re.MULTILINE), result.stderr
@@ -128,11 +165,15 @@ def test_a_taken_port_says_it_is_in_use_and_which_option_changes_it(tmp_path: Pa
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("certs")
-    subprocess.run([str(ROOT / "scripts" / "make_certs.sh"), str(directory)], check=True, capture_output=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "make_certs.sh"), str(directory)], check=True, capture_output=True
+    )
     return directory
 
 
-async def test_refused_tls_handshakes_get_a_hint_and_the_worker_log_stays_json(certs: Path, tmp_path: Path) -> None:
+async def test_refused_tls_handshakes_get_a_hint_and_the_worker_log_stays_json(
+    certs: Path, tmp_path: Path
+) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
     config = tmp_path / "modelwire.toml"
@@ -141,19 +182,29 @@ async def test_refused_tls_handshakes_get_a_hint_and_the_worker_log_stays_json(c
         f'key_file = "{certs}/server.key"\nclient_ca_file = "{certs}/ca.pem"\n{ECHO}'
     )
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert worker.stdout is not None and worker.stderr is not None
         assert b"modelwire serving echo" in await asyncio.wait_for(worker.stdout.readline(), 60)
 
         plaintext = await asyncio.to_thread(cli, "models", "--address", address, "--timeout", "10")
-        no_certificate = await asyncio.to_thread(cli, "models", "--address", address, "--ca-file", str(certs / "ca.pem"))
+        no_certificate = await asyncio.to_thread(
+            cli, "models", "--address", address, "--ca-file", str(certs / "ca.pem")
+        )
         async with ModelWorkerClient(address, timeout=10) as client:
             with pytest.raises(ModelwireCallError) as from_python:
                 await client.list_models()
-        secure = tls_credentials(str(certs / "ca.pem"), str(certs / "client.pem"), str(certs / "client.key"))
+        secure = tls_credentials(
+            str(certs / "ca.pem"), str(certs / "client.pem"), str(certs / "client.key")
+        )
         async with ModelWorkerClient(address, timeout=10, credentials=secure) as client:
             assert [model.model for model in await client.list_models()] == ["echo"]
 
@@ -168,7 +219,11 @@ async def test_refused_tls_handshakes_get_a_hint_and_the_worker_log_stays_json(c
     assert plaintext.returncode == 1
     assert "modelwire: is the server using TLS? pass --ca-file CA.pem" in plaintext.stderr
     assert no_certificate.returncode == 1
-    assert "modelwire: the server may require a client certificate (mTLS): pass --cert-file and --key-file" in no_certificate.stderr
+    assert (
+        "modelwire: the server may require a client certificate (mTLS): "
+        "pass --cert-file and --key-file"
+        in no_certificate.stderr
+    )
     assert "pass credentials=tls_credentials(ca_file)" in str(from_python.value)
     lines = log.splitlines()
     assert lines and all(isinstance(json.loads(line), dict) for line in lines), log
@@ -190,16 +245,24 @@ def test_the_operations_guide_lists_every_error_kind() -> None:
 
 
 def test_the_permission_table_names_every_model_worker_method() -> None:
-    methods = {method.name for method in worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].methods}
-    (row,) = [line for line in OPERATIONS.read_text().splitlines() if line.startswith("| `generate` |")]
+    methods = {
+        method.name for method in worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].methods
+    }
+    (row,) = [
+        line for line in OPERATIONS.read_text().splitlines() if line.startswith("| `generate` |")
+    ]
     assert methods <= set(re.findall(r"\b([A-Z][A-Za-z]+)\b", row.split("|")[2]))
 
 
 def test_the_operations_guide_runs_the_installed_cli_with_bounded_generations() -> None:
     commands = [
-        line.strip() for block in re.findall(r"```sh\n(.*?)```", OPERATIONS.read_text(), re.DOTALL)
-        for line in block.splitlines() if "modelwire " in line and not line.strip().startswith("#")
+        line.strip()
+        for block in re.findall(r"```sh\n(.*?)```", OPERATIONS.read_text(), re.DOTALL)
+        for line in block.splitlines()
+        if "modelwire " in line and not line.strip().startswith("#")
     ]
     assert commands
-    assert [c for c in commands if re.match(r"modelwire ", c)] == [], "not on PATH: use .venv/bin/modelwire"
+    assert [
+        c for c in commands if re.match(r"modelwire ", c)
+    ] == [], "not on PATH: use .venv/bin/modelwire"
     assert [c for c in commands if " generate " in c and "--max-new-tokens" not in c] == []

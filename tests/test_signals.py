@@ -1,6 +1,7 @@
 """SIGHUP on real processes: a worker (alone and under `--processes 2`) and a controller reload
 their tokens and TLS certificates, say in one JSON log line what they reloaded and which changed
-keys need a restart, keep the running configuration when the new one is invalid, and keep serving."""
+keys need a restart, keep the running configuration when the new one is invalid, and keep serving.
+"""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ class Server:
         async with asyncio.timeout(timeout_s):
             while True:
                 raw = await self.process.stderr.readline()
-                assert raw, f"the process ended (exit {await self.process.wait()}); its log: {self.lines}"
+                assert (
+                    raw
+                ), f"the process ended (exit {await self.process.wait()}); its log: {self.lines}"
                 line: Line = json.loads(raw)
                 self.lines.append(line)
                 if wanted(line):
@@ -62,8 +65,12 @@ def reload_line(line: Line) -> bool:
 
 async def start(*args: str, announcement: str) -> Server:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
@@ -82,16 +89,24 @@ async def servers() -> AsyncIterator[list[Server]]:
             await server.process.wait()
 
 
-async def generate(address: str, token: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.StatusCode:
-    """One call on a new connection (under SO_REUSEPORT each connection may reach another process)."""
+async def generate(
+    address: str, token: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.StatusCode:
+    """One call on a new connection (under SO_REUSEPORT each may reach another process)."""
     options = [("grpc.use_local_subchannel_pool", 1)]
     channel = (
-        grpc.aio.secure_channel(address, credentials, options) if credentials else grpc.aio.insecure_channel(address, options)
+        grpc.aio.secure_channel(address, credentials, options)
+        if credentials
+        else grpc.aio.insecure_channel(address, options)
     )
     async with channel:
-        request = pb.ModelRequest(model="echo", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")])
+        request = pb.ModelRequest(
+            model="echo", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]
+        )
         try:
-            await pb_grpc.ModelWorkerStub(channel).Generate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+            await pb_grpc.ModelWorkerStub(channel).Generate(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=10
+            )
         except grpc.aio.AioRpcError as error:
             return error.code()
     return grpc.StatusCode.OK
@@ -99,11 +114,16 @@ async def generate(address: str, token: str, credentials: grpc.ChannelCredential
 
 def worker_config(tmp_path: Path, port: int, server: str = "", extra: str = "") -> Path:
     config = tmp_path / "modelwire.toml"
-    config.write_text(f'[server]\nport = {port}\ngrace_period_s = 1\n{server}\n[auth]\ntokens_file = "tokens.toml"\n{extra}\n{ECHO}')
+    config.write_text(
+        f"[server]\nport = {port}\ngrace_period_s = 1\n{server}\n"
+        f'[auth]\ntokens_file = "tokens.toml"\n{extra}\n{ECHO}'
+    )
     return config
 
 
-async def test_sighup_swaps_the_tokens_names_restart_keys_and_keeps_serving(tmp_path: Path, servers: list[Server]) -> None:
+async def test_sighup_swaps_the_tokens_names_restart_keys_and_keeps_serving(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     port = free_port()
     (tmp_path / "tokens.toml").write_text(tokens(T1))
     config = worker_config(tmp_path, port)
@@ -128,10 +148,17 @@ async def test_sighup_swaps_the_tokens_names_restart_keys_and_keeps_serving(tmp_
     assert await asyncio.wait_for(worker.process.wait(), 30) == 0
 
 
-async def test_a_reload_of_an_invalid_configuration_keeps_the_running_one(tmp_path: Path, servers: list[Server]) -> None:
+async def test_a_reload_of_an_invalid_configuration_keeps_the_running_one(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     port = free_port()
     (tmp_path / "tokens.toml").write_text(tokens(T1))
-    worker = await start("serve", "--config", str(worker_config(tmp_path, port)), announcement="modelwire serving echo")
+    worker = await start(
+        "serve",
+        "--config",
+        str(worker_config(tmp_path, port)),
+        announcement="modelwire serving echo",
+    )
     servers.append(worker)
     address = f"127.0.0.1:{port}"
 
@@ -150,7 +177,11 @@ def two_cas(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     made = []
     for name in ("a", "b"):
         directory = tmp_path_factory.mktemp(f"certs-{name}")
-        subprocess.run([str(ROOT / "scripts" / "make_certs.sh"), str(directory)], check=True, capture_output=True)
+        subprocess.run(
+            [str(ROOT / "scripts" / "make_certs.sh"), str(directory)],
+            check=True,
+            capture_output=True,
+        )
         made.append(directory)
     return made[0], made[1]
 
@@ -164,7 +195,12 @@ async def test_sighup_reloads_the_tls_certificate_for_new_connections(
     port = free_port()
     (tmp_path / "tokens.toml").write_text(tokens(T1))
     tls = '[tls]\ncert_file = "server.pem"\nkey_file = "server.key"\n'
-    worker = await start("serve", "--config", str(worker_config(tmp_path, port, extra=tls)), announcement="modelwire serving echo")
+    worker = await start(
+        "serve",
+        "--config",
+        str(worker_config(tmp_path, port, extra=tls)),
+        announcement="modelwire serving echo",
+    )
     servers.append(worker)
     address = f"127.0.0.1:{port}"
     trusts_first = grpc.ssl_channel_credentials((first / "ca.pem").read_bytes())
@@ -183,7 +219,9 @@ async def test_sighup_reloads_the_tls_certificate_for_new_connections(
     assert worker.alive()
 
 
-async def test_the_supervisor_forwards_sighup_to_every_process(tmp_path: Path, servers: list[Server]) -> None:
+async def test_the_supervisor_forwards_sighup_to_every_process(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     port = free_port()
     (tmp_path / "tokens.toml").write_text(tokens(T1))
     config = worker_config(tmp_path, port, server="processes = 2")
@@ -193,30 +231,42 @@ async def test_the_supervisor_forwards_sighup_to_every_process(tmp_path: Path, s
 
     (tmp_path / "tokens.toml").write_text(tokens(T2))
     supervisor.process.send_signal(signal.SIGHUP)
-    await supervisor.line(lambda line: line["msg"].startswith("SIGHUP: forwarded to worker processes"))
+    await supervisor.line(
+        lambda line: line["msg"].startswith("SIGHUP: forwarded to worker processes")
+    )
     await supervisor.line(reload_line)
     await supervisor.line(reload_line)  # the children share the parent's stderr
 
     # Six connections: the kernel spreads them over both processes.
-    assert set(await asyncio.gather(*(generate(address, T1) for _ in range(6)))) == {grpc.StatusCode.UNAUTHENTICATED}
-    assert set(await asyncio.gather(*(generate(address, T2) for _ in range(6)))) == {grpc.StatusCode.OK}
+    assert set(await asyncio.gather(*(generate(address, T1) for _ in range(6)))) == {
+        grpc.StatusCode.UNAUTHENTICATED
+    }
+    assert set(await asyncio.gather(*(generate(address, T2) for _ in range(6)))) == {
+        grpc.StatusCode.OK
+    }
     supervisor.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(supervisor.process.wait(), 30) == 0
 
 
-async def test_a_controller_reloads_its_tokens_on_sighup(tmp_path: Path, servers: list[Server]) -> None:
+async def test_a_controller_reloads_its_tokens_on_sighup(
+    tmp_path: Path, servers: list[Server]
+) -> None:
     port = free_port()
     (tmp_path / "tokens.toml").write_text(tokens(T1, '"read_fleet"'))
     config = tmp_path / "controller.toml"
     config.write_text(f'[server]\nport = {port}\n[auth]\ntokens_file = "tokens.toml"\n')
-    controller = await start("controller", "--config", str(config), announcement="modelwire controller on")
+    controller = await start(
+        "controller", "--config", str(config), announcement="modelwire controller on"
+    )
     servers.append(controller)
 
     async def list_instances(token: str) -> grpc.StatusCode:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             try:
                 await controller_pb2_grpc.ModelControllerStub(channel).ListInstances(
-                    controller_pb2.ListInstancesRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=10
+                    controller_pb2.ListInstancesRequest(),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=10,
                 )
             except grpc.aio.AioRpcError as error:
                 return error.code()

@@ -71,11 +71,17 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
 def _connection_hint(problem: str, args: argparse.Namespace) -> str:
     """What to change when the server refused the connection at its TLS handshake."""
     if problem == TLS_REQUIRED:
-        return "is the server using TLS? pass --ca-file CA.pem (or --tls for a certificate the system's roots trust)"
+        return (
+            "is the server using TLS? pass --ca-file CA.pem "
+            "(or --tls for a certificate the system's roots trust)"
+        )
     if problem == SERVER_NOT_TLS:
         return "is the server plaintext? leave out --tls, --ca-file, --cert-file and --key-file"
     if args.cert_file:
-        return "the server refused this client's certificate: under mTLS it must be signed by the server's client_ca_file"
+        return (
+            "the server refused this client's certificate: "
+            "under mTLS it must be signed by the server's client_ca_file"
+        )
     return "the server may require a client certificate (mTLS): pass --cert-file and --key-file"
 
 
@@ -340,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelwireCallError as error:
         violations = error.violations
         # A refusal's message is its violations joined: print them one a line instead.
-        print(f"modelwire: {error.code.name}" if violations else f"modelwire: {error.code.name}: {error.message}", file=sys.stderr)
+        headline = error.code.name if violations else f"{error.code.name}: {error.message}"
+        print(f"modelwire: {headline}", file=sys.stderr)
         for field, description in violations:
             print(f"  {field}: {description}", file=sys.stderr)
         if error.connection_problem is not None:

@@ -171,7 +171,10 @@ def _gateway(args: argparse.Namespace) -> int:
         _serve_metrics(gateway.rpc.metrics, observability)
         await gateway.start()
         print(f"modelwire gateway on {gateway.address} (instances from {gateway.source})", flush=True)
-        reload = Reloader("gateway", gateway.rpc, config, lambda: _gateway_config(args), lambda new: read_auth(new.auth, source))
+        reload = Reloader(
+            "gateway", gateway.rpc, config, lambda: _gateway_config(args),
+            lambda new: read_auth(new.auth, source),
+        )
         await serve_until_signalled(reload)
         logger.info("draining: grace period %.1fs", config.server.grace_period_s)
         await gateway.stop()

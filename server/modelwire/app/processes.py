@@ -170,7 +170,8 @@ class Supervisor:
         if self._stopping.is_set() or not children:
             logger.warning("SIGHUP while no worker process serves (starting or draining): ignored")
             return
-        logger.info("SIGHUP: forwarded to worker processes %s", ", ".join(str(c.pid) for c in children))
+        pids = ", ".join(str(child.pid) for child in children)
+        logger.info("SIGHUP: forwarded to worker processes %s", pids)
         for child in children:
             child.send_signal(signal.SIGHUP)
 

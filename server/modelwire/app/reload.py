@@ -43,10 +43,16 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
         return [
             key
             for field in dataclasses.fields(old)
-            for key in changed_keys(getattr(old, field.name), getattr(new, field.name), _join(prefix, field.name))
+            for key in changed_keys(
+                getattr(old, field.name), getattr(new, field.name), _join(prefix, field.name)
+            )
         ]
     if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
-        return [key for index, pair in enumerate(zip(old, new)) for key in changed_keys(*pair, f"{prefix}[{index}]")]
+        return [
+            key
+            for index, pair in enumerate(zip(old, new))
+            for key in changed_keys(*pair, f"{prefix}[{index}]")
+        ]
     return [prefix]
 
 
@@ -81,18 +87,26 @@ class Reloader(Generic[C]):
         try:
             new = self.load()
             auth = self.auth_of(new)
-            restart = [key for key in changed_keys(self.running, new) if _needs_restart(key, self.running, new)]
+            restart = [
+                key
+                for key in changed_keys(self.running, new)
+                if _needs_restart(key, self.running, new)
+            ]
             reloaded = self._apply(new, auth)
         except Exception as error:  # any reason at all: the process keeps serving as it was
             logger.error(
-                "SIGHUP: reload refused, the %s keeps its running configuration: %s", self.role, error,
+                "SIGHUP: reload refused, the %s keeps its running configuration: %s",
+                self.role,
+                error,
                 extra={"reloaded": [], "error": type(error).__name__},
             )
             return
         applied = {name: getattr(new, name) for name in reloaded}
         self.running = dataclasses.replace(self.running, **applied)  # type: ignore[type-var]
         logger.info(
-            "SIGHUP: %s reloaded %s%s", self.role, ", ".join(reloaded) or "nothing",
+            "SIGHUP: %s reloaded %s%s",
+            self.role,
+            ", ".join(reloaded) or "nothing",
             f"; changed keys that need a restart: {', '.join(restart)}" if restart else "",
             extra={"reloaded": reloaded, "restart_needed": restart},
         )

@@ -161,7 +161,9 @@ async def serve(
         logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
     await worker.start()
     stop = asyncio.Event()
-    reload = Reloader("worker", worker.rpc, config, reload_config, lambda new: new.auth) if reload_config else None
+    reload: Reloader[Config] | None = None
+    if reload_config is not None:
+        reload = Reloader("worker", worker.rpc, config, reload_config, lambda new: new.auth)
     on_signals(stop, reload)
     if lifeline:
         _watch_lifeline(stop)

@@ -30,7 +30,9 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 # Watches held open for as long as their watcher runs (a gateway's or a controller's health Watch on
 # a worker, a gateway's WatchInstances at a controller) end CANCELLED whenever the watcher restarts
 # or leaves, and when this server stops: their normal end, not a failed call.
-SUBSCRIPTIONS = frozenset({"/grpc.health.v1.Health/Watch", "/modelwire.v1.ModelController/WatchInstances"})
+SUBSCRIPTIONS = frozenset(
+    {"/grpc.health.v1.Health/Watch", "/modelwire.v1.ModelController/WatchInstances"}
+)
 
 
 def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:

@@ -72,10 +72,10 @@ def _certificates(tls: TlsConfig) -> grpc.ServerCertificateConfiguration:
         if client_ca is not None:
             context.load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
     except ssl.SSLError as error:
+        paths = (tls.cert_file, tls.key_file, tls.client_ca_file)
+        files = ", ".join(str(path) for path in paths if path)
         raise ValueError(
-            f"tls: {tls.cert_file}, {tls.key_file}"
-            f"{f', {tls.client_ca_file}' if tls.client_ca_file else ''}: not a certificate, its key "
-            f"and a CA in PEM ({error.reason or error})"
+            f"tls: {files}: not a certificate, its key and a CA in PEM ({error.reason or error})"
         ) from None
     except OSError as error:
         raise ValueError(f"tls: cannot read {error.filename}: {error.strerror}") from None
@@ -95,7 +95,7 @@ class ServerTls:
         )
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """On a gRPC core thread, per handshake: the new configuration once, then None (unchanged)."""
+        """On a gRPC core thread, per handshake: a new configuration once, then None (unchanged)."""
         current = self._current
         if current is self._delivered:
             return None
@@ -103,7 +103,7 @@ class ServerTls:
         return current
 
     def reload(self, tls: TlsConfig) -> None:
-        """Reads `tls`'s files; raises ValueError, keeping the running ones, when they do not work."""
+        """Reads `tls`'s files; a ValueError when they do not work (the running ones stay)."""
         self._current = _certificates(tls)
         self.config = tls
 
@@ -153,7 +153,8 @@ class RpcServer:
             self.tls = ServerTls(tls) if tls is not None else None
         except ValueError as error:
             raise StartupFailure(str(error)) from None
-        interceptors.append(CallPipeline(CallObserver(self.metrics, model_label), self.auth, trailers))
+        observer = CallObserver(self.metrics, model_label)
+        interceptors.append(CallPipeline(observer, self.auth, trailers))
         self.server = grpc.aio.server(interceptors=interceptors, options=_options(server, options))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -167,12 +168,15 @@ class RpcServer:
         bind = f"{server.host}:{server.port}"
         try:
             port: int = (
-                self.server.add_secure_port(bind, self.tls.credentials) if self.tls else self.server.add_insecure_port(bind)
+                self.server.add_secure_port(bind, self.tls.credentials)
+                if self.tls
+                else self.server.add_insecure_port(bind)
             )
         except RuntimeError:
             port = 0
         if port == 0:
-            raise StartupFailure(f"the {self.role} cannot listen on {bind}: {_bind_failure(server.host, server.port)}")
+            reason = _bind_failure(server.host, server.port)
+            raise StartupFailure(f"the {self.role} cannot listen on {bind}: {reason}")
         return port
 
     @property
@@ -206,7 +210,9 @@ def _bind_failure(host: str, port: int) -> str:
     """Why `host:port` cannot be listened on. gRPC only says "Failed to bind" (its reason goes to
     its own log): binding a socket the same way tells a taken port from the rest."""
     try:
-        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as error:
         return f"{host!r} is not an address of this host ({error.strerror})"
     for family, kind, protocol, _, address in addresses:
@@ -216,7 +222,10 @@ def _bind_failure(host: str, port: int) -> str:
                 probe.bind(address)
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
-                    return f"port {port} is already in use on {host}; choose another with --port (or [server] port)"
+                    return (
+                        f"port {port} is already in use on {host}; "
+                        "choose another with --port (or [server] port)"
+                    )
                 return error.strerror or str(error)
     return "gRPC refused the address"
 
@@ -227,7 +236,9 @@ def on_signals(stop: asyncio.Event, reload: Callable[[], None] | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload or (lambda: logger.warning("SIGHUP: nothing to reload")))
+    loop.add_signal_handler(
+        signal.SIGHUP, reload or (lambda: logger.warning("SIGHUP: nothing to reload"))
+    )
 
 
 def serve_until_signalled(reload: Callable[[], None] | None = None) -> Awaitable[Any]:

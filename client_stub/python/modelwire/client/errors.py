@@ -34,7 +34,11 @@ _HINTS = {
 
 class ModelwireCallError(Exception):
     def __init__(
-        self, code: grpc.StatusCode, message: str, details: list[object], connection_problem: str | None = None
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        details: list[object],
+        connection_problem: str | None = None,
     ) -> None:
         hint = f" ({_HINTS[connection_problem]})" if connection_problem else ""
         super().__init__(f"{code.name}: {message}{hint}")
