@@ -185,17 +185,17 @@ async def test_an_invalid_grammar_is_refused_with_llama_cpp_s_reason_before_the_
 @pytest.mark.parametrize(
     ("gbnf", "reason"),
     [
-        # llama.cpp's parser prints where it failed to stderr only; its log says this much.
-        ("root ::= answer", "failed to parse grammar"),
-        ('start ::= "yes"', "grammar does not contain a 'root' symbol"),
-        ('root ::= root "a"', "unsupported grammar, left recursion detected for nonterminal at index 0"),
+        # A syntax error is found before llama.cpp's parser, which would print the grammar to stderr.
+        ("root ::= answer", "does not parse: line 1, column 10: this rule is used but never defined"),
+        ('start ::= "yes"', "was refused by llama.cpp: grammar does not contain a 'root' symbol"),
+        ('root ::= root "a"', "was refused by llama.cpp: unsupported grammar, left recursion detected for nonterminal at index 0"),
     ],
 )
-async def test_an_invalid_grammar_s_description_is_llama_cpp_s_reason(stub: pb_grpc.ModelWorkerStub, gbnf: str, reason: str) -> None:
+async def test_an_invalid_grammar_s_description_says_why(stub: pb_grpc.ModelWorkerStub, gbnf: str, reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Generate(request([user("Yes or no?")], output_format=pb.OutputFormat(grammar=gbnf)))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert f"llama.cpp refused the grammar: {reason}" in (refused.value.details() or ""), refused.value.details()
+    assert f"{MODEL!r}: the grammar {reason}" in (refused.value.details() or ""), refused.value.details()
 
 
 @pytest.mark.parametrize(

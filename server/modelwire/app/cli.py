@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
 from modelwire.client import (
     REQUEST_ID_KEY,
@@ -214,7 +216,20 @@ def _generate(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 collector.add(chunk)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ModelwireCallError as error:
+        if collector.output().text:
+            print(flush=True)  # the error's line does not start in the middle of the text
+        if error.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+        print(
+            f"modelwire: {error}\n  the call took longer than --timeout {args.timeout:g} s: "
+            "raise --timeout, or bound the output with --max-new-tokens "
+            "(a local model writes a few dozen tokens a second)",
+            file=sys.stderr,
+        )
+        return 1
     output = collector.output()
     if output.text or not output.tool_calls:
         sys.stdout.write("\n")
@@ -226,7 +241,11 @@ def _generate(args: argparse.Namespace) -> int:
             arguments = {"arguments_json": call.arguments_json}
         print(json.dumps({"id": call.id, "name": call.name, **arguments}), flush=True)
     if output.finish_reason == pb.FINISH_REASON_LENGTH:
-        print("modelwire: the output was cut at max_new_tokens (finish_reason LENGTH)", file=sys.stderr)
+        print(
+            "modelwire: the output was cut at its token bound (finish_reason LENGTH); "
+            "--max-new-tokens sets it",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -63,6 +63,8 @@ class ProxyLLMClient(ABC):
     provider: ClassVar[str]
     # True for blocking providers: each running call occupies a pool thread until it ends.
     runs_on_pool: ClassVar[bool] = False
+    # The output bound of a call that sets no max_new_tokens; None: the room left in the context.
+    default_max_new_tokens: int | None = None
 
     def __init__(
         self,

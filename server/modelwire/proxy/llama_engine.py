@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelwire.core.cancellation import Cancellation
+from modelwire.proxy.gbnf_check import GbnfSyntaxError, check_gbnf
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class GrammarError(ValueError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class GrammarSyntaxError(GrammarError):
+    """The grammar does not parse (gbnf_check.py); `reason` names a line and column."""
 
 
 class GrammarDeadEnd(Exception):
@@ -199,7 +204,13 @@ class LlamaModel:
         )
 
     def grammar_sampler(self, gbnf: str) -> Any:
-        """A llama.cpp grammar sampler for `gbnf` (start symbol `root`); GrammarError with llama.cpp's reason."""
+        """A llama.cpp grammar sampler for `gbnf` (start symbol `root`); GrammarSyntaxError where it
+        does not parse (checked first: llama.cpp would print it to stderr), GrammarError with
+        llama.cpp's reason for what it refuses after parsing."""
+        try:
+            check_gbnf(gbnf, lambda text: len(self.tokenize(text, special=True)) == 1)
+        except GbnfSyntaxError as error:
+            raise GrammarSyntaxError(str(error)) from None
         _last_errors()  # forget what earlier calls on this thread left
         sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
         if not sampler:

@@ -67,6 +67,7 @@ from modelwire.proxy.llama_engine import (
     Aborted,
     GrammarDeadEnd,
     GrammarError,
+    GrammarSyntaxError,
     LlamaFailure,
     LlamaModel,
     LlamaSession,
@@ -89,6 +90,9 @@ DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_N_BATCH = 512
 WARM_UP_TOKENS = 2
+# The output bound of a call that sets no max_new_tokens: a small model left unbounded repeats
+# itself until the context is full (about 2,000 tokens and a minute on two cores).
+DEFAULT_MAX_NEW_TOKENS = 256
 # llama.cpp parses a grammar in time that grows faster than its length (a 1 MB grammar: seconds,
 # a 990 kB enum: 25 s); this bound keeps a parse within tens of milliseconds.
 MAX_GRAMMAR_CHARS = 64 * 1024
@@ -166,6 +170,7 @@ class LlamaCppOptions:
     model_path: Path | None = None
     n_threads: Annotated[StrictInt, Field(ge=1)] = dataclasses.field(default_factory=_default_threads)
     n_batch: Annotated[StrictInt, Field(ge=1)] = DEFAULT_N_BATCH
+    default_max_new_tokens: Annotated[StrictInt, Field(ge=1)] = DEFAULT_MAX_NEW_TOKENS
     # The only chat format modelwire writes itself.
     chat_format: Literal["gemma"] = "gemma"
 
@@ -226,9 +231,19 @@ class TokenDecoder:
 class LlamaCppClient(ProxyLLMClient):
     provider = "llamacpp"
     runs_on_pool = True
+    default_max_new_tokens: int
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, model: LlamaModel, sessions: list[LlamaSession]) -> None:
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        executor: Executor,
+        model: LlamaModel,
+        sessions: list[LlamaSession],
+        *,
+        default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> None:
         super().__init__(metadata, executor)
+        self.default_max_new_tokens = min(default_max_new_tokens, metadata.max_output_tokens)
         self._model = model
         self.sessions = sessions
         self._idle: queue.SimpleQueue[LlamaSession] = queue.SimpleQueue()
@@ -275,7 +290,8 @@ class LlamaCppClient(ProxyLLMClient):
             params.name, model_path.name, len(sessions), options.n_threads,
             "on" if model.use_extra_buffers else "off", " ".join(sorted(build.features)),
         )
-        return cls(metadata, executor, model, sessions)
+        bound = options.default_max_new_tokens
+        return cls(metadata, executor, model, sessions, default_max_new_tokens=bound)
 
     @property
     def model(self) -> LlamaModel:
@@ -297,14 +313,15 @@ class LlamaCppClient(ProxyLLMClient):
         return tokens
 
     def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
-        """A tool choice the model cannot make, and what would break constrained output (stop
-        strings). What the grammars cannot enforce (a schema keyword, an unparsable GBNF) is found
-        when the grammar is built, on the pool (`sync_generate_stream`): a big schema takes
-        llama.cpp long enough to parse that the event loop must not wait for it."""
-        if request.output_format is None and not request.tools:
-            return []
-        violations: list[FieldViolation] = []
-        _combination_refusals(request, f"model {self.default_model!r}", violations)
+        """A message's name (gemma's turns have no place for one), a tool choice the model cannot
+        make, and what would break constrained output (stop strings). What the grammars cannot
+        enforce (a schema keyword, an unparsable GBNF) is found when the grammar is built, on the
+        pool (`sync_generate_stream`): a big schema takes llama.cpp long enough to parse that the
+        event loop must not wait for it."""
+        named = f"model {self.default_model!r}"
+        violations = _name_refusals(request.messages, named)
+        if request.output_format is not None or request.tools:
+            _combination_refusals(request, named, violations)
         return violations
 
     def unsupported_embedding(self, request: EmbedRequest) -> list[FieldViolation]:
@@ -405,7 +422,7 @@ class LlamaCppClient(ProxyLLMClient):
             raise ContextLengthExceeded(request.model, len(prompt), self._metadata.context_length)
         sampling = request.sampling
         room = self._metadata.context_length - len(prompt)
-        max_new_tokens = min(sampling.max_new_tokens or room, room)
+        max_new_tokens = min(sampling.max_new_tokens or self.default_max_new_tokens, room)
         call_sampling = Sampling(
             temperature=DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature,
             top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
@@ -485,7 +502,8 @@ class LlamaCppClient(ProxyLLMClient):
                 except Aborted:
                     return
         except GrammarError as error:  # `_constraint` checked the grammar just before: a bug if here
-            raise InvalidRequest([FieldViolation(constraint.field, f"model {self.default_model!r}: llama.cpp refused the grammar: {error.reason}")]) from None
+            refused = f"model {self.default_model!r}: the grammar was refused: {error.reason}"
+            raise InvalidRequest([FieldViolation(constraint.field, refused)]) from None
         except GrammarDeadEnd:
             raise InvalidRequest(
                 [FieldViolation(constraint.field, f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {run.completion_tokens} tokens")]
@@ -661,8 +679,32 @@ def _constraint(request: ModelRequest, model: LlamaModel, model_name: str) -> tu
             model.check_grammar(constraint.grammar)
         except GrammarError as error:
             whose = "the grammar" if constraint.field == "output_format.grammar" else "the grammar modelwire wrote for it"
-            violations.append(FieldViolation(constraint.field, f"{named}: llama.cpp refused {whose}: {error.reason}"))
+            syntax = isinstance(error, GrammarSyntaxError)
+            verdict = "does not parse" if syntax else "was refused by llama.cpp"
+            described = f"{named}: {whose} {verdict}: {error.reason}"
+            violations.append(FieldViolation(constraint.field, described))
     return (None if violations else constraint), violations
+
+
+def _name_refusals(messages: Sequence[ModelMessage], named: str) -> list[FieldViolation]:
+    """gemma's turns have no names: `name` is read only as the label of a tool result that answers
+    no call by id (gemma_format.py), so anywhere else it is refused rather than dropped."""
+    called = {call.id: call.name for message in messages for call in message.tool_calls}
+    violations: list[FieldViolation] = []
+    for index, message in enumerate(messages):
+        if not message.name:
+            continue
+        if message.role is not Role.TOOL:
+            reason = f"{named} has no names on its turns; drop the name or write it into the text"
+        elif message.tool_call_id and called.get(message.tool_call_id) != message.name:
+            reason = (
+                f"{named} labels a tool result with the name of the call it answers, "
+                "which differs; drop the name"
+            )
+        else:
+            continue
+        violations.append(FieldViolation(f"messages[{index}].name", reason))
+    return violations
 
 
 def _combination_refusals(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:

@@ -169,7 +169,7 @@ class WorkerService:
             raise ContextLengthExceeded(request.model, prompt.count, context_length, margin)
         room = context_length - high if high < context_length else context_length - low
         room = min(room, served.metadata.max_output_tokens)
-        wanted = request.sampling.max_new_tokens
+        wanted = request.sampling.max_new_tokens or served.client.default_max_new_tokens
         bounded = room if wanted is None else min(wanted, room)
         return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
 
