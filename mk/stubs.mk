@@ -8,7 +8,8 @@
 #   make lint-proto      buf lint (buf.yaml)
 #   make breaking-proto  buf breaking: every commit that changed protos/ against its parent, and
 #                        uncommitted edits against HEAD
-#   make interop         start a worker on a free port; run the Go test, the Java test and grpcurl against it
+#   make interop         start a worker on a free port; run the Go test, the Java test, grpcurl and a Go
+#                        consumer module at the stubs' minimum versions (go, grpc-go, protobuf-go) against it
 #   make stub-tools      install the pinned code generators and tools into .tools/ (each rule above does it)
 #
 # Every Go tool is pinned here and installed on first use into .tools/NAME-VERSION/ with `go install`
