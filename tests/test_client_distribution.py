@@ -42,7 +42,7 @@ chunks = 3
 chunk_text = "hello "
 """
 
-# Run by the fresh venv's python with the worker's address: the README's calls, a refusal whose
+# Run by the fresh venv's python with the worker's address: Generate, ListModels, a refusal whose
 # google.rpc details the client decodes, and what the venv holds besides.
 CLIENT_SCRIPT = """
 import importlib.util, json, sys
