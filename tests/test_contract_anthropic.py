@@ -163,7 +163,9 @@ async def test_tools_keep_their_schema_text_order_and_numbers(stub: pb_grpc.Mode
     sent = body(fake)
     assert sent["tools"] == [
         {"name": "scale", "description": "Scales a number.", "input_schema": json.loads(schema), "strict": True},
-        {"name": "ping", "input_schema": {"type": "object", "properties": {}}},
+        {"name": "ping", "input_schema": {
+            "type": "object", "properties": {}, "additionalProperties": False,
+        }},
     ]
     assert "tool_choice" not in sent, "no tool_choice is Anthropic's auto, with parallel calls"
     number = sent["tools"][0]["input_schema"]["properties"]["n"]

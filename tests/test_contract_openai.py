@@ -189,7 +189,9 @@ async def test_tools_reach_openai_with_their_schema_as_written(stub: pb_grpc.Mod
         {"type": "function", "function": {
             "name": "get_weather", "description": "The current weather in a city.", "parameters": json.loads(SCHEMA_TEXT), "strict": True,
         }},
-        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {
+            "type": "object", "properties": {}, "additionalProperties": False,
+        }}},
     ]
     # Key order, integers and floats as the caller wrote them.
     assert json.dumps(sent["tools"][0]["function"]["parameters"]) == SCHEMA_TEXT
@@ -600,8 +602,10 @@ IMAGE_PART = pb.ContentPart(image=pb.Image(url="https://example.com/cat.jpg"))
     [
         (ask(user("Weather?"), pb.ModelMessage(role=pb.ROLE_TOOL, content='{"temperature": 21}')), "messages[1].tool_call_id"),
         (ask(reasoning=pb.ReasoningOptions(effort=pb.REASONING_EFFORT_LOW, budget_tokens=1024)), "reasoning.budget_tokens"),
-        (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Hello.", reasoning="The user greets."), user("Bye")),
-         "messages[1].reasoning"),
+        (ask(user("Hi"),
+             pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f")]),
+             pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", name="get_date", content="1")),
+         "messages[2].name"),
         (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Hello.", reasoning_signature=b"sig"), user("Bye")),
          "messages[1].reasoning_signature"),
         (ask(pb.ModelMessage(role=pb.ROLE_SYSTEM, parts=[pb.ContentPart(text="Look:"), IMAGE_PART]), user("Hi")), "messages[0].parts[1].image"),
@@ -616,7 +620,7 @@ IMAGE_PART = pb.ContentPart(image=pb.Image(url="https://example.com/cat.jpg"))
         (ask(reasoning=pb.ReasoningOptions(effort=pb.REASONING_EFFORT_LOW), model="gpt-defaults"), "reasoning"),
         (ask(model="embed"), "model"),
     ],
-    ids=["tool-without-id", "budget-tokens", "reasoning", "reasoning-signature", "image-in-system", "image-in-assistant",
+    ids=["tool-without-id", "budget-tokens", "tool-named-otherwise", "reasoning-signature", "image-in-system", "image-in-assistant",
          "image-in-tool", "grammar", "cache-breakpoint", "image-by-default", "reasoning-by-default", "chat-to-embeddings-model"],
 )
 @pytest.mark.parametrize("kind", ["unary", "stream"])

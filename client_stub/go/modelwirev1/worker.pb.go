@@ -200,7 +200,9 @@ const (
 	// The model ended its turn or hit a stop string.
 	FinishReason_FINISH_REASON_STOP FinishReason = 1
 	// max_new_tokens or the context length was reached.
-	FinishReason_FINISH_REASON_LENGTH         FinishReason = 2
+	FinishReason_FINISH_REASON_LENGTH FinishReason = 2
+	// The provider's content filter stopped it, or the model refused: `text` then holds the
+	// refusal's text, if any (it is not the asked-for output format).
 	FinishReason_FINISH_REASON_CONTENT_FILTER FinishReason = 3
 	FinishReason_FINISH_REASON_TOOL_CALLS     FinishReason = 4
 )
@@ -341,7 +343,8 @@ type ModelMessage struct {
 	ToolCallId string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	// An earlier assistant turn's reasoning signature, sent back as the model returned it (ModelOutput.reasoning_signature).
 	ReasoningSignature []byte `protobuf:"bytes,7,opt,name=reasoning_signature,json=reasoningSignature,proto3" json:"reasoning_signature,omitempty"`
-	// An earlier assistant turn's reasoning text, sent back with its signature.
+	// An earlier assistant turn's reasoning text, sent back with its signature; an OpenAI-compatible
+	// model sends it only in the field its configuration names (docs/api.md, Reasoning).
 	Reasoning *string `protobuf:"bytes,8,opt,name=reasoning,proto3,oneof" json:"reasoning,omitempty"`
 	// The prompt up to and including this message may be cached (needs CAPABILITY_PROMPT_CACHE).
 	CacheBreakpoint bool `protobuf:"varint,9,opt,name=cache_breakpoint,json=cacheBreakpoint,proto3" json:"cache_breakpoint,omitempty"`
@@ -626,7 +629,7 @@ type Tool struct {
 	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
 	// A JSON Schema object for the arguments, as JSON text (key order and number types survive);
-	// empty means no arguments.
+	// empty means no arguments: {"type": "object", "properties": {}, "additionalProperties": false}.
 	ParametersJsonSchema string `protobuf:"bytes,3,opt,name=parameters_json_schema,json=parametersJsonSchema,proto3" json:"parameters_json_schema,omitempty"`
 	// Ask the provider to enforce the schema exactly (OpenAI strict mode).
 	Strict        bool `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
@@ -1228,7 +1231,9 @@ func (x *SamplingParams) GetFrequencyPenalty() float32 {
 	return 0
 }
 
-// Who asked, for logs and upstream attribution; never used for routing.
+// Who asked; never used for routing. All three are in the worker's access line (bounded, see
+// docs/operations.md); `user` also goes upstream for attribution (OpenAI `user`, Anthropic
+// `metadata.user_id`). `request_id` and `metadata` are not sent upstream.
 type RequestContext struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

@@ -1,9 +1,15 @@
 """JSON text from callers, parsed as JSON is defined: no NaN or Infinity, no number too large
-for a double, and nesting bounded by a ValueError rather than a RecursionError.
+for a double, and nesting bounded at a fixed depth.
 
 Python's `json` accepts NaN, Infinity and 1e400 (as inf); a schema or tool argument holding one
 would reach an upstream as a body it cannot parse, or a grammar that writes text no strict JSON
 parser reads, so every caller-given JSON text goes through `loads` here first.
+
+Nesting is bounded by `MAX_NESTING`, not by the stack left where the edge parses it: the same
+value is parsed, copied and serialised again deeper down (inside aiohttp, in the grammar
+converter), where fewer frames remain, so a bound that depends on the stack lets through what
+fails later as INTERNAL. 64 levels is far beyond any real schema or tool argument (OpenAI's
+strict mode takes 10 levels of objects, about 20 of JSON).
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+
+MAX_NESTING = 64
+_TOO_DEEP = f"nested more than {MAX_NESTING} levels deep (objects and arrays), the limit"
 
 
 def _no_constant(name: str) -> Any:
@@ -24,9 +33,32 @@ def _finite(text: str) -> float:
     return value
 
 
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` deep in a parsed value; iterative, so
+    it needs no stack whatever the depth."""
+    pending: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        node, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _brackets(text: str | bytes) -> int:
+    if isinstance(text, bytes):
+        return text.count(b"{") + text.count(b"[")
+    return text.count("{") + text.count("[")
+
+
 def loads(text: str | bytes) -> Any:
-    """`json.loads`, refusing what is not JSON or nests past the interpreter's recursion limit (ValueError)."""
+    """`json.loads`, refusing what is not JSON or nests past `MAX_NESTING` (ValueError)."""
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise ValueError(_TOO_DEEP) from None
+    # Fewer brackets than the bound cannot nest past it: most texts skip the walk.
+    if _brackets(text) > MAX_NESTING and _depth_exceeds(value, MAX_NESTING):
+        raise ValueError(_TOO_DEEP)
+    return value

@@ -130,7 +130,10 @@ class Tool:
         return self.parameters_json_schema or NO_ARGUMENTS_SCHEMA
 
 
-NO_ARGUMENTS_SCHEMA = '{"type": "object", "properties": {}}'
+# "No arguments": an object with no members at all. Without additionalProperties false the schema
+# would take any members (a local model's grammar lets it invent some; strict upstream tools
+# refuse an open object).
+NO_ARGUMENTS_SCHEMA = '{"type": "object", "properties": {}, "additionalProperties": false}'
 
 
 class ToolChoiceMode(enum.Enum):

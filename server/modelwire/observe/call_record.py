@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -13,6 +14,10 @@ REQUEST_ID_KEY = "x-request-id"
 # id goes back in the trailers, where gRPC refuses such a value, a strict HTTP/2 client drops it, or
 # the client's 8 KiB metadata limit drops the answer of a call that ran.
 MAX_REQUEST_ID_CHARS = 128
+# A request's RequestContext in its access line: each text cut at this many characters (control
+# and other unprintable characters as "?"), at most this many metadata entries, in key order.
+MAX_CONTEXT_CHARS = 128
+MAX_CONTEXT_ENTRIES = 16
 
 
 @dataclass(slots=True)
@@ -28,6 +33,8 @@ class CallRecord:
     chunks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The request's RequestContext (request_id, user, metadata), bounded, when it gave one.
+    context: dict[str, object] | None = None
 
     @property
     def latency_s(self) -> float:
@@ -59,6 +66,32 @@ def begin_call(method: str, request_id: str | None) -> CallRecord:
     record = CallRecord(method=method, request_id=_request_id(request_id))
     _current.set(record)
     return record
+
+
+def _loggable(value: str) -> str:
+    """A caller's text as a log shows it: printable, at most MAX_CONTEXT_CHARS characters."""
+    if not value.isprintable():
+        value = "".join(char if char.isprintable() else "?" for char in value)
+    return value if len(value) <= MAX_CONTEXT_CHARS else value[: MAX_CONTEXT_CHARS - 1] + "…"
+
+
+def note_context(request_id: str, user: str, metadata: Mapping[str, str]) -> None:
+    """Puts a request's RequestContext in its call's access line ("for logs", worker.proto)."""
+    record = _current.get()
+    if record is None:
+        return
+    context: dict[str, object] = {}
+    if request_id:
+        context["request_id"] = _loggable(request_id)
+    if user:
+        context["user"] = _loggable(user)
+    if metadata:
+        keys = sorted(metadata)
+        logged = keys[:MAX_CONTEXT_ENTRIES]
+        context["metadata"] = {_loggable(key): _loggable(metadata[key]) for key in logged}
+        if len(keys) > MAX_CONTEXT_ENTRIES:
+            context["metadata_omitted"] = len(keys) - MAX_CONTEXT_ENTRIES
+    record.context = context or None
 
 
 def note_error_kind(kind: str) -> None:

@@ -16,24 +16,32 @@ Contract v1.1, field by field:
   call either way); `parallel_tool_calls` as is.
 - An assistant turn's `tool_calls` → `tool_calls: [{id, "type": "function", function: {name,
   arguments}}]` with `content` null when it has no text; a ROLE_TOOL message → `{"role": "tool",
-  "tool_call_id", "content"}`; `parts` → a content array of `text` and `image_url` parts (bytes as
-  a `data:` URL).
+  "tool_call_id", "content"}` (no `name`: the API defines none there, and the call id names the
+  call; a name other than that call's is refused); `parts` → a content array of `text` and
+  `image_url` parts (bytes as a `data:` URL). An earlier assistant turn's `reasoning` goes back
+  only under the field the `reasoning_field` option names (DeepSeek's and Moonshot's thinking
+  modes want `reasoning_content` on tool-call turns); unset, it is left out, as Chat Completions
+  defines no field for it, so the turn `assistant_turn(output)` builds is always accepted.
 - `output_format` → `response_format` json_object or json_schema {name, schema, strict};
   `reasoning.effort` → `reasoning_effort`.
 - Answers: `message.tool_calls` → whole ToolCalls; streamed `delta.tool_calls` → ToolCallDeltas as
   they come, keyed by `index`, except that an id or name a call already has is not repeated (the
-  contract gives them on a call's first delta; llama.cpp's server repeats both on every delta).
-  Tool calls that end with finish_reason "stop" (OpenAI's answer to a forced tool_choice) finish
-  with TOOL_CALLS. Usage `prompt_tokens_details.cached_tokens` (DeepSeek:
-  `prompt_cache_hit_tokens`) → cached_prompt_tokens, `completion_tokens_details.reasoning_tokens`
-  → reasoning_tokens.
+  contract gives them on a call's first delta; llama.cpp's server repeats both on every delta),
+  and a new, different id on a known index opens a new call at the next free index (Gemini's
+  endpoint streams parallel calls all at index 0). TOOL_CALLS is the finish when, and only when,
+  tool calls came: "stop" after calls (OpenAI's answer to a forced tool_choice) is TOOL_CALLS,
+  "tool_calls" without any is STOP. A refusal (`message.refusal`, `delta.refusal`) is the
+  answer's text, finishing CONTENT_FILTER, as Anthropic's `stop_reason: "refusal"`. Usage
+  `prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`) →
+  cached_prompt_tokens, `completion_tokens_details.reasoning_tokens` → reasoning_tokens.
 - Embed → `POST /embeddings` (`encoding_format: "float"`, `dimensions`), vectors in `index` order;
   an answer of the wrong count or dimension is UNAVAILABLE, never passed on.
 
 What Chat Completions cannot express is refused by `unsupported`, by field: a ROLE_TOOL message
-without tool_call_id, an image outside a user message, `reasoning.budget_tokens`, and an earlier
-turn's `reasoning` or `reasoning_signature`. A request with none of the new fields takes the path it
-took before them, plus a few attribute checks per message and one lookup per streamed delta.
+without tool_call_id or named otherwise than its call, an image outside a user message,
+`reasoning.budget_tokens`, and a `reasoning_signature` (none of these providers gives one). A
+request with none of the new fields takes the path it took before them, plus a few attribute
+checks per message and one lookup per streamed delta.
 """
 
 from __future__ import annotations
@@ -115,6 +123,7 @@ class OpenAIParams:
     api_version: str | None
     max_tokens_param: str
     stream_usage: bool
+    reasoning_field: str | None
 
 
 @pydantic_dataclass(config=SECTION)
@@ -123,6 +132,10 @@ class OpenAIOptions(HttpOptions):
     api_version: StrictStr | None = None
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     stream_usage: StrictBool = True
+    # The assistant message field that takes an earlier turn's reasoning back: Chat Completions has
+    # none (unset: left out); DeepSeek's and Moonshot's thinking modes want `reasoning_content`
+    # back on tool-call turns and answer 400 without it.
+    reasoning_field: Literal["reasoning_content", "reasoning"] | None = None
 
 
 def _parse_params(config: ModelConfig) -> OpenAIParams:
@@ -141,6 +154,7 @@ def _parse_params(config: ModelConfig) -> OpenAIParams:
         api_version=options.api_version,
         max_tokens_param=options.max_tokens_param,
         stream_usage=options.stream_usage,
+        reasoning_field=options.reasoning_field,
     )
 
 
@@ -150,11 +164,19 @@ def _finish_reason(value: object) -> FinishReason | None:
     return _FINISH_REASONS.get(value, FinishReason.STOP)
 
 
-def _finish(reason: FinishReason | None, called_tools: bool) -> FinishReason:
-    """OpenAI ends a forced tool_choice with "stop"; the contract says TOOL_CALLS whenever the
-    model called tools (a LENGTH cut stays LENGTH: its arguments are incomplete)."""
+def _finish(reason: FinishReason | None, called_tools: bool, refused: bool) -> FinishReason:
+    """The contract's finish: TOOL_CALLS when, and only when, the model called tools (OpenAI ends
+    a forced tool_choice with "stop"; some servers say "tool_calls" with no call at all); a
+    refusal is CONTENT_FILTER, as Anthropic's `stop_reason: "refusal"`; a LENGTH cut stays LENGTH
+    (its arguments are incomplete)."""
+    if refused:
+        return FinishReason.CONTENT_FILTER
     reason = reason or FinishReason.STOP
-    return FinishReason.TOOL_CALLS if called_tools and reason is FinishReason.STOP else reason
+    if reason is FinishReason.STOP and called_tools:
+        return FinishReason.TOOL_CALLS
+    if reason is FinishReason.TOOL_CALLS and not called_tools:
+        return FinishReason.STOP
+    return reason
 
 
 def _count(value: object) -> int:
@@ -209,7 +231,9 @@ def _structured_message(message: ModelMessage) -> dict[str, Any]:
     elif message.tool_calls and not message.content:
         content = None
     wire: dict[str, Any] = {"role": message.role.value, "content": content}
-    if message.name:
+    # A tool message has no name in Chat Completions: its tool_call_id names the call it answers
+    # (a name other than that call's is refused, `_message_refusals`).
+    if message.name and message.role is not _TOOL:
         wire["name"] = message.name
     if message.tool_calls:
         wire["tool_calls"] = [
@@ -219,6 +243,15 @@ def _structured_message(message: ModelMessage) -> dict[str, Any]:
     if message.tool_call_id:
         wire["tool_call_id"] = message.tool_call_id
     return wire
+
+
+def _send_reasoning_back(
+    wire: list[dict[str, Any]], messages: Sequence[ModelMessage], field: str
+) -> None:
+    """Earlier assistant turns' reasoning under the field the configured server takes it in."""
+    for sent, message in zip(wire, messages, strict=True):
+        if message.reasoning is not None:
+            sent[field] = message.reasoning
 
 
 def _part(part: ContentPart) -> dict[str, Any]:
@@ -299,36 +332,80 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _refusal(message: dict[str, Any]) -> str:
+    """The model's refusal (`message.refusal`, `delta.refusal`): the answer's text, finishing
+    CONTENT_FILTER, never an empty success."""
+    return _text(message.get("refusal"))
+
+
 # ToolCallDelta.index is an int32; no upstream makes anywhere near this many calls in one turn.
 _MAX_TOOL_CALL_INDEX = 2**16
 
 
-def _call_deltas(calls: object, known: dict[int, tuple[str, str]]) -> tuple[ToolCallDelta, ...]:
-    """One chunk's `delta.tool_calls` as they come, keyed by `index` (its position in the list if a
-    server leaves it out); `known` holds each call's id and name so far, which are never repeated."""
-    if not isinstance(calls, list):
-        raise errors.UpstreamUnavailable("upstream sent delta.tool_calls that is not a list")
-    deltas: list[ToolCallDelta] = []
-    for position, call in enumerate(calls):
-        if not isinstance(call, dict):
-            raise errors.UpstreamUnavailable("upstream sent a tool call delta that is not a JSON object")
-        index = call.get("index")
-        index = index if isinstance(index, int) else position
-        if not 0 <= index < _MAX_TOOL_CALL_INDEX:
-            raise errors.UpstreamUnavailable(f"upstream sent a tool call delta with index {index}, not a call's position")
+class _StreamedCalls:
+    """The tool calls of one stream so far. By the upstream's `index`: the call's index towards
+    the caller, its id and its name (an id or name a call has is never repeated: llama.cpp's
+    server repeats both on every delta). A new, different id on a known index is a new call at
+    the next free index: Gemini's OpenAI endpoint streams parallel calls all at index 0."""
+
+    __slots__ = ("_known", "_used")
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int, str, str]] = {}
+        self._used: set[int] = set()
+
+    def deltas(self, calls: object) -> tuple[ToolCallDelta, ...]:
+        """One chunk's `delta.tool_calls` as they come, keyed by `index` (its position in the list
+        if a server leaves it out)."""
+        if not isinstance(calls, list):
+            raise errors.UpstreamUnavailable("upstream sent delta.tool_calls that is not a list")
+        deltas: list[ToolCallDelta] = []
+        for position, call in enumerate(calls):
+            if not isinstance(call, dict):
+                raise errors.UpstreamUnavailable(
+                    "upstream sent a tool call delta that is not a JSON object"
+                )
+            delta = self._delta(call, position)
+            if delta.id or delta.name or delta.arguments_delta:
+                deltas.append(delta)
+        return tuple(deltas)
+
+    def _delta(self, call: dict[str, Any], position: int) -> ToolCallDelta:
+        wire_index = call.get("index")
+        wire_index = wire_index if isinstance(wire_index, int) else position
+        if not 0 <= wire_index < _MAX_TOOL_CALL_INDEX:
+            raise errors.UpstreamUnavailable(
+                f"upstream sent a tool call delta with index {wire_index}, not a call's position"
+            )
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
-        known_id, known_name = known.get(index, ("", ""))
-        call_id = "" if known_id else _text(call.get("id"))
-        name = "" if known_name else _text(function.get("name"))
         arguments = _arguments(function.get("arguments"))
         if arguments is None:
             raise errors.UpstreamUnavailable("upstream sent a tool call delta whose arguments are not JSON text")
-        if call_id or name or index not in known:
-            known[index] = (known_id or call_id, known_name or name)
-        if call_id or name or arguments:
-            deltas.append(ToolCallDelta(index=index, id=call_id, name=name, arguments_delta=arguments))
-    return tuple(deltas)
+        given_id, given_name = _text(call.get("id")), _text(function.get("name"))
+        known = self._known.get(wire_index)
+        if known is None or (given_id and known[1] and given_id != known[1]):
+            index = self._open(wire_index if known is None else None)
+            known_id = known_name = ""
+        else:
+            index, known_id, known_name = known
+        call_id = "" if known_id else given_id
+        name = "" if known_name else given_name
+        self._known[wire_index] = (index, known_id or call_id, known_name or name)
+        return ToolCallDelta(index=index, id=call_id, name=name, arguments_delta=arguments)
+
+    def _open(self, wanted: int | None) -> int:
+        """A new call's index: the upstream's own when it is free, else the next free one."""
+        if wanted is not None and wanted not in self._used:
+            index = wanted
+        else:
+            index = max(self._used, default=-1) + 1
+        if index >= _MAX_TOOL_CALL_INDEX:
+            raise errors.UpstreamUnavailable(
+                f"upstream sent more than {_MAX_TOOL_CALL_INDEX} tool calls in one turn"
+            )
+        self._used.add(index)
+        return index
 
 
 def _vectors(payload: dict[str, Any], request: EmbedRequest) -> tuple[tuple[float, ...], ...]:
@@ -410,7 +487,7 @@ class OpenAIClient(HttpProxyClient):
         if reasoning is not None and reasoning.budget_tokens is not None:
             return self._refusals(request)
         for message in request.messages:
-            if message.role is _TOOL or message.parts or message.reasoning is not None or message.reasoning_signature:
+            if message.role is _TOOL or message.parts or message.reasoning_signature:
                 return self._refusals(request)
         return []
 
@@ -418,17 +495,25 @@ class OpenAIClient(HttpProxyClient):
         violations: list[FieldViolation] = []
         if request.reasoning is not None and request.reasoning.budget_tokens is not None:
             violations.append(self._cannot("reasoning.budget_tokens", "take a reasoning budget in tokens; set reasoning.effort instead"))
+        called = {call.id: call.name for message in request.messages for call in message.tool_calls}
         for index, message in enumerate(request.messages):
-            violations += self._message_refusals(index, message)
+            violations += self._message_refusals(index, message, called)
         return violations
 
-    def _message_refusals(self, index: int, message: ModelMessage) -> list[FieldViolation]:
+    def _message_refusals(
+        self, index: int, message: ModelMessage, called: dict[str, str]
+    ) -> list[FieldViolation]:
+        """`called`: the name of each call of the conversation, by id."""
         field = f"messages[{index}]"
         violations: list[FieldViolation] = []
         if message.role is _TOOL and not message.tool_call_id:
             violations.append(self._cannot(f"{field}.tool_call_id", "take a ROLE_TOOL message without the id of the call it answers"))
-        if message.reasoning is not None:
-            violations.append(self._cannot(f"{field}.reasoning", "take an earlier turn's reasoning back (no Chat Completions field)"))
+        elif message.role is _TOOL and message.name not in ("", called.get(message.tool_call_id)):
+            violations.append(self._cannot(
+                f"{field}.name",
+                "take a tool message's name (its tool_call_id names the call); "
+                "leave it empty or give the called tool's name",
+            ))
         if message.reasoning_signature:
             violations.append(self._cannot(f"{field}.reasoning_signature", "take a reasoning signature (no Chat Completions field)"))
         if message.role is not _USER:
@@ -446,10 +531,11 @@ class OpenAIClient(HttpProxyClient):
 
     def _body(self, request: ModelRequest, stream: bool) -> dict[str, Any]:
         sampling = request.sampling
+        messages = [_message(message) for message in request.messages]
+        if self._options.reasoning_field is not None:
+            _send_reasoning_back(messages, request.messages, self._options.reasoning_field)
         body: dict[str, Any] = {
-            "model": self.upstream_model,
-            "messages": [_message(message) for message in request.messages],
-            "stream": stream,
+            "model": self.upstream_model, "messages": messages, "stream": stream,
         }
         if stream and self._options.stream_usage:
             body["stream_options"] = {"include_usage": True}
@@ -491,7 +577,8 @@ class OpenAIClient(HttpProxyClient):
         message = choice.get("message") if choice is not None else None
         if choice is None or not isinstance(message, dict):
             raise errors.UpstreamUnavailable("upstream sent a completion without choices[0].message")
-        text = _text(message.get("content"))
+        refusal = _refusal(message)
+        text = _text(message.get("content")) + refusal
         reasoning = _reasoning(message)
         tool_calls = _tool_calls(message)
         usage = _usage(payload.get("usage")) or await self.estimate_usage(
@@ -500,7 +587,9 @@ class OpenAIClient(HttpProxyClient):
         return ModelOutput(
             text=text,
             reasoning=reasoning,
-            finish_reason=_finish(_finish_reason(choice.get("finish_reason")), bool(tool_calls)),
+            finish_reason=_finish(
+                _finish_reason(choice.get("finish_reason")), bool(tool_calls), bool(refusal)
+            ),
             usage=usage,
             tool_calls=tool_calls,
         )
@@ -511,8 +600,8 @@ class OpenAIClient(HttpProxyClient):
         finish: FinishReason | None = None
         usage: Usage | None = None
         generated: list[str] = []
-        # Each streamed tool call's id and name so far, by index.
-        calls: dict[int, tuple[str, str]] = {}
+        calls = _StreamedCalls()
+        called = refused = False
         async with aclosing(self.post_events(self._url, body, self._headers())) as events:
             done = False
             async for event in events:
@@ -534,10 +623,15 @@ class OpenAIClient(HttpProxyClient):
                     if isinstance(delta, dict):
                         content = delta.get("content")
                         text = content if isinstance(content, str) else ""
+                        refusal = _refusal(delta)
+                        if refusal:
+                            refused = True
+                            text += refusal
                         reasoning = _reasoning(delta)
                         wire_calls = delta.get("tool_calls")
                         if wire_calls:
-                            deltas = _call_deltas(wire_calls, calls)
+                            deltas = calls.deltas(wire_calls)
+                            called = called or bool(deltas)
                             # An estimate of usage counts the calls' names and arguments too.
                             generated.append(text + (reasoning or "") + "".join(d.name + d.arguments_delta for d in deltas))
                             if text or reasoning or deltas:
@@ -550,7 +644,7 @@ class OpenAIClient(HttpProxyClient):
                 raise errors.UpstreamUnavailable("upstream stream ended before the completion finished")
             if usage is None:
                 usage = await self.estimate_usage(request.messages, "".join(generated))
-            yield ModelOutput(finish_reason=_finish(finish, bool(calls)), usage=usage)
+            yield ModelOutput(finish_reason=_finish(finish, called, refused), usage=usage)
             if done:
                 await drain(events)
 

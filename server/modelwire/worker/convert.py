@@ -35,6 +35,7 @@ from modelwire.core.types import (
 )
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.core.settings import RequestLimits
+from modelwire.observe.call_record import note_context
 from modelwire.worker.validation import message_count_violation
 
 _ROLE_FROM_PB = {
@@ -172,6 +173,9 @@ def _reasoning_from_pb(request: pb.ModelRequest) -> ReasoningOptions:
 
 def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelRequest:
     sampling = request.sampling
+    if request.HasField("context"):
+        context = request.context
+        note_context(context.request_id, context.user, context.metadata)
     return ModelRequest(
         model=request.model,
         messages=messages_from_pb(request.messages, limits),

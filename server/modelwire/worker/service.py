@@ -67,11 +67,15 @@ class WorkerService:
             raise ModelNotFound(model, sorted(self._models)) from None
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
-        """A short prompt is counted at once; a long one is work on the pool and waits for a slot."""
+        """A short prompt is counted at once; a long one is work on the pool and waits for a slot.
+        Messages are refused as Generate refuses them: capabilities, then the provider's rules."""
         validate_count_input(model, prompt, self.limits)
         remember_request_text([prompt] if isinstance(prompt, str) else _message_texts(prompt))
         served = self.served(model)
-        refused = [] if isinstance(prompt, str) else unsupported_message_fields(prompt, served.metadata)
+        refused = [] if isinstance(prompt, str) else (
+            unsupported_message_fields(prompt, served.metadata)
+            or served.client.unsupported(ModelRequest(model=model, messages=tuple(prompt)))
+        )
         if refused:
             raise InvalidRequest(refused)
         if counts_inline(prompt):
