@@ -73,13 +73,13 @@ def _patch(variant: str) -> None:
     if variant == "pool-count":
         import asyncio
 
-        from modelwire.proxy import http_upstream
+        from modelwire.providers.http import client as http_client
         from modelwire.tokenize.tiktoken_counter import count_tokens
 
         async def pool_count(self: Any, model: str, prompt: Any) -> TokenCount:
             return await asyncio.get_running_loop().run_in_executor(self._executor, count_tokens, self.upstream_model, prompt)
 
-        http_upstream.HttpProxyClient.count_token = pool_count  # type: ignore[method-assign]
+        http_client.HttpProxyClient.count_token = pool_count  # type: ignore[method-assign]
     if variant.startswith("canned-"):
         _can_upstream(variant)
     if variant == "uvloop":
@@ -131,7 +131,7 @@ def _patch(variant: str) -> None:
         WorkerMetrics.inter_token_gap = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
         WorkerMetrics.admission_changed = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     if variant in ("no-count", "bare-service"):
-        from modelwire.proxy.echo import EchoClient
+        from modelwire.providers.echo import EchoClient
 
         async def count_token(self: Any, model: str, prompt: Any) -> TokenCount:
             return TokenCount(12, "none", False)
@@ -147,11 +147,13 @@ def _can_upstream(variant: str) -> None:
 
     import instant_upstream
 
-    from modelwire.proxy import http_upstream, openai
+    from modelwire.providers.http import client as http_client
+    from modelwire.providers.http import sse
+    from modelwire.providers.openai import client as openai
 
     answers = instant_upstream.Answers(100, "hello ")
     completions: dict[str, Any] = {}  # by model
-    events: dict[str, list[http_upstream.SSEEvent]] = {}  # by model
+    events: dict[str, list[sse.SSEEvent]] = {}  # by model
     payloads: dict[str, Any] = {}  # by event data
 
     async def post_json(self: Any, url: str, body: dict[str, Any], headers: Any) -> Any:
@@ -162,28 +164,28 @@ def _can_upstream(variant: str) -> None:
             completions[body["model"]] = json_module.loads(raw)
         return completions[body["model"]]
 
-    async def post_events(self: Any, url: str, body: dict[str, Any], headers: Any) -> AsyncIterator[http_upstream.SSEEvent]:
+    async def post_events(self: Any, url: str, body: dict[str, Any], headers: Any) -> AsyncIterator[sse.SSEEvent]:
         raw = b"".join(answers.payloads(body["model"], True, "stream_options" in body))
 
         async def arrived() -> AsyncIterator[bytes]:
             yield raw
 
         if variant == "canned-http":
-            async for event in http_upstream.iter_sse(http_upstream.iter_lines(arrived())):
+            async for event in sse.iter_sse(sse.iter_lines(arrived())):
                 yield event
             return
         if body["model"] not in events:
-            events[body["model"]] = [event async for event in http_upstream.iter_sse(http_upstream.iter_lines(arrived()))]
+            events[body["model"]] = [event async for event in sse.iter_sse(sse.iter_lines(arrived()))]
         for event in events[body["model"]]:
             yield event
 
-    def parse_json_event(event: http_upstream.SSEEvent) -> Any:
+    def parse_json_event(event: sse.SSEEvent) -> Any:
         if event.data not in payloads:
             payloads[event.data] = json_module.loads(event.data)
         return payloads[event.data]
 
-    http_upstream.HttpProxyClient.post_json = post_json  # type: ignore[method-assign]
-    http_upstream.HttpProxyClient.post_events = post_events  # type: ignore[method-assign,assignment]
+    http_client.HttpProxyClient.post_json = post_json  # type: ignore[method-assign]
+    http_client.HttpProxyClient.post_events = post_events  # type: ignore[method-assign,assignment]
     if variant == "canned-json":
         openai.parse_json_event = parse_json_event  # type: ignore[assignment]
 

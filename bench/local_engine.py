@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.types import ModelMessage, Role
-from modelwire.proxy.gemma_format import format_gemma_chat
-from modelwire.proxy.llama_build import LlamaBuild
-from modelwire.proxy.llama_engine import Aborted, LlamaModel, LlamaSession, Sampling
-from modelwire.proxy.llamacpp import embedded_model_path
+from modelwire.providers.llama.gemma_format import format_gemma_chat
+from modelwire.providers.llama.build import LlamaBuild
+from modelwire.providers.llama.engine import Aborted, LlamaModel, LlamaSession, Sampling
+from modelwire.providers.llama.model_files import embedded_model_path
 
 SHORT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 LONG = " ".join(f"Item {n}: the keeper logged the weather, the ships and the light." for n in range(118))

@@ -22,8 +22,8 @@ import time
 import grpc
 
 from modelwire.core.types import ModelMessage, Role
-from modelwire.proxy.gemma_format import format_gemma_chat
-from modelwire.proxy.llamacpp import embedded_model_path
+from modelwire.providers.llama.gemma_format import format_gemma_chat
+from modelwire.providers.llama.model_files import embedded_model_path
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 

@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import FinishReason, ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
-from modelwire.proxy.base import ProxyLLMClient
+from modelwire.providers.base import ProxyLLMClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 PROVIDER = "blocking-test"

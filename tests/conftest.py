@@ -13,7 +13,7 @@ import pytest
 from modelwire.app.config import Config, embedded_default
 from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker, build_worker
-from modelwire.proxy import registry
+from modelwire.providers import registry
 from modelwire.worker.admission import Admission
 from blocking_provider import PROVIDER, BlockingTestClient
 from fake_upstream import FakeUpstream, fake_upstream

@@ -25,7 +25,7 @@ from modelwire.core.types import (
     ToolCallDelta,
     Usage,
 )
-from modelwire.proxy.base import MessageConverter, ProxyLLMClient
+from modelwire.providers.base import ProxyLLMClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 PROVIDER = "recording-test"
@@ -53,9 +53,7 @@ class RecordingClient(ProxyLLMClient):
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         return count_tokens("gpt-4o", prompt)
 
-    async def generate_stream(
-        self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncGenerator[ModelOutput, None]:
+    async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
         RecordingClient.requests.append(request)
         yield ModelOutput(reasoning="thinking", reasoning_signature=SIGNATURE)
         yield ModelOutput(tool_call_deltas=(ToolCallDelta(index=0, id="call_1", name="get_weather", arguments_delta=ARGUMENT_PIECES[0]),))

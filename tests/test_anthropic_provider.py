@@ -22,7 +22,7 @@ from fake_upstream import (
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.core.settings import ConfigError
-from modelwire.proxy.anthropic import AnthropicClient
+from modelwire.providers.anthropic.client import AnthropicClient
 from modelwire.v1 import worker_pb2 as pb
 
 KEY_ENV = "MODELWIRE_TEST_ANTHROPIC_KEY"

@@ -23,7 +23,7 @@ from modelwire.worker.servicer import ModelWorkerServicer
 from modelwire.core.settings import RequestLimits
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.settings import ModelConfig
-from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
+from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams, merge_outputs
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from blocking_provider import PROVIDER, BlockingTestClient
 from conftest import WorkerFactory, admission_reaches
@@ -52,30 +52,15 @@ async def test_async_stream_over_sync_stream_yields_deltas_then_final_chunk() ->
     assert all(chunk.finish_reason is None for chunk in chunks[:-1])
 
 
-async def test_generate_and_sync_generate_are_the_merged_stream() -> None:
+async def test_generate_is_the_merged_blocking_stream() -> None:
     with ThreadPoolExecutor(2) as executor:
         client = client_of(executor, tokens=4)
         unary = await client.generate(REQUEST)
-        blocking = await asyncio.to_thread(client.sync_generate, REQUEST)
+        blocking = merge_outputs(list(client.sync_generate_stream(REQUEST, Cancellation())))
 
     assert unary.text == blocking.text == "w0 w1 w2 w3 "
     assert unary.usage == blocking.usage
     assert unary.finish_reason == blocking.finish_reason is not None
-
-
-async def test_message_converter_runs_before_the_provider_sees_messages() -> None:
-    seen: list[tuple[ModelMessage, ...]] = []
-
-    def shout(messages: tuple[ModelMessage, ...]) -> tuple[ModelMessage, ...]:
-        converted = tuple(replace(m, content=m.content.upper()) for m in messages)
-        seen.append(converted)
-        return converted
-
-    with ThreadPoolExecutor(2) as executor:
-        client = client_of(executor, tokens=1)
-        await client.generate(REQUEST, message_converter=shout)  # type: ignore[arg-type]
-
-    assert seen == [(ModelMessage(Role.USER, "HI"),)]
 
 
 async def test_provider_error_reaches_the_consumer() -> None:

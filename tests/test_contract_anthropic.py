@@ -41,7 +41,7 @@ from conftest import running_worker
 from fake_upstream import Exchange, FakeUpstream, Responder, load_toml_config
 from modelwire.app.server import Worker
 from modelwire.core.settings import ConfigError
-from modelwire.proxy.anthropic import AnthropicClient
+from modelwire.providers.anthropic.client import AnthropicClient
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 

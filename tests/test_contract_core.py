@@ -32,7 +32,7 @@ from modelwire.core.types import (
     Tool,
     ToolCall,
 )
-from modelwire.proxy import registry
+from modelwire.providers import registry
 from modelwire.tokenize.tiktoken_counter import IMAGE_TOKENS_ESTIMATE
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc

@@ -40,10 +40,10 @@ from conformance import (
 from conftest import admission_reaches
 from modelwire.app.server import Worker
 from modelwire.core.types import ModelMessage, Role, ToolCall
-from modelwire.proxy.gemma_format import END_OF_TURN, START_OF_TURN
-from modelwire.proxy.llama_engine import _TOKEN_DATA, LlamaModel, _token_array
-from modelwire.proxy.llamacpp import LlamaCppClient
-from modelwire.proxy.output_grammar import json_schema_grammar
+from modelwire.providers.llama.gemma_format import END_OF_TURN, START_OF_TURN
+from modelwire.providers.llama.engine import _TOKEN_DATA, LlamaModel, _token_array
+from modelwire.providers.llama.client import LlamaCppClient
+from modelwire.providers.llama.grammar import json_schema_grammar
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 

@@ -39,8 +39,8 @@ from fake_upstream import Exchange, FakeUpstream, Handler, Responder, load_toml_
 from llama_server import llama_server
 from modelwire.app.server import Worker
 from modelwire.core.settings import ConfigError
-from modelwire.proxy.llamacpp import embedded_model_path
-from modelwire.proxy.openai import OpenAIClient
+from modelwire.providers.llama.model_files import embedded_model_path
+from modelwire.providers.openai.client import OpenAIClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc

@@ -150,7 +150,7 @@ async def test_count_token_uses_the_models_tiktoken_encoding(stub: pb_grpc.Model
 
 
 def test_configuration_errors_name_the_key(tmp_path: Path) -> None:
-    from modelwire.proxy.echo import EchoClient
+    from modelwire.providers.echo import EchoClient
 
     for bad, key in (("chunks = -1", "chunks"), ('chunk_interval_s = "1"', "chunk_interval_s"), ("chunk = 3", "chunk")):
         config = load_toml_config(tmp_path, f'[[models]]\nname = "e"\nprovider = "echo"\n{bad}\n')
@@ -162,7 +162,7 @@ async def test_a_unary_call_tokenizes_its_prompt_once_and_reports_the_same_count
     stub: pb_grpc.ModelWorkerStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The context check and the usage count the same messages: the second reuses the first."""
-    from modelwire.proxy import echo
+    from modelwire.providers import echo
 
     counted: list[object] = []
 

@@ -20,9 +20,9 @@ import pytest
 
 from modelwire.core.settings import ModelConfig
 from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParams
-from modelwire.proxy import llamacpp
-from modelwire.proxy.llama_build import LlamaBuild, LlamaBuildUnfit, cpu_flags
-from modelwire.proxy.llamacpp import LlamaCppClient
+from modelwire.providers.llama import client as llamacpp
+from modelwire.providers.llama.build import LlamaBuild, LlamaBuildUnfit, cpu_flags
+from modelwire.providers.llama.client import LlamaCppClient
 
 # llama_print_system_info() of a `-march=native` build on a Sapphire Rapids Xeon.
 SAPPHIRE_RAPIDS_NATIVE = (

@@ -17,7 +17,7 @@ from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker
 from modelwire.core.settings import ModelConfig
 from modelwire.core.types import ModelMessage, Role
-from modelwire.proxy.llamacpp import LlamaCppClient
+from modelwire.providers.llama.client import LlamaCppClient
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker.admission import Admission

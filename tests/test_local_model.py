@@ -19,8 +19,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
-from modelwire.proxy import llamacpp
-from modelwire.proxy.llamacpp import embedded_model_path
+from modelwire.providers.llama import model_files
+from modelwire.providers.llama.model_files import embedded_model_path
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 
@@ -255,7 +255,7 @@ def test_workers_starting_together_on_a_fresh_machine_share_one_assembled_model(
 
     def start() -> Path:
         together.wait()
-        return llamacpp.embedded_model_path()
+        return model_files.embedded_model_path()
 
     with ThreadPoolExecutor(3) as pool:
         paths = list(pool.map(lambda _: start(), range(3)))
@@ -283,10 +283,10 @@ def test_a_copy_half_written_by_a_process_that_died_is_removed_and_a_live_ones_i
     in_progress = tmp_path / f"{gguf.MODEL_NAME}.{os.getppid()}.1.partial"
     for partial in (orphaned, recent, in_progress):
         partial.write_bytes(b"half")
-    long_ago = time.time() - 2 * llamacpp.ORPHANED_AFTER_S
+    long_ago = time.time() - 2 * model_files.ORPHANED_AFTER_S
     os.utime(orphaned, (long_ago, long_ago))
     os.utime(in_progress, (long_ago, long_ago))
-    llamacpp.embedded_model_path()
+    model_files.embedded_model_path()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gguf.MODEL_NAME, recent.name, in_progress.name])
 
 
@@ -299,7 +299,7 @@ def test_odd_entries_in_the_cache_never_stop_a_worker_from_assembling(tmp_path: 
     else:
         entry = tmp_path / ("model.gguf.99999999999999999999.1.partial" if odd.startswith("a pid") else "model.gguf.\u00b2.1.partial")
         entry.write_text("x")
-    long_ago = time.time() - 2 * llamacpp.ORPHANED_AFTER_S
+    long_ago = time.time() - 2 * model_files.ORPHANED_AFTER_S
     os.utime(entry, (long_ago, long_ago))
-    llamacpp._remove_orphaned_partials(target)
+    model_files._remove_orphaned_partials(target)
     assert entry.exists()

@@ -11,8 +11,8 @@ import pytest
 from modelwire.app.server import Worker
 from modelwire.client import ModelWorkerClient
 from modelwire.core.types import ModelMessage, Role
-from modelwire.proxy.gemma_format import END_OF_TURN, START_OF_TURN
-from modelwire.proxy.llamacpp import LlamaCppClient, TokenDecoder
+from modelwire.providers.llama.gemma_format import END_OF_TURN, START_OF_TURN
+from modelwire.providers.llama.client import LlamaCppClient, TokenDecoder
 
 MODEL = "gemma-3-270m"
 CHAT = [("user", "Tell me about the sea.")]

@@ -27,10 +27,10 @@ import pytest
 from conformance import assert_refused, field_violations, user
 from conftest import free_port
 from modelwire.app.server import Worker
-from modelwire.proxy.gbnf_check import GbnfSyntaxError, check_gbnf
-from modelwire.proxy.llama_engine import GrammarSyntaxError, LlamaModel
-from modelwire.proxy.llamacpp import DEFAULT_MAX_NEW_TOKENS, LlamaCppClient
-from modelwire.proxy.output_grammar import json_object_grammar, json_schema_grammar
+from modelwire.providers.llama.gbnf_check import GbnfSyntaxError, check_gbnf
+from modelwire.providers.llama.engine import GrammarSyntaxError, LlamaModel
+from modelwire.providers.llama.client import DEFAULT_MAX_NEW_TOKENS, LlamaCppClient
+from modelwire.providers.llama.grammar import json_object_grammar, json_schema_grammar
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 

@@ -28,8 +28,8 @@ from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.core.settings import ConfigError
 from modelwire.core.types import ModelMessage, Role
-from modelwire.proxy.llamacpp import embedded_model_path
-from modelwire.proxy.openai import OpenAIClient
+from modelwire.providers.llama.model_files import embedded_model_path
+from modelwire.providers.openai.client import OpenAIClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 from modelwire.v1 import worker_pb2 as pb
 

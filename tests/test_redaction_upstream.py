@@ -39,7 +39,7 @@ from modelwire.v1 import worker_pb2 as pb
 KEY = "sk-proj-SECRETKEY0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
 KEY_START = KEY[:8]
 KEY_ENV = "MODELWIRE_REDACTION_TEST_KEY"
-MESSAGE_LIMIT = 1000  # what an upstream's message is cut to (http_upstream._MAX_MESSAGE)
+MESSAGE_LIMIT = 1000  # what an upstream's message is cut to (http/errors.py _MAX_MESSAGE)
 Handler = Callable[[Exchange, Responder], Awaitable[None]]
 
 
@@ -204,7 +204,8 @@ async def test_a_key_echoed_at_the_cut_never_reaches_the_caller_or_the_log(
 
 
 def test_a_transport_error_is_redacted_before_it_is_cut() -> None:
-    from modelwire.proxy.http_upstream import Secret, error_for_transport
+    from modelwire.providers.http.client import error_for_transport
+    from modelwire.providers.http.options import Secret
 
     failure = aiohttp.ClientPayloadError("." * 950 + " while sending Bearer " + KEY)
     error = error_for_transport(failure, 1.0, Secret(KEY).redact, streaming=False)
@@ -225,13 +226,14 @@ def test_a_transport_error_is_redacted_before_it_is_cut() -> None:
     ],
 )
 def test_secret_redacts_the_key_and_its_start_at_a_cut(text: str, expected: str) -> None:
-    from modelwire.proxy.http_upstream import Secret
+    from modelwire.providers.http.options import Secret
 
     assert Secret(KEY).redact(text) == expected
 
 
 def test_error_messages_come_from_the_body_redacted_before_the_cut() -> None:
-    from modelwire.proxy.http_upstream import Secret, message_from_body
+    from modelwire.providers.http.errors import message_from_body
+    from modelwire.providers.http.options import Secret
 
     body = json.dumps({"error": {"message": "." * 960 + " Bearer " + KEY}}).encode()
     shown = message_from_body(body, Secret(KEY).redact)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelwire.core.types import ModelMessage, Role
-from modelwire.proxy.gemma_format import format_gemma_chat
-from modelwire.proxy.stop_strings import StopStringFilter
+from modelwire.providers.llama.gemma_format import format_gemma_chat
+from modelwire.providers.llama.stop_strings import StopStringFilter
 
 
 def run_filter(stops: tuple[str, ...], deltas: list[str]) -> tuple[list[str], bool]:

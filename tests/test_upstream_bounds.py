@@ -23,7 +23,9 @@ from fake_upstream import (
 )
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
-from modelwire.proxy import http_upstream
+from modelwire.providers.http import client as http_client
+from modelwire.providers.http import errors as http_errors
+from modelwire.providers.http import sse as http_sse
 
 # Deeper than the interpreter's recursion limit (1000 by default): json.loads raises RecursionError.
 DEEP = "[" * 5000 + "]" * 5000
@@ -143,7 +145,7 @@ def test_a_deeply_nested_error_detail_is_described_not_internal() -> None:
     nested: list[Any] = []
     for _ in range(5000):
         nested = [nested]
-    shown = http_upstream.message_from_payload({"detail": nested}, lambda text: text)
+    shown = http_errors.message_from_payload({"detail": nested}, lambda text: text)
     assert shown == "(an error detail nested too deeply to show)"
 
 
@@ -154,7 +156,8 @@ LIMIT = 64 * 1024  # the bound these tests set, instead of sending 16 MiB
 
 @pytest.fixture
 def small_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_upstream, "MAX_UPSTREAM_READ", LIMIT)
+    monkeypatch.setattr(http_client, "MAX_UPSTREAM_READ", LIMIT)  # a unary body
+    monkeypatch.setattr(http_sse, "MAX_UPSTREAM_READ", LIMIT)  # an event stream line
 
 
 async def declared_too_long(exchange: Exchange, respond: Responder) -> None:
@@ -216,15 +219,15 @@ class _Response:
 @pytest.mark.usefixtures("small_bound")
 async def test_reading_stops_one_chunk_past_the_bound() -> None:
     endless = _Response(chunks=10_000)
-    refused = http_upstream.errors.UpstreamUnavailable
+    refused = http_client.errors.UpstreamUnavailable
     with pytest.raises(refused, match=f"larger than {LIMIT} bytes"):
-        await http_upstream._read_answer(endless)  # type: ignore[arg-type]
+        await http_client._read_answer(endless)  # type: ignore[arg-type]
     assert endless.content.taken == LIMIT // 16384 + 1 and endless.closed
 
     declared = _Response(chunks=10_000, content_length=LIMIT + 1)
     with pytest.raises(refused):
-        await http_upstream._read_answer(declared)  # type: ignore[arg-type]
+        await http_client._read_answer(declared)  # type: ignore[arg-type]
     assert declared.content.taken == 0 and declared.closed
 
     exact = _Response(chunks=LIMIT // 16384)
-    assert len(await http_upstream._read_answer(exact)) == LIMIT  # type: ignore[arg-type]
+    assert len(await http_client._read_answer(exact)) == LIMIT  # type: ignore[arg-type]

@@ -420,7 +420,7 @@ async def test_api_key_never_appears_in_logs_or_errors(
     sent = [exchange.headers.get("authorization", exchange.headers.get("x-api-key", "")) for exchange in fake.exchanges]
     assert f"Bearer {SECRET}" in sent and SECRET in sent
     # ... and nowhere else: not in any log record (message, arguments, traceback) nor any error.
-    assert any(record.name.startswith("modelwire.proxy") for record in caplog.records), "the providers' logs were captured"
+    assert any(record.name.startswith("modelwire.providers") for record in caplog.records), "the providers' logs were captured"
     assert any("credentials" in message for message in messages)
     assert any("[redacted]" in message for message in messages)
     logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
@@ -437,7 +437,7 @@ async def _lines(*lines: str) -> AsyncIterator[str]:
 
 
 async def test_sse_parser_follows_the_event_stream_rules() -> None:
-    from modelwire.proxy.http_upstream import SSEEvent, iter_sse
+    from modelwire.providers.http.sse import SSEEvent, iter_sse
 
     events = [event async for event in iter_sse(_lines(
         ": a comment", "event: message_start", 'data: {"a":', "data: 1}", "id: 7", "retry: 100", "",
@@ -456,7 +456,7 @@ async def _chunks(*chunks: bytes) -> AsyncIterator[bytes]:
 async def test_event_stream_lines_split_by_every_ending_whatever_the_chunks(size: int) -> None:
     """\r\n, \r and \n all end a line (the SSE rules), also when a chunk boundary splits \r\n or
     a UTF-8 character; the last line without an ending still arrives."""
-    from modelwire.proxy.http_upstream import iter_lines
+    from modelwire.providers.http.sse import iter_lines
 
     stream = "data: a\r\ndata: b\rdata: ü€\n\r\n\ndata: tail".encode()
     chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
@@ -466,17 +466,17 @@ async def test_event_stream_lines_split_by_every_ending_whatever_the_chunks(size
 
 async def test_an_endless_event_stream_line_is_unavailable_not_memory() -> None:
     from modelwire.core import errors
-    from modelwire.proxy import http_upstream
+    from modelwire.providers.http import sse
 
-    mebibytes = http_upstream.MAX_UPSTREAM_READ // (1024 * 1024)
+    mebibytes = sse.MAX_UPSTREAM_READ // (1024 * 1024)
     endless = (b"x" * (1024 * 1024) for _ in range(mebibytes + 2))
     with pytest.raises(errors.UpstreamUnavailable, match="line longer than"):
-        async for _ in http_upstream.iter_lines(_chunks(*endless)):
+        async for _ in sse.iter_lines(_chunks(*endless)):
             pass
 
 
 def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelwire.proxy.http_upstream import _proxy_for
+    from modelwire.providers.http.client import _proxy_for
 
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -492,7 +492,7 @@ def test_retry_after_parsing() -> None:
     from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
 
-    from modelwire.proxy.http_upstream import parse_retry_after
+    from modelwire.providers.http.errors import parse_retry_after
 
     in_a_minute = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
     assert parse_retry_after({"Retry-After": "7"}) == 7.0
@@ -504,7 +504,9 @@ def test_retry_after_parsing() -> None:
 
 def test_status_mapping_and_retry_policy() -> None:
     from modelwire.core import errors
-    from modelwire.proxy.http_upstream import HttpParams, RetryPolicy, error_for_status
+    from modelwire.providers.http.errors import error_for_status
+    from modelwire.providers.http.options import HttpParams
+    from modelwire.providers.http.retry import RetryPolicy
 
     upstream = HttpParams("openai", "https://api.example", None, None, "gpt", 60.0, 0, 0.5, {})
     kinds = {status: type(error_for_status(status, "m", None, upstream)) for status in (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 529)}
@@ -526,7 +528,8 @@ def test_status_mapping_and_retry_policy() -> None:
 
 
 def test_error_messages_come_from_the_providers_body() -> None:
-    from modelwire.proxy.http_upstream import Secret, message_from_body
+    from modelwire.providers.http.errors import message_from_body
+    from modelwire.providers.http.options import Secret
 
     secret = Secret("sk-abc")
     shown = lambda body: message_from_body(body, secret.redact)  # noqa: E731

@@ -28,7 +28,7 @@ from modelwire.core.settings import (
     model_config,
     parse,
 )
-from modelwire.proxy.registry import provider_class
+from modelwire.providers.registry import provider_class
 
 EMBEDDED_MODEL = "gemma-3-270m"
 # Pool threads beyond the generation slots, for counting long prompts and loading models.

@@ -15,7 +15,7 @@ from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import Permission
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
-from modelwire.proxy.registry import provider_class
+from modelwire.providers.registry import provider_class
 from modelwire.app.reload import Reloader
 from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
 from modelwire.v1 import worker_pb2, worker_pb2_grpc

@@ -1,1 +1,6 @@
-"""Proxy clients: one ProxyLLMClient subclass per provider; they know only the core."""
+"""Providers: one ProxyLLMClient subclass per provider family, each imported on first use."""
+
+from modelwire.providers.base import ProxyLLMClient
+from modelwire.providers.registry import provider_class
+
+__all__ = ["ProxyLLMClient", "provider_class"]

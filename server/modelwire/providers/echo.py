@@ -39,7 +39,7 @@ from modelwire.core.types import (
     TokenCount,
     Usage,
 )
-from modelwire.proxy.base import MessageConverter, ProxyLLMClient
+from modelwire.providers.base import ProxyLLMClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 DEFAULT_CONTEXT_LENGTH = 131072
@@ -106,17 +106,13 @@ class EchoClient(ProxyLLMClient):
         prompt = await self.count_token(self.default_model, request.messages)
         return Usage(prompt_tokens=prompt.count, completion_tokens=chunks * self._chunk_tokens)
 
-    async def generate(self, request: ModelRequest, message_converter: MessageConverter | None = None) -> ModelOutput:
-        request = self.apply_converter(request, message_converter)
+    async def generate(self, request: ModelRequest) -> ModelOutput:
         chunks, finish = self._plan(request)
         if self.chunk_interval_s and chunks > 1:
             await asyncio.sleep(self.chunk_interval_s * (chunks - 1))
         return ModelOutput(text=self.chunk_text * chunks, finish_reason=finish, usage=await self._usage(request, chunks))
 
-    async def generate_stream(
-        self, request: ModelRequest, message_converter: MessageConverter | None = None
-    ) -> AsyncGenerator[ModelOutput, None]:
-        request = self.apply_converter(request, message_converter)
+    async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
         chunks, finish = self._plan(request)
         interval = self.chunk_interval_s
         text = self.chunk_text

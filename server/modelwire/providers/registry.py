@@ -11,7 +11,7 @@ import importlib
 from typing import NamedTuple
 
 from modelwire.core.settings import ModelConfig
-from modelwire.proxy.base import ProxyLLMClient
+from modelwire.providers.base import ProxyLLMClient
 
 
 class BuiltIn(NamedTuple):
@@ -24,16 +24,16 @@ class BuiltIn(NamedTuple):
 
 BUILT_IN: dict[str, BuiltIn] = {
     "llamacpp": BuiltIn(
-        "modelwire.proxy.llamacpp",
+        "modelwire.providers.llama.client",
         "LlamaCppClient",
         "llama-cpp-python (the `local` extra)",
         "from the checkout, `make install` builds and installs it (about 6 minutes on 2 cores the "
         "first time). Without it, serve openai, anthropic or echo models from a --config file "
         "(a remote-only install, `make install LOCAL=0`; docs/configuration.md)",
     ),
-    "openai": BuiltIn("modelwire.proxy.openai", "OpenAIClient"),
-    "anthropic": BuiltIn("modelwire.proxy.anthropic", "AnthropicClient"),
-    "echo": BuiltIn("modelwire.proxy.echo", "EchoClient"),
+    "openai": BuiltIn("modelwire.providers.openai.client", "OpenAIClient"),
+    "anthropic": BuiltIn("modelwire.providers.anthropic.client", "AnthropicClient"),
+    "echo": BuiltIn("modelwire.providers.echo", "EchoClient"),
 }
 
 # The provider classes imported so far, by name; a test registers its own provider here.

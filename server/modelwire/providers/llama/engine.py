@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from modelwire.core.cancellation import Cancellation
-from modelwire.proxy.gbnf_check import GbnfSyntaxError, check_gbnf
+from modelwire.providers.llama.gbnf_check import GbnfSyntaxError, check_gbnf
 
 logger = logging.getLogger(__name__)
 

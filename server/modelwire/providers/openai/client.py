@@ -46,11 +46,9 @@ checks per message and one lookup per streamed delta.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Self
 from urllib.parse import quote, urlencode
@@ -63,67 +61,41 @@ from modelwire.core.errors import FieldViolation
 from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
     Capability,
-    ContentPart,
     EmbedRequest,
     Embeddings,
     FinishReason,
-    GrammarFormat,
-    JsonSchemaFormat,
-    ModelMessage,
     ModelMetadata,
     ModelOutput,
     ModelRequest,
-    NamedTool,
-    Role,
-    Tool,
-    ToolCall,
-    ToolCallDelta,
     Usage,
 )
-from modelwire.proxy.http_upstream import (
-    HttpOptions,
-    HttpParams,
-    HttpProxyClient,
-    drain,
-    error_codes,
-    http_error_from_code,
-    message_from_payload,
-    parse_json_event,
-    read_http_params,
-    remote_limits,
-    retrying_call,
-    wire_float,
+from modelwire.providers.http.client import HttpProxyClient
+from modelwire.providers.http.errors import error_codes, http_error_from_code, message_from_payload
+from modelwire.providers.http.options import HttpOptions, read_http_params
+from modelwire.providers.http.retry import retrying_call
+from modelwire.providers.http.sse import drain, finish_reason, parse_json_event
+from modelwire.providers.openai.codec import (
+    FINISH_REASONS,
+    OpenAIParams,
+    StreamedCalls,
+    body,
+    contract_finish,
+    embedding_usage,
+    reasoning_of,
+    refusal_of,
+    text_of,
+    tool_calls_of,
+    usage_of,
+    vectors_of,
 )
+from modelwire.providers.openai.refusals import unsupported
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
-API_TYPES = ("openai", "azure")
-MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
 # Every OpenAI-compatible server chats, streams and (nearly all) takes tools and response_format;
 # vision, reasoning and embeddings depend on the model, so they are configured where they apply.
 DEFAULT_CAPABILITIES = (Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA)
 SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {Capability.VISION, Capability.REASONING, Capability.EMBEDDINGS}
-
-# Enum members as module constants: `Role.TOOL` costs a class attribute lookup on every read.
-_TOOL, _USER = Role.TOOL, Role.USER
-
-_FINISH_REASONS = {
-    "stop": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "content_filter": FinishReason.CONTENT_FILTER,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "function_call": FinishReason.TOOL_CALLS,
-}
-
-
-@dataclass(frozen=True)
-class OpenAIParams:
-    http: HttpParams
-    api_type: str
-    api_version: str | None
-    max_tokens_param: str
-    stream_usage: bool
-    reasoning_field: str | None
 
 
 @pydantic_dataclass(config=SECTION)
@@ -158,294 +130,13 @@ def _parse_params(config: ModelConfig) -> OpenAIParams:
     )
 
 
-def _finish_reason(value: object) -> FinishReason | None:
-    if not isinstance(value, str) or not value:
-        return None
-    return _FINISH_REASONS.get(value, FinishReason.STOP)
-
-
-def _finish(reason: FinishReason | None, called_tools: bool, refused: bool) -> FinishReason:
-    """The contract's finish: TOOL_CALLS when, and only when, the model called tools (OpenAI ends
-    a forced tool_choice with "stop"; some servers say "tool_calls" with no call at all); a
-    refusal is CONTENT_FILTER, as Anthropic's `stop_reason: "refusal"`; a LENGTH cut stays LENGTH
-    (its arguments are incomplete)."""
-    if refused:
-        return FinishReason.CONTENT_FILTER
-    reason = reason or FinishReason.STOP
-    if reason is FinishReason.STOP and called_tools:
-        return FinishReason.TOOL_CALLS
-    if reason is FinishReason.TOOL_CALLS and not called_tools:
-        return FinishReason.STOP
-    return reason
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
-
-
-def _detail(usage: dict[str, Any], group: str, key: str) -> int:
-    details = usage.get(group)
-    return _count(details.get(key)) if isinstance(details, dict) else 0
-
-
-def _usage(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_prompt_tokens=_detail(value, "prompt_tokens_details", "cached_tokens") or _count(value.get("prompt_cache_hit_tokens")),
-        reasoning_tokens=_detail(value, "completion_tokens_details", "reasoning_tokens"),
-    )
-
-
-def _reasoning(message: dict[str, Any]) -> str | None:
-    """DeepSeek, Qwen and older vLLM say `reasoning_content`; newer vLLM, Ollama, OpenRouter `reasoning`."""
-    for key in ("reasoning_content", "reasoning"):
-        value = message.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-# --- request translation
-
-
-def _message(message: ModelMessage) -> dict[str, Any]:
-    if message.parts or message.tool_calls or message.tool_call_id:
-        return _structured_message(message)
-    wire = {"role": message.role.value, "content": message.content}
-    if message.name:
-        wire["name"] = message.name
-    return wire
-
-
-def _structured_message(message: ModelMessage) -> dict[str, Any]:
-    """A message with content parts, tool calls or a tool call id (a tool's answer)."""
-    content: str | list[dict[str, Any]] | None = message.content
-    if message.parts:
-        content = [_part(part) for part in message.parts]
-    elif message.tool_calls and not message.content:
-        content = None
-    wire: dict[str, Any] = {"role": message.role.value, "content": content}
-    # A tool message has no name in Chat Completions: its tool_call_id names the call it answers
-    # (a name other than that call's is refused, `_message_refusals`).
-    if message.name and message.role is not _TOOL:
-        wire["name"] = message.name
-    if message.tool_calls:
-        wire["tool_calls"] = [
-            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
-            for call in message.tool_calls
-        ]
-    if message.tool_call_id:
-        wire["tool_call_id"] = message.tool_call_id
-    return wire
-
-
-def _send_reasoning_back(
-    wire: list[dict[str, Any]], messages: Sequence[ModelMessage], field: str
-) -> None:
-    """Earlier assistant turns' reasoning under the field the configured server takes it in."""
-    for sent, message in zip(wire, messages, strict=True):
-        if message.reasoning is not None:
-            sent[field] = message.reasoning
-
-
-def _part(part: ContentPart) -> dict[str, Any]:
-    if isinstance(part, str):
-        return {"type": "text", "text": part}
-    return {"type": "image_url", "image_url": {"url": part.data_url()}}
-
-
-def _tool(tool: Tool) -> dict[str, Any]:
-    function: dict[str, Any] = {"name": tool.name}
-    if tool.description:
-        function["description"] = tool.description
-    function["parameters"] = json.loads(tool.schema_json)
-    if tool.strict:
-        function["strict"] = True
-    return {"type": "function", "function": function}
-
-
-def _contract_fields(request: ModelRequest) -> dict[str, Any]:
-    """The v1.1 request fields as Chat Completions names them; only requests that use one get here."""
-    fields: dict[str, Any] = {}
-    if request.tools:
-        fields["tools"] = [_tool(tool) for tool in request.tools]
-        choice = request.tool_choice
-        if isinstance(choice, NamedTool):
-            fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
-        elif choice is not None:
-            fields["tool_choice"] = choice.value
-        if request.parallel_tool_calls is not None:
-            fields["parallel_tool_calls"] = request.parallel_tool_calls
-    output_format = request.output_format
-    # A grammar never gets here: the provider grants no CAPABILITY_GRAMMAR, so it is refused before.
-    assert not isinstance(output_format, GrammarFormat), "grammar is refused by capability"
-    if isinstance(output_format, JsonSchemaFormat):
-        fields["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": output_format.name, "schema": json.loads(output_format.schema_json), "strict": output_format.strict},
-        }
-    elif output_format is not None:
-        fields["response_format"] = {"type": "json_object"}
-    if request.reasoning is not None and request.reasoning.effort is not None:
-        fields["reasoning_effort"] = request.reasoning.effort.value
-    return fields
-
-
-# --- answer translation
-
-
-def _arguments(value: object) -> str | None:
-    """A call's arguments as JSON text; a few servers send them as an object, which is the same JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    return value if isinstance(value, str) else None
-
-
-def _tool_call(call: object) -> ToolCall:
-    function = call.get("function") if isinstance(call, dict) else None
-    name = function.get("name") if isinstance(function, dict) else None
-    arguments = _arguments(function.get("arguments")) if isinstance(function, dict) else None
-    if not isinstance(name, str) or arguments is None:
-        raise errors.UpstreamUnavailable("upstream sent a tool call without a function name and JSON arguments")
-    call_id = call.get("id") if isinstance(call, dict) else None
-    return ToolCall(id=call_id if isinstance(call_id, str) else "", name=name, arguments_json=arguments)
-
-
-def _tool_calls(message: dict[str, Any]) -> tuple[ToolCall, ...]:
-    calls = message.get("tool_calls")
-    if not calls:
-        return ()
-    if not isinstance(calls, list):
-        raise errors.UpstreamUnavailable("upstream sent message.tool_calls that is not a list")
-    return tuple(_tool_call(call) for call in calls)
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _refusal(message: dict[str, Any]) -> str:
-    """The model's refusal (`message.refusal`, `delta.refusal`): the answer's text, finishing
-    CONTENT_FILTER, never an empty success."""
-    return _text(message.get("refusal"))
-
-
-# ToolCallDelta.index is an int32; no upstream makes anywhere near this many calls in one turn.
-_MAX_TOOL_CALL_INDEX = 2**16
-
-
-class _StreamedCalls:
-    """The tool calls of one stream so far. By the upstream's `index`: the call's index towards
-    the caller, its id and its name (an id or name a call has is never repeated: llama.cpp's
-    server repeats both on every delta). A new, different id on a known index is a new call at
-    the next free index: Gemini's OpenAI endpoint streams parallel calls all at index 0."""
-
-    __slots__ = ("_known", "_used")
-
-    def __init__(self) -> None:
-        self._known: dict[int, tuple[int, str, str]] = {}
-        self._used: set[int] = set()
-
-    def deltas(self, calls: object) -> tuple[ToolCallDelta, ...]:
-        """One chunk's `delta.tool_calls` as they come, keyed by `index` (its position in the list
-        if a server leaves it out)."""
-        if not isinstance(calls, list):
-            raise errors.UpstreamUnavailable("upstream sent delta.tool_calls that is not a list")
-        deltas: list[ToolCallDelta] = []
-        for position, call in enumerate(calls):
-            if not isinstance(call, dict):
-                raise errors.UpstreamUnavailable(
-                    "upstream sent a tool call delta that is not a JSON object"
-                )
-            delta = self._delta(call, position)
-            if delta.id or delta.name or delta.arguments_delta:
-                deltas.append(delta)
-        return tuple(deltas)
-
-    def _delta(self, call: dict[str, Any], position: int) -> ToolCallDelta:
-        wire_index = call.get("index")
-        wire_index = wire_index if isinstance(wire_index, int) else position
-        if not 0 <= wire_index < _MAX_TOOL_CALL_INDEX:
-            raise errors.UpstreamUnavailable(
-                f"upstream sent a tool call delta with index {wire_index}, not a call's position"
-            )
-        function = call.get("function")
-        function = function if isinstance(function, dict) else {}
-        arguments = _arguments(function.get("arguments"))
-        if arguments is None:
-            raise errors.UpstreamUnavailable("upstream sent a tool call delta whose arguments are not JSON text")
-        given_id, given_name = _text(call.get("id")), _text(function.get("name"))
-        known = self._known.get(wire_index)
-        if known is None or (given_id and known[1] and given_id != known[1]):
-            index = self._open(wire_index if known is None else None)
-            known_id = known_name = ""
-        else:
-            index, known_id, known_name = known
-        call_id = "" if known_id else given_id
-        name = "" if known_name else given_name
-        self._known[wire_index] = (index, known_id or call_id, known_name or name)
-        return ToolCallDelta(index=index, id=call_id, name=name, arguments_delta=arguments)
-
-    def _open(self, wanted: int | None) -> int:
-        """A new call's index: the upstream's own when it is free, else the next free one."""
-        if wanted is not None and wanted not in self._used:
-            index = wanted
-        else:
-            index = max(self._used, default=-1) + 1
-        if index >= _MAX_TOOL_CALL_INDEX:
-            raise errors.UpstreamUnavailable(
-                f"upstream sent more than {_MAX_TOOL_CALL_INDEX} tool calls in one turn"
-            )
-        self._used.add(index)
-        return index
-
-
-def _vectors(payload: dict[str, Any], request: EmbedRequest) -> tuple[tuple[float, ...], ...]:
-    """`data` in `index` order, one vector of numbers per input, all of one dimension (the one asked
-    for, if any): anything else is a broken answer, never passed on."""
-    data = payload.get("data")
-    count = len(request.inputs)
-    if not isinstance(data, list) or len(data) != count:
-        got = f"{len(data)} embeddings" if isinstance(data, list) else "no data list"
-        raise errors.UpstreamUnavailable(f"upstream answered {count} inputs with {got}")
-    vectors: dict[int, tuple[float, ...]] = {}
-    for position, item in enumerate(data):
-        index = item.get("index") if isinstance(item, dict) else None
-        if not isinstance(index, int) or not 0 <= index < count or index in vectors:
-            raise errors.UpstreamUnavailable(f"upstream sent data[{position}] without a distinct index in [0, {count})")
-        values = item.get("embedding")
-        if not isinstance(values, list) or not values or not all(type(value) in (float, int) for value in values):
-            raise errors.UpstreamUnavailable(
-                f"upstream sent data[{position}].embedding that is not a list of numbers "
-                "(per-token vectors from a model without pooling, or base64?)"
-            )
-        vectors[index] = tuple(float(value) for value in values)
-    ordered = tuple(vectors[index] for index in range(count))
-    dimensions = sorted({len(vector) for vector in ordered})
-    if len(dimensions) != 1:
-        raise errors.UpstreamUnavailable(f"upstream sent embeddings of mixed dimensions {dimensions}")
-    if request.dimensions is not None and dimensions[0] != request.dimensions:
-        raise errors.UpstreamUnavailable(
-            f"upstream sent embeddings of dimension {dimensions[0]} where {request.dimensions} were asked for "
-            "(a server that ignores `dimensions`?)"
-        )
-    return ordered
-
-
-class OpenAIClient(HttpProxyClient):
+class OpenAIClient(HttpProxyClient[OpenAIParams]):
     provider = "openai"
+    default_capabilities = DEFAULT_CAPABILITIES
+    supported_capabilities = SUPPORTED_CAPABILITIES
 
     def __init__(self, metadata: ModelMetadata, executor: Executor, params: OpenAIParams, max_concurrency: int) -> None:
-        super().__init__(metadata, executor, params.http, max_concurrency)
-        self._options = params
+        super().__init__(metadata, executor, params, max_concurrency)
         self._url = self._endpoint("chat/completions")
         self._embeddings_url = self._endpoint("embeddings")
 
@@ -458,18 +149,12 @@ class OpenAIClient(HttpProxyClient):
         return f"{base}/{path}"
 
     @classmethod
-    def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
-        options = _parse_params(params)
-        context_length, max_output_tokens = remote_limits(params)
-        metadata = ModelMetadata(
-            model=params.name,
-            provider=cls.provider,
-            context_length=context_length,
-            max_output_tokens=max_output_tokens,
-            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, SUPPORTED_CAPABILITIES),
-            metadata={"upstream_model": options.http.upstream_model, "api_type": options.api_type},
-        )
-        return cls(metadata, executor, options, params.max_concurrency)
+    def read_options(cls, config: ModelConfig) -> OpenAIParams:
+        return _parse_params(config)
+
+    @classmethod
+    def metadata_extra(cls, options: OpenAIParams) -> dict[str, str]:
+        return {"api_type": options.api_type}
 
     def _headers(self) -> dict[str, str]:
         key = self._params.api_key
@@ -479,82 +164,11 @@ class OpenAIClient(HttpProxyClient):
             return {"api-key": key.reveal()}
         return {"Authorization": f"Bearer {key.reveal()}"}
 
-    # --- what Chat Completions cannot express
-
     def unsupported(self, request: ModelRequest) -> list[FieldViolation]:
-        """A cheap scan first, on every request: nearly none has anything refused here."""
-        reasoning = request.reasoning
-        if reasoning is not None and reasoning.budget_tokens is not None:
-            return self._refusals(request)
-        for message in request.messages:
-            if message.role is _TOOL or message.parts or message.reasoning_signature:
-                return self._refusals(request)
-        return []
-
-    def _refusals(self, request: ModelRequest) -> list[FieldViolation]:
-        violations: list[FieldViolation] = []
-        if request.reasoning is not None and request.reasoning.budget_tokens is not None:
-            violations.append(self._cannot("reasoning.budget_tokens", "take a reasoning budget in tokens; set reasoning.effort instead"))
-        called = {call.id: call.name for message in request.messages for call in message.tool_calls}
-        for index, message in enumerate(request.messages):
-            violations += self._message_refusals(index, message, called)
-        return violations
-
-    def _message_refusals(
-        self, index: int, message: ModelMessage, called: dict[str, str]
-    ) -> list[FieldViolation]:
-        """`called`: the name of each call of the conversation, by id."""
-        field = f"messages[{index}]"
-        violations: list[FieldViolation] = []
-        if message.role is _TOOL and not message.tool_call_id:
-            violations.append(self._cannot(f"{field}.tool_call_id", "take a ROLE_TOOL message without the id of the call it answers"))
-        elif message.role is _TOOL and message.name not in ("", called.get(message.tool_call_id)):
-            violations.append(self._cannot(
-                f"{field}.name",
-                "take a tool message's name (its tool_call_id names the call); "
-                "leave it empty or give the called tool's name",
-            ))
-        if message.reasoning_signature:
-            violations.append(self._cannot(f"{field}.reasoning_signature", "take a reasoning signature (no Chat Completions field)"))
-        if message.role is not _USER:
-            violations += [
-                self._cannot(f"{field}.parts[{number}].image", f"take an image in a {message.role.value} message, only in user messages")
-                for number, part in enumerate(message.parts)
-                if not isinstance(part, str)
-            ]
-        return violations
-
-    def _cannot(self, field: str, what: str) -> FieldViolation:
-        return FieldViolation(field, f"model {self.default_model!r} (provider openai, Chat Completions) cannot {what}")
-
-    # --- the request
+        return unsupported(self.default_model, request)
 
     def _body(self, request: ModelRequest, stream: bool) -> dict[str, Any]:
-        sampling = request.sampling
-        messages = [_message(message) for message in request.messages]
-        if self._options.reasoning_field is not None:
-            _send_reasoning_back(messages, request.messages, self._options.reasoning_field)
-        body: dict[str, Any] = {
-            "model": self.upstream_model, "messages": messages, "stream": stream,
-        }
-        if stream and self._options.stream_usage:
-            body["stream_options"] = {"include_usage": True}
-        optional: dict[str, Any] = {
-            "temperature": wire_float(sampling.temperature),
-            "top_p": wire_float(sampling.top_p),
-            self._options.max_tokens_param: sampling.max_new_tokens,
-            "seed": sampling.seed,
-            "presence_penalty": wire_float(sampling.presence_penalty),
-            "frequency_penalty": wire_float(sampling.frequency_penalty),
-            "stop": list(sampling.stop) or None,
-            "user": request.context.user or None,
-        }
-        for key, value in optional.items():  # a loop: half the cost of update() with a generator
-            if value is not None:
-                body[key] = value
-        if request.tools or request.output_format is not None or request.reasoning is not None:
-            body.update(_contract_fields(request))
-        return body
+        return body(request, self._options, self.upstream_model, stream)
 
     def _payload_error(self, payload: dict[str, Any]) -> errors.ModelwireError:
         """An `{"error": ...}` object where a completion was expected (some servers send it mid-stream)."""
@@ -577,18 +191,18 @@ class OpenAIClient(HttpProxyClient):
         message = choice.get("message") if choice is not None else None
         if choice is None or not isinstance(message, dict):
             raise errors.UpstreamUnavailable("upstream sent a completion without choices[0].message")
-        refusal = _refusal(message)
-        text = _text(message.get("content")) + refusal
-        reasoning = _reasoning(message)
-        tool_calls = _tool_calls(message)
-        usage = _usage(payload.get("usage")) or await self.estimate_usage(
+        refusal = refusal_of(message)
+        text = text_of(message.get("content")) + refusal
+        reasoning = reasoning_of(message)
+        tool_calls = tool_calls_of(message)
+        usage = usage_of(payload.get("usage")) or await self.estimate_usage(
             request.messages, text + (reasoning or "") + "".join(call.name + call.arguments_json for call in tool_calls)
         )
         return ModelOutput(
             text=text,
             reasoning=reasoning,
-            finish_reason=_finish(
-                _finish_reason(choice.get("finish_reason")), bool(tool_calls), bool(refusal)
+            finish_reason=contract_finish(
+                finish_reason(FINISH_REASONS, choice.get("finish_reason")), bool(tool_calls), bool(refusal)
             ),
             usage=usage,
             tool_calls=tool_calls,
@@ -600,7 +214,7 @@ class OpenAIClient(HttpProxyClient):
         finish: FinishReason | None = None
         usage: Usage | None = None
         generated: list[str] = []
-        calls = _StreamedCalls()
+        calls = StreamedCalls()
         called = refused = False
         async with aclosing(self.post_events(self._url, body, self._headers())) as events:
             done = False
@@ -614,7 +228,7 @@ class OpenAIClient(HttpProxyClient):
                 if payload.get("error"):
                     raise self._payload_error(payload)
                 # Any chunk may carry usage; with include_usage it is the last one, with `choices: []`.
-                usage = _usage(payload.get("usage")) or usage
+                usage = usage_of(payload.get("usage")) or usage
                 choices = payload.get("choices")
                 for choice in choices if isinstance(choices, list) else ():
                     if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -623,11 +237,11 @@ class OpenAIClient(HttpProxyClient):
                     if isinstance(delta, dict):
                         content = delta.get("content")
                         text = content if isinstance(content, str) else ""
-                        refusal = _refusal(delta)
+                        refusal = refusal_of(delta)
                         if refusal:
                             refused = True
                             text += refusal
-                        reasoning = _reasoning(delta)
+                        reasoning = reasoning_of(delta)
                         wire_calls = delta.get("tool_calls")
                         if wire_calls:
                             deltas = calls.deltas(wire_calls)
@@ -639,12 +253,12 @@ class OpenAIClient(HttpProxyClient):
                         elif text or reasoning:
                             generated.append(text + (reasoning or ""))
                             yield ModelOutput(text=text, reasoning=reasoning)
-                    finish = _finish_reason(choice.get("finish_reason")) or finish
+                    finish = finish_reason(FINISH_REASONS, choice.get("finish_reason")) or finish
             if not done and finish is None:
                 raise errors.UpstreamUnavailable("upstream stream ended before the completion finished")
             if usage is None:
                 usage = await self.estimate_usage(request.messages, "".join(generated))
-            yield ModelOutput(finish_reason=_finish(finish, called, refused), usage=usage)
+            yield ModelOutput(finish_reason=contract_finish(finish, called, refused), usage=usage)
             if done:
                 await drain(events)
 
@@ -661,8 +275,8 @@ class OpenAIClient(HttpProxyClient):
             raise errors.UpstreamUnavailable("upstream sent embeddings that are not a JSON object")
         if payload.get("error"):
             raise self._payload_error(payload)
-        vectors = _vectors(payload, request)
-        return Embeddings(vectors=vectors, usage=_embedding_usage(payload.get("usage")) or await self._estimate_inputs(request.inputs))
+        vectors = vectors_of(payload, request)
+        return Embeddings(vectors=vectors, usage=embedding_usage(payload.get("usage")) or await self._estimate_inputs(request.inputs))
 
     async def _estimate_inputs(self, inputs: Sequence[str]) -> Usage:
         """Usage the worker counted itself, for an upstream that reported none."""
@@ -674,6 +288,3 @@ class OpenAIClient(HttpProxyClient):
         return Usage(prompt_tokens=count.count, estimated=True)
 
 
-def _embedding_usage(value: object) -> Usage | None:
-    prompt = value.get("prompt_tokens") if isinstance(value, dict) else None
-    return Usage(prompt_tokens=prompt) if isinstance(prompt, int) else None

@@ -1,0 +1,3 @@
+"""The Anthropic Messages API provider: client, codec and refusals."""
+
+__all__ = ["client", "codec", "refusals"]
