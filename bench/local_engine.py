@@ -1,6 +1,6 @@
 """The llama.cpp options the worker could load the local model with, measured on this machine.
 
-In one process, for the installed llama-cpp-python build: modelwire's engine (proxy/llama_engine.py)
+In one process, for the installed llama-cpp-python build: modelwire's engine (providers/llama/engine.py)
 with and without the extra weight buffers (ggml's repacking; AMX kernels when the build has them),
 and llama-cpp-python's `Llama` for reference, all greedy on the same tokens and threads. Per option:
 time to first token for a short chat prompt (on an empty cache: the engine keeps nothing between

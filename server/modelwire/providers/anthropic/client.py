@@ -1,4 +1,4 @@
-"""Anthropic's Messages API, natively async over aiohttp (proxy/http_upstream.py).
+"""Anthropic's Messages API, natively async over aiohttp (providers/http/).
 
 Requests. System messages go to `system`: one string (joined by blank lines), or text blocks when
 one of them carries a cache breakpoint. Consecutive messages of one role are merged into one turn,

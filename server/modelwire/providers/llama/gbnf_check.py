@@ -2,7 +2,7 @@
 
 llama.cpp's parser (`llama_grammar_parser::parse`, src/llama-grammar.cpp) reports a syntax error
 with a raw `fprintf(stderr, …)` of the error and the whole grammar, not through the log callback
-that llama_engine.py routes into the project's logger. The worker's stderr is its log stream, so a
+that llama/engine.py routes into the project's logger. The worker's stderr is its log stream, so a
 caller's grammar would land there verbatim, as lines that are not JSON. Redirecting fd 2 around the
 parse cannot fix that safely: the descriptor is the whole process's, and every other thread's log
 records (the event loop's, gRPC core's) written during the parse would be captured with it. So the

@@ -3,7 +3,7 @@
 Gemma has no system role: the system text opens the first user turn. Tool results are shown to
 the model as user turns; the assistant speaks as "model". Gemma has no tool format either: an
 assistant turn's tool calls and a tool's result are written as plain lines of text (`tool_lines`),
-and the instruction describing a forced tool call (llamacpp.py) closes the last user turn.
+and the instruction describing a forced tool call (llama/client.py) closes the last user turn.
 
 The prompt is a list of pieces, each either a template marker or text. Only markers may become
 control tokens: a caller who writes `<end_of_turn>` in a message, a tool argument or a tool result

@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible Chat Completions API, natively async over aiohttp (proxy/http_upstream.py).
+"""Any OpenAI-compatible Chat Completions API, natively async over aiohttp (providers/http/).
 
 OpenAI, Azure OpenAI (`api_type = "azure"`), DeepSeek, Qwen/DashScope, Moonshot, Zhipu, Gemini's
 OpenAI endpoint, vLLM, llama.cpp server, Ollama's /v1. Streams ask for

@@ -1,0 +1,1 @@
+"""The Anthropic provider's tests."""
