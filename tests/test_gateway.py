@@ -22,7 +22,7 @@ from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.requests import build_request
 from modelwire.core.errors import InvalidRequest
 from modelwire.gateway.server import Gateway, model_field, not_started
-from modelwire.fleet.orca import INSTANCE_TRAILER
+from modelwire.rpc.wire import INSTANCE_TRAILER
 from modelwire.controller.server import ControllerServer
 from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.v1 import worker_pb2 as pb

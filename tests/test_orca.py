@@ -17,7 +17,7 @@ from conftest import running_worker
 from fleet import Joining, blocking_config, blocking_model, registered, registered_worker, running_controller
 from modelwire.client import ModelWorkerClient
 from modelwire.client.requests import build_request, count_request
-from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
+from modelwire.rpc.wire import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from raw_h2 import unary_call

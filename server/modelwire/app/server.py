@@ -12,13 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from modelwire.app.config import Config
 from modelwire.core.errors import StartupFailure
-from modelwire.core.settings import Permission
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
 from modelwire.app.reload import Reloader
+from modelwire.rpc.auth import model_calls
 from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
-from modelwire.v1 import worker_pb2, worker_pb2_grpc
+from modelwire.rpc.wire import WORKER_SERVICE
+from modelwire.v1 import worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import RegistrationAgent, advertised_address, check_reachable, worker_agent
 from modelwire.worker.orca import LoadReports
@@ -26,8 +27,6 @@ from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
 
 logger = logging.getLogger(__name__)
-
-WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
 
 
 async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[ServedModel]:
@@ -58,10 +57,6 @@ def _model_label(models: list[ServedModel]) -> ModelLabel:
     return label
 
 
-def _model_calls(method: str) -> Permission | None:
-    return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None
-
-
 class Worker:
     """A running gRPC worker: ModelWorker, health and reflection on one port (rpc/server.py)."""
 
@@ -78,7 +73,7 @@ class Worker:
             role="worker",
             server=config.server,
             services=[Service(WORKER_SERVICE, lambda server: worker_pb2_grpc.add_ModelWorkerServicer_to_server(servicer, server))],
-            permission_of=_model_calls,
+            permission_of=model_calls,
             tls=config.tls,
             auth=config.auth,
             observability=config.observability,

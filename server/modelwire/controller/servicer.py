@@ -16,12 +16,13 @@ from dataclasses import replace
 import grpc
 
 from modelwire.core.addresses import host_of, ip_literal, is_metadata_service, private_kind
-from modelwire.core.errors import FieldViolation, InvalidRequest, PermissionDenied
+from modelwire.core.errors import FieldViolation, InvalidRequest, PermissionDenied, RegistryUnavailable
 from modelwire.fleet import convert
 from modelwire.fleet.registry import Registry, check_spec
-from modelwire.fleet.types import ID_TAKEN, InstanceSpec
+from modelwire.fleet.types import InstanceSpec
 from modelwire.rpc.auth import caller_identity
-from modelwire.rpc.status import CallScope
+from modelwire.rpc.status import CallScope, refuse
+from modelwire.rpc.wire import ID_TAKEN
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
 
@@ -106,10 +107,12 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
         self._policy = policy
 
     def _owned(self, instance_id: str) -> None:
-        """Refuses a caller that is not the identity which registered `instance_id`."""
+        """Refuses a caller that is not the identity which registered `instance_id`: ErrorInfo
+        ID_TAKEN tells a worker's agent to register under a new id; the text is for people."""
         owner = self._registry.owner_of(instance_id)
         if owner is not None and owner != (caller_identity() or ""):
-            raise PermissionDenied(f"instance {instance_id!r} {ID_TAKEN}")
+            taken = f"instance {instance_id!r} was registered by another identity"
+            raise PermissionDenied(taken, reason=ID_TAKEN)
 
     def _room_for(self, spec: InstanceSpec) -> None:
         caller = caller_identity()
@@ -160,4 +163,4 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
                 yield convert.batch_to_pb(batch)
         except ConnectionError as lost:
             # The watcher fell behind or the backing store went away: the caller watches again.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{lost}; watch again")
+            await refuse(context, RegistryUnavailable(f"{lost}; watch again"))

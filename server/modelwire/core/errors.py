@@ -1,9 +1,38 @@
-"""Typed errors: providers and the worker raise these, the edge maps each to one gRPC status."""
+"""Typed errors: providers and the worker raise these, the edge maps each to one gRPC status.
+
+Each error names its gRPC status as the class attribute `code` (a string, so core/ stays free of
+grpc); rpc/status.py turns it into the status and adds the google.rpc details shown below.
+
+    Exception
+    ├── StartupFailure                  (the worker cannot start; never a caller's error)
+    └── ModelwireError
+        ├── InvalidRequest              INVALID_ARGUMENT     BadRequest
+        ├── UpstreamRejected            INVALID_ARGUMENT
+        ├── ModelNotFound               NOT_FOUND
+        ├── UpstreamModelNotFound       NOT_FOUND
+        ├── ContextLengthExceeded       FAILED_PRECONDITION  PreconditionFailure
+        ├── UpstreamContextExceeded     FAILED_PRECONDITION  PreconditionFailure
+        ├── UpstreamAccountProblem      FAILED_PRECONDITION
+        ├── UpstreamAuthFailed          FAILED_PRECONDITION
+        ├── RoutingLoop                 FAILED_PRECONDITION
+        ├── TokenizerUnavailable        FAILED_PRECONDITION
+        ├── Overloaded                  RESOURCE_EXHAUSTED   RetryInfo, ErrorInfo NOT_STARTED
+        │   └── UpstreamRateLimited     RESOURCE_EXHAUSTED   RetryInfo
+        ├── NotReady                    UNAVAILABLE          RetryInfo
+        ├── UpstreamUnavailable         UNAVAILABLE
+        ├── RegistryUnavailable         UNAVAILABLE
+        ├── PermissionDenied            PERMISSION_DENIED    ErrorInfo `reason` (ID_TAKEN)
+        └── DeadlineExceeded            DEADLINE_EXCEEDED
+
+The call pipeline's own refusals are typed too, where they are made: `Unauthenticated`
+(rpc/auth.py) and `MalformedRequest` (rpc/malformed.py). Any other exception is INTERNAL.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Bounds of every retry delay a caller is told (google.rpc.RetryInfo): at least half a second, so a
 # "retry now" never turns into a hot loop, and at most a day, so a huge or infinite Retry-After
@@ -24,7 +53,10 @@ class StartupFailure(Exception):
 
 
 class ModelwireError(Exception):
-    """Base of every error a caller may see; its message must be safe to show (no secrets)."""
+    """Base of every error a caller may see; its message must be safe to show (no secrets).
+    Each subclass sets `code`, the name of its grpc.StatusCode."""
+
+    code: ClassVar[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +69,8 @@ class InvalidRequest(ModelwireError):
     """At most MAX_VIOLATIONS problems are named: the status travels in a header, and a request with
     thousands of bad messages would otherwise get a trailer no client accepts."""
 
+    code: ClassVar[str] = "INVALID_ARGUMENT"
+
     MAX_VIOLATIONS = 10
 
     def __init__(self, violations: list[FieldViolation]) -> None:
@@ -48,6 +82,8 @@ class InvalidRequest(ModelwireError):
 
 
 class ModelNotFound(ModelwireError):
+    code: ClassVar[str] = "NOT_FOUND"
+
     def __init__(self, model: str, served: list[str]) -> None:
         self.model = model
         self.served = served
@@ -55,6 +91,8 @@ class ModelNotFound(ModelwireError):
 
 
 class ContextLengthExceeded(ModelwireError):
+    code: ClassVar[str] = "FAILED_PRECONDITION"
+
     def __init__(self, model: str, prompt_tokens: int, context_length: int, estimate_margin: float | None = None) -> None:
         """`estimate_margin`: the count is an estimate that may be off by this fraction."""
         self.prompt_tokens = prompt_tokens
@@ -72,6 +110,8 @@ class Overloaded(ModelwireError):
     """The worker or the upstream cannot take the call now; retry after `retry_after_s`.
     `not_started`: refused before any work (admission), so another instance may take it at once."""
 
+    code: ClassVar[str] = "RESOURCE_EXHAUSTED"
+
     def __init__(self, message: str, retry_after_s: float, not_started: bool = False) -> None:
         self.retry_after_s = retry_delay(retry_after_s)
         self.not_started = not_started
@@ -88,6 +128,8 @@ class NotReady(ModelwireError):
     """Nothing can serve the call right now, but something should soon (a gateway without its
     instance table yet, a model whose only worker restarts); retry after `retry_after_s`."""
 
+    code: ClassVar[str] = "UNAVAILABLE"
+
     def __init__(self, message: str, retry_after_s: float) -> None:
         self.retry_after_s = retry_delay(retry_after_s)
         super().__init__(message)
@@ -96,22 +138,32 @@ class NotReady(ModelwireError):
 class UpstreamUnavailable(ModelwireError):
     """The provider could not be reached or failed on its side (connection error, 5xx)."""
 
+    code: ClassVar[str] = "UNAVAILABLE"
+
 
 class UpstreamRejected(ModelwireError):
     """The provider refused the request as malformed (its 400); the message is the provider's."""
+
+    code: ClassVar[str] = "INVALID_ARGUMENT"
 
 
 class UpstreamContextExceeded(ModelwireError):
     """The provider itself said the prompt and max_new_tokens do not fit its context; the
     message is the provider's (a worker's count is an estimate for most remote models)."""
 
+    code: ClassVar[str] = "FAILED_PRECONDITION"
+
 
 class UpstreamAccountProblem(ModelwireError):
     """The worker's account with the provider cannot pay or is suspended (HTTP 402): not the
     caller's fault, nothing the caller can change, and not worth an immediate retry."""
 
+    code: ClassVar[str] = "FAILED_PRECONDITION"
+
 
 class UpstreamAuthFailed(ModelwireError):
+    code: ClassVar[str] = "FAILED_PRECONDITION"
+
     def __init__(self) -> None:
         super().__init__("upstream rejected the worker's credentials; check the worker's API key configuration")
 
@@ -119,23 +171,41 @@ class UpstreamAuthFailed(ModelwireError):
 class UpstreamModelNotFound(ModelwireError):
     """The provider does not know the configured upstream model."""
 
+    code: ClassVar[str] = "NOT_FOUND"
+
 
 class DeadlineExceeded(ModelwireError):
     """The caller's deadline or the configured timeout passed before the work finished."""
 
+    code: ClassVar[str] = "DEADLINE_EXCEEDED"
+
 
 class PermissionDenied(ModelwireError):
-    """An authenticated caller asked for what its token does not allow (another's instance id)."""
+    """An authenticated caller asked for what its token does not allow (another's instance id).
+    `reason`: a google.rpc.ErrorInfo reason for the caller's code to act on (rpc/wire.py's
+    ID_TAKEN), so no caller matches message text."""
+
+    code: ClassVar[str] = "PERMISSION_DENIED"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class RoutingLoop(ModelwireError):
     """A gateway received a call it had forwarded itself (an instance registered at a gateway's
     address): the fleet's registrations must change, retrying cannot help."""
 
+    code: ClassVar[str] = "FAILED_PRECONDITION"
+
 
 class RegistryUnavailable(ModelwireError):
-    """The fleet's backing store (etcd) cannot be reached; the caller retries."""
+    """The fleet's registry (etcd, or a controller) cannot be reached; the caller retries."""
+
+    code: ClassVar[str] = "UNAVAILABLE"
 
 
 class TokenizerUnavailable(ModelwireError):
     """No tokenizer data could be loaded offline for this model."""
+
+    code: ClassVar[str] = "FAILED_PRECONDITION"

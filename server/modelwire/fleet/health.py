@@ -10,12 +10,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelwire.core.backoff import Backoff
-from modelwire.v1 import worker_pb2
+from modelwire.rpc.wire import WORKER_SERVICE
 
 logger = logging.getLogger(__name__)
-
-WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
-
 
 # Answers that say nothing about the instance's health: no health service, or our credentials are
 # not accepted there. The instance is then "unknown", not "down".

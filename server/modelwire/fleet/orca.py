@@ -1,7 +1,8 @@
-"""The load-report trailers a worker writes (worker/orca.py) and a gateway reads.
+"""Reading the load-report trailers a worker writes (worker/orca.py), as a gateway does.
 
 `endpoint-load-metrics-bin` is ORCA's own trailer, for gRPC clients that balance on it (Go, Java,
-C++); their C core consumes it, so the same report also travels as `modelwire-load-bin`.
+C++); their C core consumes it, so the same report also travels as `modelwire-load-bin`
+(rpc/wire.py names both).
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from collections.abc import Sequence
 from google.protobuf.message import DecodeError
 from xds.data.orca.v3 import orca_load_report_pb2
 
-ORCA_TRAILER = "endpoint-load-metrics-bin"
-LOAD_TRAILER = "modelwire-load-bin"
-INSTANCE_TRAILER = "modelwire-instance-id"
+from modelwire.rpc.wire import LOAD_TRAILER, ORCA_TRAILER
 
 
 def parse_report(trailers: Sequence[tuple[str, str | bytes]] | None) -> orca_load_report_pb2.OrcaLoadReport | None:

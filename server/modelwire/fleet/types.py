@@ -9,14 +9,6 @@ from dataclasses import dataclass, field
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
-# Metadata a gateway adds to each call it forwards: the gateways the call has passed. A worker
-# that sees it sends its response headers when the work begins (what a gateway needs to know
-# whether a lost call may have run); direct callers are spared that extra frame.
-VIA_KEY = "modelwire-via"
-# How a controller says that another identity holds an instance id; an agent then takes a new one.
-ID_TAKEN = "was registered by another identity"
-
-
 def valid_instance_id(instance_id: str) -> bool:
     """Ids become the last segment of an etcd key, so they must not contain '/'."""
     return bool(_ID.fullmatch(instance_id)) and instance_id not in (".", "..")

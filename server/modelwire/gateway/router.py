@@ -29,12 +29,12 @@ import grpc
 from modelwire.core.errors import FieldViolation, InvalidRequest, ModelNotFound, NotReady
 from modelwire.core.settings import GatewaySection
 from modelwire.fleet.health import follow_health
-from modelwire.fleet.orca import LOAD_TRAILER, ORCA_TRAILER
 from modelwire.fleet.registry import DEFAULT_TTL_S, RegistryClient
 from modelwire.fleet.types import EventType, Instance, WatchBatch
 from modelwire.observe.call_record import sendable
 from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import client_options, dial
+from modelwire.rpc.wire import LOAD_TRAILER, ORCA_TRAILER, Metadata
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ LOAD_HALF_LIFE_S = 5.0
 NOT_READY_RETRY_S = 1.0
 # Metadata that belongs to this hop, not to the call: never forwarded.
 _HOP_KEYS = frozenset({"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"})
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 @dataclass

@@ -25,7 +25,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 
 from modelwire.core.errors import (
     InvalidRequest,
@@ -34,15 +33,12 @@ from modelwire.core.errors import (
     PermissionDenied,
     RoutingLoop,
 )
-from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityConfig, Permission, ServerConfig, TlsConfig
-from modelwire.fleet.health import WORKER_SERVICE
-from modelwire.fleet.orca import INSTANCE_TRAILER, parse_report
+from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityConfig, ServerConfig, TlsConfig
+from modelwire.fleet.orca import parse_report
 from modelwire.fleet.registry import RegistryClient
-from modelwire.fleet.types import VIA_KEY
 from modelwire.gateway.router import (
     LIST_MODELS_TIMEOUT_S,
     MAX_ATTEMPTS,
-    Metadata,
     Route,
     Router,
     forwarded_metadata,
@@ -50,16 +46,24 @@ from modelwire.gateway.router import (
     refuse_unsendable,
     returned_trailers,
 )
-from modelwire.observe.call_observer import PID_KEY, UNKNOWN_MODEL
-from modelwire.observe.call_record import REQUEST_ID_KEY, current_call
-from modelwire.rpc.auth import model_refusal
+from modelwire.observe.call_observer import UNKNOWN_MODEL
+from modelwire.observe.call_record import current_call
+from modelwire.rpc.auth import model_calls, model_refusal
 from modelwire.rpc.server import RpcServer, Service
-from modelwire.rpc.status import ERROR_DOMAIN, NOT_STARTED, CallScope
+from modelwire.rpc.status import CallScope, error_reasons, received_status
+from modelwire.rpc.wire import (
+    INSTANCE_TRAILER,
+    NOT_STARTED,
+    PID_KEY,
+    REQUEST_ID_KEY,
+    VIA_KEY,
+    WORKER_SERVICE,
+    Metadata,
+)
 from modelwire.v1 import worker_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-_STATUS_DETAILS = "grpc-status-details-bin"
 # A gateway that sees its own id in a call's VIA_KEY refuses it; so does one past this many hops.
 MAX_HOPS = 8
 # A retry budget lets a burst this large through before the ratio governs.
@@ -93,18 +97,7 @@ def not_started(error: grpc.aio.AioRpcError) -> bool:
         # queued at its admission (it sends its headers when the work begins), or a server that is
         # no modelwire worker and answered without them, which cannot have done our work.
         return bool(error.code() == grpc.StatusCode.UNAVAILABLE)
-    details = trailers.get(_STATUS_DETAILS)
-    if not isinstance(details, bytes):
-        return False
-    try:
-        status = status_pb2.Status.FromString(details)
-    except DecodeError:
-        return False
-    for packed in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if packed.Is(info.DESCRIPTOR) and packed.Unpack(info) and (info.domain, info.reason) == (ERROR_DOMAIN, NOT_STARTED):
-            return True
-    return False
+    return NOT_STARTED in error_reasons(received_status(trailers.items()))
 
 
 # One try of a call on a route: yields what the caller gets, fills in the worker's trailers.
@@ -113,10 +106,6 @@ Attempt = Callable[[Route, list[tuple[str, str | bytes]]], AsyncGenerator[bytes,
 
 class _NoConnection(Exception):
     """The chosen worker had no connection within the connect bound: the call never left."""
-
-
-def _model_calls(method: str) -> Permission | None:
-    return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None
 
 
 class Gateway:
@@ -142,7 +131,7 @@ class Gateway:
             role="gateway",
             server=server or ServerConfig(port=0),
             services=[Service(WORKER_SERVICE, lambda s: s.add_generic_rpc_handlers((handlers,)))],
-            permission_of=_model_calls,
+            permission_of=model_calls,
             tls=tls,
             auth=auth,
             observability=observability,

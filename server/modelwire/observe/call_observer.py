@@ -1,5 +1,5 @@
-"""What the call pipeline (rpc/call_pipeline.py) records of every call: request id in and out,
-status, timing, tokens; then one log line and the metrics. A part of the one interceptor, not an
+"""What the call pipeline (rpc/call_pipeline.py) records of every call: request id, status,
+timing, tokens; then one log line and the metrics (the pipeline reads and writes the metadata). A part of the one interceptor, not an
 interceptor of its own: each interceptor layer costs every call an await and every streamed
 message a generator hop (docs/benchmarks.md)."""
 
@@ -14,32 +14,23 @@ from typing import Any
 
 import grpc
 
-from modelwire.observe.call_record import REQUEST_ID_KEY, CallRecord, begin_call
+from modelwire.observe.call_record import CallRecord, begin_call
 from modelwire.observe.guard import never_fails
 from modelwire.observe.logs import log_call
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.v1 import worker_pb2 as pb
 
-PID_KEY = "modelwire-pid"
 PID = str(os.getpid())
 # The metrics label of a call's model, from its request: only names the process knows (its served
 # models, its fleet's) become labels, so a client sending random names cannot grow the label set.
 ModelLabel = Callable[[Any], str]
 UNKNOWN_MODEL = "_unknown"
-Metadata = tuple[tuple[str, str | bytes], ...]
 # Watches held open for as long as their watcher runs (a gateway's or a controller's health Watch on
 # a worker, a gateway's WatchInstances at a controller) end CANCELLED whenever the watcher restarts
 # or leaves, and when this server stops: their normal end, not a failed call.
 SUBSCRIPTIONS = frozenset(
     {"/grpc.health.v1.Health/Watch", "/modelwire.v1.ModelController/WatchInstances"}
 )
-
-
-def _header(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return str(value)
-    return None
 
 
 def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
@@ -59,11 +50,11 @@ class CallObserver:
         self._metrics = metrics
         self._model_label = model_label
 
-    def begin(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[CallRecord, Metadata]:
-        """The call's record, and the trailers that name it (its request id, this process)."""
-        record = begin_call(method, _header(context, REQUEST_ID_KEY))
+    def begin(self, method: str, request: Any, request_id: str | None) -> CallRecord:
+        """The call's record, under the caller's request id when it sent one."""
+        record = begin_call(method, request_id)
         record.model = self._model_label(request)
-        return record, ((REQUEST_ID_KEY, record.request_id), (PID_KEY, PID))
+        return record
 
     def streamed(self, record: CallRecord, message: Any) -> None:
         now = time.perf_counter()

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-REQUEST_ID_KEY = "x-request-id"
 # Longer ids, any character outside printable ASCII and whitespace at either end are replaced: the
 # id goes back in the trailers, where gRPC refuses such a value, a strict HTTP/2 client drops it, or
 # the client's 8 KiB metadata limit drops the answer of a call that ran.

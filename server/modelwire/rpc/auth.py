@@ -8,17 +8,35 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
+from modelwire.core.errors import ModelwireError, PermissionDenied
 from modelwire.core.settings import AuthConfig, Permission, TokenGrant
+from modelwire.rpc.status import refuse
+from modelwire.rpc.wire import WORKER_SERVICE
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 _UNAUTHENTICATED = "missing or invalid bearer token: send metadata `authorization: Bearer <token>`"
 
+
+
+class Unauthenticated(ModelwireError):
+    """No valid bearer token. Raised only here, before a method runs, so never an error kind of
+    the call's record (core/errors.py lists those); a registry client maps a controller's answer
+    to it (fleet/remote.py)."""
+
+    code: ClassVar[str] = "UNAUTHENTICATED"
+
+
 _caller: ContextVar[TokenGrant | None] = ContextVar("modelwire_caller", default=None)
+
+
+def model_calls(method: str) -> Permission | None:
+    """What a ModelWorker server's (a worker's, a gateway's) methods need: `generate`, each."""
+    return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None
 
 
 def caller_identity() -> str | None:
@@ -75,17 +93,16 @@ class BearerAuth:
         names one) a model the token may use; otherwise the token's name is the caller's identity."""
         grant = self._grant(context)
         if grant is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
+            await refuse(context, Unauthenticated(_UNAUTHENTICATED))
             return
         needed = self._permission_of(method)
         if needed is not None and needed not in grant.permissions:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"token {grant.name!r} lacks the {needed!r} permission that {method} needs"
-            )
+            lacks = f"token {grant.name!r} lacks the {needed!r} permission that {method} needs"
+            await refuse(context, PermissionDenied(lacks))
         # The behavior runs in this task after the check: the token's name and models reach it.
         _caller.set(grant)
         # Only a model call's request names the model it uses (a gateway's is bytes: it checks the
         # model it routes on itself).
         refusal = model_refusal(getattr(request, "model", "")) if needed == "generate" else None
         if refusal is not None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+            await refuse(context, PermissionDenied(refusal))

@@ -18,9 +18,11 @@ from typing import Any, Protocol
 
 import grpc
 
-from modelwire.observe.call_observer import CallObserver, Metadata
+from modelwire.observe.call_observer import PID, CallObserver
+from modelwire.observe.call_record import CallRecord
 from modelwire.rpc import malformed
 from modelwire.rpc.auth import BearerAuth
+from modelwire.rpc.wire import PID_KEY, REQUEST_ID_KEY, Metadata
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
@@ -75,7 +77,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         observer = self._observer
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record, named = observer.begin(method, request, context)
+            record, named = _begin(observer, method, request, context)
             try:
                 await _admit(method, request, context, named, auth, trailers)
                 response = await behavior(request, context)
@@ -95,7 +97,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         observer = self._observer
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
-            record, named = observer.begin(method, request, context)
+            record, named = _begin(observer, method, request, context)
             try:
                 await _admit(method, request, context, named, auth, trailers)
                 result = behavior(request, context)
@@ -118,6 +120,19 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 observer.finished(record, streamed=True)
 
         return call
+
+
+def _begin(
+    observer: CallObserver, method: str, request: Any, context: grpc.aio.ServicerContext
+) -> tuple[CallRecord, Metadata]:
+    """The call's record, and the trailers that name it (its request id, this process)."""
+    request_id = None
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            request_id = str(value)
+            break
+    record = observer.begin(method, request, request_id)
+    return record, ((REQUEST_ID_KEY, record.request_id), (PID_KEY, PID))
 
 
 async def _admit(

@@ -5,9 +5,22 @@ grpcio's own answer is UNKNOWN, which tells the caller nothing. The call pipelin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
+
+from modelwire.core.errors import ModelwireError
+from modelwire.rpc.status import refuse as refuse_with
+
+
+class MalformedRequest(ModelwireError):
+    """The body did not decode. Raised only here, before a method runs, so never an error kind of
+    the call's record (core/errors.py lists those)."""
+
+    code: ClassVar[str] = "INVALID_ARGUMENT"
+
+    def __init__(self) -> None:
+        super().__init__("the request body is not a valid protobuf message of this method's request type")
 
 
 class Undecodable:
@@ -28,4 +41,4 @@ def tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 async def refuse(context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request body is not a valid protobuf message of this method's request type")
+    await refuse_with(context, MalformedRequest())

@@ -1,4 +1,5 @@
-"""Typed errors → gRPC status with google.rpc details; the only place that picks a status code."""
+"""Typed errors → gRPC status with google.rpc details: the one lookup from an error's `code`
+(core/errors.py) to its grpc.StatusCode, and the one reader of the details a peer sent back."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 import logging
 import traceback
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -18,37 +20,25 @@ from modelwire.core import errors
 from modelwire.core.deadline import set_deadline
 from modelwire.core.redaction import MAX_SCRUBBED, scrub
 from modelwire.observe.call_record import note_error_kind
+from modelwire.rpc.wire import ERROR_DOMAIN, NOT_STARTED, STATUS_DETAILS_KEY
 
 logger = logging.getLogger(__name__)
 
-# google.rpc.ErrorInfo of a refusal made before any work: a gateway may send the call elsewhere.
-ERROR_DOMAIN = "modelwire"
-NOT_STARTED = "NOT_STARTED"
 
-_CODES: dict[type[errors.ModelwireError], grpc.StatusCode] = {
-    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.UpstreamRejected: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.UpstreamModelNotFound: grpc.StatusCode.NOT_FOUND,
-    errors.ContextLengthExceeded: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.UpstreamContextExceeded: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.UpstreamAccountProblem: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.RoutingLoop: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.UpstreamAuthFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.TokenizerUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.RegistryUnavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.NotReady: grpc.StatusCode.UNAVAILABLE,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+def grpc_code(error: errors.ModelwireError) -> grpc.StatusCode | None:
+    """The status `error` names (its class's `code`); None for a bare ModelwireError."""
+    name = getattr(error, "code", None)
+    return grpc.StatusCode[name] if name is not None else None
 
 
 def _packed(detail: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(detail)
     return packed
+
+
+def _error_info(reason: str) -> any_pb2.Any:
+    return _packed(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
 
 
 def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
@@ -68,8 +58,10 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
         delay.FromNanoseconds(int(error.retry_after_s * 1e9))
         details = [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
         if isinstance(error, errors.Overloaded) and error.not_started:
-            details.append(_packed(error_details_pb2.ErrorInfo(reason=NOT_STARTED, domain=ERROR_DOMAIN)))
+            details.append(_error_info(NOT_STARTED))
         return details
+    if isinstance(error, errors.PermissionDenied) and error.reason is not None:
+        return [_error_info(error.reason)]
     if isinstance(error, errors.ContextLengthExceeded | errors.UpstreamContextExceeded):
         return [
             _packed(
@@ -99,7 +91,7 @@ def to_status(error: BaseException) -> grpc.Status:
     """The status a caller sees; an unexpected error is logged with an id and shown only as that id."""
     if isinstance(error, TimeoutError):
         error = errors.DeadlineExceeded("the call's deadline passed before generation finished")
-    code = next((code for kind, code in _CODES.items() if isinstance(error, kind)), None)
+    code = grpc_code(error) if isinstance(error, errors.ModelwireError) else None
     if code is None:
         incident = uuid.uuid4().hex[:12]
         # The traceback as text, scrubbed: an exception's message may quote the caller's prompt.
@@ -113,8 +105,38 @@ def to_status(error: BaseException) -> grpc.Status:
         assert isinstance(error, errors.ModelwireError)
         message, details = str(error), _details(error)
     return rpc_status.to_status(
-        status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+        status_pb2.Status(code=code_pb2.Code.Value(code.name), message=message, details=details)
     )
+
+
+async def refuse(context: grpc.aio.ServicerContext, error: errors.ModelwireError) -> None:
+    """Ends the call with `error`'s status and message alone, and no error kind counted: the call
+    pipeline's refusals before a method runs (a token, an undecodable body) and a held-open watch
+    that ended, none of which has details to send."""
+    code = grpc_code(error)
+    assert code is not None, f"{type(error).__name__} names no status code"
+    await context.abort(code, str(error))
+
+
+def received_status(trailers: Iterable[tuple[str, str | bytes]] | None) -> status_pb2.Status | None:
+    """The google.rpc.Status a peer sent in its trailers, if it sent one that decodes."""
+    details = dict(trailers or ()).get(STATUS_DETAILS_KEY)
+    if not isinstance(details, bytes):
+        return None
+    try:
+        return status_pb2.Status.FromString(details)
+    except DecodeError:
+        return None
+
+
+def error_reasons(status: status_pb2.Status | None) -> list[str]:
+    """The reasons of the status's google.rpc.ErrorInfo details in modelwire's domain, in order."""
+    reasons = []
+    for packed in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if packed.Is(info.DESCRIPTOR) and packed.Unpack(info) and info.domain == ERROR_DOMAIN:
+            reasons.append(info.reason)
+    return reasons
 
 
 class CallScope:

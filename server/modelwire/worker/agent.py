@@ -11,15 +11,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-import grpc
-
-from modelwire.fleet.connect import connect
-from modelwire.fleet.registry import RegistryClient
-from modelwire.fleet.types import ID_TAKEN, InstanceModel, InstanceSpec, Lease, ModelLoad
 from modelwire.core.addresses import host_of, is_loopback
 from modelwire.core.backoff import Backoff
-from modelwire.core.errors import InvalidRequest, StartupFailure
+from modelwire.core.errors import InvalidRequest, PermissionDenied, StartupFailure
 from modelwire.core.settings import RegistrationConfig, RegistryAccess
+from modelwire.fleet.connect import connect
+from modelwire.fleet.registry import RegistryClient
+from modelwire.fleet.types import InstanceModel, InstanceSpec, Lease, ModelLoad
+from modelwire.rpc.auth import Unauthenticated
+from modelwire.rpc.wire import ID_TAKEN
 from modelwire.worker.service import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 INITIAL_BACKOFF_S = 0.25
 MAX_BACKOFF_S = 5.0
 DEREGISTER_TIMEOUT_S = 2.0
-# A controller that answers these is reachable and says no: logged as a refusal every time.
-_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class RegistrationAgent:
@@ -114,14 +112,11 @@ class RegistrationAgent:
             except InvalidRequest as error:
                 logger.error("%s refused the registration of %s: %s", self.registrar, self.instance_id, error)
                 await asyncio.sleep(self._max_backoff_s)
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in _REFUSALS:
-                    unreachable = self._unreachable(error, unreachable, backoff)
-                    await backoff.wait()
-                    continue
-                # Refused, not unreachable: said every time, since nothing works until it changes.
-                logger.warning("%s refused %s: %s", self.registrar, self.instance_id, describe(error))
-                if error.code() == grpc.StatusCode.PERMISSION_DENIED and ID_TAKEN in (error.details() or ""):
+            except (PermissionDenied, Unauthenticated) as refusal:
+                # The registry is reachable and says no: said every time, since nothing works
+                # until it changes.
+                logger.warning("%s refused %s: %s", self.registrar, self.instance_id, refusal)
+                if isinstance(refusal, PermissionDenied) and refusal.reason == ID_TAKEN:
                     # Another identity holds our id (it registered it while the controller had
                     # forgotten us): keep serving under a new one.
                     self.spec = replace(self.spec, instance_id=new_instance_id())
@@ -144,10 +139,6 @@ class RegistrationAgent:
 
 
 def describe(error: BaseException) -> str:
-    code = getattr(error, "code", None)
-    if callable(code):
-        details = getattr(error, "details", lambda: "")()
-        return f"{code().name}: {details}"
     return str(error) or type(error).__name__
 
 

@@ -23,11 +23,10 @@ from typing import Any
 
 from xds.data.orca.v3 import orca_load_report_pb2
 
-from modelwire.observe.call_observer import Metadata
-from modelwire.fleet.orca import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
+from modelwire.rpc.wire import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER, WORKER_SERVICE, Metadata
 from modelwire.worker.service import ServedModel
 
-WORKER_PREFIX = "/modelwire.v1.ModelWorker/"
+WORKER_PREFIX = f"/{WORKER_SERVICE}/"
 RATE_WINDOW_S = 10
 CPU_SAMPLE_S = 1.0
 

@@ -10,11 +10,11 @@ import grpc
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
-from modelwire.fleet.types import VIA_KEY
-from modelwire.observe.call_observer import PID, PID_KEY
+from modelwire.observe.call_observer import PID
 from modelwire.worker.service import Started, WorkerService
 from modelwire.rpc.auth import model_refusal
 from modelwire.rpc.status import CallScope
+from modelwire.rpc.wire import PID_KEY, VIA_KEY
 
 
 def _headers_when_started(context: grpc.aio.ServicerContext) -> Started | None:

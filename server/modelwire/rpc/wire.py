@@ -1,0 +1,44 @@
+"""The names on the wire between modelwire's processes and their callers, in one place: metadata
+keys, trailers, the google.rpc.ErrorInfo domain and reasons, and the ModelWorker service's name.
+
+The service name is read from the protobuf descriptor, so a renamed package cannot leave a
+hand-written copy behind. Under rpc/ because that is the lowest layer that may import the stubs
+and that every user of these names may import (fleet/, worker/, gateway/, controller/, app/).
+"""
+
+from __future__ import annotations
+
+from modelwire.v1 import worker_pb2
+
+# Metadata and trailers: (key, value) pairs as grpc.aio takes them.
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+# The caller's request id, echoed in the trailers (generated when the caller sent none).
+REQUEST_ID_KEY = "x-request-id"
+# The answering process's pid: in every call's trailers, and in a worker's response headers once
+# its work begins (a gateway then knows a lost call may have run).
+PID_KEY = "modelwire-pid"
+# What a gateway adds to each call it forwards: the gateways the call has passed, comma-separated
+# (a gateway refuses a loop). A worker that sees it sends its response headers when the work
+# begins (what a gateway needs to know whether a lost call may have run); direct callers are
+# spared that extra frame.
+VIA_KEY = "modelwire-via"
+
+# ORCA's load report (fleet/orca.py); gRPC's C core consumes it, so the same report also travels
+# as LOAD_TRAILER, which the modelwire gateway reads.
+ORCA_TRAILER = "endpoint-load-metrics-bin"
+LOAD_TRAILER = "modelwire-load-bin"
+# The registered id of the worker that answered (a gateway also sends it in its headers).
+INSTANCE_TRAILER = "modelwire-instance-id"
+# gRPC's rich status: a serialized google.rpc.Status with the details (rpc/status.py).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+# google.rpc.ErrorInfo of a modelwire refusal a peer's code acts on, never its message text.
+ERROR_DOMAIN = "modelwire"
+# Refused before any work (admission): a gateway may send the call to another instance.
+NOT_STARTED = "NOT_STARTED"
+# Another identity holds the instance id (a controller's PERMISSION_DENIED): the worker's agent
+# registers again under a new one.
+ID_TAKEN = "ID_TAKEN"
+
+WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
