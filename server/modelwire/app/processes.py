@@ -73,6 +73,9 @@ class Supervisor:
         self._deaths: deque[float] = deque(maxlen=MAX_RESTARTS + 1)
         # Children that said they serve: they reload on SIGHUP; one still starting would die of it.
         self._serving: set[int] = set()
+        # The tasks reading each child's stdout: held here, since the event loop keeps only a weak
+        # reference to a task and may collect one still running.
+        self._drains: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -106,7 +109,9 @@ class Supervisor:
             raise StartupFailure(f"worker process {child.pid} exited during its start (exit code {code}); its log says why")
         self._serving.add(child.pid)
         # Nothing else is expected on stdout, but a full pipe would block the child: keep reading.
-        asyncio.create_task(_drain(child.stdout))
+        drain = asyncio.create_task(_drain(child.stdout))
+        self._drains.add(drain)
+        drain.add_done_callback(self._drains.discard)
         return announcement
 
     async def _watch(self) -> int:

@@ -25,9 +25,8 @@ from modelwire.core.types import Capability
 
 T = TypeVar("T")
 
-_SECTION = ConfigDict(extra="forbid", frozen=True)
-# For the schemas of providers' own keys, so they read like every other section.
-SECTION = _SECTION
+# Every section's and every provider's own keys: unknown keys refused, values frozen.
+SECTION = ConfigDict(extra="forbid", frozen=True)
 
 # How many worker processes share this machine (`--processes`); set for each of them, so providers
 # can share the cores out (llama.cpp's threads spin while they wait).
@@ -170,7 +169,7 @@ def set_env(value: str | None) -> str | None:
 # Sections every process has
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class ServerConfig:
     host: StrictStr = "127.0.0.1"
     port: Port = 50051
@@ -193,7 +192,7 @@ class ServerConfig:
         return value
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class WorkerServerConfig(ServerConfig):
     # None: a thread per slot of every blocking model plus COUNTING_THREADS.
     blocking_threads: PositiveInt | None = None
@@ -201,7 +200,7 @@ class WorkerServerConfig(ServerConfig):
     processes: PositiveInt = 1
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class TokenGrant:
     """One bearer token; `models` None means every model. The token never appears in a repr."""
 
@@ -228,7 +227,7 @@ class TokenGrant:
         return self
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class TokensFile:
     tokens: tuple[TokenGrant, ...] = ()
 
@@ -242,7 +241,7 @@ class TokensFile:
         return value
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class AuthSection:
     """`[auth]` as written; `AuthConfig` is what it means once the tokens are read."""
 
@@ -265,7 +264,7 @@ class AuthConfig:
     tokens_file: Path | None = None
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class TlsConfig:
     """A server's certificate; with `client_ca_file`, clients must present one it signed (mTLS)."""
 
@@ -278,7 +277,7 @@ class TlsConfig:
     _ca = field_validator("client_ca_file")(ca_bundle)
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class ClientTlsConfig:
     """How a client verifies a server (`ca_file`) and, for mTLS, proves itself (`cert_file`, `key_file`)."""
 
@@ -297,7 +296,7 @@ class ClientTlsConfig:
             raise ValueError("cert_file and key_file go together (a client certificate and its key)")
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class ObservabilityConfig:
     metrics_port: Port | None = None
     metrics_host: StrictStr = "127.0.0.1"
@@ -330,7 +329,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class RegistryAccess:
     """How this process reaches the fleet's registry: a controller, or etcd directly."""
 
@@ -378,7 +377,7 @@ class RegistryAccess:
 # The worker
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class RequestLimits:
     """Bounds on a request's shape, checked before any work (`[limits]`)."""
 
@@ -392,7 +391,7 @@ class RequestLimits:
     max_embed_inputs: PositiveInt = 2048
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class RegistrationConfig:
     """How a worker announces itself in the registry (`[registration]`)."""
 
@@ -403,7 +402,7 @@ class RegistrationConfig:
     allow_loopback: StrictBool = False
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class ModelConfig:
     """Keys every model has; the provider's own keys stay in `options`, read by `options_as`."""
 
@@ -473,7 +472,7 @@ def model_config(table: Mapping[str, Any], source: str, where: str, base: Path) 
 
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class WorkerFile:
     """A worker's configuration file (`modelwire serve --config`)."""
 
@@ -491,7 +490,7 @@ class WorkerFile:
 # The controller and the gateway
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class PeerAccess:
     """How a process calls workers (a gateway's calls, health probes): TLS, and its own token."""
 
@@ -522,7 +521,7 @@ class PeerAccess:
             )
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class ControllerSection:
     """`[controller]`: how the controller keeps its fleet."""
 
@@ -537,7 +536,7 @@ class ControllerSection:
     workers: PeerAccess = dataclasses.field(default_factory=PeerAccess)
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class ControllerFile:
     server: ServerConfig = dataclasses.field(default_factory=lambda: ServerConfig(port=50050))
     auth: AuthSection | None = None
@@ -548,7 +547,7 @@ class ControllerFile:
     controller: ControllerSection = dataclasses.field(default_factory=ControllerSection)
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class WorkerAccess(PeerAccess):
     """`[gateway.workers]`: how the gateway calls workers and their health service."""
 
@@ -567,7 +566,7 @@ class WorkerAccess(PeerAccess):
         return value
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class GatewaySection:
     workers: WorkerAccess = dataclasses.field(default_factory=WorkerAccess)
     # A worker that has no connection within this is skipped for the call (another one is tried).
@@ -584,7 +583,7 @@ class GatewaySection:
     settle_s: NonNegative = 10.0
 
 
-@dataclass(config=_SECTION)
+@dataclass(config=SECTION)
 class GatewayFile:
     server: ServerConfig = dataclasses.field(default_factory=lambda: ServerConfig(port=50052))
     auth: AuthSection | None = None

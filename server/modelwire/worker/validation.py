@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from modelwire.core import strict_json
 from modelwire.core.errors import FieldViolation, InvalidRequest
