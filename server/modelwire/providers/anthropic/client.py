@@ -28,11 +28,10 @@ finish_reason. An `error` event inside the stream is mapped like the HTTP status
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncGenerator
 from concurrent.futures import Executor
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import StrictStr

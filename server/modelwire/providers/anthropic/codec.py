@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-
 from modelwire.core import strict_json
 from modelwire.core.types import (
     FinishReason,
@@ -30,15 +29,11 @@ from modelwire.core.types import (
     Usage,
 )
 
-
-
 # The forced tool that carries `output_format = json_object`.
 JSON_OBJECT_TOOL = "json_object"
 
 
-
 EFFORTS = {ReasoningEffort.LOW: "low", ReasoningEffort.MEDIUM: "medium", ReasoningEffort.HIGH: "high"}
-
 
 
 FINISH_REASONS = {
@@ -50,7 +45,6 @@ FINISH_REASONS = {
     "tool_use": FinishReason.TOOL_CALLS,
     "refusal": FinishReason.CONTENT_FILTER,
 }
-
 
 
 # Anthropic's error types (in error bodies and stream `error` events) → the HTTP status they stand for.
@@ -68,14 +62,11 @@ ERROR_STATUS = {
 }
 
 
-
 Thinking = Literal["enabled", "adaptive"]
-
 
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
-
 
 
 def usage_of(usage: dict[str, Any]) -> Usage:
@@ -92,19 +83,16 @@ def usage_of(usage: dict[str, Any]) -> Usage:
     )
 
 
-
 def update_usage(usage: dict[str, Any], update: object) -> None:
     """message_delta's counts are cumulative: each one it has replaces message_start's."""
     if isinstance(update, dict):
         usage.update((key, value) for key, value in update.items() if value is not None)
 
 
-
 def _json_object(text: str) -> dict[str, Any]:
     """A schema the edge already checked is a JSON object; parsed, it keeps its key order."""
     value: dict[str, Any] = json.loads(text)
     return value
-
 
 
 @lru_cache(maxsize=256)
@@ -114,10 +102,8 @@ def _schema(text: str) -> dict[str, Any]:
     return _json_object(text)
 
 
-
 def is_object_schema(text: str) -> bool:
     return _schema(text).get("type") == "object"
-
 
 
 def is_plain(message: ModelMessage) -> bool:
@@ -125,10 +111,8 @@ def is_plain(message: ModelMessage) -> bool:
     return not (message.parts or message.tool_calls or message.tool_call_id or message.reasoning_signature or message.cache_breakpoint)
 
 
-
 def _cache_control() -> dict[str, str]:
     return {"type": "ephemeral"}
-
 
 
 def _image_block(image: Image) -> dict[str, Any]:
@@ -142,7 +126,6 @@ def _image_block(image: Image) -> dict[str, Any]:
     return {"type": "image", "source": source}
 
 
-
 def _content_blocks(message: ModelMessage) -> list[dict[str, Any]]:
     """Text and images in order; the API refuses empty text blocks, so none is sent."""
     if not message.parts:
@@ -152,7 +135,6 @@ def _content_blocks(message: ModelMessage) -> list[dict[str, Any]]:
         for part in message.parts
         if part
     ]
-
 
 
 def reasoning_blocks(message: ModelMessage) -> list[dict[str, Any]] | None:
@@ -172,14 +154,12 @@ def reasoning_blocks(message: ModelMessage) -> list[dict[str, Any]] | None:
     return [{"type": "thinking", "thinking": message.reasoning or "", "signature": text}]
 
 
-
 def _is_reasoning_block(block: object) -> bool:
     if not isinstance(block, dict):
         return False
     if block.get("type") == "thinking":
         return isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str)
     return block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str)
-
 
 
 def message_blocks(message: ModelMessage) -> list[dict[str, Any]]:
@@ -202,12 +182,10 @@ def message_blocks(message: ModelMessage) -> list[dict[str, Any]]:
     return blocks
 
 
-
 def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     if isinstance(content, list):
         return content
     return [{"type": "text", "text": content}] if content else []
-
 
 
 def _system(messages: Sequence[ModelMessage]) -> str | list[dict[str, Any]]:
@@ -215,7 +193,6 @@ def _system(messages: Sequence[ModelMessage]) -> str | list[dict[str, Any]]:
         if message.cache_breakpoint:
             return _system_blocks(messages)
     return "\n\n".join([message.text for message in messages])
-
 
 
 def _system_blocks(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
@@ -228,7 +205,6 @@ def _system_blocks(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
             block["cache_control"] = _cache_control()
         blocks.append(block)
     return blocks
-
 
 
 def system_and_turns(messages: Sequence[ModelMessage]) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
@@ -251,7 +227,6 @@ def system_and_turns(messages: Sequence[ModelMessage]) -> tuple[str | list[dict[
     return _system(system), turns
 
 
-
 def wire_tool(tool: Tool) -> dict[str, Any]:
     wire: dict[str, Any] = {"name": tool.name}
     if tool.description:
@@ -260,7 +235,6 @@ def wire_tool(tool: Tool) -> dict[str, Any]:
     if tool.strict:
         wire["strict"] = True
     return wire
-
 
 
 def wire_tool_choice(request: ModelRequest) -> dict[str, Any] | None:
@@ -281,7 +255,6 @@ def wire_tool_choice(request: ModelRequest) -> dict[str, Any] | None:
     return wire
 
 
-
 def output_tool(output_format: OutputFormat) -> dict[str, Any]:
     """Structured output as the one tool the model must call, its input being the answer: the way
     Anthropic documents JSON output for every Claude model, and one that takes any JSON Schema and
@@ -299,13 +272,11 @@ def output_tool(output_format: OutputFormat) -> dict[str, Any]:
     return {"name": JSON_OBJECT_TOOL, "description": "Give your answer as this tool's input: a JSON object.", "input_schema": {"type": "object"}}
 
 
-
 def reasoning_block(block: dict[str, Any]) -> dict[str, Any]:
     """A thinking or redacted_thinking block with the keys a request takes back."""
     if block.get("type") == "redacted_thinking":
         return {"type": "redacted_thinking", "data": str(block.get("data", ""))}
     return {"type": "thinking", "thinking": str(block.get("thinking", "")), "signature": str(block.get("signature", ""))}
-
 
 
 def signature_of(blocks: list[dict[str, Any]]) -> bytes:
@@ -320,11 +291,9 @@ def signature_of(blocks: list[dict[str, Any]]) -> bytes:
     return json.dumps(blocks, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-
 def input_json(value: object) -> str:
     """A tool_use block's input as arguments_json: always a JSON object."""
     return json.dumps(value if isinstance(value, dict) else {}, ensure_ascii=False)
-
 
 
 @dataclass(slots=True)
@@ -341,7 +310,6 @@ class _Block:
 
     def reasoning(self) -> dict[str, Any]:
         return reasoning_block({"type": self.kind, "thinking": "".join(self.parts), "signature": self.signature, "data": self.data})
-
 
 
 class StreamBlocks:
@@ -420,7 +388,6 @@ class StreamBlocks:
             return self._text(arguments)
         self.generated.append(arguments)
         return ModelOutput(tool_call_deltas=(ToolCallDelta(block.ordinal, arguments_delta=arguments),))
-
 
 
 def final_finish(finish: FinishReason | None, structured: bool) -> FinishReason:

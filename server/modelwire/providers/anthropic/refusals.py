@@ -4,19 +4,9 @@ thinking, images and cache_control."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
-from dataclasses import field
-
 
 from modelwire.core.errors import FieldViolation
-from modelwire.providers.anthropic.codec import (
-    Thinking,
-    is_object_schema,
-    is_plain,
-    message_blocks,
-    reasoning_blocks,
-)
 from modelwire.core.types import (
     Image,
     JsonSchemaFormat,
@@ -28,20 +18,22 @@ from modelwire.core.types import (
     Role,
     ToolChoiceMode,
 )
-
-
+from modelwire.providers.anthropic.codec import (
+    Thinking,
+    is_object_schema,
+    is_plain,
+    message_blocks,
+    reasoning_blocks,
+)
 
 # Documented limits the API answers with a 400; the worker refuses them first, by field.
 MIN_THINKING_BUDGET = 1024
 
 
-
 MAX_CACHE_BREAKPOINTS = 4
 
 
-
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-
 
 
 def budget_problem(budget: int | None, max_tokens: int) -> str | None:
@@ -55,10 +47,8 @@ def budget_problem(budget: int | None, max_tokens: int) -> str | None:
     return None
 
 
-
 def _needs_checks(message: ModelMessage) -> bool:
     return bool(message.name or message.reasoning is not None or message.role is Role.TOOL or not is_plain(message))
-
 
 
 def _nothing_to_check(request: ModelRequest) -> bool:
@@ -76,18 +66,15 @@ def _nothing_to_check(request: ModelRequest) -> bool:
     return True
 
 
-
 def _can_mark(message: ModelMessage) -> bool:
     """cache_control goes on a message's last block, which must exist and not be thinking."""
     blocks = message_blocks(message)
     return bool(blocks) and blocks[-1]["type"] not in ("thinking", "redacted_thinking")
 
 
-
 def _is_base64_image_url(url: str) -> bool:
     media_type, separator, _ = url[len("data:"):].partition(";base64,")
     return bool(separator) and media_type in IMAGE_MEDIA_TYPES
-
 
 
 class Refusals:

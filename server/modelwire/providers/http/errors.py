@@ -16,25 +16,20 @@ from modelwire.core.redaction import scrub
 from modelwire.providers.http.options import HttpParams
 from modelwire.providers.http.sse import upstream_json
 
-
 # The delay a 429 without Retry-After suggests to the caller.
 DEFAULT_RETRY_AFTER_S = 1.0
 
 
-
 _MAX_MESSAGE = 1000
-
 
 
 # A function that removes the worker's API key from a text (`Secret.redact`, or none configured).
 Redact = Callable[[str], str]
 
 
-
 def _shorten(text: str, limit: int = _MAX_MESSAGE) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 
 def _without_echo(detail: Any) -> Any:
@@ -48,7 +43,6 @@ def _without_echo(detail: Any) -> Any:
     return detail
 
 
-
 def clean_message(text: str, redact: Redact) -> str:
     """An upstream's text as a caller or a log may see it: the API key redacted from the whole
     text (a cut through the key would leave a piece no longer recognised), cut short, redacted
@@ -57,13 +51,11 @@ def clean_message(text: str, redact: Redact) -> str:
     return scrub(redact(_shorten(redact(text))))
 
 
-
 def message_from_payload(payload: Any, redact: Redact) -> str | None:
     """The human message in an error body: OpenAI's and Anthropic's `error.message`, FastAPI's
     `detail`, a bare `error` or `message` string; cleaned of the key and the request text."""
     message = _message_in(payload)
     return None if message is None else clean_message(message, redact)
-
 
 
 def _message_in(payload: Any) -> str | None:
@@ -85,7 +77,6 @@ def _message_in(payload: Any) -> str | None:
     return None
 
 
-
 def _detail_text(detail: Any) -> str:
     """A structured `detail` as JSON text; one nested too deeply to serialise is described."""
     try:
@@ -94,13 +85,11 @@ def _detail_text(detail: Any) -> str:
         return "(an error detail nested too deeply to show)"
 
 
-
 def json_or_none(body: bytes) -> Any:
     try:
         return upstream_json(body)
     except ValueError:
         return None
-
 
 
 def error_codes(payload: Any) -> str:
@@ -112,12 +101,10 @@ def error_codes(payload: Any) -> str:
     return " ".join(str(error[key]) for key in ("code", "type") if isinstance(error.get(key), str))
 
 
-
 def message_from_body(body: bytes, redact: Redact) -> str:
     """The message of an error body, cleaned of the key and the caller's request text."""
     message = message_from_payload(json_or_none(body), redact)
     return message or clean_message(body.decode("utf-8", errors="replace"), redact)
-
 
 
 def _seconds(text: str, scale: float = 1.0) -> float | None:
@@ -129,7 +116,6 @@ def _seconds(text: str, scale: float = 1.0) -> float | None:
     if math.isnan(value) or value < 0:
         return None
     return min(value, errors.MAX_RETRY_DELAY_S)
-
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -156,11 +142,9 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return min(max(0.0, when.timestamp() - time.time()), errors.MAX_RETRY_DELAY_S)
 
 
-
 # The machine codes (`error.code`, `error.type`) saying a prompt and its max_tokens do not fit:
 # OpenAI's (and Azure's), and llama.cpp's server's.
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
-
 
 
 # The whole sentences of upstreams that send no such code: vLLM and OpenAI-compatible servers
@@ -178,13 +162,11 @@ _CONTEXT_SENTENCE = re.compile(
 )
 
 
-
 def _says_context_exceeded(message: str, codes: str) -> bool:
     """Whether an upstream error says the prompt and max_tokens do not fit: its machine code, or
     one of the known sentences. `codes` is `error_codes` of the body."""
     coded = not _CONTEXT_CODES.isdisjoint(codes.split())
     return coded or _CONTEXT_SENTENCE.search(message) is not None
-
 
 
 def error_for_status(
@@ -221,10 +203,8 @@ def error_for_status(
     return errors.UpstreamUnavailable(f"upstream answered with unexpected HTTP {status}: {message}")
 
 
-
 def is_retryable(error: errors.ModelwireError) -> bool:
     return isinstance(error, (errors.Overloaded, errors.UpstreamUnavailable))
-
 
 
 def http_error_from_code(code: int | None, message: str, upstream: HttpParams, codes: str = "") -> errors.ModelwireError:

@@ -13,17 +13,13 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core.settings import SECTION, ModelConfig, set_env
 
-
 DEFAULT_TIMEOUT_S = 60.0
-
 
 
 DEFAULT_MAX_RETRIES = 2
 
 
-
 DEFAULT_RETRY_BACKOFF_S = 0.5
-
 
 
 # Remote models are not asked for more than this unless `max_output_tokens` says otherwise: every
@@ -31,24 +27,19 @@ DEFAULT_RETRY_BACKOFF_S = 0.5
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 
-
 # An HTTP header name (RFC 9110 token).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-
 _REDACTED = "[redacted]"
-
 
 
 # A key's first characters, this many or more, where a text ends or was cut are redacted too.
 _MIN_KEY_PREFIX = 8
 
 
-
 # How a shortened text marks its cut (this module's `…`, and upstreams' own).
 _CUT_MARKS = ("…", "...")
-
 
 
 class Secret:
@@ -88,7 +79,6 @@ class Secret:
     __str__ = __repr__
 
 
-
 @dataclass(frozen=True)
 class HttpParams:
     """The keys every HTTP provider reads; `api_key` is None when no `api_key_env` is configured."""
@@ -108,7 +98,6 @@ class HttpParams:
         """The worker's account with the provider, as an operator finds it (never the key itself)."""
         key = f", key from ${self.api_key_env}" if self.api_key_env else ""
         return f"the worker's {self.provider} account at {urlsplit(self.api_base).hostname}{key}"
-
 
 
 @pydantic_dataclass(config=SECTION)
@@ -143,7 +132,6 @@ class HttpOptions:
         return value
 
 
-
 def read_http_params(config: ModelConfig, options: HttpOptions, default_api_base: str | None) -> HttpParams:
     """The shared keys as the client uses them."""
     api_base = options.api_base or default_api_base
@@ -160,7 +148,6 @@ def read_http_params(config: ModelConfig, options: HttpOptions, default_api_base
         retry_backoff_s=options.retry_backoff_s,
         headers=dict(options.headers),
     )
-
 
 
 def remote_limits(config: ModelConfig) -> tuple[int, int]:

@@ -24,10 +24,8 @@ T = TypeVar("T")
 MAX_RETRY_WAIT_S = 8.0
 
 
-
 # A retry is made only when at least this much of the caller's time is left after its wait.
 MIN_ATTEMPT_S = 0.25
-
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,6 @@ class RetryPolicy:
         return wait
 
 
-
 async def retrying_call(policy: RetryPolicy, model: str, attempt: Callable[[], Awaitable[T]]) -> T:
     retries = 0
     while True:
@@ -69,7 +66,6 @@ async def retrying_call(policy: RetryPolicy, model: str, attempt: Callable[[], A
             _log_retry(model, error, retries, policy, wait)
         await asyncio.sleep(wait)
         retries += 1
-
 
 
 async def retrying_stream(
@@ -92,7 +88,6 @@ async def retrying_stream(
             _log_retry(model, error, retries, policy, wait)
         await asyncio.sleep(wait)
         retries += 1
-
 
 
 def _log_retry(model: str, error: errors.ModelwireError, retries: int, policy: RetryPolicy, wait: float) -> None:

@@ -13,18 +13,15 @@ from typing import Any
 from modelwire.core import errors
 from modelwire.core.types import FinishReason
 
-
 # The most of one upstream answer held in memory: a unary response body, or one line of an event
 # stream while waiting for its end. More is a broken (or hostile) upstream or proxy: UNAVAILABLE.
 MAX_UPSTREAM_READ = 16 * 1024 * 1024
-
 
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
     event: str
     data: str
-
 
 
 async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
@@ -46,7 +43,6 @@ async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
             yield line.rstrip(b"\r\n").decode("utf-8", errors="replace")
     if pending:
         yield pending.rstrip(b"\r\n").decode("utf-8", errors="replace")
-
 
 
 async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
@@ -74,7 +70,6 @@ async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
             event = value
 
 
-
 async def drain(events: AsyncIterator[SSEEvent], limit_s: float = 0.5) -> None:
     """Reads what follows a stream's end marker, so that its connection can go back to the pool.
 
@@ -89,7 +84,6 @@ async def drain(events: AsyncIterator[SSEEvent], limit_s: float = 0.5) -> None:
         pass
 
 
-
 def upstream_json(data: str | bytes) -> Any:
     """`json.loads` of an upstream's text, where nesting too deep for the parser (RecursionError)
     is a ValueError like any other malformed JSON: the upstream's fault, never INTERNAL."""
@@ -97,7 +91,6 @@ def upstream_json(data: str | bytes) -> Any:
         return json.loads(data)
     except RecursionError:
         raise ValueError("nested deeper than the parser's limit") from None
-
 
 
 def parse_json_event(event: SSEEvent) -> Any:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
-import time
 from collections.abc import Sequence
-
 
 from modelwire.core.errors import FieldViolation
 from modelwire.core.types import (
@@ -34,12 +32,9 @@ from modelwire.providers.llama.grammar import (
     tool_choice_grammar,
 )
 
-
-
 # llama.cpp parses a grammar in time that grows faster than its length (a 1 MB grammar: seconds,
 # a 990 kB enum: 25 s); this bound keeps a parse within tens of milliseconds.
 MAX_GRAMMAR_CHARS = 64 * 1024
-
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +53,6 @@ class Constraint:
         if self.tool is not None:
             return ToolCallStream(call_id, self.tool.name)
         return ChosenCallStream(call_id) if self.choose else None
-
 
 
 class ToolCallStream:
@@ -82,14 +76,11 @@ class ToolCallStream:
         return (self._delta(tail),) if tail or not self._started else ()
 
 
-
 # The grammar writes {"name": "<tool>", "arguments": <arguments>} with at most one space between tokens.
 _CHOSEN_HEADER = re.compile(r'\{ ?"name" ?: ?"([A-Za-z0-9_-]+)" ?, ?"arguments" ?: ?')
 
 
-
 _CHOSEN_TAIL = re.compile(r"[ }]*$")
-
 
 
 class ChosenCallStream:
@@ -139,10 +130,8 @@ class ChosenCallStream:
         return (self._delta(rest),) if rest or not self._started else ()
 
 
-
 def _describe(tool: Tool) -> str:
     return f"{tool.name}" + (f" ({tool.description.strip()})" if tool.description.strip() else "")
-
 
 
 def constraint_for(request: ModelRequest, model: LlamaModel, model_name: str) -> tuple[Constraint | None, list[FieldViolation]]:
@@ -202,7 +191,6 @@ def constraint_for(request: ModelRequest, model: LlamaModel, model_name: str) ->
     return (None if violations else constraint), violations
 
 
-
 def name_refusals(messages: Sequence[ModelMessage], named: str) -> list[FieldViolation]:
     """gemma's turns have no names: `name` is read only as the label of a tool result that answers
     no call by id (gemma_format.py), so anywhere else it is refused rather than dropped."""
@@ -224,7 +212,6 @@ def name_refusals(messages: Sequence[ModelMessage], named: str) -> list[FieldVio
     return violations
 
 
-
 def combination_refusals(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
     """The cheap refusals (no grammar built): a tool choice the model cannot make, and what breaks
     constrained output. Returns the forced tools."""
@@ -234,7 +221,6 @@ def combination_refusals(request: ModelRequest, named: str, violations: list[Fie
     if (forced or request.output_format is not None) and request.sampling.stop:
         violations.append(FieldViolation("sampling.stop", f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings"))
     return forced
-
 
 
 def _forced_tools(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:

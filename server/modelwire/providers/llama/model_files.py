@@ -9,12 +9,8 @@ import time
 from pathlib import Path
 
 
-
-
-
 def model_cache_dir() -> Path:
     return Path(os.environ.get("MODELWIRE_CACHE_DIR", Path.home() / ".cache" / "modelwire"))
-
 
 
 def embedded_model_path() -> Path:
@@ -38,10 +34,8 @@ def embedded_model_path() -> Path:
     return path
 
 
-
 # A partial not written to for this long is no assembler's work in progress (assembling takes seconds).
 ORPHANED_AFTER_S = 300.0
-
 
 
 def _remove_orphaned_partials(target: Path) -> None:
@@ -58,7 +52,6 @@ def _remove_orphaned_partials(target: Path) -> None:
                 partial.unlink(missing_ok=True)
         except (OSError, OverflowError):  # gone meanwhile, or not ours to remove: assembling goes on
             continue
-
 
 
 def _alive(pid: int) -> bool:

@@ -50,7 +50,7 @@ from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Executor
 from contextlib import aclosing
 from functools import partial
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from pydantic import StrictBool, StrictStr
