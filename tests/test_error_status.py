@@ -55,7 +55,8 @@ def test_every_typed_error_names_a_real_grpc_status() -> None:
     assert set(STATUS_OF) <= everyone and Unauthenticated in everyone
     for kind in everyone:
         assert isinstance(kind.code, str), kind
-        assert grpc.StatusCode[kind.code] not in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL), kind
+        status = grpc.StatusCode[kind.code]
+        assert status not in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL), kind
         assert grpc_code(kind.__new__(kind)) is grpc.StatusCode[kind.code]
     assert {kind: kind.code for kind in STATUS_OF} == STATUS_OF
 
@@ -81,8 +82,9 @@ def test_a_taken_id_is_known_by_its_error_info_reason_not_by_its_text() -> None:
 
     # The same words without the ErrorInfo (another domain's, or none) are only a refusal.
     for trailers in ((), (("grpc-status-details-bin", b"\xff garbage"),)):
+        received = grpc.aio.Metadata(*trailers)
         said = grpc.aio.AioRpcError(
-            grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), TAKEN_TEXT
+            grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), received, TAKEN_TEXT
         )
         refusal = typed_error(said)
         assert isinstance(refusal, errors.PermissionDenied) and refusal.reason is None
@@ -100,7 +102,8 @@ def test_the_controller_client_maps_each_failure_once() -> None:
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "connection refused"
     )
     lost = typed_error(down)
-    assert isinstance(lost, errors.RegistryUnavailable) and str(lost) == "UNAVAILABLE: connection refused"
+    assert isinstance(lost, errors.RegistryUnavailable)
+    assert str(lost) == "UNAVAILABLE: connection refused"
 
 
 async def test_the_controller_refuses_a_taken_id_with_the_error_info() -> None:

@@ -16,7 +16,12 @@ from dataclasses import replace
 import grpc
 
 from modelwire.core.addresses import host_of, ip_literal, is_metadata_service, private_kind
-from modelwire.core.errors import FieldViolation, InvalidRequest, PermissionDenied, RegistryUnavailable
+from modelwire.core.errors import (
+    FieldViolation,
+    InvalidRequest,
+    PermissionDenied,
+    RegistryUnavailable,
+)
 from modelwire.fleet import convert
 from modelwire.fleet.registry import Registry, check_spec
 from modelwire.fleet.types import InstanceSpec

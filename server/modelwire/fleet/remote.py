@@ -99,9 +99,8 @@ class RemoteController:
         return bool(response.removed)
 
     async def list(self, model: str = "", healthy_only: bool = False) -> list[pb.Instance]:
-        response: pb.ListInstancesResponse = await self._unary(
-            self._stub.ListInstances, pb.ListInstancesRequest(model=model, healthy_only=healthy_only)
-        )
+        request = pb.ListInstancesRequest(model=model, healthy_only=healthy_only)
+        response: pb.ListInstancesResponse = await self._unary(self._stub.ListInstances, request)
         return list(response.instances)
 
     async def watch(self, model: str = "") -> AsyncIterator[WatchBatch]:

@@ -33,7 +33,13 @@ from modelwire.core.errors import (
     PermissionDenied,
     RoutingLoop,
 )
-from modelwire.core.settings import AuthConfig, GatewaySection, ObservabilityConfig, ServerConfig, TlsConfig
+from modelwire.core.settings import (
+    AuthConfig,
+    GatewaySection,
+    ObservabilityConfig,
+    ServerConfig,
+    TlsConfig,
+)
 from modelwire.fleet.orca import parse_report
 from modelwire.fleet.registry import RegistryClient
 from modelwire.gateway.router import (

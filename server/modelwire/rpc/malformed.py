@@ -20,7 +20,9 @@ class MalformedRequest(ModelwireError):
     code: ClassVar[str] = "INVALID_ARGUMENT"
 
     def __init__(self) -> None:
-        super().__init__("the request body is not a valid protobuf message of this method's request type")
+        super().__init__(
+            "the request body is not a valid protobuf message of this method's request type"
+        )
 
 
 class Undecodable:

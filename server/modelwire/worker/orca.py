@@ -23,7 +23,13 @@ from typing import Any
 
 from xds.data.orca.v3 import orca_load_report_pb2
 
-from modelwire.rpc.wire import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER, WORKER_SERVICE, Metadata
+from modelwire.rpc.wire import (
+    INSTANCE_TRAILER,
+    LOAD_TRAILER,
+    ORCA_TRAILER,
+    WORKER_SERVICE,
+    Metadata,
+)
 from modelwire.worker.service import ServedModel
 
 WORKER_PREFIX = f"/{WORKER_SERVICE}/"
