@@ -91,3 +91,37 @@ async def test_an_allow_list_holds_against_a_repeated_model_field(
 def test_model_field_bounds_the_model() -> None:
     with pytest.raises(Exception, match="model: at most 1024 bytes"):
         model_field(pb.CountTokenRequest(model="m" * 1025).SerializeToString())
+
+
+SIGHUP_AT_IMPORT = """
+import signal, sys
+sys.argv = ["modelwire", *sys.argv[1:]]
+import modelwire.app.cli as cli
+print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
+try:
+    cli.main()
+except SystemExit:
+    pass
+print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "after"),
+    [(["serve", "--help"], True), (["--log-level", "INFO", "gateway", "--help"], True),
+     (["models", "--address", "127.0.0.1:1", "--timeout", "0.1"], False)],
+)
+def test_sighup_is_ignored_from_the_start_of_the_command_line(argv: list[str], after: bool) -> None:
+    """The command line's imports take a second or more before a server's loop handles SIGHUP (a
+    reload): a SIGHUP then ended the process at once, which a reload sent to a starting process
+    must not. Ignored from the first line of the command line on; a client command gets back what
+    it inherited (the default here)."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-c", SIGHUP_AT_IMPORT, *argv], capture_output=True, text=True, timeout=60
+    )
+    lines = ran.stdout.split()
+    assert lines[0] == "True", ran
+    assert lines[-1] == str(after), ran
