@@ -200,6 +200,24 @@ async def test_a_streamed_id_seen_before_continues_its_own_call(
     assert chunks[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS
 
 
+async def test_vllm_s_prompt_longer_than_the_model_is_a_context_refusal(
+    fake: FakeUpstream, client: ModelWorkerClient
+) -> None:
+    """vLLM checks the prompt alone before sampling and says so in a sentence of its own, with no
+    machine code: the tight matching of context refusals missed it (INVALID_ARGUMENT)."""
+    said = ("The decoder prompt (length 5000) is longer than the maximum model length of 4096. "
+            "Make sure that `max_model_len` is no smaller than the number of text tokens.")
+
+    async def answer(exchange: Exchange, respond: Responder) -> None:
+        await respond.json(400, {"object": "error", "message": said, "type": "BadRequestError",
+                                 "param": None, "code": 400})
+
+    fake.script(answer)
+    with pytest.raises(ModelwireCallError) as refused:
+        await client.generate("oa", "Hi")
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION, refused.value
+
+
 # --- the nesting bound's cost --------------------------------------------------------------------
 
 def test_the_nesting_check_costs_less_than_the_parse() -> None:

@@ -485,13 +485,16 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 # OpenAI's (and Azure's), and llama.cpp's server's.
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
 # The whole sentences of upstreams that send no such code: vLLM and OpenAI-compatible servers
-# ("This model's maximum context length is 4096 tokens. However, …"), llama.cpp's server
+# ("This model's maximum context length is 4096 tokens. However, …"; vLLM's own check before
+# sampling: "The decoder prompt (length 5000) is longer than the maximum model length of 4096"),
+# llama.cpp's server
 # ("request (4476 tokens) exceeds the available context size (4096 tokens)") and Anthropic
 # ("prompt is too long: 201234 tokens > 200000 maximum", "input length and `max_tokens` exceed
 # context limit: 180000 + 30000 > 200000, …"). A mere mention ("context_size" quoted from a
 # schema) is no context refusal.
 _CONTEXT_SENTENCE = re.compile(
     r"maximum context length is \d+ tokens"
+    r"|prompt \(length \d+\) is longer than the maximum model length of \d+"
     r"|exceeds the available context size"
     r"|prompt is too long: \d+ tokens > \d+ maximum"
     r"|input length and `max_tokens` exceed context limit: \d+ \+ \d+ > \d+",
