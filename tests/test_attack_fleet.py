@@ -125,3 +125,23 @@ def test_sighup_is_ignored_from_the_start_of_the_command_line(argv: list[str], a
     lines = ran.stdout.split()
     assert lines[0] == "True", ran
     assert lines[-1] == str(after), ran
+
+
+async def test_a_port_taken_on_one_of_a_names_addresses_stops_the_start() -> None:
+    """`host = "localhost"` is 127.0.0.1 and ::1: gRPC listens on whichever it can, so with the
+    port taken on one the process served on the other, and callers of that one reached whoever
+    holds the port. It stops, saying the port is in use."""
+    import socket
+
+    from modelwire.controller.memory import MemoryRegistry
+    from modelwire.controller.server import ControllerServer
+    from modelwire.core.settings import ServerConfig
+    from modelwire.rpc.server import StartupFailure
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupFailure) as raised:
+            ControllerServer(MemoryRegistry(30), ServerConfig(host="localhost", port=port))
+    assert f"port {port} is already in use" in str(raised.value), raised.value
