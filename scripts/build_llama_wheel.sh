@@ -37,11 +37,18 @@ if [ -n "$rebuild" ] || ! ls "$house"/llama_cpp_python-"$version"-*.whl >/dev/nu
 	mkdir -p "$house.partial"
 	log="$house.partial/build.log"
 	echo "build log: $log (kept as $house/build.log)"
+	# The build is a process group of its own (pip, CMake, the compilers), stopped whole when the
+	# install stops: a background job ignores Ctrl-C, and killing pip alone leaves its compilers
+	# running. The signal traps make Ctrl-C end the progress loop below (its `timeout` would
+	# otherwise take the signal and the loop go on).
 	CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-		"$python" -m pip wheel -v --no-cache-dir --no-deps --no-binary llama-cpp-python \
-		-w "$house.partial" "llama-cpp-python==$version" >"$log" 2>&1 &
+		setsid "$python" -m pip wheel -v --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		-w "$house.partial" "llama-cpp-python==$version" >"$log" 2>&1 </dev/null &
 	build=$!
-	trap 'kill "$build" 2>/dev/null || true' EXIT  # an interrupted install stops its build
+	trap 'kill -TERM -- "-$build" 2>/dev/null || true' EXIT
+	trap 'echo "build_llama_wheel: interrupted; the build stopped" >&2; exit 130' INT
+	trap 'exit 143' TERM
+	trap 'exit 129' HUP
 	# A line every MODELWIRE_BUILD_PROGRESS_S seconds with the log's latest line (CMake's
 	# "[ 42%] Building ..."), so a long build is not mistaken for a hung one.
 	started=$SECONDS
@@ -49,7 +56,7 @@ if [ -n "$rebuild" ] || ! ls "$house"/llama_cpp_python-"$version"-*.whl >/dev/nu
 		echo "  still building ($((SECONDS - started)) s): $(tail -n 1 "$log" | cut -c1-100)"
 	done
 	wait "$build" || { tail -n 40 "$log" >&2; exit 1; }
-	trap - EXIT
+	trap - EXIT INT TERM HUP
 	mv "$house.partial" "$house"  # only a finished build is ever found
 fi
 "$python" -m pip install --no-deps --force-reinstall --no-cache-dir "$house"/llama_cpp_python-"$version"-*.whl

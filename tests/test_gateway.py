@@ -317,8 +317,8 @@ def test_model_field_reads_only_the_model() -> None:
             model_field(garbage)
 
 
-def test_model_field_costs_the_same_whatever_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    """It runs before authentication (for the metrics label): an unterminated varint as long as the
+def test_the_label_model_costs_the_same_whatever_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`leading_model` runs before authentication (for the metrics label): an unterminated varint as long as the
     receive limit is read for 10 bytes, a body of many small fields for 16 fields, never to the end."""
     import modelwire.gateway.router as router
     calls = 0
@@ -333,10 +333,10 @@ def test_model_field_costs_the_same_whatever_the_body(monkeypatch: pytest.Monkey
     for hostile in (b"\xff" * 4_000_000, b"\x10\x01" * 2_000_000, b"\x12\x00" * 2_000_000):
         calls = 0
         with pytest.raises(InvalidRequest):
-            model_field(hostile)
+            router.leading_model(hostile)
         assert calls <= 2 * router.MAX_FIELDS_BEFORE_MODEL, calls
     with pytest.raises(InvalidRequest, match="model: at most 1024 bytes"):
-        model_field(pb.CountTokenRequest(model="m" * 2000).SerializeToString())
+        router.leading_model(pb.CountTokenRequest(model="m" * 2000).SerializeToString())
 
 
 async def start_process(*args: str, expect: str, timeout: float = 120) -> asyncio.subprocess.Process:

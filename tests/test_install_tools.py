@@ -28,9 +28,12 @@ def test_no_test_skips_itself() -> None:
 
 
 def test_make_pytest_builds_etcd_and_hands_it_to_the_tests() -> None:
-    """`-W` makes the etcd module look edited: make rebuilds etcd into .tools/ before the tests."""
+    """`-W` makes the etcd module look edited: make rebuilds etcd into .tools/ before the tests.
+    Run from `make test` too: a make inside a make prints its "Entering/Leaving directory" lines
+    unless told not to."""
     dry_run = subprocess.run(
-        ["make", "-n", "-W", "mk/etcd/main.go", "pytest"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-W", "mk/etcd/main.go", "pytest"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout.splitlines()
     etcd = ROOT / ".tools" / "etcd" / "etcd"
     build = dry_run.index(f"cd mk/etcd && go build -o {etcd} .")

@@ -176,3 +176,55 @@ def test_two_installs_at_once_build_once_and_show_the_build_s_progress(tmp_path:
     wheel = house.with_suffix("") / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
     assert (tmp_path / "calls").read_text().splitlines() == ["build", f"install {wheel}", f"install {wheel}"]
     assert (house.with_suffix("") / "build.log").read_text().startswith("[ 42%] Building CXX object")
+
+
+# `pip wheel` as a build that runs until stopped: a child (the compiler) and its own pid recorded.
+LONG_BUILD_PYTHON = """#!/usr/bin/env bash
+if [ "$3" = wheel ]; then
+    echo "[  3%] Building C object ggml.c.o"
+    sleep 300 &
+    echo "$$ $!" >"$STUB_DIR/pids"
+    wait
+fi
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_install_stops_its_build(tmp_path: Path, sent: signal.Signals) -> None:
+    """Ctrl-C (SIGINT to the terminal's whole process group) or a SIGTERM ends the install and its
+    build, compilers included. Before, the build ran as a background job (which ignores Ctrl-C),
+    the progress loop's `timeout` took the signal and the loop went on: the install neither
+    stopped nor let the build go."""
+    stub = tmp_path / "python"
+    stub.write_text(LONG_BUILD_PYTHON)
+    stub.chmod(0o755)
+    env = {**os.environ, "STUB_DIR": str(tmp_path), "MODELWIRE_BUILD_PROGRESS_S": "0.2",
+           "MODELWIRE_WHEELHOUSE": str(tmp_path / "wheels")}
+    run = ScriptRun(stub, env)
+    pids: list[int] = []
+    try:
+        while not run.next_line().startswith("  still building ("):
+            pass
+        pids = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+        assert all(_alive(pid) for pid in pids)
+        os.killpg(run.process.pid, sent)
+        assert run.process.wait(timeout=20) != 0
+        for pid in pids:
+            for _ in range(100):
+                if not _alive(pid):
+                    break
+                threading.Event().wait(0.1)
+            assert not _alive(pid), f"build process {pid} still runs"
+    finally:
+        run.kill()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

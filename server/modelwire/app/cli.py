@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+
+# SIGHUP's default action ends a process at once, and the imports below take a second or more
+# before a server's loop handles it (a reload, app/reload.py): ignored from here until the command
+# is known. A client command gets back what it inherited (nohup's SIG_IGN, or the default).
+try:
+    _INHERITED_SIGHUP = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+except ValueError:  # imported off the main thread: only the main thread handles signals
+    _INHERITED_SIGHUP = None
+_SERVER_COMMANDS = frozenset({"serve", "gateway", "controller"})
 
 # gRPC core prints its own lines (`E1206 …`: handshake failures, bind errors) to stderr, which
 # would break the log's one JSON object per line; it reads this once, when grpc is first imported
@@ -352,6 +362,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command not in _SERVER_COMMANDS and _INHERITED_SIGHUP is not None:
+        signal.signal(signal.SIGHUP, _INHERITED_SIGHUP)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.run(args)

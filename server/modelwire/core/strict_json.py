@@ -35,14 +35,20 @@ def _finite(text: str) -> float:
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
     """Whether objects and arrays nest more than `limit` deep in a parsed value; iterative, so
-    it needs no stack whatever the depth."""
-    pending: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
-    while pending:
-        node, depth = pending.pop()
+    it needs no stack whatever the depth. Level by level, with one list append per container
+    (a megabyte of `[[],[],…]` is walked in a few hundredths of a second, less than its parse)."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        children = node.values() if isinstance(node, dict) else node
-        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        deeper: list[Any] = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is list or type(child) is dict:
+                    deeper.append(child)
+        level = deeper
+        depth += 1
     return False
 
 

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from modelwire.core.errors import FieldViolation, InvalidRequest, ModelNotFound, NotReady
 from modelwire.core.settings import GatewaySection
@@ -81,17 +83,56 @@ class Route:
         self.others[model] = (max(0.0, load - (self.open.get(model, 0) - open_excluding)), time.monotonic())
 
 
-# Fields read before field 1 is given up on: every protobuf serializer writes fields in number
-# order, so `model` comes first; the bound keeps a hostile body's cost constant (this runs before
-# authentication, for the metrics label).
-MAX_FIELDS_BEFORE_MODEL = 16
 MAX_MODEL_BYTES = 1024
 
 
+def _model_only() -> type[Message]:
+    """A message of `string model = 1` alone, the field ModelRequest, CountTokenRequest and
+    EmbedRequest share: a request parsed as one has its other fields skipped (kept as unknown
+    bytes, never decoded) and its `model` read as every protobuf parser reads it."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="modelwire/gateway/model_only.proto", package="modelwire.gateway", syntax="proto3"
+    )
+    file.message_type.add(name="ModelOnly").field.add(
+        name="model", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("modelwire.gateway.ModelOnly"))
+
+
+_ModelOnly = _model_only()
+
+
 def model_field(raw: bytes) -> str:
-    """Reads field 1 (`model`, a string in ModelRequest, CountTokenRequest and EmbedRequest) without parsing the
-    rest, which the worker decodes; a body whose start is not protobuf wire format, or that names
-    no model first, is the caller's mistake."""
+    """The model the worker will read from `raw` (field 1 of ModelRequest, CountTokenRequest and
+    EmbedRequest), read by protobuf's own parser as the worker's is: a body that repeats field 1
+    names the last one's model, whatever comes before or between. The gateway routes on it and
+    holds the caller's allow-list to it, so it must be the model the worker runs: the first field
+    1 of a body that repeats it let a caller through to any model. A body that is not protobuf wire
+    format, or names no model, is the caller's mistake."""
+    try:
+        model: str = getattr(_ModelOnly.FromString(raw), "model")  # a class made at run time
+    except DecodeError:
+        raise InvalidRequest([FieldViolation("", "the request body is not a valid protobuf message")]) from None
+    if len(model.encode()) > MAX_MODEL_BYTES:
+        raise InvalidRequest([FieldViolation("model", f"at most {MAX_MODEL_BYTES} bytes")])
+    if not model:
+        raise InvalidRequest([FieldViolation("model", "must name a served model (see ListModels)")])
+    return model
+
+
+# Fields `leading_model` reads before it gives up on field 1: every protobuf serializer writes
+# fields in number order, so `model` comes first; the bound keeps a hostile body's cost constant.
+MAX_FIELDS_BEFORE_MODEL = 16
+
+
+def leading_model(raw: bytes) -> str:
+    """The first field 1 within the body's first fields, at a constant cost whatever the body: the
+    metrics label of a call, read before authentication. Only a label: what the call routes on and
+    is allowed is `model_field`'s reading (a body may repeat field 1). A body whose start is not
+    protobuf wire format, or that names no model first, is the caller's mistake."""
     position = 0
     try:
         for _ in range(MAX_FIELDS_BEFORE_MODEL):

@@ -48,6 +48,7 @@ from modelwire.gateway.router import (
     Route,
     Router,
     forwarded_metadata,
+    leading_model,
     model_field,
     refuse_unsendable,
     returned_trailers,
@@ -152,7 +153,7 @@ class Gateway:
 
     def _model_label(self, raw: Any) -> str:
         try:
-            model = model_field(raw) if isinstance(raw, bytes) else ""
+            model = leading_model(raw) if isinstance(raw, bytes) else ""
         except InvalidRequest:
             return UNKNOWN_MODEL
         return model if model in self.router.known_models() else UNKNOWN_MODEL
@@ -242,6 +243,9 @@ class Gateway:
         yields what the caller gets and fills in the worker's trailers; once it has yielded, the
         call is the caller's and never retried."""
         model = model_field(raw)
+        record = current_call()
+        if record is not None:  # the label was read before authentication, from the first field 1
+            record.model = model if model in self.router.known_models() else UNKNOWN_MODEL
         # The caller's allow-list, checked here: the worker sees this gateway's token.
         refusal = model_refusal(model)
         if refusal is not None:

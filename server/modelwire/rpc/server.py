@@ -29,7 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from modelwire.core.addresses import is_loopback
+from modelwire.core.addresses import ip_literal, is_loopback
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import AuthConfig, ObservabilityConfig, Permission, ServerConfig, TlsConfig
 from modelwire.observe import tracing
@@ -162,10 +162,17 @@ class RpcServer:
             service.add(self.server)
         self.service_names = tuple(service.name for service in services)
         reflection.enable_server_reflection((*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
-        self.port = self._bind(server)
+        self.port = self._bind(server, shared_port=dict(options).get("grpc.so_reuseport") == 1)
 
-    def _bind(self, server: ServerConfig) -> int:
+    def _bind(self, server: ServerConfig, shared_port: bool) -> int:
         bind = f"{server.host}:{server.port}"
+        # gRPC listens on those of a name's addresses it can (localhost: 127.0.0.1 and ::1) and
+        # succeeds with one: a port taken on another would be someone else's there. Checked first,
+        # unless processes share the port (SO_REUSEPORT: the others hold it).
+        if server.port and not shared_port and not ip_literal(server.host):
+            taken = _bind_failure(server.host, server.port, in_use_only=True)
+            if taken is not None:
+                raise StartupFailure(f"the {self.role} cannot listen on {bind}: {taken}")
         try:
             port: int = (
                 self.server.add_secure_port(bind, self.tls.credentials)
@@ -175,7 +182,7 @@ class RpcServer:
         except RuntimeError:
             port = 0
         if port == 0:
-            reason = _bind_failure(server.host, server.port)
+            reason = _bind_failure(server.host, server.port) or "gRPC refused the address"
             raise StartupFailure(f"the {self.role} cannot listen on {bind}: {reason}")
         return port
 
@@ -206,15 +213,17 @@ class RpcServer:
         await self.server.stop(self.config.grace_period_s)
 
 
-def _bind_failure(host: str, port: int) -> str:
-    """Why `host:port` cannot be listened on. gRPC only says "Failed to bind" (its reason goes to
-    its own log): binding a socket the same way tells a taken port from the rest."""
+def _bind_failure(host: str, port: int, in_use_only: bool = False) -> str | None:
+    """Why `host:port` cannot be listened on, or None when binding each of its addresses works
+    (with `in_use_only`, None unless the port is taken on one). gRPC only says "Failed to bind"
+    (its reason goes to its own log): binding a socket the same way tells a taken port from the
+    rest."""
     try:
         addresses = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as error:
-        return f"{host!r} is not an address of this host ({error.strerror})"
+        return None if in_use_only else f"{host!r} is not an address of this host ({error.strerror})"
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -226,8 +235,9 @@ def _bind_failure(host: str, port: int) -> str:
                         f"port {port} is already in use on {host}; "
                         "choose another with --port (or [server] port)"
                     )
-                return error.strerror or str(error)
-    return "gRPC refused the address"
+                if not in_use_only:
+                    return error.strerror or str(error)
+    return None
 
 
 def on_signals(stop: asyncio.Event, reload: Callable[[], None] | None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from modelwire.core import errors
 from modelwire.core.redaction import scrub
-from modelwire.providers.http.options import HttpParams
+from modelwire.providers.http.options import REDACTED, HttpParams
 from modelwire.providers.http.sse import upstream_json
 
 # The delay a 429 without Retry-After suggests to the caller.
@@ -43,12 +43,18 @@ def _without_echo(detail: Any) -> Any:
     return detail
 
 
+# The user-information part of a URL (`http://user:password@proxy:3128`): aiohttp quotes a
+# proxy's URL, credentials included, when the proxy refuses a CONNECT.
+_URL_USERINFO = re.compile(r"(?<=://)[^\s/?#@'\"<>]+@")
+
+
 def clean_message(text: str, redact: Redact) -> str:
     """An upstream's text as a caller or a log may see it: the API key redacted from the whole
-    text (a cut through the key would leave a piece no longer recognised), cut short, redacted
-    again (a cut may end in the start of a key the upstream echoed in part), and scrubbed of the
-    caller's request text."""
-    return scrub(redact(_shorten(redact(text))))
+    text (a cut through the key would leave a piece no longer recognised) and a URL's user and
+    password (a proxy's), cut short, redacted again (a cut may end in the start of a key the
+    upstream echoed in part), and scrubbed of the caller's request text."""
+    text = _URL_USERINFO.sub(REDACTED + "@", redact(text))
+    return scrub(redact(_shorten(text)))
 
 
 def message_from_payload(payload: Any, redact: Redact) -> str | None:
@@ -148,13 +154,16 @@ _CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_erro
 
 
 # The whole sentences of upstreams that send no such code: vLLM and OpenAI-compatible servers
-# ("This model's maximum context length is 4096 tokens. However, …"), llama.cpp's server
+# ("This model's maximum context length is 4096 tokens. However, …"; vLLM's own check before
+# sampling: "The decoder prompt (length 5000) is longer than the maximum model length of 4096"),
+# llama.cpp's server
 # ("request (4476 tokens) exceeds the available context size (4096 tokens)") and Anthropic
 # ("prompt is too long: 201234 tokens > 200000 maximum", "input length and `max_tokens` exceed
 # context limit: 180000 + 30000 > 200000, …"). A mere mention ("context_size" quoted from a
 # schema) is no context refusal.
 _CONTEXT_SENTENCE = re.compile(
     r"maximum context length is \d+ tokens"
+    r"|prompt \(length \d+\) is longer than the maximum model length of \d+"
     r"|exceeds the available context size"
     r"|prompt is too long: \d+ tokens > \d+ maximum"
     r"|input length and `max_tokens` exceed context limit: \d+ \+ \d+ > \d+",

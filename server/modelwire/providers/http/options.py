@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from dataclasses import dataclass, field
@@ -31,11 +32,14 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-_REDACTED = "[redacted]"
+REDACTED = "[redacted]"
 
 
 # A key's first characters, this many or more, where a text ends or was cut are redacted too.
 _MIN_KEY_PREFIX = 8
+# Any run of this many of a key's characters is redacted wherever it stands (12 characters of a
+# random key are no coincidence; fewer, as OpenAI's own "sk-proj-****abcd", are left alone).
+_MIN_KEY_RUN = 12
 
 
 # How a shortened text marks its cut (this module's `…`, and upstreams' own).
@@ -45,31 +49,37 @@ _CUT_MARKS = ("…", "...")
 class Secret:
     """An API key: its value never shows in a repr, a log line or an error message."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "_encoded")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._encoded = _base64_forms(value)
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, text: str) -> str:
-        """`text` without the key: whole, and also its first 8 or more characters where they end
-        the text or run into a cut mark (an upstream that shortened its own echo of the key)."""
+        """`text` without the key: whole; base64-encoded (a proxy or server echoing a credential
+        header encoded); any 12 or more of its characters in a row, wherever they stand (a key
+        split by a line break, or shown by its end); and its first 8 or more characters where
+        they end the text or run into a cut mark (an upstream that shortened its own echo)."""
         key = self._value
         if not key:
             return text
-        text = text.replace(key, _REDACTED)
+        text = text.replace(key, REDACTED)
         if len(key) <= _MIN_KEY_PREFIX:
             return text
+        for encoded in self._encoded:
+            text = text.replace(encoded, REDACTED)
+        text = _redact_runs(text, key)
         start = text.find(key[:_MIN_KEY_PREFIX])
         while start >= 0:
             end = start + _MIN_KEY_PREFIX
             while end < len(text) and end - start < len(key) and text[end] == key[end - start]:
                 end += 1
             if end == len(text) or text.startswith(_CUT_MARKS, end):
-                text = text[:start] + _REDACTED + text[end:]
-                end = start + len(_REDACTED)
+                text = text[:start] + REDACTED + text[end:]
+                end = start + len(REDACTED)
             start = text.find(key[:_MIN_KEY_PREFIX], end)
         return text
 
@@ -77,6 +87,47 @@ class Secret:
         return "Secret('[redacted]')"
 
     __str__ = __repr__
+
+
+def _base64_forms(key: str) -> tuple[str, ...]:
+    """How the key looks inside base64 text, standard and URL-safe: wherever the key starts in
+    the encoded bytes, one of its three alignments is encoded whole, so each is searched for."""
+    raw = key.encode("utf-8")
+    forms: list[str] = []
+    for offset in range(3):
+        piece = raw[offset:]
+        piece = piece[: len(piece) - len(piece) % 3]
+        if len(piece) >= _MIN_KEY_RUN:
+            encoded = base64.b64encode(piece).decode("ascii")
+            forms += (encoded, encoded.replace("+", "-").replace("/", "_"))
+    return tuple(dict.fromkeys(forms))
+
+
+def _redact_runs(text: str, key: str) -> str:
+    """`text` with every run of _MIN_KEY_RUN or more consecutive characters of `key` redacted."""
+    masked = bytearray(len(text))
+    seen: set[str] = set()
+    for offset in range(len(key) - _MIN_KEY_RUN + 1):
+        piece = key[offset : offset + _MIN_KEY_RUN]
+        if piece in seen:
+            continue
+        seen.add(piece)
+        where = text.find(piece)
+        while where >= 0:
+            end, source = where + _MIN_KEY_RUN, offset + _MIN_KEY_RUN
+            while end < len(text) and source < len(key) and text[end] == key[source]:
+                end, source = end + 1, source + 1
+            masked[where:end] = b"\x01" * (end - where)
+            where = text.find(piece, where + 1)
+    if not any(masked):
+        return text
+    out: list[str] = []
+    for index, char in enumerate(text):
+        if not masked[index]:
+            out.append(char)
+        elif index == 0 or not masked[index - 1]:
+            out.append(REDACTED)
+    return "".join(out)
 
 
 @dataclass(frozen=True)

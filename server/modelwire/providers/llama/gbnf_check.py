@@ -11,8 +11,10 @@ accepts; a syntax error is described by line and column, never by quoting the gr
 
 This is a port of the parser's acceptance, not of the rules it builds: a rule is kept only as the
 set of rules it references, which is all the closing "every used rule is defined" check reads.
-It refuses one thing llama.cpp accepts: a repetition whose maximum is below its minimum
-(`"a"{5,2}`), which llama.cpp expands into 2^64 rules (memory until the process dies). What
+It refuses two things llama.cpp accepts: a repetition whose maximum is below its minimum
+(`"a"{5,2}`), which llama.cpp expands into 2^64 rules (memory until the process dies), and
+groups nested more than MAX_GROUP_NESTING deep, which this recursive parser (like llama.cpp's)
+could not follow within the interpreter's stack (a RecursionError, INTERNAL, at about 300). What
 llama.cpp checks after parsing (a `root` rule, left recursion) it reports through its log callback.
 """
 
@@ -23,6 +25,9 @@ from collections.abc import Callable
 
 # llama.cpp's MAX_REPETITION_THRESHOLD.
 MAX_REPETITION = 2000
+# Parenthesised groups inside each other: far beyond a written grammar (the grammars modelwire
+# writes from JSON Schemas nest two), well within the stack each level takes here.
+MAX_GROUP_NESTING = 64
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 _SPACE = re.compile(r"(?:[ \t]|#[^\r\n]*)*")
@@ -53,6 +58,7 @@ class _Parser:
         # Rule id -> the rule ids it references; None where llama.cpp's vector has an empty rule.
         self.rules: list[set[int] | None] = []
         self.first_use: dict[int, int] = {}
+        self.groups_open = 0
 
     def at(self, pos: int) -> str:
         """The character at `pos`, or "" past the end (C's terminating NUL)."""
@@ -266,9 +272,13 @@ class _Sequence:
 
     def group(self, pos: int) -> int:
         p = self.p
+        if p.groups_open == MAX_GROUP_NESTING:
+            raise p.fail(pos, f"groups nested more than {MAX_GROUP_NESTING} deep")
         before = len(p.symbol_ids)
         sub_id = p.generated_symbol(self.rule_name)
+        p.groups_open += 1
         end = p.alternates(p.space(pos + 1, True), self.rule_name, sub_id, nested=True)
+        p.groups_open -= 1
         self.new_symbol(1, {sub_id}, max(1, len(p.symbol_ids) - before))
         if p.at(end) != ")":
             raise p.fail(end, "expecting )")

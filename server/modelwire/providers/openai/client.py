@@ -28,7 +28,8 @@ Contract v1.1, field by field:
   they come, keyed by `index`, except that an id or name a call already has is not repeated (the
   contract gives them on a call's first delta; llama.cpp's server repeats both on every delta),
   and a new, different id on a known index opens a new call at the next free index (Gemini's
-  endpoint streams parallel calls all at index 0). TOOL_CALLS is the finish when, and only when,
+  endpoint streams parallel calls all at index 0); an id seen before continues its own call.
+  TOOL_CALLS is the finish when, and only when,
   tool calls came: "stop" after calls (OpenAI's answer to a forced tool_choice) is TOOL_CALLS,
   "tool_calls" without any is STOP. A refusal (`message.refusal`, `delta.refusal`) is the
   answer's text, finishing CONTENT_FILTER, as Anthropic's `stop_reason: "refusal"`. Usage

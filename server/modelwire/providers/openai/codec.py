@@ -212,16 +212,19 @@ _MAX_TOOL_CALL_INDEX = 2**16
 
 
 class StreamedCalls:
-    """The tool calls of one stream so far. By the upstream's `index`: the call's index towards
-    the caller, its id and its name (an id or name a call has is never repeated: llama.cpp's
-    server repeats both on every delta). A new, different id on a known index is a new call at
-    the next free index: Gemini's OpenAI endpoint streams parallel calls all at index 0."""
+    """The tool calls of one stream so far: each call's id and name by its index towards the
+    caller, which index each upstream `index` now feeds, and each id's call. An id or name a call
+    has is never repeated (llama.cpp's server repeats both on every delta). A new, different id on
+    a known index is a new call at the next free index (Gemini's OpenAI endpoint streams parallel
+    calls all at index 0); an id seen before continues its own call, never a second one with the
+    same id."""
 
-    __slots__ = ("_known", "_used")
+    __slots__ = ("_calls", "_ids", "_wire")
 
     def __init__(self) -> None:
-        self._known: dict[int, tuple[int, str, str]] = {}
-        self._used: set[int] = set()
+        self._calls: dict[int, tuple[str, str]] = {}
+        self._ids: dict[str, int] = {}
+        self._wire: dict[int, int] = {}
 
     def deltas(self, calls: object) -> tuple[ToolCallDelta, ...]:
         """One chunk's `delta.tool_calls` as they come, keyed by `index` (its position in the list
@@ -252,28 +255,31 @@ class StreamedCalls:
         if arguments is None:
             raise errors.UpstreamUnavailable("upstream sent a tool call delta whose arguments are not JSON text")
         given_id, given_name = text_of(call.get("id")), text_of(function.get("name"))
-        known = self._known.get(wire_index)
-        if known is None or (given_id and known[1] and given_id != known[1]):
-            index = self._open(wire_index if known is None else None)
-            known_id = known_name = ""
-        else:
-            index, known_id, known_name = known
+        index = self._wire.get(wire_index)
+        if given_id in self._ids:
+            index = self._ids[given_id]
+        elif index is None or (given_id and self._calls[index][0] not in ("", given_id)):
+            index = self._open(wire_index if index is None else None)
+        known_id, known_name = self._calls[index]
         call_id = "" if known_id else given_id
         name = "" if known_name else given_name
-        self._known[wire_index] = (index, known_id or call_id, known_name or name)
+        self._calls[index] = (known_id or call_id, known_name or name)
+        if call_id:
+            self._ids[call_id] = index
+        self._wire[wire_index] = index
         return ToolCallDelta(index=index, id=call_id, name=name, arguments_delta=arguments)
 
     def _open(self, wanted: int | None) -> int:
         """A new call's index: the upstream's own when it is free, else the next free one."""
-        if wanted is not None and wanted not in self._used:
+        if wanted is not None and wanted not in self._calls:
             index = wanted
         else:
-            index = max(self._used, default=-1) + 1
+            index = max(self._calls, default=-1) + 1
         if index >= _MAX_TOOL_CALL_INDEX:
             raise errors.UpstreamUnavailable(
                 f"upstream sent more than {_MAX_TOOL_CALL_INDEX} tool calls in one turn"
             )
-        self._used.add(index)
+        self._calls[index] = ("", "")
         return index
 
 
