@@ -47,9 +47,28 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-VARIANTS = ("shipped", "no-access-log", "no-metrics", "no-observer", "no-orca", "no-interceptors", "no-count", "bare-service",
-            "floor-servicer", "floor-servicer-bare", "uvloop")
-HTTP_VARIANTS = ("shipped", "pool-count", "no-interceptors", "canned-http", "canned-events", "canned-json", "uvloop")
+VARIANTS = (
+    "shipped",
+    "no-access-log",
+    "no-metrics",
+    "no-observer",
+    "no-orca",
+    "no-interceptors",
+    "no-count",
+    "bare-service",
+    "floor-servicer",
+    "floor-servicer-bare",
+    "uvloop",
+)
+HTTP_VARIANTS = (
+    "shipped",
+    "pool-count",
+    "no-interceptors",
+    "canned-http",
+    "canned-events",
+    "canned-json",
+    "uvloop",
+)
 
 
 def _patch(variant: str) -> None:
@@ -77,7 +96,9 @@ def _patch(variant: str) -> None:
         from modelwire.tokenize.tiktoken_counter import count_tokens
 
         async def pool_count(self: Any, model: str, prompt: Any) -> TokenCount:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, count_tokens, self.upstream_model, prompt)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, count_tokens, self.upstream_model, prompt
+            )
 
         http_client.HttpProxyClient.count_token = pool_count  # type: ignore[method-assign]
     if variant.startswith("canned-"):
@@ -90,10 +111,10 @@ def _patch(variant: str) -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if variant.startswith("floor-servicer"):
         import echo_floor
-
         from modelwire.worker import servicer
 
         floor = echo_floor.FloorServicer("gpt-4o", 100, "hello ")
+
         async def generate(self: Any, request: Any, context: Any) -> Any:
             return await floor.Generate(request, context)
 
@@ -146,7 +167,6 @@ def _can_upstream(variant: str) -> None:
     from collections.abc import AsyncIterator
 
     import instant_upstream
-
     from modelwire.providers.http import client as http_client
     from modelwire.providers.http import sse
     from modelwire.providers.openai import client as openai
@@ -164,7 +184,9 @@ def _can_upstream(variant: str) -> None:
             completions[body["model"]] = json_module.loads(raw)
         return completions[body["model"]]
 
-    async def post_events(self: Any, url: str, body: dict[str, Any], headers: Any) -> AsyncIterator[sse.SSEEvent]:
+    async def post_events(
+        self: Any, url: str, body: dict[str, Any], headers: Any
+    ) -> AsyncIterator[sse.SSEEvent]:
         raw = b"".join(answers.payloads(body["model"], True, "stream_options" in body))
 
         async def arrived() -> AsyncIterator[bytes]:
@@ -175,7 +197,9 @@ def _can_upstream(variant: str) -> None:
                 yield event
             return
         if body["model"] not in events:
-            events[body["model"]] = [event async for event in sse.iter_sse(sse.iter_lines(arrived()))]
+            events[body["model"]] = [
+                event async for event in sse.iter_sse(sse.iter_lines(arrived()))
+            ]
         for event in events[body["model"]]:
             yield event
 
@@ -209,8 +233,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.provider == "openai":
         from run import _openai_model
 
-        upstream = Proc("instant-upstream", [sys.executable, str(HERE / "instant_upstream.py"), "--port", "0"], workdir,
-                        ready_text="instant upstream on")
+        upstream = Proc(
+            "instant-upstream",
+            [sys.executable, str(HERE / "instant_upstream.py"), "--port", "0"],
+            workdir,
+            ready_text="instant upstream on",
+        )
         model_block = _openai_model("http://" + upstream.address())
     modes = ("unary", "stream") if args.mode == "both" else (args.mode,)
     variants = args.variants or ",".join(HTTP_VARIANTS if args.provider == "openai" else VARIANTS)
@@ -218,8 +246,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         port = free_port()
         config = workdir / f"{variant}.toml"
         config.write_text(_worker_toml(port, 1, model_block))
-        proc = Proc(variant, [sys.executable, __file__, "--serve", variant, "--config", str(config)], workdir,
-                    ready_text="modelwire serving")
+        proc = Proc(
+            variant,
+            [sys.executable, __file__, "--serve", variant, "--config", str(config)],
+            workdir,
+            ready_text="modelwire serving",
+        )
         try:
             group = procstat.ProcessGroup([proc.pid])
             for mode in modes:
@@ -227,13 +259,32 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 loadgen.ghz(args.ghz, f"127.0.0.1:{port}", method, GRPC_REQUEST, 16, 1.0, 4)
                 procstat.wait_for_idle(0.35, 20)
                 before = group.snapshot()
-                result = loadgen.ghz(args.ghz, f"127.0.0.1:{port}", method, GRPC_REQUEST, args.concurrency, args.duration, 4)
+                result = loadgen.ghz(
+                    args.ghz,
+                    f"127.0.0.1:{port}",
+                    method,
+                    GRPC_REQUEST,
+                    args.concurrency,
+                    args.duration,
+                    4,
+                )
                 cpu = group.cpu_since(before)
-                row = {"variant": variant, "mode": mode, "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-                       "cpu_us_per_call": 1e6 * cpu / max(result.ok, 1), "errors": result.errors, "loadavg1": procstat.loadavg1()}
+                row = {
+                    "variant": variant,
+                    "mode": mode,
+                    "rps": result.rps,
+                    "p50_ms": result.p50_ms,
+                    "p99_ms": result.p99_ms,
+                    "cpu_us_per_call": 1e6 * cpu / max(result.ok, 1),
+                    "errors": result.errors,
+                    "loadavg1": procstat.loadavg1(),
+                }
                 rows.append(row)
-                print(f"{variant:16} {mode:6} {row['rps']:8,.0f} calls/s  {row['cpu_us_per_call']:7.0f} µs CPU/call  "
-                      f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  load {row['loadavg1']:.2f}", flush=True)
+                print(
+                    f"{variant:16} {mode:6} {row['rps']:8,.0f} calls/s  {row['cpu_us_per_call']:7.0f} µs CPU/call  "
+                    f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  load {row['loadavg1']:.2f}",
+                    flush=True,
+                )
         finally:
             proc.stop()
     if upstream is not None:
@@ -242,7 +293,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--provider", choices=("echo", "openai"), default="echo")
     parser.add_argument("--serve", choices=VARIANTS + HTTP_VARIANTS[1:], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)

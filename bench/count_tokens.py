@@ -64,10 +64,15 @@ def _timed(call: Any, seconds: float, min_calls: int = 3) -> tuple[int, float]:
             return calls, elapsed
 
 
-def run(address: str, seconds: float = 3.0, sizes: tuple[int, ...] = SIZES, floor: str | None = None) -> list[dict[str, Any]]:
+def run(
+    address: str, seconds: float = 3.0, sizes: tuple[int, ...] = SIZES, floor: str | None = None
+) -> list[dict[str, Any]]:
     encoding, _ = encoding_for_model(MODEL)
     rows = []
-    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
     floor_channel = grpc.insecure_channel(floor, options=options) if floor else None
     floor_stub = pb_grpc.ModelWorkerStub(floor_channel) if floor_channel else None
     with grpc.insecure_channel(address, options=options) as channel:
@@ -78,9 +83,13 @@ def run(address: str, seconds: float = 3.0, sizes: tuple[int, ...] = SIZES, floo
             answered = stub.CountToken(request, timeout=60)
             assert answered.count == size, (answered.count, size)
             encoding.encode(prompt, disallowed_special=())  # warm
-            direct_calls, direct_s = _timed(lambda: encoding.encode(prompt, disallowed_special=()), seconds)
+            direct_calls, direct_s = _timed(
+                lambda: encoding.encode(prompt, disallowed_special=()), seconds
+            )
             wire = prompt.encode()
-            bytes_calls, bytes_s = _timed(lambda: encoding.encode(wire.decode(), disallowed_special=()), seconds)
+            bytes_calls, bytes_s = _timed(
+                lambda: encoding.encode(wire.decode(), disallowed_special=()), seconds
+            )
             grpc_calls, grpc_s = _timed(lambda: stub.CountToken(request, timeout=60), seconds)
             direct_rate = size * direct_calls / direct_s
             grpc_rate = size * grpc_calls / grpc_s
@@ -97,7 +106,11 @@ def run(address: str, seconds: float = 3.0, sizes: tuple[int, ...] = SIZES, floo
             }
             if floor_stub is not None:
                 floor_stub.CountToken(request, timeout=60)
-                floor_calls, floor_s = _timed(lambda: floor_stub.CountToken(request, timeout=60), min(seconds, 1.0), min_calls=20)
+                floor_calls, floor_s = _timed(
+                    lambda: floor_stub.CountToken(request, timeout=60),
+                    min(seconds, 1.0),
+                    min_calls=20,
+                )
                 row["floor_ms_per_call"] = 1000 * floor_s / floor_calls
             rows.append(row)
     if floor_channel is not None:
@@ -106,17 +119,25 @@ def run(address: str, seconds: float = 3.0, sizes: tuple[int, ...] = SIZES, floo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--address", default="127.0.0.1:50051")
-    parser.add_argument("--floor", help="address of bench/echo_floor.py, to measure gRPC's own cost of the request")
+    parser.add_argument(
+        "--floor", help="address of bench/echo_floor.py, to measure gRPC's own cost of the request"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    print("| tokens | direct tiktoken (tokens/s) | CountToken over gRPC (tokens/s) | ratio | ms per call: direct / from bytes / gRPC floor / modelwire |")
+    print(
+        "| tokens | direct tiktoken (tokens/s) | CountToken over gRPC (tokens/s) | ratio | ms per call: direct / from bytes / gRPC floor / modelwire |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for row in run(args.address, args.seconds, floor=args.floor):
-        print(f"| {row['tokens']:,} | {row['direct_tokens_per_s']:,.0f} | {row['grpc_tokens_per_s']:,.0f} | {row['ratio']:.2f} | "
-              f"{row['direct_ms_per_call']:.3f} / {row['direct_from_bytes_ms_per_call']:.3f} / "
-              f"{row.get('floor_ms_per_call', float('nan')):.3f} / {row['grpc_ms_per_call']:.3f} |")
+        print(
+            f"| {row['tokens']:,} | {row['direct_tokens_per_s']:,.0f} | {row['grpc_tokens_per_s']:,.0f} | {row['ratio']:.2f} | "
+            f"{row['direct_ms_per_call']:.3f} / {row['direct_from_bytes_ms_per_call']:.3f} / "
+            f"{row.get('floor_ms_per_call', float('nan')):.3f} / {row['grpc_ms_per_call']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

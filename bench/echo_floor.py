@@ -27,8 +27,14 @@ def _final(model: str, completion_tokens: int, text: str = "") -> pb.ModelOutput
     return pb.ModelOutput(
         text=text,
         finish_reason=pb.FINISH_REASON_STOP,
-        usage=pb.Usage(prompt_tokens=12, completion_tokens=completion_tokens, total_tokens=12 + completion_tokens),
-        timing=pb.Timing(time_to_first_token_seconds=0.000123, tokens_per_second=123456.7, total_seconds=0.000456),
+        usage=pb.Usage(
+            prompt_tokens=12,
+            completion_tokens=completion_tokens,
+            total_tokens=12 + completion_tokens,
+        ),
+        timing=pb.Timing(
+            time_to_first_token_seconds=0.000123, tokens_per_second=123456.7, total_seconds=0.000456
+        ),
         model=model,
     )
 
@@ -40,21 +46,35 @@ class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
         self._last = _final(model, chunks)
         self._chunks = chunks
         self._count = pb.CountTokenResponse(count=12, tokenizer="tiktoken:o200k_base", exact=True)
-        self._models = pb.ListModelsResponse(models=[pb.ModelMetadata(model=model, provider="floor", context_length=131072, max_output_tokens=4096)])
+        self._models = pb.ListModelsResponse(
+            models=[
+                pb.ModelMetadata(
+                    model=model, provider="floor", context_length=131072, max_output_tokens=4096
+                )
+            ]
+        )
 
-    async def Generate(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelOutput:
+    async def Generate(
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelOutput:
         return self._unary
 
-    async def GenerateStream(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelOutput]:
+    async def GenerateStream(
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelOutput]:
         chunk = self._chunk
         for _ in range(self._chunks):
             yield chunk
         yield self._last
 
-    async def CountToken(self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext) -> pb.CountTokenResponse:
+    async def CountToken(
+        self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokenResponse:
         return self._count
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         return self._models
 
 
@@ -68,7 +88,9 @@ async def serve(host: str, port: int, model: str, chunks: int, chunk_text: str) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8901)
     parser.add_argument("--model", default="gpt-4o")

@@ -36,7 +36,9 @@ def _handlers(channel: grpc.aio.Channel) -> grpc.GenericRpcHandler:
     def stream(method: str) -> grpc.RpcMethodHandler:
         call = channel.unary_stream(f"/{SERVICE}/{method}")
 
-        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async def forward(
+            request: bytes, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
             async for message in call(request, timeout=context.time_remaining()):
                 yield message
 
@@ -57,7 +59,9 @@ async def serve(host: str, port: int, upstream: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8902)
     parser.add_argument("--upstream", required=True)

@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello in one word."}]}
@@ -42,10 +41,16 @@ async def _sse_payloads(lines: AsyncIterator[bytes]) -> int:
     return events
 
 
-def _httpx_calls(url: str, concurrency: int) -> tuple[Callable[[bool], Awaitable[int]], Callable[[], Awaitable[None]]]:
+def _httpx_calls(
+    url: str, concurrency: int
+) -> tuple[Callable[[bool], Awaitable[int]], Callable[[], Awaitable[None]]]:
     import httpx
 
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=2 * concurrency + 2, max_keepalive_connections=concurrency))
+    client = httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=2 * concurrency + 2, max_keepalive_connections=concurrency
+        )
+    )
 
     async def call(stream: bool) -> int:
         if not stream:
@@ -63,7 +68,9 @@ def _httpx_calls(url: str, concurrency: int) -> tuple[Callable[[bool], Awaitable
     return call, client.aclose
 
 
-def _aiohttp_calls(url: str, concurrency: int) -> tuple[Callable[[bool], Awaitable[int]], Callable[[], Awaitable[None]]]:
+def _aiohttp_calls(
+    url: str, concurrency: int
+) -> tuple[Callable[[bool], Awaitable[int]], Callable[[], Awaitable[None]]]:
     import aiohttp
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2 * concurrency + 2))
@@ -78,7 +85,9 @@ def _aiohttp_calls(url: str, concurrency: int) -> tuple[Callable[[bool], Awaitab
     return call, session.close
 
 
-async def _drive(client: str, url: str, concurrency: int, requests: int, stream: bool) -> dict[str, float]:
+async def _drive(
+    client: str, url: str, concurrency: int, requests: int, stream: bool
+) -> dict[str, float]:
     call, close = (_httpx_calls if client == "httpx" else _aiohttp_calls)(url, concurrency)
     for _ in range(concurrency):  # connections open and warm before the clock starts
         await call(stream)
@@ -100,7 +109,9 @@ async def _drive(client: str, url: str, concurrency: int, requests: int, stream:
 
 
 def _child(args: argparse.Namespace) -> None:
-    result = asyncio.run(_drive(args.client, args.url, args.concurrency_one, args.requests, args.stream))
+    result = asyncio.run(
+        _drive(args.client, args.url, args.concurrency_one, args.requests, args.stream)
+    )
     print(json.dumps(result))
 
 
@@ -113,8 +124,15 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000, help="unary requests per measurement (streams: a tenth)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="unary requests per measurement (streams: a tenth)",
+    )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -128,27 +146,46 @@ def main() -> None:
         return
     port = _free_port()
     upstream = subprocess.Popen(
-        [sys.executable, str(HERE / "instant_upstream.py"), "--port", str(port), "--chunks", "100"], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HERE / "instant_upstream.py"), "--port", str(port), "--chunks", "100"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert upstream.stdout is not None
         upstream.stdout.readline()
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        print(f"{'mode':<7} {'c':>3} {'client':<8} {'CPU µs/unit':>12} {'units/s':>10}   (unit: a request, or a stream event)")
+        print(
+            f"{'mode':<7} {'c':>3} {'client':<8} {'CPU µs/unit':>12} {'units/s':>10}   (unit: a request, or a stream event)"
+        )
         for stream in (False, True):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 results: dict[str, list[dict[str, float]]] = {client: [] for client in CLIENTS}
                 for _ in range(args.rounds):
                     for client in CLIENTS:
                         count = max(concurrency, args.requests // 10 if stream else args.requests)
-                        command = [sys.executable, __file__, "--child", "--client", client, "--url", url,
-                                   "--concurrency-one", str(concurrency), "--requests", str(count)] + (["--stream"] if stream else [])
-                        out = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ).stdout
+                        command = [
+                            sys.executable,
+                            __file__,
+                            "--child",
+                            "--client",
+                            client,
+                            "--url",
+                            url,
+                            "--concurrency-one",
+                            str(concurrency),
+                            "--requests",
+                            str(count),
+                        ] + (["--stream"] if stream else [])
+                        out = subprocess.run(
+                            command, check=True, capture_output=True, text=True, env=os.environ
+                        ).stdout
                         results[client].append(json.loads(out))
                 for client, runs in results.items():
                     cpu = min(run["cpu_us_per_unit"] for run in runs)
                     rate = max(run["units_per_s"] for run in runs)
-                    print(f"{'stream' if stream else 'unary':<7} {concurrency:>3} {client:<8} {cpu:>12.1f} {rate:>10,.0f}")
+                    print(
+                        f"{'stream' if stream else 'unary':<7} {concurrency:>3} {client:<8} {cpu:>12.1f} {rate:>10,.0f}"
+                    )
     finally:
         upstream.terminate()
         upstream.wait()

@@ -22,9 +22,9 @@ import asyncio
 import json
 from typing import Any
 
-_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{\"error\":\"not found\"}"
-_HEALTH = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}"
-_BAD = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n{\"error\":{\"message\":\"bad json\"}}"
+_NOT_FOUND = b'HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{"error":"not found"}'
+_HEALTH = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"status":"ok"}'
+_BAD = b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n{"error":{"message":"bad json"}}'
 
 
 class Answers:
@@ -46,33 +46,61 @@ class Answers:
 
     def _usage(self) -> dict[str, int]:
         # A fixed count: counting here would make the upstream the thing being measured.
-        return {"prompt_tokens": 12, "completion_tokens": self.chunks, "total_tokens": 12 + self.chunks}
+        return {
+            "prompt_tokens": 12,
+            "completion_tokens": self.chunks,
+            "total_tokens": 12 + self.chunks,
+        }
 
     def payloads(self, model: str, stream: bool, include_usage: bool) -> list[bytes]:
         """The body unframed: the one JSON document of a unary answer, or each SSE event of a stream
         (bench/ablation.py feeds them to the worker without HTTP, to attribute the client's cost)."""
         base: dict[str, Any] = {"id": "chatcmpl-instant", "created": 1700000000, "model": model}
         if not stream:
-            return [json.dumps({
-                **base,
-                "object": "chat.completion",
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.chunk_text * self.chunks},
-                    "finish_reason": "stop",
-                }],
-                "usage": self._usage(),
-            }, separators=(",", ":")).encode()]
+            return [
+                json.dumps(
+                    {
+                        **base,
+                        "object": "chat.completion",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {
+                                    "role": "assistant",
+                                    "content": self.chunk_text * self.chunks,
+                                },
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": self._usage(),
+                    },
+                    separators=(",", ":"),
+                ).encode()
+            ]
         events = []
         chunk = {**base, "object": "chat.completion.chunk"}
-        first = {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        first = {
+            **chunk,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
         events.append(first)
         for _ in range(self.chunks):
-            events.append({**chunk, "choices": [{"index": 0, "delta": {"content": self.chunk_text}, "finish_reason": None}]})
+            events.append(
+                {
+                    **chunk,
+                    "choices": [
+                        {"index": 0, "delta": {"content": self.chunk_text}, "finish_reason": None}
+                    ],
+                }
+            )
         events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if include_usage:
             events.append({**chunk, "choices": [], "usage": self._usage()})
-        payloads = [f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode() for event in events]
+        payloads = [
+            f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode() for event in events
+        ]
         payloads.append(b"data: [DONE]\n\n")
         return payloads
 
@@ -82,7 +110,10 @@ class Answers:
             head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payloads[0])}\r\n\r\n"
             return head.encode() + payloads[0]
         # Each event is its own HTTP chunk, as a streaming server sends them; written in one go.
-        framed = b"".join(b"%x\r\n%s\r\n" % (len(payload), payload) for payload in payloads) + b"0\r\n\r\n"
+        framed = (
+            b"".join(b"%x\r\n%s\r\n" % (len(payload), payload) for payload in payloads)
+            + b"0\r\n\r\n"
+        )
         head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
         return head + framed
 
@@ -134,12 +165,18 @@ class InstantProtocol(asyncio.Protocol):
             return
         stream = bool(request.get("stream"))
         options = request.get("stream_options") or {}
-        self._transport.write(self._answers.get(str(request.get("model", "")), stream, bool(options.get("include_usage"))))
+        self._transport.write(
+            self._answers.get(
+                str(request.get("model", "")), stream, bool(options.get("include_usage"))
+            )
+        )
 
 
 async def serve(host: str, port: int, answers: Answers) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: InstantProtocol(answers), host, port, backlog=4096, reuse_address=True)
+    server = await loop.create_server(
+        lambda: InstantProtocol(answers), host, port, backlog=4096, reuse_address=True
+    )
     bound = server.sockets[0].getsockname()
     print(f"instant upstream on {bound[0]}:{bound[1]}", flush=True)
     async with server:
@@ -147,7 +184,9 @@ async def serve(host: str, port: int, answers: Answers) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--chunks", type=int, default=100)

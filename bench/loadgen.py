@@ -27,7 +27,11 @@ PROTO_ROOT = ROOT / "protos"
 WORKER_PROTO = PROTO_ROOT / "modelwire" / "v1" / "worker.proto"
 
 
-_GHZ_END_OF_RUN = ("the client connection is closing", "use of closed network connection", "context canceled")
+_GHZ_END_OF_RUN = (
+    "the client connection is closing",
+    "use of closed network connection",
+    "context canceled",
+)
 
 
 @dataclass
@@ -57,7 +61,9 @@ def _run(command: list[str], timeout_s: float) -> tuple[str, float]:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     cpu = _children_cpu() - before
     if done.returncode != 0 and not done.stdout.strip():
-        raise RuntimeError(f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+        )
     return done.stdout, cpu
 
 
@@ -77,14 +83,25 @@ def ghz(
         json.dump(data, handle)
         data_file = handle.name
     command = [
-        str(binary), "--insecure",
-        "--proto", str(WORKER_PROTO), "--import-paths", str(PROTO_ROOT),
-        "--call", f"modelwire.v1.ModelWorker.{method}",
-        "--data-file", data_file,
-        "-c", str(concurrency), "--connections", str(max(1, min(connections, concurrency))),
+        str(binary),
+        "--insecure",
+        "--proto",
+        str(WORKER_PROTO),
+        "--import-paths",
+        str(PROTO_ROOT),
+        "--call",
+        f"modelwire.v1.ModelWorker.{method}",
+        "--data-file",
+        data_file,
+        "-c",
+        str(concurrency),
+        "--connections",
+        str(max(1, min(connections, concurrency))),
         *(["-n", str(total)] if total else ["-z", f"{duration_s:g}s", "-n", "0"]),
-        "--timeout", "30s",
-        "-O", "json",
+        "--timeout",
+        "30s",
+        "-O",
+        "json",
         address,
     ]
     try:
@@ -102,7 +119,10 @@ def ghz(
             continue
         errors[message] = int(count)
     total_s = report.get("total", 0) / 1e9 or duration_s
-    percentiles = {int(item["percentage"]): item["latency"] / 1e6 for item in report.get("latencyDistribution") or []}
+    percentiles = {
+        int(item["percentage"]): item["latency"] / 1e6
+        for item in report.get("latencyDistribution") or []
+    }
     return LoadResult(
         ok=ok,
         errors=sum(errors.values()),
@@ -116,13 +136,29 @@ def ghz(
     )
 
 
-def oha(binary: Path, url: str, body: dict[str, Any], concurrency: int, duration_s: float) -> LoadResult:
+def oha(
+    binary: Path, url: str, body: dict[str, Any], concurrency: int, duration_s: float
+) -> LoadResult:
     command = [
-        str(binary), "--no-tui", "--output-format", "json",
-        "-c", str(concurrency), "-z", f"{duration_s:g}s", "-w",
-        "-m", "POST", "-H", "content-type: application/json", "-H", "authorization: Bearer dummy",
-        "-d", json.dumps(body),
-        "-t", "30s",
+        str(binary),
+        "--no-tui",
+        "--output-format",
+        "json",
+        "-c",
+        str(concurrency),
+        "-z",
+        f"{duration_s:g}s",
+        "-w",
+        "-m",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "authorization: Bearer dummy",
+        "-d",
+        json.dumps(body),
+        "-t",
+        "30s",
         url,
     ]
     out, cpu = _run(command, duration_s + 120)

@@ -23,13 +23,15 @@ from collections.abc import Callable
 
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.types import ModelMessage, Role
-from modelwire.providers.llama.gemma_format import format_gemma_chat
 from modelwire.providers.llama.build import LlamaBuild
 from modelwire.providers.llama.engine import Aborted, LlamaModel, LlamaSession, Sampling
+from modelwire.providers.llama.gemma_format import format_gemma_chat
 from modelwire.providers.llama.model_files import embedded_model_path
 
 SHORT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-LONG = " ".join(f"Item {n}: the keeper logged the weather, the ships and the light." for n in range(118))
+LONG = " ".join(
+    f"Item {n}: the keeper logged the weather, the ships and the light." for n in range(118)
+)
 TOKENS = 128
 GREEDY = Sampling(temperature=0.0, top_p=1.0, seed=0)
 
@@ -106,7 +108,9 @@ def llama_row(path: str, runs: int, threads: int) -> str:
 
     vocab = LlamaModel(embedded_model_path(), use_extra_buffers=False, vocab_only=True)
     prompt, long_prompt = chat_tokens(vocab, SHORT), chat_tokens(vocab, LONG)
-    llama = Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llama = Llama(
+        model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
 
     def first_token() -> float:
         llama.reset()
@@ -142,9 +146,13 @@ def main() -> None:
     path = str(embedded_model_path())
     threads = os.cpu_count() or 1
     build = LlamaBuild.installed()
-    print(f"gemma-3-270m q4_k_m, {threads} threads, llama.cpp build: {' '.join(sorted(build.features))}")
+    print(
+        f"gemma-3-270m q4_k_m, {threads} threads, llama.cpp build: {' '.join(sorted(build.features))}"
+    )
     print(f"greedy, {TOKENS} decode tokens, median of {args.runs} runs after one warm-up")
-    print("| option | first token (ms) | decode tokens/s | prompt eval tokens/s | abort → return (ms) |")
+    print(
+        "| option | first token (ms) | decode tokens/s | prompt eval tokens/s | abort → return (ms) |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for extra in (True, False):
         print(engine_row(path, extra, args.runs, threads), flush=True)

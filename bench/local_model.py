@@ -33,7 +33,9 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a message in a
 def direct(runs: int, tokens: int) -> list[tuple[float, float, int]]:
     from llama_cpp import Llama
 
-    llama = Llama(model_path=str(embedded_model_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    llama = Llama(
+        model_path=str(embedded_model_path()), n_ctx=2048, n_threads=os.cpu_count(), verbose=False
+    )
     prompt = "".join(piece.text for piece in format_gemma_chat([ModelMessage(Role.USER, PROMPT)]))
     results = []
     for _ in range(runs):
@@ -41,21 +43,33 @@ def direct(runs: int, tokens: int) -> list[tuple[float, float, int]]:
         started = time.perf_counter()
         first = None
         count = 0
-        for chunk in llama.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True):
+        for chunk in llama.create_completion(
+            prompt, max_tokens=tokens, temperature=0.0, stream=True
+        ):
             if chunk["choices"][0]["text"]:
                 first = first or time.perf_counter()
                 count += 1
-        results.append((first - started if first else 0.0, (count - 1) / (time.perf_counter() - first) if first else 0.0, count))
+        results.append(
+            (
+                first - started if first else 0.0,
+                (count - 1) / (time.perf_counter() - first) if first else 0.0,
+                count,
+            )
+        )
     return results
 
 
 def through_worker(runs: int, tokens: int, port: int) -> list[tuple[float, float, int]]:
     worker = subprocess.Popen(
         [sys.executable, "-m", "modelwire.app.cli", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
-        assert worker.stdout is not None and worker.stdout.readline().startswith("modelwire serving")
+        assert worker.stdout is not None and worker.stdout.readline().startswith(
+            "modelwire serving"
+        )
         request = pb.ModelRequest(
             model="gemma-3-270m",
             messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)],
@@ -76,7 +90,13 @@ def through_worker(runs: int, tokens: int, port: int) -> list[tuple[float, float
                     if chunk.HasField("usage"):
                         completion = chunk.usage.completion_tokens
                 elapsed = time.perf_counter() - (first or started)
-                results.append((first - started if first else 0.0, (completion - 1) / elapsed if first else 0.0, completion))
+                results.append(
+                    (
+                        first - started if first else 0.0,
+                        (completion - 1) / elapsed if first else 0.0,
+                        completion,
+                    )
+                )
         return results
     finally:
         worker.terminate()
@@ -102,21 +122,38 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--port", type=int, default=50091)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
     args = parser.parse_args()
     if args.json:
         direct_runs = direct(args.runs + 1, args.tokens)[1:]
         worker_runs = through_worker(args.runs + 1, args.tokens, args.port)[1:]
-        print(json.dumps({
-            "model": "gemma-3-270m q4_k_m", "cpus": os.cpu_count(), "runs": args.runs, "max_tokens": args.tokens,
-            "direct": medians(direct_runs), "modelwire": medians(worker_runs),
-        }))
+        print(
+            json.dumps(
+                {
+                    "model": "gemma-3-270m q4_k_m",
+                    "cpus": os.cpu_count(),
+                    "runs": args.runs,
+                    "max_tokens": args.tokens,
+                    "direct": medians(direct_runs),
+                    "modelwire": medians(worker_runs),
+                }
+            )
+        )
         return
-    print(f"gemma-3-270m q4_k_m, {os.cpu_count()} CPUs, greedy, max {args.tokens} tokens, median of {args.runs} runs (after 1 warm-up)")
+    print(
+        f"gemma-3-270m q4_k_m, {os.cpu_count()} CPUs, greedy, max {args.tokens} tokens, median of {args.runs} runs (after 1 warm-up)"
+    )
     print("| path | time to first token (ms) | tokens/s | tokens |")
     print("| --- | --- | --- | --- |")
     print(summary("llama-cpp-python directly", direct(args.runs + 1, args.tokens)[1:]))
-    print(summary("modelwire GenerateStream (gRPC, loopback)", through_worker(args.runs + 1, args.tokens, args.port)[1:]))
+    print(
+        summary(
+            "modelwire GenerateStream (gRPC, loopback)",
+            through_worker(args.runs + 1, args.tokens, args.port)[1:],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,12 +50,31 @@ def _load(part: dict[str, Any]) -> str:
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     """Header, then every row: gRPC/HTTP targets, then CountToken, local model, slow streams."""
-    header = ["target", "call", "c", "throughput", "p50 ms", "p90 ms", "p99 ms", "CPU s / 1k calls", "peak RSS MiB",
-              "× floor", "× LiteLLM", "p99 × LiteLLM", "load"]
+    header = [
+        "target",
+        "call",
+        "c",
+        "throughput",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "CPU s / 1k calls",
+        "peak RSS MiB",
+        "× floor",
+        "× LiteLLM",
+        "p99 × LiteLLM",
+        "load",
+    ]
     rows: list[list[str]] = [header]
     index = _index(report["rows"])
-    ordered = sorted(report["rows"], key=lambda r: (ORDER.index(r["target"]) if r["target"] in ORDER else 99,
-                                                     r["mode"] != "unary", r["concurrency"]))
+    ordered = sorted(
+        report["rows"],
+        key=lambda r: (
+            ORDER.index(r["target"]) if r["target"] in ORDER else 99,
+            r["mode"] != "unary",
+            r["concurrency"],
+        ),
+    )
     for row in ordered:
         key = (row["mode"], row["concurrency"])
         floor = index.get(("floor", *key))
@@ -68,48 +87,96 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             cpu += f" (+{row['upstream_cpu_s_per_1k']:.2f} upstream)"
         if row["errors"]:
             throughput += f", {row['errors']} errors"
-        rows.append([
-            LABELS.get(row["target"], row["target"]), row["mode"], str(row["concurrency"]), throughput,
-            f"{row['p50_ms']:.2f}", f"{row['p90_ms']:.2f}", f"{row['p99_ms']:.2f}", cpu, f"{row['peak_rss_mib']:.0f}",
-            _x(_ratio(row["rps"], floor["rps"] if floor else None)),
-            _x(_ratio(row["rps"], litellm["rps"] if litellm else None)),
-            _x(_ratio(row["p99_ms"], litellm["p99_ms"] if litellm else None)),
-            f"{row['loadavg1_at_start']:.2f} / {row['other_busy_cores']:.2f}",
-        ])
+        rows.append(
+            [
+                LABELS.get(row["target"], row["target"]),
+                row["mode"],
+                str(row["concurrency"]),
+                throughput,
+                f"{row['p50_ms']:.2f}",
+                f"{row['p90_ms']:.2f}",
+                f"{row['p99_ms']:.2f}",
+                cpu,
+                f"{row['peak_rss_mib']:.0f}",
+                _x(_ratio(row["rps"], floor["rps"] if floor else None)),
+                _x(_ratio(row["rps"], litellm["rps"] if litellm else None)),
+                _x(_ratio(row["p99_ms"], litellm["p99_ms"] if litellm else None)),
+                f"{row['loadavg1_at_start']:.2f} / {row['other_busy_cores']:.2f}",
+            ]
+        )
     count = report.get("count_tokens")
     if count:
         for item in count["rows"]:
-            floor = f", gRPC floor {item['floor_ms_per_call']:.2f}" if "floor_ms_per_call" in item else ""
-            rows.append([
-                "modelwire CountToken (× floor: tiktoken in-process)", f"{item['tokens']:,} tokens", "1",
-                f"{_num(item['grpc_tokens_per_s'])} tokens/s (direct {_num(item['direct_tokens_per_s'])})",
-                f"{item['grpc_ms_per_call']:.2f} per call (direct {item['direct_ms_per_call']:.2f}, from bytes "
-                f"{item['direct_from_bytes_ms_per_call']:.2f}{floor})", "", "", "", "", _x(item["ratio"]), "—", "—",
-                _load(count),
-            ])
+            floor = (
+                f", gRPC floor {item['floor_ms_per_call']:.2f}"
+                if "floor_ms_per_call" in item
+                else ""
+            )
+            rows.append(
+                [
+                    "modelwire CountToken (× floor: tiktoken in-process)",
+                    f"{item['tokens']:,} tokens",
+                    "1",
+                    f"{_num(item['grpc_tokens_per_s'])} tokens/s (direct {_num(item['direct_tokens_per_s'])})",
+                    f"{item['grpc_ms_per_call']:.2f} per call (direct {item['direct_ms_per_call']:.2f}, from bytes "
+                    f"{item['direct_from_bytes_ms_per_call']:.2f}{floor})",
+                    "",
+                    "",
+                    "",
+                    "",
+                    _x(item["ratio"]),
+                    "—",
+                    "—",
+                    _load(count),
+                ]
+            )
     local = report.get("local_model")
     if local:
         mw, direct = local["modelwire"], local["direct"]
-        rows.append([
-            "modelwire GenerateStream, gemma-3-270m (× floor: llama-cpp-python directly)", f"{local['max_tokens']} tokens, greedy", "1",
-            f"{mw['tokens_per_s']:.1f} tokens/s (direct {direct['tokens_per_s']:.1f})",
-            f"TTFT {mw['ttft_ms']:.1f} (direct {direct['ttft_ms']:.1f})", "", "", "", "",
-            _x(_ratio(mw["tokens_per_s"], direct["tokens_per_s"])), "—", "—", _load(local),
-        ])
+        rows.append(
+            [
+                "modelwire GenerateStream, gemma-3-270m (× floor: llama-cpp-python directly)",
+                f"{local['max_tokens']} tokens, greedy",
+                "1",
+                f"{mw['tokens_per_s']:.1f} tokens/s (direct {direct['tokens_per_s']:.1f})",
+                f"TTFT {mw['ttft_ms']:.1f} (direct {direct['ttft_ms']:.1f})",
+                "",
+                "",
+                "",
+                "",
+                _x(_ratio(mw["tokens_per_s"], direct["tokens_per_s"])),
+                "—",
+                "—",
+                _load(local),
+            ]
+        )
     streams = report.get("slow_streams")
     if streams:
-        rows.append([
-            "modelwire, 1,000 slow streams (1 chunk/s)", f"{streams['chunks_per_stream']} chunks each", str(streams["streams"]),
-            f"{streams['completed']}/{streams['streams']} completed", "", "", "", f"{streams['worker_cpu_s']:.2f} total",
-            f"{streams['rss_peak_mib']:.0f} (idle {streams['rss_before_mib']:.0f}, {streams['rss_per_stream_kib']:.1f} KiB/stream)",
-            "—", "—", "—", _load(streams),
-        ])
+        rows.append(
+            [
+                "modelwire, 1,000 slow streams (1 chunk/s)",
+                f"{streams['chunks_per_stream']} chunks each",
+                str(streams["streams"]),
+                f"{streams['completed']}/{streams['streams']} completed",
+                "",
+                "",
+                "",
+                f"{streams['worker_cpu_s']:.2f} total",
+                f"{streams['rss_peak_mib']:.0f} (idle {streams['rss_before_mib']:.0f}, {streams['rss_per_stream_kib']:.1f} KiB/stream)",
+                "—",
+                "—",
+                "—",
+                _load(streams),
+            ]
+        )
     return rows
 
 
 def _markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]]
+    lines += [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]
+    ]
     return "\n".join(lines)
 
 
@@ -122,7 +189,10 @@ def console_table(report: dict[str, Any]) -> str:
         if number == 0:
             out.append("  ".join("-" * width for width in widths))
     out.append("")
-    out += [f"{'MET   ' if v['met'] else 'MISSED' if v['met'] is False else 'n/a   '} {v['target']}: {v['measured']}" for v in verdicts(report)]
+    out += [
+        f"{'MET   ' if v['met'] else 'MISSED' if v['met'] is False else 'n/a   '} {v['target']}: {v['measured']}"
+        for v in verdicts(report)
+    ]
     return "\n".join(out)
 
 
@@ -137,61 +207,129 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     def judge(what: str, met: bool | None, measured: str) -> None:
         found.append({"target": what, "met": met, "measured": measured})
 
-    http_unary, http_stream, lite_unary = at64("modelwire-http", "unary"), at64("modelwire-http", "stream"), at64("litellm", "unary")
+    http_unary, http_stream, lite_unary = (
+        at64("modelwire-http", "unary"),
+        at64("modelwire-http", "stream"),
+        at64("litellm", "unary"),
+    )
     what = "openai provider → HTTP upstream, unary: ≤ 0.6 CPU-ms per call"
-    judge(what, http_unary["cpu_s_per_1k"] <= 0.6 if http_unary else None,
-          f"{http_unary['cpu_s_per_1k']:.2f} CPU-ms per call at c=64" if http_unary else "not measured")
+    judge(
+        what,
+        http_unary["cpu_s_per_1k"] <= 0.6 if http_unary else None,
+        f"{http_unary['cpu_s_per_1k']:.2f} CPU-ms per call at c=64"
+        if http_unary
+        else "not measured",
+    )
     what = "the same at c=64, one process: ≥ 8× LiteLLM's throughput and ≤ 1/10 of its p99"
     if http_unary and lite_unary:
-        throughput, p99 = http_unary["rps"] / lite_unary["rps"], http_unary["p99_ms"] / lite_unary["p99_ms"]
-        judge(what, throughput >= 8 and p99 <= 0.1, f"{throughput:.1f}× the throughput, {p99:.2f}× the p99 "
-                                                     f"({http_unary['p99_ms']:.1f} vs {lite_unary['p99_ms']:.1f} ms)")
+        throughput, p99 = (
+            http_unary["rps"] / lite_unary["rps"],
+            http_unary["p99_ms"] / lite_unary["p99_ms"],
+        )
+        judge(
+            what,
+            throughput >= 8 and p99 <= 0.1,
+            f"{throughput:.1f}× the throughput, {p99:.2f}× the p99 "
+            f"({http_unary['p99_ms']:.1f} vs {lite_unary['p99_ms']:.1f} ms)",
+        )
     else:
         judge(what, None, "not measured")
     chunks = report["settings"]["chunks"]
     what = "the same, streamed: ≤ 60 µs of CPU per delta"
-    judge(what, http_stream["cpu_s_per_1k"] / chunks * 1000 <= 60 if http_stream else None,
-          f"{http_stream['cpu_s_per_1k'] / chunks * 1000:.0f} µs per delta at c=64 ({http_stream['cpu_s_per_1k']:.1f} CPU-ms per stream)"
-          if http_stream else "not measured")
+    judge(
+        what,
+        http_stream["cpu_s_per_1k"] / chunks * 1000 <= 60 if http_stream else None,
+        f"{http_stream['cpu_s_per_1k'] / chunks * 1000:.0f} µs per delta at c=64 ({http_stream['cpu_s_per_1k']:.1f} CPU-ms per stream)"
+        if http_stream
+        else "not measured",
+    )
     for mode, threshold, unit in (("unary", 0.7, "calls/s"), ("stream", 0.8, "message rate")):
         row, floor = at64("modelwire", mode), at64("floor", mode)
         what = f"echo provider, {mode}: ≥ {threshold}× the floor's {unit} at c=64"
-        judge(what, row["rps"] / floor["rps"] >= threshold if row and floor else None,
-              f"{row['rps'] / floor['rps']:.2f}× ({row['cpu_s_per_1k']:.2f} against {floor['cpu_s_per_1k']:.2f} CPU-ms per call)"
-              if row and floor else "not measured")
-    gateway, worker, forwarder, floor = at64("gateway", "unary"), at64("modelwire", "unary"), at64("forward-floor", "unary"), at64("floor", "unary")
+        judge(
+            what,
+            row["rps"] / floor["rps"] >= threshold if row and floor else None,
+            f"{row['rps'] / floor['rps']:.2f}× ({row['cpu_s_per_1k']:.2f} against {floor['cpu_s_per_1k']:.2f} CPU-ms per call)"
+            if row and floor
+            else "not measured",
+        )
+    gateway, worker, forwarder, floor = (
+        at64("gateway", "unary"),
+        at64("modelwire", "unary"),
+        at64("forward-floor", "unary"),
+        at64("floor", "unary"),
+    )
     what = "gateway hop: ≤ +0.3 CPU-ms per unary call"
     if gateway and worker:
         hop = gateway["cpu_s_per_1k"] - worker["cpu_s_per_1k"]
-        bare = f"; a bare grpc.aio forwarder adds {forwarder['cpu_s_per_1k'] - floor['cpu_s_per_1k']:+.2f}" if forwarder and floor else ""
-        judge(what, hop <= 0.3, f"{hop:+.2f} CPU-ms at c=64, {gateway['rps'] / floor['rps']:.2f}× the floor through it{bare}"
-              if floor else f"{hop:+.2f} CPU-ms at c=64{bare}")
+        bare = (
+            f"; a bare grpc.aio forwarder adds {forwarder['cpu_s_per_1k'] - floor['cpu_s_per_1k']:+.2f}"
+            if forwarder and floor
+            else ""
+        )
+        judge(
+            what,
+            hop <= 0.3,
+            f"{hop:+.2f} CPU-ms at c=64, {gateway['rps'] / floor['rps']:.2f}× the floor through it{bare}"
+            if floor
+            else f"{hop:+.2f} CPU-ms at c=64{bare}",
+        )
     else:
         judge(what, None, "not measured")
     count = report.get("count_tokens")
     big = [row for row in (count or {}).get("rows", []) if row["tokens"] == 100_000]
-    found.append({"target": "CountToken ≥ 0.9× direct tiktoken on 100k-token prompts",
-                  "met": big[0]["ratio"] >= 0.9 if big else None,
-                  "measured": (f"{big[0]['ratio']:.2f}× ({big[0]['grpc_ms_per_call']:.1f} vs {big[0]['direct_ms_per_call']:.1f} ms per call; "
-                               f"{big[0]['ratio_from_bytes']:.2f}× against tiktoken on the decoded UTF-8 bytes"
-                               + (f"; gRPC alone carries the request in {big[0]['floor_ms_per_call']:.1f} ms)" if "floor_ms_per_call" in big[0] else ")"))
-                              if big else "not measured"})
+    found.append(
+        {
+            "target": "CountToken ≥ 0.9× direct tiktoken on 100k-token prompts",
+            "met": big[0]["ratio"] >= 0.9 if big else None,
+            "measured": (
+                f"{big[0]['ratio']:.2f}× ({big[0]['grpc_ms_per_call']:.1f} vs {big[0]['direct_ms_per_call']:.1f} ms per call; "
+                f"{big[0]['ratio_from_bytes']:.2f}× against tiktoken on the decoded UTF-8 bytes"
+                + (
+                    f"; gRPC alone carries the request in {big[0]['floor_ms_per_call']:.1f} ms)"
+                    if "floor_ms_per_call" in big[0]
+                    else ")"
+                )
+            )
+            if big
+            else "not measured",
+        }
+    )
     local = report.get("local_model")
     if local:
         rate = local["modelwire"]["tokens_per_s"] / local["direct"]["tokens_per_s"]
         ttft = local["modelwire"]["ttft_ms"] / local["direct"]["ttft_ms"]
         extra_ms = local["modelwire"]["ttft_ms"] - local["direct"]["ttft_ms"]
-        found.append({"target": "local model: ≥ 0.97× llama-cpp-python's tokens/s, time to first token within 2 ms",
-                      "met": rate >= 0.97 and extra_ms <= 2,
-                      "measured": f"tokens/s {rate:.3f}×, time to first token {extra_ms:+.1f} ms "
-                                  f"({local['modelwire']['ttft_ms']:.1f} vs {local['direct']['ttft_ms']:.1f} ms)"})
+        found.append(
+            {
+                "target": "local model: ≥ 0.97× llama-cpp-python's tokens/s, time to first token within 2 ms",
+                "met": rate >= 0.97 and extra_ms <= 2,
+                "measured": f"tokens/s {rate:.3f}×, time to first token {extra_ms:+.1f} ms "
+                f"({local['modelwire']['ttft_ms']:.1f} vs {local['direct']['ttft_ms']:.1f} ms)",
+            }
+        )
     else:
-        found.append({"target": "local model: ≥ 0.97× tokens/s, TTFT within 2 ms", "met": None, "measured": "not measured"})
+        found.append(
+            {
+                "target": "local model: ≥ 0.97× tokens/s, TTFT within 2 ms",
+                "met": None,
+                "measured": "not measured",
+            }
+        )
     streams = report.get("slow_streams")
-    found.append({"target": "1,000 open streams held, under 300 MiB RSS",
-                  "met": (streams["completed"] == streams["streams"] and streams["rss_peak_mib"] < 300) if streams else None,
-                  "measured": (f"{streams['completed']}/{streams['streams']} completed, peak {streams['rss_peak_mib']:.0f} MiB"
-                               if streams else "not measured")})
+    found.append(
+        {
+            "target": "1,000 open streams held, under 300 MiB RSS",
+            "met": (streams["completed"] == streams["streams"] and streams["rss_peak_mib"] < 300)
+            if streams
+            else None,
+            "measured": (
+                f"{streams['completed']}/{streams['streams']} completed, peak {streams['rss_peak_mib']:.0f} MiB"
+                if streams
+                else "not measured"
+            ),
+        }
+    )
     return found
 
 
@@ -211,10 +349,14 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
         "",
         f"Load: 1-minute load average {report['loadavg1_at_start']:.2f} when the run started "
         f"({report['loadavg1_at_end']:.2f} at its end)"
-        + (f"; other processes (not the servers, the upstream, the load generator or the harness) used "
-           f"{min(others):.2f}–{max(others):.2f} cores during the measurements (median {sorted(others)[len(others) // 2]:.2f}); "
-           f"the load column shows, per row, the load average when it started (inflated by the previous row's own load) "
-           f"/ the cores other processes used during it." if others else "."),
+        + (
+            f"; other processes (not the servers, the upstream, the load generator or the harness) used "
+            f"{min(others):.2f}–{max(others):.2f} cores during the measurements (median {sorted(others)[len(others) // 2]:.2f}); "
+            f"the load column shows, per row, the load average when it started (inflated by the previous row's own load) "
+            f"/ the cores other processes used during it."
+            if others
+            else "."
+        ),
         "",
     ]
     if png_name:
@@ -228,7 +370,9 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
     if report.get("count_tokens") is None and report.get("failures", {}).get("count"):
         lines.append(f"CountToken failed: {report['failures']['count']}")
     if report.get("failures"):
-        lines.append("Failures: " + "; ".join(f"{key}: {value}" for key, value in report["failures"].items()))
+        lines.append(
+            "Failures: " + "; ".join(f"{key}: {value}" for key, value in report["failures"].items())
+        )
         lines.append("")
     if report.get("slow_streams"):
         streams = report["slow_streams"]
@@ -237,11 +381,16 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
             f"{streams['interval_s']:g} s apart, admission `max_concurrency = {streams['max_concurrency']}`, "
             f"`max_queue = {streams['max_queue']}`; at most {streams['peak_open']} open at once; worker RSS "
             f"{streams['rss_before_mib']:.0f} MiB idle, {streams['rss_peak_mib']:.0f} MiB peak, {streams['rss_after_mib']:.0f} MiB after; "
-            f"{streams['worker_cpu_s']:.2f} CPU s in all; errors: {streams['errors'] or 'none'}.")
+            f"{streams['worker_cpu_s']:.2f} CPU s in all; errors: {streams['errors'] or 'none'}."
+        )
         lines.append("")
     if report.get("verified"):
-        lines.append("Each target was checked before it was measured (one unary and one streamed call, right text, "
-                     "right number of deltas, usage on the last): " + "; ".join(f"{key}: {value}" for key, value in report["verified"].items()) + ".")
+        lines.append(
+            "Each target was checked before it was measured (one unary and one streamed call, right text, "
+            "right number of deltas, usage on the last): "
+            + "; ".join(f"{key}: {value}" for key, value in report["verified"].items())
+            + "."
+        )
         lines.append("")
     return "\n".join(lines)
 
@@ -260,19 +409,41 @@ def draw(report: dict[str, Any], path: Path) -> bool:
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for axis, mode in zip(axes, ("unary", "stream")):
         for position, target in enumerate(ORDER):
-            series = sorted((r for r in rows if r["target"] == target and r["mode"] == mode), key=lambda r: r["concurrency"])
+            series = sorted(
+                (r for r in rows if r["target"] == target and r["mode"] == mode),
+                key=lambda r: r["concurrency"],
+            )
             if not series:
                 continue
             color = f"C{position}"
             xs = [r["rps"] for r in series]
-            axis.plot(xs, [r["p50_ms"] for r in series], "o-", color=color, label=f"{LABELS[target]} p50")
-            axis.plot(xs, [r["p99_ms"] for r in series], "x--", color=color, alpha=0.6, label=f"{LABELS[target]} p99")
+            axis.plot(
+                xs, [r["p50_ms"] for r in series], "o-", color=color, label=f"{LABELS[target]} p50"
+            )
+            axis.plot(
+                xs,
+                [r["p99_ms"] for r in series],
+                "x--",
+                color=color,
+                alpha=0.6,
+                label=f"{LABELS[target]} p99",
+            )
             for r in series:
-                axis.annotate(f"c={r['concurrency']}", (r["rps"], r["p50_ms"]), textcoords="offset points", xytext=(3, 3),
-                              fontsize=6, color=color)
+                axis.annotate(
+                    f"c={r['concurrency']}",
+                    (r["rps"], r["p50_ms"]),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=6,
+                    color=color,
+                )
         axis.set_xscale("log")
         axis.set_yscale("log")
-        unit = "calls/s" if mode == "unary" else f"streams/s ({report['settings']['chunks']} deltas each)"
+        unit = (
+            "calls/s"
+            if mode == "unary"
+            else f"streams/s ({report['settings']['chunks']} deltas each)"
+        )
         axis.set_xlabel(f"throughput, {unit}")
         axis.set_ylabel("latency, ms (whole call)")
         axis.set_title("Generate (unary)" if mode == "unary" else "GenerateStream")
@@ -280,8 +451,11 @@ def draw(report: dict[str, Any], path: Path) -> bool:
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     machine = report["machine"]
-    figure.suptitle(f"Latency against throughput, closed loop at concurrency {', '.join(map(str, report['settings']['levels']))} "
-                    f"— {machine['cpus']} CPUs, load generator on the same machine", fontsize=10)
+    figure.suptitle(
+        f"Latency against throughput, closed loop at concurrency {', '.join(map(str, report['settings']['levels']))} "
+        f"— {machine['cpus']} CPUs, load generator on the same machine",
+        fontsize=10,
+    )
     figure.tight_layout(rect=(0, 0.12, 1, 0.95))
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -294,7 +468,9 @@ def update_docs(path: Path, generated: str) -> None:
     if path.exists():
         text = path.read_text()
         if BEGIN in text and END in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+            text = re.sub(
+                re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S
+            )
             path.write_text(text)
             return
         path.write_text(text.rstrip() + "\n\n" + block + "\n")

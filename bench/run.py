@@ -97,13 +97,24 @@ def free_port() -> int:
 class Proc:
     """A process this harness started; stopped (its whole tree) on exit."""
 
-    def __init__(self, name: str, command: list[str], logdir: Path, env: dict[str, str] | None = None,
-                 ready_text: str | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        logdir: Path,
+        env: dict[str, str] | None = None,
+        ready_text: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log = open(self.log_path, "w")
         self.popen = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self._log, text=True, env={**os.environ, **(env or {})},
+            command,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, **(env or {})},
             start_new_session=True,
         )
         self.ready_line = ""
@@ -128,7 +139,9 @@ class Proc:
         reader.join(timeout_s)
         if not found:
             self.stop()
-            raise RuntimeError(f"{self.name} did not print {text!r} within {timeout_s:.0f}s; see {self.log_path}")
+            raise RuntimeError(
+                f"{self.name} did not print {text!r} within {timeout_s:.0f}s; see {self.log_path}"
+            )
         return found[0]
 
     def _drain(self) -> None:
@@ -170,7 +183,11 @@ def wait_http(url: str, timeout_s: float, body: dict[str, Any] | None = None) ->
     while time.monotonic() < deadline:
         try:
             data = json.dumps(body).encode() if body is not None else None
-            request = urllib.request.Request(url, data=data, headers={"content-type": "application/json", "authorization": "Bearer dummy"})
+            request = urllib.request.Request(
+                url,
+                data=data,
+                headers={"content-type": "application/json", "authorization": "Bearer dummy"},
+            )
             with urllib.request.urlopen(request, timeout=10) as response:
                 if response.status == 200:
                     return
@@ -192,7 +209,12 @@ def wait_grpc(address: str, timeout_s: float) -> None:
         stub = pb_grpc.ModelWorkerStub(channel)
         while time.monotonic() < deadline:
             try:
-                stub.Generate(pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]), timeout=5)
+                stub.Generate(
+                    pb.ModelRequest(
+                        model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]
+                    ),
+                    timeout=5,
+                )
                 return
             except grpc.RpcError as error:
                 last = f"{error.code().name}: {error.details()}"
@@ -258,7 +280,9 @@ def _openai_model(upstream: str) -> str:
     return f'provider = "openai"\napi_base = "{upstream}/v1"\ncontext_length = 128000\n'
 
 
-def start_worker(ctx: Context, name: str, model_block: str, processes: int = 1, extra: list[str] | None = None) -> Proc:
+def start_worker(
+    ctx: Context, name: str, model_block: str, processes: int = 1, extra: list[str] | None = None
+) -> Proc:
     port = free_port()
     config = ctx.workdir / f"{name}.toml"
     config.write_text(_worker_toml(port, processes, model_block))
@@ -272,16 +296,42 @@ def _grpc_running(procs: list[Proc], address: str) -> Running:
 
 
 def start_floor(ctx: Context) -> Running:
-    proc = Proc("floor", [str(ctx.python), str(HERE / "echo_floor.py"), "--port", "0", "--chunks", str(CHUNKS),
-                          "--chunk-text", CHUNK_TEXT, "--model", MODEL], ctx.workdir, ready_text="echo floor on")
+    proc = Proc(
+        "floor",
+        [
+            str(ctx.python),
+            str(HERE / "echo_floor.py"),
+            "--port",
+            "0",
+            "--chunks",
+            str(CHUNKS),
+            "--chunk-text",
+            CHUNK_TEXT,
+            "--model",
+            MODEL,
+        ],
+        ctx.workdir,
+        ready_text="echo floor on",
+    )
     return _grpc_running([proc], proc.address())
 
 
 def start_forward_floor(ctx: Context) -> Running:
     floor = start_floor(ctx).procs[0]
     try:
-        proc = Proc("forward-floor", [str(ctx.python), str(HERE / "forward_floor.py"), "--port", "0", "--upstream", floor.address()],
-                    ctx.workdir, ready_text="forward floor on")
+        proc = Proc(
+            "forward-floor",
+            [
+                str(ctx.python),
+                str(HERE / "forward_floor.py"),
+                "--port",
+                "0",
+                "--upstream",
+                floor.address(),
+            ],
+            ctx.workdir,
+            ready_text="forward floor on",
+        )
     except BaseException:
         floor.stop()
         raise
@@ -300,13 +350,39 @@ def start_modelwire_p2(ctx: Context) -> Running:
 
 def start_gateway(ctx: Context) -> Running:
     controller_port, gateway_port = free_port(), free_port()
-    controller = Proc("controller", [str(ctx.modelwire), "controller", "--host", "127.0.0.1", "--port", str(controller_port)],
-                      ctx.workdir, ready_text="modelwire controller on")
+    controller = Proc(
+        "controller",
+        [str(ctx.modelwire), "controller", "--host", "127.0.0.1", "--port", str(controller_port)],
+        ctx.workdir,
+        ready_text="modelwire controller on",
+    )
     procs = [controller]
     try:
-        procs.append(start_worker(ctx, "gateway-worker", ECHO_MODEL, extra=["--controller", f"127.0.0.1:{controller_port}"]))
-        procs.append(Proc("gateway", [str(ctx.modelwire), "gateway", "--host", "127.0.0.1", "--port", str(gateway_port),
-                                      "--controller", f"127.0.0.1:{controller_port}"], ctx.workdir, ready_text="modelwire gateway on"))
+        procs.append(
+            start_worker(
+                ctx,
+                "gateway-worker",
+                ECHO_MODEL,
+                extra=["--controller", f"127.0.0.1:{controller_port}"],
+            )
+        )
+        procs.append(
+            Proc(
+                "gateway",
+                [
+                    str(ctx.modelwire),
+                    "gateway",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(gateway_port),
+                    "--controller",
+                    f"127.0.0.1:{controller_port}",
+                ],
+                ctx.workdir,
+                ready_text="modelwire gateway on",
+            )
+        )
         return _grpc_running(procs, f"127.0.0.1:{gateway_port}")
     except BaseException:
         for proc in reversed(procs):
@@ -338,7 +414,9 @@ LITELLM_ENV = {
 
 def start_litellm(ctx: Context) -> Running:
     if ctx.litellm is None or not ctx.litellm.exists():
-        raise RuntimeError("LiteLLM is not installed (make bench-tools installs it into .tools/litellm-venv)")
+        raise RuntimeError(
+            "LiteLLM is not installed (make bench-tools installs it into .tools/litellm-venv)"
+        )
     port = free_port()
     config = ctx.workdir / "litellm.yaml"
     config.write_text(
@@ -351,15 +429,31 @@ def start_litellm(ctx: Context) -> Running:
         "litellm_settings:\n"
         "  telemetry: false\n"
     )
-    proc = Proc("litellm", [str(ctx.litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                            "--num_workers", str(CPUS)], ctx.workdir, env=LITELLM_ENV)
+    proc = Proc(
+        "litellm",
+        [
+            str(ctx.litellm),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            str(CPUS),
+        ],
+        ctx.workdir,
+        env=LITELLM_ENV,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/v1/chat/completions", 120, HTTP_UNARY)
     except BaseException:
         proc.stop()
         raise
-    return Running("http", url, procstat.ProcessGroup([proc.pid]), [proc], note=f"--num_workers {CPUS}")
+    return Running(
+        "http", url, procstat.ProcessGroup([proc.pid]), [proc], note=f"--num_workers {CPUS}"
+    )
 
 
 def start_http_floor(ctx: Context) -> Running:
@@ -376,7 +470,12 @@ TARGETS = [
     Target("gateway", "modelwire gateway → worker", "grpc", start_gateway),
     Target("forward-floor", "bare grpc.aio forwarder → floor", "grpc", start_forward_floor),
     Target("modelwire-http", "modelwire → HTTP upstream", "grpc", start_modelwire_http),
-    Target("modelwire-http-p2", f"modelwire --processes {CPUS} → HTTP upstream", "grpc", start_modelwire_http_p2),
+    Target(
+        "modelwire-http-p2",
+        f"modelwire --processes {CPUS} → HTTP upstream",
+        "grpc",
+        start_modelwire_http_p2,
+    ),
     Target("litellm", "LiteLLM proxy → HTTP upstream", "http", start_litellm),
     Target("http-floor", "HTTP upstream directly", "http", start_http_floor),
 ]
@@ -396,27 +495,56 @@ def verify(running: Running) -> str:
 
         with grpc.insecure_channel(running.address) as channel:
             stub = pb_grpc.ModelWorkerStub(channel)
-            request = pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)])
+            request = pb.ModelRequest(
+                model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]
+            )
             unary = stub.Generate(request, timeout=10)
             chunks = list(stub.GenerateStream(request, timeout=10))
         text_chunks = [chunk for chunk in chunks if chunk.text]
-        ok = (unary.text == CHUNK_TEXT * CHUNKS and len(text_chunks) == CHUNKS and chunks[-1].HasField("usage")
-              and chunks[-1].finish_reason == pb.FINISH_REASON_STOP)
+        ok = (
+            unary.text == CHUNK_TEXT * CHUNKS
+            and len(text_chunks) == CHUNKS
+            and chunks[-1].HasField("usage")
+            and chunks[-1].finish_reason == pb.FINISH_REASON_STOP
+        )
         sizes = f"unary {unary.ByteSize()} B, stream {len(chunks)} messages, {sum(c.ByteSize() for c in chunks)} B"
         if not ok:
             raise RuntimeError(f"{running.address} answered unexpectedly: {sizes}")
         return sizes
     url = f"{running.address}/v1/chat/completions"
-    with urllib.request.urlopen(urllib.request.Request(url, json.dumps(HTTP_UNARY).encode(), {"content-type": "application/json"}), timeout=10) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            url, json.dumps(HTTP_UNARY).encode(), {"content-type": "application/json"}
+        ),
+        timeout=10,
+    ) as response:
         unary_body = response.read()
         unary = json.loads(unary_body)
-    with urllib.request.urlopen(urllib.request.Request(url, json.dumps(HTTP_STREAM).encode(), {"content-type": "application/json"}), timeout=10) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            url, json.dumps(HTTP_STREAM).encode(), {"content-type": "application/json"}
+        ),
+        timeout=10,
+    ) as response:
         stream_body = response.read()
-    events = [line[6:] for line in stream_body.decode().split("\n") if line.startswith("data: ") and line[6:] != "[DONE]"]
+    events = [
+        line[6:]
+        for line in stream_body.decode().split("\n")
+        if line.startswith("data: ") and line[6:] != "[DONE]"
+    ]
     deltas = [json.loads(event) for event in events]
-    texts = [choice["delta"].get("content") for event in deltas for choice in event.get("choices") or [] if choice.get("delta", {}).get("content")]
+    texts = [
+        choice["delta"].get("content")
+        for event in deltas
+        for choice in event.get("choices") or []
+        if choice.get("delta", {}).get("content")
+    ]
     usage = any(event.get("usage") for event in deltas)
-    if unary["choices"][0]["message"]["content"] != CHUNK_TEXT * CHUNKS or len(texts) != CHUNKS or not usage:
+    if (
+        unary["choices"][0]["message"]["content"] != CHUNK_TEXT * CHUNKS
+        or len(texts) != CHUNKS
+        or not usage
+    ):
         raise RuntimeError(f"{url} answered unexpectedly")
     return f"unary {len(unary_body)} B, stream {len(deltas)} events, {len(stream_body)} B"
 
@@ -437,22 +565,51 @@ class Settings:
     oha: Path | None
 
 
-def _drive(settings: Settings, running: Running, mode: str, concurrency: int, duration_s: float,
-           total: int | None = None) -> loadgen.LoadResult:
+def _drive(
+    settings: Settings,
+    running: Running,
+    mode: str,
+    concurrency: int,
+    duration_s: float,
+    total: int | None = None,
+) -> loadgen.LoadResult:
     if running.protocol == "grpc":
-        return loadgen.ghz(settings.ghz, running.address, "Generate" if mode == "unary" else "GenerateStream",
-                           GRPC_REQUEST, concurrency, duration_s, settings.connections, total=total)
+        return loadgen.ghz(
+            settings.ghz,
+            running.address,
+            "Generate" if mode == "unary" else "GenerateStream",
+            GRPC_REQUEST,
+            concurrency,
+            duration_s,
+            settings.connections,
+            total=total,
+        )
     assert settings.oha is not None
-    return loadgen.oha(settings.oha, f"{running.address}/v1/chat/completions",
-                       HTTP_UNARY if mode == "unary" else HTTP_STREAM, concurrency, duration_s)
+    return loadgen.oha(
+        settings.oha,
+        f"{running.address}/v1/chat/completions",
+        HTTP_UNARY if mode == "unary" else HTTP_STREAM,
+        concurrency,
+        duration_s,
+    )
 
 
-def measure(settings: Settings, target: Target, running: Running, mode: str, concurrency: int,
-            upstream: procstat.ProcessGroup | None) -> dict[str, Any]:
+def measure(
+    settings: Settings,
+    target: Target,
+    running: Running,
+    mode: str,
+    concurrency: int,
+    upstream: procstat.ProcessGroup | None,
+) -> dict[str, Any]:
     # A pilot at the same concurrency warms the server up and sizes ghz's run: a fixed number of
     # calls lasting about the duration, so no call is cut off at the end (see loadgen).
     pilot = _drive(settings, running, mode, concurrency, settings.pilot_s)
-    total = max(concurrency, round(pilot.rps * settings.duration_s)) if running.protocol == "grpc" else None
+    total = (
+        max(concurrency, round(pilot.rps * settings.duration_s))
+        if running.protocol == "grpc"
+        else None
+    )
     other_before_wait = procstat.wait_for_idle(0.35, settings.idle_wait_s)
     load1 = procstat.loadavg1()
     server0 = running.group.snapshot()
@@ -463,13 +620,22 @@ def measure(settings: Settings, target: Target, running: Running, mode: str, con
     result = _drive(settings, running, mode, concurrency, settings.duration_s, total)
     wall = time.monotonic() - started
     server_cpu = running.group.cpu_since(server0)
-    upstream_cpu = upstream.cpu_since(upstream0) if upstream is not None and upstream0 is not None else 0.0
+    upstream_cpu = (
+        upstream.cpu_since(upstream0) if upstream is not None and upstream0 is not None else 0.0
+    )
     busy1, _ = procstat.machine_busy_seconds()
     self_cpu = time.process_time() - self0
-    other = max(0.0, (busy1 - busy0) - server_cpu - upstream_cpu - result.loadgen_cpu_s - self_cpu) / wall
+    other = (
+        max(0.0, (busy1 - busy0) - server_cpu - upstream_cpu - result.loadgen_cpu_s - self_cpu)
+        / wall
+    )
     calls = max(result.ok, 1)
     row: dict[str, Any] = {
-        "target": target.key, "label": target.label, "protocol": running.protocol, "mode": mode, "concurrency": concurrency,
+        "target": target.key,
+        "label": target.label,
+        "protocol": running.protocol,
+        "mode": mode,
+        "concurrency": concurrency,
         **result.to_json(),
         "server_cpu_s": server_cpu,
         "server_cores": server_cpu / wall,
@@ -538,16 +704,27 @@ def machine() -> dict[str, Any]:
     import grpc
 
     return {
-        "cpu": model, "cpus": CPUS, "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(), "python": platform.python_version(), "grpcio": grpc.__version__,
+        "cpu": model,
+        "cpus": CPUS,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
     }
 
 
 def tool_versions(args: argparse.Namespace) -> dict[str, str]:
     versions = {"ghz": args.ghz_version, "oha": args.oha_version}
     if args.litellm and Path(args.litellm).exists():
-        out = subprocess.run([str(Path(args.litellm).with_name("python")), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                str(Path(args.litellm).with_name("python")),
+                "-c",
+                "import importlib.metadata as m; print(m.version('litellm'))",
+            ],
+            capture_output=True,
+            text=True,
+        )
         versions["litellm"] = out.stdout.strip() or "?"
     return versions
 
@@ -557,27 +734,53 @@ def tool_versions(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CI-sized run: short levels, fewer of them (< 3 minutes)")
-    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 2)")
-    parser.add_argument("--levels", help="comma-separated concurrency levels (default 1,16,64,256; quick 1,64)")
-    parser.add_argument("--only", help="comma-separated parts: " + ",".join(t.key for t in TARGETS) + ",count,streams,local")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI-sized run: short levels, fewer of them (< 3 minutes)",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="seconds per measurement (default 10, quick 2)"
+    )
+    parser.add_argument(
+        "--levels", help="comma-separated concurrency levels (default 1,16,64,256; quick 1,64)"
+    )
+    parser.add_argument(
+        "--only",
+        help="comma-separated parts: " + ",".join(t.key for t in TARGETS) + ",count,streams,local",
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out")
     parser.add_argument("--ghz", type=Path, default=ROOT / ".tools" / "bin" / "ghz")
     parser.add_argument("--ghz-version", default="?")
     parser.add_argument("--oha", type=Path, default=ROOT / ".tools" / "bin" / "oha")
     parser.add_argument("--oha-version", default="?")
-    parser.add_argument("--litellm", type=Path, default=ROOT / ".tools" / "litellm-venv" / "bin" / "litellm")
-    parser.add_argument("--connections", type=int, default=4, help="ghz connections (≤ concurrency)")
-    parser.add_argument("--max-load", type=float, default=0.7, help="wait for a 1-minute load average below this first")
-    parser.add_argument("--write-docs", action="store_true", help="also for --quick: write latest.* and docs/")
+    parser.add_argument(
+        "--litellm", type=Path, default=ROOT / ".tools" / "litellm-venv" / "bin" / "litellm"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=4, help="ghz connections (≤ concurrency)"
+    )
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=0.7,
+        help="wait for a 1-minute load average below this first",
+    )
+    parser.add_argument(
+        "--write-docs", action="store_true", help="also for --quick: write latest.* and docs/"
+    )
     args = parser.parse_args()
 
     quick = args.quick
     settings = Settings(
         quick=quick,
         duration_s=args.duration or (1.5 if quick else 10.0),
-        levels=tuple(int(level) for level in args.levels.split(",")) if args.levels else ((1, 64) if quick else (1, 16, 64, 256)),
+        levels=tuple(int(level) for level in args.levels.split(","))
+        if args.levels
+        else ((1, 64) if quick else (1, 16, 64, 256)),
         pilot_s=0.5 if quick else 1.5,
         idle_wait_s=1.0 if quick else 20.0,
         connections=args.connections,
@@ -585,7 +788,11 @@ def main() -> int:
         oha=args.oha if args.oha.exists() else None,
     )
     parts = [t.key for t in TARGETS] + ["count", "streams", "local"]
-    wanted = [p for p in (args.only.split(",") if args.only else parts) if p and p not in args.skip.split(",")]
+    wanted = [
+        p
+        for p in (args.only.split(",") if args.only else parts)
+        if p and p not in args.skip.split(",")
+    ]
     unknown = set(wanted) - set(parts)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
@@ -604,21 +811,53 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="modelwire-bench-"))
     python = Path(sys.executable)
-    ctx = Context(workdir=workdir, modelwire=python.with_name("modelwire"), python=python, litellm=args.litellm)
+    ctx = Context(
+        workdir=workdir,
+        modelwire=python.with_name("modelwire"),
+        python=python,
+        litellm=args.litellm,
+    )
 
-    progress.say(f"modelwire bench ({'quick' if quick else 'full'}): {len(targets)} targets × {len(MODES)} calls × "
-                 f"concurrency {','.join(map(str, settings.levels))}, {settings.duration_s:g}s each; logs in {workdir}")
+    progress.say(
+        f"modelwire bench ({'quick' if quick else 'full'}): {len(targets)} targets × {len(MODES)} calls × "
+        f"concurrency {','.join(map(str, settings.levels))}, {settings.duration_s:g}s each; logs in {workdir}"
+    )
     load_at_start = procstat.wait_for_load(args.max_load, 10 if quick else 120, progress.say)
     report: dict[str, Any] = {
-        "stamp": stamp, "quick": quick, "machine": machine(), "tools": tool_versions(args),
-        "settings": {"duration_s": settings.duration_s, "levels": settings.levels, "pilot_s": settings.pilot_s,
-                     "connections": settings.connections, "chunks": CHUNKS, "chunk_text": CHUNK_TEXT, "model": MODEL},
-        "loadavg1_at_start": load_at_start, "rows": [], "verified": {}, "failures": {},
+        "stamp": stamp,
+        "quick": quick,
+        "machine": machine(),
+        "tools": tool_versions(args),
+        "settings": {
+            "duration_s": settings.duration_s,
+            "levels": settings.levels,
+            "pilot_s": settings.pilot_s,
+            "connections": settings.connections,
+            "chunks": CHUNKS,
+            "chunk_text": CHUNK_TEXT,
+            "model": MODEL,
+        },
+        "loadavg1_at_start": load_at_start,
+        "rows": [],
+        "verified": {},
+        "failures": {},
     }
 
-    upstream_proc = Proc("instant-upstream", [str(python), str(HERE / "instant_upstream.py"), "--port", "0",
-                                              "--chunks", str(CHUNKS), "--chunk-text", CHUNK_TEXT],
-                         workdir, ready_text="instant upstream on")
+    upstream_proc = Proc(
+        "instant-upstream",
+        [
+            str(python),
+            str(HERE / "instant_upstream.py"),
+            "--port",
+            "0",
+            "--chunks",
+            str(CHUNKS),
+            "--chunk-text",
+            CHUNK_TEXT,
+        ],
+        workdir,
+        ready_text="instant upstream on",
+    )
     UPSTREAM_PID[0] = upstream_proc.pid
     ctx.upstream = "http://" + upstream_proc.address()
     upstream_group = procstat.ProcessGroup([upstream_proc.pid])
@@ -638,9 +877,13 @@ def main() -> int:
                     for level in settings.levels:
                         row = measure(settings, target, running, mode, level, upstream_group)
                         report["rows"].append(row)
-                        rate = f"{row['rps']:,.0f} calls/s" + (f" ({row['chunks_per_s']:,.0f} chunks/s)" if mode == "stream" else "")
-                        progress.step(f"{target.label} {mode} c={level}: {rate}, p99 {row['p99_ms']:.1f} ms, "
-                                      f"{row['cpu_s_per_1k']:.2f} CPU s/1k, {row['errors']} errors, other load {row['other_busy_cores']:.2f} cores")
+                        rate = f"{row['rps']:,.0f} calls/s" + (
+                            f" ({row['chunks_per_s']:,.0f} chunks/s)" if mode == "stream" else ""
+                        )
+                        progress.step(
+                            f"{target.label} {mode} c={level}: {rate}, p99 {row['p99_ms']:.1f} ms, "
+                            f"{row['cpu_s_per_1k']:.2f} CPU s/1k, {row['errors']} errors, other load {row['other_busy_cores']:.2f} cores"
+                        )
             except Exception as error:  # noqa: BLE001
                 report["failures"][target.key] = str(error)
                 progress.say(f"{target.label}: FAILED: {error}")
@@ -651,15 +894,28 @@ def main() -> int:
             import count_tokens
 
             proc = start_worker(ctx, "count-tokens", ECHO_MODEL)
-            floor = Proc("count-floor", [str(ctx.python), str(HERE / "echo_floor.py"), "--port", "0"], ctx.workdir,
-                         ready_text="echo floor on")
+            floor = Proc(
+                "count-floor",
+                [str(ctx.python), str(HERE / "echo_floor.py"), "--port", "0"],
+                ctx.workdir,
+                ready_text="echo floor on",
+            )
             try:
                 procstat.wait_for_idle(0.35, settings.idle_wait_s)
                 load1 = procstat.loadavg1()
                 with OtherLoad([proc.pid, floor.pid]) as other:
-                    rows = count_tokens.run(proc.address(), seconds=1.0 if quick else 3.0, floor=floor.address())
-                report["count_tokens"] = {"rows": rows, "loadavg1_at_start": load1, "other_busy_cores": other.cores}
-                progress.step("CountToken: " + ", ".join(f"{r['tokens']:,} tokens {r['ratio']:.2f}× direct" for r in rows))
+                    rows = count_tokens.run(
+                        proc.address(), seconds=1.0 if quick else 3.0, floor=floor.address()
+                    )
+                report["count_tokens"] = {
+                    "rows": rows,
+                    "loadavg1_at_start": load1,
+                    "other_busy_cores": other.cores,
+                }
+                progress.step(
+                    "CountToken: "
+                    + ", ".join(f"{r['tokens']:,} tokens {r['ratio']:.2f}× direct" for r in rows)
+                )
             except Exception as error:  # noqa: BLE001
                 report["failures"]["count"] = str(error)
                 progress.step(f"CountToken: FAILED: {error}")
@@ -674,12 +930,20 @@ def main() -> int:
                 procstat.wait_for_idle(0.35, settings.idle_wait_s)
                 load1 = procstat.loadavg1()
                 with OtherLoad([]) as other:
-                    result = slow_streams.run(ctx.modelwire, workdir, streams=1000, chunks=3 if quick else 10, interval=1.0)
+                    result = slow_streams.run(
+                        ctx.modelwire,
+                        workdir,
+                        streams=1000,
+                        chunks=3 if quick else 10,
+                        interval=1.0,
+                    )
                 result["loadavg1_at_start"] = load1
                 result["other_busy_cores"] = other.cores
                 report["slow_streams"] = result
-                progress.step(f"1,000 slow streams: {result['completed']} completed, peak RSS {result['rss_peak_mib']:.0f} MiB "
-                              f"({result['rss_per_stream_kib']:.1f} KiB per stream)")
+                progress.step(
+                    f"1,000 slow streams: {result['completed']} completed, peak RSS {result['rss_peak_mib']:.0f} MiB "
+                    f"({result['rss_per_stream_kib']:.1f} KiB per stream)"
+                )
             except Exception as error:  # noqa: BLE001
                 report["failures"]["streams"] = str(error)
                 progress.step(f"1,000 slow streams: FAILED: {error}")
@@ -691,16 +955,32 @@ def main() -> int:
         try:
             runs, tokens = (1, 32) if quick else (5, 128)
             with OtherLoad([]) as other:
-                out = subprocess.run([str(python), str(HERE / "local_model.py"), "--json", "--runs", str(runs), "--tokens", str(tokens),
-                                      "--port", str(free_port())], capture_output=True, text=True, timeout=900)
+                out = subprocess.run(
+                    [
+                        str(python),
+                        str(HERE / "local_model.py"),
+                        "--json",
+                        "--runs",
+                        str(runs),
+                        "--tokens",
+                        str(tokens),
+                        "--port",
+                        str(free_port()),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
             if out.returncode != 0:
                 raise RuntimeError(out.stderr.strip()[-1500:])
             local = json.loads(out.stdout.strip().splitlines()[-1])
             local["loadavg1_at_start"] = load1
             local["other_busy_cores"] = other.cores
             report["local_model"] = local
-            progress.step(f"local model: {local['modelwire']['tokens_per_s']:.1f} vs {local['direct']['tokens_per_s']:.1f} tokens/s direct, "
-                          f"TTFT {local['modelwire']['ttft_ms']:.0f} vs {local['direct']['ttft_ms']:.0f} ms")
+            progress.step(
+                f"local model: {local['modelwire']['tokens_per_s']:.1f} vs {local['direct']['tokens_per_s']:.1f} tokens/s direct, "
+                f"TTFT {local['modelwire']['ttft_ms']:.0f} vs {local['direct']['ttft_ms']:.0f} ms"
+            )
         except Exception as error:  # noqa: BLE001
             report["failures"]["local"] = str(error)
             progress.step(f"local model: FAILED: {error}")
@@ -724,8 +1004,13 @@ def main() -> int:
         (RESULTS / "latest.md").write_text(markdown)
         if drew:
             shutil.copyfile(png, ROOT / "docs" / "benchmarks.png")
-        render.update_docs(ROOT / "docs" / "benchmarks.md", render.markdown(report, png_name="benchmarks.png"))
-    progress.say(f"done in {report['elapsed_s']:.0f}s: {md_path.relative_to(ROOT)}" + (f", {png.relative_to(ROOT)}" if drew else ""))
+        render.update_docs(
+            ROOT / "docs" / "benchmarks.md", render.markdown(report, png_name="benchmarks.png")
+        )
+    progress.say(
+        f"done in {report['elapsed_s']:.0f}s: {md_path.relative_to(ROOT)}"
+        + (f", {png.relative_to(ROOT)}" if drew else "")
+    )
     if report["failures"]:
         progress.say(f"failures: {', '.join(report['failures'])}; logs kept in {workdir}")
         return 1

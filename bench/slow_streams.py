@@ -25,7 +25,6 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import procstat  # noqa: E402
-
 from modelwire.v1 import worker_pb2 as pb  # noqa: E402
 from modelwire.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -51,11 +50,18 @@ max_queue = {streams}
 """
 
 
-def start_worker(modelwire: Path, config_text: str, workdir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_worker(
+    modelwire: Path, config_text: str, workdir: Path
+) -> tuple[subprocess.Popen[str], str]:
     config = workdir / "slow-streams.toml"
     config.write_text(config_text)
     log = open(workdir / "slow-streams-worker.log", "w")
-    worker = subprocess.Popen([str(modelwire), "serve", "--config", str(config)], stdout=subprocess.PIPE, stderr=log, text=True)
+    worker = subprocess.Popen(
+        [str(modelwire), "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     assert worker.stdout is not None
     line = worker.stdout.readline()
     if "modelwire serving" not in line:
@@ -64,11 +70,18 @@ def start_worker(modelwire: Path, config_text: str, workdir: Path) -> tuple[subp
     return worker, line.rsplit(" on ", 1)[1].split()[0]
 
 
-async def _drive(address: str, streams: int, chunks: int, pid: int, interval: float) -> dict[str, Any]:
+async def _drive(
+    address: str, streams: int, chunks: int, pid: int, interval: float
+) -> dict[str, Any]:
     # A local subchannel pool per channel, so the channels are separate TCP connections.
-    channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CHANNELS)]
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS)
+    ]
     stubs = [pb_grpc.ModelWorkerStub(channel) for channel in channels]
-    request = pb.ModelRequest(model="slow", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")])
+    request = pb.ModelRequest(
+        model="slow", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]
+    )
     open_now = 0
     peak_open = 0
     samples: list[float] = []
@@ -81,7 +94,9 @@ async def _drive(address: str, streams: int, chunks: int, pid: int, interval: fl
         open_now += 1
         peak_open = max(peak_open, open_now)
         try:
-            async for chunk in stubs[index % CHANNELS].GenerateStream(request, timeout=60 + chunks * interval * 3):
+            async for chunk in stubs[index % CHANNELS].GenerateStream(
+                request, timeout=60 + chunks * interval * 3
+            ):
                 if chunk.text:
                     received[index] += 1
                 if chunk.finish_reason:
@@ -106,7 +121,9 @@ async def _drive(address: str, streams: int, chunks: int, pid: int, interval: fl
     for channel in channels:
         await channel.close()
     return {
-        "completed": sum(1 for index in range(streams) if finished[index] and received[index] == chunks),
+        "completed": sum(
+            1 for index in range(streams) if finished[index] and received[index] == chunks
+        ),
         "chunks_received": sum(received),
         "peak_open": peak_open,
         "errors": errors,
@@ -115,7 +132,9 @@ async def _drive(address: str, streams: int, chunks: int, pid: int, interval: fl
     }
 
 
-def run(modelwire: Path, workdir: Path, streams: int = 1000, chunks: int = 10, interval: float = 1.0) -> dict[str, Any]:
+def run(
+    modelwire: Path, workdir: Path, streams: int = 1000, chunks: int = 10, interval: float = 1.0
+) -> dict[str, Any]:
     worker, address = start_worker(modelwire, _config(0, streams, chunks, interval), workdir)
     try:
         pid = worker.pid
@@ -157,14 +176,20 @@ async def _warm(address: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--chunks", type=int, default=10)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args()
     modelwire = Path(sys.executable).with_name("modelwire")
     with tempfile.TemporaryDirectory() as workdir:
-        print(json.dumps(run(modelwire, Path(workdir), args.streams, args.chunks, args.interval), indent=2))
+        print(
+            json.dumps(
+                run(modelwire, Path(workdir), args.streams, args.chunks, args.interval), indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Event = tuple[str, dict[str, Any]]
 
 # --- whole messages ------------------------------------------------------------------------------
 
+
 def text_block(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
@@ -42,12 +43,25 @@ def usage(input_tokens: int = 9, output_tokens: int = 4, **extra: Any) -> dict[s
     return {"input_tokens": input_tokens, "output_tokens": output_tokens, **extra}
 
 
-def message(content: list[dict[str, Any]], stop_reason: str = "end_turn", counts: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-            "content": content, "stop_reason": stop_reason, "stop_sequence": None, "usage": counts or usage()}
+def message(
+    content: list[dict[str, Any]],
+    stop_reason: str = "end_turn",
+    counts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": counts or usage(),
+    }
 
 
 # --- event streams -------------------------------------------------------------------------------
+
 
 def message_start(counts: dict[str, Any] | None = None) -> Event:
     body = message([], counts=counts or usage(output_tokens=1))
@@ -60,24 +74,42 @@ MESSAGE_STOP: Event = ("message_stop", {"type": "message_stop"})
 
 
 def message_delta(stop_reason: str, counts: dict[str, Any]) -> Event:
-    return "message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": counts}
+    return "message_delta", {
+        "type": "message_delta",
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        "usage": counts,
+    }
 
 
 def _block(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> list[Event]:
     return [
-        ("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}),
-        *(("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}) for delta in deltas),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": start},
+        ),
+        *(
+            ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            for delta in deltas
+        ),
         ("content_block_stop", {"type": "content_block_stop", "index": index}),
     ]
 
 
 def text_events(index: int, pieces: list[str]) -> list[Event]:
-    return _block(index, {"type": "text", "text": ""}, [{"type": "text_delta", "text": piece} for piece in pieces])
+    return _block(
+        index,
+        {"type": "text", "text": ""},
+        [{"type": "text_delta", "text": piece} for piece in pieces],
+    )
 
 
 def thinking_events(index: int, pieces: list[str], signature: str) -> list[Event]:
     deltas = [{"type": "thinking_delta", "thinking": piece} for piece in pieces]
-    return _block(index, {"type": "thinking", "thinking": "", "signature": ""}, [*deltas, {"type": "signature_delta", "signature": signature}])
+    return _block(
+        index,
+        {"type": "thinking", "thinking": "", "signature": ""},
+        [*deltas, {"type": "signature_delta", "signature": signature}],
+    )
 
 
 def redacted_events(index: int, data: str) -> list[Event]:
@@ -87,12 +119,17 @@ def redacted_events(index: int, data: str) -> list[Event]:
 def tool_use_events(index: int, call_id: str, name: str, pieces: list[str]) -> list[Event]:
     """The API opens with an empty `partial_json` when the input has any; a call without input
     may come with no delta at all."""
-    deltas = [{"type": "input_json_delta", "partial_json": piece} for piece in ([""] + pieces if pieces else [])]
+    deltas = [
+        {"type": "input_json_delta", "partial_json": piece}
+        for piece in ([""] + pieces if pieces else [])
+    ]
     return _block(index, {"type": "tool_use", "id": call_id, "name": name, "input": {}}, deltas)
 
 
 def sse(events: list[Event]) -> bytes:
-    return b"".join(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in events)
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode() for name, payload in events
+    )
 
 
 async def send_stream(respond: Responder, events: list[Event], chunk_bytes: int = 0) -> None:
@@ -101,7 +138,7 @@ async def send_stream(respond: Responder, events: list[Event], chunk_bytes: int 
     raw = sse(events)
     size = chunk_bytes or len(raw)
     for start in range(0, len(raw), size):
-        await respond.raw(raw[start:start + size])
+        await respond.raw(raw[start : start + size])
     await respond.end()
 
 
@@ -112,11 +149,15 @@ def streamed(content: list[dict[str, Any]], stop_reason: str, piece_chars: int =
     for index, block in enumerate(content):
         if block["type"] == "tool_use":
             arguments = json.dumps(block["input"])
-            pieces = [arguments[at:at + piece_chars] for at in range(0, len(arguments), piece_chars)]
+            pieces = [
+                arguments[at : at + piece_chars] for at in range(0, len(arguments), piece_chars)
+            ]
             events += tool_use_events(index, block["id"], block["name"], pieces)
         else:
             text = block["text"]
-            events += text_events(index, [text[at:at + piece_chars] for at in range(0, len(text), piece_chars)])
+            events += text_events(
+                index, [text[at : at + piece_chars] for at in range(0, len(text), piece_chars)]
+            )
         if index == 0:
             events.append(PING)
     return [*events, message_delta(stop_reason, {"output_tokens": 25}), MESSAGE_STOP]
@@ -137,7 +178,11 @@ async def answer_as_claude(exchange: Exchange, respond: Responder) -> None:
     body = exchange.json()
     choice = body.get("tool_choice", {})
     if choice.get("type") == "tool":
-        content = [tool_use_block("toolu_01A09q90qw90lq917835lq9", choice["name"], CANNED_INPUTS[choice["name"]])]
+        content = [
+            tool_use_block(
+                "toolu_01A09q90qw90lq917835lq9", choice["name"], CANNED_INPUTS[choice["name"]]
+            )
+        ]
         stop_reason = "tool_use"
     else:
         content = [text_block(ANSWER)]

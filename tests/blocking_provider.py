@@ -17,7 +17,15 @@ from pydantic.dataclasses import dataclass
 
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.settings import SECTION, ModelConfig
-from modelwire.core.types import FinishReason, ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
+from modelwire.core.types import (
+    FinishReason,
+    ModelMessage,
+    ModelMetadata,
+    ModelOutput,
+    ModelRequest,
+    TokenCount,
+    Usage,
+)
 from modelwire.providers.base import ProxyLLMClient
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
@@ -38,7 +46,14 @@ class BlockingTestClient(ProxyLLMClient):
     runs_on_pool = True
     instances: list[BlockingTestClient] = []
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, tokens: int, token_delay_s: float, warm_up_error: str | None) -> None:
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        executor: Executor,
+        tokens: int,
+        token_delay_s: float,
+        warm_up_error: str | None,
+    ) -> None:
         super().__init__(metadata, executor)
         self.tokens = tokens
         self.token_delay_s = token_delay_s
@@ -74,7 +89,9 @@ class BlockingTestClient(ProxyLLMClient):
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         return count_tokens("gpt-4", prompt)
 
-    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
+    def sync_generate_stream(
+        self, request: ModelRequest, cancellation: Cancellation
+    ) -> Iterator[ModelOutput]:
         with self.lock:
             self.active += 1
             self.started += 1

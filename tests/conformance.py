@@ -140,7 +140,9 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            found += [(violation.field, violation.description) for violation in bad.field_violations]
+            found += [
+                (violation.field, violation.description) for violation in bad.field_violations
+            ]
     return found
 
 
@@ -153,7 +155,9 @@ async def assert_refused(call: Awaitable[Any], field_name: str, model: str) -> N
         violations = field_violations(error)
         matching = [description for name, description in violations if name == field_name]
         assert matching, f"no violation of {field_name!r} in {violations}"
-        assert any(repr(model) in description or model in description for description in matching), matching
+        assert any(
+            repr(model) in description or model in description for description in matching
+        ), matching
         return
     raise AssertionError(f"{field_name} was accepted by {model}, which cannot honour it")
 
@@ -170,6 +174,7 @@ def assert_weather_call(call_name: str, arguments_json: str) -> dict[str, Any]:
 
 
 # --- the cases -----------------------------------------------------------------------------------
+
 
 async def tools_unary(target: Target) -> None:
     await target.ready(Case.TOOLS_UNARY)
@@ -188,14 +193,18 @@ async def tools_stream(target: Target) -> None:
     messages = await collect(target.stub.GenerateStream(weather_request(target)))
     deltas = [delta for message in messages for delta in message.tool_call_deltas]
     assert deltas, messages
-    assert all(not message.tool_calls for message in messages), "a stream carries deltas, not whole calls"
+    assert all(not message.tool_calls for message in messages), (
+        "a stream carries deltas, not whole calls"
+    )
     by_index: dict[int, list[pb.ToolCallDelta]] = {}
     for delta in deltas:
         by_index.setdefault(delta.index, []).append(delta)
     assert sorted(by_index) == [0], by_index.keys()
     first, *rest = by_index[0]
     assert first.id and first.name == "get_weather", first
-    assert all(not delta.id and not delta.name for delta in rest), "id and name come only on a call's first delta"
+    assert all(not delta.id and not delta.name for delta in rest), (
+        "id and name come only on a call's first delta"
+    )
     assert_weather_call(first.name, "".join(delta.arguments_delta for delta in by_index[0]))
     last = messages[-1]
     assert last.finish_reason == pb.FINISH_REASON_TOOL_CALLS
@@ -208,9 +217,17 @@ def two_turn_messages() -> list[pb.ModelMessage]:
         user("What is the weather in Paris, in celsius?"),
         pb.ModelMessage(
             role=pb.ROLE_ASSISTANT,
-            tool_calls=[pb.ToolCall(id="call_1", name="get_weather", arguments_json='{"city": "Paris", "unit": "celsius"}')],
+            tool_calls=[
+                pb.ToolCall(
+                    id="call_1",
+                    name="get_weather",
+                    arguments_json='{"city": "Paris", "unit": "celsius"}',
+                )
+            ],
         ),
-        pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="call_1", content='{"temperature": 21, "sky": "clear"}'),
+        pb.ModelMessage(
+            role=pb.ROLE_TOOL, tool_call_id="call_1", content='{"temperature": 21, "sky": "clear"}'
+        ),
     ]
 
 
@@ -234,7 +251,9 @@ async def tools_two_turn(target: Target) -> None:
 def person_request(target: Target, output_format: pb.OutputFormat) -> pb.ModelRequest:
     return pb.ModelRequest(
         model=target.model,
-        messages=[user("Describe a fictional person as JSON: name, age and up to three languages.")],
+        messages=[
+            user("Describe a fictional person as JSON: name, age and up to three languages.")
+        ],
         output_format=output_format,
         sampling=pb.SamplingParams(temperature=0.0, max_new_tokens=target.max_new_tokens * 2),
     )
@@ -248,7 +267,9 @@ async def json_schema(target: Target) -> None:
         request = person_request(target, pb.OutputFormat(json_schema=schema))
         if stream:
             await target.ready(Case.JSON_SCHEMA)
-            text = "".join(message.text for message in await collect(target.stub.GenerateStream(request)))
+            text = "".join(
+                message.text for message in await collect(target.stub.GenerateStream(request))
+            )
         else:
             text = (await target.stub.Generate(request)).text
         jsonschema.validate(json.loads(text), PERSON_SCHEMA)
@@ -326,20 +347,32 @@ def refusal_request(target: Target, case: Case) -> Awaitable[Any]:
     """The call of `case` in the shape that names REFUSED_FIELD[case]."""
     stub, model = target.stub, target.model
     if case in (Case.TOOLS_UNARY, Case.TOOLS_STREAM):
-        request = pb.ModelRequest(model=model, messages=[user("Weather in Paris?")], tools=[WEATHER_TOOL])
-        return stub.Generate(request) if case is Case.TOOLS_UNARY else collect(stub.GenerateStream(request))
+        request = pb.ModelRequest(
+            model=model, messages=[user("Weather in Paris?")], tools=[WEATHER_TOOL]
+        )
+        return (
+            stub.Generate(request)
+            if case is Case.TOOLS_UNARY
+            else collect(stub.GenerateStream(request))
+        )
     if case is Case.TOOLS_TWO_TURN:
         return stub.Generate(pb.ModelRequest(model=model, messages=two_turn_messages()))
     if case in (Case.JSON_SCHEMA, Case.JSON_OBJECT):
         output_format = (
-            pb.OutputFormat(json_schema=pb.JsonSchema(name="person", schema_json=json.dumps(PERSON_SCHEMA)))
+            pb.OutputFormat(
+                json_schema=pb.JsonSchema(name="person", schema_json=json.dumps(PERSON_SCHEMA))
+            )
             if case is Case.JSON_SCHEMA
             else pb.OutputFormat(json_object=True)
         )
         return stub.Generate(person_request(target, output_format))
     if case is Case.GRAMMAR:
         return stub.Generate(
-            pb.ModelRequest(model=model, messages=[user("Yes or no?")], output_format=pb.OutputFormat(grammar=GRAMMAR))
+            pb.ModelRequest(
+                model=model,
+                messages=[user("Yes or no?")],
+                output_format=pb.OutputFormat(grammar=GRAMMAR),
+            )
         )
     if case is Case.IMAGE:
         return stub.Generate(image_request(target))
@@ -353,7 +386,10 @@ def refusal_request(target: Target, case: Case) -> Awaitable[Any]:
         )
     if case is Case.PROMPT_CACHE:
         return stub.Generate(
-            pb.ModelRequest(model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content="Hi", cache_breakpoint=True)])
+            pb.ModelRequest(
+                model=model,
+                messages=[pb.ModelMessage(role=pb.ROLE_USER, content="Hi", cache_breakpoint=True)],
+            )
         )
     assert case is Case.EMBED
     return stub.Embed(pb.EmbedRequest(model=model, inputs=["hello"]))

@@ -10,13 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from modelwire.app.config import Config, embedded_default
-from modelwire.core.settings import WorkerServerConfig as ServerConfig
-from modelwire.app.server import Worker, build_worker
-from modelwire.providers import registry
-from modelwire.worker.admission import Admission
 from blocking_provider import PROVIDER, BlockingTestClient
 from fake_upstream import FakeUpstream, fake_upstream
+from modelwire.app.config import Config, embedded_default
+from modelwire.app.server import Worker, build_worker
+from modelwire.core.settings import WorkerServerConfig as ServerConfig
+from modelwire.providers import registry
+from modelwire.worker.admission import Admission
 
 
 def free_port() -> int:
@@ -70,7 +70,11 @@ def worker_factory() -> WorkerFactory:
 async def embedded_worker() -> AsyncIterator[Worker]:
     """The embedded default (gemma-3-270m through llamacpp), shared by the tests that only read."""
     config = embedded_default()
-    config = replace(config, server=ServerConfig(grace_period_s=1.0), models=(replace(config.models[0], max_concurrency=2),))
+    config = replace(
+        config,
+        server=ServerConfig(grace_period_s=1.0),
+        models=(replace(config.models[0], max_concurrency=2),),
+    )
     async with running_worker(config) as worker:
         yield worker
 

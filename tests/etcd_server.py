@@ -23,7 +23,9 @@ BUILT_ETCD = Path(__file__).resolve().parent.parent / ".tools" / "etcd" / "etcd"
 
 
 def etcd_binary() -> str:
-    found = os.environ.get("MODELWIRE_ETCD") or (str(BUILT_ETCD) if BUILT_ETCD.exists() else shutil.which("etcd"))
+    found = os.environ.get("MODELWIRE_ETCD") or (
+        str(BUILT_ETCD) if BUILT_ETCD.exists() else shutil.which("etcd")
+    )
     if found is None:
         raise FileNotFoundError(
             "etcd not found: `make etcd` builds it into .tools/etcd/ (`make test` does that first), "
@@ -52,21 +54,48 @@ class EtcdServer:
     def _channel(self) -> grpc.Channel:
         if self.certs is None:
             return grpc.insecure_channel(self.endpoint)
-        return grpc.secure_channel(self.endpoint, grpc.ssl_channel_credentials((self.certs / "ca.pem").read_bytes()))
+        return grpc.secure_channel(
+            self.endpoint, grpc.ssl_channel_credentials((self.certs / "ca.pem").read_bytes())
+        )
 
     def start(self, timeout: float = 20.0) -> None:
         client_url = f"{'https' if self.certs else 'http'}://{self.endpoint}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
-        tls = ["--cert-file", str(self.certs / "server.pem"), "--key-file", str(self.certs / "server.key")] if self.certs else []
+        tls = (
+            [
+                "--cert-file",
+                str(self.certs / "server.pem"),
+                "--key-file",
+                str(self.certs / "server.key"),
+            ]
+            if self.certs
+            else []
+        )
         log = open(self.root / "etcd.log", "ab")
         self.process = subprocess.Popen(
             [
-                self.binary, "--name", "test", "--data-dir", str(self.root / "data"),
-                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"test={peer_url}", "--log-level", "warn", *tls,
+                self.binary,
+                "--name",
+                "test",
+                "--data-dir",
+                str(self.root / "data"),
+                "--listen-client-urls",
+                client_url,
+                "--advertise-client-urls",
+                client_url,
+                "--listen-peer-urls",
+                peer_url,
+                "--initial-advertise-peer-urls",
+                peer_url,
+                "--initial-cluster",
+                f"test={peer_url}",
+                "--log-level",
+                "warn",
+                *tls,
             ],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.uname().machine},
         )
         log.close()
         self._wait_ready(timeout)
@@ -79,13 +108,17 @@ class EtcdServer:
             while True:
                 assert self.process is not None
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"etcd exited with {self.process.returncode}: {self.log()[-2000:]}")
+                    raise RuntimeError(
+                        f"etcd exited with {self.process.returncode}: {self.log()[-2000:]}"
+                    )
                 try:
                     kv.Range(rpc.RangeRequest(key=b"ready"), timeout=0.5)
                     return
                 except grpc.RpcError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"etcd not ready after {timeout}s: {self.log()[-2000:]}") from None
+                        raise TimeoutError(
+                            f"etcd not ready after {timeout}s: {self.log()[-2000:]}"
+                        ) from None
                     time.sleep(0.05)
 
     def enable_auth(self, password: str) -> None:
@@ -101,7 +134,9 @@ class EtcdServer:
         """Every key under `prefix` and its value, read straight from etcd."""
         with grpc.insecure_channel(self.endpoint) as channel:
             end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-            reply = rpc.KVStub(channel).Range(rpc.RangeRequest(key=prefix.encode(), range_end=end.encode()), timeout=5)
+            reply = rpc.KVStub(channel).Range(
+                rpc.RangeRequest(key=prefix.encode(), range_end=end.encode()), timeout=5
+            )
             return {kv.key.decode(): kv.value for kv in reply.kvs}
 
     def log(self) -> str:

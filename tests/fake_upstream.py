@@ -26,8 +26,15 @@ from typing import Any
 
 from modelwire.app.config import Config, load_config
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 529: "Overloaded"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    529: "Overloaded",
+}
 
 
 @dataclass
@@ -58,9 +65,19 @@ class Responder:
         self._writer = writer
         self._chunked = False
 
-    async def head(self, status: int, headers: dict[str, str] | None = None, *, chunked: bool = True,
-                   content_type: str = "text/event-stream") -> None:
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"Content-Type: {content_type}", "Connection: close"]
+    async def head(
+        self,
+        status: int,
+        headers: dict[str, str] | None = None,
+        *,
+        chunked: bool = True,
+        content_type: str = "text/event-stream",
+    ) -> None:
+        lines = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            f"Content-Type: {content_type}",
+            "Connection: close",
+        ]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         if chunked:
             lines.append("Transfer-Encoding: chunked")
@@ -70,8 +87,12 @@ class Responder:
 
     async def json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
-        await self.head(status, {**(headers or {}), "Content-Length": str(len(body))}, chunked=False,
-                        content_type="application/json")
+        await self.head(
+            status,
+            {**(headers or {}), "Content-Length": str(len(body))},
+            chunked=False,
+            content_type="application/json",
+        )
         self._writer.write(body)
         await self._writer.drain()
 
@@ -84,7 +105,9 @@ class Responder:
 
     async def event(self, data: Any, event: str | None = None) -> None:
         text = data if isinstance(data, str) else json.dumps(data)
-        await self.raw((f"event: {event}\n" if event else "").encode() + f"data: {text}\n\n".encode())
+        await self.raw(
+            (f"event: {event}\n" if event else "").encode() + f"data: {text}\n\n".encode()
+        )
 
     async def end(self) -> None:
         if self._chunked:
@@ -110,56 +133,155 @@ Handler = Callable[[Exchange, Responder], Awaitable[None]]
 
 # --- wire formats ------------------------------------------------------------------------------
 
-def openai_chunk(content: str | None = None, finish_reason: str | None = None, reasoning: str | None = None) -> dict[str, Any]:
+
+def openai_chunk(
+    content: str | None = None, finish_reason: str | None = None, reasoning: str | None = None
+) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if content is not None:
         delta["content"] = content
     if reasoning is not None:
         delta["reasoning_content"] = reasoning
-    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "model": "fake",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
 
 
 def openai_usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
-    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake", "choices": [],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "model": "fake",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
 
 
-def openai_completion(text: str, prompt: int = 7, completion: int = 3, finish_reason: str = "stop") -> dict[str, Any]:
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+def openai_completion(
+    text: str, prompt: int = 7, completion: int = 3, finish_reason: str = "stop"
+) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": "fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
 
 
-def anthropic_message(text: str, input_tokens: int = 9, output_tokens: int = 4, stop_reason: str = "end_turn") -> dict[str, Any]:
-    return {"id": "msg_fake", "type": "message", "role": "assistant", "model": "fake",
-            "content": [{"type": "text", "text": text}], "stop_reason": stop_reason,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+def anthropic_message(
+    text: str, input_tokens: int = 9, output_tokens: int = 4, stop_reason: str = "end_turn"
+) -> dict[str, Any]:
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": "fake",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
 
 
-def anthropic_events(parts: list[str], input_tokens: int = 9, output_tokens: int = 4, stop_reason: str = "end_turn",
-                     thinking: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+def anthropic_events(
+    parts: list[str],
+    input_tokens: int = 9,
+    output_tokens: int = 4,
+    stop_reason: str = "end_turn",
+    thinking: tuple[str, ...] = (),
+) -> list[tuple[str, dict[str, Any]]]:
     events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"type": "message_start", "message": {
-            "id": "msg_fake", "type": "message", "role": "assistant", "model": "fake", "content": [],
-            "stop_reason": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "fake",
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                },
+            },
+        ),
     ]
     index = 0
     if thinking:
-        events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                               "content_block": {"type": "thinking", "thinking": ""}}))
-        events += [("content_block_delta", {"type": "content_block_delta", "index": index,
-                                            "delta": {"type": "thinking_delta", "thinking": t}}) for t in thinking]
+        events.append(
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "thinking", "thinking": ""},
+                },
+            )
+        )
+        events += [
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "thinking_delta", "thinking": t},
+                },
+            )
+            for t in thinking
+        ]
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
         index += 1
-    events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                           "content_block": {"type": "text", "text": ""}}))
+    events.append(
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            },
+        )
+    )
     events.append(("ping", {"type": "ping"}))
-    events += [("content_block_delta", {"type": "content_block_delta", "index": index,
-                                        "delta": {"type": "text_delta", "text": part}}) for part in parts]
+    events += [
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "text_delta", "text": part},
+            },
+        )
+        for part in parts
+    ]
     events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
-    events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                                     "usage": {"output_tokens": output_tokens}}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}))
     return events
 
@@ -181,8 +303,9 @@ def is_stream(exchange: Exchange) -> bool:
 DEFAULT_PARTS = ["Hello", ", ", "world", "!"]
 
 
-async def answer_ok(exchange: Exchange, respond: Responder, parts: list[str] = DEFAULT_PARTS,
-                    usage: bool = True) -> None:
+async def answer_ok(
+    exchange: Exchange, respond: Responder, parts: list[str] = DEFAULT_PARTS, usage: bool = True
+) -> None:
     """A successful completion in the wire format the path asks for, streamed or not."""
     if is_anthropic(exchange):
         if not is_stream(exchange):
@@ -209,8 +332,11 @@ async def answer_ok(exchange: Exchange, respond: Responder, parts: list[str] = D
 def first_token(exchange: Exchange) -> tuple[str, dict[str, Any]]:
     """The first content event of a stream in the exchange's wire format (event name, payload)."""
     if is_anthropic(exchange):
-        return "content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": "Hello"}}
+        return "content_block_delta", {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "Hello"},
+        }
     return "", openai_chunk("Hello")
 
 
@@ -228,6 +354,7 @@ async def send_first_token(exchange: Exchange, respond: Responder) -> None:
 
 
 # --- the server --------------------------------------------------------------------------------
+
 
 class FakeUpstream:
     def __init__(self) -> None:
@@ -303,7 +430,9 @@ class FakeUpstream:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         return Exchange(method, path, headers, body)
 
-    async def _handle(self, exchange: Exchange, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, exchange: Exchange, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         async def watch_client() -> None:
             # The client sends nothing more on this connection: EOF or an error means it closed.
             try:

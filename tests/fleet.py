@@ -11,32 +11,48 @@ from dataclasses import dataclass, field, replace
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from blocking_provider import PROVIDER
 from modelwire.app.config import Config
-from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.app.server import Worker, build_worker
-from modelwire.fleet import convert
-from modelwire.worker.agent import RegistrationAgent, worker_agent
 from modelwire.controller.memory import MemoryRegistry
 from modelwire.controller.server import ControllerServer
+from modelwire.core.settings import (
+    ControllerSection,
+    GatewaySection,
+    ModelConfig,
+    RegistrationConfig,
+    RegistryAccess,
+)
+from modelwire.core.settings import ServerConfig as PlainServerConfig
+from modelwire.core.settings import WorkerServerConfig as ServerConfig
+from modelwire.fleet import convert
 from modelwire.fleet.remote import RemoteController
 from modelwire.fleet.types import WatchBatch
 from modelwire.gateway.server import Gateway
-from modelwire.core.settings import ControllerSection, GatewaySection, ModelConfig, RegistrationConfig, RegistryAccess
-from modelwire.core.settings import ServerConfig as PlainServerConfig
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
-from blocking_provider import PROVIDER
+from modelwire.worker.agent import RegistrationAgent, worker_agent
 
 TTL_S = 2.0
 
 
-def blocking_model(name: str = "slow", max_concurrency: int = 8, max_queue: int = 100, **options: object) -> ModelConfig:
-    return ModelConfig(name=name, provider=PROVIDER, max_concurrency=max_concurrency, max_queue=max_queue, options=dict(options))
+def blocking_model(
+    name: str = "slow", max_concurrency: int = 8, max_queue: int = 100, **options: object
+) -> ModelConfig:
+    return ModelConfig(
+        name=name,
+        provider=PROVIDER,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+        options=dict(options),
+    )
 
 
 def blocking_config(*models: ModelConfig, grace_period_s: float = 5.0) -> Config:
-    return Config(server=ServerConfig(host="127.0.0.1", port=0, grace_period_s=grace_period_s),
-                  models=models or (blocking_model(),))
+    return Config(
+        server=ServerConfig(host="127.0.0.1", port=0, grace_period_s=grace_period_s),
+        models=models or (blocking_model(),),
+    )
 
 
 @dataclass(frozen=True)
@@ -56,13 +72,19 @@ class Joining:
 
 
 def agent_for(worker: Worker, joining: Joining) -> RegistrationAgent:
-    return worker_agent(joining.access(), joining.registration(), worker.models, "127.0.0.1", worker.port)
+    return worker_agent(
+        joining.access(), joining.registration(), worker.models, "127.0.0.1", worker.port
+    )
 
 
 @asynccontextmanager
-async def running_controller(ttl_s: float = TTL_S, port: int = 0, probe_health: bool = True) -> AsyncIterator[ControllerServer]:
+async def running_controller(
+    ttl_s: float = TTL_S, port: int = 0, probe_health: bool = True
+) -> AsyncIterator[ControllerServer]:
     server = ControllerServer(
-        MemoryRegistry(ttl_s), PlainServerConfig(port=port, grace_period_s=0), ControllerSection(probe_health=probe_health)
+        MemoryRegistry(ttl_s),
+        PlainServerConfig(port=port, grace_period_s=0),
+        ControllerSection(probe_health=probe_health),
     )
     await server.start()
     try:
@@ -100,7 +122,9 @@ class Watcher:
 
     def __init__(self, address: str, model: str = "") -> None:
         self._channel = grpc.aio.insecure_channel(address)
-        self._call = cpb_grpc.ModelControllerStub(self._channel).WatchInstances(cpb.WatchInstancesRequest(model=model))
+        self._call = cpb_grpc.ModelControllerStub(self._channel).WatchInstances(
+            cpb.WatchInstancesRequest(model=model)
+        )
         self.batches: list[tuple[float, WatchBatch]] = []
         self._changed = asyncio.Condition()
         self._task = asyncio.create_task(self._read())
@@ -113,6 +137,7 @@ class Watcher:
 
     async def wait_for(self, match: Callable[[WatchBatch], bool], timeout: float) -> float:
         """The monotonic time of the first batch (old or new) that matches."""
+
         async def found() -> float:
             async with self._changed:
                 seen = 0
@@ -133,13 +158,17 @@ class Watcher:
 
 
 def has_event(kind: str, instance_id: str) -> Callable[[WatchBatch], bool]:
-    return lambda batch: any(e.type.value == kind and e.instance.instance_id == instance_id for e in batch.events)
+    return lambda batch: any(
+        e.type.value == kind and e.instance.instance_id == instance_id for e in batch.events
+    )
 
 
 async def serving(address: str, timeout: float = 30.0) -> None:
     """Returns once the server at `address` says SERVING on its health Watch."""
     async with grpc.aio.insecure_channel(address) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=timeout)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=timeout
+        )
         async for status in watch:
             if status.status == health_pb2.HealthCheckResponse.SERVING:
                 watch.cancel()
@@ -156,11 +185,15 @@ async def wait_until(router_changed: asyncio.Condition, predicate: object, timeo
 
 
 @asynccontextmanager
-async def running_gateway(controller_address: str, probe_health: bool = True) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    controller_address: str, probe_health: bool = True
+) -> AsyncIterator[Gateway]:
     """Settled at once: these tests start their workers first (test_fleet_resilience.py has the window)."""
     gateway = Gateway(
-        RemoteController(controller_address), PlainServerConfig(port=0, grace_period_s=1.0),
-        GatewaySection(settle_s=0, connect_timeout_s=0.3), probe_health=probe_health,
+        RemoteController(controller_address),
+        PlainServerConfig(port=0, grace_period_s=1.0),
+        GatewaySection(settle_s=0, connect_timeout_s=0.3),
+        probe_health=probe_health,
     )
     await gateway.start()
     await asyncio.wait_for(gateway.router.synced.wait(), 10)

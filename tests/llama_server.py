@@ -24,7 +24,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def llama_server(model_path: Path, n_ctx: int = 2048, n_threads: int = 1, extra_args: Sequence[str] = ()) -> Iterator[str]:
+def llama_server(
+    model_path: Path, n_ctx: int = 2048, n_threads: int = 1, extra_args: Sequence[str] = ()
+) -> Iterator[str]:
     """Starts `python -m llama_cpp.server --chat_format gemma`, yields its `.../v1` base URL once
     GET /v1/models answers (bounded), and terminates it on exit.
 
@@ -32,14 +34,23 @@ def llama_server(model_path: Path, n_ctx: int = 2048, n_threads: int = 1, extra_
     threads than idle cores (the test process and the worker share the machine) make it slower."""
     port = _free_port()
     command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path),
-        "--chat_format", "gemma",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", str(n_ctx),
-        "--n_threads", str(n_threads),
-        "--n_threads_batch", str(n_threads),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--chat_format",
+        "gemma",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(n_threads),
+        "--n_threads_batch",
+        str(n_threads),
         *extra_args,
     ]
     with tempfile.TemporaryFile() as log:
@@ -50,14 +61,18 @@ def llama_server(model_path: Path, n_ctx: int = 2048, n_threads: int = 1, extra_
             while True:
                 if process.poll() is not None:
                     log.seek(0)
-                    raise RuntimeError(f"llama_cpp.server exited with {process.returncode}:\n{log.read().decode(errors='replace')}")
+                    raise RuntimeError(
+                        f"llama_cpp.server exited with {process.returncode}:\n{log.read().decode(errors='replace')}"
+                    )
                 try:
                     if httpx.get(f"{base}/models", timeout=1.0).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server did not answer within {STARTUP_TIMEOUT_S:g}s")
+                    raise RuntimeError(
+                        f"llama_cpp.server did not answer within {STARTUP_TIMEOUT_S:g}s"
+                    )
                 time.sleep(0.2)
             yield base
         finally:

@@ -14,8 +14,8 @@ from typing import Self
 from modelwire.core.settings import ModelConfig
 from modelwire.core.types import (
     Capability,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     FinishReason,
     ModelMessage,
     ModelMetadata,
@@ -31,7 +31,13 @@ from modelwire.tokenize.tiktoken_counter import count_tokens
 PROVIDER = "recording-test"
 ARGUMENT_PIECES = ('{"ci', 'ty": "Pa', 'ris", "unit"', ': "celsius"}')
 SIGNATURE = b"sig-\x00\xff-bytes"
-USAGE = Usage(prompt_tokens=40, completion_tokens=12, cached_prompt_tokens=32, cache_write_tokens=8, reasoning_tokens=5)
+USAGE = Usage(
+    prompt_tokens=40,
+    completion_tokens=12,
+    cached_prompt_tokens=32,
+    cache_write_tokens=8,
+    reasoning_tokens=5,
+)
 
 
 class RecordingClient(ProxyLLMClient):
@@ -56,7 +62,13 @@ class RecordingClient(ProxyLLMClient):
     async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
         RecordingClient.requests.append(request)
         yield ModelOutput(reasoning="thinking", reasoning_signature=SIGNATURE)
-        yield ModelOutput(tool_call_deltas=(ToolCallDelta(index=0, id="call_1", name="get_weather", arguments_delta=ARGUMENT_PIECES[0]),))
+        yield ModelOutput(
+            tool_call_deltas=(
+                ToolCallDelta(
+                    index=0, id="call_1", name="get_weather", arguments_delta=ARGUMENT_PIECES[0]
+                ),
+            )
+        )
         for piece in ARGUMENT_PIECES[1:]:
             yield ModelOutput(tool_call_deltas=(ToolCallDelta(index=0, arguments_delta=piece),))
         yield ModelOutput(finish_reason=FinishReason.TOOL_CALLS, usage=USAGE)

@@ -46,17 +46,20 @@ async def refusal(checked: RegistrationPolicy, address: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize(("address", "why"), [
-    ("[::127.0.0.1]:1", "it is loopback"),            # IPv4-compatible IPv6
-    ("[::ffff:0:127.0.0.1]:1", "it is loopback"),     # SIIT
-    ("[::ffff:0:169.254.1.1]:1", "it is link-local"),
-    ("[2002:7f00:1::]:1", "it is loopback"),          # 6to4
-    ("0.1.2.3:1", "it is unspecified"),
-    ("100.100.100.200:1", "it is a cloud metadata service's address"),   # Alibaba Cloud
-    ("[fd00:ec2::254]:1", "it is a cloud metadata service's address"),   # AWS over IPv6
-    ("169.254.169.254:1", "it is a cloud metadata service's address"),
-    ("[::ffff:169.254.169.254]:1", "it is a cloud metadata service's address"),
-])
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("[::127.0.0.1]:1", "it is loopback"),  # IPv4-compatible IPv6
+        ("[::ffff:0:127.0.0.1]:1", "it is loopback"),  # SIIT
+        ("[::ffff:0:169.254.1.1]:1", "it is link-local"),
+        ("[2002:7f00:1::]:1", "it is loopback"),  # 6to4
+        ("0.1.2.3:1", "it is unspecified"),
+        ("100.100.100.200:1", "it is a cloud metadata service's address"),  # Alibaba Cloud
+        ("[fd00:ec2::254]:1", "it is a cloud metadata service's address"),  # AWS over IPv6
+        ("169.254.169.254:1", "it is a cloud metadata service's address"),
+        ("[::ffff:169.254.169.254]:1", "it is a cloud metadata service's address"),
+    ],
+)
 async def test_embedded_ipv4_and_metadata_addresses_are_refused(address: str, why: str) -> None:
     described = await refusal(policy(), address)
     assert described is not None and described.startswith(f"{address}: {why}"), described
@@ -97,11 +100,17 @@ async def test_a_name_that_resolves_too_slowly_is_refused() -> None:
     assert pending.cancelled(), "the resolution was left running"
 
 
-@pytest.mark.parametrize(("resolved", "why"), [
-    (("203.0.113.7", "127.0.0.1"), "it resolves to 127.0.0.1, which is loopback"),
-    (("::ffff:0:127.0.0.1",), "it resolves to ::ffff:0:127.0.0.1, which is loopback"),
-    (("100.100.100.200",), "it resolves to 100.100.100.200, which is a cloud metadata service's"),
-])
+@pytest.mark.parametrize(
+    ("resolved", "why"),
+    [
+        (("203.0.113.7", "127.0.0.1"), "it resolves to 127.0.0.1, which is loopback"),
+        (("::ffff:0:127.0.0.1",), "it resolves to ::ffff:0:127.0.0.1, which is loopback"),
+        (
+            ("100.100.100.200",),
+            "it resolves to 100.100.100.200, which is a cloud metadata service's",
+        ),
+    ],
+)
 async def test_a_name_is_judged_by_every_address_it_resolves_to(
     resolved: tuple[str, ...], why: str
 ) -> None:
@@ -118,7 +127,11 @@ async def test_a_one_machine_fleet_registers_private_addresses_but_no_metadata_s
     unresolved names as before; a metadata service is never a worker."""
     allowing = policy(allow_private=True)
     for address in (
-        "127.0.0.1:50051", "[::1]:1", "[::127.0.0.1]:1", "localhost:1", "my-laptop:50051",
+        "127.0.0.1:50051",
+        "[::1]:1",
+        "[::127.0.0.1]:1",
+        "localhost:1",
+        "my-laptop:50051",
         "169.254.10.1:1",
     ):
         assert await refusal(allowing, address) is None, address

@@ -21,8 +21,12 @@ MAX_QUEUE = 2
 
 
 @pytest.fixture(scope="module")
-async def worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
-    config = load_toml_config(tmp_path_factory.mktemp("admission"), f"""
+async def worker(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
+    config = load_toml_config(
+        tmp_path_factory.mktemp("admission"),
+        f"""
 [server]
 grace_period_s = 1.0
 
@@ -52,7 +56,8 @@ context_length = 8192
 max_concurrency = 1
 max_queue = 1
 max_retries = 0
-""")
+""",
+    )
     async with running_worker(config) as worker:
         yield worker
 
@@ -88,10 +93,14 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-async def outcome(client: ModelWorkerClient, model: str, stream: bool, timeout: float = 10) -> str | ModelwireCallError:
+async def outcome(
+    client: ModelWorkerClient, model: str, stream: bool, timeout: float = 10
+) -> str | ModelwireCallError:
     try:
         if stream:
-            return "".join([chunk.text async for chunk in client.stream(model, "Hi", timeout=timeout)])
+            return "".join(
+                [chunk.text async for chunk in client.stream(model, "Hi", timeout=timeout)]
+            )
         return (await client.generate(model, "Hi", timeout=timeout)).text
     except ModelwireCallError as error:
         return error
@@ -99,10 +108,16 @@ async def outcome(client: ModelWorkerClient, model: str, stream: bool, timeout: 
 
 @pytest.mark.parametrize("model", ["slow-openai", "slow-anthropic"])
 async def test_overload_refuses_exactly_the_excess(
-    client: ModelWorkerClient, fake: FakeUpstream, worker: Worker, release: asyncio.Event, model: str
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    worker: Worker,
+    release: asyncio.Event,
+    model: str,
 ) -> None:
     capacity = MAX_CONCURRENCY + MAX_QUEUE
-    calls = [asyncio.create_task(outcome(client, model, stream=i % 2 == 0)) for i in range(3 * capacity)]
+    calls = [
+        asyncio.create_task(outcome(client, model, stream=i % 2 == 0)) for i in range(3 * capacity)
+    ]
     refused_count = 3 * capacity - capacity
 
     # The excess is refused at once, while the admitted calls are still held upstream.
@@ -113,13 +128,20 @@ async def test_overload_refuses_exactly_the_excess(
     assert admission(worker, model).in_flight == MAX_CONCURRENCY
     assert admission(worker, model).queued == MAX_QUEUE
     for error in refused:
-        assert isinstance(error, ModelwireCallError) and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (
+            isinstance(error, ModelwireCallError)
+            and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         assert error.retry_after_s is not None and error.retry_after_s > 0
 
     release.set()
     results = await asyncio.gather(*calls)
     succeeded = [result for result in results if result == "Hello, world!"]
-    exhausted = [r for r in results if isinstance(r, ModelwireCallError) and r.code == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    exhausted = [
+        r
+        for r in results
+        if isinstance(r, ModelwireCallError) and r.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ]
     assert (len(succeeded), len(exhausted)) == (capacity, refused_count)
     assert len(fake.exchanges) == capacity
     assert fake.max_in_flight <= MAX_CONCURRENCY
@@ -134,11 +156,15 @@ async def test_time_spent_queued_counts_against_the_deadline(
 
     queued = await outcome(client, "single", stream=False, timeout=0.3)
 
-    assert isinstance(queued, ModelwireCallError) and queued.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (
+        isinstance(queued, ModelwireCallError) and queued.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    )
     await until(lambda: admission(worker, "single").queued == 0)
     release.set()
     assert await running == "Hello, world!"
-    assert len(fake.exchanges) == 1, "the call that timed out in the queue never reached the upstream"
+    assert len(fake.exchanges) == 1, (
+        "the call that timed out in the queue never reached the upstream"
+    )
 
 
 async def test_a_cancelled_waiter_leaves_the_queue(
@@ -147,6 +173,7 @@ async def test_a_cancelled_waiter_leaves_the_queue(
     single = admission(worker, "single")
     running = asyncio.create_task(outcome(client, "single", stream=True))
     await fake.wait_for_requests(1)
+
     async def wait_for_first_chunk() -> object:
         return await anext(client.stream("single", "Hi"))
 

@@ -38,9 +38,13 @@ CHAT = [
 
 
 @pytest.fixture(scope="module")
-async def worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
+async def worker(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
     os.environ[KEY_ENV] = KEY
-    config = load_toml_config(tmp_path_factory.mktemp("anthropic"), f"""
+    config = load_toml_config(
+        tmp_path_factory.mktemp("anthropic"),
+        f"""
 [server]
 grace_period_s = 1.0
 
@@ -53,7 +57,8 @@ upstream_model = "claude-sonnet-4-5"
 context_length = 200000
 max_output_tokens = 8192
 max_retries = 0
-""")
+""",
+    )
     try:
         async with running_worker(config) as worker:
             yield worker
@@ -68,8 +73,15 @@ async def client(fake: FakeUpstream, worker: Worker) -> AsyncIterator[ModelWorke
         yield client
 
 
-async def test_request_splits_out_the_system_prompt(client: ModelWorkerClient, fake: FakeUpstream) -> None:
-    [chunk async for chunk in client.stream("claude", CHAT, temperature=0.25, top_p=0.5, max_new_tokens=64, stop=["END"])]
+async def test_request_splits_out_the_system_prompt(
+    client: ModelWorkerClient, fake: FakeUpstream
+) -> None:
+    [
+        chunk
+        async for chunk in client.stream(
+            "claude", CHAT, temperature=0.25, top_p=0.5, max_new_tokens=64, stop=["END"]
+        )
+    ]
     [exchange] = fake.exchanges
     body = exchange.json()
 
@@ -84,11 +96,18 @@ async def test_request_splits_out_the_system_prompt(client: ModelWorkerClient, f
         {"role": "assistant", "content": "Red, green, blue."},
         {"role": "user", "content": "Two more?\n\nQuickly."},
     ]
-    assert (body["max_tokens"], body["temperature"], body["top_p"], body["stop_sequences"]) == (64, 0.25, 0.5, ["END"])
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["stop_sequences"]) == (
+        64,
+        0.25,
+        0.5,
+        ["END"],
+    )
     assert body["stream"] is True
 
 
-async def test_max_tokens_defaults_to_max_output_tokens(client: ModelWorkerClient, fake: FakeUpstream) -> None:
+async def test_max_tokens_defaults_to_max_output_tokens(
+    client: ModelWorkerClient, fake: FakeUpstream
+) -> None:
     await client.generate("claude", "Hi")
     body = fake.exchanges[0].json()
 
@@ -102,14 +121,20 @@ async def test_stream_events_become_deltas_with_usage_and_finish(client: ModelWo
     assert [chunk.text for chunk in chunks[:-1]] == ["Hello", ", ", "world", "!"]
     last = chunks[-1]
     assert last.finish_reason == pb.FINISH_REASON_STOP
-    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (9, 4, 13)
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
+        9,
+        4,
+        13,
+    )
     assert not last.usage.estimated
     assert all(chunk.finish_reason == pb.FINISH_REASON_UNSPECIFIED for chunk in chunks[:-1])
 
 
 async def test_unary_message(client: ModelWorkerClient, fake: FakeUpstream) -> None:
     async def long_answer(exchange: Exchange, respond: Responder) -> None:
-        message = anthropic_message("Cut sh", input_tokens=5, output_tokens=2, stop_reason="max_tokens")
+        message = anthropic_message(
+            "Cut sh", input_tokens=5, output_tokens=2, stop_reason="max_tokens"
+        )
         message["usage"]["cache_read_input_tokens"] = 100
         message["content"].insert(0, {"type": "thinking", "thinking": "Hmm.", "signature": "x"})
         await respond.json(200, message)
@@ -123,11 +148,18 @@ async def test_unary_message(client: ModelWorkerClient, fake: FakeUpstream) -> N
     assert not output.usage.estimated
 
 
-async def test_thinking_deltas_map_to_reasoning_and_stop_reason_to_finish(client: ModelWorkerClient, fake: FakeUpstream) -> None:
+async def test_thinking_deltas_map_to_reasoning_and_stop_reason_to_finish(
+    client: ModelWorkerClient, fake: FakeUpstream
+) -> None:
     async def thinking(exchange: Exchange, respond: Responder) -> None:
         await respond.head(200)
-        for name, payload in anthropic_events(["Blue."], input_tokens=3, output_tokens=20, stop_reason="max_tokens",
-                                              thinking=("Let me ", "think.")):
+        for name, payload in anthropic_events(
+            ["Blue."],
+            input_tokens=3,
+            output_tokens=20,
+            stop_reason="max_tokens",
+            thinking=("Let me ", "think."),
+        ):
             await respond.event(payload, event=name)
         await respond.end()
 
@@ -156,7 +188,13 @@ async def test_error_event_in_the_stream(
         await respond.head(200)
         for name, payload in anthropic_events([])[:2]:
             await respond.event(payload, event=name)
-        await respond.event({"type": "error", "error": {"type": error_type, "message": f"upstream says {error_type}"}}, event="error")
+        await respond.event(
+            {
+                "type": "error",
+                "error": {"type": error_type, "message": f"upstream says {error_type}"},
+            },
+            event="error",
+        )
         await respond.end()
 
     fake.script(error_event)
@@ -169,7 +207,9 @@ async def test_error_event_in_the_stream(
 
 async def test_529_overloaded_is_unavailable(client: ModelWorkerClient, fake: FakeUpstream) -> None:
     async def overloaded(exchange: Exchange, respond: Responder) -> None:
-        await respond.json(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        await respond.json(
+            529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        )
 
     fake.script(overloaded)
     with pytest.raises(ModelwireCallError) as caught:
@@ -180,13 +220,19 @@ async def test_529_overloaded_is_unavailable(client: ModelWorkerClient, fake: Fa
 
 
 def test_defaults_and_unknown_keys(tmp_path: Path) -> None:
-    config = load_toml_config(tmp_path, '[[models]]\nname = "claude-haiku-4-5"\nprovider = "anthropic"\ncontext_length = 200000\n')
+    config = load_toml_config(
+        tmp_path,
+        '[[models]]\nname = "claude-haiku-4-5"\nprovider = "anthropic"\ncontext_length = 200000\n',
+    )
     with ThreadPoolExecutor(1) as executor:
         client = AnthropicClient.new_client(config.models[0], executor)
         [metadata] = client.models()
         assert metadata.max_output_tokens == 4096 and metadata.provider == "anthropic"
         assert "api.anthropic.com" in repr(client)
 
-        bad = load_toml_config(tmp_path, '[[models]]\nname = "c"\nprovider = "anthropic"\ncontext_length = 1\napi_type = "azure"\n')
+        bad = load_toml_config(
+            tmp_path,
+            '[[models]]\nname = "c"\nprovider = "anthropic"\ncontext_length = 1\napi_type = "azure"\n',
+        )
         with pytest.raises(ConfigError, match=r"models\[0\]\.api_type: is not a known key"):
             AnthropicClient.new_client(bad.models[0], executor)

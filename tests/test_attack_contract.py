@@ -31,8 +31,8 @@ from conftest import running_worker
 from fake_upstream import Exchange, FakeUpstream, Responder, load_toml_config, openai_usage_chunk
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.core import strict_json
-from modelwire.providers.llama.gbnf_check import MAX_GROUP_NESTING, GbnfSyntaxError, check_gbnf
 from modelwire.providers.http.options import Secret
+from modelwire.providers.llama.gbnf_check import MAX_GROUP_NESTING, GbnfSyntaxError, check_gbnf
 from modelwire.v1 import worker_pb2 as pb
 
 KEY = "sk-proj-SECRETKEY0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
@@ -67,8 +67,12 @@ def test_the_key_is_redacted_encoded_split_or_in_part(echo: str) -> None:
 def test_what_only_looks_like_a_key_is_left_alone() -> None:
     """Fewer than 12 characters of the key in a row (OpenAI's own "sk-proj-****…" mask, a word
     the key happens to contain) are no leak, and the message keeps them."""
-    texts = ("Incorrect API key provided: sk-proj-********************DEFG.",
-             "keys look like sk-proj-abc123", "SECRETKEY is a word here", _encoded("hello world"))
+    texts = (
+        "Incorrect API key provided: sk-proj-********************DEFG.",
+        "keys look like sk-proj-abc123",
+        "SECRETKEY is a word here",
+        _encoded("hello world"),
+    )
     for text in texts:
         assert Secret(KEY).redact(text) == text
 
@@ -96,7 +100,9 @@ async def test_a_proxy_s_credentials_never_reach_the_caller_or_the_log(
     monkeypatch.setenv("HTTPS_PROXY", f"http://modelwire:{PROXY_PASSWORD}@127.0.0.1:{port}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    config = load_toml_config(tmp_path, """
+    config = load_toml_config(
+        tmp_path,
+        """
 [[models]]
 name = "oa"
 provider = "openai"
@@ -105,7 +111,8 @@ upstream_model = "gpt-4o-mini"
 context_length = 128000
 timeout_s = 5.0
 max_retries = 0
-""")
+""",
+    )
     caplog.set_level(logging.INFO)
     try:
         async with running_worker(config) as worker:
@@ -151,8 +158,12 @@ async def client(
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"id": "c", "object": "chat.completion.chunk", "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
 def _call(index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:
@@ -181,16 +192,20 @@ async def test_a_streamed_id_seen_before_continues_its_own_call(
 ) -> None:
     """Parallel calls at one index (Gemini's way), then more arguments for the first under its
     id: they are the first call's, never a third call repeating its id."""
-    _script(fake, [
-        _call(0, "call_a", "lookup", '{"city": '),
-        _call(0, "call_b", "weather", '{"day": 1}'),
-        _call(0, "call_a", "lookup", '"Oslo"}'),
-        _chunk({}, "tool_calls"),
-    ])
+    _script(
+        fake,
+        [
+            _call(0, "call_a", "lookup", '{"city": '),
+            _call(0, "call_b", "weather", '{"day": 1}'),
+            _call(0, "call_a", "lookup", '"Oslo"}'),
+            _chunk({}, "tool_calls"),
+        ],
+    )
     chunks = [chunk async for chunk in client.stream("oa", "Hi")]
     deltas = [
         (delta.index, delta.id, delta.name, delta.arguments_delta)
-        for chunk in chunks for delta in chunk.tool_call_deltas
+        for chunk in chunks
+        for delta in chunk.tool_call_deltas
     ]
     assert deltas == [
         (0, "call_a", "lookup", '{"city": '),
@@ -205,12 +220,22 @@ async def test_vllm_s_prompt_longer_than_the_model_is_a_context_refusal(
 ) -> None:
     """vLLM checks the prompt alone before sampling and says so in a sentence of its own, with no
     machine code: the tight matching of context refusals missed it (INVALID_ARGUMENT)."""
-    said = ("The decoder prompt (length 5000) is longer than the maximum model length of 4096. "
-            "Make sure that `max_model_len` is no smaller than the number of text tokens.")
+    said = (
+        "The decoder prompt (length 5000) is longer than the maximum model length of 4096. "
+        "Make sure that `max_model_len` is no smaller than the number of text tokens."
+    )
 
     async def answer(exchange: Exchange, respond: Responder) -> None:
-        await respond.json(400, {"object": "error", "message": said, "type": "BadRequestError",
-                                 "param": None, "code": 400})
+        await respond.json(
+            400,
+            {
+                "object": "error",
+                "message": said,
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            },
+        )
 
     fake.script(answer)
     with pytest.raises(ModelwireCallError) as refused:
@@ -219,6 +244,7 @@ async def test_vllm_s_prompt_longer_than_the_model_is_a_context_refusal(
 
 
 # --- the nesting bound's cost --------------------------------------------------------------------
+
 
 def test_the_nesting_check_costs_less_than_the_parse() -> None:
     """A megabyte of empty arrays side by side: the depth walk (one list append per container)
@@ -240,6 +266,7 @@ def test_the_nesting_check_costs_less_than_the_parse() -> None:
 
 
 # --- GBNF: groups inside groups ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("depth", [MAX_GROUP_NESTING + 1, 400, 30_000])
 def test_gbnf_groups_nested_past_the_bound_are_a_syntax_error(depth: int) -> None:

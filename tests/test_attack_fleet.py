@@ -21,14 +21,21 @@ def field_1(model: bytes, key: bytes = b"\x0a") -> bytes:
     return key + bytes([len(model)]) + model
 
 
-ASKED = pb.ModelRequest(messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]).SerializeToString()
+ASKED = pb.ModelRequest(
+    messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]
+).SerializeToString()
 
 # Bodies a protobuf parser reads as naming `echo-expensive`, led by an allowed `echo`.
 TRICKS = {
     "field 1 twice": field_1(b"echo") + field_1(b"echo-expensive") + ASKED,
     "field 1 again after the rest": field_1(b"echo") + ASKED + field_1(b"echo-expensive"),
-    "field 1 again, its key a two-byte varint": field_1(b"echo") + ASKED + field_1(b"echo-expensive", b"\x8a\x00"),
-    "field 1 as a varint, then twice": b"\x08\x01" + field_1(b"echo") + field_1(b"echo-expensive") + ASKED,
+    "field 1 again, its key a two-byte varint": field_1(b"echo")
+    + ASKED
+    + field_1(b"echo-expensive", b"\x8a\x00"),
+    "field 1 as a varint, then twice": b"\x08\x01"
+    + field_1(b"echo")
+    + field_1(b"echo-expensive")
+    + ASKED,
 }
 
 
@@ -68,20 +75,38 @@ async def test_an_allow_list_holds_against_a_repeated_model_field(
 
             async def stream(body: bytes) -> bytes:
                 call = channel.unary_stream("/modelwire.v1.ModelWorker/GenerateStream")
-                return b"".join([chunk async for chunk in call(body, metadata=metadata, timeout=10)])
+                return b"".join(
+                    [chunk async for chunk in call(body, metadata=metadata, timeout=10)]
+                )
 
             calls = {
                 "Generate": (unary("Generate"), TRICKS["field 1 twice"], "echo-expensive"),
-                "GenerateStream": (stream, TRICKS["field 1 again after the rest"], "echo-expensive"),
-                "CountToken": (unary("CountToken"), field_1(b"echo") + count + field_1(b"echo-expensive"),
-                               "echo-expensive"),
-                "Embed": (unary("Embed"), field_1(b"emb") + embed + field_1(b"emb-expensive"), "emb-expensive"),
+                "GenerateStream": (
+                    stream,
+                    TRICKS["field 1 again after the rest"],
+                    "echo-expensive",
+                ),
+                "CountToken": (
+                    unary("CountToken"),
+                    field_1(b"echo") + count + field_1(b"echo-expensive"),
+                    "echo-expensive",
+                ),
+                "Embed": (
+                    unary("Embed"),
+                    field_1(b"emb") + embed + field_1(b"emb-expensive"),
+                    "emb-expensive",
+                ),
             }
             for method, (call, body, model) in calls.items():
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
                     await call(body)
-                assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED, (method, raised.value)
-                assert raised.value.details() == f"token 'alice' may not use model '{model}'", method
+                assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED, (
+                    method,
+                    raised.value,
+                )
+                assert raised.value.details() == f"token 'alice' may not use model '{model}'", (
+                    method
+                )
             # The models alice may call still pass, however the body repeats them.
             answer = await unary("Generate")(field_1(b"echo-expensive") + ASKED + field_1(b"echo"))
             assert pb.ModelOutput.FromString(answer).text == "cheap "
@@ -108,8 +133,11 @@ print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
 
 @pytest.mark.parametrize(
     ("argv", "after"),
-    [(["serve", "--help"], True), (["--log-level", "INFO", "gateway", "--help"], True),
-     (["models", "--address", "127.0.0.1:1", "--timeout", "0.1"], False)],
+    [
+        (["serve", "--help"], True),
+        (["--log-level", "INFO", "gateway", "--help"], True),
+        (["models", "--address", "127.0.0.1:1", "--timeout", "0.1"], False),
+    ],
 )
 def test_sighup_is_ignored_from_the_start_of_the_command_line(argv: list[str], after: bool) -> None:
     """The command line's imports take a second or more before a server's loop handles SIGHUP (a

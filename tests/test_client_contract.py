@@ -28,6 +28,7 @@ from modelwire.client import (
     ModelWorkerSyncClient,
     OutputCollector,
     assistant_turn,
+    async_client,
     build_request,
     grammar_format,
     image,
@@ -37,7 +38,6 @@ from modelwire.client import (
     tool,
     tool_result,
 )
-from modelwire.client import async_client
 from modelwire.client.requests import embed_request
 from modelwire.v1 import worker_pb2 as pb
 
@@ -56,7 +56,10 @@ WEATHER_SCHEMA = {
 }
 PERSON_SCHEMA = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    },
     "required": ["name", "age"],
     "additionalProperties": False,
 }
@@ -111,7 +114,11 @@ def refused_fields(error: ModelwireCallError, model: str) -> set[str]:
     """The fields of an INVALID_ARGUMENT refusal whose violations name `model` as unable to honour them."""
     assert error.code.name == "INVALID_ARGUMENT", error
     assert error.violations, "a refusal carries its google.rpc.BadRequest field violations"
-    return {field for field, description in error.violations if REFUSED in description and repr(model) in description}
+    return {
+        field
+        for field, description in error.violations
+        if REFUSED in description and repr(model) in description
+    }
 
 
 def png_file(tmp_path: Path, name: str = "dot.png") -> Path:
@@ -133,29 +140,58 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 # --- requests: what the client puts on the wire ----------------------------------------------------
 
+
 def test_build_request_sets_each_new_field_and_leaves_unset_ones_unset(tmp_path: Path) -> None:
     weather = tool("get_weather", WEATHER_SCHEMA, description="The weather.", strict=True)
     request = build_request(
         GEMMA,
-        [message("user", "What is this?", image(png_file(tmp_path)), image("https://example.com/cat.jpg"))],
+        [
+            message(
+                "user",
+                "What is this?",
+                image(png_file(tmp_path)),
+                image("https://example.com/cat.jpg"),
+            )
+        ],
         tools=[weather, tool("ping")],
         tool_choice="get_weather",
         parallel_tool_calls=False,
-        output_format=json_schema_format("person", '{"type": "object", "b": 1, "a": 2.0}', strict=True),
+        output_format=json_schema_format(
+            "person", '{"type": "object", "b": 1, "a": 2.0}', strict=True
+        ),
         reasoning_effort="high",
         reasoning_budget_tokens=2048,
     )
     assert [t.name for t in request.tools] == ["get_weather", "ping"]
-    assert json.loads(request.tools[0].parameters_json_schema) == WEATHER_SCHEMA and request.tools[0].strict
-    assert request.tools[0].description == "The weather." and request.tools[1].parameters_json_schema == ""
-    assert request.tool_choice.WhichOneof("choice") == "tool_name" and request.tool_choice.tool_name == "get_weather"
+    assert (
+        json.loads(request.tools[0].parameters_json_schema) == WEATHER_SCHEMA
+        and request.tools[0].strict
+    )
+    assert (
+        request.tools[0].description == "The weather."
+        and request.tools[1].parameters_json_schema == ""
+    )
+    assert (
+        request.tool_choice.WhichOneof("choice") == "tool_name"
+        and request.tool_choice.tool_name == "get_weather"
+    )
     assert request.HasField("parallel_tool_calls") and request.parallel_tool_calls is False
     # JSON text travels as written: key order and 2.0 survive.
     assert request.output_format.json_schema.schema_json == '{"type": "object", "b": 1, "a": 2.0}'
-    assert request.output_format.json_schema.name == "person" and request.output_format.json_schema.strict
-    assert request.reasoning.effort == pb.REASONING_EFFORT_HIGH and request.reasoning.budget_tokens == 2048
+    assert (
+        request.output_format.json_schema.name == "person"
+        and request.output_format.json_schema.strict
+    )
+    assert (
+        request.reasoning.effort == pb.REASONING_EFFORT_HIGH
+        and request.reasoning.budget_tokens == 2048
+    )
     [user] = request.messages
-    assert user.content == "" and [part.WhichOneof("part") for part in user.parts] == ["text", "image", "image"]
+    assert user.content == "" and [part.WhichOneof("part") for part in user.parts] == [
+        "text",
+        "image",
+        "image",
+    ]
     assert user.parts[1].image.data == PNG and user.parts[1].image.mime_type == "image/png"
     assert user.parts[2].image.url == "https://example.com/cat.jpg"
 
@@ -164,16 +200,34 @@ def test_build_request_sets_each_new_field_and_leaves_unset_ones_unset(tmp_path:
         assert not plain.HasField(field), field
     assert not plain.tools
 
-    modes = {name: build_request(GEMMA, "hi", tool_choice=name).tool_choice.mode for name in ("auto", "none", "required")}
-    assert modes == {"auto": pb.TOOL_CHOICE_MODE_AUTO, "none": pb.TOOL_CHOICE_MODE_NONE, "required": pb.TOOL_CHOICE_MODE_REQUIRED}
+    modes = {
+        name: build_request(GEMMA, "hi", tool_choice=name).tool_choice.mode
+        for name in ("auto", "none", "required")
+    }
+    assert modes == {
+        "auto": pb.TOOL_CHOICE_MODE_AUTO,
+        "none": pb.TOOL_CHOICE_MODE_NONE,
+        "required": pb.TOOL_CHOICE_MODE_REQUIRED,
+    }
     # A tool named like a mode is chosen with the message itself.
     named = build_request(GEMMA, "hi", tool_choice=pb.ToolChoice(tool_name="none")).tool_choice
     assert named.WhichOneof("choice") == "tool_name"
-    assert build_request(GEMMA, "hi", output_format=json_object_format()).output_format.json_object is True
-    assert build_request(GEMMA, "hi", output_format=grammar_format('root ::= "a"')).output_format.grammar == 'root ::= "a"'
+    assert (
+        build_request(GEMMA, "hi", output_format=json_object_format()).output_format.json_object
+        is True
+    )
+    assert (
+        build_request(
+            GEMMA, "hi", output_format=grammar_format('root ::= "a"')
+        ).output_format.grammar
+        == 'root ::= "a"'
+    )
     # A budget alone is still a reasoning request (effort unspecified).
     budget_only = build_request(GEMMA, "hi", reasoning_budget_tokens=64)
-    assert budget_only.HasField("reasoning") and budget_only.reasoning.effort == pb.REASONING_EFFORT_UNSPECIFIED
+    assert (
+        budget_only.HasField("reasoning")
+        and budget_only.reasoning.effort == pb.REASONING_EFFORT_UNSPECIFIED
+    )
     with pytest.raises(ValueError, match="reasoning_effort"):
         build_request(GEMMA, "hi", reasoning_effort="extreme")  # type: ignore[typeddict-item]
 
@@ -195,28 +249,45 @@ def test_images_messages_and_embed_requests(tmp_path: Path) -> None:
     cached = message("system", "You are terse.", cache_breakpoint=True)
     assert cached.role == pb.ROLE_SYSTEM and cached.cache_breakpoint
     answer = tool_result("call_1", '{"temperature": 21}')
-    assert (answer.role, answer.tool_call_id, answer.content) == (pb.ROLE_TOOL, "call_1", '{"temperature": 21}')
+    assert (answer.role, answer.tool_call_id, answer.content) == (
+        pb.ROLE_TOOL,
+        "call_1",
+        '{"temperature": 21}',
+    )
 
     assert list(embed_request("m", "one text").inputs) == ["one text"]
     assert list(embed_request("m", ["a", "b"], 64).inputs) == ["a", "b"]
-    assert embed_request("m", ["a"], 64).dimensions == 64 and not embed_request("m", ["a"]).HasField("dimensions")
+    assert embed_request("m", ["a"], 64).dimensions == 64 and not embed_request(
+        "m", ["a"]
+    ).HasField("dimensions")
 
 
-def test_output_collector_joins_interleaved_tool_call_deltas_and_the_assistant_turn_round_trips() -> None:
+def test_output_collector_joins_interleaved_tool_call_deltas_and_the_assistant_turn_round_trips() -> (
+    None
+):
     chunks = [
         pb.ModelOutput(reasoning="Let me ", text=""),
         pb.ModelOutput(reasoning="check.", reasoning_signature=b"sig-", text="Checking"),
         # Index order, not arrival order, orders the calls.
-        pb.ModelOutput(tool_call_deltas=[
-            pb.ToolCallDelta(index=1, id="call_b", name="get_time", arguments_delta='{"city"'),
-            pb.ToolCallDelta(index=0, id="call_a", name="get_weather", arguments_delta='{"city": "Pa'),
-        ]),
-        pb.ModelOutput(reasoning_signature=b"nature", tool_call_deltas=[
-            pb.ToolCallDelta(index=1, arguments_delta=': "Oslo"}'),
-            pb.ToolCallDelta(index=0, arguments_delta='ris", "unit": "celsius"}'),
-        ]),
         pb.ModelOutput(
-            finish_reason=pb.FINISH_REASON_TOOL_CALLS, model="m", usage=pb.Usage(prompt_tokens=5, completion_tokens=9, total_tokens=14)
+            tool_call_deltas=[
+                pb.ToolCallDelta(index=1, id="call_b", name="get_time", arguments_delta='{"city"'),
+                pb.ToolCallDelta(
+                    index=0, id="call_a", name="get_weather", arguments_delta='{"city": "Pa'
+                ),
+            ]
+        ),
+        pb.ModelOutput(
+            reasoning_signature=b"nature",
+            tool_call_deltas=[
+                pb.ToolCallDelta(index=1, arguments_delta=': "Oslo"}'),
+                pb.ToolCallDelta(index=0, arguments_delta='ris", "unit": "celsius"}'),
+            ],
+        ),
+        pb.ModelOutput(
+            finish_reason=pb.FINISH_REASON_TOOL_CALLS,
+            model="m",
+            usage=pb.Usage(prompt_tokens=5, completion_tokens=9, total_tokens=14),
         ),
     ]
     collector = OutputCollector()
@@ -225,10 +296,20 @@ def test_output_collector_joins_interleaved_tool_call_deltas_and_the_assistant_t
     output = collector.output()
     assert output.text == "Checking" and output.reasoning == "Let me check."
     assert output.reasoning_signature == b"sig-nature"
-    assert [(c.id, c.name) for c in output.tool_calls] == [("call_a", "get_weather"), ("call_b", "get_time")]
-    assert weather_arguments(output.tool_calls[0].arguments_json) == {"city": "Paris", "unit": "celsius"}
+    assert [(c.id, c.name) for c in output.tool_calls] == [
+        ("call_a", "get_weather"),
+        ("call_b", "get_time"),
+    ]
+    assert weather_arguments(output.tool_calls[0].arguments_json) == {
+        "city": "Paris",
+        "unit": "celsius",
+    }
     assert json.loads(output.tool_calls[1].arguments_json) == {"city": "Oslo"}
-    assert output.finish_reason == pb.FINISH_REASON_TOOL_CALLS and output.model == "m" and output.usage.total_tokens == 14
+    assert (
+        output.finish_reason == pb.FINISH_REASON_TOOL_CALLS
+        and output.model == "m"
+        and output.usage.total_tokens == 14
+    )
     assert not output.HasField("timing")
 
     turn = assistant_turn(output)
@@ -240,7 +321,10 @@ def test_output_collector_joins_interleaved_tool_call_deltas_and_the_assistant_t
 
 # --- refusals: every new field reaches the worker and comes back named -------------------------------
 
-async def test_every_new_request_field_is_refused_by_name_for_a_model_that_cannot_honour_it(echo: ModelWorkerClient) -> None:
+
+async def test_every_new_request_field_is_refused_by_name_for_a_model_that_cannot_honour_it(
+    echo: ModelWorkerClient,
+) -> None:
     with pytest.raises(ModelwireCallError) as raised:
         await echo.generate(
             ECHO,
@@ -251,21 +335,37 @@ async def test_every_new_request_field_is_refused_by_name_for_a_model_that_canno
             output_format=json_object_format(),
             reasoning_effort="low",
         )
-    assert refused_fields(raised.value, ECHO) == {"tools", "tool_choice", "parallel_tool_calls", "output_format", "reasoning"}
+    assert refused_fields(raised.value, ECHO) == {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "output_format",
+        "reasoning",
+    }
     assert raised.value.field_violations["tools"].startswith(f"model {ECHO!r} does not accept it")
 
     with pytest.raises(ModelwireCallError) as raised:
-        await echo.generate(ECHO, "Yes or no?", output_format=grammar_format('root ::= "yes" | "no"'))
+        await echo.generate(
+            ECHO, "Yes or no?", output_format=grammar_format('root ::= "yes" | "no"')
+        )
     assert refused_fields(raised.value, ECHO) == {"output_format.grammar"}
 
 
-async def test_message_fields_are_refused_by_name_and_streams_refuse_like_unary_calls(echo: ModelWorkerClient) -> None:
+async def test_message_fields_are_refused_by_name_and_streams_refuse_like_unary_calls(
+    echo: ModelWorkerClient,
+) -> None:
     messages = [
         message("system", "Be brief.", cache_breakpoint=True),
         message("user", "What is in this image?", image(PNG, "image/png")),
         message(
             "assistant",
-            tool_calls=[pb.ToolCall(id="call_1", name="get_weather", arguments_json='{"city": "Paris", "unit": "celsius"}')],
+            tool_calls=[
+                pb.ToolCall(
+                    id="call_1",
+                    name="get_weather",
+                    arguments_json='{"city": "Paris", "unit": "celsius"}',
+                )
+            ],
             reasoning="It wants the weather.",
             reasoning_signature=b"sig",
         ),
@@ -288,7 +388,9 @@ async def test_message_fields_are_refused_by_name_and_streams_refuse_like_unary_
     assert refused_fields(streamed.value, ECHO) == expected
 
 
-async def test_embed_and_the_sync_client_surface_the_refusal(echo_worker: Worker, echo: ModelWorkerClient) -> None:
+async def test_embed_and_the_sync_client_surface_the_refusal(
+    echo_worker: Worker, echo: ModelWorkerClient
+) -> None:
     with pytest.raises(ModelwireCallError) as raised:
         await echo.embed(ECHO, ["hello"])
     assert refused_fields(raised.value, ECHO) == {"model"}
@@ -297,7 +399,10 @@ async def test_embed_and_the_sync_client_surface_the_refusal(echo_worker: Worker
     def sync_calls() -> tuple[ModelwireCallError, ModelwireCallError, str]:
         with ModelWorkerSyncClient(echo_worker.address, timeout=10) as client:
             errors = []
-            for call in (lambda: client.embed(ECHO, "hello", dimensions=8), lambda: list(client.stream(ECHO, "hi", tools=[tool("ping")]))):
+            for call in (
+                lambda: client.embed(ECHO, "hello", dimensions=8),
+                lambda: list(client.stream(ECHO, "hi", tools=[tool("ping")])),
+            ):
                 try:
                     call()
                 except ModelwireCallError as error:
@@ -317,10 +422,14 @@ async def test_every_violation_of_a_field_is_kept(echo: ModelWorkerClient) -> No
             pass
     assert [field for field, _ in raised.value.violations] == ["model", "model"]
     described = raised.value.field_violations["model"]
-    assert "CAPABILITY_CHAT" in described and "CAPABILITY_STREAMING" in described and "; " in described
+    assert (
+        "CAPABILITY_CHAT" in described and "CAPABILITY_STREAMING" in described and "; " in described
+    )
 
 
-async def test_count_tokens_takes_parts_and_tool_calls(echo: ModelWorkerClient, gemma: ModelWorkerClient) -> None:
+async def test_count_tokens_takes_parts_and_tool_calls(
+    echo: ModelWorkerClient, gemma: ModelWorkerClient
+) -> None:
     """The parts and tool calls reach the worker: an image is refused by a model without vision, as
     Generate would refuse it, and a tool conversation is counted whole by one with tools."""
     with pytest.raises(ModelwireCallError) as refused:
@@ -328,7 +437,16 @@ async def test_count_tokens_takes_parts_and_tool_calls(echo: ModelWorkerClient, 
     assert refused_fields(refused.value, ECHO) == {"messages[0].parts[1].image"}
     conversation = [
         message("user", WEATHER_PROMPT),
-        message("assistant", tool_calls=[pb.ToolCall(id="call_1", name="get_weather", arguments_json='{"city": "Paris", "unit": "celsius"}')]),
+        message(
+            "assistant",
+            tool_calls=[
+                pb.ToolCall(
+                    id="call_1",
+                    name="get_weather",
+                    arguments_json='{"city": "Paris", "unit": "celsius"}',
+                )
+            ],
+        ),
         tool_result("call_1", '{"temperature": 21}'),
     ]
     counted = await gemma.count_tokens(GEMMA, conversation)
@@ -336,6 +454,7 @@ async def test_count_tokens_takes_parts_and_tool_calls(echo: ModelWorkerClient, 
 
 
 # --- the CLI ---------------------------------------------------------------------------------------
+
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """`modelwire ARGV` in a thread (it runs its own event loop; the workers run on this one)."""
@@ -352,7 +471,10 @@ async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
 
 
 async def test_cli_generate_sends_each_new_flag_and_prints_the_refusals(
-    echo_worker: Worker, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    echo_worker: Worker,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     schema = tmp_path / "weather.json"
     schema_text = json.dumps(WEATHER_SCHEMA, indent=1)
@@ -366,37 +488,80 @@ async def test_cli_generate_sends_each_new_flag_and_prints_the_refusals(
     monkeypatch.setattr(async_client, "build_request", spy)
     address = ("--address", echo_worker.address, "--model", ECHO)
     code, out, err = await run_cli(
-        capsys, "generate", *address, "--tool", f"get_weather=@{schema}", "--tool-description", "get_weather=The weather.",
-        "--tool", "ping", "--tool-choice", "get_weather", "--no-parallel-tool-calls", "--json-schema", f"@{schema}",
-        "--strict", "--image", str(png_file(tmp_path)), "--reasoning-effort", "low", "--reasoning-budget", "512", WEATHER_PROMPT,
+        capsys,
+        "generate",
+        *address,
+        "--tool",
+        f"get_weather=@{schema}",
+        "--tool-description",
+        "get_weather=The weather.",
+        "--tool",
+        "ping",
+        "--tool-choice",
+        "get_weather",
+        "--no-parallel-tool-calls",
+        "--json-schema",
+        f"@{schema}",
+        "--strict",
+        "--image",
+        str(png_file(tmp_path)),
+        "--reasoning-effort",
+        "low",
+        "--reasoning-budget",
+        "512",
+        WEATHER_PROMPT,
     )
     assert code == 1 and out == ""
     [request] = sent
     assert [(t.name, t.description, t.parameters_json_schema, t.strict) for t in request.tools] == [
-        ("get_weather", "The weather.", schema_text, True), ("ping", "", "", True)
+        ("get_weather", "The weather.", schema_text, True),
+        ("ping", "", "", True),
     ]
     assert request.tool_choice.tool_name == "get_weather" and request.parallel_tool_calls is False
-    assert request.output_format.json_schema == pb.JsonSchema(name="output", schema_json=schema_text, strict=True)
-    assert (request.reasoning.effort, request.reasoning.budget_tokens) == (pb.REASONING_EFFORT_LOW, 512)
+    assert request.output_format.json_schema == pb.JsonSchema(
+        name="output", schema_json=schema_text, strict=True
+    )
+    assert (request.reasoning.effort, request.reasoning.budget_tokens) == (
+        pb.REASONING_EFFORT_LOW,
+        512,
+    )
     [user] = request.messages
-    assert user.parts[0].text == WEATHER_PROMPT and user.parts[1].image == pb.Image(data=PNG, mime_type="image/png")
+    assert user.parts[0].text == WEATHER_PROMPT and user.parts[1].image == pb.Image(
+        data=PNG, mime_type="image/png"
+    )
     lines = err.splitlines()
     assert lines[0] == "modelwire: INVALID_ARGUMENT"
-    fields = {line.strip().split(":")[0] for line in lines[1:] if REFUSED in line and repr(ECHO) in line}
-    assert fields == {"tools", "tool_choice", "parallel_tool_calls", "output_format", "reasoning", "messages[0].parts[1].image"}
+    fields = {
+        line.strip().split(":")[0] for line in lines[1:] if REFUSED in line and repr(ECHO) in line
+    }
+    assert fields == {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "output_format",
+        "reasoning",
+        "messages[0].parts[1].image",
+    }
 
-    for flags, field in ((("--grammar", 'root ::= "yes"'), "output_format.grammar"), (("--json-object",), "output_format")):
+    for flags, field in (
+        (("--grammar", 'root ::= "yes"'), "output_format.grammar"),
+        (("--json-object",), "output_format"),
+    ):
         code, out, err = await run_cli(capsys, "generate", *address, *flags, "Yes?")
         assert code == 1 and f"  {field}: model {ECHO!r} {REFUSED}" in err, err
 
     # Without the new flags, generate streams as before; an empty answer is still a line.
     code, out, err = await run_cli(capsys, "generate", *address, "hi")
     assert (code, out, err) == (0, "hello hello hello \n", "")
-    code, out, err = await run_cli(capsys, "generate", "--address", echo_worker.address, "--model", "echo-empty", "hi")
+    code, out, err = await run_cli(
+        capsys, "generate", "--address", echo_worker.address, "--model", "echo-empty", "hi"
+    )
     assert (code, out, err) == (0, "\n", "")
 
 
-async def test_cli_refuses_bad_flags_before_calling(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+async def test_cli_refuses_bad_flags_before_calling(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     # No worker listens on port 9: a flag error must stop the command before any call.
     address = ("--address", "127.0.0.1:9")
     cases = [
@@ -412,12 +577,18 @@ async def test_cli_refuses_bad_flags_before_calling(capsys: pytest.CaptureFixtur
     for flags, expected in cases:
         code, out, err = await run_cli(capsys, "generate", *address, *flags, "hi")
         assert code == 2 and expected in err, (flags, err)
-    code, out, err = await run_cli(capsys, "generate", *address, "--tool", "f", "--tool-description", "g=text", "hi")
+    code, out, err = await run_cli(
+        capsys, "generate", *address, "--tool", "f", "--tool-description", "g=text", "hi"
+    )
     assert code == 2 and "--tool-description names no --tool: g" in err
 
 
-async def test_cli_embed_and_models_on_a_model_without_embeddings(echo_worker: Worker, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = await run_cli(capsys, "embed", "--address", echo_worker.address, "--model", ECHO, "hello")
+async def test_cli_embed_and_models_on_a_model_without_embeddings(
+    echo_worker: Worker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run_cli(
+        capsys, "embed", "--address", echo_worker.address, "--model", ECHO, "hello"
+    )
     assert code == 1 and out == ""
     assert err.splitlines() == [
         "modelwire: INVALID_ARGUMENT",
@@ -425,24 +596,41 @@ async def test_cli_embed_and_models_on_a_model_without_embeddings(echo_worker: W
     ]
     code, out, err = await run_cli(capsys, "models", "--address", echo_worker.address)
     assert code == 0 and [line.split("\t")[-1] for line in out.splitlines()] == [
-        "capabilities=chat,streaming", "capabilities=", "capabilities=chat,streaming"
+        "capabilities=chat,streaming",
+        "capabilities=",
+        "capabilities=chat,streaming",
     ]
     assert out.startswith(f"{ECHO}\techo\tcontext=131072\tmax_output=4096\t")
 
 
 # --- the embedded gemma: what llama.cpp grammars make it honour -------------------------------------
 
+
 async def test_gemma_makes_a_forced_tool_call_unary_and_streamed(gemma: ModelWorkerClient) -> None:
     weather = tool("get_weather", WEATHER_SCHEMA, description="The current weather in a city.")
     for choice in ("get_weather", "required"):
-        output = await gemma.generate(GEMMA, WEATHER_PROMPT, tools=[weather], tool_choice=choice, temperature=0.0, max_new_tokens=64)
+        output = await gemma.generate(
+            GEMMA,
+            WEATHER_PROMPT,
+            tools=[weather],
+            tool_choice=choice,
+            temperature=0.0,
+            max_new_tokens=64,
+        )
         assert output.finish_reason == pb.FINISH_REASON_TOOL_CALLS, output
         [call] = output.tool_calls
         assert call.id and call.name == "get_weather"
         weather_arguments(call.arguments_json)
 
     collector = OutputCollector()
-    async for chunk in gemma.stream(GEMMA, WEATHER_PROMPT, tools=[weather], tool_choice="get_weather", temperature=0.0, max_new_tokens=64):
+    async for chunk in gemma.stream(
+        GEMMA,
+        WEATHER_PROMPT,
+        tools=[weather],
+        tool_choice="get_weather",
+        temperature=0.0,
+        max_new_tokens=64,
+    ):
         assert not chunk.tool_calls, "a stream carries deltas"
         collector.add(chunk)
     streamed = collector.output()
@@ -454,7 +642,11 @@ async def test_gemma_makes_a_forced_tool_call_unary_and_streamed(gemma: ModelWor
     # The call and its answer go back as the next turn; tool_choice none lets the model answer in text.
     answer = await gemma.generate(
         GEMMA,
-        [message("user", WEATHER_PROMPT), assistant_turn(streamed), tool_result(call.id, '{"temperature": 21, "sky": "clear"}')],
+        [
+            message("user", WEATHER_PROMPT),
+            assistant_turn(streamed),
+            tool_result(call.id, '{"temperature": 21, "sky": "clear"}'),
+        ],
         tools=[weather],
         tool_choice="none",
         temperature=0.0,
@@ -463,18 +655,33 @@ async def test_gemma_makes_a_forced_tool_call_unary_and_streamed(gemma: ModelWor
     assert answer.text.strip() and not answer.tool_calls
 
 
-async def test_gemma_output_follows_the_json_schema_and_the_grammar(gemma: ModelWorkerClient) -> None:
+async def test_gemma_output_follows_the_json_schema_and_the_grammar(
+    gemma: ModelWorkerClient,
+) -> None:
     output = await gemma.generate(
-        GEMMA, "Describe a fictional person as JSON with a name and an age.",
-        output_format=json_schema_format("person", PERSON_SCHEMA), temperature=0.0, max_new_tokens=96,
+        GEMMA,
+        "Describe a fictional person as JSON with a name and an age.",
+        output_format=json_schema_format("person", PERSON_SCHEMA),
+        temperature=0.0,
+        max_new_tokens=96,
     )
     jsonschema.validate(json.loads(output.text), PERSON_SCHEMA)
     anything = await gemma.generate(
-        GEMMA, "A JSON object describing a cat, please.", output_format=json_object_format(), temperature=0.0, max_new_tokens=200
+        GEMMA,
+        "A JSON object describing a cat, please.",
+        output_format=json_object_format(),
+        temperature=0.0,
+        max_new_tokens=200,
     )
     assert anything.finish_reason == pb.FINISH_REASON_STOP, anything
     assert isinstance(json.loads(anything.text), dict)
-    answer = await gemma.generate(GEMMA, "Is the sky blue?", output_format=grammar_format('root ::= "yes" | "no"'), seed=7, max_new_tokens=8)
+    answer = await gemma.generate(
+        GEMMA,
+        "Is the sky blue?",
+        output_format=grammar_format('root ::= "yes" | "no"'),
+        seed=7,
+        max_new_tokens=8,
+    )
     assert answer.text in ("yes", "no")
 
 
@@ -499,8 +706,18 @@ async def test_cli_forced_tool_call_json_schema_and_embed_on_gemma(
     schema = tmp_path / "person.json"
     schema.write_text(json.dumps(PERSON_SCHEMA), encoding="utf-8")
     code, out, err = await run_cli(
-        capsys, "generate", *address, "--temperature", "0", "--max-new-tokens", "64",
-        "--tool", f"get_weather={json.dumps(WEATHER_SCHEMA)}", "--tool-choice", "get_weather", WEATHER_PROMPT,
+        capsys,
+        "generate",
+        *address,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "64",
+        "--tool",
+        f"get_weather={json.dumps(WEATHER_SCHEMA)}",
+        "--tool-choice",
+        "get_weather",
+        WEATHER_PROMPT,
     )
     assert code == 0, err
     [line] = out.splitlines()
@@ -509,18 +726,36 @@ async def test_cli_forced_tool_call_json_schema_and_embed_on_gemma(
     jsonschema.validate(call["arguments"], WEATHER_SCHEMA)
 
     code, out, err = await run_cli(
-        capsys, "generate", *address, "--temperature", "0", "--max-new-tokens", "96", "--json-schema", f"@{schema}",
-        "--schema-name", "person", "Describe a fictional person as JSON with a name and an age.",
+        capsys,
+        "generate",
+        *address,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "96",
+        "--json-schema",
+        f"@{schema}",
+        "--schema-name",
+        "person",
+        "Describe a fictional person as JSON with a name and an age.",
     )
     assert code == 0, err
     jsonschema.validate(json.loads(out), PERSON_SCHEMA)
 
-    code, out, err = await run_cli(capsys, "embed", *address, "The cat sat on the mat.", "Stock prices fell.")
+    code, out, err = await run_cli(
+        capsys, "embed", *address, "The cat sat on the mat.", "Stock prices fell."
+    )
     assert code == 0, err
     vectors = [json.loads(line) for line in out.splitlines()]
     assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
     assert all(isinstance(value, float) for value in vectors[0])
-    code, out, err = await run_cli(capsys, "embed", *address, "--summary", "The cat sat on the mat.")
+    code, out, err = await run_cli(
+        capsys, "embed", *address, "--summary", "The cat sat on the mat."
+    )
     assert code == 0, err
     summary = json.loads(out)
-    assert summary["dimensions"] == len(vectors[0]) and len(summary["head"]) == 4 and summary["norm"] > 0
+    assert (
+        summary["dimensions"] == len(vectors[0])
+        and len(summary["head"]) == 4
+        and summary["norm"] > 0
+    )

@@ -119,8 +119,19 @@ def client_venv(client_wheel: Path, tmp_path_factory: pytest.TempPathFactory) ->
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
     python = venv / "bin" / "python"
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--disable-pip-version-check", str(client_wheel)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(client_wheel),
+        ]
+    )
     return python
 
 
@@ -159,8 +170,12 @@ async def test_a_fresh_venv_with_the_client_wheel_alone_calls_a_worker(
     client_venv: Path, echo_worker: Worker
 ) -> None:
     process = await asyncio.create_subprocess_exec(
-        str(client_venv), "-c", CLIENT_SCRIPT, echo_worker.address,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(client_venv),
+        "-c",
+        CLIENT_SCRIPT,
+        echo_worker.address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
@@ -188,8 +203,19 @@ def test_server_and_client_wheels_share_the_modelwire_package_without_sharing_a_
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(ROOT / "server", source / "server", ignore=ignore)
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
-         str(source)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ]
+    )
     (server_wheel,) = wheels.glob("modelwire-*.whl")
     server_files, server_metadata = wheel_files(server_wheel)
     client_files, _ = wheel_files(client_wheel)
@@ -199,8 +225,20 @@ def test_server_and_client_wheels_share_the_modelwire_package_without_sharing_a_
 
     # Both in one directory, as pip installs them into one site-packages.
     target = tmp_path / "site"
-    run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-         str(server_wheel), str(client_wheel)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(server_wheel),
+            str(client_wheel),
+        ]
+    )
     probe = (
         "import importlib.util, json, sys; sys.path.insert(0, sys.argv[1]); "
         "print(json.dumps([importlib.util.find_spec(name).origin for name in sys.argv[2:]]))"

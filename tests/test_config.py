@@ -41,10 +41,24 @@ max_queue = 5
 """,
         )
     )
-    assert (config.server.host, config.server.port, config.server.grace_period_s) == ("0.0.0.0", 6000, 3.0)
+    assert (config.server.host, config.server.port, config.server.grace_period_s) == (
+        "0.0.0.0",
+        6000,
+        3.0,
+    )
     model = config.models[0]
-    assert (model.name, model.provider, model.context_length, model.max_concurrency, model.max_queue) == (
-        "gemma-3-270m", "llamacpp", 1024, 2, 5,
+    assert (
+        model.name,
+        model.provider,
+        model.context_length,
+        model.max_concurrency,
+        model.max_queue,
+    ) == (
+        "gemma-3-270m",
+        "llamacpp",
+        1024,
+        2,
+        5,
     )
 
 
@@ -60,38 +74,78 @@ def test_a_config_file_means_one_process_unless_asked(tmp_path: Path) -> None:
 
 
 def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, "[limits]\nmax_messages = 10\nmax_request_chars = 99\nmax_stop_strings = 2\nmax_stop_chars = 5\n"))
-    assert (config.limits.max_messages, config.limits.max_request_chars, config.limits.max_stop_strings, config.limits.max_stop_chars) == (10, 99, 2, 5)
+    config = load_config(
+        write(
+            tmp_path,
+            "[limits]\nmax_messages = 10\nmax_request_chars = 99\nmax_stop_strings = 2\nmax_stop_chars = 5\n",
+        )
+    )
+    assert (
+        config.limits.max_messages,
+        config.limits.max_request_chars,
+        config.limits.max_stop_strings,
+        config.limits.max_stop_chars,
+    ) == (10, 99, 2, 5)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[server]\nport = \"x\"\n", r"server\.port: must be an integer, got str"),
+        ('[server]\nport = "x"\n', r"server\.port: must be an integer, got str"),
         ("[server]\nport = -1\n", r"server\.port: must be at least 0, got -1"),
-        ("[server]\nhots = \"x\"\n", r"server\.hots: is not a known key"),
-        ("[[models]]\nprovider = \"llamacpp\"\n", r"models\[0\]\.name: is required"),
-        ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\nmax_concurrency = 0\n", r"models\[0\]\.max_concurrency: must be at least 1"),
-        ("[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\n", r"models: model name 'a' is configured twice"),
+        ('[server]\nhots = "x"\n', r"server\.hots: is not a known key"),
+        ('[[models]]\nprovider = "llamacpp"\n', r"models\[0\]\.name: is required"),
+        (
+            '[[models]]\nname = "a"\nprovider = "llamacpp"\nmax_concurrency = 0\n',
+            r"models\[0\]\.max_concurrency: must be at least 1",
+        ),
+        (
+            '[[models]]\nname = "a"\nprovider = "llamacpp"\n[[models]]\nname = "a"\nprovider = "llamacpp"\n',
+            r"models: model name 'a' is configured twice",
+        ),
         ("[server\n", r"not valid TOML"),
         ("models = 3\n", r"models: must be an array, got int"),
         (
-            "[server]\nblocking_threads = 2\n[[models]]\nname = \"a\"\nprovider = \"llamacpp\"\nmax_concurrency = 2\n",
+            '[server]\nblocking_threads = 2\n[[models]]\nname = "a"\nprovider = "llamacpp"\nmax_concurrency = 2\n',
             r"server\.blocking_threads: must exceed the local models' max_concurrency in all \(2\)",
         ),
         ("[limits]\nmax_messages = 0\n", r"limits\.max_messages: must be at least 1"),
-        ("[[models]]\nname = \"a\"\nprovider = \"echo\"\nestimate_margin = 1.0\n", r"models\[0\]\.estimate_margin: must be less than 1.0, got 1.0"),
+        (
+            '[[models]]\nname = "a"\nprovider = "echo"\nestimate_margin = 1.0\n',
+            r"models\[0\]\.estimate_margin: must be less than 1.0, got 1.0",
+        ),
         ("[limits]\nmax_stops = 3\n", r"limits\.max_stops: is not a known key"),
-        ('[registry]\netcd = "etcd://h:2379/p?ttl=nan"\n', r"registry\.etcd: 'etcd://h:2379/p\?ttl=nan': ttl must be from 2 to 3600 seconds, got 'nan'"),
-        ('[registry]\netcd = "etcd://h:2379/p?ttl=inf"\n', r"registry\.etcd: .*ttl must be from 2 to 3600 seconds, got 'inf'"),
+        (
+            '[registry]\netcd = "etcd://h:2379/p?ttl=nan"\n',
+            r"registry\.etcd: 'etcd://h:2379/p\?ttl=nan': ttl must be from 2 to 3600 seconds, got 'nan'",
+        ),
+        (
+            '[registry]\netcd = "etcd://h:2379/p?ttl=inf"\n',
+            r"registry\.etcd: .*ttl must be from 2 to 3600 seconds, got 'inf'",
+        ),
         ('[registry]\netcd = "etcd://h:2379/p?ttl=1"\n', r"registry\.etcd: .*got '1'"),
         ('[registry]\netcd = "etcd://h/p"\n', r"registry\.etcd: 'h' is not HOST:PORT"),
-        ('[registry]\ncontroller = "nohostport"\n', r"registry\.controller: 'nohostport' is not HOST:PORT"),
-        ('[registry]\ncontroller = "h:99999"\n', r"registry\.controller: 'h:99999' is not HOST:PORT"),
+        (
+            '[registry]\ncontroller = "nohostport"\n',
+            r"registry\.controller: 'nohostport' is not HOST:PORT",
+        ),
+        (
+            '[registry]\ncontroller = "h:99999"\n',
+            r"registry\.controller: 'h:99999' is not HOST:PORT",
+        ),
         ('[registry]\ncontroller = "x:1:2"\n', r"registry\.controller: 'x:1:2' is not HOST:PORT"),
-        ('[registry]\ncontroller = "http://[::1"\n', r"registry\.controller: 'http://\[::1' is not HOST:PORT"),
-        ('[observability]\notlp_endpoint = "http://c:4317"\n', r"observability\.otlp_endpoint: has no effect without tracing = true"),
-        ("[server]\nmax_connection_age_grace_s = 3\n", r"server\.max_connection_age_grace_s: has no effect without max_connection_age_s"),
+        (
+            '[registry]\ncontroller = "http://[::1"\n',
+            r"registry\.controller: 'http://\[::1' is not HOST:PORT",
+        ),
+        (
+            '[observability]\notlp_endpoint = "http://c:4317"\n',
+            r"observability\.otlp_endpoint: has no effect without tracing = true",
+        ),
+        (
+            "[server]\nmax_connection_age_grace_s = 3\n",
+            r"server\.max_connection_age_grace_s: has no effect without max_connection_age_s",
+        ),
     ],
 )
 def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, message: str) -> None:
@@ -104,8 +158,21 @@ def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, mes
 def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Path) -> None:
     bad_provider = write(tmp_path, '[[models]]\nname = "a"\nprovider = "openia"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(bad_provider), "--port", "0", "--processes", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "modelwire.app.cli",
+            "serve",
+            "--config",
+            str(bad_provider),
+            "--port",
+            "0",
+            "--processes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert f"{bad_provider}: models[0].provider: unknown provider 'openia'" in result.stderr
@@ -114,8 +181,21 @@ def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Pat
     typo = tmp_path / "typo.toml"
     typo.write_text('[[models]]\nname = "a"\nprovider = "llamacpp"\nn_thread = 2\n')
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(typo), "--port", "0", "--processes", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "modelwire.app.cli",
+            "serve",
+            "--config",
+            str(typo),
+            "--port",
+            "0",
+            "--processes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert f"{typo}: models[0].n_thread: is not a known key" in result.stderr
@@ -129,23 +209,38 @@ def test_missing_config_file(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("certs")
-    subprocess.run([str(Path(__file__).resolve().parent.parent / "scripts" / "make_certs.sh"), str(directory)], check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(__file__).resolve().parent.parent / "scripts" / "make_certs.sh"), str(directory)],
+        check=True,
+        capture_output=True,
+    )
     return directory
 
 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ('[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/client.key"\n',
-         r"tls\.key_file: .*client\.key is not the private key of the certificate in .*server\.pem"),
-        ('[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.pem"\n', r"tls\.key_file: .*is not the private key"),
-        ('[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.key"\nclient_ca_file = "{d}/server.key"\n',
-         r"tls\.client_ca_file: .*server\.key holds no PEM certificate"),
-        ('[registry]\ncontroller = "h:1"\n[registry.tls]\nca_file = "{d}/ca.pem"\ncert_file = "{d}/client.pem"\nkey_file = "{d}/server.key"\n',
-         r"registry\.tls\.key_file: .*is not the private key"),
+        (
+            '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/client.key"\n',
+            r"tls\.key_file: .*client\.key is not the private key of the certificate in .*server\.pem",
+        ),
+        (
+            '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.pem"\n',
+            r"tls\.key_file: .*is not the private key",
+        ),
+        (
+            '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.key"\nclient_ca_file = "{d}/server.key"\n',
+            r"tls\.client_ca_file: .*server\.key holds no PEM certificate",
+        ),
+        (
+            '[registry]\ncontroller = "h:1"\n[registry.tls]\nca_file = "{d}/ca.pem"\ncert_file = "{d}/client.pem"\nkey_file = "{d}/server.key"\n',
+            r"registry\.tls\.key_file: .*is not the private key",
+        ),
     ],
 )
-def test_tls_files_are_checked_at_start(tmp_path: Path, certs: Path, section: str, message: str) -> None:
+def test_tls_files_are_checked_at_start(
+    tmp_path: Path, certs: Path, section: str, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, section.format(d=certs)))
 
@@ -153,26 +248,39 @@ def test_tls_files_are_checked_at_start(tmp_path: Path, certs: Path, section: st
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--registry", "etcd://127.0.0.1:2379/mw?ttl=inf"], "--registry: 'etcd://127.0.0.1:2379/mw?ttl=inf': ttl must be from 2 to 3600 seconds"),
+        (
+            ["--registry", "etcd://127.0.0.1:2379/mw?ttl=inf"],
+            "--registry: 'etcd://127.0.0.1:2379/mw?ttl=inf': ttl must be from 2 to 3600 seconds",
+        ),
         (["--controller", "nohost"], "--controller: 'nohost' is not HOST:PORT"),
         (["--port", "70000"], "--port: must be at most 65535, got 70000"),
         (["--weight", "0"], "--weight: must be at least 1, got 0"),
     ],
 )
-def test_bad_flags_stop_serve_before_any_model_loads(tmp_path: Path, flags: list[str], message: str) -> None:
+def test_bad_flags_stop_serve_before_any_model_loads(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
     """One line naming the flag, from the command line, before the embedded model is loaded."""
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", *flags], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "modelwire.app.cli", "serve", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"modelwire: invalid configuration: {message}"), line
 
 
-@pytest.mark.parametrize("where", [["--controller", "127.0.0.1:1"], ["--registry", "etcd://127.0.0.1:1/mw"]])
+@pytest.mark.parametrize(
+    "where", [["--controller", "127.0.0.1:1"], ["--registry", "etcd://127.0.0.1:1/mw"]]
+)
 def test_instances_with_its_registry_down_prints_one_line(where: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "instances", *where, "--timeout", "2"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "modelwire.app.cli", "instances", *where, "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
@@ -182,8 +290,14 @@ def test_instances_with_its_registry_down_prints_one_line(where: list[str]) -> N
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[registry]\ncontroller = "c:1"\n[gateway.workers]\ntoken_env = "MW_TEST_GATEWAY_TOKEN"\n', r"gateway\.workers: .*set tls\.ca_file"),
-        ('[registry]\ncontroller = "c:1"\n[gateway.workers]\nforward_authorization = true\n[gateway.workers.tls]\n', r"gateway\.workers: .*set tls\.ca_file"),
+        (
+            '[registry]\ncontroller = "c:1"\n[gateway.workers]\ntoken_env = "MW_TEST_GATEWAY_TOKEN"\n',
+            r"gateway\.workers: .*set tls\.ca_file",
+        ),
+        (
+            '[registry]\ncontroller = "c:1"\n[gateway.workers]\nforward_authorization = true\n[gateway.workers.tls]\n',
+            r"gateway\.workers: .*set tls\.ca_file",
+        ),
     ],
 )
 def test_credentials_go_to_workers_only_when_they_are_verified(
@@ -196,7 +310,9 @@ def test_credentials_go_to_workers_only_when_they_are_verified(
     monkeypatch.setenv("MW_TEST_GATEWAY_TOKEN", "t" * 20)
     with pytest.raises(ConfigError, match=message):
         load_gateway_config(write(tmp_path, text))
-    waived = text.replace("[gateway.workers]\n", "[gateway.workers]\nallow_unverified_credentials = true\n")
+    waived = text.replace(
+        "[gateway.workers]\n", "[gateway.workers]\nallow_unverified_credentials = true\n"
+    )
     assert load_gateway_config(write(tmp_path, waived)).gateway.workers.allow_unverified_credentials
 
 
@@ -215,7 +331,9 @@ def test_text_logs_keep_every_call_field_on_one_line(capsys: pytest.CaptureFixtu
         root.handlers[:], level = saved
         root.setLevel(level)
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert "request_id=req-7 method=/modelwire.v1.ModelWorker/Generate" in line and "code=OK" in line
+    assert (
+        "request_id=req-7 method=/modelwire.v1.ModelWorker/Generate" in line and "code=OK" in line
+    )
     assert 'model="forged\\n{\\"level\\": \\"ERROR\\"}"' in line
 
 
@@ -224,27 +342,53 @@ def test_a_loopback_address_for_a_registry_on_another_host_is_refused_before_loa
     reaches their own machine. Refused at once (the embedded model was not loaded: no llama.cpp
     line), with the ways out named."""
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--controller", "192.0.2.10:50050", "--port", "50999"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "modelwire.app.cli",
+            "serve",
+            "--controller",
+            "192.0.2.10:50050",
+            "--port",
+            "50999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("modelwire: cannot start: the worker would register 127.0.0.1:50999 with 192.0.2.10:50050")
+    assert line.startswith(
+        "modelwire: cannot start: the worker would register 127.0.0.1:50999 with 192.0.2.10:50050"
+    )
     assert "--advertise" in line and "allow_loopback" in line
 
 
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ('headers = { "Bad Header" = "x" }', "models[0].headers: 'Bad Header' is not an HTTP header name"),
-        ('headers = { "X-Ok" = "a\\r\\nInjected: 1" }', "models[0].headers: the value of 'X-Ok' holds a line break or NUL"),
+        (
+            'headers = { "Bad Header" = "x" }',
+            "models[0].headers: 'Bad Header' is not an HTTP header name",
+        ),
+        (
+            'headers = { "X-Ok" = "a\\r\\nInjected: 1" }',
+            "models[0].headers: the value of 'X-Ok' holds a line break or NUL",
+        ),
         ("max_retries = 11", "models[0].max_retries: must be at most 10, got 11"),
     ],
 )
-def test_provider_keys_that_would_misbehave_stop_serve(tmp_path: Path, keys: str, message: str) -> None:
-    path = write(tmp_path, f'[[models]]\nname = "a"\nprovider = "openai"\ncontext_length = 10\n{keys}\n')
+def test_provider_keys_that_would_misbehave_stop_serve(
+    tmp_path: Path, keys: str, message: str
+) -> None:
+    path = write(
+        tmp_path, f'[[models]]\nname = "a"\nprovider = "openai"\ncontext_length = 10\n{keys}\n'
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(path), "--port", "0"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     assert f"{path}: {message}" in result.stderr and "Traceback" not in result.stderr
@@ -271,8 +415,12 @@ def test_otlp_endpoint_without_the_exporter_is_refused_when_read(
     )
 
 
-def test_otlp_endpoint_with_the_exporter_installed_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_otlp_endpoint_with_the_exporter_installed_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     exporter = types.ModuleType(OTLP_EXPORTER)
     exporter.__spec__ = importlib.machinery.ModuleSpec(OTLP_EXPORTER, None)
     monkeypatch.setitem(sys.modules, OTLP_EXPORTER, exporter)
-    assert load_config(write(tmp_path, TRACING)).observability.otlp_endpoint == "http://127.0.0.1:4317"
+    assert (
+        load_config(write(tmp_path, TRACING)).observability.otlp_endpoint == "http://127.0.0.1:4317"
+    )

@@ -17,7 +17,14 @@ import pytest
 from conformance import Case, Target, assert_refused, collect, field_violations, run_case
 from conftest import running_worker
 from fake_upstream import load_toml_config
-from fleet import Joining, registered, registered_worker, running_controller, running_gateway, wait_until
+from fleet import (
+    Joining,
+    registered,
+    registered_worker,
+    running_controller,
+    running_gateway,
+    wait_until,
+)
 from modelwire.app.config import Config
 from modelwire.app.server import Worker
 from modelwire.core.settings import ConfigError
@@ -58,7 +65,10 @@ capabilities = ["chat", "streaming"]
 
 PICTURE_QUESTION = pb.ModelMessage(
     role=pb.ROLE_USER,
-    parts=[pb.ContentPart(text="What is in the picture?"), pb.ContentPart(image=pb.Image(url="https://example.com/a.png"))],
+    parts=[
+        pb.ContentPart(text="What is in the picture?"),
+        pb.ContentPart(image=pb.Image(url="https://example.com/a.png")),
+    ],
 )
 SCHEMA = '{"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}'
 
@@ -105,14 +115,27 @@ def full_request(model: str = "everything") -> pb.ModelRequest:
                 role=pb.ROLE_ASSISTANT,
                 reasoning="It is Paris.",
                 reasoning_signature=SIGNATURE,
-                tool_calls=[pb.ToolCall(id="call_0", name="get_weather", arguments_json='{"city": "Paris"}')],
+                tool_calls=[
+                    pb.ToolCall(id="call_0", name="get_weather", arguments_json='{"city": "Paris"}')
+                ],
             ),
-            pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="call_0", content='{"temperature": 21}'),
+            pb.ModelMessage(
+                role=pb.ROLE_TOOL, tool_call_id="call_0", content='{"temperature": 21}'
+            ),
         ],
-        tools=[pb.Tool(name="get_weather", description="Weather.", parameters_json_schema=SCHEMA, strict=True)],
+        tools=[
+            pb.Tool(
+                name="get_weather",
+                description="Weather.",
+                parameters_json_schema=SCHEMA,
+                strict=True,
+            )
+        ],
         tool_choice=pb.ToolChoice(tool_name="get_weather"),
         parallel_tool_calls=False,
-        output_format=pb.OutputFormat(json_schema=pb.JsonSchema(name="answer", schema_json=SCHEMA, strict=True)),
+        output_format=pb.OutputFormat(
+            json_schema=pb.JsonSchema(name="answer", schema_json=SCHEMA, strict=True)
+        ),
         reasoning=pb.ReasoningOptions(effort=pb.REASONING_EFFORT_HIGH, budget_tokens=2048),
     )
 
@@ -121,12 +144,26 @@ def assert_reached_the_provider_as_sent() -> None:
     request = RecordingClient.requests[-1]
     system, user, assistant, tool = request.messages
     assert system == ModelMessage(role=Role.SYSTEM, content="Be brief.", cache_breakpoint=True)
-    assert user.parts == ("Weather where this is?", Image(data=b"\x89PNG\r\n", mime_type="image/png"), Image(url="https://example.com/a.jpg"))
+    assert user.parts == (
+        "Weather where this is?",
+        Image(data=b"\x89PNG\r\n", mime_type="image/png"),
+        Image(url="https://example.com/a.jpg"),
+    )
     assert user.content == ""
     assert assistant.reasoning == "It is Paris." and assistant.reasoning_signature == SIGNATURE
-    assert assistant.tool_calls == (ToolCall(id="call_0", name="get_weather", arguments_json='{"city": "Paris"}'),)
-    assert (tool.role, tool.tool_call_id, tool.content) == (Role.TOOL, "call_0", '{"temperature": 21}')
-    assert request.tools == (Tool(name="get_weather", description="Weather.", parameters_json_schema=SCHEMA, strict=True),)
+    assert assistant.tool_calls == (
+        ToolCall(id="call_0", name="get_weather", arguments_json='{"city": "Paris"}'),
+    )
+    assert (tool.role, tool.tool_call_id, tool.content) == (
+        Role.TOOL,
+        "call_0",
+        '{"temperature": 21}',
+    )
+    assert request.tools == (
+        Tool(
+            name="get_weather", description="Weather.", parameters_json_schema=SCHEMA, strict=True
+        ),
+    )
     assert request.tool_choice == NamedTool("get_weather")
     assert request.parallel_tool_calls is False
     assert request.output_format == JsonSchemaFormat(name="answer", schema_json=SCHEMA, strict=True)
@@ -136,26 +173,35 @@ def assert_reached_the_provider_as_sent() -> None:
 def assert_usage(usage: pb.Usage) -> None:
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (40, 12, 52)
     assert (usage.cached_prompt_tokens, usage.cache_write_tokens, usage.reasoning_tokens) == (
-        USAGE.cached_prompt_tokens, USAGE.cache_write_tokens, USAGE.reasoning_tokens,
+        USAGE.cached_prompt_tokens,
+        USAGE.cache_write_tokens,
+        USAGE.reasoning_tokens,
     )
 
 
-async def test_every_new_field_reaches_the_provider_and_the_answer_comes_back_whole(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_every_new_field_reaches_the_provider_and_the_answer_comes_back_whole(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     output = await stub.Generate(full_request())
     assert_reached_the_provider_as_sent()
     assert output.finish_reason == pb.FINISH_REASON_TOOL_CALLS
-    assert list(output.tool_calls) == [pb.ToolCall(id="call_1", name="get_weather", arguments_json="".join(ARGUMENT_PIECES))]
+    assert list(output.tool_calls) == [
+        pb.ToolCall(id="call_1", name="get_weather", arguments_json="".join(ARGUMENT_PIECES))
+    ]
     assert not output.tool_call_deltas
     assert output.reasoning == "thinking" and output.reasoning_signature == SIGNATURE
     assert_usage(output.usage)
 
 
-async def test_a_stream_carries_the_deltas_as_the_provider_gave_them(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_a_stream_carries_the_deltas_as_the_provider_gave_them(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     messages = await collect(stub.GenerateStream(full_request()))
     assert_reached_the_provider_as_sent()
     deltas = [delta for message in messages for delta in message.tool_call_deltas]
     assert [(d.index, d.id, d.name, d.arguments_delta) for d in deltas] == [
-        (0, "call_1", "get_weather", ARGUMENT_PIECES[0]), *((0, "", "", piece) for piece in ARGUMENT_PIECES[1:]),
+        (0, "call_1", "get_weather", ARGUMENT_PIECES[0]),
+        *((0, "", "", piece) for piece in ARGUMENT_PIECES[1:]),
     ]
     assert messages[0].reasoning_signature == SIGNATURE
     assert messages[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS
@@ -163,16 +209,22 @@ async def test_a_stream_carries_the_deltas_as_the_provider_gave_them(stub: pb_gr
     assert messages[-1].timing.time_to_first_token_seconds > 0
 
 
-async def test_the_gateway_forwards_every_new_field_unchanged(config: Config, stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_the_gateway_forwards_every_new_field_unchanged(
+    config: Config, stub: pb_grpc.ModelWorkerStub
+) -> None:
     """The same call directly and through a gateway: the provider sees equal requests and the
     caller gets equal answers (timing aside, which is measured per call)."""
     direct = await stub.Generate(full_request())
     direct_request = RecordingClient.requests[-1]
     direct_stream = await collect(stub.GenerateStream(full_request()))
-    direct_embed = await stub.Embed(pb.EmbedRequest(model="everything", inputs=["a", "bb"], dimensions=3))
+    direct_embed = await stub.Embed(
+        pb.EmbedRequest(model="everything", inputs=["a", "bb"], dimensions=3)
+    )
     async with AsyncExitStack() as stack:
         controller = await stack.enter_async_context(running_controller())
-        fleet_worker = await stack.enter_async_context(registered_worker(config, Joining(controller=controller.address)))
+        fleet_worker = await stack.enter_async_context(
+            registered_worker(config, Joining(controller=controller.address))
+        )
         await registered(fleet_worker)
         gateway = await stack.enter_async_context(running_gateway(controller.address))
         await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 1, 5)
@@ -181,11 +233,15 @@ async def test_the_gateway_forwards_every_new_field_unchanged(config: Config, st
         forwarded = await through.Generate(full_request())
         assert RecordingClient.requests[-1] == direct_request
         forwarded_stream = await collect(through.GenerateStream(full_request()))
-        forwarded_embed = await through.Embed(pb.EmbedRequest(model="everything", inputs=["a", "bb"], dimensions=3))
+        forwarded_embed = await through.Embed(
+            pb.EmbedRequest(model="everything", inputs=["a", "bb"], dimensions=3)
+        )
     for one, two in [(direct, forwarded), *zip(direct_stream, forwarded_stream, strict=True)]:
         one.ClearField("timing")
         two.ClearField("timing")
-        assert one.SerializeToString(deterministic=True) == two.SerializeToString(deterministic=True)
+        assert one.SerializeToString(deterministic=True) == two.SerializeToString(
+            deterministic=True
+        )
     assert direct_embed == forwarded_embed
     assert RecordingClient.embeds[-1].dimensions == 3
 
@@ -198,23 +254,37 @@ async def test_embed_returns_one_vector_per_input_in_order(stub: pb_grpc.ModelWo
 
 
 @pytest.mark.parametrize("case", list(Case), ids=lambda case: case.value)
-async def test_a_model_without_capabilities_refuses_each_new_field_by_name(stub: pb_grpc.ModelWorkerStub, case: Case) -> None:
+async def test_a_model_without_capabilities_refuses_each_new_field_by_name(
+    stub: pb_grpc.ModelWorkerStub, case: Case
+) -> None:
     """The shared conformance refusals, against a chat-only echo model."""
     await run_case(Target(name="echo", stub=stub, model="echo", honours=frozenset()), case)
 
 
-async def test_a_refusal_lists_every_field_the_model_cannot_honour(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_a_refusal_lists_every_field_the_model_cannot_honour(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Generate(full_request("text-only"))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     violations = field_violations(refused.value)
     # Twelve fields; a status names at most InvalidRequest.MAX_VIOLATIONS, the last saying how many more.
     assert [name for name, _ in violations] == [
-        "tools", "tool_choice", "parallel_tool_calls", "output_format", "reasoning",
-        "messages[0].cache_breakpoint", "messages[1].parts[1].image", "messages[1].parts[2].image",
-        "messages[2].tool_calls", "messages[2].reasoning",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "output_format",
+        "reasoning",
+        "messages[0].cache_breakpoint",
+        "messages[1].parts[1].image",
+        "messages[1].parts[2].image",
+        "messages[2].tool_calls",
+        "messages[2].reasoning",
     ]
-    assert all("'text-only'" in description and "CAPABILITY_" in description for _, description in violations[:-1])
+    assert all(
+        "'text-only'" in description and "CAPABILITY_" in description
+        for _, description in violations[:-1]
+    )
     assert violations[-1][1] == "and 3 more problems like the above"
 
 
@@ -230,51 +300,193 @@ def _message(request: pb.ModelRequest, index: int = 0) -> pb.ModelMessage:
 MALFORMED: list[tuple[str, Mutation, str]] = [
     ("content and parts", lambda r: _message(r).parts.add(text="x"), "messages[0].content"),
     ("empty part", lambda r: _message(r).parts.add(), "messages[0].parts[0]"),
-    ("image without source", lambda r: _message(r).parts.add(image=pb.Image(mime_type="image/png")), "messages[0].parts[0].image"),
-    ("image bytes without type", lambda r: _message(r).parts.add(image=pb.Image(data=b"x")), "messages[0].parts[0].image.mime_type"),
-    ("image of no image type", lambda r: _message(r).parts.add(image=pb.Image(data=b"x", mime_type="text/html")), "messages[0].parts[0].image.mime_type"),
-    ("image url of a file", lambda r: _message(r).parts.add(image=pb.Image(url="file:///etc/passwd")), "messages[0].parts[0].image.url"),
-    ("image url with a type", lambda r: _message(r).parts.add(image=pb.Image(url="https://a.example/x.png", mime_type="image/png")), "messages[0].parts[0].image.mime_type"),
-    ("tool calls on a user turn", lambda r: _message(r).tool_calls.add(id="c", name="f", arguments_json="{}"), "messages[0].tool_calls"),
-    ("tool call without id", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="", tool_calls=[pb.ToolCall(name="f")])), "messages[1].tool_calls[0].id"),
-    ("tool call arguments not an object", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f", arguments_json="[1]")])), "messages[1].tool_calls[0].arguments_json"),
-    ("tool_call_id on a user turn", lambda r: setattr(_message(r), "tool_call_id", "c"), "messages[0].tool_call_id"),
-    ("reasoning on a user turn", lambda r: setattr(_message(r), "reasoning", "x"), "messages[0].reasoning"),
-    ("tool result answering no call", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", content="21")), "messages[1].tool_call_id"),
-    ("tool result before its call", lambda r: (
-        _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", content="21")),
-        _message(r, 2).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f")])),
-    ), "messages[1].tool_call_id"),
+    (
+        "image without source",
+        lambda r: _message(r).parts.add(image=pb.Image(mime_type="image/png")),
+        "messages[0].parts[0].image",
+    ),
+    (
+        "image bytes without type",
+        lambda r: _message(r).parts.add(image=pb.Image(data=b"x")),
+        "messages[0].parts[0].image.mime_type",
+    ),
+    (
+        "image of no image type",
+        lambda r: _message(r).parts.add(image=pb.Image(data=b"x", mime_type="text/html")),
+        "messages[0].parts[0].image.mime_type",
+    ),
+    (
+        "image url of a file",
+        lambda r: _message(r).parts.add(image=pb.Image(url="file:///etc/passwd")),
+        "messages[0].parts[0].image.url",
+    ),
+    (
+        "image url with a type",
+        lambda r: _message(r).parts.add(
+            image=pb.Image(url="https://a.example/x.png", mime_type="image/png")
+        ),
+        "messages[0].parts[0].image.mime_type",
+    ),
+    (
+        "tool calls on a user turn",
+        lambda r: _message(r).tool_calls.add(id="c", name="f", arguments_json="{}"),
+        "messages[0].tool_calls",
+    ),
+    (
+        "tool call without id",
+        lambda r: _message(r, 1).MergeFrom(
+            pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="", tool_calls=[pb.ToolCall(name="f")])
+        ),
+        "messages[1].tool_calls[0].id",
+    ),
+    (
+        "tool call arguments not an object",
+        lambda r: _message(r, 1).MergeFrom(
+            pb.ModelMessage(
+                role=pb.ROLE_ASSISTANT,
+                tool_calls=[pb.ToolCall(id="c", name="f", arguments_json="[1]")],
+            )
+        ),
+        "messages[1].tool_calls[0].arguments_json",
+    ),
+    (
+        "tool_call_id on a user turn",
+        lambda r: setattr(_message(r), "tool_call_id", "c"),
+        "messages[0].tool_call_id",
+    ),
+    (
+        "reasoning on a user turn",
+        lambda r: setattr(_message(r), "reasoning", "x"),
+        "messages[0].reasoning",
+    ),
+    (
+        "tool result answering no call",
+        lambda r: _message(r, 1).MergeFrom(
+            pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", content="21")
+        ),
+        "messages[1].tool_call_id",
+    ),
+    (
+        "tool result before its call",
+        lambda r: (
+            _message(r, 1).MergeFrom(
+                pb.ModelMessage(role=pb.ROLE_TOOL, tool_call_id="c", content="21")
+            ),
+            _message(r, 2).MergeFrom(
+                pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f")])
+            ),
+        ),
+        "messages[1].tool_call_id",
+    ),
     ("tool name", lambda r: r.tools.add(name="get weather"), "tools[0].name"),
-    ("tool twice", lambda r: r.tools.extend([pb.Tool(name="f"), pb.Tool(name="f")]), "tools[1].name"),
-    ("tool schema not JSON", lambda r: r.tools.add(name="f", parameters_json_schema="{type: object}"), "tools[0].parameters_json_schema"),
-    ("tool choice of no tool", lambda r: (r.tools.add(name="f"), r.tool_choice.MergeFrom(pb.ToolChoice(tool_name="g"))), "tool_choice.tool_name"),
-    ("required without tools", lambda r: r.tool_choice.MergeFrom(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)), "tool_choice.mode"),
+    (
+        "tool twice",
+        lambda r: r.tools.extend([pb.Tool(name="f"), pb.Tool(name="f")]),
+        "tools[1].name",
+    ),
+    (
+        "tool schema not JSON",
+        lambda r: r.tools.add(name="f", parameters_json_schema="{type: object}"),
+        "tools[0].parameters_json_schema",
+    ),
+    (
+        "tool choice of no tool",
+        lambda r: (r.tools.add(name="f"), r.tool_choice.MergeFrom(pb.ToolChoice(tool_name="g"))),
+        "tool_choice.tool_name",
+    ),
+    (
+        "required without tools",
+        lambda r: r.tool_choice.MergeFrom(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_REQUIRED)),
+        "tool_choice.mode",
+    ),
     ("tool choice empty", lambda r: r.tool_choice.SetInParent(), "tool_choice"),
-    ("parallel without tools", lambda r: setattr(r, "parallel_tool_calls", True), "parallel_tool_calls"),
+    (
+        "parallel without tools",
+        lambda r: setattr(r, "parallel_tool_calls", True),
+        "parallel_tool_calls",
+    ),
     ("output format empty", lambda r: r.output_format.SetInParent(), "output_format"),
-    ("json_object false", lambda r: setattr(r.output_format, "json_object", False), "output_format"),
-    ("schema name", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="", schema_json="{}")), "output_format.json_schema.name"),
-    ("schema not an object", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="s", schema_json="true")), "output_format.json_schema.schema_json"),
+    (
+        "json_object false",
+        lambda r: setattr(r.output_format, "json_object", False),
+        "output_format",
+    ),
+    (
+        "schema name",
+        lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="", schema_json="{}")),
+        "output_format.json_schema.name",
+    ),
+    (
+        "schema not an object",
+        lambda r: r.output_format.json_schema.MergeFrom(
+            pb.JsonSchema(name="s", schema_json="true")
+        ),
+        "output_format.json_schema.schema_json",
+    ),
     ("grammar blank", lambda r: setattr(r.output_format, "grammar", "  "), "output_format.grammar"),
-    ("budget not positive", lambda r: setattr(r.reasoning, "budget_tokens", 0), "reasoning.budget_tokens"),
+    (
+        "budget not positive",
+        lambda r: setattr(r.reasoning, "budget_tokens", 0),
+        "reasoning.budget_tokens",
+    ),
     ("effort of no known value", lambda r: setattr(r.reasoning, "effort", 99), "reasoning.effort"),
-    ("grammar with a NUL", lambda r: setattr(r.output_format, "grammar", 'root ::= "a"\x00 "b"'), "output_format.grammar"),
-    ("schema with NaN", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="s", schema_json='{"const": NaN}')), "output_format.json_schema.schema_json"),
-    ("schema with a number beyond doubles", lambda r: r.output_format.json_schema.MergeFrom(pb.JsonSchema(name="s", schema_json='{"const": 1e400}')), "output_format.json_schema.schema_json"),
-    ("schema nested past the recursion limit", lambda r: r.tools.add(name="f", parameters_json_schema='{"a":' * 100_000 + "1" + "}" * 100_000), "tools[0].parameters_json_schema"),
-    ("tool arguments with Infinity", lambda r: _message(r, 1).MergeFrom(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c", name="f", arguments_json='{"x": Infinity}')])), "messages[1].tool_calls[0].arguments_json"),
+    (
+        "grammar with a NUL",
+        lambda r: setattr(r.output_format, "grammar", 'root ::= "a"\x00 "b"'),
+        "output_format.grammar",
+    ),
+    (
+        "schema with NaN",
+        lambda r: r.output_format.json_schema.MergeFrom(
+            pb.JsonSchema(name="s", schema_json='{"const": NaN}')
+        ),
+        "output_format.json_schema.schema_json",
+    ),
+    (
+        "schema with a number beyond doubles",
+        lambda r: r.output_format.json_schema.MergeFrom(
+            pb.JsonSchema(name="s", schema_json='{"const": 1e400}')
+        ),
+        "output_format.json_schema.schema_json",
+    ),
+    (
+        "schema nested past the recursion limit",
+        lambda r: r.tools.add(
+            name="f", parameters_json_schema='{"a":' * 100_000 + "1" + "}" * 100_000
+        ),
+        "tools[0].parameters_json_schema",
+    ),
+    (
+        "tool arguments with Infinity",
+        lambda r: _message(r, 1).MergeFrom(
+            pb.ModelMessage(
+                role=pb.ROLE_ASSISTANT,
+                tool_calls=[pb.ToolCall(id="c", name="f", arguments_json='{"x": Infinity}')],
+            )
+        ),
+        "messages[1].tool_calls[0].arguments_json",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("mutate", "field"), [(mutate, field) for _, mutate, field in MALFORMED], ids=[name for name, _, _ in MALFORMED])
-async def test_a_malformed_new_field_is_refused_by_name(stub: pb_grpc.ModelWorkerStub, mutate: Mutation, field: str) -> None:
-    request = pb.ModelRequest(model="everything", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [(mutate, field) for _, mutate, field in MALFORMED],
+    ids=[name for name, _, _ in MALFORMED],
+)
+async def test_a_malformed_new_field_is_refused_by_name(
+    stub: pb_grpc.ModelWorkerStub, mutate: Mutation, field: str
+) -> None:
+    request = pb.ModelRequest(
+        model="everything", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]
+    )
     mutate(request)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Generate(request)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
-    assert field in {name for name, _ in field_violations(refused.value)}, field_violations(refused.value)
+    assert field in {name for name, _ in field_violations(refused.value)}, field_violations(
+        refused.value
+    )
 
 
 @pytest.mark.parametrize(
@@ -288,7 +500,9 @@ async def test_a_malformed_new_field_is_refused_by_name(stub: pb_grpc.ModelWorke
     ],
     ids=["no inputs", "empty input", "dimensions", "too many inputs", "no model"],
 )
-async def test_a_malformed_embed_request_is_refused_by_name(stub: pb_grpc.ModelWorkerStub, request_: pb.EmbedRequest, field: str) -> None:
+async def test_a_malformed_embed_request_is_refused_by_name(
+    stub: pb_grpc.ModelWorkerStub, request_: pb.EmbedRequest, field: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Embed(request_)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -301,28 +515,46 @@ async def test_embed_of_an_unknown_model_is_not_found(stub: pb_grpc.ModelWorkerS
     assert refused.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-async def test_list_models_says_exactly_what_each_model_accepts(stub: pb_grpc.ModelWorkerStub) -> None:
-    models = {m.model: list(m.capabilities) for m in (await stub.ListModels(pb.ListModelsRequest())).models}
+async def test_list_models_says_exactly_what_each_model_accepts(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
+    models = {
+        m.model: list(m.capabilities)
+        for m in (await stub.ListModels(pb.ListModelsRequest())).models
+    }
     assert models["echo"] == [pb.CAPABILITY_CHAT, pb.CAPABILITY_STREAMING]
     assert models["text-only"] == [pb.CAPABILITY_CHAT, pb.CAPABILITY_STREAMING]
     assert set(models["everything"]) == set(pb.Capability.values()) - {pb.CAPABILITY_UNSPECIFIED}
 
 
-async def test_count_token_counts_parts_images_and_tool_calls(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_count_token_counts_parts_images_and_tool_calls(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     async def count(*messages: pb.ModelMessage) -> int:
-        return (await stub.CountToken(pb.CountTokenRequest(model="everything", messages=list(messages)))).count
+        return (
+            await stub.CountToken(pb.CountTokenRequest(model="everything", messages=list(messages)))
+        ).count
 
     text = await count(pb.ModelMessage(role=pb.ROLE_USER, content="What is in the picture?"))
-    parts = await count(pb.ModelMessage(role=pb.ROLE_USER, parts=[pb.ContentPart(text="What is in the picture?")]))
+    parts = await count(
+        pb.ModelMessage(role=pb.ROLE_USER, parts=[pb.ContentPart(text="What is in the picture?")])
+    )
     with_image = await count(PICTURE_QUESTION)
     assert parts == text and with_image == text + IMAGE_TOKENS_ESTIMATE
     arguments = json.dumps({"city": "Paris", "unit": "celsius", "days": list(range(20))})
     bare = await count(pb.ModelMessage(role=pb.ROLE_ASSISTANT))
-    called = await count(pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[pb.ToolCall(id="c1", name="get_weather", arguments_json=arguments)]))
+    called = await count(
+        pb.ModelMessage(
+            role=pb.ROLE_ASSISTANT,
+            tool_calls=[pb.ToolCall(id="c1", name="get_weather", arguments_json=arguments)],
+        )
+    )
     assert called - bare >= 20
 
 
-async def test_count_token_refuses_what_the_model_cannot_take_as_generate_does(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_count_token_refuses_what_the_model_cannot_take_as_generate_does(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     """A count of a prompt the model would refuse is no count: the image is refused by name."""
     await assert_refused(
         stub.CountToken(pb.CountTokenRequest(model="text-only", messages=[PICTURE_QUESTION])),
@@ -331,9 +563,20 @@ async def test_count_token_refuses_what_the_model_cannot_take_as_generate_does(s
     )
 
 
-async def test_count_token_refuses_malformed_new_fields_by_name(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_count_token_refuses_malformed_new_fields_by_name(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     await assert_refused(
-        stub.CountToken(pb.CountTokenRequest(model="echo", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="x", parts=[pb.ContentPart(text="y")])])),
+        stub.CountToken(
+            pb.CountTokenRequest(
+                model="echo",
+                messages=[
+                    pb.ModelMessage(
+                        role=pb.ROLE_USER, content="x", parts=[pb.ContentPart(text="y")]
+                    )
+                ],
+            )
+        ),
         "messages[0].content",
         "",
     )
@@ -348,9 +591,13 @@ async def test_count_token_refuses_malformed_new_fields_by_name(stub: pb_grpc.Mo
         ('capabilities = "chat"', "capabilities"),
     ],
 )
-def test_configured_capabilities_are_checked_against_the_provider(tmp_path: Path, line: str, reason: str) -> None:
+def test_configured_capabilities_are_checked_against_the_provider(
+    tmp_path: Path, line: str, reason: str
+) -> None:
     text = f'[[models]]\nname = "m"\nprovider = "openai"\napi_base = "http://127.0.0.1:9"\ncontext_length = 8192\n{line}\n'
     with pytest.raises(ConfigError) as error, ThreadPoolExecutor(1) as executor:
         model = load_toml_config(tmp_path, text).models[0]
         registry.PROVIDERS["openai"].new_client(model, executor)
-    assert reason in str(error.value) and "models[0].capabilities" in str(error.value), str(error.value)
+    assert reason in str(error.value) and "models[0].capabilities" in str(error.value), str(
+        error.value
+    )

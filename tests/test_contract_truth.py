@@ -19,7 +19,8 @@ import grpc
 import pytest
 
 from anthropic_wire import message as claude_message
-from anthropic_wire import send_stream, streamed as claude_streamed, text_block
+from anthropic_wire import send_stream, text_block
+from anthropic_wire import streamed as claude_streamed
 from conformance import assert_refused, collect, field_violations, user
 from conftest import running_worker
 from fake_upstream import FakeUpstream, load_toml_config
@@ -212,6 +213,7 @@ async def test_parallel_calls_sharing_index_0_are_separate_calls(
     stub: Stub, fake: FakeUpstream
 ) -> None:
     """Gemini's OpenAI endpoint: each call whole, all at index 0, each with its own id."""
+
     def whole(call_id: str, arguments: str) -> dict[str, Any]:
         function = {"name": "get_weather", "arguments": arguments}
         call = {"index": 0, "id": call_id, "type": "function", "function": function}
@@ -235,16 +237,20 @@ async def test_parallel_calls_sharing_index_0_are_separate_calls(
 async def test_a_new_id_on_a_known_index_then_its_arguments(stub: Stub, fake: FakeUpstream) -> None:
     """Pieces without an id after a new call follow that call; an index the upstream opens later
     keeps clear of the calls renumbered before it."""
-    fake.script(streamed([
-        chunk(first_call_delta(0, "call_a", "get_weather", role=True)),
-        chunk(arguments_delta(0, '{"city": "Paris"}')),
-        chunk(first_call_delta(0, "call_b", "get_weather")),
-        chunk(arguments_delta(0, '{"city": ')),
-        chunk(arguments_delta(0, '"Rome"}')),
-        chunk(first_call_delta(1, "call_c", "get_weather")),
-        chunk(arguments_delta(1, '{"city": "Oslo"}')),
-        chunk({}, "tool_calls"),
-    ]))
+    fake.script(
+        streamed(
+            [
+                chunk(first_call_delta(0, "call_a", "get_weather", role=True)),
+                chunk(arguments_delta(0, '{"city": "Paris"}')),
+                chunk(first_call_delta(0, "call_b", "get_weather")),
+                chunk(arguments_delta(0, '{"city": ')),
+                chunk(arguments_delta(0, '"Rome"}')),
+                chunk(first_call_delta(1, "call_c", "get_weather")),
+                chunk(arguments_delta(1, '{"city": "Oslo"}')),
+                chunk({}, "tool_calls"),
+            ]
+        )
+    )
 
     messages = await collect(stub.GenerateStream(ask(tools=[tool("get_weather", WEATHER_SCHEMA)])))
 
@@ -253,7 +259,9 @@ async def test_a_new_id_on_a_known_index_then_its_arguments(stub: Stub, fake: Fa
         for delta in message.tool_call_deltas:
             calls.setdefault(delta.index, []).append(delta.id + delta.arguments_delta)
     assert {index: "".join(parts) for index, parts in calls.items()} == {
-        0: 'call_a{"city": "Paris"}', 1: 'call_b{"city": "Rome"}', 2: 'call_c{"city": "Oslo"}',
+        0: 'call_a{"city": "Paris"}',
+        1: 'call_b{"city": "Rome"}',
+        2: 'call_c{"city": "Oslo"}',
     }
 
 
@@ -292,10 +300,16 @@ async def test_a_tool_message_named_otherwise_than_its_call_is_refused(
 @pytest.mark.parametrize(
     ("model", "messages", "field"),
     [
-        ("gpt", [user("Hi"), pb.ModelMessage(role=pb.ROLE_TOOL, content="21")],
-         "messages[1].tool_call_id"),
-        ("claude", [pb.ModelMessage(role=pb.ROLE_USER, content="Hi", name="ann")],
-         "messages[0].name"),
+        (
+            "gpt",
+            [user("Hi"), pb.ModelMessage(role=pb.ROLE_TOOL, content="21")],
+            "messages[1].tool_call_id",
+        ),
+        (
+            "claude",
+            [pb.ModelMessage(role=pb.ROLE_USER, content="Hi", name="ann")],
+            "messages[0].name",
+        ),
     ],
     ids=["openai-tool-without-id", "anthropic-name"],
 )
@@ -372,12 +386,20 @@ def nested_requests(depth: int) -> list[tuple[pb.ModelRequest, str]]:
     call = pb.ToolCall(id="call_1", name="f", arguments_json=deep)
     f = tool("f")
     return [
-        (ask(tools=[pb.Tool(name="f", parameters_json_schema=deep)]),
-         "tools[0].parameters_json_schema"),
-        (ask(output_format=pb.OutputFormat(json_schema=pb.JsonSchema(name="o", schema_json=deep))),
-         "output_format.json_schema.schema_json"),
-        (ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[call]), tools=[f]),
-         "messages[1].tool_calls[0].arguments_json"),
+        (
+            ask(tools=[pb.Tool(name="f", parameters_json_schema=deep)]),
+            "tools[0].parameters_json_schema",
+        ),
+        (
+            ask(
+                output_format=pb.OutputFormat(json_schema=pb.JsonSchema(name="o", schema_json=deep))
+            ),
+            "output_format.json_schema.schema_json",
+        ),
+        (
+            ask(user("Hi"), pb.ModelMessage(role=pb.ROLE_ASSISTANT, tool_calls=[call]), tools=[f]),
+            "messages[1].tool_calls[0].arguments_json",
+        ),
     ]
 
 

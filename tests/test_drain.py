@@ -12,8 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelwire.client import ModelwireCallError, ModelWorkerClient
 from conftest import free_port
+from modelwire.client import ModelwireCallError, ModelWorkerClient
 
 MODEL = "gemma-3-270m"
 
@@ -24,8 +24,14 @@ async def worker_process(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subproce
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\nprocesses = 1\ngrace_period_s = 30\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 120)
@@ -48,17 +54,26 @@ async def refused_within(client: ModelWorkerClient, attempts: int) -> grpc.Statu
     return None
 
 
-async def test_sigterm_drains_the_stream_in_flight(worker_process: tuple[asyncio.subprocess.Process, str]) -> None:
+async def test_sigterm_drains_the_stream_in_flight(
+    worker_process: tuple[asyncio.subprocess.Process, str],
+) -> None:
     process, address = worker_process
-    async with grpc.aio.insecure_channel(address) as channel, ModelWorkerClient(address, timeout=60) as client:
+    async with (
+        grpc.aio.insecure_channel(address) as channel,
+        ModelWorkerClient(address, timeout=60) as client,
+    ):
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
 
-        stream = client.stream(MODEL, "Count from one to a hundred.", temperature=0, max_new_tokens=200)
+        stream = client.stream(
+            MODEL, "Count from one to a hundred.", temperature=0, max_new_tokens=200
+        )
         chunks = [await anext(stream)]
         process.send_signal(signal.SIGTERM)
 
-        assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert (
+            await asyncio.wait_for(watch.read(), 10)
+        ).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert await refused_within(client, attempts=50) == grpc.StatusCode.UNAVAILABLE
 
         chunks += [chunk async for chunk in stream]
@@ -69,7 +84,9 @@ async def test_sigterm_drains_the_stream_in_flight(worker_process: tuple[asyncio
     assert await asyncio.wait_for(process.wait(), 30) == 0
 
 
-async def test_a_generation_cut_by_the_grace_period_stops_before_the_model_is_freed(tmp_path: Path) -> None:
+async def test_a_generation_cut_by_the_grace_period_stops_before_the_model_is_freed(
+    tmp_path: Path,
+) -> None:
     """Grace of 1 s, a stream of 2,000 tokens: the stream is cancelled at the end of the grace, its
     llama.cpp thread is waited for, and only then is the model freed (freeing it under a running
     decode crashed the worker with SIGSEGV)."""
@@ -77,14 +94,24 @@ async def test_a_generation_cut_by_the_grace_period_stops_before_the_model_is_fr
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\ngrace_period_s = 1\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert process.stdout is not None and process.stderr is not None
-        assert (await asyncio.wait_for(process.stdout.readline(), 120)).startswith(b"modelwire serving")
+        assert (await asyncio.wait_for(process.stdout.readline(), 120)).startswith(
+            b"modelwire serving"
+        )
         async with ModelWorkerClient(f"127.0.0.1:{port}", timeout=60) as client:
-            stream = client.stream(MODEL, "Count to ten thousand.", temperature=0, max_new_tokens=2000)
+            stream = client.stream(
+                MODEL, "Count to ten thousand.", temperature=0, max_new_tokens=2000
+            )
             await anext(stream)
             process.send_signal(signal.SIGTERM)
             with pytest.raises(ModelwireCallError) as cut:

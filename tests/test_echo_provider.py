@@ -56,9 +56,17 @@ async def stub(worker: Worker) -> AsyncIterator[pb_grpc.ModelWorkerStub]:
         yield pb_grpc.ModelWorkerStub(channel)
 
 
-def request(model: str, text: str = "Say hello.", max_new_tokens: int | None = None) -> pb.ModelRequest:
-    sampling = pb.SamplingParams(max_new_tokens=max_new_tokens) if max_new_tokens is not None else pb.SamplingParams()
-    return pb.ModelRequest(model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=text)], sampling=sampling)
+def request(
+    model: str, text: str = "Say hello.", max_new_tokens: int | None = None
+) -> pb.ModelRequest:
+    sampling = (
+        pb.SamplingParams(max_new_tokens=max_new_tokens)
+        if max_new_tokens is not None
+        else pb.SamplingParams()
+    )
+    return pb.ModelRequest(
+        model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=text)], sampling=sampling
+    )
 
 
 def prompt_tokens(model: str, text: str) -> int:
@@ -67,7 +75,9 @@ def prompt_tokens(model: str, text: str) -> int:
     return count_tokens(model, [ModelMessage(Role.USER, text)]).count
 
 
-async def test_stream_sends_the_configured_chunks_then_finish_and_usage(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_stream_sends_the_configured_chunks_then_finish_and_usage(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     chunks = [chunk async for chunk in stub.GenerateStream(request("gpt-4o"), timeout=10)]
     assert [chunk.text for chunk in chunks] == ["hello "] * 5 + [""]
     assert all(chunk.finish_reason == pb.FINISH_REASON_UNSPECIFIED for chunk in chunks[:-1])
@@ -92,15 +102,23 @@ async def test_unary_returns_the_whole_text_with_usage(stub: pb_grpc.ModelWorker
 async def test_defaults_are_one_chunk_of_hello(stub: pb_grpc.ModelWorkerStub) -> None:
     chunks = [chunk async for chunk in stub.GenerateStream(request("echo-default"), timeout=10)]
     assert [chunk.text for chunk in chunks] == ["hello", ""]
-    models = {model.model: model for model in (await stub.ListModels(pb.ListModelsRequest(), timeout=10)).models}
+    models = {
+        model.model: model
+        for model in (await stub.ListModels(pb.ListModelsRequest(), timeout=10)).models
+    }
     assert models["echo-default"].provider == "echo"
     assert models["echo-default"].context_length == 131072
 
 
-async def test_max_new_tokens_cuts_the_reply_with_finish_length(stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_max_new_tokens_cuts_the_reply_with_finish_length(
+    stub: pb_grpc.ModelWorkerStub,
+) -> None:
     per_chunk = count_tokens("gpt-4o", "hello ").count
     budget = 2 * per_chunk
-    chunks = [chunk async for chunk in stub.GenerateStream(request("gpt-4o", max_new_tokens=budget), timeout=10)]
+    chunks = [
+        chunk
+        async for chunk in stub.GenerateStream(request("gpt-4o", max_new_tokens=budget), timeout=10)
+    ]
     assert "".join(chunk.text for chunk in chunks) == "hello " * 2
     assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert chunks[-1].usage.completion_tokens == budget
@@ -124,12 +142,16 @@ async def test_chunk_interval_is_honoured_between_chunks(stub: pb_grpc.ModelWork
     assert output.text == "hello" * 3
 
 
-async def test_a_cancelled_slow_stream_ends_and_the_slot_is_freed(worker: Worker, stub: pb_grpc.ModelWorkerStub) -> None:
+async def test_a_cancelled_slow_stream_ends_and_the_slot_is_freed(
+    worker: Worker, stub: pb_grpc.ModelWorkerStub
+) -> None:
     call = stub.GenerateStream(request("echo-slow"), timeout=10)
     first = await call.read()
     assert first.text == "hello"
     call.cancel()
-    admission = next(served.admission for served in worker.models if served.metadata.model == "echo-slow")
+    admission = next(
+        served.admission for served in worker.models if served.metadata.model == "echo-slow"
+    )
     for _ in range(200):
         if admission.in_flight == 0:
             break
@@ -141,18 +163,26 @@ async def test_count_token_uses_the_models_tiktoken_encoding(stub: pb_grpc.Model
     short = "How many tokens is this?"
     long = "lorem ipsum dolor sit amet " * 2000  # counted on the thread pool
     for text in (short, long):
-        response = await stub.CountToken(pb.CountTokenRequest(model="gpt-4o", prompt=text), timeout=10)
+        response = await stub.CountToken(
+            pb.CountTokenRequest(model="gpt-4o", prompt=text), timeout=10
+        )
         assert response.count == count_tokens("gpt-4o", text).count
         assert response.tokenizer == "tiktoken:o200k_base"
         assert response.exact
-    fallback = await stub.CountToken(pb.CountTokenRequest(model="echo-default", prompt=short), timeout=10)
+    fallback = await stub.CountToken(
+        pb.CountTokenRequest(model="echo-default", prompt=short), timeout=10
+    )
     assert fallback.tokenizer == "tiktoken:cl100k_base" and not fallback.exact
 
 
 def test_configuration_errors_name_the_key(tmp_path: Path) -> None:
     from modelwire.providers.echo import EchoClient
 
-    for bad, key in (("chunks = -1", "chunks"), ('chunk_interval_s = "1"', "chunk_interval_s"), ("chunk = 3", "chunk")):
+    for bad, key in (
+        ("chunks = -1", "chunks"),
+        ('chunk_interval_s = "1"', "chunk_interval_s"),
+        ("chunk = 3", "chunk"),
+    ):
         config = load_toml_config(tmp_path, f'[[models]]\nname = "e"\nprovider = "echo"\n{bad}\n')
         with pytest.raises(ConfigError, match=rf"models\[0\]\.{key}"):
             EchoClient.new_client(config.models[0], executor=None)  # type: ignore[arg-type]
@@ -174,4 +204,8 @@ async def test_a_unary_call_tokenizes_its_prompt_once_and_reports_the_same_count
     first = await stub.Generate(request("gpt-4o", "Count me once."))
     second = await stub.Generate(request("gpt-4o", "Count me once."))
     assert len(counted) == 2  # once per call, not once per use
-    assert first.usage.prompt_tokens == second.usage.prompt_tokens > count_tokens("gpt-4o", "Count me once.").count
+    assert (
+        first.usage.prompt_tokens
+        == second.usage.prompt_tokens
+        > count_tokens("gpt-4o", "Count me once.").count
+    )

@@ -20,7 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import admission_reaches, free_port, running_worker
 from fake_upstream import Exchange, Responder, fake_upstream, load_toml_config
-from fleet import Joining, blocking_config, blocking_model, registered, registered_worker, running_controller, wait_until
+from fleet import (
+    Joining,
+    blocking_config,
+    blocking_model,
+    registered,
+    registered_worker,
+    running_controller,
+    wait_until,
+)
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.errors import from_rpc_error
 from modelwire.core.settings import GatewaySection, ServerConfig
@@ -33,15 +41,22 @@ from modelwire.v1 import worker_pb2_grpc as pb_grpc
 
 
 async def test_a_gateway_without_its_registry_is_not_serving_and_says_unavailable() -> None:
-    gateway = Gateway(RemoteController(f"127.0.0.1:{free_port()}"), ServerConfig(port=0, grace_period_s=0))
+    gateway = Gateway(
+        RemoteController(f"127.0.0.1:{free_port()}"), ServerConfig(port=0, grace_period_s=0)
+    )
     await gateway.start()
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
             assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await pb_grpc.ModelWorkerStub(channel).Generate(
-                    pb.ModelRequest(model="m", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]), timeout=5
+                    pb.ModelRequest(
+                        model="m", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]
+                    ),
+                    timeout=5,
                 )
         error = from_rpc_error(raised.value)
         assert error.code == grpc.StatusCode.UNAVAILABLE, "NOT_FOUND would be permanent to SDKs"
@@ -51,12 +66,25 @@ async def test_a_gateway_without_its_registry_is_not_serving_and_says_unavailabl
         await gateway.stop()
 
 
-async def test_a_model_whose_only_worker_restarts_is_unavailable_not_unknown(blocking_provider: None) -> None:
+async def test_a_model_whose_only_worker_restarts_is_unavailable_not_unknown(
+    blocking_provider: None,
+) -> None:
     async with running_controller() as controller, AsyncExitStack() as stack:
-        worker = await stack.enter_async_context(registered_worker(blocking_config(blocking_model("slow", tokens=1)), Joining(controller=controller.address)))
+        worker = await stack.enter_async_context(
+            registered_worker(
+                blocking_config(blocking_model("slow", tokens=1)),
+                Joining(controller=controller.address),
+            )
+        )
         await registered(worker)
-        settling = Gateway(RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0))
-        gateway = Gateway(RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0), GatewaySection(settle_s=0))
+        settling = Gateway(
+            RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0)
+        )
+        gateway = Gateway(
+            RemoteController(controller.address),
+            ServerConfig(port=0, grace_period_s=0),
+            GatewaySection(settle_s=0),
+        )
         for started in (settling, gateway):
             await started.start()
             stack.push_async_callback(started.stop)
@@ -64,7 +92,10 @@ async def test_a_model_whose_only_worker_restarts_is_unavailable_not_unknown(blo
         await worker.drain()  # gone from the registry
         await wait_until(gateway.router.changed, lambda: not gateway.router.routes, 10)
         async with ModelWorkerClient(gateway.address, timeout=5) as client:
-            for model, code in (("slow", grpc.StatusCode.UNAVAILABLE), ("never-served", grpc.StatusCode.NOT_FOUND)):
+            for model, code in (
+                ("slow", grpc.StatusCode.UNAVAILABLE),
+                ("never-served", grpc.StatusCode.NOT_FOUND),
+            ):
                 with pytest.raises(ModelwireCallError) as raised:
                     await client.generate(model, "hi")
                 assert raised.value.code == code, (model, raised.value)
@@ -73,11 +104,16 @@ async def test_a_model_whose_only_worker_restarts_is_unavailable_not_unknown(blo
         async with ModelWorkerClient(settling.address, timeout=5) as client:
             with pytest.raises(ModelwireCallError) as raised:
                 await client.generate("never-served", "hi")
-            assert raised.value.code == grpc.StatusCode.UNAVAILABLE and "may still be registering" in raised.value.message
+            assert (
+                raised.value.code == grpc.StatusCode.UNAVAILABLE
+                and "may still be registering" in raised.value.message
+            )
 
 
 def flaky_upstream_config(tmp_path: Path, url: str, name: str) -> object:
-    return load_toml_config(tmp_path / name, f"""
+    return load_toml_config(
+        tmp_path / name,
+        f"""
 [server]
 grace_period_s = 0
 [[models]]
@@ -88,23 +124,36 @@ context_length = 8192
 max_retries = 0
 max_concurrency = 1
 max_queue = 0
-""")
+""",
+    )
 
 
-async def test_a_call_a_worker_started_is_never_replayed_but_an_admission_refusal_is(tmp_path: Path) -> None:
+async def test_a_call_a_worker_started_is_never_replayed_but_an_admission_refusal_is(
+    tmp_path: Path,
+) -> None:
     """The upstream answers 503: the worker reports UNAVAILABLE after calling it, so the gateway
     must not call it again through another worker (it may have billed). A worker whose admission
     is full refuses before any work, and says so: that call moves to the other worker."""
-    async with fake_upstream() as upstream, running_controller() as controller, AsyncExitStack() as stack:
+    async with (
+        fake_upstream() as upstream,
+        running_controller() as controller,
+        AsyncExitStack() as stack,
+    ):
         for name in ("a", "b"):
             (tmp_path / name).mkdir()
         workers = []
         for name in ("a", "b"):
             config = flaky_upstream_config(tmp_path, upstream.url, name)
-            workers.append(await stack.enter_async_context(registered_worker(config, Joining(controller=controller.address))))  # type: ignore[arg-type]
+            workers.append(
+                await stack.enter_async_context(
+                    registered_worker(config, Joining(controller=controller.address))
+                )
+            )  # type: ignore[arg-type]
         for worker in workers:
             await registered(worker)
-        gateway = Gateway(RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0))
+        gateway = Gateway(
+            RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0)
+        )
         await gateway.start()
         stack.push_async_callback(gateway.stop)
         await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 2, 10)
@@ -117,7 +166,9 @@ async def test_a_call_a_worker_started_is_never_replayed_but_an_admission_refusa
             with pytest.raises(ModelwireCallError) as raised:
                 await client.generate("m", "hi")
         assert raised.value.code == grpc.StatusCode.UNAVAILABLE
-        assert len(upstream.exchanges) == 1, "the gateway replayed a call the worker had already sent upstream"
+        assert len(upstream.exchanges) == 1, (
+            "the gateway replayed a call the worker had already sent upstream"
+        )
 
         # Admission: one worker's only slot is taken by a call straight to it; through the gateway,
         # a call that lands there is refused NOT_STARTED and moves to the other worker.
@@ -126,7 +177,9 @@ async def test_a_call_a_worker_started_is_never_replayed_but_an_admission_refusa
 
         async def slow(exchange: Exchange, respond: Responder) -> None:
             await release.wait()
-            await respond.json(200, {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]})
+            await respond.json(
+                200, {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]}
+            )
 
         upstream.default = slow
         busy = workers[0]
@@ -143,14 +196,18 @@ async def test_a_call_a_worker_started_is_never_replayed_but_an_admission_refusa
         await direct
         served = [o for o in outputs if not isinstance(o, BaseException)]
         assert served, outputs
-        assert all(isinstance(o, ModelwireCallError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-                   for o in outputs if isinstance(o, BaseException)), outputs
+        assert all(
+            isinstance(o, ModelwireCallError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for o in outputs
+            if isinstance(o, BaseException)
+        ), outputs
 
 
 async def _generate(address: str) -> pb.ModelOutput:
     async with grpc.aio.insecure_channel(address) as channel:
         output: pb.ModelOutput = await pb_grpc.ModelWorkerStub(channel).Generate(
-            pb.ModelRequest(model="m", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]), timeout=10
+            pb.ModelRequest(model="m", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]),
+            timeout=10,
         )
         return output
 
@@ -170,7 +227,9 @@ async def test_random_model_names_leave_the_label_set_bounded(blocking_provider:
             stub = pb_grpc.ModelWorkerStub(channel)
             for _ in range(1000):
                 with pytest.raises(grpc.aio.AioRpcError):
-                    await stub.CountToken(pb.CountTokenRequest(model=uuid.uuid4().hex, prompt="hi"), timeout=5)
+                    await stub.CountToken(
+                        pb.CountTokenRequest(model=uuid.uuid4().hex, prompt="hi"), timeout=5
+                    )
         labels = {
             sample.labels.get("model")
             for metric in worker.metrics.registry.collect()
@@ -185,12 +244,17 @@ async def test_a_draining_worker_serves_during_its_drain_delay(blocking_provider
     config = replace(config, server=replace(config.server, drain_delay_s=5.0, grace_period_s=0))
     async with running_worker(config) as worker:
         async with grpc.aio.insecure_channel(worker.address) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             draining = asyncio.create_task(worker.drain())
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
             output = await pb_grpc.ModelWorkerStub(channel).Generate(
-                pb.ModelRequest(model="slow", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]), timeout=5
+                pb.ModelRequest(
+                    model="slow", messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")]
+                ),
+                timeout=5,
             )
             assert output.text == "w0 ", "a call arriving within the drain delay is still served"
             watch.cancel()
@@ -220,21 +284,41 @@ async def test_a_frozen_worker_is_left_within_keepalive_time(tmp_path: Path) -> 
             path = tmp_path / f"echo-{index}.toml"
             path.write_text(ECHO_WORKER.format(port=port))
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(path), "--controller", controller.address,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "modelwire.app.cli",
+                "serve",
+                "--config",
+                str(path),
+                "--controller",
+                controller.address,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             stack.push_async_callback(_kill, process)
             assert process.stdout is not None
-            assert (await asyncio.wait_for(process.stdout.readline(), 60)).startswith(b"modelwire serving")
+            assert (await asyncio.wait_for(process.stdout.readline(), 60)).startswith(
+                b"modelwire serving"
+            )
             processes.append((process, f"127.0.0.1:{port}"))
-        settings = GatewaySection(keepalive_time_s=1.0, keepalive_timeout_s=1.0, connect_timeout_s=1.0)
-        gateway = Gateway(RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0), settings)
+        settings = GatewaySection(
+            keepalive_time_s=1.0, keepalive_timeout_s=1.0, connect_timeout_s=1.0
+        )
+        gateway = Gateway(
+            RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0), settings
+        )
         await gateway.start()
         stack.push_async_callback(gateway.stop)
-        await wait_until(gateway.router.changed, lambda: sum(r.probe is True for r in gateway.router.routes.values()) == 2, 20)
+        await wait_until(
+            gateway.router.changed,
+            lambda: sum(r.probe is True for r in gateway.router.routes.values()) == 2,
+            20,
+        )
 
         frozen, frozen_address = processes[0]
-        route = next(r for r in gateway.router.routes.values() if r.instance.address == frozen_address)
+        route = next(
+            r for r in gateway.router.routes.values() if r.instance.address == frozen_address
+        )
         frozen.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:

@@ -42,11 +42,11 @@ from modelwire.core.settings import (
     parse,
 )
 from modelwire.fleet.connect import connect
-from modelwire.gateway.server import Gateway
 from modelwire.fleet.types import InstanceModel, InstanceSpec
-from modelwire.worker.agent import RegistrationAgent, worker_agent
+from modelwire.gateway.server import Gateway
 from modelwire.v1 import controller_pb2 as cpb
 from modelwire.v1 import controller_pb2_grpc as cpb_grpc
+from modelwire.worker.agent import RegistrationAgent, worker_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {
@@ -81,18 +81,29 @@ def ip() -> str:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory, ip: str) -> Path:
     directory = tmp_path_factory.mktemp("fleet-certs")
-    subprocess.run([str(ROOT / "scripts" / "make_certs.sh"), str(directory), ip], check=True, capture_output=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "make_certs.sh"), str(directory), ip],
+        check=True,
+        capture_output=True,
+    )
     return directory
 
 
 @pytest.fixture(scope="module")
 def auth(tmp_path_factory: pytest.TempPathFactory) -> AuthConfig:
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.toml"
-    tokens.write_text("".join(
-        f'[[tokens]]\nname = "{name}"\ntoken = "{token(name)}"\npermissions = {list(permissions)!r}\n'.replace("'", '"')
-        for name, permissions in TOKENS.items()
-    ))
-    config = read_auth(parse(AuthSection, {"tokens_file": str(tokens), "protect_health": True}, "<test>", "auth"), "<test>")
+    tokens.write_text(
+        "".join(
+            f'[[tokens]]\nname = "{name}"\ntoken = "{token(name)}"\npermissions = {list(permissions)!r}\n'.replace(
+                "'", '"'
+            )
+            for name, permissions in TOKENS.items()
+        )
+    )
+    config = read_auth(
+        parse(AuthSection, {"tokens_file": str(tokens), "protect_health": True}, "<test>", "auth"),
+        "<test>",
+    )
     assert config is not None
     return config
 
@@ -108,8 +119,11 @@ def client_tls(certs: Path) -> ClientTlsConfig:
 @asynccontextmanager
 async def controller(ip: str, auth: AuthConfig, certs: Path) -> AsyncIterator[ControllerServer]:
     server = ControllerServer(
-        MemoryRegistry(30), ServerConfig(host=ip, port=0, grace_period_s=0), ControllerSection(probe_health=False),
-        auth=auth, tls=server_tls(certs),
+        MemoryRegistry(30),
+        ServerConfig(host=ip, port=0, grace_period_s=0),
+        ControllerSection(probe_health=False),
+        auth=auth,
+        tls=server_tls(certs),
     )
     await server.start()
     try:
@@ -128,7 +142,12 @@ def bearer(name: str) -> tuple[tuple[str, str]]:
 
 
 def registration(instance_id: str, address: str, weight: int = 1) -> cpb.RegisterInstanceRequest:
-    return cpb.RegisterInstanceRequest(instance_id=instance_id, address=address, models=[cpb.InstanceModel(model="m")], weight=weight)
+    return cpb.RegisterInstanceRequest(
+        instance_id=instance_id,
+        address=address,
+        models=[cpb.InstanceModel(model="m")],
+        weight=weight,
+    )
 
 
 async def refused(call: object, code: grpc.StatusCode) -> str:
@@ -138,14 +157,19 @@ async def refused(call: object, code: grpc.StatusCode) -> str:
     return raised.value.details() or ""
 
 
-async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig, certs: Path) -> None:
+async def test_the_control_plane_refuses_every_hijack(
+    ip: str, auth: AuthConfig, certs: Path
+) -> None:
     async with controller(ip, auth, certs) as server:
         channel, control = stub(server.address, certs)
         async with channel:
             mine = registration("w1", f"{ip}:5001")
-            await refused(control.RegisterInstance(mine, timeout=5), grpc.StatusCode.UNAUTHENTICATED)
+            await refused(
+                control.RegisterInstance(mine, timeout=5), grpc.StatusCode.UNAUTHENTICATED
+            )
             assert "lacks the 'register' permission" in await refused(
-                control.RegisterInstance(mine, metadata=bearer("caller"), timeout=5), grpc.StatusCode.PERMISSION_DENIED
+                control.RegisterInstance(mine, metadata=bearer("caller"), timeout=5),
+                grpc.StatusCode.PERMISSION_DENIED,
             )
             await control.RegisterInstance(mine, metadata=bearer("worker-a"), timeout=5)
 
@@ -153,32 +177,74 @@ async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig,
             stolen = registration("w1", f"{ip}:6666")
             for call in (
                 control.RegisterInstance(stolen, metadata=bearer("worker-b"), timeout=5),
-                control.Heartbeat(cpb.HeartbeatRequest(instance_id="w1"), metadata=bearer("worker-b"), timeout=5),
-                control.DeregisterInstance(cpb.DeregisterInstanceRequest(instance_id="w1"), metadata=bearer("worker-b"), timeout=5),
+                control.Heartbeat(
+                    cpb.HeartbeatRequest(instance_id="w1"), metadata=bearer("worker-b"), timeout=5
+                ),
+                control.DeregisterInstance(
+                    cpb.DeregisterInstanceRequest(instance_id="w1"),
+                    metadata=bearer("worker-b"),
+                    timeout=5,
+                ),
             ):
-                assert "registered by another identity" in await refused(call, grpc.StatusCode.PERMISSION_DENIED)
+                assert "registered by another identity" in await refused(
+                    call, grpc.StatusCode.PERMISSION_DENIED
+                )
             [instance] = server.registry.instances()
             assert (instance.address, instance.spec.owner) == (f"{ip}:5001", "worker-a")
 
             # Addresses only this machine can dial, and a weight that would win every pick.
             for address in (
-                "unix:/tmp/worker.sock:1", "UNIX:/tmp/w.sock:1", "vsock:1:2", "127.0.0.1:50051", "localhost:50051",
-                "LOCALHOST:50051", "localhost.:1", "ip6-loopback:1", "a.localhost:1", "169.254.10.1:1", "0.0.0.0:1", "[::1]:1",
+                "unix:/tmp/worker.sock:1",
+                "UNIX:/tmp/w.sock:1",
+                "vsock:1:2",
+                "127.0.0.1:50051",
+                "localhost:50051",
+                "LOCALHOST:50051",
+                "localhost.:1",
+                "ip6-loopback:1",
+                "a.localhost:1",
+                "169.254.10.1:1",
+                "0.0.0.0:1",
+                "[::1]:1",
                 # forms resolvers and gRPC widen to loopback (found by an attack on this code)
-                "[::ffff:127.0.0.1]:1", "[::ffff:7f00:1]:1", "[64:ff9b::7f00:1]:1", "[::ffff:169.254.1.1]:1",
+                "[::ffff:127.0.0.1]:1",
+                "[::ffff:7f00:1]:1",
+                "[64:ff9b::7f00:1]:1",
+                "[::ffff:169.254.1.1]:1",
                 # IPv4 inside other IPv6 forms (IPv4-compatible, SIIT), cloud metadata services
-                "[::127.0.0.1]:1", "[::ffff:0:127.0.0.1]:1", "100.100.100.200:1", "[fd00:ec2::254]:1",
-                "127.000.000.001:1", "127.1:1", "0x7f000001:1", "2130706433:1", "0:1", "ipv4:127.0.0.1:1",
-                "dns:///127.0.0.1:1", "dns:///localhost:1", "127.0.0.1 :1", "[fe80::1%eth0]:1", "[]:1",
-                f"{ip}:70000", f"{ip}:\u0665\u0660\u0660\u0660", f"{ip}:99999999999999999999", "x" * 300 + ":1",
+                "[::127.0.0.1]:1",
+                "[::ffff:0:127.0.0.1]:1",
+                "100.100.100.200:1",
+                "[fd00:ec2::254]:1",
+                "127.000.000.001:1",
+                "127.1:1",
+                "0x7f000001:1",
+                "2130706433:1",
+                "0:1",
+                "ipv4:127.0.0.1:1",
+                "dns:///127.0.0.1:1",
+                "dns:///localhost:1",
+                "127.0.0.1 :1",
+                "[fe80::1%eth0]:1",
+                "[]:1",
+                f"{ip}:70000",
+                f"{ip}:\u0665\u0660\u0660\u0660",
+                f"{ip}:99999999999999999999",
+                "x" * 300 + ":1",
             ):
                 details = await refused(
-                    control.RegisterInstance(registration("w2", address), metadata=bearer("worker-a"), timeout=5),
+                    control.RegisterInstance(
+                        registration("w2", address), metadata=bearer("worker-a"), timeout=5
+                    ),
                     grpc.StatusCode.INVALID_ARGUMENT,
                 )
                 assert "address" in details, (address, details)
             details = await refused(
-                control.RegisterInstance(registration("w2", f"{ip}:5002", weight=1_000_000), metadata=bearer("worker-a"), timeout=5),
+                control.RegisterInstance(
+                    registration("w2", f"{ip}:5002", weight=1_000_000),
+                    metadata=bearer("worker-a"),
+                    timeout=5,
+                ),
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
             assert "weight: at most 100" in details
@@ -186,26 +252,70 @@ async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig,
             # What a registration may hold is bounded (the fleet goes to every watcher in one
             # message) and printable (names end up in log lines).
             for field, bad in (
-                ("labels", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m")],
-                                                       labels={f"k{i}": "v" * 10 for i in range(33)})),
-                ("labels", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m")],
-                                                       labels={"k": "v" * 100_000})),
-                ("models", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003",
-                                                       models=[cpb.InstanceModel(model=f"m{i}") for i in range(65)])),
-                ("models[0].model", cpb.RegisterInstanceRequest(
-                    instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m\n{\"forged\": 1}")])),
-                ("models[0].model", cpb.RegisterInstanceRequest(instance_id="w3", address=f"{ip}:5003", models=[cpb.InstanceModel(model="m" * 300)])),
+                (
+                    "labels",
+                    cpb.RegisterInstanceRequest(
+                        instance_id="w3",
+                        address=f"{ip}:5003",
+                        models=[cpb.InstanceModel(model="m")],
+                        labels={f"k{i}": "v" * 10 for i in range(33)},
+                    ),
+                ),
+                (
+                    "labels",
+                    cpb.RegisterInstanceRequest(
+                        instance_id="w3",
+                        address=f"{ip}:5003",
+                        models=[cpb.InstanceModel(model="m")],
+                        labels={"k": "v" * 100_000},
+                    ),
+                ),
+                (
+                    "models",
+                    cpb.RegisterInstanceRequest(
+                        instance_id="w3",
+                        address=f"{ip}:5003",
+                        models=[cpb.InstanceModel(model=f"m{i}") for i in range(65)],
+                    ),
+                ),
+                (
+                    "models[0].model",
+                    cpb.RegisterInstanceRequest(
+                        instance_id="w3",
+                        address=f"{ip}:5003",
+                        models=[cpb.InstanceModel(model='m\n{"forged": 1}')],
+                    ),
+                ),
+                (
+                    "models[0].model",
+                    cpb.RegisterInstanceRequest(
+                        instance_id="w3",
+                        address=f"{ip}:5003",
+                        models=[cpb.InstanceModel(model="m" * 300)],
+                    ),
+                ),
                 ("instance_id", registration("w3\n", f"{ip}:5003")),
             ):
-                details = await refused(control.RegisterInstance(bad, metadata=bearer("worker-a"), timeout=5), grpc.StatusCode.INVALID_ARGUMENT)
+                details = await refused(
+                    control.RegisterInstance(bad, metadata=bearer("worker-a"), timeout=5),
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                )
                 assert details.startswith(field), (field, details[:200])
 
             # One identity holds at most MAX_INSTANCES_PER_IDENTITY instances.
             for index in range(1, MAX_INSTANCES_PER_IDENTITY):
-                await control.RegisterInstance(registration(f"flood-{index}", f"{ip}:{6000 + index}"), metadata=bearer("worker-b"), timeout=5)
-            await control.RegisterInstance(registration("flood-last", f"{ip}:5999"), metadata=bearer("worker-b"), timeout=5)
+                await control.RegisterInstance(
+                    registration(f"flood-{index}", f"{ip}:{6000 + index}"),
+                    metadata=bearer("worker-b"),
+                    timeout=5,
+                )
+            await control.RegisterInstance(
+                registration("flood-last", f"{ip}:5999"), metadata=bearer("worker-b"), timeout=5
+            )
             assert f"already holds {MAX_INSTANCES_PER_IDENTITY} instances" in await refused(
-                control.RegisterInstance(registration("flood-over", f"{ip}:5998"), metadata=bearer("worker-b"), timeout=5),
+                control.RegisterInstance(
+                    registration("flood-over", f"{ip}:5998"), metadata=bearer("worker-b"), timeout=5
+                ),
                 grpc.StatusCode.PERMISSION_DENIED,
             )
             for instance in server.registry.instances():
@@ -213,16 +323,36 @@ async def test_the_control_plane_refuses_every_hijack(ip: str, auth: AuthConfig,
                     await server.registry.deregister(instance.instance_id)
 
             # Reading the fleet (addresses) needs its own permission.
-            await refused(control.ListInstances(cpb.ListInstancesRequest(), metadata=bearer("caller"), timeout=5), grpc.StatusCode.PERMISSION_DENIED)
-            listed = await control.ListInstances(cpb.ListInstancesRequest(), metadata=bearer("reader"), timeout=5)
+            await refused(
+                control.ListInstances(
+                    cpb.ListInstancesRequest(), metadata=bearer("caller"), timeout=5
+                ),
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+            listed = await control.ListInstances(
+                cpb.ListInstancesRequest(), metadata=bearer("reader"), timeout=5
+            )
             assert [i.instance_id for i in listed.instances] == ["w1"]
 
 
-@pytest.mark.parametrize("command", [["serve"], ["controller"], ["gateway", "--controller", "127.0.0.1:1"]])
+@pytest.mark.parametrize(
+    "command", [["serve"], ["controller"], ["gateway", "--controller", "127.0.0.1:1"]]
+)
 def test_nothing_listens_beyond_loopback_without_auth(ip: str, command: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", *command, "--host", ip, "--port", str(free_port())],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "modelwire.app.cli",
+            *command,
+            "--host",
+            ip,
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1, result.stderr
     assert f"would listen on {ip}:" in result.stderr and "without authentication" in result.stderr
@@ -230,7 +360,10 @@ def test_nothing_listens_beyond_loopback_without_auth(ip: str, command: list[str
 
 
 async def test_the_waiver_lets_a_trusted_network_listen_without_auth(ip: str) -> None:
-    server = ControllerServer(MemoryRegistry(30), ServerConfig(host=ip, port=0, grace_period_s=0, allow_unauthenticated=True))
+    server = ControllerServer(
+        MemoryRegistry(30),
+        ServerConfig(host=ip, port=0, grace_period_s=0, allow_unauthenticated=True),
+    )
     await server.start()
     await server.stop()
     with pytest.raises(StartupFailure, match="without authentication"):
@@ -245,12 +378,16 @@ def tokens_in_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("tokens_in_env")
-async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(ip: str, auth: AuthConfig, certs: Path) -> None:
+async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(
+    ip: str, auth: AuthConfig, certs: Path
+) -> None:
     """Callers authenticate to the gateway; the gateway calls the worker with its own token (the
     caller's is not valid at the worker, so a forwarded one would be refused); health is protected
     and the gateway's probe still sees it; everything runs over TLS on a routable address."""
     ca = client_tls(certs)
-    worker_only = replace(auth, grants=tuple(g for g in auth.grants if g.name in ("gateway", "worker-a")))
+    worker_only = replace(
+        auth, grants=tuple(g for g in auth.grants if g.name in ("gateway", "worker-a"))
+    )
     async with AsyncExitStack() as stack:
         control = await stack.enter_async_context(controller(ip, auth, certs))
         config = replace(
@@ -262,7 +399,9 @@ async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(ip: str, auth
             registration=RegistrationConfig(),
         )
         worker = await build_worker(config)
-        worker.registration = worker_agent(config.registry, config.registration, worker.models, ip, worker.port)
+        worker.registration = worker_agent(
+            config.registry, config.registration, worker.models, ip, worker.port
+        )
         await worker.start()
         stack.push_async_callback(worker.drain)
         await asyncio.wait_for(worker.registration.registered.wait(), 10)
@@ -271,7 +410,8 @@ async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(ip: str, auth
             connect(RegistryAccess(controller=control.address, token_env="TOKEN_GATEWAY", tls=ca)),
             ServerConfig(host=ip, port=0, grace_period_s=1),
             GatewaySection(workers=WorkerAccess(token_env="TOKEN_GATEWAY", tls=ca)),
-            auth=auth, tls=server_tls(certs),
+            auth=auth,
+            tls=server_tls(certs),
         )
         await gateway.start()
         stack.push_async_callback(gateway.stop)
@@ -281,12 +421,16 @@ async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(ip: str, auth
         await wait_until(gateway.router.changed, lambda: route.probe is True, 10)
 
         credentials = tls_credentials(certs / "ca.pem")
-        async with ModelWorkerClient(gateway.address, credentials=credentials, token=token("caller"), timeout=10) as client:
+        async with ModelWorkerClient(
+            gateway.address, credentials=credentials, token=token("caller"), timeout=10
+        ) as client:
             output = await client.generate("slow", "hi")
             models = await client.list_models()
         assert output.text == "w0 w1 w2 "
         assert [m.model for m in models] == ["slow"]
-        async with ModelWorkerClient(gateway.address, credentials=credentials, timeout=10) as anonymous:
+        async with ModelWorkerClient(
+            gateway.address, credentials=credentials, timeout=10
+        ) as anonymous:
             with pytest.raises(ModelwireCallError) as raised:
                 await anonymous.generate("slow", "hi")
         assert raised.value.code == grpc.StatusCode.UNAUTHENTICATED
@@ -302,15 +446,25 @@ async def test_a_worker_whose_id_was_squatted_after_a_controller_restart_comes_b
     first (ids are visible to every caller in the gateway's trailer). The worker is refused, says
     so at WARNING, and registers again under a new id instead of being locked out."""
     port = free_port()
-    access = RegistryAccess(controller=f"{ip}:{port}", token_env="TOKEN_WORKER_A", tls=client_tls(certs))
+    access = RegistryAccess(
+        controller=f"{ip}:{port}", token_env="TOKEN_WORKER_A", tls=client_tls(certs)
+    )
     section = ControllerSection(probe_health=False)
 
     def fresh_controller() -> ControllerServer:
-        return ControllerServer(MemoryRegistry(3), ServerConfig(host=ip, port=port, grace_period_s=0), section, auth=auth, tls=server_tls(certs))
+        return ControllerServer(
+            MemoryRegistry(3),
+            ServerConfig(host=ip, port=port, grace_period_s=0),
+            section,
+            auth=auth,
+            tls=server_tls(certs),
+        )
 
     first = fresh_controller()
     await first.start()
-    agent = RegistrationAgent(connect(access), InstanceSpec("", f"{ip}:5101", (InstanceModel("m"),)), dict)
+    agent = RegistrationAgent(
+        connect(access), InstanceSpec("", f"{ip}:5101", (InstanceModel("m"),)), dict
+    )
     await agent.start()
     try:
         await asyncio.wait_for(agent.registered.wait(), 10)
@@ -321,13 +475,18 @@ async def test_a_worker_whose_id_was_squatted_after_a_controller_restart_comes_b
         try:
             channel, control = stub(second.address, certs)
             async with channel:
-                await control.RegisterInstance(registration(squatted, f"{ip}:6666"), metadata=bearer("worker-b"), timeout=5)
+                await control.RegisterInstance(
+                    registration(squatted, f"{ip}:6666"), metadata=bearer("worker-b"), timeout=5
+                )
             with caplog.at_level(logging.WARNING, logger="modelwire.worker.agent"):
                 await wait_until_owned(second, "worker-a", timeout=15)
             [mine] = [i for i in second.registry.instances() if i.spec.owner == "worker-a"]
             assert mine.instance_id == agent.instance_id != squatted
             assert mine.address == f"{ip}:5101"
-            assert "registered by another identity" in caplog.text and f"registering again as {agent.instance_id}" in caplog.text
+            assert (
+                "registered by another identity" in caplog.text
+                and f"registering again as {agent.instance_id}" in caplog.text
+            )
         finally:
             await agent.stop()
             await second.stop()

@@ -17,19 +17,31 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from blocking_provider import BlockingTestClient
+from conftest import free_port, running_worker
+from fleet import (
+    Joining,
+    Watcher,
+    blocking_config,
+    blocking_model,
+    has_event,
+    registered,
+    registered_worker,
+    running_controller,
+    running_gateway,
+    serving,
+    wait_until,
+)
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 from modelwire.client.requests import build_request
+from modelwire.controller.server import ControllerServer
 from modelwire.core.errors import InvalidRequest
+from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.gateway.server import Gateway, model_field, not_started
 from modelwire.rpc.wire import INSTANCE_TRAILER
-from modelwire.controller.server import ControllerServer
-from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from blocking_provider import BlockingTestClient
-from conftest import free_port, running_worker
-from fleet import Joining, Watcher, running_gateway, serving, wait_until, blocking_config, blocking_model, has_event, registered, registered_worker, running_controller
 
 TTL_S = 2.0
 
@@ -41,7 +53,9 @@ def client_of(worker: Worker) -> BlockingTestClient:
 
 
 @pytest.fixture
-async def fleet(blocking_provider: None) -> AsyncIterator[tuple[ControllerServer, list[Worker], Gateway]]:
+async def fleet(
+    blocking_provider: None,
+) -> AsyncIterator[tuple[ControllerServer, list[Worker], Gateway]]:
     """A controller, two registered workers serving `slow` (blocking provider), a gateway."""
     model = blocking_model("slow", max_concurrency=8, tokens=1000, token_delay_s=0.005)
     config = blocking_config(model)
@@ -49,7 +63,9 @@ async def fleet(blocking_provider: None) -> AsyncIterator[tuple[ControllerServer
     async with AsyncExitStack() as stack:
         controller = await stack.enter_async_context(running_controller(TTL_S))
         settings = Joining(controller=controller.address)
-        workers = [await stack.enter_async_context(registered_worker(config, settings)) for _ in range(2)]
+        workers = [
+            await stack.enter_async_context(registered_worker(config, settings)) for _ in range(2)
+        ]
         for worker in workers:
             await registered(worker)
         gateway = await stack.enter_async_context(running_gateway(controller.address))
@@ -57,7 +73,9 @@ async def fleet(blocking_provider: None) -> AsyncIterator[tuple[ControllerServer
         yield controller, workers, gateway
 
 
-async def test_two_workers_share_200_calls_within_60_40(fleet: tuple[ControllerServer, list[Worker], Gateway]) -> None:
+async def test_two_workers_share_200_calls_within_60_40(
+    fleet: tuple[ControllerServer, list[Worker], Gateway],
+) -> None:
     _, workers, gateway = fleet
     served_by: dict[str, int] = {}
     async with grpc.aio.insecure_channel(gateway.address) as channel:
@@ -80,20 +98,29 @@ async def test_two_workers_share_200_calls_within_60_40(fleet: tuple[ControllerS
     print(f"200 calls split {counts}")
     assert sum(counts) == 200
     assert min(counts) >= 80, f"split {counts} is worse than 60/40"
-    assert sorted(served_by.values()) == sorted(counts), "trailer instance ids disagree with the workers' counts"
+    assert sorted(served_by.values()) == sorted(counts), (
+        "trailer instance ids disagree with the workers' counts"
+    )
     assert [m.model for m in models.models] == ["slow"]
 
 
-async def test_calls_shift_away_from_an_artificially_loaded_worker(fleet: tuple[ControllerServer, list[Worker], Gateway]) -> None:
+async def test_calls_shift_away_from_an_artificially_loaded_worker(
+    fleet: tuple[ControllerServer, list[Worker], Gateway],
+) -> None:
     _, (busy, idle), gateway = fleet
     busy_id = busy.registration.instance_id if busy.registration else ""
     route = gateway.router.routes[busy_id]
-    async with ModelWorkerClient(busy.address, timeout=30) as direct, ModelWorkerClient(gateway.address, timeout=10) as via:
+    async with (
+        ModelWorkerClient(busy.address, timeout=30) as direct,
+        ModelWorkerClient(gateway.address, timeout=10) as via,
+    ):
         # Six long streams straight to one worker, behind the gateway's back: only its heartbeats tell.
         streams = [direct.stream("slow", "load") for _ in range(6)]
         for stream in streams:
             await anext(stream)
-        await wait_until(gateway.router.changed, lambda: route.others_load("slow", time.monotonic()) >= 5.9, 5)
+        await wait_until(
+            gateway.router.changed, lambda: route.others_load("slow", time.monotonic()) >= 5.9, 5
+        )
 
         before = [client_of(w).started for w in (busy, idle)]
         gate = asyncio.Semaphore(4)
@@ -109,7 +136,9 @@ async def test_calls_shift_away_from_an_artificially_loaded_worker(fleet: tuple[
 
         for stream in streams:
             await stream.aclose()
-        await wait_until(gateway.router.changed, lambda: route.others_load("slow", time.monotonic()) == 0, 5)
+        await wait_until(
+            gateway.router.changed, lambda: route.others_load("slow", time.monotonic()) == 0, 5
+        )
         before = [client_of(w).started for w in (busy, idle)]
         await asyncio.gather(*(one() for _ in range(40)))
         to_busy = client_of(busy).started - before[0]
@@ -117,7 +146,9 @@ async def test_calls_shift_away_from_an_artificially_loaded_worker(fleet: tuple[
         assert to_busy >= 12, f"only {to_busy} of 40 calls went back to the unloaded worker"
 
 
-async def test_deadline_cancellation_and_error_details_cross_the_gateway(fleet: tuple[ControllerServer, list[Worker], Gateway]) -> None:
+async def test_deadline_cancellation_and_error_details_cross_the_gateway(
+    fleet: tuple[ControllerServer, list[Worker], Gateway],
+) -> None:
     _, workers, gateway = fleet
     clients = [client_of(w) for w in workers]
     async with ModelWorkerClient(gateway.address, timeout=10) as via:
@@ -161,14 +192,18 @@ class FakeWorker(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
         self.time_remaining: list[float | None] = []
         self.cancelled = asyncio.Event()
 
-    async def GenerateStream(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelOutput]:
+    async def GenerateStream(
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelOutput]:
         self.calls += 1
         self.metadata.append({k: v for k, v in context.invocation_metadata() if isinstance(v, str)})
         self.time_remaining.append(context.time_remaining())
         if self.mode == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: down")
         if self.mode == "started-then-unavailable":
-            await context.send_initial_metadata((("modelwire-pid", "1"),))  # as a worker does when work begins
+            await context.send_initial_metadata(
+                (("modelwire-pid", "1"),)
+            )  # as a worker does when work begins
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted: lost after starting")
         yield pb.ModelOutput(text="a")
         if self.mode == "one-then-unavailable":
@@ -184,10 +219,14 @@ class FakeWorker(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
 
 
 @asynccontextmanager
-async def fake_fleet(*modes: str, probe_health: bool = True) -> AsyncIterator[tuple[list[FakeWorker], Gateway]]:
+async def fake_fleet(
+    *modes: str, probe_health: bool = True
+) -> AsyncIterator[tuple[list[FakeWorker], Gateway]]:
     """Fake upstreams registered straight into a controller's registry (no health service: unknown)."""
     async with AsyncExitStack() as stack:
-        controller = await stack.enter_async_context(running_controller(ttl_s=60, probe_health=False))
+        controller = await stack.enter_async_context(
+            running_controller(ttl_s=60, probe_health=False)
+        )
         fakes = []
         for index, mode in enumerate(modes):
             fake = FakeWorker(mode)
@@ -199,18 +238,26 @@ async def fake_fleet(*modes: str, probe_health: bool = True) -> AsyncIterator[tu
                 port = server.add_insecure_port("127.0.0.1:0")
                 await server.start()
                 stack.push_async_callback(server.stop, 0)
-            await controller.registry.register(InstanceSpec(f"fake-{index}", f"127.0.0.1:{port}", (InstanceModel("m"),)))
+            await controller.registry.register(
+                InstanceSpec(f"fake-{index}", f"127.0.0.1:{port}", (InstanceModel("m"),))
+            )
             fakes.append(fake)
         gateway = await stack.enter_async_context(running_gateway(controller.address, probe_health))
-        await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == len(modes), 5)
+        await wait_until(
+            gateway.router.changed, lambda: len(gateway.router.routes) == len(modes), 5
+        )
         yield fakes, gateway
 
 
 async def collect(stub: pb_grpc.ModelWorkerStub, **kwargs: object) -> str:
-    return "".join([chunk.text async for chunk in stub.GenerateStream(build_request("m", "hi"), **kwargs)])
+    return "".join(
+        [chunk.text async for chunk in stub.GenerateStream(build_request("m", "hi"), **kwargs)]
+    )
 
 
-async def test_a_refused_connection_is_retried_on_another_instance(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_refused_connection_is_retried_on_another_instance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Without health probes (which would mark it down first), the refused instance gets its turn."""
     with caplog.at_level(logging.INFO, logger="modelwire.gateway"):
         async with fake_fleet("refused", "ok", probe_health=False) as ((_, up), gateway):
@@ -220,23 +267,38 @@ async def test_a_refused_connection_is_retried_on_another_instance(caplog: pytes
 
     assert texts == ["abb"] * 10
     assert up.calls == 10
-    assert "instance fake-0 did not take the call" in caplog.text, "the refused instance was never tried"
+    assert "instance fake-0 did not take the call" in caplog.text, (
+        "the refused instance was never tried"
+    )
 
 
 def test_only_a_call_no_worker_began_counts_as_not_started() -> None:
-    def error(details: str, trailers: tuple[tuple[str, str | bytes], ...] = (), headers: tuple[tuple[str, str], ...] = ()) -> grpc.aio.AioRpcError:
-        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(*headers), grpc.aio.Metadata(*trailers), details)
+    def error(
+        details: str,
+        trailers: tuple[tuple[str, str | bytes], ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(*headers),
+            grpc.aio.Metadata(*trailers),
+            details,
+        )
 
     refused = status_pb2.Status(code=8, message="full")
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(domain="modelwire", reason="NOT_STARTED"))
     refused.details.append(info)
     pid = ("modelwire-pid", "123")
-    assert not_started(error("failed to connect to all addresses; last error: UNKNOWN: Connection refused"))
+    assert not_started(
+        error("failed to connect to all addresses; last error: UNKNOWN: Connection refused")
+    )
     assert not_started(error("Socket closed"))  # lost while queued: no headers yet
     assert not not_started(error("Socket closed", headers=(pid,)))  # lost after the work began
     assert not not_started(error("draining", (pid,)))
-    assert not_started(error("full", (pid, ("grpc-status-details-bin", refused.SerializeToString()))))
+    assert not_started(
+        error("full", (pid, ("grpc-status-details-bin", refused.SerializeToString())))
+    )
     assert not not_started(error("full", (pid, ("grpc-status-details-bin", b"\xff\xff garbage"))))
 
 
@@ -254,19 +316,30 @@ async def test_unavailable_before_the_first_chunk_is_retried_on_another_instance
 async def test_a_call_lost_after_the_worker_began_it_is_not_replayed() -> None:
     """The worker's headers came (its work had begun), then UNAVAILABLE without its trailer, as
     when it is killed mid-call: the upstream may have been called, so no other instance repeats it."""
-    async with fake_fleet("started-then-unavailable", "started-then-unavailable") as (fakes, gateway):
+    async with fake_fleet("started-then-unavailable", "started-then-unavailable") as (
+        fakes,
+        gateway,
+    ):
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await collect(pb_grpc.ModelWorkerStub(channel), timeout=5)
 
-    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and raised.value.details() == "scripted: lost after starting"
+    assert (
+        raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        and raised.value.details() == "scripted: lost after starting"
+    )
     assert sum(f.calls for f in fakes) == 1
 
 
 async def test_a_call_routed_back_to_the_gateway_stops_at_once() -> None:
     """An instance registered at the gateway's own address: one hop, then FAILED_PRECONDITION."""
-    async with running_controller(ttl_s=60, probe_health=False) as controller, running_gateway(controller.address) as gateway:
-        await controller.registry.register(InstanceSpec("loop", gateway.address, (InstanceModel("m"),)))
+    async with (
+        running_controller(ttl_s=60, probe_health=False) as controller,
+        running_gateway(controller.address) as gateway,
+    ):
+        await controller.registry.register(
+            InstanceSpec("loop", gateway.address, (InstanceModel("m"),))
+        )
         await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 1, 5)
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -278,7 +351,9 @@ async def test_a_call_routed_back_to_the_gateway_stops_at_once() -> None:
 async def test_unavailable_after_the_first_chunk_is_not_retried() -> None:
     async with fake_fleet("one-then-unavailable", "one-then-unavailable") as (fakes, gateway):
         async with grpc.aio.insecure_channel(gateway.address) as channel:
-            call = pb_grpc.ModelWorkerStub(channel).GenerateStream(build_request("m", "hi"), timeout=5)
+            call = pb_grpc.ModelWorkerStub(channel).GenerateStream(
+                build_request("m", "hi"), timeout=5
+            )
             chunks = []
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 async for chunk in call:
@@ -293,7 +368,9 @@ async def test_deadline_metadata_and_cancellation_reach_the_upstream() -> None:
     async with fake_fleet("slow") as ((fake,), gateway):
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = pb_grpc.ModelWorkerStub(channel)
-            call = stub.GenerateStream(build_request("m", "hi"), timeout=5, metadata=(("x-trace", "t-42"),))
+            call = stub.GenerateStream(
+                build_request("m", "hi"), timeout=5, metadata=(("x-trace", "t-42"),)
+            )
             assert (await call.read()).text == "a"
             assert dict(await call.initial_metadata())[INSTANCE_TRAILER] == "fake-0"
             call.cancel()
@@ -321,6 +398,7 @@ def test_the_label_model_costs_the_same_whatever_the_body(monkeypatch: pytest.Mo
     """`leading_model` runs before authentication (for the metrics label): an unterminated varint as long as the
     receive limit is read for 10 bytes, a body of many small fields for 16 fields, never to the end."""
     import modelwire.gateway.router as router
+
     calls = 0
     real = router._varint
 
@@ -339,10 +417,16 @@ def test_the_label_model_costs_the_same_whatever_the_body(monkeypatch: pytest.Mo
         router.leading_model(pb.CountTokenRequest(model="m" * 2000).SerializeToString())
 
 
-async def start_process(*args: str, expect: str, timeout: float = 120) -> asyncio.subprocess.Process:
+async def start_process(
+    *args: str, expect: str, timeout: float = 120
+) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     assert process.stdout is not None
     line = (await asyncio.wait_for(process.stdout.readline(), timeout)).decode()
@@ -362,25 +446,55 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
         watcher = Watcher(controller.address)
         try:
             ports = [free_port() for _ in range(2)]
-            processes += await asyncio.gather(*(
-                start_process("serve", "--port", str(port), "--controller", controller.address,
-                              expect=f"modelwire serving gemma-3-270m on 127.0.0.1:{port}")
-                for port in ports
-            ))
+            processes += await asyncio.gather(
+                *(
+                    start_process(
+                        "serve",
+                        "--port",
+                        str(port),
+                        "--controller",
+                        controller.address,
+                        expect=f"modelwire serving gemma-3-270m on 127.0.0.1:{port}",
+                    )
+                    for port in ports
+                )
+            )
             gateway_port = free_port()
-            processes.append(await start_process(
-                "gateway", "--controller", controller.address, "--port", str(gateway_port),
-                expect=f"modelwire gateway on 127.0.0.1:{gateway_port}", timeout=30))
+            processes.append(
+                await start_process(
+                    "gateway",
+                    "--controller",
+                    controller.address,
+                    "--port",
+                    str(gateway_port),
+                    expect=f"modelwire gateway on 127.0.0.1:{gateway_port}",
+                    timeout=30,
+                )
+            )
             await serving(f"127.0.0.1:{gateway_port}")
             for port in ports:
-                await watcher.wait_for(lambda b, p=port: any(  # type: ignore[misc]
-                    e.instance.address == f"127.0.0.1:{p}" and e.instance.healthy for e in b.events), 30)
-            address_of = {e.instance.instance_id: e.instance.address for _, b in watcher.batches for e in b.events}
+                await watcher.wait_for(
+                    lambda b, p=port: any(  # type: ignore[misc]
+                        e.instance.address == f"127.0.0.1:{p}" and e.instance.healthy
+                        for e in b.events
+                    ),
+                    30,
+                )
+            address_of = {
+                e.instance.instance_id: e.instance.address
+                for _, b in watcher.batches
+                for e in b.events
+            }
 
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}") as channel:
                 stub = pb_grpc.ModelWorkerStub(channel)
                 # Long enough that a stream under way at the kill is still under way when it lands.
-                request = build_request("gemma-3-270m", "Count from one to fifty.", temperature=0, max_new_tokens=STREAM_TOKENS)
+                request = build_request(
+                    "gemma-3-270m",
+                    "Count from one to fifty.",
+                    temperature=0,
+                    max_new_tokens=STREAM_TOKENS,
+                )
                 started: dict[int, str] = {}  # call index -> instance id, once streaming
                 first_chunk = asyncio.Event()
 
@@ -405,20 +519,28 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
                 victim.kill()
                 killed_at = time.monotonic()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
-                print(f"streaming at the kill: {at_kill}; victim {victim_id}; results {[r if isinstance(r, str) else r.code() for r in results]}")
+                print(
+                    f"streaming at the kill: {at_kill}; victim {victim_id}; results {[r if isinstance(r, str) else r.code() for r in results]}"
+                )
 
                 for index, result in enumerate(results):
                     if index in streaming_on_victim:
                         assert isinstance(result, grpc.aio.AioRpcError), result
                         assert result.code() == grpc.StatusCode.UNAVAILABLE
                     else:
-                        assert result != victim_id and isinstance(result, str), f"call {index}: {result!r}"
+                        assert result != victim_id and isinstance(result, str), (
+                            f"call {index}: {result!r}"
+                        )
                 # New calls keep working.
                 assert "".join([c.text async for c in stub.GenerateStream(request, timeout=60)])
 
             removed_at = await watcher.wait_for(has_event("removed", victim_id), TTL_S + 5)
-            print(f"the killed instance left the registry {removed_at - killed_at:.2f}s after SIGKILL (TTL {TTL_S}s)")
-            assert removed_at - killed_at <= TTL_S + 0.6, f"left the registry {removed_at - killed_at:.2f}s after the kill"
+            print(
+                f"the killed instance left the registry {removed_at - killed_at:.2f}s after SIGKILL (TTL {TTL_S}s)"
+            )
+            assert removed_at - killed_at <= TTL_S + 0.6, (
+                f"left the registry {removed_at - killed_at:.2f}s after the kill"
+            )
         finally:
             await watcher.close()
             for process in processes:
@@ -439,7 +561,9 @@ async def test_gateway_keeps_routing_through_a_controller_restart(blocking_provi
     config = blocking_config(blocking_model("slow", tokens=1))
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(running_controller(TTL_S, port=port))
-        worker = await stack.enter_async_context(registered_worker(config, Joining(controller=first.address)))
+        worker = await stack.enter_async_context(
+            registered_worker(config, Joining(controller=first.address))
+        )
         await registered(worker)
         gateway = await stack.enter_async_context(running_gateway(first.address))
         await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 1, 5)
@@ -481,26 +605,39 @@ async def test_garbage_from_one_instance_costs_only_its_own_answer() -> None:
         return b"\xff\xff\xff"
 
     async def generate_with_bad_trailer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        context.set_trailing_metadata((("endpoint-load-metrics-bin", b"\xff\xff"), ("modelwire-load-bin", b"\xff")))
+        context.set_trailing_metadata(
+            (("endpoint-load-metrics-bin", b"\xff\xff"), ("modelwire-load-bin", b"\xff"))
+        )
         return pb.ModelOutput(text="fine", finish_reason=pb.FINISH_REASON_STOP).SerializeToString()
 
     evil = grpc.aio.server()
-    evil.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("modelwire.v1.ModelWorker", {
-        "ListModels": grpc.unary_unary_rpc_method_handler(list_garbage),
-        "Generate": grpc.unary_unary_rpc_method_handler(generate_with_bad_trailer),
-    }),))
+    evil.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "modelwire.v1.ModelWorker",
+                {
+                    "ListModels": grpc.unary_unary_rpc_method_handler(list_garbage),
+                    "Generate": grpc.unary_unary_rpc_method_handler(generate_with_bad_trailer),
+                },
+            ),
+        )
+    )
     evil.add_insecure_port(f"127.0.0.1:{garbage_port}")
     await evil.start()
     try:
         async with fake_fleet("ok") as ((_,), gateway):
-            await gateway.router.source.register(InstanceSpec("evil", f"127.0.0.1:{garbage_port}", (InstanceModel("evil"),)))  # type: ignore[attr-defined]
+            await gateway.router.source.register(
+                InstanceSpec("evil", f"127.0.0.1:{garbage_port}", (InstanceModel("evil"),))
+            )  # type: ignore[attr-defined]
             await wait_until(gateway.router.changed, lambda: len(gateway.router.routes) == 2, 5)
             async with ModelWorkerClient(gateway.address, timeout=5) as client:
                 models = await client.list_models()
                 assert (await client.generate("evil", "hi")).text == "fine"
     finally:
         await evil.stop(0)
-    assert [m.model for m in models] == []  # the fake "ok" worker has no ListModels either: nothing, no UNKNOWN
+    assert [
+        m.model for m in models
+    ] == []  # the fake "ok" worker has no ListModels either: nothing, no UNKNOWN
 
 
 async def test_a_worker_sends_early_headers_only_to_gateways(blocking_provider: None) -> None:

@@ -48,7 +48,8 @@ ALL_MODELS = ["echo", "echo-expensive", "emb", "emb-expensive"]
 
 
 def worker_toml(upstream_url: str) -> str:
-    embedding_models = "".join(f"""
+    embedding_models = "".join(
+        f"""
 [[models]]
 name = "{name}"
 provider = "openai"
@@ -57,8 +58,11 @@ upstream_model = "text-embedding-3-small"
 context_length = 8191
 max_retries = 0
 capabilities = ["embeddings"]
-""" for name in ("emb", "emb-expensive"))
-    return f"""
+"""
+        for name in ("emb", "emb-expensive")
+    )
+    return (
+        """
 [server]
 grace_period_s = 0
 
@@ -71,7 +75,9 @@ chunk_text = "cheap "
 name = "echo-expensive"
 provider = "echo"
 chunk_text = "EXPENSIVE "
-""" + embedding_models
+"""
+        + embedding_models
+    )
 
 
 def grants(*grant: TokenGrant) -> AuthConfig:
@@ -90,7 +96,8 @@ async def guarded_fleet(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator
         await registered(await stack.enter_async_context(registered_worker(config, joining)))
         workers = WorkerAccess(token_env="TRUST_GATEWAY_TOKEN", allow_unverified_credentials=True)
         gateway = Gateway(
-            RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0),
+            RemoteController(controller.address),
+            ServerConfig(port=0, grace_period_s=0),
             GatewaySection(settle_s=0, workers=workers),
             auth=grants(alice, TokenGrant(name="bob", token=BOB_TOKEN)),
         )
@@ -140,8 +147,10 @@ async def test_a_gateway_holds_each_caller_to_its_models_allow_list(
 
             # Bob's token has no allow-list: every model.
             assert (await bob.generate("echo-expensive", "hi")).text == "EXPENSIVE "
-            listed = {name: [m.model for m in await caller.list_models()]
-                      for name, caller in (("alice", alice), ("bob", bob))}
+            listed = {
+                name: [m.model for m in await caller.list_models()]
+                for name, caller in (("alice", alice), ("bob", bob))
+            }
         assert listed == {"alice": list(CHEAP), "bob": ALL_MODELS}
 
 
@@ -149,10 +158,13 @@ async def test_a_worker_lists_only_the_models_a_token_may_call(tmp_path: Path) -
     """At a worker, called directly: alice's token sees her models, the gateway's every model."""
     async with fake_upstream() as upstream:
         config = load_toml_config(tmp_path, worker_toml(upstream.url))
-        config = replace(config, auth=grants(
-            TokenGrant(name="gateway", token=GATEWAY_TOKEN),
-            TokenGrant(name="alice", token=ALICE_TOKEN, models=frozenset(CHEAP)),
-        ))
+        config = replace(
+            config,
+            auth=grants(
+                TokenGrant(name="gateway", token=GATEWAY_TOKEN),
+                TokenGrant(name="alice", token=ALICE_TOKEN, models=frozenset(CHEAP)),
+            ),
+        )
         async with running_worker(config) as worker:
             listed = {}
             for name, token in (("alice", ALICE_TOKEN), ("gateway", GATEWAY_TOKEN)):
@@ -172,7 +184,9 @@ def tokens_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_a_controller_refuses_a_models_allow_list_it_could_never_honour(tmp_path: Path) -> None:
-    path = tokens_file(tmp_path, f"""
+    path = tokens_file(
+        tmp_path,
+        f"""
 [[tokens]]
 name = "worker-a"
 token = "{GATEWAY_TOKEN}"
@@ -183,7 +197,8 @@ name = "team-a"
 token = "{ALICE_TOKEN}"
 permissions = ["generate", "read_fleet"]
 models = ["echo"]
-""")
+""",
+    )
     auth = read_auth(parse(AuthSection, {"tokens_file": str(path)}, "<test>", "auth"), "<test>")
     with pytest.raises(ConfigError) as raised:
         ControllerServer(MemoryRegistry(30), ServerConfig(port=0), auth=auth)
@@ -206,14 +221,21 @@ async def test_a_controller_reload_refuses_a_models_allow_list(tmp_path: Path) -
     config = tmp_path / "controller.toml"
     config.write_text(f'[server]\nport = {port}\n[auth]\ntokens_file = "tokens.toml"\n')
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "controller", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "controller",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
     async def list_instances() -> list[cpb.Instance]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             listed = await cpb_grpc.ModelControllerStub(channel).ListInstances(
-                cpb.ListInstancesRequest(), metadata=(("authorization", f"Bearer {ALICE_TOKEN}"),),
+                cpb.ListInstancesRequest(),
+                metadata=(("authorization", f"Bearer {ALICE_TOKEN}"),),
                 timeout=10,
             )
         return list(listed.instances)
@@ -238,13 +260,16 @@ async def test_a_controller_reload_refuses_a_models_allow_list(tmp_path: Path) -
 
 
 def test_a_models_allow_list_on_a_token_that_calls_no_model_is_refused(tmp_path: Path) -> None:
-    path = tokens_file(tmp_path, f"""
+    path = tokens_file(
+        tmp_path,
+        f"""
 [[tokens]]
 name = "worker-a"
 token = "{GATEWAY_TOKEN}"
 permissions = ["register"]
 models = ["echo"]
-""")
+""",
+    )
     with pytest.raises(ConfigError) as raised:
         read_auth(parse(AuthSection, {"tokens_file": str(path)}, "<test>", "auth"), "<test>")
     assert str(raised.value).startswith(
@@ -286,9 +311,16 @@ async def test_an_embed_a_worker_began_is_never_replayed_on_another(tmp_path: Pa
             path = tmp_path / f"embed-{index}.toml"
             path.write_text(EMBED_WORKER.format(port=port, url=upstream.url))
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(path),
-                "--controller", controller.address,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "modelwire.app.cli",
+                "serve",
+                "--config",
+                str(path),
+                "--controller",
+                controller.address,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             stack.push_async_callback(_kill, process)
             assert process.stdout is not None
@@ -296,7 +328,8 @@ async def test_an_embed_a_worker_began_is_never_replayed_on_another(tmp_path: Pa
             assert first_line.startswith(b"modelwire serving"), first_line
             workers[f"127.0.0.1:{port}"] = process
         gateway = Gateway(
-            RemoteController(controller.address), ServerConfig(port=0, grace_period_s=0),
+            RemoteController(controller.address),
+            ServerConfig(port=0, grace_period_s=0),
             GatewaySection(settle_s=0),
         )
         await gateway.start()

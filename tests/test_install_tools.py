@@ -33,14 +33,19 @@ def test_make_pytest_builds_etcd_and_hands_it_to_the_tests() -> None:
     unless told not to."""
     dry_run = subprocess.run(
         ["make", "--no-print-directory", "-n", "-W", "mk/etcd/main.go", "pytest"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     etcd = ROOT / ".tools" / "etcd" / "etcd"
     build = dry_run.index(f"cd mk/etcd && go build -o {etcd} .")
     assert dry_run[build + 1 :] == [f"MODELWIRE_ETCD={etcd} .venv/bin/python -m pytest"]
 
 
-def test_the_etcd_tests_fail_naming_the_step_when_etcd_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_etcd_tests_fail_naming_the_step_when_etcd_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MODELWIRE_ETCD", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(etcd_server, "BUILT_ETCD", tmp_path / "absent")

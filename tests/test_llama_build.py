@@ -50,42 +50,74 @@ def test_a_native_build_runs_on_the_cpu_it_was_built_for() -> None:
 
 def test_a_build_for_another_cpu_is_refused_with_the_instructions_it_lacks() -> None:
     build = LlamaBuild.from_system_info(SAPPHIRE_RAPIDS_NATIVE)
-    with pytest.raises(LlamaBuildUnfit, match=r"AMX_INT8, AVX512, AVX512_BF16, AVX512_VBMI, AVX512_VNNI, AVX_VNNI.*make llama-wheel"):
+    with pytest.raises(
+        LlamaBuildUnfit,
+        match=r"AMX_INT8, AVX512, AVX512_BF16, AVX512_VBMI, AVX512_VNNI, AVX_VNNI.*make llama-wheel",
+    ):
         build.check_runs_on(EPYC_ZEN3_FLAGS)
 
 
 def test_cpu_flags_come_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma amx_int8\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nflags\t\t: fpu avx2 fma amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma amx_int8\n"
+    )
     assert cpu_flags(cpuinfo) == frozenset({"fpu", "avx2", "fma", "amx_int8"})
     assert cpu_flags(tmp_path / "absent") is None
     assert cpu_flags() is None or "avx2" in (cpu_flags() or ())
 
 
-def load(monkeypatch: pytest.MonkeyPatch, system_info: str, flags: frozenset[str], executor: ThreadPoolExecutor) -> LlamaCppClient:
-    monkeypatch.setattr(LlamaBuild, "installed", classmethod(lambda cls: cls.from_system_info(system_info)))
+def load(
+    monkeypatch: pytest.MonkeyPatch,
+    system_info: str,
+    flags: frozenset[str],
+    executor: ThreadPoolExecutor,
+) -> LlamaCppClient:
+    monkeypatch.setattr(
+        LlamaBuild, "installed", classmethod(lambda cls: cls.from_system_info(system_info))
+    )
     monkeypatch.setattr(llamacpp, "cpu_flags", lambda: flags)
-    return LlamaCppClient.new_client(ModelConfig(name="gemma", provider="llamacpp", max_concurrency=1), executor)
+    return LlamaCppClient.new_client(
+        ModelConfig(name="gemma", provider="llamacpp", max_concurrency=1), executor
+    )
 
 
-async def test_every_build_loads_the_model_without_extra_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_every_build_loads_the_model_without_extra_buffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The decision as the provider makes it, on the real model: on an AMX machine with an AMX build
     it loads without extra buffers, and generation then works (checked here on this CPU); so does
     the portable build."""
     with ThreadPoolExecutor(2) as executor:
-        amx = load(monkeypatch, SAPPHIRE_RAPIDS_NATIVE, SAPPHIRE_RAPIDS_FLAGS | cpu_flags_or_empty(), executor)
+        amx = load(
+            monkeypatch,
+            SAPPHIRE_RAPIDS_NATIVE,
+            SAPPHIRE_RAPIDS_FLAGS | cpu_flags_or_empty(),
+            executor,
+        )
         assert not amx.model.use_extra_buffers
-        request = ModelRequest(model="gemma", messages=(ModelMessage(Role.USER, "Hi"),), sampling=SamplingParams(temperature=0, max_new_tokens=3))
+        request = ModelRequest(
+            model="gemma",
+            messages=(ModelMessage(Role.USER, "Hi"),),
+            sampling=SamplingParams(temperature=0, max_new_tokens=3),
+        )
         output = await amx.generate(request)
         await amx.close()
         assert output.usage is not None and output.usage.completion_tokens == 3
 
-        portable = load(monkeypatch, "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 |", EPYC_ZEN3_FLAGS, executor)
+        portable = load(
+            monkeypatch,
+            "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 |",
+            EPYC_ZEN3_FLAGS,
+            executor,
+        )
         assert not portable.model.use_extra_buffers
         await portable.close()
 
 
-def test_a_build_that_does_not_fit_the_cpu_stops_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_build_that_does_not_fit_the_cpu_stops_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     loaded: list[object] = []
     monkeypatch.setattr(llamacpp, "LlamaModel", lambda *args, **kwargs: loaded.append(args))
     with ThreadPoolExecutor(1) as executor, pytest.raises(LlamaBuildUnfit):
@@ -121,8 +153,12 @@ class ScriptRun:
 
     def __init__(self, python: Path, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [str(BUILD_SCRIPT), str(python)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=env, start_new_session=True,
+            [str(BUILD_SCRIPT), str(python)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -151,16 +187,26 @@ def test_two_installs_at_once_build_once_and_show_the_build_s_progress(tmp_path:
     stub.chmod(0o755)
     os.mkfifo(tmp_path / "started")
     os.mkfifo(tmp_path / "go")
-    env = {**os.environ, "STUB_DIR": str(tmp_path), "MODELWIRE_WHEELHOUSE": str(tmp_path / "wheels"), "MODELWIRE_BUILD_PROGRESS_S": "0.2"}
+    env = {
+        **os.environ,
+        "STUB_DIR": str(tmp_path),
+        "MODELWIRE_WHEELHOUSE": str(tmp_path / "wheels"),
+        "MODELWIRE_BUILD_PROGRESS_S": "0.2",
+    }
     first = ScriptRun(stub, env)
     second: ScriptRun | None = None
     try:
         assert first.next_line().startswith("building llama-cpp-python 0.3.36 ")
         (tmp_path / "started").read_text()  # its `pip wheel` is running
         [house] = (tmp_path / "wheels").glob("llama-cpp-python-0.3.36-*.partial")
-        assert first.next_line() == f"build log: {house}/build.log (kept as {house.with_suffix('')}/build.log)"
+        assert (
+            first.next_line()
+            == f"build log: {house}/build.log (kept as {house.with_suffix('')}/build.log)"
+        )
         progress = first.next_line()
-        while not progress.endswith(" s): [ 42%] Building CXX object ggml-cpu.c.o"):  # the log's latest line
+        while not progress.endswith(
+            " s): [ 42%] Building CXX object ggml-cpu.c.o"
+        ):  # the log's latest line
             assert progress.startswith("  still building ("), progress
             progress = first.next_line()
 
@@ -174,8 +220,14 @@ def test_two_installs_at_once_build_once_and_show_the_build_s_progress(tmp_path:
         if second is not None:
             second.kill()
     wheel = house.with_suffix("") / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
-    assert (tmp_path / "calls").read_text().splitlines() == ["build", f"install {wheel}", f"install {wheel}"]
-    assert (house.with_suffix("") / "build.log").read_text().startswith("[ 42%] Building CXX object")
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "build",
+        f"install {wheel}",
+        f"install {wheel}",
+    ]
+    assert (
+        (house.with_suffix("") / "build.log").read_text().startswith("[ 42%] Building CXX object")
+    )
 
 
 # `pip wheel` as a build that runs until stopped: a child (the compiler) and its own pid recorded.
@@ -206,8 +258,12 @@ def test_an_interrupted_install_stops_its_build(tmp_path: Path, sent: signal.Sig
     stub = tmp_path / "python"
     stub.write_text(LONG_BUILD_PYTHON)
     stub.chmod(0o755)
-    env = {**os.environ, "STUB_DIR": str(tmp_path), "MODELWIRE_BUILD_PROGRESS_S": "0.2",
-           "MODELWIRE_WHEELHOUSE": str(tmp_path / "wheels")}
+    env = {
+        **os.environ,
+        "STUB_DIR": str(tmp_path),
+        "MODELWIRE_BUILD_PROGRESS_S": "0.2",
+        "MODELWIRE_WHEELHOUSE": str(tmp_path / "wheels"),
+    }
     run = ScriptRun(stub, env)
     pids: list[int] = []
     try:

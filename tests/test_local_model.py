@@ -15,7 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from modelwire.app.server import Worker
 from modelwire.client import ModelwireCallError, ModelWorkerClient
@@ -96,8 +98,14 @@ async def test_list_models_describes_the_embedded_model(client: ModelWorkerClien
     ("request_", "field"),
     [
         (pb.ModelRequest(model=MODEL), "messages"),
-        (pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(content="hi")]), "messages[0].role"),
-        (pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(role=99, content="hi")]), "messages[0].role"),  # type: ignore[arg-type]
+        (
+            pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(content="hi")]),
+            "messages[0].role",
+        ),
+        (
+            pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(role=99, content="hi")]),
+            "messages[0].role",
+        ),  # type: ignore[arg-type]
         (
             pb.ModelRequest(
                 model=MODEL,
@@ -124,7 +132,9 @@ async def test_list_models_describes_the_embedded_model(client: ModelWorkerClien
         ),
     ],
 )
-async def test_invalid_requests_name_the_field(embedded_worker: Worker, request_: pb.ModelRequest, field: str) -> None:
+async def test_invalid_requests_name_the_field(
+    embedded_worker: Worker, request_: pb.ModelRequest, field: str
+) -> None:
     from modelwire.client.errors import from_rpc_error
 
     async with grpc.aio.insecure_channel(embedded_worker.address) as channel:
@@ -138,12 +148,16 @@ async def test_invalid_requests_name_the_field(embedded_worker: Worker, request_
             assert field in error.message
 
 
-async def test_thousands_of_bad_messages_get_a_bounded_invalid_argument(embedded_worker: Worker) -> None:
+async def test_thousands_of_bad_messages_get_a_bounded_invalid_argument(
+    embedded_worker: Worker,
+) -> None:
     """One field violation per bad message would make a trailer larger than clients accept
     (RESOURCE_EXHAUSTED at the client instead of the worker's INVALID_ARGUMENT)."""
     from modelwire.client.errors import from_rpc_error
 
-    request = pb.ModelRequest(model=MODEL, messages=[pb.ModelMessage(role=99, content="hi") for _ in range(4096)])  # type: ignore[arg-type]
+    request = pb.ModelRequest(
+        model=MODEL, messages=[pb.ModelMessage(role=99, content="hi") for _ in range(4096)]
+    )  # type: ignore[arg-type]
     async with grpc.aio.insecure_channel(embedded_worker.address) as channel:
         stub = pb_grpc.ModelWorkerStub(channel)
         for call in (stub.Generate, _drain_stream(stub)):
@@ -162,7 +176,9 @@ def _drain_stream(stub: pb_grpc.ModelWorkerStub):  # type: ignore[no-untyped-def
     return call
 
 
-async def test_unknown_model_is_not_found_and_lists_served_models(client: ModelWorkerClient) -> None:
+async def test_unknown_model_is_not_found_and_lists_served_models(
+    client: ModelWorkerClient,
+) -> None:
     for call in (client.generate("gpt-9", "hi"), client.count_tokens("gpt-9", "hi")):
         with pytest.raises(ModelwireCallError) as raised:
             await call
@@ -186,12 +202,16 @@ async def test_prompt_longer_than_context_fails_precondition(client: ModelWorker
     assert "2048" in raised.value.message
 
 
-async def test_deadline_exceeded_and_the_worker_serves_the_next_call(client: ModelWorkerClient) -> None:
+async def test_deadline_exceeded_and_the_worker_serves_the_next_call(
+    client: ModelWorkerClient,
+) -> None:
     with pytest.raises(ModelwireCallError) as raised:
         await client.generate(MODEL, CHAT, temperature=0, max_new_tokens=1500, timeout=0.3)
     assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
-    after = await asyncio.wait_for(client.generate(MODEL, CHAT, temperature=0, max_new_tokens=4), 30)
+    after = await asyncio.wait_for(
+        client.generate(MODEL, CHAT, temperature=0, max_new_tokens=4), 30
+    )
     assert after.usage.completion_tokens == 4
 
 
@@ -200,11 +220,15 @@ async def test_cancelled_stream_frees_the_model(client: ModelWorkerClient) -> No
         async for _chunk in client.stream(MODEL, CHAT, temperature=0, max_new_tokens=1500):
             break  # leaving the loop cancels the call
 
-    after = await asyncio.wait_for(client.generate(MODEL, CHAT, temperature=0, max_new_tokens=4), 30)
+    after = await asyncio.wait_for(
+        client.generate(MODEL, CHAT, temperature=0, max_new_tokens=4), 30
+    )
     assert after.usage.completion_tokens == 4
 
 
-async def test_health_reports_serving_for_the_server_and_the_service(embedded_worker: Worker) -> None:
+async def test_health_reports_serving_for_the_server_and_the_service(
+    embedded_worker: Worker,
+) -> None:
     async with grpc.aio.insecure_channel(embedded_worker.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "modelwire.v1.ModelWorker"):
@@ -217,19 +241,29 @@ async def test_reflection_lists_and_describes_every_service(embedded_worker: Wor
         # The reflection client is blocking; the worker shares this loop, so call it from a thread.
         with grpc.insecure_channel(embedded_worker.address) as channel:
             database = ProtoReflectionDescriptorDatabase(channel)
-            return set(database.get_services()), database.FindFileContainingSymbol("modelwire.v1.ModelWorker")
+            return set(database.get_services()), database.FindFileContainingSymbol(
+                "modelwire.v1.ModelWorker"
+            )
 
     services, method = await asyncio.to_thread(reflect)
 
-    assert {"modelwire.v1.ModelWorker", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
-    assert getattr(method, "name") == "modelwire/v1/worker.proto"
+    assert {
+        "modelwire.v1.ModelWorker",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+    assert method.name == "modelwire/v1/worker.proto"
 
 
-async def test_calls_cut_by_tiny_deadlines_are_recorded_as_deadline_exceeded(embedded_worker: Worker) -> None:
+async def test_calls_cut_by_tiny_deadlines_are_recorded_as_deadline_exceeded(
+    embedded_worker: Worker,
+) -> None:
     """A deadline that passes while the worker aborts used to fail inside grpc (the call had already
     ended) and be logged and counted as UNKNOWN."""
     request = pb.ModelRequest(
-        model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")], sampling=pb.SamplingParams(max_new_tokens=20)
+        model=MODEL,
+        messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")],
+        sampling=pb.SamplingParams(max_new_tokens=20),
     )
     async with grpc.aio.insecure_channel(embedded_worker.address) as channel:
         stub = pb_grpc.ModelWorkerStub(channel)
@@ -237,8 +271,13 @@ async def test_calls_cut_by_tiny_deadlines_are_recorded_as_deadline_exceeded(emb
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Generate(request, timeout=0.002 + (attempt % 10) * 0.005)
     registry = embedded_worker.metrics.registry
-    unknown = registry.get_sample_value("modelwire_requests_total", {"code": "UNKNOWN", "method": "Generate", "model": MODEL})
-    deadline = registry.get_sample_value("modelwire_requests_total", {"code": "DEADLINE_EXCEEDED", "method": "Generate", "model": MODEL})
+    unknown = registry.get_sample_value(
+        "modelwire_requests_total", {"code": "UNKNOWN", "method": "Generate", "model": MODEL}
+    )
+    deadline = registry.get_sample_value(
+        "modelwire_requests_total",
+        {"code": "DEADLINE_EXCEEDED", "method": "Generate", "model": MODEL},
+    )
     # The last calls may still be finishing at the worker; none of them may end as UNKNOWN.
     assert unknown is None and deadline is not None and deadline >= 90, (unknown, deadline)
 
@@ -287,17 +326,27 @@ def test_a_copy_half_written_by_a_process_that_died_is_removed_and_a_live_ones_i
     os.utime(orphaned, (long_ago, long_ago))
     os.utime(in_progress, (long_ago, long_ago))
     model_files.embedded_model_path()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([gguf.MODEL_NAME, recent.name, in_progress.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [gguf.MODEL_NAME, recent.name, in_progress.name]
+    )
 
 
-@pytest.mark.parametrize("odd", ["a directory", "a pid too large for the OS", "a digit that is not ASCII"])
-def test_odd_entries_in_the_cache_never_stop_a_worker_from_assembling(tmp_path: Path, odd: str) -> None:
+@pytest.mark.parametrize(
+    "odd", ["a directory", "a pid too large for the OS", "a digit that is not ASCII"]
+)
+def test_odd_entries_in_the_cache_never_stop_a_worker_from_assembling(
+    tmp_path: Path, odd: str
+) -> None:
     target = tmp_path / "model.gguf"
     if odd == "a directory":
         entry = tmp_path / f"model.gguf.{dead_pid()}.1.partial"
         entry.mkdir()
     else:
-        entry = tmp_path / ("model.gguf.99999999999999999999.1.partial" if odd.startswith("a pid") else "model.gguf.\u00b2.1.partial")
+        entry = tmp_path / (
+            "model.gguf.99999999999999999999.1.partial"
+            if odd.startswith("a pid")
+            else "model.gguf.\u00b2.1.partial"
+        )
         entry.write_text("x")
     long_ago = time.time() - 2 * model_files.ORPHANED_AFTER_S
     os.utime(entry, (long_ago, long_ago))

@@ -27,9 +27,9 @@ import pytest
 from conformance import assert_refused, field_violations, user
 from conftest import free_port
 from modelwire.app.server import Worker
-from modelwire.providers.llama.gbnf_check import GbnfSyntaxError, check_gbnf
-from modelwire.providers.llama.engine import GrammarSyntaxError, LlamaModel
 from modelwire.providers.llama.client import DEFAULT_MAX_NEW_TOKENS, LlamaCppClient
+from modelwire.providers.llama.engine import GrammarSyntaxError, LlamaModel
+from modelwire.providers.llama.gbnf_check import GbnfSyntaxError, check_gbnf
 from modelwire.providers.llama.grammar import json_object_grammar, json_schema_grammar
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -82,8 +82,14 @@ async def serving(tmp_path: Path, models_toml: str) -> AsyncIterator[Served]:
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\ngrace_period_s = 1\n{models_toml}")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None and process.stderr is not None
     served = Served(f"127.0.0.1:{port}", bytearray())
@@ -125,7 +131,7 @@ BAD_GRAMMARS = [
     f'root ::= "{SECRET}" | ( oops',  # the group is never closed
     f'root ::= "{SECRET}" \\q',  # an unknown escape
     f"root ::= answer\n# {SECRET}",  # a rule used but never defined
-    f'root ::= [{SECRET}',  # the character class is never closed
+    f"root ::= [{SECRET}",  # the character class is never closed
     f'root ::= "a"\n{SECRET} = "b"',  # not a rule
 ]
 
@@ -171,7 +177,7 @@ def llama_cpp_parses(model: LlamaModel, gbnf: str, capfd: pytest.CaptureFixture[
 
 HAND_PICKED = [
     'root ::= "yes" | "no"',
-    "root ::= [a-z]+ (\",\" [a-z]+)*",
+    'root ::= [a-z]+ ("," [a-z]+)*',
     'root ::= "a"{2} "b"{0,3} "c"{1,} ("d" "e"){2,2000}',
     'root ::= "a"{2001}',
     'root ::= ("a"{0,50}){0,50}',
@@ -208,7 +214,7 @@ HAND_PICKED = [
     'root ::= "a"{2,3',
     'root ::= "a"{99999999999999999999999}',
     'root ::= "é" [à-ü]',
-    "r\u00e9 ::= \"a\"",
+    'r\u00e9 ::= "a"',
     'root ::= "a") "b"',
     'root ::= ("a"',
     'root ::= "open',
@@ -372,8 +378,15 @@ async def test_a_call_without_max_new_tokens_ends_at_the_model_s_default_bound(
 
 async def cli(address: str, *args: str) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "generate", "--address", address, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "generate",
+        "--address",
+        address,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None

@@ -22,7 +22,11 @@ async def refusals(address: str) -> dict[str, tuple[grpc.StatusCode, str]]:
     async with grpc.aio.insecure_channel(address) as channel:
         for method in METHODS:
             path = f"/modelwire.v1.ModelWorker/{method}"
-            call = channel.unary_stream(path) if method == "GenerateStream" else channel.unary_unary(path)
+            call = (
+                channel.unary_stream(path)
+                if method == "GenerateStream"
+                else channel.unary_unary(path)
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 answer = call(GARBAGE, timeout=10)
                 if method == "GenerateStream":
@@ -33,13 +37,21 @@ async def refusals(address: str) -> dict[str, tuple[grpc.StatusCode, str]]:
     return found
 
 
-async def test_a_worker_and_a_gateway_refuse_an_undecodable_body_on_every_method(tmp_path: Path) -> None:
+async def test_a_worker_and_a_gateway_refuse_an_undecodable_body_on_every_method(
+    tmp_path: Path,
+) -> None:
     async with running_controller() as controller:
-        async with registered_worker(load_toml_config(tmp_path, CONFIG), Joining(controller=controller.address)) as worker:
+        async with registered_worker(
+            load_toml_config(tmp_path, CONFIG), Joining(controller=controller.address)
+        ) as worker:
             await registered(worker)
             async with running_gateway(controller.address) as gateway:
                 direct = await refusals(worker.address)
                 through = await refusals(gateway.address)
     for found in (direct, through):
-        assert {method: code for method, (code, _) in found.items()} == {m: grpc.StatusCode.INVALID_ARGUMENT for m in METHODS}, found
-        assert all("not a valid protobuf message" in details for _, details in found.values()), found
+        assert {method: code for method, (code, _) in found.items()} == {
+            m: grpc.StatusCode.INVALID_ARGUMENT for m in METHODS
+        }, found
+        assert all("not a valid protobuf message" in details for _, details in found.values()), (
+            found
+        )

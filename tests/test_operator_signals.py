@@ -19,14 +19,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import free_port, running_worker
+from fake_upstream import Exchange, Responder, fake_upstream, load_toml_config
 from modelwire.client import ModelwireCallError, ModelWorkerClient, tls_credentials
 from modelwire.core import errors
 from modelwire.observe.call_observer import SUBSCRIPTIONS
 from modelwire.observe.logs import ACCESS_LOGGER
 from modelwire.rpc.status import error_kind
 from modelwire.v1 import worker_pb2
-from conftest import free_port, running_worker
-from fake_upstream import Exchange, Responder, fake_upstream, load_toml_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -221,8 +221,7 @@ async def test_refused_tls_handshakes_get_a_hint_and_the_worker_log_stays_json(
     assert no_certificate.returncode == 1
     assert (
         "modelwire: the server may require a client certificate (mTLS): "
-        "pass --cert-file and --key-file"
-        in no_certificate.stderr
+        "pass --cert-file and --key-file" in no_certificate.stderr
     )
     assert "pass credentials=tls_credentials(ca_file)" in str(from_python.value)
     lines = log.splitlines()
@@ -262,7 +261,7 @@ def test_the_operations_guide_runs_the_installed_cli_with_bounded_generations() 
         if "modelwire " in line and not line.strip().startswith("#")
     ]
     assert commands
-    assert [
-        c for c in commands if re.match(r"modelwire ", c)
-    ] == [], "not on PATH: use .venv/bin/modelwire"
+    assert [c for c in commands if re.match(r"modelwire ", c)] == [], (
+        "not on PATH: use .venv/bin/modelwire"
+    )
     assert [c for c in commands if " generate " in c and "--max-new-tokens" not in c] == []

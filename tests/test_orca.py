@@ -14,7 +14,14 @@ import pytest
 from xds.data.orca.v3 import orca_load_report_pb2
 
 from conftest import running_worker
-from fleet import Joining, blocking_config, blocking_model, registered, registered_worker, running_controller
+from fleet import (
+    Joining,
+    blocking_config,
+    blocking_model,
+    registered,
+    registered_worker,
+    running_controller,
+)
 from modelwire.client import ModelWorkerClient
 from modelwire.client.requests import build_request, count_request
 from modelwire.rpc.wire import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER
@@ -25,13 +32,17 @@ from raw_h2 import unary_call
 pytestmark = pytest.mark.usefixtures("blocking_provider")
 
 
-def report_of(trailers: object) -> tuple[orca_load_report_pb2.OrcaLoadReport, dict[str, str | bytes]]:
+def report_of(
+    trailers: object,
+) -> tuple[orca_load_report_pb2.OrcaLoadReport, dict[str, str | bytes]]:
     metadata = dict(trailers)  # type: ignore[call-overload]
     return orca_load_report_pb2.OrcaLoadReport.FromString(metadata[LOAD_TRAILER]), metadata
 
 
 async def test_the_orca_trailer_reports_utilisation_that_rises_under_load() -> None:
-    config = blocking_config(blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01))
+    config = blocking_config(
+        blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01)
+    )
     async with running_controller() as controller:
         async with registered_worker(config, Joining(controller=controller.address)) as worker:
             instance_id = await registered(worker)
@@ -44,7 +55,11 @@ async def test_the_orca_trailer_reports_utilisation_that_rises_under_load() -> N
                 idle, metadata = report_of(await idle_call.trailing_metadata())
                 assert metadata[INSTANCE_TRAILER] == instance_id
                 assert idle.application_utilization == 0.0
-                assert dict(idle.named_metrics) == {"in_flight": 0.0, "queued": 0.0, "capacity": 4.0}
+                assert dict(idle.named_metrics) == {
+                    "in_flight": 0.0,
+                    "queued": 0.0,
+                    "capacity": 4.0,
+                }
                 assert idle.rps_fractional > 0
                 assert 0.0 <= idle.cpu_utilization <= 1.0
 
@@ -70,7 +85,9 @@ async def test_the_orca_trailer_reports_utilisation_that_rises_under_load() -> N
                 await models_call
                 listed, _ = report_of(await models_call.trailing_metadata())
 
-    print(f"application_utilization idle {idle.application_utilization}, with 3 of 4 slots busy {loaded.application_utilization}")
+    print(
+        f"application_utilization idle {idle.application_utilization}, with 3 of 4 slots busy {loaded.application_utilization}"
+    )
     assert loaded.application_utilization == pytest.approx(0.75)
     assert loaded.named_metrics["in_flight"] == 3.0
     assert loaded.application_utilization > idle.application_utilization
@@ -85,7 +102,9 @@ async def test_a_worker_without_registration_still_reports_load() -> None:
     config = blocking_config(blocking_model("slow", tokens=1))
     async with running_worker(config) as worker:
         async with grpc.aio.insecure_channel(worker.address) as channel:
-            call = pb_grpc.ModelWorkerStub(channel).Generate(build_request("slow", "hi"), timeout=10)
+            call = pb_grpc.ModelWorkerStub(channel).Generate(
+                build_request("slow", "hi"), timeout=10
+            )
             await call
             report, metadata = report_of(await call.trailing_metadata())
     assert INSTANCE_TRAILER not in metadata
@@ -98,7 +117,9 @@ def unbase64(value: bytes) -> bytes:
 
 
 async def test_the_orca_trailer_is_on_the_wire_and_rises_under_load() -> None:
-    config = blocking_config(blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01))
+    config = blocking_config(
+        blocking_model("slow", max_concurrency=4, tokens=400, token_delay_s=0.01)
+    )
     request = build_request("slow", "hi", max_new_tokens=1).SerializeToString()
     async with running_worker(config) as worker:
         method = "/modelwire.v1.ModelWorker/Generate"
@@ -109,13 +130,17 @@ async def test_the_orca_trailer_is_on_the_wire_and_rises_under_load() -> None:
             streams = [direct.stream("slow", "load") for _ in range(2)]
             for stream in streams:
                 await anext(stream)
-            _, loaded_trailers = await asyncio.to_thread(unary_call, worker.address, method, request)
+            _, loaded_trailers = await asyncio.to_thread(
+                unary_call, worker.address, method, request
+            )
             for stream in streams:
                 await stream.aclose()
 
     idle = orca_load_report_pb2.OrcaLoadReport.FromString(unbase64(idle_trailers[ORCA_TRAILER]))
     loaded = orca_load_report_pb2.OrcaLoadReport.FromString(unbase64(loaded_trailers[ORCA_TRAILER]))
-    print(f"on the wire: application_utilization idle {idle.application_utilization}, loaded {loaded.application_utilization}")
+    print(
+        f"on the wire: application_utilization idle {idle.application_utilization}, loaded {loaded.application_utilization}"
+    )
     assert idle.application_utilization == 0.0
     assert loaded.application_utilization == pytest.approx(0.5)
     assert loaded.named_metrics["in_flight"] == 2.0

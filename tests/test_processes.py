@@ -15,9 +15,9 @@ from pathlib import Path
 
 import grpc
 
+from conftest import free_port
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from conftest import free_port
 
 MODEL = "gemma-3-270m"
 TOKENS = 20
@@ -28,10 +28,14 @@ REQUEST = pb.ModelRequest(
 )
 
 
-async def stream_on_a_new_connection(address: str, started: asyncio.Event, all_started: asyncio.Event) -> tuple[str, int]:
+async def stream_on_a_new_connection(
+    address: str, started: asyncio.Event, all_started: asyncio.Event
+) -> tuple[str, int]:
     """One stream on its own connection (SO_REUSEPORT spreads connections, not calls); returns
     the serving process id and the number of tokens the stream delivered."""
-    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+    async with grpc.aio.insecure_channel(
+        address, options=[("grpc.use_local_subchannel_pool", 1)]
+    ) as channel:
         call = pb_grpc.ModelWorkerStub(channel).GenerateStream(REQUEST, timeout=60)
         chunks = [await call.read()]
         started.set()
@@ -45,10 +49,18 @@ async def stream_on_a_new_connection(address: str, started: asyncio.Event, all_s
 async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "modelwire.toml"
-    config.write_text(f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = 30\n[observability]\nmetrics_port = {metrics_port}\n")
+    config.write_text(
+        f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = 30\n[observability]\nmetrics_port = {metrics_port}\n"
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         assert process.stdout is not None
@@ -60,7 +72,10 @@ async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_p
         streams = 12
         started = [asyncio.Event() for _ in range(streams)]
         all_started = asyncio.Event()
-        tasks = [asyncio.create_task(stream_on_a_new_connection(address, s, all_started)) for s in started]
+        tasks = [
+            asyncio.create_task(stream_on_a_new_connection(address, s, all_started))
+            for s in started
+        ]
         await asyncio.wait_for(asyncio.gather(*(s.wait() for s in started)), 60)
         process.send_signal(signal.SIGTERM)
         all_started.set()
@@ -68,17 +83,23 @@ async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_p
 
         served_by = {pid for pid, _ in results}
         assert served_by == child_pids, "both processes took connections"
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+        ) as response:
             metrics = response.read().decode()
         # One endpoint, the sum of both processes (prometheus-client multiprocess mode).
-        assert f'modelwire_requests_total{{code="OK",method="GenerateStream",model="{MODEL}"}} {streams}.0' in metrics
-        assert all(tokens == TOKENS for _, tokens in results), "every stream in flight finished during the drain"
+        assert (
+            f'modelwire_requests_total{{code="OK",method="GenerateStream",model="{MODEL}"}} {streams}.0'
+            in metrics
+        )
+        assert all(tokens == TOKENS for _, tokens in results), (
+            "every stream in flight finished during the drain"
+        )
         assert await asyncio.wait_for(process.wait(), 30) == 0
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-
 
 
 def process_exited(pid: int) -> asyncio.Future[None]:
@@ -100,10 +121,19 @@ def process_exited(pid: int) -> asyncio.Future[None]:
     return done
 
 
-async def start_supervisor(config: Path, *extra: str) -> tuple[asyncio.subprocess.Process, list[int]]:
+async def start_supervisor(
+    config: Path, *extra: str
+) -> tuple[asyncio.subprocess.Process, list[int]]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config), *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
@@ -116,8 +146,14 @@ async def test_a_config_file_without_processes_serves_in_one_process(tmp_path: P
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\n")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         assert process.stdout is not None
@@ -153,14 +189,25 @@ async def test_a_taken_metrics_port_fails_the_start_before_any_child(tmp_path: P
         taken.listen()
         metrics_port = taken.getsockname()[1]
         config = tmp_path / "modelwire.toml"
-        config.write_text(f"[server]\nport = {port}\nprocesses = 2\n[observability]\nmetrics_port = {metrics_port}\n")
+        config.write_text(
+            f"[server]\nport = {port}\nprocesses = 2\n[observability]\nmetrics_port = {metrics_port}\n"
+        )
         result = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "modelwire.app.cli",
+            "serve",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(result.communicate(), 60)
     assert result.returncode == 1
-    assert f"cannot start: observability.metrics_port: cannot listen on 127.0.0.1:{metrics_port}" in stderr.decode()
+    assert (
+        f"cannot start: observability.metrics_port: cannot listen on 127.0.0.1:{metrics_port}"
+        in stderr.decode()
+    )
     assert "Traceback" not in stderr.decode() and not stdout
     # No child ever listened: the worker port is free to bind without SO_REUSEPORT.
     with socket.socket() as probe:
@@ -170,10 +217,14 @@ async def test_a_taken_metrics_port_fails_the_start_before_any_child(tmp_path: P
 async def test_a_dead_child_is_replaced_and_its_gauges_dropped(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "modelwire.toml"
-    config.write_text(f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = 1\n[observability]\nmetrics_port = {metrics_port}\nlog_format = \"text\"\n")
+    config.write_text(
+        f'[server]\nport = {port}\nprocesses = 2\ngrace_period_s = 1\n[observability]\nmetrics_port = {metrics_port}\nlog_format = "text"\n'
+    )
     process, children = await start_supervisor(config)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
             stub = pb_grpc.ModelWorkerStub(channel)
             probe = stub.ListModels(pb.ListModelsRequest(), timeout=10)
             await probe
@@ -186,7 +237,9 @@ async def test_a_dead_child_is_replaced_and_its_gauges_dropped(tmp_path: Path) -
                 while await stream.read() is not grpc.aio.EOF:
                     pass
         assert process.stderr is not None
-        while f"worker process {victim} replaced by" not in (line := (await asyncio.wait_for(process.stderr.readline(), 120)).decode()):
+        while f"worker process {victim} replaced by" not in (
+            line := (await asyncio.wait_for(process.stderr.readline(), 120)).decode()
+        ):
             pass
         replacement = int(line.rsplit(" ", 1)[1])
         assert replacement not in children
@@ -209,7 +262,11 @@ def replace_tokens(request: pb.ModelRequest, tokens: int) -> pb.ModelRequest:
 def in_flight(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
         metrics = response.read().decode()
-    lines = [line for line in metrics.splitlines() if line.startswith(f'modelwire_in_flight{{model="{MODEL}"}}')]
+    lines = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(f'modelwire_in_flight{{model="{MODEL}"}}')
+    ]
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
 
@@ -217,10 +274,18 @@ async def test_sigterm_during_the_start_stops_cleanly(tmp_path: Path) -> None:
     """Told to stop while its children still load their models: they stop, and so does the parent,
     with exit code 0 (it reported a failed start before)."""
     config = tmp_path / "modelwire.toml"
-    config.write_text(f"[server]\nport = {free_port()}\nprocesses = 2\n[observability]\nlog_format = \"text\"\n")
+    config.write_text(
+        f'[server]\nport = {free_port()}\nprocesses = 2\n[observability]\nlog_format = "text"\n'
+    )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert process.stderr is not None

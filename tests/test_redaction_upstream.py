@@ -94,8 +94,9 @@ async def client(fake: FakeUpstream, worker: Worker) -> AsyncIterator[ModelWorke
     fake.reset_records()
 
 
-async def _outcome(client: ModelWorkerClient, model: str, kind: str, prompt: Any = "Hi",
-                   **options: Any) -> ModelwireCallError:
+async def _outcome(
+    client: ModelWorkerClient, model: str, kind: str, prompt: Any = "Hi", **options: Any
+) -> ModelwireCallError:
     """The error that ended the call (the tests' upstreams always fail it)."""
     try:
         if kind == "unary":
@@ -109,6 +110,7 @@ async def _outcome(client: ModelWorkerClient, model: str, kind: str, prompt: Any
 
 
 # --- item 2: the key, echoed far into a long message ----------------------------------------------
+
 
 def _echo_with_key(exchange: Exchange, key_shown: int) -> str:
     """Filler, then the credential header the upstream got, placed so that the message's cut
@@ -130,8 +132,9 @@ def _error_body(
 
 
 async def _send(respond: Responder, status: int, body: bytes, content_type: str) -> None:
-    await respond.head(status, {"Content-Length": str(len(body))}, chunked=False,
-                       content_type=content_type)
+    await respond.head(
+        status, {"Content-Length": str(len(body))}, chunked=False, content_type=content_type
+    )
     await respond.raw(body)
 
 
@@ -139,15 +142,19 @@ def status_echo(status: int) -> Callable[[int], Handler]:
     def echo(key_shown: int) -> Handler:
         async def reply(exchange: Exchange, respond: Responder) -> None:
             await respond.json(status, _error_body(exchange, _echo_with_key(exchange, key_shown)))
+
         return reply
+
     return echo
 
 
 def html_echo(key_shown: int) -> Handler:
     """A proxy's error page, not JSON: its text is the message."""
+
     async def reply(exchange: Exchange, respond: Responder) -> None:
         body = _echo_with_key(exchange, key_shown).encode()
         await _send(respond, 502, body, "text/html")
+
     return reply
 
 
@@ -161,6 +168,7 @@ def stream_error_event(key_shown: int) -> Handler:
         else:
             await respond.event({"error": {"message": text, "code": 500}})
         await respond.end()
+
     return reply
 
 
@@ -168,6 +176,7 @@ def json_instead_of_events(key_shown: int) -> Handler:
     async def reply(exchange: Exchange, respond: Responder) -> None:
         text = _echo_with_key(exchange, key_shown)
         await respond.json(200, _error_body(exchange, text, "api_error"))
+
     return reply
 
 
@@ -185,8 +194,12 @@ KEY_ECHOES = {
 @pytest.mark.parametrize("path", sorted(KEY_ECHOES))
 @pytest.mark.parametrize("model", ["oa", "an"])
 async def test_a_key_echoed_at_the_cut_never_reaches_the_caller_or_the_log(
-    client: ModelWorkerClient, fake: FakeUpstream, caplog: pytest.LogCaptureFixture,
-    model: str, path: str, key_shown: int,
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+    path: str,
+    key_shown: int,
 ) -> None:
     kind, echo, code = KEY_ECHOES[path]
     fake.script(echo(key_shown))
@@ -245,8 +258,10 @@ def test_error_messages_come_from_the_body_redacted_before_the_cut() -> None:
 TOOL_DESCRIPTION = "SECRET-TOOL-DESCRIPTION internal routing notes for acme corp"
 SCHEMA_PROPERTY = "internal_account_number_field"
 OUTPUT_PROPERTY = "quarterly_private_revenue_figure"
-SIGNED_URL = ("https://bucket.s3.amazonaws.com/private/scan.png"
-              "?X-Amz-Signature=abcdef0123456789deadbeef&X-Amz-Credential=AKIAEXAMPLE")
+SIGNED_URL = (
+    "https://bucket.s3.amazonaws.com/private/scan.png"
+    "?X-Amz-Signature=abcdef0123456789deadbeef&X-Amz-Credential=AKIAEXAMPLE"
+)
 TOOL_CALL_ID = "call_Zq8TOOLCALLID4471"
 REASONING = "CONFIDENTIAL-REASONING weighing the merger terms"
 SIGNATURE = "EqSIGNATURE-4471-opaque-bytes-from-the-provider"
@@ -274,8 +289,9 @@ def _rich_request(model: str, field: str) -> tuple[list[pb.ModelMessage], dict[s
         message("user", "Now summarise it."),
     ]
     if model == "an":
-        thought = message("assistant", "Noted.", reasoning=REASONING,
-                          reasoning_signature=SIGNATURE.encode())
+        thought = message(
+            "assistant", "Noted.", reasoning=REASONING, reasoning_signature=SIGNATURE.encode()
+        )
         messages.insert(1, thought)
         messages.insert(2, message("user", "Go on."))
     schema = {"type": "object", "properties": {SCHEMA_PROPERTY: {"type": "string"}}}
@@ -285,6 +301,7 @@ def _rich_request(model: str, field: str) -> tuple[list[pb.ModelMessage], dict[s
 def echo_around(marker: str, *, as_html: bool = False) -> Handler:
     """A 400 (or an HTML 500 page) quoting the part of the request body around `marker`, in the
     form it was sent (JSON-escaped inside the body)."""
+
     async def reply(exchange: Exchange, respond: Responder) -> None:
         body = exchange.body.decode()
         where = body.index(json.dumps(marker)[1:-1])
@@ -295,6 +312,7 @@ def echo_around(marker: str, *, as_html: bool = False) -> Handler:
             return
         text = f"cannot accept this part of the request: {quoted}"
         await respond.json(400, _error_body(exchange, text))
+
     return reply
 
 
@@ -306,8 +324,12 @@ ECHOED_FIELDS += [("an", "reasoning"), ("an", "reasoning signature")]
 @pytest.mark.parametrize("as_html", [False, True], ids=["json-400", "html-500"])
 @pytest.mark.parametrize(("model", "field"), ECHOED_FIELDS)
 async def test_every_caller_given_string_is_scrubbed_from_an_upstream_echo(
-    client: ModelWorkerClient, fake: FakeUpstream, caplog: pytest.LogCaptureFixture,
-    model: str, field: str, as_html: bool,
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+    field: str,
+    as_html: bool,
 ) -> None:
     marker = {"reasoning": REASONING, "reasoning signature": SIGNATURE}.get(field) or MARKERS[field]
     messages, options = _rich_request(model, field)
@@ -325,7 +347,9 @@ async def test_every_caller_given_string_is_scrubbed_from_an_upstream_echo(
 
 
 async def test_embedding_inputs_are_scrubbed_from_an_upstream_echo(
-    client: ModelWorkerClient, fake: FakeUpstream, caplog: pytest.LogCaptureFixture,
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret_input = "ACME-PAYROLL-2026 salaries of the board, do not share"
     fake.script(echo_around(secret_input))
@@ -342,11 +366,14 @@ def test_html_escaped_echoes_are_recognised() -> None:
     to be found, so pieces of it showed (`[request text]amp;[request text]&#x27;t tell anyone`)."""
     from modelwire.core.redaction import MASK, remember_request_text, scrub
 
-    prompt = "Q3 numbers & projections for R&D <draft>, \"internal\" only: don't tell anyone"
+    prompt = 'Q3 numbers & projections for R&D <draft>, "internal" only: don\'t tell anyone'
     remember_request_text([prompt])
-    for escaped in (html.escape(prompt), html.escape(prompt, quote=False),
-                    html.escape(prompt).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
-                    html.escape(json.dumps(prompt)[1:-1])):
+    for escaped in (
+        html.escape(prompt),
+        html.escape(prompt, quote=False),
+        html.escape(prompt).replace("&#x27;", "&#39;").replace("&quot;", "&#34;"),
+        html.escape(json.dumps(prompt)[1:-1]),
+    ):
         shown = scrub(f"<p>while handling: {escaped}</p>")
         assert shown == f"<p>while handling: {MASK}</p>", shown
 
@@ -385,13 +412,21 @@ def test_every_string_of_a_request_is_remembered_for_the_scrub(output: str) -> N
         messages=(
             t.ModelMessage(t.Role.SYSTEM, "system content field", name="system-name-field"),
             t.ModelMessage(t.Role.USER, "", parts=("text part field", image)),
-            t.ModelMessage(t.Role.ASSISTANT, "assistant content field", tool_calls=(call,),
-                           reasoning="reasoning text", reasoning_signature=b"signature field"),
+            t.ModelMessage(
+                t.Role.ASSISTANT,
+                "assistant content field",
+                tool_calls=(call,),
+                reasoning="reasoning text",
+                reasoning_signature=b"signature field",
+            ),
             t.ModelMessage(t.Role.TOOL, "tool result field", tool_call_id="call-id-field"),
         ),
         sampling=t.SamplingParams(stop=("stop string field",)),
-        context=t.RequestContext(request_id="request-id-field", user="user field",
-                                 metadata={"key": "metadata value field"}),
+        context=t.RequestContext(
+            request_id="request-id-field",
+            user="user field",
+            metadata={"key": "metadata value field"},
+        ),
         tools=(t.Tool("tool_name_field", "tool description field", '{"tool": "schema"}'),),
         tool_choice=t.NamedTool("tool_name_field"),
         output_format=fmt,

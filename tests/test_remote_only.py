@@ -91,8 +91,16 @@ def remote_only_env(tmp_path: Path) -> dict[str, str]:
 
 async def serve(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelwire.app.cli", "serve", "--port", "0", *args,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "modelwire.app.cli",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -102,7 +110,9 @@ def test_the_stand_in_install_lacks_the_local_extra_and_the_test_tools() -> None
     assert not {"grpc", "aiohttp", "pydantic", "tiktoken", "modelwire"} & absent
 
 
-async def test_a_remote_only_install_serves_openai_and_echo_models(tmp_path: Path, fake: FakeUpstream) -> None:
+async def test_a_remote_only_install_serves_openai_and_echo_models(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
     config = tmp_path / "remote.toml"
     config.write_text(
         f'[[models]]\nname = "remote"\nprovider = "openai"\napi_base = "{fake.url}/v1"\n'
@@ -112,7 +122,10 @@ async def test_a_remote_only_install_serves_openai_and_echo_models(tmp_path: Pat
     try:
         assert worker.stdout is not None and worker.stderr is not None
         line = (await asyncio.wait_for(worker.stdout.readline(), 60)).decode()
-        assert line.startswith("modelwire serving remote, echo on 127.0.0.1:"), (line, await worker.stderr.read())
+        assert line.startswith("modelwire serving remote, echo on 127.0.0.1:"), (
+            line,
+            await worker.stderr.read(),
+        )
         async with ModelWorkerClient(line.split()[-1], timeout=30) as client:
             assert (await client.generate("remote", "hi")).text == "".join(DEFAULT_PARTS)
             assert (await client.generate("echo", "hi")).text
@@ -122,13 +135,18 @@ async def test_a_remote_only_install_serves_openai_and_echo_models(tmp_path: Pat
         await worker.wait()
 
 
-async def test_a_local_model_in_a_remote_only_install_is_refused_with_the_install_step(tmp_path: Path) -> None:
+async def test_a_local_model_in_a_remote_only_install_is_refused_with_the_install_step(
+    tmp_path: Path,
+) -> None:
     """Named in a configuration file, or served by default (no configuration): either way the
     first line says what is missing and how to install it, before anything loads."""
     config = tmp_path / "local.toml"
     config.write_text('[[models]]\nname = "gemma"\nprovider = "llamacpp"\n')
     env = remote_only_env(tmp_path)
-    for args, source in [(["--config", str(config)], str(config)), ([], "the embedded default model (served when no [[models]] are configured)")]:
+    for args, source in [
+        (["--config", str(config)], str(config)),
+        ([], "the embedded default model (served when no [[models]] are configured)"),
+    ]:
         worker = await serve(env, *args)
         stdout, stderr = await asyncio.wait_for(worker.communicate(), 60)
         assert worker.returncode == 2 and stdout == b"", stderr

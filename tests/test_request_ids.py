@@ -37,28 +37,42 @@ async def worker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Work
 
 def logged_ids(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The ids of the Generate calls logged so far (a fleet also logs its registration and health calls)."""
-    return [r.request_id for r in caplog.records if r.name == ACCESS_LOGGER and r.method == GENERATE]  # type: ignore[attr-defined]
+    return [
+        r.request_id for r in caplog.records if r.name == ACCESS_LOGGER and r.method == GENERATE
+    ]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("sent", [b"a\x7fb", b"a\tb", b"caf\xc3\xa9", b"r" * 129, b" abc", b"abc ", b"   "])
-async def test_an_id_that_cannot_go_back_as_it_is_is_replaced(worker: Worker, sent: bytes, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "sent", [b"a\x7fb", b"a\tb", b"caf\xc3\xa9", b"r" * 129, b" abc", b"abc ", b"   "]
+)
+async def test_an_id_that_cannot_go_back_as_it_is_is_replaced(
+    worker: Worker, sent: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
-    _, trailers = await asyncio.to_thread(unary_call, worker.address, GENERATE, REQUEST.SerializeToString(), [(b"x-request-id", sent)])
+    _, trailers = await asyncio.to_thread(
+        unary_call, worker.address, GENERATE, REQUEST.SerializeToString(), [(b"x-request-id", sent)]
+    )
     assert trailers.get("grpc-status") == b"0", trailers
     returned = trailers["x-request-id"].decode()
     assert GENERATED.fullmatch(returned) and logged_ids(caplog) == [returned]
     assert "modelwire-load-bin" in trailers
 
 
-async def test_an_id_of_printable_ascii_up_to_128_characters_comes_back_unchanged(worker: Worker) -> None:
+async def test_an_id_of_printable_ascii_up_to_128_characters_comes_back_unchanged(
+    worker: Worker,
+) -> None:
     sent = "req " + "x" * 120 + "-~:/"
     async with grpc.aio.insecure_channel(worker.address) as channel:
-        call = pb_grpc.ModelWorkerStub(channel).Generate(REQUEST, metadata=(("x-request-id", sent),))
+        call = pb_grpc.ModelWorkerStub(channel).Generate(
+            REQUEST, metadata=(("x-request-id", sent),)
+        )
         await call
         assert dict(await call.trailing_metadata())["x-request-id"] == sent
 
 
-async def test_a_huge_id_never_costs_the_caller_the_answer_of_a_call_that_ran(worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_huge_id_never_costs_the_caller_the_answer_of_a_call_that_ran(
+    worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
     """12,000 characters: gRPC may refuse the request outright (nothing ran: fine); a call that
     runs must reach the caller, under a generated id."""
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
@@ -70,7 +84,9 @@ async def test_a_huge_id_never_costs_the_caller_the_answer_of_a_call_that_ran(wo
                 call = stub.Generate(REQUEST, metadata=(("x-request-id", "r" * 12000),), timeout=10)
                 await call
             except grpc.aio.AioRpcError as error:
-                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and logged_ids(caplog) == [], error
+                assert (
+                    error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and logged_ids(caplog) == []
+                ), error
                 continue
             returned = dict(await call.trailing_metadata())["x-request-id"]
             assert GENERATED.fullmatch(returned) and logged_ids(caplog) == [returned]
@@ -82,20 +98,43 @@ async def test_the_gateway_and_the_worker_log_a_call_under_one_id_and_refuse_a_h
     caplog.set_level(logging.INFO)
     request = REQUEST.SerializeToString()
     async with running_controller() as controller:
-        async with registered_worker(load_toml_config(tmp_path, CONFIG), Joining(controller=controller.address)) as worker:
+        async with registered_worker(
+            load_toml_config(tmp_path, CONFIG), Joining(controller=controller.address)
+        ) as worker:
             await registered(worker)
             async with running_gateway(controller.address) as gateway:
-                _, given = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"req-through-1")])
-                _, replaced = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"a\x7fb")])
+                _, given = await asyncio.to_thread(
+                    unary_call,
+                    gateway.address,
+                    GENERATE,
+                    request,
+                    [(b"x-request-id", b"req-through-1")],
+                )
+                _, replaced = await asyncio.to_thread(
+                    unary_call, gateway.address, GENERATE, request, [(b"x-request-id", b"a\x7fb")]
+                )
                 ids_so_far = logged_ids(caplog)
-                _, refused = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"x-custom", b"a\x7fb")])
-                _, refused_via = await asyncio.to_thread(unary_call, gateway.address, GENERATE, request, [(b"modelwire-via", b"a\x7fb")])
+                _, refused = await asyncio.to_thread(
+                    unary_call, gateway.address, GENERATE, request, [(b"x-custom", b"a\x7fb")]
+                )
+                _, refused_via = await asyncio.to_thread(
+                    unary_call, gateway.address, GENERATE, request, [(b"modelwire-via", b"a\x7fb")]
+                )
 
     assert given["grpc-status"] == b"0" and given["x-request-id"] == b"req-through-1"
-    assert replaced["grpc-status"] == b"0" and GENERATED.fullmatch(replaced["x-request-id"].decode())
+    assert replaced["grpc-status"] == b"0" and GENERATED.fullmatch(
+        replaced["x-request-id"].decode()
+    )
     # Each of the two calls is logged twice (gateway, then worker) under the id the caller got back.
-    assert sorted(ids_so_far) == sorted(["req-through-1"] * 2 + [replaced["x-request-id"].decode()] * 2)
-    assert refused["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]).encode(), refused
+    assert sorted(ids_so_far) == sorted(
+        ["req-through-1"] * 2 + [replaced["x-request-id"].decode()] * 2
+    )
+    assert refused["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]).encode(), (
+        refused
+    )
     assert b"metadata x-custom" in refused["grpc-message"]
-    assert refused_via["grpc-status"] == refused["grpc-status"] and b"metadata modelwire-via" in refused_via["grpc-message"]
+    assert (
+        refused_via["grpc-status"] == refused["grpc-status"]
+        and b"metadata modelwire-via" in refused_via["grpc-message"]
+    )
     assert not [r for r in caplog.records if "internal error" in r.getMessage()]

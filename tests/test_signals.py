@@ -18,10 +18,10 @@ from typing import Any
 import grpc
 import pytest
 
+from conftest import free_port
 from modelwire.v1 import controller_pb2, controller_pb2_grpc
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T1 = "tok-first-000000001"
@@ -47,9 +47,9 @@ class Server:
         async with asyncio.timeout(timeout_s):
             while True:
                 raw = await self.process.stderr.readline()
-                assert (
-                    raw
-                ), f"the process ended (exit {await self.process.wait()}); its log: {self.lines}"
+                assert raw, (
+                    f"the process ended (exit {await self.process.wait()}); its log: {self.lines}"
+                )
                 line: Line = json.loads(raw)
                 self.lines.append(line)
                 if wanted(line):

@@ -58,14 +58,19 @@ def test_gemma_format_folds_system_into_the_first_user_turn() -> None:
 @pytest.mark.parametrize(
     ("messages", "expected"),
     [
-        ([ModelMessage(Role.SYSTEM, "S")], "<start_of_turn>user\nS<end_of_turn>\n<start_of_turn>model\n"),
+        (
+            [ModelMessage(Role.SYSTEM, "S")],
+            "<start_of_turn>user\nS<end_of_turn>\n<start_of_turn>model\n",
+        ),
         (
             [ModelMessage(Role.SYSTEM, "S"), ModelMessage(Role.ASSISTANT, "A")],
             "<start_of_turn>user\nS<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n<start_of_turn>model\n",
         ),
     ],
 )
-def test_gemma_format_never_drops_the_system_text(messages: list[ModelMessage], expected: str) -> None:
+def test_gemma_format_never_drops_the_system_text(
+    messages: list[ModelMessage], expected: str
+) -> None:
     prompt = format_gemma_chat(messages)
     assert "".join(piece.text for piece in prompt) == expected
     assert {piece.text for piece in prompt if piece.marker} == {"<start_of_turn>", "<end_of_turn>"}

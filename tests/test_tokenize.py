@@ -61,13 +61,17 @@ def test_o200k_is_tiktokens_own_definition_and_round_trips(fresh_cache: Path) ->
     assert encoding.name == "o200k_base"
     assert encoding.decode(encoding.encode(MIXED_TEXT)) == MIXED_TEXT
     assert encoding.encode("<|endoftext|>", allowed_special="all") == [199999]
-    assert [path.name for path in fresh_cache.iterdir()] == [tiktoken_counter._cache_path("o200k_base").name]  # type: ignore[union-attr]
+    assert [path.name for path in fresh_cache.iterdir()] == [
+        tiktoken_counter._cache_path("o200k_base").name
+    ]  # type: ignore[union-attr]
 
 
 def test_unknown_model_falls_back_to_cl100k_and_says_so(fresh_cache: Path) -> None:
     counted = count_tokens("mistral-large", SENTENCE)
     assert (counted.count, counted.tokenizer, counted.exact) == (
-        independent_count("cl100k_base", SENTENCE), "tiktoken:cl100k_base", False,
+        independent_count("cl100k_base", SENTENCE),
+        "tiktoken:cl100k_base",
+        False,
     )
 
 
@@ -90,7 +94,10 @@ def test_encodings_in_tiktoken_cache_dir_are_honoured(fresh_cache: Path) -> None
 def test_chat_messages_count_includes_framing_and_is_an_estimate(fresh_cache: Path) -> None:
     messages = [ModelMessage(Role.SYSTEM, "You are terse."), ModelMessage(Role.USER, SENTENCE)]
     counted = count_tokens("gpt-4", messages)
-    content = sum(count_tokens("gpt-4", m.content).count + count_tokens("gpt-4", m.role.value).count for m in messages)
+    content = sum(
+        count_tokens("gpt-4", m.content).count + count_tokens("gpt-4", m.role.value).count
+        for m in messages
+    )
     assert counted.count == content + 3 * len(messages) + 3
     assert counted.exact is False
 

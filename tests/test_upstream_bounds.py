@@ -92,12 +92,14 @@ async def _error(client: ModelWorkerClient, model: str, kind: str) -> ModelwireC
 
 async def _raw(respond: Responder, status: int, body: str) -> None:
     data = body.encode()
-    await respond.head(status, {"Content-Length": str(len(data))}, chunked=False,
-                       content_type="application/json")
+    await respond.head(
+        status, {"Content-Length": str(len(data))}, chunked=False, content_type="application/json"
+    )
     await respond.raw(data)
 
 
 # --- item 10: deeply nested JSON ---------------------------------------------------------------
+
 
 async def deep_unary_body(exchange: Exchange, respond: Responder) -> None:
     await _raw(respond, 200, DEEP)
@@ -123,8 +125,12 @@ DEEP_ANSWERS = {
     "a stream event": ("stream", deep_stream_event, UNAVAILABLE, "malformed event stream"),
     # Not JSON, so the body's text is the message; the status is the 400's.
     "an error body": ("unary", deep_error_body, grpc.StatusCode.INVALID_ARGUMENT, "HTTP 400"),
-    "JSON instead of events": ("stream", deep_json_instead_of_events, UNAVAILABLE,
-                               "instead of an event stream"),
+    "JSON instead of events": (
+        "stream",
+        deep_json_instead_of_events,
+        UNAVAILABLE,
+        "instead of an event stream",
+    ),
 }
 
 
@@ -162,8 +168,9 @@ def small_bound(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def declared_too_long(exchange: Exchange, respond: Responder) -> None:
     """Declares a body past the bound, then sends nothing: only refusing at once ends the call."""
-    await respond.head(200, {"Content-Length": str(LIMIT + 1)}, chunked=False,
-                       content_type="application/json")
+    await respond.head(
+        200, {"Content-Length": str(LIMIT + 1)}, chunked=False, content_type="application/json"
+    )
     await respond.hang()
 
 
@@ -178,8 +185,9 @@ async def endless_body(exchange: Exchange, respond: Responder) -> None:
 
 
 @pytest.mark.usefixtures("small_bound")
-@pytest.mark.parametrize("handler", [declared_too_long, endless_body],
-                         ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    "handler", [declared_too_long, endless_body], ids=["content-length", "chunked"]
+)
 @pytest.mark.parametrize("model", ["oa", "an"])
 async def test_a_unary_body_past_the_bound_is_unavailable_naming_it(
     client: ModelWorkerClient, fake: FakeUpstream, model: str, handler: Any

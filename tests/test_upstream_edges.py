@@ -40,15 +40,17 @@ CONTEXT = 1000  # of the "qwen" model, whose counts are cl100k estimates, taken 
 def _toml(fake: FakeUpstream) -> str:
     models = ""
     for name, provider, base, retries in (
-        ("oa", "openai", f"{fake.url}/v1", 0), ("an", "anthropic", fake.url, 0),
-        ("oa-retry", "openai", f"{fake.url}/v1", 2), ("an-retry", "anthropic", fake.url, 2),
+        ("oa", "openai", f"{fake.url}/v1", 0),
+        ("an", "anthropic", fake.url, 0),
+        ("oa-retry", "openai", f"{fake.url}/v1", 2),
+        ("an-retry", "anthropic", fake.url, 2),
     ):
         models += f"""
 [[models]]
 name = "{name}"
 provider = "{provider}"
 api_base = "{base}"
-upstream_model = "{'gpt-4o-mini' if provider == 'openai' else 'claude-sonnet-4-5'}"
+upstream_model = "{"gpt-4o-mini" if provider == "openai" else "claude-sonnet-4-5"}"
 api_key_env = "MODELWIRE_EDGE_KEY"
 context_length = 128000
 timeout_s = 0.6
@@ -82,7 +84,9 @@ max_retries = 0
 
 
 @pytest.fixture(scope="module")
-async def worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
+async def worker(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("MODELWIRE_EDGE_KEY", "sk-edge-SECRET-0042")
     config = load_toml_config(tmp_path_factory.mktemp("edges"), _toml(fake))
@@ -100,10 +104,16 @@ async def client(fake: FakeUpstream, worker: Worker) -> AsyncIterator[ModelWorke
 
 
 def _precondition(error: ModelwireCallError) -> list[str]:
-    return [v.type for d in error.details if isinstance(d, error_details_pb2.PreconditionFailure) for v in d.violations]
+    return [
+        v.type
+        for d in error.details
+        if isinstance(d, error_details_pb2.PreconditionFailure)
+        for v in d.violations
+    ]
 
 
 # --- 1. the caller's deadline governs ----------------------------------------------------------
+
 
 async def slow_answer(exchange: Exchange, respond: Responder) -> None:
     """The upstream computes for 1.5 s, well past timeout_s = 0.6, then answers."""
@@ -138,7 +148,9 @@ async def test_a_retry_after_that_does_not_fit_the_deadline_is_passed_on_at_once
 
 
 @pytest.mark.parametrize("model", ["oa-retry", "an-retry"])
-async def test_a_retry_that_fits_the_deadline_is_made(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
+async def test_a_retry_that_fits_the_deadline_is_made(
+    client: ModelWorkerClient, fake: FakeUpstream, model: str
+) -> None:
     fake.script(error_reply(429, "rate_limit_error", "Rate limit reached", {"Retry-After": "0.5"}))
     output = await client.generate(model, "Hi", timeout=5)
     assert output.text == "Hello, world!"
@@ -146,6 +158,7 @@ async def test_a_retry_that_fits_the_deadline_is_made(client: ModelWorkerClient,
 
 
 # --- 3, 4. delays clamped and floored, 402, empty model ---------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("headers", "delay"),
@@ -178,7 +191,10 @@ async def test_402_is_failed_precondition_naming_the_workers_account(
     _, error = await call(client, model, kind)
     assert error is not None and error.code == grpc.StatusCode.FAILED_PRECONDITION, error
     provider = "anthropic" if model == "an" else "openai"
-    assert f"the worker's {provider} account at 127.0.0.1, key from $MODELWIRE_EDGE_KEY" in error.message
+    assert (
+        f"the worker's {provider} account at 127.0.0.1, key from $MODELWIRE_EDGE_KEY"
+        in error.message
+    )
     assert "Your credit balance is too low" in error.message
     assert "sk-edge-SECRET" not in error.message
 
@@ -194,14 +210,20 @@ async def test_an_empty_model_is_invalid_argument_on_every_rpc(client: ModelWork
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "model" in raised.value.field_violations
     _, error = await call(client, "", "stream")
-    assert error is not None and error.code == grpc.StatusCode.INVALID_ARGUMENT and "model" in error.field_violations
+    assert (
+        error is not None
+        and error.code == grpc.StatusCode.INVALID_ARGUMENT
+        and "model" in error.field_violations
+    )
 
 
 async def hold_until_closed(exchange: Exchange, respond: Responder) -> None:
     await respond.hang()
 
 
-async def test_admission_retry_info_follows_the_queue(client: ModelWorkerClient, fake: FakeUpstream, worker: Worker) -> None:
+async def test_admission_retry_info_follows_the_queue(
+    client: ModelWorkerClient, fake: FakeUpstream, worker: Worker
+) -> None:
     """max_concurrency 1, max_queue 2, calls held at the upstream: the newcomer waits behind three,
     each holding a slot about INITIAL_HOLD_S (no call of this model has finished yet)."""
     fake.default = hold_until_closed
@@ -222,6 +244,7 @@ async def test_admission_retry_info_follows_the_queue(client: ModelWorkerClient,
 
 # --- 2. context checks honest about estimates ---------------------------------------------------
 
+
 def _prompt_estimated_at(tokens: int) -> str:
     """A user message whose cl100k estimate with OpenAI's framing is exactly `tokens`."""
     framing = count_tokens("qwen2.5-7b-instruct", [ModelMessage(Role.USER, "")]).count
@@ -238,18 +261,24 @@ def _prompt_estimated_at(tokens: int) -> str:
         (1050, CONTEXT - 945),  # over it, but within the estimate's error: not refused here
     ],
 )
-async def test_estimated_counts_keep_a_margin(client: ModelWorkerClient, fake: FakeUpstream, estimate: int, max_tokens_sent: int) -> None:
+async def test_estimated_counts_keep_a_margin(
+    client: ModelWorkerClient, fake: FakeUpstream, estimate: int, max_tokens_sent: int
+) -> None:
     await client.generate("qwen", _prompt_estimated_at(estimate))
     [exchange] = fake.exchanges
     assert exchange.json()["max_tokens"] == max_tokens_sent
 
 
-async def test_a_caller_max_new_tokens_is_kept_near_the_limit(client: ModelWorkerClient, fake: FakeUpstream) -> None:
+async def test_a_caller_max_new_tokens_is_kept_near_the_limit(
+    client: ModelWorkerClient, fake: FakeUpstream
+) -> None:
     await client.generate("qwen", _prompt_estimated_at(950), max_new_tokens=20)
     assert fake.exchanges[0].json()["max_tokens"] == 20
 
 
-async def test_a_prompt_too_long_even_for_the_margin_is_refused_before_the_upstream(client: ModelWorkerClient, fake: FakeUpstream) -> None:
+async def test_a_prompt_too_long_even_for_the_margin_is_refused_before_the_upstream(
+    client: ModelWorkerClient, fake: FakeUpstream
+) -> None:
     with pytest.raises(ModelwireCallError) as raised:
         await client.generate("qwen", _prompt_estimated_at(1200))
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -259,15 +288,44 @@ async def test_a_prompt_too_long_even_for_the_margin_is_refused_before_the_upstr
 
 
 CONTEXT_REFUSALS = {
-    "openai": {"error": {"message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 130412 tokens. Please reduce the length of the messages.",
-                         "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}},
-    "vllm": {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you requested 33668 tokens (30900 in the messages, 2768 in the completion). Please reduce the length of the messages or completion.",
-             "type": "BadRequestError", "param": None, "code": 400},
-    "llama.cpp": {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
-                            "type": "exceed_context_size_error", "n_prompt_tokens": 5000, "n_ctx": 4096}},
-    "anthropic": {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 201234 tokens > 200000 maximum"}},
-    "anthropic-max-tokens": {"type": "error", "error": {"type": "invalid_request_error",
-                             "message": "input length and `max_tokens` exceed context limit: 180000 + 30000 > 200000, decrease input length or `max_tokens` and try again"}},
+    "openai": {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 130412 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    },
+    "vllm": {
+        "object": "error",
+        "message": "This model's maximum context length is 32768 tokens. However, you requested 33668 tokens (30900 in the messages, 2768 in the completion). Please reduce the length of the messages or completion.",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    },
+    "llama.cpp": {
+        "error": {
+            "code": 400,
+            "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 5000,
+            "n_ctx": 4096,
+        }
+    },
+    "anthropic": {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: 201234 tokens > 200000 maximum",
+        },
+    },
+    "anthropic-max-tokens": {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "input length and `max_tokens` exceed context limit: 180000 + 30000 > 200000, decrease input length or `max_tokens` and try again",
+        },
+    },
 }
 
 
@@ -290,16 +348,28 @@ async def test_the_upstreams_context_refusal_is_failed_precondition(
 # parameter) is the generic rejection, not a context refusal: only the machine codes and the
 # known sentences are.
 NOT_CONTEXT_REFUSALS = {
-    "a quoted schema property": {"error": {
-        "message": "Invalid schema for function 'setup': 'context_size' is not of type 'integer'",
-        "type": "invalid_request_error", "param": "tools[0].function.parameters",
-        "code": "invalid_function_parameters"}},
-    "a parameter's name": {"error": {
-        "message": "Unrecognized request argument supplied: context_length",
-        "type": "invalid_request_error", "code": None}},
-    "anthropic mentioning a context window": {"type": "error", "error": {
-        "type": "invalid_request_error",
-        "message": "tools.0.input_schema: property 'context_window' is invalid"}},
+    "a quoted schema property": {
+        "error": {
+            "message": "Invalid schema for function 'setup': 'context_size' is not of type 'integer'",
+            "type": "invalid_request_error",
+            "param": "tools[0].function.parameters",
+            "code": "invalid_function_parameters",
+        }
+    },
+    "a parameter's name": {
+        "error": {
+            "message": "Unrecognized request argument supplied: context_length",
+            "type": "invalid_request_error",
+            "code": None,
+        }
+    },
+    "anthropic mentioning a context window": {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "tools.0.input_schema: property 'context_window' is invalid",
+        },
+    },
 }
 
 
@@ -318,6 +388,7 @@ async def test_a_400_that_only_mentions_a_context_stays_invalid_argument(
 
 
 # --- 3. bookkeeping never fails a call ------------------------------------------------------------
+
 
 async def test_failing_metrics_and_call_log_never_fail_a_call(
     client: ModelWorkerClient, worker: Worker, monkeypatch: pytest.MonkeyPatch
@@ -342,35 +413,69 @@ async def test_failing_metrics_and_call_log_never_fail_a_call(
 MARKER = "ZEBRA-7731-QUOKKA"
 # The markers sit between characters JSON encoders escape (Go: < > &, PHP: /), in runs too short
 # to be recognised unless the escaped form of the prompt is looked for too.
-PROMPT = f"Summarise <a>{MARKER}</a> & <b>Lisbon/Porto</b> & <i>the quarterly figures</i>, line by line."
+PROMPT = (
+    f"Summarise <a>{MARKER}</a> & <b>Lisbon/Porto</b> & <i>the quarterly figures</i>, line by line."
+)
 COMPLETION_MARKER = "PELICAN-5150-TAPIR"
 
 
 def _echoing(status: int, template: str) -> Any:
     async def reply(exchange: Exchange, respond: Responder) -> None:
         if is_anthropic(exchange):
-            body: dict[str, Any] = {"type": "error", "error": {"type": "invalid_request_error", "message": template.format(PROMPT)}}
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": template.format(PROMPT)},
+            }
         else:
-            body = {"error": {"message": template.format(PROMPT), "type": "invalid_request_error", "code": None}}
+            body = {
+                "error": {
+                    "message": template.format(PROMPT),
+                    "type": "invalid_request_error",
+                    "code": None,
+                }
+            }
         await respond.json(status, body)
+
     return reply
 
 
 async def fastapi_422(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(422, {"detail": [{"type": "string_too_long", "loc": ["body", "messages", 0, "content"],
-                                          "msg": "String should have at most 10 characters", "input": PROMPT,
-                                          "ctx": {"max_length": 10, "value": PROMPT}}]})
+    await respond.json(
+        422,
+        {
+            "detail": [
+                {
+                    "type": "string_too_long",
+                    "loc": ["body", "messages", 0, "content"],
+                    "msg": "String should have at most 10 characters",
+                    "input": PROMPT,
+                    "ctx": {"max_length": 10, "value": PROMPT},
+                }
+            ]
+        },
+    )
 
 
 async def partial_echo(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(400, {"error": {"message": f"cannot parse near '…{PROMPT[9:50]}…'", "type": "invalid_request_error"}})
+    await respond.json(
+        400,
+        {
+            "error": {
+                "message": f"cannot parse near '…{PROMPT[9:50]}…'",
+                "type": "invalid_request_error",
+            }
+        },
+    )
 
 
 async def mid_stream_echo(exchange: Exchange, respond: Responder) -> None:
     await stream_prologue(exchange, respond)
     await send_first_token(exchange, respond)
     if is_anthropic(exchange):
-        await respond.event({"type": "error", "error": {"type": "api_error", "message": f"failed on {PROMPT}"}}, event="error")
+        await respond.event(
+            {"type": "error", "error": {"type": "api_error", "message": f"failed on {PROMPT}"}},
+            event="error",
+        )
     else:
         await respond.event({"error": {"message": f"failed on {PROMPT}", "code": 500}})
     await respond.end()
@@ -378,18 +483,25 @@ async def mid_stream_echo(exchange: Exchange, respond: Responder) -> None:
 
 async def malformed_event_with_completion(exchange: Exchange, respond: Responder) -> None:
     await stream_prologue(exchange, respond)
-    await respond.event(f'{{"choices": [{{"delta": {{"content": "{COMPLETION_MARKER} says', event="content_block_delta" if is_anthropic(exchange) else None)
+    await respond.event(
+        f'{{"choices": [{{"delta": {{"content": "{COMPLETION_MARKER} says',
+        event="content_block_delta" if is_anthropic(exchange) else None,
+    )
     await respond.end()
 
 
 async def non_json_with_completion(exchange: Exchange, respond: Responder) -> None:
     body = f"{COMPLETION_MARKER}: {PROMPT}".encode()
-    await respond.head(200, {"Content-Length": str(len(body))}, chunked=False, content_type="text/plain")
+    await respond.head(
+        200, {"Content-Length": str(len(body))}, chunked=False, content_type="text/plain"
+    )
     await respond.raw(body)
 
 
 async def echo_500(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(500, {"error": {"message": f"server fault while reading {PROMPT}", "type": "server_error"}})
+    await respond.json(
+        500, {"error": {"message": f"server fault while reading {PROMPT}", "type": "server_error"}}
+    )
 
 
 def _quoted_body(exchange: Exchange) -> str:
@@ -399,18 +511,29 @@ def _quoted_body(exchange: Exchange) -> str:
 
 async def go_escaped_echo(exchange: Exchange, respond: Responder) -> None:
     """Go's encoding/json (Ollama and other Go servers) writes <, > and & as \\u003c…"""
-    go = _quoted_body(exchange).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    await respond.json(400, {"error": {"message": f"rejected '{go}'", "type": "invalid_request_error"}})
+    go = (
+        _quoted_body(exchange)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+    await respond.json(
+        400, {"error": {"message": f"rejected '{go}'", "type": "invalid_request_error"}}
+    )
 
 
 async def php_escaped_echo(exchange: Exchange, respond: Responder) -> None:
     """PHP's json_encode writes / as \\/."""
-    await respond.json(400, {"error": {"message": "rejected " + _quoted_body(exchange).replace("/", "\\/")}})
+    await respond.json(
+        400, {"error": {"message": "rejected " + _quoted_body(exchange).replace("/", "\\/")}}
+    )
 
 
 async def completion_instead_of_a_stream(exchange: Exchange, respond: Responder) -> None:
     """A server that ignores stream=true and sends its whole completion as JSON."""
-    await respond.json(200, {"choices": [{"message": {"content": f"{COMPLETION_MARKER} is the answer"}}]})
+    await respond.json(
+        200, {"choices": [{"message": {"content": f"{COMPLETION_MARKER} is the answer"}}]}
+    )
 
 
 INVALID, UNAVAILABLE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE
@@ -419,13 +542,43 @@ INVALID, UNAVAILABLE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAIL
 FAILURES = {
     "400 quoting it as Go escapes": ("unary", go_escaped_echo, INVALID, "rejected '{"),
     "400 quoting it as PHP escapes": ("unary", php_escaped_echo, INVALID, "rejected {"),
-    "a whole completion where a stream was asked for": ("stream", completion_instead_of_a_stream, UNAVAILABLE, "instead of an event stream"),
-    "400 quoting the message": ("unary", _echoing(400, "Invalid 'messages[0].content': {0!r} is not allowed"), INVALID, "Invalid 'messages[0].content'"),
-    "400 quoting it in a stream": ("stream", _echoing(400, "content {0} rejected"), INVALID, "content [request text] rejected"),
-    "FastAPI 422 with input and ctx": ("unary", fastapi_422, INVALID, "String should have at most 10 characters"),
+    "a whole completion where a stream was asked for": (
+        "stream",
+        completion_instead_of_a_stream,
+        UNAVAILABLE,
+        "instead of an event stream",
+    ),
+    "400 quoting the message": (
+        "unary",
+        _echoing(400, "Invalid 'messages[0].content': {0!r} is not allowed"),
+        INVALID,
+        "Invalid 'messages[0].content'",
+    ),
+    "400 quoting it in a stream": (
+        "stream",
+        _echoing(400, "content {0} rejected"),
+        INVALID,
+        "content [request text] rejected",
+    ),
+    "FastAPI 422 with input and ctx": (
+        "unary",
+        fastapi_422,
+        INVALID,
+        "String should have at most 10 characters",
+    ),
     "400 quoting a piece of it": ("unary", partial_echo, INVALID, "cannot parse near"),
-    "an error event quoting it mid-stream": ("stream", mid_stream_echo, UNAVAILABLE, "failed on [request text]"),
-    "a malformed event holding completion text": ("stream", malformed_event_with_completion, UNAVAILABLE, "is not JSON"),
+    "an error event quoting it mid-stream": (
+        "stream",
+        mid_stream_echo,
+        UNAVAILABLE,
+        "failed on [request text]",
+    ),
+    "a malformed event holding completion text": (
+        "stream",
+        malformed_event_with_completion,
+        UNAVAILABLE,
+        "is not JSON",
+    ),
     "a body that is not JSON": ("unary", non_json_with_completion, UNAVAILABLE, "not JSON"),
 }
 
@@ -433,7 +586,11 @@ FAILURES = {
 @pytest.mark.parametrize("model", WIRES)
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 async def test_request_text_never_reaches_the_logs_or_the_error(
-    client: ModelWorkerClient, fake: FakeUpstream, caplog: pytest.LogCaptureFixture, model: str, failure: str
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    model: str,
+    failure: str,
 ) -> None:
     kind, handler, code, kept = FAILURES[failure]
     fake.script(handler)
@@ -447,7 +604,11 @@ async def test_request_text_never_reaches_the_logs_or_the_error(
 
 
 async def test_retried_echoes_and_internal_errors_keep_the_prompt_out_of_the_logs(
-    client: ModelWorkerClient, fake: FakeUpstream, worker: Worker, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    worker: Worker,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake.script(echo_500, echo_500, echo_500)
     with caplog.at_level(logging.DEBUG):
@@ -467,7 +628,9 @@ async def test_retried_echoes_and_internal_errors_keep_the_prompt_out_of_the_log
         assert MARKER not in text and "Lisbon" not in text, text
 
 
-async def _call_with(client: ModelWorkerClient, model: str, kind: str) -> tuple[list[str], ModelwireCallError | None]:
+async def _call_with(
+    client: ModelWorkerClient, model: str, kind: str
+) -> tuple[list[str], ModelwireCallError | None]:
     texts: list[str] = []
     try:
         if kind == "unary":
@@ -508,6 +671,7 @@ def test_the_scrub_is_bounded_for_huge_and_repetitive_echoes() -> None:
     text, so repeated text costs no more than random text (an attack froze the worker 43 s)."""
     import random
     import string
+
     from modelwire.core.redaction import MASK, MAX_SCRUBBED, remember_request_text, scrub
 
     randomly = random.Random(7)
@@ -522,6 +686,8 @@ def test_the_scrub_is_bounded_for_huge_and_repetitive_echoes() -> None:
         assert out.startswith("error: " + MASK) and len(out) <= MAX_SCRUBBED, (name, out[:100])
         clean = scrub("a message sharing nothing with the prompt, at a normal length" * 10)
         assert MASK not in clean
-        print(f"\n{name}: 1 MiB prompt, 64 KiB echo scrubbed in {1000 * (time.perf_counter() - started):.0f} ms")
+        print(
+            f"\n{name}: 1 MiB prompt, 64 KiB echo scrubbed in {1000 * (time.perf_counter() - started):.0f} ms"
+        )
     remember_request_text([" " * (1 << 20)])
     assert scrub("x" + " " * 200 + "y") == "x" + " " * 200 + "y", "whitespace is no request text"

@@ -99,7 +99,9 @@ retry_backoff_s = 0.01
 
 
 @pytest.fixture(scope="module")
-async def worker(fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Worker]:
+async def worker(
+    fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Worker]:
     config = load_toml_config(tmp_path_factory.mktemp("faults"), _models_toml(fake))
     async with running_worker(config) as worker:
         yield worker
@@ -113,16 +115,22 @@ async def client(fake: FakeUpstream, worker: Worker) -> AsyncIterator[ModelWorke
         # Whatever the test did, the worker is healthy afterwards: nothing leaked, calls succeed.
         fake.reset_records()
         for served in worker.models:
-            assert (served.admission.in_flight, served.admission.queued) == (0, 0), served.metadata.model
+            assert (served.admission.in_flight, served.admission.queued) == (0, 0), (
+                served.metadata.model
+            )
         for model in ("oa", "an", "oa-retry", "an-retry"):
             assert (await client.generate(model, "Hi")).text == "Hello, world!"
             assert "".join([c.text async for c in client.stream(model, "Hi")]) == "Hello, world!"
         async with grpc.aio.insecure_channel(worker.address) as channel:
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="")
+            )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def call(client: ModelWorkerClient, model: str, kind: str, **kwargs: Any) -> tuple[list[str], ModelwireCallError | None]:
+async def call(
+    client: ModelWorkerClient, model: str, kind: str, **kwargs: Any
+) -> tuple[list[str], ModelwireCallError | None]:
     """Texts received and the error that ended the call (None when it succeeded)."""
     texts: list[str] = []
     try:
@@ -136,8 +144,11 @@ async def call(client: ModelWorkerClient, model: str, kind: str, **kwargs: Any) 
     return texts, None
 
 
-def error_reply(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Handler:
+def error_reply(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> Handler:
     """An error response in the wire format of the request's path."""
+
     async def reply(exchange: Exchange, respond: Responder) -> None:
         if is_anthropic(exchange):
             body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
@@ -154,22 +165,44 @@ async def reset_before_first_token(exchange: Exchange, respond: Responder) -> No
 
 # --- HTTP statuses ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["unary", "stream"])
 @pytest.mark.parametrize("model", WIRES)
 @pytest.mark.parametrize(
     ("status", "error_type", "code", "in_message"),
     [
-        (400, "invalid_request_error", grpc.StatusCode.INVALID_ARGUMENT, "'temperature' is out of range"),
-        (401, "authentication_error", grpc.StatusCode.FAILED_PRECONDITION, "upstream rejected the worker's credentials"),
-        (403, "permission_error", grpc.StatusCode.FAILED_PRECONDITION, "upstream rejected the worker's credentials"),
+        (
+            400,
+            "invalid_request_error",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "'temperature' is out of range",
+        ),
+        (
+            401,
+            "authentication_error",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "upstream rejected the worker's credentials",
+        ),
+        (
+            403,
+            "permission_error",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "upstream rejected the worker's credentials",
+        ),
         (404, "not_found_error", grpc.StatusCode.NOT_FOUND, "has no model"),
         (500, "api_error", grpc.StatusCode.UNAVAILABLE, "HTTP 500"),
         (503, "overloaded_error", grpc.StatusCode.UNAVAILABLE, "HTTP 503"),
     ],
 )
 async def test_http_status_maps_to_grpc_status(
-    client: ModelWorkerClient, fake: FakeUpstream, model: str, kind: str,
-    status: int, error_type: str, code: grpc.StatusCode, in_message: str,
+    client: ModelWorkerClient,
+    fake: FakeUpstream,
+    model: str,
+    kind: str,
+    status: int,
+    error_type: str,
+    code: grpc.StatusCode,
+    in_message: str,
 ) -> None:
     fake.script(error_reply(status, error_type, "'temperature' is out of range"))
     texts, error = await call(client, model, kind)
@@ -192,15 +225,22 @@ async def test_429_is_resource_exhausted_with_retry_info_from_retry_after(
     assert "Rate limit reached" in error.message
 
 
-async def test_429_with_a_long_retry_after_is_passed_on_without_retrying(client: ModelWorkerClient, fake: FakeUpstream) -> None:
+async def test_429_with_a_long_retry_after_is_passed_on_without_retrying(
+    client: ModelWorkerClient, fake: FakeUpstream
+) -> None:
     fake.script(error_reply(429, "rate_limit_error", "slow down", {"Retry-After": "30"}))
     _, error = await call(client, "oa-retry", "stream")
 
-    assert error is not None and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_after_s == 30.0
+    assert (
+        error is not None
+        and error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and error.retry_after_s == 30.0
+    )
     assert len(fake.exchanges) == 1
 
 
 # --- retries ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["unary", "stream"])
 @pytest.mark.parametrize("model", ["oa-retry", "an-retry"])
@@ -226,7 +266,9 @@ async def test_retryable_failure_before_the_first_token_is_retried(
 
 
 @pytest.mark.parametrize("model", ["oa-retry", "an-retry"])
-async def test_retries_are_bounded_by_max_retries(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
+async def test_retries_are_bounded_by_max_retries(
+    client: ModelWorkerClient, fake: FakeUpstream, model: str
+) -> None:
     fake.script(*[error_reply(502, "api_error", "bad gateway")] * 3)
     _, error = await call(client, model, "stream")
 
@@ -235,8 +277,13 @@ async def test_retries_are_bounded_by_max_retries(client: ModelWorkerClient, fak
 
 
 @pytest.mark.parametrize("model", ["oa-retry", "an-retry"])
-async def test_non_retryable_failures_are_not_retried(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
-    fake.script(error_reply(401, "authentication_error", "bad key"), error_reply(400, "invalid_request_error", "bad"))
+async def test_non_retryable_failures_are_not_retried(
+    client: ModelWorkerClient, fake: FakeUpstream, model: str
+) -> None:
+    fake.script(
+        error_reply(401, "authentication_error", "bad key"),
+        error_reply(400, "invalid_request_error", "bad"),
+    )
     _, unauthorised = await call(client, model, "stream")
     _, rejected = await call(client, model, "unary")
 
@@ -277,8 +324,11 @@ async def test_connection_refused_is_unavailable(client: ModelWorkerClient) -> N
 
 # --- malformed streams -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model", WIRES)
-async def test_malformed_sse_is_unavailable(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
+async def test_malformed_sse_is_unavailable(
+    client: ModelWorkerClient, fake: FakeUpstream, model: str
+) -> None:
     async def malformed(exchange: Exchange, respond: Responder) -> None:
         await stream_prologue(exchange, respond)
         await respond.raw(b'data: {"choices": [{"delta": {"content": "Hel\n\n')
@@ -292,7 +342,9 @@ async def test_malformed_sse_is_unavailable(client: ModelWorkerClient, fake: Fak
 
 
 @pytest.mark.parametrize("model", WIRES)
-async def test_stream_cut_before_its_end_is_unavailable(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
+async def test_stream_cut_before_its_end_is_unavailable(
+    client: ModelWorkerClient, fake: FakeUpstream, model: str
+) -> None:
     async def cut(exchange: Exchange, respond: Responder) -> None:
         await stream_prologue(exchange, respond)
         await send_first_token(exchange, respond)
@@ -306,6 +358,7 @@ async def test_stream_cut_before_its_end_is_unavailable(client: ModelWorkerClien
 
 
 # --- deadlines, timeouts and cancellation ------------------------------------------------------------
+
 
 async def hang_before_first_byte(exchange: Exchange, respond: Responder) -> None:
     await respond.hang()
@@ -329,12 +382,16 @@ async def test_caller_deadline_closes_an_upstream_that_never_answers(
     closed_at = await exchange.wait_client_closed(2.0)
 
     assert error is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    print(f"\n{model} {kind}: upstream closed {1000 * (closed_at - started - 0.3):.1f} ms after the caller's deadline")
+    print(
+        f"\n{model} {kind}: upstream closed {1000 * (closed_at - started - 0.3):.1f} ms after the caller's deadline"
+    )
     assert closed_at - started < 0.3 + 0.1
 
 
 @pytest.mark.parametrize("model", WIRES)
-async def test_timeout_s_bounds_a_unary_call_without_a_deadline(client: ModelWorkerClient, worker: Worker, fake: FakeUpstream, model: str) -> None:
+async def test_timeout_s_bounds_a_unary_call_without_a_deadline(
+    client: ModelWorkerClient, worker: Worker, fake: FakeUpstream, model: str
+) -> None:
     fake.script(hang_before_first_byte)
     started = time.monotonic()
     async with ModelWorkerClient(worker.address, timeout=None) as no_deadline:
@@ -348,7 +405,9 @@ async def test_timeout_s_bounds_a_unary_call_without_a_deadline(client: ModelWor
 
 
 @pytest.mark.parametrize("model", WIRES)
-async def test_stream_that_hangs_between_chunks_times_out(client: ModelWorkerClient, fake: FakeUpstream, model: str) -> None:
+async def test_stream_that_hangs_between_chunks_times_out(
+    client: ModelWorkerClient, fake: FakeUpstream, model: str
+) -> None:
     fake.script(hang_after_first_token)
     texts, error = await call(client, model, "stream")
 
@@ -374,11 +433,14 @@ async def test_cancelling_a_stream_closes_the_upstream_request_within_100ms(
     await stream.aclose()  # the client's generator cancels the gRPC call
     closed_at = await exchange.wait_client_closed(2.0)
 
-    print(f"\n{model}: upstream closed {1000 * (closed_at - cancelled_at):.1f} ms after the gRPC cancel")
+    print(
+        f"\n{model}: upstream closed {1000 * (closed_at - cancelled_at):.1f} ms after the gRPC cancel"
+    )
     assert closed_at - cancelled_at < 0.1
 
 
 # --- secrets ---------------------------------------------------------------------------------------
+
 
 async def test_api_key_never_appears_in_logs_or_errors(
     fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
@@ -390,13 +452,22 @@ async def test_api_key_never_appears_in_logs_or_errors(
     fake.reset_records()
     messages: list[str] = []
     try:
-        config = load_toml_config(tmp_path_factory.mktemp("secrets"), _models_toml(fake, f'api_key_env = "{SECRET_ENV}"'))
-        async with running_worker(config) as worker, ModelWorkerClient(worker.address, timeout=10) as client:
+        config = load_toml_config(
+            tmp_path_factory.mktemp("secrets"), _models_toml(fake, f'api_key_env = "{SECRET_ENV}"')
+        )
+        async with (
+            running_worker(config) as worker,
+            ModelWorkerClient(worker.address, timeout=10) as client,
+        ):
             messages += [repr(served.client) for served in worker.models]
             for model in ("oa", "an"):
                 fake.script(
-                    error_reply(401, "authentication_error", f"Incorrect API key provided: {SECRET}"),
-                    error_reply(400, "invalid_request_error", f"key {SECRET} cannot use this model"),
+                    error_reply(
+                        401, "authentication_error", f"Incorrect API key provided: {SECRET}"
+                    ),
+                    error_reply(
+                        400, "invalid_request_error", f"key {SECRET} cannot use this model"
+                    ),
                     error_reply(500, "api_error", f"internal error for Bearer {SECRET}"),
                     reset_before_first_token,
                     hang_after_first_token,
@@ -405,7 +476,10 @@ async def test_api_key_never_appears_in_logs_or_errors(
                     _, error = await call(client, model, kind)
                     messages.append(str(error))
             for model in ("oa-retry", "an-retry"):
-                fake.script(error_reply(500, "api_error", f"internal error for Bearer {SECRET}"), reset_before_first_token)
+                fake.script(
+                    error_reply(500, "api_error", f"internal error for Bearer {SECRET}"),
+                    reset_before_first_token,
+                )
                 texts, error = await call(client, model, "stream")
                 assert error is None and "".join(texts) == "Hello, world!"
             for kind in ("unary", "stream"):
@@ -417,10 +491,15 @@ async def test_api_key_never_appears_in_logs_or_errors(
             logging.getLogger(name).setLevel(logging.NOTSET)
 
     # The key did go upstream, in each provider's own header ...
-    sent = [exchange.headers.get("authorization", exchange.headers.get("x-api-key", "")) for exchange in fake.exchanges]
+    sent = [
+        exchange.headers.get("authorization", exchange.headers.get("x-api-key", ""))
+        for exchange in fake.exchanges
+    ]
     assert f"Bearer {SECRET}" in sent and SECRET in sent
     # ... and nowhere else: not in any log record (message, arguments, traceback) nor any error.
-    assert any(record.name.startswith("modelwire.providers") for record in caplog.records), "the providers' logs were captured"
+    assert any(record.name.startswith("modelwire.providers") for record in caplog.records), (
+        "the providers' logs were captured"
+    )
     assert any("credentials" in message for message in messages)
     assert any("[redacted]" in message for message in messages)
     logged = caplog.text + "\n".join(repr(record.args) for record in caplog.records)
@@ -431,6 +510,7 @@ async def test_api_key_never_appears_in_logs_or_errors(
 
 # --- the shared pieces, unit by unit ---------------------------------------------------------------
 
+
 async def _lines(*lines: str) -> AsyncIterator[str]:
     for line in lines:
         yield line
@@ -439,10 +519,26 @@ async def _lines(*lines: str) -> AsyncIterator[str]:
 async def test_sse_parser_follows_the_event_stream_rules() -> None:
     from modelwire.providers.http.sse import SSEEvent, iter_sse
 
-    events = [event async for event in iter_sse(_lines(
-        ": a comment", "event: message_start", 'data: {"a":', "data: 1}", "id: 7", "retry: 100", "",
-        "", "data:no-space", "", "event: ping", "", "data: cut off at the end",
-    ))]
+    events = [
+        event
+        async for event in iter_sse(
+            _lines(
+                ": a comment",
+                "event: message_start",
+                'data: {"a":',
+                "data: 1}",
+                "id: 7",
+                "retry: 100",
+                "",
+                "",
+                "data:no-space",
+                "",
+                "event: ping",
+                "",
+                "data: cut off at the end",
+            )
+        )
+    ]
 
     assert events == [SSEEvent("message_start", '{"a":\n1}'), SSEEvent("message", "no-space")]
 
@@ -475,10 +571,21 @@ async def test_an_endless_event_stream_line_is_unavailable_not_memory() -> None:
             pass
 
 
-def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from modelwire.providers.http.client import _proxy_for
 
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+    for name in (
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert _proxy_for("https://api.openai.com/v1") is None
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
@@ -489,8 +596,8 @@ def test_the_proxy_comes_from_the_environment_once_and_no_proxy_exempts(monkeypa
 
 
 def test_retry_after_parsing() -> None:
-    from email.utils import format_datetime
     from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
 
     from modelwire.providers.http.errors import parse_retry_after
 
@@ -509,12 +616,22 @@ def test_status_mapping_and_retry_policy() -> None:
     from modelwire.providers.http.retry import RetryPolicy
 
     upstream = HttpParams("openai", "https://api.example", None, None, "gpt", 60.0, 0, 0.5, {})
-    kinds = {status: type(error_for_status(status, "m", None, upstream)) for status in (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 529)}
+    kinds = {
+        status: type(error_for_status(status, "m", None, upstream))
+        for status in (400, 401, 402, 403, 404, 408, 413, 422, 429, 500, 529)
+    }
     assert kinds == {
-        400: errors.UpstreamRejected, 401: errors.UpstreamAuthFailed, 402: errors.UpstreamAccountProblem, 403: errors.UpstreamAuthFailed,
-        404: errors.UpstreamModelNotFound, 408: errors.UpstreamUnavailable, 413: errors.UpstreamRejected,
-        422: errors.UpstreamRejected, 429: errors.UpstreamRateLimited,
-        500: errors.UpstreamUnavailable, 529: errors.UpstreamUnavailable,
+        400: errors.UpstreamRejected,
+        401: errors.UpstreamAuthFailed,
+        402: errors.UpstreamAccountProblem,
+        403: errors.UpstreamAuthFailed,
+        404: errors.UpstreamModelNotFound,
+        408: errors.UpstreamUnavailable,
+        413: errors.UpstreamRejected,
+        422: errors.UpstreamRejected,
+        429: errors.UpstreamRateLimited,
+        500: errors.UpstreamUnavailable,
+        529: errors.UpstreamUnavailable,
     }
     policy = RetryPolicy(max_retries=2, backoff_s=0.5)
     unavailable = errors.UpstreamUnavailable("x")

@@ -33,6 +33,16 @@ from typing import Any
 import grpc
 
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
+from modelwire.app.fleet_cli import (
+    add_fleet_commands,
+    add_registration_flags,
+    add_server_flags,
+    hold_sighup,
+    observability_overrides,
+    registry_overrides,
+    server_overrides,
+)
+from modelwire.app.processes import CHILD_FLAG
 from modelwire.client import (
     REQUEST_ID_KEY,
     ModelwireCallError,
@@ -49,20 +59,10 @@ from modelwire.client import (
 )
 from modelwire.client.errors import SERVER_NOT_TLS, TLS_REQUIRED
 from modelwire.client.requests import Messages
-from modelwire.v1 import worker_pb2 as pb
-from modelwire.app.processes import CHILD_FLAG
-from modelwire.app.fleet_cli import (
-    add_fleet_commands,
-    add_registration_flags,
-    add_server_flags,
-    hold_sighup,
-    observability_overrides,
-    registry_overrides,
-    server_overrides,
-)
-from modelwire.core.settings import ConfigError, override
 from modelwire.core.errors import StartupFailure
+from modelwire.core.settings import ConfigError, override
 from modelwire.observe.logs import configure_logging
+from modelwire.v1 import worker_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 TOKEN_ENV = "MODELWIRE_TOKEN"
@@ -74,7 +74,9 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "address": args.address,
         "timeout": args.timeout,
-        "credentials": tls_credentials(args.ca_file, args.cert_file, args.key_file) if tls else None,
+        "credentials": tls_credentials(args.ca_file, args.cert_file, args.key_file)
+        if tls
+        else None,
         "token": args.token,
         "metadata": ((REQUEST_ID_KEY, args.request_id),) if args.request_id else (),
     }
@@ -108,7 +110,9 @@ def _config(args: argparse.Namespace) -> Config:
     if args.weight is not None:
         registration = override(registration, "--weight", weight=args.weight)
     if args.label:
-        registration = override(registration, "--label", labels={**registration.labels, **dict(args.label)})
+        registration = override(
+            registration, "--label", labels={**registration.labels, **dict(args.label)}
+        )
     return replace(
         config,
         server=server,
@@ -142,7 +146,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(
         serve(
-            config, on_ready=announce, serve_metrics_here=not args.child, lifeline=args.child,
+            config,
+            on_ready=announce,
+            serve_metrics_here=not args.child,
+            lifeline=args.child,
             reload_config=lambda: _config(args),
         )
     )
@@ -196,13 +203,21 @@ def _generate(args: argparse.Namespace) -> int:
     descriptions = dict(args.tool_description)
     unknown = sorted(set(descriptions) - {name for name, _ in args.tool})
     if unknown:
-        print(f"modelwire: --tool-description names no --tool: {', '.join(unknown)}", file=sys.stderr)
+        print(
+            f"modelwire: --tool-description names no --tool: {', '.join(unknown)}", file=sys.stderr
+        )
         return 2
-    tools = [tool(name, schema or None, description=descriptions.get(name, ""), strict=args.strict) for name, schema in args.tool]
+    tools = [
+        tool(name, schema or None, description=descriptions.get(name, ""), strict=args.strict)
+        for name, schema in args.tool
+    ]
     output_format = (
-        json_object_format() if args.json_object
-        else json_schema_format(args.schema_name, args.json_schema, strict=args.strict) if args.json_schema is not None
-        else grammar_format(args.grammar) if args.grammar is not None
+        json_object_format()
+        if args.json_object
+        else json_schema_format(args.schema_name, args.json_schema, strict=args.strict)
+        if args.json_schema is not None
+        else grammar_format(args.grammar)
+        if args.grammar is not None
         else None
     )
     messages: Messages = [message("user", args.prompt, *args.image)] if args.image else args.prompt
@@ -277,7 +292,10 @@ def _embed(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     with ModelWorkerSyncClient(**_client_options(args)) as client:
         for model in client.list_models():
-            capabilities = ",".join(pb.Capability.Name(c).removeprefix("CAPABILITY_").lower() for c in model.capabilities)
+            capabilities = ",".join(
+                pb.Capability.Name(c).removeprefix("CAPABILITY_").lower()
+                for c in model.capabilities
+            )
             print(
                 f"{model.model}\t{model.provider}\tcontext={model.context_length}\tmax_output={model.max_output_tokens}"
                 f"\tcapabilities={capabilities}"
@@ -293,13 +311,19 @@ def _count_tokens(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelwire", description="gRPC model-serving worker for LLMs")
+    parser = argparse.ArgumentParser(
+        prog="modelwire", description="gRPC model-serving worker for LLMs"
+    )
     parser.add_argument("--log-level", default="INFO", help="the worker's log level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run a worker (the embedded gemma-3-270m without --config)")
+    serve = commands.add_parser(
+        "serve", help="run a worker (the embedded gemma-3-270m without --config)"
+    )
     add_server_flags(serve)
-    serve.add_argument("--processes", type=int, help="overrides [server].processes (processes sharing the port)")
+    serve.add_argument(
+        "--processes", type=int, help="overrides [server].processes (processes sharing the port)"
+    )
     serve.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     add_registration_flags(serve)
     serve.set_defaults(run=_serve)
@@ -307,46 +331,114 @@ def _parser() -> argparse.ArgumentParser:
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
-        sub.add_argument("--address", default=DEFAULT_ADDRESS, help=f"worker or gateway address (default {DEFAULT_ADDRESS})")
+        sub.add_argument(
+            "--address",
+            default=DEFAULT_ADDRESS,
+            help=f"worker or gateway address (default {DEFAULT_ADDRESS})",
+        )
         sub.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
-        sub.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
-        sub.add_argument("--ca-file", help="TLS: the CA that signed the server's certificate (TLS is on when any TLS flag is given)")
+        sub.add_argument(
+            "--token",
+            default=os.environ.get(TOKEN_ENV),
+            help=f"bearer token (default: ${TOKEN_ENV})",
+        )
+        sub.add_argument(
+            "--ca-file",
+            help="TLS: the CA that signed the server's certificate (TLS is on when any TLS flag is given)",
+        )
         sub.add_argument("--cert-file", help="mTLS: this client's certificate")
         sub.add_argument("--key-file", help="mTLS: this client's key")
-        sub.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
-        sub.add_argument("--request-id", help="x-request-id of the call (echoed in the worker's log)")
+        sub.add_argument(
+            "--tls", action="store_true", help="TLS with the system's root certificates"
+        )
+        sub.add_argument(
+            "--request-id", help="x-request-id of the call (echoed in the worker's log)"
+        )
         return sub
 
-    generate = client_command("generate", "stream a completion to stdout; tool calls follow as JSON lines")
+    generate = client_command(
+        "generate", "stream a completion to stdout; tool calls follow as JSON lines"
+    )
     generate.add_argument("--model", default=EMBEDDED_MODEL)
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--max-new-tokens", type=int)
-    generate.add_argument("--tool", type=_tool_flag, action="append", default=[], metavar="NAME=SCHEMA",
-                          help="a tool the model may call, its arguments' JSON Schema inline or as @FILE (NAME alone: no arguments); repeatable")
-    generate.add_argument("--tool-description", type=_description_flag, action="append", default=[], metavar="NAME=TEXT",
-                          help="the description of the --tool NAME; repeatable")
-    generate.add_argument("--tool-choice", metavar="auto|none|required|NAME",
-                          help="whether the model calls a tool, or which one it must call")
-    generate.add_argument("--parallel-tool-calls", action=argparse.BooleanOptionalAction,
-                          help="allow (or forbid) several tool calls in one turn (default: the provider's)")
+    generate.add_argument(
+        "--tool",
+        type=_tool_flag,
+        action="append",
+        default=[],
+        metavar="NAME=SCHEMA",
+        help="a tool the model may call, its arguments' JSON Schema inline or as @FILE (NAME alone: no arguments); repeatable",
+    )
+    generate.add_argument(
+        "--tool-description",
+        type=_description_flag,
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="the description of the --tool NAME; repeatable",
+    )
+    generate.add_argument(
+        "--tool-choice",
+        metavar="auto|none|required|NAME",
+        help="whether the model calls a tool, or which one it must call",
+    )
+    generate.add_argument(
+        "--parallel-tool-calls",
+        action=argparse.BooleanOptionalAction,
+        help="allow (or forbid) several tool calls in one turn (default: the provider's)",
+    )
     output = generate.add_mutually_exclusive_group()
     output.add_argument("--json-object", action="store_true", help="the output is one JSON object")
-    output.add_argument("--json-schema", type=_json_object_text, metavar="JSON|@FILE",
-                        help="the output is JSON matching this JSON Schema")
-    output.add_argument("--grammar", type=_text_or_file, metavar="GBNF|@FILE", help="the output follows this GBNF grammar")
-    generate.add_argument("--schema-name", default="output", help="the name of --json-schema's schema (default output)")
-    generate.add_argument("--strict", action="store_true", help="ask the provider to enforce --json-schema and --tool schemas exactly")
-    generate.add_argument("--image", type=_image_flag, action="append", default=[], metavar="PATH|URL",
-                          help="an image after the prompt (a file's type from its extension: .png .jpg .jpeg .gif .webp); repeatable")
+    output.add_argument(
+        "--json-schema",
+        type=_json_object_text,
+        metavar="JSON|@FILE",
+        help="the output is JSON matching this JSON Schema",
+    )
+    output.add_argument(
+        "--grammar",
+        type=_text_or_file,
+        metavar="GBNF|@FILE",
+        help="the output follows this GBNF grammar",
+    )
+    generate.add_argument(
+        "--schema-name",
+        default="output",
+        help="the name of --json-schema's schema (default output)",
+    )
+    generate.add_argument(
+        "--strict",
+        action="store_true",
+        help="ask the provider to enforce --json-schema and --tool schemas exactly",
+    )
+    generate.add_argument(
+        "--image",
+        type=_image_flag,
+        action="append",
+        default=[],
+        metavar="PATH|URL",
+        help="an image after the prompt (a file's type from its extension: .png .jpg .jpeg .gif .webp); repeatable",
+    )
     generate.add_argument("--reasoning-effort", choices=("minimal", "low", "medium", "high"))
-    generate.add_argument("--reasoning-budget", type=int, metavar="TOKENS", help="tokens the model may spend thinking")
+    generate.add_argument(
+        "--reasoning-budget", type=int, metavar="TOKENS", help="tokens the model may spend thinking"
+    )
     generate.add_argument("prompt")
     generate.set_defaults(run=_generate)
 
-    embed = client_command("embed", "print one embedding per text, each a JSON array on its own line")
+    embed = client_command(
+        "embed", "print one embedding per text, each a JSON array on its own line"
+    )
     embed.add_argument("--model", default=EMBEDDED_MODEL)
-    embed.add_argument("--dimensions", type=int, help="shorter embeddings, for models that can give them")
-    embed.add_argument("--summary", action="store_true", help="print each embedding's dimensions, norm and first values instead")
+    embed.add_argument(
+        "--dimensions", type=int, help="shorter embeddings, for models that can give them"
+    )
+    embed.add_argument(
+        "--summary",
+        action="store_true",
+        help="print each embedding's dimensions, norm and first values instead",
+    )
     embed.add_argument("texts", nargs="+", metavar="TEXT")
     embed.set_defaults(run=_embed)
 

@@ -57,7 +57,11 @@ def embedded_default() -> Config:
     Its provider is imported here, so a remote-only install (no llama-cpp-python) is told at once
     what to install or configure."""
     model = ModelConfig(
-        name=EMBEDDED_MODEL, provider="llamacpp", context_length=2048, max_concurrency=1, max_queue=32,
+        name=EMBEDDED_MODEL,
+        provider="llamacpp",
+        context_length=2048,
+        max_concurrency=1,
+        max_queue=32,
         source="the embedded default model (served when no [[models]] are configured)",
     )
     provider_class(model)
@@ -76,7 +80,10 @@ def _read(path: Path) -> dict[str, Any]:
 def load_config(path: Path) -> Config:
     source = str(path)
     file = parse(WorkerFile, _read(path), source, base=path.parent)
-    models = [model_config(table, source, f"models[{index}]", path.parent) for index, table in enumerate(file.models)]
+    models = [
+        model_config(table, source, f"models[{index}]", path.parent)
+        for index, table in enumerate(file.models)
+    ]
     for index, model in enumerate(models):
         provider_class(model)  # an unknown provider fails here, before anything loads
         if [m.name for m in models].count(model.name) > 1:
@@ -98,7 +105,9 @@ def load_config(path: Path) -> Config:
 def load_controller_config(path: Path) -> ControllerFile:
     config = parse(ControllerFile, _read(path), str(path), base=path.parent)
     if config.registry.controller is not None:
-        raise ConfigError(f"{path}: registry.controller: a controller keeps its instances in memory or in etcd, not in another controller")
+        raise ConfigError(
+            f"{path}: registry.controller: a controller keeps its instances in memory or in etcd, not in another controller"
+        )
     return config
 
 
@@ -115,17 +124,32 @@ def read_auth(section: AuthSection | None, source: str) -> AuthConfig | None:
     if section.tokens_file is not None:
         grants += parse(TokensFile, _read(section.tokens_file), str(section.tokens_file)).tokens
     if section.tokens_env is not None:
-        values = [token.strip() for token in os.environ[section.tokens_env].split(",") if token.strip()]
+        values = [
+            token.strip() for token in os.environ[section.tokens_env].split(",") if token.strip()
+        ]
         grants += [
-            parse(TokenGrant, {"name": f"{section.tokens_env}[{index}]", "token": token, "permissions": list(section.tokens_env_permissions)}, source, f"auth.tokens_env[{index}]")
+            parse(
+                TokenGrant,
+                {
+                    "name": f"{section.tokens_env}[{index}]",
+                    "token": token,
+                    "permissions": list(section.tokens_env_permissions),
+                },
+                source,
+                f"auth.tokens_env[{index}]",
+            )
             for index, token in enumerate(values)
         ]
     if not grants:
-        raise ConfigError(f"{source}: auth.tokens_file: auth needs tokens: set tokens_file, tokens_env or both")
+        raise ConfigError(
+            f"{source}: auth.tokens_file: auth needs tokens: set tokens_file, tokens_env or both"
+        )
     if len({grant.token for grant in grants}) != len(grants):
         raise ConfigError(f"{source}: auth: the same token comes from tokens_file and tokens_env")
     return AuthConfig(
-        grants=tuple(grants), protect_health=section.protect_health, protect_reflection=section.protect_reflection,
+        grants=tuple(grants),
+        protect_health=section.protect_health,
+        protect_reflection=section.protect_reflection,
         tokens_file=section.tokens_file,
     )
 
@@ -135,7 +159,9 @@ def _pool_slots(models: Sequence[ModelConfig]) -> int:
     return sum(model.max_concurrency for model in models if provider_class(model).runs_on_pool)
 
 
-def _check_blocking_threads(source: str, server: WorkerServerConfig, models: Sequence[ModelConfig]) -> None:
+def _check_blocking_threads(
+    source: str, server: WorkerServerConfig, models: Sequence[ModelConfig]
+) -> None:
     """With fewer threads than slots an admitted call would wait for a thread while counted as
     running, and long prompts of every model (counted on the pool) would wait behind generations."""
     slots = _pool_slots(models)

@@ -26,8 +26,8 @@ from collections import deque
 from prometheus_client import multiprocess
 
 from modelwire.app.config import Config
-from modelwire.core.settings import PROCESSES_ENV, ConfigError
 from modelwire.core.errors import StartupFailure
+from modelwire.core.settings import PROCESSES_ENV, ConfigError
 from modelwire.observe.metrics import MULTIPROC_ENV, serve_metrics
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ def supervise(config: Config, argv: list[str]) -> int:
             metrics_dir = tempfile.mkdtemp(prefix="modelwire-metrics-")
             os.environ[MULTIPROC_ENV] = metrics_dir
             try:
-                serve_metrics(None, config.observability.metrics_host, config.observability.metrics_port)
+                serve_metrics(
+                    None, config.observability.metrics_host, config.observability.metrics_port
+                )
             except OSError as error:
                 raise StartupFailure(
                     f"observability.metrics_port: cannot listen on {config.observability.metrics_host}:"
@@ -91,13 +93,22 @@ class Supervisor:
             self._stop(signal.SIGTERM)
             await self._wait_all()
             raise
-        print(f"{announcements[0]} ({self._count} processes: {', '.join(str(c.pid) for c in self._children)})", flush=True)
+        print(
+            f"{announcements[0]} ({self._count} processes: {', '.join(str(c.pid) for c in self._children)})",
+            flush=True,
+        )
         return await self._watch()
 
     async def _start_child(self) -> str:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelwire.app.cli", *self._argv, CHILD_FLAG,
-            env=self._env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "modelwire.app.cli",
+            *self._argv,
+            CHILD_FLAG,
+            env=self._env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         self._children.append(child)
         assert child.stdout is not None
@@ -106,7 +117,9 @@ class Supervisor:
             code = await child.wait()
             self._children.remove(child)
             self._forget(child)
-            raise StartupFailure(f"worker process {child.pid} exited during its start (exit code {code}); its log says why")
+            raise StartupFailure(
+                f"worker process {child.pid} exited during its start (exit code {code}); its log says why"
+            )
         self._serving.add(child.pid)
         # Nothing else is expected on stdout, but a full pipe would block the child: keep reading.
         drain = asyncio.create_task(_drain(child.stdout))
@@ -148,11 +161,16 @@ class Supervisor:
             if len(self._deaths) > MAX_RESTARTS and now - self._deaths[0] < RESTART_WINDOW_S:
                 logger.error(
                     "worker process %d exited (code %d): %d deaths within %.0fs, giving up and stopping the others",
-                    pid, code, len(self._deaths), RESTART_WINDOW_S,
+                    pid,
+                    code,
+                    len(self._deaths),
+                    RESTART_WINDOW_S,
                 )
                 self._stop(signal.SIGTERM)
                 return False
-            logger.error("worker process %d exited (code %d) while serving; starting another", pid, code)
+            logger.error(
+                "worker process %d exited (code %d) while serving; starting another", pid, code
+            )
             try:
                 await asyncio.wait_for(self._stopping.wait(), RESTART_DELAY_S)
                 return True  # asked to stop meanwhile: nothing to replace

@@ -7,21 +7,26 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from modelwire.app.config import Config
+from modelwire.app.reload import Reloader
 from modelwire.core.errors import StartupFailure
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
-from modelwire.app.reload import Reloader
 from modelwire.rpc.auth import model_calls
 from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
 from modelwire.rpc.wire import WORKER_SERVICE
 from modelwire.v1 import worker_pb2_grpc
 from modelwire.worker.admission import Admission
-from modelwire.worker.agent import RegistrationAgent, advertised_address, check_reachable, worker_agent
+from modelwire.worker.agent import (
+    RegistrationAgent,
+    advertised_address,
+    check_reachable,
+    worker_agent,
+)
 from modelwire.worker.orca import LoadReports
 from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
@@ -41,9 +46,18 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
         try:
             await client.warm_up()
         except Exception as error:
-            raise StartupFailure(f"model {model.name!r} failed its warm-up generation: {error}") from error
+            raise StartupFailure(
+                f"model {model.name!r} failed its warm-up generation: {error}"
+            ) from error
         for metadata in client.models():
-            served.append(ServedModel(metadata, client, Admission(metadata.model, model.max_concurrency, model.max_queue), model.estimate_margin))
+            served.append(
+                ServedModel(
+                    metadata,
+                    client,
+                    Admission(metadata.model, model.max_concurrency, model.max_queue),
+                    model.estimate_margin,
+                )
+            )
     return served
 
 
@@ -60,7 +74,9 @@ def _model_label(models: list[ServedModel]) -> ModelLabel:
 class Worker:
     """A running gRPC worker: ModelWorker, health and reflection on one port (rpc/server.py)."""
 
-    def __init__(self, config: Config, models: list[ServedModel], executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, config: Config, models: list[ServedModel], executor: ThreadPoolExecutor
+    ) -> None:
         self.config = config
         self.models = models
         self._executor = executor
@@ -68,11 +84,20 @@ class Worker:
         self.registration: RegistrationAgent | None = None
         servicer = ModelWorkerServicer(WorkerService(models, config.limits))
         # Every ModelWorker response carries an ORCA load report (worker/orca.py).
-        load_reports = LoadReports(models, lambda: self.registration.instance_id if self.registration else None)
+        load_reports = LoadReports(
+            models, lambda: self.registration.instance_id if self.registration else None
+        )
         self.rpc = RpcServer(
             role="worker",
             server=config.server,
-            services=[Service(WORKER_SERVICE, lambda server: worker_pb2_grpc.add_ModelWorkerServicer_to_server(servicer, server))],
+            services=[
+                Service(
+                    WORKER_SERVICE,
+                    lambda server: worker_pb2_grpc.add_ModelWorkerServicer_to_server(
+                        servicer, server
+                    ),
+                )
+            ],
             permission_of=model_calls,
             tls=config.tls,
             auth=config.auth,
@@ -86,7 +111,9 @@ class Worker:
         self.metrics = self.rpc.metrics
         for served in models:
             served.admission.observer = self.metrics.admission_changed
-            self.metrics.admission_changed(served.metadata.model, 0, 0)  # the gauges exist from the start
+            self.metrics.admission_changed(
+                served.metadata.model, 0, 0
+            )  # the gauges exist from the start
         self.port = self.rpc.port
 
     @property
@@ -113,8 +140,14 @@ async def build_worker(config: Config) -> Worker:
     check_exposure("worker", config.server, config.auth)
     if config.registry.enabled:
         server, registration = config.server, config.registration
-        check_reachable(advertised_address(server.host, server.port, registration.advertise), config.registry, registration)
-    executor = ThreadPoolExecutor(max_workers=config.blocking_pool_size(), thread_name_prefix="modelwire-blocking")
+        check_reachable(
+            advertised_address(server.host, server.port, registration.advertise),
+            config.registry,
+            registration,
+        )
+    executor = ThreadPoolExecutor(
+        max_workers=config.blocking_pool_size(), thread_name_prefix="modelwire-blocking"
+    )
     return Worker(config, await load_models(config, executor), executor)
 
 
@@ -144,11 +177,15 @@ async def serve(
     certificates from `reload_config()` (app/reload.py)."""
     worker = await build_worker(config)
     if config.registry.enabled:
-        worker.registration = worker_agent(config.registry, config.registration, worker.models, config.server.host, worker.port)
+        worker.registration = worker_agent(
+            config.registry, config.registration, worker.models, config.server.host, worker.port
+        )
     observability = config.observability
     if serve_metrics_here and observability.metrics_port is not None:
         try:
-            bound = serve_metrics(worker.metrics, observability.metrics_host, observability.metrics_port)
+            bound = serve_metrics(
+                worker.metrics, observability.metrics_host, observability.metrics_port
+            )
         except OSError as error:
             raise StartupFailure(
                 f"observability.metrics_port: cannot listen on {observability.metrics_host}:{observability.metrics_port}: {error.strerror}"
@@ -162,7 +199,9 @@ async def serve(
     on_signals(stop, reload)
     if lifeline:
         _watch_lifeline(stop)
-    logger.info("serving %s on %s", ", ".join(m.metadata.model for m in worker.models), worker.address)
+    logger.info(
+        "serving %s on %s", ", ".join(m.metadata.model for m in worker.models), worker.address
+    )
     if on_ready is not None:
         on_ready(worker)
     await stop.wait()

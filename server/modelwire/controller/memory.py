@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 from modelwire.fleet.registry import DEFAULT_TTL_S, Registry, WatchHub, check_spec
-from modelwire.fleet.types import EventType, Instance, InstanceEvent, InstanceSpec, Lease, ModelLoad, WatchBatch
+from modelwire.fleet.types import (
+    EventType,
+    Instance,
+    InstanceEvent,
+    InstanceSpec,
+    Lease,
+    ModelLoad,
+    WatchBatch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +40,9 @@ class MemoryRegistry(Registry):
     active health check (`mark_probe`) has seen it NOT_SERVING or unreachable.
     """
 
-    def __init__(self, ttl_s: float = DEFAULT_TTL_S, heartbeat_interval_s: float | None = None) -> None:
+    def __init__(
+        self, ttl_s: float = DEFAULT_TTL_S, heartbeat_interval_s: float | None = None
+    ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self.ttl_s = ttl_s
@@ -63,8 +73,13 @@ class MemoryRegistry(Registry):
         self._touch(entry)
         self._entries[spec.instance_id] = entry
         kind = EventType.UPDATED if previous else EventType.ADDED
-        logger.info("%s instance %s at %s serving %s", "re-registered" if previous else "registered",
-                    spec.instance_id, spec.address, ", ".join(spec.model_names))
+        logger.info(
+            "%s instance %s at %s serving %s",
+            "re-registered" if previous else "registered",
+            spec.instance_id,
+            spec.address,
+            ", ".join(spec.model_names),
+        )
         self._hub.publish([InstanceEvent(kind, self._view(entry))])
         return Lease(spec.instance_id, self.ttl_s, self.heartbeat_interval_s)
 
@@ -123,8 +138,12 @@ class MemoryRegistry(Registry):
         healthy = self._healthy(entry, time.monotonic())
         if healthy != entry.healthy:
             entry.healthy = healthy
-            logger.info("instance %s at %s is %s", entry.spec.instance_id, entry.spec.address,
-                        "healthy" if healthy else "unhealthy")
+            logger.info(
+                "instance %s at %s is %s",
+                entry.spec.instance_id,
+                entry.spec.address,
+                "healthy" if healthy else "unhealthy",
+            )
             self._hub.publish([InstanceEvent(EventType.UPDATED, self._view(entry))])
 
     def _view(self, entry: _Entry) -> Instance:
@@ -136,12 +155,20 @@ class MemoryRegistry(Registry):
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            expired = [entry for entry in self._entries.values() if now - entry.seen_monotonic > self.ttl_s]
+            expired = [
+                entry for entry in self._entries.values() if now - entry.seen_monotonic > self.ttl_s
+            ]
             for entry in expired:
                 del self._entries[entry.spec.instance_id]
-                logger.warning("instance %s at %s missed its heartbeats for %.1fs (TTL); removed",
-                               entry.spec.instance_id, entry.spec.address, now - entry.seen_monotonic)
+                logger.warning(
+                    "instance %s at %s missed its heartbeats for %.1fs (TTL); removed",
+                    entry.spec.instance_id,
+                    entry.spec.address,
+                    now - entry.seen_monotonic,
+                )
             if expired:
-                self._hub.publish([InstanceEvent(EventType.REMOVED, self._view(entry)) for entry in expired])
+                self._hub.publish(
+                    [InstanceEvent(EventType.REMOVED, self._view(entry)) for entry in expired]
+                )
             for entry in list(self._entries.values()):
                 self._refresh_health(entry)

@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import logging
 
+from modelwire.core.backoff import Backoff
 from modelwire.core.settings import PeerAccess
 from modelwire.fleet.health import follow_health
 from modelwire.fleet.registry import Registry
 from modelwire.fleet.types import EventType
-from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import dial
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,10 @@ class HealthProber:
         if probe is not None and probe[0] == address:
             return
         self._stop(instance_id)
-        self._probes[instance_id] = (address, asyncio.create_task(self._probe(instance_id, address)))
+        self._probes[instance_id] = (
+            address,
+            asyncio.create_task(self._probe(instance_id, address)),
+        )
 
     def _stop(self, instance_id: str) -> None:
         probe = self._probes.pop(instance_id, None)

@@ -67,20 +67,31 @@ class ControllerServer:
         self.registry = registry
         allow_private = controller.allow_private_addresses
         policy = RegistrationPolicy(
-            allow_private_addresses=is_loopback(server.host) if allow_private is None else allow_private,
+            allow_private_addresses=is_loopback(server.host)
+            if allow_private is None
+            else allow_private,
             max_weight=controller.max_weight,
         )
         servicer = ModelControllerServicer(registry, policy)
         self.rpc = RpcServer(
             role="controller",
             server=server,
-            services=[Service(CONTROLLER_SERVICE, lambda s: controller_pb2_grpc.add_ModelControllerServicer_to_server(servicer, s))],
+            services=[
+                Service(
+                    CONTROLLER_SERVICE,
+                    lambda s: controller_pb2_grpc.add_ModelControllerServicer_to_server(
+                        servicer, s
+                    ),
+                )
+            ],
             permission_of=permission_of,
             tls=tls,
             auth=auth,
             observability=observability,
         )
-        self._prober = HealthProber(registry, controller.workers) if controller.probe_health else None
+        self._prober = (
+            HealthProber(registry, controller.workers) if controller.probe_health else None
+        )
 
     @property
     def address(self) -> str:

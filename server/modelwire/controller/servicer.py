@@ -31,7 +31,6 @@ from modelwire.rpc.wire import ID_TAKEN
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
 
-
 # Instances one identity may hold: registrations beyond it are refused, so one token cannot flood
 # the fleet (and every watcher's snapshot) with instances.
 MAX_INSTANCES_PER_IDENTITY = 256
@@ -54,8 +53,11 @@ class RegistrationPolicy:
     """Fails closed: an address is accepted only when the controller can tell where it leads."""
 
     def __init__(
-        self, allow_private_addresses: bool, max_weight: int,
-        resolve: Resolver = system_resolver, resolve_timeout_s: float = RESOLVE_TIMEOUT_S,
+        self,
+        allow_private_addresses: bool,
+        max_weight: int,
+        resolve: Resolver = system_resolver,
+        resolve_timeout_s: float = RESOLVE_TIMEOUT_S,
     ) -> None:
         self.allow_private_addresses = allow_private_addresses
         self.max_weight = max_weight
@@ -68,7 +70,9 @@ class RegistrationPolicy:
         if refusal is not None:
             violations.append(FieldViolation("address", f"{spec.address}: {refusal}"))
         if spec.weight > self.max_weight:
-            violations.append(FieldViolation("weight", f"at most {self.max_weight}, got {spec.weight}"))
+            violations.append(
+                FieldViolation("weight", f"at most {self.max_weight}, got {spec.weight}")
+            )
         if violations:
             raise InvalidRequest(violations)
 
@@ -102,8 +106,10 @@ def _refusal(host: str, subject: str, allow_private: bool) -> str | None:
     kind = None if allow_private else private_kind(host)
     if kind is None:
         return None
-    return (f"{subject} is {kind}: only its own machine can dial it; register an address callers "
-            "can reach, or set [controller] allow_private_addresses for a fleet on one machine")
+    return (
+        f"{subject} is {kind}: only its own machine can dial it; register an address callers "
+        "can reach, or set [controller] allow_private_addresses for a fleet on one machine"
+    )
 
 
 class ModelControllerServicer(pb_grpc.ModelControllerServicer):
@@ -125,7 +131,9 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
             return
         held = sum(1 for instance in self._registry.instances() if instance.spec.owner == caller)
         if held >= MAX_INSTANCES_PER_IDENTITY:
-            raise PermissionDenied(f"identity {caller!r} already holds {held} instances, the most one identity may register")
+            raise PermissionDenied(
+                f"identity {caller!r} already holds {held} instances, the most one identity may register"
+            )
 
     async def RegisterInstance(
         self, request: pb.RegisterInstanceRequest, context: grpc.aio.ServicerContext
@@ -138,10 +146,14 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
             spec = replace(spec, owner=caller_identity() or "")
             return convert.lease_to_pb(await self._registry.register(spec))
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatResponse:
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
         async with CallScope(context):
             self._owned(request.instance_id)
-            known = await self._registry.heartbeat(request.instance_id, convert.load_from_pb(request.load))
+            known = await self._registry.heartbeat(
+                request.instance_id, convert.load_from_pb(request.load)
+            )
             return pb.HeartbeatResponse(
                 status=pb.HEARTBEAT_STATUS_OK if known else pb.HEARTBEAT_STATUS_UNKNOWN_INSTANCE
             )
@@ -151,14 +163,18 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
     ) -> pb.DeregisterInstanceResponse:
         async with CallScope(context):
             self._owned(request.instance_id)
-            return pb.DeregisterInstanceResponse(removed=await self._registry.deregister(request.instance_id))
+            return pb.DeregisterInstanceResponse(
+                removed=await self._registry.deregister(request.instance_id)
+            )
 
     async def ListInstances(
         self, request: pb.ListInstancesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListInstancesResponse:
         async with CallScope(context):
             instances = self._registry.instances(request.model, request.healthy_only)
-            return pb.ListInstancesResponse(instances=[convert.instance_to_pb(i) for i in instances])
+            return pb.ListInstancesResponse(
+                instances=[convert.instance_to_pb(i) for i in instances]
+            )
 
     async def WatchInstances(
         self, request: pb.WatchInstancesRequest, context: grpc.aio.ServicerContext

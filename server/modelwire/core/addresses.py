@@ -49,7 +49,9 @@ class EtcdTarget:
         except ValueError:
             raise ValueError(f"{url!r}: ttl must be a number of seconds") from None
         if not (math.isfinite(ttl_s) and MIN_TTL_S <= ttl_s <= MAX_TTL_S):
-            raise ValueError(f"{url!r}: ttl must be from {MIN_TTL_S} to {MAX_TTL_S} seconds, got {ttl!r}")
+            raise ValueError(
+                f"{url!r}: ttl must be from {MIN_TTL_S} to {MAX_TTL_S} seconds, got {ttl!r}"
+            )
         return cls(endpoints, prefix, ttl_s)
 
     def __str__(self) -> str:
@@ -68,7 +70,13 @@ def instance_address(address: str) -> tuple[str, int]:
     spellings that resolvers widen (`127.1`, `0x7f000001`, `2130706433`, `127.000.000.001`) and
     zone ids are refused, so the host checked is the host dialled. ValueError says why."""
     host, sep, port = address.rpartition(":")
-    if not sep or len(port) > 5 or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (
+        not sep
+        or len(port) > 5
+        or not port.isascii()
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+    ):
         raise ValueError("must be HOST:PORT with a port from 1 to 65535")
     shown = host if len(host) <= 80 else host[:79] + "…"
     if host.startswith("[") and host.endswith("]"):
@@ -77,12 +85,16 @@ def instance_address(address: str) -> tuple[str, int]:
                 raise ValueError
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise ValueError(f"{shown} is not an IPv6 address (zone ids are not accepted)") from None
+            raise ValueError(
+                f"{shown} is not an IPv6 address (zone ids are not accepted)"
+            ) from None
         return host[1:-1], int(port)
     name = host.removesuffix(".")
     labels = name.split(".")
     if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"{shown!r} is not a DNS name, an IPv4 address or a bracketed IPv6 address")
+        raise ValueError(
+            f"{shown!r} is not a DNS name, an IPv4 address or a bracketed IPv6 address"
+        )
     if labels[-1].isdigit() or labels[-1].lower().startswith("0x"):
         # All-numeric: only the four-decimal form, which every resolver reads alike.
         try:
@@ -106,14 +118,19 @@ _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 # 0.0.0.0/8, "this network": 0.0.0.0 reaches this machine, the rest nothing.
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 # Cloud instance metadata and credential services: never a worker, whatever the fleet's shape.
-METADATA_ADDRESSES = frozenset(map(ipaddress.ip_address, (
-    "169.254.169.254",  # AWS, GCP, Azure, OCI, DigitalOcean, OpenStack
-    "169.254.170.2",    # AWS ECS task credentials
-    "169.254.170.23",   # AWS EKS Pod Identity
-    "fd00:ec2::254",    # AWS instance metadata over IPv6
-    "fd00:ec2::23",     # AWS EKS Pod Identity over IPv6
-    "100.100.100.200",  # Alibaba Cloud
-)))
+METADATA_ADDRESSES = frozenset(
+    map(
+        ipaddress.ip_address,
+        (
+            "169.254.169.254",  # AWS, GCP, Azure, OCI, DigitalOcean, OpenStack
+            "169.254.170.2",  # AWS ECS task credentials
+            "169.254.170.23",  # AWS EKS Pod Identity
+            "fd00:ec2::254",  # AWS instance metadata over IPv6
+            "fd00:ec2::23",  # AWS EKS Pod Identity over IPv6
+            "100.100.100.200",  # Alibaba Cloud
+        ),
+    )
+)
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -76,7 +76,12 @@ class InvalidRequest(ModelwireError):
     def __init__(self, violations: list[FieldViolation]) -> None:
         if len(violations) > self.MAX_VIOLATIONS:
             more = len(violations) - self.MAX_VIOLATIONS + 1
-            violations = violations[: self.MAX_VIOLATIONS - 1] + [FieldViolation(violations[self.MAX_VIOLATIONS - 1].field, f"and {more} more problems like the above")]
+            violations = violations[: self.MAX_VIOLATIONS - 1] + [
+                FieldViolation(
+                    violations[self.MAX_VIOLATIONS - 1].field,
+                    f"and {more} more problems like the above",
+                )
+            ]
         self.violations = violations
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
 
@@ -93,12 +98,19 @@ class ModelNotFound(ModelwireError):
 class ContextLengthExceeded(ModelwireError):
     code: ClassVar[str] = "FAILED_PRECONDITION"
 
-    def __init__(self, model: str, prompt_tokens: int, context_length: int, estimate_margin: float | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        prompt_tokens: int,
+        context_length: int,
+        estimate_margin: float | None = None,
+    ) -> None:
         """`estimate_margin`: the count is an estimate that may be off by this fraction."""
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
         count = (
-            f"{prompt_tokens} tokens" if estimate_margin is None
+            f"{prompt_tokens} tokens"
+            if estimate_margin is None
             else f"about {prompt_tokens} tokens (an estimate, too long even if {estimate_margin:.0%} high)"
         )
         super().__init__(
@@ -165,7 +177,9 @@ class UpstreamAuthFailed(ModelwireError):
     code: ClassVar[str] = "FAILED_PRECONDITION"
 
     def __init__(self) -> None:
-        super().__init__("upstream rejected the worker's credentials; check the worker's API key configuration")
+        super().__init__(
+            "upstream rejected the worker's credentials; check the worker's API key configuration"
+        )
 
 
 class UpstreamModelNotFound(ModelwireError):

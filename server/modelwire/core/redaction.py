@@ -55,8 +55,17 @@ def _forms(text: str) -> list[str]:
     escaped = html.escape(text)
     numeric = escaped.replace("&quot;", "&#34;").replace("&#x27;", "&#39;")
     # As sent first, then the escaped forms: each only adds what the earlier ones left unmasked.
-    forms = (text, plain, json.dumps(text)[1:-1], go, plain.replace("/", "\\/"), escaped, numeric,
-             html.escape(text, quote=False), html.escape(plain))
+    forms = (
+        text,
+        plain,
+        json.dumps(text)[1:-1],
+        go,
+        plain.replace("/", "\\/"),
+        escaped,
+        numeric,
+        html.escape(text, quote=False),
+        html.escape(plain),
+    )
     return list(dict.fromkeys(forms))
 
 
@@ -108,9 +117,19 @@ def _mark_runs(text: str, secret: str, windows: dict[str, list[int]], masked: by
             if masked.find(0, where, where + CHUNK) < 0:
                 continue  # every character of this window is masked already
             left, source = where, offset
-            while left > 0 and source > 0 and not masked[left - 1] and text[left - 1] == secret[source - 1]:
+            while (
+                left > 0
+                and source > 0
+                and not masked[left - 1]
+                and text[left - 1] == secret[source - 1]
+            ):
                 left, source = left - 1, source - 1
             right, source = where + CHUNK, offset + CHUNK
-            while right < len(text) and source < len(secret) and not masked[right] and text[right] == secret[source]:
+            while (
+                right < len(text)
+                and source < len(secret)
+                and not masked[right]
+                and text[right] == secret[source]
+            ):
                 right, source = right + 1, source + 1
             masked[left:right] = b"\x01" * (right - left)

@@ -17,7 +17,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from modelwire.core.addresses import EtcdTarget, check_host_port
@@ -57,7 +69,9 @@ class ConfigError(Exception):
 # Reading
 
 
-def parse(kind: type[T], data: Mapping[str, Any], source: str, where: str = "", base: Path | None = None) -> T:
+def parse(
+    kind: type[T], data: Mapping[str, Any], source: str, where: str = "", base: Path | None = None
+) -> T:
     """Validates `data` as `kind`; the first problem becomes a ConfigError naming source and key.
     `base` is the directory relative file names are read from (the configuration file's)."""
     try:
@@ -84,7 +98,9 @@ def _describe(invalid: ValidationError, source: str, where: str) -> str:
 
 
 def _type_name(value: object) -> str:
-    return {str: "str", int: "int", float: "float", bool: "bool", list: "array", dict: "table"}.get(type(value), type(value).__name__)
+    return {str: "str", int: "int", float: "float", bool: "bool", list: "array", dict: "table"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _reason(error: Mapping[str, Any]) -> str:
@@ -97,14 +113,22 @@ def _reason(error: Mapping[str, Any]) -> str:
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be an integer, got {got}"
     if kind in ("float_type", "float_parsing", "finite_number"):
-        return f"must be a finite number, got {value!r}" if kind == "finite_number" else f"must be a number, got {got}"
+        return (
+            f"must be a finite number, got {value!r}"
+            if kind == "finite_number"
+            else f"must be a number, got {got}"
+        )
     if kind == "string_type":
         return f"must be a string, got {got}"
     if kind == "bool_type":
         return f"must be true or false, got {got}"
     if kind in ("greater_than_equal", "greater_than"):
         bound = ctx.get("ge", ctx.get("gt"))
-        return f"must be at least {bound}, got {value}" if kind == "greater_than_equal" else f"must be more than {bound}, got {value}"
+        return (
+            f"must be at least {bound}, got {value}"
+            if kind == "greater_than_equal"
+            else f"must be more than {bound}, got {value}"
+        )
     if kind == "less_than_equal":
         return f"must be at most {ctx['le']}, got {value}"
     if kind == "less_than":
@@ -127,7 +151,9 @@ def key_pair(key_file: Path | None, info: ValidationInfo) -> Path | None:
     if key_file is None or cert_file is None:
         return key_file
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file, password=b"")
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            cert_file, key_file, password=b""
+        )
     except ssl.SSLError as error:
         raise ValueError(
             f"{key_file} is not the private key of the certificate in {cert_file}, or one of them is not PEM ({error.reason or error})"
@@ -141,7 +167,9 @@ def ca_bundle(ca_file: Path | None) -> Path | None:
         try:
             ssl.create_default_context().load_verify_locations(cafile=ca_file)
         except ssl.SSLError as error:
-            raise ValueError(f"{ca_file} holds no PEM certificate ({error.reason or error})") from None
+            raise ValueError(
+                f"{ca_file} holds no PEM certificate ({error.reason or error})"
+            ) from None
     return ca_file
 
 
@@ -221,7 +249,7 @@ class TokenGrant:
         """An allow-list on a token that may call no model could never take effect."""
         if self.models is not None and "generate" not in self.permissions:
             raise ValueError(
-                f"token {self.name!r}: `models` has no effect without the \"generate\" permission: "
+                f'token {self.name!r}: `models` has no effect without the "generate" permission: '
                 "remove it, or add the permission"
             )
         return self
@@ -272,7 +300,9 @@ class TlsConfig:
     key_file: Path
     client_ca_file: Path | None = None
 
-    _files = field_validator("cert_file", "key_file", "client_ca_file", mode="before")(existing_file)
+    _files = field_validator("cert_file", "key_file", "client_ca_file", mode="before")(
+        existing_file
+    )
     _pair = field_validator("key_file")(key_pair)
     _ca = field_validator("client_ca_file")(ca_bundle)
 
@@ -293,7 +323,9 @@ class ClientTlsConfig:
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (a client certificate and its key)")
+            raise ValueError(
+                "cert_file and key_file go together (a client certificate and its key)"
+            )
 
 
 @dataclass(config=SECTION)
@@ -414,7 +446,9 @@ class ModelConfig:
     max_queue: NonNegativeInt = 16
     # How far a token count that is not exact may be off, either way, as a fraction (see
     # docs/configuration.md#context-checks-on-estimated-counts).
-    estimate_margin: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)] = DEFAULT_ESTIMATE_MARGIN
+    estimate_margin: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)] = (
+        DEFAULT_ESTIMATE_MARGIN
+    )
     # What the model accepts, replacing its provider's defaults (docs/configuration.md#capabilities).
     capabilities: tuple[Capability, ...] | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -443,15 +477,24 @@ class ModelConfig:
             raise ValueError("names a capability twice")
         return tuple(names[item] for item in value)
 
-    def capabilities_within(self, default: tuple[Capability, ...], supported: frozenset[Capability]) -> tuple[Capability, ...]:
+    def capabilities_within(
+        self, default: tuple[Capability, ...], supported: frozenset[Capability]
+    ) -> tuple[Capability, ...]:
         """The configured capabilities, or the provider's `default`; a capability the provider
         cannot translate is a configuration error, not a promise ListModels would break."""
         if self.capabilities is None:
             return default
-        beyond = [capability.value for capability in self.capabilities if capability not in supported]
+        beyond = [
+            capability.value for capability in self.capabilities if capability not in supported
+        ]
         if beyond:
-            known = ", ".join(capability.value for capability in Capability if capability in supported)
-            raise self.error("capabilities", f"provider {self.provider!r} cannot honour {', '.join(beyond)} (it can: {known})")
+            known = ", ".join(
+                capability.value for capability in Capability if capability in supported
+            )
+            raise self.error(
+                "capabilities",
+                f"provider {self.provider!r} cannot honour {', '.join(beyond)} (it can: {known})",
+            )
         return self.capabilities
 
     def options_as(self, kind: type[T]) -> T:
@@ -462,14 +505,23 @@ class ModelConfig:
         return ConfigError(f"{self.source}: {self.where}.{key}: {reason}")
 
 
-MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) - {"options", "source", "where", "base"}
+MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) - {
+    "options",
+    "source",
+    "where",
+    "base",
+}
 
 
 def model_config(table: Mapping[str, Any], source: str, where: str, base: Path) -> ModelConfig:
     common = {key: value for key, value in table.items() if key in MODEL_KEYS}
     options = {key: value for key, value in table.items() if key not in MODEL_KEYS}
-    return parse(ModelConfig, {**common, "options": options, "source": source, "where": where, "base": str(base)}, source, where)
-
+    return parse(
+        ModelConfig,
+        {**common, "options": options, "source": source, "where": where, "base": str(base)},
+        source,
+        where,
+    )
 
 
 @dataclass(config=SECTION)
@@ -513,7 +565,11 @@ class PeerAccess:
     def __post_init__(self) -> None:
         # Workers are whatever was registered: a credential goes only to a worker whose certificate
         # comes from the operator's own CA, or a registrant could collect it.
-        if self.sends_credentials and (self.tls is None or self.tls.ca_file is None) and not self.allow_unverified_credentials:
+        if (
+            self.sends_credentials
+            and (self.tls is None or self.tls.ca_file is None)
+            and not self.allow_unverified_credentials
+        ):
             raise ValueError(
                 "credentials would go to every registered address unverified (a token holding only `register` "
                 "could collect them): set tls.ca_file to the CA of the workers' certificates, or "
@@ -562,7 +618,9 @@ class WorkerAccess(PeerAccess):
     @classmethod
     def _one_credential(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("token_env") is not None:
-            raise ValueError("forwarding callers' credentials and sending our own token exclude each other")
+            raise ValueError(
+                "forwarding callers' credentials and sending our own token exclude each other"
+            )
         return value
 
 

@@ -90,8 +90,12 @@ class ModelMessage:
         """Only role, content and name: the common case, which every layer keeps as cheap as it was
         before the contract grew."""
         return not (
-            self.parts or self.tool_calls or self.tool_call_id or self.reasoning is not None
-            or self.reasoning_signature or self.cache_breakpoint
+            self.parts
+            or self.tool_calls
+            or self.tool_call_id
+            or self.reasoning is not None
+            or self.reasoning_signature
+            or self.cache_breakpoint
         )
 
     @property
@@ -109,7 +113,9 @@ class ModelMessage:
     def char_count(self) -> int:
         """What the message weighs in characters (limits, and whether a count runs inline): its
         text, tool calls, reasoning and image URLs; image bytes are bounded by the receive limit."""
-        chars = len(self.content) + len(self.name) + len(self.tool_call_id) + len(self.reasoning or "")
+        chars = (
+            len(self.content) + len(self.name) + len(self.tool_call_id) + len(self.reasoning or "")
+        )
         for part in self.parts:
             chars += len(part) if isinstance(part, str) else len(part.url or "")
         for call in self.tool_calls:
@@ -224,8 +230,11 @@ class ModelRequest:
     def plain(self) -> bool:
         """No tools, output format or reasoning options (messages aside)."""
         return not (
-            self.tools or self.tool_choice is not None or self.parallel_tool_calls is not None
-            or self.output_format is not None or self.reasoning is not None
+            self.tools
+            or self.tool_choice is not None
+            or self.parallel_tool_calls is not None
+            or self.output_format is not None
+            or self.reasoning is not None
         )
 
 
@@ -329,6 +338,7 @@ def merge_outputs(chunks: list[ModelOutput]) -> ModelOutput:
         finish_reason=last.finish_reason,
         usage=last.usage,
         timing=last.timing,
-        tool_calls=tuple(call for chunk in chunks for call in chunk.tool_calls) + merge_tool_call_deltas(deltas),
+        tool_calls=tuple(call for chunk in chunks for call in chunk.tool_calls)
+        + merge_tool_call_deltas(deltas),
         reasoning_signature=b"".join(chunk.reasoning_signature for chunk in chunks),
     )

@@ -65,11 +65,16 @@ def lease_to_pb(lease: Lease) -> pb.RegisterInstanceResponse:
 
 
 def lease_from_pb(response: pb.RegisterInstanceResponse) -> Lease:
-    return Lease(response.instance_id, seconds(response.lease_ttl), seconds(response.heartbeat_interval))
+    return Lease(
+        response.instance_id, seconds(response.lease_ttl), seconds(response.heartbeat_interval)
+    )
 
 
 def load_to_pb(load: Mapping[str, ModelLoad]) -> list[pb.ModelLoad]:
-    return [pb.ModelLoad(model=name, in_flight=l.in_flight, queued=l.queued) for name, l in sorted(load.items())]
+    return [
+        pb.ModelLoad(model=name, in_flight=l.in_flight, queued=l.queued)
+        for name, l in sorted(load.items())
+    ]
 
 
 def load_from_pb(load: Iterable[pb.ModelLoad]) -> dict[str, ModelLoad]:
@@ -102,14 +107,21 @@ def instance_from_pb(message: pb.Instance) -> Instance:
         weight=message.weight or 1,
         labels=dict(message.labels),
     )
-    last = message.last_heartbeat_time.ToNanoseconds() / 1e9 if message.HasField("last_heartbeat_time") else 0.0
+    last = (
+        message.last_heartbeat_time.ToNanoseconds() / 1e9
+        if message.HasField("last_heartbeat_time")
+        else 0.0
+    )
     return Instance(spec, load_from_pb(message.load), message.healthy, last)
 
 
 def batch_to_pb(batch: WatchBatch) -> pb.WatchInstancesResponse:
     return pb.WatchInstancesResponse(
         snapshot=batch.snapshot,
-        events=[pb.InstanceEvent(type=_EVENT_TO_PB[e.type], instance=instance_to_pb(e.instance)) for e in batch.events],
+        events=[
+            pb.InstanceEvent(type=_EVENT_TO_PB[e.type], instance=instance_to_pb(e.instance))
+            for e in batch.events
+        ],
     )
 
 

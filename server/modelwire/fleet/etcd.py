@@ -33,6 +33,10 @@ import aetcd.rpc
 import aetcd.rtypes
 import aetcd.watcher
 
+from modelwire.core.addresses import MIN_TTL_S, EtcdTarget
+from modelwire.core.backoff import Backoff
+from modelwire.core.errors import RegistryUnavailable
+from modelwire.core.settings import RegistryAccess
 from modelwire.fleet.registry import DEFAULT_TTL_S, Registry, WatchHub, check_spec
 from modelwire.fleet.types import (
     EventType,
@@ -44,10 +48,6 @@ from modelwire.fleet.types import (
     ModelLoad,
     WatchBatch,
 )
-from modelwire.core.errors import RegistryUnavailable
-from modelwire.core.addresses import MIN_TTL_S, EtcdTarget
-from modelwire.core.settings import RegistryAccess
-from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import client_options, dial
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,11 @@ def endpoint_value(spec: InstanceSpec, model: str) -> bytes:
         "owner": spec.owner,
     }
     return json.dumps(
-        {"Op": 0, "Addr": spec.address, "Metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":"))},
+        {
+            "Op": 0,
+            "Addr": spec.address,
+            "Metadata": json.dumps(metadata, sort_keys=True, separators=(",", ":")),
+        },
         separators=(",", ":"),
     ).encode()
 
@@ -99,18 +103,23 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]
             return
         self._is_connecting = True
         try:
-            self.channel = dial(f"{self._host}:{self._port}", self.tls, options=list(self._options.items()))
+            self.channel = dial(
+                f"{self._host}:{self._port}", self.tls, options=list(self._options.items())
+            )
             if self._username is not None:
                 self.auth_stub = aetcd.rpc.AuthStub(self.channel)
                 reply = await self.auth_stub.Authenticate(
-                    aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+                    aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password),
+                    timeout=self._timeout,
                 )
                 self.metadata = (("token", reply.token),)
             self.kvstub = aetcd.rpc.KVStub(self.channel)
             self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
             self.leasestub = aetcd.rpc.LeaseStub(self.channel)
             self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
-            self._watcher = aetcd.watcher.Watcher(aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+            self._watcher = aetcd.watcher.Watcher(
+                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
             self._connected.set()
         finally:
             self._is_connecting = False
@@ -129,7 +138,9 @@ class _Registration:
 class EtcdRegistry(Registry):
     """A Registry (controller), Registrar (worker agent) and InstanceSource (gateway) on etcd."""
 
-    def __init__(self, target: EtcdTarget, ttl_s: float = DEFAULT_TTL_S, access: RegistryAccess | None = None) -> None:
+    def __init__(
+        self, target: EtcdTarget, ttl_s: float = DEFAULT_TTL_S, access: RegistryAccess | None = None
+    ) -> None:
         self.target = target
         self._access = access or RegistryAccess()
         self.ttl = max(MIN_TTL_S, math.ceil(ttl_s))
@@ -144,7 +155,9 @@ class EtcdRegistry(Registry):
         self._synced = asyncio.Event()
 
     @classmethod
-    def from_url(cls, url: str, ttl_s: float = DEFAULT_TTL_S, access: RegistryAccess | None = None) -> EtcdRegistry:
+    def from_url(
+        cls, url: str, ttl_s: float = DEFAULT_TTL_S, access: RegistryAccess | None = None
+    ) -> EtcdRegistry:
         """A `?ttl=SECONDS` in the URL wins over `ttl_s`; `access` has etcd's user and TLS."""
         target = EtcdTarget.parse(url)
         return cls(target, target.ttl_s or ttl_s, access)
@@ -166,8 +179,12 @@ class EtcdRegistry(Registry):
         access = self._access
         kind = _TlsClient if access.tls is not None else aetcd.Client
         client = kind(
-            host, port, username=access.etcd_username, password=access.etcd_password,
-            timeout=CALL_TIMEOUT_S, options=dict(client_options()),
+            host,
+            port,
+            username=access.etcd_username,
+            password=access.etcd_password,
+            timeout=CALL_TIMEOUT_S,
+            options=dict(client_options()),
         )
         if access.tls is not None:
             client.tls = access.tls
@@ -187,7 +204,10 @@ class EtcdRegistry(Registry):
         try:
             return await getattr(self._client, name)(*args, **kwargs)
         except aetcd.exceptions.ClientError as error:
-            if isinstance(error, aetcd.exceptions.InvalidArgumentError | aetcd.exceptions.PreconditionFailedError):
+            if isinstance(
+                error,
+                aetcd.exceptions.InvalidArgumentError | aetcd.exceptions.PreconditionFailedError,
+            ):
                 raise
             raise await self._failover(error) from error
         except (OSError, TimeoutError) as error:
@@ -199,7 +219,11 @@ class EtcdRegistry(Registry):
         spec = check_spec(spec)
         lease = await self._call("lease", self.ttl)
         puts = [
-            self._client.transactions.put(self.key(m.model, spec.instance_id).encode(), endpoint_value(spec, m.model), lease=lease.id)
+            self._client.transactions.put(
+                self.key(m.model, spec.instance_id).encode(),
+                endpoint_value(spec, m.model),
+                lease=lease.id,
+            )
             for m in spec.models
         ]
         await self._call("transaction", compare=[], success=puts, failure=[])
@@ -209,8 +233,14 @@ class EtcdRegistry(Registry):
             # The keys now belong to the new lease; the old one (if etcd still has it) holds nothing.
             with contextlib.suppress(Exception):
                 await self._call("revoke_lease", previous.lease_id)
-        logger.info("registered %s (%s) in %s under lease %x, TTL %ds",
-                    spec.instance_id, spec.address, self, lease.id, self.ttl)
+        logger.info(
+            "registered %s (%s) in %s under lease %x, TTL %ds",
+            spec.instance_id,
+            spec.address,
+            self,
+            lease.id,
+            self.ttl,
+        )
         return Lease(spec.instance_id, float(self.ttl), self.ttl / 3)
 
     async def heartbeat(self, instance_id: str, load: Mapping[str, ModelLoad]) -> bool:
@@ -243,7 +273,9 @@ class EtcdRegistry(Registry):
 
     async def start(self) -> None:
         if self._follower is None:
-            self._follower = asyncio.create_task(self._follow(), name=f"etcd-watch-{self.target.prefix}")
+            self._follower = asyncio.create_task(
+                self._follow(), name=f"etcd-watch-{self.target.prefix}"
+            )
 
     async def close(self) -> None:
         if self._follower is not None:
@@ -318,8 +350,11 @@ class EtcdRegistry(Registry):
                 raise
             except Exception as error:
                 if not lost:
-                    logger.warning("lost the watch on %s (%s); listing and watching again", self,
-                                   error or type(error).__name__)
+                    logger.warning(
+                        "lost the watch on %s (%s); listing and watching again",
+                        self,
+                        error or type(error).__name__,
+                    )
                     lost = True
             await backoff.wait()
 
@@ -344,9 +379,11 @@ class EtcdRegistry(Registry):
                 await watch.cancel()
         raise EtcdUnavailable(f"{self}: the watch ended")
 
-    def _put(self, endpoints: dict[str, tuple[str, str, dict[str, Any]]], key: bytes, value: bytes) -> None:
+    def _put(
+        self, endpoints: dict[str, tuple[str, str, dict[str, Any]]], key: bytes, value: bytes
+    ) -> None:
         name = key.decode()
-        model, sep, instance_id = name[len(self.root):].rpartition("/")
+        model, sep, instance_id = name[len(self.root) :].rpartition("/")
         parsed = parse_endpoint(value)
         if not sep or not model or parsed is None:
             return
@@ -365,13 +402,22 @@ class EtcdRegistry(Registry):
             spec = InstanceSpec(
                 instance_id=instance_id,
                 address=address,
-                models=tuple(InstanceModel(model, int(meta.get("capacity") or 0)) for model, _, meta in entries),
+                models=tuple(
+                    InstanceModel(model, int(meta.get("capacity") or 0))
+                    for model, _, meta in entries
+                ),
                 weight=int(metadata.get("weight") or 1),
-                labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+                labels={str(k): str(v) for k, v in labels.items()}
+                if isinstance(labels, dict)
+                else {},
                 owner=str(metadata.get("owner") or ""),
             )
             fresh[instance_id] = self._decorate(Instance(spec))
-        events = [InstanceEvent(EventType.REMOVED, old) for key, old in self._cache.items() if key not in fresh]
+        events = [
+            InstanceEvent(EventType.REMOVED, old)
+            for key, old in self._cache.items()
+            if key not in fresh
+        ]
         for key, instance in fresh.items():
             old = self._cache.get(key)
             if old is None:

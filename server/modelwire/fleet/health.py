@@ -16,11 +16,19 @@ logger = logging.getLogger(__name__)
 
 # Answers that say nothing about the instance's health: no health service, or our credentials are
 # not accepted there. The instance is then "unknown", not "down".
-_UNKNOWABLE = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+_UNKNOWABLE = frozenset(
+    {
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 async def follow_health(
-    channel: grpc.aio.Channel, on_change: Callable[[bool | None], None], service: str = WORKER_SERVICE
+    channel: grpc.aio.Channel,
+    on_change: Callable[[bool | None], None],
+    service: str = WORKER_SERVICE,
 ) -> None:
     """Calls `on_change(True)` on SERVING, `on_change(False)` on anything else or when the stream
     breaks, and keeps watching (with a short backoff) until cancelled. A server without the health
@@ -36,8 +44,12 @@ async def follow_health(
         except grpc.aio.AioRpcError as error:
             if error.code() in _UNKNOWABLE:
                 if error.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    logger.warning("health of %s cannot be watched: %s %s (check the token and TLS used towards workers)",
-                                   channel, error.code().name, error.details())
+                    logger.warning(
+                        "health of %s cannot be watched: %s %s (check the token and TLS used towards workers)",
+                        channel,
+                        error.code().name,
+                        error.details(),
+                    )
                 on_change(None)
                 return
         finally:

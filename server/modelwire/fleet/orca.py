@@ -15,7 +15,9 @@ from xds.data.orca.v3 import orca_load_report_pb2
 from modelwire.rpc.wire import LOAD_TRAILER, ORCA_TRAILER
 
 
-def parse_report(trailers: Sequence[tuple[str, str | bytes]] | None) -> orca_load_report_pb2.OrcaLoadReport | None:
+def parse_report(
+    trailers: Sequence[tuple[str, str | bytes]] | None,
+) -> orca_load_report_pb2.OrcaLoadReport | None:
     """The load report in a call's trailing metadata (either copy), if there is one."""
     for key, value in trailers or ():
         if key in (ORCA_TRAILER, LOAD_TRAILER) and isinstance(value, bytes):

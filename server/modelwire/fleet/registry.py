@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
+from modelwire.core.addresses import instance_address
+from modelwire.core.errors import FieldViolation, InvalidRequest
 from modelwire.fleet.types import (
     EventType,
     Instance,
@@ -29,8 +31,6 @@ from modelwire.fleet.types import (
     WatchBatch,
     valid_instance_id,
 )
-from modelwire.core.addresses import instance_address
-from modelwire.core.errors import FieldViolation, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,9 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
     """Validates a registration and fills in an id when none was proposed."""
     violations = []
     if spec.instance_id and not valid_instance_id(spec.instance_id):
-        violations.append(FieldViolation("instance_id", "letters, digits, '-', '_' and '.' only, at most 128"))
+        violations.append(
+            FieldViolation("instance_id", "letters, digits, '-', '_' and '.' only, at most 128")
+        )
     try:
         instance_address(spec.address)
     except ValueError as bad:
@@ -128,29 +130,53 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
     if not spec.models:
         violations.append(FieldViolation("models", "must name at least one model"))
     if len(spec.models) > MAX_MODELS:
-        violations.append(FieldViolation("models", f"at most {MAX_MODELS} models per instance, got {len(spec.models)}"))
+        violations.append(
+            FieldViolation(
+                "models", f"at most {MAX_MODELS} models per instance, got {len(spec.models)}"
+            )
+        )
     for index, model in enumerate(spec.models[:MAX_MODELS]):
         name = model.model
         if not name or "/" in name or len(name) > MAX_MODEL_NAME or not _printable(name):
-            violations.append(FieldViolation(
-                f"models[{index}].model", f"must be 1 to {MAX_MODEL_NAME} printable characters without '/'"
-            ))
+            violations.append(
+                FieldViolation(
+                    f"models[{index}].model",
+                    f"must be 1 to {MAX_MODEL_NAME} printable characters without '/'",
+                )
+            )
         if model.capacity < 0:
             violations.append(FieldViolation(f"models[{index}].capacity", "must not be negative"))
     if spec.weight < 0:
         violations.append(FieldViolation("weight", "must not be negative"))
     if len(spec.labels) > MAX_LABELS:
-        violations.append(FieldViolation("labels", f"at most {MAX_LABELS} labels, got {len(spec.labels)}"))
+        violations.append(
+            FieldViolation("labels", f"at most {MAX_LABELS} labels, got {len(spec.labels)}")
+        )
     elif any(
-        not key or len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE or not _printable(key) or not _printable(value)
+        not key
+        or len(key) > MAX_LABEL_KEY
+        or len(value) > MAX_LABEL_VALUE
+        or not _printable(key)
+        or not _printable(value)
         for key, value in spec.labels.items()
     ):
-        violations.append(FieldViolation(
-            "labels", f"keys of 1 to {MAX_LABEL_KEY} and values of at most {MAX_LABEL_VALUE} printable characters"
-        ))
-    size = len(spec.address) + sum(len(m.model) for m in spec.models) + sum(len(k) + len(v) for k, v in spec.labels.items())
+        violations.append(
+            FieldViolation(
+                "labels",
+                f"keys of 1 to {MAX_LABEL_KEY} and values of at most {MAX_LABEL_VALUE} printable characters",
+            )
+        )
+    size = (
+        len(spec.address)
+        + sum(len(m.model) for m in spec.models)
+        + sum(len(k) + len(v) for k, v in spec.labels.items())
+    )
     if size > MAX_SPEC_CHARS:
-        violations.append(FieldViolation("labels", f"the registration holds {size} characters, at most {MAX_SPEC_CHARS}"))
+        violations.append(
+            FieldViolation(
+                "labels", f"the registration holds {size} characters, at most {MAX_SPEC_CHARS}"
+            )
+        )
     if violations:
         raise InvalidRequest(violations)
     return replace(spec, instance_id=spec.instance_id or uuid.uuid4().hex, weight=spec.weight or 1)
@@ -169,13 +195,17 @@ class WatchHub:
             if not mine:
                 continue
             if queue.qsize() >= WATCH_BACKLOG:
-                logger.warning("a registry watcher fell %d batches behind; cutting it off", WATCH_BACKLOG)
+                logger.warning(
+                    "a registry watcher fell %d batches behind; cutting it off", WATCH_BACKLOG
+                )
                 del self._watchers[key]
                 queue.put_nowait(None)
                 continue
             queue.put_nowait(mine)
 
-    async def watch(self, model: str, snapshot: Callable[[], list[Instance]]) -> AsyncIterator[WatchBatch]:
+    async def watch(
+        self, model: str, snapshot: Callable[[], list[Instance]]
+    ) -> AsyncIterator[WatchBatch]:
         """Subscribes and takes the snapshot in one step, so no change falls between them."""
         queue: asyncio.Queue[tuple[InstanceEvent, ...] | None] = asyncio.Queue()
         key = self._next

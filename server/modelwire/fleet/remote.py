@@ -59,13 +59,20 @@ def _violations(status: status_pb2.Status | None) -> list[FieldViolation]:
 class RemoteController:
     """Calls a `modelwire controller`; every unary call is bounded by `timeout_s`."""
 
-    def __init__(self, address: str, access: RegistryAccess | None = None, timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, address: str, access: RegistryAccess | None = None, timeout_s: float = 3.0
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         access = access or RegistryAccess()
         # A fleet's snapshot is one message: registrations are bounded (fleet/registry.py), and
         # the limit here leaves room for thousands of instances beyond gRPC's 4 MiB default.
-        self._channel = dial(address, access.tls, access.token, [*client_options(), ("grpc.max_receive_message_length", SNAPSHOT_LIMIT)])
+        self._channel = dial(
+            address,
+            access.tls,
+            access.token,
+            [*client_options(), ("grpc.max_receive_message_length", SNAPSHOT_LIMIT)],
+        )
         self._stub = pb_grpc.ModelControllerStub(self._channel)
 
     def __str__(self) -> str:
@@ -109,7 +116,9 @@ class RemoteController:
             async for message in call:
                 yield convert.batch_from_pb(message)
         except grpc.aio.AioRpcError as error:
-            raise ConnectionError(f"watch on {self} ended: {error.code().name} {error.details()}") from error
+            raise ConnectionError(
+                f"watch on {self} ended: {error.code().name} {error.details()}"
+            ) from error
         finally:
             call.cancel()
         raise ConnectionError(f"watch on {self} ended")

@@ -28,13 +28,13 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
+from modelwire.core.backoff import Backoff
 from modelwire.core.errors import FieldViolation, InvalidRequest, ModelNotFound, NotReady
 from modelwire.core.settings import GatewaySection
 from modelwire.fleet.health import follow_health
 from modelwire.fleet.registry import DEFAULT_TTL_S, RegistryClient
 from modelwire.fleet.types import EventType, Instance, WatchBatch
 from modelwire.observe.call_record import sendable
-from modelwire.core.backoff import Backoff
 from modelwire.rpc.channels import client_options, dial
 from modelwire.rpc.wire import LOAD_TRAILER, ORCA_TRAILER, Metadata
 
@@ -46,7 +46,9 @@ LIST_MODELS_TIMEOUT_S = 5.0
 LOAD_HALF_LIFE_S = 5.0
 NOT_READY_RETRY_S = 1.0
 # Metadata that belongs to this hop, not to the call: never forwarded.
-_HOP_KEYS = frozenset({"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"})
+_HOP_KEYS = frozenset(
+    {"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"}
+)
 
 
 @dataclass
@@ -76,11 +78,16 @@ class Route:
         return load * decay
 
     def score(self, model: str, now: float) -> float:
-        return (self.open.get(model, 0) + self.others_load(model, now)) / max(1, self.instance.spec.weight)
+        return (self.open.get(model, 0) + self.others_load(model, now)) / max(
+            1, self.instance.spec.weight
+        )
 
     def reported(self, model: str, load: float, open_excluding: int = 0) -> None:
         """Another party's view of the instance's load, which includes our own open calls."""
-        self.others[model] = (max(0.0, load - (self.open.get(model, 0) - open_excluding)), time.monotonic())
+        self.others[model] = (
+            max(0.0, load - (self.open.get(model, 0) - open_excluding)),
+            time.monotonic(),
+        )
 
 
 MAX_MODEL_BYTES = 1024
@@ -94,12 +101,16 @@ def _model_only() -> type[Message]:
         name="modelwire/gateway/model_only.proto", package="modelwire.gateway", syntax="proto3"
     )
     file.message_type.add(name="ModelOnly").field.add(
-        name="model", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        name="model",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("modelwire.gateway.ModelOnly"))
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("modelwire.gateway.ModelOnly")
+    )
 
 
 _ModelOnly = _model_only()
@@ -113,9 +124,11 @@ def model_field(raw: bytes) -> str:
     1 of a body that repeats it let a caller through to any model. A body that is not protobuf wire
     format, or names no model, is the caller's mistake."""
     try:
-        model: str = getattr(_ModelOnly.FromString(raw), "model")  # a class made at run time
+        model: str = getattr(_ModelOnly.FromString(raw), "model")  # noqa: B009 (a class made at run time: mypy sees no field)
     except DecodeError:
-        raise InvalidRequest([FieldViolation("", "the request body is not a valid protobuf message")]) from None
+        raise InvalidRequest(
+            [FieldViolation("", "the request body is not a valid protobuf message")]
+        ) from None
     if len(model.encode()) > MAX_MODEL_BYTES:
         raise InvalidRequest([FieldViolation("model", f"at most {MAX_MODEL_BYTES} bytes")])
     if not model:
@@ -146,8 +159,10 @@ def leading_model(raw: bytes) -> str:
                     raise IndexError
                 if number == 1:
                     if length > MAX_MODEL_BYTES:
-                        raise InvalidRequest([FieldViolation("model", f"at most {MAX_MODEL_BYTES} bytes")])
-                    model = raw[position:position + length].decode()
+                        raise InvalidRequest(
+                            [FieldViolation("model", f"at most {MAX_MODEL_BYTES} bytes")]
+                        )
+                    model = raw[position : position + length].decode()
                     if model:
                         return model
                     break
@@ -161,7 +176,9 @@ def leading_model(raw: bytes) -> str:
             else:
                 raise IndexError
     except (IndexError, UnicodeDecodeError):
-        raise InvalidRequest([FieldViolation("", "the request body is not a valid protobuf message")]) from None
+        raise InvalidRequest(
+            [FieldViolation("", "the request body is not a valid protobuf message")]
+        ) from None
     raise InvalidRequest([FieldViolation("model", "must name a served model (see ListModels)")])
 
 
@@ -177,11 +194,14 @@ def _varint(raw: bytes, position: int) -> tuple[int, int]:
     raise IndexError
 
 
-def forwarded_metadata(metadata: Sequence[tuple[str, str | bytes]] | None, authorization: bool = False) -> Metadata:
+def forwarded_metadata(
+    metadata: Sequence[tuple[str, str | bytes]] | None, authorization: bool = False
+) -> Metadata:
     """The caller's metadata for the worker: never this hop's own headers, and the caller's
     `authorization` only when the gateway is told to pass it on (it has a token of its own)."""
     return tuple(
-        (k, v) for k, v in metadata or ()
+        (k, v)
+        for k, v in metadata or ()
         if not k.startswith(":") and k not in _HOP_KEYS and (authorization or k != "authorization")
     )
 
@@ -192,9 +212,14 @@ def refuse_unsendable(metadata: Metadata) -> None:
     would fail the call inside the gateway."""
     for key, value in metadata:
         if isinstance(value, str) and not sendable(value):
-            raise InvalidRequest([FieldViolation(
-                f"metadata {key}", "has a character gRPC cannot pass on: a text value is printable ASCII; a binary value needs a key ending in -bin"
-            )])
+            raise InvalidRequest(
+                [
+                    FieldViolation(
+                        f"metadata {key}",
+                        "has a character gRPC cannot pass on: a text value is printable ASCII; a binary value needs a key ending in -bin",
+                    )
+                ]
+            )
 
 
 def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
@@ -206,7 +231,12 @@ def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Met
 class Router:
     """The instance table and the choice of instance; fed by a registry watch."""
 
-    def __init__(self, source: RegistryClient, settings: GatewaySection | None = None, probe_health: bool = True) -> None:
+    def __init__(
+        self,
+        source: RegistryClient,
+        settings: GatewaySection | None = None,
+        probe_health: bool = True,
+    ) -> None:
         self.source = source
         self.settings = settings or GatewaySection()
         self.routes: dict[str, Route] = {}
@@ -258,8 +288,11 @@ class Router:
                 raise
             except Exception as error:
                 if not lost:
-                    logger.warning("lost the instance source %s (%s); routing on the last known instances, retrying",
-                                   self.source, error or type(error).__name__)
+                    logger.warning(
+                        "lost the instance source %s (%s); routing on the last known instances, retrying",
+                        self.source,
+                        error or type(error).__name__,
+                    )
                     lost = True
             await backoff.wait()
 
@@ -272,7 +305,9 @@ class Router:
                 elif gone not in self._stale:
                     # A later snapshot (the source restarted) may not have every worker back yet: keep
                     # routing to the missing ones (health permitting) for a lease TTL before dropping them.
-                    self._stale[gone] = asyncio.get_running_loop().call_later(STALE_GRACE_S, self._remove, gone)
+                    self._stale[gone] = asyncio.get_running_loop().call_later(
+                        STALE_GRACE_S, self._remove, gone
+                    )
         for event in batch.events:
             if event.type is EventType.REMOVED:
                 self._remove(event.instance.instance_id)
@@ -296,8 +331,12 @@ class Router:
             self.routes[instance.instance_id] = route
             if self._probe_health:
                 route.probe_task = asyncio.create_task(self._probe(route))
-            logger.info("instance %s at %s serves %s", instance.instance_id, instance.address,
-                        ", ".join(instance.spec.model_names))
+            logger.info(
+                "instance %s at %s serves %s",
+                instance.instance_id,
+                instance.address,
+                ", ".join(instance.spec.model_names),
+            )
         route.instance = instance
         for model, load in instance.load.items():
             route.reported(model, load.total)
@@ -321,7 +360,9 @@ class Router:
         if channel is None:
             settings = self.settings
             channel = dial(
-                address, settings.workers.tls, settings.workers.token,
+                address,
+                settings.workers.tls,
+                settings.workers.token,
                 client_options(settings.keepalive_time_s, settings.keepalive_timeout_s),
             )
         self._channels[address] = (channel, users + 1)
@@ -341,8 +382,14 @@ class Router:
     async def _probe(self, route: Route) -> None:
         def mark(serving: bool | None) -> None:
             if serving != route.probe:
-                logger.info("instance %s at %s: health %s", route.instance_id, route.instance.address,
-                            {True: "SERVING", False: "NOT_SERVING or unreachable", None: "unknown"}[serving])
+                logger.info(
+                    "instance %s at %s: health %s",
+                    route.instance_id,
+                    route.instance.address,
+                    {True: "SERVING", False: "NOT_SERVING or unreachable", None: "unknown"}[
+                        serving
+                    ],
+                )
             route.probe = serving
             asyncio.get_running_loop().create_task(self._notify())
 
@@ -356,10 +403,15 @@ class Router:
 
     def untried(self, model: str, tried: set[str]) -> bool:
         """Whether another instance of `model` is left to try."""
-        return any(r.instance.spec.serves(model) and r.instance_id not in tried for r in self.routes.values())
+        return any(
+            r.instance.spec.serves(model) and r.instance_id not in tried
+            for r in self.routes.values()
+        )
 
     def known_models(self) -> set[str]:
-        return {m for r in self.routes.values() for m in r.instance.spec.model_names} | set(self._last_served)
+        return {m for r in self.routes.values() for m in r.instance.spec.model_names} | set(
+            self._last_served
+        )
 
     def pick(self, model: str, tried: set[str]) -> Route:
         now = time.monotonic()
@@ -372,7 +424,9 @@ class Router:
             # Nothing healthy is left: try the others rather than refuse (health may lag behind).
             candidates = [r for r in serving if r.instance_id not in tried]
         if not candidates:
-            raise NotReady(f"every instance of model {model!r} was tried and is unavailable", NOT_READY_RETRY_S)
+            raise NotReady(
+                f"every instance of model {model!r} was tried and is unavailable", NOT_READY_RETRY_S
+            )
         if len(candidates) > 2:
             candidates = random.sample(candidates, 2)
         chosen = min(candidates, key=lambda r: (r.score(model, now), r.picked_at))
@@ -381,19 +435,24 @@ class Router:
 
     def _refuse_missing(self, model: str, now: float) -> None:
         if not self.synced.is_set():
-            raise NotReady(f"the gateway has no instance table from {self.source} yet; retry shortly", NOT_READY_RETRY_S)
+            raise NotReady(
+                f"the gateway has no instance table from {self.source} yet; retry shortly",
+                NOT_READY_RETRY_S,
+            )
         served_at = self._last_served.get(model)
         if served_at is not None and now - served_at <= self.settings.recently_served_s:
-            raise NotReady(f"no instance of model {model!r} is registered right now (it was {now - served_at:.0f}s ago)", NOT_READY_RETRY_S)
+            raise NotReady(
+                f"no instance of model {model!r} is registered right now (it was {now - served_at:.0f}s ago)",
+                NOT_READY_RETRY_S,
+            )
         if now - self._snapshot_at < self.settings.settle_s:
             raise NotReady(
                 f"no instance of model {model!r} yet: the instance table from {self.source} is {now - self._snapshot_at:.0f}s "
-                "old and workers may still be registering", NOT_READY_RETRY_S,
+                "old and workers may still be registering",
+                NOT_READY_RETRY_S,
             )
         known = sorted({m for r in self.routes.values() for m in r.instance.spec.model_names})
         raise ModelNotFound(model, known)
 
     def instances(self) -> list[Route]:
         return list(self.routes.values())
-
-

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import aclosing
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -186,21 +186,35 @@ class Gateway:
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         method = f"/{WORKER_SERVICE}/"
-        return grpc.method_handlers_generic_handler(WORKER_SERVICE, {
-            "Generate": grpc.unary_unary_rpc_method_handler(self._unary(method + "Generate")),
-            "CountToken": grpc.unary_unary_rpc_method_handler(self._unary(method + "CountToken")),
-            "Embed": grpc.unary_unary_rpc_method_handler(self._unary(method + "Embed")),
-            "GenerateStream": grpc.unary_stream_rpc_method_handler(self._stream(method + "GenerateStream")),
-            # Decoded, unlike the forwarded methods, as the gateway answers it itself: an undecodable
-            # body is refused as a worker refuses it (rpc/malformed.py).
-            "ListModels": grpc.unary_unary_rpc_method_handler(self._list_models, request_deserializer=pb.ListModelsRequest.FromString),
-        })
+        return grpc.method_handlers_generic_handler(
+            WORKER_SERVICE,
+            {
+                "Generate": grpc.unary_unary_rpc_method_handler(self._unary(method + "Generate")),
+                "CountToken": grpc.unary_unary_rpc_method_handler(
+                    self._unary(method + "CountToken")
+                ),
+                "Embed": grpc.unary_unary_rpc_method_handler(self._unary(method + "Embed")),
+                "GenerateStream": grpc.unary_stream_rpc_method_handler(
+                    self._stream(method + "GenerateStream")
+                ),
+                # Decoded, unlike the forwarded methods, as the gateway answers it itself: an undecodable
+                # body is refused as a worker refuses it (rpc/malformed.py).
+                "ListModels": grpc.unary_unary_rpc_method_handler(
+                    self._list_models, request_deserializer=pb.ListModelsRequest.FromString
+                ),
+            },
+        )
 
     def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
         """The caller's metadata for the worker, with this gateway added to the call's path; a
         call that already passed here (an instance registered at this gateway's address) stops."""
         incoming = context.invocation_metadata() or ()
-        via = [hop for key, value in incoming if key == VIA_KEY and isinstance(value, str) for hop in value.split(",")]
+        via = [
+            hop
+            for key, value in incoming
+            if key == VIA_KEY and isinstance(value, str)
+            for hop in value.split(",")
+        ]
         if self._id in via or len(via) >= MAX_HOPS:
             raise RoutingLoop(
                 f"the call came back to gateway {self._id} after {len(via)} hops: an instance is registered at a "
@@ -210,7 +224,9 @@ class Gateway:
         record = current_call()
         own = ((REQUEST_ID_KEY, record.request_id),) if record is not None else ()
         caller = [(k, v) for k, v in incoming if k not in (VIA_KEY, REQUEST_ID_KEY)]
-        outgoing = forwarded_metadata(caller, self.settings.workers.forward_authorization) + ((VIA_KEY, ",".join([*via, self._id])),)
+        outgoing = forwarded_metadata(caller, self.settings.workers.forward_authorization) + (
+            (VIA_KEY, ",".join([*via, self._id])),
+        )
         refuse_unsendable(outgoing)
         return outgoing + own
 
@@ -224,21 +240,39 @@ class Gateway:
         except TimeoutError:
             raise _NoConnection from None
 
-    def _again(self, model: str, route: Route, error: grpc.aio.AioRpcError | None, tried: set[str], context: grpc.aio.ServicerContext) -> bool:
+    def _again(
+        self,
+        model: str,
+        route: Route,
+        error: grpc.aio.AioRpcError | None,
+        tried: set[str],
+        context: grpc.aio.ServicerContext,
+    ) -> bool:
         """Whether to try another instance; if not, the caller gets this attempt's answer."""
         remaining = context.time_remaining()
-        if (error is not None and not not_started(error)) or len(tried) >= MAX_ATTEMPTS or (remaining is not None and remaining <= 0):
+        if (
+            (error is not None and not not_started(error))
+            or len(tried) >= MAX_ATTEMPTS
+            or (remaining is not None and remaining <= 0)
+        ):
             return False
         if not self.router.untried(model, tried):
             return False
         if not self._budget.spend():
-            logger.warning("retry budget spent: instance %s's failure goes to the caller", route.instance_id)
+            logger.warning(
+                "retry budget spent: instance %s's failure goes to the caller", route.instance_id
+            )
             return False
-        logger.info("instance %s did not take the call (%s); trying another", route.instance_id,
-                    "no connection" if error is None else f"{error.code().name} {error.details()}")
+        logger.info(
+            "instance %s did not take the call (%s); trying another",
+            route.instance_id,
+            "no connection" if error is None else f"{error.code().name} {error.details()}",
+        )
         return True
 
-    async def _forward(self, raw: bytes, context: grpc.aio.ServicerContext, attempt: Attempt) -> AsyncGenerator[bytes, None]:
+    async def _forward(
+        self, raw: bytes, context: grpc.aio.ServicerContext, attempt: Attempt
+    ) -> AsyncGenerator[bytes, None]:
         """The one retry loop of unary and streamed calls: `attempt` makes the call on a route,
         yields what the caller gets and fills in the worker's trailers; once it has yielded, the
         call is the caller's and never retried."""
@@ -281,31 +315,48 @@ class Gateway:
 
     def _unary(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            async def attempt(route: Route, trailers: list[tuple[str, str | bytes]]) -> AsyncGenerator[bytes, None]:
-                call = route.channel.unary_unary(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
+            async def attempt(
+                route: Route, trailers: list[tuple[str, str | bytes]]
+            ) -> AsyncGenerator[bytes, None]:
+                call = route.channel.unary_unary(method)(
+                    raw, timeout=context.time_remaining(), metadata=self._metadata(context)
+                )
                 response: bytes = await call
                 trailers.extend(await call.trailing_metadata() or ())
                 yield response
 
             responses: list[bytes] = []
-            async with CallScope(context), aclosing(self._forward(raw, context, attempt)) as answers:
+            async with (
+                CallScope(context),
+                aclosing(self._forward(raw, context, attempt)) as answers,
+            ):
                 # Read to the end: the loop sets the worker's trailers after its one answer.
                 responses += [response async for response in answers]
             return responses[0]
 
         return forward
 
-    def _stream(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    def _stream(
+        self, method: str
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            async def attempt(route: Route, trailers: list[tuple[str, str | bytes]]) -> AsyncGenerator[bytes, None]:
-                call = route.channel.unary_stream(method)(raw, timeout=context.time_remaining(), metadata=self._metadata(context))
+            async def attempt(
+                route: Route, trailers: list[tuple[str, str | bytes]]
+            ) -> AsyncGenerator[bytes, None]:
+                call = route.channel.unary_stream(method)(
+                    raw, timeout=context.time_remaining(), metadata=self._metadata(context)
+                )
                 try:
                     first = True
                     async for chunk in call:
                         if first:
                             first = False
-                            initial = forwarded_metadata(await call.initial_metadata(), authorization=False)
-                            await context.send_initial_metadata(initial + ((INSTANCE_TRAILER, route.instance_id),))
+                            initial = forwarded_metadata(
+                                await call.initial_metadata(), authorization=False
+                            )
+                            await context.send_initial_metadata(
+                                initial + ((INSTANCE_TRAILER, route.instance_id),)
+                            )
                         yield chunk
                     trailers.extend(await call.trailing_metadata() or ())
                 finally:
@@ -318,32 +369,49 @@ class Gateway:
         return forward
 
     @staticmethod
-    def _observe(route: Route, model: str, trailers: Sequence[tuple[str, str | bytes]] | None) -> None:
+    def _observe(
+        route: Route, model: str, trailers: Sequence[tuple[str, str | bytes]] | None
+    ) -> None:
         report = parse_report(trailers)
         if report is not None and "in_flight" in report.named_metrics:
             load = report.named_metrics["in_flight"] + report.named_metrics.get("queued", 0.0)
             # The report was made after this call finished at the worker; it is still open here.
             route.reported(model, load, open_excluding=1)
 
-    async def _list_models(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def _list_models(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
         """Every model of the fleet the caller's token may use, described by one routable
         instance each (an instance that fails or answers garbage is left out)."""
         async with CallScope(context):
             remaining = context.time_remaining()
-            timeout = min(LIST_MODELS_TIMEOUT_S, remaining) if remaining is not None else LIST_MODELS_TIMEOUT_S
+            timeout = (
+                min(LIST_MODELS_TIMEOUT_S, remaining)
+                if remaining is not None
+                else LIST_MODELS_TIMEOUT_S
+            )
             metadata = self._metadata(context)
             routes = [r for r in self.router.instances() if r.routable]
 
             async def ask(route: Route) -> list[pb.ModelMetadata]:
                 try:
-                    answer: bytes = await route.channel.unary_unary(f"/{WORKER_SERVICE}/ListModels")(
-                        pb.ListModelsRequest().SerializeToString(), timeout=timeout, metadata=metadata
+                    answer: bytes = await route.channel.unary_unary(
+                        f"/{WORKER_SERVICE}/ListModels"
+                    )(
+                        pb.ListModelsRequest().SerializeToString(),
+                        timeout=timeout,
+                        metadata=metadata,
                     )
                     return list(pb.ListModelsResponse.FromString(answer).models)
                 except grpc.aio.AioRpcError as error:
-                    logger.info("ListModels on instance %s failed: %s", route.instance_id, error.code().name)
+                    logger.info(
+                        "ListModels on instance %s failed: %s", route.instance_id, error.code().name
+                    )
                 except DecodeError:
-                    logger.warning("instance %s answered ListModels with bytes that are not a ListModelsResponse", route.instance_id)
+                    logger.warning(
+                        "instance %s answered ListModels with bytes that are not a ListModelsResponse",
+                        route.instance_id,
+                    )
                 return []
 
             models: dict[str, pb.ModelMetadata] = {}
@@ -351,16 +419,27 @@ class Gateway:
                 for described in answer:
                     if model_refusal(described.model) is None:
                         models.setdefault(described.model, described)
-            return pb.ListModelsResponse(models=[models[name] for name in sorted(models)]).SerializeToString()
+            return pb.ListModelsResponse(
+                models=[models[name] for name in sorted(models)]
+            ).SerializeToString()
 
 
 def _unreachable(route: Route) -> ModelwireError:
-    return NotReady(f"instance {route.instance_id} at {route.instance.address} has no connection and no other instance is left", 1.0)
+    return NotReady(
+        f"instance {route.instance_id} at {route.instance.address} has no connection and no other instance is left",
+        1.0,
+    )
 
 
-async def _pass_on(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, route: Route) -> None:
+async def _pass_on(
+    context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, route: Route
+) -> None:
     """The worker's status, details and trailers, as the caller's answer."""
-    await context.abort(error.code(), error.details() or "", _with_instance(returned_trailers(error.trailing_metadata()), route))
+    await context.abort(
+        error.code(),
+        error.details() or "",
+        _with_instance(returned_trailers(error.trailing_metadata()), route),
+    )
 
 
 def _with_instance(trailers: Metadata, route: Route) -> Metadata:

@@ -41,7 +41,13 @@ def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
         return "CANCELLED"
     if isinstance(error, grpc.aio.AbortError):
         code = context.code()
-        return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name if code else "UNKNOWN"
+        return (
+            code.name
+            if isinstance(code, grpc.StatusCode)
+            else grpc.StatusCode(code).name
+            if code
+            else "UNKNOWN"
+        )
     return "UNKNOWN"
 
 
@@ -61,7 +67,12 @@ class CallObserver:
         if record.first_chunk_at is None:
             record.first_chunk_at = now
         elif self._metrics is not None and record.last_chunk_at is not None:
-            never_fails("the call metrics", self._metrics.inter_token_gap, record.model, now - record.last_chunk_at)
+            never_fails(
+                "the call metrics",
+                self._metrics.inter_token_gap,
+                record.model,
+                now - record.last_chunk_at,
+            )
         record.last_chunk_at = now
         record.chunks += 1
         _count_usage(record, message)
@@ -69,7 +80,9 @@ class CallObserver:
     def answered(self, record: CallRecord, response: Any) -> None:
         _count_usage(record, response)
 
-    def failed(self, record: CallRecord, error: BaseException, context: grpc.aio.ServicerContext) -> None:
+    def failed(
+        self, record: CallRecord, error: BaseException, context: grpc.aio.ServicerContext
+    ) -> None:
         record.code = _ended_code(error, context)
 
     def finished(self, record: CallRecord, streamed: bool) -> None:

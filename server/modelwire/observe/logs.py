@@ -9,7 +9,10 @@ import time
 from modelwire.observe.call_record import CallRecord
 
 ACCESS_LOGGER = "modelwire.access"
-_STANDARD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD_FIELDS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +39,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update({key: value for key, value in record.__dict__.items() if key not in _STANDARD_FIELDS})
+        line.update(
+            {key: value for key, value in record.__dict__.items() if key not in _STANDARD_FIELDS}
+        )
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return self._encoder.encode(line)
@@ -51,7 +56,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = [(key, value) for key, value in record.__dict__.items() if key not in _STANDARD_FIELDS]
+        extra = [
+            (key, value) for key, value in record.__dict__.items() if key not in _STANDARD_FIELDS
+        ]
         if extra:
             line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in extra)
         return line

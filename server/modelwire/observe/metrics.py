@@ -24,31 +24,73 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("modelwire_requests", "Calls by method, model and status code.", ["method", "model", "code"], registry=r)
+        self.requests = Counter(
+            "modelwire_requests",
+            "Calls by method, model and status code.",
+            ["method", "model", "code"],
+            registry=r,
+        )
         self.duration = Histogram(
-            "modelwire_request_duration_seconds", "Latency of unary calls.", ["method", "model"], buckets=_LATENCY_BUCKETS, registry=r
+            "modelwire_request_duration_seconds",
+            "Latency of unary calls.",
+            ["method", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.time_to_first_token = Histogram(
-            "modelwire_time_to_first_token_seconds", "Time from call start to the first streamed text.", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+            "modelwire_time_to_first_token_seconds",
+            "Time from call start to the first streamed text.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.inter_token = Histogram(
-            "modelwire_inter_token_latency_seconds", "Gap between consecutive streamed chunks.", ["model"], buckets=_TOKEN_GAP_BUCKETS, registry=r
+            "modelwire_inter_token_latency_seconds",
+            "Gap between consecutive streamed chunks.",
+            ["model"],
+            buckets=_TOKEN_GAP_BUCKETS,
+            registry=r,
         )
-        self.prompt_tokens = Counter("modelwire_prompt_tokens", "Prompt tokens of finished calls.", ["model"], registry=r)
-        self.completion_tokens = Counter("modelwire_completion_tokens", "Generated tokens of finished calls.", ["model"], registry=r)
-        self.in_flight = Gauge("modelwire_in_flight", "Calls running per model.", ["model"], multiprocess_mode="livesum", registry=r)
-        self.queued = Gauge("modelwire_queued", "Calls waiting for a slot per model.", ["model"], multiprocess_mode="livesum", registry=r)
+        self.prompt_tokens = Counter(
+            "modelwire_prompt_tokens", "Prompt tokens of finished calls.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "modelwire_completion_tokens",
+            "Generated tokens of finished calls.",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "modelwire_in_flight",
+            "Calls running per model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.queued = Gauge(
+            "modelwire_queued",
+            "Calls waiting for a slot per model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         # Labelled children looked up once per model: admission changes four times per call.
         self._admission_gauges: dict[str, tuple[Gauge, Gauge]] = {}
         self._children: dict[tuple[object, ...], Counter | Histogram] = {}
         self.errors = Counter(
-            "modelwire_errors", "Failed calls by the error that failed them (upstream_* come from the provider).", ["model", "kind"], registry=r
+            "modelwire_errors",
+            "Failed calls by the error that failed them (upstream_* come from the provider).",
+            ["model", "kind"],
+            registry=r,
         )
 
     def admission_changed(self, model: str, in_flight: int, queued: int) -> None:
         gauges = self._admission_gauges.get(model)
         if gauges is None:
-            gauges = self._admission_gauges[model] = (self.in_flight.labels(model), self.queued.labels(model))
+            gauges = self._admission_gauges[model] = (
+                self.in_flight.labels(model),
+                self.queued.labels(model),
+            )
         gauges[0].set(in_flight)
         gauges[1].set(queued)
 
@@ -70,7 +112,9 @@ class WorkerMetrics:
         if not streamed:
             self._child(self.duration, method, record.model).observe(record.latency_s)
         if record.first_chunk_at is not None:
-            self._child(self.time_to_first_token, record.model).observe(record.first_chunk_at - record.started)
+            self._child(self.time_to_first_token, record.model).observe(
+                record.first_chunk_at - record.started
+            )
         if record.prompt_tokens or record.completion_tokens:
             self._child(self.prompt_tokens, record.model).inc(record.prompt_tokens)
             self._child(self.completion_tokens, record.model).inc(record.completion_tokens)

@@ -32,7 +32,9 @@ def server_interceptor(otlp_endpoint: str | None) -> Any:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint)))
+            provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint))
+            )
         trace.set_tracer_provider(provider)
     return aio_server_interceptor()  # type: ignore[no-untyped-call]
 
@@ -58,7 +60,9 @@ def _recorded_span(provider: str, model: str) -> Iterator[None]:
     "Failed to detach context" each time)."""
     tracer = trace.get_tracer(TRACER_NAME)
     span = tracer.start_span(
-        f"upstream {provider}", kind=trace.SpanKind.CLIENT, attributes={"modelwire.provider": provider, "modelwire.model": model}
+        f"upstream {provider}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"modelwire.provider": provider, "modelwire.model": model},
     )
     made_current = trace.set_span_in_context(span)
     token = otel_context.attach(made_current)

@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Self
 from modelwire.core.cancellation import Cancellation
 from modelwire.core.errors import FieldViolation
 from modelwire.core.types import (
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     ModelMessage,
     ModelMetadata,
     ModelOutput,
@@ -92,10 +92,14 @@ class ProxyLLMClient(ABC):
             async for chunk in chunks:
                 yield chunk
 
-    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
+    def sync_generate_stream(
+        self, request: ModelRequest, cancellation: Cancellation
+    ) -> Iterator[ModelOutput]:
         """Blocking providers implement this; it runs on the executor, never on the event loop, and
         stops soon after `cancellation` is set (the base class also stops between two chunks)."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither sync nor async streaming")
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither sync nor async streaming"
+        )
 
     def pool(self) -> Executor:
         """The executor blocking work runs on (blocking.py)."""
@@ -103,7 +107,9 @@ class ProxyLLMClient(ABC):
             raise RuntimeError(f"{type(self).__name__} is blocking but was given no executor")
         return self._executor
 
-    async def count_with(self, prompt: str | Sequence[ModelMessage], count: Callable[[], TokenCount]) -> TokenCount:
+    async def count_with(
+        self, prompt: str | Sequence[ModelMessage], count: Callable[[], TokenCount]
+    ) -> TokenCount:
         """`count()` in place for a short prompt, on the pool for a long one (tokenize/placement.py)."""
         if self._executor is None or counts_inline(prompt):
             return count()

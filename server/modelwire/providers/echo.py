@@ -47,6 +47,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 DEFAULT_CHUNK_TEXT = "hello"
 # A stand-in upstream for tests and benchmarks: it chats and streams, and refuses everything else.
 DEFAULT_CAPABILITIES = (Capability.CHAT, Capability.STREAMING)
+
+
 @pydantic_dataclass(config=SECTION)
 class EchoOptions:
     chunks: Annotated[StrictInt, Field(ge=0)] = 1
@@ -58,7 +60,12 @@ class EchoClient(ProxyLLMClient):
     provider = "echo"
 
     def __init__(
-        self, metadata: ModelMetadata, executor: Executor | None, chunks: int, chunk_text: str, chunk_interval_s: float
+        self,
+        metadata: ModelMetadata,
+        executor: Executor | None,
+        chunks: int,
+        chunk_text: str,
+        chunk_interval_s: float,
     ) -> None:
         super().__init__(metadata, executor)
         self.chunks = chunks
@@ -73,14 +80,22 @@ class EchoClient(ProxyLLMClient):
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
         options = params.options_as(EchoOptions)
-        chunks, chunk_text, chunk_interval_s = options.chunks, options.chunk_text, options.chunk_interval_s
+        chunks, chunk_text, chunk_interval_s = (
+            options.chunks,
+            options.chunk_text,
+            options.chunk_interval_s,
+        )
         context_length = params.context_length or DEFAULT_CONTEXT_LENGTH
         metadata = ModelMetadata(
             model=params.name,
             provider=cls.provider,
             context_length=context_length,
-            max_output_tokens=min(params.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, context_length),
-            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)),
+            max_output_tokens=min(
+                params.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, context_length
+            ),
+            capabilities=params.capabilities_within(
+                DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)
+            ),
             metadata={"chunks": str(chunks), "chunk_interval_s": f"{chunk_interval_s:g}"},
         )
         return cls(metadata, executor, chunks, chunk_text, chunk_interval_s)
@@ -110,7 +125,11 @@ class EchoClient(ProxyLLMClient):
         chunks, finish = self._plan(request)
         if self.chunk_interval_s and chunks > 1:
             await asyncio.sleep(self.chunk_interval_s * (chunks - 1))
-        return ModelOutput(text=self.chunk_text * chunks, finish_reason=finish, usage=await self._usage(request, chunks))
+        return ModelOutput(
+            text=self.chunk_text * chunks,
+            finish_reason=finish,
+            usage=await self._usage(request, chunks),
+        )
 
     async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
         chunks, finish = self._plan(request)

@@ -18,9 +18,11 @@ from modelwire.rpc.status import refuse
 from modelwire.rpc.wire import WORKER_SERVICE
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+REFLECTION_PREFIXES = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 _UNAUTHENTICATED = "missing or invalid bearer token: send metadata `authorization: Bearer <token>`"
-
 
 
 class Unauthenticated(ModelwireError):
@@ -59,7 +61,9 @@ def model_refusal(model: str) -> str | None:
 class BearerAuth:
     """The call pipeline's (rpc/call_pipeline.py) first check of a call."""
 
-    def __init__(self, config: AuthConfig, permission_of: Callable[[str], Permission | None]) -> None:
+    def __init__(
+        self, config: AuthConfig, permission_of: Callable[[str], Permission | None]
+    ) -> None:
         """`permission_of(method)` is what a method needs (None: any valid token)."""
         self._config = config
         self._permission_of = permission_of

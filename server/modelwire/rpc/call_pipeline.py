@@ -39,7 +39,9 @@ class CallTrailers(Protocol):
 
 
 class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, observer: CallObserver, auth: BearerAuth | None, trailers: CallTrailers | None) -> None:
+    def __init__(
+        self, observer: CallObserver, auth: BearerAuth | None, trailers: CallTrailers | None
+    ) -> None:
         self._observer = observer
         self._auth = auth
         self._trailers = trailers
@@ -56,14 +58,21 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # Built once per method, not per call; a handler that changes (a re-registered service) is rewrapped.
         cached = self._by_method.get(details.method)
         if cached is None or cached[0] is not handler:
-            cached = self._by_method[details.method] = (handler, self._wrap(details.method, handler))
+            cached = self._by_method[details.method] = (
+                handler,
+                self._wrap(details.method, handler),
+            )
         return cached[1]
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         auth = self._auth if self._auth is not None and self._auth.protects(method) else None
         if handler.request_streaming:  # reflection: checked, not observed
             return handler if auth is None else _checked_request_stream(handler, method, auth)
-        trailers = self._trailers if self._trailers is not None and self._trailers.applies(method) else None
+        trailers = (
+            self._trailers
+            if self._trailers is not None and self._trailers.applies(method)
+            else None
+        )
         deserialize = handler.request_deserializer
         # Raw bytes (the gateway reads them itself) need no tolerant decoding.
         decode = malformed.tolerant(deserialize) if deserialize is not None else None
@@ -73,7 +82,13 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         stream = self._stream(method, handler.unary_stream, auth, trailers)
         return grpc.unary_stream_rpc_method_handler(stream, decode, handler.response_serializer)
 
-    def _unary(self, method: str, behavior: UnaryBehavior, auth: BearerAuth | None, trailers: CallTrailers | None) -> UnaryBehavior:
+    def _unary(
+        self,
+        method: str,
+        behavior: UnaryBehavior,
+        auth: BearerAuth | None,
+        trailers: CallTrailers | None,
+    ) -> UnaryBehavior:
         observer = self._observer
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -93,10 +108,18 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return call
 
-    def _stream(self, method: str, behavior: StreamBehavior, auth: BearerAuth | None, trailers: CallTrailers | None) -> StreamBehavior:
+    def _stream(
+        self,
+        method: str,
+        behavior: StreamBehavior,
+        auth: BearerAuth | None,
+        trailers: CallTrailers | None,
+    ) -> StreamBehavior:
         observer = self._observer
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
+        async def call(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncGenerator[Any, None]:
             record, named = _begin(observer, method, request, context)
             try:
                 await _admit(method, request, context, named, auth, trailers)
@@ -136,7 +159,12 @@ def _begin(
 
 
 async def _admit(
-    method: str, request: Any, context: grpc.aio.ServicerContext, named: Metadata, auth: BearerAuth | None, trailers: CallTrailers | None
+    method: str,
+    request: Any,
+    context: grpc.aio.ServicerContext,
+    named: Metadata,
+    auth: BearerAuth | None,
+    trailers: CallTrailers | None,
 ) -> None:
     """What runs before the method, unary or streamed: the call's trailers (so a refusal carries
     them too), the token check, and the refusal of an undecodable body."""
@@ -149,7 +177,9 @@ async def _admit(
         await malformed.refuse(context)
 
 
-def _checked_request_stream(handler: grpc.RpcMethodHandler, method: str, auth: BearerAuth) -> grpc.RpcMethodHandler:
+def _checked_request_stream(
+    handler: grpc.RpcMethodHandler, method: str, auth: BearerAuth
+) -> grpc.RpcMethodHandler:
     """A client-streaming handler behind the token check."""
     if handler.stream_unary is not None:
         inner_unary = handler.stream_unary
@@ -158,7 +188,9 @@ def _checked_request_stream(handler: grpc.RpcMethodHandler, method: str, auth: B
             await auth.check(method, None, context)
             return await inner_unary(requests, context)
 
-        return grpc.stream_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            unary, handler.request_deserializer, handler.response_serializer
+        )
     inner_stream = handler.stream_stream
 
     async def stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -167,4 +199,6 @@ def _checked_request_stream(handler: grpc.RpcMethodHandler, method: str, auth: B
             async for message in messages:
                 yield message
 
-    return grpc.stream_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        stream, handler.request_deserializer, handler.response_serializer
+    )

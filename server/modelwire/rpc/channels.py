@@ -20,7 +20,9 @@ KEEPALIVE_TIMEOUT_S = 5.0
 MIN_PING_INTERVAL_S = 5.0
 
 
-def client_options(keepalive_time_s: float = KEEPALIVE_TIME_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> list[tuple[str, int | str]]:
+def client_options(
+    keepalive_time_s: float = KEEPALIVE_TIME_S, keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S
+) -> list[tuple[str, int | str]]:
     return [
         ("grpc.keepalive_time_ms", int(keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout_s * 1000)),
@@ -50,7 +52,9 @@ def server_ping_options() -> list[tuple[str, int]]:
     ]
 
 
-def _with_token(details: grpc.aio.ClientCallDetails, header: tuple[str, str]) -> grpc.aio.ClientCallDetails:
+def _with_token(
+    details: grpc.aio.ClientCallDetails, header: tuple[str, str]
+) -> grpc.aio.ClientCallDetails:
     metadata = [item for item in (details.metadata or ()) if item[0] != "authorization"]
     return details._replace(metadata=grpc.aio.Metadata(*metadata, header))
 
@@ -63,7 +67,9 @@ class _BearerUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
-    async def intercept_unary_unary(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+    async def intercept_unary_unary(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(_with_token(details, self._header), request)
 
 
@@ -73,7 +79,9 @@ class _BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
-    async def intercept_unary_stream(self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+    async def intercept_unary_stream(
+        self, continuation: Any, details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(_with_token(details, self._header), request)
 
 
@@ -93,10 +101,16 @@ def dial(
 ) -> grpc.aio.Channel:
     """A channel to another modelwire process (or etcd): TLS when `tls` is given, a bearer token
     on every call when `token` is, keepalive always."""
-    channel_options: list[tuple[str, int | str]] = list(options if options is not None else client_options())
+    channel_options: list[tuple[str, int | str]] = list(
+        options if options is not None else client_options()
+    )
     interceptors = [_BearerUnary(token), _BearerStream(token)] if token else None
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=channel_options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(
+            address, options=channel_options, interceptors=interceptors
+        )
     if tls.server_name:
         channel_options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return grpc.aio.secure_channel(address, channel_credentials(tls), options=channel_options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        address, channel_credentials(tls), options=channel_options, interceptors=interceptors
+    )

@@ -31,7 +31,13 @@ from grpc_reflection.v1alpha import reflection
 
 from modelwire.core.addresses import ip_literal, is_loopback
 from modelwire.core.errors import StartupFailure
-from modelwire.core.settings import AuthConfig, ObservabilityConfig, Permission, ServerConfig, TlsConfig
+from modelwire.core.settings import (
+    AuthConfig,
+    ObservabilityConfig,
+    Permission,
+    ServerConfig,
+    TlsConfig,
+)
 from modelwire.observe import tracing
 from modelwire.observe.call_observer import CallObserver, ModelLabel
 from modelwire.observe.metrics import WorkerMetrics
@@ -161,7 +167,9 @@ class RpcServer:
         for service in services:
             service.add(self.server)
         self.service_names = tuple(service.name for service in services)
-        reflection.enable_server_reflection((*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (*self.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server
+        )
         self.port = self._bind(server, shared_port=dict(options).get("grpc.so_reuseport") == 1)
 
     def _bind(self, server: ServerConfig, shared_port: bool) -> int:
@@ -189,7 +197,11 @@ class RpcServer:
     @property
     def address(self) -> str:
         host = self.config.host
-        return f"[{host}]:{self.port}" if ":" in host and not host.startswith("[") else f"{host}:{self.port}"
+        return (
+            f"[{host}]:{self.port}"
+            if ":" in host and not host.startswith("[")
+            else f"{host}:{self.port}"
+        )
 
     async def start(self) -> None:
         await self.server.start()
@@ -197,7 +209,11 @@ class RpcServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
@@ -208,7 +224,11 @@ class RpcServer:
         if leave is not None:
             await leave()
         if self.config.drain_delay_s:
-            logger.info("%s: NOT_SERVING; still accepting calls for %.1fs", self.role, self.config.drain_delay_s)
+            logger.info(
+                "%s: NOT_SERVING; still accepting calls for %.1fs",
+                self.role,
+                self.config.drain_delay_s,
+            )
             await asyncio.sleep(self.config.drain_delay_s)
         await self.server.stop(self.config.grace_period_s)
 
@@ -223,7 +243,9 @@ def _bind_failure(host: str, port: int, in_use_only: bool = False) -> str | None
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as error:
-        return None if in_use_only else f"{host!r} is not an address of this host ({error.strerror})"
+        return (
+            None if in_use_only else f"{host!r} is not an address of this host ({error.strerror})"
+        )
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -47,7 +47,9 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
             _packed(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
                         for v in error.violations
                     ]
                 )
@@ -98,9 +100,13 @@ def to_status(error: BaseException) -> grpc.Status:
         # Its end (where the exception is) is kept when it is longer than the scrub takes.
         text = "".join(traceback.format_exception(error))
         if len(text) > MAX_SCRUBBED:
-            text = "…" + text[-(MAX_SCRUBBED - 1):]
+            text = "…" + text[-(MAX_SCRUBBED - 1) :]
         logger.error("internal error, incident %s\n%s", incident, scrub(text))
-        code, message, details = grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the log of the server that answered", []
+        code, message, details = (
+            grpc.StatusCode.INTERNAL,
+            f"internal error (incident {incident}); see the log of the server that answered",
+            [],
+        )
     else:
         assert isinstance(error, errors.ModelwireError)
         message, details = str(error), _details(error)
@@ -156,7 +162,10 @@ class CallScope:
         await self._timeout.__aenter__()
 
     async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         try:
             await self._timeout.__aexit__(kind, error, traceback)
@@ -166,7 +175,9 @@ class CallScope:
             note_error_kind(error_kind(error))
             status = to_status(error)
             # Keep what the interceptors already put in the trailer (request id) next to the details.
-            trailer = tuple(self._context.trailing_metadata() or ()) + tuple(status.trailing_metadata)
+            trailer = tuple(self._context.trailing_metadata() or ()) + tuple(
+                status.trailing_metadata
+            )
             try:
                 await self._context.abort(status.code, status.details, trailer)
             except grpc.aio.AbortError:

@@ -76,16 +76,22 @@ def _seed_o200k() -> None:
     with _seed_lock:
         if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == _O200K_SHA256:
             return
-        data = gzip.decompress(files("bpe_openai.data").joinpath("o200k_base.tiktoken.gz").read_bytes())
+        data = gzip.decompress(
+            files("bpe_openai.data").joinpath("o200k_base.tiktoken.gz").read_bytes()
+        )
         if hashlib.sha256(data).hexdigest() != _O200K_SHA256:
-            raise TokenizerUnavailable("bpe-openai's o200k_base data does not match tiktoken's expected hash")
+            raise TokenizerUnavailable(
+                "bpe-openai's o200k_base data does not match tiktoken's expected hash"
+            )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(f".{os.getpid()}.tmp")
             partial.write_bytes(data)
             partial.replace(target)
         except OSError as exc:
-            raise TokenizerUnavailable(f"cannot write o200k_base into tiktoken's cache {target.parent}: {exc}") from exc
+            raise TokenizerUnavailable(
+                f"cannot write o200k_base into tiktoken's cache {target.parent}: {exc}"
+            ) from exc
 
 
 def _cached_offline(name: str) -> bool:
@@ -137,7 +143,9 @@ def count_tokens(model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount
             count += _TOKENS_PER_NAME + len(encoding.encode(message.name, disallowed_special=()))
         count += IMAGE_TOKENS_ESTIMATE * len(message.images)
         for call in message.tool_calls:
-            count += len(encoding.encode(f"{call.id}{call.name}{call.arguments_json}", disallowed_special=()))
+            count += len(
+                encoding.encode(f"{call.id}{call.name}{call.arguments_json}", disallowed_special=())
+            )
         if message.tool_call_id:
             count += len(encoding.encode(message.tool_call_id, disallowed_special=()))
         if message.reasoning:

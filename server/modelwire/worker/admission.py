@@ -34,7 +34,9 @@ class Admission:
 
     def _changed(self) -> None:
         if self.observer is not None:
-            never_fails("the admission gauges", self.observer, self.model, self.in_flight, self.queued)
+            never_fails(
+                "the admission gauges", self.observer, self.model, self.in_flight, self.queued
+            )
 
     def retry_after_s(self) -> float:
         """When a slot is likely free for a newcomer: every call ahead of it (running and queued)

@@ -71,11 +71,17 @@ class RegistrationAgent:
             self._task = None
         if self.lease is not None:
             try:
-                await asyncio.wait_for(self.registrar.deregister(self.lease.instance_id), DEREGISTER_TIMEOUT_S)
+                await asyncio.wait_for(
+                    self.registrar.deregister(self.lease.instance_id), DEREGISTER_TIMEOUT_S
+                )
                 logger.info("deregistered %s from %s", self.instance_id, self.registrar)
             except Exception as error:  # the lease lapses on its own
-                logger.warning("could not deregister %s from %s (%s); its lease will lapse",
-                               self.instance_id, self.registrar, error or type(error).__name__)
+                logger.warning(
+                    "could not deregister %s from %s (%s); its lease will lapse",
+                    self.instance_id,
+                    self.registrar,
+                    error or type(error).__name__,
+                )
             self.lease = None
             self.registered.clear()
         await self.registrar.close()
@@ -93,12 +99,20 @@ class RegistrationAgent:
                     self.registrations += 1
                     self.registered.set()
                     backoff.max_s = min(self._max_backoff_s, self.lease.heartbeat_interval_s)
-                    logger.info("registered %s (%s) with %s: lease %.1fs, heartbeat every %.1fs",
-                                self.instance_id, self.spec.address, self.registrar,
-                                self.lease.ttl_s, self.lease.heartbeat_interval_s)
+                    logger.info(
+                        "registered %s (%s) with %s: lease %.1fs, heartbeat every %.1fs",
+                        self.instance_id,
+                        self.spec.address,
+                        self.registrar,
+                        self.lease.ttl_s,
+                        self.lease.heartbeat_interval_s,
+                    )
                 elif not await self.registrar.heartbeat(self.lease.instance_id, self._load()):
-                    logger.warning("%s no longer knows %s (restarted, or the lease lapsed); registering again",
-                                   self.registrar, self.instance_id)
+                    logger.warning(
+                        "%s no longer knows %s (restarted, or the lease lapsed); registering again",
+                        self.registrar,
+                        self.instance_id,
+                    )
                     self.lease = None
                     self.registered.clear()
                     continue
@@ -110,7 +124,9 @@ class RegistrationAgent:
             except asyncio.CancelledError:
                 raise
             except InvalidRequest as error:
-                logger.error("%s refused the registration of %s: %s", self.registrar, self.instance_id, error)
+                logger.error(
+                    "%s refused the registration of %s: %s", self.registrar, self.instance_id, error
+                )
                 await asyncio.sleep(self._max_backoff_s)
             except (PermissionDenied, Unauthenticated) as refusal:
                 # The registry is reachable and says no: said every time, since nothing works
@@ -131,8 +147,12 @@ class RegistrationAgent:
 
     def _unreachable(self, error: BaseException, already: bool, backoff: Backoff) -> bool:
         if not already:
-            logger.warning("%s is unreachable (%s); still serving, retrying with backoff up to %.1fs",
-                           self.registrar, describe(error), backoff.max_s)
+            logger.warning(
+                "%s is unreachable (%s); still serving, retrying with backoff up to %.1fs",
+                self.registrar,
+                describe(error),
+                backoff.max_s,
+            )
         else:
             logger.debug("%s still unreachable: %s", self.registrar, describe(error))
         return True
@@ -144,7 +164,10 @@ def describe(error: BaseException) -> str:
 
 def new_instance_id() -> str:
     """Readable and unique: the host's name and a random suffix."""
-    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40] or "worker"
+    host = (
+        "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
+        or "worker"
+    )
     return f"{host}-{uuid.uuid4().hex[:12]}"
 
 
@@ -170,7 +193,11 @@ def check_reachable(address: str, access: RegistryAccess, registration: Registra
 
 
 def worker_agent(
-    access: RegistryAccess, registration: RegistrationConfig, models: Sequence[ServedModel], listen_host: str, port: int
+    access: RegistryAccess,
+    registration: RegistrationConfig,
+    models: Sequence[ServedModel],
+    listen_host: str,
+    port: int,
 ) -> RegistrationAgent:
     """The agent of a worker serving `models`, reading their admission counters as its load."""
     address = advertised_address(listen_host, port, registration.advertise)
@@ -184,6 +211,8 @@ def worker_agent(
     )
 
     def load() -> dict[str, ModelLoad]:
-        return {m.metadata.model: ModelLoad(m.admission.in_flight, m.admission.queued) for m in models}
+        return {
+            m.metadata.model: ModelLoad(m.admission.in_flight, m.admission.queued) for m in models
+        }
 
     return RegistrationAgent(connect(access), spec, load)

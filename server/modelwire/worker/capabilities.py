@@ -29,7 +29,9 @@ def _lacks(metadata: ModelMetadata, capability: Capability, field: str) -> Field
     )
 
 
-def unsupported_fields(request: ModelRequest, metadata: ModelMetadata, streaming: bool) -> list[FieldViolation]:
+def unsupported_fields(
+    request: ModelRequest, metadata: ModelMetadata, streaming: bool
+) -> list[FieldViolation]:
     """One violation per field the model cannot honour, each naming the field and the model."""
     wanted: list[tuple[Capability, str]] = [(Capability.CHAT, "model")]
     if streaming:
@@ -39,7 +41,9 @@ def unsupported_fields(request: ModelRequest, metadata: ModelMetadata, streaming
     return _lacking(metadata, wanted + _messages_fields(request.messages))
 
 
-def unsupported_message_fields(messages: Sequence[ModelMessage], metadata: ModelMetadata) -> list[FieldViolation]:
+def unsupported_message_fields(
+    messages: Sequence[ModelMessage], metadata: ModelMetadata
+) -> list[FieldViolation]:
     """CountToken's share of the rule: it takes the messages Generate takes, and refuses the same."""
     return _lacking(metadata, _messages_fields(messages))
 
@@ -67,7 +71,11 @@ def _request_fields(request: ModelRequest) -> list[tuple[Capability, str]]:
         wanted.append((Capability.TOOLS, "parallel_tool_calls"))
     if request.output_format is not None:
         grammar = isinstance(request.output_format, GrammarFormat)
-        wanted.append((Capability.GRAMMAR, "output_format.grammar") if grammar else (Capability.JSON_SCHEMA, "output_format"))
+        wanted.append(
+            (Capability.GRAMMAR, "output_format.grammar")
+            if grammar
+            else (Capability.JSON_SCHEMA, "output_format")
+        )
     if request.reasoning is not None:
         wanted.append((Capability.REASONING, "reasoning"))
     return wanted

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from modelwire.core.errors import FieldViolation, InvalidRequest
+from modelwire.core.settings import RequestLimits
 from modelwire.core.types import (
     Capability,
     ContentPart,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     FinishReason,
     GrammarFormat,
     Image,
@@ -33,9 +34,8 @@ from modelwire.core.types import (
     ToolChoiceMode,
     Usage,
 )
-from modelwire.v1 import worker_pb2 as pb
-from modelwire.core.settings import RequestLimits
 from modelwire.observe.call_record import note_context
+from modelwire.v1 import worker_pb2 as pb
 from modelwire.worker.validation import message_count_violation
 
 _ROLE_FROM_PB = {
@@ -75,7 +75,9 @@ _EFFORT_FROM_PB = {
 }
 
 
-def messages_from_pb(messages: Sequence[pb.ModelMessage], limits: RequestLimits, field: str = "messages") -> tuple[ModelMessage, ...]:
+def messages_from_pb(
+    messages: Sequence[pb.ModelMessage], limits: RequestLimits, field: str = "messages"
+) -> tuple[ModelMessage, ...]:
     """Refuses too many messages before converting any: a 4 MiB request can hold a million of them."""
     too_many = message_count_violation(len(messages), limits, field)
     if too_many is not None:
@@ -86,12 +88,19 @@ def messages_from_pb(messages: Sequence[pb.ModelMessage], limits: RequestLimits,
         role = _ROLE_FROM_PB.get(message.role)
         if role is None:
             violations.append(
-                FieldViolation(f"{field}[{index}].role", "must be one of ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL")
+                FieldViolation(
+                    f"{field}[{index}].role",
+                    "must be one of ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT, ROLE_TOOL",
+                )
             )
             continue
         if (
-            message.parts or message.tool_calls or message.tool_call_id or message.reasoning_signature
-            or message.cache_breakpoint or message.HasField("reasoning")
+            message.parts
+            or message.tool_calls
+            or message.tool_call_id
+            or message.reasoning_signature
+            or message.cache_breakpoint
+            or message.HasField("reasoning")
         ):
             converted.append(_rich_message_from_pb(message, role, f"{field}[{index}]", violations))
         else:  # the common case, at the cost it had before the contract grew (measured: 3x less)
@@ -101,12 +110,17 @@ def messages_from_pb(messages: Sequence[pb.ModelMessage], limits: RequestLimits,
     return tuple(converted)
 
 
-def _rich_message_from_pb(message: pb.ModelMessage, role: Role, field: str, violations: list[FieldViolation]) -> ModelMessage:
+def _rich_message_from_pb(
+    message: pb.ModelMessage, role: Role, field: str, violations: list[FieldViolation]
+) -> ModelMessage:
     return ModelMessage(
         role=role,
         content=message.content,
         name=message.name,
-        parts=tuple(_part_from_pb(part, f"{field}.parts[{number}]", violations) for number, part in enumerate(message.parts)),
+        parts=tuple(
+            _part_from_pb(part, f"{field}.parts[{number}]", violations)
+            for number, part in enumerate(message.parts)
+        ),
         tool_calls=tuple(_tool_call_from_pb(call) for call in message.tool_calls),
         tool_call_id=message.tool_call_id,
         reasoning=message.reasoning if message.HasField("reasoning") else None,
@@ -115,7 +129,9 @@ def _rich_message_from_pb(message: pb.ModelMessage, role: Role, field: str, viol
     )
 
 
-def _part_from_pb(part: pb.ContentPart, field: str, violations: list[FieldViolation]) -> ContentPart:
+def _part_from_pb(
+    part: pb.ContentPart, field: str, violations: list[FieldViolation]
+) -> ContentPart:
     kind = part.WhichOneof("part")
     if kind == "text":
         return part.text
@@ -144,7 +160,9 @@ def _tool_choice_from_pb(request: pb.ModelRequest) -> ToolChoice:
         return NamedTool(choice.tool_name)
     mode = _TOOL_CHOICE_FROM_PB.get(choice.mode) if kind == "mode" else None
     if mode is None:
-        raise InvalidRequest([FieldViolation("tool_choice", "set mode (AUTO, NONE or REQUIRED) or tool_name")])
+        raise InvalidRequest(
+            [FieldViolation("tool_choice", "set mode (AUTO, NONE or REQUIRED) or tool_name")]
+        )
     return mode
 
 
@@ -155,16 +173,30 @@ def _output_format_from_pb(request: pb.ModelRequest) -> OutputFormat:
         return JsonObjectFormat()
     if kind == "json_schema":
         schema = output_format.json_schema
-        return JsonSchemaFormat(name=schema.name, schema_json=schema.schema_json, strict=schema.strict)
+        return JsonSchemaFormat(
+            name=schema.name, schema_json=schema.schema_json, strict=schema.strict
+        )
     if kind == "grammar":
         return GrammarFormat(output_format.grammar)
-    raise InvalidRequest([FieldViolation("output_format", "set json_object = true, json_schema or grammar")])
+    raise InvalidRequest(
+        [FieldViolation("output_format", "set json_object = true, json_schema or grammar")]
+    )
 
 
 def _reasoning_from_pb(request: pb.ModelRequest) -> ReasoningOptions:
     reasoning = request.reasoning
-    if reasoning.effort not in _EFFORT_FROM_PB and reasoning.effort != pb.REASONING_EFFORT_UNSPECIFIED:
-        raise InvalidRequest([FieldViolation("reasoning.effort", f"unknown value {reasoning.effort}: use MINIMAL, LOW, MEDIUM or HIGH")])
+    if (
+        reasoning.effort not in _EFFORT_FROM_PB
+        and reasoning.effort != pb.REASONING_EFFORT_UNSPECIFIED
+    ):
+        raise InvalidRequest(
+            [
+                FieldViolation(
+                    "reasoning.effort",
+                    f"unknown value {reasoning.effort}: use MINIMAL, LOW, MEDIUM or HIGH",
+                )
+            ]
+        )
     return ReasoningOptions(
         effort=_EFFORT_FROM_PB.get(reasoning.effort),
         budget_tokens=reasoning.budget_tokens if reasoning.HasField("budget_tokens") else None,
@@ -204,30 +236,49 @@ def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelReq
             metadata=dict(request.context.metadata),
         ),
         tools=tuple(
-            Tool(name=tool.name, description=tool.description, parameters_json_schema=tool.parameters_json_schema, strict=tool.strict)
+            Tool(
+                name=tool.name,
+                description=tool.description,
+                parameters_json_schema=tool.parameters_json_schema,
+                strict=tool.strict,
+            )
             for tool in request.tools
-        ) if request.tools else (),
+        )
+        if request.tools
+        else (),
         tool_choice=_tool_choice_from_pb(request) if request.HasField("tool_choice") else None,
-        parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None,
-        output_format=_output_format_from_pb(request) if request.HasField("output_format") else None,
+        parallel_tool_calls=request.parallel_tool_calls
+        if request.HasField("parallel_tool_calls")
+        else None,
+        output_format=_output_format_from_pb(request)
+        if request.HasField("output_format")
+        else None,
         reasoning=_reasoning_from_pb(request) if request.HasField("reasoning") else None,
     )
 
 
 def output_to_pb(output: ModelOutput, model: str) -> pb.ModelOutput:
     """`model` names the answering model on every message, whatever the domain output carries."""
-    message = pb.ModelOutput(text=output.text, finish_reason=_FINISH_TO_PB[output.finish_reason], model=model)
+    message = pb.ModelOutput(
+        text=output.text, finish_reason=_FINISH_TO_PB[output.finish_reason], model=model
+    )
     if output.reasoning is not None:
         message.reasoning = output.reasoning
     if output.usage is not None:
         _usage_to_pb(output.usage, message.usage)
     if output.tool_calls:
         message.tool_calls.extend(
-            pb.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json) for call in output.tool_calls
+            pb.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+            for call in output.tool_calls
         )
     if output.tool_call_deltas:
         message.tool_call_deltas.extend(
-            pb.ToolCallDelta(index=delta.index, id=delta.id, name=delta.name, arguments_delta=delta.arguments_delta)
+            pb.ToolCallDelta(
+                index=delta.index,
+                id=delta.id,
+                name=delta.name,
+                arguments_delta=delta.arguments_delta,
+            )
             for delta in output.tool_call_deltas
         )
     if output.reasoning_signature:
@@ -251,7 +302,9 @@ def _usage_to_pb(usage: Usage, message: pb.Usage) -> None:
 
 
 def embeddings_to_pb(embeddings: Embeddings, model: str) -> pb.EmbedResponse:
-    response = pb.EmbedResponse(model=model, embeddings=[pb.Embedding(values=vector) for vector in embeddings.vectors])
+    response = pb.EmbedResponse(
+        model=model, embeddings=[pb.Embedding(values=vector) for vector in embeddings.vectors]
+    )
     _usage_to_pb(embeddings.usage, response.usage)
     return response
 
@@ -267,7 +320,9 @@ def metadata_to_pb(metadata: ModelMetadata) -> pb.ModelMetadata:
     )
 
 
-def count_input_from_pb(request: pb.CountTokenRequest, limits: RequestLimits) -> str | tuple[ModelMessage, ...]:
+def count_input_from_pb(
+    request: pb.CountTokenRequest, limits: RequestLimits
+) -> str | tuple[ModelMessage, ...]:
     """Exactly one of prompt or messages; both or neither is the caller's mistake."""
     if bool(request.prompt) == bool(request.messages):
         raise InvalidRequest([FieldViolation("prompt", "set exactly one of prompt or messages")])

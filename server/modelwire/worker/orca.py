@@ -86,7 +86,9 @@ class LoadReports:
     """The ORCA trailers of the worker's calls, which the call pipeline (rpc/call_pipeline.py) sets
     when a call starts (so that an error carries a report too) and again when it has answered."""
 
-    def __init__(self, models: Sequence[ServedModel], instance_id: Callable[[], str | None] = lambda: None) -> None:
+    def __init__(
+        self, models: Sequence[ServedModel], instance_id: Callable[[], str | None] = lambda: None
+    ) -> None:
         self._models = {m.metadata.model: m for m in models}
         self._instance_id = instance_id
         self._rate = _Rate()

@@ -10,11 +10,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
-from modelwire.core.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound, UpstreamUnavailable
+from modelwire.core.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    UpstreamUnavailable,
+)
 from modelwire.core.redaction import remember_request_text
+from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
 from modelwire.core.types import (
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     FinishReason,
     GrammarFormat,
     JsonSchemaFormat,
@@ -31,12 +37,19 @@ from modelwire.core.types import (
 )
 from modelwire.observe.tracing import upstream_span
 from modelwire.providers.base import ProxyLLMClient
-from modelwire.worker.admission import Admission
 from modelwire.tokenize.placement import counts_inline
-from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
-from modelwire.worker.capabilities import unsupported_embedding, unsupported_fields, unsupported_message_fields
-from modelwire.worker.validation import broken_tool_call, validate_count_input, validate_embed_request, validate_request
-
+from modelwire.worker.admission import Admission
+from modelwire.worker.capabilities import (
+    unsupported_embedding,
+    unsupported_fields,
+    unsupported_message_fields,
+)
+from modelwire.worker.validation import (
+    broken_tool_call,
+    validate_count_input,
+    validate_embed_request,
+    validate_request,
+)
 
 # Told when a generation or an embedding leaves admission and its work begins (the edge then
 # sends the response headers, so a gateway knows a lost call may have started and must not
@@ -72,9 +85,13 @@ class WorkerService:
         validate_count_input(model, prompt, self.limits)
         remember_request_text([prompt] if isinstance(prompt, str) else _message_texts(prompt))
         served = self.served(model)
-        refused = [] if isinstance(prompt, str) else (
-            unsupported_message_fields(prompt, served.metadata)
-            or served.client.unsupported(ModelRequest(model=model, messages=tuple(prompt)))
+        refused = (
+            []
+            if isinstance(prompt, str)
+            else (
+                unsupported_message_fields(prompt, served.metadata)
+                or served.client.unsupported(ModelRequest(model=model, messages=tuple(prompt)))
+            )
         )
         if refused:
             raise InvalidRequest(refused)
@@ -87,7 +104,9 @@ class WorkerService:
         validate_embed_request(request, self.limits)
         remember_request_text(request.inputs)
         served = self.served(request.model)
-        refused = unsupported_embedding(request, served.metadata) or served.client.unsupported_embedding(request)
+        refused = unsupported_embedding(
+            request, served.metadata
+        ) or served.client.unsupported_embedding(request)
         if refused:
             raise InvalidRequest(refused)
         async with served.admission.slot():
@@ -105,7 +124,9 @@ class WorkerService:
         validate_request(request, self.limits)
         remember_request_text(_request_texts(request))
         served = self.served(request.model)
-        refused = unsupported_fields(request, served.metadata, streaming) or served.client.unsupported(request)
+        refused = unsupported_fields(
+            request, served.metadata, streaming
+        ) or served.client.unsupported(request)
         if refused:
             raise InvalidRequest(refused)
         async with served.admission.slot():
@@ -130,7 +151,9 @@ class WorkerService:
                 timing=_timing(began, None, output.usage),
             )
 
-    async def generate_stream(self, request: ModelRequest, started: Started | None = None) -> AsyncGenerator[ModelOutput, None]:
+    async def generate_stream(
+        self, request: ModelRequest, started: Started | None = None
+    ) -> AsyncGenerator[ModelOutput, None]:
         async with self._admitted(request, started, streaming=True) as (served, request):
             began = time.perf_counter()
             first_token_at: float | None = None
@@ -138,7 +161,9 @@ class WorkerService:
             deltas: list[ToolCallDelta] = []
             async with aclosing(served.client.generate_stream(request)) as chunks:
                 async for chunk in chunks:
-                    if first_token_at is None and (chunk.text or chunk.reasoning or chunk.tool_call_deltas):
+                    if first_token_at is None and (
+                        chunk.text or chunk.reasoning or chunk.tool_call_deltas
+                    ):
                         first_token_at = time.perf_counter()
                     if chunk.tool_call_deltas:
                         deltas += chunk.tool_call_deltas
@@ -220,10 +245,18 @@ def _timing(started: float, first_token_at: float | None, usage: Usage | None) -
     tokens = usage.completion_tokens if usage else 0
     if first_token_at is None:
         total = now - started
-        return Timing(time_to_first_token_s=total, tokens_per_second=tokens / total if total > 0 else 0.0, total_s=total)
+        return Timing(
+            time_to_first_token_s=total,
+            tokens_per_second=tokens / total if total > 0 else 0.0,
+            total_s=total,
+        )
     decode_s = now - first_token_at
     rate = (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else 0.0
-    return Timing(time_to_first_token_s=first_token_at - started, tokens_per_second=rate, total_s=now - started)
+    return Timing(
+        time_to_first_token_s=first_token_at - started,
+        tokens_per_second=rate,
+        total_s=now - started,
+    )
 
 
 def _check_tool_calls(calls: Sequence[ToolCall], finish_reason: FinishReason | None) -> None:

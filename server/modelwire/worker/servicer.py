@@ -7,14 +7,14 @@ from contextlib import aclosing
 
 import grpc
 
-from modelwire.v1 import worker_pb2 as pb
-from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from modelwire.worker import convert
 from modelwire.observe.call_observer import PID
-from modelwire.worker.service import Started, WorkerService
 from modelwire.rpc.auth import model_refusal
 from modelwire.rpc.status import CallScope
 from modelwire.rpc.wire import PID_KEY, VIA_KEY
+from modelwire.v1 import worker_pb2 as pb
+from modelwire.v1 import worker_pb2_grpc as pb_grpc
+from modelwire.worker import convert
+from modelwire.worker.service import Started, WorkerService
 
 
 def _headers_when_started(context: grpc.aio.ServicerContext) -> Started | None:
@@ -35,19 +35,28 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
     def __init__(self, service: WorkerService) -> None:
         self._service = service
 
-    async def Generate(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelOutput:
+    async def Generate(
+        self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelOutput:
         async with CallScope(context):
             output = await self._service.generate(
-                convert.request_from_pb(request, self._service.limits), _headers_when_started(context)
+                convert.request_from_pb(request, self._service.limits),
+                _headers_when_started(context),
             )
             return convert.output_to_pb(output, request.model)
 
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
-        async with CallScope(context), aclosing(
-            self._service.generate_stream(convert.request_from_pb(request, self._service.limits), _headers_when_started(context))
-        ) as chunks:
+        async with (
+            CallScope(context),
+            aclosing(
+                self._service.generate_stream(
+                    convert.request_from_pb(request, self._service.limits),
+                    _headers_when_started(context),
+                )
+            ) as chunks,
+        ):
             async for chunk in chunks:
                 yield convert.output_to_pb(chunk, request.model)
 
@@ -55,10 +64,14 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
         self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountTokenResponse:
         async with CallScope(context):
-            count = await self._service.count_token(request.model, convert.count_input_from_pb(request, self._service.limits))
+            count = await self._service.count_token(
+                request.model, convert.count_input_from_pb(request, self._service.limits)
+            )
             return convert.token_count_to_pb(count)
 
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
         async with CallScope(context):
             embeddings = await self._service.embed(
                 convert.embed_request_from_pb(request), _headers_when_started(context)

@@ -26,10 +26,14 @@ IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 _IMAGE_URL_SCHEMES = ("https://", "http://", "data:image/")
 
 
-def message_count_violation(count: int, limits: RequestLimits, field: str = "messages") -> FieldViolation | None:
+def message_count_violation(
+    count: int, limits: RequestLimits, field: str = "messages"
+) -> FieldViolation | None:
     """Checked by the edge before it converts anything, and again here on domain requests."""
     if count > limits.max_messages:
-        return FieldViolation(field, f"at most {limits.max_messages} messages (limits.max_messages), got {count}")
+        return FieldViolation(
+            field, f"at most {limits.max_messages} messages (limits.max_messages), got {count}"
+        )
     return None
 
 
@@ -47,7 +51,9 @@ def broken_tool_call(calls: Sequence[ToolCall]) -> str | None:
     return None
 
 
-def _check_range(violations: list[FieldViolation], name: str, value: float | None, low: float, high: float) -> None:
+def _check_range(
+    violations: list[FieldViolation], name: str, value: float | None, low: float, high: float
+) -> None:
     if value is not None and not low <= value <= high:
         violations.append(FieldViolation(name, f"must be in [{low:g}, {high:g}], got {value:g}"))
 
@@ -58,10 +64,16 @@ def _not_a_json_object(text: str, what: str) -> str | None:
         value = strict_json.loads(text)
     except ValueError as error:
         return f"must be {what}, as JSON text: {str(error)[:200]}"
-    return None if isinstance(value, dict) else f"must be {what}, as JSON text, not a {type(value).__name__}"
+    return (
+        None
+        if isinstance(value, dict)
+        else f"must be {what}, as JSON text, not a {type(value).__name__}"
+    )
 
 
-def _check_message_shape(violations: list[FieldViolation], index: int, message: ModelMessage) -> None:
+def _check_message_shape(
+    violations: list[FieldViolation], index: int, message: ModelMessage
+) -> None:
     field = f"messages[{index}]"
     if message.parts and message.content:
         violations.append(FieldViolation(f"{field}.content", "must be empty when parts is set"))
@@ -71,32 +83,58 @@ def _check_message_shape(violations: list[FieldViolation], index: int, message: 
         where = f"{field}.parts[{number}].image"
         if part.data is not None:
             if part.mime_type not in IMAGE_MIME_TYPES:
-                violations.append(FieldViolation(f"{where}.mime_type", f"must be one of {', '.join(IMAGE_MIME_TYPES)} for data, got {part.mime_type!r}"))
+                violations.append(
+                    FieldViolation(
+                        f"{where}.mime_type",
+                        f"must be one of {', '.join(IMAGE_MIME_TYPES)} for data, got {part.mime_type!r}",
+                    )
+                )
             if not part.data:
                 violations.append(FieldViolation(f"{where}.data", "must not be empty"))
         elif part.url is not None:
             if not part.url.startswith(_IMAGE_URL_SCHEMES):
-                violations.append(FieldViolation(f"{where}.url", "must be an https:, http: or data:image/ URL"))
+                violations.append(
+                    FieldViolation(f"{where}.url", "must be an https:, http: or data:image/ URL")
+                )
             if part.mime_type:
-                violations.append(FieldViolation(f"{where}.mime_type", "only goes with data: no provider takes a type for a URL (its server gives it)"))
+                violations.append(
+                    FieldViolation(
+                        f"{where}.mime_type",
+                        "only goes with data: no provider takes a type for a URL (its server gives it)",
+                    )
+                )
     if message.tool_calls and message.role is not Role.ASSISTANT:
-        violations.append(FieldViolation(f"{field}.tool_calls", "only a ROLE_ASSISTANT message carries tool calls"))
+        violations.append(
+            FieldViolation(
+                f"{field}.tool_calls", "only a ROLE_ASSISTANT message carries tool calls"
+            )
+        )
     for number, call in enumerate(message.tool_calls):
         where = f"{field}.tool_calls[{number}]"
         if not call.id:
-            violations.append(FieldViolation(f"{where}.id", "must not be empty (the id the model gave the call)"))
+            violations.append(
+                FieldViolation(f"{where}.id", "must not be empty (the id the model gave the call)")
+            )
         if not _NAME.fullmatch(call.name):
             violations.append(FieldViolation(f"{where}.name", "must be 1 to 64 of [A-Za-z0-9_-]"))
         problem = _not_a_json_object(call.arguments_json or "{}", "a JSON object")
         if problem is not None:
             violations.append(FieldViolation(f"{where}.arguments_json", problem))
     if message.tool_call_id and message.role is not Role.TOOL:
-        violations.append(FieldViolation(f"{field}.tool_call_id", "only a ROLE_TOOL message answers a tool call"))
-    if (message.reasoning is not None or message.reasoning_signature) and message.role is not Role.ASSISTANT:
-        violations.append(FieldViolation(f"{field}.reasoning", "only a ROLE_ASSISTANT message carries reasoning"))
+        violations.append(
+            FieldViolation(f"{field}.tool_call_id", "only a ROLE_TOOL message answers a tool call")
+        )
+    if (
+        message.reasoning is not None or message.reasoning_signature
+    ) and message.role is not Role.ASSISTANT:
+        violations.append(
+            FieldViolation(f"{field}.reasoning", "only a ROLE_ASSISTANT message carries reasoning")
+        )
 
 
-def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMessage], limits: RequestLimits) -> int:
+def _check_messages(
+    violations: list[FieldViolation], messages: Sequence[ModelMessage], limits: RequestLimits
+) -> int:
     """Returns the characters the messages weigh, for the request's total."""
     too_many = message_count_violation(len(messages), limits)
     if too_many is not None:
@@ -120,29 +158,49 @@ def _check_messages(violations: list[FieldViolation], messages: Sequence[ModelMe
 def _check_chars(violations: list[FieldViolation], chars: int, limits: RequestLimits) -> None:
     if chars > limits.max_request_chars:
         violations.append(
-            FieldViolation("messages", f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}")
+            FieldViolation(
+                "messages",
+                f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}",
+            )
         )
 
 
-def _check_tools(violations: list[FieldViolation], request: ModelRequest, limits: RequestLimits) -> int:
+def _check_tools(
+    violations: list[FieldViolation], request: ModelRequest, limits: RequestLimits
+) -> int:
     """Returns the characters the tools and the output format weigh."""
     chars = 0
     if len(request.tools) > limits.max_tools:
-        violations.append(FieldViolation("tools", f"at most {limits.max_tools} tools (limits.max_tools), got {len(request.tools)}"))
+        violations.append(
+            FieldViolation(
+                "tools",
+                f"at most {limits.max_tools} tools (limits.max_tools), got {len(request.tools)}",
+            )
+        )
     names: set[str] = set()
     for index, tool in enumerate(request.tools[: limits.max_tools]):
         chars += len(tool.name) + len(tool.description) + len(tool.parameters_json_schema)
         if not _NAME.fullmatch(tool.name):
-            violations.append(FieldViolation(f"tools[{index}].name", "must be 1 to 64 of [A-Za-z0-9_-]"))
+            violations.append(
+                FieldViolation(f"tools[{index}].name", "must be 1 to 64 of [A-Za-z0-9_-]")
+            )
         elif tool.name in names:
-            violations.append(FieldViolation(f"tools[{index}].name", f"{tool.name!r} is given twice"))
+            violations.append(
+                FieldViolation(f"tools[{index}].name", f"{tool.name!r} is given twice")
+            )
         names.add(tool.name)
-        problem = _not_a_json_object(tool.parameters_json_schema, "a JSON Schema object") if tool.parameters_json_schema else None
+        problem = (
+            _not_a_json_object(tool.parameters_json_schema, "a JSON Schema object")
+            if tool.parameters_json_schema
+            else None
+        )
         if problem is not None:
             violations.append(FieldViolation(f"tools[{index}].parameters_json_schema", problem))
     choice = request.tool_choice
     if isinstance(choice, NamedTool) and choice.name not in names:
-        violations.append(FieldViolation("tool_choice.tool_name", f"{choice.name!r} is not one of tools"))
+        violations.append(
+            FieldViolation("tool_choice.tool_name", f"{choice.name!r} is not one of tools")
+        )
     elif choice is ToolChoiceMode.REQUIRED and not request.tools:
         violations.append(FieldViolation("tool_choice.mode", "REQUIRED needs tools"))
     if request.parallel_tool_calls is not None and not request.tools:
@@ -151,7 +209,9 @@ def _check_tools(violations: list[FieldViolation], request: ModelRequest, limits
     if isinstance(output_format, JsonSchemaFormat):
         chars += len(output_format.name) + len(output_format.schema_json)
         if not _NAME.fullmatch(output_format.name):
-            violations.append(FieldViolation("output_format.json_schema.name", "must be 1 to 64 of [A-Za-z0-9_-]"))
+            violations.append(
+                FieldViolation("output_format.json_schema.name", "must be 1 to 64 of [A-Za-z0-9_-]")
+            )
         problem = _not_a_json_object(output_format.schema_json, "a JSON Schema object")
         if problem is not None:
             violations.append(FieldViolation("output_format.json_schema.schema_json", problem))
@@ -161,10 +221,24 @@ def _check_tools(violations: list[FieldViolation], request: ModelRequest, limits
             violations.append(FieldViolation("output_format.grammar", "must not be empty"))
         elif "\x00" in output_format.gbnf:
             # llama.cpp reads the grammar as a C string: it would end at the NUL, unnoticed.
-            violations.append(FieldViolation("output_format.grammar", "must not contain a NUL character (write it as \\x00 in a literal)"))
+            violations.append(
+                FieldViolation(
+                    "output_format.grammar",
+                    "must not contain a NUL character (write it as \\x00 in a literal)",
+                )
+            )
     reasoning = request.reasoning
-    if reasoning is not None and reasoning.budget_tokens is not None and reasoning.budget_tokens <= 0:
-        violations.append(FieldViolation("reasoning.budget_tokens", f"must be positive when set, got {reasoning.budget_tokens}"))
+    if (
+        reasoning is not None
+        and reasoning.budget_tokens is not None
+        and reasoning.budget_tokens <= 0
+    ):
+        violations.append(
+            FieldViolation(
+                "reasoning.budget_tokens",
+                f"must be positive when set, got {reasoning.budget_tokens}",
+            )
+        )
     return chars
 
 
@@ -173,13 +247,18 @@ def _check_model(violations: list[FieldViolation], model: str) -> None:
         violations.append(FieldViolation("model", "must name a served model (see ListModels)"))
 
 
-def validate_count_input(model: str, prompt: str | Sequence[ModelMessage], limits: RequestLimits) -> None:
+def validate_count_input(
+    model: str, prompt: str | Sequence[ModelMessage], limits: RequestLimits
+) -> None:
     violations: list[FieldViolation] = []
     _check_model(violations, model)
     if isinstance(prompt, str):
         if len(prompt) > limits.max_request_chars:
             violations.append(
-                FieldViolation("prompt", f"at most {limits.max_request_chars} characters (limits.max_request_chars), got {len(prompt)}")
+                FieldViolation(
+                    "prompt",
+                    f"at most {limits.max_request_chars} characters (limits.max_request_chars), got {len(prompt)}",
+                )
             )
     else:
         _check_chars(violations, _check_messages(violations, prompt, limits), limits)
@@ -194,16 +273,26 @@ def validate_embed_request(request: EmbedRequest, limits: RequestLimits) -> None
         violations.append(FieldViolation("inputs", "must contain at least one text"))
     if len(request.inputs) > limits.max_embed_inputs:
         violations.append(
-            FieldViolation("inputs", f"at most {limits.max_embed_inputs} texts (limits.max_embed_inputs), got {len(request.inputs)}")
+            FieldViolation(
+                "inputs",
+                f"at most {limits.max_embed_inputs} texts (limits.max_embed_inputs), got {len(request.inputs)}",
+            )
         )
     for index, text in enumerate(request.inputs[: limits.max_embed_inputs]):
         if not text:
             violations.append(FieldViolation(f"inputs[{index}]", "must not be empty"))
     chars = sum(len(text) for text in request.inputs)
     if chars > limits.max_request_chars:
-        violations.append(FieldViolation("inputs", f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}"))
+        violations.append(
+            FieldViolation(
+                "inputs",
+                f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}",
+            )
+        )
     if request.dimensions is not None and request.dimensions <= 0:
-        violations.append(FieldViolation("dimensions", f"must be positive when set, got {request.dimensions}"))
+        violations.append(
+            FieldViolation("dimensions", f"must be positive when set, got {request.dimensions}")
+        )
     if violations:
         raise InvalidRequest(violations)
 
@@ -220,21 +309,34 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
     sampling = request.sampling
     _check_range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
     if sampling.top_p is not None and not 0.0 < sampling.top_p <= 1.0:
-        violations.append(FieldViolation("sampling.top_p", f"must be in (0, 1], got {sampling.top_p:g}"))
+        violations.append(
+            FieldViolation("sampling.top_p", f"must be in (0, 1], got {sampling.top_p:g}")
+        )
     if sampling.max_new_tokens is not None and sampling.max_new_tokens <= 0:
-        violations.append(FieldViolation("sampling.max_new_tokens", f"must be positive when set, got {sampling.max_new_tokens}"))
+        violations.append(
+            FieldViolation(
+                "sampling.max_new_tokens",
+                f"must be positive when set, got {sampling.max_new_tokens}",
+            )
+        )
     _check_range(violations, "sampling.presence_penalty", sampling.presence_penalty, -2.0, 2.0)
     _check_range(violations, "sampling.frequency_penalty", sampling.frequency_penalty, -2.0, 2.0)
     if len(sampling.stop) > limits.max_stop_strings:
         violations.append(
-            FieldViolation("sampling.stop", f"at most {limits.max_stop_strings} stop strings (limits.max_stop_strings), got {len(sampling.stop)}")
+            FieldViolation(
+                "sampling.stop",
+                f"at most {limits.max_stop_strings} stop strings (limits.max_stop_strings), got {len(sampling.stop)}",
+            )
         )
     for index, stop in enumerate(sampling.stop[: limits.max_stop_strings]):
         if not stop:
             violations.append(FieldViolation(f"sampling.stop[{index}]", "must not be empty"))
         elif len(stop) > limits.max_stop_chars:
             violations.append(
-                FieldViolation(f"sampling.stop[{index}]", f"at most {limits.max_stop_chars} characters (limits.max_stop_chars), got {len(stop)}")
+                FieldViolation(
+                    f"sampling.stop[{index}]",
+                    f"at most {limits.max_stop_chars} characters (limits.max_stop_chars), got {len(stop)}",
+                )
             )
     if violations:
         raise InvalidRequest(violations)

@@ -6,6 +6,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from anthropic_wire import (
+    Event,
+    message,
+    message_delta,
+    message_start,
+    redacted_events,
+    text_events,
+    thinking_events,
+    tool_use_events,
+    usage,
+)
 from modelwire.core.types import (
     FinishReason,
     Image,
@@ -42,19 +53,10 @@ from modelwire.providers.anthropic.codec import (
 )
 from modelwire.providers.anthropic.refusals import unsupported
 from modelwire.providers.http.sse import finish_reason
-from anthropic_wire import (
-    Event,
-    message,
-    message_delta,
-    message_start,
-    redacted_events,
-    text_events,
-    thinking_events,
-    tool_use_events,
-    usage,
-)
 
-MODEL = ModelMetadata(model="claude", provider="anthropic", context_length=200_000, max_output_tokens=8192)
+MODEL = ModelMetadata(
+    model="claude", provider="anthropic", context_length=200_000, max_output_tokens=8192
+)
 CALL = ToolCall("toolu_01", "get_weather", '{"city": "Paris"}')
 
 
@@ -83,68 +85,129 @@ def stream(events: list[Event], structured: bool = False) -> tuple[list[ModelOut
 
 # --- domain request → body ----------------------------------------------------------------------
 
+
 def test_system_goes_apart_and_same_role_messages_merge_into_one_turn() -> None:
-    system, turns = system_and_turns((
-        ModelMessage(Role.SYSTEM, "Be brief."), ModelMessage(Role.SYSTEM, "Use French."),
-        ModelMessage(Role.USER, "Hi"), ModelMessage(Role.USER, "Weather?"),
-        ModelMessage(Role.ASSISTANT, "Bonjour"),
-    ))
+    system, turns = system_and_turns(
+        (
+            ModelMessage(Role.SYSTEM, "Be brief."),
+            ModelMessage(Role.SYSTEM, "Use French."),
+            ModelMessage(Role.USER, "Hi"),
+            ModelMessage(Role.USER, "Weather?"),
+            ModelMessage(Role.ASSISTANT, "Bonjour"),
+        )
+    )
     assert system == "Be brief.\n\nUse French."
-    assert turns == [{"role": "user", "content": "Hi\n\nWeather?"}, {"role": "assistant", "content": "Bonjour"}]
+    assert turns == [
+        {"role": "user", "content": "Hi\n\nWeather?"},
+        {"role": "assistant", "content": "Bonjour"},
+    ]
 
 
 def test_tool_calls_and_results_become_blocks_results_sharing_one_user_turn() -> None:
-    _, turns = system_and_turns((
-        ModelMessage(Role.USER, "Weather in Paris and Rome?"),
-        ModelMessage(Role.ASSISTANT, "Looking.", tool_calls=(CALL, ToolCall("toolu_02", "get_weather", '{"city": "Rome"}'))),
-        ModelMessage(Role.TOOL, "18°C", tool_call_id="toolu_01"),
-        ModelMessage(Role.TOOL, "21°C", tool_call_id="toolu_02"),
-    ))
+    _, turns = system_and_turns(
+        (
+            ModelMessage(Role.USER, "Weather in Paris and Rome?"),
+            ModelMessage(
+                Role.ASSISTANT,
+                "Looking.",
+                tool_calls=(CALL, ToolCall("toolu_02", "get_weather", '{"city": "Rome"}')),
+            ),
+            ModelMessage(Role.TOOL, "18°C", tool_call_id="toolu_01"),
+            ModelMessage(Role.TOOL, "21°C", tool_call_id="toolu_02"),
+        )
+    )
     assert turns[1:] == [
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "Looking."},
-            {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
-            {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {"city": "Rome"}},
-        ]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18°C"},
-            {"type": "tool_result", "tool_use_id": "toolu_02", "content": "21°C"},
-        ]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Looking."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "toolu_02",
+                    "name": "get_weather",
+                    "input": {"city": "Rome"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18°C"},
+                {"type": "tool_result", "tool_use_id": "toolu_02", "content": "21°C"},
+            ],
+        },
     ]
 
 
 def test_images_cache_breakpoints_and_a_signed_thought_sent_back() -> None:
-    system, turns = system_and_turns((
-        ModelMessage(Role.SYSTEM, "Long rules", cache_breakpoint=True),
-        ModelMessage(Role.USER, "", parts=("What is it?", Image(data=b"GIF89a", mime_type="image/gif"))),
-        ModelMessage(Role.ASSISTANT, "A cat.", reasoning="Whiskers.", reasoning_signature=b"EqQBCgIYAh"),
-    ))
-    assert system == [{"type": "text", "text": "Long rules", "cache_control": {"type": "ephemeral"}}]
+    system, turns = system_and_turns(
+        (
+            ModelMessage(Role.SYSTEM, "Long rules", cache_breakpoint=True),
+            ModelMessage(
+                Role.USER, "", parts=("What is it?", Image(data=b"GIF89a", mime_type="image/gif"))
+            ),
+            ModelMessage(
+                Role.ASSISTANT, "A cat.", reasoning="Whiskers.", reasoning_signature=b"EqQBCgIYAh"
+            ),
+        )
+    )
+    assert system == [
+        {"type": "text", "text": "Long rules", "cache_control": {"type": "ephemeral"}}
+    ]
     assert turns == [
-        {"role": "user", "content": [
-            {"type": "text", "text": "What is it?"},
-            {"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lGODlh"}},
-        ]},
-        {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": "Whiskers.", "signature": "EqQBCgIYAh"},
-            {"type": "text", "text": "A cat."},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is it?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/gif", "data": "R0lGODlh"},
+                },
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Whiskers.", "signature": "EqQBCgIYAh"},
+                {"type": "text", "text": "A cat."},
+            ],
+        },
     ]
 
 
 def test_tools_and_tool_choices_in_the_messages_api_shapes() -> None:
-    tool = Tool("get_weather", "The weather", '{"type":"object","properties":{"city":{"type":"string"}}}', strict=True)
+    tool = Tool(
+        "get_weather",
+        "The weather",
+        '{"type":"object","properties":{"city":{"type":"string"}}}',
+        strict=True,
+    )
     assert wire_tool(tool) == {
-        "name": "get_weather", "description": "The weather",
-        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": True,
+        "name": "get_weather",
+        "description": "The weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        "strict": True,
     }
     hi = ModelMessage(Role.USER, "Hi")
     assert wire_tool_choice(request(hi, tool_choice=ToolChoiceMode.NONE)) == {"type": "none"}
     assert wire_tool_choice(request(hi, tool_choice=ToolChoiceMode.REQUIRED)) == {"type": "any"}
-    assert wire_tool_choice(request(hi, tool_choice=NamedTool("get_weather"), parallel_tool_calls=False)) == {
-        "type": "tool", "name": "get_weather", "disable_parallel_tool_use": True,
+    assert wire_tool_choice(
+        request(hi, tool_choice=NamedTool("get_weather"), parallel_tool_calls=False)
+    ) == {
+        "type": "tool",
+        "name": "get_weather",
+        "disable_parallel_tool_use": True,
     }
-    assert wire_tool_choice(request(hi, parallel_tool_calls=False)) == {"type": "auto", "disable_parallel_tool_use": True}
+    assert wire_tool_choice(request(hi, parallel_tool_calls=False)) == {
+        "type": "auto",
+        "disable_parallel_tool_use": True,
+    }
     assert wire_tool_choice(request(hi)) is None
 
 
@@ -160,18 +223,31 @@ def test_structured_output_is_a_forced_tool() -> None:
 
 # --- JSON answer → domain -----------------------------------------------------------------------
 
+
 def test_usage_counts_cache_reads_and_writes_into_prompt_tokens() -> None:
-    counts = usage(9, 4, cache_read_input_tokens=100, cache_creation_input_tokens=20,
-                   output_tokens_details={"thinking_tokens": 3})
-    assert usage_of(counts) == Usage(prompt_tokens=129, completion_tokens=4, cached_prompt_tokens=100,
-                                     cache_write_tokens=20, reasoning_tokens=3)
+    counts = usage(
+        9,
+        4,
+        cache_read_input_tokens=100,
+        cache_creation_input_tokens=20,
+        output_tokens_details={"thinking_tokens": 3},
+    )
+    assert usage_of(counts) == Usage(
+        prompt_tokens=129,
+        completion_tokens=4,
+        cached_prompt_tokens=100,
+        cache_write_tokens=20,
+        reasoning_tokens=3,
+    )
     assert usage_of(message([])["usage"]) == Usage(prompt_tokens=9, completion_tokens=4)
 
 
 def test_message_delta_counts_replace_message_start_ones() -> None:
     counts: dict[str, Any] = {}
     update_usage(counts, message_start(usage(25, 1))[1]["message"]["usage"])
-    update_usage(counts, message_delta("end_turn", {"output_tokens": 15, "input_tokens": None})[1]["usage"])
+    update_usage(
+        counts, message_delta("end_turn", {"output_tokens": 15, "input_tokens": None})[1]["usage"]
+    )
     assert usage_of(counts) == Usage(prompt_tokens=25, completion_tokens=15)
 
 
@@ -200,6 +276,7 @@ def test_one_thought_signs_as_its_signature_several_as_their_blocks() -> None:
 
 # --- streamed events → deltas -------------------------------------------------------------------
 
+
 def test_a_stream_of_thinking_text_and_a_call_becomes_deltas_and_a_signature() -> None:
     events = [
         message_start(),
@@ -220,8 +297,14 @@ def test_a_stream_of_thinking_text_and_a_call_becomes_deltas_and_a_signature() -
     assert signature == b"EqQBsig"
 
 
-def test_a_call_without_input_deltas_gets_its_start_input_and_calls_are_numbered_among_calls() -> None:
-    events = [*text_events(0, ["Hi"]), *tool_use_events(1, "toolu_a", "ping", []), *redacted_events(2, "EmwK")]
+def test_a_call_without_input_deltas_gets_its_start_input_and_calls_are_numbered_among_calls() -> (
+    None
+):
+    events = [
+        *text_events(0, ["Hi"]),
+        *tool_use_events(1, "toolu_a", "ping", []),
+        *redacted_events(2, "EmwK"),
+    ]
     outputs, signature = stream(events)
     assert outputs == [
         ModelOutput(text="Hi"),
@@ -238,6 +321,7 @@ def test_with_structured_output_the_forced_calls_arguments_are_the_text() -> Non
 
 # --- refusals -----------------------------------------------------------------------------------
 
+
 def test_what_the_messages_api_cannot_say_is_refused_by_field() -> None:
     sent = request(
         ModelMessage(Role.USER, "Hi", name="ann"),
@@ -245,17 +329,30 @@ def test_what_the_messages_api_cannot_say_is_refused_by_field() -> None:
         sampling=SamplingParams(seed=7, presence_penalty=0.5),
     )
     assert [violation.field for violation in unsupported(MODEL, "enabled", sent)] == [
-        "sampling.seed", "sampling.presence_penalty", "messages[0].name", "messages[1].tool_call_id",
+        "sampling.seed",
+        "sampling.presence_penalty",
+        "messages[0].name",
+        "messages[1].tool_call_id",
     ]
     assert unsupported(MODEL, "enabled", request(ModelMessage(Role.USER, "Hi"))) == []
 
 
 def test_thinking_rules_are_checked_before_the_call() -> None:
     hi = ModelMessage(Role.USER, "Hi")
-    small = request(hi, reasoning=ReasoningOptions(budget_tokens=512), sampling=SamplingParams(temperature=0.5, top_p=0.9))
+    small = request(
+        hi,
+        reasoning=ReasoningOptions(budget_tokens=512),
+        sampling=SamplingParams(temperature=0.5, top_p=0.9),
+    )
     assert [violation.field for violation in unsupported(MODEL, "enabled", small)] == [
-        "reasoning.budget_tokens", "sampling.temperature", "sampling.top_p",
+        "reasoning.budget_tokens",
+        "sampling.temperature",
+        "sampling.top_p",
     ]
-    budget = request(hi, reasoning=ReasoningOptions(budget_tokens=2048), sampling=SamplingParams(temperature=1.0))
+    budget = request(
+        hi, reasoning=ReasoningOptions(budget_tokens=2048), sampling=SamplingParams(temperature=1.0)
+    )
     assert unsupported(MODEL, "enabled", budget) == []
-    assert [violation.field for violation in unsupported(MODEL, "adaptive", budget)] == ["reasoning.budget_tokens"]
+    assert [violation.field for violation in unsupported(MODEL, "adaptive", budget)] == [
+        "reasoning.budget_tokens"
+    ]

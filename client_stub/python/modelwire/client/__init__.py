@@ -1,5 +1,6 @@
 """A small typed Python client for modelwire's ModelWorker API, async and sync."""
 
+from modelwire.client.async_client import ModelWorkerClient
 from modelwire.client.credentials import REQUEST_ID_KEY, tls_credentials
 from modelwire.client.errors import FieldViolation, ModelwireCallError
 from modelwire.client.requests import (
@@ -18,7 +19,6 @@ from modelwire.client.requests import (
 )
 from modelwire.client.responses import OutputCollector
 from modelwire.client.sync_client import ModelWorkerSyncClient
-from modelwire.client.async_client import ModelWorkerClient
 
 __all__ = [
     "IMAGE_TYPES",

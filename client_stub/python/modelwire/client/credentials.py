@@ -10,7 +10,11 @@ import grpc
 REQUEST_ID_KEY = "x-request-id"
 
 
-def tls_credentials(ca_file: str | Path | None = None, cert_file: str | Path | None = None, key_file: str | Path | None = None) -> grpc.ChannelCredentials:
+def tls_credentials(
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
     """TLS towards the server (`ca_file` verifies it; the system's roots when None), mTLS with
     `cert_file` and `key_file`."""
 
@@ -20,7 +24,9 @@ def tls_credentials(ca_file: str | Path | None = None, cert_file: str | Path | N
     return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
 
 
-def call_metadata(token: str | None, metadata: Sequence[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:
+def call_metadata(
+    token: str | None, metadata: Sequence[tuple[str, str]] = ()
+) -> tuple[tuple[str, str], ...]:
     """Metadata for every call: the extra pairs (e.g. `x-request-id`) and `authorization: Bearer`.
     The token travels as metadata, so it works on plaintext channels to loopback too."""
     extra = tuple((key.lower(), value) for key, value in metadata if key.lower() != "authorization")

@@ -23,7 +23,12 @@ ReasoningEffort = Literal["minimal", "low", "medium", "high"]
 # "auto", "none", "required", or the name of the tool the model must call.
 ToolChoice = str | pb.ToolChoice
 
-_ROLES = {"system": pb.ROLE_SYSTEM, "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT, "tool": pb.ROLE_TOOL}
+_ROLES = {
+    "system": pb.ROLE_SYSTEM,
+    "user": pb.ROLE_USER,
+    "assistant": pb.ROLE_ASSISTANT,
+    "tool": pb.ROLE_TOOL,
+}
 _TOOL_CHOICE_MODES = {
     "auto": pb.TOOL_CHOICE_MODE_AUTO,
     "none": pb.TOOL_CHOICE_MODE_NONE,
@@ -36,7 +41,13 @@ _EFFORTS = {
     "high": pb.REASONING_EFFORT_HIGH,
 }
 # The image types the contract accepts for inline data, by file extension.
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
 _URL_PREFIXES = ("https://", "http://", "data:")
 
 
@@ -63,7 +74,9 @@ def image(source: str | Path | bytes, mime_type: str = "") -> pb.Image:
     `mime_type` is required)."""
     if isinstance(source, bytes):
         if not mime_type:
-            raise ValueError("image bytes need a mime_type (image/png, image/jpeg, image/gif or image/webp)")
+            raise ValueError(
+                "image bytes need a mime_type (image/png, image/jpeg, image/gif or image/webp)"
+            )
         return pb.Image(data=source, mime_type=mime_type)
     if isinstance(source, str) and source.startswith(_URL_PREFIXES):
         return pb.Image(url=source, mime_type=mime_type)
@@ -71,7 +84,9 @@ def image(source: str | Path | bytes, mime_type: str = "") -> pb.Image:
     if not mime_type:
         mime_type = IMAGE_TYPES.get(path.suffix.lower(), "")
         if not mime_type:
-            raise ValueError(f"cannot tell the image type of {str(path)!r} from its extension ({', '.join(IMAGE_TYPES)}); pass mime_type")
+            raise ValueError(
+                f"cannot tell the image type of {str(path)!r} from its extension ({', '.join(IMAGE_TYPES)}); pass mime_type"
+            )
     return pb.Image(data=path.read_bytes(), mime_type=mime_type)
 
 
@@ -99,7 +114,10 @@ def message(
     if len(content) == 1 and isinstance(content[0], str):
         built.content = content[0]
     else:
-        built.parts.extend(pb.ContentPart(text=part) if isinstance(part, str) else pb.ContentPart(image=part) for part in content)
+        built.parts.extend(
+            pb.ContentPart(text=part) if isinstance(part, str) else pb.ContentPart(image=part)
+            for part in content
+        )
     if reasoning is not None:
         built.reasoning = reasoning
     return built
@@ -129,7 +147,13 @@ def _json_text(value: Mapping[str, Any] | str) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def tool(name: str, parameters: Mapping[str, Any] | str | None = None, *, description: str = "", strict: bool = False) -> pb.Tool:
+def tool(
+    name: str,
+    parameters: Mapping[str, Any] | str | None = None,
+    *,
+    description: str = "",
+    strict: bool = False,
+) -> pb.Tool:
     """A function the model may call; `parameters` is a JSON Schema object (a mapping or JSON
     text, which is sent as is); None: no arguments."""
     return pb.Tool(
@@ -145,9 +169,13 @@ def json_object_format() -> pb.OutputFormat:
     return pb.OutputFormat(json_object=True)
 
 
-def json_schema_format(name: str, schema: Mapping[str, Any] | str, *, strict: bool = False) -> pb.OutputFormat:
+def json_schema_format(
+    name: str, schema: Mapping[str, Any] | str, *, strict: bool = False
+) -> pb.OutputFormat:
     """Output is JSON matching `schema` (a mapping or JSON text; models with CAPABILITY_JSON_SCHEMA)."""
-    return pb.OutputFormat(json_schema=pb.JsonSchema(name=name, schema_json=_json_text(schema), strict=strict))
+    return pb.OutputFormat(
+        json_schema=pb.JsonSchema(name=name, schema_json=_json_text(schema), strict=strict)
+    )
 
 
 def grammar_format(gbnf: str) -> pb.OutputFormat:
@@ -159,7 +187,9 @@ def to_messages(messages: Messages) -> list[pb.ModelMessage]:
     if isinstance(messages, str):
         return [pb.ModelMessage(role=pb.ROLE_USER, content=messages)]
     return [
-        item if isinstance(item, pb.ModelMessage) else pb.ModelMessage(role=_ROLES.get(item[0], pb.ROLE_UNSPECIFIED), content=item[1])
+        item
+        if isinstance(item, pb.ModelMessage)
+        else pb.ModelMessage(role=_ROLES.get(item[0], pb.ROLE_UNSPECIFIED), content=item[1])
         for item in messages
     ]
 
@@ -216,7 +246,9 @@ def build_request(
         request.reasoning.SetInParent()
         if reasoning_effort is not None:
             if reasoning_effort not in _EFFORTS:
-                raise ValueError(f"reasoning_effort must be one of {', '.join(_EFFORTS)}, got {reasoning_effort!r}")
+                raise ValueError(
+                    f"reasoning_effort must be one of {', '.join(_EFFORTS)}, got {reasoning_effort!r}"
+                )
             request.reasoning.effort = _EFFORTS[reasoning_effort]
         if reasoning_budget_tokens is not None:
             request.reasoning.budget_tokens = reasoning_budget_tokens
@@ -229,9 +261,13 @@ def count_request(model: str, messages: Messages) -> pb.CountTokenRequest:
     return pb.CountTokenRequest(model=model, messages=to_messages(messages))
 
 
-def embed_request(model: str, inputs: str | Sequence[str], dimensions: int | None = None) -> pb.EmbedRequest:
+def embed_request(
+    model: str, inputs: str | Sequence[str], dimensions: int | None = None
+) -> pb.EmbedRequest:
     """A single string is one input, not a sequence of characters."""
-    request = pb.EmbedRequest(model=model, inputs=[inputs] if isinstance(inputs, str) else list(inputs))
+    request = pb.EmbedRequest(
+        model=model, inputs=[inputs] if isinstance(inputs, str) else list(inputs)
+    )
     if dimensions is not None:
         request.dimensions = dimensions
     return request

@@ -10,7 +10,13 @@ import grpc
 
 from modelwire.client.credentials import call_metadata
 from modelwire.client.errors import from_rpc_error
-from modelwire.client.requests import Messages, RequestOptions, build_request, count_request, embed_request
+from modelwire.client.requests import (
+    Messages,
+    RequestOptions,
+    build_request,
+    count_request,
+    embed_request,
+)
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 
@@ -28,7 +34,11 @@ class ModelWorkerSyncClient:
         """`credentials`: TLS (see `tls_credentials`); `token`: a bearer token sent on every call;
         `metadata`: more pairs sent on every call, such as ("x-request-id", …)."""
         self._metadata = call_metadata(token, metadata)
-        self._channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+        self._channel = (
+            grpc.secure_channel(address, credentials)
+            if credentials
+            else grpc.insecure_channel(address)
+        )
         self._stub = pb_grpc.ModelWorkerStub(self._channel)
         self._timeout = timeout
         self._secure = credentials is not None
@@ -36,25 +46,52 @@ class ModelWorkerSyncClient:
     def __enter__(self) -> ModelWorkerSyncClient:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def close(self) -> None:
         self._channel.close()
 
-    def generate(self, model: str, messages: Messages, *, timeout: float | None = None, **options: Unpack[RequestOptions]) -> pb.ModelOutput:
+    def generate(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> pb.ModelOutput:
         """`options`: sampling (temperature, top_p, max_new_tokens, stop, seed), request_id, tools,
         tool_choice, parallel_tool_calls, output_format, reasoning_effort, reasoning_budget_tokens
         (`RequestOptions`). The tools the model called are `tool_calls`."""
         try:
-            output: pb.ModelOutput = self._stub.Generate(build_request(model, messages, **options), timeout=timeout or self._timeout, metadata=self._metadata)
+            output: pb.ModelOutput = self._stub.Generate(
+                build_request(model, messages, **options),
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+            )
             return output
         except grpc.RpcError as error:
             raise from_rpc_error(error, self._secure) from None
 
-    def stream(self, model: str, messages: Messages, *, timeout: float | None = None, **options: Unpack[RequestOptions]) -> Iterator[pb.ModelOutput]:
+    def stream(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        timeout: float | None = None,
+        **options: Unpack[RequestOptions],
+    ) -> Iterator[pb.ModelOutput]:
         """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
-        call = self._stub.GenerateStream(build_request(model, messages, **options), timeout=timeout or self._timeout, metadata=self._metadata)
+        call = self._stub.GenerateStream(
+            build_request(model, messages, **options),
+            timeout=timeout or self._timeout,
+            metadata=self._metadata,
+        )
         try:
             yield from call
         except grpc.RpcError as error:
@@ -62,21 +99,34 @@ class ModelWorkerSyncClient:
         finally:
             call.cancel()
 
-    def count_tokens(self, model: str, messages: Messages, *, timeout: float | None = None) -> pb.CountTokenResponse:
+    def count_tokens(
+        self, model: str, messages: Messages, *, timeout: float | None = None
+    ) -> pb.CountTokenResponse:
         try:
-            response: pb.CountTokenResponse = self._stub.CountToken(count_request(model, messages), timeout=timeout or self._timeout, metadata=self._metadata)
+            response: pb.CountTokenResponse = self._stub.CountToken(
+                count_request(model, messages),
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+            )
             return response
         except grpc.RpcError as error:
             raise from_rpc_error(error, self._secure) from None
 
     def embed(
-        self, model: str, inputs: str | Sequence[str], dimensions: int | None = None, *, timeout: float | None = None
+        self,
+        model: str,
+        inputs: str | Sequence[str],
+        dimensions: int | None = None,
+        *,
+        timeout: float | None = None,
     ) -> pb.EmbedResponse:
         """One embedding per input, in order, from a model with CAPABILITY_EMBEDDINGS; a single
         string is one input."""
         try:
             response: pb.EmbedResponse = self._stub.Embed(
-                embed_request(model, inputs, dimensions), timeout=timeout or self._timeout, metadata=self._metadata
+                embed_request(model, inputs, dimensions),
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
             )
             return response
         except grpc.RpcError as error:
@@ -84,7 +134,9 @@ class ModelWorkerSyncClient:
 
     def list_models(self, *, timeout: float | None = None) -> list[pb.ModelMetadata]:
         try:
-            response = self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self._timeout, metadata=self._metadata)
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=timeout or self._timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error, self._secure) from None
         return list(response.models)

@@ -67,7 +67,11 @@ from modelwire.providers.anthropic.codec import (
 )
 from modelwire.providers.anthropic.refusals import Refusals, budget_problem, unsupported
 from modelwire.providers.http.client import HttpProxyClient
-from modelwire.providers.http.errors import clean_message, http_error_from_code, message_from_payload
+from modelwire.providers.http.errors import (
+    clean_message,
+    http_error_from_code,
+    message_from_payload,
+)
 from modelwire.providers.http.options import HttpOptions, HttpParams, read_http_params
 from modelwire.providers.http.sse import drain, finish_reason, parse_json_event
 
@@ -76,7 +80,12 @@ DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 # Every Claude model since Claude 3 takes tools, images and cache_control; extended thinking only
 # some, so reasoning is configured where it applies. Anthropic has no embeddings and no grammars.
 DEFAULT_CAPABILITIES = (
-    Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA, Capability.VISION, Capability.PROMPT_CACHE,
+    Capability.CHAT,
+    Capability.STREAMING,
+    Capability.TOOLS,
+    Capability.JSON_SCHEMA,
+    Capability.VISION,
+    Capability.PROMPT_CACHE,
 )
 SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {Capability.REASONING}
 
@@ -110,7 +119,13 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
     default_capabilities = DEFAULT_CAPABILITIES
     supported_capabilities = SUPPORTED_CAPABILITIES
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, params: AnthropicParams, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        executor: Executor,
+        params: AnthropicParams,
+        max_concurrency: int,
+    ) -> None:
         super().__init__(metadata, executor, params, max_concurrency)
         self._url = f"{params.http.api_base}/v1/messages"
 
@@ -162,7 +177,11 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
         if request.output_format is not None:
             tool = output_tool(request.output_format)
             body["tools"] = [tool]
-            body["tool_choice"] = {"type": "tool", "name": tool["name"], "disable_parallel_tool_use": True}
+            body["tool_choice"] = {
+                "type": "tool",
+                "name": tool["name"],
+                "disable_parallel_tool_use": True,
+            }
         reasoning = request.reasoning
         if reasoning is None:
             return
@@ -208,7 +227,13 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
                 thinking.append(str(block.get("thinking", "")))
                 reasoning.append(reasoning_block(block))
             elif kind == "tool_use":
-                calls.append(ToolCall(id=str(block.get("id", "")), name=str(block.get("name", "")), arguments_json=input_json(block.get("input"))))
+                calls.append(
+                    ToolCall(
+                        id=str(block.get("id", "")),
+                        name=str(block.get("name", "")),
+                        arguments_json=input_json(block.get("input")),
+                    )
+                )
         structured = request.output_format is not None
         if structured:
             text += (call.arguments_json for call in calls)
@@ -217,11 +242,15 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
         if isinstance(usage_payload, dict) and isinstance(usage_payload.get("output_tokens"), int):
             usage = usage_of(usage_payload)
         else:
-            usage = await self.estimate_usage(request.messages, "".join(text + thinking + [call.arguments_json for call in calls]))
+            usage = await self.estimate_usage(
+                request.messages, "".join(text + thinking + [call.arguments_json for call in calls])
+            )
         return ModelOutput(
             text="".join(text),
             reasoning="".join(thinking) or None,
-            finish_reason=final_finish(finish_reason(FINISH_REASONS, payload.get("stop_reason")), structured),
+            finish_reason=final_finish(
+                finish_reason(FINISH_REASONS, payload.get("stop_reason")), structured
+            ),
             usage=usage,
             tool_calls=tuple(calls),
             reasoning_signature=signature_of(reasoning),
@@ -229,7 +258,9 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
 
     # --- streaming
 
-    async def _stream_once(self, request: ModelRequest, body: dict[str, Any]) -> AsyncGenerator[ModelOutput, None]:
+    async def _stream_once(
+        self, request: ModelRequest, body: dict[str, Any]
+    ) -> AsyncGenerator[ModelOutput, None]:
         finish: FinishReason | None = None
         usage: dict[str, Any] = {}
         generated: list[str] = []
@@ -240,7 +271,9 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
             async for event in events:
                 payload = parse_json_event(event)
                 if not isinstance(payload, dict):
-                    raise errors.UpstreamUnavailable("upstream sent a malformed event stream: an event is not a JSON object")
+                    raise errors.UpstreamUnavailable(
+                        "upstream sent a malformed event stream: an event is not a JSON object"
+                    )
                 kind = payload.get("type", event.event)
                 output: ModelOutput | None = None
                 if kind == "content_block_delta":
@@ -278,11 +311,19 @@ class AnthropicClient(HttpProxyClient[AnthropicParams]):
                 if output is not None:
                     yield output
             if not done and finish is None:
-                raise errors.UpstreamUnavailable("upstream stream ended before the message finished")
-            if isinstance(usage.get("input_tokens"), int) and isinstance(usage.get("output_tokens"), int):
+                raise errors.UpstreamUnavailable(
+                    "upstream stream ended before the message finished"
+                )
+            if isinstance(usage.get("input_tokens"), int) and isinstance(
+                usage.get("output_tokens"), int
+            ):
                 usage_out = usage_of(usage)
             else:
                 usage_out = await self.estimate_usage(request.messages, "".join(generated))
-            yield ModelOutput(finish_reason=final_finish(finish, structured), usage=usage_out, reasoning_signature=blocks.signature())
+            yield ModelOutput(
+                finish_reason=final_finish(finish, structured),
+                usage=usage_out,
+                reasoning_signature=blocks.signature(),
+            )
             if done:
                 await drain(events)

@@ -33,7 +33,11 @@ from modelwire.core.types import (
 JSON_OBJECT_TOOL = "json_object"
 
 
-EFFORTS = {ReasoningEffort.LOW: "low", ReasoningEffort.MEDIUM: "medium", ReasoningEffort.HIGH: "high"}
+EFFORTS = {
+    ReasoningEffort.LOW: "low",
+    ReasoningEffort.MEDIUM: "medium",
+    ReasoningEffort.HIGH: "high",
+}
 
 
 FINISH_REASONS = {
@@ -108,7 +112,13 @@ def is_object_schema(text: str) -> bool:
 
 def is_plain(message: ModelMessage) -> bool:
     """A message the API takes as a plain string: the only kind before contract v1.1."""
-    return not (message.parts or message.tool_calls or message.tool_call_id or message.reasoning_signature or message.cache_breakpoint)
+    return not (
+        message.parts
+        or message.tool_calls
+        or message.tool_call_id
+        or message.reasoning_signature
+        or message.cache_breakpoint
+    )
 
 
 def _cache_control() -> dict[str, str]:
@@ -117,9 +127,13 @@ def _cache_control() -> dict[str, str]:
 
 def _image_block(image: Image) -> dict[str, Any]:
     if image.data is not None:
-        source = {"type": "base64", "media_type": image.mime_type, "data": base64.b64encode(image.data).decode("ascii")}
+        source = {
+            "type": "base64",
+            "media_type": image.mime_type,
+            "data": base64.b64encode(image.data).decode("ascii"),
+        }
     elif image.url is not None and image.url.startswith("data:"):
-        media_type, _, data = image.url[len("data:"):].partition(";base64,")
+        media_type, _, data = image.url[len("data:") :].partition(";base64,")
         source = {"type": "base64", "media_type": media_type, "data": data}
     else:
         source = {"type": "url", "url": image.url or ""}
@@ -146,7 +160,11 @@ def reasoning_blocks(message: ModelMessage) -> list[dict[str, Any]] | None:
             blocks = strict_json.loads(signature)
         except ValueError:
             return None
-        return blocks if isinstance(blocks, list) and all(_is_reasoning_block(block) for block in blocks) else None
+        return (
+            blocks
+            if isinstance(blocks, list) and all(_is_reasoning_block(block) for block in blocks)
+            else None
+        )
     try:
         text = signature.decode()
     except UnicodeDecodeError:
@@ -174,7 +192,12 @@ def message_blocks(message: ModelMessage) -> list[dict[str, Any]]:
         blocks = (reasoning_blocks(message) or []) if message.reasoning_signature else []
         blocks += _content_blocks(message)
         blocks += (
-            {"type": "tool_use", "id": call.id, "name": call.name, "input": _json_object(call.arguments_json or "{}")}
+            {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.name,
+                "input": _json_object(call.arguments_json or "{}"),
+            }
             for call in message.tool_calls
         )
     if message.cache_breakpoint and blocks:
@@ -207,7 +230,9 @@ def _system_blocks(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
     return blocks
 
 
-def system_and_turns(messages: Sequence[ModelMessage]) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+def system_and_turns(
+    messages: Sequence[ModelMessage],
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
     system: list[ModelMessage] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
@@ -216,7 +241,13 @@ def system_and_turns(messages: Sequence[ModelMessage]) -> tuple[str | list[dict[
             continue
         role = "assistant" if message.role is Role.ASSISTANT else "user"
         # `is_plain`, inlined: this runs for every message of every call.
-        plain = not (message.parts or message.tool_calls or message.tool_call_id or message.reasoning_signature or message.cache_breakpoint)
+        plain = not (
+            message.parts
+            or message.tool_calls
+            or message.tool_call_id
+            or message.reasoning_signature
+            or message.cache_breakpoint
+        )
         content: str | list[dict[str, Any]] = message.content if plain else message_blocks(message)
         if not turns or turns[-1]["role"] != role:
             turns.append({"role": role, "content": content})
@@ -269,14 +300,22 @@ def output_tool(output_format: OutputFormat) -> dict[str, Any]:
         if output_format.strict:
             tool["strict"] = True
         return tool
-    return {"name": JSON_OBJECT_TOOL, "description": "Give your answer as this tool's input: a JSON object.", "input_schema": {"type": "object"}}
+    return {
+        "name": JSON_OBJECT_TOOL,
+        "description": "Give your answer as this tool's input: a JSON object.",
+        "input_schema": {"type": "object"},
+    }
 
 
 def reasoning_block(block: dict[str, Any]) -> dict[str, Any]:
     """A thinking or redacted_thinking block with the keys a request takes back."""
     if block.get("type") == "redacted_thinking":
         return {"type": "redacted_thinking", "data": str(block.get("data", ""))}
-    return {"type": "thinking", "thinking": str(block.get("thinking", "")), "signature": str(block.get("signature", ""))}
+    return {
+        "type": "thinking",
+        "thinking": str(block.get("thinking", "")),
+        "signature": str(block.get("signature", "")),
+    }
 
 
 def signature_of(blocks: list[dict[str, Any]]) -> bytes:
@@ -309,7 +348,14 @@ class _Block:
     data: str = ""
 
     def reasoning(self) -> dict[str, Any]:
-        return reasoning_block({"type": self.kind, "thinking": "".join(self.parts), "signature": self.signature, "data": self.data})
+        return reasoning_block(
+            {
+                "type": self.kind,
+                "thinking": "".join(self.parts),
+                "signature": self.signature,
+                "data": self.data,
+            }
+        )
 
 
 class StreamBlocks:
@@ -332,18 +378,30 @@ class StreamBlocks:
             text = block.get("text")
             return self._text(text) if isinstance(text, str) and text else None
         if kind == "tool_use":
-            opened = self._open[index] = _Block("tool_use", ordinal=self._calls, start_input=block.get("input"))
+            opened = self._open[index] = _Block(
+                "tool_use", ordinal=self._calls, start_input=block.get("input")
+            )
             self._calls += 1
             if self._structured:
                 return None
-            return ModelOutput(tool_call_deltas=(ToolCallDelta(opened.ordinal, id=str(block.get("id", "")), name=str(block.get("name", ""))),))
+            return ModelOutput(
+                tool_call_deltas=(
+                    ToolCallDelta(
+                        opened.ordinal, id=str(block.get("id", "")), name=str(block.get("name", ""))
+                    ),
+                )
+            )
         if kind in ("thinking", "redacted_thinking"):
             opened = self._open[index] = _Block(
-                str(kind), signature=str(block.get("signature") or ""), data=str(block.get("data") or "")
+                str(kind),
+                signature=str(block.get("signature") or ""),
+                data=str(block.get("data") or ""),
             )
             self._reasoning.append(opened)
             thinking = block.get("thinking")
-            return self._thought(opened, thinking) if isinstance(thinking, str) and thinking else None
+            return (
+                self._thought(opened, thinking) if isinstance(thinking, str) and thinking else None
+            )
         return None  # server tool blocks: never asked for
 
     def delta(self, index: object, delta: dict[str, Any]) -> ModelOutput | None:
@@ -353,7 +411,9 @@ class StreamBlocks:
         kind = delta.get("type")
         if kind == "thinking_delta":
             thinking = delta.get("thinking")
-            return self._thought(block, thinking) if isinstance(thinking, str) and thinking else None
+            return (
+                self._thought(block, thinking) if isinstance(thinking, str) and thinking else None
+            )
         if kind == "signature_delta":
             block.signature = str(delta.get("signature", ""))
         elif kind == "input_json_delta":
@@ -387,7 +447,9 @@ class StreamBlocks:
         if self._structured:
             return self._text(arguments)
         self.generated.append(arguments)
-        return ModelOutput(tool_call_deltas=(ToolCallDelta(block.ordinal, arguments_delta=arguments),))
+        return ModelOutput(
+            tool_call_deltas=(ToolCallDelta(block.ordinal, arguments_delta=arguments),)
+        )
 
 
 def final_finish(finish: FinishReason | None, structured: bool) -> FinishReason:

@@ -31,7 +31,15 @@ import aiohttp
 from modelwire.core import errors
 from modelwire.core.deadline import remaining_s
 from modelwire.core.settings import ModelConfig
-from modelwire.core.types import Capability, ModelMessage, ModelMetadata, ModelOutput, ModelRequest, TokenCount, Usage
+from modelwire.core.types import (
+    Capability,
+    ModelMessage,
+    ModelMetadata,
+    ModelOutput,
+    ModelRequest,
+    TokenCount,
+    Usage,
+)
 from modelwire.observe.tracing import inject_trace_headers
 from modelwire.providers.base import ProxyLLMClient
 from modelwire.providers.http.errors import (
@@ -47,7 +55,13 @@ from modelwire.providers.http.errors import (
 )
 from modelwire.providers.http.options import HttpParams, remote_limits
 from modelwire.providers.http.retry import RetryPolicy, retrying_call, retrying_stream
-from modelwire.providers.http.sse import MAX_UPSTREAM_READ, SSEEvent, iter_lines, iter_sse, upstream_json
+from modelwire.providers.http.sse import (
+    MAX_UPSTREAM_READ,
+    SSEEvent,
+    iter_lines,
+    iter_sse,
+    upstream_json,
+)
 from modelwire.tokenize.tiktoken_counter import count_tokens
 
 logger = logging.getLogger(__name__)
@@ -62,7 +76,9 @@ def error_for_transport(
     """A failure below HTTP: the configured timeout is DEADLINE_EXCEEDED, the rest UNAVAILABLE."""
     detail = clean_message(str(error), redact) or type(error).__name__
     if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return errors.UpstreamUnavailable(f"cannot connect to upstream within timeout_s={timeout_s:g}s")
+        return errors.UpstreamUnavailable(
+            f"cannot connect to upstream within timeout_s={timeout_s:g}s"
+        )
     if isinstance(error, aiohttp.ServerTimeoutError):
         if streaming:
             return errors.DeadlineExceeded(
@@ -74,7 +90,9 @@ def error_for_transport(
         )
     if isinstance(error, aiohttp.ClientConnectorError):
         return errors.UpstreamUnavailable(f"cannot connect to upstream: {detail}")
-    return errors.UpstreamUnavailable(f"upstream connection failed ({type(error).__name__}): {detail}")
+    return errors.UpstreamUnavailable(
+        f"upstream connection failed ({type(error).__name__}): {detail}"
+    )
 
 
 class ProviderParams(Protocol):
@@ -94,7 +112,9 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
     default_capabilities: ClassVar[tuple[Capability, ...]]
     supported_capabilities: ClassVar[frozenset[Capability]]
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, options: P, max_concurrency: int) -> None:
+    def __init__(
+        self, metadata: ModelMetadata, executor: Executor, options: P, max_concurrency: int
+    ) -> None:
         super().__init__(metadata, executor)
         self._options = options
         params = self._params = options.http
@@ -102,8 +122,12 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
         self._max_connections = 2 * max_concurrency + 2
         # timeout_s bounds connecting (waiting for a pooled connection included) and each silence
         # of the upstream; a unary call with a deadline waits for its answer as long as that allows.
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=params.timeout_s, sock_read=params.timeout_s)
-        self._unary_timeout = aiohttp.ClientTimeout(total=None, connect=params.timeout_s, sock_read=None)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=params.timeout_s, sock_read=params.timeout_s
+        )
+        self._unary_timeout = aiohttp.ClientTimeout(
+            total=None, connect=params.timeout_s, sock_read=None
+        )
         self._session: aiohttp.ClientSession | None = None
         self._proxy = _proxy_for(params.api_base)
 
@@ -116,7 +140,9 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
             provider=cls.provider,
             context_length=context_length,
             max_output_tokens=max_output_tokens,
-            capabilities=params.capabilities_within(cls.default_capabilities, cls.supported_capabilities),
+            capabilities=params.capabilities_within(
+                cls.default_capabilities, cls.supported_capabilities
+            ),
             metadata={"upstream_model": options.http.upstream_model, **cls.metadata_extra(options)},
         )
         return cls(metadata, executor, options, params.max_concurrency)
@@ -169,22 +195,40 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
     async def estimate_usage(self, messages: Sequence[ModelMessage], completion: str) -> Usage:
         """Usage the worker counted itself, for an upstream that reported none."""
         try:
-            prompt = await self.count_with(messages, partial(count_tokens, self.upstream_model, messages))
-            generated = await self.count_with(completion, partial(count_tokens, self.upstream_model, completion)) if completion else None
+            prompt = await self.count_with(
+                messages, partial(count_tokens, self.upstream_model, messages)
+            )
+            generated = (
+                await self.count_with(
+                    completion, partial(count_tokens, self.upstream_model, completion)
+                )
+                if completion
+                else None
+            )
         except errors.TokenizerUnavailable as error:
             # The completion was delivered; a count the worker cannot make must not fail it.
             logger.warning("model %s: cannot estimate usage: %s", self.default_model, error)
             return Usage(estimated=True)
-        return Usage(prompt_tokens=prompt.count, completion_tokens=generated.count if generated else 0, estimated=True)
+        return Usage(
+            prompt_tokens=prompt.count,
+            completion_tokens=generated.count if generated else 0,
+            estimated=True,
+        )
 
     # --- one attempt of a call; retries wrap these
 
     def _status_error(self, response: aiohttp.ClientResponse, body: bytes) -> errors.ModelwireError:
         message = message_from_body(body, self._redact)
         error = error_for_status(
-            response.status, message, parse_retry_after(response.headers), self._params, error_codes(json_or_none(body))
+            response.status,
+            message,
+            parse_retry_after(response.headers),
+            self._params,
+            error_codes(json_or_none(body)),
         )
-        logger.info("model %s: upstream answered HTTP %d: %s", self.default_model, response.status, error)
+        logger.info(
+            "model %s: upstream answered HTTP %d: %s", self.default_model, response.status, error
+        )
         return error
 
     def _json_instead_of_events(self, raw: bytes) -> errors.ModelwireError:
@@ -198,7 +242,9 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
             "(a server that ignores stream=true?)"
         )
 
-    def _transport_error(self, error: aiohttp.ClientError, streaming: bool) -> errors.ModelwireError:
+    def _transport_error(
+        self, error: aiohttp.ClientError, streaming: bool
+    ) -> errors.ModelwireError:
         mapped = error_for_transport(error, self._params.timeout_s, self._redact, streaming)
         logger.info("model %s: upstream call failed: %s", self.default_model, mapped)
         return mapped
@@ -210,7 +256,12 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
         timeout = self._timeout if remaining_s() is None else self._unary_timeout
         try:
             async with self._http().post(
-                url, json=body, headers=_outgoing(headers), timeout=timeout, allow_redirects=False, proxy=self._proxy
+                url,
+                json=body,
+                headers=_outgoing(headers),
+                timeout=timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
             ) as response:
                 if not 200 <= response.status < 300:
                     raise self._status_error(response, await _read_capped(response))
@@ -230,7 +281,9 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
     ) -> AsyncGenerator[SSEEvent, None]:
         """One streaming POST as server-sent events; closing the generator closes the connection."""
         try:
-            async with self._http().post(url, json=body, headers=_outgoing(headers), allow_redirects=False, proxy=self._proxy) as response:
+            async with self._http().post(
+                url, json=body, headers=_outgoing(headers), allow_redirects=False, proxy=self._proxy
+            ) as response:
                 try:
                     if not 200 <= response.status < 300:
                         raise self._status_error(response, await _read_capped(response))
@@ -264,18 +317,26 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
         """The domain output of a unary response's JSON."""
 
     @abstractmethod
-    def _stream_once(self, request: ModelRequest, body: dict[str, Any]) -> AsyncGenerator[ModelOutput, None]:
+    def _stream_once(
+        self, request: ModelRequest, body: dict[str, Any]
+    ) -> AsyncGenerator[ModelOutput, None]:
         """One streaming attempt: deltas, then a final chunk with finish_reason and usage."""
 
     async def generate(self, request: ModelRequest) -> ModelOutput:
         """One non-streaming upstream call, so the usage is the upstream's own."""
         body = self._body(request, stream=False)
-        payload = await retrying_call(self._retry, self.default_model, lambda: self.post_json(self._url, body, self._headers()))
+        payload = await retrying_call(
+            self._retry,
+            self.default_model,
+            lambda: self.post_json(self._url, body, self._headers()),
+        )
         return await self._completion(request, payload)
 
     async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
         body = self._body(request, stream=True)
-        async for chunk in retrying_stream(self._retry, self.default_model, lambda: self._stream_once(request, body)):
+        async for chunk in retrying_stream(
+            self._retry, self.default_model, lambda: self._stream_once(request, body)
+        ):
             yield chunk
 
 
@@ -331,5 +392,3 @@ async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
         f"upstream sent a response larger than {limit} bytes ({limit / 2**20:g} MiB), the most "
         "the worker reads of one answer (a broken upstream or proxy?)"
     )
-
-

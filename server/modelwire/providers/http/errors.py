@@ -37,7 +37,9 @@ def _without_echo(detail: Any) -> Any:
     echo from the request: where and what, never the caller's text."""
     if isinstance(detail, list):
         return [
-            {key: value for key, value in item.items() if key not in ("input", "ctx", "url")} if isinstance(item, dict) else item
+            {key: value for key, value in item.items() if key not in ("input", "ctx", "url")}
+            if isinstance(item, dict)
+            else item
             for item in detail
         ]
     return detail
@@ -216,11 +218,15 @@ def is_retryable(error: errors.ModelwireError) -> bool:
     return isinstance(error, (errors.Overloaded, errors.UpstreamUnavailable))
 
 
-def http_error_from_code(code: int | None, message: str, upstream: HttpParams, codes: str = "") -> errors.ModelwireError:
+def http_error_from_code(
+    code: int | None, message: str, upstream: HttpParams, codes: str = ""
+) -> errors.ModelwireError:
     """An error reported in a successful response (a 200 body, a stream event): mapped as its HTTP
     code would be; `codes` (its machine-readable code and type) can name a context overflow."""
     if code is None or not 400 <= code <= 599:
         code = 400 if _says_context_exceeded(message, codes) else None
     if code is None:
-        return errors.UpstreamUnavailable(f"upstream reported an error in a successful response: {_shorten(message)}")
+        return errors.UpstreamUnavailable(
+            f"upstream reported an error in a successful response: {_shorten(message)}"
+        )
     return error_for_status(code, message, None, upstream, codes)

@@ -160,7 +160,9 @@ class HttpOptions:
     upstream_model: StrictStr | None = None
     timeout_s: Annotated[StrictFloat, Field(ge=0.001, allow_inf_nan=False)] = DEFAULT_TIMEOUT_S
     max_retries: Annotated[StrictInt, Field(ge=0, le=10)] = DEFAULT_MAX_RETRIES
-    retry_backoff_s: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = DEFAULT_RETRY_BACKOFF_S
+    retry_backoff_s: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = (
+        DEFAULT_RETRY_BACKOFF_S
+    )
     headers: dict[StrictStr, StrictStr] = field(default_factory=dict)
 
     _api_key_env = field_validator("api_key_env")(set_env)
@@ -183,7 +185,9 @@ class HttpOptions:
         return value
 
 
-def read_http_params(config: ModelConfig, options: HttpOptions, default_api_base: str | None) -> HttpParams:
+def read_http_params(
+    config: ModelConfig, options: HttpOptions, default_api_base: str | None
+) -> HttpParams:
     """The shared keys as the client uses them."""
     api_base = options.api_base or default_api_base
     if api_base is None:
@@ -209,4 +213,6 @@ def remote_limits(config: ModelConfig) -> tuple[int, int]:
             f"is required for provider {config.provider!r}: the worker checks each prompt against it "
             "(see the upstream model's documentation)",
         )
-    return config.context_length, min(config.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, config.context_length)
+    return config.context_length, min(
+        config.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, config.context_length
+    )

@@ -90,8 +90,15 @@ async def retrying_stream(
         retries += 1
 
 
-def _log_retry(model: str, error: errors.ModelwireError, retries: int, policy: RetryPolicy, wait: float) -> None:
+def _log_retry(
+    model: str, error: errors.ModelwireError, retries: int, policy: RetryPolicy, wait: float
+) -> None:
     logger.warning(
         "model %s: upstream call failed (%s: %s); retry %d of %d in %.2fs",
-        model, type(error).__name__, error, retries + 1, policy.max_retries, wait,
+        model,
+        type(error).__name__,
+        error,
+        retries + 1,
+        policy.max_retries,
+        wait,
     )

@@ -61,7 +61,11 @@ class LlamaBuild:
         return cls.from_system_info(llama_cpp.llama_print_system_info().decode(errors="replace"))
 
     def missing_instructions(self, cpu_flags: frozenset[str]) -> list[str]:
-        return sorted(feature for feature, flag in _CPU_FLAG.items() if feature in self.features and flag not in cpu_flags)
+        return sorted(
+            feature
+            for feature, flag in _CPU_FLAG.items()
+            if feature in self.features and flag not in cpu_flags
+        )
 
     def check_runs_on(self, cpu_flags: frozenset[str] | None) -> None:
         if cpu_flags is None:  # not Linux: nothing to compare with

@@ -34,12 +34,17 @@ from pydantic import Field, StrictInt, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from modelwire.core.cancellation import Cancellation
+from modelwire.core.errors import (
+    ContextLengthExceeded,
+    FieldViolation,
+    InvalidRequest,
+    StartupFailure,
+)
 from modelwire.core.settings import PROCESSES_ENV, SECTION, ModelConfig, existing_file
-from modelwire.core.errors import ContextLengthExceeded, FieldViolation, InvalidRequest, StartupFailure
 from modelwire.core.types import (
     Capability,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     FinishReason,
     ModelMessage,
     ModelMetadata,
@@ -52,8 +57,13 @@ from modelwire.core.types import (
 )
 from modelwire.providers.base import ProxyLLMClient
 from modelwire.providers.blocking import until_done
-from modelwire.providers.llama.gemma_format import END_OF_TURN, format_gemma_chat
 from modelwire.providers.llama.build import EXTRA_WEIGHT_BUFFERS, LlamaBuild, cpu_flags
+from modelwire.providers.llama.constraints import (
+    Constraint,
+    combination_refusals,
+    constraint_for,
+    name_refusals,
+)
 from modelwire.providers.llama.engine import (
     Aborted,
     GrammarDeadEnd,
@@ -63,14 +73,9 @@ from modelwire.providers.llama.engine import (
     LlamaSession,
     Sampling,
 )
-from modelwire.providers.llama.stop_strings import StopStringFilter
-from modelwire.providers.llama.constraints import (
-    Constraint,
-    combination_refusals,
-    constraint_for,
-    name_refusals,
-)
+from modelwire.providers.llama.gemma_format import END_OF_TURN, format_gemma_chat
 from modelwire.providers.llama.model_files import embedded_model_path
+from modelwire.providers.llama.stop_strings import StopStringFilter
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,12 @@ DEFAULT_MAX_NEW_TOKENS = 256
 CLOSE_WAIT_S = 30.0
 # llama.cpp's grammars enforce json_object, json_schema and GBNF; tools only when a call is forced.
 DEFAULT_CAPABILITIES = (
-    Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA, Capability.GRAMMAR, Capability.EMBEDDINGS,
+    Capability.CHAT,
+    Capability.STREAMING,
+    Capability.TOOLS,
+    Capability.JSON_SCHEMA,
+    Capability.GRAMMAR,
+    Capability.EMBEDDINGS,
 )
 
 
@@ -98,7 +108,9 @@ def _default_threads() -> int:
 @pydantic_dataclass(config=SECTION)
 class LlamaCppOptions:
     model_path: Path | None = None
-    n_threads: Annotated[StrictInt, Field(ge=1)] = dataclasses.field(default_factory=_default_threads)
+    n_threads: Annotated[StrictInt, Field(ge=1)] = dataclasses.field(
+        default_factory=_default_threads
+    )
     n_batch: Annotated[StrictInt, Field(ge=1)] = DEFAULT_N_BATCH
     default_max_new_tokens: Annotated[StrictInt, Field(ge=1)] = DEFAULT_MAX_NEW_TOKENS
     # The only chat format modelwire writes itself.
@@ -185,7 +197,9 @@ class LlamaCppClient(ProxyLLMClient):
         # The service counts a prompt (its context check) just before generating it: the tokens
         # counted last are kept, so a generation does not tokenize the same messages again. Keyed
         # by the messages' identity, which holding them keeps from being reused.
-        self._counted: deque[tuple[Sequence[ModelMessage], list[int]]] = deque(maxlen=2 * len(sessions))
+        self._counted: deque[tuple[Sequence[ModelMessage], list[int]]] = deque(
+            maxlen=2 * len(sessions)
+        )
 
     @classmethod
     def new_client(cls, params: ModelConfig, executor: Executor) -> Self:
@@ -197,7 +211,12 @@ class LlamaCppClient(ProxyLLMClient):
         try:
             model = LlamaModel(model_path, use_extra_buffers=EXTRA_WEIGHT_BUFFERS)
             sessions = [
-                LlamaSession(model, n_ctx=context_length, n_batch=min(options.n_batch, context_length), n_threads=options.n_threads)
+                LlamaSession(
+                    model,
+                    n_ctx=context_length,
+                    n_batch=min(options.n_batch, context_length),
+                    n_threads=options.n_threads,
+                )
                 for _ in range(params.max_concurrency)
             ]
         except LlamaFailure as error:
@@ -207,7 +226,9 @@ class LlamaCppClient(ProxyLLMClient):
             provider=cls.provider,
             context_length=context_length,
             max_output_tokens=params.max_output_tokens or context_length,
-            capabilities=params.capabilities_within(DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)),
+            capabilities=params.capabilities_within(
+                DEFAULT_CAPABILITIES, frozenset(DEFAULT_CAPABILITIES)
+            ),
             metadata={
                 "gguf": model_path.name,
                 "chat_format": options.chat_format,
@@ -217,8 +238,12 @@ class LlamaCppClient(ProxyLLMClient):
         )
         logger.info(
             "model %s: %s, %d session(s), %d threads, extra buffers %s (llama.cpp build: %s)",
-            params.name, model_path.name, len(sessions), options.n_threads,
-            "on" if model.use_extra_buffers else "off", " ".join(sorted(build.features)),
+            params.name,
+            model_path.name,
+            len(sessions),
+            options.n_threads,
+            "on" if model.use_extra_buffers else "off",
+            " ".join(sorted(build.features)),
         )
         bound = options.default_max_new_tokens
         return cls(metadata, executor, model, sessions, default_max_new_tokens=bound)
@@ -281,7 +306,9 @@ class LlamaCppClient(ProxyLLMClient):
 
     def _sync_embed(self, request: EmbedRequest, cancellation: Cancellation) -> Embeddings:
         context_length = self._metadata.context_length
-        inputs = [[self._model.bos, *self._model.tokenize(text, special=False)] for text in request.inputs]
+        inputs = [
+            [self._model.bos, *self._model.tokenize(text, special=False)] for text in request.inputs
+        ]
         too_long = [
             FieldViolation(
                 f"inputs[{index}]",
@@ -293,14 +320,20 @@ class LlamaCppClient(ProxyLLMClient):
         if too_long:
             raise InvalidRequest(too_long)
         vectors: list[tuple[float, ...]] = []
-        with self.activity.generation(), self._session() as session, session.embedding(cancellation):
+        with (
+            self.activity.generation(),
+            self._session() as session,
+            session.embedding(cancellation),
+        ):
             for tokens in inputs:
                 if cancellation.cancelled:
                     raise Aborted
                 vector = session.embed(tokens)
                 norm = float(math.sqrt(float(vector @ vector)))
                 vectors.append(tuple((vector / norm if norm > 0 else vector).tolist()))
-        return Embeddings(vectors=tuple(vectors), usage=Usage(prompt_tokens=sum(len(tokens) for tokens in inputs)))
+        return Embeddings(
+            vectors=tuple(vectors), usage=Usage(prompt_tokens=sum(len(tokens) for tokens in inputs))
+        )
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         def count() -> TokenCount:
@@ -308,7 +341,9 @@ class LlamaCppClient(ProxyLLMClient):
                 tokens = self._model.tokenize(prompt, special=False)
             else:
                 tokens = self.prompt_tokens(prompt)
-            return TokenCount(count=len(tokens), tokenizer=f"gguf:{self._metadata.metadata['gguf']}", exact=True)
+            return TokenCount(
+                count=len(tokens), tokenizer=f"gguf:{self._metadata.metadata['gguf']}", exact=True
+            )
 
         return await self.count_with(prompt, count)
 
@@ -328,8 +363,14 @@ class LlamaCppClient(ProxyLLMClient):
         thread is decoding crashes the process. Generations still running are aborted first."""
         for session in self.sessions:
             session.abort()
-        if not await asyncio.to_thread(self.activity.wait_for, lambda activity: activity.running == 0, CLOSE_WAIT_S):
-            logger.error("model %s: a generation did not stop within %.0fs; its memory is not freed", self.default_model, CLOSE_WAIT_S)
+        if not await asyncio.to_thread(
+            self.activity.wait_for, lambda activity: activity.running == 0, CLOSE_WAIT_S
+        ):
+            logger.error(
+                "model %s: a generation did not stop within %.0fs; its memory is not freed",
+                self.default_model,
+                CLOSE_WAIT_S,
+            )
             return
         for session in self.sessions:
             session.close()
@@ -345,7 +386,9 @@ class LlamaCppClient(ProxyLLMClient):
         finally:
             self._idle.put(session)
 
-    def _prepared(self, request: ModelRequest, instruction: str = "") -> tuple[list[int], int, Sampling]:
+    def _prepared(
+        self, request: ModelRequest, instruction: str = ""
+    ) -> tuple[list[int], int, Sampling]:
         """The prompt's tokens, the tokens it leaves room for, and the call's sampler settings."""
         prompt = self.prompt_tokens(request.messages, instruction)
         if len(prompt) >= self._metadata.context_length:
@@ -354,15 +397,21 @@ class LlamaCppClient(ProxyLLMClient):
         room = self._metadata.context_length - len(prompt)
         max_new_tokens = min(sampling.max_new_tokens or self.default_max_new_tokens, room)
         call_sampling = Sampling(
-            temperature=DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature,
+            temperature=DEFAULT_TEMPERATURE
+            if sampling.temperature is None
+            else sampling.temperature,
             top_p=DEFAULT_TOP_P if sampling.top_p is None else sampling.top_p,
-            seed=Sampling.fresh_seed() if sampling.seed is None else Sampling.seed_from(sampling.seed),
+            seed=Sampling.fresh_seed()
+            if sampling.seed is None
+            else Sampling.seed_from(sampling.seed),
             presence_penalty=sampling.presence_penalty or 0.0,
             frequency_penalty=sampling.frequency_penalty or 0.0,
         )
         return prompt, max_new_tokens, call_sampling
 
-    def sync_generate_stream(self, request: ModelRequest, cancellation: Cancellation) -> Iterator[ModelOutput]:
+    def sync_generate_stream(
+        self, request: ModelRequest, cancellation: Cancellation
+    ) -> Iterator[ModelOutput]:
         if request.output_format is not None or request.tools:
             constraint, refused = constraint_for(request, self._model, self.default_model)
             if refused:
@@ -374,7 +423,11 @@ class LlamaCppClient(ProxyLLMClient):
         stops = StopStringFilter(request.sampling.stop)
         decoder = TokenDecoder(self._model)
         run = _Run()
-        with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation):
+        with (
+            self.activity.generation(),
+            self._session() as session,
+            session.call(call_sampling, cancellation),
+        ):
             try:
                 for token in self._tokens(session, prompt, max_new_tokens, cancellation, run):
                     text = stops.feed(decoder.decode(token))
@@ -394,7 +447,14 @@ class LlamaCppClient(ProxyLLMClient):
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=run.completion_tokens),
         )
 
-    def _tokens(self, session: LlamaSession, prompt: list[int], max_new_tokens: int, cancellation: Cancellation, run: _Run) -> Iterator[int]:
+    def _tokens(
+        self,
+        session: LlamaSession,
+        prompt: list[int],
+        max_new_tokens: int,
+        cancellation: Cancellation,
+        run: _Run,
+    ) -> Iterator[int]:
         """The prompt evaluated, then each generated token until the turn ends (`run` says STOP),
         `max_new_tokens` or a cancel; a token is fed back only when the consumer asks for the next."""
         with self.activity.prompt_evaluation():
@@ -410,7 +470,9 @@ class LlamaCppClient(ProxyLLMClient):
                 return
             session.feed(token)
 
-    def _constrained_stream(self, request: ModelRequest, constraint: Constraint, cancellation: Cancellation) -> Iterator[ModelOutput]:
+    def _constrained_stream(
+        self, request: ModelRequest, constraint: Constraint, cancellation: Cancellation
+    ) -> Iterator[ModelOutput]:
         """Generation under the constraint's grammar: text for an output format, the deltas of one
         tool call for a forced tool (finish_reason TOOL_CALLS once its grammar is complete)."""
         prompt, max_new_tokens, call_sampling = self._prepared(request, constraint.instruction)
@@ -418,7 +480,11 @@ class LlamaCppClient(ProxyLLMClient):
         call = constraint.call_stream()
         run = _Run()
         try:
-            with self.activity.generation(), self._session() as session, session.call(call_sampling, cancellation, constraint.grammar):
+            with (
+                self.activity.generation(),
+                self._session() as session,
+                session.call(call_sampling, cancellation, constraint.grammar),
+            ):
                 try:
                     for token in self._tokens(session, prompt, max_new_tokens, cancellation, run):
                         text = decoder.decode(token)
@@ -431,12 +497,19 @@ class LlamaCppClient(ProxyLLMClient):
                                     yield ModelOutput(tool_call_deltas=deltas)
                 except Aborted:
                     return
-        except GrammarError as error:  # `constraint_for` checked the grammar just before: a bug if here
+        except (
+            GrammarError
+        ) as error:  # `constraint_for` checked the grammar just before: a bug if here
             refused = f"model {self.default_model!r}: the grammar was refused: {error.reason}"
             raise InvalidRequest([FieldViolation(constraint.field, refused)]) from None
         except GrammarDeadEnd:
             raise InvalidRequest(
-                [FieldViolation(constraint.field, f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {run.completion_tokens} tokens")]
+                [
+                    FieldViolation(
+                        constraint.field,
+                        f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {run.completion_tokens} tokens",
+                    )
+                ]
             ) from None
         if cancellation.cancelled:
             return
@@ -459,5 +532,3 @@ class _Run:
 
     completion_tokens: int = 0
     finish_reason: FinishReason = FinishReason.LENGTH
-
-

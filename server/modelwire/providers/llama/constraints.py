@@ -134,7 +134,9 @@ def _describe(tool: Tool) -> str:
     return f"{tool.name}" + (f" ({tool.description.strip()})" if tool.description.strip() else "")
 
 
-def constraint_for(request: ModelRequest, model: LlamaModel, model_name: str) -> tuple[Constraint | None, list[FieldViolation]]:
+def constraint_for(
+    request: ModelRequest, model: LlamaModel, model_name: str
+) -> tuple[Constraint | None, list[FieldViolation]]:
     """The grammar (and prompt text) a request needs, or the violations that refuse it."""
     violations: list[FieldViolation] = []
     named = f"model {model_name!r}"
@@ -146,13 +148,23 @@ def constraint_for(request: ModelRequest, model: LlamaModel, model_name: str) ->
             index, tool = forced[0]
             field = f"tools[{index}].parameters_json_schema"
             instruction = f"Call the tool {_describe(tool)}. Reply with its arguments only, as JSON matching this JSON Schema: {tool.schema_json}"
-            constraint = Constraint(tool_arguments_grammar(index, tool), field, instruction, tool=tool)
+            constraint = Constraint(
+                tool_arguments_grammar(index, tool), field, instruction, tool=tool
+            )
         elif forced:
-            lines = "\n".join(f"- {_describe(tool)}, arguments matching this JSON Schema: {tool.schema_json}" for _, tool in forced)
+            lines = "\n".join(
+                f"- {_describe(tool)}, arguments matching this JSON Schema: {tool.schema_json}"
+                for _, tool in forced
+            )
             instruction = f'Call one of these tools:\n{lines}\nReply with JSON only: {{"name": the tool\'s name, "arguments": its arguments}}.'
-            constraint = Constraint(tool_choice_grammar(forced), "tool_choice", instruction, choose=True)
+            constraint = Constraint(
+                tool_choice_grammar(forced), "tool_choice", instruction, choose=True
+            )
         elif isinstance(output_format, JsonSchemaFormat):
-            constraint = Constraint(json_schema_grammar(output_format.schema_json), "output_format.json_schema.schema_json")
+            constraint = Constraint(
+                json_schema_grammar(output_format.schema_json),
+                "output_format.json_schema.schema_json",
+            )
         elif isinstance(output_format, JsonObjectFormat):
             constraint = Constraint(json_object_grammar(), "output_format")
         elif isinstance(output_format, GrammarFormat):
@@ -183,7 +195,11 @@ def constraint_for(request: ModelRequest, model: LlamaModel, model_name: str) ->
         try:
             model.check_grammar(constraint.grammar)
         except GrammarError as error:
-            whose = "the grammar" if constraint.field == "output_format.grammar" else "the grammar modelwire wrote for it"
+            whose = (
+                "the grammar"
+                if constraint.field == "output_format.grammar"
+                else "the grammar modelwire wrote for it"
+            )
             syntax = isinstance(error, GrammarSyntaxError)
             verdict = "does not parse" if syntax else "was refused by llama.cpp"
             described = f"{named}: {whose} {verdict}: {error.reason}"
@@ -212,28 +228,49 @@ def name_refusals(messages: Sequence[ModelMessage], named: str) -> list[FieldVio
     return violations
 
 
-def combination_refusals(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
+def combination_refusals(
+    request: ModelRequest, named: str, violations: list[FieldViolation]
+) -> list[tuple[int, Tool]]:
     """The cheap refusals (no grammar built): a tool choice the model cannot make, and what breaks
     constrained output. Returns the forced tools."""
     forced = _forced_tools(request, named, violations)
     if forced and request.output_format is not None:
-        violations.append(FieldViolation("output_format", f"{named} writes a forced tool call instead of text; drop output_format or the forced tool"))
+        violations.append(
+            FieldViolation(
+                "output_format",
+                f"{named} writes a forced tool call instead of text; drop output_format or the forced tool",
+            )
+        )
     if (forced or request.output_format is not None) and request.sampling.stop:
-        violations.append(FieldViolation("sampling.stop", f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings"))
+        violations.append(
+            FieldViolation(
+                "sampling.stop",
+                f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings",
+            )
+        )
     return forced
 
 
-def _forced_tools(request: ModelRequest, named: str, violations: list[FieldViolation]) -> list[tuple[int, Tool]]:
+def _forced_tools(
+    request: ModelRequest, named: str, violations: list[FieldViolation]
+) -> list[tuple[int, Tool]]:
     """The tools a call must be made to (with their index in the request), or [] for text."""
     if not request.tools:
         return []
     choice = request.tool_choice
     if request.parallel_tool_calls:
-        violations.append(FieldViolation("parallel_tool_calls", f"{named} makes one tool call per turn; set it to false or leave it unset"))
+        violations.append(
+            FieldViolation(
+                "parallel_tool_calls",
+                f"{named} makes one tool call per turn; set it to false or leave it unset",
+            )
+        )
     if choice is ToolChoiceMode.NONE:
         return []
     if isinstance(choice, NamedTool):
-        return [(index, tool) for index, tool in enumerate(request.tools) if tool.name == choice.name][:1]
+        return [
+            (index, tool) for index, tool in enumerate(request.tools) if tool.name == choice.name
+        ][:1]
     if choice is ToolChoiceMode.REQUIRED:
         return list(enumerate(request.tools))
     violations.append(

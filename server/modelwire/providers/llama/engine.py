@@ -170,7 +170,9 @@ class LlamaModel:
         capacity = len(data) + 1
         while True:
             buffer = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, False, special)
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buffer, capacity, False, special
+            )
             if count >= 0:
                 return list(buffer[:count])
             capacity = -count
@@ -181,7 +183,9 @@ class LlamaModel:
         length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
         if length < 0:
             buffer = ctypes.create_string_buffer(-length)
-            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, False)
+            length = llama_cpp.llama_token_to_piece(
+                self._vocab, token, buffer, len(buffer), 0, False
+            )
         return buffer.raw[:length]
 
     def is_end(self, token: int) -> bool:
@@ -199,7 +203,11 @@ class LlamaModel:
         """Control tokens that do not end generation (<start_of_turn>, <unused…>…): they render as
         nothing, while a grammar would read their marker text, so constrained sampling masks them."""
         return np.array(
-            [t for t in range(self.vocab_size()) if llama_cpp.llama_vocab_is_control(self._vocab, t) and not self.is_end(t)],
+            [
+                t
+                for t in range(self.vocab_size())
+                if llama_cpp.llama_vocab_is_control(self._vocab, t) and not self.is_end(t)
+            ],
             dtype=np.int64,
         )
 
@@ -250,7 +258,9 @@ class LlamaSession:
         self.n_batch = n_batch
         self._ctx = llama_cpp.llama_init_from_model(model.handle, params)
         if not self._ctx:
-            raise LlamaFailure(f"llama.cpp could not create a context of {n_ctx} tokens{_last_errors()}")
+            raise LlamaFailure(
+                f"llama.cpp could not create a context of {n_ctx} tokens{_last_errors()}"
+            )
         self._abort_flag = ctypes.create_string_buffer(2)
         self._abort_requested_at = 0.0
         llama_cpp.llama_set_abort_callback(
@@ -270,7 +280,9 @@ class LlamaSession:
         return self._abort_flag[0] == b"\x01"
 
     @contextmanager
-    def call(self, sampling: Sampling, cancellation: Cancellation, grammar: str | None = None) -> Iterator[None]:
+    def call(
+        self, sampling: Sampling, cancellation: Cancellation, grammar: str | None = None
+    ) -> Iterator[None]:
         """One call on an empty cache with its own sampler; cancelling it aborts any decode inside.
         With a GBNF `grammar`, every sampled token keeps the text a sentence of it (GrammarError
         before anything runs if llama.cpp refuses the grammar).
@@ -281,7 +293,9 @@ class LlamaSession:
         self._abort_flag[0] = b"\x00"
         _last_errors()  # forget what earlier calls on this thread left
         if grammar is not None:
-            self._constrained = ConstrainedSampler(self.model, sampling, self.model.grammar_sampler(grammar), self._aborted)
+            self._constrained = ConstrainedSampler(
+                self.model, sampling, self.model.grammar_sampler(grammar), self._aborted
+            )
         else:
             self._sampler = _sampler_chain(self.model, sampling)
         _empty_cache(self._ctx)
@@ -373,7 +387,11 @@ def _sampler_chain(model: LlamaModel, sampling: Sampling) -> Any:
     add(
         chain,
         llama_cpp.llama_sampler_init_penalties(
-            model.vocab_size(), sampling.penalty_last_n, 1.0, sampling.frequency_penalty, sampling.presence_penalty
+            model.vocab_size(),
+            sampling.penalty_last_n,
+            1.0,
+            sampling.frequency_penalty,
+            sampling.presence_penalty,
         ),
     )
     if sampling.temperature == 0.0:
@@ -394,7 +412,10 @@ assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 def _token_array(data: npt.NDArray[Any]) -> Any:
     """A llama_token_data_array over numpy memory (which must outlive it)."""
     return llama_cpp.llama_token_data_array(
-        data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(data), selected=-1, sorted=False
+        data=data.ctypes.data_as(llama_cpp.llama_token_data_p),
+        size=len(data),
+        selected=-1,
+        sorted=False,
     )
 
 
@@ -416,19 +437,31 @@ class ConstrainedSampler:
     WIDE = 1024
     REST_CHUNK = 8192
 
-    def __init__(self, model: LlamaModel, sampling: Sampling, grammar: Any, aborted: Callable[[], bool]) -> None:
+    def __init__(
+        self, model: LlamaModel, sampling: Sampling, grammar: Any, aborted: Callable[[], bool]
+    ) -> None:
         self._model = model
-        self._aborted = aborted  # checked between chunks: one token can take a long walk of the vocabulary
+        self._aborted = (
+            aborted  # checked between chunks: one token can take a long walk of the vocabulary
+        )
         self._n = model.vocab_size()
         self._grammar = grammar
         self._penalized = sampling.frequency_penalty != 0.0 or sampling.presence_penalty != 0.0
         self._penalties = llama_cpp.llama_sampler_init_penalties(
-            self._n, sampling.penalty_last_n, 1.0, sampling.frequency_penalty, sampling.presence_penalty
+            self._n,
+            sampling.penalty_last_n,
+            1.0,
+            sampling.frequency_penalty,
+            sampling.presence_penalty,
         )
         self._greedy = sampling.temperature == 0.0
         self._top_k = 1 if self._greedy else sampling.top_k
-        self._min_p_gap = math.inf if self._greedy or sampling.min_p <= 0 else -math.log(sampling.min_p)
-        self._pick = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._min_p_gap = (
+            math.inf if self._greedy or sampling.min_p <= 0 else -math.log(sampling.min_p)
+        )
+        self._pick = llama_cpp.llama_sampler_chain_init(
+            llama_cpp.llama_sampler_chain_default_params()
+        )
         add = llama_cpp.llama_sampler_chain_add
         if self._greedy:
             add(self._pick, llama_cpp.llama_sampler_init_greedy())
@@ -465,7 +498,9 @@ class ConstrainedSampler:
             llama_cpp.llama_sampler_accept(self._grammar, token)
         return token
 
-    def _allowed(self, ids: npt.NDArray[np.int64], logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def _allowed(
+        self, ids: npt.NDArray[np.int64], logits: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
         """`logits` with -inf where the grammar forbids the token."""
         chunk = np.empty(len(ids), dtype=_TOKEN_DATA)
         chunk["id"] = ids

@@ -30,7 +30,12 @@ class PromptPiece:
 
 
 def _turn(speaker: str, content: str) -> list[PromptPiece]:
-    return [PromptPiece(START_OF_TURN, marker=True), PromptPiece(f"{speaker}\n{content}"), PromptPiece(END_OF_TURN, marker=True), PromptPiece("\n")]
+    return [
+        PromptPiece(START_OF_TURN, marker=True),
+        PromptPiece(f"{speaker}\n{content}"),
+        PromptPiece(END_OF_TURN, marker=True),
+        PromptPiece("\n"),
+    ]
 
 
 def _joined(*paragraphs: str) -> str:
@@ -41,7 +46,10 @@ def _content(message: ModelMessage, names: dict[str, str]) -> str:
     """A turn's text: tool calls and results written out, one call per line."""
     text = message.text
     if message.tool_calls:
-        calls = "\n".join(f"Tool call {call.id}: {call.name} {call.arguments_json or '{}'}" for call in message.tool_calls)
+        calls = "\n".join(
+            f"Tool call {call.id}: {call.name} {call.arguments_json or '{}'}"
+            for call in message.tool_calls
+        )
         text = _joined(text, calls)
     if message.role is Role.TOOL:
         name = names.get(message.tool_call_id) or message.name

@@ -52,7 +52,20 @@ class SchemaNotSupported(ValueError):
 
 # Schema keywords that constrain nothing.
 _ANNOTATIONS = frozenset(
-    {"title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated", "readOnly", "writeOnly", "$defs", "definitions"}
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+    }
 )
 _TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 _KEYWORDS_BY_TYPE = {
@@ -65,7 +78,14 @@ _KEYWORDS_BY_TYPE = {
     "null": frozenset(),
 }
 # The keywords under which a schema holds subschemas: True when a name or index comes between.
-_SCHEMA_PLACES = {"$defs": True, "definitions": True, "properties": True, "anyOf": True, "items": False, "additionalProperties": False}
+_SCHEMA_PLACES = {
+    "$defs": True,
+    "definitions": True,
+    "properties": True,
+    "anyOf": True,
+    "items": False,
+    "additionalProperties": False,
+}
 _STRING_FORMATS = ("date", "time", "date-time", "uuid")
 # Lengths and counts become nested optional rules, one level each: bounded so the grammar stays small.
 MAX_REPETITION = 500
@@ -80,9 +100,12 @@ _CHAR = BuiltinRule(
 # has at most this many array items and object members: a small model otherwise runs away
 # repeating items until max_new_tokens cuts the JSON (seen with gemma-3-270m, greedy).
 MAX_FREE_ITEMS = 16
-_FREE_ARRAY = BuiltinRule(f'"[" space ( value ("," space value){{0,{MAX_FREE_ITEMS - 1}}} )? "]" space', ["value"])
+_FREE_ARRAY = BuiltinRule(
+    f'"[" space ( value ("," space value){{0,{MAX_FREE_ITEMS - 1}}} )? "]" space', ["value"]
+)
 _FREE_OBJECT = BuiltinRule(
-    f'"{{" space ( string ":" space value ("," space string ":" space value){{0,{MAX_FREE_ITEMS - 1}}} )? "}}" space', ["string", "value"]
+    f'"{{" space ( string ":" space value ("," space string ":" space value){{0,{MAX_FREE_ITEMS - 1}}} )? "}}" space',
+    ["string", "value"],
 )
 _PATCHED_PRIMITIVES = {"char": _CHAR, "array": _FREE_ARRAY, "object": _FREE_OBJECT}
 # What a pattern may contain once its anchors are off: characters that mean themselves inside a
@@ -110,7 +133,13 @@ def _escape_literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _integer_range(low: int | None, high: int | None, out: list[str], decimals_left: int = 16, top_level: bool = True) -> None:
+def _integer_range(
+    low: int | None,
+    high: int | None,
+    out: list[str],
+    decimals_left: int = 16,
+    top_level: bool = True,
+) -> None:
     """GBNF for the integers in [low, high] (either side open), without leading zeros. Ported from
     `_generate_min_max_int` in llama.cpp's examples/json_schema_to_grammar.py (MIT)."""
 
@@ -289,7 +318,11 @@ class _Converter(_SchemaConverter):  # type: ignore[misc]
         rule = _PATCHED_PRIMITIVES.get(name, rule)
         key: str = self._add_rule(name, rule.content)
         for dep in rule.deps:
-            dep_rule = _PATCHED_PRIMITIVES.get(dep) or PRIMITIVE_RULES.get(dep) or STRING_FORMAT_RULES.get(dep)
+            dep_rule = (
+                _PATCHED_PRIMITIVES.get(dep)
+                or PRIMITIVE_RULES.get(dep)
+                or STRING_FORMAT_RULES.get(dep)
+            )
             assert dep_rule is not None, dep
             if dep not in self._rules:
                 self._add_primitive(dep, dep_rule)
@@ -354,7 +387,9 @@ def _non_negative_count(node: dict[str, Any], key: str, path: list[str | int]) -
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SchemaNotSupported(_pointer([*path, key]), "must be a non-negative integer")
     if value > MAX_REPETITION:
-        raise SchemaNotSupported(_pointer([*path, key]), f"at most {MAX_REPETITION} can be enforced, got {value}")
+        raise SchemaNotSupported(
+            _pointer([*path, key]), f"at most {MAX_REPETITION} can be enforced, got {value}"
+        )
     return value
 
 
@@ -362,7 +397,9 @@ def rewrite_pattern(pattern: str, pointer: str) -> str:
     """The pattern in the subset the converter translates faithfully inside a JSON string (grouped,
     so a top-level | stays between the quotes), or a refusal."""
     if len(pattern) < 2 or not (pattern.startswith("^") and pattern.endswith("$")):
-        raise SchemaNotSupported(pointer, "only a pattern anchored at both ends (^…$) can be enforced")
+        raise SchemaNotSupported(
+            pointer, "only a pattern anchored at both ends (^…$) can be enforced"
+        )
     out: list[str] = []
     body, i, in_class = pattern[1:-1], 0, False
     while i < len(body):
@@ -392,7 +429,10 @@ def rewrite_pattern(pattern: str, pointer: str) -> str:
     rewritten = "".join(out)
     try:
         re.compile(rewritten)
-    except (re.error, OverflowError) as error:  # OverflowError: a repeat count beyond the re module's
+    except (
+        re.error,
+        OverflowError,
+    ) as error:  # OverflowError: a repeat count beyond the re module's
         raise SchemaNotSupported(pointer, f"not a valid regular expression: {error}") from None
     return "^(" + rewritten + ")$"
 
@@ -412,23 +452,47 @@ class _Checker:
         for defs in ("$defs", "definitions"):
             if defs in node:
                 if not isinstance(node[defs], dict):
-                    raise SchemaNotSupported(_pointer([*path, defs]), "must be an object of schemas")
-                out[defs] = {name: self.schema(sub, [*path, defs, name]) for name, sub in node[defs].items()}
+                    raise SchemaNotSupported(
+                        _pointer([*path, defs]), "must be an object of schemas"
+                    )
+                out[defs] = {
+                    name: self.schema(sub, [*path, defs, name]) for name, sub in node[defs].items()
+                }
         if "$ref" in node:
             return out | self._ref(node, keys, path)
         if "anyOf" in node:
             if keys - {"anyOf"}:
-                raise SchemaNotSupported(_pointer(path), f"anyOf cannot be combined with {', '.join(sorted(keys - {'anyOf'}))} here")
+                raise SchemaNotSupported(
+                    _pointer(path),
+                    f"anyOf cannot be combined with {', '.join(sorted(keys - {'anyOf'}))} here",
+                )
             branches = node["anyOf"]
             if not isinstance(branches, list) or not branches:
-                raise SchemaNotSupported(_pointer([*path, "anyOf"]), "must be a non-empty array of schemas")
-            return out | {"anyOf": [self.schema(branch, [*path, "anyOf", i]) for i, branch in enumerate(branches)]}
+                raise SchemaNotSupported(
+                    _pointer([*path, "anyOf"]), "must be a non-empty array of schemas"
+                )
+            return out | {
+                "anyOf": [
+                    self.schema(branch, [*path, "anyOf", i]) for i, branch in enumerate(branches)
+                ]
+            }
         if "oneOf" in node:
-            raise SchemaNotSupported(_pointer([*path, "oneOf"]), "oneOf cannot be enforced (a value may match several alternatives); use anyOf")
+            raise SchemaNotSupported(
+                _pointer([*path, "oneOf"]),
+                "oneOf cannot be enforced (a value may match several alternatives); use anyOf",
+            )
         kind = node.get("type")
         if isinstance(kind, list):
-            if keys - {"type"} or not kind or any(k not in _TYPES for k in kind) or len(set(kind)) != len(kind):
-                raise SchemaNotSupported(_pointer([*path, "type"]), "a list of types is enforced only alone and of distinct known types; use anyOf")
+            if (
+                keys - {"type"}
+                or not kind
+                or any(k not in _TYPES for k in kind)
+                or len(set(kind)) != len(kind)
+            ):
+                raise SchemaNotSupported(
+                    _pointer([*path, "type"]),
+                    "a list of types is enforced only alone and of distinct known types; use anyOf",
+                )
             return out | {"type": list(kind)}
         if kind is not None and kind not in _TYPES:
             raise SchemaNotSupported(_pointer([*path, "type"]), f"unknown type {kind!r}")
@@ -439,12 +503,19 @@ class _Checker:
             if kind is None:
                 extra = keys - {"type"}
                 if extra:
-                    raise SchemaNotSupported(_pointer(path), f"give a type for {', '.join(sorted(extra))}")
-                return out | {"type": "object"}  # an untyped schema: any value, generated as an object
+                    raise SchemaNotSupported(
+                        _pointer(path), f"give a type for {', '.join(sorted(extra))}"
+                    )
+                return out | {
+                    "type": "object"
+                }  # an untyped schema: any value, generated as an object
         allowed = _KEYWORDS_BY_TYPE[kind] | {"type"}
         unknown = sorted(keys - allowed)
         if unknown:
-            raise SchemaNotSupported(_pointer([*path, unknown[0]]), f"keyword {unknown[0]!r} cannot be enforced for type {kind!r}")
+            raise SchemaNotSupported(
+                _pointer([*path, unknown[0]]),
+                f"keyword {unknown[0]!r} cannot be enforced for type {kind!r}",
+            )
         typed: dict[str, Any] = getattr(self, f"_{kind}")(node, path)
         return out | typed
 
@@ -453,46 +524,68 @@ class _Checker:
         if keys - {"$ref"}:
             raise SchemaNotSupported(_pointer(path), "$ref cannot be combined with other keywords")
         if not isinstance(ref, str) or not ref.startswith("#/"):
-            raise SchemaNotSupported(_pointer([*path, "$ref"]), "only a local reference (#/…) can be enforced")
+            raise SchemaNotSupported(
+                _pointer([*path, "$ref"]), "only a local reference (#/…) can be enforced"
+            )
         target: Any = self._root
         parts = [part.replace("~1", "/").replace("~0", "~") for part in ref[2:].split("/")]
         # Only a schema's place: $defs/<name>, properties/<name>, anyOf/<i>, items… from a schema.
         expect_schema = True
         for part in parts:
             if expect_schema and part not in _SCHEMA_PLACES:
-                raise SchemaNotSupported(_pointer([*path, "$ref"]), f"{ref} does not point at a subschema")
+                raise SchemaNotSupported(
+                    _pointer([*path, "$ref"]), f"{ref} does not point at a subschema"
+                )
             if isinstance(target, dict) and part in target:
                 target = target[part]
             elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
                 target = target[int(part)]
             else:
-                raise SchemaNotSupported(_pointer([*path, "$ref"]), f"{ref} does not point into the schema")
+                raise SchemaNotSupported(
+                    _pointer([*path, "$ref"]), f"{ref} does not point into the schema"
+                )
             expect_schema = not (expect_schema and _SCHEMA_PLACES[part])
         if not expect_schema or not isinstance(target, dict):
-            raise SchemaNotSupported(_pointer([*path, "$ref"]), f"{ref} does not point at a subschema")
+            raise SchemaNotSupported(
+                _pointer([*path, "$ref"]), f"{ref} does not point at a subschema"
+            )
         return {"$ref": self._ref_prefix + ref[1:]}
 
-    def _literals(self, node: dict[str, Any], keys: set[str], kind: Any, path: list[str | int]) -> dict[str, Any]:
+    def _literals(
+        self, node: dict[str, Any], keys: set[str], kind: Any, path: list[str | int]
+    ) -> dict[str, Any]:
         extra = keys - {"enum", "const", "type"}
         if extra or ("enum" in node and "const" in node):
-            raise SchemaNotSupported(_pointer(path), f"enum/const cannot be combined with {', '.join(sorted(extra or {'enum and const'}))}")
+            raise SchemaNotSupported(
+                _pointer(path),
+                f"enum/const cannot be combined with {', '.join(sorted(extra or {'enum and const'}))}",
+            )
         values = [node["const"]] if "const" in node else node["enum"]
         if not isinstance(values, list) or not values:
             raise SchemaNotSupported(_pointer([*path, "enum"]), "must be a non-empty array")
         if kind is not None and not all(_is_json_type(value, kind) for value in values):
-            raise SchemaNotSupported(_pointer(path), f"every enum/const value must be of type {kind!r}")
+            raise SchemaNotSupported(
+                _pointer(path), f"every enum/const value must be of type {kind!r}"
+            )
         return {"const": node["const"]} if "const" in node else {"enum": list(values)}
 
     def _object(self, node: dict[str, Any], path: list[str | int]) -> dict[str, Any]:
         properties = node.get("properties", {})
         if not isinstance(properties, dict):
-            raise SchemaNotSupported(_pointer([*path, "properties"]), "must be an object of schemas")
+            raise SchemaNotSupported(
+                _pointer([*path, "properties"]), "must be an object of schemas"
+            )
         required = node.get("required", [])
         if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
-            raise SchemaNotSupported(_pointer([*path, "required"]), "must be an array of property names")
+            raise SchemaNotSupported(
+                _pointer([*path, "required"]), "must be an array of property names"
+            )
         missing = [name for name in required if name not in properties]
         if missing:
-            raise SchemaNotSupported(_pointer([*path, "required"]), f"names {missing[0]!r}, which properties does not define")
+            raise SchemaNotSupported(
+                _pointer([*path, "required"]),
+                f"names {missing[0]!r}, which properties does not define",
+            )
         out: dict[str, Any] = {"type": "object"}
         additional = node.get("additionalProperties", False if properties else True)
         if additional is not False:
@@ -502,21 +595,29 @@ class _Checker:
                     "extra properties next to declared ones cannot be enforced (an extra key could repeat a declared one); set it to false",
                 )
             if additional is not True:
-                out["additionalProperties"] = self.schema(additional, [*path, "additionalProperties"])
+                out["additionalProperties"] = self.schema(
+                    additional, [*path, "additionalProperties"]
+                )
                 return out
             return out  # any object
-        out["properties"] = {name: self.schema(sub, [*path, "properties", name]) for name, sub in properties.items()}
+        out["properties"] = {
+            name: self.schema(sub, [*path, "properties", name]) for name, sub in properties.items()
+        }
         out["required"] = list(required)
         out["additionalProperties"] = False
         return out
 
     def _array(self, node: dict[str, Any], path: list[str | int]) -> dict[str, Any]:
         if node.get("uniqueItems", False) is not False:
-            raise SchemaNotSupported(_pointer([*path, "uniqueItems"]), "unique items cannot be enforced")
+            raise SchemaNotSupported(
+                _pointer([*path, "uniqueItems"]), "unique items cannot be enforced"
+            )
         low = _non_negative_count(node, "minItems", path)
         high = _non_negative_count(node, "maxItems", path)
         if low is not None and high is not None and low > high:
-            raise SchemaNotSupported(_pointer([*path, "minItems"]), "minItems is more than maxItems")
+            raise SchemaNotSupported(
+                _pointer([*path, "minItems"]), "minItems is more than maxItems"
+            )
         items = self.schema(node.get("items", {}), [*path, "items"])
         out: dict[str, Any] = {"type": "array", "items": items}
         if low:
@@ -529,19 +630,29 @@ class _Checker:
         shaped = [key for key in ("pattern", "format") if key in node]
         lengths = [key for key in ("minLength", "maxLength") if key in node]
         if len(shaped) > 1 or (shaped and lengths):
-            raise SchemaNotSupported(_pointer(path), f"{' and '.join([*shaped, *lengths])} cannot be enforced together")
+            raise SchemaNotSupported(
+                _pointer(path), f"{' and '.join([*shaped, *lengths])} cannot be enforced together"
+            )
         if "format" in node:
             if node["format"] not in _STRING_FORMATS:
-                raise SchemaNotSupported(_pointer([*path, "format"]), f"format {node['format']!r} cannot be enforced (only {', '.join(_STRING_FORMATS)})")
+                raise SchemaNotSupported(
+                    _pointer([*path, "format"]),
+                    f"format {node['format']!r} cannot be enforced (only {', '.join(_STRING_FORMATS)})",
+                )
             return {"type": "string", "format": node["format"]}
         if "pattern" in node:
             if not isinstance(node["pattern"], str):
                 raise SchemaNotSupported(_pointer([*path, "pattern"]), "must be a string")
-            return {"type": "string", "pattern": rewrite_pattern(node["pattern"], _pointer([*path, "pattern"]))}
+            return {
+                "type": "string",
+                "pattern": rewrite_pattern(node["pattern"], _pointer([*path, "pattern"])),
+            }
         low = _non_negative_count(node, "minLength", path)
         high = _non_negative_count(node, "maxLength", path)
         if low is not None and high is not None and low > high:
-            raise SchemaNotSupported(_pointer([*path, "minLength"]), "minLength is more than maxLength")
+            raise SchemaNotSupported(
+                _pointer([*path, "minLength"]), "minLength is more than maxLength"
+            )
         out: dict[str, Any] = {"type": "string"}
         if low or high is not None:
             out["minLength"] = low or 0
@@ -553,10 +664,16 @@ class _Checker:
         out: dict[str, Any] = {"type": "integer"}
         for key in sorted(_BOUNDS & node.keys()):
             value = node[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+            ):
                 raise SchemaNotSupported(_pointer([*path, key]), "must be a number")
             if abs(value) >= MAX_INTEGER_BOUND:
-                raise SchemaNotSupported(_pointer([*path, key]), f"bounds up to {MAX_INTEGER_BOUND:.0e} can be enforced")
+                raise SchemaNotSupported(
+                    _pointer([*path, key]), f"bounds up to {MAX_INTEGER_BOUND:.0e} can be enforced"
+                )
             out[key] = value
         low, high = _integer_bounds(out)
         if low is not None and high is not None and low > high:
@@ -589,7 +706,12 @@ def _convert(schema: dict[str, Any]) -> str:
         converter.visit(resolved, "")
     except RecursionError:
         raise SchemaNotSupported("#", "nested too deeply") from None
-    except (AssertionError, KeyError, ValueError, TypeError) as error:  # the converter's own refusals
+    except (
+        AssertionError,
+        KeyError,
+        ValueError,
+        TypeError,
+    ) as error:  # the converter's own refusals
         raise SchemaNotSupported("#", f"cannot be turned into a grammar: {error}") from None
     grammar: str = converter.format_grammar()
     return grammar
@@ -621,7 +743,10 @@ def tool_choice_grammar(tools: Iterable[tuple[int, Tool]]) -> str:
     branches: dict[str, Any] = {}
     for number, (index, tool) in enumerate(tools):
         try:
-            arguments = check_schema(json.loads(tool.schema_json), ref_prefix=f"#/$defs/call{number}/properties/arguments")
+            arguments = check_schema(
+                json.loads(tool.schema_json),
+                ref_prefix=f"#/$defs/call{number}/properties/arguments",
+            )
         except SchemaNotSupported as error:
             raise ToolSchemaNotSupported(index, error) from None
         branches[f"call{number}"] = {

@@ -50,7 +50,10 @@ def _remove_orphaned_partials(target: Path) -> None:
                 continue
             if time.time() - partial.stat().st_mtime >= ORPHANED_AFTER_S:
                 partial.unlink(missing_ok=True)
-        except (OSError, OverflowError):  # gone meanwhile, or not ours to remove: assembling goes on
+        except (
+            OSError,
+            OverflowError,
+        ):  # gone meanwhile, or not ours to remove: assembling goes on
             continue
 
 

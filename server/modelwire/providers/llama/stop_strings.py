@@ -18,7 +18,9 @@ class StopStringFilter:
         if not self._stops:
             return delta
         self._pending += delta
-        cut = min((i for i in (self._pending.find(stop) for stop in self._stops) if i >= 0), default=-1)
+        cut = min(
+            (i for i in (self._pending.find(stop) for stop in self._stops) if i >= 0), default=-1
+        )
         if cut >= 0:
             self.stopped = True
             out, self._pending = self._pending[:cut], ""

@@ -62,8 +62,8 @@ from modelwire.core.errors import FieldViolation
 from modelwire.core.settings import SECTION, ModelConfig
 from modelwire.core.types import (
     Capability,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     FinishReason,
     ModelMetadata,
     ModelOutput,
@@ -95,8 +95,17 @@ from modelwire.tokenize.tiktoken_counter import count_tokens
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 # Every OpenAI-compatible server chats, streams and (nearly all) takes tools and response_format;
 # vision, reasoning and embeddings depend on the model, so they are configured where they apply.
-DEFAULT_CAPABILITIES = (Capability.CHAT, Capability.STREAMING, Capability.TOOLS, Capability.JSON_SCHEMA)
-SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {Capability.VISION, Capability.REASONING, Capability.EMBEDDINGS}
+DEFAULT_CAPABILITIES = (
+    Capability.CHAT,
+    Capability.STREAMING,
+    Capability.TOOLS,
+    Capability.JSON_SCHEMA,
+)
+SUPPORTED_CAPABILITIES = frozenset(DEFAULT_CAPABILITIES) | {
+    Capability.VISION,
+    Capability.REASONING,
+    Capability.EMBEDDINGS,
+}
 
 
 @pydantic_dataclass(config=SECTION)
@@ -136,7 +145,13 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
     default_capabilities = DEFAULT_CAPABILITIES
     supported_capabilities = SUPPORTED_CAPABILITIES
 
-    def __init__(self, metadata: ModelMetadata, executor: Executor, params: OpenAIParams, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        executor: Executor,
+        params: OpenAIParams,
+        max_concurrency: int,
+    ) -> None:
         super().__init__(metadata, executor, params, max_concurrency)
         self._url = self._endpoint("chat/completions")
         self._embeddings_url = self._endpoint("embeddings")
@@ -178,7 +193,9 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
         if isinstance(code, str) and code.isdigit():
             code = int(code)
         message = message_from_payload(payload, self._redact) or "unknown error"
-        return http_error_from_code(code if isinstance(code, int) else None, message, self._params, error_codes(payload))
+        return http_error_from_code(
+            code if isinstance(code, int) else None, message, self._params, error_codes(payload)
+        )
 
     # --- unary: one non-streaming request, so usage is the upstream's own
 
@@ -188,22 +205,33 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
         if payload.get("error"):
             raise self._payload_error(payload)
         choices = payload.get("choices")
-        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+        choice = (
+            choices[0]
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict)
+            else None
+        )
         message = choice.get("message") if choice is not None else None
         if choice is None or not isinstance(message, dict):
-            raise errors.UpstreamUnavailable("upstream sent a completion without choices[0].message")
+            raise errors.UpstreamUnavailable(
+                "upstream sent a completion without choices[0].message"
+            )
         refusal = refusal_of(message)
         text = text_of(message.get("content")) + refusal
         reasoning = reasoning_of(message)
         tool_calls = tool_calls_of(message)
         usage = usage_of(payload.get("usage")) or await self.estimate_usage(
-            request.messages, text + (reasoning or "") + "".join(call.name + call.arguments_json for call in tool_calls)
+            request.messages,
+            text
+            + (reasoning or "")
+            + "".join(call.name + call.arguments_json for call in tool_calls),
         )
         return ModelOutput(
             text=text,
             reasoning=reasoning,
             finish_reason=contract_finish(
-                finish_reason(FINISH_REASONS, choice.get("finish_reason")), bool(tool_calls), bool(refusal)
+                finish_reason(FINISH_REASONS, choice.get("finish_reason")),
+                bool(tool_calls),
+                bool(refusal),
             ),
             usage=usage,
             tool_calls=tool_calls,
@@ -211,7 +239,9 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
 
     # --- streaming
 
-    async def _stream_once(self, request: ModelRequest, body: dict[str, Any]) -> AsyncGenerator[ModelOutput, None]:
+    async def _stream_once(
+        self, request: ModelRequest, body: dict[str, Any]
+    ) -> AsyncGenerator[ModelOutput, None]:
         finish: FinishReason | None = None
         usage: Usage | None = None
         generated: list[str] = []
@@ -225,7 +255,9 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
                     break
                 payload = parse_json_event(event)
                 if not isinstance(payload, dict):
-                    raise errors.UpstreamUnavailable("upstream sent a malformed event stream: a chunk is not a JSON object")
+                    raise errors.UpstreamUnavailable(
+                        "upstream sent a malformed event stream: a chunk is not a JSON object"
+                    )
                 if payload.get("error"):
                     raise self._payload_error(payload)
                 # Any chunk may carry usage; with include_usage it is the last one, with `choices: []`.
@@ -248,15 +280,23 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
                             deltas = calls.deltas(wire_calls)
                             called = called or bool(deltas)
                             # An estimate of usage counts the calls' names and arguments too.
-                            generated.append(text + (reasoning or "") + "".join(d.name + d.arguments_delta for d in deltas))
+                            generated.append(
+                                text
+                                + (reasoning or "")
+                                + "".join(d.name + d.arguments_delta for d in deltas)
+                            )
                             if text or reasoning or deltas:
-                                yield ModelOutput(text=text, reasoning=reasoning, tool_call_deltas=deltas)
+                                yield ModelOutput(
+                                    text=text, reasoning=reasoning, tool_call_deltas=deltas
+                                )
                         elif text or reasoning:
                             generated.append(text + (reasoning or ""))
                             yield ModelOutput(text=text, reasoning=reasoning)
                     finish = finish_reason(FINISH_REASONS, choice.get("finish_reason")) or finish
             if not done and finish is None:
-                raise errors.UpstreamUnavailable("upstream stream ended before the completion finished")
+                raise errors.UpstreamUnavailable(
+                    "upstream stream ended before the completion finished"
+                )
             if usage is None:
                 usage = await self.estimate_usage(request.messages, "".join(generated))
             yield ModelOutput(finish_reason=contract_finish(finish, called, refused), usage=usage)
@@ -266,18 +306,28 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
     # --- embeddings
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
-        body: dict[str, Any] = {"model": self.upstream_model, "input": list(request.inputs), "encoding_format": "float"}
+        body: dict[str, Any] = {
+            "model": self.upstream_model,
+            "input": list(request.inputs),
+            "encoding_format": "float",
+        }
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         payload = await retrying_call(
-            self._retry, self.default_model, lambda: self.post_json(self._embeddings_url, body, self._headers())
+            self._retry,
+            self.default_model,
+            lambda: self.post_json(self._embeddings_url, body, self._headers()),
         )
         if not isinstance(payload, dict):
             raise errors.UpstreamUnavailable("upstream sent embeddings that are not a JSON object")
         if payload.get("error"):
             raise self._payload_error(payload)
         vectors = vectors_of(payload, request)
-        return Embeddings(vectors=vectors, usage=embedding_usage(payload.get("usage")) or await self._estimate_inputs(request.inputs))
+        return Embeddings(
+            vectors=vectors,
+            usage=embedding_usage(payload.get("usage"))
+            or await self._estimate_inputs(request.inputs),
+        )
 
     async def _estimate_inputs(self, inputs: Sequence[str]) -> Usage:
         """Usage the worker counted itself, for an upstream that reported none."""
@@ -287,5 +337,3 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
         except errors.TokenizerUnavailable:
             return Usage(estimated=True)
         return Usage(prompt_tokens=count.count, estimated=True)
-
-

@@ -72,7 +72,8 @@ def usage_of(value: object) -> Usage | None:
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cached_prompt_tokens=_detail(value, "prompt_tokens_details", "cached_tokens") or _count(value.get("prompt_cache_hit_tokens")),
+        cached_prompt_tokens=_detail(value, "prompt_tokens_details", "cached_tokens")
+        or _count(value.get("prompt_cache_hit_tokens")),
         reasoning_tokens=_detail(value, "completion_tokens_details", "reasoning_tokens"),
     )
 
@@ -109,7 +110,11 @@ def _structured_message(message: ModelMessage) -> dict[str, Any]:
         wire["name"] = message.name
     if message.tool_calls:
         wire["tool_calls"] = [
-            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json},
+            }
             for call in message.tool_calls
         ]
     if message.tool_call_id:
@@ -160,7 +165,11 @@ def _contract_fields(request: ModelRequest) -> dict[str, Any]:
     if isinstance(output_format, JsonSchemaFormat):
         fields["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": output_format.name, "schema": json.loads(output_format.schema_json), "strict": output_format.strict},
+            "json_schema": {
+                "name": output_format.name,
+                "schema": json.loads(output_format.schema_json),
+                "strict": output_format.strict,
+            },
         }
     elif output_format is not None:
         fields["response_format"] = {"type": "json_object"}
@@ -183,9 +192,13 @@ def _tool_call(call: object) -> ToolCall:
     name = function.get("name") if isinstance(function, dict) else None
     arguments = _arguments(function.get("arguments")) if isinstance(function, dict) else None
     if not isinstance(name, str) or arguments is None:
-        raise errors.UpstreamUnavailable("upstream sent a tool call without a function name and JSON arguments")
+        raise errors.UpstreamUnavailable(
+            "upstream sent a tool call without a function name and JSON arguments"
+        )
     call_id = call.get("id") if isinstance(call, dict) else None
-    return ToolCall(id=call_id if isinstance(call_id, str) else "", name=name, arguments_json=arguments)
+    return ToolCall(
+        id=call_id if isinstance(call_id, str) else "", name=name, arguments_json=arguments
+    )
 
 
 def tool_calls_of(message: dict[str, Any]) -> tuple[ToolCall, ...]:
@@ -253,7 +266,9 @@ class StreamedCalls:
         function = function if isinstance(function, dict) else {}
         arguments = _arguments(function.get("arguments"))
         if arguments is None:
-            raise errors.UpstreamUnavailable("upstream sent a tool call delta whose arguments are not JSON text")
+            raise errors.UpstreamUnavailable(
+                "upstream sent a tool call delta whose arguments are not JSON text"
+            )
         given_id, given_name = text_of(call.get("id")), text_of(function.get("name"))
         index = self._wire.get(wire_index)
         if given_id in self._ids:
@@ -295,9 +310,15 @@ def vectors_of(payload: dict[str, Any], request: EmbedRequest) -> tuple[tuple[fl
     for position, item in enumerate(data):
         index = item.get("index") if isinstance(item, dict) else None
         if not isinstance(index, int) or not 0 <= index < count or index in vectors:
-            raise errors.UpstreamUnavailable(f"upstream sent data[{position}] without a distinct index in [0, {count})")
+            raise errors.UpstreamUnavailable(
+                f"upstream sent data[{position}] without a distinct index in [0, {count})"
+            )
         values = item.get("embedding")
-        if not isinstance(values, list) or not values or not all(type(value) in (float, int) for value in values):
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(type(value) in (float, int) for value in values)
+        ):
             raise errors.UpstreamUnavailable(
                 f"upstream sent data[{position}].embedding that is not a list of numbers "
                 "(per-token vectors from a model without pooling, or base64?)"
@@ -306,7 +327,9 @@ def vectors_of(payload: dict[str, Any], request: EmbedRequest) -> tuple[tuple[fl
     ordered = tuple(vectors[index] for index in range(count))
     dimensions = sorted({len(vector) for vector in ordered})
     if len(dimensions) != 1:
-        raise errors.UpstreamUnavailable(f"upstream sent embeddings of mixed dimensions {dimensions}")
+        raise errors.UpstreamUnavailable(
+            f"upstream sent embeddings of mixed dimensions {dimensions}"
+        )
     if request.dimensions is not None and dimensions[0] != request.dimensions:
         raise errors.UpstreamUnavailable(
             f"upstream sent embeddings of dimension {dimensions[0]} where {request.dimensions} were asked for "
@@ -320,14 +343,18 @@ def embedding_usage(value: object) -> Usage | None:
     return Usage(prompt_tokens=prompt) if isinstance(prompt, int) else None
 
 
-def body(request: ModelRequest, options: OpenAIParams, upstream_model: str, stream: bool) -> dict[str, Any]:
+def body(
+    request: ModelRequest, options: OpenAIParams, upstream_model: str, stream: bool
+) -> dict[str, Any]:
     """The Chat Completions request body of `request`."""
     sampling = request.sampling
     messages = [_message(message) for message in request.messages]
     if options.reasoning_field is not None:
         _send_reasoning_back(messages, request.messages, options.reasoning_field)
     body: dict[str, Any] = {
-        "model": upstream_model, "messages": messages, "stream": stream,
+        "model": upstream_model,
+        "messages": messages,
+        "stream": stream,
     }
     if stream and options.stream_usage:
         body["stream_options"] = {"include_usage": True}

@@ -18,14 +18,22 @@ def unsupported(model: str, request: ModelRequest) -> list[FieldViolation]:
             return _refusals(model, request)
     return []
 
+
 def _refusals(model: str, request: ModelRequest) -> list[FieldViolation]:
     violations: list[FieldViolation] = []
     if request.reasoning is not None and request.reasoning.budget_tokens is not None:
-        violations.append(_cannot(model, "reasoning.budget_tokens", "take a reasoning budget in tokens; set reasoning.effort instead"))
+        violations.append(
+            _cannot(
+                model,
+                "reasoning.budget_tokens",
+                "take a reasoning budget in tokens; set reasoning.effort instead",
+            )
+        )
     called = {call.id: call.name for message in request.messages for call in message.tool_calls}
     for index, message in enumerate(request.messages):
         violations += _message_refusals(model, index, message, called)
     return violations
+
 
 def _message_refusals(
     model: str, index: int, message: ModelMessage, called: dict[str, str]
@@ -34,22 +42,44 @@ def _message_refusals(
     field = f"messages[{index}]"
     violations: list[FieldViolation] = []
     if message.role is TOOL and not message.tool_call_id:
-        violations.append(_cannot(model, f"{field}.tool_call_id", "take a ROLE_TOOL message without the id of the call it answers"))
+        violations.append(
+            _cannot(
+                model,
+                f"{field}.tool_call_id",
+                "take a ROLE_TOOL message without the id of the call it answers",
+            )
+        )
     elif message.role is TOOL and message.name not in ("", called.get(message.tool_call_id)):
-        violations.append(_cannot(model, 
-            f"{field}.name",
-            "take a tool message's name (its tool_call_id names the call); "
-            "leave it empty or give the called tool's name",
-        ))
+        violations.append(
+            _cannot(
+                model,
+                f"{field}.name",
+                "take a tool message's name (its tool_call_id names the call); "
+                "leave it empty or give the called tool's name",
+            )
+        )
     if message.reasoning_signature:
-        violations.append(_cannot(model, f"{field}.reasoning_signature", "take a reasoning signature (no Chat Completions field)"))
+        violations.append(
+            _cannot(
+                model,
+                f"{field}.reasoning_signature",
+                "take a reasoning signature (no Chat Completions field)",
+            )
+        )
     if message.role is not USER:
         violations += [
-            _cannot(model, f"{field}.parts[{number}].image", f"take an image in a {message.role.value} message, only in user messages")
+            _cannot(
+                model,
+                f"{field}.parts[{number}].image",
+                f"take an image in a {message.role.value} message, only in user messages",
+            )
             for number, part in enumerate(message.parts)
             if not isinstance(part, str)
         ]
     return violations
 
+
 def _cannot(model: str, field: str, what: str) -> FieldViolation:
-    return FieldViolation(field, f"model {model!r} (provider openai, Chat Completions) cannot {what}")
+    return FieldViolation(
+        field, f"model {model!r} (provider openai, Chat Completions) cannot {what}"
+    )
