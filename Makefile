@@ -18,7 +18,7 @@ else
 INSTALLED := $(STAMP)
 endif
 
-.PHONY: install llama-wheel client-wheel proto run test typecheck pytest certs clean
+.PHONY: install llama-wheel client-wheel proto run test typecheck lint pytest certs clean
 
 include mk/stubs.mk
 include mk/bench.mk
@@ -68,13 +68,19 @@ run: $(INSTALLED)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# The lint gate (configuration in pyproject.toml): pycodestyle, pyflakes, isort, bugbear, and the
+# formatter's layout; `$(PY) -m ruff format .` and `$(PY) -m ruff check --fix .` repair most of it.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
 # The etcd registry tests start the etcd that mk/etcd.mk builds.
 pytest: $(STAMP) $(ETCD)
 	MODELWIRE_ETCD=$(ETCD) $(PY) -m pytest
 
 # The whole suite: types, Python tests, stubs up to date, proto lint and compatibility, and the
 # Go/Java/grpcurl interop stage against a live worker.
-test: typecheck pytest check-stubs lint-proto breaking-proto interop
+test: lint typecheck pytest check-stubs lint-proto breaking-proto interop
 
 # A throwaway CA, server and client certificates for trying TLS/mTLS (docs/operations.md).
 certs:
