@@ -144,11 +144,17 @@ def test_sighup_is_ignored_from_the_start_of_the_command_line(argv: list[str], a
     reload): a SIGHUP then ended the process at once, which a reload sent to a starting process
     must not. Ignored from the first line of the command line on; a client command gets back what
     it inherited (the default here)."""
+    import signal
     import subprocess
     import sys
 
+    # The child inherits SIGHUP's default whatever this process has (make or CI may ignore it).
     ran = subprocess.run(
-        [sys.executable, "-c", SIGHUP_AT_IMPORT, *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", SIGHUP_AT_IMPORT, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     lines = ran.stdout.split()
     assert lines[0] == "True", ran

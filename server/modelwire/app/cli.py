@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -452,10 +453,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _restore_sighup() -> None:
+    """A client command gets back the SIGHUP disposition it inherited. Only the main thread may
+    set one: main() called from another thread (an application's, a test's) leaves it alone."""
+    if _INHERITED_SIGHUP is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, _INHERITED_SIGHUP)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command not in _SERVER_COMMANDS and _INHERITED_SIGHUP is not None:
-        signal.signal(signal.SIGHUP, _INHERITED_SIGHUP)
+    if args.command not in _SERVER_COMMANDS:
+        _restore_sighup()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.run(args)
