@@ -84,7 +84,7 @@ def load_config(path: Path) -> Config:
         model_config(table, source, f"models[{index}]", path.parent)
         for index, table in enumerate(file.models)
     ]
-    for index, model in enumerate(models):
+    for model in models:
         provider_class(model)  # an unknown provider fails here, before anything loads
         if [m.name for m in models].count(model.name) > 1:
             raise ConfigError(f"{source}: models: model name {model.name!r} is configured twice")

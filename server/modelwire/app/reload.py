@@ -50,7 +50,7 @@ def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
     if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
         return [
             key
-            for index, pair in enumerate(zip(old, new))
+            for index, pair in enumerate(zip(old, new, strict=True))
             for key in changed_keys(*pair, f"{prefix}[{index}]")
         ]
     return [prefix]

@@ -72,13 +72,13 @@ def lease_from_pb(response: pb.RegisterInstanceResponse) -> Lease:
 
 def load_to_pb(load: Mapping[str, ModelLoad]) -> list[pb.ModelLoad]:
     return [
-        pb.ModelLoad(model=name, in_flight=l.in_flight, queued=l.queued)
-        for name, l in sorted(load.items())
+        pb.ModelLoad(model=name, in_flight=entry.in_flight, queued=entry.queued)
+        for name, entry in sorted(load.items())
     ]
 
 
 def load_from_pb(load: Iterable[pb.ModelLoad]) -> dict[str, ModelLoad]:
-    return {l.model: ModelLoad(max(0, l.in_flight), max(0, l.queued)) for l in load}
+    return {entry.model: ModelLoad(max(0, entry.in_flight), max(0, entry.queued)) for entry in load}
 
 
 def instance_to_pb(instance: Instance) -> pb.Instance:

@@ -76,11 +76,11 @@ class ProxyLLMClient(ABC):
         overrides this."""
         raise NotImplementedError(f"{type(self).__name__} has no embeddings")
 
-    async def warm_up(self) -> None:
+    async def warm_up(self) -> None:  # noqa: B027 an optional hook: nothing to warm by default
         """Called once at start, before the worker reports SERVING: a provider that can only fail
         on its first call (a local model, a native build) fails here instead."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 an optional hook: nothing to release by default
         """Releases connections or model memory; called once at shutdown."""
 
     async def generate(self, request: ModelRequest) -> ModelOutput:

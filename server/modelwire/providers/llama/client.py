@@ -192,7 +192,9 @@ class LlamaCppClient(ProxyLLMClient):
         for session in sessions:
             self._idle.put(session)
         (self._end_of_turn,) = model.tokenize(END_OF_TURN, special=True)
-        model.unsampleable  # computed once here (a pass over the vocabulary), not on a caller's time
+        # A cached property, read here so its pass over the vocabulary runs once at start, not on
+        # the first constrained call's time.
+        _ = model.unsampleable
         self.activity = Activity()
         # The service counts a prompt (its context check) just before generating it: the tokens
         # counted last are kept, so a generation does not tokenize the same messages again. Keyed
