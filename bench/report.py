@@ -298,7 +298,6 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     local = report.get("local_model")
     if local:
         rate = local["modelwire"]["tokens_per_s"] / local["direct"]["tokens_per_s"]
-        ttft = local["modelwire"]["ttft_ms"] / local["direct"]["ttft_ms"]
         extra_ms = local["modelwire"]["ttft_ms"] - local["direct"]["ttft_ms"]
         found.append(
             {
@@ -407,7 +406,7 @@ def draw(report: dict[str, Any], path: Path) -> bool:
     if not rows:
         return False
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for axis, mode in zip(axes, ("unary", "stream")):
+    for axis, mode in zip(axes, ("unary", "stream"), strict=True):
         for position, target in enumerate(ORDER):
             series = sorted(
                 (r for r in rows if r["target"] == target and r["mode"] == mode),
