@@ -1,2 +1,2 @@
 """What every process of a fleet shares: the registry's contract and types, the controller and etcd
-clients, following an instance's health, and the load-report trailers."""
+clients, following an instance's health, and reading the load-report trailers."""
