@@ -9,8 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import DecodeError
 
 from fake_upstream import fake_upstream
+from modelwire.core.errors import InvalidRequest
 from modelwire.gateway.router import model_field
 from modelwire.v1 import worker_pb2 as pb
 from test_gateway_trust import ALICE_TOKEN, GATEWAY_TOKEN, answer_embeddings, guarded_fleet
@@ -47,12 +49,12 @@ def test_model_field_reads_the_model_protobuf_reads(body: bytes) -> None:
 
 def test_model_field_refuses_what_protobuf_refuses() -> None:
     for body in (field_1(b"\xff\xfe"), field_1(b"echo") + b"\x12\x05ab", b"\x0b"):
-        with pytest.raises(Exception):
+        with pytest.raises(DecodeError):
             pb.ModelRequest.FromString(body)
-        with pytest.raises(Exception, match="not a valid protobuf message"):
+        with pytest.raises(InvalidRequest, match="not a valid protobuf message"):
             model_field(body)
     # The worker reads an empty model from a body whose last field 1 is empty.
-    with pytest.raises(Exception, match="model: must name a served model"):
+    with pytest.raises(InvalidRequest, match="model: must name a served model"):
         model_field(field_1(b"echo") + field_1(b""))
 
 
@@ -114,7 +116,7 @@ async def test_an_allow_list_holds_against_a_repeated_model_field(
 
 
 def test_model_field_bounds_the_model() -> None:
-    with pytest.raises(Exception, match="model: at most 1024 bytes"):
+    with pytest.raises(InvalidRequest, match="model: at most 1024 bytes"):
         model_field(pb.CountTokenRequest(model="m" * 1025).SerializeToString())
 
 

@@ -96,7 +96,9 @@ async def test_register_heartbeat_list_deregister(stub: cpb_grpc.ModelController
         {"zone": "a"},
     )
     assert [(m.model, m.capacity) for m in instance.models] == [("llama", 4)]
-    assert [(l.model, l.in_flight, l.queued) for l in instance.load] == [("llama", 3, 1)]
+    assert [(load.model, load.in_flight, load.queued) for load in instance.load] == [
+        ("llama", 3, 1)
+    ]
     assert instance.HasField("last_heartbeat_time")
     assert not (await stub.ListInstances(cpb.ListInstancesRequest(model="other"))).instances
 

@@ -133,7 +133,7 @@ async def test_chunk_interval_is_honoured_between_chunks(stub: pb_grpc.ModelWork
         arrivals.append(time.monotonic())
         texts.append(chunk.text)
     assert texts == ["hello", "hello", "hello", ""]
-    gaps = [later - earlier for earlier, later in zip(arrivals[:2], arrivals[1:3])]
+    gaps = [later - earlier for earlier, later in zip(arrivals[:2], arrivals[1:3], strict=True)]
     # A lower bound only: the pause is at least the interval (less a clock-granularity margin).
     assert all(gap >= INTERVAL_S * 0.9 for gap in gaps), gaps
     started = time.monotonic()

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import aetcd
 import grpc
 import pytest
 
@@ -289,9 +290,10 @@ async def test_llama_and_llama_70b_never_show_up_in_each_others_resolution(
             [f"mw/llama/{small_id}", "mw/llama/via-controller"]
         )
         listed = await poll_async(lambda: remote.list("llama"), lambda listed: len(listed) == 2, 5)
-        assert {i.instance_id: [(l.model, l.in_flight, l.queued) for l in i.load] for i in listed}[
-            "via-controller"
-        ] == [("llama", 2, 1)]
+        assert {
+            i.instance_id: [(load.model, load.in_flight, load.queued) for load in i.load]
+            for i in listed
+        }["via-controller"] == [("llama", 2, 1)]
         assert await remote.deregister("via-controller")
         assert list(keys_under(etcd, "mw/llama/")) == [f"mw/llama/{small_id}"]
 
@@ -380,7 +382,7 @@ async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -
         )
     )
     try:
-        for process, port in zip(processes, ports):
+        for process, port in zip(processes, ports, strict=True):
             assert process.stdout is not None
             line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
             assert line.startswith(f"modelwire serving gemma-3-270m on 127.0.0.1:{port}"), line
@@ -390,7 +392,7 @@ async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -
             "MODELWIRE_ETCD_ENDPOINTS": etcd.endpoint,
             "MODELWIRE_ETCD_TARGET": "mw/gemma-3-270m",
             "MODELWIRE_WORKERS": ",".join(
-                f"{p.pid}@127.0.0.1:{port}" for p, port in zip(processes, ports)
+                f"{p.pid}@127.0.0.1:{port}" for p, port in zip(processes, ports, strict=True)
             ),
             "MODELWIRE_MODEL": "gemma-3-270m",
         }
@@ -472,7 +474,8 @@ async def test_a_worker_and_a_gateway_use_etcd_over_tls_with_etcd_auth(
             intruder = EtcdRegistry.from_url(
                 url(server), access=replace(access, etcd_username=None, etcd_password_env=None)
             )
-            with pytest.raises(Exception):
+            # etcd refuses a call without a user once its auth is on.
+            with pytest.raises(aetcd.exceptions.InvalidArgumentError, match="user name is empty"):
                 await intruder.register(
                     InstanceSpec("intruder", "10.0.0.9:1", (InstanceModel("slow"),))
                 )

@@ -88,7 +88,9 @@ async def test_a_model_whose_only_worker_restarts_is_unavailable_not_unknown(
         for started in (settling, gateway):
             await started.start()
             stack.push_async_callback(started.stop)
-            await wait_until(started.router.changed, lambda: len(started.router.routes) == 1, 10)
+            await wait_until(
+                started.router.changed, lambda started=started: len(started.router.routes) == 1, 10
+            )
         await worker.drain()  # gone from the registry
         await wait_until(gateway.router.changed, lambda: not gateway.router.routes, 10)
         async with ModelWorkerClient(gateway.address, timeout=5) as client:

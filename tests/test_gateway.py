@@ -130,7 +130,9 @@ async def test_calls_shift_away_from_an_artificially_loaded_worker(
                 await via.generate("slow", "hi", max_new_tokens=2)
 
         await asyncio.gather(*(one() for _ in range(100)))
-        to_busy, to_idle = (client_of(w).started - b for w, b in zip((busy, idle), before))
+        to_busy, to_idle = (
+            client_of(w).started - b for w, b in zip((busy, idle), before, strict=True)
+        )
         print(f"with 6 streams on one worker: {to_busy} calls to it, {to_idle} to the other")
         assert to_idle >= 95, f"{to_busy} of 100 calls went to the loaded worker"
 
