@@ -345,7 +345,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--ca-file",
-            help="TLS: the CA that signed the server's certificate (TLS is on when any TLS flag is given)",
+            help="TLS: the CA that signed the server's certificate (TLS is on when any TLS flag "
+            "is given)",
         )
         sub.add_argument("--cert-file", help="mTLS: this client's certificate")
         sub.add_argument("--key-file", help="mTLS: this client's key")
@@ -369,7 +370,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=SCHEMA",
-        help="a tool the model may call, its arguments' JSON Schema inline or as @FILE (NAME alone: no arguments); repeatable",
+        help="a tool the model may call, its arguments' JSON Schema inline or as @FILE (NAME "
+        "alone: no arguments); repeatable",
     )
     generate.add_argument(
         "--tool-description",
@@ -419,7 +421,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="PATH|URL",
-        help="an image after the prompt (a file's type from its extension: .png .jpg .jpeg .gif .webp); repeatable",
+        help="an image after the prompt (a file's type from its extension: .png .jpg .jpeg .gif "
+        ".webp); repeatable",
     )
     generate.add_argument("--reasoning-effort", choices=("minimal", "low", "medium", "high"))
     generate.add_argument(

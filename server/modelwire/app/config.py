@@ -106,7 +106,8 @@ def load_controller_config(path: Path) -> ControllerFile:
     config = parse(ControllerFile, _read(path), str(path), base=path.parent)
     if config.registry.controller is not None:
         raise ConfigError(
-            f"{path}: registry.controller: a controller keeps its instances in memory or in etcd, not in another controller"
+            f"{path}: registry.controller: a controller keeps its instances in memory or in etcd, "
+            "not in another controller"
         )
     return config
 
@@ -167,6 +168,7 @@ def _check_blocking_threads(
     slots = _pool_slots(models)
     if server.blocking_threads is not None and slots and server.blocking_threads <= slots:
         raise ConfigError(
-            f"{source}: server.blocking_threads: must exceed the local models' max_concurrency in all ({slots}): one "
-            f"thread per running generation and at least one for counting long prompts; got {server.blocking_threads}"
+            f"{source}: server.blocking_threads: must exceed the local models' max_concurrency in "
+            f"all ({slots}): one thread per running generation and at least one for counting long "
+            f"prompts; got {server.blocking_threads}"
         )

@@ -100,7 +100,8 @@ def add_registration_flags(serve: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--advertise",
         metavar="HOST:PORT",
-        help="address callers dial (default: the listen address; a wildcard host becomes this host's name)",
+        help="address callers dial (default: the listen address; a wildcard host becomes this "
+        "host's name)",
     )
     group.add_argument("--weight", type=int, help="relative share of traffic (default 1)")
     group.add_argument(
@@ -212,7 +213,8 @@ def _gateway(args: argparse.Namespace) -> int:
     config = _gateway_config(args)
     if not config.registry.enabled:
         raise SystemExit(
-            "modelwire gateway: name the registry: --controller ADDR, --registry etcd://… or [registry] in --config"
+            "modelwire gateway: name the registry: --controller ADDR, --registry etcd://… or "
+            "[registry] in --config"
         )
     observability = config.observability
     configure_logging(args.log_level, args.log_format or observability.log_format)
@@ -283,14 +285,15 @@ def _instances(args: argparse.Namespace) -> int:
     except (TimeoutError, ConnectionError, OSError) as error:
         reason = str(error) or f"no answer within --timeout {args.timeout:g}s"
         print(
-            f"modelwire: cannot read the instances from {access.controller or access.etcd}: {reason}",
+            f"modelwire: cannot read the instances from {access.controller or access.etcd}: "
+            f"{reason}",
             file=sys.stderr,
         )
         return 1
     for instance in instances:
         models = ",".join(
-            f"{m.model}(load {instance.load_of(m.model).in_flight}+{instance.load_of(m.model).queued}q"
-            f"/{m.capacity})"
+            f"{m.model}(load "
+            f"{instance.load_of(m.model).in_flight}+{instance.load_of(m.model).queued}q/{m.capacity})"
             for m in instance.spec.models
         )
         state = "healthy" if instance.healthy else "UNHEALTHY"
@@ -308,7 +311,8 @@ def add_fleet_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     controller.add_argument(
         "--ttl",
         type=float,
-        help="seconds without a heartbeat before an instance is removed (overrides [controller].ttl_s)",
+        help="seconds without a heartbeat before an instance is removed (overrides "
+        "[controller].ttl_s)",
     )
     controller.add_argument(
         "--registry", metavar="URL", help=f"memory (default) or {REGISTRY_HELP}"

@@ -55,8 +55,9 @@ def supervise(config: Config, argv: list[str]) -> int:
                 )
             except OSError as error:
                 raise StartupFailure(
-                    f"observability.metrics_port: cannot listen on {config.observability.metrics_host}:"
-                    f"{config.observability.metrics_port}: {error.strerror}"
+                    "observability.metrics_port: cannot listen on "
+                    f"{config.observability.metrics_host}:{config.observability.metrics_port}: "
+                    f"{error.strerror}"
                 ) from None
         return asyncio.run(Supervisor(config.server.processes, argv, metrics_dir).run())
     finally:
@@ -94,7 +95,8 @@ class Supervisor:
             await self._wait_all()
             raise
         print(
-            f"{announcements[0]} ({self._count} processes: {', '.join(str(c.pid) for c in self._children)})",
+            f"{announcements[0]} ({self._count} processes: "
+            f"{', '.join(str(c.pid) for c in self._children)})",
             flush=True,
         )
         return await self._watch()
@@ -118,7 +120,8 @@ class Supervisor:
             self._children.remove(child)
             self._forget(child)
             raise StartupFailure(
-                f"worker process {child.pid} exited during its start (exit code {code}); its log says why"
+                f"worker process {child.pid} exited during its start (exit code {code}); its log "
+                "says why"
             )
         self._serving.add(child.pid)
         # Nothing else is expected on stdout, but a full pipe would block the child: keep reading.
@@ -160,7 +163,8 @@ class Supervisor:
             self._deaths.append(now)
             if len(self._deaths) > MAX_RESTARTS and now - self._deaths[0] < RESTART_WINDOW_S:
                 logger.error(
-                    "worker process %d exited (code %d): %d deaths within %.0fs, giving up and stopping the others",
+                    "worker process %d exited (code %d): %d deaths within %.0fs, giving up and "
+                    "stopping the others",
                     pid,
                     code,
                     len(self._deaths),

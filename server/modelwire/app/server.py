@@ -188,7 +188,8 @@ async def serve(
             )
         except OSError as error:
             raise StartupFailure(
-                f"observability.metrics_port: cannot listen on {observability.metrics_host}:{observability.metrics_port}: {error.strerror}"
+                "observability.metrics_port: cannot listen on "
+                f"{observability.metrics_host}:{observability.metrics_port}: {error.strerror}"
             ) from None
         logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
     await worker.start()

@@ -132,7 +132,8 @@ class ModelControllerServicer(pb_grpc.ModelControllerServicer):
         held = sum(1 for instance in self._registry.instances() if instance.spec.owner == caller)
         if held >= MAX_INSTANCES_PER_IDENTITY:
             raise PermissionDenied(
-                f"identity {caller!r} already holds {held} instances, the most one identity may register"
+                f"identity {caller!r} already holds {held} instances, the most one identity may "
+                "register"
             )
 
     async def RegisterInstance(

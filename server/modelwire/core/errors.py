@@ -111,10 +111,12 @@ class ContextLengthExceeded(ModelwireError):
         count = (
             f"{prompt_tokens} tokens"
             if estimate_margin is None
-            else f"about {prompt_tokens} tokens (an estimate, too long even if {estimate_margin:.0%} high)"
+            else f"about {prompt_tokens} tokens (an estimate, too long even if "
+            f"{estimate_margin:.0%} high)"
         )
         super().__init__(
-            f"prompt has {count} but model {model!r} has a context of {context_length} tokens; shorten the messages"
+            f"prompt has {count} but model {model!r} has a context of {context_length} tokens; "
+            "shorten the messages"
         )
 
 

@@ -156,7 +156,8 @@ def key_pair(key_file: Path | None, info: ValidationInfo) -> Path | None:
         )
     except ssl.SSLError as error:
         raise ValueError(
-            f"{key_file} is not the private key of the certificate in {cert_file}, or one of them is not PEM ({error.reason or error})"
+            f"{key_file} is not the private key of the certificate in {cert_file}, or one of them "
+            f"is not PEM ({error.reason or error})"
         ) from None
     return key_file
 
@@ -571,9 +572,10 @@ class PeerAccess:
             and not self.allow_unverified_credentials
         ):
             raise ValueError(
-                "credentials would go to every registered address unverified (a token holding only `register` "
-                "could collect them): set tls.ca_file to the CA of the workers' certificates, or "
-                "allow_unverified_credentials = true on a network where every registrant is trusted"
+                "credentials would go to every registered address unverified (a token holding only "
+                "`register` could collect them): set tls.ca_file to the CA of the workers' "
+                "certificates, or allow_unverified_credentials = true on a network where every "
+                "registrant is trusted"
             )
 
 

@@ -45,7 +45,8 @@ async def follow_health(
             if error.code() in _UNKNOWABLE:
                 if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                     logger.warning(
-                        "health of %s cannot be watched: %s %s (check the token and TLS used towards workers)",
+                        "health of %s cannot be watched: %s %s (check the token and TLS used "
+                        "towards workers)",
                         channel,
                         error.code().name,
                         error.details(),

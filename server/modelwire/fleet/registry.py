@@ -163,7 +163,8 @@ def check_spec(spec: InstanceSpec) -> InstanceSpec:
         violations.append(
             FieldViolation(
                 "labels",
-                f"keys of 1 to {MAX_LABEL_KEY} and values of at most {MAX_LABEL_VALUE} printable characters",
+                f"keys of 1 to {MAX_LABEL_KEY} and values of at most {MAX_LABEL_VALUE} printable "
+                "characters",
             )
         )
     size = (

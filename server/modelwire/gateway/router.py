@@ -216,7 +216,8 @@ def refuse_unsendable(metadata: Metadata) -> None:
                 [
                     FieldViolation(
                         f"metadata {key}",
-                        "has a character gRPC cannot pass on: a text value is printable ASCII; a binary value needs a key ending in -bin",
+                        "has a character gRPC cannot pass on: a text value is printable ASCII; a "
+                        "binary value needs a key ending in -bin",
                     )
                 ]
             )
@@ -289,7 +290,8 @@ class Router:
             except Exception as error:
                 if not lost:
                     logger.warning(
-                        "lost the instance source %s (%s); routing on the last known instances, retrying",
+                        "lost the instance source %s (%s); routing on the last known instances, "
+                        "retrying",
                         self.source,
                         error or type(error).__name__,
                     )
@@ -442,13 +444,14 @@ class Router:
         served_at = self._last_served.get(model)
         if served_at is not None and now - served_at <= self.settings.recently_served_s:
             raise NotReady(
-                f"no instance of model {model!r} is registered right now (it was {now - served_at:.0f}s ago)",
+                f"no instance of model {model!r} is registered right now (it was "
+                f"{now - served_at:.0f}s ago)",
                 NOT_READY_RETRY_S,
             )
         if now - self._snapshot_at < self.settings.settle_s:
             raise NotReady(
-                f"no instance of model {model!r} yet: the instance table from {self.source} is {now - self._snapshot_at:.0f}s "
-                "old and workers may still be registering",
+                f"no instance of model {model!r} yet: the instance table from {self.source} is "
+                f"{now - self._snapshot_at:.0f}s old and workers may still be registering",
                 NOT_READY_RETRY_S,
             )
         known = sorted({m for r in self.routes.values() for m in r.instance.spec.model_names})

@@ -217,8 +217,8 @@ class Gateway:
         ]
         if self._id in via or len(via) >= MAX_HOPS:
             raise RoutingLoop(
-                f"the call came back to gateway {self._id} after {len(via)} hops: an instance is registered at a "
-                "gateway's address; deregister it"
+                f"the call came back to gateway {self._id} after {len(via)} hops: an instance is "
+                "registered at a gateway's address; deregister it"
             )
         # The worker logs the call under the id this gateway logs it under (the caller's, when usable).
         record = current_call()
@@ -409,7 +409,8 @@ class Gateway:
                     )
                 except DecodeError:
                     logger.warning(
-                        "instance %s answered ListModels with bytes that are not a ListModelsResponse",
+                        "instance %s answered ListModels with bytes that are not a "
+                        "ListModelsResponse",
                         route.instance_id,
                     )
                 return []
@@ -426,7 +427,8 @@ class Gateway:
 
 def _unreachable(route: Route) -> ModelwireError:
     return NotReady(
-        f"instance {route.instance_id} at {route.instance.address} has no connection and no other instance is left",
+        f"instance {route.instance_id} at {route.instance.address} has no connection and no other "
+        "instance is left",
         1.0,
     )
 

@@ -1,7 +1,7 @@
 """What the call pipeline (rpc/call_pipeline.py) records of every call: request id, status,
 timing, tokens; then one log line and the metrics (the pipeline reads and writes the metadata).
-A part of the one interceptor, not an interceptor of its own: each interceptor layer costs every call an await and every streamed
-message a generator hop (docs/benchmarks.md)."""
+A part of the one interceptor, not an interceptor of its own: each interceptor layer costs every
+call an await and every streamed message a generator hop (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -62,8 +62,9 @@ def check_exposure(role: str, server: ServerConfig, auth: AuthConfig | None) -> 
     """Secure by default: a port others can reach needs credentials, or an explicit waiver."""
     if auth is None and not server.allow_unauthenticated and not is_loopback(server.host):
         raise StartupFailure(
-            f"the {role} would listen on {server.host}:{server.port} without authentication; configure [auth] "
-            "(tokens), or set [server] allow_unauthenticated = true (--allow-unauthenticated) for a trusted network"
+            f"the {role} would listen on {server.host}:{server.port} without authentication; "
+            "configure [auth] (tokens), or set [server] allow_unauthenticated = true "
+            "(--allow-unauthenticated) for a trusted network"
         )
 
 

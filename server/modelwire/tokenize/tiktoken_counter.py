@@ -109,7 +109,8 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             _seed_o200k()
         elif not _cached_offline(name):
             raise TokenizerUnavailable(
-                f"encoding {name} is not shipped; put its files in TIKTOKEN_CACHE_DIR to count offline"
+                f"encoding {name} is not shipped; put its files in TIKTOKEN_CACHE_DIR to count "
+                "offline"
             )
         return tiktoken.get_encoding(name)
     except TokenizerUnavailable:

@@ -48,8 +48,8 @@ class Admission:
         if self._slots.locked() and self.queued >= self.max_queue:
             delay = retry_delay(self.retry_after_s())
             raise Overloaded(
-                f"model {self.model!r} is at capacity ({self.in_flight} running, {self.queued} waiting); "
-                f"retry after {delay:.1f}s",
+                f"model {self.model!r} is at capacity ({self.in_flight} running, {self.queued} "
+                f"waiting); retry after {delay:.1f}s",
                 retry_after_s=delay,
                 not_started=True,
             )

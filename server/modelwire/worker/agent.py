@@ -186,9 +186,9 @@ def check_reachable(address: str, access: RegistryAccess, registration: Registra
     remote = not all(is_loopback(host_of(item)) for item in registry.split(","))
     if remote and is_loopback(host_of(address)) and not registration.allow_loopback:
         raise StartupFailure(
-            f"the worker would register {address} with {registry}, on another host: nobody there can dial it. "
-            "Listen on a routable address, set --advertise HOST:PORT ([registration] advertise), "
-            "or set [registration] allow_loopback = true"
+            f"the worker would register {address} with {registry}, on another host: nobody there "
+            "can dial it. Listen on a routable address, set --advertise HOST:PORT ([registration] "
+            "advertise), or set [registration] allow_loopback = true"
         )
 
 

@@ -25,7 +25,8 @@ def _lacks(metadata: ModelMetadata, capability: Capability, field: str) -> Field
         return None
     return FieldViolation(
         field,
-        f"model {metadata.model!r} does not accept it: it has no CAPABILITY_{capability.name} (ListModels lists what each model accepts)",
+        f"model {metadata.model!r} does not accept it: it has no CAPABILITY_{capability.name} "
+        "(ListModels lists what each model accepts)",
     )
 
 

@@ -45,9 +45,15 @@ def broken_tool_call(calls: Sequence[ToolCall]) -> str | None:
         if not call.id:
             return f"tool call {number} has no id"
         if not _NAME.fullmatch(call.name):
-            return f"tool call {number} has a name that is not 1 to 64 of [A-Za-z0-9_-] ({len(call.name)} characters)"
+            return (
+                f"tool call {number} has a name that is not 1 to 64 of [A-Za-z0-9_-] "
+                f"({len(call.name)} characters)"
+            )
         if _not_a_json_object(call.arguments_json or "{}", "a JSON object") is not None:
-            return f"the arguments of tool call {number} ({call.name}) are not a JSON object ({len(call.arguments_json)} characters)"
+            return (
+                f"the arguments of tool call {number} ({call.name}) are not a JSON object "
+                f"({len(call.arguments_json)} characters)"
+            )
     return None
 
 
@@ -86,7 +92,8 @@ def _check_message_shape(
                 violations.append(
                     FieldViolation(
                         f"{where}.mime_type",
-                        f"must be one of {', '.join(IMAGE_MIME_TYPES)} for data, got {part.mime_type!r}",
+                        f"must be one of {', '.join(IMAGE_MIME_TYPES)} for data, got "
+                        f"{part.mime_type!r}",
                     )
                 )
             if not part.data:
@@ -100,7 +107,8 @@ def _check_message_shape(
                 violations.append(
                     FieldViolation(
                         f"{where}.mime_type",
-                        "only goes with data: no provider takes a type for a URL (its server gives it)",
+                        "only goes with data: no provider takes a type for a URL (its server "
+                        "gives it)",
                     )
                 )
     if message.tool_calls and message.role is not Role.ASSISTANT:
@@ -149,7 +157,8 @@ def _check_messages(
             violations.append(
                 FieldViolation(
                     f"messages[{index}].tool_call_id",
-                    f"{message.tool_call_id!r} answers no tool call of an earlier assistant message; send the turn that made the call",
+                    f"{message.tool_call_id!r} answers no tool call of an earlier assistant "
+                    "message; send the turn that made the call",
                 )
             )
     return sum(message.char_count for message in messages)
@@ -160,7 +169,8 @@ def _check_chars(violations: list[FieldViolation], chars: int, limits: RequestLi
         violations.append(
             FieldViolation(
                 "messages",
-                f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}",
+                f"at most {limits.max_request_chars} characters in all "
+                f"(limits.max_request_chars), got {chars}",
             )
         )
 
@@ -257,7 +267,8 @@ def validate_count_input(
             violations.append(
                 FieldViolation(
                     "prompt",
-                    f"at most {limits.max_request_chars} characters (limits.max_request_chars), got {len(prompt)}",
+                    f"at most {limits.max_request_chars} characters (limits.max_request_chars), "
+                    f"got {len(prompt)}",
                 )
             )
     else:
@@ -275,7 +286,8 @@ def validate_embed_request(request: EmbedRequest, limits: RequestLimits) -> None
         violations.append(
             FieldViolation(
                 "inputs",
-                f"at most {limits.max_embed_inputs} texts (limits.max_embed_inputs), got {len(request.inputs)}",
+                f"at most {limits.max_embed_inputs} texts (limits.max_embed_inputs), got "
+                f"{len(request.inputs)}",
             )
         )
     for index, text in enumerate(request.inputs[: limits.max_embed_inputs]):
@@ -286,7 +298,8 @@ def validate_embed_request(request: EmbedRequest, limits: RequestLimits) -> None
         violations.append(
             FieldViolation(
                 "inputs",
-                f"at most {limits.max_request_chars} characters in all (limits.max_request_chars), got {chars}",
+                f"at most {limits.max_request_chars} characters in all "
+                f"(limits.max_request_chars), got {chars}",
             )
         )
     if request.dimensions is not None and request.dimensions <= 0:
@@ -325,7 +338,8 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
         violations.append(
             FieldViolation(
                 "sampling.stop",
-                f"at most {limits.max_stop_strings} stop strings (limits.max_stop_strings), got {len(sampling.stop)}",
+                f"at most {limits.max_stop_strings} stop strings (limits.max_stop_strings), got "
+                f"{len(sampling.stop)}",
             )
         )
     for index, stop in enumerate(sampling.stop[: limits.max_stop_strings]):
@@ -335,7 +349,8 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
             violations.append(
                 FieldViolation(
                     f"sampling.stop[{index}]",
-                    f"at most {limits.max_stop_chars} characters (limits.max_stop_chars), got {len(stop)}",
+                    f"at most {limits.max_stop_chars} characters (limits.max_stop_chars), got "
+                    f"{len(stop)}",
                 )
             )
     if violations:

@@ -85,7 +85,8 @@ def image(source: str | Path | bytes, mime_type: str = "") -> pb.Image:
         mime_type = IMAGE_TYPES.get(path.suffix.lower(), "")
         if not mime_type:
             raise ValueError(
-                f"cannot tell the image type of {str(path)!r} from its extension ({', '.join(IMAGE_TYPES)}); pass mime_type"
+                f"cannot tell the image type of {str(path)!r} from its extension "
+                f"({', '.join(IMAGE_TYPES)}); pass mime_type"
             )
     return pb.Image(data=path.read_bytes(), mime_type=mime_type)
 
@@ -247,7 +248,8 @@ def build_request(
         if reasoning_effort is not None:
             if reasoning_effort not in _EFFORTS:
                 raise ValueError(
-                    f"reasoning_effort must be one of {', '.join(_EFFORTS)}, got {reasoning_effort!r}"
+                    f"reasoning_effort must be one of {', '.join(_EFFORTS)}, got "
+                    f"{reasoning_effort!r}"
                 )
             request.reasoning.effort = _EFFORTS[reasoning_effort]
         if reasoning_budget_tokens is not None:

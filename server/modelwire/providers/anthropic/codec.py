@@ -294,7 +294,8 @@ def output_tool(output_format: OutputFormat) -> dict[str, Any]:
     if isinstance(output_format, JsonSchemaFormat):
         tool: dict[str, Any] = {
             "name": output_format.name,
-            "description": "Give your answer as this tool's input: a JSON object matching its schema.",
+            "description": "Give your answer as this tool's input: a JSON object matching its "
+            "schema.",
             "input_schema": _schema(output_format.schema_json),
         }
         if output_format.strict:

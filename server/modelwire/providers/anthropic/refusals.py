@@ -43,8 +43,8 @@ def budget_problem(budget: int | None, max_tokens: int) -> str | None:
         return f"Anthropic's thinking budget is at least {MIN_THINKING_BUDGET} tokens, got {budget}"
     if budget >= max_tokens:
         return (
-            f"the thinking budget must be below max_tokens, here {max_tokens} (max_new_tokens, bounded by max_output_tokens "
-            f"and by the room the prompt leaves); got {budget}"
+            f"the thinking budget must be below max_tokens, here {max_tokens} (max_new_tokens, "
+            f"bounded by max_output_tokens and by the room the prompt leaves); got {budget}"
         )
     return None
 
@@ -137,7 +137,8 @@ def _refusals(
             if breakpoints > MAX_CACHE_BREAKPOINTS:
                 refusals.add(
                     f"messages[{index}].cache_breakpoint",
-                    f"Anthropic takes at most {MAX_CACHE_BREAKPOINTS} cache breakpoints in a request",
+                    f"Anthropic takes at most {MAX_CACHE_BREAKPOINTS} cache breakpoints in a "
+                    "request",
                 )
     if request.tools:
         for index, tool in enumerate(request.tools):
@@ -182,12 +183,14 @@ def _refuse_message(refusals: Refusals, index: int, message: ModelMessage) -> No
     if message.reasoning is not None and not message.reasoning_signature:
         refusals.add(
             f"{where}.reasoning_signature",
-            "Anthropic takes an earlier turn's reasoning back only with the reasoning_signature it came with",
+            "Anthropic takes an earlier turn's reasoning back only with the reasoning_signature "
+            "it came with",
         )
     elif message.reasoning_signature and reasoning_blocks(message) is None:
         refusals.add(
             f"{where}.reasoning_signature",
-            "it is not a signature this provider gave (send back the bytes a response carried, unchanged)",
+            "it is not a signature this provider gave (send back the bytes a response carried, "
+            "unchanged)",
         )
     if message.cache_breakpoint and not _can_mark(message):
         refusals.add(
@@ -211,19 +214,22 @@ def _refuse_output_format(refusals: Refusals, request: ModelRequest) -> None:
     if clashes:
         refusals.add(
             "output_format",
-            f"Anthropic gives structured output as a forced tool call, which leaves no room for {' or '.join(clashes)}",
+            "Anthropic gives structured output as a forced tool call, which leaves no room for "
+            f"{' or '.join(clashes)}",
         )
     if request.reasoning is not None:
         refusals.add(
             "output_format",
-            "Anthropic gives structured output as a forced tool call, which its extended thinking does not allow (drop reasoning or output_format)",
+            "Anthropic gives structured output as a forced tool call, which its extended thinking "
+            "does not allow (drop reasoning or output_format)",
         )
     if isinstance(output_format, JsonSchemaFormat) and not is_object_schema(
         output_format.schema_json
     ):
         refusals.add(
             "output_format.json_schema.schema_json",
-            'Anthropic gives structured output as a tool\'s input, whose schema must have "type": "object" at its root',
+            'Anthropic gives structured output as a tool\'s input, whose schema must have "type": '
+            '"object" at its root',
         )
 
 
@@ -237,7 +243,8 @@ def _refuse_reasoning(
         if reasoning.budget_tokens is not None:
             refusals.add(
                 "reasoning.budget_tokens",
-                'its thinking is adaptive (option thinking = "adaptive"), steered by reasoning.effort, not by a budget',
+                'its thinking is adaptive (option thinking = "adaptive"), steered by '
+                "reasoning.effort, not by a budget",
             )
         if reasoning.effort is ReasoningEffort.MINIMAL:
             refusals.add(
@@ -248,8 +255,10 @@ def _refuse_reasoning(
         if reasoning.effort is not None:
             refusals.add(
                 "reasoning.effort",
-                f"its extended thinking takes a token budget, not an effort: set reasoning.budget_tokens (at least {MIN_THINKING_BUDGET}, below max_new_tokens); "
-                'models with adaptive thinking take an effort when configured with thinking = "adaptive"',
+                "its extended thinking takes a token budget, not an effort: set "
+                f"reasoning.budget_tokens (at least {MIN_THINKING_BUDGET}, below max_new_tokens); "
+                "models with adaptive thinking take an effort when configured with "
+                'thinking = "adaptive"',
             )
         max_tokens = min(request.sampling.max_new_tokens or max_output_tokens, max_output_tokens)
         problem = budget_problem(reasoning.budget_tokens, max_tokens)

@@ -82,11 +82,13 @@ def error_for_transport(
     if isinstance(error, aiohttp.ServerTimeoutError):
         if streaming:
             return errors.DeadlineExceeded(
-                f"upstream stayed silent for timeout_s={timeout_s:g}s while streaming, before or between events ({type(error).__name__})"
+                f"upstream stayed silent for timeout_s={timeout_s:g}s while streaming, before or "
+                f"between events ({type(error).__name__})"
             )
         return errors.DeadlineExceeded(
-            f"upstream stayed silent for timeout_s={timeout_s:g}s ({type(error).__name__}); a unary call "
-            "without a deadline waits at most that long for the whole answer: set a deadline to wait longer"
+            f"upstream stayed silent for timeout_s={timeout_s:g}s ({type(error).__name__}); a "
+            "unary call without a deadline waits at most that long for the whole answer: set a "
+            "deadline to wait longer"
         )
     if isinstance(error, aiohttp.ClientConnectorError):
         return errors.UpstreamUnavailable(f"cannot connect to upstream: {detail}")
@@ -158,7 +160,10 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
         return {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.default_model!r}, api_base={self._params.api_base!r})"
+        return (
+            f"{type(self).__name__}(model={self.default_model!r}, "
+            f"api_base={self._params.api_base!r})"
+        )
 
     @property
     def upstream_model(self) -> str:
@@ -238,8 +243,8 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
         if message is not None:
             return http_error_from_code(None, message, self._params, error_codes(payload))
         return errors.UpstreamUnavailable(
-            f"upstream answered a stream request with a JSON body of {len(raw)} bytes instead of an event stream "
-            "(a server that ignores stream=true?)"
+            f"upstream answered a stream request with a JSON body of {len(raw)} bytes instead of "
+            "an event stream (a server that ignores stream=true?)"
         )
 
     def _transport_error(

@@ -1,5 +1,6 @@
 """An upstream's HTTP status and error body → a typed error (and so a gRPC status), its message
-cleaned of the API key and the caller's text; `Retry-After` parsing. Pure mapping, no I/O: the transport's own failures are client.py's."""
+cleaned of the API key and the caller's text; `Retry-After` parsing. Pure mapping, no I/O: the
+transport's own failures are client.py's."""
 
 from __future__ import annotations
 
@@ -190,17 +191,19 @@ def error_for_status(
         return errors.UpstreamAuthFailed()
     if status == 402:
         return errors.UpstreamAccountProblem(
-            f"{upstream.account} cannot pay for model {upstream.upstream_model!r} (HTTP 402): {message}; "
-            "the request is fine, the worker's operator must restore the account"
+            f"{upstream.account} cannot pay for model {upstream.upstream_model!r} (HTTP 402): "
+            f"{message}; the request is fine, the worker's operator must restore the account"
         )
     if status == 404:
         return errors.UpstreamModelNotFound(
-            f"upstream has no model {upstream.upstream_model!r} (HTTP 404): {message}; check upstream_model and api_base"
+            f"upstream has no model {upstream.upstream_model!r} (HTTP 404): {message}; check "
+            "upstream_model and api_base"
         )
     if status in (400, 413) and _says_context_exceeded(message, codes):
         return errors.UpstreamContextExceeded(
-            f"upstream says the prompt and max_new_tokens do not fit model {upstream.upstream_model!r} "
-            f"(HTTP {status}): {message}; shorten the messages or lower max_new_tokens"
+            "upstream says the prompt and max_new_tokens do not fit model "
+            f"{upstream.upstream_model!r} (HTTP {status}): {message}; shorten the messages or "
+            "lower max_new_tokens"
         )
     if status == 429:
         return errors.UpstreamRateLimited(

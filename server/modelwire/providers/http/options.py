@@ -210,8 +210,8 @@ def remote_limits(config: ModelConfig) -> tuple[int, int]:
     if config.context_length is None:
         raise config.error(
             "context_length",
-            f"is required for provider {config.provider!r}: the worker checks each prompt against it "
-            "(see the upstream model's documentation)",
+            f"is required for provider {config.provider!r}: the worker checks each prompt against "
+            "it (see the upstream model's documentation)",
         )
     return config.context_length, min(
         config.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS, config.context_length

@@ -73,9 +73,10 @@ class LlamaBuild:
         missing = self.missing_instructions(cpu_flags)
         if missing:
             raise LlamaBuildUnfit(
-                f"the installed llama-cpp-python was compiled for instructions this CPU lacks ({', '.join(missing)}); "
-                "it was built on another machine (for example a wheel reused from a pip cache). "
-                "Rebuild it here with `make llama-wheel` (docs/architecture.md, 'The llama.cpp build')."
+                "the installed llama-cpp-python was compiled for instructions this CPU lacks "
+                f"({', '.join(missing)}); it was built on another machine (for example a wheel "
+                "reused from a pip cache). Rebuild it here with `make llama-wheel` "
+                "(docs/architecture.md, 'The llama.cpp build')."
             )
 
 

@@ -287,8 +287,9 @@ class LlamaCppClient(ProxyLLMClient):
             return [
                 FieldViolation(
                     "dimensions",
-                    f"model {self.default_model!r} makes {n_embd}-dimensional embeddings and cannot shorten them "
-                    f"(it is not Matryoshka-trained): leave dimensions unset or set it to {n_embd}",
+                    f"model {self.default_model!r} makes {n_embd}-dimensional embeddings and "
+                    "cannot shorten them (it is not Matryoshka-trained): leave dimensions unset "
+                    f"or set it to {n_embd}",
                 )
             ]
         return []
@@ -314,7 +315,8 @@ class LlamaCppClient(ProxyLLMClient):
         too_long = [
             FieldViolation(
                 f"inputs[{index}]",
-                f"{len(tokens)} tokens, more than the {context_length} of model {self.default_model!r}'s context; shorten it",
+                f"{len(tokens)} tokens, more than the {context_length} of model "
+                f"{self.default_model!r}'s context; shorten it",
             )
             for index, tokens in enumerate(inputs)
             if len(tokens) > context_length
@@ -509,7 +511,8 @@ class LlamaCppClient(ProxyLLMClient):
                 [
                     FieldViolation(
                         constraint.field,
-                        f"model {self.default_model!r}: no token of its vocabulary continues the grammar after {run.completion_tokens} tokens",
+                        f"model {self.default_model!r}: no token of its vocabulary continues the "
+                        f"grammar after {run.completion_tokens} tokens",
                     )
                 ]
             ) from None

@@ -147,7 +147,10 @@ def constraint_for(
         if len(forced) == 1:
             index, tool = forced[0]
             field = f"tools[{index}].parameters_json_schema"
-            instruction = f"Call the tool {_describe(tool)}. Reply with its arguments only, as JSON matching this JSON Schema: {tool.schema_json}"
+            instruction = (
+                f"Call the tool {_describe(tool)}. Reply with its arguments only, as JSON matching "
+                f"this JSON Schema: {tool.schema_json}"
+            )
             constraint = Constraint(
                 tool_arguments_grammar(index, tool), field, instruction, tool=tool
             )
@@ -156,7 +159,10 @@ def constraint_for(
                 f"- {_describe(tool)}, arguments matching this JSON Schema: {tool.schema_json}"
                 for _, tool in forced
             )
-            instruction = f'Call one of these tools:\n{lines}\nReply with JSON only: {{"name": the tool\'s name, "arguments": its arguments}}.'
+            instruction = (
+                f'Call one of these tools:\n{lines}\nReply with JSON only: {{"name": the tool\'s '
+                'name, "arguments": its arguments}.'
+            )
             constraint = Constraint(
                 tool_choice_grammar(forced), "tool_choice", instruction, choose=True
             )
@@ -173,22 +179,25 @@ def constraint_for(
         violations.append(
             FieldViolation(
                 f"tools[{refused.index}].parameters_json_schema",
-                f"{named} cannot enforce {refused.error.pointer} of this schema in its grammar: {refused.error.reason}",
+                f"{named} cannot enforce {refused.error.pointer} of this schema in its grammar: "
+                f"{refused.error.reason}",
             )
         )
     except SchemaNotSupported as refused:
         violations.append(
             FieldViolation(
                 "output_format.json_schema.schema_json",
-                f"{named} cannot enforce {refused.pointer} of this schema in its grammar: {refused.reason}",
+                f"{named} cannot enforce {refused.pointer} of this schema in its grammar: "
+                f"{refused.reason}",
             )
         )
     if constraint is not None and len(constraint.grammar) > MAX_GRAMMAR_CHARS:
         violations.append(
             FieldViolation(
                 constraint.field,
-                f"{named}: its grammar would be {len(constraint.grammar)} characters, more than the {MAX_GRAMMAR_CHARS} "
-                "llama.cpp parses in reasonable time; simplify it (fewer enum values, properties or repetitions)",
+                f"{named}: its grammar would be {len(constraint.grammar)} characters, more than "
+                f"the {MAX_GRAMMAR_CHARS} llama.cpp parses in reasonable time; simplify it (fewer "
+                "enum values, properties or repetitions)",
             )
         )
     elif constraint is not None:
@@ -238,14 +247,16 @@ def combination_refusals(
         violations.append(
             FieldViolation(
                 "output_format",
-                f"{named} writes a forced tool call instead of text; drop output_format or the forced tool",
+                f"{named} writes a forced tool call instead of text; drop output_format or the "
+                "forced tool",
             )
         )
     if (forced or request.output_format is not None) and request.sampling.stop:
         violations.append(
             FieldViolation(
                 "sampling.stop",
-                f"{named} would cut its constrained output at a stop string, leaving it invalid; drop the stop strings",
+                f"{named} would cut its constrained output at a stop string, leaving it invalid; "
+                "drop the stop strings",
             )
         )
     return forced
@@ -276,7 +287,8 @@ def _forced_tools(
     violations.append(
         FieldViolation(
             "tool_choice",
-            f"{named} cannot decide whether to call a tool: force one (REQUIRED, or a tool's name) or set NONE for text",
+            f"{named} cannot decide whether to call a tool: force one (REQUIRED, or a tool's "
+            "name) or set NONE for text",
         )
     )
     return []

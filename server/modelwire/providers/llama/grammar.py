@@ -93,7 +93,8 @@ MAX_REPETITION = 500
 MAX_INTEGER_BOUND = 10**15
 # A JSON string's character: no raw control character, no escaped surrogate.
 _CHAR = BuiltinRule(
-    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" ([0-9a-cA-CefEF] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] | [dD] [0-7] [0-9a-fA-F] [0-9a-fA-F]))',
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" ([0-9a-cA-CefEF] [0-9a-fA-F] [0-9a-fA-F] '
+    r"[0-9a-fA-F] | [dD] [0-7] [0-9a-fA-F] [0-9a-fA-F]))",
     [],
 )
 # A value the schema leaves free (json_object, or an object or value a schema does not constrain)
@@ -104,7 +105,8 @@ _FREE_ARRAY = BuiltinRule(
     f'"[" space ( value ("," space value){{0,{MAX_FREE_ITEMS - 1}}} )? "]" space', ["value"]
 )
 _FREE_OBJECT = BuiltinRule(
-    f'"{{" space ( string ":" space value ("," space string ":" space value){{0,{MAX_FREE_ITEMS - 1}}} )? "}}" space',
+    '"{" space ( string ":" space value ("," space string ":" space '
+    f'value){{0,{MAX_FREE_ITEMS - 1}}} )? "}}" space',
     ["string", "value"],
 )
 _PATCHED_PRIMITIVES = {"char": _CHAR, "array": _FREE_ARRAY, "object": _FREE_OBJECT}
@@ -558,7 +560,8 @@ class _Checker:
         if extra or ("enum" in node and "const" in node):
             raise SchemaNotSupported(
                 _pointer(path),
-                f"enum/const cannot be combined with {', '.join(sorted(extra or {'enum and const'}))}",
+                "enum/const cannot be combined with "
+                f"{', '.join(sorted(extra or {'enum and const'}))}",
             )
         values = [node["const"]] if "const" in node else node["enum"]
         if not isinstance(values, list) or not values:
@@ -592,7 +595,8 @@ class _Checker:
             if properties:
                 raise SchemaNotSupported(
                     _pointer([*path, "additionalProperties"]),
-                    "extra properties next to declared ones cannot be enforced (an extra key could repeat a declared one); set it to false",
+                    "extra properties next to declared ones cannot be enforced (an extra key "
+                    "could repeat a declared one); set it to false",
                 )
             if additional is not True:
                 out["additionalProperties"] = self.schema(
@@ -637,7 +641,8 @@ class _Checker:
             if node["format"] not in _STRING_FORMATS:
                 raise SchemaNotSupported(
                     _pointer([*path, "format"]),
-                    f"format {node['format']!r} cannot be enforced (only {', '.join(_STRING_FORMATS)})",
+                    f"format {node['format']!r} cannot be enforced (only "
+                    f"{', '.join(_STRING_FORMATS)})",
                 )
             return {"type": "string", "format": node["format"]}
         if "pattern" in node:

@@ -332,8 +332,8 @@ def vectors_of(payload: dict[str, Any], request: EmbedRequest) -> tuple[tuple[fl
         )
     if request.dimensions is not None and dimensions[0] != request.dimensions:
         raise errors.UpstreamUnavailable(
-            f"upstream sent embeddings of dimension {dimensions[0]} where {request.dimensions} were asked for "
-            "(a server that ignores `dimensions`?)"
+            f"upstream sent embeddings of dimension {dimensions[0]} where {request.dimensions} "
+            "were asked for (a server that ignores `dimensions`?)"
         )
     return ordered
 
