@@ -75,7 +75,8 @@ WEATHER_TOOL = pb.Tool(
 TIME_TOOL = pb.Tool(
     name="get_time",
     description="The current time in a city.",
-    parameters_json_schema='{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}',
+    parameters_json_schema='{"type": "object", "properties": {"city": {"type": "string"}}, '
+    '"required": ["city"]}',
 )
 PERSON_SCHEMA = {
     "type": "object",

@@ -28,8 +28,8 @@ def etcd_binary() -> str:
     )
     if found is None:
         raise FileNotFoundError(
-            "etcd not found: `make etcd` builds it into .tools/etcd/ (`make test` does that first), "
-            "or install one on PATH (Debian: apt-get install etcd-server)"
+            "etcd not found: `make etcd` builds it into .tools/etcd/ (`make test` does that "
+            "first), or install one on PATH (Debian: apt-get install etcd-server)"
         )
     return found
 

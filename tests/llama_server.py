@@ -62,7 +62,8 @@ def llama_server(
                 if process.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(
-                        f"llama_cpp.server exited with {process.returncode}:\n{log.read().decode(errors='replace')}"
+                        "llama_cpp.server exited with "
+                        f"{process.returncode}:\n{log.read().decode(errors='replace')}"
                     )
                 try:
                     if httpx.get(f"{base}/models", timeout=1.0).status_code == 200:

@@ -232,7 +232,8 @@ def test_defaults_and_unknown_keys(tmp_path: Path) -> None:
 
         bad = load_toml_config(
             tmp_path,
-            '[[models]]\nname = "c"\nprovider = "anthropic"\ncontext_length = 1\napi_type = "azure"\n',
+            '[[models]]\nname = "c"\nprovider = "anthropic"\ncontext_length = 1\napi_type = '
+            '"azure"\n',
         )
         with pytest.raises(ConfigError, match=r"models\[0\]\.api_type: is not a known key"):
             AnthropicClient.new_client(bad.models[0], executor)

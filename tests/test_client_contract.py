@@ -592,7 +592,8 @@ async def test_cli_embed_and_models_on_a_model_without_embeddings(
     assert code == 1 and out == ""
     assert err.splitlines() == [
         "modelwire: INVALID_ARGUMENT",
-        f"  model: model {ECHO!r} does not accept it: it has no CAPABILITY_EMBEDDINGS (ListModels lists what each model accepts)",
+        f"  model: model {ECHO!r} does not accept it: it has no CAPABILITY_EMBEDDINGS (ListModels "
+        "lists what each model accepts)",
     ]
     code, out, err = await run_cli(capsys, "models", "--address", echo_worker.address)
     assert code == 0 and [line.split("\t")[-1] for line in out.splitlines()] == [

@@ -77,7 +77,8 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
     config = load_config(
         write(
             tmp_path,
-            "[limits]\nmax_messages = 10\nmax_request_chars = 99\nmax_stop_strings = 2\nmax_stop_chars = 5\n",
+            "[limits]\nmax_messages = 10\nmax_request_chars = 99\nmax_stop_strings = "
+            "2\nmax_stop_chars = 5\n",
         )
     )
     assert (
@@ -100,13 +101,15 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
             r"models\[0\]\.max_concurrency: must be at least 1",
         ),
         (
-            '[[models]]\nname = "a"\nprovider = "llamacpp"\n[[models]]\nname = "a"\nprovider = "llamacpp"\n',
+            '[[models]]\nname = "a"\nprovider = "llamacpp"\n[[models]]\nname = "a"\nprovider = '
+            '"llamacpp"\n',
             r"models: model name 'a' is configured twice",
         ),
         ("[server\n", r"not valid TOML"),
         ("models = 3\n", r"models: must be an array, got int"),
         (
-            '[server]\nblocking_threads = 2\n[[models]]\nname = "a"\nprovider = "llamacpp"\nmax_concurrency = 2\n',
+            '[server]\nblocking_threads = 2\n[[models]]\nname = "a"\nprovider = '
+            '"llamacpp"\nmax_concurrency = 2\n',
             r"server\.blocking_threads: must exceed the local models' max_concurrency in all \(2\)",
         ),
         ("[limits]\nmax_messages = 0\n", r"limits\.max_messages: must be at least 1"),
@@ -117,7 +120,8 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
         ("[limits]\nmax_stops = 3\n", r"limits\.max_stops: is not a known key"),
         (
             '[registry]\netcd = "etcd://h:2379/p?ttl=nan"\n',
-            r"registry\.etcd: 'etcd://h:2379/p\?ttl=nan': ttl must be from 2 to 3600 seconds, got 'nan'",
+            r"registry\.etcd: 'etcd://h:2379/p\?ttl=nan': ttl must be from 2 to 3600 seconds, got "
+            r"'nan'",
         ),
         (
             '[registry]\netcd = "etcd://h:2379/p?ttl=inf"\n',
@@ -222,18 +226,21 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         (
             '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/client.key"\n',
-            r"tls\.key_file: .*client\.key is not the private key of the certificate in .*server\.pem",
+            r"tls\.key_file: .*client\.key is not the private key of the certificate in "
+            r".*server\.pem",
         ),
         (
             '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.pem"\n',
             r"tls\.key_file: .*is not the private key",
         ),
         (
-            '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.key"\nclient_ca_file = "{d}/server.key"\n',
+            '[tls]\ncert_file = "{d}/server.pem"\nkey_file = "{d}/server.key"\nclient_ca_file = '
+            '"{d}/server.key"\n',
             r"tls\.client_ca_file: .*server\.key holds no PEM certificate",
         ),
         (
-            '[registry]\ncontroller = "h:1"\n[registry.tls]\nca_file = "{d}/ca.pem"\ncert_file = "{d}/client.pem"\nkey_file = "{d}/server.key"\n',
+            '[registry]\ncontroller = "h:1"\n[registry.tls]\nca_file = "{d}/ca.pem"\ncert_file = '
+            '"{d}/client.pem"\nkey_file = "{d}/server.key"\n',
             r"registry\.tls\.key_file: .*is not the private key",
         ),
     ],
@@ -291,11 +298,13 @@ def test_instances_with_its_registry_down_prints_one_line(where: list[str]) -> N
     ("text", "message"),
     [
         (
-            '[registry]\ncontroller = "c:1"\n[gateway.workers]\ntoken_env = "MW_TEST_GATEWAY_TOKEN"\n',
+            '[registry]\ncontroller = "c:1"\n[gateway.workers]\ntoken_env = '
+            '"MW_TEST_GATEWAY_TOKEN"\n',
             r"gateway\.workers: .*set tls\.ca_file",
         ),
         (
-            '[registry]\ncontroller = "c:1"\n[gateway.workers]\nforward_authorization = true\n[gateway.workers.tls]\n',
+            '[registry]\ncontroller = "c:1"\n[gateway.workers]\nforward_authorization = '
+            "true\n[gateway.workers.tls]\n",
             r"gateway\.workers: .*set tls\.ca_file",
         ),
     ],
@@ -410,8 +419,8 @@ def test_otlp_endpoint_without_the_exporter_is_refused_when_read(
     with pytest.raises(ConfigError) as raised:
         getattr(config, loader)(path)
     assert str(raised.value) == (
-        f"{path}: observability.otlp_endpoint: needs the OTLP exporter (the `tracing` extra), which is "
-        "not installed: from the checkout, `.venv/bin/pip install -e '.[tracing]'`"
+        f"{path}: observability.otlp_endpoint: needs the OTLP exporter (the `tracing` extra), "
+        "which is not installed: from the checkout, `.venv/bin/pip install -e '.[tracing]'`"
     )
 
 

@@ -105,13 +105,19 @@ SIGNATURE = (
     "EqQBCkYIBxgCKkDq+/2mZ3xvVQ0c9wYp1uOTe/FZ3ukDA1ZJ+Wq0Hh8XsbTm7p5wfuHNLhY3K0o9nZrZ2l/dxQ=="
 )
 SIGNATURE_2 = "ErUBCkYIBRgCIkBG1pJ1sQbxRcC4JZRoj2+Pd1eZ6/8+ZlYt0kV3wmA9XdF2tFfHqO6=="
-REDACTED = "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB4URj2fsD1pn6tGuO2HwXrFXyQ"
+REDACTED = (
+    "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB4URj"
+    "2fsD1pn6tGuO2HwXrFXyQ"
+)
 WEATHER_CALL = pb.ToolCall(
     id="toolu_01A09q90qw90lq917835lq9",
     name="get_weather",
     arguments_json='{"city": "Paris", "unit": "celsius"}',
 )
-TIME_TOOL_SCHEMA = '{"type": "object", "properties": {"city": {"type": "string", "maxLength": 64}}, "required": ["city"]}'
+TIME_TOOL_SCHEMA = (
+    '{"type": "object", "properties": {"city": {"type": "string", "maxLength": 64}}, "required": '
+    '["city"]}'
+)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +189,10 @@ async def test_tools_keep_their_schema_text_order_and_numbers(
     stub: pb_grpc.ModelWorkerStub, fake: FakeUpstream
 ) -> None:
     # Keys out of alphabetical order, an integer and floats: a Struct would lose all three.
-    schema = '{"type": "object", "required": ["n"], "properties": {"n": {"type": "number", "maximum": 150, "multipleOf": 0.5, "default": 1.0}}}'
+    schema = (
+        '{"type": "object", "required": ["n"], "properties": {"n": {"type": "number", "maximum": '
+        '150, "multipleOf": 0.5, "default": 1.0}}}'
+    )
     tools = [
         pb.Tool(
             name="scale", description="Scales a number.", parameters_json_schema=schema, strict=True
@@ -397,7 +406,8 @@ async def test_images_as_base64_and_url_sources(
                 "source": {
                     "type": "base64",
                     "media_type": "image/png",
-                    "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP4z8DwHwAFAAIB/6K99bEAAAAASUVORK5CYII=",
+                    "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP4z8DwHwAFA"
+                    "AIB/6K99bEAAAAASUVORK5CYII=",
                 },
             },
             {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
@@ -870,7 +880,8 @@ async def test_json_schema_is_a_forced_tool_whose_input_is_the_text(
     assert sent["tools"] == [
         {
             "name": "person",
-            "description": "Give your answer as this tool's input: a JSON object matching its schema.",
+            "description": "Give your answer as this tool's input: a JSON object matching its "
+            "schema.",
             "input_schema": PERSON_SCHEMA,
             "strict": True,
         }
@@ -1244,7 +1255,8 @@ async def test_default_capabilities(stub: pb_grpc.ModelWorkerStub) -> None:
 def test_thinking_option_is_checked(tmp_path: Path) -> None:
     config = load_toml_config(
         tmp_path,
-        '[[models]]\nname = "c"\nprovider = "anthropic"\ncontext_length = 1000\nthinking = "sometimes"\n',
+        '[[models]]\nname = "c"\nprovider = "anthropic"\ncontext_length = 1000\nthinking = '
+        '"sometimes"\n',
     )
     with (
         ThreadPoolExecutor(1) as executor,

@@ -70,7 +70,10 @@ PICTURE_QUESTION = pb.ModelMessage(
         pb.ContentPart(image=pb.Image(url="https://example.com/a.png")),
     ],
 )
-SCHEMA = '{"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}'
+SCHEMA = (
+    '{"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", '
+    '"fahrenheit"]}}, "required": ["city"]}'
+)
 
 
 @pytest.fixture(scope="module")
@@ -594,7 +597,10 @@ async def test_count_token_refuses_malformed_new_fields_by_name(
 def test_configured_capabilities_are_checked_against_the_provider(
     tmp_path: Path, line: str, reason: str
 ) -> None:
-    text = f'[[models]]\nname = "m"\nprovider = "openai"\napi_base = "http://127.0.0.1:9"\ncontext_length = 8192\n{line}\n'
+    text = (
+        '[[models]]\nname = "m"\nprovider = "openai"\napi_base = '
+        f'"http://127.0.0.1:9"\ncontext_length = 8192\n{line}\n'
+    )
     with pytest.raises(ConfigError) as error, ThreadPoolExecutor(1) as executor:
         model = load_toml_config(tmp_path, text).models[0]
         registry.PROVIDERS["openai"].new_client(model, executor)

@@ -264,7 +264,8 @@ async def test_an_invalid_grammar_is_refused_with_llama_cpp_s_reason_before_the_
         ('start ::= "yes"', "was refused by llama.cpp: grammar does not contain a 'root' symbol"),
         (
             'root ::= root "a"',
-            "was refused by llama.cpp: unsupported grammar, left recursion detected for nonterminal at index 0",
+            "was refused by llama.cpp: unsupported grammar, left recursion detected for "
+            "nonterminal at index 0",
         ),
     ],
 )
@@ -565,7 +566,8 @@ async def test_a_tool_schema_the_grammar_cannot_enforce_is_refused_by_tool(
 ) -> None:
     odd = pb.Tool(
         name="send_mail",
-        parameters_json_schema='{"type": "object", "properties": {"to": {"type": "string", "format": "email"}}}',
+        parameters_json_schema='{"type": "object", "properties": {"to": {"type": "string", '
+        '"format": "email"}}}',
     )
     call = request(
         [user("Mail Bob.")],

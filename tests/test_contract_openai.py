@@ -1026,7 +1026,8 @@ def test_a_capability_the_provider_cannot_honour_is_a_configuration_error(
 ) -> None:
     config = load_toml_config(
         tmp_path,
-        f'[[models]]\nname = "m"\nprovider = "openai"\ncontext_length = 10\ncapabilities = ["chat", "{capability}"]\n',
+        '[[models]]\nname = "m"\nprovider = "openai"\ncontext_length = 10\ncapabilities = '
+        f'["chat", "{capability}"]\n',
     )
     with (
         ThreadPoolExecutor(1) as executor,

@@ -219,8 +219,8 @@ async def test_keys_are_back_within_one_ttl_after_etcd_restarts(etcd: EtcdServer
         up_at = time.monotonic()
         back_at = await poll(lambda: sorted(keys_under(etcd, "mw/")) == expected, TTL_S + 5)
         print(
-            f"keys back {back_at - up_at:.2f}s after etcd answered again ({back_at - down_at:.2f}s after it died; "
-            f"TTL {TTL_S}s)"
+            f"keys back {back_at - up_at:.2f}s after etcd answered again ({back_at - down_at:.2f}s "
+            f"after it died; TTL {TTL_S}s)"
         )
         assert back_at - up_at <= TTL_S
         assert [w.registration.registrations for w in workers if w.registration] == [2, 2], (

@@ -94,9 +94,8 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> AuthConfig:
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.toml"
     tokens.write_text(
         "".join(
-            f'[[tokens]]\nname = "{name}"\ntoken = "{token(name)}"\npermissions = {list(permissions)!r}\n'.replace(
-                "'", '"'
-            )
+            f'[[tokens]]\nname = "{name}"\ntoken = "{token(name)}"\npermissions = '
+            f"{list(permissions)!r}\n".replace("'", '"')
             for name, permissions in TOKENS.items()
         )
     )

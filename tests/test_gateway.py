@@ -522,7 +522,8 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
                 killed_at = time.monotonic()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 print(
-                    f"streaming at the kill: {at_kill}; victim {victim_id}; results {[r if isinstance(r, str) else r.code() for r in results]}"
+                    f"streaming at the kill: {at_kill}; victim {victim_id}; results "
+                    f"{[r if isinstance(r, str) else r.code() for r in results]}"
                 )
 
                 for index, result in enumerate(results):
@@ -538,7 +539,8 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
 
             removed_at = await watcher.wait_for(has_event("removed", victim_id), TTL_S + 5)
             print(
-                f"the killed instance left the registry {removed_at - killed_at:.2f}s after SIGKILL (TTL {TTL_S}s)"
+                f"the killed instance left the registry {removed_at - killed_at:.2f}s after "
+                f"SIGKILL (TTL {TTL_S}s)"
             )
             assert removed_at - killed_at <= TTL_S + 0.6, (
                 f"left the registry {removed_at - killed_at:.2f}s after the kill"

@@ -26,12 +26,13 @@ from modelwire.providers.llama.client import LlamaCppClient
 
 # llama_print_system_info() of a `-march=native` build on a Sapphire Rapids Xeon.
 SAPPHIRE_RAPIDS_NATIVE = (
-    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
-    "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
-    "OPENMP = 1 | REPACK = 1 | "
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = "
+    "1 | AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | "
+    "LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
 )
 SAPPHIRE_RAPIDS_FLAGS = frozenset(
-    "pni ssse3 avx avx_vnni avx2 f16c fma bmi2 avx512f avx512vbmi avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16".split()
+    "pni ssse3 avx avx_vnni avx2 f16c fma bmi2 avx512f avx512vbmi avx512_vnni avx512_bf16 "
+    "amx_tile amx_int8 amx_bf16".split()
 )
 EPYC_ZEN3_FLAGS = frozenset("pni ssse3 avx avx2 f16c fma bmi2".split())
 
@@ -60,7 +61,8 @@ def test_a_build_for_another_cpu_is_refused_with_the_instructions_it_lacks() -> 
 def test_cpu_flags_come_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
-        "processor\t: 0\nflags\t\t: fpu avx2 fma amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu avx2 fma amx_int8\n"
+        "processor\t: 0\nflags\t\t: fpu avx2 fma amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu avx2 "
+        "fma amx_int8\n"
     )
     assert cpu_flags(cpuinfo) == frozenset({"fpu", "avx2", "fma", "amx_int8"})
     assert cpu_flags(tmp_path / "absent") is None

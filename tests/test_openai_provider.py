@@ -416,11 +416,13 @@ def _new_client(tmp_path: Path, model_toml: str) -> OpenAIClient:
     [
         ('name = "m"\nprovider = "openai"\n', "models[0].context_length: is required"),
         (
-            'name = "m"\nprovider = "openai"\ncontext_length = 10\napi_key_env = "MODELWIRE_SURELY_UNSET"\n',
+            'name = "m"\nprovider = "openai"\ncontext_length = 10\napi_key_env = '
+            '"MODELWIRE_SURELY_UNSET"\n',
             "models[0].api_key_env: environment variable MODELWIRE_SURELY_UNSET is not set",
         ),
         (
-            'name = "m"\nprovider = "openai"\ncontext_length = 10\napi_type = "azure"\napi_base = "https://x"\n',
+            'name = "m"\nprovider = "openai"\ncontext_length = 10\napi_type = "azure"\napi_base = '
+            '"https://x"\n',
             "models[0].api_version: is required",
         ),
         (

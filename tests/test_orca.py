@@ -86,7 +86,8 @@ async def test_the_orca_trailer_reports_utilisation_that_rises_under_load() -> N
                 listed, _ = report_of(await models_call.trailing_metadata())
 
     print(
-        f"application_utilization idle {idle.application_utilization}, with 3 of 4 slots busy {loaded.application_utilization}"
+        f"application_utilization idle {idle.application_utilization}, with 3 of 4 slots busy "
+        f"{loaded.application_utilization}"
     )
     assert loaded.application_utilization == pytest.approx(0.75)
     assert loaded.named_metrics["in_flight"] == 3.0
@@ -139,7 +140,8 @@ async def test_the_orca_trailer_is_on_the_wire_and_rises_under_load() -> None:
     idle = orca_load_report_pb2.OrcaLoadReport.FromString(unbase64(idle_trailers[ORCA_TRAILER]))
     loaded = orca_load_report_pb2.OrcaLoadReport.FromString(unbase64(loaded_trailers[ORCA_TRAILER]))
     print(
-        f"on the wire: application_utilization idle {idle.application_utilization}, loaded {loaded.application_utilization}"
+        f"on the wire: application_utilization idle {idle.application_utilization}, loaded "
+        f"{loaded.application_utilization}"
     )
     assert idle.application_utilization == 0.0
     assert loaded.application_utilization == pytest.approx(0.5)

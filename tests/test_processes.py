@@ -50,7 +50,8 @@ async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_p
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "modelwire.toml"
     config.write_text(
-        f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = 30\n[observability]\nmetrics_port = {metrics_port}\n"
+        f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = "
+        f"30\n[observability]\nmetrics_port = {metrics_port}\n"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -89,8 +90,8 @@ async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_p
             metrics = response.read().decode()
         # One endpoint, the sum of both processes (prometheus-client multiprocess mode).
         assert (
-            f'modelwire_requests_total{{code="OK",method="GenerateStream",model="{MODEL}"}} {streams}.0'
-            in metrics
+            f'modelwire_requests_total{{code="OK",method="GenerateStream",model="{MODEL}"}} '
+            f"{streams}.0" in metrics
         )
         assert all(tokens == TOKENS for _, tokens in results), (
             "every stream in flight finished during the drain"
@@ -190,7 +191,8 @@ async def test_a_taken_metrics_port_fails_the_start_before_any_child(tmp_path: P
         metrics_port = taken.getsockname()[1]
         config = tmp_path / "modelwire.toml"
         config.write_text(
-            f"[server]\nport = {port}\nprocesses = 2\n[observability]\nmetrics_port = {metrics_port}\n"
+            f"[server]\nport = {port}\nprocesses = 2\n[observability]\nmetrics_port = "
+            f"{metrics_port}\n"
         )
         result = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -218,7 +220,8 @@ async def test_a_dead_child_is_replaced_and_its_gauges_dropped(tmp_path: Path) -
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "modelwire.toml"
     config.write_text(
-        f'[server]\nport = {port}\nprocesses = 2\ngrace_period_s = 1\n[observability]\nmetrics_port = {metrics_port}\nlog_format = "text"\n'
+        f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = "
+        f'1\n[observability]\nmetrics_port = {metrics_port}\nlog_format = "text"\n'
     )
     process, children = await start_supervisor(config)
     try:

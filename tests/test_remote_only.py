@@ -151,9 +151,10 @@ async def test_a_local_model_in_a_remote_only_install_is_refused_with_the_instal
         stdout, stderr = await asyncio.wait_for(worker.communicate(), 60)
         assert worker.returncode == 2 and stdout == b"", stderr
         assert stderr.decode().splitlines() == [
-            f"modelwire: invalid configuration: {source}: models[0].provider: provider 'llamacpp' needs "
-            "llama-cpp-python (the `local` extra), which is not installed (no Python module 'llama_cpp'): "
-            "from the checkout, `make install` builds and installs it (about 6 minutes on 2 cores the first "
-            "time). Without it, serve openai, anthropic or echo models from a --config file (a remote-only "
-            "install, `make install LOCAL=0`; docs/configuration.md)"
+            f"modelwire: invalid configuration: {source}: models[0].provider: provider 'llamacpp' "
+            "needs llama-cpp-python (the `local` extra), which is not installed (no Python module "
+            "'llama_cpp'): from the checkout, `make install` builds and installs it (about 6 "
+            "minutes on 2 cores the first time). Without it, serve openai, anthropic or echo "
+            "models from a --config file (a remote-only install, `make install LOCAL=0`; "
+            "docs/configuration.md)"
         ]

@@ -290,7 +290,8 @@ async def test_a_prompt_too_long_even_for_the_margin_is_refused_before_the_upstr
 CONTEXT_REFUSALS = {
     "openai": {
         "error": {
-            "message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 130412 tokens. Please reduce the length of the messages.",
+            "message": "This model's maximum context length is 128000 tokens. However, your "
+            "messages resulted in 130412 tokens. Please reduce the length of the messages.",
             "type": "invalid_request_error",
             "param": "messages",
             "code": "context_length_exceeded",
@@ -298,7 +299,9 @@ CONTEXT_REFUSALS = {
     },
     "vllm": {
         "object": "error",
-        "message": "This model's maximum context length is 32768 tokens. However, you requested 33668 tokens (30900 in the messages, 2768 in the completion). Please reduce the length of the messages or completion.",
+        "message": "This model's maximum context length is 32768 tokens. However, you requested "
+        "33668 tokens (30900 in the messages, 2768 in the completion). Please reduce the "
+        "length of the messages or completion.",
         "type": "BadRequestError",
         "param": None,
         "code": 400,
@@ -323,7 +326,8 @@ CONTEXT_REFUSALS = {
         "type": "error",
         "error": {
             "type": "invalid_request_error",
-            "message": "input length and `max_tokens` exceed context limit: 180000 + 30000 > 200000, decrease input length or `max_tokens` and try again",
+            "message": "input length and `max_tokens` exceed context limit: 180000 + 30000 > "
+            "200000, decrease input length or `max_tokens` and try again",
         },
     },
 }
@@ -350,7 +354,8 @@ async def test_the_upstreams_context_refusal_is_failed_precondition(
 NOT_CONTEXT_REFUSALS = {
     "a quoted schema property": {
         "error": {
-            "message": "Invalid schema for function 'setup': 'context_size' is not of type 'integer'",
+            "message": "Invalid schema for function 'setup': 'context_size' is not of type "
+            "'integer'",
             "type": "invalid_request_error",
             "param": "tools[0].function.parameters",
             "code": "invalid_function_parameters",
@@ -687,7 +692,8 @@ def test_the_scrub_is_bounded_for_huge_and_repetitive_echoes() -> None:
         clean = scrub("a message sharing nothing with the prompt, at a normal length" * 10)
         assert MASK not in clean
         print(
-            f"\n{name}: 1 MiB prompt, 64 KiB echo scrubbed in {1000 * (time.perf_counter() - started):.0f} ms"
+            f"\n{name}: 1 MiB prompt, 64 KiB echo scrubbed in "
+            f"{1000 * (time.perf_counter() - started):.0f} ms"
         )
     remember_request_text([" " * (1 << 20)])
     assert scrub("x" + " " * 200 + "y") == "x" + " " * 200 + "y", "whitespace is no request text"

@@ -383,7 +383,8 @@ async def test_caller_deadline_closes_an_upstream_that_never_answers(
 
     assert error is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED
     print(
-        f"\n{model} {kind}: upstream closed {1000 * (closed_at - started - 0.3):.1f} ms after the caller's deadline"
+        f"\n{model} {kind}: upstream closed {1000 * (closed_at - started - 0.3):.1f} ms after the "
+        "caller's deadline"
     )
     assert closed_at - started < 0.3 + 0.1
 
@@ -434,7 +435,8 @@ async def test_cancelling_a_stream_closes_the_upstream_request_within_100ms(
     closed_at = await exchange.wait_client_closed(2.0)
 
     print(
-        f"\n{model}: upstream closed {1000 * (closed_at - cancelled_at):.1f} ms after the gRPC cancel"
+        f"\n{model}: upstream closed {1000 * (closed_at - cancelled_at):.1f} ms after the gRPC "
+        "cancel"
     )
     assert closed_at - cancelled_at < 0.1
 
