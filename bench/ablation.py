@@ -281,8 +281,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 }
                 rows.append(row)
                 print(
-                    f"{variant:16} {mode:6} {row['rps']:8,.0f} calls/s  {row['cpu_us_per_call']:7.0f} µs CPU/call  "
-                    f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  load {row['loadavg1']:.2f}",
+                    f"{variant:16} {mode:6} {row['rps']:8,.0f} calls/s  "
+                    f"{row['cpu_us_per_call']:7.0f} µs CPU/call  p50 {row['p50_ms']:.2f} ms  p99 "
+                    f"{row['p99_ms']:.2f} ms  load {row['loadavg1']:.2f}",
                     flush=True,
                 )
         finally:

@@ -132,12 +132,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     print(
-        "| tokens | direct tiktoken (tokens/s) | CountToken over gRPC (tokens/s) | ratio | ms per call: direct / from bytes / gRPC floor / modelwire |"
+        "| tokens | direct tiktoken (tokens/s) | CountToken over gRPC (tokens/s) | ratio | ms per "
+        "call: direct / from bytes / gRPC floor / modelwire |"
     )
     print("| --- | --- | --- | --- | --- |")
     for row in run(args.address, args.seconds, floor=args.floor):
         print(
-            f"| {row['tokens']:,} | {row['direct_tokens_per_s']:,.0f} | {row['grpc_tokens_per_s']:,.0f} | {row['ratio']:.2f} | "
+            f"| {row['tokens']:,} | {row['direct_tokens_per_s']:,.0f} | "
+            f"{row['grpc_tokens_per_s']:,.0f} | {row['ratio']:.2f} | "
             f"{row['direct_ms_per_call']:.3f} / {row['direct_from_bytes_ms_per_call']:.3f} / "
             f"{row.get('floor_ms_per_call', float('nan')):.3f} / {row['grpc_ms_per_call']:.3f} |"
         )

@@ -155,7 +155,8 @@ def main() -> None:
         upstream.stdout.readline()
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         print(
-            f"{'mode':<7} {'c':>3} {'client':<8} {'CPU µs/unit':>12} {'units/s':>10}   (unit: a request, or a stream event)"
+            f"{'mode':<7} {'c':>3} {'client':<8} {'CPU µs/unit':>12} {'units/s':>10}   (unit: a "
+            "request, or a stream event)"
         )
         for stream in (False, True):
             for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -184,7 +185,8 @@ def main() -> None:
                     cpu = min(run["cpu_us_per_unit"] for run in runs)
                     rate = max(run["units_per_s"] for run in runs)
                     print(
-                        f"{'stream' if stream else 'unary':<7} {concurrency:>3} {client:<8} {cpu:>12.1f} {rate:>10,.0f}"
+                        f"{'stream' if stream else 'unary':<7} {concurrency:>3} {client:<8} "
+                        f"{cpu:>12.1f} {rate:>10,.0f}"
                     )
     finally:
         upstream.terminate()

@@ -22,9 +22,18 @@ import asyncio
 import json
 from typing import Any
 
-_NOT_FOUND = b'HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{"error":"not found"}'
-_HEALTH = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"status":"ok"}'
-_BAD = b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 33\r\nConnection: close\r\n\r\n{"error":{"message":"bad json"}}'
+_NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 21\r\n\r\n{"error":"not found"}'
+)
+_HEALTH = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 15\r\n\r\n{"status":"ok"}'
+)
+_BAD = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
+    b'Connection: close\r\n\r\n{"error":{"message":"bad json"}}'
+)
 
 
 class Answers:
@@ -107,14 +116,20 @@ class Answers:
     def _render(self, model: str, stream: bool, include_usage: bool) -> bytes:
         payloads = self.payloads(model, stream, include_usage)
         if not stream:
-            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payloads[0])}\r\n\r\n"
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payloads[0])}\r\n\r\n"
+            )
             return head.encode() + payloads[0]
         # Each event is its own HTTP chunk, as a streaming server sends them; written in one go.
         framed = (
             b"".join(b"%x\r\n%s\r\n" % (len(payload), payload) for payload in payloads)
             + b"0\r\n\r\n"
         )
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         return head + framed
 
 

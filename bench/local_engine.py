@@ -100,7 +100,10 @@ def engine_row(path: str, extra: bool, runs: int, threads: int) -> str:
     abort = median(lambda: engine_abort_latency(session, long_prompt, prefill), runs)
     session.close()
     model.close()
-    return f"| modelwire engine, extra buffers {'on' if extra else 'off'} | {first * 1000:.1f} | {rate:.1f} | {prefill:.0f} | {abort * 1000:.1f} |"
+    return (
+        f"| modelwire engine, extra buffers {'on' if extra else 'off'} | {first * 1000:.1f} | "
+        f"{rate:.1f} | {prefill:.0f} | {abort * 1000:.1f} |"
+    )
 
 
 def llama_row(path: str, runs: int, threads: int) -> str:
@@ -136,7 +139,10 @@ def llama_row(path: str, runs: int, threads: int) -> str:
     first = median(first_token, runs)
     rate = median(decode_rate, runs)
     prefill = median(prefill_rate, runs)
-    return f"| llama-cpp-python `Llama` (extra buffers on) | {first * 1000:.1f} | {rate:.1f} | {prefill:.0f} | cannot abort |"
+    return (
+        f"| llama-cpp-python `Llama` (extra buffers on) | {first * 1000:.1f} | {rate:.1f} | "
+        f"{prefill:.0f} | cannot abort |"
+    )
 
 
 def main() -> None:
@@ -147,11 +153,13 @@ def main() -> None:
     threads = os.cpu_count() or 1
     build = LlamaBuild.installed()
     print(
-        f"gemma-3-270m q4_k_m, {threads} threads, llama.cpp build: {' '.join(sorted(build.features))}"
+        f"gemma-3-270m q4_k_m, {threads} threads, llama.cpp build: "
+        f"{' '.join(sorted(build.features))}"
     )
     print(f"greedy, {TOKENS} decode tokens, median of {args.runs} runs after one warm-up")
     print(
-        "| option | first token (ms) | decode tokens/s | prompt eval tokens/s | abort → return (ms) |"
+        "| option | first token (ms) | decode tokens/s | prompt eval tokens/s | abort → return "
+        "(ms) |"
     )
     print("| --- | --- | --- | --- | --- |")
     for extra in (True, False):

@@ -143,7 +143,8 @@ def main() -> None:
         )
         return
     print(
-        f"gemma-3-270m q4_k_m, {os.cpu_count()} CPUs, greedy, max {args.tokens} tokens, median of {args.runs} runs (after 1 warm-up)"
+        f"gemma-3-270m q4_k_m, {os.cpu_count()} CPUs, greedy, max {args.tokens} tokens, median of "
+        f"{args.runs} runs (after 1 warm-up)"
     )
     print("| path | time to first token (ms) | tokens/s | tokens |")
     print("| --- | --- | --- | --- |")

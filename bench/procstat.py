@@ -128,7 +128,8 @@ def wait_for_load(max_load: float, timeout_s: float, say: callable = print) -> f
     load = loadavg1()
     while load >= max_load and time.monotonic() < deadline:
         say(
-            f"waiting for a quieter machine: load average {load:.2f} ≥ {max_load} ({deadline - time.monotonic():.0f}s left)"
+            f"waiting for a quieter machine: load average {load:.2f} ≥ {max_load} "
+            f"({deadline - time.monotonic():.0f}s left)"
         )
         time.sleep(5)
         load = loadavg1()

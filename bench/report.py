@@ -117,8 +117,10 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                     "modelwire CountToken (× floor: tiktoken in-process)",
                     f"{item['tokens']:,} tokens",
                     "1",
-                    f"{_num(item['grpc_tokens_per_s'])} tokens/s (direct {_num(item['direct_tokens_per_s'])})",
-                    f"{item['grpc_ms_per_call']:.2f} per call (direct {item['direct_ms_per_call']:.2f}, from bytes "
+                    f"{_num(item['grpc_tokens_per_s'])} tokens/s (direct "
+                    f"{_num(item['direct_tokens_per_s'])})",
+                    f"{item['grpc_ms_per_call']:.2f} per call (direct "
+                    f"{item['direct_ms_per_call']:.2f}, from bytes "
                     f"{item['direct_from_bytes_ms_per_call']:.2f}{floor})",
                     "",
                     "",
@@ -162,7 +164,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                 "",
                 "",
                 f"{streams['worker_cpu_s']:.2f} total",
-                f"{streams['rss_peak_mib']:.0f} (idle {streams['rss_before_mib']:.0f}, {streams['rss_per_stream_kib']:.1f} KiB/stream)",
+                f"{streams['rss_peak_mib']:.0f} (idle {streams['rss_before_mib']:.0f}, "
+                f"{streams['rss_per_stream_kib']:.1f} KiB/stream)",
                 "—",
                 "—",
                 "—",
@@ -190,7 +193,8 @@ def console_table(report: dict[str, Any]) -> str:
             out.append("  ".join("-" * width for width in widths))
     out.append("")
     out += [
-        f"{'MET   ' if v['met'] else 'MISSED' if v['met'] is False else 'n/a   '} {v['target']}: {v['measured']}"
+        f"{'MET   ' if v['met'] else 'MISSED' if v['met'] is False else 'n/a   '} {v['target']}: "
+        f"{v['measured']}"
         for v in verdicts(report)
     ]
     return "\n".join(out)
@@ -239,7 +243,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     judge(
         what,
         http_stream["cpu_s_per_1k"] / chunks * 1000 <= 60 if http_stream else None,
-        f"{http_stream['cpu_s_per_1k'] / chunks * 1000:.0f} µs per delta at c=64 ({http_stream['cpu_s_per_1k']:.1f} CPU-ms per stream)"
+        f"{http_stream['cpu_s_per_1k'] / chunks * 1000:.0f} µs per delta at c=64 "
+        f"({http_stream['cpu_s_per_1k']:.1f} CPU-ms per stream)"
         if http_stream
         else "not measured",
     )
@@ -249,7 +254,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
         judge(
             what,
             row["rps"] / floor["rps"] >= threshold if row and floor else None,
-            f"{row['rps'] / floor['rps']:.2f}× ({row['cpu_s_per_1k']:.2f} against {floor['cpu_s_per_1k']:.2f} CPU-ms per call)"
+            f"{row['rps'] / floor['rps']:.2f}× ({row['cpu_s_per_1k']:.2f} against "
+            f"{floor['cpu_s_per_1k']:.2f} CPU-ms per call)"
             if row and floor
             else "not measured",
         )
@@ -263,14 +269,16 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     if gateway and worker:
         hop = gateway["cpu_s_per_1k"] - worker["cpu_s_per_1k"]
         bare = (
-            f"; a bare grpc.aio forwarder adds {forwarder['cpu_s_per_1k'] - floor['cpu_s_per_1k']:+.2f}"
+            "; a bare grpc.aio forwarder adds "
+            f"{forwarder['cpu_s_per_1k'] - floor['cpu_s_per_1k']:+.2f}"
             if forwarder and floor
             else ""
         )
         judge(
             what,
             hop <= 0.3,
-            f"{hop:+.2f} CPU-ms at c=64, {gateway['rps'] / floor['rps']:.2f}× the floor through it{bare}"
+            f"{hop:+.2f} CPU-ms at c=64, {gateway['rps'] / floor['rps']:.2f}× the floor through "
+            f"it{bare}"
             if floor
             else f"{hop:+.2f} CPU-ms at c=64{bare}",
         )
@@ -283,7 +291,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "CountToken ≥ 0.9× direct tiktoken on 100k-token prompts",
             "met": big[0]["ratio"] >= 0.9 if big else None,
             "measured": (
-                f"{big[0]['ratio']:.2f}× ({big[0]['grpc_ms_per_call']:.1f} vs {big[0]['direct_ms_per_call']:.1f} ms per call; "
+                f"{big[0]['ratio']:.2f}× ({big[0]['grpc_ms_per_call']:.1f} vs "
+                f"{big[0]['direct_ms_per_call']:.1f} ms per call; "
                 f"{big[0]['ratio_from_bytes']:.2f}× against tiktoken on the decoded UTF-8 bytes"
                 + (
                     f"; gRPC alone carries the request in {big[0]['floor_ms_per_call']:.1f} ms)"
@@ -301,7 +310,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
         extra_ms = local["modelwire"]["ttft_ms"] - local["direct"]["ttft_ms"]
         found.append(
             {
-                "target": "local model: ≥ 0.97× llama-cpp-python's tokens/s, time to first token within 2 ms",
+                "target": "local model: ≥ 0.97× llama-cpp-python's tokens/s, time to first token "
+                "within 2 ms",
                 "met": rate >= 0.97 and extra_ms <= 2,
                 "measured": f"tokens/s {rate:.3f}×, time to first token {extra_ms:+.1f} ms "
                 f"({local['modelwire']['ttft_ms']:.1f} vs {local['direct']['ttft_ms']:.1f} ms)",
@@ -323,7 +333,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             if streams
             else None,
             "measured": (
-                f"{streams['completed']}/{streams['streams']} completed, peak {streams['rss_peak_mib']:.0f} MiB"
+                f"{streams['completed']}/{streams['streams']} completed, peak "
+                f"{streams['rss_peak_mib']:.0f} MiB"
                 if streams
                 else "not measured"
             ),
@@ -338,21 +349,25 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
     others = [row["other_busy_cores"] for row in report["rows"]]
     tools = ", ".join(f"{name} {version}" for name, version in report["tools"].items())
     lines = [
-        f"Run `{report['stamp']}`{' (quick)' if report['quick'] else ''}: {machine['cpus']} × {machine['cpu']}, "
-        f"{machine['memory_gib']} GiB, Linux {machine['kernel']}, Python {machine['python']}, grpcio {machine['grpcio']}; {tools}. "
-        f"Closed loop at concurrency {', '.join(map(str, settings['levels']))}, about {settings['duration_s']:g} s per measurement, "
-        f"each after a {settings['pilot_s']:g} s pilot at the same concurrency (warm-up; it sizes ghz's call count so no call is "
-        f"cut off at the end; oha waits for its calls in flight); ghz over {settings['connections']} connections "
-        f"(fewer when c is smaller), oha one connection per worker. Streams carry {settings['chunks']} deltas of "
-        f"{settings['chunk_text']!r}; unary calls return the same text whole. Took {report['elapsed_s'] / 60:.1f} min.",
+        f"Run `{report['stamp']}`{' (quick)' if report['quick'] else ''}: {machine['cpus']} × "
+        f"{machine['cpu']}, {machine['memory_gib']} GiB, Linux {machine['kernel']}, Python "
+        f"{machine['python']}, grpcio {machine['grpcio']}; {tools}. Closed loop at concurrency "
+        f"{', '.join(map(str, settings['levels']))}, about {settings['duration_s']:g} s per "
+        f"measurement, each after a {settings['pilot_s']:g} s pilot at the same concurrency "
+        "(warm-up; it sizes ghz's call count so no call is cut off at the end; oha waits for its "
+        f"calls in flight); ghz over {settings['connections']} connections (fewer when c is "
+        f"smaller), oha one connection per worker. Streams carry {settings['chunks']} deltas of "
+        f"{settings['chunk_text']!r}; unary calls return the same text whole. Took "
+        f"{report['elapsed_s'] / 60:.1f} min.",
         "",
         f"Load: 1-minute load average {report['loadavg1_at_start']:.2f} when the run started "
         f"({report['loadavg1_at_end']:.2f} at its end)"
         + (
-            f"; other processes (not the servers, the upstream, the load generator or the harness) used "
-            f"{min(others):.2f}–{max(others):.2f} cores during the measurements (median {sorted(others)[len(others) // 2]:.2f}); "
-            f"the load column shows, per row, the load average when it started (inflated by the previous row's own load) "
-            f"/ the cores other processes used during it."
+            "; other processes (not the servers, the upstream, the load generator or the harness) "
+            f"used {min(others):.2f}–{max(others):.2f} cores during the measurements (median "
+            f"{sorted(others)[len(others) // 2]:.2f}); the load column shows, per row, the load "
+            "average when it started (inflated by the previous row's own load) / the cores other "
+            "processes used during it."
             if others
             else "."
         ),
@@ -376,17 +391,19 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
     if report.get("slow_streams"):
         streams = report["slow_streams"]
         lines.append(
-            f"Slow streams: {streams['streams']} GenerateStream calls over 4 connections, {streams['chunks_per_stream']} chunks "
-            f"{streams['interval_s']:g} s apart, admission `max_concurrency = {streams['max_concurrency']}`, "
-            f"`max_queue = {streams['max_queue']}`; at most {streams['peak_open']} open at once; worker RSS "
-            f"{streams['rss_before_mib']:.0f} MiB idle, {streams['rss_peak_mib']:.0f} MiB peak, {streams['rss_after_mib']:.0f} MiB after; "
-            f"{streams['worker_cpu_s']:.2f} CPU s in all; errors: {streams['errors'] or 'none'}."
+            f"Slow streams: {streams['streams']} GenerateStream calls over 4 connections, "
+            f"{streams['chunks_per_stream']} chunks {streams['interval_s']:g} s apart, admission "
+            f"`max_concurrency = {streams['max_concurrency']}`, `max_queue = "
+            f"{streams['max_queue']}`; at most {streams['peak_open']} open at once; worker RSS "
+            f"{streams['rss_before_mib']:.0f} MiB idle, {streams['rss_peak_mib']:.0f} MiB peak, "
+            f"{streams['rss_after_mib']:.0f} MiB after; {streams['worker_cpu_s']:.2f} CPU s in "
+            f"all; errors: {streams['errors'] or 'none'}."
         )
         lines.append("")
     if report.get("verified"):
         lines.append(
-            "Each target was checked before it was measured (one unary and one streamed call, right text, "
-            "right number of deltas, usage on the last): "
+            "Each target was checked before it was measured (one unary and one streamed call, "
+            "right text, right number of deltas, usage on the last): "
             + "; ".join(f"{key}: {value}" for key, value in report["verified"].items())
             + "."
         )
@@ -451,8 +468,9 @@ def draw(report: dict[str, Any], path: Path) -> bool:
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     machine = report["machine"]
     figure.suptitle(
-        f"Latency against throughput, closed loop at concurrency {', '.join(map(str, report['settings']['levels']))} "
-        f"— {machine['cpus']} CPUs, load generator on the same machine",
+        "Latency against throughput, closed loop at concurrency "
+        f"{', '.join(map(str, report['settings']['levels']))} — {machine['cpus']} CPUs, load "
+        "generator on the same machine",
         fontsize=10,
     )
     figure.tight_layout(rect=(0, 0.12, 1, 0.95))

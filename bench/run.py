@@ -507,7 +507,10 @@ def verify(running: Running) -> str:
             and chunks[-1].HasField("usage")
             and chunks[-1].finish_reason == pb.FINISH_REASON_STOP
         )
-        sizes = f"unary {unary.ByteSize()} B, stream {len(chunks)} messages, {sum(c.ByteSize() for c in chunks)} B"
+        sizes = (
+            f"unary {unary.ByteSize()} B, stream {len(chunks)} messages, "
+            f"{sum(c.ByteSize() for c in chunks)} B"
+        )
         if not ok:
             raise RuntimeError(f"{running.address} answered unexpectedly: {sizes}")
         return sizes
@@ -819,8 +822,9 @@ def main() -> int:
     )
 
     progress.say(
-        f"modelwire bench ({'quick' if quick else 'full'}): {len(targets)} targets × {len(MODES)} calls × "
-        f"concurrency {','.join(map(str, settings.levels))}, {settings.duration_s:g}s each; logs in {workdir}"
+        f"modelwire bench ({'quick' if quick else 'full'}): {len(targets)} targets × {len(MODES)} "
+        f"calls × concurrency {','.join(map(str, settings.levels))}, {settings.duration_s:g}s "
+        f"each; logs in {workdir}"
     )
     load_at_start = procstat.wait_for_load(args.max_load, 10 if quick else 120, progress.say)
     report: dict[str, Any] = {
@@ -882,7 +886,8 @@ def main() -> int:
                         )
                         progress.step(
                             f"{target.label} {mode} c={level}: {rate}, p99 {row['p99_ms']:.1f} ms, "
-                            f"{row['cpu_s_per_1k']:.2f} CPU s/1k, {row['errors']} errors, other load {row['other_busy_cores']:.2f} cores"
+                            f"{row['cpu_s_per_1k']:.2f} CPU s/1k, {row['errors']} errors, other "
+                            f"load {row['other_busy_cores']:.2f} cores"
                         )
             except Exception as error:  # noqa: BLE001
                 report["failures"][target.key] = str(error)
@@ -941,8 +946,9 @@ def main() -> int:
                 result["other_busy_cores"] = other.cores
                 report["slow_streams"] = result
                 progress.step(
-                    f"1,000 slow streams: {result['completed']} completed, peak RSS {result['rss_peak_mib']:.0f} MiB "
-                    f"({result['rss_per_stream_kib']:.1f} KiB per stream)"
+                    f"1,000 slow streams: {result['completed']} completed, peak RSS "
+                    f"{result['rss_peak_mib']:.0f} MiB ({result['rss_per_stream_kib']:.1f} KiB per "
+                    "stream)"
                 )
             except Exception as error:  # noqa: BLE001
                 report["failures"]["streams"] = str(error)
@@ -978,8 +984,9 @@ def main() -> int:
             local["other_busy_cores"] = other.cores
             report["local_model"] = local
             progress.step(
-                f"local model: {local['modelwire']['tokens_per_s']:.1f} vs {local['direct']['tokens_per_s']:.1f} tokens/s direct, "
-                f"TTFT {local['modelwire']['ttft_ms']:.0f} vs {local['direct']['ttft_ms']:.0f} ms"
+                f"local model: {local['modelwire']['tokens_per_s']:.1f} vs "
+                f"{local['direct']['tokens_per_s']:.1f} tokens/s direct, TTFT "
+                f"{local['modelwire']['ttft_ms']:.0f} vs {local['direct']['ttft_ms']:.0f} ms"
             )
         except Exception as error:  # noqa: BLE001
             report["failures"]["local"] = str(error)
