@@ -73,21 +73,33 @@ def _as_received(error: errors.ModelwireError) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), trailers, status.details)
 
 
-def test_a_taken_id_is_known_by_its_error_info_reason_not_by_its_text() -> None:
+def test_a_taken_id_is_known_by_its_error_info_reason() -> None:
     sent = _as_received(errors.PermissionDenied(TAKEN_TEXT, reason=ID_TAKEN))
     assert error_reasons(received_status(sent.trailing_metadata())) == [ID_TAKEN]
     taken = typed_error(sent)
     assert isinstance(taken, errors.PermissionDenied) and taken.reason == ID_TAKEN
     assert str(taken) == TAKEN_TEXT  # the text stays, for people
 
-    # The same words without the ErrorInfo (another domain's, or none) are only a refusal.
-    for trailers in ((), (("grpc-status-details-bin", b"\xff garbage"),)):
-        received = grpc.aio.Metadata(*trailers)
-        said = grpc.aio.AioRpcError(
-            grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), received, TAKEN_TEXT
+
+def _refused(details: str, *trailers: tuple[str, bytes]) -> errors.ModelwireError:
+    return typed_error(
+        grpc.aio.AioRpcError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(*trailers),
+            details,
         )
-        refusal = typed_error(said)
-        assert isinstance(refusal, errors.PermissionDenied) and refusal.reason is None
+    )
+
+
+def test_a_controller_from_before_the_reason_still_gets_a_new_id_taken() -> None:
+    """A rolling upgrade meets workers newer than their controller: an older controller says a
+    taken id only in words (no ErrorInfo), and a worker that ignored them stayed unregistered."""
+    for trailers in ((), (("grpc-status-details-bin", b"\xff garbage"),)):
+        refusal = _refused(TAKEN_TEXT, *trailers)
+        assert isinstance(refusal, errors.PermissionDenied) and refusal.reason == ID_TAKEN
+    other = _refused("token 'w' lacks the 'register' permission")
+    assert isinstance(other, errors.PermissionDenied) and other.reason is None
 
 
 def test_the_controller_client_maps_each_failure_once() -> None:
@@ -150,7 +162,7 @@ class _RefusingOnce:
     ],
 )
 async def test_the_agent_takes_a_new_id_only_on_the_id_taken_reason(
-    refusal: errors.PermissionDenied, new_id: bool
+    refusal: errors.PermissionDenied, new_id: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     registrar = _RefusingOnce(refusal)
     spec = InstanceSpec("w1", "10.0.0.1:1", (InstanceModel("m"),))
@@ -163,3 +175,5 @@ async def test_the_agent_takes_a_new_id_only_on_the_id_taken_reason(
     first, second = registrar.ids
     assert first == "w1" and (second != first) is new_id
     assert agent.instance_id == second
+    # The log line names the status and the reason, as docs/operations.md says.
+    assert f"refused w1: PERMISSION_DENIED: {refusal}" in caplog.text

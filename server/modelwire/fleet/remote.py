@@ -25,10 +25,15 @@ from modelwire.fleet.types import InstanceSpec, Lease, ModelLoad, WatchBatch
 from modelwire.rpc.auth import Unauthenticated
 from modelwire.rpc.channels import client_options, dial
 from modelwire.rpc.status import error_reasons, received_status
+from modelwire.rpc.wire import ID_TAKEN
 from modelwire.v1 import controller_pb2 as pb
 from modelwire.v1 import controller_pb2_grpc as pb_grpc
 
 SNAPSHOT_LIMIT = 64 * 1024 * 1024
+# How controllers before the ErrorInfo reason said an id was taken (controller/servicer.py keeps
+# the words): a worker upgraded before its controller must still take a new id. Remove once no
+# controller of that age can be running.
+_LEGACY_ID_TAKEN = "was registered by another identity"
 
 
 def typed_error(error: grpc.aio.AioRpcError) -> ModelwireError:
@@ -38,6 +43,8 @@ def typed_error(error: grpc.aio.AioRpcError) -> ModelwireError:
     status = received_status(error.trailing_metadata())
     if code == grpc.StatusCode.PERMISSION_DENIED:
         reasons = error_reasons(status)
+        if not reasons and _LEGACY_ID_TAKEN in message:
+            reasons = [ID_TAKEN]
         return PermissionDenied(message, reason=reasons[0] if reasons else None)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(message)

@@ -13,7 +13,12 @@ from dataclasses import replace
 
 from modelwire.core.addresses import host_of, is_loopback
 from modelwire.core.backoff import Backoff
-from modelwire.core.errors import InvalidRequest, PermissionDenied, StartupFailure
+from modelwire.core.errors import (
+    InvalidRequest,
+    ModelwireError,
+    PermissionDenied,
+    StartupFailure,
+)
 from modelwire.core.settings import RegistrationConfig, RegistryAccess
 from modelwire.fleet.connect import connect
 from modelwire.fleet.registry import RegistryClient
@@ -125,13 +130,18 @@ class RegistrationAgent:
                 raise
             except InvalidRequest as error:
                 logger.error(
-                    "%s refused the registration of %s: %s", self.registrar, self.instance_id, error
+                    "%s refused the registration of %s: %s",
+                    self.registrar,
+                    self.instance_id,
+                    refusal_text(error),
                 )
                 await asyncio.sleep(self._max_backoff_s)
             except (PermissionDenied, Unauthenticated) as refusal:
                 # The registry is reachable and says no: said every time, since nothing works
                 # until it changes.
-                logger.warning("%s refused %s: %s", self.registrar, self.instance_id, refusal)
+                logger.warning(
+                    "%s refused %s: %s", self.registrar, self.instance_id, refusal_text(refusal)
+                )
                 if isinstance(refusal, PermissionDenied) and refusal.reason == ID_TAKEN:
                     # Another identity holds our id (it registered it while the controller had
                     # forgotten us): keep serving under a new one.
@@ -160,6 +170,11 @@ class RegistrationAgent:
 
 def describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
+
+
+def refusal_text(error: ModelwireError) -> str:
+    """A registry's refusal for the log, with the status it carries (operators grep for it)."""
+    return f"{error.code}: {error}"
 
 
 def new_instance_id() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 from modelwire.core.errors import FieldViolation, InvalidRequest
@@ -37,6 +38,9 @@ from modelwire.core.types import (
 from modelwire.observe.call_record import note_context
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.worker.validation import message_count_violation
+
+# A 32-bit IEEE float, the contract's `float`.
+_FLOAT32 = struct.Struct("<f")
 
 _ROLE_FROM_PB = {
     pb.ROLE_SYSTEM: Role.SYSTEM,
@@ -204,13 +208,27 @@ def _reasoning_from_pb(request: pb.ModelRequest) -> ReasoningOptions:
 
 
 def _float(sampling: pb.SamplingParams, name: str) -> float | None:
-    """A sampling value as the caller wrote it, rounded once here at the edge: the contract's
-    32-bit floats arrive as 0.8999999761… for 0.9, and seven significant digits are all a float32
-    holds, so providers send and compare what the caller meant."""
+    """A sampling value as the caller wrote it, read once here at the edge: the contract's 32-bit
+    floats arrive as 0.8999999761… for 0.9, so the value is the shortest decimal that is the same
+    float32 (0.9). Never another float32: range checks judge, and the local model samples with,
+    exactly what was sent (2.0000002 stays above 2)."""
     if not sampling.HasField(name):
         return None
     value: float = getattr(sampling, name)
-    return float(f"{value:.7g}")
+    return shortest_float32(value)
+
+
+def shortest_float32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32 as `value` (nine digits always do)."""
+    try:
+        exact = _FLOAT32.pack(value)
+        for digits in range(1, 10):
+            shortest = float(f"{value:.{digits}g}")
+            if _FLOAT32.pack(shortest) == exact:
+                return shortest
+    except OverflowError:  # no float32 at all: validation refuses it as sent
+        pass
+    return value
 
 
 def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelRequest:
