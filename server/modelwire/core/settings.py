@@ -52,9 +52,33 @@ NonNegative = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
 AtLeastOne = Annotated[StrictFloat, Field(ge=1, allow_inf_nan=False)]
 Seconds = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
 
-# What a bearer token may do. A token without `permissions` may call models only.
-Permission = Literal["generate", "register", "read_fleet"]
+# What a bearer token may do. A token without `permissions` may call models only. `relay`: the
+# server believes the caller identity this token's calls relay (a gateway's token at a worker).
+Permission = Literal["generate", "register", "read_fleet", "relay"]
 DEFAULT_PERMISSIONS: tuple[Permission, ...] = ("generate",)
+
+# A caller's name and its tenant (a token's, or relayed by a gateway) are at most this many
+# characters, all printable, none blank at either end: they go into every log line and, relayed,
+# into metadata.
+MAX_IDENTITY_CHARS = 128
+# The `tenant` metrics label of a call by a tenant this process has no token of (a relayed one),
+# and of a call that authenticated no one (no [auth], an open method, a refused token): no tenant
+# may take these names, so a label always means one thing.
+OTHER_TENANT = "_other"
+NO_TENANT = "_none"
+
+
+def identity_problem(name: str) -> str | None:
+    """Why `name` cannot be a caller's or a tenant's name, or None when it can."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_IDENTITY_CHARS:
+        return f"is longer than {MAX_IDENTITY_CHARS} characters"
+    if not name.isprintable():
+        return "has a control or other unprintable character"
+    if name != name.strip():
+        return "has whitespace at either end"
+    return None
 
 
 # cl100k against gemma-3's own tokenizer: prose +8%, JSON +14%, code +20%, German −19%, Chinese −38%.
@@ -231,12 +255,27 @@ class WorkerServerConfig(ServerConfig):
 
 @dataclass(config=SECTION)
 class TokenGrant:
-    """One bearer token; `models` None means every model. The token never appears in a repr."""
+    """One bearer token; `models` None means every model. The token never appears in a repr.
+    `name` is the caller's identity; tokens sharing a `tenant` are one tenant (its metrics label,
+    and later its limits); a token without one is a tenant of its own, under its name."""
 
     name: StrictStr
     token: StrictStr = dataclasses.field(repr=False)
     models: frozenset[StrictStr] | None = None
     permissions: frozenset[Permission] = frozenset(DEFAULT_PERMISSIONS)
+    tenant: StrictStr | None = None
+
+    @field_validator("name", "tenant")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        problem = identity_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def tenant_name(self) -> str:
+        return self.tenant if self.tenant is not None else self.name
 
     @field_validator("token")
     @classmethod
@@ -252,6 +291,11 @@ class TokenGrant:
             raise ValueError(
                 f'token {self.name!r}: `models` has no effect without the "generate" permission: '
                 "remove it, or add the permission"
+            )
+        if self.tenant_name in (OTHER_TENANT, NO_TENANT):
+            raise ValueError(
+                f"token {self.name!r}: tenant {self.tenant_name!r} is the metrics label of calls "
+                "outside every tenant: give the token another `tenant`"
             )
         return self
 

@@ -55,14 +55,22 @@ from modelwire.gateway.router import (
 )
 from modelwire.observe.call_observer import UNKNOWN_MODEL
 from modelwire.observe.call_record import current_call
-from modelwire.rpc.auth import model_calls, model_refusal
+from modelwire.rpc.auth import (
+    IdentityClaims,
+    call_identity,
+    model_calls,
+    model_refusal,
+    relayed_metadata,
+)
 from modelwire.rpc.server import RpcServer, Service
 from modelwire.rpc.status import CallScope, error_reasons, received_status
 from modelwire.rpc.wire import (
+    CALLER_KEY,
     INSTANCE_TRAILER,
     NOT_STARTED,
     PID_KEY,
     REQUEST_ID_KEY,
+    TENANT_KEY,
     VIA_KEY,
     WORKER_SERVICE,
     Metadata,
@@ -143,6 +151,8 @@ class Gateway:
             auth=auth,
             observability=observability,
             model_label=self._model_label,
+            # Its callers' claims to be someone else are replaced by whom it authenticated.
+            identity_claims=IdentityClaims.IGNORE,
         )
         self._synced: asyncio.Task[None] | None = None
         self._id = uuid.uuid4().hex[:12]
@@ -223,12 +233,31 @@ class Gateway:
         # The worker logs the call under the id this gateway logs it under (the caller's, when usable).
         record = current_call()
         own = ((REQUEST_ID_KEY, record.request_id),) if record is not None else ()
-        caller = [(k, v) for k, v in incoming if k not in (VIA_KEY, REQUEST_ID_KEY)]
+        # Never the caller's own claim of who it is: the worker hears whom this gateway authenticated.
+        caller = [
+            (k, v)
+            for k, v in incoming
+            if k not in (VIA_KEY, REQUEST_ID_KEY, CALLER_KEY, TENANT_KEY)
+        ]
         outgoing = forwarded_metadata(caller, self.settings.workers.forward_authorization) + (
             (VIA_KEY, ",".join([*via, self._id])),
         )
         refuse_unsendable(outgoing)
-        return outgoing + own
+        return outgoing + own + self._relayed()
+
+    def _relayed(self) -> Metadata:
+        """Who the call is for, for the worker: the caller this gateway authenticated, sent with its
+        own token (which the worker believes when it holds `relay`). With the caller's own token
+        forwarded instead, the worker authenticates the caller itself: only an identity the
+        caller relayed (a gateway in front of this one, with `relay` here) goes on. Without [auth]
+        there is no one to name: nothing is relayed, and the worker sees this gateway's token.
+        Nor without credentials towards workers: nothing there could tell a relay from a forger."""
+        identity = call_identity()
+        if identity is None or not self.settings.workers.sends_credentials:
+            return ()  # a worker that is sent no token believes no one's identity
+        if self.settings.workers.forward_authorization and identity.relayed_by is None:
+            return ()
+        return relayed_metadata(identity)
 
     async def _connected(self, route: Route) -> None:
         """Bounds the wait for a connection to the chosen worker (a frozen host accepts TCP and then

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from modelwire.core.settings import NO_TENANT
+
 # Longer ids, any character outside printable ASCII and whitespace at either end are replaced: the
 # id goes back in the trailers, where gRPC refuses such a value, a strict HTTP/2 client drops it, or
 # the client's 8 KiB metadata limit drops the answer of a call that ran.
@@ -34,6 +36,13 @@ class CallRecord:
     completion_tokens: int = 0
     # The request's RequestContext (request_id, user, metadata), bounded, when it gave one.
     context: dict[str, object] | None = None
+    # Who called (rpc/auth.py): the token's name and tenant, or the caller and tenant a relay
+    # token relayed (`relayed_by` names that token); None when no one authenticated.
+    caller: str | None = None
+    tenant: str | None = None
+    relayed_by: str | None = None
+    # The tenant as a metrics label: one of this process's tenants, OTHER_TENANT or NO_TENANT.
+    tenant_label: str = NO_TENANT
 
     @property
     def latency_s(self) -> float:

@@ -89,11 +89,15 @@ def log_call(record: CallRecord, level: int = logging.INFO) -> None:
         "request_id": record.request_id,
         "method": record.method,
         "model": record.model,
+        "caller": record.caller,
+        "tenant": record.tenant,
         "code": record.code,
         "latency_ms": round(record.latency_s * 1000, 3),
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
     }
+    if record.relayed_by is not None:
+        fields["relayed_by"] = record.relayed_by
     if record.first_chunk_at is not None:
         fields["messages"] = record.chunks
         fields["ttft_ms"] = round((record.first_chunk_at - record.started) * 1000, 3)

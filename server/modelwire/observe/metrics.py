@@ -3,6 +3,10 @@
 Each worker owns a registry, so several workers in one process (tests) never collide. With
 `--processes N` the children write prometheus-client's multiprocess files (PROMETHEUS_MULTIPROC_DIR)
 and the parent serves their aggregate; gauges then add up over the live processes.
+
+The per-call counters carry a `tenant` label, bounded by configuration whatever callers send: the
+tenants of this process's tokens, `_other` (a relayed tenant this process has no token of) and
+`_none` (no one authenticated). The histograms and gauges do not: a label multiplies each bucket.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ class WorkerMetrics:
         r = self.registry
         self.requests = Counter(
             "modelwire_requests",
-            "Calls by method, model and status code.",
-            ["method", "model", "code"],
+            "Calls by method, model, status code and tenant.",
+            ["method", "model", "code", "tenant"],
             registry=r,
         )
         self.duration = Histogram(
@@ -52,12 +56,15 @@ class WorkerMetrics:
             registry=r,
         )
         self.prompt_tokens = Counter(
-            "modelwire_prompt_tokens", "Prompt tokens of finished calls.", ["model"], registry=r
+            "modelwire_prompt_tokens",
+            "Prompt tokens of finished calls.",
+            ["model", "tenant"],
+            registry=r,
         )
         self.completion_tokens = Counter(
             "modelwire_completion_tokens",
             "Generated tokens of finished calls.",
-            ["model"],
+            ["model", "tenant"],
             registry=r,
         )
         self.in_flight = Gauge(
@@ -80,7 +87,7 @@ class WorkerMetrics:
         self.errors = Counter(
             "modelwire_errors",
             "Failed calls by the error that failed them (upstream_* come from the provider).",
-            ["model", "kind"],
+            ["model", "kind", "tenant"],
             registry=r,
         )
 
@@ -99,7 +106,7 @@ class WorkerMetrics:
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: the label sets are bounded (known models,
-        methods, codes, error kinds), and each lookup takes a lock and builds a key."""
+        methods, codes, error kinds, tenants), and each lookup takes a lock and builds a key."""
         key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
@@ -108,7 +115,8 @@ class WorkerMetrics:
 
     def finished(self, record: CallRecord, streamed: bool) -> None:
         method = record.method.rsplit("/", 1)[-1]
-        self._child(self.requests, method, record.model, record.code).inc()
+        tenant = record.tenant_label
+        self._child(self.requests, method, record.model, record.code, tenant).inc()
         if not streamed:
             self._child(self.duration, method, record.model).observe(record.latency_s)
         if record.first_chunk_at is not None:
@@ -116,10 +124,10 @@ class WorkerMetrics:
                 record.first_chunk_at - record.started
             )
         if record.prompt_tokens or record.completion_tokens:
-            self._child(self.prompt_tokens, record.model).inc(record.prompt_tokens)
-            self._child(self.completion_tokens, record.model).inc(record.completion_tokens)
+            self._child(self.prompt_tokens, record.model, tenant).inc(record.prompt_tokens)
+            self._child(self.completion_tokens, record.model, tenant).inc(record.completion_tokens)
         if record.error_kind is not None:
-            self._child(self.errors, record.model, record.error_kind).inc()
+            self._child(self.errors, record.model, record.error_kind, tenant).inc()
 
 
 def serve_metrics(metrics: WorkerMetrics | None, host: str, port: int) -> int:

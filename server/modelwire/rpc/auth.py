@@ -1,21 +1,41 @@
 """Static bearer tokens in `authorization` metadata, compared in constant time. Each token has a
 name (the caller's identity: `caller_identity()` during the call), permissions (calling models,
 registering instances, reading the fleet; each method needs one) and an optional model allow-list
-(`model_refusal()` during the call). Health and reflection stay open unless configured otherwise."""
+(`model_refusal()` during the call). Health and reflection stay open unless configured otherwise.
+
+Who called (`call_identity()`, and the call's record: its access line and metrics label) is the
+token's name and tenant, or, for a token with the `relay` permission (a gateway's), the caller and
+tenant its call relays in CALLER_KEY and TENANT_KEY. A relayed identity from any other token is
+refused PERMISSION_DENIED at a worker or a controller (`IdentityClaims.REFUSE`), and ignored at a
+gateway (`IGNORE`), which replaces it by its own when it forwards the call. The relayed value is a
+network peer's text: one of each key at most, percent-encoded UTF-8 in canonical form, and its
+decoded name held to the tokens file's rules (`identity_problem`), or the call is refused."""
 
 from __future__ import annotations
 
+import enum
 import hmac
-from collections.abc import Callable
+import string
+import urllib.parse
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import grpc
 
-from modelwire.core.errors import ModelwireError, PermissionDenied
-from modelwire.core.settings import AuthConfig, Permission, TokenGrant
+from modelwire.core.errors import FieldViolation, InvalidRequest, ModelwireError, PermissionDenied
+from modelwire.core.settings import (
+    MAX_IDENTITY_CHARS,
+    OTHER_TENANT,
+    AuthConfig,
+    Permission,
+    TokenGrant,
+    identity_problem,
+)
+from modelwire.observe.call_record import current_call
 from modelwire.rpc.status import refuse
-from modelwire.rpc.wire import WORKER_SERVICE
+from modelwire.rpc.wire import CALLER_KEY, TENANT_KEY, WORKER_SERVICE, Metadata
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = (
@@ -34,6 +54,112 @@ class Unauthenticated(ModelwireError):
 
 
 _caller: ContextVar[TokenGrant | None] = ContextVar("modelwire_caller", default=None)
+
+# What passes unencoded on the wire: printable ASCII but `%`. Every other character is its UTF-8
+# bytes as %XX, so a name of MAX_IDENTITY_CHARS characters takes at most this many on the wire.
+_PLAIN = "".join(c for c in string.printable if c.isprintable() and c != "%")
+_MAX_ENCODED_CHARS = MAX_IDENTITY_CHARS * 4 * 3
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the current call is for: `relayed_by` names the relay token that said so, if one did."""
+
+    caller: str
+    tenant: str
+    relayed_by: str | None = None
+
+
+_identity: ContextVar[Identity | None] = ContextVar("modelwire_identity", default=None)
+
+
+class IdentityClaims(enum.Enum):
+    """What a server does with a relayed identity from a token without `relay` (or with no [auth])."""
+
+    REFUSE = "refuse"  # a worker, a controller: the caller claims to be someone it cannot prove
+    IGNORE = "ignore"  # a gateway: it replaces the claim by the identity it authenticated
+
+
+def call_identity() -> Identity | None:
+    """Who the current call is for; None without [auth] (or before authentication)."""
+    return _identity.get()
+
+
+def relayed_metadata(identity: Identity) -> Metadata:
+    """`identity` as a relay sends it on."""
+    return (
+        (CALLER_KEY, urllib.parse.quote(identity.caller, safe=_PLAIN)),
+        (TENANT_KEY, urllib.parse.quote(identity.tenant, safe=_PLAIN)),
+    )
+
+
+def _decoded(key: str, value: str | bytes) -> str:
+    """A relayed name as sent, checked: a malformed one is the relay's bug, refused by name."""
+    problem = None
+    name = ""
+    if not isinstance(value, str) or len(value) > _MAX_ENCODED_CHARS:
+        problem = "is not a text value of at most the encoded length of a name"
+    else:
+        try:
+            name = urllib.parse.unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            problem = "is not percent-encoded UTF-8"
+        else:
+            if urllib.parse.quote(name, safe=_PLAIN) != value:
+                problem = "is not in canonical percent-encoding (only `%` and non-printable-ASCII encoded)"
+            else:
+                problem = identity_problem(name)
+    if problem is not None:
+        raise InvalidRequest([FieldViolation(f"metadata {key}", problem)])
+    return name
+
+
+def relayed_claim(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, str] | None:
+    """The caller and tenant `metadata` relays (the tenant defaults to the caller, as a token's
+    does), or None when it relays none. InvalidRequest: a key repeated (which one would be meant?),
+    a tenant without a caller, or a value that is not a name."""
+    values: dict[str, list[str | bytes]] = {}
+    for key, value in metadata or ():
+        if key in (CALLER_KEY, TENANT_KEY):
+            values.setdefault(key, []).append(value)
+    if not values:
+        return None
+    for key, sent in values.items():
+        if len(sent) > 1:
+            raise InvalidRequest(
+                [FieldViolation(f"metadata {key}", f"is sent {len(sent)} times; send it once")]
+            )
+    if CALLER_KEY not in values:
+        raise InvalidRequest(
+            [FieldViolation(f"metadata {TENANT_KEY}", f"is relayed without {CALLER_KEY}")]
+        )
+    caller = _decoded(CALLER_KEY, values[CALLER_KEY][0])
+    tenant = _decoded(TENANT_KEY, values[TENANT_KEY][0]) if TENANT_KEY in values else caller
+    return caller, tenant
+
+
+def forged_identity(holder: str | None) -> PermissionDenied:
+    """The refusal of a relayed identity from a caller who may not relay one."""
+    who = (
+        f"token {holder!r} lacks"
+        if holder is not None
+        else "this server has no [auth], so no caller has"
+    )
+    return PermissionDenied(
+        f"{who} the 'relay' permission that relaying a caller's identity ({CALLER_KEY}, "
+        f"{TENANT_KEY}) needs; only a gateway's token is given it"
+    )
+
+
+def claims_identity(metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+    return any(key in (CALLER_KEY, TENANT_KEY) for key, _value in metadata or ())
+
+
+async def refuse_unbelievable_claim(context: grpc.aio.ServicerContext) -> None:
+    """A call that authenticated no one (no [auth], an open method) at a REFUSE server: a relayed
+    identity cannot be believed, and is refused."""
+    if claims_identity(context.invocation_metadata()):
+        await refuse(context, forged_identity(None))
 
 
 def model_calls(method: str) -> Permission | None:
@@ -62,17 +188,29 @@ class BearerAuth:
     """The call pipeline's (rpc/call_pipeline.py) first check of a call."""
 
     def __init__(
-        self, config: AuthConfig, permission_of: Callable[[str], Permission | None]
+        self,
+        config: AuthConfig,
+        permission_of: Callable[[str], Permission | None],
+        claims: IdentityClaims = IdentityClaims.REFUSE,
     ) -> None:
-        """`permission_of(method)` is what a method needs (None: any valid token)."""
+        """`permission_of(method)` is what a method needs (None: any valid token); `claims` what
+        becomes of a relayed identity from a token without `relay`."""
         self._config = config
         self._permission_of = permission_of
-        self._grants = [(grant, grant.token.encode()) for grant in config.grants]
+        self._claims = claims
+        self.replace_grants(config)
 
     def replace_grants(self, config: AuthConfig) -> None:
-        """SIGHUP (app/reload.py): `config`'s tokens replace the running ones in one assignment,
-        from the next call on."""
-        self._grants = [(grant, grant.token.encode()) for grant in config.grants]
+        """SIGHUP (app/reload.py): `config`'s tokens (and so its tenants, the metrics labels)
+        replace the running ones in one assignment, from the next call on."""
+        self._grants, self._tenants = (
+            [(grant, grant.token.encode()) for grant in config.grants],
+            frozenset(grant.tenant_name for grant in config.grants),
+        )
+
+    def tenant_label(self, tenant: str) -> str:
+        """`tenant` as a metrics label: bounded by the tokens file whatever a relay sends."""
+        return tenant if tenant in self._tenants else OTHER_TENANT
 
     def protects(self, method: str) -> bool:
         if method.startswith(HEALTH_PREFIX):
@@ -99,14 +237,36 @@ class BearerAuth:
         if grant is None:
             await refuse(context, Unauthenticated(_UNAUTHENTICATED))
             return
+        # The token is known: every refusal from here on is logged under its name.
+        self._identify(Identity(grant.name, grant.tenant_name))
         needed = self._permission_of(method)
         if needed is not None and needed not in grant.permissions:
             lacks = f"token {grant.name!r} lacks the {needed!r} permission that {method} needs"
             await refuse(context, PermissionDenied(lacks))
         # The behavior runs in this task after the check: the token's name and models reach it.
         _caller.set(grant)
+        if "relay" in grant.permissions:
+            try:
+                claim = relayed_claim(context.invocation_metadata())
+            except InvalidRequest as malformed:
+                await refuse(context, malformed)
+                return
+            if claim is not None:
+                self._identify(Identity(*claim, relayed_by=grant.name))
+        elif self._claims is IdentityClaims.REFUSE and claims_identity(
+            context.invocation_metadata()
+        ):
+            await refuse(context, forged_identity(grant.name))
         # Only a model call's request names the model it uses (a gateway's is bytes: it checks the
         # model it routes on itself).
         refusal = model_refusal(getattr(request, "model", "")) if needed == "generate" else None
         if refusal is not None:
             await refuse(context, PermissionDenied(refusal))
+
+    def _identify(self, identity: Identity) -> None:
+        _identity.set(identity)
+        record = current_call()
+        if record is not None:
+            record.caller, record.tenant = identity.caller, identity.tenant
+            record.relayed_by = identity.relayed_by
+            record.tenant_label = self.tenant_label(identity.tenant)

@@ -21,7 +21,7 @@ import grpc
 from modelwire.observe.call_observer import PID, CallObserver
 from modelwire.observe.call_record import CallRecord
 from modelwire.rpc import malformed
-from modelwire.rpc.auth import BearerAuth
+from modelwire.rpc.auth import BearerAuth, IdentityClaims, refuse_unbelievable_claim
 from modelwire.rpc.wire import PID_KEY, REQUEST_ID_KEY, Metadata
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -40,11 +40,17 @@ class CallTrailers(Protocol):
 
 class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
-        self, observer: CallObserver, auth: BearerAuth | None, trailers: CallTrailers | None
+        self,
+        observer: CallObserver,
+        auth: BearerAuth | None,
+        trailers: CallTrailers | None,
+        claims: IdentityClaims = IdentityClaims.REFUSE,
     ) -> None:
         self._observer = observer
         self._auth = auth
         self._trailers = trailers
+        # A relayed identity on a call that authenticates no one: refused, or left to the gateway.
+        self._refuse_claims = claims is IdentityClaims.REFUSE
         self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -89,12 +95,12 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         auth: BearerAuth | None,
         trailers: CallTrailers | None,
     ) -> UnaryBehavior:
-        observer = self._observer
+        observer, refuse_claims = self._observer, self._refuse_claims
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             record, named = _begin(observer, method, request, context)
             try:
-                await _admit(method, request, context, named, auth, trailers)
+                await _admit(method, request, context, named, auth, trailers, refuse_claims)
                 response = await behavior(request, context)
                 if trailers is not None:
                     context.set_trailing_metadata(named + trailers.trailers(request))
@@ -115,14 +121,14 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         auth: BearerAuth | None,
         trailers: CallTrailers | None,
     ) -> StreamBehavior:
-        observer = self._observer
+        observer, refuse_claims = self._observer, self._refuse_claims
 
         async def call(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncGenerator[Any, None]:
             record, named = _begin(observer, method, request, context)
             try:
-                await _admit(method, request, context, named, auth, trailers)
+                await _admit(method, request, context, named, auth, trailers, refuse_claims)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     # It writes its messages itself (grpc-health's Watch awaits `context.write`).
@@ -165,12 +171,16 @@ async def _admit(
     named: Metadata,
     auth: BearerAuth | None,
     trailers: CallTrailers | None,
+    refuse_claims: bool,
 ) -> None:
     """What runs before the method, unary or streamed: the call's trailers (so a refusal carries
-    them too), the token check, and the refusal of an undecodable body."""
+    them too), the token check (or, where no one authenticates, the refusal of a relayed
+    identity), and the refusal of an undecodable body."""
     context.set_trailing_metadata(named)
     if auth is not None:
         await auth.check(method, request, context)
+    elif refuse_claims:
+        await refuse_unbelievable_claim(context)
     if trailers is not None:
         context.set_trailing_metadata(named + trailers.started(request))
     if isinstance(request, malformed.Undecodable):

@@ -23,6 +23,11 @@ PID_KEY = "modelwire-pid"
 # begins (what a gateway needs to know whether a lost call may have run); direct callers are
 # spared that extra frame.
 VIA_KEY = "modelwire-via"
+# The caller a gateway authenticated, and its tenant, relayed to the worker it calls: UTF-8,
+# percent-encoded (rpc/auth.py). A server believes them only from a token with the `relay`
+# permission; a gateway removes any its caller sent and sets its own.
+CALLER_KEY = "modelwire-caller"
+TENANT_KEY = "modelwire-tenant"
 
 # ORCA's load report (fleet/orca.py); gRPC's C core consumes it, so the same report also travels
 # as LOAD_TRAILER, which the modelwire gateway reads.
