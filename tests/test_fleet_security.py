@@ -54,7 +54,7 @@ TOKENS = {
     "worker-b": ("register",),
     "caller": ("generate",),
     "reader": ("read_fleet",),
-    "gateway": ("generate", "read_fleet"),
+    "gateway": ("generate", "read_fleet", "relay"),
 }
 
 pytestmark = pytest.mark.usefixtures("blocking_provider")

@@ -86,11 +86,15 @@ def grants(*grant: TokenGrant) -> AuthConfig:
 
 @asynccontextmanager
 async def guarded_fleet(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[Gateway]:
-    """A worker that trusts the gateway's token (every model) and alice's (cheap models only), and
-    a gateway that takes alice's (cheap models only) and bob's (every model)."""
+    """A worker that trusts the gateway's token (every model; it relays its callers) and alice's
+    (cheap models only), and a gateway that takes alice's (cheap models only) and bob's (every
+    model)."""
     alice = TokenGrant(name="alice", token=ALICE_TOKEN, models=frozenset(CHEAP))
     config = load_toml_config(tmp_path, worker_toml(upstream.url))
-    config = replace(config, auth=grants(TokenGrant(name="gateway", token=GATEWAY_TOKEN), alice))
+    relay = TokenGrant(
+        name="gateway", token=GATEWAY_TOKEN, permissions=frozenset({"generate", "relay"})
+    )
+    config = replace(config, auth=grants(relay, alice))
     async with running_controller() as controller, AsyncExitStack() as stack:
         joining = Joining(controller=controller.address)
         await registered(await stack.enter_async_context(registered_worker(config, joining)))

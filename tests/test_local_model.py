@@ -272,11 +272,12 @@ async def test_calls_cut_by_tiny_deadlines_are_recorded_as_deadline_exceeded(
                 await stub.Generate(request, timeout=0.002 + (attempt % 10) * 0.005)
     registry = embedded_worker.metrics.registry
     unknown = registry.get_sample_value(
-        "modelwire_requests_total", {"code": "UNKNOWN", "method": "Generate", "model": MODEL}
+        "modelwire_requests_total",
+        {"code": "UNKNOWN", "method": "Generate", "model": MODEL, "tenant": "_none"},
     )
     deadline = registry.get_sample_value(
         "modelwire_requests_total",
-        {"code": "DEADLINE_EXCEEDED", "method": "Generate", "model": MODEL},
+        {"code": "DEADLINE_EXCEEDED", "method": "Generate", "model": MODEL, "tenant": "_none"},
     )
     # The last calls may still be finishing at the worker; none of them may end as UNKNOWN.
     assert unknown is None and deadline is not None and deadline >= 90, (unknown, deadline)

@@ -91,23 +91,40 @@ async def test_metrics_show_exactly_the_traffic_sent(
                 await client.generate("other", "hi", temperature=9)
         metrics = await scrape_after(port, calls=7)
 
-    assert metrics['modelwire_requests_total{code="OK",method="Generate",model="slow"}'] == 3
-    assert metrics['modelwire_requests_total{code="OK",method="GenerateStream",model="slow"}'] == 2
     assert (
-        metrics['modelwire_requests_total{code="NOT_FOUND",method="Generate",model="_unknown"}']
+        metrics['modelwire_requests_total{code="OK",method="Generate",model="slow",tenant="_none"}']
+        == 3
+    )
+    assert (
+        metrics[
+            'modelwire_requests_total{code="OK",method="GenerateStream",model="slow",tenant="_none"}'
+        ]
+        == 2
+    )
+    assert (
+        metrics[
+            'modelwire_requests_total{code="NOT_FOUND",method="Generate",model="_unknown",tenant="_none"}'
+        ]
         == 1
     )
     assert (
-        metrics['modelwire_requests_total{code="INVALID_ARGUMENT",method="Generate",model="other"}']
+        metrics[
+            'modelwire_requests_total{code="INVALID_ARGUMENT",method="Generate",model="other",tenant="_none"}'
+        ]
         == 1
     )
-    assert metrics['modelwire_errors_total{kind="model_not_found",model="_unknown"}'] == 1
-    assert metrics['modelwire_errors_total{kind="invalid_request",model="other"}'] == 1
+    assert (
+        metrics['modelwire_errors_total{kind="model_not_found",model="_unknown",tenant="_none"}']
+        == 1
+    )
+    assert (
+        metrics['modelwire_errors_total{kind="invalid_request",model="other",tenant="_none"}'] == 1
+    )
     assert metrics['modelwire_request_duration_seconds_count{method="Generate",model="slow"}'] == 3
     assert metrics['modelwire_time_to_first_token_seconds_count{model="slow"}'] == 2
     assert metrics['modelwire_inter_token_latency_seconds_count{model="slow"}'] == 2 * 4
-    assert metrics['modelwire_completion_tokens_total{model="slow"}'] == 5 * 4
-    assert metrics['modelwire_prompt_tokens_total{model="slow"}'] == 5 * 1
+    assert metrics['modelwire_completion_tokens_total{model="slow",tenant="_none"}'] == 5 * 4
+    assert metrics['modelwire_prompt_tokens_total{model="slow",tenant="_none"}'] == 5 * 1
     assert metrics['modelwire_in_flight{model="slow"}'] == 0
     assert metrics['modelwire_queued{model="slow"}'] == 0
 

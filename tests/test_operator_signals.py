@@ -69,13 +69,14 @@ max_retries = 0
     registry = worker.metrics.registry
     assert (
         registry.get_sample_value(
-            "modelwire_errors_total", {"model": "remote", "kind": "upstream_rate_limited"}
+            "modelwire_errors_total",
+            {"model": "remote", "kind": "upstream_rate_limited", "tenant": "_none"},
         )
         == 1
     )
     assert (
         registry.get_sample_value(
-            "modelwire_errors_total", {"model": "remote", "kind": "overloaded"}
+            "modelwire_errors_total", {"model": "remote", "kind": "overloaded", "tenant": "_none"}
         )
         is None
     )
@@ -116,7 +117,8 @@ async def test_a_watch_its_client_cancels_is_neither_an_access_line_nor_counted(
     assert samples == []
     assert (
         worker.metrics.registry.get_sample_value(
-            "modelwire_requests_total", {"method": "Check", "model": "_unknown", "code": "OK"}
+            "modelwire_requests_total",
+            {"method": "Check", "model": "_unknown", "code": "OK", "tenant": "_none"},
         )
         == 1
     )

@@ -90,7 +90,8 @@ async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_p
             metrics = response.read().decode()
         # One endpoint, the sum of both processes (prometheus-client multiprocess mode).
         assert (
-            f'modelwire_requests_total{{code="OK",method="GenerateStream",model="{MODEL}"}} '
+            'modelwire_requests_total{code="OK",method="GenerateStream",'
+            f'model="{MODEL}",tenant="_none"}} '
             f"{streams}.0" in metrics
         )
         assert all(tokens == TOKENS for _, tokens in results), (
