@@ -345,7 +345,7 @@ permissions = ["register"]
 [[tokens]]
 name = "gateway"
 token = "$MW_GATEWAY_TOKEN"
-permissions = ["generate", "read_fleet"]
+permissions = ["generate", "read_fleet", "relay"]
 [[tokens]]
 name = "caller"
 token = "$caller"

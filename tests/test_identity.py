@@ -177,20 +177,41 @@ async def test_the_worker_names_the_caller_the_gateway_authenticated(
         assert requests(f.worker, "gateway") is None
 
 
-async def test_a_callers_forged_identity_is_replaced_at_the_gateway(
+async def test_a_callers_forged_identity_is_refused_at_the_gateway(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A caller claiming another identity at the gateway hears it (a chained gateway whose token
+    lacks `relay` there would otherwise see its callers counted as itself, silently); the claim
+    never reaches a worker."""
     forged = ((CALLER_KEY, "mallory"), (TENANT_KEY, "team-b"))
     async with fleet(tmp_path) as f:
         async with ModelWorkerClient(
             f.gateway.address, token=ALICE_TOKEN, metadata=forged
         ) as alice:
-            await alice.generate("echo", "hi")
+            with pytest.raises(ModelwireCallError) as refused:
+                await alice.generate("echo", "hi")
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "token 'alice' lacks the 'relay' permission" in str(refused.value)
         lines = access_lines(caplog)
-        (worker_line,) = at_worker(lines)
-        assert '"caller": "alice", "tenant": "team-a"' in worker_line
+        assert at_worker(lines) == []
+        (line,) = lines
+        assert '"caller": "alice", "tenant": "team-a", "code": "PERMISSION_DENIED"' in line
         assert not any("mallory" in line or "team-b" in line for line in lines)
-        assert requests(f.worker, "team-a") == 1
+
+
+async def test_an_open_method_ignores_a_relayed_identity(tmp_path: Path) -> None:
+    """Health needs no identity: a claim on it is neither believed nor refused."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(TOKENS, encoding="utf-8")
+    config = replace(load_toml_config(tmp_path, WORKER), auth=auth_from(tokens))
+    async with running_worker(config) as worker:
+        async with grpc.aio.insecure_channel(worker.address) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), metadata=((CALLER_KEY, "mallory"),)
+            )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_a_direct_caller_claiming_another_identity_is_refused(
@@ -236,6 +257,8 @@ async def test_a_direct_caller_claiming_another_identity_is_refused(
         (((CALLER_KEY, "%61lice"),), "canonical"),
         (((CALLER_KEY, "alice"), (TENANT_KEY, " team-a")), "whitespace"),
         (((CALLER_KEY, ""),), "is empty"),
+        (((CALLER_KEY, "alice"), (TENANT_KEY, "_none")), "outside every tenant"),
+        (((CALLER_KEY, "_other"),), "outside every tenant"),
     ],
 )
 async def test_a_relayed_identity_is_a_name_or_refused(
@@ -322,6 +345,10 @@ async def test_a_thousand_random_names_leave_the_tenant_label_bounded(tmp_path: 
         ('name = "_none"', "tenant '_none' is the metrics label"),
         (f'name = "{"n" * 129}"', "tokens[0].name: is longer than 128 characters"),
         ('name = "alice"\ntenant = ""', "tokens[0].tenant: is empty"),
+        (
+            'name = "bob"\ntoken = "' + "b" * 20 + '"\n[[tokens]]\nname = "alice"\ntenant = "bob"',
+            "token 'bob' has no tenant, and its name is the tenant of token 'alice'",
+        ),
     ],
 )
 def test_a_tokens_file_names_callers_and_tenants_a_log_can_show(

@@ -311,6 +311,14 @@ class TokensFile:
             raise ValueError("the same token is listed twice")
         if len({grant.name for grant in value}) != len(value):
             raise ValueError("the same name is given to two tokens (a name is an identity)")
+        declared = {grant.tenant: grant.name for grant in value if grant.tenant is not None}
+        for grant in value:
+            if grant.tenant is None and grant.name in declared:
+                # Silently one tenant (and later one budget) with the tokens that declared it.
+                raise ValueError(
+                    f"token {grant.name!r} has no tenant, and its name is the tenant of token "
+                    f"{declared[grant.name]!r}: set its `tenant` (to {grant.name!r} to join it)"
+                )
         return value
 
 

@@ -56,7 +56,6 @@ from modelwire.gateway.router import (
 from modelwire.observe.call_observer import UNKNOWN_MODEL
 from modelwire.observe.call_record import current_call
 from modelwire.rpc.auth import (
-    IdentityClaims,
     call_identity,
     model_calls,
     model_refusal,
@@ -151,8 +150,6 @@ class Gateway:
             auth=auth,
             observability=observability,
             model_label=self._model_label,
-            # Its callers' claims to be someone else are replaced by whom it authenticated.
-            identity_claims=IdentityClaims.IGNORE,
         )
         self._synced: asyncio.Task[None] | None = None
         self._id = uuid.uuid4().hex[:12]

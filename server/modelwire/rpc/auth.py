@@ -5,15 +5,15 @@ registering instances, reading the fleet; each method needs one) and an optional
 
 Who called (`call_identity()`, and the call's record: its access line and metrics label) is the
 token's name and tenant, or, for a token with the `relay` permission (a gateway's), the caller and
-tenant its call relays in CALLER_KEY and TENANT_KEY. A relayed identity from any other token is
-refused PERMISSION_DENIED at a worker or a controller (`IdentityClaims.REFUSE`), and ignored at a
-gateway (`IGNORE`), which replaces it by its own when it forwards the call. The relayed value is a
+tenant its call relays in CALLER_KEY and TENANT_KEY. A relayed identity from any other token, or
+at a server without [auth], is refused PERMISSION_DENIED at every server (worker, gateway,
+controller): a client that sends one is hostile or a relay without the permission, and either
+should hear it. Open methods (health, reflection) need no identity and ignore one. The relayed value is a
 network peer's text: one of each key at most, percent-encoded UTF-8 in canonical form, and its
 decoded name held to the tokens file's rules (`identity_problem`), or the call is refused."""
 
 from __future__ import annotations
 
-import enum
 import hmac
 import string
 import urllib.parse
@@ -27,6 +27,7 @@ import grpc
 from modelwire.core.errors import FieldViolation, InvalidRequest, ModelwireError, PermissionDenied
 from modelwire.core.settings import (
     MAX_IDENTITY_CHARS,
+    NO_TENANT,
     OTHER_TENANT,
     AuthConfig,
     Permission,
@@ -71,13 +72,6 @@ class Identity:
 
 
 _identity: ContextVar[Identity | None] = ContextVar("modelwire_identity", default=None)
-
-
-class IdentityClaims(enum.Enum):
-    """What a server does with a relayed identity from a token without `relay` (or with no [auth])."""
-
-    REFUSE = "refuse"  # a worker, a controller: the caller claims to be someone it cannot prove
-    IGNORE = "ignore"  # a gateway: it replaces the claim by the identity it authenticated
 
 
 def call_identity() -> Identity | None:
@@ -135,6 +129,9 @@ def relayed_claim(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[s
         )
     caller = _decoded(CALLER_KEY, values[CALLER_KEY][0])
     tenant = _decoded(TENANT_KEY, values[TENANT_KEY][0]) if TENANT_KEY in values else caller
+    if tenant in (OTHER_TENANT, NO_TENANT):
+        reserved = f"is {tenant!r}, the metrics label of calls outside every tenant"
+        raise InvalidRequest([FieldViolation(f"metadata {TENANT_KEY}", reserved)])
     return caller, tenant
 
 
@@ -155,9 +152,14 @@ def claims_identity(metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
     return any(key in (CALLER_KEY, TENANT_KEY) for key, _value in metadata or ())
 
 
+def is_open_by_nature(method: str) -> bool:
+    """Health and reflection: no identity is needed to answer them, so none is checked."""
+    return method.startswith((HEALTH_PREFIX, *REFLECTION_PREFIXES))
+
+
 async def refuse_unbelievable_claim(context: grpc.aio.ServicerContext) -> None:
-    """A call that authenticated no one (no [auth], an open method) at a REFUSE server: a relayed
-    identity cannot be believed, and is refused."""
+    """A call at a server without [auth]: no one can hold `relay`, so a relayed identity cannot
+    be believed, and is refused."""
     if claims_identity(context.invocation_metadata()):
         await refuse(context, forged_identity(None))
 
@@ -191,13 +193,10 @@ class BearerAuth:
         self,
         config: AuthConfig,
         permission_of: Callable[[str], Permission | None],
-        claims: IdentityClaims = IdentityClaims.REFUSE,
     ) -> None:
-        """`permission_of(method)` is what a method needs (None: any valid token); `claims` what
-        becomes of a relayed identity from a token without `relay`."""
+        """`permission_of(method)` is what a method needs (None: any valid token)."""
         self._config = config
         self._permission_of = permission_of
-        self._claims = claims
         self.replace_grants(config)
 
     def replace_grants(self, config: AuthConfig) -> None:
@@ -253,9 +252,7 @@ class BearerAuth:
                 return
             if claim is not None:
                 self._identify(Identity(*claim, relayed_by=grant.name))
-        elif self._claims is IdentityClaims.REFUSE and claims_identity(
-            context.invocation_metadata()
-        ):
+        elif claims_identity(context.invocation_metadata()):
             await refuse(context, forged_identity(grant.name))
         # Only a model call's request names the model it uses (a gateway's is bytes: it checks the
         # model it routes on itself).

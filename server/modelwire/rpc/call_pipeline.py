@@ -21,7 +21,7 @@ import grpc
 from modelwire.observe.call_observer import PID, CallObserver
 from modelwire.observe.call_record import CallRecord
 from modelwire.rpc import malformed
-from modelwire.rpc.auth import BearerAuth, IdentityClaims, refuse_unbelievable_claim
+from modelwire.rpc.auth import BearerAuth, is_open_by_nature, refuse_unbelievable_claim
 from modelwire.rpc.wire import PID_KEY, REQUEST_ID_KEY, Metadata
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -44,13 +44,10 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         observer: CallObserver,
         auth: BearerAuth | None,
         trailers: CallTrailers | None,
-        claims: IdentityClaims = IdentityClaims.REFUSE,
     ) -> None:
         self._observer = observer
         self._auth = auth
         self._trailers = trailers
-        # A relayed identity on a call that authenticates no one: refused, or left to the gateway.
-        self._refuse_claims = claims is IdentityClaims.REFUSE
         self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -72,6 +69,8 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         auth = self._auth if self._auth is not None and self._auth.protects(method) else None
+        # Without [auth] no one can relay an identity; an open method ignores one.
+        refuse_claims = self._auth is None and not is_open_by_nature(method)
         if handler.request_streaming:  # reflection: checked, not observed
             return handler if auth is None else _checked_request_stream(handler, method, auth)
         trailers = (
@@ -83,9 +82,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         # Raw bytes (the gateway reads them itself) need no tolerant decoding.
         decode = malformed.tolerant(deserialize) if deserialize is not None else None
         if handler.unary_unary is not None:
-            unary = self._unary(method, handler.unary_unary, auth, trailers)
+            unary = self._unary(method, handler.unary_unary, auth, trailers, refuse_claims)
             return grpc.unary_unary_rpc_method_handler(unary, decode, handler.response_serializer)
-        stream = self._stream(method, handler.unary_stream, auth, trailers)
+        stream = self._stream(method, handler.unary_stream, auth, trailers, refuse_claims)
         return grpc.unary_stream_rpc_method_handler(stream, decode, handler.response_serializer)
 
     def _unary(
@@ -94,8 +93,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         behavior: UnaryBehavior,
         auth: BearerAuth | None,
         trailers: CallTrailers | None,
+        refuse_claims: bool,
     ) -> UnaryBehavior:
-        observer, refuse_claims = self._observer, self._refuse_claims
+        observer = self._observer
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             record, named = _begin(observer, method, request, context)
@@ -120,8 +120,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         behavior: StreamBehavior,
         auth: BearerAuth | None,
         trailers: CallTrailers | None,
+        refuse_claims: bool,
     ) -> StreamBehavior:
-        observer, refuse_claims = self._observer, self._refuse_claims
+        observer = self._observer
 
         async def call(
             request: Any, context: grpc.aio.ServicerContext

@@ -41,7 +41,7 @@ from modelwire.core.settings import (
 from modelwire.observe import tracing
 from modelwire.observe.call_observer import CallObserver, ModelLabel
 from modelwire.observe.metrics import WorkerMetrics
-from modelwire.rpc.auth import BearerAuth, IdentityClaims
+from modelwire.rpc.auth import BearerAuth
 from modelwire.rpc.call_pipeline import CallPipeline, CallTrailers
 from modelwire.rpc.channels import server_ping_options
 
@@ -145,7 +145,6 @@ class RpcServer:
         model_label: ModelLabel = lambda request: "",
         trailers: CallTrailers | None = None,
         options: Sequence[tuple[str, int]] = (),
-        identity_claims: IdentityClaims = IdentityClaims.REFUSE,
     ) -> None:
         check_exposure(role, server, auth)
         observability = observability or ObservabilityConfig()
@@ -156,13 +155,13 @@ class RpcServer:
         if observability.tracing:
             interceptors.append(tracing.server_interceptor(observability.otlp_endpoint))
         # Kept to be reloaded (SIGHUP, app/reload.py): the tokens, the certificates.
-        self.auth = BearerAuth(auth, permission_of, identity_claims) if auth is not None else None
+        self.auth = BearerAuth(auth, permission_of) if auth is not None else None
         try:
             self.tls = ServerTls(tls) if tls is not None else None
         except ValueError as error:
             raise StartupFailure(str(error)) from None
         observer = CallObserver(self.metrics, model_label)
-        interceptors.append(CallPipeline(observer, self.auth, trailers, identity_claims))
+        interceptors.append(CallPipeline(observer, self.auth, trailers))
         self.server = grpc.aio.server(interceptors=interceptors, options=_options(server, options))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
