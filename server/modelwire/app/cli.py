@@ -168,7 +168,8 @@ def _text_or_file(value: str) -> str:
 
 
 def _json_object_text(value: str) -> str:
-    """A JSON object (a schema), inline or `@FILE`; sent as written, so key order and numbers survive."""
+    """A JSON object (a schema), inline or `@FILE`; sent as written, so key order and numbers
+    survive."""
     text = _text_or_file(value)
     try:
         parsed = json.loads(text)

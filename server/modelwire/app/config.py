@@ -156,7 +156,8 @@ def read_auth(section: AuthSection | None, source: str) -> AuthConfig | None:
 
 
 def _pool_slots(models: Sequence[ModelConfig]) -> int:
-    """Threads that running generations can hold: each blocking provider's call keeps one to its end."""
+    """Threads that running generations can hold: each blocking provider's call keeps one to its
+    end."""
     return sum(model.max_concurrency for model in models if provider_class(model).runs_on_pool)
 
 

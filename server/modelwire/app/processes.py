@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 CHILD_FLAG = "--child"
 RESTART_DELAY_S = 1.0
-# Exit codes of a child that stopped because it was told to (SIGTERM, SIGINT, or its KeyboardInterrupt).
+# Exit codes of a child that stopped because it was told to (SIGTERM, SIGINT, or its
+# KeyboardInterrupt).
 _STOPPED_AS_ASKED = frozenset({0, -signal.SIGTERM, -signal.SIGINT, 130})
 # More deaths than this within the window mean a child cannot serve: stop instead of looping.
 MAX_RESTARTS = 5

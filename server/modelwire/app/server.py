@@ -80,7 +80,8 @@ class Worker:
         self.config = config
         self.models = models
         self._executor = executor
-        # Registers the worker with a controller or etcd (serve --controller/--registry); see worker/agent.py.
+        # Registers the worker with a controller or etcd (serve --controller/--registry); see
+        # worker/agent.py.
         self.registration: RegistrationAgent | None = None
         servicer = ModelWorkerServicer(WorkerService(models, config.limits))
         # Every ModelWorker response carries an ORCA load report (worker/orca.py).
@@ -126,7 +127,8 @@ class Worker:
             await self.registration.start()
 
     async def drain(self) -> None:
-        """NOT_SERVING and out of the registry first, so balancers stop sending; then the grace period."""
+        """NOT_SERVING and out of the registry first, so balancers stop sending; then the grace
+        period."""
         await self.rpc.drain(self.registration.stop if self.registration is not None else None)
         # Stopping the server cancelled the calls left, which tells their threads to stop: wait for
         # them before the clients free what those threads use (a llama.cpp context mid-decode).

@@ -150,7 +150,8 @@ class MemoryRegistry(Registry):
         return Instance(entry.spec, dict(entry.load), entry.healthy, entry.seen_wall)
 
     async def _reap(self) -> None:
-        """Removes instances whose lease lapsed and marks late ones unhealthy, every tenth of a TTL."""
+        """Removes instances whose lease lapsed and marks late ones unhealthy, every tenth of a
+        TTL."""
         tick = max(0.05, min(0.5, self.ttl_s / 10))
         while True:
             await asyncio.sleep(tick)

@@ -1,4 +1,5 @@
-"""`modelwire controller`: the ModelController service over a registry, on the shared server builder."""
+"""`modelwire controller`: the ModelController service over a registry, on the shared server
+builder."""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ class Cancellation:
 
     @contextmanager
     def on_cancel(self, callback: Callable[[], None]) -> Iterator[None]:
-        """Runs `callback` when the call is cancelled while inside this block (at once if it already is)."""
+        """Runs `callback` when the call is cancelled while inside this block (at once if it already
+        is)."""
         with self._lock:
             self._callbacks.append(callback)
             if self._cancelled.is_set():

@@ -42,14 +42,16 @@ MAX_RETRY_DELAY_S = 86400.0
 
 
 def retry_delay(seconds: float) -> float:
-    """`seconds` within [MIN_RETRY_DELAY_S, MAX_RETRY_DELAY_S]; not a number counts as the maximum."""
+    """`seconds` within [MIN_RETRY_DELAY_S, MAX_RETRY_DELAY_S]; not a number counts as the
+    maximum."""
     if math.isnan(seconds):
         return MAX_RETRY_DELAY_S
     return min(max(seconds, MIN_RETRY_DELAY_S), MAX_RETRY_DELAY_S)
 
 
 class StartupFailure(Exception):
-    """The worker cannot start (a model fails its warm-up, a build does not fit the CPU); never a caller's error."""
+    """The worker cannot start (a model fails its warm-up, a build does not fit the CPU); never a
+    caller's error."""
 
 
 class ModelwireError(Exception):

@@ -81,7 +81,8 @@ def identity_problem(name: str) -> str | None:
     return None
 
 
-# cl100k against gemma-3's own tokenizer: prose +8%, JSON +14%, code +20%, German −19%, Chinese −38%.
+# cl100k against gemma-3's own tokenizer: prose +8%, JSON +14%, code +20%, German −19%, Chinese
+# −38%.
 DEFAULT_ESTIMATE_MARGIN = 0.2
 
 
@@ -227,7 +228,8 @@ class ServerConfig:
     host: StrictStr = "127.0.0.1"
     port: Port = 50051
     grace_period_s: NonNegative = 10.0
-    # Between NOT_SERVING (and leaving the registry) and refusing new calls, for balancers that poll.
+    # Between NOT_SERVING (and leaving the registry) and refusing new calls, for balancers that
+    # poll.
     drain_delay_s: NonNegative = 0.0
     # A listener on a non-loopback address needs [auth], unless this says the network is trusted.
     allow_unauthenticated: StrictBool = False
@@ -362,7 +364,8 @@ class TlsConfig:
 
 @dataclass(config=SECTION)
 class ClientTlsConfig:
-    """How a client verifies a server (`ca_file`) and, for mTLS, proves itself (`cert_file`, `key_file`)."""
+    """How a client verifies a server (`ca_file`) and, for mTLS, proves itself (`cert_file`,
+    `key_file`)."""
 
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -502,7 +505,8 @@ class ModelConfig:
     estimate_margin: Annotated[StrictFloat, Field(ge=0, lt=1, allow_inf_nan=False)] = (
         DEFAULT_ESTIMATE_MARGIN
     )
-    # What the model accepts, replacing its provider's defaults (docs/configuration.md#capabilities).
+    # What the model accepts, replacing its provider's defaults
+    # (docs/configuration.md#capabilities).
     capabilities: tuple[Capability, ...] | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Where the table came from, so a provider's errors name it: `file` and `models[i]`.
@@ -599,7 +603,8 @@ class WorkerFile:
 class PeerAccess:
     """How a process calls workers (a gateway's calls, health probes): TLS, and its own token."""
 
-    # This process's own bearer token towards workers (and their protected health), from this variable.
+    # This process's own bearer token towards workers (and their protected health), from this
+    # variable.
     token_env: StrictStr | None = None
     tls: ClientTlsConfig | None = None
     # Send credentials to workers over plaintext, or over TLS verified only by the system's roots.
@@ -688,7 +693,8 @@ class GatewaySection:
     # Retries may add at most this share of calls (after a burst of 10), so a sick fleet is not
     # hammered by its own gateway.
     retry_budget_ratio: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = 0.2
-    # A model served within this long answers UNAVAILABLE (retry), not NOT_FOUND, while it has no instance.
+    # A model served within this long answers UNAVAILABLE (retry), not NOT_FOUND, while it has no
+    # instance.
     recently_served_s: NonNegative = 300.0
     # For this long after each snapshot of the instance table (a start, a registry restart), a model
     # nobody serves answers UNAVAILABLE too: workers re-register within one heartbeat interval.

@@ -262,7 +262,8 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class ModelOutput:
-    """A whole completion, or one delta of a stream; only a stream's last chunk has finish_reason."""
+    """A whole completion, or one delta of a stream; only a stream's last chunk has
+    finish_reason."""
 
     text: str = ""
     reasoning: str | None = None
@@ -327,7 +328,8 @@ def merge_tool_call_deltas(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
 
 
 def merge_outputs(chunks: list[ModelOutput]) -> ModelOutput:
-    """Folds stream deltas into one output: the single place where unary is derived from streaming."""
+    """Folds stream deltas into one output: the single place where unary is derived from
+    streaming."""
     text = "".join(chunk.text for chunk in chunks)
     reasoning_parts = [chunk.reasoning for chunk in chunks if chunk.reasoning is not None]
     deltas = [delta for chunk in chunks for delta in chunk.tool_call_deltas]

@@ -2,15 +2,17 @@
 `go.etcd.io/etcd/client/v3/naming/endpoints.Manager` writes them, so a Go service dials
 `etcd:///<prefix>/<model>` with etcd's resolver and needs no modelwire code.
 
-- Key: `<prefix>/<model>/<instance-id>` (no leading '/': the resolver strips one from the dial target
-  and lists `<target>/`). One key per served model, all under the instance's one lease.
-- Value: the JSON of etcd's internal `endpoints.Update`: `{"Op":0,"Addr":"host:port","Metadata":...}`.
-  `Metadata` is a JSON *string* (holding instance id, weight, capacity, labels), not an object:
-  grpc-go compares `resolver.Address.Metadata` with `==`, and the map an object decodes to panics
-  there ("comparing uncomparable type map[string]interface {}", etcd-io/etcd#19700, grpc/grpc-go#8225).
+- Key: `<prefix>/<model>/<instance-id>` (no leading '/': the resolver strips one from the dial
+  target and lists `<target>/`). One key per served model, all under the instance's one lease.
+- Value: the JSON of etcd's internal `endpoints.Update`:
+  `{"Op":0,"Addr":"host:port","Metadata":...}`. `Metadata` is a JSON *string* (holding instance id,
+  weight, capacity, labels), not an object: grpc-go compares `resolver.Address.Metadata` with `==`,
+  and the map an object decodes to panics there ("comparing uncomparable type
+  map[string]interface {}", etcd-io/etcd#19700, grpc/grpc-go#8225).
 - The lease TTL is the heartbeat timeout and keep-alive is the heartbeat: the registration agent
   refreshes every TTL/3 (`heartbeat`); when the lease is gone (expired, or etcd lost its data) it
-  registers again, which grants a new lease and puts the keys again. Deregistering revokes the lease.
+  registers again, which grants a new lease and puts the keys again. Deregistering revokes the
+  lease.
 
 The etcd client is `aetcd` (native grpc.aio). Its lease refresh is one LeaseKeepAlive round trip per
 call, which is what a heartbeat is here; its watch ends on a broken stream, after which `_follow`
@@ -57,7 +59,8 @@ CALL_TIMEOUT_S = 3.0
 
 
 def endpoint_value(spec: InstanceSpec, model: str) -> bytes:
-    """The value etcd's endpoints.Manager would write for AddEndpoint(key, Endpoint{Addr, Metadata})."""
+    """The value etcd's endpoints.Manager would write for AddEndpoint(key, Endpoint{Addr,
+    Metadata})."""
     metadata = {
         "instance_id": spec.instance_id,
         "weight": spec.weight,
@@ -76,7 +79,8 @@ def endpoint_value(spec: InstanceSpec, model: str) -> bytes:
 
 
 def parse_endpoint(value: bytes) -> tuple[str, dict[str, Any]] | None:
-    """Addr and metadata of a stored endpoint; None if it is not one (etcd's resolver skips those too)."""
+    """Addr and metadata of a stored endpoint; None if it is not one (etcd's resolver skips those
+    too)."""
     try:
         update = json.loads(value)
         address = update["Addr"]
@@ -213,7 +217,7 @@ class EtcdRegistry(Registry):
         except (OSError, TimeoutError) as error:
             raise await self._failover(error) from error
 
-    # -- Registrar -----------------------------------------------------------------------------------
+    # -- Registrar ---------------------------------------------------------------------------------
 
     async def register(self, spec: InstanceSpec) -> Lease:
         spec = check_spec(spec)
@@ -230,7 +234,8 @@ class EtcdRegistry(Registry):
         previous = self._registrations.get(spec.instance_id)
         self._registrations[spec.instance_id] = _Registration(spec, lease.id)
         if previous is not None:
-            # The keys now belong to the new lease; the old one (if etcd still has it) holds nothing.
+            # The keys now belong to the new lease; the old one (if etcd still has it) holds
+            # nothing.
             with contextlib.suppress(Exception):
                 await self._call("revoke_lease", previous.lease_id)
         logger.info(
@@ -269,7 +274,7 @@ class EtcdRegistry(Registry):
         logger.info("deregistered %s from %s", instance_id, self)
         return True
 
-    # -- Registry (the controller's view) and InstanceSource (a gateway's) ---------------------------
+    # -- Registry (the controller's view) and InstanceSource (a gateway's) -------------------------
 
     async def start(self) -> None:
         if self._follower is None:
@@ -334,7 +339,8 @@ class EtcdRegistry(Registry):
         )
 
     async def _follow(self) -> None:
-        """Mirrors `<prefix>/` into the cache: list, then watch from the next revision; again on loss."""
+        """Mirrors `<prefix>/` into the cache: list, then watch from the next revision; again on
+        loss."""
         lost = False
         backoff = Backoff(max_s=1.0)
         while True:
@@ -359,7 +365,8 @@ class EtcdRegistry(Registry):
             await backoff.wait()
 
     async def _etcd_watch(self) -> AsyncIterator[dict[str, tuple[str, str, dict[str, Any]]]]:
-        """Yields the complete set of endpoints {key: (model, address, metadata)} after every change."""
+        """Yields the complete set of endpoints {key: (model, address, metadata)} after every
+        change."""
         root = self.root.encode()
         listed = await self._call("get_prefix", root)
         endpoints: dict[str, tuple[str, str, dict[str, Any]]] = {}

@@ -1,5 +1,6 @@
-"""Active health checks: follow an instance's grpc.health.v1 Watch stream, so health is not known only
-from heartbeats (a killed worker's stream breaks at once; a draining one says NOT_SERVING at once)."""
+"""Active health checks: follow an instance's grpc.health.v1 Watch stream, so health is not known
+only from heartbeats (a killed worker's stream breaks at once; a draining one says NOT_SERVING at
+once)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ async def follow_health(
 ) -> None:
     """Calls `on_change(True)` on SERVING, `on_change(False)` on anything else or when the stream
     breaks, and keeps watching (with a short backoff) until cancelled. A server without the health
-    service, or one refusing our credentials, is reported once as None (unknown) and not watched further."""
+    service, or one refusing our credentials, is reported once as None (unknown) and not watched
+    further."""
     stub = health_pb2_grpc.HealthStub(channel)
     backoff = Backoff()
     while True:

@@ -55,12 +55,14 @@ class InstanceSource(Protocol):
     """The discovery side, as a gateway sees it."""
 
     def watch(self, model: str = "") -> AsyncIterator[WatchBatch]:
-        """A snapshot batch first, then deltas; raises when the source is lost (the caller re-watches)."""
+        """A snapshot batch first, then deltas; raises when the source is lost (the caller
+        re-watches)."""
         ...
 
 
 class RegistryClient(Registrar, InstanceSource, Protocol):
-    """A registry across the network (a controller, or etcd): both sides, and a connection to close."""
+    """A registry across the network (a controller, or etcd): both sides, and a connection to
+    close."""
 
     async def close(self) -> None: ...
 

@@ -40,7 +40,8 @@ class InstanceSpec:
     models: tuple[InstanceModel, ...]
     weight: int = 1
     labels: dict[str, str] = field(default_factory=dict)
-    # The identity (token name) that registered it; only that identity may change it. "" without auth.
+    # The identity (token name) that registered it; only that identity may change it. "" without
+    # auth.
     owner: str = ""
 
     @property

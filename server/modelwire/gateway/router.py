@@ -11,7 +11,8 @@ relative to weight.
 - Requests and responses are forwarded as bytes (only the model name is read from the request):
   no re-encoding, no buffering; stream chunks pass through one by one.
 - Until the first snapshot, and for a model served within `recently_served_s`, a model with no
-  instance is "not ready" (UNAVAILABLE with RetryInfo), never NOT_FOUND: NOT_FOUND is permanent to SDKs.
+  instance is "not ready" (UNAVAILABLE with RetryInfo), never NOT_FOUND: NOT_FOUND is permanent to
+  SDKs.
 """
 
 from __future__ import annotations
@@ -224,8 +225,8 @@ def refuse_unsendable(metadata: Metadata) -> None:
 
 
 def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
-    """Upstream trailers the caller gets: not the upstream's ORCA report (it describes one worker, and
-    the caller balances across gateways)."""
+    """Upstream trailers the caller gets: not the upstream's ORCA report (it describes one worker,
+    and the caller balances across gateways)."""
     return tuple((k, v) for k, v in metadata or () if k not in (ORCA_TRAILER, LOAD_TRAILER))
 
 
@@ -241,7 +242,8 @@ class Router:
         self.source = source
         self.settings = settings or GatewaySection()
         self.routes: dict[str, Route] = {}
-        # When each model was last served by some instance: such a model is "not ready", not unknown.
+        # When each model was last served by some instance: such a model is "not ready", not
+        # unknown.
         self._last_served: dict[str, float] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, int]] = {}
         self._probe_health = probe_health
@@ -305,8 +307,9 @@ class Router:
                 if not self.synced.is_set():
                     self._remove(gone)
                 elif gone not in self._stale:
-                    # A later snapshot (the source restarted) may not have every worker back yet: keep
-                    # routing to the missing ones (health permitting) for a lease TTL before dropping them.
+                    # A later snapshot (the source restarted) may not have every worker back yet:
+                    # keep routing to the missing ones (health permitting) for a lease TTL before
+                    # dropping them.
                     self._stale[gone] = asyncio.get_running_loop().call_later(
                         STALE_GRACE_S, self._remove, gone
                     )
@@ -371,7 +374,8 @@ class Router:
         return channel
 
     def _release(self, address: str) -> None:
-        """Closes an address's channel once no instance uses it; calls still open on it finish first."""
+        """Closes an address's channel once no instance uses it; calls still open on it finish
+        first."""
         channel, users = self._channels[address]
         if users > 1:
             self._channels[address] = (channel, users - 1)

@@ -204,8 +204,8 @@ class Gateway:
                 "GenerateStream": grpc.unary_stream_rpc_method_handler(
                     self._stream(method + "GenerateStream")
                 ),
-                # Decoded, unlike the forwarded methods, as the gateway answers it itself: an undecodable
-                # body is refused as a worker refuses it (rpc/malformed.py).
+                # Decoded, unlike the forwarded methods, as the gateway answers it itself: an
+                # undecodable body is refused as a worker refuses it (rpc/malformed.py).
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self._list_models, request_deserializer=pb.ListModelsRequest.FromString
                 ),
@@ -227,10 +227,12 @@ class Gateway:
                 f"the call came back to gateway {self._id} after {len(via)} hops: an instance is "
                 "registered at a gateway's address; deregister it"
             )
-        # The worker logs the call under the id this gateway logs it under (the caller's, when usable).
+        # The worker logs the call under the id this gateway logs it under (the caller's, when
+        # usable).
         record = current_call()
         own = ((REQUEST_ID_KEY, record.request_id),) if record is not None else ()
-        # Never the caller's own claim of who it is: the worker hears whom this gateway authenticated.
+        # Never the caller's own claim of who it is: the worker hears whom this gateway
+        # authenticated.
         caller = [
             (k, v)
             for k, v in incoming

@@ -64,7 +64,8 @@ def sendable(value: str) -> bool:
 
 def _request_id(given: str | None) -> str:
     """The caller's request id if it can go back to the caller as it is, else a generated one."""
-    # HTTP/2 forbids a value with whitespace at either end (RFC 9113 §8.2.1): strict clients drop the answer.
+    # HTTP/2 forbids a value with whitespace at either end (RFC 9113 §8.2.1): strict clients drop
+    # the answer.
     if given and len(given) <= MAX_REQUEST_ID_CHARS and sendable(given) and given == given.strip():
         return given
     return uuid.uuid4().hex

@@ -19,7 +19,8 @@ _reported: set[str] = set()
 
 
 def never_fails(what: str, action: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
-    """Runs `action(*args, **kwargs)`; an exception from it is logged (the first time for `what`) and dropped."""
+    """Runs `action(*args, **kwargs)`; an exception from it is logged (the first time for `what`)
+    and dropped."""
     try:
         action(*args, **kwargs)
     except Exception:

@@ -48,7 +48,8 @@ def tracing_on() -> bool:
 
 
 def upstream_span(provider: str, model: str) -> AbstractContextManager[None]:
-    """A client span around a call to the provider, current while it runs; nothing unless tracing_on()."""
+    """A client span around a call to the provider, current while it runs; nothing unless
+    tracing_on()."""
     return _recorded_span(provider, model) if tracing_on() else _NO_SPAN
 
 

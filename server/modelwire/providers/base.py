@@ -110,7 +110,8 @@ class ProxyLLMClient(ABC):
     async def count_with(
         self, prompt: str | Sequence[ModelMessage], count: Callable[[], TokenCount]
     ) -> TokenCount:
-        """`count()` in place for a short prompt, on the pool for a long one (tokenize/placement.py)."""
+        """`count()` in place for a short prompt, on the pool for a long one
+        (tokenize/placement.py)."""
         if self._executor is None or counts_inline(prompt):
             return count()
         return await run_blocking(self._executor, count)

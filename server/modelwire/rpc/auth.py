@@ -8,8 +8,8 @@ token's name and tenant, or, for a token with the `relay` permission (a gateway'
 tenant its call relays in CALLER_KEY and TENANT_KEY. A relayed identity from any other token, or
 at a server without [auth], is refused PERMISSION_DENIED at every server (worker, gateway,
 controller): a client that sends one is hostile or a relay without the permission, and either
-should hear it. Open methods (health, reflection) need no identity and ignore one. The relayed value is a
-network peer's text: one of each key at most, percent-encoded UTF-8 in canonical form, and its
+should hear it. Open methods (health, reflection) need no identity and ignore one. The relayed value
+is a network peer's text: one of each key at most, percent-encoded UTF-8 in canonical form, and its
 decoded name held to the tokens file's rules (`identity_problem`), or the call is refused."""
 
 from __future__ import annotations
@@ -100,7 +100,10 @@ def _decoded(key: str, value: str | bytes) -> str:
             problem = "is not percent-encoded UTF-8"
         else:
             if urllib.parse.quote(name, safe=_PLAIN) != value:
-                problem = "is not in canonical percent-encoding (only `%` and non-printable-ASCII encoded)"
+                problem = (
+                    "is not in canonical percent-encoding "
+                    "(only `%` and non-printable-ASCII encoded)"
+                )
             else:
                 problem = identity_problem(name)
     if problem is not None:
@@ -231,7 +234,8 @@ class BearerAuth:
 
     async def check(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         """Aborts a call without a valid token, the method's permission, or (for a request that
-        names one) a model the token may use; otherwise the token's name is the caller's identity."""
+        names one) a model the token may use; otherwise the token's name is the caller's
+        identity."""
         grant = self._grant(context)
         if grant is None:
             await refuse(context, Unauthenticated(_UNAUTHENTICATED))

@@ -29,7 +29,8 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, N
 
 
 class CallTrailers(Protocol):
-    """Trailers a server adds to the calls of the methods it `applies` to (the worker's ORCA report)."""
+    """Trailers a server adds to the calls of the methods it `applies` to (the worker's ORCA
+    report)."""
 
     def applies(self, method: str) -> bool: ...
 
@@ -58,7 +59,8 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        # Built once per method, not per call; a handler that changes (a re-registered service) is rewrapped.
+        # Built once per method, not per call; a handler that changes (a re-registered service) is
+        # rewrapped.
         cached = self._by_method.get(details.method)
         if cached is None or cached[0] is not handler:
             cached = self._by_method[details.method] = (
@@ -136,7 +138,8 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await result
                 else:
                     # Closed at once when gRPC closes this generator (a cancel at a yield), not when
-                    # collected: its cleanup (an admission slot, a thread to wait for) must run first.
+                    # collected: its cleanup (an admission slot, a thread to wait for) must run
+                    # first.
                     async with aclosing(result) as messages:
                         async for message in messages:
                             observer.streamed(record, message)

@@ -35,7 +35,8 @@ def client_options(
         ("grpc.http2.min_time_between_pings_ms", int(keepalive_time_s * 1000)),
         # The wait for a ping's answer; gRPC's default is a minute, whatever keepalive_timeout says.
         ("grpc.http2.ping_timeout_ms", int(keepalive_timeout_s * 1000)),
-        # gRPC's default reconnect backoff grows to two minutes; a restarted peer is back in seconds.
+        # gRPC's default reconnect backoff grows to two minutes; a restarted peer is back in
+        # seconds.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),

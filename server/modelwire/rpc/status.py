@@ -80,7 +80,8 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
 
 
 def error_kind(error: BaseException) -> str:
-    """A stable label for metrics and logs: the typed error's name in snake case, else `internal`."""
+    """A stable label for metrics and logs: the typed error's name in snake case, else
+    `internal`."""
     if isinstance(error, TimeoutError):
         return "deadline_exceeded"
     if not isinstance(error, errors.ModelwireError):
@@ -90,7 +91,8 @@ def error_kind(error: BaseException) -> str:
 
 
 def to_status(error: BaseException) -> grpc.Status:
-    """The status a caller sees; an unexpected error is logged with an id and shown only as that id."""
+    """The status a caller sees; an unexpected error is logged with an id and shown only as that
+    id."""
     if isinstance(error, TimeoutError):
         error = errors.DeadlineExceeded("the call's deadline passed before generation finished")
     code = grpc_code(error) if isinstance(error, errors.ModelwireError) else None
@@ -174,7 +176,8 @@ class CallScope:
         if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
             note_error_kind(error_kind(error))
             status = to_status(error)
-            # Keep what the interceptors already put in the trailer (request id) next to the details.
+            # Keep what the interceptors already put in the trailer (request id) next to the
+            # details.
             trailer = tuple(self._context.trailing_metadata() or ()) + tuple(
                 status.trailing_metadata
             )

@@ -45,7 +45,8 @@ _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
 _REPLY_PRIMING_TOKENS = 3
 # An image's tokens depend on its pixels, which the worker does not decode: Anthropic documents
-# about 1,600 for the largest image it takes unscaled, OpenAI 765 for a 1024x1024 one at high detail.
+# about 1,600 for the largest image it takes unscaled, OpenAI 765 for a 1024x1024 one at high
+# detail.
 IMAGE_TOKENS_ESTIMATE = 1600
 
 _seed_lock = threading.Lock()
@@ -120,7 +121,8 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 
 
 def encoding_for_model(model: str) -> tuple[tiktoken.Encoding, bool]:
-    """The model's own encoding and True, or cl100k and False when the model's is unknown or absent."""
+    """The model's own encoding and True, or cl100k and False when the model's is unknown or
+    absent."""
     try:
         name = tiktoken.model.encoding_name_for_model(model)
     except KeyError:

@@ -1,5 +1,6 @@
 """The worker's registration agent: register at start, heartbeat with live load, register again when
-the registry forgot us, deregister on graceful shutdown, and keep serving while the registry is away."""
+the registry forgot us, deregister on graceful shutdown, and keep serving while the registry is
+away."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ class RegistrationAgent:
             self._task = asyncio.create_task(self._run(), name=f"registration-{self.instance_id}")
 
     async def stop(self) -> None:
-        """Deregisters (bounded by DEREGISTER_TIMEOUT_S, so a dead registry cannot hold up shutdown)."""
+        """Deregisters (bounded by DEREGISTER_TIMEOUT_S, so a dead registry cannot hold up
+        shutdown)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,8 +94,8 @@ class RegistrationAgent:
         await self.registrar.close()
 
     async def _run(self) -> None:
-        # Never back off longer than a heartbeat interval: a registry that comes back (a restarted etcd
-        # that lost our lease) must see us again within one TTL.
+        # Never back off longer than a heartbeat interval: a registry that comes back (a restarted
+        # etcd that lost our lease) must see us again within one TTL.
         backoff = Backoff(INITIAL_BACKOFF_S, self._max_backoff_s)
         unreachable = False
         while True:
@@ -187,7 +189,8 @@ def new_instance_id() -> str:
 
 
 def advertised_address(listen_host: str, port: int, advertise: str | None) -> str:
-    """The address callers dial: --advertise, else the listen address (a wildcard becomes the host name)."""
+    """The address callers dial: --advertise, else the listen address (a wildcard becomes the host
+    name)."""
     if advertise:
         return advertise
     if listen_host in ("", "0.0.0.0", "::", "[::]"):

@@ -45,7 +45,8 @@ def unsupported_fields(
 def unsupported_message_fields(
     messages: Sequence[ModelMessage], metadata: ModelMetadata
 ) -> list[FieldViolation]:
-    """CountToken's share of the rule: it takes the messages Generate takes, and refuses the same."""
+    """CountToken's share of the rule: it takes the messages Generate takes, and refuses the
+    same."""
     return _lacking(metadata, _messages_fields(messages))
 
 

@@ -82,7 +82,8 @@ _EFFORT_FROM_PB = {
 def messages_from_pb(
     messages: Sequence[pb.ModelMessage], limits: RequestLimits, field: str = "messages"
 ) -> tuple[ModelMessage, ...]:
-    """Refuses too many messages before converting any: a 4 MiB request can hold a million of them."""
+    """Refuses too many messages before converting any: a 4 MiB request can hold a million of
+    them."""
     too_many = message_count_violation(len(messages), limits, field)
     if too_many is not None:
         raise InvalidRequest([too_many])
@@ -219,7 +220,8 @@ def _float(sampling: pb.SamplingParams, name: str) -> float | None:
 
 
 def shortest_float32(value: float) -> float:
-    """The shortest decimal that reads back as the same float32 as `value` (nine digits always do)."""
+    """The shortest decimal that reads back as the same float32 as `value` (nine digits always
+    do)."""
     try:
         exact = _FLOAT32.pack(value)
         for digits in range(1, 10):

@@ -172,7 +172,8 @@ class WorkerService:
                             _check_tool_calls(merge_tool_call_deltas(deltas), chunk.finish_reason)
                         finished = True
                         chunk = replace(chunk, timing=_timing(began, first_token_at, chunk.usage))
-                    # Deltas pass as they are (a copy per delta is measurable); the edge names the model.
+                    # Deltas pass as they are (a copy per delta is measurable); the edge names the
+                    # model.
                     yield chunk
             if not finished:
                 # A provider that ended without a final chunk still owes the caller finish_reason.
@@ -186,10 +187,10 @@ class WorkerService:
         """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left.
 
         An estimated count (another model's tokenizer standing in) may be off either way by up to
-        the model's `estimate_margin`: the prompt is refused only when it is too long even if the estimate is
-        that much high, and the room left assumes the estimate is that much low. When that leaves
-        no room, max_new_tokens assumes the estimate is high and the upstream judges the fit (its
-        refusal is FAILED_PRECONDITION too)."""
+        the model's `estimate_margin`: the prompt is refused only when it is too long even if the
+        estimate is that much high, and the room left assumes the estimate is that much low. When
+        that leaves no room, max_new_tokens assumes the estimate is high and the upstream judges the
+        fit (its refusal is FAILED_PRECONDITION too)."""
         context_length = served.metadata.context_length
         prompt = await served.client.count_token(request.model, request.messages)
         low, high = prompt.bounds(served.estimate_margin)
@@ -260,8 +261,9 @@ def _timing(started: float, first_token_at: float | None, usage: Usage | None) -
 
 
 def _check_tool_calls(calls: Sequence[ToolCall], finish_reason: FinishReason | None) -> None:
-    """A model's tool calls reach the caller whole and well-formed (an id, a name, arguments that are
-    a JSON object), unless max_new_tokens cut them, which finish_reason LENGTH tells the caller."""
+    """A model's tool calls reach the caller whole and well-formed (an id, a name, arguments that
+    are a JSON object), unless max_new_tokens cut them, which finish_reason LENGTH tells the
+    caller."""
     if finish_reason is FinishReason.LENGTH:
         return
     problem = broken_tool_call(calls)

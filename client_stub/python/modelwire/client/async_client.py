@@ -88,7 +88,8 @@ class ModelWorkerClient:
         timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> AsyncIterator[pb.ModelOutput]:
-        """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
+        """Yields deltas; leaving the loop early cancels the call and the worker stops
+        generating."""
         call = self._stub.GenerateStream(
             build_request(model, messages, **options),
             timeout=timeout or self._timeout,

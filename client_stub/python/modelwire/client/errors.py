@@ -61,7 +61,8 @@ class ModelwireCallError(Exception):
 
     @property
     def field_violations(self) -> dict[str, str]:
-        """The violations as {field: description}; a field's several descriptions are joined by "; "."""
+        """The violations as {field: description}; a field's several descriptions are
+        joined by "; "."""
         joined: dict[str, str] = {}
         for field, description in self.violations:
             joined[field] = f"{joined[field]}; {description}" if field in joined else description

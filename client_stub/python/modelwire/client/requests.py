@@ -173,7 +173,8 @@ def json_object_format() -> pb.OutputFormat:
 def json_schema_format(
     name: str, schema: Mapping[str, Any] | str, *, strict: bool = False
 ) -> pb.OutputFormat:
-    """Output is JSON matching `schema` (a mapping or JSON text; models with CAPABILITY_JSON_SCHEMA)."""
+    """Output is JSON matching `schema` (a mapping or JSON text; models with
+    CAPABILITY_JSON_SCHEMA)."""
     return pb.OutputFormat(
         json_schema=pb.JsonSchema(name=name, schema_json=_json_text(schema), strict=strict)
     )

@@ -86,7 +86,8 @@ class ModelWorkerSyncClient:
         timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> Iterator[pb.ModelOutput]:
-        """Yields deltas; leaving the loop early cancels the call and the worker stops generating."""
+        """Yields deltas; leaving the loop early cancels the call and the worker stops
+        generating."""
         call = self._stub.GenerateStream(
             build_request(model, messages, **options),
             timeout=timeout or self._timeout,

@@ -19,10 +19,10 @@ message without tool_call_id, and the documented limits of thinking, images and 
 Responses. Text blocks are text, thinking blocks reasoning (with the signature the next turn must
 send back, `signature_of`), `tool_use` blocks tool calls (their input as JSON text); usage counts
 cache reads and writes into prompt tokens and also reports them apart, and thinking tokens as
-reasoning tokens. Streams map `text_delta` to text, `thinking_delta` to reasoning, a `tool_use` block's start
-to a tool-call delta with its id and name (indexed by the call's place among this turn's calls, not
-the block's) and its `input_json_delta`s to argument deltas; prompt tokens come from
-`message_start`, updated by `message_delta` with the output tokens, and `stop_reason` becomes
+reasoning tokens. Streams map `text_delta` to text, `thinking_delta` to reasoning, a `tool_use`
+block's start to a tool-call delta with its id and name (indexed by the call's place among this
+turn's calls, not the block's) and its `input_json_delta`s to argument deltas; prompt tokens come
+from `message_start`, updated by `message_delta` with the output tokens, and `stop_reason` becomes
 finish_reason. An `error` event inside the stream is mapped like the HTTP status it stands for.
 """
 

@@ -51,7 +51,8 @@ FINISH_REASONS = {
 }
 
 
-# Anthropic's error types (in error bodies and stream `error` events) → the HTTP status they stand for.
+# Anthropic's error types (in error bodies and stream `error` events) → the HTTP status they stand
+# for.
 ERROR_STATUS = {
     "invalid_request_error": 400,
     "authentication_error": 401,
@@ -74,7 +75,8 @@ def _int(value: object) -> int:
 
 
 def usage_of(usage: dict[str, Any]) -> Usage:
-    """Anthropic reports cache reads and writes apart from input_tokens: they are prompt tokens too."""
+    """Anthropic reports cache reads and writes apart from input_tokens: they are prompt tokens
+    too."""
     read = _int(usage.get("cache_read_input_tokens"))
     written = _int(usage.get("cache_creation_input_tokens"))
     details = usage.get("output_tokens_details")

@@ -179,7 +179,8 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
                 headers=self._params.headers,
                 timeout=self._timeout,
                 # Not trust_env: aiohttp would read ~/.netrc and the proxy variables on the pool at
-                # every request (a tenth of a call's CPU); the proxy is resolved once (`_proxy_for`).
+                # every request (a tenth of a call's CPU); the proxy is resolved once
+                # (`_proxy_for`).
                 trust_env=False,
                 json_serialize=_json_text,
             )
@@ -293,8 +294,9 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
                     if not 200 <= response.status < 300:
                         raise self._status_error(response, await _read_capped(response))
                     if response.headers.get("content-type", "").startswith("application/json"):
-                        # Some servers answer a stream request with a plain JSON error and status 200,
-                        # others with a whole completion (they ignore stream=true): never quoted.
+                        # Some servers answer a stream request with a plain JSON error and status
+                        # 200, others with a whole completion (they ignore stream=true): never
+                        # quoted.
                         raw = await _read_capped(response)
                         raise self._json_instead_of_events(raw)
                     async for event in iter_sse(iter_lines(response.content.iter_any())):
@@ -346,7 +348,8 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
 
 
 def _outgoing(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request's headers plus W3C `traceparent` of the current upstream span, if tracing is on."""
+    """The request's headers plus W3C `traceparent` of the current upstream span, if tracing is
+    on."""
     outgoing = dict(headers)
     inject_trace_headers(outgoing)
     return outgoing

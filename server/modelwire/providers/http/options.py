@@ -146,7 +146,8 @@ class HttpParams:
 
     @property
     def account(self) -> str:
-        """The worker's account with the provider, as an operator finds it (never the key itself)."""
+        """The worker's account with the provider, as an operator finds it (never the key
+        itself)."""
         key = f", key from ${self.api_key_env}" if self.api_key_env else ""
         return f"the worker's {self.provider} account at {urlsplit(self.api_base).hostname}{key}"
 

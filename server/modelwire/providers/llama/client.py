@@ -460,7 +460,8 @@ class LlamaCppClient(ProxyLLMClient):
         run: _Run,
     ) -> Iterator[int]:
         """The prompt evaluated, then each generated token until the turn ends (`run` says STOP),
-        `max_new_tokens` or a cancel; a token is fed back only when the consumer asks for the next."""
+        `max_new_tokens` or a cancel; a token is fed back only when the consumer asks for the
+        next."""
         with self.activity.prompt_evaluation():
             session.evaluate_prompt(prompt)
         while not cancellation.cancelled:

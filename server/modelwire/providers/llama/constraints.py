@@ -76,7 +76,8 @@ class ToolCallStream:
         return (self._delta(tail),) if tail or not self._started else ()
 
 
-# The grammar writes {"name": "<tool>", "arguments": <arguments>} with at most one space between tokens.
+# The grammar writes {"name": "<tool>", "arguments": <arguments>} with at most one space between
+# tokens.
 _CHOSEN_HEADER = re.compile(r'\{ ?"name" ?: ?"([A-Za-z0-9_-]+)" ?, ?"arguments" ?: ?')
 
 

@@ -52,7 +52,8 @@ EMBED_PIECE_TOKENS = 32
 
 
 class LlamaFailure(RuntimeError):
-    """llama.cpp refused an operation (load, context, decode): a bug or a broken build, not the caller's fault."""
+    """llama.cpp refused an operation (load, context, decode): a bug or a broken build, not the
+    caller's fault."""
 
 
 class Aborted(Exception):
@@ -72,7 +73,8 @@ class GrammarSyntaxError(GrammarError):
 
 
 class GrammarDeadEnd(Exception):
-    """No token of the vocabulary continues the grammar (a grammar whose language this vocabulary cannot spell)."""
+    """No token of the vocabulary continues the grammar (a grammar whose language this vocabulary
+    cannot spell)."""
 
 
 _GGML_LOG_ERROR = 4
@@ -139,7 +141,8 @@ class Sampling:
 
     @staticmethod
     def seed_from(seed: int) -> int:
-        """A caller's int64 seed as llama.cpp's 32 bits, never the value llama.cpp reads as "random"."""
+        """A caller's int64 seed as llama.cpp's 32 bits, never the value llama.cpp reads as
+        "random"."""
         return seed % _RANDOM_SEED
 
 
@@ -164,8 +167,8 @@ class LlamaModel:
         return self._model
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
-        """Tokens of `text` alone (no BOS); `special` lets marker text become control tokens, so it is
-        True only for template markers, never for what a caller wrote."""
+        """Tokens of `text` alone (no BOS); `special` lets marker text become control tokens, so it
+        is True only for template markers, never for what a caller wrote."""
         data = text.encode("utf-8")
         capacity = len(data) + 1
         while True:
@@ -201,7 +204,8 @@ class LlamaModel:
     @functools.cached_property
     def unsampleable(self) -> npt.NDArray[np.int64]:
         """Control tokens that do not end generation (<start_of_turn>, <unused…>…): they render as
-        nothing, while a grammar would read their marker text, so constrained sampling masks them."""
+        nothing, while a grammar would read their marker text, so constrained sampling masks
+        them."""
         return np.array(
             [
                 t
@@ -323,9 +327,9 @@ class LlamaSession:
             llama_cpp.llama_set_embeddings(self._ctx, False)
 
     def embed(self, tokens: list[int]) -> npt.NDArray[np.float64]:
-        """The mean of the last layer's hidden states over `tokens` (llama.cpp's mean pooling), on an
-        empty cache, with causal attention as in generation. In embedding mode llama.cpp computes the
-        output layer for every token (262,144 logits each), so tokens go in pieces of
+        """The mean of the last layer's hidden states over `tokens` (llama.cpp's mean pooling), on
+        an empty cache, with causal attention as in generation. In embedding mode llama.cpp computes
+        the output layer for every token (262,144 logits each), so tokens go in pieces of
         EMBED_PIECE_TOKENS, which keeps its output buffer at that many rows."""
         _empty_cache(self._ctx)
         n_embd = self.model.n_embd

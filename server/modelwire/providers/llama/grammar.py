@@ -1,4 +1,5 @@
-"""GBNF grammars for constrained output on the local model: a JSON object, a JSON Schema, a tool call.
+"""GBNF grammars for constrained output on the local model: a JSON object, a JSON Schema, a tool
+call.
 
 JSON Schema becomes GBNF through llama-cpp-python's port of llama.cpp's converter
 (`llama_cpp.llama_grammar.SchemaConverter`), with four of its defects fixed here because each would
@@ -87,7 +88,8 @@ _SCHEMA_PLACES = {
     "additionalProperties": False,
 }
 _STRING_FORMATS = ("date", "time", "date-time", "uuid")
-# Lengths and counts become nested optional rules, one level each: bounded so the grammar stays small.
+# Lengths and counts become nested optional rules, one level each: bounded so the grammar stays
+# small.
 MAX_REPETITION = 500
 # The digit-range construction covers 15 digits, as the converter's integers do.
 MAX_INTEGER_BOUND = 10**15
@@ -353,7 +355,7 @@ def _integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
     return (max(lows) if lows else None), (min(highs) if highs else None)
 
 
-# --- the check: everything the converter would not enforce is refused ------------------------------
+# --- the check: everything the converter would not enforce is refused -----------------------------
 
 
 def _pointer(path: Sequence[str | int]) -> str:
@@ -426,7 +428,8 @@ def rewrite_pattern(pattern: str, pointer: str) -> str:
         raise SchemaNotSupported(
             pointer,
             "a pattern may use letters, digits, spaces, _-:@,;!#%&'=<>~/, groups, |, quantifiers, "
-            r"positive [classes], \d and \. (no '.', negated classes, other escapes, quotes or lookarounds)",
+            r"positive [classes], \d and \. (no '.', negated classes, other escapes, quotes or "
+            "lookarounds)",
         )
     rewritten = "".join(out)
     try:
@@ -440,7 +443,8 @@ def rewrite_pattern(pattern: str, pointer: str) -> str:
 
 
 class _Checker:
-    """Walks a schema, refusing what cannot be enforced; returns a copy the converter handles exactly."""
+    """Walks a schema, refusing what cannot be enforced; returns a copy the converter handles
+    exactly."""
 
     def __init__(self, root: Any, ref_prefix: str) -> None:
         self._root = root
@@ -696,8 +700,8 @@ class _Checker:
 
 
 def check_schema(schema: Any, ref_prefix: str = "#") -> dict[str, Any]:
-    """The schema as the converter must see it, or SchemaNotSupported naming what cannot be enforced.
-    `ref_prefix` re-roots local references when the schema is embedded in a larger one."""
+    """The schema as the converter must see it, or SchemaNotSupported naming what cannot be
+    enforced. `ref_prefix` re-roots local references when the schema is embedded in a larger one."""
     try:
         return _Checker(schema, ref_prefix).schema(schema, [])
     except RecursionError:

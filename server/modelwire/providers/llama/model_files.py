@@ -34,7 +34,8 @@ def embedded_model_path() -> Path:
     return path
 
 
-# A partial not written to for this long is no assembler's work in progress (assembling takes seconds).
+# A partial not written to for this long is no assembler's work in progress (assembling takes
+# seconds).
 ORPHANED_AFTER_S = 300.0
 
 

@@ -35,7 +35,8 @@ class StopStringFilter:
         return out
 
     def _held_back_length(self) -> int:
-        """Length of the longest tail of pending text that is a proper prefix of some stop string."""
+        """Length of the longest tail of pending text that is a proper prefix of some stop
+        string."""
         for length in range(min(self._longest - 1, len(self._pending)), 0, -1):
             tail = self._pending[-length:]
             if any(stop.startswith(tail) for stop in self._stops):

@@ -187,7 +187,8 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
         return body(request, self._options, self.upstream_model, stream)
 
     def _payload_error(self, payload: dict[str, Any]) -> errors.ModelwireError:
-        """An `{"error": ...}` object where a completion was expected (some servers send it mid-stream)."""
+        """An `{"error": ...}` object where a completion was expected (some servers send it
+        mid-stream)."""
         error = payload.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         if isinstance(code, str) and code.isdigit():
@@ -260,7 +261,8 @@ class OpenAIClient(HttpProxyClient[OpenAIParams]):
                     )
                 if payload.get("error"):
                     raise self._payload_error(payload)
-                # Any chunk may carry usage; with include_usage it is the last one, with `choices: []`.
+                # Any chunk may carry usage; with include_usage it is the last one, with
+                # `choices: []`.
                 usage = usage_of(payload.get("usage")) or usage
                 choices = payload.get("choices")
                 for choice in choices if isinstance(choices, list) else ():

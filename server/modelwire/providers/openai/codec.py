@@ -79,7 +79,8 @@ def usage_of(value: object) -> Usage | None:
 
 
 def reasoning_of(message: dict[str, Any]) -> str | None:
-    """DeepSeek, Qwen and older vLLM say `reasoning_content`; newer vLLM, Ollama, OpenRouter `reasoning`."""
+    """DeepSeek, Qwen and older vLLM say `reasoning_content`; newer vLLM, Ollama, OpenRouter
+    `reasoning`."""
     for key in ("reasoning_content", "reasoning"):
         value = message.get(key)
         if isinstance(value, str) and value:
@@ -148,7 +149,8 @@ def _tool(tool: Tool) -> dict[str, Any]:
 
 
 def _contract_fields(request: ModelRequest) -> dict[str, Any]:
-    """The v1.1 request fields as Chat Completions names them; only requests that use one get here."""
+    """The v1.1 request fields as Chat Completions names them; only requests that use one get
+    here."""
     fields: dict[str, Any] = {}
     if request.tools:
         fields["tools"] = [_tool(tool) for tool in request.tools]
@@ -179,7 +181,8 @@ def _contract_fields(request: ModelRequest) -> dict[str, Any]:
 
 
 def _arguments(value: object) -> str | None:
-    """A call's arguments as JSON text; a few servers send them as an object, which is the same JSON."""
+    """A call's arguments as JSON text; a few servers send them as an object, which is the same
+    JSON."""
     if value is None:
         return ""
     if isinstance(value, dict):
