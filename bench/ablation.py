@@ -16,8 +16,9 @@ patched before it is built, and is driven by ghz like bench/run.py drives the re
   floor-servicer  modelwire's server (options, interceptors, health, reflection) with the floor's
                   servicer (pre-built answers): the cost of the server around the servicer
   floor-servicer-bare   the same without interceptors: should cost what bench/echo_floor.py costs
-  uvloop          the shipped worker on uvloop's event loop instead of asyncio's (`pip install uvloop`
-                  first: it is not one of modelwire's dependencies, docs/benchmarks.md says why)
+  uvloop          the shipped worker on uvloop's event loop instead of asyncio's
+                  (`pip install uvloop` first: it is not one of modelwire's dependencies,
+                  docs/benchmarks.md says why)
 
 With `--provider openai` the worker fronts bench/instant_upstream.py over HTTP instead, and the
 variants peel the HTTP path's layers off one after the other, each keeping the ones below it:
@@ -25,7 +26,8 @@ variants peel the HTTP path's layers off one after the other, each keeping the o
                   prompts were counted in place (tokenize.tiktoken_counter.count_tokens_async)
   no-interceptors as above
   canned-http     no HTTP client: the instant upstream's exact body bytes handed to the same SSE
-                  parser and json.loads in-process (shipped minus this: aiohttp, the sockets, the kernel)
+                  parser and json.loads in-process (shipped minus this: aiohttp, the sockets, the
+                  kernel)
   canned-events   and no SSE parsing: pre-split events (minus canned-http: the SSE parser)
   canned-json     and no JSON decoding: pre-decoded payloads (minus canned-events: json.loads);
                   what is left is the request body, the conversion of each payload to a domain

@@ -44,7 +44,8 @@ def prompt_of(tokens: int, seed: int = 7) -> str:
         if len(ids) >= tokens:
             break
     text = encoding.decode(ids[:tokens])
-    # Decoding a cut can re-tokenize differently at the edge; adjust the end until it counts exactly.
+    # Decoding a cut can re-tokenize differently at the edge; adjust the end until it counts
+    # exactly.
     for _ in range(100):
         count = len(encoding.encode(text, disallowed_special=()))
         if count == tokens:

@@ -1,5 +1,5 @@
-"""The gateway's floor: a bare grpc.aio server that forwards every ModelWorker call, as bytes, to one
-upstream server, with none of the gateway's layers (no routing, retries, auth, observation).
+"""The gateway's floor: a bare grpc.aio server that forwards every ModelWorker call, as bytes, to
+one upstream server, with none of the gateway's layers (no routing, retries, auth, observation).
 
 What it costs next to the server behind it is what the extra grpc.aio hop itself costs, the least a
 Python gateway that forwards calls can cost; `bench/run.py` puts it in front of the floor

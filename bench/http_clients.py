@@ -1,4 +1,5 @@
-"""The HTTP client alone: httpx against aiohttp on bench/instant_upstream.py, no modelwire around it.
+"""The HTTP client alone: httpx against aiohttp on bench/instant_upstream.py, no modelwire around
+it.
 
 Each client runs in its own process (so neither pays for the other's imports or garbage), posts
 the body modelwire's openai provider posts, and reads the answer as the provider does: unary as

@@ -5,7 +5,8 @@ every gateway in front of it is measured, not the upstream. Both gateways (model
 provider and LiteLLM) talk to the same instance, run as its own process so its CPU is never
 counted as theirs.
 
-  POST /v1/chat/completions  {"stream": false}  one completion: `--chunks` × `--chunk-text`, with usage
+  POST /v1/chat/completions  {"stream": false}  one completion: `--chunks` × `--chunk-text`,
+                                                with usage
   POST /v1/chat/completions  {"stream": true}   `--chunks` SSE deltas, a finish chunk, a usage chunk
                                                 (when stream_options.include_usage), then [DONE]
   GET  /health                                  200
@@ -37,7 +38,8 @@ _BAD = (
 
 
 class Answers:
-    """Pre-rendered responses per (model, stream, include_usage): answering costs one dict lookup."""
+    """Pre-rendered responses per (model, stream, include_usage): answering costs one dict
+    lookup."""
 
     def __init__(self, chunks: int, chunk_text: str) -> None:
         self.chunks = chunks
@@ -63,7 +65,8 @@ class Answers:
 
     def payloads(self, model: str, stream: bool, include_usage: bool) -> list[bytes]:
         """The body unframed: the one JSON document of a unary answer, or each SSE event of a stream
-        (bench/ablation.py feeds them to the worker without HTTP, to attribute the client's cost)."""
+        (bench/ablation.py feeds them to the worker without HTTP, to attribute the client's
+        cost)."""
         base: dict[str, Any] = {"id": "chatcmpl-instant", "created": 1700000000, "model": model}
         if not stream:
             return [

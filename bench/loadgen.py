@@ -78,7 +78,8 @@ def ghz(
     total: int | None = None,
 ) -> LoadResult:
     """`method` is "Generate" or "GenerateStream" of modelwire.v1.ModelWorker. With `total`, runs
-    exactly that many calls (every one completes); otherwise for `duration_s`, cancelling the rest."""
+    exactly that many calls (every one completes); otherwise for `duration_s`, cancelling the
+    rest."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(data, handle)
         data_file = handle.name

@@ -1,13 +1,13 @@
 """The llama.cpp options the worker could load the local model with, measured on this machine.
 
-In one process, for the installed llama-cpp-python build: modelwire's engine (providers/llama/engine.py)
-with and without the extra weight buffers (ggml's repacking; AMX kernels when the build has them),
-and llama-cpp-python's `Llama` for reference, all greedy on the same tokens and threads. Per option:
-time to first token for a short chat prompt (on an empty cache: the engine keeps nothing between
-calls, and `Llama` is reset), decode tokens/s over 128 tokens, prompt evaluation tokens/s over a
-~2,000-token prompt, and for the engine the time from an abort to llama.cpp returning during that
-evaluation. Prints a table; asserts nothing. Run it under each
-build to compare builds.
+In one process, for the installed llama-cpp-python build: modelwire's engine
+(providers/llama/engine.py) with and without the extra weight buffers (ggml's repacking; AMX kernels
+when the build has them), and llama-cpp-python's `Llama` for reference, all greedy on the same
+tokens and threads. Per option: time to first token for a short chat prompt (on an empty cache: the
+engine keeps nothing between calls, and `Llama` is reset), decode tokens/s over 128 tokens, prompt
+evaluation tokens/s over a ~2,000-token prompt, and for the engine the time from an abort to
+llama.cpp returning during that evaluation. Prints a table; asserts nothing. Run it under each build
+to compare builds.
 
     .venv/bin/python bench/local_engine.py [--runs 5]
 """

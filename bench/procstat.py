@@ -28,7 +28,8 @@ def children(pid: int) -> list[int]:
 
 
 def tree(pids: Iterable[int]) -> list[int]:
-    """The given processes and all their descendants (e.g. --processes children, LiteLLM workers)."""
+    """The given processes and all their descendants (e.g. --processes children, LiteLLM
+    workers)."""
     seen: list[int] = []
     pending = list(pids)
     while pending:

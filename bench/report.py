@@ -480,7 +480,8 @@ def draw(report: dict[str, Any], path: Path) -> bool:
 
 
 def update_docs(path: Path, generated: str) -> None:
-    """Replaces the generated part of docs/benchmarks.md; creates the file with markers if needed."""
+    """Replaces the generated part of docs/benchmarks.md; creates the file with markers if
+    needed."""
     block = f"{BEGIN}\n\n{generated.rstrip()}\n\n{END}"
     if path.exists():
         text = path.read_text()

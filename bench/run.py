@@ -1,4 +1,5 @@
-"""`make bench`: modelwire's overhead against the floor and against LiteLLM, side by side, in one run.
+"""`make bench`: modelwire's overhead against the floor and against LiteLLM, side by side, in one
+run.
 
 Every target fronts the same instant upstream and is driven by a load generator on this machine at
 fixed concurrency levels for a fixed duration (ghz for gRPC, oha for HTTP, both closed-loop):
@@ -9,8 +10,9 @@ fixed concurrency levels for a fixed duration (ghz for gRPC, oha for HTTP, both 
   gateway        modelwire's gateway in front of that worker (controller + gateway + worker)
   forward floor  a bare grpc.aio byte forwarder in front of the floor (bench/forward_floor.py):
                  the least the gateway's extra hop can cost
-  modelwire→HTTP `provider = "openai"` against the instant HTTP upstream (bench/instant_upstream.py),
-                 with one process and with one per CPU (as many as LiteLLM gets workers)
+  modelwire→HTTP `provider = "openai"` against the instant HTTP upstream
+                 (bench/instant_upstream.py), with one process and with one per CPU (as many
+                 as LiteLLM gets workers)
   LiteLLM        `litellm --config` (openai/ against the same upstream), --num_workers = CPUs
   HTTP floor     the instant upstream itself, called directly
 
@@ -402,7 +404,8 @@ def start_modelwire_http_p2(ctx: Context) -> Running:
 
 
 LITELLM_ENV = {
-    # Offline and quiet, as its docs describe: no telemetry, the bundled model cost map, errors only.
+    # Offline and quiet, as its docs describe: no telemetry, the bundled model cost map, errors
+    # only.
     "LITELLM_TELEMETRY": "False",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "LITELLM_LOG": "ERROR",

@@ -1,4 +1,5 @@
-"""Many open streams: N concurrent slow GenerateStream calls (one chunk per second) held by one worker.
+"""Many open streams: N concurrent slow GenerateStream calls (one chunk per second) held by one
+worker.
 
 The worker serves an `echo` model with `chunk_interval_s = 1`; admission is configured to admit
 them all (`max_concurrency = N`, `max_queue = N`). A Python asyncio client opens all N calls over a
@@ -138,7 +139,8 @@ def run(
     worker, address = start_worker(modelwire, _config(0, streams, chunks, interval), workdir)
     try:
         pid = worker.pid
-        # One warm-up stream so lazily built state (interpreter caches, first-call paths) is in "before".
+        # One warm-up stream so lazily built state (interpreter caches, first-call paths) is in
+        # "before".
         asyncio.run(_warm(address))
         time.sleep(0.5)
         rss_before = procstat.rss_mib(pid)
