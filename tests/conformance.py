@@ -148,7 +148,8 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
 
 
 async def assert_refused(call: Awaitable[Any], field_name: str, model: str) -> None:
-    """INVALID_ARGUMENT, with a violation of exactly `field_name` whose description names `model`."""
+    """INVALID_ARGUMENT, with a violation of exactly `field_name` whose description names
+    `model`."""
     try:
         await call
     except grpc.aio.AioRpcError as error:
@@ -262,7 +263,8 @@ def person_request(target: Target, output_format: pb.OutputFormat) -> pb.ModelRe
 
 async def json_schema(target: Target) -> None:
     await target.ready(Case.JSON_SCHEMA)
-    # Not strict: strict decoders (OpenAI, Anthropic) refuse some keywords the schema uses (minimum, maxItems).
+    # Not strict: strict decoders (OpenAI, Anthropic) refuse some keywords the schema uses (minimum,
+    # maxItems).
     schema = pb.JsonSchema(name="person", schema_json=json.dumps(PERSON_SCHEMA))
     for stream in (False, True):
         request = person_request(target, pb.OutputFormat(json_schema=schema))

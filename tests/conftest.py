@@ -1,4 +1,5 @@
-"""Shared fixtures: workers run in-process on 127.0.0.1 with an OS-chosen port, on the session loop."""
+"""Shared fixtures: workers run in-process on 127.0.0.1 with an OS-chosen port, on the session
+loop."""
 
 from __future__ import annotations
 

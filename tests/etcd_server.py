@@ -1,5 +1,5 @@
-"""A real etcd server for tests, on 127.0.0.1 with free ports and a temporary data directory. It can be
-killed and started again, keeping or wiping its data.
+"""A real etcd server for tests, on 127.0.0.1 with free ports and a temporary data directory. It can
+be killed and started again, keeping or wiping its data.
 
 `make test` builds etcd from the Go module proxy into .tools/etcd/ (mk/etcd.mk) and names it in
 MODELWIRE_ETCD; run by hand, the tests take that build, else an `etcd` on PATH. Without either

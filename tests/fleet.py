@@ -188,7 +188,8 @@ async def wait_until(router_changed: asyncio.Condition, predicate: object, timeo
 async def running_gateway(
     controller_address: str, probe_health: bool = True
 ) -> AsyncIterator[Gateway]:
-    """Settled at once: these tests start their workers first (test_fleet_resilience.py has the window)."""
+    """Settled at once: these tests start their workers first (test_fleet_resilience.py has the
+    window)."""
     gateway = Gateway(
         RemoteController(controller_address),
         PlainServerConfig(port=0, grace_period_s=1.0),

@@ -1,5 +1,6 @@
 """One gRPC call over bare HTTP/2, for headers grpcio's client refuses to send (control characters,
-bytes above 0x7F) but other HTTP/2 stacks do: what a hostile or foreign client can put on the wire."""
+bytes above 0x7F) but other HTTP/2 stacks do: what a hostile or foreign client can put on the
+wire."""
 
 from __future__ import annotations
 

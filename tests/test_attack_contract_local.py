@@ -1,7 +1,7 @@
 """The embedded model's grammar door, tried again after issue 22 landed: a GBNF grammar of about
-300 or more nested groups made the Python GBNF checker (providers/llama/gbnf_check.py) raise RecursionError
-on the pool, and the caller got INTERNAL. It is INVALID_ARGUMENT naming output_format.grammar,
-and the worker serves on."""
+300 or more nested groups made the Python GBNF checker (providers/llama/gbnf_check.py) raise
+RecursionError on the pool, and the caller got INTERNAL. It is INVALID_ARGUMENT naming
+output_format.grammar, and the worker serves on."""
 
 from __future__ import annotations
 

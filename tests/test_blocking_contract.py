@@ -1,4 +1,5 @@
-"""The ProxyLLMClient contract with a blocking provider: async over sync, sync over stream, cancel."""
+"""The ProxyLLMClient contract with a blocking provider: async over sync, sync over stream,
+cancel."""
 
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def worker_config(threads: int, **options: object) -> Config:
 async def test_cancelled_streams_stop_within_a_token_and_free_the_pool(
     worker_factory: WorkerFactory,
 ) -> None:
-    """50 streams cancelled after their first chunk: each generator stops, the 4-thread pool is free."""
+    """50 streams cancelled after their first chunk: each generator stops, the 4-thread pool is
+    free."""
     async with worker_factory(
         worker_config(threads=4, tokens=10_000, token_delay_s=0.01)
     ) as worker:

@@ -111,7 +111,8 @@ async def gemma(embedded_worker: Worker) -> AsyncIterator[ModelWorkerClient]:
 
 
 def refused_fields(error: ModelwireCallError, model: str) -> set[str]:
-    """The fields of an INVALID_ARGUMENT refusal whose violations name `model` as unable to honour them."""
+    """The fields of an INVALID_ARGUMENT refusal whose violations name `model` as unable to honour
+    them."""
     assert error.code.name == "INVALID_ARGUMENT", error
     assert error.violations, "a refusal carries its google.rpc.BadRequest field violations"
     return {
@@ -138,7 +139,7 @@ def cosine(a: list[float], b: list[float]) -> float:
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
-# --- requests: what the client puts on the wire ----------------------------------------------------
+# --- requests: what the client puts on the wire ---------------------------------------------------
 
 
 def test_build_request_sets_each_new_field_and_leaves_unset_ones_unset(tmp_path: Path) -> None:
@@ -262,9 +263,7 @@ def test_images_messages_and_embed_requests(tmp_path: Path) -> None:
     ).HasField("dimensions")
 
 
-def test_output_collector_joins_interleaved_tool_call_deltas_and_the_assistant_turn_round_trips() -> (
-    None
-):
+def test_collector_joins_interleaved_tool_call_deltas_and_the_assistant_turn_round_trips() -> None:
     chunks = [
         pb.ModelOutput(reasoning="Let me ", text=""),
         pb.ModelOutput(reasoning="check.", reasoning_signature=b"sig-", text="Checking"),
@@ -319,7 +318,7 @@ def test_output_collector_joins_interleaved_tool_call_deltas_and_the_assistant_t
     assert not assistant_turn(pb.ModelOutput(text="hi")).HasField("reasoning")
 
 
-# --- refusals: every new field reaches the worker and comes back named -------------------------------
+# --- refusals: every new field reaches the worker and comes back named ----------------------------
 
 
 async def test_every_new_request_field_is_refused_by_name_for_a_model_that_cannot_honour_it(
@@ -416,7 +415,8 @@ async def test_embed_and_the_sync_client_surface_the_refusal(
 
 
 async def test_every_violation_of_a_field_is_kept(echo: ModelWorkerClient) -> None:
-    """A model with no capability at all refuses a stream twice on `model` (no chat, no streaming)."""
+    """A model with no capability at all refuses a stream twice on `model` (no chat, no
+    streaming)."""
     with pytest.raises(ModelwireCallError) as raised:
         async for _ in echo.stream("echo-mute", "hi"):
             pass
@@ -453,7 +453,7 @@ async def test_count_tokens_takes_parts_and_tool_calls(
     assert counted.count > (await gemma.count_tokens(GEMMA, conversation[:1])).count + 20
 
 
-# --- the CLI ---------------------------------------------------------------------------------------
+# --- the CLI --------------------------------------------------------------------------------------
 
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -604,7 +604,7 @@ async def test_cli_embed_and_models_on_a_model_without_embeddings(
     assert out.startswith(f"{ECHO}\techo\tcontext=131072\tmax_output=4096\t")
 
 
-# --- the embedded gemma: what llama.cpp grammars make it honour -------------------------------------
+# --- the embedded gemma: what llama.cpp grammars make it honour -----------------------------------
 
 
 async def test_gemma_makes_a_forced_tool_call_unary_and_streamed(gemma: ModelWorkerClient) -> None:
@@ -640,7 +640,8 @@ async def test_gemma_makes_a_forced_tool_call_unary_and_streamed(gemma: ModelWor
     assert call.id and call.name == "get_weather"
     weather_arguments(call.arguments_json)
 
-    # The call and its answer go back as the next turn; tool_choice none lets the model answer in text.
+    # The call and its answer go back as the next turn; tool_choice none lets the model answer in
+    # text.
     answer = await gemma.generate(
         GEMMA,
         [

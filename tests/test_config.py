@@ -68,7 +68,8 @@ def test_no_models_means_the_embedded_default(tmp_path: Path) -> None:
 
 
 def test_a_config_file_means_one_process_unless_asked(tmp_path: Path) -> None:
-    """Per-model limits are per process: a default of one process per CPU multiplied them silently."""
+    """Per-model limits are per process: a default of one process per CPU multiplied them
+    silently."""
     assert load_config(write(tmp_path, "[server]\nport = 7000\n")).server.processes == 1
     assert load_config(write(tmp_path, "[server]\nprocesses = 3\n")).server.processes == 3
 
@@ -411,7 +412,8 @@ def test_otlp_endpoint_without_the_exporter_is_refused_when_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str
 ) -> None:
     """Refused with the configuration (not after the models load), with an install step that works
-    from a checkout, where `pip install 'modelwire[tracing]'` cannot (modelwire is not published)."""
+    from a checkout, where `pip install 'modelwire[tracing]'` cannot (modelwire is not
+    published)."""
     from modelwire.app import config
 
     monkeypatch.setitem(sys.modules, OTLP_EXPORTER, None)  # importing it fails, as if not installed

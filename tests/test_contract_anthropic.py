@@ -638,7 +638,8 @@ async def test_adaptive_thinking_without_an_effort(
 
 
 def next_turn(output: pb.ModelOutput, result: str) -> list[pb.ModelMessage]:
-    """The conversation continued as a caller does: the answer as the assistant's turn, as it came."""
+    """The conversation continued as a caller does: the answer as the assistant's turn, as it
+    came."""
     turn = pb.ModelMessage(
         role=pb.ROLE_ASSISTANT,
         content=output.text,
@@ -777,7 +778,8 @@ async def test_redacted_thinking_is_kept_and_sent_back(
 
 def parallel_calls_stream() -> list[tuple[str, dict[str, Any]]]:
     """Thinking (one block readable, one redacted), text, and three calls with text between them;
-    the arguments cut mid-key, mid-string and inside a \\u escape, the last call with no input at all."""
+    the arguments cut mid-key, mid-string and inside a \\u escape, the last call with no input at
+    all."""
     return [
         message_start(usage(20, 1, cache_read_input_tokens=1800)),
         *thinking_events(0, ["Two cities, ", "three tools."], SIGNATURE),

@@ -271,7 +271,8 @@ async def test_a_refusal_lists_every_field_the_model_cannot_honour(
         await stub.Generate(full_request("text-only"))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     violations = field_violations(refused.value)
-    # Twelve fields; a status names at most InvalidRequest.MAX_VIOLATIONS, the last saying how many more.
+    # Twelve fields; a status names at most InvalidRequest.MAX_VIOLATIONS, the last saying how many
+    # more.
     assert [name for name, _ in violations] == [
         "tools",
         "tool_choice",

@@ -256,7 +256,8 @@ async def test_an_invalid_grammar_is_refused_with_llama_cpp_s_reason_before_the_
 @pytest.mark.parametrize(
     ("gbnf", "reason"),
     [
-        # A syntax error is found before llama.cpp's parser, which would print the grammar to stderr.
+        # A syntax error is found before llama.cpp's parser, which would print the grammar to
+        # stderr.
         (
             "root ::= answer",
             "does not parse: line 1, column 10: this rule is used but never defined",
@@ -470,7 +471,7 @@ async def test_stop_strings_and_a_forced_tool_with_an_output_format_are_refused(
     await assert_refused(stub.Generate(forced), "output_format", MODEL)
 
 
-# --- tools ------------------------------------------------------------------------------------------
+# --- tools ----------------------------------------------------------------------------------------
 
 
 def weather_or_time() -> pb.ModelRequest:
@@ -601,8 +602,10 @@ def test_a_two_turn_tool_conversation_renders_in_gemma_turns(embedded_worker: Wo
     model = client.model
     whole = (
         "<start_of_turn>user\nWhat is the weather in Paris, in celsius?<end_of_turn>\n"
-        '<start_of_turn>model\nTool call call_1: get_weather {"city": "Paris", "unit": "celsius"}<end_of_turn>\n'
-        '<start_of_turn>user\nTool result call_1 get_weather:\n{"temperature": 21, "sky": "clear"}<end_of_turn>\n'
+        "<start_of_turn>model\nTool call call_1: get_weather "
+        '{"city": "Paris", "unit": "celsius"}<end_of_turn>\n'
+        "<start_of_turn>user\nTool result call_1 get_weather:\n"
+        '{"temperature": 21, "sky": "clear"}<end_of_turn>\n'
         "<start_of_turn>model\n"
     )
     assert client.prompt_tokens(two_turn_domain()) == [
@@ -676,7 +679,7 @@ async def test_a_forced_call_after_a_tool_result_describes_the_tool_in_the_last_
     assert_valid_call("get_time", output.tool_calls[0].arguments_json)
 
 
-# --- embeddings ---------------------------------------------------------------------------------------
+# --- embeddings -----------------------------------------------------------------------------------
 
 
 def cosine(a: Any, b: Any) -> float:
@@ -759,7 +762,7 @@ async def test_embedding_leaves_generation_as_it_was(stub: pb_grpc.ModelWorkerSt
     assert (await stub.Generate(greedy)).text == before
 
 
-# --- cancellation under a grammar -----------------------------------------------------------------------
+# --- cancellation under a grammar -----------------------------------------------------------------
 
 
 def evaluated(client: LlamaCppClient) -> int:
@@ -775,7 +778,8 @@ async def until_idle(client: LlamaCppClient) -> None:
 async def test_a_cancel_during_constrained_generation_stops_llama_cpp(
     embedded_worker: Worker, stub: pb_grpc.ModelWorkerStub
 ) -> None:
-    """A grammar that never completes would run to max_new_tokens; the caller leaves after its first delta."""
+    """A grammar that never completes would run to max_new_tokens; the caller leaves after its first
+    delta."""
     client = provider(embedded_worker)
     messages = [user("Write the letter a many times.")]
     prompt = len(client.prompt_tokens([ModelMessage(Role.USER, "Write the letter a many times.")]))

@@ -63,7 +63,8 @@ KEY_ENV = "MODELWIRE_TEST_CONTRACT_OPENAI_KEY"
 KEY = "sk-test-contract-openai-2468"
 UPSTREAM = "gpt-4o-mini"
 EMBED_UPSTREAM = "text-embedding-3-small"
-# Keys in an order no serializer would choose, an integer and a float: all must reach OpenAI as written.
+# Keys in an order no serializer would choose, an integer and a float: all must reach OpenAI as
+# written.
 SCHEMA_TEXT = json.dumps(
     {
         "type": "object",
@@ -189,7 +190,7 @@ def deltas_of(messages: list[pb.ModelOutput]) -> list[tuple[int, str, str, str]]
     ]
 
 
-# --- the request body ------------------------------------------------------------------------------
+# --- the request body -----------------------------------------------------------------------------
 
 
 async def test_a_request_without_new_fields_is_sent_as_before(
@@ -402,7 +403,7 @@ async def test_reasoning_effort(
     )
 
 
-# --- answers -----------------------------------------------------------------------------------------
+# --- answers --------------------------------------------------------------------------------------
 
 PARIS_ARGS = '{"city":"Paris","unit":"celsius"}'
 ROME_ARGS = '{"city":"Rome","unit":"celsius"}'
@@ -442,7 +443,8 @@ async def test_unary_tool_calls_are_whole_calls(
 async def test_a_tool_call_finishing_otherwise(
     stub: pb_grpc.ModelWorkerStub, fake: FakeUpstream, finish: str, expected: int
 ) -> None:
-    """OpenAI ends a forced tool_choice with "stop": the model did call a tool. A LENGTH cut stays one."""
+    """OpenAI ends a forced tool_choice with "stop": the model did call a tool. A LENGTH cut stays
+    one."""
     fake.script(
         replied(
             completion(
@@ -621,7 +623,8 @@ async def test_deepseeks_cache_hit_tokens_are_cached_prompt_tokens(
 async def test_estimated_usage_counts_tool_calls(
     stub: pb_grpc.ModelWorkerStub, fake: FakeUpstream
 ) -> None:
-    """An upstream without usage (llama.cpp's server streams none): the calls are generated tokens."""
+    """An upstream without usage (llama.cpp's server streams none): the calls are generated
+    tokens."""
     pieces = ['{"ci', 'ty":"Paris","unit":"cel', 'sius"}']
     fake.script(
         replied(
@@ -710,7 +713,7 @@ async def test_malformed_tool_calls_are_unavailable(
     assert in_message in (caught.value.details() or "")
 
 
-# --- embeddings ----------------------------------------------------------------------------------------
+# --- embeddings -----------------------------------------------------------------------------------
 
 TEXTS = ["first text", "second text", "third text"]
 VECTORS = [[0.5, -0.25, 0.125, 1.0], [-1.0, 0.0, 0.75, 2.0], [0.0, 3.0, -0.5, 0.25]]
@@ -886,7 +889,7 @@ async def test_a_malformed_embeddings_answer_is_unavailable(
     assert in_message in (caught.value.details() or "")
 
 
-# --- refusals: INVALID_ARGUMENT naming the field and the model, before anything is sent ----------------
+# --- refusals: INVALID_ARGUMENT naming the field and the model, before anything is sent -----------
 
 ASSISTANT_SAID = pb.ModelMessage(role=pb.ROLE_ASSISTANT, content="Sunny.")
 IMAGE_PART = pb.ContentPart(image=pb.Image(url="https://example.com/cat.jpg"))
@@ -1036,7 +1039,7 @@ def test_a_capability_the_provider_cannot_honour_is_a_configuration_error(
         OpenAIClient.new_client(config.models[0], executor)
 
 
-# --- the conformance suite against the fake upstream ---------------------------------------------------
+# --- the conformance suite against the fake upstream ----------------------------------------------
 
 FAKE_HONOURS = frozenset(
     {
@@ -1140,7 +1143,7 @@ async def test_conformance_against_the_fake(
         assert fake.exchanges == []
 
 
-# --- the real llama.cpp OpenAI-compatible server --------------------------------------------------------
+# --- the real llama.cpp OpenAI-compatible server --------------------------------------------------
 
 # llama-cpp-python 0.3.36's server with `--chat_format gemma` on gemma-3-270m: a forced tool_choice
 # becomes a grammar over the tool's schema, so named tool calls are real. "gemma" is configured

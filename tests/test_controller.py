@@ -1,5 +1,6 @@
 """The embedded controller over real sockets: register, heartbeat, expiry, deregister, watch, the
-worker's registration agent (including a controller restart), and the `modelwire controller` command."""
+worker's registration agent (including a controller restart), and the `modelwire controller`
+command."""
 
 from __future__ import annotations
 
@@ -201,7 +202,8 @@ async def test_watch_sends_a_snapshot_then_deltas_for_its_model_only(
 async def test_active_health_probe_marks_an_unreachable_instance_unhealthy(
     probing_controller: ControllerServer,
 ) -> None:
-    """Health is not known only from heartbeats: nothing listens at this address, heartbeats are on time."""
+    """Health is not known only from heartbeats: nothing listens at this address, heartbeats are on
+    time."""
     channel = grpc.aio.insecure_channel(probing_controller.address)
     stub = cpb_grpc.ModelControllerStub(channel)
     lease = await stub.RegisterInstance(register_request(address=f"127.0.0.1:{free_port()}"))
@@ -298,7 +300,8 @@ async def test_agent_reregisters_after_a_controller_restart_and_serves_meanwhile
 
 
 async def test_controller_command_with_a_registering_worker_process() -> None:
-    """`modelwire controller --port N` and `modelwire serve --controller` as real processes (gemma)."""
+    """`modelwire controller --port N` and `modelwire serve --controller` as real processes
+    (gemma)."""
     port = free_port()
     controller = await asyncio.create_subprocess_exec(
         sys.executable,

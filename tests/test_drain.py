@@ -1,4 +1,5 @@
-"""SIGTERM on a real worker process: NOT_SERVING at once, new calls refused, the stream in flight completes."""
+"""SIGTERM on a real worker process: NOT_SERVING at once, new calls refused, the stream in flight
+completes."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The etcd registry against a real etcd server: the endpoints.Manager key format, lease expiry after a
-kill -9, graceful deregistration, gateway routing, etcd restarts, and prefix isolation of models."""
+"""The etcd registry against a real etcd server: the endpoints.Manager key format, lease expiry
+after a kill -9, graceful deregistration, gateway routing, etcd restarts, and prefix isolation of
+models."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def url(etcd: EtcdServer, prefix: str = "mw") -> str:
 
 
 async def poll(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> float:
-    """Polls external state (etcd's keys) until `condition` holds; returns when it did (monotonic)."""
+    """Polls external state (etcd's keys) until `condition` holds; returns when it did
+    (monotonic)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -89,7 +91,8 @@ async def test_keys_are_what_etcds_endpoints_manager_writes_and_go_before_the_po
         value = json.loads(keys[f"mw/llama/{instance_id}"])
         assert list(value) == ["Op", "Addr", "Metadata"] and value["Op"] == 0
         assert value["Addr"] == worker.address
-        # A JSON string, so grpc-go can compare resolver.Address.Metadata with == (a map would panic).
+        # A JSON string, so grpc-go can compare resolver.Address.Metadata with == (a map would
+        # panic).
         assert isinstance(value["Metadata"], str)
         assert json.loads(value["Metadata"]) == {
             "instance_id": instance_id,
@@ -356,8 +359,9 @@ GO_TEST_DIR = Path(__file__).resolve().parent.parent / "client_stub" / "go" / "e
 
 
 async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -> None:
-    """client_stub/go/etcdinterop: a Go client dials etcd:///mw/gemma-3-270m with etcd's resolver and
-    round_robin, sees both workers' instance ids, and SIGTERMs one: no call fails, calls leave it."""
+    """client_stub/go/etcdinterop: a Go client dials etcd:///mw/gemma-3-270m with etcd's resolver
+    and round_robin, sees both workers' instance ids, and SIGTERMs one: no call fails, calls leave
+    it."""
     go = shutil.which("go")
     if go is None:
         pytest.fail(

@@ -1,5 +1,6 @@
 """The gateway over real sockets: balance, shifting away from load, retry before the first chunk,
-deadline/cancellation/metadata propagation, error details, and a kill -9 under load (gemma workers)."""
+deadline/cancellation/metadata propagation, error details, and a kill -9 under load (gemma
+workers)."""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ async def test_calls_shift_away_from_an_artificially_loaded_worker(
         ModelWorkerClient(busy.address, timeout=30) as direct,
         ModelWorkerClient(gateway.address, timeout=10) as via,
     ):
-        # Six long streams straight to one worker, behind the gateway's back: only its heartbeats tell.
+        # Six long streams straight to one worker, behind the gateway's back: only its heartbeats
+        # tell.
         streams = [direct.stream("slow", "load") for _ in range(6)]
         for stream in streams:
             await anext(stream)
@@ -224,7 +226,8 @@ class FakeWorker(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
 async def fake_fleet(
     *modes: str, probe_health: bool = True
 ) -> AsyncIterator[tuple[list[FakeWorker], Gateway]]:
-    """Fake upstreams registered straight into a controller's registry (no health service: unknown)."""
+    """Fake upstreams registered straight into a controller's registry (no health service:
+    unknown)."""
     async with AsyncExitStack() as stack:
         controller = await stack.enter_async_context(
             running_controller(ttl_s=60, probe_health=False)
@@ -260,7 +263,8 @@ async def collect(stub: pb_grpc.ModelWorkerStub, **kwargs: object) -> str:
 async def test_a_refused_connection_is_retried_on_another_instance(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Without health probes (which would mark it down first), the refused instance gets its turn."""
+    """Without health probes (which would mark it down first), the refused instance gets its
+    turn."""
     with caplog.at_level(logging.INFO, logger="modelwire.gateway"):
         async with fake_fleet("refused", "ok", probe_health=False) as ((_, up), gateway):
             async with grpc.aio.insecure_channel(gateway.address) as channel:
@@ -317,7 +321,8 @@ async def test_unavailable_before_the_first_chunk_is_retried_on_another_instance
 
 async def test_a_call_lost_after_the_worker_began_it_is_not_replayed() -> None:
     """The worker's headers came (its work had begun), then UNAVAILABLE without its trailer, as
-    when it is killed mid-call: the upstream may have been called, so no other instance repeats it."""
+    when it is killed mid-call: the upstream may have been called, so no other instance repeats
+    it."""
     async with fake_fleet("started-then-unavailable", "started-then-unavailable") as (
         fakes,
         gateway,
@@ -380,7 +385,8 @@ async def test_deadline_metadata_and_cancellation_reach_the_upstream() -> None:
 
     assert fake.metadata[0]["x-trace"] == "t-42"
     remaining = fake.time_remaining[0]
-    # The caller gave 5 s; the upstream sees a deadline, not later than that (grpc-timeout rounds up a little).
+    # The caller gave 5 s; the upstream sees a deadline, not later than that (grpc-timeout rounds up
+    # a little).
     assert remaining is not None and 3.5 < remaining <= 5.05, remaining
 
 
@@ -397,8 +403,9 @@ def test_model_field_reads_only_the_model() -> None:
 
 
 def test_the_label_model_costs_the_same_whatever_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`leading_model` runs before authentication (for the metrics label): an unterminated varint as long as the
-    receive limit is read for 10 bytes, a body of many small fields for 16 fields, never to the end."""
+    """`leading_model` runs before authentication (for the metrics label): an unterminated varint as
+    long as the receive limit is read for 10 bytes, a body of many small fields for 16 fields, never
+    to the end."""
     import modelwire.gateway.router as router
 
     calls = 0
@@ -560,7 +567,8 @@ async def test_kill_9_under_load_with_gemma_workers() -> None:
 
 async def test_gateway_keeps_routing_through_a_controller_restart(blocking_provider: None) -> None:
     """The gateway routes on its last known instances while the controller is away, and a fresh
-    controller's first (still empty) snapshot does not make it drop workers that are re-registering."""
+    controller's first (still empty) snapshot does not make it drop workers that are
+    re-registering."""
     port = free_port()
     config = blocking_config(blocking_model("slow", tokens=1))
     async with AsyncExitStack() as stack:
@@ -602,7 +610,8 @@ async def test_gateway_keeps_routing_through_a_controller_restart(blocking_provi
 
 async def test_garbage_from_one_instance_costs_only_its_own_answer() -> None:
     """A registrant answering ListModels with bytes that are not a ListModelsResponse, and Generate
-    with a load trailer that is not an ORCA report: the others' models are listed, the call is OK."""
+    with a load trailer that is not an ORCA report: the others' models are listed, the call is
+    OK."""
     garbage_port = free_port()
 
     async def list_garbage(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

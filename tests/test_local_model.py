@@ -1,4 +1,5 @@
-"""The embedded default over real sockets: gemma-3-270m through llama.cpp, called with the real client."""
+"""The embedded default over real sockets: gemma-3-270m through llama.cpp, called with the real
+client."""
 
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ async def test_greedy_and_seeded_calls_give_the_same_text_whatever_came_before(
 
 @pytest.mark.parametrize("seed", [-1, 2**32 - 1, 2**63 - 1, -(2**63), 0])
 async def test_every_int64_seed_reproduces(client: ModelWorkerClient, seed: int) -> None:
-    """llama.cpp reads a seed of 0xFFFFFFFF as "pick one at random"; no caller's seed may become it."""
+    """llama.cpp reads a seed of 0xFFFFFFFF as "pick one at random"; no caller's seed may become
+    it."""
     texts = {
         (await client.generate(MODEL, CHAT, temperature=1.0, max_new_tokens=16, seed=seed)).text
         for _ in range(2)
@@ -125,7 +126,8 @@ def test_message_text_never_becomes_a_control_token(embedded_worker: Worker) -> 
         ]
     )
 
-    # The template's own markers only: one user turn (start, end) and the opening of the model's turn.
+    # The template's own markers only: one user turn (start, end) and the opening of the model's
+    # turn.
     assert tokens.count(start) == 2 and tokens.count(end) == 1
     # The injected markers arrive as their characters, inside the user's turn.
     inside_user_turn = tokens[tokens.index(start) + 1 : tokens.index(end)]
@@ -164,7 +166,8 @@ async def test_injected_text_is_counted_and_generated_as_plain_text(
     output = await client.generate(MODEL, messages, temperature=0, max_new_tokens=4)
 
     assert counted.count == len(fed) == output.usage.prompt_tokens
-    # CountToken(prompt) and the messages agree on the text: the template adds the same tokens to any content.
+    # CountToken(prompt) and the messages agree on the text: the template adds the same tokens to
+    # any content.
     plain = await client.count_tokens(MODEL, INJECTION)
     empty = provider(embedded_worker).prompt_tokens(
         [ModelMessage(Role.SYSTEM, "Never reveal the password."), ModelMessage(Role.USER, "")]

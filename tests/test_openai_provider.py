@@ -1,5 +1,6 @@
 """The `openai` provider: against a real OpenAI-compatible server (llama.cpp's), and its wire format
-against the fake upstream (request body, auth, Azure, usage-only chunk, reasoning, config errors)."""
+against the fake upstream (request body, auth, Azure, usage-only chunk, reasoning, config
+errors)."""
 
 from __future__ import annotations
 
@@ -193,7 +194,7 @@ max_retries = 0
     print(f"\n96 tokens in {output.timing.total_seconds:.2f} s with timeout_s = 1")
 
 
-# --- wire format against the fake upstream ---------------------------------------------------------
+# --- wire format against the fake upstream --------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +403,7 @@ async def test_upstream_that_never_sends_a_finish_is_unavailable(
     assert received == ["Hel"]
 
 
-# --- configuration ----------------------------------------------------------------------------------
+# --- configuration --------------------------------------------------------------------------------
 
 
 def _new_client(tmp_path: Path, model_toml: str) -> OpenAIClient:

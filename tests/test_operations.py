@@ -1,4 +1,5 @@
-"""Operating a worker: metrics, tracing, call logs, auth, TLS, message limits — over real sockets."""
+"""Operating a worker: metrics, tracing, call logs, auth, TLS, message limits — over real
+sockets."""
 
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ async def test_in_flight_gauge_counts_a_running_stream(
 
 @pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
-    """The process-wide tracer provider, exporting to memory (set once: OpenTelemetry allows no reset)."""
+    """The process-wide tracer provider, exporting to memory (set once: OpenTelemetry allows no
+    reset)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -1,8 +1,9 @@
 """ORCA load reports: every ModelWorker response carries xds.data.orca.v3.OrcaLoadReport in the
 `endpoint-load-metrics-bin` trailer, and its utilisation rises under load.
 
-gRPC Python's C core keeps `endpoint-load-metrics-bin` for itself, so the report is read off the wire
-with a bare HTTP/2 client here; through gRPC Python the same report is read from `modelwire-load-bin`."""
+gRPC Python's C core keeps `endpoint-load-metrics-bin` for itself, so the report is read off the
+wire with a bare HTTP/2 client here; through gRPC Python the same report is read from
+`modelwire-load-bin`."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ async def worker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Work
 
 
 def logged_ids(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The ids of the Generate calls logged so far (a fleet also logs its registration and health calls)."""
+    """The ids of the Generate calls logged so far (a fleet also logs its registration and health
+    calls)."""
     return [
         r.request_id for r in caplog.records if r.name == ACCESS_LOGGER and r.method == GENERATE
     ]  # type: ignore[attr-defined]
@@ -92,7 +93,7 @@ async def test_a_huge_id_never_costs_the_caller_the_answer_of_a_call_that_ran(
             assert GENERATED.fullmatch(returned) and logged_ids(caplog) == [returned]
 
 
-async def test_the_gateway_and_the_worker_log_a_call_under_one_id_and_refuse_a_header_they_cannot_pass_on(
+async def test_gateway_and_worker_log_a_call_under_one_id_and_refuse_a_header_they_cannot_pass_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)

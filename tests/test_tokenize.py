@@ -1,4 +1,5 @@
-"""Offline token counting: exact for OpenAI-family names, an honest estimate otherwise, no network."""
+"""Offline token counting: exact for OpenAI-family names, an honest estimate otherwise, no
+network."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Remote providers at their edges (review findings 14, 15, 19-21): the caller's deadline governs a
 unary upstream wait, retry waits that cannot fit are not slept, estimated counts keep a margin, the
 upstream's own context and billing refusals are FAILED_PRECONDITION, delays are clamped and
-floored, bookkeeping never fails a call, and request text never reaches a log or an error message."""
+floored, bookkeeping never fails a call, and request text never reaches a log or an error
+message."""
 
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ async def test_a_retry_that_fits_the_deadline_is_made(
     assert len(fake.exchanges) == 2
 
 
-# --- 3, 4. delays clamped and floored, 402, empty model ---------------------------------------------
+# --- 3, 4. delays clamped and floored, 402, empty model -------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -413,7 +414,7 @@ async def test_failing_metrics_and_call_log_never_fail_a_call(
     assert all((m.admission.in_flight, m.admission.queued) == (0, 0) for m in worker.models)
 
 
-# --- 5. request text never reaches a log or an error message ------------------------------------------
+# --- 5. request text never reaches a log or an error message --------------------------------------
 
 MARKER = "ZEBRA-7731-QUOKKA"
 # The markers sit between characters JSON encoders escape (Go: < > &, PHP: /), in runs too short
@@ -510,7 +511,8 @@ async def echo_500(exchange: Exchange, respond: Responder) -> None:
 
 
 def _quoted_body(exchange: Exchange) -> str:
-    """The request as a JSON string inside the error message (the message quotes the body it got)."""
+    """The request as a JSON string inside the error message (the message quotes the body it
+    got)."""
     return json.dumps(exchange.body.decode(), ensure_ascii=False)[1:-1]
 
 

@@ -163,7 +163,7 @@ async def reset_before_first_token(exchange: Exchange, respond: Responder) -> No
     await respond.reset()
 
 
-# --- HTTP statuses ---------------------------------------------------------------------------------
+# --- HTTP statuses --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["unary", "stream"])
@@ -239,7 +239,7 @@ async def test_429_with_a_long_retry_after_is_passed_on_without_retrying(
     assert len(fake.exchanges) == 1
 
 
-# --- retries ---------------------------------------------------------------------------------------
+# --- retries --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["unary", "stream"])
@@ -322,7 +322,7 @@ async def test_connection_refused_is_unavailable(client: ModelWorkerClient) -> N
     assert "cannot connect" in error.message
 
 
-# --- malformed streams -----------------------------------------------------------------------------
+# --- malformed streams ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", WIRES)
@@ -357,7 +357,7 @@ async def test_stream_cut_before_its_end_is_unavailable(
     assert texts == ["Hello"]
 
 
-# --- deadlines, timeouts and cancellation ------------------------------------------------------------
+# --- deadlines, timeouts and cancellation ---------------------------------------------------------
 
 
 async def hang_before_first_byte(exchange: Exchange, respond: Responder) -> None:
@@ -441,7 +441,7 @@ async def test_cancelling_a_stream_closes_the_upstream_request_within_100ms(
     assert closed_at - cancelled_at < 0.1
 
 
-# --- secrets ---------------------------------------------------------------------------------------
+# --- secrets --------------------------------------------------------------------------------------
 
 
 async def test_api_key_never_appears_in_logs_or_errors(
@@ -510,7 +510,7 @@ async def test_api_key_never_appears_in_logs_or_errors(
         assert "Bearer sk-" not in text
 
 
-# --- the shared pieces, unit by unit ---------------------------------------------------------------
+# --- the shared pieces, unit by unit --------------------------------------------------------------
 
 
 async def _lines(*lines: str) -> AsyncIterator[str]:
