@@ -88,6 +88,11 @@ def scrub(text: str) -> str:
                 _mark_whole(text, form, masked)
             else:
                 _mark_runs(text, form, windows, masked)
+    return masked_text(text, masked, MASK)
+
+
+def masked_text(text: str, masked: bytearray, mark: str) -> str:
+    """`text` with each run of characters flagged in `masked` replaced by one `mark`."""
     if not any(masked):
         return text
     out: list[str] = []
@@ -95,7 +100,7 @@ def scrub(text: str) -> str:
         if not masked[index]:
             out.append(char)
         elif index == 0 or not masked[index - 1]:
-            out.append(MASK)
+            out.append(mark)
     return "".join(out)
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from modelwire.core.redaction import masked_text
 from modelwire.core.settings import SECTION, ModelConfig, set_env
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -119,15 +120,7 @@ def _redact_runs(text: str, key: str) -> str:
                 end, source = end + 1, source + 1
             masked[where:end] = b"\x01" * (end - where)
             where = text.find(piece, where + 1)
-    if not any(masked):
-        return text
-    out: list[str] = []
-    for index, char in enumerate(text):
-        if not masked[index]:
-            out.append(char)
-        elif index == 0 or not masked[index - 1]:
-            out.append(REDACTED)
-    return "".join(out)
+    return masked_text(text, masked, REDACTED)
 
 
 @dataclass(frozen=True)
