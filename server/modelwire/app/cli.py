@@ -299,7 +299,8 @@ def _models(args: argparse.Namespace) -> int:
                 for c in model.capabilities
             )
             print(
-                f"{model.model}\t{model.provider}\tcontext={model.context_length}\tmax_output={model.max_output_tokens}"
+                f"{model.model}\t{model.provider}\tcontext={model.context_length}"
+                f"\tmax_output={model.max_output_tokens}"
                 f"\tcapabilities={capabilities}"
             )
     return 0

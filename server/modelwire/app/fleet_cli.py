@@ -116,7 +116,11 @@ def add_registration_flags(serve: argparse.ArgumentParser) -> None:
 
 def _serve_metrics(metrics: object, observability: ObservabilityConfig) -> None:
     if observability.metrics_port is not None:
-        bound = serve_metrics(metrics, observability.metrics_host, observability.metrics_port)  # type: ignore[arg-type]
+        bound = serve_metrics(
+            metrics,  # type: ignore[arg-type]
+            observability.metrics_host,
+            observability.metrics_port,
+        )
         logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
 
 
@@ -293,12 +297,14 @@ def _instances(args: argparse.Namespace) -> int:
     for instance in instances:
         models = ",".join(
             f"{m.model}(load "
-            f"{instance.load_of(m.model).in_flight}+{instance.load_of(m.model).queued}q/{m.capacity})"
+            f"{instance.load_of(m.model).in_flight}+"
+            f"{instance.load_of(m.model).queued}q/{m.capacity})"
             for m in instance.spec.models
         )
         state = "healthy" if instance.healthy else "UNHEALTHY"
         print(
-            f"{instance.instance_id}\t{instance.address}\t{state}\tweight={instance.spec.weight}\t{models}"
+            f"{instance.instance_id}\t{instance.address}\t{state}"
+            f"\tweight={instance.spec.weight}\t{models}"
         )
     return 0
 

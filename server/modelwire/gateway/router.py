@@ -125,7 +125,8 @@ def model_field(raw: bytes) -> str:
     1 of a body that repeats it let a caller through to any model. A body that is not protobuf wire
     format, or names no model, is the caller's mistake."""
     try:
-        model: str = getattr(_ModelOnly.FromString(raw), "model")  # noqa: B009 (a class made at run time: mypy sees no field)
+        # getattr (B009): a class made at run time, mypy sees no field.
+        model: str = getattr(_ModelOnly.FromString(raw), "model")  # noqa: B009
     except DecodeError:
         raise InvalidRequest(
             [FieldViolation("", "the request body is not a valid protobuf message")]
