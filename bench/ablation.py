@@ -84,9 +84,15 @@ def _patch(variant: str) -> None:
         from modelwire.observe.call_observer import CallObserver
         from modelwire.observe.call_record import CallRecord
 
-        CallObserver.begin = lambda self, method, request, context: (CallRecord(method, ""), ())  # type: ignore[method-assign]
-        CallObserver.streamed = CallObserver.answered = lambda self, *args: None  # type: ignore[method-assign]
-        CallObserver.failed = CallObserver.finished = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        CallObserver.begin = (  # type: ignore[method-assign]
+            lambda self, method, request, context: (CallRecord(method, ""), ())
+        )
+        CallObserver.streamed = CallObserver.answered = (  # type: ignore[method-assign]
+            lambda self, *args: None
+        )
+        CallObserver.failed = CallObserver.finished = (  # type: ignore[method-assign]
+            lambda self, *args, **kwargs: None
+        )
     if variant == "no-orca":
         from modelwire.worker.orca import LoadReports
 
@@ -151,8 +157,12 @@ def _patch(variant: str) -> None:
         from modelwire.observe.metrics import WorkerMetrics
 
         WorkerMetrics.finished = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
-        WorkerMetrics.inter_token_gap = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
-        WorkerMetrics.admission_changed = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        WorkerMetrics.inter_token_gap = (  # type: ignore[method-assign]
+            lambda self, *args, **kwargs: None
+        )
+        WorkerMetrics.admission_changed = (  # type: ignore[method-assign]
+            lambda self, *args, **kwargs: None
+        )
     if variant in ("no-count", "bare-service"):
         from modelwire.providers.echo import EchoClient
 

@@ -123,7 +123,11 @@ def busy_cores(window_s: float = 1.0) -> float:
     return (busy1 - busy0) / window_s
 
 
-def wait_for_load(max_load: float, timeout_s: float, say: callable = print) -> float:  # type: ignore[valid-type]
+def wait_for_load(
+    max_load: float,
+    timeout_s: float,
+    say: callable = print,  # type: ignore[valid-type]
+) -> float:
     """Waits (bounded) until the 1-minute load average is below `max_load`; returns the last one."""
     deadline = time.monotonic() + timeout_s
     load = loadavg1()

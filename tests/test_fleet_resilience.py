@@ -215,7 +215,10 @@ async def _generate(address: str) -> pb.ModelOutput:
 
 
 def test_reported_load_ages_so_a_quiet_instance_is_tried_again() -> None:
-    route = Route(Instance(InstanceSpec("i", "h:1", (InstanceModel("m"),))), channel=None)  # type: ignore[arg-type]
+    route = Route(
+        Instance(InstanceSpec("i", "h:1", (InstanceModel("m"),))),
+        channel=None,  # type: ignore[arg-type]
+    )
     route.reported("m", 6.0)
     now = route.others["m"][1]
     assert route.others_load("m", now) == 6.0

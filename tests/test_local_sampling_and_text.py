@@ -147,7 +147,10 @@ def test_prompt_pieces_tokenize_as_the_whole_template_would(embedded_worker: Wor
     ]
     whole = (
         "<start_of_turn>user\nBe "
-        "brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        "brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n"
+        "<start_of_turn>model\n"
     )
     assert client.prompt_tokens(messages) == [model.bos, *model.tokenize(whole, special=True)]
 

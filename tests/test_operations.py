@@ -98,19 +98,22 @@ async def test_metrics_show_exactly_the_traffic_sent(
     )
     assert (
         metrics[
-            'modelwire_requests_total{code="OK",method="GenerateStream",model="slow",tenant="_none"}'
+            'modelwire_requests_total{code="OK",method="GenerateStream",'
+            'model="slow",tenant="_none"}'
         ]
         == 2
     )
     assert (
         metrics[
-            'modelwire_requests_total{code="NOT_FOUND",method="Generate",model="_unknown",tenant="_none"}'
+            'modelwire_requests_total{code="NOT_FOUND",method="Generate",'
+            'model="_unknown",tenant="_none"}'
         ]
         == 1
     )
     assert (
         metrics[
-            'modelwire_requests_total{code="INVALID_ARGUMENT",method="Generate",model="other",tenant="_none"}'
+            'modelwire_requests_total{code="INVALID_ARGUMENT",method="Generate",'
+            'model="other",tenant="_none"}'
         ]
         == 1
     )

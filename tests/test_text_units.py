@@ -64,7 +64,9 @@ def test_gemma_format_folds_system_into_the_first_user_turn() -> None:
         ),
         (
             [ModelMessage(Role.SYSTEM, "S"), ModelMessage(Role.ASSISTANT, "A")],
-            "<start_of_turn>user\nS<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n<start_of_turn>model\n",
+            "<start_of_turn>user\nS<end_of_turn>\n"
+            "<start_of_turn>model\nA<end_of_turn>\n"
+            "<start_of_turn>model\n",
         ),
     ],
 )
