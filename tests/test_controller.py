@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +14,7 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
+from cli_process import DEVNULL, first_line, start_cli
 from conftest import free_port
 from fleet import (
     TTL_S,
@@ -303,37 +303,16 @@ async def test_controller_command_with_a_registering_worker_process() -> None:
     """`modelwire controller --port N` and `modelwire serve --controller` as real processes
     (gemma)."""
     port = free_port()
-    controller = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "controller",
-        "--port",
-        str(port),
-        "--ttl",
-        "3",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    controller = await start_cli("controller", "--port", str(port), "--ttl", "3", stderr=DEVNULL)
     worker = None
     try:
-        assert controller.stdout is not None
-        line = (await asyncio.wait_for(controller.stdout.readline(), 30)).decode()
+        line = await first_line(controller, 30)
         assert line.startswith(f"modelwire controller on 127.0.0.1:{port}"), line
         address = f"127.0.0.1:{port}"
         watcher = Watcher(address)
         worker_port = free_port()
-        worker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "modelwire.app.cli",
-            "serve",
-            "--port",
-            str(worker_port),
-            "--controller",
-            address,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+        worker = await start_cli(
+            "serve", "--port", str(worker_port), "--controller", address, stderr=DEVNULL
         )
         try:
             added = await watcher.wait_for(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli_process import DEVNULL, PIPE, first_line, start_cli
 from conftest import free_port
 from modelwire.client import ModelwireCallError, ModelWorkerClient
 
@@ -24,19 +24,9 @@ async def worker_process(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subproce
     port = free_port()
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\nprocesses = 1\ngrace_period_s = 30\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 120)
-    assert line.decode().startswith(f"modelwire serving {MODEL} on 127.0.0.1:{port}"), line
+    process = await start_cli("serve", "--config", str(config), stderr=DEVNULL)
+    line = await first_line(process, 120)
+    assert line.startswith(f"modelwire serving {MODEL} on 127.0.0.1:{port}"), line
     try:
         yield process, f"127.0.0.1:{port}"
     finally:
@@ -94,21 +84,10 @@ async def test_a_generation_cut_by_the_grace_period_stops_before_the_model_is_fr
     port = free_port()
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\ngrace_period_s = 1\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_cli("serve", "--config", str(config), stderr=PIPE)
     try:
-        assert process.stdout is not None and process.stderr is not None
-        assert (await asyncio.wait_for(process.stdout.readline(), 120)).startswith(
-            b"modelwire serving"
-        )
+        assert process.stderr is not None
+        assert (await first_line(process, 120)).startswith("modelwire serving")
         async with ModelWorkerClient(f"127.0.0.1:{port}", timeout=60) as client:
             stream = client.stream(
                 MODEL, "Count to ten thousand.", temperature=0, max_new_tokens=2000

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
@@ -22,6 +21,7 @@ import grpc
 import pytest
 
 from blocking_provider import BlockingTestClient
+from cli_process import DEVNULL, first_line, start_cli
 from conftest import free_port
 from etcd_server import EtcdServer
 from fleet import Joining, blocking_config, blocking_model, registered, registered_worker
@@ -138,21 +138,9 @@ def test_endpoint_value_round_trip_and_url() -> None:
 async def test_lease_lapses_after_the_worker_is_killed(etcd: EtcdServer) -> None:
     """A gemma worker process registered in etcd; after SIGKILL its key is gone within its TTL."""
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--registry",
-        url(etcd),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_cli("serve", "--port", str(port), "--registry", url(etcd), stderr=DEVNULL)
     try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        line = await first_line(process, 120)
         assert line.startswith(f"modelwire serving gemma-3-270m on 127.0.0.1:{port}"), line
         await poll(lambda: len(keys_under(etcd, "mw/gemma-3-270m/")) == 1, 10)
         await asyncio.sleep(TTL_S)  # survives more than one TTL: the keep-alive works
@@ -370,25 +358,13 @@ async def test_go_client_round_robins_through_etcds_resolver(etcd: EtcdServer) -
     ports = [free_port() for _ in range(2)]
     processes = await asyncio.gather(
         *(
-            asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "modelwire.app.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--registry",
-                url(etcd),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            start_cli("serve", "--port", str(port), "--registry", url(etcd), stderr=DEVNULL)
             for port in ports
         )
     )
     try:
         for process, port in zip(processes, ports, strict=True):
-            assert process.stdout is not None
-            line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+            line = await first_line(process, 120)
             assert line.startswith(f"modelwire serving gemma-3-270m on 127.0.0.1:{port}"), line
         await poll(lambda: len(keys_under(etcd, "mw/gemma-3-270m/")) == 2, 10)
         env = {

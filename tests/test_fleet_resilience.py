@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -18,6 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli_process import DEVNULL, first_line, start_cli
 from conftest import admission_reaches, free_port, running_worker
 from fake_upstream import Exchange, Responder, fake_upstream, load_toml_config
 from fleet import (
@@ -288,23 +288,11 @@ async def test_a_frozen_worker_is_left_within_keepalive_time(tmp_path: Path) -> 
             port = free_port()
             path = tmp_path / f"echo-{index}.toml"
             path.write_text(ECHO_WORKER.format(port=port))
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "modelwire.app.cli",
-                "serve",
-                "--config",
-                str(path),
-                "--controller",
-                controller.address,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
+            process = await start_cli(
+                "serve", "--config", str(path), "--controller", controller.address, stderr=DEVNULL
             )
             stack.push_async_callback(_kill, process)
-            assert process.stdout is not None
-            assert (await asyncio.wait_for(process.stdout.readline(), 60)).startswith(
-                b"modelwire serving"
-            )
+            assert (await first_line(process, 60)).startswith("modelwire serving")
             processes.append((process, f"127.0.0.1:{port}"))
         settings = GatewaySection(
             keepalive_time_s=1.0, keepalive_timeout_s=1.0, connect_timeout_s=1.0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from blocking_provider import BlockingTestClient
+from cli_process import DEVNULL, first_line, start_cli
 from conftest import free_port, running_worker
 from fleet import (
     Joining,
@@ -429,16 +429,8 @@ def test_the_label_model_costs_the_same_whatever_the_body(monkeypatch: pytest.Mo
 async def start_process(
     *args: str, expect: str, timeout: float = 120
 ) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), timeout)).decode()
+    process = await start_cli(*args, stderr=DEVNULL)
+    line = await first_line(process, timeout)
     assert line.startswith(expect), line
     return process
 

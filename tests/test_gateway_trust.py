@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
@@ -17,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from cli_process import DEVNULL, PIPE, first_line, start_cli
 from conftest import free_port, running_worker
 from fake_upstream import Exchange, FakeUpstream, Responder, fake_upstream, load_toml_config
 from fleet import Joining, registered, registered_worker, running_controller, wait_until
@@ -224,16 +224,7 @@ async def test_a_controller_reload_refuses_a_models_allow_list(tmp_path: Path) -
     tokens.write_text(grant)
     config = tmp_path / "controller.toml"
     config.write_text(f'[server]\nport = {port}\n[auth]\ntokens_file = "tokens.toml"\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "controller",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_cli("controller", "--config", str(config), stderr=PIPE)
 
     async def list_instances() -> list[cpb.Instance]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -245,9 +236,9 @@ async def test_a_controller_reload_refuses_a_models_allow_list(tmp_path: Path) -
         return list(listed.instances)
 
     try:
-        assert process.stdout is not None and process.stderr is not None
-        announced = await asyncio.wait_for(process.stdout.readline(), 60)
-        assert announced.startswith(b"modelwire controller on"), announced
+        assert process.stderr is not None
+        announced = await first_line(process, 60)
+        assert announced.startswith("modelwire controller on"), announced
         # A call answered: the controller serves, and handles SIGHUP from its announcement on.
         assert await list_instances() == []
         tokens.write_text(grant + 'models = ["echo"]\n')
@@ -314,22 +305,12 @@ async def test_an_embed_a_worker_began_is_never_replayed_on_another(tmp_path: Pa
             port = free_port()
             path = tmp_path / f"embed-{index}.toml"
             path.write_text(EMBED_WORKER.format(port=port, url=upstream.url))
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "modelwire.app.cli",
-                "serve",
-                "--config",
-                str(path),
-                "--controller",
-                controller.address,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
+            process = await start_cli(
+                "serve", "--config", str(path), "--controller", controller.address, stderr=DEVNULL
             )
             stack.push_async_callback(_kill, process)
-            assert process.stdout is not None
-            first_line = await asyncio.wait_for(process.stdout.readline(), 60)
-            assert first_line.startswith(b"modelwire serving"), first_line
+            line = await first_line(process, 60)
+            assert line.startswith("modelwire serving"), line
             workers[f"127.0.0.1:{port}"] = process
         gateway = Gateway(
             RemoteController(controller.address),

@@ -15,7 +15,6 @@ import contextlib
 import json
 import random
 import signal
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import grpc
 import llama_cpp
 import pytest
 
+from cli_process import PIPE, first_line, start_cli
 from conformance import assert_refused, field_violations, user
 from conftest import free_port
 from modelwire.app.server import Worker
@@ -81,17 +81,8 @@ async def serving(tmp_path: Path, models_toml: str) -> AsyncIterator[Served]:
     port = free_port()
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\ngrace_period_s = 1\n{models_toml}")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None and process.stderr is not None
+    process = await start_cli("serve", "--config", str(config), stderr=PIPE)
+    assert process.stderr is not None
     served = Served(f"127.0.0.1:{port}", bytearray())
 
     async def keep_stderr(stream: asyncio.StreamReader) -> None:
@@ -100,8 +91,8 @@ async def serving(tmp_path: Path, models_toml: str) -> AsyncIterator[Served]:
 
     reader = asyncio.create_task(keep_stderr(process.stderr))
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), 180)
-        assert b"modelwire serving" in line, (line, bytes(served.stderr[-2000:]))
+        line = await first_line(process, 180)
+        assert "modelwire serving" in line, (line, bytes(served.stderr[-2000:]))
         yield served
     finally:
         if process.returncode is None:
@@ -377,17 +368,7 @@ async def test_a_call_without_max_new_tokens_ends_at_the_model_s_default_bound(
 
 
 async def cli(address: str, *args: str) -> tuple[int, bytes, bytes]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "generate",
-        "--address",
-        address,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_cli("generate", "--address", address, *args, stderr=PIPE)
     stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, stdout, stderr

@@ -19,6 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli_process import PIPE, first_line, start_cli
 from conftest import free_port, running_worker
 from fake_upstream import Exchange, Responder, fake_upstream, load_toml_config
 from modelwire.client import ModelwireCallError, ModelWorkerClient, tls_credentials
@@ -183,19 +184,10 @@ async def test_refused_tls_handshakes_get_a_hint_and_the_worker_log_stays_json(
         f'[server]\nport = {port}\ngrace_period_s = 1\n[tls]\ncert_file = "{certs}/server.pem"\n'
         f'key_file = "{certs}/server.key"\nclient_ca_file = "{certs}/ca.pem"\n{ECHO}'
     )
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    worker = await start_cli("serve", "--config", str(config), stderr=PIPE)
     try:
-        assert worker.stdout is not None and worker.stderr is not None
-        assert b"modelwire serving echo" in await asyncio.wait_for(worker.stdout.readline(), 60)
+        assert worker.stderr is not None
+        assert "modelwire serving echo" in await first_line(worker, 60)
 
         plaintext = await asyncio.to_thread(cli, "models", "--address", address, "--timeout", "10")
         no_certificate = await asyncio.to_thread(

@@ -9,12 +9,12 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import urllib.request
 from pathlib import Path
 
 import grpc
 
+from cli_process import DEVNULL, PIPE, first_line, start_cli
 from conftest import free_port
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -53,19 +53,9 @@ async def test_two_processes_serve_one_port_report_together_and_both_drain(tmp_p
         f"[server]\nport = {port}\nprocesses = 2\ngrace_period_s = "
         f"30\n[observability]\nmetrics_port = {metrics_port}\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_cli("serve", "--config", str(config), stderr=DEVNULL)
     try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        line = await first_line(process, 120)
         assert "(2 processes: " in line, line
         child_pids = set(line.rsplit(": ", 1)[1].rstrip(")\n").split(", "))
 
@@ -126,19 +116,8 @@ def process_exited(pid: int) -> asyncio.Future[None]:
 async def start_supervisor(
     config: Path, *extra: str
 ) -> tuple[asyncio.subprocess.Process, list[int]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+    process = await start_cli("serve", "--config", str(config), *extra, stderr=PIPE)
+    line = await first_line(process, 120)
     assert "(2 processes: " in line, line
     return process, [int(pid) for pid in line.rsplit(": ", 1)[1].rstrip(")\n").split(", ")]
 
@@ -147,19 +126,9 @@ async def test_a_config_file_without_processes_serves_in_one_process(tmp_path: P
     port = free_port()
     config = tmp_path / "modelwire.toml"
     config.write_text(f"[server]\nport = {port}\n")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    process = await start_cli("serve", "--config", str(config), stderr=DEVNULL)
     try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        line = await first_line(process, 120)
         assert line.startswith("modelwire serving") and "processes" not in line, line
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = pb_grpc.ModelWorkerStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
@@ -195,16 +164,7 @@ async def test_a_taken_metrics_port_fails_the_start_before_any_child(tmp_path: P
             f"[server]\nport = {port}\nprocesses = 2\n[observability]\nmetrics_port = "
             f"{metrics_port}\n"
         )
-        result = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "modelwire.app.cli",
-            "serve",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        result = await start_cli("serve", "--config", str(config), stderr=PIPE)
         stdout, stderr = await asyncio.wait_for(result.communicate(), 60)
     assert result.returncode == 1
     assert (
@@ -281,16 +241,7 @@ async def test_sigterm_during_the_start_stops_cleanly(tmp_path: Path) -> None:
     config.write_text(
         f'[server]\nport = {free_port()}\nprocesses = 2\n[observability]\nlog_format = "text"\n'
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_cli("serve", "--config", str(config), stderr=PIPE)
     try:
         assert process.stderr is not None
         while b"warming up" not in await asyncio.wait_for(process.stderr.readline(), 120):

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from cli_process import PIPE, first_line, start_cli
 from fake_upstream import DEFAULT_PARTS, FakeUpstream
 from modelwire.client import ModelWorkerClient
 
@@ -90,18 +90,7 @@ def remote_only_env(tmp_path: Path) -> dict[str, str]:
 
 
 async def serve(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await start_cli("serve", "--port", "0", *args, env=env, stderr=PIPE)
 
 
 def test_the_stand_in_install_lacks_the_local_extra_and_the_test_tools() -> None:
@@ -120,8 +109,8 @@ async def test_a_remote_only_install_serves_openai_and_echo_models(
     )
     worker = await serve(remote_only_env(tmp_path), "--config", str(config))
     try:
-        assert worker.stdout is not None and worker.stderr is not None
-        line = (await asyncio.wait_for(worker.stdout.readline(), 60)).decode()
+        assert worker.stderr is not None
+        line = await first_line(worker, 60)
         assert line.startswith("modelwire serving remote, echo on 127.0.0.1:"), (
             line,
             await worker.stderr.read(),

@@ -10,7 +10,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cli_process import PIPE, first_line, start_cli
 from conftest import free_port
 from modelwire.v1 import controller_pb2, controller_pb2_grpc
 from modelwire.v1 import worker_pb2 as pb
@@ -64,16 +64,8 @@ def reload_line(line: Line) -> bool:
 
 
 async def start(*args: str, announcement: str) -> Server:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "modelwire.app.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+    process = await start_cli(*args, stderr=PIPE)
+    line = await first_line(process, 60)
     assert announcement in line, line
     return Server(process)
 
