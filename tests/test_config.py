@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_process import run_cli
 from modelwire.app.config import EMBEDDED_MODEL, load_config
 from modelwire.core.settings import OTLP_EXPORTER, ConfigError
 
@@ -162,22 +163,8 @@ def test_invalid_config_names_file_key_and_reason(tmp_path: Path, text: str, mes
 
 def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Path) -> None:
     bad_provider = write(tmp_path, '[[models]]\nname = "a"\nprovider = "openia"\n')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelwire.app.cli",
-            "serve",
-            "--config",
-            str(bad_provider),
-            "--port",
-            "0",
-            "--processes",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "serve", "--config", str(bad_provider), "--port", "0", "--processes", "1", timeout=120
     )
     assert result.returncode == 2
     assert f"{bad_provider}: models[0].provider: unknown provider 'openia'" in result.stderr
@@ -185,23 +172,7 @@ def test_serve_refuses_unknown_provider_and_provider_keys_at_start(tmp_path: Pat
 
     typo = tmp_path / "typo.toml"
     typo.write_text('[[models]]\nname = "a"\nprovider = "llamacpp"\nn_thread = 2\n')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelwire.app.cli",
-            "serve",
-            "--config",
-            str(typo),
-            "--port",
-            "0",
-            "--processes",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("serve", "--config", str(typo), "--port", "0", "--processes", "1", timeout=120)
     assert result.returncode == 2
     assert f"{typo}: models[0].n_thread: is not a known key" in result.stderr
 
@@ -269,12 +240,7 @@ def test_bad_flags_stop_serve_before_any_model_loads(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
     """One line naming the flag, from the command line, before the embedded model is loaded."""
-    result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("serve", *flags, timeout=120)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"modelwire: invalid configuration: {message}"), line
@@ -284,12 +250,7 @@ def test_bad_flags_stop_serve_before_any_model_loads(
     "where", [["--controller", "127.0.0.1:1"], ["--registry", "etcd://127.0.0.1:1/mw"]]
 )
 def test_instances_with_its_registry_down_prints_one_line(where: list[str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "instances", *where, "--timeout", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("instances", *where, "--timeout", "2", timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"modelwire: cannot read the instances from {where[1]}: "), line
@@ -351,21 +312,7 @@ def test_a_loopback_address_for_a_registry_on_another_host_is_refused_before_loa
     """The worker would register 127.0.0.1:PORT with a controller elsewhere: whoever dials that
     reaches their own machine. Refused at once (the embedded model was not loaded: no llama.cpp
     line), with the ways out named."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelwire.app.cli",
-            "serve",
-            "--controller",
-            "192.0.2.10:50050",
-            "--port",
-            "50999",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("serve", "--controller", "192.0.2.10:50050", "--port", "50999", timeout=120)
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(
@@ -394,12 +341,7 @@ def test_provider_keys_that_would_misbehave_stop_serve(
     path = write(
         tmp_path, f'[[models]]\nname = "a"\nprovider = "openai"\ncontext_length = 10\n{keys}\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", "serve", "--config", str(path), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("serve", "--config", str(path), "--port", "0", timeout=120)
     assert result.returncode == 2, result.stderr
     assert f"{path}: {message}" in result.stderr and "Traceback" not in result.stderr
 

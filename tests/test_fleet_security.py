@@ -9,7 +9,6 @@ import asyncio
 import logging
 import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
@@ -19,6 +18,7 @@ import grpc
 import pytest
 
 from blocking_provider import BlockingTestClient
+from cli_process import run_cli
 from conftest import free_port
 from fleet import blocking_config, blocking_model, wait_until
 from modelwire.app.config import read_auth
@@ -338,21 +338,7 @@ async def test_the_control_plane_refuses_every_hijack(
     "command", [["serve"], ["controller"], ["gateway", "--controller", "127.0.0.1:1"]]
 )
 def test_nothing_listens_beyond_loopback_without_auth(ip: str, command: list[str]) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "modelwire.app.cli",
-            *command,
-            "--host",
-            ip,
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(*command, "--host", ip, "--port", str(free_port()), timeout=120)
     assert result.returncode == 1, result.stderr
     assert f"would listen on {ip}:" in result.stderr and "without authentication" in result.stderr
     assert "allow_unauthenticated" in result.stderr and "Traceback" not in result.stderr

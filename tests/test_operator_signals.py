@@ -12,14 +12,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli_process import PIPE, first_line, start_cli
+from cli_process import PIPE, first_line, run_cli, start_cli
 from conftest import free_port, running_worker
 from fake_upstream import Exchange, Responder, fake_upstream, load_toml_config
 from modelwire.client import ModelwireCallError, ModelWorkerClient, tls_credentials
@@ -139,13 +138,7 @@ def test_subscriptions_name_real_methods() -> None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "modelwire.app.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, timeout=60)
 
 
 def test_a_taken_port_says_it_is_in_use_and_which_option_changes_it(tmp_path: Path) -> None:
