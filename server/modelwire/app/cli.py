@@ -38,7 +38,6 @@ from modelwire.app.fleet_cli import (
     add_fleet_commands,
     add_registration_flags,
     add_server_flags,
-    hold_sighup,
     observability_overrides,
     registry_overrides,
     server_overrides,
@@ -126,7 +125,6 @@ def _config(args: argparse.Namespace) -> Config:
 def _serve(args: argparse.Namespace) -> int:
     # A crash in native code (llama.cpp) then prints where Python was, next to the last log line.
     faulthandler.enable()
-    hold_sighup()
     config = _config(args)
     configure_logging(args.log_level, config.observability.log_format)
     if config.server.processes > 1 and not args.child:
@@ -458,17 +456,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _restore_sighup() -> None:
-    """A client command gets back the SIGHUP disposition it inherited. Only the main thread may
-    set one: main() called from another thread (an application's, a test's) leaves it alone."""
-    if _INHERITED_SIGHUP is not None and threading.current_thread() is threading.main_thread():
+def _settle_sighup(command: str) -> None:
+    """A server keeps SIGHUP ignored until its loop reloads on it (app/reload.py); a client command
+    gets back the disposition it inherited. Only the main thread may set one: main() called from
+    another thread (an application's, a test's) leaves it alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if command in _SERVER_COMMANDS:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    elif _INHERITED_SIGHUP is not None:
         signal.signal(signal.SIGHUP, _INHERITED_SIGHUP)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command not in _SERVER_COMMANDS:
-        _restore_sighup()
+    _settle_sighup(args.command)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.run(args)

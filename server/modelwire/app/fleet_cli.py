@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -124,12 +123,6 @@ def _serve_metrics(metrics: object, observability: ObservabilityConfig) -> None:
         logger.info("metrics on http://%s:%d/metrics", observability.metrics_host, bound)
 
 
-def hold_sighup() -> None:
-    """SIGHUP is ignored until the serving loop handles it (a reload, app/reload.py): by default
-    it would kill a process that is still starting, without a word."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def _controller_config(args: argparse.Namespace) -> ControllerFile:
     """The configuration file with the command line's overrides: at start, and again on SIGHUP."""
     config = load_controller_config(args.config) if args.config else ControllerFile()
@@ -157,7 +150,6 @@ def _controller(args: argparse.Namespace) -> int:
     from modelwire.controller.server import ControllerServer, refuse_model_lists
     from modelwire.fleet.etcd import EtcdRegistry
 
-    hold_sighup()
     config = _controller_config(args)
     section, access, observability = config.controller, config.registry, config.observability
     configure_logging(args.log_level, args.log_format or observability.log_format)
@@ -213,7 +205,6 @@ def _gateway(args: argparse.Namespace) -> int:
     from modelwire.fleet.connect import connect
     from modelwire.gateway.server import Gateway
 
-    hold_sighup()
     config = _gateway_config(args)
     if not config.registry.enabled:
         raise SystemExit(
