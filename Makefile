@@ -23,6 +23,7 @@ endif
 include mk/stubs.mk
 include mk/bench.mk
 include mk/etcd.mk
+include mk/redis.mk
 
 # The client distribution (modelwire.v1, modelwire.client) that the server requires: installed
 # editable beside it, so the stubs `make stubs` writes are the ones imported (docs/architecture.md).
@@ -74,9 +75,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# The etcd registry tests start the etcd that mk/etcd.mk builds.
-pytest: $(STAMP) $(ETCD)
-	MODELWIRE_ETCD=$(ETCD) $(PY) -m pytest
+# The etcd registry tests start the etcd that mk/etcd.mk builds, the Redis tests the redis-server
+# that mk/redis.mk installs.
+pytest: $(STAMP) $(REDIS) $(ETCD)
+	MODELWIRE_ETCD=$(ETCD) MODELWIRE_REDIS=$(REDIS) $(PY) -m pytest
 
 # The whole suite: types, Python tests, stubs up to date, proto lint and compatibility, and the
 # Go/Java/grpcurl interop stage against a live worker.
