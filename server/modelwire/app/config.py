@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelwire.core.settings import (
+    ALL_TENANTS,
     AuthConfig,
     AuthSection,
     ConfigError,
@@ -17,6 +18,8 @@ from modelwire.core.settings import (
     GatewayFile,
     ModelConfig,
     ObservabilityConfig,
+    Prices,
+    QuotaSection,
     RegistrationConfig,
     RegistryAccess,
     RequestLimits,
@@ -45,8 +48,22 @@ class Config:
     tls: TlsConfig | None = None
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    quota: QuotaSection = field(default_factory=QuotaSection)
     registry: RegistryAccess = field(default_factory=RegistryAccess)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+
+    def prices(self) -> dict[str, Prices | None]:
+        """Each model's prices, by its name."""
+        return {model.name: model.price_per_million for model in self.models}
+
+    @property
+    def meters_calls(self) -> bool:
+        """Whether calls are limited or priced: without either, no limiter is built."""
+        return bool(
+            self.quota.rules
+            or self.quota.store
+            or any(model.price_per_million for model in self.models)
+        )
 
     def blocking_pool_size(self) -> int:
         return self.server.blocking_threads or _pool_slots(self.models) + COUNTING_THREADS
@@ -90,6 +107,12 @@ def load_config(path: Path) -> Config:
             raise ConfigError(f"{source}: models: model name {model.name!r} is configured twice")
     models = models or list(embedded_default().models)
     _check_blocking_threads(source, file.server, models)
+    for index, rule in enumerate(file.quota.rules):
+        if file.auth is None and rule.tenant != ALL_TENANTS:
+            raise ConfigError(
+                f"{source}: quota.rules[{index}].tenant: a rule over tenants needs [auth] (without "
+                'it no call has a tenant): add [auth], or make it tenant = "all"'
+            )
     return Config(
         server=file.server,
         models=tuple(models),
@@ -97,6 +120,7 @@ def load_config(path: Path) -> Config:
         tls=file.tls,
         observability=file.observability,
         limits=file.limits,
+        quota=file.quota,
         registry=file.registry,
         registration=file.registration,
     )

@@ -1,13 +1,15 @@
 """SIGHUP: read the configuration again and apply what a running process can change — the `[auth]`
-tokens and the `[tls]` certificate, key and client CA — then log one line saying what was reloaded
-and which changed keys need a restart. A configuration that does not load, or certificates that do
-not work, leave everything running as it was, and the line says why: a SIGHUP never stops a process.
+tokens, the `[tls]` certificate, key and client CA, and a worker's `[quota]` rules and prices —
+then log one line saying what was reloaded and which changed keys need a restart. A configuration
+that does not load, or certificates that do not work, leave everything running as it was, and the
+line says why: a SIGHUP never stops a process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -19,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 # Keys of `[auth]` whose change needs a restart: each method's check is chosen once, at start.
 _RESTART_AUTH_KEYS = frozenset({"auth.protect_health", "auth.protect_reflection"})
+# A worker's keys that a reload applies (the quota's store and its failure mode need a restart).
+_RELOADED_QUOTA_KEYS = re.compile(
+    r"quota\.rules\b.*|quota\.default_output_reservation|models\[\d+\]\.price_per_million\b.*"
+)
 
 
 class ServerConfigFile(Protocol):
@@ -61,8 +67,11 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _needs_restart(key: str, running: ServerConfigFile, new: ServerConfigFile) -> bool:
-    """Whether a reload cannot apply `key`'s change: all but the tokens and the certificates, and
-    of those, switching auth, TLS or client certificates on or off."""
+    """Whether a reload cannot apply `key`'s change: all but the tokens, the certificates, a
+    worker's quota rules and model prices; of those, switching auth, TLS or client certificates on
+    or off."""
+    if _RELOADED_QUOTA_KEYS.match(key):
+        return False
     if key == "auth" or key.startswith("auth."):
         return (running.auth is None) != (new.auth is None) or key in _RESTART_AUTH_KEYS
     if key == "tls" or key.startswith("tls."):
@@ -82,6 +91,8 @@ class Reloader(Generic[C]):
     running: C
     load: Callable[[], C]
     auth_of: Callable[[C], AuthConfig | None]
+    # More a process reloads (a worker's quota rules and prices): applies them, returns their names.
+    also: Callable[[C], list[str]] | None = None
 
     def __call__(self) -> None:
         try:
@@ -121,4 +132,6 @@ class Reloader(Generic[C]):
         if self.rpc.auth is not None and auth is not None:
             self.rpc.auth.replace_grants(auth)
             reloaded.append("auth")
+        if self.also is not None:
+            reloaded += self.also(new)
         return reloaded

@@ -10,15 +10,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from grpc_health.v1 import health_pb2
+
 from modelwire.app.config import Config
 from modelwire.app.reload import Reloader
 from modelwire.core.errors import StartupFailure
+from modelwire.core.settings import ANY_MODEL
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
+from modelwire.quota.limiter import Limiter
 from modelwire.rpc.auth import model_calls
 from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
-from modelwire.rpc.wire import WORKER_SERVICE
+from modelwire.rpc.wire import QUOTA_STORE_HEALTH, WORKER_SERVICE
 from modelwire.v1 import worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import (
@@ -75,15 +79,25 @@ class Worker:
     """A running gRPC worker: ModelWorker, health and reflection on one port (rpc/server.py)."""
 
     def __init__(
-        self, config: Config, models: list[ServedModel], executor: ThreadPoolExecutor
+        self,
+        config: Config,
+        models: list[ServedModel],
+        executor: ThreadPoolExecutor,
+        limiter: Limiter | None = None,
     ) -> None:
         self.config = config
         self.models = models
         self._executor = executor
+        # The tenants' limits and the models' prices ([quota], quota/limiter.py).
+        self.limiter = limiter or Limiter(config.quota, config.prices())
         # Registers the worker with a controller or etcd (serve --controller/--registry); see
         # worker/agent.py.
         self.registration: RegistrationAgent | None = None
-        servicer = ModelWorkerServicer(WorkerService(models, config.limits))
+        self.service = WorkerService(
+            models, config.limits, self.limiter, config.quota.default_output_reservation
+        )
+        self._health_updates: set[asyncio.Task[None]] = set()
+        servicer = ModelWorkerServicer(self.service)
         # Every ModelWorker response carries an ORCA load report (worker/orca.py).
         load_reports = LoadReports(
             models, lambda: self.registration.instance_id if self.registration else None
@@ -110,6 +124,9 @@ class Worker:
             options=[("grpc.so_reuseport", 1 if config.server.processes > 1 else 0)],
         )
         self.metrics = self.rpc.metrics
+        if self.rpc.auth is not None:
+            self.rpc.auth.name_tenants(self.limiter.tenants())
+        self.limiter.on_store_change = self._store_changed
         for served in models:
             served.admission.observer = self.metrics.admission_changed
             self.metrics.admission_changed(
@@ -121,8 +138,33 @@ class Worker:
     def address(self) -> str:
         return self.rpc.address
 
+    def _store_changed(self, available: bool) -> None:
+        """The shared quota store went away or came back: in metrics, and in health under its own
+        service name (QUOTA_STORE_HEALTH), which balancers watching the model service ignore."""
+        self.metrics.quota_store_changed(available)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if available
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(
+            self.rpc.health.set(QUOTA_STORE_HEALTH, status)
+        )
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    def reload_quota(self, config: Config) -> list[str]:
+        """SIGHUP: the rules, the default output reservation and the prices (app/reload.py)."""
+        self.limiter.replace(config.quota, config.prices())
+        self.service.default_output_reservation = config.quota.default_output_reservation
+        if self.rpc.auth is not None:
+            self.rpc.auth.name_tenants(self.limiter.tenants())
+        return ["quota", "prices"]
+
     async def start(self) -> None:
         await self.rpc.start()
+        if self.limiter.shared:
+            self._store_changed(self.limiter.available)
         if self.registration is not None:
             await self.registration.start()
 
@@ -135,6 +177,8 @@ class Worker:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         for served in {id(m.client): m.client for m in self.models}.values():
             await served.close()
+        # The calls' settles under way reach the store before the process ends.
+        await self.limiter.close()
 
 
 async def build_worker(config: Config) -> Worker:
@@ -147,10 +191,33 @@ async def build_worker(config: Config) -> Worker:
             config.registry,
             registration,
         )
+    # The quota store, before minutes of model loading too.
+    limiter = Limiter(config.quota, config.prices())
+    await limiter.start()
     executor = ThreadPoolExecutor(
         max_workers=config.blocking_pool_size(), thread_name_prefix="modelwire-blocking"
     )
-    return Worker(config, await load_models(config, executor), executor)
+    try:
+        models = await load_models(config, executor)
+    except BaseException:
+        await limiter.close()
+        raise
+    _warn_unserved_rules(config, models)
+    return Worker(config, models, executor, limiter)
+
+
+def _warn_unserved_rules(config: Config, models: list[ServedModel]) -> None:
+    """A rule naming a model no worker here serves never applies here: a typo, or a rule for
+    another worker of the fleet sharing this file. Said once at start."""
+    served = {m.metadata.model for m in models}
+    for index, rule in enumerate(config.quota.rules):
+        if rule.model != ANY_MODEL and rule.model not in served:
+            logger.warning(
+                "quota.rules[%d]: model %r is not served by this worker; the rule applies to "
+                "none of its calls",
+                index,
+                rule.model,
+            )
 
 
 def _watch_lifeline(stop: asyncio.Event) -> None:
@@ -198,7 +265,14 @@ async def serve(
     stop = asyncio.Event()
     reload: Reloader[Config] | None = None
     if reload_config is not None:
-        reload = Reloader("worker", worker.rpc, config, reload_config, lambda new: new.auth)
+        reload = Reloader(
+            "worker",
+            worker.rpc,
+            config,
+            reload_config,
+            lambda new: new.auth,
+            worker.reload_quota,
+        )
     on_signals(stop, reload)
     if lifeline:
         _watch_lifeline(stop)

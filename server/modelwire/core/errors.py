@@ -18,7 +18,9 @@ grpc); rpc/status.py turns it into the status and adds the google.rpc details sh
         ├── TokenizerUnavailable        FAILED_PRECONDITION
         ├── Overloaded                  RESOURCE_EXHAUSTED   RetryInfo, ErrorInfo NOT_STARTED
         │   └── UpstreamRateLimited     RESOURCE_EXHAUSTED   RetryInfo
+        ├── QuotaExceeded               RESOURCE_EXHAUSTED   QuotaFailure, RetryInfo
         ├── NotReady                    UNAVAILABLE          RetryInfo
+        ├── QuotaStoreUnavailable       UNAVAILABLE          RetryInfo
         ├── UpstreamUnavailable         UNAVAILABLE
         ├── RegistryUnavailable         UNAVAILABLE
         ├── PermissionDenied            PERMISSION_DENIED    ErrorInfo `reason` (ID_TAKEN)
@@ -138,6 +140,58 @@ class UpstreamRateLimited(Overloaded):
     """The provider is limiting this worker's account (its HTTP 429): RESOURCE_EXHAUSTED like the
     worker's own refusal, but a kind of its own in logs and metrics, since "the provider limits
     us" and "we are full" call for different alerts."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One limit a call found without room: which rule, whose calls (a tenant, or "all"), which
+    model ("*": every model), which limit and its value."""
+
+    rule: int
+    tenant: str
+    model: str
+    limit_name: str
+    limit: float
+
+    def describe(self) -> str:
+        return (
+            f"rule {self.rule} (tenant {self.tenant!r}, model {self.model!r}): "
+            f"{self.limit_name} {self.limit:g}"
+        )
+
+
+class QuotaExceeded(ModelwireError):
+    """A tenant's limit or budget has no room for the call (`[quota]`); it never reached the
+    provider. `retry_after_s` None: the call alone asks for more than the limit allows."""
+
+    code: ClassVar[str] = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, violations: list[QuotaViolation], retry_after_s: float | None) -> None:
+        self.violations = violations
+        self.retry_after_s = None if retry_after_s is None else retry_delay(retry_after_s)
+        limits = "; ".join(violation.describe() for violation in violations)
+        advice = (
+            "this call alone reserves more than the limit allows: lower max_new_tokens or "
+            "shorten the prompt"
+            if self.retry_after_s is None
+            else f"retry after {self.retry_after_s:.1f}s"
+        )
+        super().__init__(f"over quota: {limits}; {advice}")
+
+
+class QuotaStoreUnavailable(ModelwireError):
+    """The store of the fleet's quota counters cannot be reached and `on_store_failure` is
+    "refuse": a call a rule limits is refused rather than let through unlimited."""
+
+    code: ClassVar[str] = "UNAVAILABLE"
+
+    def __init__(self, store: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_delay(retry_after_s)
+        super().__init__(
+            f"the quota store {store} cannot be reached, and calls its limits cover are refused "
+            f'until it is back ([quota] on_store_failure = "refuse"); retry after '
+            f"{self.retry_after_s:.1f}s"
+        )
 
 
 class NotReady(ModelwireError):

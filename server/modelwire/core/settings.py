@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import os
 import ssl
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -54,7 +55,8 @@ Seconds = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
 
 # What a bearer token may do. A token without `permissions` may call models only. `relay`: the
 # server believes the caller identity this token's calls relay (a gateway's token at a worker).
-Permission = Literal["generate", "register", "read_fleet", "relay"]
+# `read_usage`: the usage admin service (GetUsage, `modelwire usage`).
+Permission = Literal["generate", "register", "read_fleet", "relay", "read_usage"]
 DEFAULT_PERMISSIONS: tuple[Permission, ...] = ("generate",)
 
 # A caller's name and its tenant (a token's, or relayed by a gateway) are at most this many
@@ -479,6 +481,169 @@ class RequestLimits:
     max_embed_inputs: PositiveInt = 2048
 
 
+# A quota rule's `tenant` beyond one tenant's name: each tenant separately, or every caller together
+# (a provider account's own limits).
+EACH_TENANT = "*"
+ALL_TENANTS = "all"
+# A rule's `model` for every model together.
+ANY_MODEL = "*"
+PositiveFloat = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
+# Budgets and prices in money: at most what the counters hold exactly (docs/configuration.md#quota).
+Money = Annotated[StrictFloat, Field(ge=0, le=1e6, allow_inf_nan=False)]
+
+
+@dataclass(config=SECTION)
+class QuotaRule:
+    """One `[[quota.rules]]`: limits on the calls of `tenant` (a name, "*" for each tenant
+    separately, "all" for every caller together) to `model` (a name, or "*" for every model
+    together). A rule sets at least one limit."""
+
+    tenant: StrictStr
+    model: StrictStr = ANY_MODEL
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    concurrent_calls: PositiveInt | None = None
+    budget_per_day: PositiveFloat | None = None
+    budget_per_month: PositiveFloat | None = None
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str) -> str:
+        problem = None if value in (EACH_TENANT, ALL_TENANTS) else identity_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        if value in (OTHER_TENANT, NO_TENANT):
+            raise ValueError(f"{value!r} is a metrics label, not a tenant")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('must name a model, or be "*" for every model together')
+        return value
+
+    @field_validator("budget_per_day", "budget_per_month")
+    @classmethod
+    def _budget(cls, value: float | None) -> float | None:
+        if value is not None and value > 1e6:
+            raise ValueError(f"must be at most 1000000 (the counters' exact range), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> QuotaRule:
+        if not self.limits:
+            raise ValueError(
+                "sets no limit: give it requests_per_minute, tokens_per_minute, "
+                "concurrent_calls, budget_per_day or budget_per_month"
+            )
+        return self
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """The limits it sets, by key."""
+        return {key: value for key in QUOTA_LIMIT_KEYS if (value := getattr(self, key)) is not None}
+
+
+QUOTA_LIMIT_KEYS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "concurrent_calls",
+    "budget_per_day",
+    "budget_per_month",
+)
+
+
+@dataclass(config=SECTION)
+class QuotaSection:
+    """`[quota]`: tenants' limits and budgets, checked by the worker before a call reaches its
+    provider (quota/limiter.py)."""
+
+    # redis:// or rediss:// (docs/configuration.md#quota); absent: counters live in this process.
+    store: StrictStr | None = None
+    # The store's password, from this environment variable (a URL's own password also works).
+    store_password_env: StrictStr | None = None
+    # Verifying a rediss:// store: its CA, and a client certificate for mTLS.
+    store_tls: ClientTlsConfig | None = None
+    # When the store cannot be reached: "refuse" every limited call (UNAVAILABLE naming the store),
+    # or "share": each replica enforces 1/replicas of every limit in its own memory.
+    on_store_failure: Literal["refuse", "share"] = "refuse"
+    # How many worker processes share the store's limits (every process of every worker).
+    replicas: PositiveInt | None = None
+    # Output tokens reserved for a call that sets no max_new_tokens (its real use is settled after).
+    default_output_reservation: PositiveInt = 1024
+    # How long a call holds a concurrent-calls place if its worker dies before it ends.
+    call_lease_s: Annotated[StrictFloat, Field(ge=10, le=86400, allow_inf_nan=False)] = 900.0
+    # How long one round trip to the store may take before it counts as unreachable.
+    store_timeout_s: Annotated[StrictFloat, Field(gt=0, le=30, allow_inf_nan=False)] = 0.5
+    rules: tuple[QuotaRule, ...] = ()
+
+    _env = field_validator("store_password_env")(set_env)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            store_url_problem(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuotaSection:
+        if self.on_store_failure == "share" and self.replicas is None:
+            raise ValueError(
+                'on_store_failure = "share" needs `replicas`: the number of worker processes '
+                "that share the store's limits (each then enforces its share)"
+            )
+        if self.store is None and (
+            self.store_tls is not None
+            or self.store_password_env is not None
+            or self.on_store_failure != "refuse"
+            or self.replicas is not None
+        ):
+            raise ValueError(
+                "store_tls, store_password_env, on_store_failure and replicas have no effect "
+                "without `store`"
+            )
+        if self.store_tls is not None and not (self.store or "").startswith("rediss://"):
+            raise ValueError("store_tls needs a rediss:// store")
+        return self
+
+
+def store_url_problem(url: str) -> None:
+    """Raises ValueError naming what is wrong with a store URL (never echoing a password)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(
+            "must be a redis://HOST:PORT/DB or rediss://HOST:PORT/DB URL "
+            f"(got scheme {parts.scheme!r})"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("names no host")
+    if port is None:
+        raise ValueError("names no port (Redis listens on 6379 by default: say so)")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"database must be a number, got {database!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("takes no query or fragment: set TLS and passwords with their own keys")
+
+
+@dataclass(config=SECTION)
+class Prices:
+    """A model's prices per million tokens (`price_per_million`), in the currency of the budgets.
+    Cached input and cache writes are prompt tokens read from or written to the provider's prompt
+    cache; unset, they cost what input costs."""
+
+    input: Money = 0.0
+    output: Money = 0.0
+    cached_input: Money | None = None
+    cache_write: Money | None = None
+
+
 @dataclass(config=SECTION)
 class RegistrationConfig:
     """How a worker announces itself in the registry (`[registration]`)."""
@@ -508,6 +673,8 @@ class ModelConfig:
     # What the model accepts, replacing its provider's defaults
     # (docs/configuration.md#capabilities).
     capabilities: tuple[Capability, ...] | None = None
+    # What its tokens cost (docs/configuration.md#quota); unset: its calls cost nothing.
+    price_per_million: Prices | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Where the table came from, so a provider's errors name it: `file` and `models[i]`.
     source: StrictStr = "<defaults>"
@@ -591,6 +758,7 @@ class WorkerFile:
     tls: TlsConfig | None = None
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
+    quota: QuotaSection = dataclasses.field(default_factory=QuotaSection)
     registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
     registration: RegistrationConfig = dataclasses.field(default_factory=RegistrationConfig)
 

@@ -6,6 +6,10 @@ import base64
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the configuration's type; settings imports this module
+    from modelwire.core.settings import Prices
 
 
 class Role(enum.Enum):
@@ -284,6 +288,8 @@ class ModelMetadata:
     max_output_tokens: int
     capabilities: tuple[Capability, ...] = (Capability.CHAT, Capability.STREAMING)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Per million tokens, from the model's configuration (`price_per_million`); None: unpriced.
+    prices: Prices | None = None
 
 
 @dataclass(frozen=True, slots=True)

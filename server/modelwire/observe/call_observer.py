@@ -96,6 +96,10 @@ class CallObserver:
 
 
 def _count_usage(record: CallRecord, response: Any) -> None:
+    """The tokens a response reports; a worker's charge (call_record.note_charge) takes their
+    place when it has one."""
+    if record.cost is not None:
+        return
     if isinstance(response, (pb.ModelOutput, pb.EmbedResponse)) and response.HasField("usage"):
         record.prompt_tokens = response.usage.prompt_tokens
         record.completion_tokens = response.usage.completion_tokens

@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from modelwire.core.settings import NO_TENANT
+from modelwire.core.types import Usage
 
 # Longer ids, any character outside printable ASCII and whitespace at either end are replaced: the
 # id goes back in the trailers, where gRPC refuses such a value, a strict HTTP/2 client drops it, or
@@ -43,6 +44,12 @@ class CallRecord:
     relayed_by: str | None = None
     # The tenant as a metrics label: one of this process's tenants, OTHER_TENANT or NO_TENANT.
     tenant_label: str = NO_TENANT
+    # What a generation or an embedding was charged (worker/metering.py): None for other calls.
+    cost: float | None = None
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_estimated: bool = False
 
     @property
     def latency_s(self) -> float:
@@ -101,6 +108,19 @@ def note_context(request_id: str, user: str, metadata: Mapping[str, str]) -> Non
         if len(keys) > MAX_CONTEXT_ENTRIES:
             context["metadata_omitted"] = len(keys) - MAX_CONTEXT_ENTRIES
     record.context = context or None
+
+
+def note_charge(usage: Usage, cost: float) -> None:
+    """Puts what a call was charged in its record: the access line and the spend metrics."""
+    record = _current.get()
+    if record is None:
+        return
+    record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    record.cached_prompt_tokens = usage.cached_prompt_tokens
+    record.cache_write_tokens = usage.cache_write_tokens
+    record.reasoning_tokens = usage.reasoning_tokens
+    record.usage_estimated = usage.estimated
+    record.cost = cost
 
 
 def note_error_kind(kind: str) -> None:

@@ -98,6 +98,14 @@ def log_call(record: CallRecord, level: int = logging.INFO) -> None:
     }
     if record.relayed_by is not None:
         fields["relayed_by"] = record.relayed_by
+    if record.cost is not None:
+        # What the call was charged (docs/configuration.md#quota): its usage's parts and cost.
+        fields["cost"] = record.cost
+        fields["cached_prompt_tokens"] = record.cached_prompt_tokens
+        fields["cache_write_tokens"] = record.cache_write_tokens
+        fields["reasoning_tokens"] = record.reasoning_tokens
+        if record.usage_estimated:
+            fields["usage_estimated"] = True
     if record.first_chunk_at is not None:
         fields["messages"] = record.chunks
         fields["ttft_ms"] = round((record.first_chunk_at - record.started) * 1000, 3)

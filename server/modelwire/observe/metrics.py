@@ -67,6 +67,41 @@ class WorkerMetrics:
             ["model", "tenant"],
             registry=r,
         )
+        self.cached_prompt_tokens = Counter(
+            "modelwire_cached_prompt_tokens",
+            "Prompt tokens read from the provider's prompt cache (a part of the prompt tokens).",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.cache_write_tokens = Counter(
+            "modelwire_cache_write_tokens",
+            "Prompt tokens written to the provider's prompt cache (a part of the prompt tokens).",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.reasoning_tokens = Counter(
+            "modelwire_reasoning_tokens",
+            "Completion tokens spent on reasoning (a part of the completion tokens).",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "modelwire_cost",
+            "What calls were charged, in the currency of the models' prices ([quota]).",
+            ["model", "tenant"],
+            registry=r,
+        )
+        self.quota_store_up = Gauge(
+            "modelwire_quota_store_up",
+            "1 while the shared quota store answers, 0 while it cannot be reached.",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.quota_store_failures = Counter(
+            "modelwire_quota_store_failures",
+            "Times the shared quota store became unreachable.",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "modelwire_in_flight",
             "Calls running per model.",
@@ -101,6 +136,11 @@ class WorkerMetrics:
         gauges[0].set(in_flight)
         gauges[1].set(queued)
 
+    def quota_store_changed(self, available: bool) -> None:
+        self.quota_store_up.set(1 if available else 0)
+        if not available:
+            self.quota_store_failures.inc()
+
     def inter_token_gap(self, model: str, gap_s: float) -> None:
         self._child(self.inter_token, model).observe(gap_s)
 
@@ -126,6 +166,15 @@ class WorkerMetrics:
         if record.prompt_tokens or record.completion_tokens:
             self._child(self.prompt_tokens, record.model, tenant).inc(record.prompt_tokens)
             self._child(self.completion_tokens, record.model, tenant).inc(record.completion_tokens)
+        if record.cost is not None:
+            self._child(self.cost, record.model, tenant).inc(record.cost)
+            for counter, tokens in (
+                (self.cached_prompt_tokens, record.cached_prompt_tokens),
+                (self.cache_write_tokens, record.cache_write_tokens),
+                (self.reasoning_tokens, record.reasoning_tokens),
+            ):
+                if tokens:
+                    self._child(counter, record.model, tenant).inc(tokens)
         if record.error_kind is not None:
             self._child(self.errors, record.model, record.error_kind, tenant).inc()
 

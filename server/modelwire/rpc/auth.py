@@ -200,6 +200,7 @@ class BearerAuth:
         """`permission_of(method)` is what a method needs (None: any valid token)."""
         self._config = config
         self._permission_of = permission_of
+        self._named: frozenset[str] = frozenset()
         self.replace_grants(config)
 
     def replace_grants(self, config: AuthConfig) -> None:
@@ -210,9 +211,15 @@ class BearerAuth:
             frozenset(grant.tenant_name for grant in config.grants),
         )
 
+    def name_tenants(self, tenants: frozenset[str] | set[str]) -> None:
+        """Tenants this process knows beyond its tokens' (the worker's quota rules name them), so
+        relayed calls of theirs get a label of their own."""
+        self._named = frozenset(tenants)
+
     def tenant_label(self, tenant: str) -> str:
-        """`tenant` as a metrics label: bounded by the tokens file whatever a relay sends."""
-        return tenant if tenant in self._tenants else OTHER_TENANT
+        """`tenant` as a metrics label: bounded by the tokens file and the quota rules whatever a
+        relay sends."""
+        return tenant if tenant in self._tenants or tenant in self._named else OTHER_TENANT
 
     def protects(self, method: str) -> bool:
         if method.startswith(HEALTH_PREFIX):

@@ -55,10 +55,17 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
                 )
             )
         ]
+    if isinstance(error, errors.QuotaExceeded):
+        details = [_packed(_quota_failure(error.violations))]
+        if error.retry_after_s is not None:
+            details.append(
+                _packed(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_s)))
+            )
+        return details
+    if isinstance(error, errors.QuotaStoreUnavailable):
+        return [_packed(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_s)))]
     if isinstance(error, errors.Overloaded | errors.NotReady):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(error.retry_after_s * 1e9))
-        details = [_packed(error_details_pb2.RetryInfo(retry_delay=delay))]
+        details = [_packed(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_s)))]
         if isinstance(error, errors.Overloaded) and error.not_started:
             details.append(_error_info(NOT_STARTED))
         return details
@@ -77,6 +84,30 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
             )
         ]
     return []
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    return delay
+
+
+def _quota_failure(violations: list[errors.QuotaViolation]) -> error_details_pb2.QuotaFailure:
+    """Each limit without room: `subject` whose calls ("tenant:NAME", or "all"), the limit as
+    `quota_metric`, the rule as `quota_id`, tenant and model as `quota_dimensions`."""
+    return error_details_pb2.QuotaFailure(
+        violations=[
+            error_details_pb2.QuotaFailure.Violation(
+                subject="all" if v.tenant == "all" else f"tenant:{v.tenant}",
+                description=v.describe(),
+                quota_metric=v.limit_name,
+                quota_id=f"rule-{v.rule}",
+                quota_dimensions={"tenant": v.tenant, "model": v.model},
+                quota_value=int(v.limit) if float(v.limit).is_integer() else 0,
+            )
+            for v in violations
+        ]
+    )
 
 
 def error_kind(error: BaseException) -> str:

@@ -46,4 +46,8 @@ NOT_STARTED = "NOT_STARTED"
 # registers again under a new one.
 ID_TAKEN = "ID_TAKEN"
 
+# The health service name under which a worker says whether its shared quota store answers
+# (SERVING) or not (NOT_SERVING); set only when [quota] names a store.
+QUOTA_STORE_HEALTH = "modelwire.quota.Store"
+
 WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name

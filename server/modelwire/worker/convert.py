@@ -330,6 +330,8 @@ def embeddings_to_pb(embeddings: Embeddings, model: str) -> pb.EmbedResponse:
 
 
 def metadata_to_pb(metadata: ModelMetadata) -> pb.ModelMetadata:
+    """A model as ListModels describes it; its unset cache prices are what input costs."""
+    prices = metadata.prices
     return pb.ModelMetadata(
         model=metadata.model,
         provider=metadata.provider,
@@ -337,6 +339,14 @@ def metadata_to_pb(metadata: ModelMetadata) -> pb.ModelMetadata:
         max_output_tokens=metadata.max_output_tokens,
         capabilities=[_CAPABILITY_TO_PB[capability] for capability in metadata.capabilities],
         metadata=metadata.metadata,
+        prices=None
+        if prices is None
+        else pb.Prices(
+            input=prices.input,
+            cached_input=prices.input if prices.cached_input is None else prices.cached_input,
+            cache_write=prices.input if prices.cache_write is None else prices.cache_write,
+            output=prices.output,
+        ),
     )
 
 

@@ -5,6 +5,7 @@ The servicer calls this and only translates; nothing here knows grpc or protobuf
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -17,7 +18,7 @@ from modelwire.core.errors import (
     UpstreamUnavailable,
 )
 from modelwire.core.redaction import remember_request_text
-from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, RequestLimits
+from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, Prices, RequestLimits
 from modelwire.core.types import (
     Embeddings,
     EmbedRequest,
@@ -37,6 +38,7 @@ from modelwire.core.types import (
 )
 from modelwire.observe.tracing import upstream_span
 from modelwire.providers.base import ProxyLLMClient
+from modelwire.quota.limiter import Limiter
 from modelwire.tokenize.placement import counts_inline
 from modelwire.worker.admission import Admission
 from modelwire.worker.capabilities import (
@@ -44,6 +46,7 @@ from modelwire.worker.capabilities import (
     unsupported_fields,
     unsupported_message_fields,
 )
+from modelwire.worker.metering import CHARS_PER_TOKEN, CallMeter
 from modelwire.worker.validation import (
     broken_tool_call,
     validate_count_input,
@@ -51,10 +54,12 @@ from modelwire.worker.validation import (
     validate_request,
 )
 
-# Told when a generation or an embedding leaves admission and its work begins (the edge then
-# sends the response headers, so a gateway knows a lost call may have started and must not
-# replay it).
-Started = Callable[[], Awaitable[None]]
+# Told when a generation or an embedding has passed admission and its quota, and its work begins,
+# with the rate-limit headers of its quota (quota/limiter.py): the edge then sends the response
+# headers, so a caller sees its limits before the first token and a gateway knows a lost call may
+# have started and must not replay it.
+Metadata = tuple[tuple[str, str], ...]
+Started = Callable[[Metadata], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,30 @@ class ServedModel:
 
 
 class WorkerService:
-    def __init__(self, models: Sequence[ServedModel], limits: RequestLimits) -> None:
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        limits: RequestLimits,
+        limiter: Limiter | None = None,
+        default_output_reservation: int = 1024,
+    ) -> None:
+        """`limiter`: the tenants' limits and the models' prices (None: no [quota] rules and no
+        prices). `default_output_reservation`: the output a call that sets no max_new_tokens
+        reserves against its token limits."""
         self._models = {served.metadata.model: served for served in models}
         self.limits = limits
+        self.limiter = limiter
+        self.default_output_reservation = default_output_reservation
 
     def list_models(self) -> list[ModelMetadata]:
-        return [served.metadata for served in self._models.values()]
+        """Each model as its provider describes it, with its configured prices."""
+        return [
+            replace(served.metadata, prices=self._prices(model))
+            for model, served in self._models.items()
+        ]
+
+    def _prices(self, model: str) -> Prices | None:
+        return self.limiter.prices(model) if self.limiter is not None else None
 
     def served(self, model: str) -> ServedModel:
         try:
@@ -81,7 +104,8 @@ class WorkerService:
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         """A short prompt is counted at once; a long one is work on the pool and waits for a slot.
-        Messages are refused as Generate refuses them: capabilities, then the provider's rules."""
+        Messages are refused as Generate refuses them: capabilities, then the provider's rules.
+        Counting reaches no paid API and uses no quota."""
         validate_count_input(model, prompt, self.limits)
         remember_request_text([prompt] if isinstance(prompt, str) else _message_texts(prompt))
         served = self.served(model)
@@ -100,7 +124,11 @@ class WorkerService:
         async with served.admission.slot():
             return await served.client.count_token(model, prompt)
 
-    async def embed(self, request: EmbedRequest, started: Started | None = None) -> Embeddings:
+    async def embed(
+        self, request: EmbedRequest, started: Started | None = None, tenant: str | None = None
+    ) -> Embeddings:
+        """An embedding's inputs are not counted before the call: it reserves a token per
+        CHARS_PER_TOKEN characters of them, and is settled to the provider's usage."""
         validate_embed_request(request, self.limits)
         remember_request_text(request.inputs)
         served = self.served(request.model)
@@ -110,17 +138,54 @@ class WorkerService:
         if refused:
             raise InvalidRequest(refused)
         async with served.admission.slot():
+            estimate = math.ceil(sum(len(text) for text in request.inputs) / CHARS_PER_TOKEN)
+            async with self._metered(served, tenant, started, estimate, 0, False) as meter:
+                with upstream_span(served.metadata.provider, request.model):
+                    embeddings = await served.client.embed(request)
+                meter.reported(embeddings.usage)
+                return embeddings
+
+    @asynccontextmanager
+    async def _metered(
+        self,
+        served: ServedModel,
+        tenant: str | None,
+        started: Started | None,
+        prompt_tokens: int,
+        output_bound: int,
+        streaming: bool,
+    ) -> AsyncIterator[CallMeter]:
+        """Reserves the call against its tenant's quota (QuotaExceeded if it has no room), tells
+        the edge the work begins, and charges the call once however it ends (metering.py)."""
+        model = served.metadata.model
+        reservation = None
+        if self.limiter is not None:
+            reservation = await self.limiter.reserve(
+                tenant,
+                model,
+                prompt_tokens + output_bound,
+                Usage(prompt_tokens=prompt_tokens, completion_tokens=output_bound),
+            )
+        meter = CallMeter(reservation, self._prices(model), prompt_tokens, output_bound, streaming)
+        error: BaseException | None = None
+        try:
             if started is not None:
-                await started()
-            with upstream_span(served.metadata.provider, request.model):
-                return await served.client.embed(request)
+                await started(reservation.headers() if reservation is not None else ())
+            meter.sent = True
+            yield meter
+        except BaseException as failed:
+            error = failed
+            raise
+        finally:
+            meter.close(error)
 
     @asynccontextmanager
     async def _admitted(
-        self, request: ModelRequest, started: Started | None, streaming: bool
-    ) -> AsyncIterator[tuple[ServedModel, ModelRequest]]:
-        """Everything a generation passes before the provider: checks, a slot, context fit, a span.
-        The fit counts the prompt, which for a long prompt is real work: it runs inside the slot."""
+        self, request: ModelRequest, started: Started | None, streaming: bool, tenant: str | None
+    ) -> AsyncIterator[tuple[ServedModel, ModelRequest, CallMeter]]:
+        """Everything a generation passes before the provider: checks, a slot, context fit, the
+        tenant's quota, a span. The fit counts the prompt, which for a long prompt is real work: it
+        runs inside the slot."""
         validate_request(request, self.limits)
         remember_request_text(_request_texts(request))
         served = self.served(request.model)
@@ -130,21 +195,28 @@ class WorkerService:
         if refused:
             raise InvalidRequest(refused)
         async with served.admission.slot():
-            if started is not None:
-                await started()
-            request = await self._fit_context(served, request)
-            with upstream_span(served.metadata.provider, request.model):
-                yield served, request
+            asked = request.sampling.max_new_tokens
+            request, prompt_tokens = await self._fit_context(served, request)
+            bound = request.sampling.max_new_tokens or 0
+            output = bound if asked is not None else min(bound, self.default_output_reservation)
+            async with self._metered(served, tenant, started, prompt_tokens, output, streaming) as (
+                meter
+            ):
+                with upstream_span(served.metadata.provider, request.model):
+                    yield served, request, meter
 
-    async def generate(self, request: ModelRequest, started: Started | None = None) -> ModelOutput:
+    async def generate(
+        self, request: ModelRequest, started: Started | None = None, tenant: str | None = None
+    ) -> ModelOutput:
         """Unary goes through the provider's own `generate`: an HTTP provider then makes one
         non-streaming upstream call and reports the upstream's usage; the base class derives it
         from the stream for the others."""
-        async with self._admitted(request, started, streaming=False) as (served, request):
+        async with self._admitted(request, started, False, tenant) as (served, request, meter):
             began = time.perf_counter()
             output = await served.client.generate(request)
             if output.tool_calls:
                 _check_tool_calls(output.tool_calls, output.finish_reason)
+            meter.saw(output)
             return replace(
                 output,
                 finish_reason=output.finish_reason or FinishReason.STOP,
@@ -152,9 +224,9 @@ class WorkerService:
             )
 
     async def generate_stream(
-        self, request: ModelRequest, started: Started | None = None
+        self, request: ModelRequest, started: Started | None = None, tenant: str | None = None
     ) -> AsyncGenerator[ModelOutput, None]:
-        async with self._admitted(request, started, streaming=True) as (served, request):
+        async with self._admitted(request, started, True, tenant) as (served, request, meter):
             began = time.perf_counter()
             first_token_at: float | None = None
             finished = False
@@ -174,6 +246,7 @@ class WorkerService:
                         chunk = replace(chunk, timing=_timing(began, first_token_at, chunk.usage))
                     # Deltas pass as they are (a copy per delta is measurable); the edge names the
                     # model.
+                    meter.saw(chunk)
                     yield chunk
             if not finished:
                 # A provider that ended without a final chunk still owes the caller finish_reason.
@@ -183,8 +256,12 @@ class WorkerService:
                     timing=_timing(began, first_token_at, None),
                 )
 
-    async def _fit_context(self, served: ServedModel, request: ModelRequest) -> ModelRequest:
-        """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left.
+    async def _fit_context(
+        self, served: ServedModel, request: ModelRequest
+    ) -> tuple[ModelRequest, int]:
+        """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left;
+        returns the request so bounded and the prompt's tokens (an estimate's most: what the
+        quota reserves).
 
         An estimated count (another model's tokenizer standing in) may be off either way by up to
         the model's `estimate_margin`: the prompt is refused only when it is too long even if the
@@ -201,7 +278,7 @@ class WorkerService:
         room = min(room, served.metadata.max_output_tokens)
         wanted = request.sampling.max_new_tokens or served.client.default_max_new_tokens
         bounded = room if wanted is None else min(wanted, room)
-        return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
+        return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded)), high
 
 
 def _request_texts(request: ModelRequest) -> list[str]:

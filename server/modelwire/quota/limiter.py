@@ -1,0 +1,337 @@
+"""The worker's quota check: before a call reaches its provider, reserve it against every counter
+its tenant's rules set (quota/counters.py) in one store round trip; after it, settle the
+reservation to what the call really used, off the call's path.
+
+The store is Redis (`[quota] store`, shared by every replica) or this process's memory. When Redis
+cannot be reached, `on_store_failure` decides: "refuse" refuses every call a rule covers
+(UNAVAILABLE naming the store), "share" enforces 1/`replicas` of each limit in this process until
+the store answers again. Either way the change is logged once each way, counted in metrics and
+shown in health (app/server.py), and settles that could not reach the store are replayed when it
+is back, so a call is charged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from modelwire.core.errors import (
+    QuotaExceeded,
+    QuotaStoreUnavailable,
+    QuotaViolation,
+    StartupFailure,
+)
+from modelwire.core.settings import ALL_TENANTS, EACH_TENANT, Prices, QuotaRule, QuotaSection
+from modelwire.core.types import Usage
+from modelwire.quota.counters import Counter, call_counters, rule_counters
+from modelwire.quota.pricing import cost_nano, in_units
+from modelwire.quota.redis_store import STORE_ERRORS, RedisStore
+from modelwire.quota.report import LimitKind, LimitUsage, RuleUsage, UsageReport
+from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Standing
+
+logger = logging.getLogger(__name__)
+
+# While the store is away: how often it is tried again, and what a refused caller is told.
+PROBE_INTERVAL_S = 1.0
+# Settles kept for the store's return, at most (a day of 1 call/s would be 86,400).
+MAX_PENDING_SETTLES = 100_000
+
+# OpenAI's response headers, as initial metadata.
+RATE_LIMIT_KEYS = {
+    "r": (
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
+    "t": ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+}
+
+
+def duration_text(seconds: float) -> str:
+    """A reset time as OpenAI writes it: "250ms", "12.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s" if seconds < 10 else f"{round(seconds)}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
+
+
+@dataclass
+class Reservation:
+    """One admitted call's hold on its counters, settled once (`settle`)."""
+
+    limiter: Limiter
+    call_id: str
+    store: QuotaStore
+    counters: Sequence[Counter]
+    standings: Sequence[Standing]
+    prices: Prices | None
+    settled: bool = field(default=False)
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The tightest request and token counters as OpenAI's x-ratelimit-* metadata."""
+        headers: list[tuple[str, str]] = []
+        for unit, keys in RATE_LIMIT_KEYS.items():
+            held = [
+                (counter.limit - standing.used, counter, standing)
+                for counter, standing in zip(self.counters, self.standings, strict=True)
+                if counter.unit == unit
+            ]
+            if not held:
+                continue
+            remaining, counter, standing = min(held, key=lambda entry: entry[0])
+            headers += [
+                (keys[0], str(counter.limit)),
+                (keys[1], str(max(0, remaining))),
+                (keys[2], duration_text(standing.resets_in_s or 0.0)),
+            ]
+        return tuple(headers)
+
+    def settle(self, usage: Usage, sent: bool) -> int:
+        """Replaces the reservation by `usage` (`sent` False: the call never reached its
+        provider, and then costs nothing, not even its request); returns the call's cost in
+        nano-units. The store is told in the background; a second settle does nothing."""
+        if self.settled:
+            return 0
+        self.settled = True
+        cost = cost_nano(usage, self.prices) if sent else 0
+        used = Amounts(usage.total_tokens if sent else 0, cost)
+        self.limiter.settle_later(self.store, self.call_id, used, sent)
+        return cost
+
+
+class Limiter:
+    def __init__(
+        self,
+        config: QuotaSection,
+        prices: Mapping[str, Prices | None],
+        store: QuotaStore | None = None,
+    ) -> None:
+        """`store`: the shared counters (None: built from `config.store`, or memory)."""
+        self._config = config
+        self._rules: tuple[QuotaRule, ...] = config.rules
+        self._prices = dict(prices)
+        self.shared = config.store is not None
+        if store is None:
+            store = (
+                RedisStore(config, _password(config)) if config.store is not None else MemoryStore()
+            )
+        self._store = store
+        self.store_name = store.url if isinstance(store, RedisStore) else "memory"
+        self._fallback = MemoryStore()
+        self.available = True
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: deque[tuple[str, Amounts, bool]] = deque(maxlen=MAX_PENDING_SETTLES)
+        self._probe: asyncio.Task[None] | None = None
+        # Told True/False when the shared store comes back or goes away (metrics, health).
+        self.on_store_change: Callable[[bool], None] | None = None
+
+    @property
+    def rules(self) -> tuple[QuotaRule, ...]:
+        return self._rules
+
+    def prices(self, model: str) -> Prices | None:
+        return self._prices.get(model)
+
+    def replace(self, config: QuotaSection, prices: Mapping[str, Prices | None]) -> None:
+        """SIGHUP: new rules and prices from the next call on (the store and its mode need a
+        restart); the counts stay, since counters are named by what they count."""
+        self._config = config
+        self._rules, self._prices = config.rules, dict(prices)
+
+    def tenants(self) -> set[str]:
+        """The tenants the rules name."""
+        return {rule.tenant for rule in self._rules} - {EACH_TENANT, ALL_TENANTS}
+
+    async def start(self) -> None:
+        """A store that cannot be reached stops the start, unless each replica may enforce its
+        share meanwhile."""
+        try:
+            await self._store.ping()
+        except STORE_ERRORS as error:
+            if self._config.on_store_failure == "refuse":
+                raise StartupFailure(
+                    f"quota.store: cannot reach {self.store_name}: {_reason(error)} (set "
+                    'on_store_failure = "share" to start anyway, each replica enforcing its share)'
+                ) from None
+            self._went_away(error)
+
+    async def reserve(
+        self, tenant: str | None, model: str, tokens: int, reserved_usage: Usage
+    ) -> Reservation | None:
+        """Reserves a call of `tenant` to `model` that may use up to `tokens` and
+        `reserved_usage`'s cost, or raises QuotaExceeded; None when no rule limits it."""
+        counters = call_counters(self._rules, tenant, model)
+        if not counters:
+            return None
+        prices = self._prices.get(model)
+        amounts = Amounts(max(1, tokens), _dearest_cost(reserved_usage, prices))
+        call_id = uuid.uuid4().hex
+        store: QuotaStore = self._store
+        if not self.available:
+            if self._config.on_store_failure == "refuse":
+                raise QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S)
+            store = self._fallback
+        reserving = asyncio.ensure_future(
+            store.reserve(
+                call_id, self._as_enforced(counters, store), amounts, self._config.call_lease_s
+            )
+        )
+        try:
+            # A caller that leaves mid-reserve must not leave a reservation behind in the store.
+            verdict = await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(
+                lambda _: self.settle_later(store, call_id, Amounts(0, 0), sent=False)
+            )
+            raise
+        except STORE_ERRORS as error:
+            if store is self._fallback:
+                raise
+            self._went_away(error)
+            return await self.reserve(tenant, model, tokens, reserved_usage)
+        if not verdict.admitted:
+            enforced = self._as_enforced(counters, store)
+            raise QuotaExceeded(
+                [_violation(enforced[index]) for index in verdict.refused], verdict.retry_after_s
+            )
+        return Reservation(self, call_id, store, counters, verdict.standings, prices)
+
+    def _as_enforced(self, counters: list[Counter], store: QuotaStore) -> list[Counter]:
+        if store is self._fallback and self.shared:
+            replicas = self._config.replicas or 1
+            return [counter.shared(replicas) for counter in counters]
+        return counters
+
+    def settle_later(self, store: QuotaStore, call_id: str, used: Amounts, sent: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(store, call_id, used, sent))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, store: QuotaStore, call_id: str, used: Amounts, sent: bool) -> None:
+        try:
+            await store.settle(call_id, used, sent)
+        except STORE_ERRORS as error:
+            if store is self._fallback:
+                raise
+            self._pending.append((call_id, used, sent))
+            self._went_away(error)
+
+    def _went_away(self, error: BaseException) -> None:
+        if self.available:
+            self.available = False
+            logger.warning(
+                "quota store %s cannot be reached (%s): %s",
+                self.store_name,
+                _reason(error),
+                "calls its limits cover are refused until it is back"
+                if self._config.on_store_failure == "refuse"
+                else f"each replica enforces 1/{self._config.replicas} of every limit meanwhile",
+                extra={"quota_store": "unavailable"},
+            )
+            if self.on_store_change is not None:
+                self.on_store_change(False)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._wait_for_store())
+
+    async def _wait_for_store(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            try:
+                await self._store.ping()
+                while self._pending:
+                    call_id, used, sent = self._pending[0]
+                    await self._store.settle(call_id, used, sent)
+                    self._pending.popleft()
+            except STORE_ERRORS:
+                continue
+            self.available = True
+            logger.info(
+                "quota store %s is back: its counters are enforced again",
+                self.store_name,
+                extra={"quota_store": "available"},
+            )
+            if self.on_store_change is not None:
+                self.on_store_change(True)
+            return
+
+    async def usage(self, tenant: str | None, known: Iterable[str]) -> UsageReport:
+        """Each rule's counters for `tenant` (None: every tenant in `known` and the rules)."""
+        tenants = sorted({tenant} if tenant else set(known) | self.tenants())
+        entries: list[tuple[int, QuotaRule, str, list[Counter]]] = []
+        for index, rule in enumerate(self._rules):
+            if rule.tenant == ALL_TENANTS:
+                entries.append((index, rule, ALL_TENANTS, rule_counters(index, rule, None)))
+                continue
+            for name in tenants:
+                if rule.tenant in (EACH_TENANT, name):
+                    entries.append((index, rule, name, rule_counters(index, rule, name)))
+        store: QuotaStore = self._store if self.available else self._fallback
+        counters = [counter for *_, group in entries for counter in group]
+        enforced = self._as_enforced(counters, store)
+        if not self.available and self._config.on_store_failure == "refuse":
+            return UsageReport((), self.store_name, False)
+        standings = iter(await store.read(enforced))
+        by_key = iter(enforced)
+        rules = []
+        for index, rule, name, group in entries:
+            limits = []
+            for _ in group:
+                counter, standing = next(by_key), next(standings)
+                money = counter.unit == "$"
+                limits.append(
+                    LimitUsage(
+                        counter.kind,
+                        in_units(standing.used) if money else float(standing.used),
+                        counter.limit_value,
+                        standing.resets_in_s,
+                    )
+                )
+            rules.append(RuleUsage(index, name, rule.model, tuple(limits)))
+        return UsageReport(tuple(rules), self.store_name, self.available)
+
+    async def close(self) -> None:
+        """Waits for the settles under way (a drained worker's calls are charged), then closes
+        the store."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._probe is not None:
+            self._probe.cancel()
+        await self._store.close()
+
+
+def _password(config: QuotaSection) -> str | None:
+    return os.environ.get(config.store_password_env) if config.store_password_env else None
+
+
+def _dearest_cost(usage: Usage, prices: Prices | None) -> int:
+    """What a reservation's tokens may cost at most: prompt tokens at the dearest prompt price
+    (a cache write costs more than input at Anthropic)."""
+    if prices is None:
+        return 0
+    prompt_price = max(prices.input, prices.cache_write or 0.0, prices.cached_input or 0.0)
+    return cost_nano(
+        Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
+        Prices(input=prompt_price, output=prices.output),
+    )
+
+
+def _violation(counter: Counter) -> QuotaViolation:
+    return QuotaViolation(
+        counter.rule, counter.tenant, counter.model, counter.kind.value, counter.limit_value
+    )
+
+
+def _reason(error: BaseException) -> str:
+    """An error's kind and text; a Redis URL's password never appears in redis-py's messages."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+__all__ = ["LimitKind", "Limiter", "Reservation", "duration_text"]
