@@ -1694,8 +1694,11 @@ type ModelMetadata struct {
 	MaxOutputTokens int32             `protobuf:"varint,4,opt,name=max_output_tokens,json=maxOutputTokens,proto3" json:"max_output_tokens,omitempty"`
 	Capabilities    []Capability      `protobuf:"varint,5,rep,packed,name=capabilities,proto3,enum=modelwire.v1.Capability" json:"capabilities,omitempty"`
 	Metadata        map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// What the model's tokens cost against the worker's budgets ([quota]); absent: the model is not
+	// priced: its calls cost nothing against budgets.
+	Prices        *Prices `protobuf:"bytes,7,opt,name=prices,proto3" json:"prices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelMetadata) Reset() {
@@ -1770,6 +1773,87 @@ func (x *ModelMetadata) GetMetadata() map[string]string {
 	return nil
 }
 
+func (x *ModelMetadata) GetPrices() *Prices {
+	if x != nil {
+		return x.Prices
+	}
+	return nil
+}
+
+// A model's prices, each per million tokens, in the currency of the worker's budgets. Each is the
+// price in effect: a cache price the configuration does not set is input's, and is sent as such.
+type Prices struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prompt tokens not read from or written to the prompt cache.
+	Input float64 `protobuf:"fixed64,1,opt,name=input,proto3" json:"input,omitempty"`
+	// Prompt tokens read from the provider's prompt cache (Usage.cached_prompt_tokens, part of the prompt).
+	CachedInput float64 `protobuf:"fixed64,2,opt,name=cached_input,json=cachedInput,proto3" json:"cached_input,omitempty"`
+	// Prompt tokens written to the provider's prompt cache (Usage.cache_write_tokens, part of the prompt).
+	CacheWrite float64 `protobuf:"fixed64,3,opt,name=cache_write,json=cacheWrite,proto3" json:"cache_write,omitempty"`
+	// Completion tokens, reasoning tokens included.
+	Output        float64 `protobuf:"fixed64,4,opt,name=output,proto3" json:"output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Prices) Reset() {
+	*x = Prices{}
+	mi := &file_modelwire_v1_worker_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Prices) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Prices) ProtoMessage() {}
+
+func (x *Prices) ProtoReflect() protoreflect.Message {
+	mi := &file_modelwire_v1_worker_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Prices.ProtoReflect.Descriptor instead.
+func (*Prices) Descriptor() ([]byte, []int) {
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Prices) GetInput() float64 {
+	if x != nil {
+		return x.Input
+	}
+	return 0
+}
+
+func (x *Prices) GetCachedInput() float64 {
+	if x != nil {
+		return x.CachedInput
+	}
+	return 0
+}
+
+func (x *Prices) GetCacheWrite() float64 {
+	if x != nil {
+		return x.CacheWrite
+	}
+	return 0
+}
+
+func (x *Prices) GetOutput() float64 {
+	if x != nil {
+		return x.Output
+	}
+	return 0
+}
+
 // Counts the tokens of exactly one of prompt or messages.
 type CountTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1784,7 +1868,7 @@ type CountTokenRequest struct {
 
 func (x *CountTokenRequest) Reset() {
 	*x = CountTokenRequest{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[17]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1880,7 @@ func (x *CountTokenRequest) String() string {
 func (*CountTokenRequest) ProtoMessage() {}
 
 func (x *CountTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[17]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1893,7 @@ func (x *CountTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountTokenRequest.ProtoReflect.Descriptor instead.
 func (*CountTokenRequest) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{17}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CountTokenRequest) GetModel() string {
@@ -1846,7 +1930,7 @@ type CountTokenResponse struct {
 
 func (x *CountTokenResponse) Reset() {
 	*x = CountTokenResponse{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[18]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1942,7 @@ func (x *CountTokenResponse) String() string {
 func (*CountTokenResponse) ProtoMessage() {}
 
 func (x *CountTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[18]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1955,7 @@ func (x *CountTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountTokenResponse.ProtoReflect.Descriptor instead.
 func (*CountTokenResponse) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{18}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CountTokenResponse) GetCount() int32 {
@@ -1903,7 +1987,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[19]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1915,7 +1999,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[19]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1928,7 +2012,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{19}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{20}
 }
 
 type ListModelsResponse struct {
@@ -1940,7 +2024,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[20]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1952,7 +2036,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[20]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1965,7 +2049,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{20}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelMetadata {
@@ -1989,7 +2073,7 @@ type EmbedRequest struct {
 
 func (x *EmbedRequest) Reset() {
 	*x = EmbedRequest{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[21]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2085,7 @@ func (x *EmbedRequest) String() string {
 func (*EmbedRequest) ProtoMessage() {}
 
 func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[21]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2098,7 @@ func (x *EmbedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedRequest.ProtoReflect.Descriptor instead.
 func (*EmbedRequest) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{21}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EmbedRequest) GetModel() string {
@@ -2047,7 +2131,7 @@ type Embedding struct {
 
 func (x *Embedding) Reset() {
 	*x = Embedding{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[22]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2143,7 @@ func (x *Embedding) String() string {
 func (*Embedding) ProtoMessage() {}
 
 func (x *Embedding) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[22]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2156,7 @@ func (x *Embedding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Embedding.ProtoReflect.Descriptor instead.
 func (*Embedding) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{22}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Embedding) GetValues() []float32 {
@@ -2095,7 +2179,7 @@ type EmbedResponse struct {
 
 func (x *EmbedResponse) Reset() {
 	*x = EmbedResponse{}
-	mi := &file_modelwire_v1_worker_proto_msgTypes[23]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2191,7 @@ func (x *EmbedResponse) String() string {
 func (*EmbedResponse) ProtoMessage() {}
 
 func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_modelwire_v1_worker_proto_msgTypes[23]
+	mi := &file_modelwire_v1_worker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2204,7 @@ func (x *EmbedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EmbedResponse.ProtoReflect.Descriptor instead.
 func (*EmbedResponse) Descriptor() ([]byte, []int) {
-	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{23}
+	return file_modelwire_v1_worker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EmbedResponse) GetEmbeddings() []*Embedding {
@@ -2266,17 +2350,24 @@ const file_modelwire_v1_worker_proto_rawDesc = "" +
 	"\x10tool_call_deltas\x18\b \x03(\v2\x1b.modelwire.v1.ToolCallDeltaR\x0etoolCallDeltas\x12/\n" +
 	"\x13reasoning_signature\x18\t \x01(\fR\x12reasoningSignatureB\f\n" +
 	"\n" +
-	"_reasoning\"\xd6\x02\n" +
+	"_reasoning\"\x84\x03\n" +
 	"\rModelMetadata\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12%\n" +
 	"\x0econtext_length\x18\x03 \x01(\x05R\rcontextLength\x12*\n" +
 	"\x11max_output_tokens\x18\x04 \x01(\x05R\x0fmaxOutputTokens\x12<\n" +
 	"\fcapabilities\x18\x05 \x03(\x0e2\x18.modelwire.v1.CapabilityR\fcapabilities\x12E\n" +
-	"\bmetadata\x18\x06 \x03(\v2).modelwire.v1.ModelMetadata.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x06 \x03(\v2).modelwire.v1.ModelMetadata.MetadataEntryR\bmetadata\x12,\n" +
+	"\x06prices\x18\a \x01(\v2\x14.modelwire.v1.PricesR\x06prices\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\x06Prices\x12\x14\n" +
+	"\x05input\x18\x01 \x01(\x01R\x05input\x12!\n" +
+	"\fcached_input\x18\x02 \x01(\x01R\vcachedInput\x12\x1f\n" +
+	"\vcache_write\x18\x03 \x01(\x01R\n" +
+	"cacheWrite\x12\x16\n" +
+	"\x06output\x18\x04 \x01(\x01R\x06output\"y\n" +
 	"\x11CountTokenRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x126\n" +
@@ -2361,7 +2452,7 @@ func file_modelwire_v1_worker_proto_rawDescGZIP() []byte {
 }
 
 var file_modelwire_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_modelwire_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_modelwire_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_modelwire_v1_worker_proto_goTypes = []any{
 	(Role)(0),                  // 0: modelwire.v1.Role
 	(ToolChoiceMode)(0),        // 1: modelwire.v1.ToolChoiceMode
@@ -2385,15 +2476,16 @@ var file_modelwire_v1_worker_proto_goTypes = []any{
 	(*Timing)(nil),             // 19: modelwire.v1.Timing
 	(*ModelOutput)(nil),        // 20: modelwire.v1.ModelOutput
 	(*ModelMetadata)(nil),      // 21: modelwire.v1.ModelMetadata
-	(*CountTokenRequest)(nil),  // 22: modelwire.v1.CountTokenRequest
-	(*CountTokenResponse)(nil), // 23: modelwire.v1.CountTokenResponse
-	(*ListModelsRequest)(nil),  // 24: modelwire.v1.ListModelsRequest
-	(*ListModelsResponse)(nil), // 25: modelwire.v1.ListModelsResponse
-	(*EmbedRequest)(nil),       // 26: modelwire.v1.EmbedRequest
-	(*Embedding)(nil),          // 27: modelwire.v1.Embedding
-	(*EmbedResponse)(nil),      // 28: modelwire.v1.EmbedResponse
-	nil,                        // 29: modelwire.v1.RequestContext.MetadataEntry
-	nil,                        // 30: modelwire.v1.ModelMetadata.MetadataEntry
+	(*Prices)(nil),             // 22: modelwire.v1.Prices
+	(*CountTokenRequest)(nil),  // 23: modelwire.v1.CountTokenRequest
+	(*CountTokenResponse)(nil), // 24: modelwire.v1.CountTokenResponse
+	(*ListModelsRequest)(nil),  // 25: modelwire.v1.ListModelsRequest
+	(*ListModelsResponse)(nil), // 26: modelwire.v1.ListModelsResponse
+	(*EmbedRequest)(nil),       // 27: modelwire.v1.EmbedRequest
+	(*Embedding)(nil),          // 28: modelwire.v1.Embedding
+	(*EmbedResponse)(nil),      // 29: modelwire.v1.EmbedResponse
+	nil,                        // 30: modelwire.v1.RequestContext.MetadataEntry
+	nil,                        // 31: modelwire.v1.ModelMetadata.MetadataEntry
 }
 var file_modelwire_v1_worker_proto_depIdxs = []int32{
 	0,  // 0: modelwire.v1.ModelMessage.role:type_name -> modelwire.v1.Role
@@ -2403,7 +2495,7 @@ var file_modelwire_v1_worker_proto_depIdxs = []int32{
 	1,  // 4: modelwire.v1.ToolChoice.mode:type_name -> modelwire.v1.ToolChoiceMode
 	13, // 5: modelwire.v1.OutputFormat.json_schema:type_name -> modelwire.v1.JsonSchema
 	2,  // 6: modelwire.v1.ReasoningOptions.effort:type_name -> modelwire.v1.ReasoningEffort
-	29, // 7: modelwire.v1.RequestContext.metadata:type_name -> modelwire.v1.RequestContext.MetadataEntry
+	30, // 7: modelwire.v1.RequestContext.metadata:type_name -> modelwire.v1.RequestContext.MetadataEntry
 	5,  // 8: modelwire.v1.ModelRequest.messages:type_name -> modelwire.v1.ModelMessage
 	15, // 9: modelwire.v1.ModelRequest.sampling:type_name -> modelwire.v1.SamplingParams
 	16, // 10: modelwire.v1.ModelRequest.context:type_name -> modelwire.v1.RequestContext
@@ -2417,26 +2509,27 @@ var file_modelwire_v1_worker_proto_depIdxs = []int32{
 	10, // 18: modelwire.v1.ModelOutput.tool_calls:type_name -> modelwire.v1.ToolCall
 	11, // 19: modelwire.v1.ModelOutput.tool_call_deltas:type_name -> modelwire.v1.ToolCallDelta
 	4,  // 20: modelwire.v1.ModelMetadata.capabilities:type_name -> modelwire.v1.Capability
-	30, // 21: modelwire.v1.ModelMetadata.metadata:type_name -> modelwire.v1.ModelMetadata.MetadataEntry
-	5,  // 22: modelwire.v1.CountTokenRequest.messages:type_name -> modelwire.v1.ModelMessage
-	21, // 23: modelwire.v1.ListModelsResponse.models:type_name -> modelwire.v1.ModelMetadata
-	27, // 24: modelwire.v1.EmbedResponse.embeddings:type_name -> modelwire.v1.Embedding
-	18, // 25: modelwire.v1.EmbedResponse.usage:type_name -> modelwire.v1.Usage
-	17, // 26: modelwire.v1.ModelWorker.Generate:input_type -> modelwire.v1.ModelRequest
-	17, // 27: modelwire.v1.ModelWorker.GenerateStream:input_type -> modelwire.v1.ModelRequest
-	22, // 28: modelwire.v1.ModelWorker.CountToken:input_type -> modelwire.v1.CountTokenRequest
-	24, // 29: modelwire.v1.ModelWorker.ListModels:input_type -> modelwire.v1.ListModelsRequest
-	26, // 30: modelwire.v1.ModelWorker.Embed:input_type -> modelwire.v1.EmbedRequest
-	20, // 31: modelwire.v1.ModelWorker.Generate:output_type -> modelwire.v1.ModelOutput
-	20, // 32: modelwire.v1.ModelWorker.GenerateStream:output_type -> modelwire.v1.ModelOutput
-	23, // 33: modelwire.v1.ModelWorker.CountToken:output_type -> modelwire.v1.CountTokenResponse
-	25, // 34: modelwire.v1.ModelWorker.ListModels:output_type -> modelwire.v1.ListModelsResponse
-	28, // 35: modelwire.v1.ModelWorker.Embed:output_type -> modelwire.v1.EmbedResponse
-	31, // [31:36] is the sub-list for method output_type
-	26, // [26:31] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	31, // 21: modelwire.v1.ModelMetadata.metadata:type_name -> modelwire.v1.ModelMetadata.MetadataEntry
+	22, // 22: modelwire.v1.ModelMetadata.prices:type_name -> modelwire.v1.Prices
+	5,  // 23: modelwire.v1.CountTokenRequest.messages:type_name -> modelwire.v1.ModelMessage
+	21, // 24: modelwire.v1.ListModelsResponse.models:type_name -> modelwire.v1.ModelMetadata
+	28, // 25: modelwire.v1.EmbedResponse.embeddings:type_name -> modelwire.v1.Embedding
+	18, // 26: modelwire.v1.EmbedResponse.usage:type_name -> modelwire.v1.Usage
+	17, // 27: modelwire.v1.ModelWorker.Generate:input_type -> modelwire.v1.ModelRequest
+	17, // 28: modelwire.v1.ModelWorker.GenerateStream:input_type -> modelwire.v1.ModelRequest
+	23, // 29: modelwire.v1.ModelWorker.CountToken:input_type -> modelwire.v1.CountTokenRequest
+	25, // 30: modelwire.v1.ModelWorker.ListModels:input_type -> modelwire.v1.ListModelsRequest
+	27, // 31: modelwire.v1.ModelWorker.Embed:input_type -> modelwire.v1.EmbedRequest
+	20, // 32: modelwire.v1.ModelWorker.Generate:output_type -> modelwire.v1.ModelOutput
+	20, // 33: modelwire.v1.ModelWorker.GenerateStream:output_type -> modelwire.v1.ModelOutput
+	24, // 34: modelwire.v1.ModelWorker.CountToken:output_type -> modelwire.v1.CountTokenResponse
+	26, // 35: modelwire.v1.ModelWorker.ListModels:output_type -> modelwire.v1.ListModelsResponse
+	29, // 36: modelwire.v1.ModelWorker.Embed:output_type -> modelwire.v1.EmbedResponse
+	32, // [32:37] is the sub-list for method output_type
+	27, // [27:32] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_modelwire_v1_worker_proto_init() }
@@ -2466,14 +2559,14 @@ func file_modelwire_v1_worker_proto_init() {
 	file_modelwire_v1_worker_proto_msgTypes[10].OneofWrappers = []any{}
 	file_modelwire_v1_worker_proto_msgTypes[12].OneofWrappers = []any{}
 	file_modelwire_v1_worker_proto_msgTypes[15].OneofWrappers = []any{}
-	file_modelwire_v1_worker_proto_msgTypes[21].OneofWrappers = []any{}
+	file_modelwire_v1_worker_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_modelwire_v1_worker_proto_rawDesc), len(file_modelwire_v1_worker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

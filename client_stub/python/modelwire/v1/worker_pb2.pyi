@@ -298,7 +298,7 @@ class ModelOutput(_message.Message):
     def __init__(self, text: _Optional[str] = ..., reasoning: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., model: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_deltas: _Optional[_Iterable[_Union[ToolCallDelta, _Mapping]]] = ..., reasoning_signature: _Optional[bytes] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("model", "provider", "context_length", "max_output_tokens", "capabilities", "metadata")
+    __slots__ = ("model", "provider", "context_length", "max_output_tokens", "capabilities", "metadata", "prices")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -312,13 +312,27 @@ class ModelMetadata(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PRICES_FIELD_NUMBER: _ClassVar[int]
     model: str
     provider: str
     context_length: int
     max_output_tokens: int
     capabilities: _containers.RepeatedScalarFieldContainer[Capability]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    prices: Prices
+    def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., context_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., capabilities: _Optional[_Iterable[_Union[Capability, str]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., prices: _Optional[_Union[Prices, _Mapping]] = ...) -> None: ...
+
+class Prices(_message.Message):
+    __slots__ = ("input", "cached_input", "cache_write", "output")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    input: float
+    cached_input: float
+    cache_write: float
+    output: float
+    def __init__(self, input: _Optional[float] = ..., cached_input: _Optional[float] = ..., cache_write: _Optional[float] = ..., output: _Optional[float] = ...) -> None: ...
 
 class CountTokenRequest(_message.Message):
     __slots__ = ("model", "prompt", "messages")
