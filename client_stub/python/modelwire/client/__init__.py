@@ -1,6 +1,6 @@
 """A small typed Python client for modelwire's ModelWorker API, async and sync."""
 
-from modelwire.client.async_client import ModelWorkerClient
+from modelwire.client.async_client import ModelWorkerClient, OutputStream
 from modelwire.client.credentials import REQUEST_ID_KEY, tls_credentials
 from modelwire.client.errors import FieldViolation, ModelwireCallError
 from modelwire.client.requests import (
@@ -17,8 +17,8 @@ from modelwire.client.requests import (
     tool,
     tool_result,
 )
-from modelwire.client.responses import OutputCollector
-from modelwire.client.sync_client import ModelWorkerSyncClient
+from modelwire.client.responses import OutputCollector, RateLimits, parse_duration
+from modelwire.client.sync_client import ModelWorkerSyncClient, SyncOutputStream
 
 __all__ = [
     "IMAGE_TYPES",
@@ -29,7 +29,10 @@ __all__ = [
     "ModelWorkerSyncClient",
     "ModelwireCallError",
     "OutputCollector",
+    "OutputStream",
+    "RateLimits",
     "RequestOptions",
+    "SyncOutputStream",
     "assistant_turn",
     "build_request",
     "grammar_format",
@@ -37,6 +40,7 @@ __all__ = [
     "json_object_format",
     "json_schema_format",
     "message",
+    "parse_duration",
     "tool",
     "tool_result",
     "tls_credentials",

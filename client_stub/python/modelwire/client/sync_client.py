@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
-from typing import Unpack
+from typing import Any, Literal, Unpack, overload
 
 import grpc
 
@@ -17,8 +17,64 @@ from modelwire.client.requests import (
     count_request,
     embed_request,
 )
+from modelwire.client.responses import RateLimits
+from modelwire.v1 import usage_pb2, usage_pb2_grpc
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+# Any, as pyproject's mypy overrides make the worker's and the controller's generated gRPC modules
+# (this one, not listed there, is untyped code: a call to it would fail strict mypy).
+_UsageAdminStub: Any = usage_pb2_grpc.UsageAdminStub
+
+
+class SyncOutputStream(Iterator[pb.ModelOutput]):
+    """A GenerateStream call (`ModelWorkerSyncClient.stream`): iterating it yields its deltas, and
+    `rate_limits()` is its rate-limit headers, before the first delta, during or after the loop.
+    The call starts at the first of these; leaving the loop early, or `close()`, cancels it and
+    the worker stops generating. An error is raised by the loop, as `ModelwireCallError`."""
+
+    def __init__(self, start: Callable[[], Any], secure: bool) -> None:
+        self._start = start
+        self._secure = secure
+        self._call: Any = None
+        self._chunks: Generator[pb.ModelOutput, None, None] | None = None
+
+    def _started(self) -> Any:
+        if self._call is None:
+            self._call = self._start()
+        return self._call
+
+    def __iter__(self) -> SyncOutputStream:
+        return self
+
+    def __next__(self) -> pb.ModelOutput:
+        if self._chunks is None:
+            self._chunks = _chunks(self._started(), self._secure)
+        return next(self._chunks)
+
+    def rate_limits(self) -> RateLimits:
+        """The call's rate-limit headers; blocks until the worker has sent its response headers
+        (at the latest with the first delta). All None when it sent none, also when the call
+        failed first (the loop raises the error)."""
+        return RateLimits.from_metadata(self._started().initial_metadata())
+
+    def close(self) -> None:
+        """Cancels the call, if it is still running."""
+        if self._chunks is not None:
+            self._chunks.close()
+        if self._call is not None:
+            self._call.cancel()
+
+
+def _chunks(call: Any, secure: bool) -> Generator[pb.ModelOutput, None, None]:
+    # A function of its own, not a method: a generator holding its SyncOutputStream would make a
+    # cycle, and a stream left early would be cancelled only by the cycle collector.
+    try:
+        yield from call
+    except grpc.RpcError as error:
+        raise from_rpc_error(error, secure) from None
+    finally:
+        call.cancel()
 
 
 class ModelWorkerSyncClient:
@@ -40,6 +96,7 @@ class ModelWorkerSyncClient:
             else grpc.insecure_channel(address)
         )
         self._stub = pb_grpc.ModelWorkerStub(self._channel)
+        self._usage_stub = _UsageAdminStub(self._channel)
         self._timeout = timeout
         self._secure = credentials is not None
 
@@ -57,26 +114,64 @@ class ModelWorkerSyncClient:
     def close(self) -> None:
         self._channel.close()
 
+    @overload
     def generate(
         self,
         model: str,
         messages: Messages,
         *,
         timeout: float | None = None,
+        with_rate_limits: Literal[False] = False,
         **options: Unpack[RequestOptions],
-    ) -> pb.ModelOutput:
+    ) -> pb.ModelOutput: ...
+
+    @overload
+    def generate(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        timeout: float | None = None,
+        with_rate_limits: Literal[True],
+        **options: Unpack[RequestOptions],
+    ) -> tuple[pb.ModelOutput, RateLimits]: ...
+
+    @overload
+    def generate(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        timeout: float | None = None,
+        with_rate_limits: bool,
+        **options: Unpack[RequestOptions],
+    ) -> pb.ModelOutput | tuple[pb.ModelOutput, RateLimits]: ...
+
+    def generate(
+        self,
+        model: str,
+        messages: Messages,
+        *,
+        timeout: float | None = None,
+        with_rate_limits: bool = False,
+        **options: Unpack[RequestOptions],
+    ) -> pb.ModelOutput | tuple[pb.ModelOutput, RateLimits]:
         """`options`: sampling (temperature, top_p, max_new_tokens, stop, seed), request_id, tools,
         tool_choice, parallel_tool_calls, output_format, reasoning_effort, reasoning_budget_tokens
-        (`RequestOptions`). The tools the model called are `tool_calls`."""
+        (`RequestOptions`). The tools the model called are `tool_calls`. `with_rate_limits`:
+        return (output, the call's `RateLimits`) instead of the output alone."""
         try:
-            output: pb.ModelOutput = self._stub.Generate(
+            output: pb.ModelOutput
+            output, call = self._stub.Generate.with_call(
                 build_request(model, messages, **options),
                 timeout=timeout or self._timeout,
                 metadata=self._metadata,
             )
-            return output
         except grpc.RpcError as error:
             raise from_rpc_error(error, self._secure) from None
+        if with_rate_limits:
+            return output, RateLimits.from_metadata(call.initial_metadata())
+        return output
 
     def stream(
         self,
@@ -85,20 +180,17 @@ class ModelWorkerSyncClient:
         *,
         timeout: float | None = None,
         **options: Unpack[RequestOptions],
-    ) -> Iterator[pb.ModelOutput]:
+    ) -> SyncOutputStream:
         """Yields deltas; leaving the loop early cancels the call and the worker stops
-        generating."""
-        call = self._stub.GenerateStream(
-            build_request(model, messages, **options),
-            timeout=timeout or self._timeout,
-            metadata=self._metadata,
+        generating. `stream.rate_limits()` is the call's `RateLimits`."""
+        return SyncOutputStream(
+            lambda: self._stub.GenerateStream(
+                build_request(model, messages, **options),
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+            ),
+            self._secure,
         )
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise from_rpc_error(error, self._secure) from None
-        finally:
-            call.cancel()
 
     def count_tokens(
         self, model: str, messages: Messages, *, timeout: float | None = None
@@ -141,3 +233,18 @@ class ModelWorkerSyncClient:
         except grpc.RpcError as error:
             raise from_rpc_error(error, self._secure) from None
         return list(response.models)
+
+    def usage(
+        self, tenant: str | None = None, *, timeout: float | None = None
+    ) -> usage_pb2.GetUsageResponse:
+        """UsageAdmin.GetUsage: what `tenant` (None: every tenant the worker's configuration names)
+        has used against the worker's [quota] rules; needs a token with `read_usage`."""
+        try:
+            response: usage_pb2.GetUsageResponse = self._usage_stub.GetUsage(
+                usage_pb2.GetUsageRequest(tenant=tenant or ""),
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+            )
+            return response
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, self._secure) from None
