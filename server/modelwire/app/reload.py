@@ -112,7 +112,8 @@ class Reloader(Generic[C]):
                 extra={"reloaded": [], "error": type(error).__name__},
             )
             return
-        applied = {name: getattr(new, name) for name in reloaded}
+        # What the running configuration now holds (prices live in its models: not a section).
+        applied = {name: getattr(new, name) for name in reloaded if hasattr(self.running, name)}
         self.running = dataclasses.replace(self.running, **applied)  # type: ignore[type-var]
         logger.info(
             "SIGHUP: %s reloaded %s%s",

@@ -154,12 +154,22 @@ class Worker:
         task.add_done_callback(self._health_updates.discard)
 
     def reload_quota(self, config: Config) -> list[str]:
-        """SIGHUP: the rules, the default output reservation and the prices (app/reload.py)."""
-        self.limiter.replace(config.quota, config.prices())
-        self.service.default_output_reservation = config.quota.default_output_reservation
-        if self.rpc.auth is not None:
-            self.rpc.auth.name_tenants(self.limiter.tenants())
-        return ["quota", "prices"]
+        """SIGHUP: the quota rules, the default output reservation and the prices, when they
+        changed (app/reload.py); returns what it reloaded."""
+        reloaded = []
+        if (config.quota.rules, config.quota.default_output_reservation) != (
+            self.limiter.rules,
+            self.service.default_output_reservation,
+        ):
+            reloaded.append("quota")
+        if config.prices() != self.limiter.all_prices():
+            reloaded.append("prices")
+        if reloaded:
+            self.limiter.replace(config.quota, config.prices())
+            self.service.default_output_reservation = config.quota.default_output_reservation
+            if self.rpc.auth is not None:
+                self.rpc.auth.name_tenants(self.limiter.tenants())
+        return reloaded
 
     async def start(self) -> None:
         await self.rpc.start()

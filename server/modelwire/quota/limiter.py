@@ -139,6 +139,9 @@ class Limiter:
     def prices(self, model: str) -> Prices | None:
         return self._prices.get(model)
 
+    def all_prices(self) -> dict[str, Prices | None]:
+        return dict(self._prices)
+
     def replace(self, config: QuotaSection, prices: Mapping[str, Prices | None]) -> None:
         """SIGHUP: new rules and prices from the next call on (the store and its mode need a
         restart); the counts stay, since counters are named by what they count."""

@@ -139,7 +139,9 @@ class WorkerService:
             raise InvalidRequest(refused)
         async with served.admission.slot():
             estimate = math.ceil(sum(len(text) for text in request.inputs) / CHARS_PER_TOKEN)
-            async with self._metered(served, tenant, started, estimate, 0, False) as meter:
+            async with self._metered(
+                served, tenant, started, estimate, estimate, 0, False
+            ) as meter:
                 with upstream_span(served.metadata.provider, request.model):
                     embeddings = await served.client.embed(request)
                 meter.reported(embeddings.usage)
@@ -152,19 +154,22 @@ class WorkerService:
         tenant: str | None,
         started: Started | None,
         prompt_tokens: int,
+        most_prompt_tokens: int,
         output_bound: int,
         streaming: bool,
     ) -> AsyncIterator[CallMeter]:
-        """Reserves the call against its tenant's quota (QuotaExceeded if it has no room), tells
-        the edge the work begins, and charges the call once however it ends (metering.py)."""
+        """Reserves the call against its tenant's quota (QuotaExceeded if it has no room): the
+        most its prompt may be (`most_prompt_tokens`: an estimate's high end) and its output
+        bound; tells the edge the work begins, and charges the call once however it ends
+        (metering.py: by `prompt_tokens` when the provider reports no usage)."""
         model = served.metadata.model
         reservation = None
         if self.limiter is not None:
             reservation = await self.limiter.reserve(
                 tenant,
                 model,
-                prompt_tokens + output_bound,
-                Usage(prompt_tokens=prompt_tokens, completion_tokens=output_bound),
+                most_prompt_tokens + output_bound,
+                Usage(prompt_tokens=most_prompt_tokens, completion_tokens=output_bound),
             )
         meter = CallMeter(reservation, self._prices(model), prompt_tokens, output_bound, streaming)
         error: BaseException | None = None
@@ -196,12 +201,12 @@ class WorkerService:
             raise InvalidRequest(refused)
         async with served.admission.slot():
             asked = request.sampling.max_new_tokens
-            request, prompt_tokens = await self._fit_context(served, request)
+            request, prompt, most = await self._fit_context(served, request)
             bound = request.sampling.max_new_tokens or 0
             output = bound if asked is not None else min(bound, self.default_output_reservation)
-            async with self._metered(served, tenant, started, prompt_tokens, output, streaming) as (
-                meter
-            ):
+            async with self._metered(
+                served, tenant, started, prompt.count, most, output, streaming
+            ) as meter:
                 with upstream_span(served.metadata.provider, request.model):
                     yield served, request, meter
 
@@ -258,10 +263,10 @@ class WorkerService:
 
     async def _fit_context(
         self, served: ServedModel, request: ModelRequest
-    ) -> tuple[ModelRequest, int]:
+    ) -> tuple[ModelRequest, TokenCount, int]:
         """Refuses a prompt the model cannot hold and bounds max_new_tokens to the room left;
-        returns the request so bounded and the prompt's tokens (an estimate's most: what the
-        quota reserves).
+        returns the request so bounded, the prompt's count, and the most tokens it may be (an
+        estimate's high end: what the quota reserves).
 
         An estimated count (another model's tokenizer standing in) may be off either way by up to
         the model's `estimate_margin`: the prompt is refused only when it is too long even if the
@@ -278,7 +283,10 @@ class WorkerService:
         room = min(room, served.metadata.max_output_tokens)
         wanted = request.sampling.max_new_tokens or served.client.default_max_new_tokens
         bounded = room if wanted is None else min(wanted, room)
-        return replace(request, sampling=replace(request.sampling, max_new_tokens=bounded)), high
+        bounded_request = replace(
+            request, sampling=replace(request.sampling, max_new_tokens=bounded)
+        )
+        return bounded_request, prompt, high
 
 
 def _request_texts(request: ModelRequest) -> list[str]:
