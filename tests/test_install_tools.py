@@ -4,6 +4,7 @@ fresh machine used to skip the etcd registry tests silently (only .ci/run instal
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,8 +28,9 @@ def test_no_test_skips_itself() -> None:
     assert skipping == []
 
 
-def test_make_pytest_builds_etcd_and_hands_it_to_the_tests() -> None:
-    """`-W` makes the etcd module look edited: make rebuilds etcd into .tools/ before the tests.
+def test_make_pytest_builds_etcd_and_hands_it_and_redis_to_the_tests() -> None:
+    """`-W` makes the etcd module look edited: make rebuilds etcd into .tools/ before the tests,
+    and names it and redis-server (Debian's, which mk/redis.mk installs when missing) to them.
     Run from `make test` too: a make inside a make prints its "Entering/Leaving directory" lines
     unless told not to."""
     dry_run = subprocess.run(
@@ -40,7 +42,10 @@ def test_make_pytest_builds_etcd_and_hands_it_to_the_tests() -> None:
     ).stdout.splitlines()
     etcd = ROOT / ".tools" / "etcd" / "etcd"
     build = dry_run.index(f"cd mk/etcd && go build -o {etcd} .")
-    assert dry_run[build + 1 :] == [f"MODELWIRE_ETCD={etcd} .venv/bin/python -m pytest"]
+    redis = shutil.which("redis-server") or "/usr/bin/redis-server"
+    assert dry_run[build + 1 :] == [
+        f"MODELWIRE_ETCD={etcd} MODELWIRE_REDIS={redis} .venv/bin/python -m pytest"
+    ]
 
 
 def test_the_etcd_tests_fail_naming_the_step_when_etcd_is_missing(

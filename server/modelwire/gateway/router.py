@@ -47,6 +47,8 @@ LIST_MODELS_TIMEOUT_S = 5.0
 LOAD_HALF_LIFE_S = 5.0
 NOT_READY_RETRY_S = 1.0
 # Metadata that belongs to this hop, not to the call: never forwarded.
+# OpenAI's rate-limit headers, which a worker's quota sends (quota/limiter.py).
+RATE_LIMIT_PREFIX = "x-ratelimit-"
 _HOP_KEYS = frozenset(
     {"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"}
 )
@@ -206,6 +208,11 @@ def forwarded_metadata(
         for k, v in metadata or ()
         if not k.startswith(":") and k not in _HOP_KEYS and (authorization or k != "authorization")
     )
+
+
+def rate_limits(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
+    """The x-ratelimit-* headers of a worker's answer (its quota), to pass on to the caller."""
+    return tuple((k, v) for k, v in metadata or () if k.startswith(RATE_LIMIT_PREFIX))
 
 
 def refuse_unsendable(metadata: Metadata) -> None:

@@ -50,6 +50,7 @@ from modelwire.gateway.router import (
     forwarded_metadata,
     leading_model,
     model_field,
+    rate_limits,
     refuse_unsendable,
     returned_trailers,
 )
@@ -350,6 +351,9 @@ class Gateway:
                     raw, timeout=context.time_remaining(), metadata=self._metadata(context)
                 )
                 response: bytes = await call
+                limits = rate_limits(await call.initial_metadata())
+                if limits:  # the worker's quota: headers only then (each costs a frame)
+                    await context.send_initial_metadata(limits)
                 trailers.extend(await call.trailing_metadata() or ())
                 yield response
 
@@ -375,16 +379,17 @@ class Gateway:
                     raw, timeout=context.time_remaining(), metadata=self._metadata(context)
                 )
                 try:
-                    first = True
+                    # Passed on as soon as the worker sends them (its work began, its rate limits
+                    # known), so a caller sees them before the first token too.
+                    initial = await call.initial_metadata()
+                    unsent = True
+                    if initial:  # none when the worker refused at once (trailers only)
+                        unsent = False
+                        await context.send_initial_metadata(_headers(initial, route))
                     async for chunk in call:
-                        if first:
-                            first = False
-                            initial = forwarded_metadata(
-                                await call.initial_metadata(), authorization=False
-                            )
-                            await context.send_initial_metadata(
-                                initial + ((INSTANCE_TRAILER, route.instance_id),)
-                            )
+                        if unsent:
+                            unsent = False
+                            await context.send_initial_metadata(_headers(initial, route))
                         yield chunk
                     trailers.extend(await call.trailing_metadata() or ())
                 finally:
@@ -469,6 +474,13 @@ async def _pass_on(
         error.code(),
         error.details() or "",
         _with_instance(returned_trailers(error.trailing_metadata()), route),
+    )
+
+
+def _headers(initial: Sequence[tuple[str, str | bytes]] | None, route: Route) -> Metadata:
+    """A worker's response headers as the caller gets them, naming the instance."""
+    return forwarded_metadata(initial, authorization=False) + (
+        (INSTANCE_TRAILER, route.instance_id),
     )
 
 
