@@ -140,6 +140,31 @@ async def test_sighup_swaps_the_tokens_names_restart_keys_and_keeps_serving(
     assert await asyncio.wait_for(worker.process.wait(), 30) == 0
 
 
+async def test_sighup_lowers_a_quota_limit_live(
+    tmp_path: Path, servers: list[Server]
+) -> None:
+    """The new rule applies from the next call. Lowered below what one call reserves (its prompt
+    and 1,024 tokens of output), it refuses every call whatever the minute, so no window can make
+    this pass or fail by the clock."""
+    port = free_port()
+    (tmp_path / "tokens.toml").write_text(tokens(T1))
+    rule = '[quota]\n[[quota.rules]]\ntenant = "caller"\ntokens_per_minute = {}\n'
+    config = worker_config(tmp_path, port, extra=rule.format(1_000_000))
+    worker = await start("serve", "--config", str(config), announcement="modelwire serving echo")
+    servers.append(worker)
+    address = f"127.0.0.1:{port}"
+    assert await generate(address, T1) == grpc.StatusCode.OK
+
+    worker_config(tmp_path, port, extra=rule.format(5))
+    worker.process.send_signal(signal.SIGHUP)
+    line = await worker.line(reload_line)
+    assert line["reloaded"] == ["auth", "quota"] and line["restart_needed"] == []
+    assert await generate(address, T1) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    worker.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(worker.process.wait(), 30) == 0
+
+
 async def test_a_reload_of_an_invalid_configuration_keeps_the_running_one(
     tmp_path: Path, servers: list[Server]
 ) -> None:
