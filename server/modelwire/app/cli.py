@@ -1,4 +1,4 @@
-"""`modelwire serve | generate | embed | models | count-tokens`."""
+"""`modelwire serve | generate | embed | models | count-tokens | usage`."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ from modelwire.client.requests import Messages
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import ConfigError, override
 from modelwire.observe.logs import configure_logging
+from modelwire.v1 import usage_pb2
 from modelwire.v1 import worker_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -311,6 +312,87 @@ def _count_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+# The budgets' limits: money, shown to the millionth.
+_MONEY = frozenset({usage_pb2.LIMIT_KIND_BUDGET_PER_DAY, usage_pb2.LIMIT_KIND_BUDGET_PER_MONTH})
+
+
+def _limit_name(kind: usage_pb2.LimitKind) -> str:
+    """A limit as its [[quota.rules]] key: LIMIT_KIND_REQUESTS_PER_MINUTE → requests_per_minute."""
+    return usage_pb2.LimitKind.Name(kind).removeprefix("LIMIT_KIND_").lower()
+
+
+def _limit_text(limit: usage_pb2.LimitUsage) -> str:
+    """`requests_per_minute=2/5 (resets in 58s)`; money with 6 decimals; no reset for concurrent
+    calls (they free as calls end)."""
+    if limit.kind in _MONEY:
+        amounts = f"{limit.used:.6f}/{limit.limit:.6f}"
+    else:
+        amounts = f"{limit.used:.0f}/{limit.limit:.0f}"
+    text = f"{_limit_name(limit.kind)}={amounts}"
+    if limit.HasField("resets_in"):
+        text += f" (resets in {math.ceil(limit.resets_in.ToNanoseconds() / 1e9)}s)"
+    return text
+
+
+def _usage_json(response: usage_pb2.GetUsageResponse) -> dict[str, Any]:
+    return {
+        "store": response.store,
+        "store_available": response.store_available,
+        "rules": [
+            {
+                "rule": rule.rule,
+                "tenant": rule.tenant,
+                "model": rule.model,
+                "limits": [
+                    {
+                        "kind": _limit_name(limit.kind),
+                        "used": limit.used,
+                        "limit": limit.limit,
+                        "resets_in_s": limit.resets_in.ToNanoseconds() / 1e9
+                        if limit.HasField("resets_in")
+                        else None,
+                    }
+                    for limit in rule.limits
+                ],
+            }
+            for rule in response.rules
+        ],
+    }
+
+
+def _usage(args: argparse.Namespace) -> int:
+    """Prints what tenants have used against a worker's [quota] rules (UsageAdmin.GetUsage)."""
+    token = None
+    if args.token_env is not None:
+        token = os.environ.get(args.token_env)
+        if not token:
+            print(
+                f"modelwire: --token-env {args.token_env}: environment variable "
+                f"{args.token_env} is not set or empty",
+                file=sys.stderr,
+            )
+            return 2
+    tls = args.tls or any((args.ca_file, args.cert_file, args.key_file))
+    with ModelWorkerSyncClient(
+        args.worker,
+        timeout=args.timeout,
+        credentials=tls_credentials(args.ca_file, args.cert_file, args.key_file) if tls else None,
+        token=token,
+    ) as client:
+        response = client.usage(args.tenant)
+    if args.json:
+        print(json.dumps(_usage_json(response)))
+        return 0
+    state = "available" if response.store_available else "UNAVAILABLE"
+    print(f"store: {response.store} ({state})")
+    for rule in response.rules:
+        limits = "\t".join(_limit_text(limit) for limit in rule.limits)
+        print(f"rule {rule.rule}\ttenant={rule.tenant}\tmodel={rule.model}\t{limits}")
+    if not response.rules:
+        print("modelwire: no [quota] rule applies to these tenants", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelwire", description="gRPC model-serving worker for LLMs"
@@ -453,6 +535,30 @@ def _parser() -> argparse.ArgumentParser:
     count.add_argument("--model", default=EMBEDDED_MODEL)
     count.add_argument("prompt")
     count.set_defaults(run=_count_tokens)
+
+    usage = commands.add_parser(
+        "usage", help="print what tenants have used against a worker's [quota] rules"
+    )
+    usage.add_argument("--worker", required=True, metavar="HOST:PORT", help="the worker's address")
+    usage.add_argument("--tenant", help="this tenant only (default: every tenant the worker knows)")
+    usage.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="environment variable holding a token with the read_usage permission",
+    )
+    usage.add_argument(
+        "--ca-file",
+        help="TLS: the CA that signed the worker's certificate (TLS is on when any TLS flag is "
+        "given)",
+    )
+    usage.add_argument("--cert-file", help="mTLS: this client's certificate")
+    usage.add_argument("--key-file", help="mTLS: this client's key")
+    usage.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+    usage.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    usage.add_argument(
+        "--json", action="store_true", help="print the answer as one JSON object instead"
+    )
+    usage.set_defaults(run=_usage)
     return parser
 
 

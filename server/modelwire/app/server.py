@@ -20,10 +20,10 @@ from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
 from modelwire.quota.limiter import Limiter
-from modelwire.rpc.auth import model_calls
+from modelwire.rpc.auth import worker_calls
 from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
-from modelwire.rpc.wire import QUOTA_STORE_HEALTH, WORKER_SERVICE
-from modelwire.v1 import worker_pb2_grpc
+from modelwire.rpc.wire import QUOTA_STORE_HEALTH, USAGE_SERVICE, WORKER_SERVICE
+from modelwire.v1 import usage_pb2_grpc, worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import (
     RegistrationAgent,
@@ -34,6 +34,7 @@ from modelwire.worker.agent import (
 from modelwire.worker.orca import LoadReports
 from modelwire.worker.service import ServedModel, WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
+from modelwire.worker.usage_servicer import UsageAdminServicer
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def _model_label(models: list[ServedModel]) -> ModelLabel:
 
 
 class Worker:
-    """A running gRPC worker: ModelWorker, health and reflection on one port (rpc/server.py)."""
+    """A running gRPC worker: ModelWorker, UsageAdmin, health and reflection on one port
+    (rpc/server.py)."""
 
     def __init__(
         self,
@@ -98,6 +100,10 @@ class Worker:
         )
         self._health_updates: set[asyncio.Task[None]] = set()
         servicer = ModelWorkerServicer(self.service)
+        # What tenants have used: every tenant of the tokens (as reloaded) and of the rules.
+        usage_servicer = UsageAdminServicer(
+            self.limiter, lambda: self.rpc.auth.tenants() if self.rpc.auth is not None else ()
+        )
         # Every ModelWorker response carries an ORCA load report (worker/orca.py).
         load_reports = LoadReports(
             models, lambda: self.registration.instance_id if self.registration else None
@@ -111,9 +117,16 @@ class Worker:
                     lambda server: worker_pb2_grpc.add_ModelWorkerServicer_to_server(
                         servicer, server
                     ),
-                )
+                ),
+                Service(
+                    USAGE_SERVICE,
+                    lambda server: usage_pb2_grpc.add_UsageAdminServicer_to_server(
+                        usage_servicer, server
+                    ),
+                ),
             ],
-            permission_of=model_calls,
+            # ModelWorker's methods need `generate`, UsageAdmin's `read_usage`.
+            permission_of=worker_calls,
             tls=config.tls,
             auth=config.auth,
             observability=config.observability,

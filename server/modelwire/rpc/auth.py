@@ -36,7 +36,7 @@ from modelwire.core.settings import (
 )
 from modelwire.observe.call_record import current_call
 from modelwire.rpc.status import refuse
-from modelwire.rpc.wire import CALLER_KEY, TENANT_KEY, WORKER_SERVICE, Metadata
+from modelwire.rpc.wire import CALLER_KEY, TENANT_KEY, USAGE_SERVICE, WORKER_SERVICE, Metadata
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = (
@@ -172,6 +172,14 @@ def model_calls(method: str) -> Permission | None:
     return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None
 
 
+def worker_calls(method: str) -> Permission | None:
+    """What a worker's methods need: `generate` for ModelWorker's, `read_usage` for UsageAdmin's
+    (what tenants have used is not a caller's to read: a model token does not reach it)."""
+    if method.startswith(f"/{USAGE_SERVICE}/"):
+        return "read_usage"
+    return model_calls(method)
+
+
 def caller_identity() -> str | None:
     """The name of the token the current call authenticated with; None without [auth]."""
     grant = _caller.get()
@@ -215,6 +223,10 @@ class BearerAuth:
         """Tenants this process knows beyond its tokens' (the worker's quota rules name them), so
         relayed calls of theirs get a label of their own."""
         self._named = frozenset(tenants)
+
+    def tenants(self) -> frozenset[str]:
+        """The tenants of the running tokens (a reload's from the next call on)."""
+        return self._tenants
 
     def tenant_label(self, tenant: str) -> str:
         """`tenant` as a metrics label: bounded by the tokens file and the quota rules whatever a

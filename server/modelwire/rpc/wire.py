@@ -1,14 +1,14 @@
 """The names on the wire between modelwire's processes and their callers, in one place: metadata
-keys, trailers, the google.rpc.ErrorInfo domain and reasons, and the ModelWorker service's name.
+keys, trailers, the google.rpc.ErrorInfo domain and reasons, and the names of the services.
 
-The service name is read from the protobuf descriptor, so a renamed package cannot leave a
+The service names are read from the protobuf descriptors, so a renamed package cannot leave a
 hand-written copy behind. Under rpc/ because that is the lowest layer that may import the stubs
 and that every user of these names may import (fleet/, worker/, gateway/, controller/, app/).
 """
 
 from __future__ import annotations
 
-from modelwire.v1 import worker_pb2
+from modelwire.v1 import usage_pb2, worker_pb2
 
 # Metadata and trailers: (key, value) pairs as grpc.aio takes them.
 Metadata = tuple[tuple[str, str | bytes], ...]
@@ -51,3 +51,5 @@ ID_TAKEN = "ID_TAKEN"
 QUOTA_STORE_HEALTH = "modelwire.quota.Store"
 
 WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
+# A worker's admin service: what tenants have used against its [quota] rules.
+USAGE_SERVICE: str = usage_pb2.DESCRIPTOR.services_by_name["UsageAdmin"].full_name
