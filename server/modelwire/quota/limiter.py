@@ -280,7 +280,13 @@ class Limiter:
         enforced = self._as_enforced(counters, store)
         if not self.available and self._config.on_store_failure == "refuse":
             return UsageReport((), self.store_name, False)
-        standings = iter(await store.read(enforced))
+        try:
+            standings = iter(await store.read(enforced))
+        except STORE_ERRORS as error:
+            if store is self._fallback:
+                raise
+            self._went_away(error)
+            raise QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S) from None
         by_key = iter(enforced)
         rules = []
         for index, rule, name, group in entries:

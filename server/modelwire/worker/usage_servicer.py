@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
-from modelwire.core.errors import FieldViolation, InvalidRequest, NotReady
+from modelwire.core.errors import FieldViolation, InvalidRequest
 from modelwire.core.settings import identity_problem
-from modelwire.quota.limiter import PROBE_INTERVAL_S, Limiter
-from modelwire.quota.redis_store import STORE_ERRORS
+from modelwire.quota.limiter import Limiter
 from modelwire.quota.report import LimitKind, LimitUsage, UsageReport
 from modelwire.rpc.status import CallScope
 from modelwire.v1 import usage_pb2 as pb
@@ -67,13 +66,5 @@ class UsageAdminServicer:
             problem = identity_problem(tenant) if tenant is not None else None
             if problem is not None:
                 raise InvalidRequest([FieldViolation("tenant", f"{problem}: not a tenant's name")])
-            try:
-                report = await self._limiter.usage(tenant, self._known_tenants())
-            except STORE_ERRORS as error:
-                # The store went away since the last call found it: said as such, not INTERNAL.
-                raise NotReady(
-                    f"the quota store {self._limiter.store_name} cannot be reached "
-                    f"({type(error).__name__}); retry after {PROBE_INTERVAL_S:g}s",
-                    PROBE_INTERVAL_S,
-                ) from None
+            report = await self._limiter.usage(tenant, self._known_tenants())
             return usage_to_pb(report)
