@@ -10,7 +10,7 @@ import asyncio
 import calendar
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,11 +36,11 @@ from modelwire.core.settings import ConfigError, Prices, QuotaRule, QuotaSection
 from modelwire.core.types import ModelMessage, Role, Usage
 from modelwire.observe.logs import ACCESS_LOGGER, JsonFormatter
 from modelwire.quota.counters import Counter, Window, call_counters
-from modelwire.quota.limiter import duration_text
+from modelwire.quota.limiter import Limiter, duration_text
 from modelwire.quota.pricing import NANO_PER_UNIT, cost_nano
 from modelwire.quota.redis_store import _WINDOWS, RedisStore
 from modelwire.quota.report import LimitKind
-from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, window_bounds
+from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Verdict, window_bounds
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from redis_server import RedisServer
@@ -529,3 +529,38 @@ async def test_a_priced_call_costs_its_usage_in_the_access_line_and_metrics(
     [line] = charges(caplog)
     assert line["cost"] == pytest.approx(expected, abs=1e-12)
     assert metric == pytest.approx(expected, abs=1e-12)
+
+
+class HeldStore(MemoryStore):
+    """A store whose reserve waits for `release`, as a slow round trip does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.settled = asyncio.Event()
+
+    async def reserve(
+        self, call_id: str, counters: Sequence[Counter], amounts: Amounts, lease_s: float
+    ) -> Verdict:
+        self.entered.set()
+        await self.release.wait()
+        return await super().reserve(call_id, counters, amounts, lease_s)
+
+    async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
+        await super().settle(call_id, used, sent)
+        self.settled.set()
+
+
+async def test_a_caller_that_leaves_mid_reserve_leaves_no_reservation_behind() -> None:
+    store = HeldStore()
+    rule = QuotaRule(tenant="all", requests_per_minute=5, concurrent_calls=1)
+    limiter = Limiter(QuotaSection(rules=(rule,)), {}, store)
+    call = asyncio.ensure_future(limiter.reserve("t", "m", 10, Usage(10, 0)))
+    await store.entered.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    store.release.set()  # the store makes the reservation after all; it is given back
+    await asyncio.wait_for(store.settled.wait(), 5)
+    assert [s.used for s in await store.read(counters(rule))] == [0, 0]

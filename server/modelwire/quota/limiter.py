@@ -19,6 +19,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from modelwire.core.errors import (
     QuotaExceeded,
@@ -32,7 +33,7 @@ from modelwire.quota.counters import Counter, call_counters, rule_counters
 from modelwire.quota.pricing import cost_nano, in_units
 from modelwire.quota.redis_store import STORE_ERRORS, RedisStore
 from modelwire.quota.report import LimitKind, LimitUsage, RuleUsage, UsageReport
-from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Standing
+from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Standing, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -181,18 +182,15 @@ class Limiter:
             if self._config.on_store_failure == "refuse":
                 raise QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S)
             store = self._fallback
+        enforced = self._as_enforced(counters, store)
         reserving = asyncio.ensure_future(
-            store.reserve(
-                call_id, self._as_enforced(counters, store), amounts, self._config.call_lease_s
-            )
+            store.reserve(call_id, enforced, amounts, self._config.call_lease_s)
         )
         try:
             # A caller that leaves mid-reserve must not leave a reservation behind in the store.
             verdict = await asyncio.shield(reserving)
         except asyncio.CancelledError:
-            reserving.add_done_callback(
-                lambda _: self.settle_later(store, call_id, Amounts(0, 0), sent=False)
-            )
+            reserving.add_done_callback(partial(self._take_back, store, call_id))
             raise
         except STORE_ERRORS as error:
             if store is self._fallback:
@@ -200,11 +198,19 @@ class Limiter:
             self._went_away(error)
             return await self.reserve(tenant, model, tokens, reserved_usage)
         if not verdict.admitted:
-            enforced = self._as_enforced(counters, store)
             raise QuotaExceeded(
                 [_violation(enforced[index]) for index in verdict.refused], verdict.retry_after_s
             )
-        return Reservation(self, call_id, store, counters, verdict.standings, prices)
+        return Reservation(self, call_id, store, enforced, verdict.standings, prices)
+
+    def _take_back(
+        self, store: QuotaStore, call_id: str, reserving: asyncio.Future[Verdict]
+    ) -> None:
+        """The reservation of a call whose caller left while it was made, given back."""
+        if reserving.cancelled() or reserving.exception() is not None:
+            return
+        if reserving.result().admitted:
+            self.settle_later(store, call_id, Amounts(0, 0), sent=False)
 
     def _as_enforced(self, counters: list[Counter], store: QuotaStore) -> list[Counter]:
         if store is self._fallback and self.shared:
