@@ -564,3 +564,32 @@ async def test_a_caller_that_leaves_mid_reserve_leaves_no_reservation_behind() -
     store.release.set()  # the store makes the reservation after all; it is given back
     await asyncio.wait_for(store.settled.wait(), 5)
     assert [s.used for s in await store.read(counters(rule))] == [0, 0]
+
+
+class SlowSettleStore(MemoryStore):
+    """A store whose settle waits for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settling = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
+        self.settling.set()
+        await self.release.wait()
+        await super().settle(call_id, used, sent)
+
+
+async def test_a_draining_worker_waits_for_its_settles() -> None:
+    store = SlowSettleStore()
+    rule = QuotaRule(tenant="all", tokens_per_minute=1000)
+    limiter = Limiter(QuotaSection(rules=(rule,)), {}, store)
+    reservation = await limiter.reserve("t", "m", 500, Usage(400, 100))
+    assert reservation is not None
+    reservation.settle(Usage(prompt_tokens=30, completion_tokens=20), sent=True)
+    closing = asyncio.ensure_future(limiter.close())
+    await store.settling.wait()
+    assert not closing.done()
+    store.release.set()
+    await closing
+    assert [s.used for s in await store.read(counters(rule))] == [50]

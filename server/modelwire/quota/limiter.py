@@ -195,6 +195,9 @@ class Limiter:
         except STORE_ERRORS as error:
             if store is self._fallback:
                 raise
+            # The store may have run the script before the round trip failed: given back once it
+            # answers again (settling a reservation it never made changes nothing).
+            self._pending.append((call_id, Amounts(0, 0), False))
             self._went_away(error)
             return await self.reserve(tenant, model, tokens, reserved_usage)
         if not verdict.admitted:
