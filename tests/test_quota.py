@@ -589,6 +589,8 @@ async def test_a_draining_worker_waits_for_its_settles() -> None:
     reservation.settle(Usage(prompt_tokens=30, completion_tokens=20), sent=True)
     closing = asyncio.ensure_future(limiter.close())
     await store.settling.wait()
+    # A close that did not wait would be done long before this (it has nothing else to await).
+    await asyncio.wait({closing}, timeout=0.2)
     assert not closing.done()
     store.release.set()
     await closing
