@@ -64,8 +64,8 @@ from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-# TODO: docs/operations.md once merged (the section is found by its heading either way).
-RECIPE = Path("/work/helpers/recipe.md")
+# The recipe as operators read it; its section is found by its heading.
+RECIPE = ROOT / "docs" / "operations.md"
 HEADING = "### A fleet-wide limit and budget: two gateways, three workers, etcd, Redis"
 
 WORKER_TOML = "/etc/modelwire/worker.toml"
