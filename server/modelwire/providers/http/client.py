@@ -195,6 +195,11 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
 
     # --- counting
 
+    async def warm_up(self) -> None:
+        """Loads the tokenizer before the worker says SERVING: o200k takes seconds to load, and a
+        short prompt is counted on the event loop, so the first call would stall every other."""
+        await self.count_with("", partial(count_tokens, self.upstream_model, ""))
+
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         return await self.count_with(prompt, partial(count_tokens, self.upstream_model, prompt))
 
