@@ -140,9 +140,7 @@ async def test_sighup_swaps_the_tokens_names_restart_keys_and_keeps_serving(
     assert await asyncio.wait_for(worker.process.wait(), 30) == 0
 
 
-async def test_sighup_lowers_a_quota_limit_live(
-    tmp_path: Path, servers: list[Server]
-) -> None:
+async def test_sighup_lowers_a_quota_limit_live(tmp_path: Path, servers: list[Server]) -> None:
     """The new rule applies from the next call. Lowered below what one call reserves (its prompt
     and 1,024 tokens of output), it refuses every call whatever the minute, so no window can make
     this pass or fail by the clock."""
