@@ -10,6 +10,7 @@ import logging
 import socket
 import subprocess
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from pydantic import ValidationError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conftest import running_worker
@@ -31,15 +31,29 @@ from fake_upstream import (
     openai_chunk,
     openai_usage_chunk,
 )
+from modelwire.app.config import read_auth
 from modelwire.app.reload import _needs_restart, changed_keys
 from modelwire.app.server import Worker
-from modelwire.core.errors import StartupFailure
-from modelwire.core.settings import ClientTlsConfig, QuotaRule, QuotaSection
+from modelwire.core.errors import (
+    InvalidRequest,
+    QuotaExceeded,
+    QuotaStoreUnavailable,
+)
+from modelwire.core.settings import (
+    AuthSection,
+    ClientTlsConfig,
+    ConfigError,
+    QuotaRule,
+    QuotaSection,
+    parse,
+)
 from modelwire.core.types import Usage
 from modelwire.quota.counters import Counter, call_counters
 from modelwire.quota.limiter import Limiter
 from modelwire.quota.redis_store import RedisStore
 from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Verdict
+from modelwire.rpc.auth import relayed_claim
+from modelwire.rpc.wire import CALLER_KEY, TENANT_KEY
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from redis_server import RedisServer
@@ -94,12 +108,11 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 
 
 def one_worker(tmp_path: Path, api_base: str, quota: str, model: str = "") -> Any:
-    """A worker serving "oa" (OpenAI at `api_base`) to alice (team-a) and to a token whose tenant
-    is named "all"."""
+    """A worker serving "oa" (OpenAI at `api_base`) to alice (team-a) and svc (team-svc)."""
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(
         f'[[tokens]]\nname = "alice"\ntoken = "{TOKEN}"\ntenant = "team-a"\n\n'
-        f'[[tokens]]\nname = "svc"\ntoken = "{ALL_TOKEN}"\ntenant = "all"\n',
+        f'[[tokens]]\nname = "svc"\ntoken = "{ALL_TOKEN}"\ntenant = "team-svc"\n',
         encoding="utf-8",
     )
     return load_toml_config(
@@ -152,21 +165,11 @@ async def used(worker: Worker, tenant: str = "team-a") -> dict[str, float]:
 async def test_a_call_that_outlasts_its_lease_keeps_its_place_and_is_still_settled(
     kind: str, redis: RedisServer, admin: aioredis.Redis
 ) -> None:
-    """FINDING (medium). call_lease_s is documented as how long a call holds its place "if its
-    worker dies before it ends", but a call that is alive and simply runs longer than the lease
-    (a long stream; call_lease_s may be as low as 10 s):
-    - loses its concurrent_calls place mid-call in both stores (redis_store.py _RESERVE: ZADD
-      score now+lease, ZREMRANGEBYSCORE on the next reserve; store.py MemoryStore._holders), so a
-      tenant limited to 1 concurrent call runs 2;
-    - in Redis, its reservation record expires with the lease (redis_store.py _RESERVE `EXPIRE
-      record ceil(lease)`), so _SETTLE finds nothing and the call is never settled: it stays
-      charged its reservation, and what it used beyond it (a call without max_new_tokens) is never
-      charged to tokens or money.
-    Here: lease 1 s, the call runs 1.5 s and uses 5000 tokens; expected a refused second call and
-    a token counter of 5001; actual: the second call is admitted and (Redis) the counter is 101.
-    Fix: renew the lease of running calls (a heartbeat that re-ZADDs and re-EXPIREs), or let the
-    settle carry the keys and reserved amounts (the Reservation holds them) instead of relying on
-    a record that can expire before the call ends."""
+    """FOUND (medium), fixed: a live call that ran longer than call_lease_s lost its
+    concurrent_calls place, and in Redis its reservation record expired with the lease, so its
+    settle found nothing. Now the limiter renews running calls' places (`store.renew`, below by
+    hand) and a record is kept a day past the lease. Here: lease 1 s, renewed for 5 s at 0.5 s,
+    the call runs 1.5 s and uses 5000 tokens: a second call is refused, and the counter is 5000."""
     now = [1_000_000.0]
     store: QuotaStore
     if kind == "redis":
@@ -183,13 +186,14 @@ async def test_a_call_that_outlasts_its_lease_keeps_its_place_and_is_still_settl
 
     rule = QuotaRule(tenant="t", tokens_per_minute=10**6, concurrent_calls=1)
     held = call_counters((rule,), "t", "m")
+    place = [(counter.key, "long") for counter in held if counter.unit == "c"]
     try:
-        # The minute must not roll over between reserve and settle (the settle goes to the old
-        # window's key, which this test then would not read).
         while kind == "redis" and 60 - time.time() % 60 < 5:
             await asyncio.sleep(0.5)
         assert (await store.reserve("long", held, Amounts(100, 0), 1.0)).admitted
-        await wait(1.5)
+        await wait(0.5)
+        await store.renew(place, 5.0)
+        await wait(1.0)
         second = await store.reserve("second", held, Amounts(1, 0), 1.0)
         if second.admitted:
             await store.settle("second", Amounts(0, 0), sent=False)
@@ -201,6 +205,35 @@ async def test_a_call_that_outlasts_its_lease_keeps_its_place_and_is_still_settl
         f"second call admitted while the first still ran: {second.admitted}; "
         f"tokens counted {tokens}, used 5000"
     )
+
+
+class RenewingStore(MemoryStore):
+    """A memory store on a hand-moved clock that says when the limiter renewed its places."""
+
+    def __init__(self, now: list[float]) -> None:
+        super().__init__(clock=lambda: now[0])
+        self.renewed = asyncio.Event()
+
+    async def renew(self, places: Sequence[tuple[str, str]], lease_s: float) -> None:
+        await super().renew(places, lease_s)
+        self.renewed.set()
+
+
+async def test_the_limiter_renews_a_running_calls_place_before_its_lease_ends() -> None:
+    now = [1_000_000.0]
+    store = RenewingStore(now)
+    rule = QuotaRule(tenant="all", concurrent_calls=1)
+    limiter = Limiter(QuotaSection(rules=(rule,), call_lease_s=10.0), {}, store)
+    running = await limiter.reserve(None, "m", 1, Usage(1, 0))
+    assert running is not None
+    now[0] += 9.0
+    await asyncio.wait_for(store.renewed.wait(), 10)  # the limiter renews every lease / 3
+    now[0] += 9.0  # 18 s after the reserve: past the first lease, within the renewed one
+    with pytest.raises(QuotaExceeded):
+        await limiter.reserve(None, "m", 1, Usage(1, 0))
+    running.settle(Usage(1, 0), sent=True)
+    await limiter.close()
+    assert await limiter.reserve(None, "m", 1, Usage(1, 0)) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,36 +520,21 @@ async def test_a_reload_does_not_switch_the_failure_mode_it_reports_as_needing_a
 # Finding 6: a tenant named "all"
 
 
-async def test_a_tenant_named_all_is_not_reported_as_every_caller_together(
-    tmp_path: Path, upstream: FakeUpstream
-) -> None:
-    """FINDING (low). A token's tenant may be "all" (identity_problem allows it; only _other and
-    _none are reserved), and a "*" rule then limits that tenant on its own counter (key
-    `r:all:...`, distinct from everyone's `r:@all:...`: the counting is right). But its refusal's
-    QuotaFailure says subject "all", the subject documented for a rule over every caller
-    together (rpc/status.py _quota_failure: `"all" if v.tenant == "all"`), and `modelwire usage`
-    prints `tenant=all` for it too: an operator or client reading the refusal concludes the whole
-    provider account is exhausted. Same for a tenant named "*". Fix: refuse "all" and "*" as
-    token tenants (as _other/_none are), or carry "everyone" as a flag, not as a tenant name."""
-    config = one_worker(
-        tmp_path, f"{upstream.url}/v1", '[[quota.rules]]\ntenant = "*"\nrequests_per_minute = 1'
+@pytest.mark.parametrize("tenant", ["all", "*"])
+def test_a_tenant_named_as_a_rule_keyword_is_refused(tmp_path: Path, tenant: str) -> None:
+    """FOUND (low), fixed: a token's tenant could be "all" or "*", which a rule's `tenant` reads
+    as every caller together or each tenant, so its refusals said subject "all" and `modelwire
+    usage` showed it as everyone. Both are refused, in a tokens file and relayed alike."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        f'[[tokens]]\nname = "svc"\ntoken = "{ALL_TOKEN}"\ntenant = "{tenant}"\n',
+        encoding="utf-8",
     )
-    async with running_worker(config) as worker, grpc.aio.insecure_channel(worker.address) as ch:
-        stub = pb_grpc.ModelWorkerStub(ch)
-        await stub.Generate(ask(5), metadata=bearer(ALL_TOKEN))
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Generate(ask(5), metadata=bearer(ALL_TOKEN))
-        # alice is not affected: the tenant "all" is not everyone (this holds).
-        await stub.Generate(ask(5), metadata=bearer(TOKEN))
-    status = rpc_status.from_call(refused.value)
-    assert status is not None
-    subjects = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            failure = error_details_pb2.QuotaFailure()
-            detail.Unpack(failure)
-            subjects += [v.subject for v in failure.violations]
-    assert subjects == ["tenant:all"]
+    with pytest.raises(ConfigError) as refused:
+        read_auth(parse(AuthSection, {"tokens_file": str(tokens)}, "<test>", "auth"), "<test>")
+    assert f"tenant {tenant!r} is what a quota rule says for every tenant" in str(refused.value)
+    with pytest.raises(InvalidRequest):
+        relayed_claim(((CALLER_KEY, "svc"), (TENANT_KEY, urllib.parse.quote(tenant))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,12 +571,15 @@ async def test_a_store_that_answers_with_a_script_error_does_not_flap_available(
     limiter.on_store_change = changes.append
     try:
         for _ in range(3):
-            with pytest.raises(Exception):  # noqa: B017 - refused either way
+            with pytest.raises(QuotaStoreUnavailable) as refused:
                 await limiter.reserve("t", "m", 1, Usage(1, 0))
-            await asyncio.sleep(1.3)
+            assert "refused the quota's script" in str(refused.value)
+            assert "can't run this command" in str(refused.value)
     finally:
         await limiter.close()
-    assert changes == [False], f"store availability changed {changes}"
+    # Fixed: a refusal is not an outage: no failure mode, no flapping health.
+    assert changes == [], f"store availability changed {changes}"
+    assert limiter.available
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,19 +655,13 @@ async def test_store_tls_server_name_is_checked_not_switched_off(certs: Path) ->
     Fix: verify the peer certificate against server_name (an SSLConnection subclass passing
     server_hostname, or checking getpeercert() after connect), or refuse server_name for the
     store until it can be honoured."""
-    password = "attack-tls-secret-0123"
-    with RedisServer(certs=certs, password=password) as server:
-        section = QuotaSection(
-            store=f"rediss://:{password}@127.0.0.1:{server.port}/0",
+    # Fixed: refused in the configuration (redis-py can only check the host dialled).
+    with pytest.raises(ValidationError, match="store_tls.server_name is not supported"):
+        QuotaSection(
+            store="rediss://127.0.0.1:6380/0",
             store_tls=ClientTlsConfig(ca_file=certs / "ca.pem", server_name="redis.evil.example"),
             rules=(QuotaRule(tenant="all", requests_per_minute=1),),
         )
-        limiter = Limiter(section, {})
-        try:
-            with pytest.raises(StartupFailure):
-                await limiter.start()
-        finally:
-            await limiter.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -373,6 +373,14 @@ async def reservations(client: aioredis.Redis) -> list[dict[str, str]]:
     return held
 
 
+def reserved(spec: str, unit: str) -> int:
+    """What a reservation record's field holds for a counter of `unit`: `unit|window|amount|key`
+    (quota/redis_store.py)."""
+    kind, _window, amount, _key = spec.split("|", 3)
+    assert kind == unit, spec
+    return int(amount)
+
+
 async def eventually(
     check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0
 ) -> None:
@@ -674,7 +682,7 @@ async def test_token_limit_under_concurrent_streams_with_cancels_charges_each_ca
             await asyncio.wait_for(run.resolved(STREAMS), 30)
             # Every stream is admitted (holding its reservation) or refused: nothing has settled.
             held = await reservations(store)
-            amounts = [int(spec.removeprefix("t:")) for entry in held for spec in entry.values()]
+            amounts = [reserved(spec, "t") for entry in held for spec in entry.values()]
             assert len(held) == len(amounts) == len(run.admitted)
             assert len(set(amounts)) == 1, "same prompt, same bound: the same reservation"
             reservation = amounts[0]
@@ -803,8 +811,8 @@ async def test_a_daily_budget_refuses_the_first_call_whose_reservation_would_not
             )
             await asyncio.wait_for(held.first.wait(), 10)
             (record,) = await reservations(store)
-            (money,) = [int(v[2:]) for v in record.values() if v.startswith("$:")]
-            (tokens,) = [int(v[2:]) for v in record.values() if v.startswith("t:")]
+            (money,) = [reserved(v, "$") for v in record.values() if v.startswith("$|")]
+            (tokens,) = [reserved(v, "t") for v in record.values() if v.startswith("t|")]
             prompt = tokens - BUDGET_BOUND
             assert money == nano_cost(prompt, BUDGET_BOUND, "3.75", "15.0")
             assert int(await store.get(money_key) or 0) == money

@@ -185,12 +185,16 @@ class QuotaStoreUnavailable(ModelwireError):
 
     code: ClassVar[str] = "UNAVAILABLE"
 
-    def __init__(self, store: str, retry_after_s: float) -> None:
+    def __init__(self, store: str, retry_after_s: float, refusal: str | None = None) -> None:
+        """`refusal`: the store answered, but refused the quota's scripts (its reply)."""
         self.retry_after_s = retry_delay(retry_after_s)
         super().__init__(
             f"the quota store {store} cannot be reached, and calls its limits cover are refused "
             f'until it is back ([quota] on_store_failure = "refuse"); retry after '
             f"{self.retry_after_s:.1f}s"
+            if refusal is None
+            else f"the quota store {store} refused the quota's script ({refusal}): calls its "
+            "limits cover are refused until its operator fixes it"
         )
 
 

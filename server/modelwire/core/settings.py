@@ -301,6 +301,11 @@ class TokenGrant:
                 f"token {self.name!r}: tenant {self.tenant_name!r} is the metrics label of calls "
                 "outside every tenant: give the token another `tenant`"
             )
+        if self.tenant_name in (ALL_TENANTS, EACH_TENANT):
+            raise ValueError(
+                f"token {self.name!r}: tenant {self.tenant_name!r} is what a quota rule says for "
+                "every tenant: give the token another `tenant`"
+            )
         return self
 
 
@@ -606,6 +611,13 @@ class QuotaSection:
             )
         if self.store_tls is not None and not (self.store or "").startswith("rediss://"):
             raise ValueError("store_tls needs a rediss:// store")
+        if self.store_tls is not None and self.store_tls.server_name is not None:
+            # redis-py checks the certificate against the URL's host only: another name could
+            # only switch the check off.
+            raise ValueError(
+                "store_tls.server_name is not supported: put the name the store's certificate "
+                "carries in the store URL (the host dialled is the name checked)"
+            )
         return self
 
 

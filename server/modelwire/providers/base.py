@@ -38,6 +38,9 @@ class ProxyLLMClient(ABC):
     runs_on_pool: ClassVar[bool] = False
     # The output bound of a call that sets no max_new_tokens; None: the room left in the context.
     default_max_new_tokens: int | None = None
+    # True when the provider says when a request reaches its upstream (core/dispatch.py); for the
+    # others a call's request is with its provider as soon as the call starts.
+    signals_dispatch: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ is back, so a call is charged once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import uuid
@@ -31,7 +32,7 @@ from modelwire.core.settings import ALL_TENANTS, EACH_TENANT, Prices, QuotaRule,
 from modelwire.core.types import Usage
 from modelwire.quota.counters import Counter, call_counters, rule_counters
 from modelwire.quota.pricing import cost_nano, in_units
-from modelwire.quota.redis_store import STORE_ERRORS, RedisStore
+from modelwire.quota.redis_store import STORE_ERRORS, RedisStore, unreachable
 from modelwire.quota.report import LimitKind, LimitUsage, RuleUsage, UsageReport
 from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Standing, Verdict
 
@@ -130,6 +131,10 @@ class Limiter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: deque[tuple[str, Amounts, bool]] = deque(maxlen=MAX_PENDING_SETTLES)
         self._probe: asyncio.Task[None] | None = None
+        self._lost = 0
+        # Running calls holding concurrent-call places, and the task renewing their leases.
+        self._open: dict[str, tuple[QuotaStore, list[tuple[str, str]]]] = {}
+        self._renewing: asyncio.Task[None] | None = None
         # Told True/False when the shared store comes back or goes away (metrics, health).
         self.on_store_change: Callable[[bool], None] | None = None
 
@@ -146,7 +151,11 @@ class Limiter:
     def replace(self, config: QuotaSection, prices: Mapping[str, Prices | None]) -> None:
         """SIGHUP: new rules and prices from the next call on (the store and its mode need a
         restart); the counts stay, since counters are named by what they count."""
-        self._config = config
+        self._config = dataclasses.replace(
+            self._config,
+            rules=config.rules,
+            default_output_reservation=config.default_output_reservation,
+        )
         self._rules, self._prices = config.rules, dict(prices)
 
     def tenants(self) -> set[str]:
@@ -195,25 +204,63 @@ class Limiter:
         except STORE_ERRORS as error:
             if store is self._fallback:
                 raise
+            if not unreachable(error):
+                raise self._refused(error) from None
             # The store may have run the script before the round trip failed: given back once it
             # answers again (settling a reservation it never made changes nothing).
-            self._pending.append((call_id, Amounts(0, 0), False))
+            self._keep((call_id, Amounts(0, 0), False))
             self._went_away(error)
             return await self.reserve(tenant, model, tokens, reserved_usage)
         if not verdict.admitted:
             raise QuotaExceeded(
                 [_violation(enforced[index]) for index in verdict.refused], verdict.retry_after_s
             )
+        places = [(counter.key, call_id) for counter in enforced if counter.unit == "c"]
+        if places:
+            self._hold_places(call_id, store, places)
         return Reservation(self, call_id, store, enforced, verdict.standings, prices)
+
+    def _hold_places(self, call_id: str, store: QuotaStore, places: list[tuple[str, str]]) -> None:
+        """A running call keeps its concurrent-call places past `call_lease_s`: every third of
+        the lease, every running call's places are renewed (one round trip for all)."""
+        self._open[call_id] = (store, places)
+        if self._renewing is None:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew_places())
+
+    async def _renew_places(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.call_lease_s / 3)
+            stores: dict[int, tuple[QuotaStore, list[tuple[str, str]]]] = {}
+            for store, places in self._open.values():
+                stores.setdefault(id(store), (store, []))[1].extend(places)
+            for store, places in stores.values():
+                try:
+                    await store.renew(places, self._config.call_lease_s)
+                except STORE_ERRORS as error:
+                    logger.warning(
+                        "quota store %s: running calls' places not renewed (%s)",
+                        self.store_name,
+                        _reason(error),
+                    )
 
     def _take_back(
         self, store: QuotaStore, call_id: str, reserving: asyncio.Future[Verdict]
     ) -> None:
-        """The reservation of a call whose caller left while it was made, given back."""
-        if reserving.cancelled() or reserving.exception() is not None:
+        """The reservation of a call whose caller left while it was made, given back: at once
+        when the store made it, when the store answers again when its round trip failed (the
+        script may have run)."""
+        if reserving.cancelled():
             return
-        if reserving.result().admitted:
-            self.settle_later(store, call_id, Amounts(0, 0), sent=False)
+        error = reserving.exception()
+        if error is None:
+            if reserving.result().admitted:
+                self.settle_later(store, call_id, Amounts(0, 0), sent=False)
+        elif isinstance(error, STORE_ERRORS) and store is not self._fallback:
+            if unreachable(error):
+                self._keep((call_id, Amounts(0, 0), False))
+                self._went_away(error)
+            else:
+                self._refused(error)
 
     def _as_enforced(self, counters: list[Counter], store: QuotaStore) -> list[Counter]:
         if store is self._fallback and self.shared:
@@ -222,6 +269,7 @@ class Limiter:
         return counters
 
     def settle_later(self, store: QuotaStore, call_id: str, used: Amounts, sent: bool) -> None:
+        self._open.pop(call_id, None)
         task = asyncio.get_running_loop().create_task(self._settle(store, call_id, used, sent))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -232,8 +280,37 @@ class Limiter:
         except STORE_ERRORS as error:
             if store is self._fallback:
                 raise
-            self._pending.append((call_id, used, sent))
+            if not unreachable(error):
+                self._refused(error)
+                return
+            self._keep((call_id, used, sent))
             self._went_away(error)
+
+    def _keep(self, settle: tuple[str, Amounts, bool]) -> None:
+        """A settle for the store's return; past MAX_PENDING_SETTLES the oldest is lost, said."""
+        if len(self._pending) == self._pending.maxlen:
+            self._lost += 1
+            if self._lost % 1000 == 1:
+                logger.error(
+                    "quota store %s: %d settles waiting for it, the most kept: %d lost so far "
+                    "(their calls stay charged what they reserved)",
+                    self.store_name,
+                    MAX_PENDING_SETTLES,
+                    self._lost,
+                )
+        self._pending.append(settle)
+
+    def _refused(self, error: BaseException) -> QuotaStoreUnavailable:
+        """The store answered but refused the scripts (an ACL without a command they run, a
+        script error): the operator's to fix, said at ERROR; not an outage, so no failure mode
+        and no flapping health."""
+        logger.error(
+            "quota store %s refused the quota's script: %s",
+            self.store_name,
+            _reason(error),
+            extra={"quota_store": "refused"},
+        )
+        return QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S, _reason(error))
 
     def _went_away(self, error: BaseException) -> None:
         if self.available:
@@ -257,10 +334,7 @@ class Limiter:
             await asyncio.sleep(PROBE_INTERVAL_S)
             try:
                 await self._store.ping()
-                while self._pending:
-                    call_id, used, sent = self._pending[0]
-                    await self._store.settle(call_id, used, sent)
-                    self._pending.popleft()
+                await self._replay()
             except STORE_ERRORS:
                 continue
             self.available = True
@@ -294,6 +368,8 @@ class Limiter:
         except STORE_ERRORS as error:
             if store is self._fallback:
                 raise
+            if not unreachable(error):
+                raise self._refused(error) from None
             self._went_away(error)
             raise QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S) from None
         by_key = iter(enforced)
@@ -319,9 +395,38 @@ class Limiter:
         the store."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._probe, self._renewing):
+            if task is not None:
+                task.cancel()
+        if self._pending:
+            await self._flush_pending()
         await self._store.close()
+
+    async def _replay(self) -> None:
+        """Sends the settles that waited for the store, in order; one the store refuses (not an
+        outage) is said and dropped. Raises what says the store is away again."""
+        while self._pending:
+            call_id, used, sent = self._pending[0]
+            try:
+                await self._store.settle(call_id, used, sent)
+            except STORE_ERRORS as error:
+                if unreachable(error):
+                    raise
+                self._refused(error)
+            self._pending.popleft()
+
+    async def _flush_pending(self) -> None:
+        """The settles still waiting for the store, once more; what cannot reach it is said."""
+        try:
+            await self._replay()
+        except STORE_ERRORS as error:
+            logger.error(
+                "quota store %s cannot be reached at shutdown (%s): %d settles are lost, their "
+                "calls stay charged what they reserved until their windows end",
+                self.store_name,
+                _reason(error),
+                len(self._pending),
+            )
 
 
 def _password(config: QuotaSection) -> str | None:

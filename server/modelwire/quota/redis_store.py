@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from modelwire.core.settings import QuotaSection
 from modelwire.quota.counters import Counter
-from modelwire.quota.store import WINDOW_GRACE_S, Amounts, Standing, Verdict
+from modelwire.quota.store import RECORD_KEPT_S, WINDOW_GRACE_S, Amounts, Standing, Verdict
 
 # Every key modelwire writes starts with this: the store may be shared with other applications.
 PREFIX = "modelwire:quota:"
@@ -119,38 +119,75 @@ for i = 1, n do
     redis.call('INCRBY', keys[i], string.format('%%d', amounts[i]))
     redis.call('EXPIRE', keys[i], math.ceil(resets[i]) + %d)
   end
-  redis.call('HSET', record, keys[i], unit .. ':' .. string.format('%%d', amounts[i]))
+  redis.call('HSET', record, keys[i], unit .. '|' .. ARGV[3 + 4 * i] .. '|'
+    .. string.format('%%d', amounts[i]) .. '|' .. ARGV[4 + 4 * i])
   table.insert(answer, held[i] + amounts[i])
   table.insert(answer, resets[i] and tostring(resets[i]) or '')
 end
-redis.call('EXPIRE', record, math.ceil(lease))
+redis.call('EXPIRE', record, math.ceil(lease) + %d)
 return answer
 """
-    % WINDOW_GRACE_S
+    % (WINDOW_GRACE_S, RECORD_KEPT_S)
 )
 
-# ARGV: prefix, call id, tokens, cost, sent (1/0). Returns 1 if the call had a reservation.
-_SETTLE = """
-local record = ARGV[1] .. 'call:' .. ARGV[2]
+# ARGV: prefix, call id, tokens, cost, sent (1/0). Returns 1 if the call had a reservation. What
+# a call used beyond its reservation goes into the current window (a long stream's excess still
+# limits the minute it is used in); what it did not use goes back to the window it reserved in.
+_SETTLE = (
+    _WINDOWS
+    + """
+local prefix, call = ARGV[1], ARGV[2]
+local record = prefix .. 'call:' .. call
 local tokens, cost, sent = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
 local fields = redis.call('HGETALL', record)
 if #fields == 0 then return 0 end
+local now = clock()
 for i = 1, #fields, 2 do
-  local key, spec = fields[i], fields[i + 1]
-  local unit, reserved = string.sub(spec, 1, 1), tonumber(string.sub(spec, 3))
+  local key = fields[i]
+  local unit, kind, reserved, base = string.match(fields[i + 1], '^(.)|(.)|(%%-?%%d+)|(.*)$')
+  reserved = tonumber(reserved)
   if unit == 'c' then
-    redis.call('ZREM', key, ARGV[2])
+    redis.call('ZREM', key, call)
+  elseif unit == 'r' then
+    if not sent and redis.call('EXISTS', key) == 1 then redis.call('DECRBY', key, 1) end
   else
     local actual = tokens
-    if unit == 'r' then actual = sent and 1 or 0 elseif unit == '$' then actual = cost end
-    if actual ~= reserved and redis.call('EXISTS', key) == 1 then
-      redis.call('INCRBY', key, string.format('%d', actual - reserved))
+    if unit == '$' then actual = cost end
+    local back = reserved - math.min(actual, reserved)
+    if back > 0 and redis.call('EXISTS', key) == 1 then
+      redis.call('DECRBY', key, string.format('%%d', back))
+    end
+    if actual > reserved then
+      local suffix, reset = window(kind, now)
+      local current = prefix .. base .. suffix
+      redis.call('INCRBY', current, string.format('%%d', actual - reserved))
+      redis.call('EXPIRE', current, math.ceil(reset) + %d)
     end
   end
 end
 redis.call('DEL', record)
 return 1
 """
+    % WINDOW_GRACE_S
+)
+
+# ARGV: prefix, lease seconds, then per place: key, call id. Keeps running calls' places (and
+# their records) past their lease.
+_RENEW = (
+    _WINDOWS
+    + """
+local now = clock()
+local lease = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  redis.call('ZADD', key, 'XX', now + lease, ARGV[i + 1])
+  redis.call('EXPIRE', key, math.ceil(lease))
+  redis.call('EXPIRE', ARGV[1] .. 'call:' .. ARGV[i + 1], math.ceil(lease) + %d)
+end
+return 1
+"""
+    % RECORD_KEPT_S
+)
 
 # ARGV: prefix, then per counter: unit, window, key. Returns {used1, resets1, ...}.
 _READ = (
@@ -206,11 +243,10 @@ class RedisStore:
                 ssl_certfile=str(tls.cert_file) if tls.cert_file else None,
                 ssl_keyfile=str(tls.key_file) if tls.key_file else None,
             )
-            if tls.server_name is not None:
-                options["ssl_check_hostname"] = False
         self._redis = aioredis.from_url(config.store, **options)
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
+        self._renew = self._redis.register_script(_RENEW)
         self._read = self._redis.register_script(_READ)
 
     async def reserve(
@@ -239,6 +275,12 @@ class RedisStore:
     async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
         await self._settle(args=[PREFIX, call_id, used.tokens, used.cost, 1 if sent else 0])
 
+    async def renew(self, places: Sequence[tuple[str, str]], lease_s: float) -> None:
+        argv: list[str | float] = [PREFIX, lease_s]
+        for key, call_id in places:
+            argv += [key, call_id]
+        await self._renew(args=argv)
+
     async def read(self, counters: Sequence[Counter]) -> list[Standing]:
         argv: list[str | int] = [PREFIX]
         for counter in counters:
@@ -256,5 +298,16 @@ class RedisStore:
         await self._redis.aclose()
 
 
-# What the limiter treats as "the store is away" (a script error is a bug, and is raised as one).
+# Everything a store's round trip may raise.
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+# Replies that say the store cannot serve now, but will: like a lost connection.
+_TRANSIENT_REPLIES = ("BUSY", "LOADING", "READONLY", "OOM", "MASTERDOWN", "TRYAGAIN")
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the store is away (a connection, a timeout, a busy or loading
+    server), rather than that it refused what was asked (an ACL without a command the scripts
+    run, a script error): the one calls for waiting, the other for the operator."""
+    if isinstance(error, ResponseError):
+        return str(error).startswith(_TRANSIENT_REPLIES)
+    return True

@@ -23,6 +23,11 @@ from modelwire.quota.counters import Counter, Window
 
 # How long after its window a counter is kept, so a late settle still finds it.
 WINDOW_GRACE_S = 120
+# How long a call's reservation is kept past its lease for its settle: a call may run for long
+# after its concurrent-call place would have expired (its renewals keep it), a day is plenty.
+RECORD_KEPT_S = 86400
+# How often the memory store forgets what has expired.
+SWEEP_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,10 @@ class QuotaStore(Protocol):
 
     async def read(self, counters: Sequence[Counter]) -> list[Standing]: ...
 
+    async def renew(self, places: Sequence[tuple[str, str]], lease_s: float) -> None:
+        """Running calls (each (key, call id) a concurrent-call place) hold their places for
+        `lease_s` more."""
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -103,8 +112,9 @@ class MemoryStore:
         # key → (amount, expires at); concurrent calls: key → {call id: lease end}.
         self._counts: dict[str, tuple[int, float]] = {}
         self._places: dict[str, dict[str, float]] = {}
-        # call id → [(key, unit, reserved)], until settled or its lease ends.
-        self._reservations: dict[str, tuple[list[tuple[str, str, int]], float]] = {}
+        # call id → ([(key, reserved, counter)], kept until), until settled.
+        self._reservations: dict[str, tuple[list[tuple[str, int, Counter]], float]] = {}
+        self._next_sweep = 0.0
 
     def _count(self, key: str, now: float) -> int:
         held = self._counts.get(key)
@@ -146,9 +156,9 @@ class MemoryStore:
             else:
                 assert resets_in is not None
                 self._counts[key] = (held + amount, now + resets_in + WINDOW_GRACE_S)
-            reserved.append((key, counter.unit, amount))
+            reserved.append((key, amount, counter))
             standings.append(Standing(held + amount, resets_in))
-        self._reservations[call_id] = (reserved, now + lease_s)
+        self._reservations[call_id] = (reserved, now + lease_s + RECORD_KEPT_S)
         return Verdict(True, tuple(standings))
 
     async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
@@ -156,14 +166,40 @@ class MemoryStore:
         entry = self._reservations.pop(call_id, None)
         if entry is None:
             return
-        for key, unit, reserved in entry[0]:
-            if unit == "c":
+        for key, reserved, counter in entry[0]:
+            if counter.unit == "c":
                 self._places.get(key, {}).pop(call_id, None)
-                continue
-            actual = int(sent) if unit == "r" else used.tokens if unit == "t" else used.cost
-            held = self._counts.get(key)
-            if held is not None and held[1] > now and actual != reserved:
-                self._counts[key] = (held[0] + actual - reserved, held[1])
+            elif counter.unit == "r":
+                if not sent:
+                    self._add(key, -1, now)
+            else:
+                actual = used.tokens if counter.unit == "t" else used.cost
+                self._add(key, -(reserved - min(actual, reserved)), now)
+                if actual > reserved:  # the excess counts where it is used: the current window
+                    current, resets_in = counter_key(counter, now)
+                    assert resets_in is not None
+                    held = self._count(current, now)
+                    self._counts[current] = (
+                        held + actual - reserved,
+                        now + resets_in + WINDOW_GRACE_S,
+                    )
+
+    def _add(self, key: str, amount: int, now: float) -> None:
+        """Adds to a counter still kept (a window long gone is not brought back)."""
+        held = self._counts.get(key)
+        if amount and held is not None and held[1] > now:
+            self._counts[key] = (held[0] + amount, held[1])
+
+    async def renew(self, places: Sequence[tuple[str, str]], lease_s: float) -> None:
+        """Running calls keep their places (and their reservations) past their lease."""
+        now = self._clock()
+        for key, call_id in places:
+            holders = self._places.get(key)
+            if holders is not None and call_id in holders:
+                holders[call_id] = now + lease_s
+            entry = self._reservations.get(call_id)
+            if entry is not None:
+                self._reservations[call_id] = (entry[0], now + lease_s + RECORD_KEPT_S)
 
     async def read(self, counters: Sequence[Counter]) -> list[Standing]:
         now = self._clock()
@@ -175,15 +211,19 @@ class MemoryStore:
         return standings
 
     def _forget_expired(self, now: float) -> None:
-        """Reservations never settled (only a bug leaves one: kept until their lease ends, as the
-        store keeps them) and windows long past, so memory stays bounded."""
-        if len(self._reservations) > 4096 or len(self._counts) > 65536:
-            for call, (_reserved, ends) in list(self._reservations.items()):
-                if ends <= now:
-                    del self._reservations[call]
-            for key, (_amount, expires) in list(self._counts.items()):
-                if expires <= now:
-                    del self._counts[key]
+        """Windows past, places whose call ended or whose lease ran out, and reservations never
+        settled (only a bug leaves one), swept at most once a SWEEP_INTERVAL_S, so memory follows
+        the tenants active lately and no call pays for a scan of every counter."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL_S
+        self._counts = {key: held for key, held in self._counts.items() if held[1] > now}
+        for key in list(self._places):
+            if not self._holders(key, now):
+                del self._places[key]
+        self._reservations = {
+            call: entry for call, entry in self._reservations.items() if entry[1] > now
+        }
 
     async def ping(self) -> None:
         return None

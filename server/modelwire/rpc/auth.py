@@ -26,6 +26,8 @@ import grpc
 
 from modelwire.core.errors import FieldViolation, InvalidRequest, ModelwireError, PermissionDenied
 from modelwire.core.settings import (
+    ALL_TENANTS,
+    EACH_TENANT,
     MAX_IDENTITY_CHARS,
     NO_TENANT,
     OTHER_TENANT,
@@ -132,8 +134,8 @@ def relayed_claim(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[s
         )
     caller = _decoded(CALLER_KEY, values[CALLER_KEY][0])
     tenant = _decoded(TENANT_KEY, values[TENANT_KEY][0]) if TENANT_KEY in values else caller
-    if tenant in (OTHER_TENANT, NO_TENANT):
-        reserved = f"is {tenant!r}, the metrics label of calls outside every tenant"
+    if tenant in (OTHER_TENANT, NO_TENANT, ALL_TENANTS, EACH_TENANT):
+        reserved = f"is {tenant!r}, a name reserved for metrics labels and quota rules"
         raise InvalidRequest([FieldViolation(f"metadata {TENANT_KEY}", reserved)])
     return caller, tenant
 

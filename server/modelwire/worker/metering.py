@@ -1,12 +1,13 @@
 """What a call used, as it is charged: the provider's usage when it reported one, else what the
-worker saw (docs/configuration.md#what-a-call-is-charged). One meter per generation or embedding,
-fed the outputs that reached the caller and closed once however the call ended."""
+worker saw (docs/configuration.md#quota, "Reserve, then settle"). One meter per generation or
+embedding, fed the outputs the provider gave and closed once however the call ended."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 
+from modelwire.core.dispatch import watch_dispatch
 from modelwire.core.errors import DeadlineExceeded
 from modelwire.core.settings import Prices
 from modelwire.core.types import ModelOutput, Usage
@@ -29,21 +30,39 @@ class CallMeter:
         prompt_tokens: int,
         output_bound: int,
         streaming: bool,
+        signals_dispatch: bool,
     ) -> None:
         """`prompt_tokens`: the prompt as the worker counted it; `output_bound`: the most output
-        the call could reach (what a unary call that was cut off is charged)."""
+        the provider was asked for (what a unary call that was cut off is charged);
+        `signals_dispatch`: the provider says when its upstream has the request
+        (core/dispatch.py), else the request is with the provider as soon as the call starts."""
         self._reservation = reservation
         self._prices = prices
         self._prompt = prompt_tokens
         self._output_bound = output_bound
         self._streaming = streaming
-        self.sent = False
+        self._signals_dispatch = signals_dispatch
+        # The call passed its quota and told the edge it began; its request reached the provider.
+        self.started = False
+        self._reached = False
         self._chunks = 0
         self._chars = 0
         self._usage: Usage | None = None
 
+    def start(self) -> None:
+        """The call's work begins: its provider is called next."""
+        self.started = True
+        if self._signals_dispatch:
+            watch_dispatch(self._dispatched)
+        else:
+            self._reached = True
+
+    def _dispatched(self) -> None:
+        self._reached = True
+
     def saw(self, output: ModelOutput) -> None:
-        """An output (a whole answer or a delta) reached the caller."""
+        """An output the provider gave (a whole answer or a delta), before any check of it: the
+        provider charged for it whether or not the caller gets it."""
         if output.text or output.reasoning or output.tool_call_deltas or output.tool_calls:
             self._chunks += 1
             self._chars += len(output.text) + len(output.reasoning or "")
@@ -56,33 +75,37 @@ class CallMeter:
 
     def reported(self, usage: Usage) -> None:
         """The provider's usage (an embedding's, a stream's last message's)."""
+        self._reached = True
         if usage.total_tokens:
             self._usage = usage
 
     def used(self, error: BaseException | None) -> Usage:
-        """The call's usage: the provider's own when it reported one; nothing when it failed
-        before any output (providers bill no refused request); a unary call cut off (cancelled,
-        out of time) the prompt and its whole output bound, since what it generated cannot be
-        seen and the provider may have generated all of it; otherwise the counted prompt and the
-        output that reached the caller."""
+        """The call's usage: the provider's own when it reported one; nothing when the request
+        never reached the provider, or when it failed before any output (providers bill no
+        refused request); a unary call cut off (cancelled, out of time) the prompt and its whole
+        output bound, since what it generated cannot be seen and the provider may have generated
+        all of it; otherwise the counted prompt and the output the provider gave."""
         if self._usage is not None:
             return self._usage
+        if not self._reached and self._chunks == 0:
+            return Usage()
         cut = isinstance(error, _CUT_OFF)
         if error is not None and not cut and self._chunks == 0:
             return Usage()
-        if cut and not self._streaming:
+        if cut and not self._streaming and self._chunks == 0:
             return Usage(self._prompt, self._output_bound, estimated=True)
         delivered = max(self._chunks, math.ceil(self._chars / CHARS_PER_TOKEN))
         return Usage(self._prompt, delivered, estimated=True)
 
     def close(self, error: BaseException | None) -> None:
-        """Charges the call once: settles its reservation and puts usage and cost in its record."""
-        usage = self.used(error) if self.sent else Usage()
+        """Charges the call once: settles its reservation and puts usage and cost in its record.
+        A call that never started costs nothing, not even its request."""
+        usage = self.used(error) if self.started else Usage()
         if self._reservation is not None:
-            cost = self._reservation.settle(usage, self.sent)
+            cost = self._reservation.settle(usage, self.started)
         elif self._prices is not None:
             cost = cost_nano(usage, self._prices)
         else:
             return  # neither limited nor priced: the record keeps the tokens its response reports
-        if self.sent:
+        if self.started:
             note_charge(usage, in_units(cost))

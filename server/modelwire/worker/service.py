@@ -140,7 +140,7 @@ class WorkerService:
         async with served.admission.slot():
             estimate = math.ceil(sum(len(text) for text in request.inputs) / CHARS_PER_TOKEN)
             async with self._metered(
-                served, tenant, started, estimate, estimate, 0, False
+                served, tenant, started, estimate, estimate, 0, 0, False
             ) as meter:
                 with upstream_span(served.metadata.provider, request.model):
                     embeddings = await served.client.embed(request)
@@ -155,28 +155,37 @@ class WorkerService:
         started: Started | None,
         prompt_tokens: int,
         most_prompt_tokens: int,
+        reserved_output: int,
         output_bound: int,
         streaming: bool,
     ) -> AsyncIterator[CallMeter]:
         """Reserves the call against its tenant's quota (QuotaExceeded if it has no room): the
-        most its prompt may be (`most_prompt_tokens`: an estimate's high end) and its output
-        bound; tells the edge the work begins, and charges the call once however it ends
-        (metering.py: by `prompt_tokens` when the provider reports no usage)."""
+        most its prompt may be (`most_prompt_tokens`: an estimate's high end) and
+        `reserved_output`; tells the edge the work begins, and charges the call once however it
+        ends (metering.py: by `prompt_tokens` and `output_bound`, the most output the provider
+        is asked for, when the provider reports no usage)."""
         model = served.metadata.model
         reservation = None
         if self.limiter is not None:
             reservation = await self.limiter.reserve(
                 tenant,
                 model,
-                most_prompt_tokens + output_bound,
-                Usage(prompt_tokens=most_prompt_tokens, completion_tokens=output_bound),
+                most_prompt_tokens + reserved_output,
+                Usage(prompt_tokens=most_prompt_tokens, completion_tokens=reserved_output),
             )
-        meter = CallMeter(reservation, self._prices(model), prompt_tokens, output_bound, streaming)
+        meter = CallMeter(
+            reservation,
+            self._prices(model),
+            prompt_tokens,
+            output_bound,
+            streaming,
+            served.client.signals_dispatch,
+        )
         error: BaseException | None = None
         try:
             if started is not None:
                 await started(reservation.headers() if reservation is not None else ())
-            meter.sent = True
+            meter.start()
             yield meter
         except BaseException as failed:
             error = failed
@@ -205,7 +214,7 @@ class WorkerService:
             bound = request.sampling.max_new_tokens or 0
             output = bound if asked is not None else min(bound, self.default_output_reservation)
             async with self._metered(
-                served, tenant, started, prompt.count, most, output, streaming
+                served, tenant, started, prompt.count, most, output, bound, streaming
             ) as meter:
                 with upstream_span(served.metadata.provider, request.model):
                     yield served, request, meter
@@ -219,9 +228,9 @@ class WorkerService:
         async with self._admitted(request, started, False, tenant) as (served, request, meter):
             began = time.perf_counter()
             output = await served.client.generate(request)
+            meter.saw(output)
             if output.tool_calls:
                 _check_tool_calls(output.tool_calls, output.finish_reason)
-            meter.saw(output)
             return replace(
                 output,
                 finish_reason=output.finish_reason or FinishReason.STOP,
@@ -242,6 +251,7 @@ class WorkerService:
                         chunk.text or chunk.reasoning or chunk.tool_call_deltas
                     ):
                         first_token_at = time.perf_counter()
+                    meter.saw(chunk)
                     if chunk.tool_call_deltas:
                         deltas += chunk.tool_call_deltas
                     if chunk.finish_reason is not None:
@@ -251,7 +261,6 @@ class WorkerService:
                         chunk = replace(chunk, timing=_timing(began, first_token_at, chunk.usage))
                     # Deltas pass as they are (a copy per delta is measurable); the edge names the
                     # model.
-                    meter.saw(chunk)
                     yield chunk
             if not finished:
                 # A provider that ended without a final chunk still owes the caller finish_reason.

@@ -30,6 +30,7 @@ import aiohttp
 
 from modelwire.core import errors
 from modelwire.core.deadline import remaining_s
+from modelwire.core.dispatch import request_sent
 from modelwire.core.settings import ModelConfig
 from modelwire.core.types import (
     Capability,
@@ -107,8 +108,23 @@ class ProviderParams(Protocol):
 P = TypeVar("P", bound=ProviderParams)
 
 
+async def _headers_sent(
+    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestHeadersSentParams
+) -> None:
+    request_sent()
+
+
+# Tells the worker when a request reaches the upstream (core/dispatch.py): a call cut off before
+# that is charged no tokens.
+_DISPATCH_TRACE = aiohttp.TraceConfig()
+_DISPATCH_TRACE.on_request_headers_sent.append(_headers_sent)
+_DISPATCH_TRACE.freeze()
+
+
 class HttpProxyClient(ProxyLLMClient, Generic[P]):
     """A remote model behind an HTTP API: one connection pool, typed errors, retries, counting."""
+
+    signals_dispatch: ClassVar[bool] = True
 
     # The capabilities a model has unless its configuration says otherwise, and all it may have.
     default_capabilities: ClassVar[tuple[Capability, ...]]
@@ -183,6 +199,7 @@ class HttpProxyClient(ProxyLLMClient, Generic[P]):
                 # (`_proxy_for`).
                 trust_env=False,
                 json_serialize=_json_text,
+                trace_configs=[_DISPATCH_TRACE],
             )
         return self._session
 
