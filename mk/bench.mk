@@ -8,6 +8,11 @@
 #   make bench-quick     the same at concurrency 1 and 64 for 1.5 s each (under 3 minutes once the tools are built);
 #                        writes only bench/results/<stamp>-quick.{json,md,png}
 #   make bench-ablation  the echo worker with one layer off at a time (access log, metrics, observer, ORCA, token count)
+#   make bench-quota     what tenants' limits ([quota]) cost on the HTTP-provider path: no [quota], in-process
+#                        counters, a redis-server on loopback, three interleaved rounds at c = 1 and 64 (about
+#                        7 minutes; bench/quota.py); then how far a token limit is overshot under concurrency,
+#                        and a requests limit shared by two workers (bench/quota_overshoot.py, under a minute);
+#                        writes bench/results/<stamp>-quota.{json,md} and <stamp>-overshoot.{json,md}
 #   make bench-tools     install the pinned load generators and LiteLLM (each rule above does it)
 #
 # Pinned tools, each installed under .tools/ by a rule that names its version (bumping a pin reinstalls):
@@ -39,7 +44,7 @@ BENCH_STAMP   := $(VENV)/.bench-installed
 
 BENCH_ARGS := --ghz $(GHZ) --ghz-version $(GHZ_VERSION) --oha $(OHA) --oha-version $(OHA_VERSION) --litellm $(LITELLM)
 
-.PHONY: bench bench-quick bench-ablation bench-tools
+.PHONY: bench bench-quick bench-ablation bench-quota bench-tools
 
 bench: $(BENCH_STAMP) bench-tools
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -49,6 +54,11 @@ bench-quick: $(BENCH_STAMP) bench-tools
 
 bench-ablation: $(BENCH_STAMP) $(GHZ)
 	$(PY) bench/ablation.py --ghz $(GHZ)
+
+# `redis` (mk/redis.mk) makes sure a redis-server is installed; $(REDIS) names it to the scripts.
+bench-quota: $(BENCH_STAMP) $(GHZ) redis
+	MODELWIRE_REDIS=$(REDIS) $(PY) bench/quota.py --ghz $(GHZ)
+	MODELWIRE_REDIS=$(REDIS) $(PY) bench/quota_overshoot.py
 
 bench-tools: $(GHZ) $(OHA) $(LITELLM_STAMP)
 
