@@ -792,6 +792,8 @@ async def test_a_timed_out_reserve_is_not_retried_by_redis_py_into_a_double_rese
 class StallingStore(MemoryStore):
     """Reserve waits for `release` (as a slow round trip does)."""
 
+    in_process = False
+
     def __init__(self) -> None:
         super().__init__()
         self.release = asyncio.Event()

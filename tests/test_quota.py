@@ -37,7 +37,7 @@ from modelwire.core.types import ModelMessage, Role, Usage
 from modelwire.observe.logs import ACCESS_LOGGER, JsonFormatter
 from modelwire.quota.counters import Counter, Window, call_counters
 from modelwire.quota.limiter import Limiter, duration_text
-from modelwire.quota.pricing import NANO_PER_UNIT, cost_nano
+from modelwire.quota.pricing import NANO_PER_UNIT, Tariff, cost_nano
 from modelwire.quota.redis_store import _WINDOWS, RedisStore
 from modelwire.quota.report import LimitKind
 from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Verdict, window_bounds
@@ -194,11 +194,13 @@ def test_a_cost_is_usage_times_prices_rounded_once() -> None:
     )
     # 300 fresh × 2.5 + 600 × 1.25 + 100 × 3.125 + 200 × 10, per million.
     expected = (300 * 2.5 + 600 * 1.25 + 100 * 3.125 + 200 * 10.0) / 1e6
-    assert cost_nano(usage, prices) == round(expected * NANO_PER_UNIT)
-    assert cost_nano(Usage(prompt_tokens=3, completion_tokens=0), Prices(input=0.1)) == 300
+    assert cost_nano(usage, Tariff.of(prices)) == round(expected * NANO_PER_UNIT)
+    assert (
+        cost_nano(Usage(prompt_tokens=3, completion_tokens=0), Tariff.of(Prices(input=0.1))) == 300
+    )
     assert cost_nano(usage, None) == 0
     # Unpriced cache tokens cost what input costs.
-    assert cost_nano(usage, Prices(input=2.5, output=10.0)) == round(
+    assert cost_nano(usage, Tariff.of(Prices(input=2.5, output=10.0))) == round(
         (1000 * 2.5 + 200 * 10.0) / 1e6 * NANO_PER_UNIT
     )
 
@@ -255,7 +257,7 @@ def test_rules_over_the_same_calls_share_a_counter_and_the_tighter_limit_wins() 
     assert counters(QuotaRule(tenant="*", requests_per_minute=1), tenant="b")[0].key != held[0].key
     everyone = QuotaRule(tenant="all", requests_per_minute=1)
     assert counters(everyone, tenant="a")[0].key == counters(everyone, tenant="b")[0].key
-    assert call_counters((QuotaRule(tenant="*", requests_per_minute=1),), None, "m") == []
+    assert call_counters((QuotaRule(tenant="*", requests_per_minute=1),), None, "m") == ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,6 +536,8 @@ async def test_a_priced_call_costs_its_usage_in_the_access_line_and_metrics(
 class HeldStore(MemoryStore):
     """A store whose reserve waits for `release`, as a slow round trip does."""
 
+    in_process = False
+
     def __init__(self) -> None:
         super().__init__()
         self.entered = asyncio.Event()
@@ -568,6 +572,8 @@ async def test_a_caller_that_leaves_mid_reserve_leaves_no_reservation_behind() -
 
 class SlowSettleStore(MemoryStore):
     """A store whose settle waits for `release`."""
+
+    in_process = False
 
     def __init__(self) -> None:
         super().__init__()

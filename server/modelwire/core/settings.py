@@ -648,12 +648,19 @@ def store_url_problem(url: str) -> None:
 class Prices:
     """A model's prices per million tokens (`price_per_million`), in the currency of the budgets.
     Cached input and cache writes are prompt tokens read from or written to the provider's prompt
-    cache; unset, they cost what input costs."""
+    cache; unset, they cost what input costs. At most six decimals: costs are exact integers."""
 
     input: Money = 0.0
     output: Money = 0.0
     cached_input: Money | None = None
     cache_write: Money | None = None
+
+    @field_validator("input", "output", "cached_input", "cache_write")
+    @classmethod
+    def _six_decimals(cls, value: float | None) -> float | None:
+        if value is not None and round(value, 6) != value:
+            raise ValueError(f"has more than six decimals ({value!r}): costs are counted exactly")
+        return value
 
 
 @dataclass(config=SECTION)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelwire.core.settings import ALL_TENANTS, ANY_MODEL, EACH_TENANT, QuotaRule
 from modelwire.quota.pricing import NANO_PER_UNIT
@@ -53,15 +53,15 @@ class Counter:
     rule: int
     tenant: str
     model: str
+    # What it counts (`r` requests, `t` tokens, `c` calls, `$` money) and when it starts again:
+    # from `kind`, kept as fields since every call reads them.
+    unit: str = field(init=False)
+    window: Window = field(init=False)
 
-    @property
-    def unit(self) -> str:
-        """What it counts: `r` requests, `t` tokens, `c` calls, `$` money."""
-        return _KINDS[self.kind][0]
-
-    @property
-    def window(self) -> Window:
-        return _KINDS[self.kind][1]
+    def __post_init__(self) -> None:
+        unit, window = _KINDS[self.kind]
+        object.__setattr__(self, "unit", unit)
+        object.__setattr__(self, "window", window)
 
     @property
     def limit_value(self) -> float:
@@ -120,7 +120,9 @@ def applies(rule: QuotaRule, tenant: str | None, model: str) -> bool:
     return tenant is not None and rule.tenant in (EACH_TENANT, tenant)
 
 
-def call_counters(rules: Sequence[QuotaRule], tenant: str | None, model: str) -> list[Counter]:
+def call_counters(
+    rules: Sequence[QuotaRule], tenant: str | None, model: str
+) -> tuple[Counter, ...]:
     """Every counter a call is checked against, one per (kind, key): where two rules count the
     same calls, the tighter limit."""
     tightest: dict[tuple[LimitKind, str], Counter] = {}
@@ -131,4 +133,4 @@ def call_counters(rules: Sequence[QuotaRule], tenant: str | None, model: str) ->
             held = tightest.get((counter.kind, counter.key))
             if held is None or counter.limit < held.limit:
                 tightest[(counter.kind, counter.key)] = counter
-    return list(tightest.values())
+    return tuple(tightest.values())

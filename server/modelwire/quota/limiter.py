@@ -31,7 +31,7 @@ from modelwire.core.errors import (
 from modelwire.core.settings import ALL_TENANTS, EACH_TENANT, Prices, QuotaRule, QuotaSection
 from modelwire.core.types import Usage
 from modelwire.quota.counters import Counter, call_counters, rule_counters
-from modelwire.quota.pricing import cost_nano, in_units
+from modelwire.quota.pricing import Tariff, cost_nano, in_units
 from modelwire.quota.redis_store import STORE_ERRORS, RedisStore, unreachable
 from modelwire.quota.report import LimitKind, LimitUsage, RuleUsage, UsageReport
 from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Standing, Verdict
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 1.0
 # Settles kept for the store's return, at most (a day of 1 call/s would be 86,400).
 MAX_PENDING_SETTLES = 100_000
+# (tenant, model) pairs whose counters are kept worked out; past this the list starts again, so
+# relayed tenants without end cannot grow it.
+MAX_CACHED_SUBJECTS = 4096
 
 # OpenAI's response headers, as initial metadata.
 RATE_LIMIT_KEYS = {
@@ -73,26 +76,27 @@ class Reservation:
     store: QuotaStore
     counters: Sequence[Counter]
     standings: Sequence[Standing]
-    prices: Prices | None
+    tariff: Tariff | None
     settled: bool = field(default=False)
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """The tightest request and token counters as OpenAI's x-ratelimit-* metadata."""
+        tightest: dict[str, tuple[int, int, float | None]] = {}
+        for counter, standing in zip(self.counters, self.standings, strict=True):
+            unit = counter.unit
+            if unit in RATE_LIMIT_KEYS:
+                remaining = counter.limit - standing.used
+                held = tightest.get(unit)
+                if held is None or remaining < held[0]:
+                    tightest[unit] = (remaining, counter.limit, standing.resets_in_s)
         headers: list[tuple[str, str]] = []
-        for unit, keys in RATE_LIMIT_KEYS.items():
-            held = [
-                (counter.limit - standing.used, counter, standing)
-                for counter, standing in zip(self.counters, self.standings, strict=True)
-                if counter.unit == unit
-            ]
-            if not held:
-                continue
-            remaining, counter, standing = min(held, key=lambda entry: entry[0])
-            headers += [
-                (keys[0], str(counter.limit)),
+        for unit, (remaining, limit, resets_in_s) in tightest.items():
+            keys = RATE_LIMIT_KEYS[unit]
+            headers += (
+                (keys[0], str(limit)),
                 (keys[1], str(max(0, remaining))),
-                (keys[2], duration_text(standing.resets_in_s or 0.0)),
-            ]
+                (keys[2], duration_text(resets_in_s or 0.0)),
+            )
         return tuple(headers)
 
     def settle(self, usage: Usage, sent: bool) -> int:
@@ -102,7 +106,7 @@ class Reservation:
         if self.settled:
             return 0
         self.settled = True
-        cost = cost_nano(usage, self.prices) if sent else 0
+        cost = cost_nano(usage, self.tariff) if sent else 0
         used = Amounts(usage.total_tokens if sent else 0, cost)
         self.limiter.settle_later(self.store, self.call_id, used, sent)
         return cost
@@ -119,6 +123,9 @@ class Limiter:
         self._config = config
         self._rules: tuple[QuotaRule, ...] = config.rules
         self._prices = dict(prices)
+        self._tariffs = {model: Tariff.of(price) for model, price in self._prices.items()}
+        # Each (tenant, model)'s counters, worked out once per set of rules (at most this many).
+        self._counters: dict[tuple[str | None, str], tuple[Counter, ...]] = {}
         self.shared = config.store is not None
         if store is None:
             store = (
@@ -148,6 +155,9 @@ class Limiter:
     def all_prices(self) -> dict[str, Prices | None]:
         return dict(self._prices)
 
+    def tariff(self, model: str) -> Tariff | None:
+        return self._tariffs.get(model)
+
     def replace(self, config: QuotaSection, prices: Mapping[str, Prices | None]) -> None:
         """SIGHUP: new rules and prices from the next call on (the store and its mode need a
         restart); the counts stay, since counters are named by what they count."""
@@ -157,6 +167,8 @@ class Limiter:
             default_output_reservation=config.default_output_reservation,
         )
         self._rules, self._prices = config.rules, dict(prices)
+        self._tariffs = {model: Tariff.of(price) for model, price in self._prices.items()}
+        self._counters = {}
 
     def tenants(self) -> set[str]:
         """The tenants the rules name."""
@@ -180,11 +192,20 @@ class Limiter:
     ) -> Reservation | None:
         """Reserves a call of `tenant` to `model` that may use up to `tokens` and
         `reserved_usage`'s cost, or raises QuotaExceeded; None when no rule limits it."""
-        counters = call_counters(self._rules, tenant, model)
+        counters = self._counters.get((tenant, model))
+        if counters is None:
+            if len(self._counters) >= MAX_CACHED_SUBJECTS:
+                self._counters.clear()
+            counters = self._counters[(tenant, model)] = call_counters(self._rules, tenant, model)
         if not counters:
             return None
-        prices = self._prices.get(model)
-        amounts = Amounts(max(1, tokens), _dearest_cost(reserved_usage, prices))
+        tariff = self._tariffs.get(model)
+        amounts = Amounts(
+            max(1, tokens),
+            tariff.most_cost_nano(reserved_usage.prompt_tokens, reserved_usage.completion_tokens)
+            if tariff is not None
+            else 0,
+        )
         call_id = uuid.uuid4().hex
         store: QuotaStore = self._store
         if not self.available:
@@ -192,25 +213,27 @@ class Limiter:
                 raise QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S)
             store = self._fallback
         enforced = self._as_enforced(counters, store)
-        reserving = asyncio.ensure_future(
-            store.reserve(call_id, enforced, amounts, self._config.call_lease_s)
-        )
-        try:
-            # A caller that leaves mid-reserve must not leave a reservation behind in the store.
-            verdict = await asyncio.shield(reserving)
-        except asyncio.CancelledError:
-            reserving.add_done_callback(partial(self._take_back, store, call_id))
-            raise
-        except STORE_ERRORS as error:
-            if store is self._fallback:
+        lease = self._config.call_lease_s
+        if isinstance(store, MemoryStore) and store.in_process:  # no wait: no task, no shield
+            verdict = store.reserve_now(call_id, enforced, amounts, lease)
+        else:
+            reserving = asyncio.ensure_future(store.reserve(call_id, enforced, amounts, lease))
+            try:
+                # A caller that leaves mid-reserve must not leave a reservation in the store.
+                verdict = await asyncio.shield(reserving)
+            except asyncio.CancelledError:
+                reserving.add_done_callback(partial(self._take_back, store, call_id))
                 raise
-            if not unreachable(error):
-                raise self._refused(error) from None
-            # The store may have run the script before the round trip failed: given back once it
-            # answers again (settling a reservation it never made changes nothing).
-            self._keep((call_id, Amounts(0, 0), False))
-            self._went_away(error)
-            return await self.reserve(tenant, model, tokens, reserved_usage)
+            except STORE_ERRORS as error:
+                if store is self._fallback:
+                    raise
+                if not unreachable(error):
+                    raise self._refused(error) from None
+                # The store may have run the script before the round trip failed: given back
+                # once it answers again (settling a reservation it never made changes nothing).
+                self._keep((call_id, Amounts(0, 0), False))
+                self._went_away(error)
+                return await self.reserve(tenant, model, tokens, reserved_usage)
         if not verdict.admitted:
             raise QuotaExceeded(
                 [_violation(enforced[index]) for index in verdict.refused], verdict.retry_after_s
@@ -218,7 +241,7 @@ class Limiter:
         places = [(counter.key, call_id) for counter in enforced if counter.unit == "c"]
         if places:
             self._hold_places(call_id, store, places)
-        return Reservation(self, call_id, store, enforced, verdict.standings, prices)
+        return Reservation(self, call_id, store, enforced, verdict.standings, tariff)
 
     def _hold_places(self, call_id: str, store: QuotaStore, places: list[tuple[str, str]]) -> None:
         """A running call keeps its concurrent-call places past `call_lease_s`: every third of
@@ -262,14 +285,18 @@ class Limiter:
             else:
                 self._refused(error)
 
-    def _as_enforced(self, counters: list[Counter], store: QuotaStore) -> list[Counter]:
+    def _as_enforced(self, counters: Sequence[Counter], store: QuotaStore) -> Sequence[Counter]:
         if store is self._fallback and self.shared:
             replicas = self._config.replicas or 1
             return [counter.shared(replicas) for counter in counters]
         return counters
 
     def settle_later(self, store: QuotaStore, call_id: str, used: Amounts, sent: bool) -> None:
+        """Settles in the background (in this process's memory: at once)."""
         self._open.pop(call_id, None)
+        if isinstance(store, MemoryStore) and store.in_process:
+            store.settle_now(call_id, used, sent)
+            return
         task = asyncio.get_running_loop().create_task(self._settle(store, call_id, used, sent))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -431,18 +458,6 @@ class Limiter:
 
 def _password(config: QuotaSection) -> str | None:
     return os.environ.get(config.store_password_env) if config.store_password_env else None
-
-
-def _dearest_cost(usage: Usage, prices: Prices | None) -> int:
-    """What a reservation's tokens may cost at most: prompt tokens at the dearest prompt price
-    (a cache write costs more than input at Anthropic)."""
-    if prices is None:
-        return 0
-    prompt_price = max(prices.input, prices.cache_write or 0.0, prices.cached_input or 0.0)
-    return cost_nano(
-        Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens),
-        Prices(input=prompt_price, output=prices.output),
-    )
 
 
 def _violation(counter: Counter) -> QuotaViolation:

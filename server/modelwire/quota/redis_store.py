@@ -22,6 +22,10 @@ from modelwire.core.settings import QuotaSection
 from modelwire.quota.counters import Counter
 from modelwire.quota.store import RECORD_KEPT_S, WINDOW_GRACE_S, Amounts, Standing, Verdict
 
+# The scripts run TIME, GET, EXISTS, INCRBY, EXPIRE, DEL, HSET, HGETALL, ZADD, ZREM, ZCARD and
+# ZREMRANGEBYSCORE, and the client PING, EVALSHA and SCRIPT LOAD: the ACL user of
+# docs/operations.md's recipe is given exactly these (its test checks Redis refuses nothing), so
+# a script that needs another command needs it there too.
 # Every key modelwire writes starts with this: the store may be shared with other applications.
 PREFIX = "modelwire:quota:"
 
@@ -149,13 +153,13 @@ for i = 1, #fields, 2 do
   if unit == 'c' then
     redis.call('ZREM', key, call)
   elseif unit == 'r' then
-    if not sent and redis.call('EXISTS', key) == 1 then redis.call('DECRBY', key, 1) end
+    if not sent and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, -1) end
   else
     local actual = tokens
     if unit == '$' then actual = cost end
     local back = reserved - math.min(actual, reserved)
     if back > 0 and redis.call('EXISTS', key) == 1 then
-      redis.call('DECRBY', key, string.format('%%d', back))
+      redis.call('INCRBY', key, string.format('%%d', -back))
     end
     if actual > reserved then
       local suffix, reset = window(kind, now)

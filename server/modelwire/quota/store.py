@@ -17,7 +17,7 @@ import calendar
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from modelwire.quota.counters import Counter, Window
 
@@ -105,7 +105,10 @@ def counter_key(counter: Counter, now: float) -> tuple[str, float | None]:
 
 
 class MemoryStore:
-    """The counters of this process alone."""
+    """The counters of this process alone. Its work never waits: the limiter calls `reserve_now`
+    and `settle_now` directly (no task per call) while `in_process` says so."""
+
+    in_process: ClassVar[bool] = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -131,6 +134,14 @@ class MemoryStore:
         return holders
 
     async def reserve(
+        self, call_id: str, counters: Sequence[Counter], amounts: Amounts, lease_s: float
+    ) -> Verdict:
+        return self.reserve_now(call_id, counters, amounts, lease_s)
+
+    async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
+        self.settle_now(call_id, used, sent)
+
+    def reserve_now(
         self, call_id: str, counters: Sequence[Counter], amounts: Amounts, lease_s: float
     ) -> Verdict:
         now = self._clock()
@@ -161,7 +172,7 @@ class MemoryStore:
         self._reservations[call_id] = (reserved, now + lease_s + RECORD_KEPT_S)
         return Verdict(True, tuple(standings))
 
-    async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
+    def settle_now(self, call_id: str, used: Amounts, sent: bool) -> None:
         now = self._clock()
         entry = self._reservations.pop(call_id, None)
         if entry is None:

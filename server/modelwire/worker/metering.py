@@ -9,11 +9,10 @@ import math
 
 from modelwire.core.dispatch import watch_dispatch
 from modelwire.core.errors import DeadlineExceeded
-from modelwire.core.settings import Prices
 from modelwire.core.types import ModelOutput, Usage
 from modelwire.observe.call_record import note_charge
 from modelwire.quota.limiter import Reservation
-from modelwire.quota.pricing import cost_nano, in_units
+from modelwire.quota.pricing import Tariff, cost_nano, in_units
 
 # Characters per token when only text is known (a cancelled stream's delivered deltas): about what
 # cl100k and gemma's tokenizers give for English.
@@ -26,7 +25,7 @@ class CallMeter:
     def __init__(
         self,
         reservation: Reservation | None,
-        prices: Prices | None,
+        tariff: Tariff | None,
         prompt_tokens: int,
         output_bound: int,
         streaming: bool,
@@ -37,7 +36,7 @@ class CallMeter:
         `signals_dispatch`: the provider says when its upstream has the request
         (core/dispatch.py), else the request is with the provider as soon as the call starts."""
         self._reservation = reservation
-        self._prices = prices
+        self._tariff = tariff
         self._prompt = prompt_tokens
         self._output_bound = output_bound
         self._streaming = streaming
@@ -103,8 +102,8 @@ class CallMeter:
         usage = self.used(error) if self.started else Usage()
         if self._reservation is not None:
             cost = self._reservation.settle(usage, self.started)
-        elif self._prices is not None:
-            cost = cost_nano(usage, self._prices)
+        elif self._tariff is not None:
+            cost = cost_nano(usage, self._tariff)
         else:
             return  # neither limited nor priced: the record keeps the tokens its response reports
         if self.started:

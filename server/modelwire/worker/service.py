@@ -175,7 +175,7 @@ class WorkerService:
             )
         meter = CallMeter(
             reservation,
-            self._prices(model),
+            self.limiter.tariff(model) if self.limiter is not None else None,
             prompt_tokens,
             output_bound,
             streaming,
