@@ -134,8 +134,11 @@ def relayed_claim(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[s
         )
     caller = _decoded(CALLER_KEY, values[CALLER_KEY][0])
     tenant = _decoded(TENANT_KEY, values[TENANT_KEY][0]) if TENANT_KEY in values else caller
-    if tenant in (OTHER_TENANT, NO_TENANT, ALL_TENANTS, EACH_TENANT):
-        reserved = f"is {tenant!r}, a name reserved for metrics labels and quota rules"
+    if tenant in (OTHER_TENANT, NO_TENANT):
+        reserved = f"is {tenant!r}, the metrics label of calls outside every tenant"
+        raise InvalidRequest([FieldViolation(f"metadata {TENANT_KEY}", reserved)])
+    if tenant in (ALL_TENANTS, EACH_TENANT):
+        reserved = f"is {tenant!r}, what a quota rule says for every tenant"
         raise InvalidRequest([FieldViolation(f"metadata {TENANT_KEY}", reserved)])
     return caller, tenant
 
