@@ -33,7 +33,7 @@ from modelwire.core.types import Usage
 from modelwire.quota.counters import Counter, call_counters, rule_counters
 from modelwire.quota.pricing import Tariff, cost_nano, in_units
 from modelwire.quota.redis_store import STORE_ERRORS, RedisStore, unreachable
-from modelwire.quota.report import LimitKind, LimitUsage, RuleUsage, UsageReport
+from modelwire.quota.report import LimitUsage, RuleUsage, UsageReport
 from modelwire.quota.store import Amounts, MemoryStore, QuotaStore, Standing, Verdict
 
 logger = logging.getLogger(__name__)
@@ -471,5 +471,3 @@ def _reason(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
-
-__all__ = ["LimitKind", "Limiter", "Reservation", "duration_text"]
