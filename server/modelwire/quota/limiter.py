@@ -470,4 +470,3 @@ def _reason(error: BaseException) -> str:
     """An error's kind and text; a Redis URL's password never appears in redis-py's messages."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
