@@ -601,3 +601,31 @@ async def test_a_draining_worker_waits_for_its_settles() -> None:
     store.release.set()
     await closing
     assert [s.used for s in await store.read(counters(rule))] == [50]
+
+
+class CountingStore(MemoryStore):
+    """A store reached by round trips (as Redis is), counting its settle trips."""
+
+    in_process = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trips: list[int] = []
+
+    async def settle_many(self, settles: Sequence[tuple[str, Amounts, bool]]) -> None:
+        self.trips.append(len(settles))
+        await asyncio.sleep(0)  # a round trip: others queue meanwhile
+        await super().settle_many(settles)
+
+
+async def test_settles_queued_during_a_round_trip_go_together() -> None:
+    store = CountingStore()
+    rule = QuotaRule(tenant="all", tokens_per_minute=100_000)
+    limiter = Limiter(QuotaSection(rules=(rule,)), {}, store)
+    reservations = [await limiter.reserve(None, "m", 100, Usage(100, 0)) for _ in range(50)]
+    for reservation in reservations:
+        assert reservation is not None
+        reservation.settle(Usage(prompt_tokens=10, completion_tokens=0), sent=True)
+    await limiter.close()
+    assert store.trips == [50]  # queued while none was under way: one round trip
+    assert [s.used for s in await store.read(counters(rule))] == [500]

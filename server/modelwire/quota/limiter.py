@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 PROBE_INTERVAL_S = 1.0
 # Settles kept for the store's return, at most (a day of 1 call/s would be 86,400).
 MAX_PENDING_SETTLES = 100_000
+# Settles sent to the store in one round trip, at most.
+MAX_SETTLES_PER_TRIP = 256
 # (tenant, model) pairs whose counters are kept worked out; past this the list starts again, so
 # relayed tenants without end cannot grow it.
 MAX_CACHED_SUBJECTS = 4096
@@ -139,6 +141,9 @@ class Limiter:
         self._pending: deque[tuple[str, Amounts, bool]] = deque(maxlen=MAX_PENDING_SETTLES)
         self._probe: asyncio.Task[None] | None = None
         self._lost = 0
+        # Settles waiting for a round trip to their store, and the stores one is under way to.
+        self._queued: dict[int, tuple[QuotaStore, list[tuple[str, Amounts, bool]]]] = {}
+        self._sending: set[int] = set()
         # Running calls holding concurrent-call places, and the task renewing their leases.
         self._open: dict[str, tuple[QuotaStore, list[tuple[str, str]]]] = {}
         self._renewing: asyncio.Task[None] | None = None
@@ -292,26 +297,42 @@ class Limiter:
         return counters
 
     def settle_later(self, store: QuotaStore, call_id: str, used: Amounts, sent: bool) -> None:
-        """Settles in the background (in this process's memory: at once)."""
+        """Settles in the background (in this process's memory: at once). The settles of a
+        shared store wait in a queue while one round trip is under way and then go together, so
+        under load a call costs the store less than one round trip after it."""
         self._open.pop(call_id, None)
         if isinstance(store, MemoryStore) and store.in_process:
             store.settle_now(call_id, used, sent)
             return
-        task = asyncio.get_running_loop().create_task(self._settle(store, call_id, used, sent))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        queue = self._queued.setdefault(id(store), (store, []))[1]
+        queue.append((call_id, used, sent))
+        if len(queue) == 1 and id(store) not in self._sending:
+            self._sending.add(id(store))
+            task = asyncio.get_running_loop().create_task(self._send_settles(store))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, store: QuotaStore, call_id: str, used: Amounts, sent: bool) -> None:
+    async def _send_settles(self, store: QuotaStore) -> None:
+        """Sends `store`'s queued settles, at most MAX_SETTLES_PER_TRIP a round trip, until none
+        are left; what cannot reach it waits for its return."""
         try:
-            await store.settle(call_id, used, sent)
-        except STORE_ERRORS as error:
-            if store is self._fallback:
-                raise
-            if not unreachable(error):
-                self._refused(error)
-                return
-            self._keep((call_id, used, sent))
-            self._went_away(error)
+            queue = self._queued[id(store)][1]
+            while queue:
+                batch = queue[:MAX_SETTLES_PER_TRIP]
+                del queue[:MAX_SETTLES_PER_TRIP]
+                try:
+                    await store.settle_many(batch)
+                except STORE_ERRORS as error:
+                    if store is self._fallback:
+                        raise
+                    if not unreachable(error):
+                        self._refused(error)
+                        continue
+                    for settle in batch:
+                        self._keep(settle)
+                    self._went_away(error)
+        finally:
+            self._sending.discard(id(store))
 
     def _keep(self, settle: tuple[str, Amounts, bool]) -> None:
         """A settle for the store's return; past MAX_PENDING_SETTLES the oldest is lost, said."""

@@ -134,43 +134,50 @@ return answer
     % (WINDOW_GRACE_S, RECORD_KEPT_S)
 )
 
-# ARGV: prefix, call id, tokens, cost, sent (1/0). Returns 1 if the call had a reservation. What
-# a call used beyond its reservation goes into the current window (a long stream's excess still
-# limits the minute it is used in); what it did not use goes back to the window it reserved in.
+# ARGV: prefix, then per call: call id, tokens, cost, sent (1/0): several calls settled in one
+# round trip. Returns how many had a reservation. What a call used beyond its reservation goes
+# into the current window (a long stream's excess still limits the minute it is used in); what it
+# did not use goes back to the window it reserved in.
 _SETTLE = (
     _WINDOWS
     + """
-local prefix, call = ARGV[1], ARGV[2]
-local record = prefix .. 'call:' .. call
-local tokens, cost, sent = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
-local fields = redis.call('HGETALL', record)
-if #fields == 0 then return 0 end
+local prefix = ARGV[1]
 local now = clock()
-for i = 1, #fields, 2 do
-  local key = fields[i]
-  local unit, kind, reserved, base = string.match(fields[i + 1], '^(.)|(.)|(%%-?%%d+)|(.*)$')
-  reserved = tonumber(reserved)
-  if unit == 'c' then
-    redis.call('ZREM', key, call)
-  elseif unit == 'r' then
-    if not sent and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, -1) end
-  else
-    local actual = tokens
-    if unit == '$' then actual = cost end
-    local back = reserved - math.min(actual, reserved)
-    if back > 0 and redis.call('EXISTS', key) == 1 then
-      redis.call('INCRBY', key, string.format('%%d', -back))
-    end
-    if actual > reserved then
-      local suffix, reset = window(kind, now)
-      local current = prefix .. base .. suffix
-      redis.call('INCRBY', current, string.format('%%d', actual - reserved))
-      redis.call('EXPIRE', current, math.ceil(reset) + %d)
+local settled = 0
+for c = 2, #ARGV, 4 do
+  local call = ARGV[c]
+  local tokens, cost, sent = tonumber(ARGV[c + 1]), tonumber(ARGV[c + 2]), ARGV[c + 3] == '1'
+  local record = prefix .. 'call:' .. call
+  local fields = redis.call('HGETALL', record)
+  for i = 1, #fields, 2 do
+    local key = fields[i]
+    local unit, kind, reserved, base = string.match(fields[i + 1], '^(.)|(.)|(%%-?%%d+)|(.*)$')
+    reserved = tonumber(reserved)
+    if unit == 'c' then
+      redis.call('ZREM', key, call)
+    elseif unit == 'r' then
+      if not sent and redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, -1) end
+    else
+      local actual = tokens
+      if unit == '$' then actual = cost end
+      local back = reserved - math.min(actual, reserved)
+      if back > 0 and redis.call('EXISTS', key) == 1 then
+        redis.call('INCRBY', key, string.format('%%d', -back))
+      end
+      if actual > reserved then
+        local suffix, reset = window(kind, now)
+        local current = prefix .. base .. suffix
+        redis.call('INCRBY', current, string.format('%%d', actual - reserved))
+        redis.call('EXPIRE', current, math.ceil(reset) + %d)
+      end
     end
   end
+  if #fields > 0 then
+    redis.call('DEL', record)
+    settled = settled + 1
+  end
 end
-redis.call('DEL', record)
-return 1
+return settled
 """
     % WINDOW_GRACE_S
 )
@@ -277,7 +284,13 @@ class RedisStore:
         )
 
     async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
-        await self._settle(args=[PREFIX, call_id, used.tokens, used.cost, 1 if sent else 0])
+        await self.settle_many([(call_id, used, sent)])
+
+    async def settle_many(self, settles: Sequence[tuple[str, Amounts, bool]]) -> None:
+        argv: list[str | int] = [PREFIX]
+        for call_id, used, sent in settles:
+            argv += [call_id, used.tokens, used.cost, 1 if sent else 0]
+        await self._settle(args=argv)
 
     async def renew(self, places: Sequence[tuple[str, str]], lease_s: float) -> None:
         argv: list[str | float] = [PREFIX, lease_s]

@@ -71,6 +71,9 @@ class QuotaStore(Protocol):
         """`used`: what the call really used; `sent` False: it never reached its provider, so its
         request does not count either. A second settle of the same call changes nothing."""
 
+    async def settle_many(self, settles: Sequence[tuple[str, Amounts, bool]]) -> None:
+        """`settle` for each of several calls, at once (one round trip)."""
+
     async def read(self, counters: Sequence[Counter]) -> list[Standing]: ...
 
     async def renew(self, places: Sequence[tuple[str, str]], lease_s: float) -> None:
@@ -140,6 +143,10 @@ class MemoryStore:
 
     async def settle(self, call_id: str, used: Amounts, sent: bool) -> None:
         self.settle_now(call_id, used, sent)
+
+    async def settle_many(self, settles: Sequence[tuple[str, Amounts, bool]]) -> None:
+        for call_id, used, sent in settles:
+            await self.settle(call_id, used, sent)
 
     def reserve_now(
         self, call_id: str, counters: Sequence[Counter], amounts: Amounts, lease_s: float
