@@ -56,15 +56,6 @@ class Config:
         """Each model's prices, by its name."""
         return {model.name: model.price_per_million for model in self.models}
 
-    @property
-    def meters_calls(self) -> bool:
-        """Whether calls are limited or priced: without either, no limiter is built."""
-        return bool(
-            self.quota.rules
-            or self.quota.store
-            or any(model.price_per_million for model in self.models)
-        )
-
     def blocking_pool_size(self) -> int:
         return self.server.blocking_threads or _pool_slots(self.models) + COUNTING_THREADS
 
