@@ -80,14 +80,6 @@ class Counter:
             self.model,
         )
 
-    def describe(self) -> str:
-        """`rule 2 (tenant "team-a", model "*"): requests_per_minute 600`"""
-        limit = f"{self.limit_value:g}"
-        return (
-            f"rule {self.rule} (tenant {self.tenant!r}, model {self.model!r}): "
-            f"{self.kind.value} {limit}"
-        )
-
 
 def _quoted(name: str) -> str:
     return urllib.parse.quote(name, safe="")
