@@ -151,6 +151,10 @@ fi
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_llama_wheel.sh"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ScriptRun:
     """One run of the build script, its output read line by line as it comes."""
 
@@ -162,6 +166,9 @@ class ScriptRun:
             text=True,
             env=env,
             start_new_session=True,
+            # As a terminal starts it: a harness run in the background (nohup, `&` without job
+            # control) hands its children SIGINT ignored, and this script would inherit that.
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
