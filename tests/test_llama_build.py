@@ -151,25 +151,24 @@ fi
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build_llama_wheel.sh"
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class ScriptRun:
     """One run of the build script, its output read line by line as it comes."""
 
     def __init__(self, python: Path, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [str(BUILD_SCRIPT), str(python)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
-            # As a terminal starts it: a harness run in the background (nohup, `&` without job
-            # control) hands its children SIGINT ignored, and this script would inherit that.
-            preexec_fn=_default_sigint,
-        )
+        # As a terminal starts it: a harness run in the background (nohup, `&` without job
+        # control) has SIGINT ignored, which its children inherit; a handler is not inherited.
+        inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            self.process = subprocess.Popen(
+                [str(BUILD_SCRIPT), str(python)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, inherited)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
