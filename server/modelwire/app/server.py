@@ -178,6 +178,7 @@ class Worker:
         if config.prices() != self.limiter.all_prices():
             reloaded.append("prices")
         if reloaded:
+            _warn_unserved_rules(config, self.models)
             self.limiter.replace(config.quota, config.prices())
             self.service.default_output_reservation = config.quota.default_output_reservation
             if self.rpc.auth is not None:
@@ -231,7 +232,7 @@ async def build_worker(config: Config) -> Worker:
 
 def _warn_unserved_rules(config: Config, models: list[ServedModel]) -> None:
     """A rule naming a model no worker here serves never applies here: a typo, or a rule for
-    another worker of the fleet sharing this file. Said once at start."""
+    another worker of the fleet sharing this file. Said at start and at each reload."""
     served = {m.metadata.model for m in models}
     for index, rule in enumerate(config.quota.rules):
         if rule.model != ANY_MODEL and rule.model not in served:
