@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeGuard
 
 from modelwire.core.errors import (
     QuotaExceeded,
@@ -219,7 +220,7 @@ class Limiter:
             store = self._fallback
         enforced = self._as_enforced(counters, store)
         lease = self._config.call_lease_s
-        if isinstance(store, MemoryStore) and store.in_process:  # no wait: no task, no shield
+        if _immediate(store):  # no wait: no task, no shield
             verdict = store.reserve_now(call_id, enforced, amounts, lease)
         else:
             reserving = asyncio.ensure_future(store.reserve(call_id, enforced, amounts, lease))
@@ -230,14 +231,11 @@ class Limiter:
                 reserving.add_done_callback(partial(self._take_back, store, call_id))
                 raise
             except STORE_ERRORS as error:
-                if store is self._fallback:
-                    raise
-                if not unreachable(error):
-                    raise self._refused(error) from None
                 # The store may have run the script before the round trip failed: given back
                 # once it answers again (settling a reservation it never made changes nothing).
-                self._keep((call_id, Amounts(0, 0), False))
-                self._went_away(error)
+                refusal = self._store_failed(error, [(call_id, Amounts(0, 0), False)])
+                if refusal is not None:
+                    raise refusal from None
                 return await self.reserve(tenant, model, tokens, reserved_usage)
         if not verdict.admitted:
             raise QuotaExceeded(
@@ -283,12 +281,8 @@ class Limiter:
         if error is None:
             if reserving.result().admitted:
                 self.settle_later(store, call_id, Amounts(0, 0), sent=False)
-        elif isinstance(error, STORE_ERRORS) and store is not self._fallback:
-            if unreachable(error):
-                self._keep((call_id, Amounts(0, 0), False))
-                self._went_away(error)
-            else:
-                self._refused(error)
+        elif isinstance(error, STORE_ERRORS):
+            self._store_failed(error, [(call_id, Amounts(0, 0), False)])
 
     def _as_enforced(self, counters: Sequence[Counter], store: QuotaStore) -> Sequence[Counter]:
         if store is self._fallback and self.shared:
@@ -301,7 +295,7 @@ class Limiter:
         shared store wait in a queue while one round trip is under way and then go together, so
         under load a call costs the store less than one round trip after it."""
         self._open.pop(call_id, None)
-        if isinstance(store, MemoryStore) and store.in_process:
+        if _immediate(store):
             store.settle_now(call_id, used, sent)
             return
         queue = self._queued.setdefault(id(store), (store, []))[1]
@@ -323,16 +317,22 @@ class Limiter:
                 try:
                     await store.settle_many(batch)
                 except STORE_ERRORS as error:
-                    if store is self._fallback:
-                        raise
-                    if not unreachable(error):
-                        self._refused(error)
-                        continue
-                    for settle in batch:
-                        self._keep(settle)
-                    self._went_away(error)
+                    self._store_failed(error, batch)
         finally:
             self._sending.discard(id(store))
+
+    def _store_failed(
+        self, error: BaseException, settles: Sequence[tuple[str, Amounts, bool]] = ()
+    ) -> QuotaStoreUnavailable | None:
+        """How a round trip to the shared store failed. Away: `settles` wait for its return and
+        the limiter goes to its unavailable state (None). Refused (an ACL, a script error): said
+        at ERROR, and the refusal to raise is returned."""
+        if not unreachable(error):
+            return self._refused(error)
+        for settle in settles:
+            self._keep(settle)
+        self._went_away(error)
+        return None
 
     def _keep(self, settle: tuple[str, Amounts, bool]) -> None:
         """A settle for the store's return; past MAX_PENDING_SETTLES the oldest is lost, said."""
@@ -406,20 +406,16 @@ class Limiter:
             for name in tenants:
                 if rule.tenant in (EACH_TENANT, name):
                     entries.append((index, rule, name, rule_counters(index, rule, name)))
+        if not self.available and self._config.on_store_failure == "refuse":
+            return UsageReport((), self.store_name, False)
         store: QuotaStore = self._store if self.available else self._fallback
         counters = [counter for *_, group in entries for counter in group]
         enforced = self._as_enforced(counters, store)
-        if not self.available and self._config.on_store_failure == "refuse":
-            return UsageReport((), self.store_name, False)
         try:
             standings = iter(await store.read(enforced))
         except STORE_ERRORS as error:
-            if store is self._fallback:
-                raise
-            if not unreachable(error):
-                raise self._refused(error) from None
-            self._went_away(error)
-            raise QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S) from None
+            refusal = self._store_failed(error)
+            raise refusal or QuotaStoreUnavailable(self.store_name, PROBE_INTERVAL_S) from None
         by_key = iter(enforced)
         rules = []
         for index, rule, name, group in entries:
@@ -475,6 +471,11 @@ class Limiter:
                 _reason(error),
                 len(self._pending),
             )
+
+
+def _immediate(store: QuotaStore) -> TypeGuard[MemoryStore]:
+    """A store in this process's memory, whose work never waits: called directly, no task."""
+    return isinstance(store, MemoryStore) and store.in_process
 
 
 def _password(config: QuotaSection) -> str | None:
