@@ -16,6 +16,7 @@ from modelwire.core.settings import (
     ConfigError,
     ControllerFile,
     GatewayFile,
+    HttpConfig,
     ModelConfig,
     ObservabilityConfig,
     Prices,
@@ -51,6 +52,7 @@ class Config:
     quota: QuotaSection = field(default_factory=QuotaSection)
     registry: RegistryAccess = field(default_factory=RegistryAccess)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def prices(self) -> dict[str, Prices | None]:
         """Each model's prices, by its name."""
@@ -114,6 +116,7 @@ def load_config(path: Path) -> Config:
         quota=file.quota,
         registry=file.registry,
         registration=file.registration,
+        http=file.http,
     )
 
 

@@ -250,6 +250,18 @@ class ServerConfig:
 
 
 @dataclass(config=SECTION)
+class HttpConfig:
+    """`[http]`: the HTTP facades (OpenAI's and Anthropic's APIs, docs/api.md#http-facades) on a port
+    of their own, off unless `port` is set. The same rules as the gRPC port: beyond loopback only
+    with [auth] or `[server] allow_unauthenticated`; TLS from [tls]; requests bounded by `[server]
+    max_receive_message_bytes`."""
+
+    port: Port | None = None
+    # None: [server] host.
+    host: StrictStr | None = None
+
+
+@dataclass(config=SECTION)
 class WorkerServerConfig(ServerConfig):
     # None: a thread per slot of every blocking model plus COUNTING_THREADS.
     blocking_threads: PositiveInt | None = None
@@ -780,6 +792,7 @@ class WorkerFile:
     quota: QuotaSection = dataclasses.field(default_factory=QuotaSection)
     registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
     registration: RegistrationConfig = dataclasses.field(default_factory=RegistrationConfig)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -896,3 +909,4 @@ class GatewayFile:
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
     gateway: GatewaySection = dataclasses.field(default_factory=GatewaySection)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)

@@ -60,6 +60,26 @@ RATE_LIMIT_KEYS = {
 }
 
 
+# The limits of a refusal (QuotaViolation.limit_name) that OpenAI's headers name.
+_HEADER_UNITS = {"requests_per_minute": "r", "tokens_per_minute": "t"}
+
+
+def refusal_headers(error: QuotaExceeded) -> tuple[tuple[str, str], ...]:
+    """A refused call's x-ratelimit-* headers (an HTTP 429's, as OpenAI sends them): each
+    per-minute limit without room, nothing remaining, reset when the call may be retried."""
+    headers: list[tuple[str, str]] = []
+    reset = duration_text(error.retry_after_s or 0.0)
+    named = set()
+    for violation in error.violations:
+        unit = _HEADER_UNITS.get(violation.limit_name)
+        if unit is None or unit in named:
+            continue
+        named.add(unit)
+        keys = RATE_LIMIT_KEYS[unit]
+        headers += ((keys[0], f"{violation.limit:g}"), (keys[1], "0"), (keys[2], reset))
+    return tuple(headers)
+
+
 def duration_text(seconds: float) -> str:
     """A reset time as OpenAI writes it: "250ms", "12.5s", "6m0s"."""
     if seconds < 1:

@@ -46,6 +46,15 @@ REFLECTION_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 _UNAUTHENTICATED = "missing or invalid bearer token: send metadata `authorization: Bearer <token>`"
+_UNAUTHENTICATED_HTTP = (
+    "missing or invalid API key: send the header `Authorization: Bearer <token>` or "
+    "`x-api-key: <token>`"
+)
+
+
+def bearer_token(authorization: str) -> str:
+    """The token of an `authorization` value `Bearer <token>` (any case); "" for anything else."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
 
 
 class Unauthenticated(ModelwireError):
@@ -246,15 +255,31 @@ class BearerAuth:
         return True
 
     def _grant(self, context: grpc.aio.ServicerContext) -> TokenGrant | None:
-        presented = b""
+        presented = ""
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value[:7].lower() == "bearer ":
-                presented = value[7:].strip().encode()
+            if key == "authorization" and isinstance(value, str):
+                presented = bearer_token(value)
+        return self._grant_of(presented)
+
+    def _grant_of(self, presented: str) -> TokenGrant | None:
         found = None
+        given = presented.encode()
         for grant, token in self._grants:  # every token is compared, so timing reveals nothing
-            if hmac.compare_digest(presented, token) and presented:
+            if hmac.compare_digest(given, token) and given:
                 found = grant
         return found
+
+    def admit(self, presented: str, needed: Permission) -> None:
+        """An HTTP facade call's check (facade/server.py), as `check` is a gRPC call's, raising its
+        refusal: a valid token with the `needed` permission, whose name and tenant are then the
+        call's identity. HTTP callers relay no identity: only a gateway's gRPC calls do."""
+        grant = self._grant_of(presented)
+        if grant is None:
+            raise Unauthenticated(_UNAUTHENTICATED_HTTP)
+        self._identify(Identity(grant.name, grant.tenant_name))
+        if needed not in grant.permissions:
+            raise PermissionDenied(f"token {grant.name!r} lacks the {needed!r} permission")
+        _caller.set(grant)
 
     async def check(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         """Aborts a call without a valid token, the method's permission, or (for a request that
