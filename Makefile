@@ -6,6 +6,8 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
+# The OpenAI- and Anthropic-compatible HTTP APIs of `make run` (docs/api.md#http-facades).
+HTTP_PORT ?= 8080
 # More `modelwire serve` flags for `make run`, e.g. ARGS=--allow-unauthenticated or ARGS='--config FILE'.
 ARGS ?=
 # LOCAL=0: `make install` and `make run` without the embedded local model, so without compiling
@@ -64,7 +66,7 @@ llama-wheel:
 proto: stubs
 
 run: $(INSTALLED)
-	$(VENV)/bin/modelwire serve --host $(HOST) --port $(PORT) $(ARGS)
+	$(VENV)/bin/modelwire serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) $(ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

@@ -36,8 +36,10 @@ import grpc
 from modelwire.app.config import EMBEDDED_MODEL, Config, embedded_default, load_config
 from modelwire.app.fleet_cli import (
     add_fleet_commands,
+    add_http_flags,
     add_registration_flags,
     add_server_flags,
+    http_overrides,
     observability_overrides,
     registry_overrides,
     server_overrides,
@@ -120,6 +122,7 @@ def _config(args: argparse.Namespace) -> Config:
         observability=observability_overrides(config.observability, args),
         registry=registry_overrides(config.registry, args),
         registration=registration,
+        http=http_overrides(config.http, args),
     )
 
 
@@ -404,6 +407,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve", help="run a worker (the embedded gemma-3-270m without --config)"
     )
     add_server_flags(serve)
+    add_http_flags(serve)
     serve.add_argument(
         "--processes", type=int, help="overrides [server].processes (processes sharing the port)"
     )

@@ -16,6 +16,7 @@ from modelwire.app.reload import Reloader
 from modelwire.core.settings import (
     ControllerFile,
     GatewayFile,
+    HttpConfig,
     ObservabilityConfig,
     RegistryAccess,
     ServerConfig,
@@ -48,6 +49,20 @@ def add_server_flags(command: argparse.ArgumentParser) -> None:
         default=None,
         help="listen on a non-loopback address without [auth] (a trusted network only)",
     )
+
+
+def add_http_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--http-port",
+        type=int,
+        help="serve the OpenAI and Anthropic HTTP APIs on this port (overrides [http].port)",
+    )
+
+
+def http_overrides(http: HttpConfig, args: argparse.Namespace) -> HttpConfig:
+    if getattr(args, "http_port", None) is not None:
+        return override(http, "--http-port", port=args.http_port)
+    return http
 
 
 def server_overrides(server: S, args: argparse.Namespace) -> S:
@@ -198,6 +213,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayFile:
         server=server,
         registry=registry_overrides(config.registry, args),
         observability=observability_overrides(config.observability, args),
+        http=http_overrides(config.http, args),
     )
 
 
@@ -328,6 +344,7 @@ def add_fleet_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         "gateway", help="serve ModelWorker by forwarding to the fleet's least-loaded instance"
     )
     add_server_flags(gateway)
+    add_http_flags(gateway)
     add_registry_flags(gateway)
     gateway.add_argument(
         "--grace-period",

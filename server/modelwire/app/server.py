@@ -16,6 +16,7 @@ from modelwire.app.config import Config
 from modelwire.app.reload import Reloader
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import ANY_MODEL
+from modelwire.core.types import ModelMetadata
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
@@ -66,14 +67,43 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
     return served
 
 
-def _model_label(models: list[ServedModel]) -> ModelLabel:
+def _model_label(models: list[ServedModel]) -> Callable[[str], str]:
+    """A model name as a metrics label: only the served models' names."""
     served = {m.metadata.model for m in models}
 
-    def label(request: Any) -> str:
-        model = getattr(request, "model", "")
+    def label(model: str) -> str:
         return model if model in served else UNKNOWN_MODEL
 
     return label
+
+
+def _request_model_label(models: list[ServedModel]) -> ModelLabel:
+    label = _model_label(models)
+
+    def of_request(request: Any) -> str:
+        return label(getattr(request, "model", ""))
+
+    return of_request
+
+
+def _facade(**settings: Any) -> Any:  # TEMPORARY until the codecs land: a lazy import
+    from modelwire.facade.server import HttpFacade
+
+    return HttpFacade(**settings)
+
+
+class _ServedModels:
+    """The worker's models as the HTTP facade calls them (facade/calls.py ModelBackend)."""
+
+    def __init__(self, service: WorkerService) -> None:
+        self._service = service
+        self.generate = service.generate
+        self.generate_stream = service.generate_stream
+        self.embed = service.embed
+        self.count_token = service.count_token
+
+    async def list_models(self) -> list[ModelMetadata]:
+        return self._service.list_models()
 
 
 class Worker:
@@ -130,7 +160,7 @@ class Worker:
             tls=config.tls,
             auth=config.auth,
             observability=config.observability,
-            model_label=_model_label(models),
+            model_label=_request_model_label(models),
             trailers=load_reports,
             # Several processes share one port only on purpose; otherwise a second worker on a busy
             # port must fail instead of silently splitting its traffic.
@@ -146,6 +176,25 @@ class Worker:
                 served.metadata.model, 0, 0
             )  # the gauges exist from the start
         self.port = self.rpc.port
+        # OpenAI's and Anthropic's HTTP APIs on their own port, when [http] port is set.
+        self.facade = (
+            _facade(
+                role="worker",
+                http=config.http,
+                server=config.server,
+                backend=_ServedModels(self.service),
+                metrics=self.metrics,
+                auth=self.rpc.auth,
+                auth_config=config.auth,
+                tls=config.tls,
+                model_label=_model_label(models),
+                reuse_port=config.server.processes > 1,
+            )
+            if config.http.port is not None
+            else None
+        )
+        if self.facade is not None and self.rpc.tls is not None:
+            self.rpc.tls.followers.append(self.facade.reload_tls)
 
     @property
     def address(self) -> str:
@@ -187,6 +236,8 @@ class Worker:
 
     async def start(self) -> None:
         await self.rpc.start()
+        if self.facade is not None:
+            await self.facade.start()
         if self.limiter.shared:
             self._store_changed(self.limiter.available)
         if self.registration is not None:
@@ -195,7 +246,11 @@ class Worker:
     async def drain(self) -> None:
         """NOT_SERVING and out of the registry first, so balancers stop sending; then the grace
         period."""
-        await self.rpc.drain(self.registration.stop if self.registration is not None else None)
+        leave = self.registration.stop if self.registration is not None else None
+        if self.facade is None:
+            await self.rpc.drain(leave)
+        else:  # both doors at once: each lets its calls in flight finish within the grace period
+            await asyncio.gather(self.rpc.drain(leave), self.facade.stop())
         # Stopping the server cancelled the calls left, which tells their threads to stop: wait for
         # them before the clients free what those threads use (a llama.cpp context mid-decode).
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -301,7 +356,10 @@ async def serve(
     if lifeline:
         _watch_lifeline(stop)
     logger.info(
-        "serving %s on %s", ", ".join(m.metadata.model for m in worker.models), worker.address
+        "serving %s on %s%s",
+        ", ".join(m.metadata.model for m in worker.models),
+        worker.address,
+        f" and {worker.facade.address}" if worker.facade is not None else "",
     )
     if on_ready is not None:
         on_ready(worker)

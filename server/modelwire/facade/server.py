@@ -46,6 +46,7 @@ from modelwire.facade.calls import GenerationCall, Headers, HttpError, ModelBack
 from modelwire.facade.errors import http_error
 from modelwire.observe.call_observer import CallObserver
 from modelwire.observe.call_record import CallRecord, note_context, note_error_kind
+from modelwire.observe.metrics import WorkerMetrics
 from modelwire.quota.limiter import refusal_headers
 from modelwire.rpc.auth import BearerAuth, Unauthenticated, bearer_token, call_identity
 from modelwire.rpc.auth import model_refusal as allow_list_refusal
@@ -126,7 +127,9 @@ class _Call:
         self.headers: dict[str, str] = {name: record.request_id for name in api.request_id_headers}
 
     def json(self, body: object, status: int = 200) -> web.Response:
-        return web.Response(body=_dumps(body), status=status, content_type=_JSON, headers=self.headers)
+        return web.Response(
+            body=_dumps(body), status=status, content_type=_JSON, headers=self.headers
+        )
 
     def failed(self, error: BaseException) -> HttpError:
         """`error` as this API says it; the record takes its gRPC status and error kind."""
@@ -138,7 +141,10 @@ class _Call:
         elif answer.code == "INTERNAL":
             note_error_kind("internal")
         extra = refusal_headers(error) if isinstance(error, QuotaExceeded) else ()
-        return dataclasses.replace(answer, headers=answer.headers + extra)
+        status = answer.status
+        if self.api is _ANTHROPIC and status == 503 and answer.code == "RESOURCE_EXHAUSTED":
+            status = 529  # Anthropic's "overloaded", which its SDKs retry
+        return dataclasses.replace(answer, status=status, headers=answer.headers + extra)
 
     def error_response(self, error: HttpError) -> web.Response:
         headers = dict(self.headers)
@@ -163,7 +169,7 @@ class HttpFacade:
         http: HttpConfig,
         server: ServerConfig,
         backend: ModelBackend,
-        observer: CallObserver,
+        metrics: WorkerMetrics,
         auth: BearerAuth | None,
         auth_config: AuthConfig | None,
         tls: TlsConfig | None,
@@ -178,7 +184,8 @@ class HttpFacade:
         )
         self._port = http.port
         self._backend = backend
-        self._observer = observer
+        # The gRPC port's metrics: one /metrics for both doors.
+        self._observer = CallObserver(metrics, lambda _request: "")
         self._auth = auth
         self._model_label = model_label
         self._reuse_port = reuse_port
@@ -186,7 +193,9 @@ class HttpFacade:
         try:
             self.ssl = _ssl_context(tls) if tls is not None else None
         except (ssl.SSLError, OSError) as error:
-            raise StartupFailure(f"tls: the {self.role} cannot use the certificate: {error}") from None
+            raise StartupFailure(
+                f"tls: the {self.role} cannot use the certificate: {error}"
+            ) from None
         app = web.Application(client_max_size=server.max_receive_message_bytes)
         routes = (
             ("POST", "/v1/chat/completions", self._chat),
@@ -482,5 +491,7 @@ def _count_usage(record: CallRecord, usage: Usage | None) -> None:
     """The tokens the answer reported, unless the worker's charge (call_record.note_charge) has
     already put them in the record."""
     if usage is not None and record.cost is None:
-        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-
+        record.prompt_tokens, record.completion_tokens = (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )

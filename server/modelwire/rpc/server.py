@@ -100,6 +100,8 @@ class ServerTls:
         self.credentials = grpc.dynamic_ssl_server_credentials(
             self._current, self._fetch, require_client_authentication=tls.client_ca_file is not None
         )
+        # Other listeners of the process on the same [tls] (the HTTP facade), told of a reload.
+        self.followers: list[Callable[[TlsConfig], None]] = []
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """On a gRPC core thread, per handshake: a new configuration once, then None (unchanged)."""
@@ -113,6 +115,8 @@ class ServerTls:
         """Reads `tls`'s files; a ValueError when they do not work (the running ones stay)."""
         self._current = _certificates(tls)
         self.config = tls
+        for follow in self.followers:
+            follow(tls)
 
 
 def _options(server: ServerConfig, extra: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
