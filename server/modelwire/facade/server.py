@@ -47,6 +47,7 @@ from modelwire.facade.errors import http_error
 from modelwire.observe.call_observer import CallObserver
 from modelwire.observe.call_record import CallRecord, note_context, note_error_kind
 from modelwire.observe.metrics import WorkerMetrics
+from modelwire.observe.tracing import http_server_span
 from modelwire.quota.limiter import refusal_headers
 from modelwire.rpc.auth import BearerAuth, Unauthenticated, bearer_token, call_identity
 from modelwire.rpc.auth import model_refusal as allow_list_refusal
@@ -274,7 +275,8 @@ class HttpFacade:
         try:
             if self._auth is not None:
                 self._auth.admit(_presented_key(request), "generate")
-            response = await work(call, request)
+            with http_server_span(call.record.method, request.headers):
+                response = await work(call, request)
             streamed = isinstance(response, web.StreamResponse) and not isinstance(
                 response, web.Response
             )

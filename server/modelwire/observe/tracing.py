@@ -1,9 +1,10 @@
-"""OpenTelemetry, off unless configured: a server span per call (opentelemetry-instrumentation-grpc)
-and a client span per upstream call, whose context HTTP providers forward as W3C `traceparent`."""
+"""OpenTelemetry, off unless configured: a server span per call (opentelemetry-instrumentation-grpc
+for gRPC calls, `http_server_span` for the HTTP facades' calls) and a client span per upstream
+call, whose context HTTP providers forward as W3C `traceparent`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -76,6 +77,21 @@ def _recorded_span(provider: str, model: str) -> Iterator[None]:
         if otel_context.get_current() is made_current:
             otel_context.detach(token)
         span.end()
+
+
+def http_server_span(name: str, headers: Mapping[str, str]) -> AbstractContextManager[None]:
+    """A server span around an HTTP facade call, a child of the caller's W3C `traceparent` when it
+    sent one; nothing unless tracing_on()."""
+    return _recorded_server_span(name, headers) if tracing_on() else _NO_SPAN
+
+
+@contextmanager
+def _recorded_server_span(name: str, headers: Mapping[str, str]) -> Iterator[None]:
+    tracer = trace.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(
+        name, context=propagate.extract(headers), kind=trace.SpanKind.SERVER
+    ):
+        yield
 
 
 def inject_trace_headers(headers: MutableMapping[str, str]) -> None:
