@@ -51,6 +51,15 @@ FINISH_REASONS = {
 }
 
 
+# A finish as the API says it (the facade's direction): the first stop reason above for each.
+STOP_REASONS = {
+    FinishReason.STOP: "end_turn",
+    FinishReason.LENGTH: "max_tokens",
+    FinishReason.TOOL_CALLS: "tool_use",
+    FinishReason.CONTENT_FILTER: "refusal",
+}
+
+
 # Anthropic's error types (in error bodies and stream `error` events) → the HTTP status they stand
 # for.
 ERROR_STATUS = {
@@ -87,6 +96,21 @@ def usage_of(usage: dict[str, Any]) -> Usage:
         cache_write_tokens=written,
         reasoning_tokens=_int(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
     )
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """`usage_of` reversed, for the facade: cache reads and writes apart from input_tokens again
+    (clamped at 0 for a provider whose cached count exceeds its prompt count)."""
+    read, written = usage.cached_prompt_tokens, usage.cache_write_tokens
+    body: dict[str, Any] = {
+        "input_tokens": max(usage.prompt_tokens - read - written, 0),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+        "output_tokens": usage.completion_tokens,
+    }
+    if usage.reasoning_tokens:
+        body["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return body
 
 
 def update_usage(usage: dict[str, Any], update: object) -> None:
