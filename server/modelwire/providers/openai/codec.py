@@ -110,17 +110,20 @@ def _structured_message(message: ModelMessage) -> dict[str, Any]:
     if message.name and message.role is not TOOL:
         wire["name"] = message.name
     if message.tool_calls:
-        wire["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments_json},
-            }
-            for call in message.tool_calls
-        ]
+        wire["tool_calls"] = [wire_tool_call(call) for call in message.tool_calls]
     if message.tool_call_id:
         wire["tool_call_id"] = message.tool_call_id
     return wire
+
+
+def wire_tool_call(call: ToolCall) -> dict[str, Any]:
+    """A whole tool call as Chat Completions writes it, in an assistant message (sent upstream, or
+    answered by the HTTP facade)."""
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments_json},
+    }
 
 
 def _send_reasoning_back(
