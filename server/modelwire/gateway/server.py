@@ -11,6 +11,9 @@ caller's). A call goes to another instance only when the first one provably did 
 A worker's own UNAVAILABLE (its upstream failed after its own retries) goes back to the caller: the
 upstream may have been called, and billed, already. Retries also stop when the retry budget (a
 share of recent calls) is spent, so a sick fleet is not hammered by its own gateway.
+
+The gateway's HTTP facade calls the fleet through the same forwarding (`forward_unary`,
+`forward_stream`, `list_models`, with a CallContext of its own: gateway/fleet_models.py).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -79,6 +82,13 @@ from modelwire.v1 import worker_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
+# The forwarded methods, as a worker's channel names them.
+GENERATE = f"/{WORKER_SERVICE}/Generate"
+GENERATE_STREAM = f"/{WORKER_SERVICE}/GenerateStream"
+COUNT_TOKEN = f"/{WORKER_SERVICE}/CountToken"
+EMBED = f"/{WORKER_SERVICE}/Embed"
+LIST_MODELS = f"/{WORKER_SERVICE}/ListModels"
+
 # A gateway that sees its own id in a call's VIA_KEY refuses it; so does one past this many hops.
 MAX_HOPS = 8
 # A retry budget lets a burst this large through before the ratio governs.
@@ -113,6 +123,23 @@ def not_started(error: grpc.aio.AioRpcError) -> bool:
         # no modelwire worker and answered without them, which cannot have done our work.
         return bool(error.code() == grpc.StatusCode.UNAVAILABLE)
     return NOT_STARTED in error_reasons(received_status(trailers.items()))
+
+
+class CallContext(Protocol):
+    """What forwarding uses of the caller's call: a gRPC call's grpc.aio.ServicerContext, or an
+    HTTP facade call's (gateway/fleet_models.py), so both are routed by the one retry loop."""
+
+    def time_remaining(self) -> float | None: ...
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    async def send_initial_metadata(self, initial_metadata: Metadata) -> None: ...
+
+    def set_trailing_metadata(self, trailing_metadata: Metadata) -> None: ...
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
+    ) -> NoReturn: ...
 
 
 # One try of a call on a route: yields what the caller gets, fills in the worker's trailers.
@@ -193,17 +220,14 @@ class Gateway:
         await self.router.close()
 
     def _handlers(self) -> grpc.GenericRpcHandler:
-        method = f"/{WORKER_SERVICE}/"
         return grpc.method_handlers_generic_handler(
             WORKER_SERVICE,
             {
-                "Generate": grpc.unary_unary_rpc_method_handler(self._unary(method + "Generate")),
-                "CountToken": grpc.unary_unary_rpc_method_handler(
-                    self._unary(method + "CountToken")
-                ),
-                "Embed": grpc.unary_unary_rpc_method_handler(self._unary(method + "Embed")),
+                "Generate": grpc.unary_unary_rpc_method_handler(self._unary(GENERATE)),
+                "CountToken": grpc.unary_unary_rpc_method_handler(self._unary(COUNT_TOKEN)),
+                "Embed": grpc.unary_unary_rpc_method_handler(self._unary(EMBED)),
                 "GenerateStream": grpc.unary_stream_rpc_method_handler(
-                    self._stream(method + "GenerateStream")
+                    self._stream(GENERATE_STREAM)
                 ),
                 # Decoded, unlike the forwarded methods, as the gateway answers it itself: an
                 # undecodable body is refused as a worker refuses it (rpc/malformed.py).
@@ -213,7 +237,7 @@ class Gateway:
             },
         )
 
-    def _metadata(self, context: grpc.aio.ServicerContext) -> Metadata:
+    def _metadata(self, context: CallContext) -> Metadata:
         """The caller's metadata for the worker, with this gateway added to the call's path; a
         call that already passed here (an instance registered at this gateway's address) stops."""
         incoming = context.invocation_metadata() or ()
@@ -275,7 +299,7 @@ class Gateway:
         route: Route,
         error: grpc.aio.AioRpcError | None,
         tried: set[str],
-        context: grpc.aio.ServicerContext,
+        context: CallContext,
     ) -> bool:
         """Whether to try another instance; if not, the caller gets this attempt's answer."""
         remaining = context.time_remaining()
@@ -300,7 +324,7 @@ class Gateway:
         return True
 
     async def _forward(
-        self, raw: bytes, context: grpc.aio.ServicerContext, attempt: Attempt
+        self, raw: bytes, context: CallContext, attempt: Attempt
     ) -> AsyncGenerator[bytes, None]:
         """The one retry loop of unary and streamed calls: `attempt` makes the call on a route,
         yields what the caller gets and fills in the worker's trailers; once it has yielded, the
@@ -342,29 +366,64 @@ class Gateway:
             finally:
                 route.open[model] -= 1
 
-    def _unary(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
-        async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            async def attempt(
-                route: Route, trailers: list[tuple[str, str | bytes]]
-            ) -> AsyncGenerator[bytes, None]:
-                call = route.channel.unary_unary(method)(
-                    raw, timeout=context.time_remaining(), metadata=self._metadata(context)
-                )
-                response: bytes = await call
-                limits = rate_limits(await call.initial_metadata())
-                if limits:  # the worker's quota: headers only then (each costs a frame)
-                    await context.send_initial_metadata(limits)
-                trailers.extend(await call.trailing_metadata() or ())
-                yield response
+    async def forward_unary(self, method: str, raw: bytes, context: CallContext) -> bytes:
+        """A unary call forwarded to the fleet; the worker's failure ends it by `context.abort`."""
 
-            responses: list[bytes] = []
-            async with (
-                CallScope(context),
-                aclosing(self._forward(raw, context, attempt)) as answers,
-            ):
-                # Read to the end: the loop sets the worker's trailers after its one answer.
-                responses += [response async for response in answers]
-            return responses[0]
+        async def attempt(
+            route: Route, trailers: list[tuple[str, str | bytes]]
+        ) -> AsyncGenerator[bytes, None]:
+            call = route.channel.unary_unary(method)(
+                raw, timeout=context.time_remaining(), metadata=self._metadata(context)
+            )
+            # Awaiting the call cancels it when this task is cancelled (the caller left).
+            response: bytes = await call
+            limits = rate_limits(await call.initial_metadata())
+            if limits:  # the worker's quota: headers only then (each costs a frame)
+                await context.send_initial_metadata(limits)
+            trailers.extend(await call.trailing_metadata() or ())
+            yield response
+
+        responses: list[bytes] = []
+        async with aclosing(self._forward(raw, context, attempt)) as answers:
+            # Read to the end: the loop sets the worker's trailers after its one answer.
+            responses += [response async for response in answers]
+        return responses[0]
+
+    def forward_stream(
+        self, method: str, raw: bytes, context: CallContext
+    ) -> AsyncGenerator[bytes, None]:
+        """A streamed call forwarded to the fleet, its chunks as they come; closing it cancels the
+        worker's call. The worker's failure ends it by `context.abort`."""
+
+        async def attempt(
+            route: Route, trailers: list[tuple[str, str | bytes]]
+        ) -> AsyncGenerator[bytes, None]:
+            call = route.channel.unary_stream(method)(
+                raw, timeout=context.time_remaining(), metadata=self._metadata(context)
+            )
+            try:
+                # Passed on as soon as the worker sends them (its work began, its rate limits
+                # known), so a caller sees them before the first token too.
+                initial = await call.initial_metadata()
+                unsent = True
+                if initial:  # none when the worker refused at once (trailers only)
+                    unsent = False
+                    await context.send_initial_metadata(_headers(initial, route))
+                async for chunk in call:
+                    if unsent:
+                        unsent = False
+                        await context.send_initial_metadata(_headers(initial, route))
+                    yield chunk
+                trailers.extend(await call.trailing_metadata() or ())
+            finally:
+                call.cancel()
+
+        return self._forward(raw, context, attempt)
+
+    def _unary(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            async with CallScope(context):
+                return await self.forward_unary(method, raw, context)
 
         return forward
 
@@ -372,30 +431,10 @@ class Gateway:
         self, method: str
     ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-            async def attempt(
-                route: Route, trailers: list[tuple[str, str | bytes]]
-            ) -> AsyncGenerator[bytes, None]:
-                call = route.channel.unary_stream(method)(
-                    raw, timeout=context.time_remaining(), metadata=self._metadata(context)
-                )
-                try:
-                    # Passed on as soon as the worker sends them (its work began, its rate limits
-                    # known), so a caller sees them before the first token too.
-                    initial = await call.initial_metadata()
-                    unsent = True
-                    if initial:  # none when the worker refused at once (trailers only)
-                        unsent = False
-                        await context.send_initial_metadata(_headers(initial, route))
-                    async for chunk in call:
-                        if unsent:
-                            unsent = False
-                            await context.send_initial_metadata(_headers(initial, route))
-                        yield chunk
-                    trailers.extend(await call.trailing_metadata() or ())
-                finally:
-                    call.cancel()
-
-            async with CallScope(context), aclosing(self._forward(raw, context, attempt)) as chunks:
+            async with (
+                CallScope(context),
+                aclosing(self.forward_stream(method, raw, context)) as chunks,
+            ):
                 async for chunk in chunks:
                     yield chunk
 
@@ -414,48 +453,45 @@ class Gateway:
     async def _list_models(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
-        """Every model of the fleet the caller's token may use, described by one routable
-        instance each (an instance that fails or answers garbage is left out)."""
         async with CallScope(context):
-            remaining = context.time_remaining()
-            timeout = (
-                min(LIST_MODELS_TIMEOUT_S, remaining)
-                if remaining is not None
-                else LIST_MODELS_TIMEOUT_S
-            )
-            metadata = self._metadata(context)
-            routes = [r for r in self.router.instances() if r.routable]
+            models = await self.list_models(context)
+            return pb.ListModelsResponse(models=models).SerializeToString()
 
-            async def ask(route: Route) -> list[pb.ModelMetadata]:
-                try:
-                    answer: bytes = await route.channel.unary_unary(
-                        f"/{WORKER_SERVICE}/ListModels"
-                    )(
-                        pb.ListModelsRequest().SerializeToString(),
-                        timeout=timeout,
-                        metadata=metadata,
-                    )
-                    return list(pb.ListModelsResponse.FromString(answer).models)
-                except grpc.aio.AioRpcError as error:
-                    logger.info(
-                        "ListModels on instance %s failed: %s", route.instance_id, error.code().name
-                    )
-                except DecodeError:
-                    logger.warning(
-                        "instance %s answered ListModels with bytes that are not a "
-                        "ListModelsResponse",
-                        route.instance_id,
-                    )
-                return []
+    async def list_models(self, context: CallContext) -> list[pb.ModelMetadata]:
+        """Every model of the fleet the caller's token may use, by name, described by one routable
+        instance each (an instance that fails or answers garbage is left out)."""
+        remaining = context.time_remaining()
+        timeout = (
+            min(LIST_MODELS_TIMEOUT_S, remaining)
+            if remaining is not None
+            else LIST_MODELS_TIMEOUT_S
+        )
+        metadata = self._metadata(context)
+        routes = [r for r in self.router.instances() if r.routable]
 
-            models: dict[str, pb.ModelMetadata] = {}
-            for answer in await asyncio.gather(*(ask(r) for r in routes)):
-                for described in answer:
-                    if model_refusal(described.model) is None:
-                        models.setdefault(described.model, described)
-            return pb.ListModelsResponse(
-                models=[models[name] for name in sorted(models)]
-            ).SerializeToString()
+        async def ask(route: Route) -> list[pb.ModelMetadata]:
+            try:
+                answer: bytes = await route.channel.unary_unary(LIST_MODELS)(
+                    pb.ListModelsRequest().SerializeToString(), timeout=timeout, metadata=metadata
+                )
+                return list(pb.ListModelsResponse.FromString(answer).models)
+            except grpc.aio.AioRpcError as error:
+                logger.info(
+                    "ListModels on instance %s failed: %s", route.instance_id, error.code().name
+                )
+            except DecodeError:
+                logger.warning(
+                    "instance %s answered ListModels with bytes that are not a ListModelsResponse",
+                    route.instance_id,
+                )
+            return []
+
+        models: dict[str, pb.ModelMetadata] = {}
+        for answer in await asyncio.gather(*(ask(r) for r in routes)):
+            for described in answer:
+                if model_refusal(described.model) is None:
+                    models.setdefault(described.model, described)
+        return [models[name] for name in sorted(models)]
 
 
 def _unreachable(route: Route) -> ModelwireError:
@@ -466,10 +502,9 @@ def _unreachable(route: Route) -> ModelwireError:
     )
 
 
-async def _pass_on(
-    context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError, route: Route
-) -> None:
-    """The worker's status, details and trailers, as the caller's answer."""
+async def _pass_on(context: CallContext, error: grpc.aio.AioRpcError, route: Route) -> None:
+    """The worker's status, details and trailers, as the caller's answer (an HTTP call's context
+    raises them as the typed error they stand for)."""
     await context.abort(
         error.code(),
         error.details() or "",

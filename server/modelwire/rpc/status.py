@@ -1,9 +1,11 @@
 """Typed errors → gRPC status with google.rpc details: the one lookup from an error's `code`
-(core/errors.py) to its grpc.StatusCode, and the one reader of the details a peer sent back."""
+(core/errors.py) to its grpc.StatusCode, and the one reader of the details a peer sent back (and
+of a peer's status as a typed error again: `received_error`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
 import uuid
@@ -176,6 +178,104 @@ def error_reasons(status: status_pb2.Status | None) -> list[str]:
         if packed.Is(info.DESCRIPTOR) and packed.Unpack(info) and info.domain == ERROR_DOMAIN:
             reasons.append(info.reason)
     return reasons
+
+
+class PeerError(errors.ModelwireError):
+    """A peer's failure (a worker's, behind a gateway) that no typed error here stands for: the
+    peer's message, and its status code as the class's `code`, as every typed error names it (one
+    subclass per code)."""
+
+
+def _peer_error_class(code: grpc.StatusCode) -> type[PeerError]:
+    name = "Peer" + "".join(word.capitalize() for word in code.name.split("_"))
+    return type(name, (PeerError,), {"code": code.name, "__module__": __name__})
+
+
+_PEER_ERRORS = {code: _peer_error_class(code) for code in grpc.StatusCode}
+
+
+def received_error(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> errors.ModelwireError:
+    """A peer's status (its code, message and the google.rpc.Status of its trailers) as the typed
+    error it was sent for, so an edge that is not gRPC (the HTTP facade on a gateway) answers a
+    worker's failure as it answers its own: its field violations, quota, retry delay and reasons
+    rebuilt from the details; any other status as a PeerError of its code."""
+    details = _unpacked(status)
+    retry = details.get(error_details_pb2.RetryInfo.DESCRIPTOR.full_name)
+    retry_after_s = (
+        retry.retry_delay.ToNanoseconds() / 1e9
+        if isinstance(retry, error_details_pb2.RetryInfo)
+        else None
+    )
+    reasons = error_reasons(status)
+    bad = details.get(error_details_pb2.BadRequest.DESCRIPTOR.full_name)
+    quota = details.get(error_details_pb2.QuotaFailure.DESCRIPTOR.full_name)
+    precondition = details.get(error_details_pb2.PreconditionFailure.DESCRIPTOR.full_name)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and isinstance(bad, error_details_pb2.BadRequest):
+        return errors.InvalidRequest(
+            [errors.FieldViolation(v.field, v.description) for v in bad.field_violations]
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if isinstance(quota, error_details_pb2.QuotaFailure):
+            return errors.QuotaExceeded(
+                [_quota_violation(v) for v in quota.violations], retry_after_s
+            )
+        if retry_after_s is not None:
+            if NOT_STARTED in reasons:
+                return errors.Overloaded(message, retry_after_s, not_started=True)
+            return errors.UpstreamRateLimited(message, retry_after_s)
+    if code == grpc.StatusCode.UNAVAILABLE and retry_after_s is not None:
+        return errors.NotReady(message, retry_after_s)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return errors.PermissionDenied(message, reasons[0] if reasons else None)
+    if (
+        code == grpc.StatusCode.FAILED_PRECONDITION
+        and isinstance(precondition, error_details_pb2.PreconditionFailure)
+        and any(v.type == "CONTEXT_LENGTH" for v in precondition.violations)
+    ):
+        return errors.UpstreamContextExceeded(message)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return errors.DeadlineExceeded(message)
+    return _PEER_ERRORS[code](message)
+
+
+def _unpacked(status: status_pb2.Status | None) -> dict[str, Message]:
+    """The first detail of each kind this reader knows, by its type's full name."""
+    found: dict[str, Message] = {}
+    for packed in status.details if status is not None else ():
+        for kind in _DETAIL_KINDS:
+            if packed.Is(kind.DESCRIPTOR) and kind.DESCRIPTOR.full_name not in found:
+                detail = kind()
+                if packed.Unpack(detail):
+                    found[kind.DESCRIPTOR.full_name] = detail
+    return found
+
+
+_DETAIL_KINDS: tuple[type[Message], ...] = (
+    error_details_pb2.BadRequest,
+    error_details_pb2.QuotaFailure,
+    error_details_pb2.RetryInfo,
+    error_details_pb2.PreconditionFailure,
+)
+
+
+def _quota_violation(violation: error_details_pb2.QuotaFailure.Violation) -> errors.QuotaViolation:
+    """`_quota_failure`'s violation read back: a limit that is not a whole number travels only in
+    the description's last word (`QuotaViolation.describe`)."""
+    rule = violation.quota_id.removeprefix("rule-")
+    limit = float(violation.quota_value)
+    if not limit:
+        with contextlib.suppress(ValueError):
+            limit = float(violation.description.rsplit(" ", 1)[-1])
+    dimensions = violation.quota_dimensions
+    return errors.QuotaViolation(
+        rule=int(rule) if rule.isdigit() else 0,
+        tenant=dimensions.get("tenant", ""),
+        model=dimensions.get("model", ""),
+        limit_name=violation.quota_metric,
+        limit=limit,
+    )
 
 
 class CallScope:

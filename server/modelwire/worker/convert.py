@@ -1,4 +1,5 @@
-"""Protobuf ⇄ domain types: the one place that translates, so nothing behind it sees protobuf."""
+"""Protobuf ⇄ domain types, both ways: the one place that translates, so nothing behind it (nor
+the HTTP facade in front of a gateway) sees protobuf."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import struct
 from collections.abc import Sequence
 
 from modelwire.core.errors import FieldViolation, InvalidRequest
-from modelwire.core.settings import RequestLimits
+from modelwire.core.settings import Prices, RequestLimits
 from modelwire.core.types import (
     Capability,
     ContentPart,
@@ -28,9 +29,11 @@ from modelwire.core.types import (
     RequestContext,
     Role,
     SamplingParams,
+    Timing,
     TokenCount,
     Tool,
     ToolCall,
+    ToolCallDelta,
     ToolChoice,
     ToolChoiceMode,
     Usage,
@@ -371,3 +374,194 @@ def embed_request_from_pb(request: pb.EmbedRequest) -> EmbedRequest:
 
 def token_count_to_pb(count: TokenCount) -> pb.CountTokenResponse:
     return pb.CountTokenResponse(count=count.count, tokenizer=count.tokenizer, exact=count.exact)
+
+
+# The other direction, domain → protobuf → domain: a gateway's HTTP facade calls its fleet in the
+# contract's messages (gateway/fleet_models.py).
+
+_ROLE_TO_PB = {role: number for number, role in _ROLE_FROM_PB.items()}
+_FINISH_FROM_PB = {number: reason for reason, number in _FINISH_TO_PB.items()}
+_CAPABILITY_FROM_PB = {number: capability for capability, number in _CAPABILITY_TO_PB.items()}
+_TOOL_CHOICE_TO_PB = {mode: number for number, mode in _TOOL_CHOICE_FROM_PB.items()}
+_EFFORT_TO_PB: dict[ReasoningEffort | None, pb.ReasoningEffort] = {
+    None: pb.REASONING_EFFORT_UNSPECIFIED
+} | {effort: number for number, effort in _EFFORT_FROM_PB.items()}
+
+
+def messages_to_pb(messages: Sequence[ModelMessage]) -> list[pb.ModelMessage]:
+    return [_message_to_pb(message) for message in messages]
+
+
+def _message_to_pb(message: ModelMessage) -> pb.ModelMessage:
+    converted = pb.ModelMessage(
+        role=_ROLE_TO_PB[message.role], content=message.content, name=message.name
+    )
+    if message.plain:
+        return converted
+    converted.parts.extend(_part_to_pb(part) for part in message.parts)
+    converted.tool_calls.extend(
+        pb.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_json)
+        for call in message.tool_calls
+    )
+    converted.tool_call_id = message.tool_call_id
+    if message.reasoning is not None:
+        converted.reasoning = message.reasoning
+    converted.reasoning_signature = message.reasoning_signature
+    converted.cache_breakpoint = message.cache_breakpoint
+    return converted
+
+
+def _part_to_pb(part: ContentPart) -> pb.ContentPart:
+    if isinstance(part, str):
+        return pb.ContentPart(text=part)
+    image = pb.Image(mime_type=part.mime_type)
+    if part.url is not None:
+        image.url = part.url
+    else:
+        image.data = part.data or b""
+    return pb.ContentPart(image=image)
+
+
+def request_to_pb(request: ModelRequest) -> pb.ModelRequest:
+    sampling = request.sampling
+    converted = pb.ModelRequest(
+        model=request.model,
+        messages=messages_to_pb(request.messages),
+        sampling=pb.SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            stop=sampling.stop,
+            seed=sampling.seed,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+        ),
+        context=pb.RequestContext(
+            request_id=request.context.request_id,
+            user=request.context.user,
+            metadata=request.context.metadata,
+        ),
+        tools=[
+            pb.Tool(
+                name=tool.name,
+                description=tool.description,
+                parameters_json_schema=tool.parameters_json_schema,
+                strict=tool.strict,
+            )
+            for tool in request.tools
+        ],
+        parallel_tool_calls=request.parallel_tool_calls,
+    )
+    choice = request.tool_choice
+    if isinstance(choice, NamedTool):
+        converted.tool_choice.tool_name = choice.name
+    elif choice is not None:
+        converted.tool_choice.mode = _TOOL_CHOICE_TO_PB[choice]
+    output_format = request.output_format
+    if isinstance(output_format, JsonObjectFormat):
+        converted.output_format.json_object = True
+    elif isinstance(output_format, JsonSchemaFormat):
+        converted.output_format.json_schema.CopyFrom(
+            pb.JsonSchema(
+                name=output_format.name,
+                schema_json=output_format.schema_json,
+                strict=output_format.strict,
+            )
+        )
+    elif isinstance(output_format, GrammarFormat):
+        converted.output_format.grammar = output_format.gbnf
+    reasoning = request.reasoning
+    if reasoning is not None:
+        converted.reasoning.CopyFrom(
+            pb.ReasoningOptions(
+                effort=_EFFORT_TO_PB[reasoning.effort],
+                budget_tokens=reasoning.budget_tokens,
+            )
+        )
+    return converted
+
+
+def output_from_pb(output: pb.ModelOutput) -> ModelOutput:
+    """A finish reason this side does not know reads as none."""
+    return ModelOutput(
+        text=output.text,
+        reasoning=output.reasoning if output.HasField("reasoning") else None,
+        finish_reason=_FINISH_FROM_PB.get(output.finish_reason),
+        usage=_usage_from_pb(output.usage) if output.HasField("usage") else None,
+        timing=Timing(
+            time_to_first_token_s=output.timing.time_to_first_token_seconds,
+            tokens_per_second=output.timing.tokens_per_second,
+            total_s=output.timing.total_seconds,
+        )
+        if output.HasField("timing")
+        else None,
+        tool_calls=tuple(_tool_call_from_pb(call) for call in output.tool_calls),
+        tool_call_deltas=tuple(
+            ToolCallDelta(
+                index=delta.index,
+                id=delta.id,
+                name=delta.name,
+                arguments_delta=delta.arguments_delta,
+            )
+            for delta in output.tool_call_deltas
+        ),
+        reasoning_signature=output.reasoning_signature,
+    )
+
+
+def _usage_from_pb(usage: pb.Usage) -> Usage:
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        estimated=usage.estimated,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
+def embed_request_to_pb(request: EmbedRequest) -> pb.EmbedRequest:
+    return pb.EmbedRequest(
+        model=request.model, inputs=request.inputs, dimensions=request.dimensions
+    )
+
+
+def embeddings_from_pb(response: pb.EmbedResponse) -> Embeddings:
+    return Embeddings(
+        vectors=tuple(tuple(embedding.values) for embedding in response.embeddings),
+        usage=_usage_from_pb(response.usage),
+    )
+
+
+def count_request_to_pb(model: str, messages: Sequence[ModelMessage]) -> pb.CountTokenRequest:
+    return pb.CountTokenRequest(model=model, messages=messages_to_pb(messages))
+
+
+def token_count_from_pb(count: pb.CountTokenResponse) -> TokenCount:
+    return TokenCount(count=count.count, tokenizer=count.tokenizer, exact=count.exact)
+
+
+def metadata_from_pb(metadata: pb.ModelMetadata) -> ModelMetadata:
+    """A model as a worker's ListModels describes it; capabilities this side does not know are
+    left out. ValueError: prices no configuration could hold (a peer's garbage)."""
+    prices = metadata.prices
+    return ModelMetadata(
+        model=metadata.model,
+        provider=metadata.provider,
+        context_length=metadata.context_length,
+        max_output_tokens=metadata.max_output_tokens,
+        capabilities=tuple(
+            _CAPABILITY_FROM_PB[number]
+            for number in metadata.capabilities
+            if number in _CAPABILITY_FROM_PB
+        ),
+        metadata=dict(metadata.metadata),
+        prices=Prices(
+            input=prices.input,
+            output=prices.output,
+            cached_input=prices.cached_input,
+            cache_write=prices.cache_write,
+        )
+        if metadata.HasField("prices")
+        else None,
+    )
