@@ -17,6 +17,7 @@ from modelwire.app.reload import Reloader
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import ANY_MODEL
 from modelwire.core.types import ModelMetadata
+from modelwire.facade.server import HttpFacade
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
@@ -84,12 +85,6 @@ def _request_model_label(models: list[ServedModel]) -> ModelLabel:
         return label(getattr(request, "model", ""))
 
     return of_request
-
-
-def _facade(**settings: Any) -> Any:  # TEMPORARY until the codecs land: a lazy import
-    from modelwire.facade.server import HttpFacade
-
-    return HttpFacade(**settings)
 
 
 class _ServedModels:
@@ -178,7 +173,7 @@ class Worker:
         self.port = self.rpc.port
         # OpenAI's and Anthropic's HTTP APIs on their own port, when [http] port is set.
         self.facade = (
-            _facade(
+            HttpFacade(
                 role="worker",
                 http=config.http,
                 server=config.server,

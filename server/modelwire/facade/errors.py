@@ -54,6 +54,8 @@ def http_error(error: BaseException, param_of: Callable[[str], str]) -> HttpErro
         named = [(param_of(v.field) if v.field else "", v.description) for v in error.violations]
         param = named[0][0] or None
         message = "; ".join(f"{field}: {text}" if field else text for field, text in named)
+    elif isinstance(error, errors.ModelNotFound):
+        param = "model"
     if isinstance(error, _OPERATORS):
         return HttpError(502, code, message)
     status = HTTP_STATUS.get(code, 500)
