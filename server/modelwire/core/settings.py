@@ -251,10 +251,10 @@ class ServerConfig:
 
 @dataclass(config=SECTION)
 class HttpConfig:
-    """`[http]`: the HTTP facades (OpenAI's and Anthropic's APIs, docs/api.md#http-facades) on a port
-    of their own, off unless `port` is set. The same rules as the gRPC port: beyond loopback only
-    with [auth] or `[server] allow_unauthenticated`; TLS from [tls]; requests bounded by `[server]
-    max_receive_message_bytes`."""
+    """`[http]`: the HTTP facades (OpenAI's and Anthropic's APIs, docs/api.md#http-facades) on a
+    port of their own, off unless `port` is set. The same rules as the gRPC port: beyond loopback
+    only with [auth] or `[server] allow_unauthenticated`; TLS from [tls]; requests bounded by
+    `[server] max_receive_message_bytes`."""
 
     port: Port | None = None
     # None: [server] host.
