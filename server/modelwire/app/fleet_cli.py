@@ -218,6 +218,7 @@ def _gateway_config(args: argparse.Namespace) -> GatewayFile:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    from modelwire.app.gateway_http import gateway_facade
     from modelwire.fleet.connect import connect
     from modelwire.gateway.server import Gateway
 
@@ -232,18 +233,24 @@ def _gateway(args: argparse.Namespace) -> int:
     source = str(args.config or "the command line")
 
     async def run() -> None:
+        auth = read_auth(config.auth, source)
         gateway = Gateway(
             connect(config.registry),
             config.server,
             config.gateway,
-            auth=read_auth(config.auth, source),
+            auth=auth,
             tls=config.tls,
             observability=observability,
         )
+        facade = gateway_facade(gateway, config, auth)
         _serve_metrics(gateway.rpc.metrics, observability)
         await gateway.start()
+        if facade is not None:
+            await facade.start()
+        http = f" and {facade.address}" if facade is not None else ""
         print(
-            f"modelwire gateway on {gateway.address} (instances from {gateway.source})", flush=True
+            f"modelwire gateway on {gateway.address}{http} (instances from {gateway.source})",
+            flush=True,
         )
         reload = Reloader(
             "gateway",
@@ -254,7 +261,7 @@ def _gateway(args: argparse.Namespace) -> int:
         )
         await serve_until_signalled(reload)
         logger.info("draining: grace period %.1fs", config.server.grace_period_s)
-        await gateway.stop()
+        await gateway.stop(facade.stop if facade is not None else None)
 
     asyncio.run(run())
     return 0

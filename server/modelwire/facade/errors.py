@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from modelwire.core import errors
 from modelwire.facade.calls import HttpError
-from modelwire.rpc.status import to_status
+from modelwire.rpc.status import PeerError, to_status
 
 # The gRPC status → the HTTP status OpenAI's and Anthropic's APIs use for that kind of failure.
 # FAILED_PRECONDITION is the request's fault (a prompt over the context) unless the class says
@@ -56,7 +56,11 @@ def http_error(error: BaseException, param_of: Callable[[str], str]) -> HttpErro
         message = "; ".join(f"{field}: {text}" if field else text for field, text in named)
     elif isinstance(error, errors.ModelNotFound):
         param = "model"
-    if isinstance(error, _OPERATORS):
+    if isinstance(error, _OPERATORS) or (
+        # A worker's FAILED_PRECONDITION behind a gateway that is not a prompt over the context
+        # (which arrives typed): its upstream's key, account or tokenizer, a routing loop.
+        isinstance(error, PeerError) and code == "FAILED_PRECONDITION"
+    ):
         return HttpError(502, code, message)
     status = HTTP_STATUS.get(code, 500)
     retry_after = getattr(error, "retry_after_s", None)

@@ -32,7 +32,7 @@ from modelwire.gateway.server import (
     GENERATE_STREAM,
     Gateway,
 )
-from modelwire.rpc.auth import _caller
+from modelwire.rpc.auth import caller_token
 from modelwire.rpc.status import received_error, received_status
 from modelwire.rpc.wire import Metadata
 from modelwire.v1 import worker_pb2 as pb
@@ -65,8 +65,8 @@ class _HttpCall:
     def invocation_metadata(self) -> Metadata:
         # The grant the facade's key check set for this call (rpc/auth.py, BearerAuth.admit): its
         # token is what `[gateway.workers] forward_authorization` passes on.
-        grant = _caller.get()
-        return (("authorization", f"Bearer {grant.token}"),) if grant is not None else ()
+        token = caller_token()
+        return (("authorization", f"Bearer {token}"),) if token is not None else ()
 
     async def send_initial_metadata(self, initial_metadata: Metadata) -> None:
         """Once: the work began (a call answers at most once, and `started` prepares its answer)."""

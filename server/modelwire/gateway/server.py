@@ -211,12 +211,17 @@ class Gateway:
 
         self._synced = asyncio.create_task(serve_when_synced())
 
-    async def stop(self) -> None:
+    async def stop(self, alongside: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Drains the gRPC port, and `alongside` it another door's calls (the HTTP facade's,
+        app/gateway_http.py), then closes the channels to the workers both used."""
         if self._synced is not None:
             self._synced.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._synced
-        await self.rpc.drain()
+        if alongside is None:
+            await self.rpc.drain()
+        else:
+            await asyncio.gather(self.rpc.drain(), alongside())
         await self.router.close()
 
     def _handlers(self) -> grpc.GenericRpcHandler:

@@ -200,6 +200,13 @@ def caller_identity() -> str | None:
     return grant.name if grant is not None else None
 
 
+def caller_token() -> str | None:
+    """The token the current call authenticated with (a gateway's HTTP facade passes it on when
+    `[gateway.workers] forward_authorization` says so); None without [auth]."""
+    grant = _caller.get()
+    return grant.token if grant is not None else None
+
+
 def model_refusal(model: str) -> str | None:
     """Why the current call's token may not use `model`, or None when it may: the one home of the
     `models` allow-list, applied where the model name is in hand (a worker's decoded request, a
