@@ -5,11 +5,19 @@ from __future__ import annotations
 import base64
 import enum
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the configuration's type; settings imports this module
     from modelwire.core.settings import Prices
+
+
+# A call's response headers once its work has begun (its rate limits), as (name, value) pairs;
+# `Started` is told them then (worker/service.py: after admission and the quota), so an edge can
+# send them before the first token.
+ResponseHeaders = tuple[tuple[str, str], ...]
+Started = Callable[[ResponseHeaders], Awaitable[None]]
 
 
 class Role(enum.Enum):

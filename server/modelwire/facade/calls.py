@@ -4,7 +4,7 @@ gateway's fleet)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,12 +15,10 @@ from modelwire.core.types import (
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    ResponseHeaders,
+    Started,
     TokenCount,
 )
-
-# Response headers of a call whose work has begun (its rate limits), as (name, value) pairs.
-Headers = tuple[tuple[str, str], ...]
-Started = Callable[[Headers], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +48,7 @@ class HttpError:
     param: str | None = None
     retry_after_s: float | None = None
     # More response headers (a quota refusal's x-ratelimit-*).
-    headers: Headers = ()
+    headers: ResponseHeaders = ()
 
 
 class ModelBackend(Protocol):

@@ -40,9 +40,9 @@ from modelwire.core.errors import (
     StartupFailure,
 )
 from modelwire.core.settings import AuthConfig, HttpConfig, ServerConfig, TlsConfig
-from modelwire.core.types import ModelMetadata, ModelOutput, Usage
+from modelwire.core.types import ModelMetadata, ModelOutput, ResponseHeaders, Usage
 from modelwire.facade import anthropic_wire, openai_wire
-from modelwire.facade.calls import GenerationCall, Headers, HttpError, ModelBackend
+from modelwire.facade.calls import GenerationCall, HttpError, ModelBackend
 from modelwire.facade.errors import http_error
 from modelwire.observe.call_observer import CallObserver
 from modelwire.observe.call_record import CallRecord, note_context, note_error_kind
@@ -352,7 +352,7 @@ class HttpFacade:
         context = parsed.request.context
         note_context(context.request_id, context.user, context.metadata)
 
-        async def started(headers: Headers) -> None:
+        async def started(headers: ResponseHeaders) -> None:
             call.headers.update(headers)
 
         output = await self._backend.generate(parsed.request, started, _tenant())
@@ -376,7 +376,7 @@ class HttpFacade:
         response = web.StreamResponse(headers={**call.headers, **_SSE_HEADERS})
         record, observer = call.record, self._observer
 
-        async def started(headers: Headers) -> None:
+        async def started(headers: ResponseHeaders) -> None:
             if not response.prepared:
                 response.headers.update(headers)
                 await response.prepare(request)
@@ -418,7 +418,7 @@ class HttpFacade:
             embed, encoding = openai_wire.parse_embeddings(await self._body(request))
             self._allowed(call, embed.model)
 
-            async def started(headers: Headers) -> None:
+            async def started(headers: ResponseHeaders) -> None:
                 call.headers.update(headers)
 
             embeddings = await self._backend.embed(embed, started, _tenant())

@@ -21,9 +21,9 @@ from modelwire.core.types import (
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    Started,
     TokenCount,
 )
-from modelwire.facade.calls import Started
 from modelwire.gateway.router import rate_limits
 from modelwire.gateway.server import (
     COUNT_TOKEN,

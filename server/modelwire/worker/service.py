@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, replace
 
@@ -29,6 +29,7 @@ from modelwire.core.types import (
     ModelMetadata,
     ModelOutput,
     ModelRequest,
+    Started,
     Timing,
     TokenCount,
     ToolCall,
@@ -53,13 +54,6 @@ from modelwire.worker.validation import (
     validate_embed_request,
     validate_request,
 )
-
-# Told when a generation or an embedding has passed admission and its quota, and its work begins,
-# with the rate-limit headers of its quota (quota/limiter.py): the edge then sends the response
-# headers, so a caller sees its limits before the first token and a gateway knows a lost call may
-# have started and must not replay it.
-Metadata = tuple[tuple[str, str], ...]
-Started = Callable[[Metadata], Awaitable[None]]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from contextlib import aclosing
 
 import grpc
 
+from modelwire.core.types import ResponseHeaders, Started
 from modelwire.observe.call_observer import PID
 from modelwire.rpc.auth import call_identity, model_refusal
 from modelwire.rpc.status import CallScope
@@ -14,7 +15,7 @@ from modelwire.rpc.wire import PID_KEY, VIA_KEY
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
-from modelwire.worker.service import Metadata, Started, WorkerService
+from modelwire.worker.service import WorkerService
 
 
 def _headers_when_started(context: grpc.aio.ServicerContext) -> Started:
@@ -25,7 +26,7 @@ def _headers_when_started(context: grpc.aio.ServicerContext) -> Started:
     the first message (an early frame costs 0.13–0.21 CPU-ms a call, measured)."""
     forwarded = any(key == VIA_KEY for key, _ in context.invocation_metadata() or ())
 
-    async def started(headers: Metadata) -> None:
+    async def started(headers: ResponseHeaders) -> None:
         if forwarded:
             await context.send_initial_metadata(((PID_KEY, PID), *headers))
         elif headers:
