@@ -35,10 +35,10 @@ from modelwire.core.types import (
     ModelMessage,
     ModelOutput,
     ModelRequest,
+    ResponseHeaders,
     Role,
     SamplingParams,
 )
-from modelwire.facade.calls import Headers
 from modelwire.fleet.remote import RemoteController
 from modelwire.fleet.types import InstanceModel, InstanceSpec
 from modelwire.gateway.fleet_models import FleetModels
@@ -145,9 +145,9 @@ class Started:
     """A `started` callback that records what it was told, in order with the chunks."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, Headers | ModelOutput]] = []
+        self.events: list[tuple[str, ResponseHeaders | ModelOutput]] = []
 
-    async def __call__(self, headers: Headers) -> None:
+    async def __call__(self, headers: ResponseHeaders) -> None:
         self.events.append(("started", headers))
 
     @property
