@@ -126,6 +126,7 @@ class _Call:
         self.record = record
         self.parsed: GenerationCall | None = None
         self.headers: dict[str, str] = {name: record.request_id for name in api.request_id_headers}
+        self.headers["Server"] = "modelwire"  # not aiohttp's default, which names its version
 
     def json(self, body: object, status: int = 200) -> web.Response:
         return web.Response(
