@@ -472,6 +472,8 @@ async def test_a_prompt_over_the_context_is_a_400_from_the_worker(fleet: Fleet) 
     assert refused.value.status_code == 400
     assert isinstance(refused.value.body, dict)
     assert refused.value.body.get("type") == "invalid_request_error", refused.value.body
+    assert refused.value.body.get("param") == "messages", refused.value.body
+    assert refused.value.body.get("code") == "context_length_exceeded", refused.value.body
     assert str(CONTEXT_LENGTH) in refused.value.message
     assert "word word" not in refused.value.message, "no error quotes the request's text"
     body = other.value.body

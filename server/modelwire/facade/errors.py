@@ -56,6 +56,8 @@ def http_error(error: BaseException, param_of: Callable[[str], str]) -> HttpErro
         message = "; ".join(f"{field}: {text}" if field else text for field, text in named)
     elif isinstance(error, errors.ModelNotFound):
         param = "model"
+    elif isinstance(error, errors.ContextLengthExceeded | errors.UpstreamContextExceeded):
+        param = "messages"  # what OpenAI names for a prompt over the context
     if isinstance(error, _OPERATORS) or (
         # A worker's FAILED_PRECONDITION behind a gateway that is not a prompt over the context
         # (which arrives typed): its upstream's key, account or tokenizer, a routing loop.

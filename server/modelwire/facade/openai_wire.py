@@ -960,6 +960,8 @@ def _error_code(error: HttpError) -> str | None:
         return "model_not_found"
     if error.status == 429:
         return "rate_limit_exceeded"
+    if error.status == 400 and error.code == "FAILED_PRECONDITION":
+        return "context_length_exceeded"  # the one failed precondition that is the caller's
     return None
 
 
