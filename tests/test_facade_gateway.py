@@ -239,6 +239,31 @@ def worker_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     ]
 
 
+async def counted(workers: list[Worker], model: str, code: str, expected: float) -> float:
+    """The workers' count of `model`'s calls with `code` once it reaches `expected` (bounded): a
+    worker counts a call as it ends, which may be just after the caller has its answer."""
+    changed = asyncio.Event()
+    restore = []
+    for worker in workers:
+        original = worker.metrics.finished
+
+        def finished(record: Any, streamed: bool, original: Any = original) -> None:
+            original(record, streamed)
+            changed.set()
+
+        worker.metrics.finished = finished  # type: ignore[method-assign]
+        restore.append((worker, original))
+    try:
+        async with asyncio.timeout(10):
+            while (total := sum(calls_of(w, model, code) for w in workers)) < expected:
+                changed.clear()
+                await changed.wait()
+        return total
+    finally:
+        for worker, original in restore:
+            worker.metrics.finished = original  # type: ignore[method-assign]
+
+
 def calls_of(worker: Worker, model: str, code: str = "OK") -> float:
     """Every call of `model` the worker counted with `code`, whatever its method and tenant."""
     total = 0.0
@@ -454,7 +479,7 @@ async def test_a_workers_capability_refusal_is_a_400_naming_the_param(fleet: Fle
     body = other.value.body
     assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
     assert body["error"]["message"].startswith("tools"), body
-    after = sum(calls_of(w, "echo", "INVALID_ARGUMENT") for w in fleet.workers)
+    after = await counted(fleet.workers, "echo", "INVALID_ARGUMENT", before + 3)
     assert after - before == 3, "the workers refused the three calls"
 
 
@@ -478,7 +503,7 @@ async def test_a_prompt_over_the_context_is_a_400_from_the_worker(fleet: Fleet) 
     assert "word word" not in refused.value.message, "no error quotes the request's text"
     body = other.value.body
     assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
-    after = sum(calls_of(w, "echo", "FAILED_PRECONDITION") for w in fleet.workers)
+    after = await counted(fleet.workers, "echo", "FAILED_PRECONDITION", before + 2)
     assert after - before == 2, "the workers refused both calls"
 
 
@@ -522,6 +547,7 @@ async def test_twenty_calls_through_the_gateway_reach_both_workers(fleet: Fleet)
             for _ in range(20)
         ]
     assert texts == ["hi hi hi "] * 20
+    await counted(fleet.workers, "echo", "OK", sum(before) + 20)
     served = [calls_of(w, "echo") - b for w, b in zip(fleet.workers, before, strict=True)]
     print(f"calls per worker: {served}")
     assert sum(served) == 20

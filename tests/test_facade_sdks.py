@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -1174,6 +1175,25 @@ async def test_the_openai_sdk_retry_honours_retry_after(worker: Worker, fake: Fa
     )
 
 
+async def test_an_upstream_429_before_the_first_token_is_a_429_a_stream_retries(
+    worker: Worker, fake: FakeUpstream
+) -> None:
+    """A stream's status waits for its first message: the upstream's 429 before it is the
+    response's status, which the SDK retries, not an error event inside a 200."""
+    fake.script(rate_limited_upstream(False))
+    seen = Seen()
+    async with openai_client(port(worker), ALICE, max_retries=1, seen=seen) as client:
+        stream = await client.chat.completions.create(
+            model="gpt", messages=[user("Hi")], stream=True
+        )
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+
+    assert text == "Hello, world!"
+    assert seen.statuses == [429, 200]
+    assert seen.responses[0][1]["retry-after"] == "1"
+    assert len(fake.exchanges) == 2
+
+
 async def test_the_anthropic_sdk_retry_honours_retry_after(
     worker: Worker, fake: FakeUpstream
 ) -> None:
@@ -1455,27 +1475,38 @@ async def until(client: LlamaCppClient, predicate: str) -> None:
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 async def test_leaving_a_local_stream_stops_the_model(local_worker: Worker, sdk: str) -> None:
-    """The SDK's stream is open (its headers came once the call was admitted) while llama.cpp
-    evaluates a long prompt; closing it aborts the evaluation: the tokens evaluated do not grow."""
+    """The SDK waits for the stream's first message while llama.cpp evaluates a long prompt; the
+    caller giving up then (its request task cancelled: the SDK closes the connection) aborts the
+    evaluation: the tokens evaluated do not grow."""
     client = llama(local_worker)
     session = client.sessions[0]
     evaluated = session.stats.tokens_evaluated
     prompt = long_prompt(client, sdk)
     if sdk == "openai":
         async with openai_client(port(local_worker), "unused") as sdk_client:
-            stream = await sdk_client.chat.completions.create(
-                model=LOCAL, messages=[user(prompt)], max_completion_tokens=64, stream=True
+            waiting = asyncio.ensure_future(
+                sdk_client.chat.completions.create(
+                    model=LOCAL, messages=[user(prompt)], max_completion_tokens=64, stream=True
+                )
             )
             await until(client, "evaluating a prompt")
-            await stream.close()
+            waiting.cancel()
             await until(client, "idle")
     else:
         async with anthropic_client(port(local_worker), "unused") as other:
-            async with other.messages.stream(
-                model=LOCAL, max_tokens=64, messages=[{"role": "user", "content": prompt}]
-            ):
-                await until(client, "evaluating a prompt")
+            waiting = asyncio.ensure_future(
+                other.messages.create(
+                    model=LOCAL,
+                    max_tokens=64,
+                    messages=[{"role": "user", "content": prompt}],
+                    stream=True,
+                )
+            )
+            await until(client, "evaluating a prompt")
+            waiting.cancel()
             await until(client, "idle")
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
 
     assert session.stats.tokens_evaluated == evaluated, (
         "llama.cpp finished evaluating a prompt nobody waits for"

@@ -369,18 +369,19 @@ class HttpFacade:
         end: Callable[[], bytes],
         error_event: Callable[[HttpError], bytes],
     ) -> web.StreamResponse:
-        """Headers go when the work begins (after admission and the quota: a refusal before
-        that is a plain error response with its status); from then on an error is the API's
-        error event, and the stream ends."""
+        """The response's status and headers (its rate limits among them) go with the first
+        message of the stream: a failure before it (a refusal, an upstream's 429 or outage before
+        its first token) is a whole error response with its own status, which the SDKs retry as
+        they retry a unary call's; after it, a failure is the API's error event, and the stream
+        ends. Holding the headers costs no latency: nothing could follow them before the first
+        message."""
         context = parsed.request.context
         note_context(context.request_id, context.user, context.metadata)
         response = web.StreamResponse(headers={**call.headers, **_SSE_HEADERS})
         record, observer = call.record, self._observer
 
         async def started(headers: ResponseHeaders) -> None:
-            if not response.prepared:
-                response.headers.update(headers)
-                await response.prepare(request)
+            response.headers.update(headers)
 
         usage: Usage | None = None
         try:
