@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The live interop stage (`make interop`): starts a worker on the embedded default model on a free
-# port, runs the Go interop test, the Java interop test, the mwcall CLI, grpcurl and a Go module of
-# its own on the stubs' minimum versions against it, stops the worker, and fails when any of them
-# failed. Prints how long each stage took.
+# port (and its HTTP facades on another), runs the Go interop test, the Java interop test, the mwcall
+# CLI, grpcurl and a Go module of its own on the stubs' minimum versions against its gRPC port, and
+# the official OpenAI Go SDK (client_stub/go/openai_interop) against its OpenAI facade; stops the
+# worker, and fails when any of them failed. Prints how long each stage took.
 #
 #   MODELWIRE=.venv/bin/modelwire GRPCURL=path/to/grpcurl scripts/interop.sh
 #
@@ -11,7 +12,8 @@
 #   GRPCURL                grpcurl (default .tools/bin/grpcurl)
 #   MODELWIRE_MODEL        model the clients call (default gemma-3-270m, the embedded default)
 #   INTEROP_READY_TIMEOUT  seconds to wait for the worker to be ready (default 180)
-# The tests skip without MODELWIRE_ADDR; this script always sets it, and sets MODELWIRE_INTEROP_REQUIRED=1
+# The tests skip without MODELWIRE_ADDR (the OpenAI SDK's test without MODELWIRE_OPENAI_BASE_URL); this
+# script always sets them, and sets MODELWIRE_INTEROP_REQUIRED=1
 # so that a test that cannot find the worker fails instead; it also fails when any test was skipped.
 set -uo pipefail
 
@@ -87,10 +89,10 @@ stage() {
 	start=$(date +%s%N)
 	log "---- $name"
 	if "$@"; then
-		SUMMARY+=("$(printf '%-10s ok     %6ss' "$name" "$(elapsed "$start")")")
+		SUMMARY+=("$(printf '%-13s ok     %6ss' "$name" "$(elapsed "$start")")")
 		PASSED=$((PASSED + 1))
 	else
-		SUMMARY+=("$(printf '%-10s FAILED %6ss' "$name" "$(elapsed "$start")")")
+		SUMMARY+=("$(printf '%-13s FAILED %6ss' "$name" "$(elapsed "$start")")")
 		FAILED=$((FAILED + 1))
 	fi
 }
@@ -100,12 +102,14 @@ stage() {
 start_worker() {
 	# The port is free when picked; the worker binds it a moment later (grpc sets SO_REUSEPORT, so a
 	# worker never fails to bind: readiness is checked on the address it announces).
-	local port
-	port=$(free_port) || return 1
+	local port http_port
+	port=$(free_port) && http_port=$(free_port) || return 1
+	while [[ $http_port == "$port" ]]; do http_port=$(free_port) || return 1; done
 	ADDR=$HOST:$port
-	"$MODELWIRE" serve --host "$HOST" --port "$port" >"$WORKER_LOG" 2>&1 &
+	FACADE_BASE_URL=http://$HOST:$http_port/v1
+	"$MODELWIRE" serve --host "$HOST" --port "$port" --http-port "$http_port" >"$WORKER_LOG" 2>&1 &
 	WORKER_PID=$!
-	log "worker pid $WORKER_PID starting on $ADDR"
+	log "worker pid $WORKER_PID starting on $ADDR (OpenAI facade $FACADE_BASE_URL)"
 }
 
 wait_ready() {
@@ -255,6 +259,33 @@ go_consumer_call() {
 	"$CONSUMER/consumer" "$ADDR" "$MODELWIRE_MODEL"
 }
 
+# ---- the official OpenAI Go SDK (github.com/openai/openai-go/v3, pinned in its module's go.mod)
+# against the worker's OpenAI facade (docs/api.md, "HTTP facades"): a unary chat completion, a
+# streamed one through the SDK's ChatCompletionAccumulator, the models list, an unknown model (404)
+# and n=2 (400, param n), each as the SDK sees it. A module of its own beside the stubs', so the SDK
+# never enters the stubs' requirements; its dependencies come from the Go module proxy (go env
+# GOPROXY) into the module cache, as the other Go stages' do. Compiled while the model loads.
+OPENAI_GO=client_stub/go/openai_interop
+
+openai_go_build() {
+	(cd "$OPENAI_GO" && go vet ./... && go test -count=1 -run '^$' ./... >/dev/null)
+}
+
+openai_go_test() {
+	local out=$WORK/go-openai.log
+	(cd "$OPENAI_GO" && MODELWIRE_OPENAI_BASE_URL=$FACADE_BASE_URL MODELWIRE_INTEROP_REQUIRED=1 go test -count=1 -v ./...) 2>&1 | tee "$out"
+	local rc=${PIPESTATUS[0]}
+	((rc == 0)) || return "$rc"
+	if grep -q -- '--- SKIP' "$out"; then
+		log "go-openai: some tests were skipped"
+		return 1
+	fi
+	local passed
+	passed=$(grep -c -- '^--- PASS' "$out")
+	log "go-openai: $passed tests passed with the OpenAI Go SDK against $FACADE_BASE_URL"
+	((passed > 0))
+}
+
 mwcall_cli() {
 	local out
 	out=$(cd client_stub/go && go run ./cmd/mwcall -addr "$ADDR" -model "$MODELWIRE_MODEL" -temperature 0 -max-new-tokens 8 stream "Hello") || return 1
@@ -401,9 +432,11 @@ protect_health = true"
 [[ -x $GRPCURL ]] || { log "no grpcurl at $GRPCURL (make stub-tools)"; exit 1; }
 
 ADDR=
+FACADE_BASE_URL=
 start_worker || exit 1
 stage compile compile_clients # while the model loads
 stage go-min go_consumer_build
+stage go-openai openai_go_build
 
 stage worker wait_ready
 if [[ -n $WORKER_PID ]]; then
@@ -412,10 +445,11 @@ if [[ -n $WORKER_PID ]]; then
 	stage mwcall mwcall_cli
 	stage grpcurl grpcurl_calls
 	stage go-min-run go_consumer_call
+	stage go-openai-run openai_go_test
 	if ! kill -0 "$WORKER_PID" 2>/dev/null; then
 		log "the worker died during the interop stage; its log:"
 		cat "$WORKER_LOG"
-		SUMMARY+=("$(printf '%-10s FAILED (died)' worker-alive)")
+		SUMMARY+=("$(printf '%-13s FAILED (died)' worker-alive)")
 		FAILED=$((FAILED + 1))
 	fi
 fi
@@ -427,6 +461,6 @@ log "==== summary (worker on $ADDR)"
 for line in "${SUMMARY[@]}"; do
 	log "  $line"
 done
-log "  total      $(elapsed "$START_ALL")s"
+log "  $(printf '%-13s' total) $(elapsed "$START_ALL")s"
 echo "interop: $PASSED passed, $FAILED failed"
 ((FAILED == 0))
