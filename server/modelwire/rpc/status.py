@@ -191,7 +191,8 @@ def _peer_error_class(code: grpc.StatusCode) -> type[PeerError]:
     return type(name, (PeerError,), {"code": code.name, "__module__": __name__})
 
 
-_PEER_ERRORS = {code: _peer_error_class(code) for code in grpc.StatusCode}
+# Every status a failure can have (a peer's OK is no failure).
+_PEER_ERRORS = {code: _peer_error_class(code) for code in grpc.StatusCode if code.value[0] != 0}
 
 
 def received_error(
