@@ -17,7 +17,7 @@ from modelwire.app.reload import Reloader
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import ANY_MODEL
 from modelwire.core.types import ModelMetadata
-from modelwire.facade.server import HttpFacade
+from modelwire.facade.server import HttpFacade, check_http_exposure
 from modelwire.observe.call_observer import UNKNOWN_MODEL, ModelLabel
 from modelwire.observe.metrics import serve_metrics
 from modelwire.providers.registry import provider_class
@@ -258,6 +258,8 @@ class Worker:
 async def build_worker(config: Config) -> Worker:
     # Before minutes of model loading, not after.
     check_exposure("worker", config.server, config.auth)
+    if config.http.port is not None:
+        check_http_exposure("worker", config.http, config.server, config.auth)
     if config.registry.enabled:
         server, registration = config.server, config.registration
         check_reachable(

@@ -161,6 +161,17 @@ class _Call:
         )
 
 
+def check_http_exposure(
+    role: str, http: HttpConfig, server: ServerConfig, auth: AuthConfig | None
+) -> None:
+    """The gRPC port's rule for the HTTP port (rpc/server.py, check_exposure): beyond loopback
+    only with [auth] or `allow_unauthenticated`."""
+    host = http.host or server.host
+    check_exposure(
+        f"{role}'s HTTP facade", dataclasses.replace(server, host=host, port=http.port or 0), auth
+    )
+
+
 class HttpFacade:
     """The HTTP listener of a worker or a gateway, serving `backend`."""
 
@@ -181,9 +192,7 @@ class HttpFacade:
         assert http.port is not None, "the facade is built only when [http] port is set"
         self.role = f"{role}'s HTTP facade"
         self.host = http.host or server.host
-        check_exposure(
-            self.role, dataclasses.replace(server, host=self.host, port=http.port), auth_config
-        )
+        check_http_exposure(role, http, server, auth_config)
         self._port = http.port
         self._backend = backend
         # The gRPC port's metrics: one /metrics for both doors.
