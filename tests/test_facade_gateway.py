@@ -481,6 +481,13 @@ async def test_a_workers_capability_refusal_is_a_400_naming_the_param(fleet: Fle
     assert body["error"]["message"].startswith("tools"), body
     after = await counted(fleet.workers, "echo", "INVALID_ARGUMENT", before + 3)
     assert after - before == 3, "the workers refused the three calls"
+    kinds = [
+        sample.labels["kind"]
+        for metric in fleet.gateway.rpc.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "modelwire_errors_total"
+    ]
+    assert "invalid_request" not in kinds, "the worker counted its refusal; the gateway does not"
 
 
 async def test_a_prompt_over_the_context_is_a_400_from_the_worker(fleet: Fleet) -> None:

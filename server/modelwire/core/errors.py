@@ -61,6 +61,9 @@ class ModelwireError(Exception):
     Each subclass sets `code`, the name of its grpc.StatusCode."""
 
     code: ClassVar[str]
+    # A peer's failure passed on (a worker's, by a gateway's HTTP facade: rpc/status.py
+    # received_error): counted by kind where it happened, not again by the one passing it on.
+    relayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,8 +138,11 @@ class _Call:
         parsed = self.parsed
         answer = http_error(error, lambda field: self.api.param_of(field, parsed))
         self.record.code = answer.code
-        if isinstance(error, ModelwireError) and not isinstance(error, Unauthenticated):
-            note_error_kind(error_kind(error))
+        if isinstance(error, ModelwireError):
+            # A key's refusal is no error kind (as at the gRPC pipeline), nor a worker's failure a
+            # gateway passes on: the worker counted it.
+            if not (isinstance(error, Unauthenticated) or error.relayed):
+                note_error_kind(error_kind(error))
         elif answer.code == "INTERNAL":
             note_error_kind("internal")
         extra = refusal_headers(error) if isinstance(error, QuotaExceeded) else ()

@@ -201,7 +201,16 @@ def received_error(
     """A peer's status (its code, message and the google.rpc.Status of its trailers) as the typed
     error it was sent for, so an edge that is not gRPC (the HTTP facade on a gateway) answers a
     worker's failure as it answers its own: its field violations, quota, retry delay and reasons
-    rebuilt from the details; any other status as a PeerError of its code."""
+    rebuilt from the details; any other status as a PeerError of its code. It is `relayed`: the
+    peer counted it by kind already."""
+    error = _typed_error(code, message, status)
+    error.relayed = True
+    return error
+
+
+def _typed_error(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> errors.ModelwireError:
     details = _unpacked(status)
     retry = details.get(error_details_pb2.RetryInfo.DESCRIPTOR.full_name)
     retry_after_s = (
