@@ -1,6 +1,7 @@
 """Renders a bench/run.py report: the one table (every row as a ratio to the floor and to LiteLLM),
-the verdicts against the issue's targets, the latency-vs-throughput PNG, and the generated part of
-docs/benchmarks.md (between the BEGIN/END markers; the prose around it is written by hand)."""
+the verdicts against the issue's targets, the HTTP facade set against the gRPC path and LiteLLM,
+the latency-vs-throughput PNG, and the generated part of docs/benchmarks.md (between the BEGIN/END
+markers; the prose around it is written by hand)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ LABELS = {
     "forward-floor": "bare grpc.aio forwarder → floor",
     "modelwire-http": "modelwire → HTTP upstream",
     "modelwire-http-p2": "modelwire --processes N → HTTP upstream",
+    "facade": "modelwire HTTP facade (OpenAI API) → HTTP upstream",
     "litellm": "LiteLLM → HTTP upstream",
     "http-floor": "HTTP upstream directly",
 }
@@ -197,7 +199,75 @@ def console_table(report: dict[str, Any]) -> str:
         f"{v['measured']}"
         for v in verdicts(report)
     ]
+    facade = facade_rows(report)
+    if len(facade) > 1:
+        out += ["", "HTTP facade against the gRPC path and LiteLLM (same run, same upstream):"]
+        widths = [max(len(row[i]) for row in facade) for i in range(len(facade[0]))]
+        for number, row in enumerate(facade):
+            out.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+            if number == 0:
+                out.append("  ".join("-" * width for width in widths))
     return "\n".join(out)
+
+
+def _cpu_per_unit(row: dict[str, Any] | None, chunks: int) -> float | None:
+    """CPU-ms per unary call, or µs per streamed delta (a stream's CPU over its deltas)."""
+    if row is None:
+        return None
+    per_call_ms = float(row["cpu_s_per_1k"])
+    return per_call_ms if row["mode"] == "unary" else per_call_ms * 1000 / chunks
+
+
+def facade_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The HTTP facade (oha) against LiteLLM (oha) and against the same worker's gRPC path (ghz),
+    per call kind and concurrency: throughput and p99 ratios to LiteLLM, and the server's CPU per
+    unary call (CPU-ms) or per streamed delta (µs) for all three."""
+    header = [
+        "call",
+        "c",
+        "facade calls/s",
+        "× LiteLLM",
+        "p99 ms: facade / LiteLLM / gRPC path",
+        "p99 × LiteLLM",
+        "CPU: facade / gRPC path / LiteLLM",
+        "facade CPU × gRPC path",
+        "LiteLLM CPU × facade",
+    ]
+    rows: list[list[str]] = [header]
+    index = _index(report["rows"])
+    chunks = report["settings"]["chunks"]
+    keys = sorted(
+        {(r["mode"], r["concurrency"]) for r in report["rows"] if r["target"] == "facade"},
+        key=lambda key: (key[0] != "unary", key[1]),
+    )
+    for mode, level in keys:
+        facade = index[("facade", mode, level)]
+        grpc_path = index.get(("modelwire-http", mode, level))
+        litellm = index.get(("litellm", mode, level))
+        unit = "CPU-ms per call" if mode == "unary" else "µs per delta"
+        digits = 2 if mode == "unary" else 0
+        cpus = [_cpu_per_unit(row, chunks) for row in (facade, grpc_path, litellm)]
+        rate = f"{_num(facade['rps'])}"
+        if facade["errors"]:
+            rate += f", {facade['errors']} errors"
+        rows.append(
+            [
+                mode,
+                str(level),
+                rate,
+                _x(_ratio(facade["rps"], litellm["rps"] if litellm else None), 1),
+                " / ".join(
+                    "—" if row is None else f"{row['p99_ms']:.1f}"
+                    for row in (facade, litellm, grpc_path)
+                ),
+                _x(_ratio(facade["p99_ms"], litellm["p99_ms"] if litellm else None)),
+                " / ".join("—" if cpu is None else f"{cpu:,.{digits}f}" for cpu in cpus)
+                + f" {unit}",
+                _x(_ratio(cpus[0], cpus[1])),
+                _x(_ratio(cpus[2], cpus[0]), 1),
+            ]
+        )
+    return rows
 
 
 def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,6 +354,40 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
     else:
         judge(what, None, "not measured")
+    for mode, what in (("unary", "unary"), ("stream", "streamed")):
+        facade, lite, grpc_path = (
+            at64("facade", mode),
+            at64("litellm", mode),
+            at64("modelwire-http", mode),
+        )
+        what = (
+            f"HTTP facade (OpenAI Chat Completions), {what}, c=64, one process: ≥ 8× LiteLLM's "
+            "throughput and ≤ 1/10 of its p99"
+        )
+        if facade and lite:
+            throughput, p99 = facade["rps"] / lite["rps"], facade["p99_ms"] / lite["p99_ms"]
+            if mode == "unary":
+                cpu = f"{facade['cpu_s_per_1k']:.2f} CPU-ms per call"
+                base = f"{grpc_path['cpu_s_per_1k']:.2f} through gRPC" if grpc_path else ""
+                lite_cpu = f"LiteLLM {lite['cpu_s_per_1k']:.2f}"
+            else:
+                cpu = f"{facade['cpu_s_per_1k'] * 1000 / chunks:.0f} µs per delta"
+                base = (
+                    f"{grpc_path['cpu_s_per_1k'] * 1000 / chunks:.0f} through gRPC"
+                    if grpc_path
+                    else ""
+                )
+                lite_cpu = f"LiteLLM {lite['cpu_s_per_1k'] * 1000 / chunks:.0f}"
+            judge(
+                what,
+                throughput >= 8 and p99 <= 0.1,
+                f"{throughput:.1f}× the throughput, {p99:.2f}× the p99 "
+                f"({facade['p99_ms']:.1f} vs {lite['p99_ms']:.1f} ms); {cpu} ("
+                + ", ".join(part for part in (base, lite_cpu) if part)
+                + ")",
+            )
+        else:
+            judge(what, None, "not measured")
     count = report.get("count_tokens")
     big = [row for row in (count or {}).get("rows", []) if row["tokens"] == 100_000]
     found.append(
@@ -343,13 +447,19 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _run_kind(report: dict[str, Any]) -> str:
+    if report.get("name"):
+        return f" ({report['name']})"
+    return " (quick)" if report["quick"] else ""
+
+
 def markdown(report: dict[str, Any], png_name: str | None) -> str:
     machine = report["machine"]
     settings = report["settings"]
     others = [row["other_busy_cores"] for row in report["rows"]]
     tools = ", ".join(f"{name} {version}" for name, version in report["tools"].items())
     lines = [
-        f"Run `{report['stamp']}`{' (quick)' if report['quick'] else ''}: {machine['cpus']} × "
+        f"Run `{report['stamp']}`{_run_kind(report)}: {machine['cpus']} × "
         f"{machine['cpu']}, {machine['memory_gib']} GiB, Linux {machine['kernel']}, Python "
         f"{machine['python']}, grpcio {machine['grpcio']}; {tools}. Closed loop at concurrency "
         f"{', '.join(map(str, settings['levels']))}, about {settings['duration_s']:g} s per "
@@ -381,6 +491,16 @@ def markdown(report: dict[str, Any], png_name: str | None) -> str:
         state = {True: "met", False: "**missed**", None: "not measured"}[verdict["met"]]
         lines.append(f"| {verdict['target']} | {state} | {verdict['measured']} |")
     lines.append("")
+    facade = facade_rows(report)
+    if len(facade) > 1:
+        lines += [
+            "HTTP facade against LiteLLM and against the same worker's gRPC path (ghz), in this "
+            "run on the same upstream; CPU per unary call in CPU-ms, per streamed delta in µs "
+            "(the server processes' CPU over the calls, a stream's over its deltas):",
+            "",
+            _markdown_table(facade),
+            "",
+        ]
     if report.get("count_tokens") is None and report.get("failures", {}).get("count"):
         lines.append(f"CountToken failed: {report['failures']['count']}")
     if report.get("failures"):

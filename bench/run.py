@@ -13,6 +13,8 @@ fixed concurrency levels for a fixed duration (ghz for gRPC, oha for HTTP, both 
   modelwire→HTTP `provider = "openai"` against the instant HTTP upstream
                  (bench/instant_upstream.py), with one process and with one per CPU (as many
                  as LiteLLM gets workers)
+  facade         the same one-process worker called through its HTTP facade (`[http] port`):
+                 OpenAI's POST /v1/chat/completions, unary and SSE, driven by oha as LiteLLM is
   LiteLLM        `litellm --config` (openai/ against the same upstream), --num_workers = CPUs
   HTTP floor     the instant upstream itself, called directly
 
@@ -22,6 +24,7 @@ a full run also writes bench/results/latest.{json,md}, docs/benchmarks.png and t
 of docs/benchmarks.md.
 
     .venv/bin/python bench/run.py [--quick] [--only floor,modelwire,...] [--duration 10]
+        [--name facade]
 """
 
 from __future__ import annotations
@@ -259,14 +262,16 @@ class Context:
     litellm: Path | None = None
 
 
-def _worker_toml(port: int, processes: int, model_block: str) -> str:
+def _worker_toml(port: int, processes: int, model_block: str, http_port: int | None = None) -> str:
+    # [http] port: the worker's HTTP facade (OpenAI's and Anthropic's APIs) on a port of its own.
+    http = f"\n[http]\nport = {http_port}\n" if http_port is not None else ""
     return f"""
 [server]
 host = "127.0.0.1"
 port = {port}
 processes = {processes}
 grace_period_s = 1
-
+{http}
 [[models]]
 name = "{MODEL}"
 max_concurrency = 1024
@@ -283,11 +288,16 @@ def _openai_model(upstream: str) -> str:
 
 
 def start_worker(
-    ctx: Context, name: str, model_block: str, processes: int = 1, extra: list[str] | None = None
+    ctx: Context,
+    name: str,
+    model_block: str,
+    processes: int = 1,
+    extra: list[str] | None = None,
+    http_port: int | None = None,
 ) -> Proc:
     port = free_port()
     config = ctx.workdir / f"{name}.toml"
-    config.write_text(_worker_toml(port, processes, model_block))
+    config.write_text(_worker_toml(port, processes, model_block, http_port))
     command = [str(ctx.modelwire), "serve", "--config", str(config), *(extra or [])]
     return Proc(name, command, ctx.workdir, ready_text="modelwire serving", timeout_s=90)
 
@@ -403,6 +413,21 @@ def start_modelwire_http_p2(ctx: Context) -> Running:
     return _grpc_running([proc], proc.address())
 
 
+def start_modelwire_facade(ctx: Context) -> Running:
+    # The worker of "modelwire → HTTP upstream" (one process, `provider = "openai"` on the same
+    # instant upstream), called through its HTTP facade instead of gRPC: the same body, the same
+    # load generator (oha) and the same streamed workload as LiteLLM's rows.
+    http_port = free_port()
+    proc = start_worker(ctx, "modelwire-facade", _openai_model(ctx.upstream), http_port=http_port)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_http(f"{url}/v1/chat/completions", 30, HTTP_UNARY)
+    except BaseException:
+        proc.stop()
+        raise
+    return Running("http", url, procstat.ProcessGroup([proc.pid]), [proc], note="one process")
+
+
 LITELLM_ENV = {
     # Offline and quiet, as its docs describe: no telemetry, the bundled model cost map, errors
     # only.
@@ -478,6 +503,12 @@ TARGETS = [
         f"modelwire --processes {CPUS} → HTTP upstream",
         "grpc",
         start_modelwire_http_p2,
+    ),
+    Target(
+        "facade",
+        "modelwire HTTP facade (OpenAI API) → HTTP upstream",
+        "http",
+        start_modelwire_facade,
     ),
     Target("litellm", "LiteLLM proxy → HTTP upstream", "http", start_litellm),
     Target("http-floor", "HTTP upstream directly", "http", start_http_floor),
@@ -778,6 +809,11 @@ def main() -> int:
     parser.add_argument(
         "--write-docs", action="store_true", help="also for --quick: write latest.* and docs/"
     )
+    parser.add_argument(
+        "--name",
+        help="a partial run's name: writes bench/results/<stamp>-<name>.{json,md,png} (not "
+        "latest.* or docs/ unless --write-docs), e.g. `make bench-facade`",
+    )
     args = parser.parse_args()
 
     quick = args.quick
@@ -833,6 +869,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "stamp": stamp,
         "quick": quick,
+        "name": args.name,
         "machine": machine(),
         "tools": tool_versions(args),
         "settings": {
@@ -1000,7 +1037,7 @@ def main() -> int:
 
     import report as render
 
-    suffix = "-quick" if quick else ""
+    suffix = f"-{args.name}" if args.name else "-quick" if quick else ""
     json_path = RESULTS / f"{stamp}{suffix}.json"
     md_path = RESULTS / f"{stamp}{suffix}.md"
     json_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -1009,7 +1046,7 @@ def main() -> int:
     markdown = render.markdown(report, png_name=None)
     md_path.write_text(markdown)
     print(render.console_table(report))
-    if not quick or args.write_docs:
+    if (not quick and not args.name) or args.write_docs:
         shutil.copyfile(json_path, RESULTS / "latest.json")
         (RESULTS / "latest.md").write_text(markdown)
         if drew:

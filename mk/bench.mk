@@ -7,6 +7,14 @@
 #                        bench/results/latest.{json,md}, docs/benchmarks.png and the generated part of docs/benchmarks.md
 #   make bench-quick     the same at concurrency 1 and 64 for 1.5 s each (under 3 minutes once the tools are built);
 #                        writes only bench/results/<stamp>-quick.{json,md,png}
+#   make bench-facade    the HTTP facade (OpenAI's POST /v1/chat/completions on the worker's [http] port) against
+#                        LiteLLM and against the same worker's gRPC path, all on the instant upstream, unary
+#                        and streamed, at concurrency 1 and 64 for 5 s each (about 6 minutes); writes
+#                        bench/results/<stamp>-facade.{json,md,png} (the facade rows are in bench and
+#                        bench-quick too)
+#   make bench-facade-profile  py-spy on that worker while oha drives its facade at c = 64, unary then
+#                        streamed: where its CPU goes, by layer (bench/facade.py; about 1 minute);
+#                        writes bench/results/<stamp>-facade-profile.{json,md} and the raw stacks
 #   make bench-ablation  the echo worker with one layer off at a time (access log, metrics, observer, ORCA, token count)
 #   make bench-quota     what tenants' limits ([quota]) cost on the HTTP-provider path: no [quota], in-process
 #                        counters, a redis-server on loopback, three interleaved rounds at c = 1 and 64 (about
@@ -44,13 +52,19 @@ BENCH_STAMP   := $(VENV)/.bench-installed
 
 BENCH_ARGS := --ghz $(GHZ) --ghz-version $(GHZ_VERSION) --oha $(OHA) --oha-version $(OHA_VERSION) --litellm $(LITELLM)
 
-.PHONY: bench bench-quick bench-ablation bench-quota bench-tools
+.PHONY: bench bench-quick bench-facade bench-facade-profile bench-ablation bench-quota bench-tools
 
 bench: $(BENCH_STAMP) bench-tools
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 bench-quick: $(BENCH_STAMP) bench-tools
 	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+bench-facade: $(BENCH_STAMP) bench-tools
+	$(PY) bench/run.py --only modelwire-http,facade,litellm --levels 1,64 --duration 5 --name facade $(BENCH_ARGS)
+
+bench-facade-profile: $(BENCH_STAMP) $(OHA)
+	$(PY) bench/facade.py --oha $(OHA)
 
 bench-ablation: $(BENCH_STAMP) $(GHZ)
 	$(PY) bench/ablation.py --ghz $(GHZ)
