@@ -3,7 +3,7 @@ call routed by the gateway's own forwarding (gateway/fleet_models.py)."""
 
 from __future__ import annotations
 
-from modelwire.core.settings import AuthConfig, GatewayFile
+from modelwire.core.settings import AuthConfig, GatewayFile, RequestLimits
 from modelwire.facade.server import HttpFacade
 from modelwire.gateway.fleet_models import FleetModels
 from modelwire.gateway.server import Gateway
@@ -32,6 +32,9 @@ def gateway_facade(
         auth_config=auth,
         tls=config.tls,
         model_label=model_label,
+        # A gateway has no [limits] of its own (its workers enforce theirs): the defaults bound
+        # what its facade translates.
+        limits=RequestLimits(),
     )
     if gateway.rpc.tls is not None:
         gateway.rpc.tls.followers.append(facade.reload_tls)

@@ -183,6 +183,7 @@ class Worker:
                 auth_config=config.auth,
                 tls=config.tls,
                 model_label=_model_label(models),
+                limits=config.limits,
                 reuse_port=config.server.processes > 1,
             )
             if config.http.port is not None

@@ -489,6 +489,7 @@ class _Body:
         if value is None:
             return None, None
         kind = value.get("type") if isinstance(value, dict) else None
+        kind = kind if isinstance(kind, str) else None  # a list or object is no choice's name
         known = {"type"} if kind == "none" else {"type", "disable_parallel_tool_use"}
         fields = self.fields(value, "tool_choice", frozenset(known | {"name"}))
         choice: ToolChoice | None

@@ -5,6 +5,7 @@ both APIs and the gRPC edge tell a caller the same thing."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from modelwire.core import errors
 from modelwire.facade.calls import HttpError
@@ -39,6 +40,13 @@ _OPERATORS = (
 )
 
 
+class BodyTimeout(errors.ModelwireError):
+    """A request whose body did not arrive whole within the receive bound (a stalled or
+    slowloris peer): HTTP's 408, and DEADLINE_EXCEEDED in the access line."""
+
+    code: ClassVar[str] = "DEADLINE_EXCEEDED"
+
+
 def http_error(error: BaseException, param_of: Callable[[str], str]) -> HttpError:
     """`error` as an HTTP caller gets it, a request field it names as `param_of` names it in the
     API's terms; an unexpected error is logged with an incident id (as the gRPC edge logs it:
@@ -49,6 +57,8 @@ def http_error(error: BaseException, param_of: Callable[[str], str]) -> HttpErro
     if code is None:
         return HttpError(500, "INTERNAL", to_status(error).details)
     message = str(error)
+    if isinstance(error, BodyTimeout):
+        return HttpError(408, code, message)
     param = None
     if isinstance(error, errors.InvalidRequest) and error.violations:
         named = [(param_of(v.field) if v.field else "", v.description) for v in error.violations]

@@ -13,7 +13,6 @@ model's turn can be sent back as it came.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import struct
@@ -198,7 +197,7 @@ def _image(value: object, param: str) -> Image:
         raise _Refused(f"{param}.url", "a data: URL must be base64 (data:<type>;base64,<data>)")
     try:
         data = base64.b64decode(data_url.group(2), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise _Refused(f"{param}.url", "the data: URL's data is not base64") from None
     return Image(data=data, mime_type=data_url.group(1))
 
@@ -272,7 +271,7 @@ def _tool_calls(value: object, param: str) -> tuple[ToolCall, ...]:
 def _signature(value: object, param: str) -> bytes:
     try:
         return base64.b64decode(_string(value, param), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise _Refused(param, "must be base64, as the response carried it") from None
 
 

@@ -17,6 +17,7 @@ one) and in OpenAI's otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,15 +36,22 @@ from modelwire.core.errors import (
     InvalidRequest,
     ModelNotFound,
     ModelwireError,
+    NotReady,
     PermissionDenied,
     QuotaExceeded,
     StartupFailure,
 )
-from modelwire.core.settings import AuthConfig, HttpConfig, ServerConfig, TlsConfig
+from modelwire.core.settings import (
+    AuthConfig,
+    HttpConfig,
+    RequestLimits,
+    ServerConfig,
+    TlsConfig,
+)
 from modelwire.core.types import ModelMetadata, ModelOutput, ResponseHeaders, Usage
 from modelwire.facade import anthropic_wire, openai_wire
 from modelwire.facade.calls import GenerationCall, HttpError, ModelBackend
-from modelwire.facade.errors import http_error
+from modelwire.facade.errors import BodyTimeout, http_error
 from modelwire.observe.call_observer import CallObserver
 from modelwire.observe.call_record import CallRecord, note_context, note_error_kind
 from modelwire.observe.metrics import WorkerMetrics
@@ -99,10 +107,35 @@ def _api_of(request: web.Request) -> _Api:
 
 
 def _presented_key(request: web.Request) -> str:
-    authorization = request.headers.get("Authorization")
-    if authorization is not None:
-        return bearer_token(authorization)
-    return request.headers.get("x-api-key", "").strip()
+    """The request's one key: `Authorization: Bearer` or `x-api-key`. Two that differ (a proxy
+    that adds its own, a client that sends both) are refused: which tenant would pay?"""
+    keys = {bearer_token(value) for value in request.headers.getall("Authorization", ())}
+    keys |= {value.strip() for value in request.headers.getall("x-api-key", ())}
+    keys.discard("")
+    if len(keys) > 1:
+        raise Unauthenticated(
+            f"the request carries {len(keys)} different keys (Authorization, x-api-key): send one"
+        )
+    return keys.pop() if keys else ""
+
+
+class _QuietRefusals(logging.Filter):
+    """aiohttp's own refusals of malformed HTTP (a control character in a header, a line too
+    long) are logged at DEBUG without their exception: its message and traceback quote the
+    offending line, which may hold the caller's key, and any peer could fill the log at ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "refused a malformed HTTP request", None
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_PROTOCOL_LOGGER = logging.getLogger("modelwire.facade.protocol")
+# How long aiohttp's shutdown gives connections once stop() has waited out the grace period and
+# cancelled the calls left: only idle connections remain to close.
+_AFTER_GRACE_S = 0.1
+_PROTOCOL_LOGGER.addFilter(_QuietRefusals())
 
 
 def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -119,12 +152,14 @@ def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
 class _Call:
     """One facade call's bookkeeping: its record, its API, the headers its response carries."""
 
-    __slots__ = ("api", "headers", "record", "parsed")
+    __slots__ = ("api", "headers", "record", "parsed", "streaming")
 
     def __init__(self, api: _Api, record: CallRecord) -> None:
         self.api = api
         self.record = record
         self.parsed: GenerationCall | None = None
+        # A stream's status and headers went: from then on a failure is an event in the stream.
+        self.streaming = False
         self.headers: dict[str, str] = {name: record.request_id for name in api.request_id_headers}
         self.headers["Server"] = "modelwire"  # not aiohttp's default, which names its version
 
@@ -156,12 +191,15 @@ class _Call:
         headers.update(error.headers)
         if error.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-        return web.Response(
+        response = web.Response(
             body=_dumps(self.api.error_body(error, self.record.request_id)),
             status=error.status,
             content_type=_JSON,
             headers=headers,
         )
+        if error.status == 408:
+            response.force_close()  # the rest of the body may still come: not as a next request
+        return response
 
 
 def check_http_exposure(
@@ -190,8 +228,11 @@ class HttpFacade:
         auth_config: AuthConfig | None,
         tls: TlsConfig | None,
         model_label: Callable[[str], str],
+        limits: RequestLimits,
         reuse_port: bool = False,
     ) -> None:
+        """`limits`: the shape bounds checked on the JSON before it is translated (a body of
+        100,000 messages is refused at once, never translated on the event loop first)."""
         assert http.port is not None, "the facade is built only when [http] port is set"
         self.role = f"{role}'s HTTP facade"
         self.host = http.host or server.host
@@ -203,7 +244,11 @@ class HttpFacade:
         self._auth = auth
         self._model_label = model_label
         self._reuse_port = reuse_port
+        self._limits = limits
         self._grace_s = server.grace_period_s
+        # A peer that stops sending mid-request is dropped as a silent gRPC peer is: a header block
+        # or a body not whole within this is closed (408 for a body).
+        self._receive_s = server.keepalive_time_s + server.keepalive_timeout_s
         try:
             self.ssl = _ssl_context(tls) if tls is not None else None
         except (ssl.SSLError, OSError) as error:
@@ -221,13 +266,27 @@ class HttpFacade:
         )
         self._paths = {path for _method, path, _handler in routes}
         for method, path, handler in routes:
-            app.router.add_route(method, path, handler)
+            app.router.add_route(method, path, handler, expect_handler=self._expect)
         app.router.add_route("*", "/{tail:.*}", self._no_route)
         self._max_body = server.max_receive_message_bytes
         self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=self._grace_s
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            # stop() waits the grace period for the calls itself, then cancels what is left.
+            shutdown_timeout=_AFTER_GRACE_S,
+            keepalive_timeout=self._receive_s,
+            # A body refused before it was read whole (too large, too slow) is not read on.
+            lingering_time=0,
+            logger=_PROTOCOL_LOGGER,
         )
         self.port = 0
+        self._site: web.TCPSite | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        # The calls in flight (their handler tasks), for the drain; `_idle` is set when none is.
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._drained = False
 
     @property
     def address(self) -> str:
@@ -244,6 +303,7 @@ class HttpFacade:
             ssl_context=self.ssl,
             reuse_port=self._reuse_port or None,
         )
+        self._site = site
         try:
             await site.start()
         except OSError as error:
@@ -254,7 +314,29 @@ class HttpFacade:
         server = site._server  # noqa: SLF001 — aiohttp exposes the bound port nowhere else
         sockets = getattr(server, "sockets", None) or ()
         self.port = sockets[0].getsockname()[1] if sockets else self._port
+        self._sweeper = asyncio.create_task(self._drop_silent_peers())
         logger.info("%s on %s", self.role, self.address)
+
+    async def _drop_silent_peers(self) -> None:
+        """Closes a connection whose first request has not arrived whole within the receive bound
+        (a slowloris peer sending a header block byte by byte, or nothing): aiohttp bounds the
+        silence between requests (its keep-alive timeout) but not before the first one."""
+        seen: dict[web.RequestHandler, float] = {}
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._receive_s / 2)
+            server = self._runner.server
+            connections = server.connections if server is not None else []
+            now = loop.time()
+            waiting = {}
+            for connection in connections:
+                # No request line and headers whole yet on this connection (aiohttp counts a
+                # request when its header block is parsed).
+                if getattr(connection, "_request_count", 1) == 0:
+                    since = waiting[connection] = seen.get(connection, now)
+                    if now - since >= self._receive_s:
+                        connection.force_close()
+            seen = waiting
 
     def reload_tls(self, tls: TlsConfig) -> None:
         """SIGHUP: the new certificate and key serve the next handshakes."""
@@ -264,16 +346,64 @@ class HttpFacade:
                 self.ssl.load_verify_locations(cafile=tls.client_ca_file)
 
     async def stop(self) -> None:
-        """Stops listening; calls in flight get the grace period, then are cancelled."""
+        """Stops listening; calls in flight get the grace period, then are cancelled, a stream
+        with the API's error event (it must not end as if it were whole). The facade cancels them
+        itself: aiohttp's own shutdown closes the connection before the cancelled call could
+        write anything."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._site is not None:
+            await self._site.stop()
+        if self._calls:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._grace_s):
+                    await self._idle.wait()
+        self._drained = True
+        left = list(self._calls)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
         await self._runner.cleanup()
 
     # --- the pipeline ------------------------------------------------------------------------
 
     def _begin(self, request: web.Request, api: _Api) -> _Call:
-        record = self._observer.begin(
-            f"{request.method} {request.path}", None, request.headers.get(REQUEST_ID_HEADER)
-        )
+        """The call's record, named by its route (`POST /v1/chat/completions`, `GET
+        /v1/models/{model}`; `unrouted` for a path neither API has), never by the path a caller
+        made up: the name's last part is a metrics label."""
+        route = request.match_info.route.resource
+        canonical = route.canonical if route is not None else ""
+        method = "unrouted" if canonical == "/{tail}" else f"{request.method} {canonical}"
+        record = self._observer.begin(method, None, request.headers.get(REQUEST_ID_HEADER))
         return _Call(api, record)
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue` is granted only to a request with a valid key and a body within
+        the limit; others are answered at once, before they send the body."""
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return None  # aiohttp answers 417 for other expectations only through its default
+        call = self._begin(request, _api_of(request))
+        try:
+            if self._auth is not None:
+                self._auth.admit(_presented_key(request), "generate")
+            if (request.content_length or 0) > self._max_body:
+                raise InvalidRequest([FieldViolation("", self._too_large)])
+        except Exception as error:
+            response = call.error_response(call.failed(error))
+            response.force_close()
+            self._observer.finished(call.record, streamed=False)
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    @property
+    def _too_large(self) -> str:
+        return (
+            f"the request body is larger than {self._max_body} bytes, the limit "
+            "([server] max_receive_message_bytes)"
+        )
 
     async def _serve(
         self,
@@ -285,6 +415,9 @@ class HttpFacade:
         access line and metrics however the call ended."""
         call = self._begin(request, api)
         streamed = False
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
         try:
             if self._auth is not None:
                 self._auth.admit(_presented_key(request), "generate")
@@ -295,6 +428,10 @@ class HttpFacade:
             )
             return response
         except asyncio.CancelledError:
+            if self._drained and not call.streaming:
+                # This server's drain ran out of grace before the answer began: a 503 the caller
+                # may retry elsewhere, rather than a connection closed without a word.
+                return call.error_response(call.failed(_cut_by_drain()))
             call.record.code = "CANCELLED"
             raise
         except ConnectionError:
@@ -304,25 +441,47 @@ class HttpFacade:
             return call.error_response(call.failed(error))
         finally:
             self._observer.finished(call.record, streamed=streamed)
+            self._calls.discard(task)
+            if not self._calls:
+                self._idle.set()
 
     async def _body(self, request: web.Request) -> Any:
         """The request's JSON, parsed as strictly as the gRPC edge parses JSON texts."""
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self._receive_s):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise InvalidRequest(
-                [
-                    FieldViolation(
-                        "",
-                        f"the request body is larger than {self._max_body} bytes, the limit "
-                        "([server] max_receive_message_bytes)",
-                    )
-                ]
+            raise InvalidRequest([FieldViolation("", self._too_large)]) from None
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive whole within {self._receive_s:g}s"
             ) from None
         try:
-            return strict_json.loads(raw)
+            body = strict_json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise InvalidRequest([FieldViolation("", f"the body is not JSON: {error}")]) from None
+        if isinstance(body, dict):
+            self._check_counts(body)
+        return body
+
+    def _check_counts(self, body: dict[str, Any]) -> None:
+        """The `[limits]` bounds on how many messages, tools and inputs a body lists, checked
+        before the codec translates them (each costs microseconds on the event loop)."""
+        limits = self._limits
+        for key, most, name in (
+            ("messages", limits.max_messages, "max_messages"),
+            ("tools", limits.max_tools, "max_tools"),
+            ("input", limits.max_embed_inputs, "max_embed_inputs"),
+        ):
+            listed = body.get(key)
+            if isinstance(listed, list) and len(listed) > most:
+                raise InvalidRequest(
+                    [
+                        FieldViolation(
+                            key, f"has {len(listed)} items; at most {most} ([limits] {name})"
+                        )
+                    ]
+                )
 
     def _allowed(self, call: _Call, model: str) -> None:
         call.record.model = self._model_label(model)
@@ -403,6 +562,7 @@ class HttpFacade:
             ) as chunks:
                 async for chunk in chunks:
                     if not response.prepared:
+                        call.streaming = True
                         await response.prepare(request)
                     observer.streamed(record, chunk)
                     if chunk.usage is not None:
@@ -411,11 +571,20 @@ class HttpFacade:
                     if data:
                         await response.write(data)
             if not response.prepared:
+                call.streaming = True
                 await response.prepare(request)
             await response.write(end())
         except ConnectionError:
             record.code = "CANCELLED"  # the caller left mid-answer
             return response
+        except asyncio.CancelledError:
+            if self._drained and response.prepared:
+                # Not the caller leaving: this server's drain ran out of grace. Say so, in the
+                # stream, so it does not end as if it were whole.
+                with contextlib.suppress(ConnectionError):
+                    await response.write(error_event(call.failed(_cut_by_drain())))
+                    await response.write_eof()
+            raise
         except Exception as error:
             if not response.prepared:
                 raise
@@ -484,18 +653,23 @@ class HttpFacade:
         api = _api_of(request)
 
         async def work(call: _Call, _request: web.Request) -> web.StreamResponse:
-            known = request.path in self._paths or request.path.startswith("/v1/models/")
+            path = request.rel_url.raw_path  # as routed: `%2F` is no path separator
+            known = path in self._paths or path.startswith("/v1/models/")
             status, code = (405, "UNIMPLEMENTED") if known else (404, "NOT_FOUND")
             what = (
-                f"{request.method} is not a method of {request.path}"
+                f"{request.method} is not a method of {path}"
                 if known
-                else f"{request.path} is not a path of this server (the OpenAI API is under /v1, "
+                else f"{path} is not a path of this server (the OpenAI API is under /v1, "
                 "the Anthropic API at /v1/messages)"
             )
             call.record.code = code
             return call.error_response(HttpError(status, code, what))
 
         return await self._serve(request, api, work)
+
+
+def _cut_by_drain() -> NotReady:
+    return NotReady("the server stopped (draining) before the answer ended", 1.0)
 
 
 def _tenant() -> str | None:
