@@ -257,7 +257,7 @@ async def test_non_ascii_base64_in_an_openai_body_is_a_400_not_a_500(
     worker: Worker, message: dict[str, Any]
 ) -> None:
     """A data: URL or reasoning_signature holding a non-ASCII character (invalid base64)."""
-    # Found (attack of 2026-12-07, since fixed): 500 "internal error (incident …)" and an ERROR traceback in the log. openai_wire.py
+    # Was: 500 "internal error (incident …)" and an ERROR traceback in the log. openai_wire.py
     # `_image` and `_signature` catch only binascii.Error, but base64.b64decode of a str with a
     # non-ASCII character raises ValueError. Fix: catch ValueError (binascii.Error subclasses it),
     # as anthropic_wire.py `_image` already does.
@@ -274,7 +274,7 @@ async def test_an_anthropic_tool_choice_type_that_is_a_list_is_a_400_not_a_500(
     worker: Worker, path: str
 ) -> None:
     """`tool_choice: {"type": []}` (an unhashable type) to Messages and count_tokens."""
-    # Found (attack of 2026-12-07, since fixed): 500. anthropic_wire.py `tool_choice` tests `kind in _TOOL_CHOICES` (a dict) on whatever
+    # Was: 500. anthropic_wire.py `tool_choice` tests `kind in _TOOL_CHOICES` (a dict) on whatever
     # JSON value `type` holds: a list or an object raises TypeError (unhashable). Fix: check
     # `isinstance(kind, str)` first (as `reasoning` does for output_config.effort).
     body: dict[str, Any] = {
@@ -293,7 +293,7 @@ async def test_unauthenticated_requests_to_made_up_paths_do_not_grow_the_metrics
     worker: Worker,
 ) -> None:
     """Without a key: GET /x-1, /x-2, … and /v1/models/m-1, /v1/models/m-2, … (a label each?)."""
-    # Found (attack of 2026-12-07, since fixed): 10 new Prometheus series per request (400 for these 40): facade/server.py `_begin`
+    # Was: 10 new Prometheus series per request (400 for these 40): facade/server.py `_begin`
     # records the method as f"{request.method} {request.path}", and metrics.py `finished` labels
     # `method` with its last path segment, the caller's own text: any peer, without a key, grows
     # /metrics and the process's memory without bound. Fix: label with the route (its resource's
@@ -312,7 +312,7 @@ async def test_a_malformed_request_does_not_log_the_key_it_carried(
     worker: Worker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An Authorization header with a stray control character after a valid key."""
-    # Found (attack of 2026-12-07, since fixed): aiohttp's parser refuses it, and aiohttp.server logs "Error handling request" at ERROR
+    # Was: aiohttp's parser refuses it, and aiohttp.server logs "Error handling request" at ERROR
     # with the traceback, whose BadHttpMessage quotes the header line: the caller's API key is in
     # the server log (logs.py: "No prompt text, no secret"), and any peer can write an ERROR with a
     # traceback per request. Cause: the facade leaves aiohttp's low-level error handling and its
@@ -333,7 +333,7 @@ async def test_many_small_messages_do_not_stall_every_other_call(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
     """One 3.3 MB body of 100,000 empty messages (under the default 4 MiB limit)."""
-    # Found (attack of 2026-12-07, since fixed): the event loop is blocked ~1.3 s (every other stream on the worker stalls that long);
+    # Was: the event loop is blocked ~1.3 s (every other stream on the worker stalls that long);
     # the same request over gRPC blocks it ~0.02 s. The codec (openai_wire.parse_chat, and
     # anthropic_wire.parse_messages alike) translates every message into domain objects on the loop
     # before `[limits] max_messages` (4096) is checked in worker/service.py validate_request. Fix:
@@ -405,7 +405,7 @@ async def closed_after(reader: asyncio.StreamReader, since: float) -> float:
 
 async def test_a_connection_that_stops_sending_mid_request_is_closed(tmp_path: Path) -> None:
     """Slowloris: half a header block; a header block and 8 of 1000 body bytes; then nothing."""
-    # Found (attack of 2026-12-07, since fixed): neither is ever answered or closed while the worker runs (the half header is closed by
+    # Was: neither is ever answered or closed while the worker runs (the half header is closed by
     # aiohttp's keep-alive timer after 3630 s; the half body never: facade/server.py `_body` awaits
     # request.read() with no bound), so a peer holds sockets, handler tasks and buffers for as long
     # as it likes, unlike on the gRPC port, where [server] keepalive_time_s/keepalive_timeout_s
@@ -431,7 +431,7 @@ async def test_a_connection_that_stops_sending_mid_request_is_closed(tmp_path: P
 
 async def test_a_stream_cut_by_a_drain_ends_with_an_error_event(tmp_path: Path) -> None:
     """A drain whose grace period ends while an OpenAI stream and an Anthropic stream run."""
-    # Found (attack of 2026-12-07, since fixed): both end with the connection closed mid-body (httpx: "incomplete chunked read"), no
+    # Was: both end with the connection closed mid-body (httpx: "incomplete chunked read"), no
     # error event: aiohttp cancels the handler after shutdown_timeout and facade/server.py `_stream`
     # lets the CancelledError through. docs/api.md: "a failure after [the first message] is the
     # API's error event, and the stream ends"; gRPC callers get a status. Fix: in `_stream`, when
@@ -483,7 +483,7 @@ async def test_two_credentials_naming_different_tokens_are_refused(
     worker: Worker, credentials: list[tuple[str, str]]
 ) -> None:
     """Two valid keys of different tenants in one request: which one pays?"""
-    # Found (attack of 2026-12-07, since fixed): 200, charged to whichever facade/server.py `_presented_key` reads: the FIRST
+    # Was: 200, charged to whichever facade/server.py `_presented_key` reads: the FIRST
     # Authorization header (request.headers.get), while the gRPC door (auth.py `_grant`) takes the
     # LAST, and x-api-key is ignored whenever Authorization is present. A proxy that appends its own
     # Authorization, or a client sending both, is billed to a tenant nobody chose. auth.py refuses
@@ -499,7 +499,7 @@ async def test_expect_100_continue_is_not_granted_before_the_key_and_size_are_ch
     worker: Worker,
 ) -> None:
     """`Expect: 100-continue` with no key, and with a Content-Length over the limit."""
-    # Found (attack of 2026-12-07, since fixed): "HTTP/1.1 100 Continue" to both: aiohttp's default expect handler invites the upload
+    # Was: "HTTP/1.1 100 Continue" to both: aiohttp's default expect handler invites the upload
     # before the handler checks the key, and for a body the server will refuse anyway (then it
     # waits for those bytes). Fix: an `expect_handler` on the routes that answers 401 for a
     # missing/invalid key and 413/400 for a Content-Length over max_receive_message_bytes.
@@ -515,7 +515,7 @@ async def test_expect_100_continue_is_not_granted_before_the_key_and_size_are_ch
 
 async def test_an_encoded_slash_is_not_told_its_method_is_not_allowed(worker: Worker) -> None:
     """POST /v1/chat%2Fcompletions."""
-    # Found (attack of 2026-12-07, since fixed): 405 "POST is not a method of /v1/chat/completions", which is false: the router matched
+    # Was: 405 "POST is not a method of /v1/chat/completions", which is false: the router matched
     # the raw path (no route), then facade/server.py `_no_route` judged the decoded request.path
     # known. Fix: judge the raw path (request.raw_path) in `_no_route`, answering 404.
     body = json.dumps(CHAT).encode()
