@@ -329,6 +329,24 @@ async def test_a_malformed_request_does_not_log_the_key_it_carried(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
 
 
+async def test_a_malformed_request_is_not_answered_with_aiohttps_version_and_its_own_bytes(
+    worker: Worker,
+) -> None:
+    """A URL over 8 KiB, and a header with a NUL: what does the 400 say?"""
+    # Was: aiohttp answered them itself: text/plain, `Server: Python/3.11 aiohttp/3.14.5` and the
+    # request's bytes quoted back ("Got more than 8190 bytes when reading: bytearray(b'/v1/mod…").
+    for data in (
+        request("GET", "/v1/models/" + "a" * 9000, keyed()),
+        request("GET", "/v1/models", [*keyed(), ("x-request-id", "a\x00b")]),
+    ):
+        answer = await exchange(worker, data)
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert status_of(answer) == 400
+        assert b"aiohttp" not in head, head
+        assert b"aaaaaaaa" not in text and b"x-request-id" not in text, text[:200]
+        assert json.loads(text)["error"]["type"] == "invalid_request_error", text[:200]
+
+
 async def test_many_small_messages_do_not_stall_every_other_call(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:

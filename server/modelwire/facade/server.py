@@ -23,6 +23,7 @@ import json
 import logging
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ REQUEST_ID_HEADER = "x-request-id"
 ANTHROPIC_VERSION_HEADER = "anthropic-version"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _JSON = "application/json"
+_SERVER = "modelwire"
+# The request's route, as its record names it (`POST /v1/chat/completions`, `unrouted`).
+_ROUTE = web.RequestKey("modelwire.route", str)
+_MODEL_PATH = "/v1/models/"
+_MODEL_ROUTE = "/v1/models/{model}"
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _dumps(value: object) -> bytes:
@@ -99,14 +108,14 @@ _ANTHROPIC = _Api(
 )
 
 
-def _api_of(request: web.Request) -> _Api:
+def _api_of(request: web.BaseRequest) -> _Api:
     """Anthropic's for its paths and for any request an Anthropic SDK sent; OpenAI's otherwise."""
     if request.path.startswith("/v1/messages") or ANTHROPIC_VERSION_HEADER in request.headers:
         return _ANTHROPIC
     return _OPENAI
 
 
-def _presented_key(request: web.Request) -> str:
+def _presented_key(request: web.BaseRequest) -> str:
     """The request's one key: `Authorization: Bearer` or `x-api-key`. Two that differ (a proxy
     that adds its own, a client that sends both) are refused: which tenant would pay?"""
     keys = {bearer_token(value) for value in request.headers.getall("Authorization", ())}
@@ -161,7 +170,7 @@ class _Call:
         # A stream's status and headers went: from then on a failure is an event in the stream.
         self.streaming = False
         self.headers: dict[str, str] = {name: record.request_id for name in api.request_id_headers}
-        self.headers["Server"] = "modelwire"  # not aiohttp's default, which names its version
+        self.headers["Server"] = _SERVER  # not aiohttp's default, which names its version
 
     def json(self, body: object, status: int = 200) -> web.Response:
         return web.Response(
@@ -255,30 +264,29 @@ class HttpFacade:
             raise StartupFailure(
                 f"tls: the {self.role} cannot use the certificate: {error}"
             ) from None
-        app = web.Application(client_max_size=server.max_receive_message_bytes)
-        routes = (
-            ("POST", "/v1/chat/completions", self._chat),
-            ("POST", "/v1/embeddings", self._embeddings),
-            ("GET", "/v1/models", self._models),
-            ("GET", "/v1/models/{model:.+}", self._model),
-            ("POST", "/v1/messages", self._messages),
-            ("POST", "/v1/messages/count_tokens", self._count_tokens),
-        )
-        self._paths = {path for _method, path, _handler in routes}
-        for method, path, handler in routes:
-            app.router.add_route(method, path, handler, expect_handler=self._expect)
-        app.router.add_route("*", "/{tail:.*}", self._no_route)
+        # Each path's handler by method (the paths as sent: `%2F` is no separator). Seven fixed
+        # routes need no router; `GET /v1/models/{model}` is the one with a variable part.
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": self._chat},
+            "/v1/embeddings": {"POST": self._embeddings},
+            "/v1/models": {"GET": self._models},
+            "/v1/messages": {"POST": self._messages},
+            "/v1/messages/count_tokens": {"POST": self._count_tokens},
+        }
         self._max_body = server.max_receive_message_bytes
-        self._runner = web.AppRunner(
-            app,
-            handler_cancellation=True,
-            access_log=None,
+        self._runner = web.ServerRunner(
+            _Server(
+                self._dispatch,
+                request_factory=self._request,
+                handler_cancellation=True,
+                access_log=None,
+                keepalive_timeout=self._receive_s,
+                # A body refused before it was read whole (too large, too slow) is not read on.
+                lingering_time=0,
+                logger=_PROTOCOL_LOGGER,
+            ),
             # stop() waits the grace period for the calls itself, then cancels what is left.
             shutdown_timeout=_AFTER_GRACE_S,
-            keepalive_timeout=self._receive_s,
-            # A body refused before it was read whole (too large, too slow) is not read on.
-            lingering_time=0,
-            logger=_PROTOCOL_LOGGER,
         )
         self.port = 0
         self._site: web.TCPSite | None = None
@@ -368,22 +376,59 @@ class HttpFacade:
 
     # --- the pipeline ------------------------------------------------------------------------
 
-    def _begin(self, request: web.Request, api: _Api) -> _Call:
+    def _request(
+        self,
+        message: Any,
+        payload: Any,
+        protocol: web.RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """aiohttp's request, its body bounded by `[server] max_receive_message_bytes`."""
+        return web.BaseRequest(
+            message,
+            payload,
+            protocol,
+            writer,
+            task,
+            task.get_loop(),
+            client_max_size=self._max_body,
+        )
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The route's handler, after an `Expect: 100-continue` is answered."""
+        path = request.rel_url.raw_path
+        methods = self._routes.get(path)
+        if methods is None and path.startswith(_MODEL_PATH) and len(path) > len(_MODEL_PATH):
+            methods = {"GET": self._model}
+        handler = methods.get(request.method) if methods is not None else None
+        if handler is None:
+            request[_ROUTE] = "unrouted"
+            return await self._no_route(request, known=methods is not None)
+        request[_ROUTE] = f"{request.method} {path if path in self._routes else _MODEL_ROUTE}"
+        if "Expect" in request.headers:
+            refused = await self._expect(request)
+            if refused is not None:
+                return refused
+        return await handler(request)
+
+    def _begin(self, request: web.BaseRequest, api: _Api) -> _Call:
         """The call's record, named by its route (`POST /v1/chat/completions`, `GET
         /v1/models/{model}`; `unrouted` for a path neither API has), never by the path a caller
         made up: the name's last part is a metrics label."""
-        route = request.match_info.route.resource
-        canonical = route.canonical if route is not None else ""
-        method = "unrouted" if canonical == "/{tail}" else f"{request.method} {canonical}"
-        record = self._observer.begin(method, None, request.headers.get(REQUEST_ID_HEADER))
+        record = self._observer.begin(request[_ROUTE], None, request.headers.get(REQUEST_ID_HEADER))
         return _Call(api, record)
 
-    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+    async def _expect(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """`Expect: 100-continue` is granted only to a request with a valid key and a body within
         the limit; others are answered at once, before they send the body."""
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            return None  # aiohttp answers 417 for other expectations only through its default
         call = self._begin(request, _api_of(request))
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            answer = HttpError(
+                417, "INVALID_ARGUMENT", "the only expectation served is 100-continue"
+            )
+            self._observer.finished(call.record, streamed=False)
+            return call.error_response(answer)
         try:
             if self._auth is not None:
                 self._auth.admit(_presented_key(request), "generate")
@@ -407,9 +452,9 @@ class HttpFacade:
 
     async def _serve(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         api: _Api,
-        work: Callable[[_Call, web.Request], Awaitable[web.StreamResponse]],
+        work: Callable[[_Call, web.BaseRequest], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         """Every call: its record, the key check, `work`, an error in the API's shape, and the
         access line and metrics however the call ended."""
@@ -445,7 +490,7 @@ class HttpFacade:
             if not self._calls:
                 self._idle.set()
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _body(self, request: web.BaseRequest) -> Any:
         """The request's JSON, parsed as strictly as the gRPC edge parses JSON texts."""
         try:
             async with asyncio.timeout(self._receive_s):
@@ -491,13 +536,13 @@ class HttpFacade:
 
     # --- generation ----------------------------------------------------------------------------
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._serve(request, _OPENAI, self._chat_call)
 
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
+    async def _messages(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._serve(request, _ANTHROPIC, self._messages_call)
 
-    async def _chat_call(self, call: _Call, request: web.Request) -> web.StreamResponse:
+    async def _chat_call(self, call: _Call, request: web.BaseRequest) -> web.StreamResponse:
         parsed = call.parsed = openai_wire.parse_chat(await self._body(request))
         self._allowed(call, parsed.request.model)
         completion_id = f"chatcmpl-{call.record.request_id}"
@@ -509,7 +554,7 @@ class HttpFacade:
         stream = openai_wire.ChatStream(model, completion_id, created, parsed.include_usage)
         return await self._stream(call, request, parsed, stream.chunk, stream.end, stream.error)
 
-    async def _messages_call(self, call: _Call, request: web.Request) -> web.StreamResponse:
+    async def _messages_call(self, call: _Call, request: web.BaseRequest) -> web.StreamResponse:
         parsed = call.parsed = anthropic_wire.parse_messages(await self._body(request))
         self._allowed(call, parsed.request.model)
         message_id = f"msg_{call.record.request_id}"
@@ -534,7 +579,7 @@ class HttpFacade:
     async def _stream(
         self,
         call: _Call,
-        request: web.Request,
+        request: web.BaseRequest,
         parsed: GenerationCall,
         encode: Callable[[ModelOutput], bytes],
         end: Callable[[], bytes],
@@ -596,8 +641,8 @@ class HttpFacade:
 
     # --- embeddings, counting, models ---------------------------------------------------------
 
-    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
-        async def work(call: _Call, request: web.Request) -> web.StreamResponse:
+    async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: _Call, request: web.BaseRequest) -> web.StreamResponse:
             embed, encoding = openai_wire.parse_embeddings(await self._body(request))
             self._allowed(call, embed.model)
 
@@ -610,8 +655,8 @@ class HttpFacade:
 
         return await self._serve(request, _OPENAI, work)
 
-    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
-        async def work(call: _Call, request: web.Request) -> web.StreamResponse:
+    async def _count_tokens(self, request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: _Call, request: web.BaseRequest) -> web.StreamResponse:
             counted = anthropic_wire.parse_count_tokens(await self._body(request))
             self._allowed(call, counted.model)
             count = await self._backend.count_token(counted.model, counted.messages)
@@ -623,21 +668,21 @@ class HttpFacade:
         """The models the caller's key may use."""
         return [m for m in await self._backend.list_models() if allow_list_refusal(m.model) is None]
 
-    async def _models(self, request: web.Request) -> web.StreamResponse:
+    async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
         api = _api_of(request)
 
-        async def work(call: _Call, _request: web.Request) -> web.StreamResponse:
+        async def work(call: _Call, _request: web.BaseRequest) -> web.StreamResponse:
             models = await self._listed()
             wire = anthropic_wire if api is _ANTHROPIC else openai_wire
             return call.json(wire.model_list(models))
 
         return await self._serve(request, api, work)
 
-    async def _model(self, request: web.Request) -> web.StreamResponse:
+    async def _model(self, request: web.BaseRequest) -> web.StreamResponse:
         api = _api_of(request)
-        name = request.match_info["model"]
+        name = urllib.parse.unquote(request.rel_url.raw_path[len(_MODEL_PATH) :])
 
-        async def work(call: _Call, _request: web.Request) -> web.StreamResponse:
+        async def work(call: _Call, _request: web.BaseRequest) -> web.StreamResponse:
             call.record.model = self._model_label(name)
             models = {m.model: m for m in await self._listed()}
             if name not in models:
@@ -647,14 +692,13 @@ class HttpFacade:
 
         return await self._serve(request, api, work)
 
-    async def _no_route(self, request: web.Request) -> web.StreamResponse:
-        """404 for a path neither API has, 405 for a method a path does not take: in the API's
-        shape, after the key check (a caller without a key learns nothing more)."""
+    async def _no_route(self, request: web.BaseRequest, known: bool) -> web.StreamResponse:
+        """404 for a path neither API has, 405 for a method a path does not take (`known`): in
+        the API's shape, after the key check (a caller without a key learns nothing more)."""
         api = _api_of(request)
 
-        async def work(call: _Call, _request: web.Request) -> web.StreamResponse:
-            path = request.rel_url.raw_path  # as routed: `%2F` is no path separator
-            known = path in self._paths or path.startswith("/v1/models/")
+        async def work(call: _Call, _request: web.BaseRequest) -> web.StreamResponse:
+            path = request.rel_url.raw_path
             status, code = (405, "UNIMPLEMENTED") if known else (404, "NOT_FOUND")
             what = (
                 f"{request.method} is not a method of {path}"
@@ -666,6 +710,42 @@ class HttpFacade:
             return call.error_response(HttpError(status, code, what))
 
         return await self._serve(request, api, work)
+
+
+class _Connection(web.RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse at all (a line too
+    long, a control character in a header) as the facade answers: a JSON error naming no
+    library version and quoting nothing of the request back. Logged at DEBUG (_QuietRefusals)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        self.log_exception("refused a malformed HTTP request", exc_info=exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had begun: the connection is closed instead")
+        if status < 500:
+            error = HttpError(status, "INVALID_ARGUMENT", "the request is not well-formed HTTP/1.1")
+        else:
+            error = HttpError(status, "INTERNAL", "internal error while reading the request")
+        response = web.Response(
+            body=_dumps(openai_wire.error_body(error)),
+            status=status,
+            content_type=_JSON,
+            headers={"Server": _SERVER},
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server with the facade's connection handler."""
+
+    def __call__(self) -> web.RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
 
 
 def _cut_by_drain() -> NotReady:
