@@ -20,6 +20,8 @@ import pytest
 from cli_process import DEVNULL, first_line, start_cli
 from conftest import free_port, running_worker
 from fake_upstream import load_toml_config
+from modelwire.app.config import load_config
+from modelwire.app.reload import Reloader
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import TlsConfig
 
@@ -46,11 +48,14 @@ def certificates(directory: Path) -> Path:
     return directory
 
 
-def post_chat(url: str, context: ssl.SSLContext | None = None) -> dict[str, object]:
+def post_chat(
+    url: str, context: ssl.SSLContext | None = None, key: str | None = None
+) -> dict[str, object]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(
-        f"{url}/v1/chat/completions",
-        data=json.dumps(CHAT).encode(),
-        headers={"Content-Type": "application/json"},
+        f"{url}/v1/chat/completions", data=json.dumps(CHAT).encode(), headers=headers
     )
     with urllib.request.urlopen(request, timeout=10, context=context) as response:
         answer: dict[str, object] = json.loads(response.read())
@@ -95,6 +100,32 @@ async def test_the_http_port_speaks_tls_with_the_grpc_certificate_and_takes_a_re
         )
         answer = await asyncio.to_thread(post_chat, url, trusts_second)
         assert answer["object"] == "chat.completion", "the next handshake has the new certificate"
+
+
+async def test_a_sighup_token_reload_reaches_the_http_port(tmp_path: Path) -> None:
+    """The HTTP port checks keys against the gRPC port's tokens, so a reload changes both."""
+    old, new = "old-token-0123456789abcdef", "new-token-0123456789abcdef"
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\nname = "old"\ntoken = "{old}"\n', encoding="utf-8")
+    text = f'[auth]\ntokens_file = "{tokens}"\n[http]\nport = 0\n{ECHO}'
+    config = load_toml_config(tmp_path, text)
+    async with running_worker(config) as worker:
+        assert worker.facade is not None
+        url = worker.facade.address
+        assert (await asyncio.to_thread(post_chat, url, None, old))["object"] == "chat.completion"
+
+        tokens.write_text(f'[[tokens]]\nname = "new"\ntoken = "{new}"\n', encoding="utf-8")
+        Reloader(
+            "worker",
+            worker.rpc,
+            config,
+            lambda: load_config(tmp_path / "modelwire.toml"),
+            lambda reloaded: reloaded.auth,
+        )()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(post_chat, url, None, old)
+        assert refused.value.code == 401
+        assert (await asyncio.to_thread(post_chat, url, None, new))["object"] == "chat.completion"
 
 
 async def test_two_processes_share_the_http_port_given_on_the_command_line(
