@@ -52,7 +52,7 @@ import run  # noqa: E402
 
 # A frame's layer, by its file (py-spy --full-filenames); the first pattern found wins.
 MODELWIRE_PARTS = (
-    ("/modelwire/facade/openai_wire.py", "facade codec (openai_wire)"),
+    ("/modelwire/facade/openai_wire/", "facade codec (openai_wire)"),
     ("/modelwire/facade/", "facade server (pipeline, handler)"),
     ("/modelwire/observe/", "observe (access line, metrics, record)"),
     ("/modelwire/providers/", "openai provider (upstream request, SSE, conversion)"),
@@ -86,7 +86,7 @@ INCLUSIVE = (
     ),
     ("facade handler (facade/server.py, all it calls)", None, "/modelwire/facade/server.py"),
     ("facade: reading + parsing the request body (_body)", "_body", "/modelwire/facade/server.py"),
-    ("facade codec (openai_wire, all it calls)", None, "/modelwire/facade/openai_wire.py"),
+    ("facade codec (openai_wire, all it calls)", None, "/modelwire/facade/openai_wire/"),
     ("service (worker/, all it calls but the provider)", None, "/modelwire/worker/"),
     ("openai provider (providers/, all it calls)", None, "/modelwire/providers/"),
     ("aiohttp client (client.py / connector.py / client_proto.py)", None, "/aiohttp/client"),

@@ -1,4 +1,4 @@
-"""The Anthropic facade's codec (facade/anthropic_wire.py) pinned both ways with golden pairs shaped
+"""The Anthropic facade's codec (facade/anthropic_wire/) pinned both ways with golden pairs shaped
 like the Messages API reference's examples, each refusal by its param, round trips of tool calls
 and thinking signatures through a response and the next request, and what the installed anthropic
 SDK makes of every output (its pydantic types, its stream accumulator, its client over a mock

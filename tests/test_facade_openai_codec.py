@@ -1,4 +1,4 @@
-"""The OpenAI facade's codec (facade/openai_wire.py): golden pairs from the API reference in both
+"""The OpenAI facade's codec (facade/openai_wire/): golden pairs from the API reference in both
 directions, each refusal naming its param, and the installed openai SDK reading every answer (its
 pydantic models, and the SDK itself over a mock transport), which is what compatibility means."""
 

@@ -19,6 +19,8 @@ import math
 from typing import Any
 
 MAX_NESTING = 64
+# JSON text as the HTTP facades write it: compact, non-ASCII characters as they are.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _TOO_DEEP = f"nested more than {MAX_NESTING} levels deep (objects and arrays), the limit"
 
 
@@ -68,3 +70,9 @@ def loads(text: str | bytes) -> Any:
     if _brackets(text) > MAX_NESTING and _depth_exceeds(value, MAX_NESTING):
         raise ValueError(_TOO_DEEP)
     return value
+
+
+def dumps(value: object) -> str:
+    """`value` as compact JSON text (one encoder, built once: json.dumps with arguments builds
+    one per call)."""
+    return _COMPACT.encode(value)

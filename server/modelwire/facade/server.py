@@ -4,8 +4,8 @@ front of a `ModelBackend` (a worker's models, or a gateway's fleet), with the gR
 Each call, in this order: its record (request id from `x-request-id`, the access line and the
 metrics at the end, as rpc/call_pipeline.py keeps them for gRPC calls), the API key
 (`Authorization: Bearer`, or Anthropic's `x-api-key`) checked against the same tokens with the
-same permission and model allow-list, the body decoded by the API's codec (facade/openai_wire.py,
-facade/anthropic_wire.py), then the backend. Errors follow facade/errors.py in each API's own
+same permission and model allow-list, the body decoded by the API's codec (facade/openai_wire/,
+facade/anthropic_wire/), then the backend. Errors follow facade/errors.py in each API's own
 shape. A caller that disconnects cancels its call: aiohttp cancels the handler (`handler
 cancellation`), which closes the backend's stream and so the upstream request or the local model.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import ssl
 import time
@@ -80,7 +79,7 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return strict_json.dumps(value).encode()
 
 
 @dataclass(frozen=True)
