@@ -426,6 +426,7 @@ class HttpFacade:
             answer = HttpError(
                 417, "INVALID_ARGUMENT", "the only expectation served is 100-continue"
             )
+            call.record.code = answer.code
             self._observer.finished(call.record, streamed=False)
             return call.error_response(answer)
         try:
