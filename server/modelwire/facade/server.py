@@ -25,7 +25,6 @@ import time
 import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -35,10 +34,8 @@ from modelwire.core.errors import (
     FieldViolation,
     InvalidRequest,
     ModelNotFound,
-    ModelwireError,
     NotReady,
     PermissionDenied,
-    QuotaExceeded,
     StartupFailure,
 )
 from modelwire.core.settings import (
@@ -50,68 +47,41 @@ from modelwire.core.settings import (
 )
 from modelwire.core.types import ModelMetadata, ModelOutput, ResponseHeaders, Usage
 from modelwire.facade import anthropic_wire, openai_wire
+from modelwire.facade.answer import (
+    ANTHROPIC,
+    OPENAI,
+    REQUEST_ID_HEADER,
+    Api,
+    Call,
+    api_of,
+)
 from modelwire.facade.calls import GenerationCall, HttpError, ModelBackend
-from modelwire.facade.errors import BodyTimeout, http_error
+from modelwire.facade.connections import (
+    PROTOCOL_LOGGER,
+    FacadeServer,
+    drop_silent_peers,
+    ssl_context,
+)
+from modelwire.facade.errors import BodyTimeout
 from modelwire.observe.call_observer import CallObserver
-from modelwire.observe.call_record import CallRecord, note_context, note_error_kind
+from modelwire.observe.call_record import CallRecord, note_context
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.observe.tracing import http_server_span
-from modelwire.quota.limiter import refusal_headers
 from modelwire.rpc.auth import BearerAuth, Unauthenticated, bearer_token, call_identity
 from modelwire.rpc.auth import model_refusal as allow_list_refusal
 from modelwire.rpc.server import check_exposure
-from modelwire.rpc.status import error_kind
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-ANTHROPIC_VERSION_HEADER = "anthropic-version"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-_JSON = "application/json"
-_SERVER = "modelwire"
+# How long aiohttp's shutdown gives connections once stop() has waited out the grace period and
+# cancelled the calls left: only idle connections remain to close.
+_AFTER_GRACE_S = 0.1
+
 # The request's route, as its record names it (`POST /v1/chat/completions`, `unrouted`).
 _ROUTE = web.RequestKey("modelwire.route", str)
 _MODEL_PATH = "/v1/models/"
 _MODEL_ROUTE = "/v1/models/{model}"
-
-
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-def _dumps(value: object) -> bytes:
-    return strict_json.dumps(value).encode()
-
-
-@dataclass(frozen=True)
-class _Api:
-    """What differs between the two APIs around a call: its error body, its names for the
-    contract's fields, and the header that carries the request id back."""
-
-    name: str
-    error_body: Callable[[HttpError, str], dict[str, Any]]
-    param_of: Callable[[str, GenerationCall | None], str]
-    request_id_headers: tuple[str, ...]
-
-
-_OPENAI = _Api(
-    "openai",
-    lambda error, _request_id: openai_wire.error_body(error),
-    openai_wire.error_param,
-    (REQUEST_ID_HEADER,),
-)
-_ANTHROPIC = _Api(
-    "anthropic",
-    anthropic_wire.error_body,
-    anthropic_wire.error_param,
-    (REQUEST_ID_HEADER, "request-id"),
-)
-
-
-def _api_of(request: web.BaseRequest) -> _Api:
-    """Anthropic's for its paths and for any request an Anthropic SDK sent; OpenAI's otherwise."""
-    if request.path.startswith("/v1/messages") or ANTHROPIC_VERSION_HEADER in request.headers:
-        return _ANTHROPIC
-    return _OPENAI
 
 
 def _presented_key(request: web.BaseRequest) -> str:
@@ -127,87 +97,7 @@ def _presented_key(request: web.BaseRequest) -> str:
     return keys.pop() if keys else ""
 
 
-class _QuietRefusals(logging.Filter):
-    """aiohttp's own refusals of malformed HTTP (a control character in a header, a line too
-    long) are logged at DEBUG without their exception: its message and traceback quote the
-    offending line, which may hold the caller's key, and any peer could fill the log at ERROR."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = "refused a malformed HTTP request", None
-        record.exc_info = record.exc_text = None
-        return True
-
-
-_PROTOCOL_LOGGER = logging.getLogger("modelwire.facade.protocol")
-# How long aiohttp's shutdown gives connections once stop() has waited out the grace period and
-# cancelled the calls left: only idle connections remain to close.
-_AFTER_GRACE_S = 0.1
-_PROTOCOL_LOGGER.addFilter(_QuietRefusals())
-
-
-def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    """The listener's TLS from [tls]: its certificate and key; client certificates signed by
-    `client_ca_file` required when it is set (mTLS), as on the gRPC port."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.client_ca_file is not None:
-        context.load_verify_locations(cafile=tls.client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-class _Call:
-    """One facade call's bookkeeping: its record, its API, the headers its response carries."""
-
-    __slots__ = ("api", "headers", "record", "parsed", "streaming")
-
-    def __init__(self, api: _Api, record: CallRecord) -> None:
-        self.api = api
-        self.record = record
-        self.parsed: GenerationCall | None = None
-        # A stream's status and headers went: from then on a failure is an event in the stream.
-        self.streaming = False
-        self.headers: dict[str, str] = {name: record.request_id for name in api.request_id_headers}
-        self.headers["Server"] = _SERVER  # not aiohttp's default, which names its version
-
-    def json(self, body: object, status: int = 200) -> web.Response:
-        return web.Response(
-            body=_dumps(body), status=status, content_type=_JSON, headers=self.headers
-        )
-
-    def failed(self, error: BaseException) -> HttpError:
-        """`error` as this API says it; the record takes its gRPC status and error kind."""
-        parsed = self.parsed
-        answer = http_error(error, lambda field: self.api.param_of(field, parsed))
-        self.record.code = answer.code
-        if isinstance(error, ModelwireError):
-            # A key's refusal is no error kind (as at the gRPC pipeline), nor a worker's failure a
-            # gateway passes on: the worker counted it.
-            if not (isinstance(error, Unauthenticated) or error.relayed):
-                note_error_kind(error_kind(error))
-        elif answer.code == "INTERNAL":
-            note_error_kind("internal")
-        extra = refusal_headers(error) if isinstance(error, QuotaExceeded) else ()
-        status = answer.status
-        if self.api is _ANTHROPIC and status == 503 and answer.code == "RESOURCE_EXHAUSTED":
-            status = 529  # Anthropic's "overloaded", which its SDKs retry
-        return dataclasses.replace(answer, status=status, headers=answer.headers + extra)
-
-    def error_response(self, error: HttpError) -> web.Response:
-        headers = dict(self.headers)
-        headers.update(error.headers)
-        if error.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-        response = web.Response(
-            body=_dumps(self.api.error_body(error, self.record.request_id)),
-            status=error.status,
-            content_type=_JSON,
-            headers=headers,
-        )
-        if error.status == 408:
-            response.force_close()  # the rest of the body may still come: not as a next request
-        return response
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def check_http_exposure(
@@ -258,7 +148,7 @@ class HttpFacade:
         # or a body not whole within this is closed (408 for a body).
         self._receive_s = server.keepalive_time_s + server.keepalive_timeout_s
         try:
-            self.ssl = _ssl_context(tls) if tls is not None else None
+            self.ssl = ssl_context(tls) if tls is not None else None
         except (ssl.SSLError, OSError) as error:
             raise StartupFailure(
                 f"tls: the {self.role} cannot use the certificate: {error}"
@@ -274,7 +164,7 @@ class HttpFacade:
         }
         self._max_body = server.max_receive_message_bytes
         self._runner = web.ServerRunner(
-            _Server(
+            FacadeServer(
                 self._dispatch,
                 request_factory=self._request,
                 handler_cancellation=True,
@@ -282,7 +172,7 @@ class HttpFacade:
                 keepalive_timeout=self._receive_s,
                 # A body refused before it was read whole (too large, too slow) is not read on.
                 lingering_time=0,
-                logger=_PROTOCOL_LOGGER,
+                logger=PROTOCOL_LOGGER,
             ),
             # stop() waits the grace period for the calls itself, then cancels what is left.
             shutdown_timeout=_AFTER_GRACE_S,
@@ -321,29 +211,8 @@ class HttpFacade:
         server = site._server  # noqa: SLF001 — aiohttp exposes the bound port nowhere else
         sockets = getattr(server, "sockets", None) or ()
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        self._sweeper = asyncio.create_task(self._drop_silent_peers())
+        self._sweeper = asyncio.create_task(drop_silent_peers(self._runner, self._receive_s))
         logger.info("%s on %s", self.role, self.address)
-
-    async def _drop_silent_peers(self) -> None:
-        """Closes a connection whose first request has not arrived whole within the receive bound
-        (a slowloris peer sending a header block byte by byte, or nothing): aiohttp bounds the
-        silence between requests (its keep-alive timeout) but not before the first one."""
-        seen: dict[web.RequestHandler, float] = {}
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._receive_s / 2)
-            server = self._runner.server
-            connections = server.connections if server is not None else []
-            now = loop.time()
-            waiting = {}
-            for connection in connections:
-                # No request line and headers whole yet on this connection (aiohttp counts a
-                # request when its header block is parsed).
-                if getattr(connection, "_request_count", 1) == 0:
-                    since = waiting[connection] = seen.get(connection, now)
-                    if now - since >= self._receive_s:
-                        connection.force_close()
-            seen = waiting
 
     def reload_tls(self, tls: TlsConfig) -> None:
         """SIGHUP: the new certificate and key serve the next handshakes."""
@@ -411,17 +280,17 @@ class HttpFacade:
                 return refused
         return await handler(request)
 
-    def _begin(self, request: web.BaseRequest, api: _Api) -> _Call:
+    def _begin(self, request: web.BaseRequest, api: Api) -> Call:
         """The call's record, named by its route (`POST /v1/chat/completions`, `GET
         /v1/models/{model}`; `unrouted` for a path neither API has), never by the path a caller
         made up: the name's last part is a metrics label."""
         record = self._observer.begin(request[_ROUTE], None, request.headers.get(REQUEST_ID_HEADER))
-        return _Call(api, record)
+        return Call(api, record)
 
     async def _expect(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """`Expect: 100-continue` is granted only to a request with a valid key and a body within
         the limit; others are answered at once, before they send the body."""
-        call = self._begin(request, _api_of(request))
+        call = self._begin(request, api_of(request))
         if request.headers.get("Expect", "").lower() != "100-continue":
             answer = HttpError(
                 417, "INVALID_ARGUMENT", "the only expectation served is 100-continue"
@@ -453,8 +322,8 @@ class HttpFacade:
     async def _serve(
         self,
         request: web.BaseRequest,
-        api: _Api,
-        work: Callable[[_Call, web.BaseRequest], Awaitable[web.StreamResponse]],
+        api: Api,
+        work: Callable[[Call, web.BaseRequest], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         """Every call: its record, the key check, `work`, an error in the API's shape, and the
         access line and metrics however the call ended."""
@@ -528,7 +397,7 @@ class HttpFacade:
                     ]
                 )
 
-    def _allowed(self, call: _Call, model: str) -> None:
+    def _allowed(self, call: Call, model: str) -> None:
         call.record.model = self._model_label(model)
         refusal = allow_list_refusal(model)
         if refusal is not None:
@@ -537,12 +406,12 @@ class HttpFacade:
     # --- generation ----------------------------------------------------------------------------
 
     async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await self._serve(request, _OPENAI, self._chat_call)
+        return await self._serve(request, OPENAI, self._chat_call)
 
     async def _messages(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await self._serve(request, _ANTHROPIC, self._messages_call)
+        return await self._serve(request, ANTHROPIC, self._messages_call)
 
-    async def _chat_call(self, call: _Call, request: web.BaseRequest) -> web.StreamResponse:
+    async def _chat_call(self, call: Call, request: web.BaseRequest) -> web.StreamResponse:
         parsed = call.parsed = openai_wire.parse_chat(await self._body(request))
         self._allowed(call, parsed.request.model)
         completion_id = f"chatcmpl-{call.record.request_id}"
@@ -554,7 +423,7 @@ class HttpFacade:
         stream = openai_wire.ChatStream(model, completion_id, created, parsed.include_usage)
         return await self._stream(call, request, parsed, stream.chunk, stream.end, stream.error)
 
-    async def _messages_call(self, call: _Call, request: web.BaseRequest) -> web.StreamResponse:
+    async def _messages_call(self, call: Call, request: web.BaseRequest) -> web.StreamResponse:
         parsed = call.parsed = anthropic_wire.parse_messages(await self._body(request))
         self._allowed(call, parsed.request.model)
         message_id = f"msg_{call.record.request_id}"
@@ -565,7 +434,7 @@ class HttpFacade:
         stream = anthropic_wire.MessageStream(model, message_id)
         return await self._stream(call, request, parsed, stream.chunk, stream.end, stream.error)
 
-    async def _generate(self, call: _Call, parsed: GenerationCall) -> ModelOutput:
+    async def _generate(self, call: Call, parsed: GenerationCall) -> ModelOutput:
         context = parsed.request.context
         note_context(context.request_id, context.user, context.metadata)
 
@@ -578,7 +447,7 @@ class HttpFacade:
 
     async def _stream(
         self,
-        call: _Call,
+        call: Call,
         request: web.BaseRequest,
         parsed: GenerationCall,
         encode: Callable[[ModelOutput], bytes],
@@ -642,7 +511,7 @@ class HttpFacade:
     # --- embeddings, counting, models ---------------------------------------------------------
 
     async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
-        async def work(call: _Call, request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: Call, request: web.BaseRequest) -> web.StreamResponse:
             embed, encoding = openai_wire.parse_embeddings(await self._body(request))
             self._allowed(call, embed.model)
 
@@ -653,41 +522,41 @@ class HttpFacade:
             _count_usage(call.record, embeddings.usage)
             return call.json(openai_wire.embeddings_body(embeddings, embed.model, encoding))
 
-        return await self._serve(request, _OPENAI, work)
+        return await self._serve(request, OPENAI, work)
 
     async def _count_tokens(self, request: web.BaseRequest) -> web.StreamResponse:
-        async def work(call: _Call, request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: Call, request: web.BaseRequest) -> web.StreamResponse:
             counted = anthropic_wire.parse_count_tokens(await self._body(request))
             self._allowed(call, counted.model)
             count = await self._backend.count_token(counted.model, counted.messages)
             return call.json(anthropic_wire.count_tokens_body(count))
 
-        return await self._serve(request, _ANTHROPIC, work)
+        return await self._serve(request, ANTHROPIC, work)
 
     async def _listed(self) -> list[ModelMetadata]:
         """The models the caller's key may use."""
         return [m for m in await self._backend.list_models() if allow_list_refusal(m.model) is None]
 
     async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
-        api = _api_of(request)
+        api = api_of(request)
 
-        async def work(call: _Call, _request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: Call, _request: web.BaseRequest) -> web.StreamResponse:
             models = await self._listed()
-            wire = anthropic_wire if api is _ANTHROPIC else openai_wire
+            wire = anthropic_wire if api is ANTHROPIC else openai_wire
             return call.json(wire.model_list(models))
 
         return await self._serve(request, api, work)
 
     async def _model(self, request: web.BaseRequest) -> web.StreamResponse:
-        api = _api_of(request)
+        api = api_of(request)
         name = urllib.parse.unquote(request.rel_url.raw_path[len(_MODEL_PATH) :])
 
-        async def work(call: _Call, _request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: Call, _request: web.BaseRequest) -> web.StreamResponse:
             call.record.model = self._model_label(name)
             models = {m.model: m for m in await self._listed()}
             if name not in models:
                 raise ModelNotFound(name, sorted(models))
-            wire = anthropic_wire if api is _ANTHROPIC else openai_wire
+            wire = anthropic_wire if api is ANTHROPIC else openai_wire
             return call.json(wire.model_object(models[name]))
 
         return await self._serve(request, api, work)
@@ -695,9 +564,9 @@ class HttpFacade:
     async def _no_route(self, request: web.BaseRequest, known: bool) -> web.StreamResponse:
         """404 for a path neither API has, 405 for a method a path does not take (`known`): in
         the API's shape, after the key check (a caller without a key learns nothing more)."""
-        api = _api_of(request)
+        api = api_of(request)
 
-        async def work(call: _Call, _request: web.BaseRequest) -> web.StreamResponse:
+        async def work(call: Call, _request: web.BaseRequest) -> web.StreamResponse:
             path = request.rel_url.raw_path
             status, code = (405, "UNIMPLEMENTED") if known else (404, "NOT_FOUND")
             what = (
@@ -710,42 +579,6 @@ class HttpFacade:
             return call.error_response(HttpError(status, code, what))
 
         return await self._serve(request, api, work)
-
-
-class _Connection(web.RequestHandler):
-    """aiohttp's connection handler, answering a request it cannot parse at all (a line too
-    long, a control character in a header) as the facade answers: a JSON error naming no
-    library version and quoting nothing of the request back. Logged at DEBUG (_QuietRefusals)."""
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        self.log_exception("refused a malformed HTTP request", exc_info=exc)
-        if request.writer.output_size > 0:
-            raise ConnectionError("the answer had begun: the connection is closed instead")
-        if status < 500:
-            error = HttpError(status, "INVALID_ARGUMENT", "the request is not well-formed HTTP/1.1")
-        else:
-            error = HttpError(status, "INTERNAL", "internal error while reading the request")
-        response = web.Response(
-            body=_dumps(openai_wire.error_body(error)),
-            status=status,
-            content_type=_JSON,
-            headers={"Server": _SERVER},
-        )
-        response.force_close()
-        return response
-
-
-class _Server(web.Server):
-    """aiohttp's low-level server with the facade's connection handler."""
-
-    def __call__(self) -> web.RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
 
 
 def _cut_by_drain() -> NotReady:
