@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # the configuration's type; settings imports this module
 
 # A call's response headers once its work has begun (its rate limits), as (name, value) pairs;
 # `Started` is told them then (worker/service.py: after admission and the quota), so an edge can
-# send them before the first token.
+# send them before the first token, and a gateway knows a call it then loses may have run (and been
+# billed) and must not replay it.
 ResponseHeaders = tuple[tuple[str, str], ...]
 Started = Callable[[ResponseHeaders], Awaitable[None]]
 
