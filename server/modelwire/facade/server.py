@@ -144,6 +144,7 @@ class HttpFacade:
         self._reuse_port = reuse_port
         self._limits = limits
         self._grace_s = server.grace_period_s
+        self._drain_delay_s = server.drain_delay_s
         # A peer that stops sending mid-request is dropped as a silent gRPC peer is: a header block
         # or a body not whole within this is closed (408 for a body).
         self._receive_s = server.keepalive_time_s + server.keepalive_timeout_s
@@ -222,10 +223,13 @@ class HttpFacade:
                 self.ssl.load_verify_locations(cafile=tls.client_ca_file)
 
     async def stop(self) -> None:
-        """Stops listening; calls in flight get the grace period, then are cancelled, a stream
-        with the API's error event (it must not end as if it were whole). The facade cancels them
-        itself: aiohttp's own shutdown closes the connection before the cancelled call could
-        write anything."""
+        """Stops listening (after `[server] drain_delay_s`); calls in flight get the grace period,
+        then are cancelled, a stream with the API's error event (it must not end as if it were
+        whole). The facade cancels them itself: aiohttp's own shutdown closes the connection
+        before the cancelled call could write anything."""
+        # New calls are still served for `drain_delay_s`, as on the gRPC port, for balancers that
+        # take a while to stop sending.
+        await asyncio.sleep(self._drain_delay_s)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._site is not None:
