@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from conftest import free_port, running_worker
 from fake_upstream import load_toml_config
 from modelwire.app.config import load_config
 from modelwire.app.reload import Reloader
+from modelwire.app.server import build_worker
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import TlsConfig
 
@@ -126,6 +128,23 @@ async def test_a_sighup_token_reload_reaches_the_http_port(tmp_path: Path) -> No
             await asyncio.to_thread(post_chat, url, None, old)
         assert refused.value.code == 401
         assert (await asyncio.to_thread(post_chat, url, None, new))["object"] == "chat.completion"
+
+
+async def test_the_http_port_serves_new_calls_through_the_drain_delay(tmp_path: Path) -> None:
+    """As the gRPC port: balancers that poll get `drain_delay_s` to stop sending."""
+    config = load_toml_config(
+        tmp_path, f"[server]\ndrain_delay_s = 3\ngrace_period_s = 1\n[http]\nport = 0\n{ECHO}"
+    )
+    worker = await build_worker(replace(config, server=replace(config.server, port=0)))
+    await worker.start()
+    assert worker.facade is not None
+    url = worker.facade.address
+    draining = asyncio.create_task(worker.drain())
+    answer = await asyncio.to_thread(post_chat, url)
+    assert answer["object"] == "chat.completion", "a call in the drain delay is served"
+    await draining
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        await asyncio.to_thread(post_chat, url)
 
 
 async def test_two_processes_share_the_http_port_given_on_the_command_line(
