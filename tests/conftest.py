@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
@@ -17,6 +18,7 @@ from modelwire.app.config import Config, embedded_default
 from modelwire.app.server import Worker, build_worker
 from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.providers import registry
+from modelwire.quota.store import MemoryStore
 from modelwire.worker.admission import Admission
 
 
@@ -57,6 +59,15 @@ async def admission_reaches(gate: Admission, in_flight: int, queued: int) -> Non
             await asyncio.wait_for(changed.wait(), 30)
     finally:
         gate.observer = previous
+
+
+def hold_quota_clock(worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holds the worker's in-process quota counters' clock still for the test, so a per-minute
+    window cannot start again between two calls whose counts the test compares."""
+    store = worker.limiter._store
+    assert isinstance(store, MemoryStore)
+    now = time.time()
+    monkeypatch.setattr(store, "_clock", lambda: now)
 
 
 WorkerFactory = Callable[[Config], AbstractAsyncContextManager[Worker]]

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import admission_reaches, running_worker
+from conftest import admission_reaches, hold_quota_clock, running_worker
 from fake_upstream import (
     Exchange,
     FakeUpstream,
@@ -601,9 +601,10 @@ def port_url(worker: Worker) -> str:
 
 
 async def test_callers_leaving_at_every_stage_give_back_their_slot_and_place(
-    worker: Worker, fake: FakeUpstream
+    worker: Worker, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Leave while queued at admission, before the first token, mid-stream; 300 streams at once."""
+    hold_quota_clock(worker, monkeypatch)
     before = await quota_used(worker)
     one = admission(worker, "one")
     running_reader, running = await open_stream(worker, "one")
@@ -630,8 +631,7 @@ async def test_callers_leaving_at_every_stage_give_back_their_slot_and_place(
     await asyncio.gather(*(reader.readuntil(b"data:") for reader, _ in streams))
     for _, writer in streams:
         writer.transport.abort()
-    await admission_reaches(slow, 0, 0)
-    await asyncio.sleep(0.2)  # the settles run on the loop after the slots are back
+    await admission_reaches(slow, 0, 0)  # a call settles before its slot goes back
     after = await quota_used(worker)
     assert after["concurrent_calls"] == before["concurrent_calls"] == 0
     # Once each: the running "one", the gpt call, the 300; the call left in the queue never

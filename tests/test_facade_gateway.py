@@ -24,7 +24,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from conftest import admission_reaches, free_port
+from conftest import admission_reaches, free_port, hold_quota_clock
 from fake_upstream import load_toml_config
 from fleet import Joining, registered, registered_worker, running_controller, wait_until
 from modelwire.app.config import read_auth
@@ -421,8 +421,10 @@ async def test_the_workers_access_line_names_the_http_caller_relayed_by_the_gate
 
 
 async def test_a_workers_quota_refusal_is_a_429_with_retry_after_and_rate_limit_headers(
-    fleet: Fleet,
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for worker in fleet.workers:
+        hold_quota_clock(worker, monkeypatch)
     async with openai_client(fleet.port, ALICE) as oai, anthropic_client(fleet.port, ALICE) as ant:
         refused = await refused_within(
             5,

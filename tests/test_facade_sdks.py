@@ -40,7 +40,7 @@ from anthropic_wire import (
 )
 from anthropic_wire import usage as anthropic_usage
 from conformance import PNG
-from conftest import admission_reaches, running_worker
+from conftest import admission_reaches, hold_quota_clock, running_worker
 from facade_clients import NO_OPENAI_KEY, Seen, anthropic_client, openai_client
 from fake_upstream import (
     Exchange,
@@ -1126,8 +1126,9 @@ async def test_400_an_unsupported_anthropic_parameter_names_itself(
 
 
 async def test_429_from_a_quota_with_retry_after_and_rate_limit_headers(
-    worker: Worker, fake: FakeUpstream
+    worker: Worker, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    hold_quota_clock(worker, monkeypatch)
     async with (
         openai_client(port(worker), QUINN) as client,
         anthropic_client(port(worker), QUINN) as other,
@@ -1260,8 +1261,9 @@ async def test_an_internal_error_is_a_500_naming_only_an_incident(
 
 
 async def test_a_successful_call_carries_its_rate_limits(
-    worker: Worker, fake: FakeUpstream
+    worker: Worker, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    hold_quota_clock(worker, monkeypatch)
     async with (
         openai_client(port(worker), RITA) as client,
         anthropic_client(port(worker), RITA) as other,
