@@ -1,5 +1,5 @@
-"""The gateway's instance table and its choice of instance: the power of two choices on load
-relative to weight.
+"""The gateway's instance table and its choice of instance, made by a `PickPolicy`
+(core/balance.py): by default the power of two choices on load relative to weight.
 
 - Load of an instance for a model = the calls this gateway has open to it for that model, plus the
   load others put on it: the instance's last report (heartbeat through the controller, or the ORCA
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from modelwire.core.backoff import Backoff
+from modelwire.core.balance import LeastLoaded, PickPolicy
 from modelwire.core.errors import FieldViolation, InvalidRequest, ModelNotFound, NotReady
 from modelwire.core.settings import GatewaySection
 from modelwire.fleet.health import follow_health
@@ -80,10 +80,15 @@ class Route:
         decay: float = 0.5 ** ((now - at) / LOAD_HALF_LIFE_S)
         return load * decay
 
-    def score(self, model: str, now: float) -> float:
-        return (self.open.get(model, 0) + self.others_load(model, now)) / max(
-            1, self.instance.spec.weight
-        )
+    @property
+    def weight(self) -> int:
+        # The registry stores 0 as 1; the floor keeps a policy's division safe whatever the source.
+        return max(1, self.instance.spec.weight)
+
+    def load(self, model: str, now: float) -> float:
+        """Calls on the instance for `model`, ours and others': not divided by weight (the policy
+        weighs it)."""
+        return self.open.get(model, 0) + self.others_load(model, now)
 
     def reported(self, model: str, load: float, open_excluding: int = 0) -> None:
         """Another party's view of the instance's load, which includes our own open calls."""
@@ -246,9 +251,12 @@ class Router:
         source: RegistryClient,
         settings: GatewaySection | None = None,
         probe_health: bool = True,
+        *,
+        policy: PickPolicy | None = None,
     ) -> None:
         self.source = source
         self.settings = settings or GatewaySection()
+        self.policy = policy if policy is not None else LeastLoaded()
         self.routes: dict[str, Route] = {}
         # When each model was last served by some instance: such a model is "not ready", not
         # unknown.
@@ -441,11 +449,7 @@ class Router:
             raise NotReady(
                 f"every instance of model {model!r} was tried and is unavailable", NOT_READY_RETRY_S
             )
-        if len(candidates) > 2:
-            candidates = random.sample(candidates, 2)
-        chosen = min(candidates, key=lambda r: (r.score(model, now), r.picked_at))
-        chosen.picked_at = now
-        return chosen
+        return self.policy.pick(candidates, lambda r: r.load(model, now))
 
     def _refuse_missing(self, model: str, now: float) -> None:
         if not self.synced.is_set():
