@@ -73,7 +73,7 @@ class Joining:
 
 def agent_for(worker: Worker, joining: Joining) -> RegistrationAgent:
     return worker_agent(
-        joining.access(), joining.registration(), worker.models, "127.0.0.1", worker.port
+        joining.access(), joining.registration(), worker.targets, "127.0.0.1", worker.port
     )
 
 

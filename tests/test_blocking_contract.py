@@ -25,7 +25,8 @@ from modelwire.core.types import ModelMessage, ModelRequest, Role, SamplingParam
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker.admission import Admission
-from modelwire.worker.service import ServedModel, WorkerService
+from modelwire.worker.deployments import ServedModel
+from modelwire.worker.service import WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
 
 REQUEST = ModelRequest(model="slow", messages=(ModelMessage(Role.USER, "hi"),))

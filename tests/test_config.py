@@ -105,7 +105,7 @@ def test_limits_are_read_from_their_table(tmp_path: Path) -> None:
         (
             '[[models]]\nname = "a"\nprovider = "llamacpp"\n[[models]]\nname = "a"\nprovider = '
             '"llamacpp"\n',
-            r"models: model name 'a' is configured twice",
+            r"models\[0\]\.deployment: model name 'a' is configured 2 times",
         ),
         ("[server\n", r"not valid TOML"),
         ("models = 3\n", r"models: must be an array, got int"),

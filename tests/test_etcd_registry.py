@@ -435,7 +435,7 @@ async def test_a_worker_and_a_gateway_use_etcd_over_tls_with_etcd_auth(
         config = replace(blocking_config(blocking_model("slow", tokens=2)), registry=access)
         worker = await build_worker(config)
         worker.registration = worker_agent(
-            access, RegistrationConfig(), worker.models, "127.0.0.1", worker.port
+            access, RegistrationConfig(), worker.targets, "127.0.0.1", worker.port
         )
         await worker.start()
         try:

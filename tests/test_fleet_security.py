@@ -385,7 +385,7 @@ async def test_a_tls_and_auth_worker_behind_a_tls_and_auth_gateway(
         )
         worker = await build_worker(config)
         worker.registration = worker_agent(
-            config.registry, config.registration, worker.models, ip, worker.port
+            config.registry, config.registration, worker.targets, ip, worker.port
         )
         await worker.start()
         stack.push_async_callback(worker.drain)

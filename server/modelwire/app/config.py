@@ -15,6 +15,7 @@ from modelwire.core.settings import (
     AuthSection,
     ConfigError,
     ControllerFile,
+    FailoverConfig,
     GatewayFile,
     HttpConfig,
     ModelConfig,
@@ -24,6 +25,7 @@ from modelwire.core.settings import (
     RegistrationConfig,
     RegistryAccess,
     RequestLimits,
+    RouteConfig,
     TlsConfig,
     TokenGrant,
     TokensFile,
@@ -53,10 +55,16 @@ class Config:
     registry: RegistryAccess = field(default_factory=RegistryAccess)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
 
     def prices(self) -> dict[str, Prices | None]:
-        """Each model's prices, by its name."""
-        return {model.name: model.price_per_million for model in self.models}
+        """Each model's prices, by its name (the deployments of a name share them)."""
+        prices: dict[str, Prices | None] = {}
+        for model in self.models:
+            if prices.get(model.name) is None:
+                prices[model.name] = model.price_per_million
+        return prices
 
     def blocking_pool_size(self) -> int:
         return self.server.blocking_threads or _pool_slots(self.models) + COUNTING_THREADS
@@ -96,11 +104,18 @@ def load_config(path: Path) -> Config:
     ]
     for model in models:
         provider_class(model)  # an unknown provider fails here, before anything loads
-        if [m.name for m in models].count(model.name) > 1:
-            raise ConfigError(f"{source}: models: model name {model.name!r} is configured twice")
+    _check_deployments(source, models)
     models = models or list(embedded_default().models)
+    _check_routes(source, file.routes, models)
     _check_blocking_threads(source, file.server, models)
     for index, rule in enumerate(file.quota.rules):
+        if rule.deployment is not None and not any(
+            (m.name, m.deployment) == (rule.model, rule.deployment) for m in models
+        ):
+            raise ConfigError(
+                f"{source}: quota.rules[{index}].deployment: model {rule.model!r} has no "
+                f"deployment {rule.deployment!r} here"
+            )
         if file.auth is None and rule.tenant != ALL_TENANTS:
             raise ConfigError(
                 f"{source}: quota.rules[{index}].tenant: a rule over tenants needs [auth] (without "
@@ -117,7 +132,62 @@ def load_config(path: Path) -> Config:
         registry=file.registry,
         registration=file.registration,
         http=file.http,
+        routes=file.routes,
+        failover=file.failover,
     )
+
+
+def _check_deployments(source: str, models: Sequence[ModelConfig]) -> None:
+    """Tables sharing a name are deployments of one model: each names its deployment, no two the
+    same, and they agree on the prices (a model's calls are priced one way, whoever answers)."""
+    by_name: dict[str, list[ModelConfig]] = {}
+    for model in models:
+        by_name.setdefault(model.name, []).append(model)
+    for name, group in by_name.items():
+        if len(group) == 1:
+            continue
+        for model in group:
+            if model.deployment is None:
+                raise ConfigError(
+                    f"{source}: {model.where}.deployment: model name {name!r} is configured "
+                    f"{len(group)} times: give each table a `deployment` name of its own"
+                )
+        labels = [model.deployment for model in group]
+        for model in group:
+            if labels.count(model.deployment) > 1:
+                raise ConfigError(
+                    f"{source}: {model.where}.deployment: model {name!r} has two deployments "
+                    f"named {model.deployment!r}"
+                )
+        prices = {model.price_per_million for model in group} - {None}
+        if len(prices) > 1:
+            raise ConfigError(
+                f"{source}: {group[0].where}.price_per_million: the deployments of {name!r} give "
+                "different prices: set them once (the others may leave them out)"
+            )
+
+
+def _check_routes(
+    source: str, routes: Sequence[RouteConfig], models: Sequence[ModelConfig]
+) -> None:
+    """A route's name is its own (no model's, no other route's) and its members are models
+    configured here (a route of routes would hide the order of its attempts)."""
+    names = {model.name for model in models}
+    seen: set[str] = set()
+    for index, route in enumerate(routes):
+        where = f"{source}: routes[{index}]"
+        if route.name in names:
+            raise ConfigError(f"{where}.name: {route.name!r} is a model's name")
+        if route.name in seen:
+            raise ConfigError(f"{where}.name: route {route.name!r} is configured twice")
+        seen.add(route.name)
+        for number, member in enumerate(route.models):
+            if member not in names:
+                known = ", ".join(sorted(names))
+                raise ConfigError(
+                    f"{where}.models[{number}]: {member!r} is not a model served here "
+                    f"(served: {known}); a route's members are models, not routes"
+                )
 
 
 def load_controller_config(path: Path) -> ControllerFile:

@@ -6,14 +6,16 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from grpc_health.v1 import health_pb2
 
 from modelwire.app.config import Config
 from modelwire.app.reload import Reloader
+from modelwire.core.balance import pick_policy
 from modelwire.core.errors import StartupFailure
 from modelwire.core.settings import ANY_MODEL
 from modelwire.core.types import ModelMetadata
@@ -24,7 +26,7 @@ from modelwire.providers.registry import provider_class
 from modelwire.quota.limiter import Limiter
 from modelwire.rpc.auth import worker_calls
 from modelwire.rpc.server import RpcServer, Service, check_exposure, on_signals
-from modelwire.rpc.wire import QUOTA_STORE_HEALTH, USAGE_SERVICE, WORKER_SERVICE
+from modelwire.rpc.wire import QUOTA_STORE_HEALTH, USAGE_SERVICE, WORKER_SERVICE, model_health
 from modelwire.v1 import usage_pb2_grpc, worker_pb2_grpc
 from modelwire.worker.admission import Admission
 from modelwire.worker.agent import (
@@ -33,8 +35,10 @@ from modelwire.worker.agent import (
     check_reachable,
     worker_agent,
 )
+from modelwire.worker.breaker import Breaker, BreakerState
+from modelwire.worker.deployments import ServedModel, Target, build_targets
 from modelwire.worker.orca import LoadReports
-from modelwire.worker.service import ServedModel, WorkerService
+from modelwire.worker.service import WorkerService
 from modelwire.worker.servicer import ModelWorkerServicer
 from modelwire.worker.usage_servicer import UsageAdminServicer
 
@@ -63,14 +67,17 @@ async def load_models(config: Config, executor: ThreadPoolExecutor) -> list[Serv
                     client,
                     Admission(metadata.model, model.max_concurrency, model.max_queue),
                     model.estimate_margin,
+                    model.deployment,
+                    model.weight,
+                    Breaker(config.failover.breaker),
                 )
             )
     return served
 
 
-def _model_label(models: list[ServedModel]) -> Callable[[str], str]:
-    """A model name as a metrics label: only the served models' names."""
-    served = {m.metadata.model for m in models}
+def _model_label(targets: Mapping[str, Target]) -> Callable[[str], str]:
+    """A model name as a metrics label: only the names served here (models and routes)."""
+    served = set(targets)
 
     def label(model: str) -> str:
         return model if model in served else UNKNOWN_MODEL
@@ -78,8 +85,8 @@ def _model_label(models: list[ServedModel]) -> Callable[[str], str]:
     return label
 
 
-def _request_model_label(models: list[ServedModel]) -> ModelLabel:
-    label = _model_label(models)
+def _request_model_label(targets: Mapping[str, Target]) -> ModelLabel:
+    label = _model_label(targets)
 
     def of_request(request: Any) -> str:
         return label(getattr(request, "model", ""))
@@ -120,8 +127,14 @@ class Worker:
         # Registers the worker with a controller or etcd (serve --controller/--registry); see
         # worker/agent.py.
         self.registration: RegistrationAgent | None = None
+        self.targets = build_targets(models, config.routes, config.failover.attempt_timeout_s)
         self.service = WorkerService(
-            models, config.limits, self.limiter, config.quota.default_output_reservation
+            models,
+            config.limits,
+            self.limiter,
+            config.quota.default_output_reservation,
+            self.targets,
+            pick_policy(config.failover.policy),
         )
         self._health_updates: set[asyncio.Task[None]] = set()
         servicer = ModelWorkerServicer(self.service)
@@ -131,7 +144,7 @@ class Worker:
         )
         # Every ModelWorker response carries an ORCA load report (worker/orca.py).
         load_reports = LoadReports(
-            models, lambda: self.registration.instance_id if self.registration else None
+            self.targets, lambda: self.registration.instance_id if self.registration else None
         )
         self.rpc = RpcServer(
             role="worker",
@@ -155,7 +168,7 @@ class Worker:
             tls=config.tls,
             auth=config.auth,
             observability=config.observability,
-            model_label=_request_model_label(models),
+            model_label=_request_model_label(self.targets),
             trailers=load_reports,
             # Several processes share one port only on purpose; otherwise a second worker on a busy
             # port must fail instead of silently splitting its traffic.
@@ -170,6 +183,9 @@ class Worker:
             self.metrics.admission_changed(
                 served.metadata.model, 0, 0
             )  # the gauges exist from the start
+            served.breaker.observer = partial(self._breaker_changed, served)
+            self.metrics.breaker_changed(served.model, served.label, served.breaker.state)
+        self.service.on_attempt = self.metrics.attempt_ended
         self.port = self.rpc.port
         # OpenAI's and Anthropic's HTTP APIs on their own port, when [http] port is set.
         self.facade = (
@@ -182,7 +198,7 @@ class Worker:
                 auth=self.rpc.auth,
                 auth_config=config.auth,
                 tls=config.tls,
-                model_label=_model_label(models),
+                model_label=_model_label(self.targets),
                 limits=config.limits,
                 reuse_port=config.server.processes > 1,
             )
@@ -200,14 +216,24 @@ class Worker:
         """The shared quota store went away or came back: in metrics, and in health under its own
         service name (QUOTA_STORE_HEALTH), which balancers watching the model service ignore."""
         self.metrics.quota_store_changed(available)
+        self._set_health(QUOTA_STORE_HEALTH, available)
+
+    def _breaker_changed(self, served: ServedModel, state: BreakerState) -> None:
+        """A deployment's circuit opened or closed: in metrics, and in health under each name
+        that may call it (rpc/wire.model_health): NOT_SERVING while every deployment of that
+        name is open."""
+        self.metrics.breaker_changed(served.model, served.label, state)
+        for name, target in self.targets.items():
+            if served in target.deployments:
+                self._set_health(model_health(name), _serving(target))
+
+    def _set_health(self, service: str, serving: bool) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if available
+            if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        task = asyncio.get_running_loop().create_task(
-            self.rpc.health.set(QUOTA_STORE_HEALTH, status)
-        )
+        task = asyncio.get_running_loop().create_task(self.rpc.health.set(service, status))
         self._health_updates.add(task)
         task.add_done_callback(self._health_updates.discard)
 
@@ -232,6 +258,8 @@ class Worker:
 
     async def start(self) -> None:
         await self.rpc.start()
+        for name, target in self.targets.items():
+            self._set_health(model_health(name), _serving(target))
         if self.facade is not None:
             await self.facade.start()
         if self.limiter.shared:
@@ -283,6 +311,10 @@ async def build_worker(config: Config) -> Worker:
     return Worker(config, models, executor, limiter)
 
 
+def _serving(target: Target) -> bool:
+    return any(served.breaker.state is not BreakerState.OPEN for served in target.deployments)
+
+
 def _warn_unserved_rules(config: Config, models: list[ServedModel]) -> None:
     """A rule naming a model no worker here serves never applies here: a typo, or a rule for
     another worker of the fleet sharing this file. Said at start and at each reload."""
@@ -324,7 +356,7 @@ async def serve(
     worker = await build_worker(config)
     if config.registry.enabled:
         worker.registration = worker_agent(
-            config.registry, config.registration, worker.models, config.server.host, worker.port
+            config.registry, config.registration, worker.targets, config.server.host, worker.port
         )
     observability = config.observability
     if serve_metrics_here and observability.metrics_port is not None:
@@ -355,7 +387,7 @@ async def serve(
         _watch_lifeline(stop)
     logger.info(
         "serving %s on %s%s",
-        ", ".join(m.metadata.model for m in worker.models),
+        ", ".join(worker.targets),
         worker.address,
         f" and {worker.facade.address}" if worker.facade is not None else "",
     )

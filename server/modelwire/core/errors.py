@@ -155,10 +155,13 @@ class QuotaViolation:
     model: str
     limit_name: str
     limit: float
+    # The deployment whose account limit it is (a rule naming one), if any.
+    deployment: str | None = None
 
     def describe(self) -> str:
+        deployment = f", deployment {self.deployment!r}" if self.deployment is not None else ""
         return (
-            f"rule {self.rule} (tenant {self.tenant!r}, model {self.model!r}): "
+            f"rule {self.rule} (tenant {self.tenant!r}, model {self.model!r}{deployment}): "
             f"{self.limit_name} {self.limit:g}"
         )
 
@@ -180,6 +183,12 @@ class QuotaExceeded(ModelwireError):
             else f"retry after {self.retry_after_s:.1f}s"
         )
         super().__init__(f"over quota: {limits}; {advice}")
+
+
+class AccountLimited(QuotaExceeded):
+    """Only a deployment's own limits (its provider account's, a rule naming the deployment) had
+    no room: the call moves on to another deployment or route member, and is refused with this
+    only when none is left."""
 
 
 class QuotaStoreUnavailable(ModelwireError):
@@ -216,6 +225,11 @@ class UpstreamUnavailable(ModelwireError):
     """The provider could not be reached or failed on its side (connection error, 5xx)."""
 
     code: ClassVar[str] = "UNAVAILABLE"
+
+
+class AttemptTimedOut(UpstreamUnavailable):
+    """An attempt gave no first content (a stream) or no answer (unary) within its
+    `attempt_timeout_s`: the call moved on, or, with nothing left to try, ends with this."""
 
 
 class UpstreamRejected(ModelwireError):

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from modelwire.core.addresses import EtcdTarget, check_host_port
+from modelwire.core.balance import PolicyName
 from modelwire.core.types import Capability
 
 T = TypeVar("T")
@@ -517,6 +518,9 @@ class QuotaRule:
 
     tenant: StrictStr
     model: StrictStr = ANY_MODEL
+    # The limits of one deployment of `model` (its provider account's own): a call this rule
+    # refuses moves on to another deployment or route member instead of being refused.
+    deployment: StrictStr | None = None
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     concurrent_calls: PositiveInt | None = None
@@ -549,6 +553,15 @@ class QuotaRule:
 
     @model_validator(mode="after")
     def _limits_something(self) -> QuotaRule:
+        if self.deployment is not None and (self.tenant != ALL_TENANTS or self.model == ANY_MODEL):
+            raise ValueError(
+                "a deployment's limits are its provider account's: give the rule tenant = \"all\" "
+                "and the deployment's model"
+            )
+        if self.deployment is not None and self.concurrent_calls is not None:
+            raise ValueError(
+                "concurrent_calls of a deployment is its max_concurrency in [[models]]"
+            )
         if not self.limits:
             raise ValueError(
                 "sets no limit: give it requests_per_minute, tokens_per_minute, "
@@ -692,6 +705,12 @@ class ModelConfig:
 
     name: StrictStr
     provider: StrictStr
+    # Several [[models]] may share a `name` when each names its deployment (an account, a region,
+    # a hosted and a local copy): calls to the name go to one of them
+    # (docs/configuration.md#deployments-routes-and-breakers).
+    deployment: StrictStr | None = None
+    # A deployment's share of its model's calls, relative to the others' (`[failover] policy`).
+    weight: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
     context_length: PositiveInt | None = None
     max_output_tokens: PositiveInt | None = None
     max_concurrency: PositiveInt = 4
@@ -712,12 +731,21 @@ class ModelConfig:
     where: StrictStr = "models[0]"
     base: StrictStr = "."
 
-    @field_validator("name")
+    @field_validator("name", "deployment")
     @classmethod
-    def _named(cls, value: str) -> str:
-        if not value.strip():
+    def _named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
+        if value is not None and ("/" in value or not value.isprintable()):
+            # The deployment goes into log lines, metrics labels and the attempts trailer
+            # ("model/deployment").
+            raise ValueError("must be printable and hold no '/'")
         return value
+
+    @property
+    def label(self) -> str:
+        """The deployment's name where one is shown: its own, or its model's."""
+        return self.deployment if self.deployment is not None else self.name
 
     @field_validator("capabilities", mode="before")
     @classmethod
@@ -780,6 +808,57 @@ def model_config(table: Mapping[str, Any], source: str, where: str, base: Path) 
 
 
 @dataclass(config=SECTION)
+class BreakerConfig:
+    """`[failover.breaker]`: when a deployment's circuit opens (worker/breaker.py)."""
+
+    # Upstream failures in a row that open it.
+    consecutive_failures: PositiveInt = 5
+    # Or this share of the calls that ended within `window_s` failed, once there were `min_calls`.
+    failure_rate: Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)] = 0.5
+    min_calls: PositiveInt = 20
+    window_s: Seconds = 60.0
+    # How long it stays open before one probe call may pass (an upstream's Retry-After, if longer).
+    open_s: Seconds = 30.0
+
+
+@dataclass(config=SECTION)
+class FailoverConfig:
+    """`[failover]`: how a model's deployment is picked and when an attempt gives way to the next
+    (docs/configuration.md#deployments-routes-and-breakers)."""
+
+    policy: PolicyName = "least_loaded"
+    # An attempt's time to its first content (a stream) or to its answer (a unary call) before the
+    # call moves on; None: the upstream's own `timeout_s` and the caller's deadline bound it.
+    attempt_timeout_s: Seconds | None = None
+    breaker: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
+
+
+@dataclass(config=SECTION)
+class RouteConfig:
+    """`[[routes]]`: a name callers use for an ordered list of models, tried in turn."""
+
+    name: StrictStr
+    models: Annotated[tuple[StrictStr, ...], Field(min_length=1)]
+    # Overrides `[failover] attempt_timeout_s` for this route's attempts.
+    attempt_timeout_s: Seconds | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError("must be a printable, non-empty name")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({model for model in value if value.count(model) > 1})
+        if repeated:
+            raise ValueError(f"names {repeated[0]!r} twice")
+        return value
+
+
+@dataclass(config=SECTION)
 class WorkerFile:
     """A worker's configuration file (`modelwire serve --config`)."""
 
@@ -793,6 +872,8 @@ class WorkerFile:
     registry: RegistryAccess = dataclasses.field(default_factory=RegistryAccess)
     registration: RegistrationConfig = dataclasses.field(default_factory=RegistrationConfig)
     http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    failover: FailoverConfig = dataclasses.field(default_factory=FailoverConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -899,6 +980,8 @@ class GatewaySection:
     # For this long after each snapshot of the instance table (a start, a registry restart), a model
     # nobody serves answers UNAVAILABLE too: workers re-register within one heartbeat interval.
     settle_s: NonNegative = 10.0
+    # How one instance of a model is picked (core/balance.py).
+    policy: PolicyName = "least_loaded"
 
 
 @dataclass(config=SECTION)

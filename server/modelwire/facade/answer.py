@@ -22,6 +22,8 @@ from modelwire.rpc.auth import Unauthenticated
 from modelwire.rpc.status import error_kind
 
 REQUEST_ID_HEADER = "x-request-id"
+# The attempts of a call with a choice of deployments or models (worker/failover.py).
+ATTEMPTS_HEADER = "x-modelwire-attempts"
 ANTHROPIC_VERSION_HEADER = "anthropic-version"
 JSON = "application/json"
 SERVER = "modelwire"
@@ -79,8 +81,20 @@ class Call:
 
     def json(self, body: object, status: int = 200) -> web.Response:
         return web.Response(
-            body=dumps(body), status=status, content_type=JSON, headers=self.headers
+            body=dumps(body), status=status, content_type=JSON, headers=self.answer_headers()
         )
+
+    def answer_headers(self) -> dict[str, str]:
+        """The headers, with the attempts of a call that had a choice of deployments or models
+        (`model/deployment=outcome`, as gRPC's modelwire-attempts trailer)."""
+        if not self.record.attempts:
+            return self.headers
+        return {**self.headers, ATTEMPTS_HEADER: ",".join(self.record.attempts)}
+
+    @property
+    def answered_by(self) -> str | None:
+        """The model that answered (a route's member), once one did."""
+        return self.record.answered_by
 
     def failed(self, error: BaseException) -> HttpError:
         """`error` as this API says it; the record takes its gRPC status and error kind."""
@@ -101,7 +115,7 @@ class Call:
         return dataclasses.replace(answer, status=status, headers=answer.headers + extra)
 
     def error_response(self, error: HttpError) -> web.Response:
-        headers = dict(self.headers)
+        headers = dict(self.answer_headers())
         headers.update(error.headers)
         if error.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(error.retry_after_s)))

@@ -55,7 +55,7 @@ from modelwire.facade.answer import (
     Call,
     api_of,
 )
-from modelwire.facade.calls import GenerationCall, HttpError, ModelBackend
+from modelwire.facade.calls import GenerationCall, HttpError, ModelBackend, StreamEncoder
 from modelwire.facade.connections import (
     PROTOCOL_LOGGER,
     FacadeServer,
@@ -420,23 +420,30 @@ class HttpFacade:
         self._allowed(call, parsed.request.model)
         completion_id = f"chatcmpl-{call.record.request_id}"
         created = int(time.time())
-        model = parsed.request.model
         if not parsed.stream:
             output = await self._generate(call, parsed)
+            model = call.answered_by or parsed.request.model
             return call.json(openai_wire.chat_completion(output, model, completion_id, created))
-        stream = openai_wire.ChatStream(model, completion_id, created, parsed.include_usage)
-        return await self._stream(call, request, parsed, stream.chunk, stream.end, stream.error)
+        return await self._stream(
+            call,
+            request,
+            parsed,
+            lambda model: openai_wire.ChatStream(
+                model, completion_id, created, parsed.include_usage
+            ),
+        )
 
     async def _messages_call(self, call: Call, request: web.BaseRequest) -> web.StreamResponse:
         parsed = call.parsed = anthropic_wire.parse_messages(await self._body(request))
         self._allowed(call, parsed.request.model)
         message_id = f"msg_{call.record.request_id}"
-        model = parsed.request.model
         if not parsed.stream:
             output = await self._generate(call, parsed)
+            model = call.answered_by or parsed.request.model
             return call.json(anthropic_wire.message_body(output, model, message_id))
-        stream = anthropic_wire.MessageStream(model, message_id)
-        return await self._stream(call, request, parsed, stream.chunk, stream.end, stream.error)
+        return await self._stream(
+            call, request, parsed, lambda model: anthropic_wire.MessageStream(model, message_id)
+        )
 
     async def _generate(self, call: Call, parsed: GenerationCall) -> ModelOutput:
         context = parsed.request.context
@@ -454,16 +461,15 @@ class HttpFacade:
         call: Call,
         request: web.BaseRequest,
         parsed: GenerationCall,
-        encode: Callable[[ModelOutput], bytes],
-        end: Callable[[], bytes],
-        error_event: Callable[[HttpError], bytes],
+        open_stream: Callable[[str], StreamEncoder],
     ) -> web.StreamResponse:
         """The response's status and headers (its rate limits among them) go with the first
         message of the stream: a failure before it (a refusal, an upstream's 429 or outage before
         its first token) is a whole error response with its own status, which the SDKs retry as
         they retry a unary call's; after it, a failure is the API's error event, and the stream
         ends. Holding the headers costs no latency: nothing could follow them before the first
-        message."""
+        message. `open_stream(model)` encodes the stream of the model that answers (a route's
+        member commits before the first message)."""
         context = parsed.request.context
         note_context(context.request_id, context.user, context.metadata)
         response = web.StreamResponse(headers={**call.headers, **_SSE_HEADERS})
@@ -473,40 +479,46 @@ class HttpFacade:
             response.headers.update(headers)
 
         usage: Usage | None = None
+        stream: StreamEncoder | None = None
+
+        async def prepare() -> StreamEncoder:
+            call.streaming = True
+            response.headers.update(call.answer_headers())
+            await response.prepare(request)
+            return open_stream(call.answered_by or parsed.request.model)
+
         try:
             chunks: AsyncGenerator[ModelOutput, None]
             async with aclosing(
                 self._backend.generate_stream(parsed.request, started, _tenant())
             ) as chunks:
                 async for chunk in chunks:
-                    if not response.prepared:
-                        call.streaming = True
-                        await response.prepare(request)
+                    if stream is None:
+                        stream = await prepare()
                     observer.streamed(record, chunk)
                     if chunk.usage is not None:
                         usage = chunk.usage
-                    data = encode(chunk)
+                    data = stream.chunk(chunk)
                     if data:
                         await response.write(data)
-            if not response.prepared:
-                call.streaming = True
-                await response.prepare(request)
-            await response.write(end())
+            if stream is None:
+                stream = await prepare()
+            await response.write(stream.end())
         except ConnectionError:
             record.code = "CANCELLED"  # the caller left mid-answer
             return response
         except asyncio.CancelledError:
-            if self._drained and response.prepared:
+            if self._drained and stream is not None:
                 # Not the caller leaving: this server's drain ran out of grace. Say so, in the
                 # stream, so it does not end as if it were whole.
                 with contextlib.suppress(ConnectionError):
-                    await response.write(error_event(call.failed(_cut_by_drain())))
+                    await response.write(stream.error(call.failed(_cut_by_drain())))
                     await response.write_eof()
             raise
         except Exception as error:
-            if not response.prepared:
+            if stream is None:
                 raise
-            await response.write(error_event(call.failed(error)))
+            await response.write(stream.error(call.failed(error)))
         finally:
             _count_usage(record, usage)
         await response.write_eof()

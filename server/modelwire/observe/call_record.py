@@ -50,6 +50,13 @@ class CallRecord:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     usage_estimated: bool = False
+    # What each model that ran was charged, when the call was charged (the models of a route's
+    # attempts): (model, usage, cost). The sums above are the call's.
+    charges: list[tuple[str, Usage, float]] = field(default_factory=list)
+    # A call with a choice of deployments or models: each attempt as `model/deployment=outcome`
+    # (worker/failover.py), and the model that answered.
+    attempts: list[str] = field(default_factory=list)
+    answered_by: str | None = None
 
     @property
     def latency_s(self) -> float:
@@ -110,17 +117,35 @@ def note_context(request_id: str, user: str, metadata: Mapping[str, str]) -> Non
     record.context = context or None
 
 
-def note_charge(usage: Usage, cost: float) -> None:
-    """Puts what a call was charged in its record: the access line and the spend metrics."""
+def note_charge(model: str, usage: Usage, cost: float) -> None:
+    """Adds what `model` was charged for the call (one of its attempts) to its record: the access
+    line and the spend metrics."""
     record = _current.get()
     if record is None:
         return
-    record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-    record.cached_prompt_tokens = usage.cached_prompt_tokens
-    record.cache_write_tokens = usage.cache_write_tokens
-    record.reasoning_tokens = usage.reasoning_tokens
-    record.usage_estimated = usage.estimated
-    record.cost = cost
+    if record.cost is None:
+        record.prompt_tokens = record.completion_tokens = 0
+        record.cost = 0.0
+    record.charges.append((model, usage, cost))
+    record.prompt_tokens += usage.prompt_tokens
+    record.completion_tokens += usage.completion_tokens
+    record.cached_prompt_tokens += usage.cached_prompt_tokens
+    record.cache_write_tokens += usage.cache_write_tokens
+    record.reasoning_tokens += usage.reasoning_tokens
+    record.usage_estimated = record.usage_estimated or usage.estimated
+    record.cost += cost
+
+
+def note_attempt(attempt: str) -> None:
+    record = _current.get()
+    if record is not None:
+        record.attempts.append(attempt)
+
+
+def note_answered_by(model: str) -> None:
+    record = _current.get()
+    if record is not None:
+        record.answered_by = model
 
 
 def note_error_kind(kind: str) -> None:

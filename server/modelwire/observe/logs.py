@@ -111,6 +111,10 @@ def log_call(record: CallRecord, level: int = logging.INFO) -> None:
         fields["ttft_ms"] = round((record.first_chunk_at - record.started) * 1000, 3)
     if record.error_kind is not None:
         fields["error"] = record.error_kind
+    if record.attempts:
+        fields["attempts"] = record.attempts
+    if record.answered_by is not None and record.answered_by != record.model:
+        fields["answered_by"] = record.answered_by
     if record.context is not None:
         fields["context"] = record.context
     _access.handle(_access.makeRecord(ACCESS_LOGGER, level, "", 0, "call", (), None, extra=fields))

@@ -119,6 +119,20 @@ class WorkerMetrics:
         # Labelled children looked up once per model: admission changes four times per call.
         self._admission_gauges: dict[str, tuple[Gauge, Gauge]] = {}
         self._children: dict[tuple[object, ...], Counter | Histogram] = {}
+        self.attempts = Counter(
+            "modelwire_attempts",
+            "Attempts of calls with a choice of deployments or models, by how each ended "
+            "(answered, or why the call moved on).",
+            ["model", "deployment", "outcome"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "modelwire_breaker_state",
+            "Each deployment's circuit: 0 closed, 1 half-open (one probe call), 2 open.",
+            ["model", "deployment"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.errors = Counter(
             "modelwire_errors",
             "Failed calls by the error that failed them (upstream_* come from the provider).",
@@ -135,6 +149,12 @@ class WorkerMetrics:
             )
         gauges[0].set(in_flight)
         gauges[1].set(queued)
+
+    def breaker_changed(self, model: str, deployment: str, state: int) -> None:
+        self.breaker_state.labels(model, deployment).set(state)
+
+    def attempt_ended(self, model: str, deployment: str, outcome: str) -> None:
+        self._child(self.attempts, model, deployment, outcome).inc()
 
     def quota_store_changed(self, available: bool) -> None:
         self.quota_store_up.set(1 if available else 0)
@@ -163,18 +183,22 @@ class WorkerMetrics:
             self._child(self.time_to_first_token, record.model).observe(
                 record.first_chunk_at - record.started
             )
-        if record.prompt_tokens or record.completion_tokens:
-            self._child(self.prompt_tokens, record.model, tenant).inc(record.prompt_tokens)
-            self._child(self.completion_tokens, record.model, tenant).inc(record.completion_tokens)
-        if record.cost is not None:
-            self._child(self.cost, record.model, tenant).inc(record.cost)
+        if record.cost is None:  # not charged here: the tokens its response reports
+            if record.prompt_tokens or record.completion_tokens:
+                model = record.answered_by or record.model
+                self._child(self.prompt_tokens, model, tenant).inc(record.prompt_tokens)
+                self._child(self.completion_tokens, model, tenant).inc(record.completion_tokens)
+        for model, usage, cost in record.charges:  # each model that ran, as it was charged
+            self._child(self.cost, model, tenant).inc(cost)
             for counter, tokens in (
-                (self.cached_prompt_tokens, record.cached_prompt_tokens),
-                (self.cache_write_tokens, record.cache_write_tokens),
-                (self.reasoning_tokens, record.reasoning_tokens),
+                (self.prompt_tokens, usage.prompt_tokens),
+                (self.completion_tokens, usage.completion_tokens),
+                (self.cached_prompt_tokens, usage.cached_prompt_tokens),
+                (self.cache_write_tokens, usage.cache_write_tokens),
+                (self.reasoning_tokens, usage.reasoning_tokens),
             ):
                 if tokens:
-                    self._child(counter, record.model, tenant).inc(tokens)
+                    self._child(counter, model, tenant).inc(tokens)
         if record.error_kind is not None:
             self._child(self.errors, record.model, record.error_kind, tenant).inc()
 

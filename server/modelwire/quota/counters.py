@@ -53,6 +53,8 @@ class Counter:
     rule: int
     tenant: str
     model: str
+    # A deployment's account limit (its rule names the deployment): a refusal moves the call on.
+    deployment: str | None = None
     # What it counts (`r` requests, `t` tokens, `c` calls, `$` money) and when it starts again:
     # from `kind`, kept as fields since every call reads them.
     unit: str = field(init=False)
@@ -78,6 +80,7 @@ class Counter:
             self.rule,
             self.tenant,
             self.model,
+            self.deployment,
         )
 
 
@@ -94,18 +97,33 @@ def rule_counters(index: int, rule: QuotaRule, tenant: str | None) -> list[Count
         assert tenant is not None
         subject, shown = _quoted(tenant), tenant
     model = _EVERY_MODEL if rule.model == ANY_MODEL else _quoted(rule.model)
+    if rule.deployment is not None:
+        model += "@" + _quoted(rule.deployment)
     counters = []
     for name, value in rule.limits.items():
         kind = LimitKind(name)
         unit = _KINDS[kind][0]
         limit = round(value * NANO_PER_UNIT) if unit == "$" else int(value)
-        counters.append(Counter(kind, f"{unit}:{subject}:{model}", limit, index, shown, rule.model))
+        counters.append(
+            Counter(
+                kind,
+                f"{unit}:{subject}:{model}",
+                limit,
+                index,
+                shown,
+                rule.model,
+                rule.deployment,
+            )
+        )
     return counters
 
 
-def applies(rule: QuotaRule, tenant: str | None, model: str) -> bool:
-    """Whether `rule` counts a call of `tenant` (None when no one authenticated) to `model`."""
+def applies(rule: QuotaRule, tenant: str | None, model: str, deployment: str | None) -> bool:
+    """Whether `rule` counts a call of `tenant` (None when no one authenticated) to `model`'s
+    `deployment` (None: the model's only one)."""
     if rule.model not in (ANY_MODEL, model):
+        return False
+    if rule.deployment is not None and rule.deployment != deployment:
         return False
     if rule.tenant == ALL_TENANTS:
         return True
@@ -113,13 +131,13 @@ def applies(rule: QuotaRule, tenant: str | None, model: str) -> bool:
 
 
 def call_counters(
-    rules: Sequence[QuotaRule], tenant: str | None, model: str
+    rules: Sequence[QuotaRule], tenant: str | None, model: str, deployment: str | None = None
 ) -> tuple[Counter, ...]:
     """Every counter a call is checked against, one per (kind, key): where two rules count the
     same calls, the tighter limit."""
     tightest: dict[tuple[LimitKind, str], Counter] = {}
     for index, rule in enumerate(rules):
-        if not applies(rule, tenant, model):
+        if not applies(rule, tenant, model, deployment):
             continue
         for counter in rule_counters(index, rule, tenant):
             held = tightest.get((counter.kind, counter.key))

@@ -24,6 +24,7 @@ from functools import partial
 from typing import TypeGuard
 
 from modelwire.core.errors import (
+    AccountLimited,
     QuotaExceeded,
     QuotaStoreUnavailable,
     QuotaViolation,
@@ -148,7 +149,7 @@ class Limiter:
         self._prices = dict(prices)
         self._tariffs = {model: Tariff.of(price) for model, price in self._prices.items()}
         # Each (tenant, model)'s counters, worked out once per set of rules (at most this many).
-        self._counters: dict[tuple[str | None, str], tuple[Counter, ...]] = {}
+        self._counters: dict[tuple[str | None, str, str | None], tuple[Counter, ...]] = {}
         self.shared = config.store is not None
         if store is None:
             store = (
@@ -214,15 +215,24 @@ class Limiter:
             self._went_away(error)
 
     async def reserve(
-        self, tenant: str | None, model: str, tokens: int, reserved_usage: Usage
+        self,
+        tenant: str | None,
+        model: str,
+        tokens: int,
+        reserved_usage: Usage,
+        deployment: str | None = None,
     ) -> Reservation | None:
-        """Reserves a call of `tenant` to `model` that may use up to `tokens` and
-        `reserved_usage`'s cost, or raises QuotaExceeded; None when no rule limits it."""
-        counters = self._counters.get((tenant, model))
+        """Reserves a call of `tenant` to `model` (its `deployment`) that may use up to `tokens`
+        and `reserved_usage`'s cost, or raises QuotaExceeded (AccountLimited when only the
+        deployment's own limits refused it); None when no rule limits it."""
+        subject = (tenant, model, deployment)
+        counters = self._counters.get(subject)
         if counters is None:
             if len(self._counters) >= MAX_CACHED_SUBJECTS:
                 self._counters.clear()
-            counters = self._counters[(tenant, model)] = call_counters(self._rules, tenant, model)
+            counters = self._counters[subject] = call_counters(
+                self._rules, tenant, model, deployment
+            )
         if not counters:
             return None
         tariff = self._tariffs.get(model)
@@ -256,11 +266,13 @@ class Limiter:
                 refusal = self._store_failed(error, [(call_id, Amounts(0, 0), False)])
                 if refusal is not None:
                     raise refusal from None
-                return await self.reserve(tenant, model, tokens, reserved_usage)
+                return await self.reserve(tenant, model, tokens, reserved_usage, deployment)
         if not verdict.admitted:
-            raise QuotaExceeded(
-                [_violation(enforced[index]) for index in verdict.refused], verdict.retry_after_s
-            )
+            refused = [enforced[index] for index in verdict.refused]
+            violations = [_violation(counter) for counter in refused]
+            if all(counter.deployment is not None for counter in refused):
+                raise AccountLimited(violations, verdict.retry_after_s)
+            raise QuotaExceeded(violations, verdict.retry_after_s)
         places = [(counter.key, call_id) for counter in enforced if counter.unit == "c"]
         if places:
             self._hold_places(call_id, store, places)
@@ -504,7 +516,12 @@ def _password(config: QuotaSection) -> str | None:
 
 def _violation(counter: Counter) -> QuotaViolation:
     return QuotaViolation(
-        counter.rule, counter.tenant, counter.model, counter.kind.value, counter.limit_value
+        counter.rule,
+        counter.tenant,
+        counter.model,
+        counter.kind.value,
+        counter.limit_value,
+        counter.deployment,
     )
 
 

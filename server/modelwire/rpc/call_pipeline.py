@@ -22,7 +22,7 @@ from modelwire.observe.call_observer import PID, CallObserver
 from modelwire.observe.call_record import CallRecord
 from modelwire.rpc import malformed
 from modelwire.rpc.auth import BearerAuth, is_open_by_nature, refuse_unbelievable_claim
-from modelwire.rpc.wire import PID_KEY, REQUEST_ID_KEY, Metadata
+from modelwire.rpc.wire import PID_KEY, REQUEST_ID_KEY, Metadata, attempts_trailer
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
@@ -105,7 +105,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await _admit(method, request, context, named, auth, trailers, refuse_claims)
                 response = await behavior(request, context)
                 if trailers is not None:
-                    context.set_trailing_metadata(named + trailers.trailers(request))
+                    context.set_trailing_metadata(
+                        named + trailers.trailers(request) + attempts_trailer(record.attempts)
+                    )
                 observer.answered(record, response)
                 return response
             except BaseException as error:
@@ -145,7 +147,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                             observer.streamed(record, message)
                             yield message
                 if trailers is not None:
-                    context.set_trailing_metadata(named + trailers.trailers(request))
+                    context.set_trailing_metadata(
+                        named + trailers.trailers(request) + attempts_trailer(record.attempts)
+                    )
             except BaseException as error:
                 observer.failed(record, error, context)
                 raise

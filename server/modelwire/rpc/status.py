@@ -21,8 +21,8 @@ from grpc_status import rpc_status
 from modelwire.core import errors
 from modelwire.core.deadline import set_deadline
 from modelwire.core.redaction import MAX_SCRUBBED, scrub
-from modelwire.observe.call_record import note_error_kind
-from modelwire.rpc.wire import ERROR_DOMAIN, NOT_STARTED, STATUS_DETAILS_KEY
+from modelwire.observe.call_record import current_call, note_error_kind
+from modelwire.rpc.wire import ERROR_DOMAIN, NOT_STARTED, STATUS_DETAILS_KEY, attempts_trailer
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def _quota_failure(violations: list[errors.QuotaViolation]) -> error_details_pb2
                 description=v.describe(),
                 quota_metric=v.limit_name,
                 quota_id=f"rule-{v.rule}",
-                quota_dimensions={"tenant": v.tenant, "model": v.model},
+                quota_dimensions={"tenant": v.tenant, "model": v.model}
+                | ({"deployment": v.deployment} if v.deployment is not None else {}),
                 quota_value=int(v.limit) if float(v.limit).is_integer() else 0,
             )
             for v in violations
@@ -319,8 +320,11 @@ class CallScope:
             status = to_status(error)
             # Keep what the interceptors already put in the trailer (request id) next to the
             # details.
-            trailer = tuple(self._context.trailing_metadata() or ()) + tuple(
-                status.trailing_metadata
+            record = current_call()
+            trailer = (
+                tuple(self._context.trailing_metadata() or ())
+                + attempts_trailer(record.attempts if record is not None else [])
+                + tuple(status.trailing_metadata)
             )
             try:
                 await self._context.abort(status.code, status.details, trailer)

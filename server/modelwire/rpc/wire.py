@@ -35,6 +35,15 @@ ORCA_TRAILER = "endpoint-load-metrics-bin"
 LOAD_TRAILER = "modelwire-load-bin"
 # The registered id of the worker that answered (a gateway also sends it in its headers).
 INSTANCE_TRAILER = "modelwire-instance-id"
+# A call with a choice of deployments or models: each attempt, `model/deployment=outcome`
+# (percent-encoded names), comma-separated, in the order they were made (worker/failover.py).
+ATTEMPTS_TRAILER = "modelwire-attempts"
+
+
+def attempts_trailer(attempts: list[str]) -> Metadata:
+    return ((ATTEMPTS_TRAILER, ",".join(attempts)),) if attempts else ()
+
+
 # gRPC's rich status: a serialized google.rpc.Status with the details (rpc/status.py).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -51,5 +60,13 @@ ID_TAKEN = "ID_TAKEN"
 QUOTA_STORE_HEALTH = "modelwire.quota.Store"
 
 WORKER_SERVICE: str = worker_pb2.DESCRIPTOR.services_by_name["ModelWorker"].full_name
+
+
+def model_health(name: str) -> str:
+    """The health service name of one model or route a worker serves: NOT_SERVING while every
+    deployment it may call has its circuit open."""
+    return f"{WORKER_SERVICE}/{name}"
+
+
 # A worker's admin service: what tenants have used against its [quota] rules.
 USAGE_SERVICE: str = usage_pb2.DESCRIPTOR.services_by_name["UsageAdmin"].full_name

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from modelwire.core.addresses import host_of, is_loopback
@@ -26,7 +26,7 @@ from modelwire.fleet.registry import RegistryClient
 from modelwire.fleet.types import InstanceModel, InstanceSpec, Lease, ModelLoad
 from modelwire.rpc.auth import Unauthenticated
 from modelwire.rpc.wire import ID_TAKEN
-from modelwire.worker.service import ServedModel
+from modelwire.worker.deployments import Target
 
 logger = logging.getLogger(__name__)
 
@@ -213,24 +213,32 @@ def check_reachable(address: str, access: RegistryAccess, registration: Registra
 def worker_agent(
     access: RegistryAccess,
     registration: RegistrationConfig,
-    models: Sequence[ServedModel],
+    targets: Mapping[str, Target],
     listen_host: str,
     port: int,
 ) -> RegistrationAgent:
-    """The agent of a worker serving `models`, reading their admission counters as its load."""
+    """The agent of a worker serving `targets` (its models and routes), reading their
+    deployments' admission counters as its load."""
     address = advertised_address(listen_host, port, registration.advertise)
     logger.info("this worker advertises %s", address)
     spec = InstanceSpec(
         instance_id="",
         address=address,
-        models=tuple(InstanceModel(m.metadata.model, m.admission.max_concurrency) for m in models),
+        models=tuple(
+            InstanceModel(name, sum(d.admission.max_concurrency for d in target.deployments))
+            for name, target in targets.items()
+        ),
         weight=registration.weight,
         labels=dict(registration.labels),
     )
 
     def load() -> dict[str, ModelLoad]:
         return {
-            m.metadata.model: ModelLoad(m.admission.in_flight, m.admission.queued) for m in models
+            name: ModelLoad(
+                sum(d.admission.in_flight for d in target.deployments),
+                sum(d.admission.queued for d in target.deployments),
+            )
+            for name, target in targets.items()
         }
 
     return RegistrationAgent(connect(access), spec, load)

@@ -24,6 +24,7 @@ _CUT_OFF = (asyncio.CancelledError, GeneratorExit, TimeoutError, DeadlineExceede
 class CallMeter:
     def __init__(
         self,
+        model: str,
         reservation: Reservation | None,
         tariff: Tariff | None,
         prompt_tokens: int,
@@ -31,10 +32,12 @@ class CallMeter:
         streaming: bool,
         signals_dispatch: bool,
     ) -> None:
-        """`prompt_tokens`: the prompt as the worker counted it; `output_bound`: the most output
+        """`model`: the model that runs the call (a route's member);
+        `prompt_tokens`: the prompt as the worker counted it; `output_bound`: the most output
         the provider was asked for (what a unary call that was cut off is charged);
         `signals_dispatch`: the provider says when its upstream has the request
         (core/dispatch.py), else the request is with the provider as soon as the call starts."""
+        self._model = model
         self._reservation = reservation
         self._tariff = tariff
         self._prompt = prompt_tokens
@@ -107,4 +110,4 @@ class CallMeter:
         else:
             return  # neither limited nor priced: the record keeps the tokens its response reports
         if self.started:
-            note_charge(usage, in_units(cost))
+            note_charge(self._model, usage, in_units(cost))

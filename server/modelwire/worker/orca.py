@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xds.data.orca.v3 import orca_load_report_pb2
@@ -31,7 +31,7 @@ from modelwire.rpc.wire import (
     WORKER_SERVICE,
     Metadata,
 )
-from modelwire.worker.service import ServedModel
+from modelwire.worker.deployments import Target
 
 WORKER_PREFIX = f"/{WORKER_SERVICE}/"
 RATE_WINDOW_S = 10
@@ -88,9 +88,13 @@ class LoadReports:
     when a call starts (so that an error carries a report too) and again when it has answered."""
 
     def __init__(
-        self, models: Sequence[ServedModel], instance_id: Callable[[], str | None] = lambda: None
+        self, targets: Mapping[str, Target], instance_id: Callable[[], str | None] = lambda: None
     ) -> None:
-        self._models = {m.metadata.model: m for m in models}
+        """`targets`: each name callers use, its load that of every deployment it may call."""
+        self._targets = {name: target.deployments for name, target in targets.items()}
+        self._all = tuple(
+            {id(d): d for target in targets.values() for d in target.deployments}.values()
+        )
         self._instance_id = instance_id
         self._rate = _Rate()
         self._cpu = _Cpu()
@@ -99,7 +103,7 @@ class LoadReports:
         report = orca_load_report_pb2.OrcaLoadReport(
             cpu_utilization=self._cpu.sample(), rps_fractional=self._rate.per_second()
         )
-        served = [self._models[model]] if model in self._models else list(self._models.values())
+        served = self._targets.get(model, self._all)
         in_flight = sum(m.admission.in_flight for m in served)
         queued = sum(m.admission.queued for m in served)
         capacity = sum(m.admission.max_concurrency for m in served)

@@ -5,20 +5,24 @@ The servicer calls this and only translates; nothing here knows grpc or protobuf
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from modelwire.core.balance import LeastLoaded, PickPolicy
 from modelwire.core.errors import (
     ContextLengthExceeded,
+    FieldViolation,
     InvalidRequest,
     ModelNotFound,
+    ModelwireError,
     UpstreamUnavailable,
 )
 from modelwire.core.redaction import remember_request_text
-from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, Prices, RequestLimits
+from modelwire.core.settings import Prices, RequestLimits
 from modelwire.core.types import (
     Embeddings,
     EmbedRequest,
@@ -37,16 +41,17 @@ from modelwire.core.types import (
     Usage,
     merge_tool_call_deltas,
 )
+from modelwire.observe.call_record import note_answered_by
 from modelwire.observe.tracing import upstream_span
-from modelwire.providers.base import ProxyLLMClient
 from modelwire.quota.limiter import Limiter
 from modelwire.tokenize.placement import counts_inline
-from modelwire.worker.admission import Admission
 from modelwire.worker.capabilities import (
     unsupported_embedding,
     unsupported_fields,
     unsupported_message_fields,
 )
+from modelwire.worker.deployments import ServedModel, Target, build_targets
+from modelwire.worker.failover import Failover, first_content, timed_out
 from modelwire.worker.metering import CHARS_PER_TOKEN, CallMeter
 from modelwire.worker.validation import (
     broken_tool_call,
@@ -56,14 +61,6 @@ from modelwire.worker.validation import (
 )
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    metadata: ModelMetadata
-    client: ProxyLLMClient
-    admission: Admission
-    estimate_margin: float = DEFAULT_ESTIMATE_MARGIN
-
-
 class WorkerService:
     def __init__(
         self,
@@ -71,75 +68,105 @@ class WorkerService:
         limits: RequestLimits,
         limiter: Limiter | None = None,
         default_output_reservation: int = 1024,
+        targets: Mapping[str, Target] | None = None,
+        policy: PickPolicy | None = None,
     ) -> None:
         """`limiter`: the tenants' limits and the models' prices (None: no [quota] rules and no
         prices). `default_output_reservation`: the output a call that sets no max_new_tokens
-        reserves against its token limits."""
-        self._models = {served.metadata.model: served for served in models}
+        reserves against its token limits. `targets`: the names callers use (None: each model,
+        no routes); `policy`: how one of a model's deployments is picked."""
+        self.targets = dict(targets) if targets is not None else build_targets(models, (), None)
         self.limits = limits
         self.limiter = limiter
         self.default_output_reservation = default_output_reservation
+        self._policy = policy or LeastLoaded()
+        # Told (model, deployment, outcome) of each attempt of a call with a choice (metrics).
+        self.on_attempt: Callable[[str, str, str], None] | None = None
 
     def list_models(self) -> list[ModelMetadata]:
-        """Each model as its provider describes it, with its configured prices."""
+        """Each model (its deployments as one) and each route, with the configured prices."""
         return [
-            replace(served.metadata, prices=self._prices(model))
-            for model, served in self._models.items()
+            target.metadata
+            if target.route
+            else replace(target.metadata, prices=self._prices(target.name))
+            for target in self.targets.values()
         ]
 
     def _prices(self, model: str) -> Prices | None:
         return self.limiter.prices(model) if self.limiter is not None else None
 
-    def served(self, model: str) -> ServedModel:
+    def target(self, model: str) -> Target:
         try:
-            return self._models[model]
+            return self.targets[model]
         except KeyError:
-            raise ModelNotFound(model, sorted(self._models)) from None
+            raise ModelNotFound(model, sorted(self.targets)) from None
 
     async def count_token(self, model: str, prompt: str | Sequence[ModelMessage]) -> TokenCount:
         """A short prompt is counted at once; a long one is work on the pool and waits for a slot.
         Messages are refused as Generate refuses them: capabilities, then the provider's rules.
-        Counting reaches no paid API and uses no quota."""
+        Counting reaches no paid API and uses no quota. A route's count is its first member's
+        that accepts the messages (the model tried first)."""
         validate_count_input(model, prompt, self.limits)
         remember_request_text([prompt] if isinstance(prompt, str) else _message_texts(prompt))
-        served = self.served(model)
-        refused = (
-            []
-            if isinstance(prompt, str)
-            else (
-                unsupported_message_fields(prompt, served.metadata)
-                or served.client.unsupported(ModelRequest(model=model, messages=tuple(prompt)))
+        target = self.target(model)
+
+        def refusals(served: ServedModel) -> list[FieldViolation]:
+            if isinstance(prompt, str):
+                return []
+            return unsupported_message_fields(prompt, served.metadata) or served.client.unsupported(
+                ModelRequest(model=served.model, messages=tuple(prompt))
             )
-        )
-        if refused:
+
+        refused: list[FieldViolation] = []
+        for served in target.deployments:
+            violations = refusals(served)
+            if not violations:
+                break
+            refused = refused or violations
+        else:
             raise InvalidRequest(refused)
         if counts_inline(prompt):
-            return await served.client.count_token(model, prompt)
+            return await served.client.count_token(served.model, prompt)
         async with served.admission.slot():
-            return await served.client.count_token(model, prompt)
+            return await served.client.count_token(served.model, prompt)
 
     async def embed(
         self, request: EmbedRequest, started: Started | None = None, tenant: str | None = None
     ) -> Embeddings:
         """An embedding's inputs are not counted before the call: it reserves a token per
-        CHARS_PER_TOKEN characters of them, and is settled to the provider's usage."""
+        CHARS_PER_TOKEN characters of them, and is settled to the provider's usage. A route or a
+        model's deployments fail over as a unary generation does."""
         validate_embed_request(request, self.limits)
         remember_request_text(request.inputs)
-        served = self.served(request.model)
-        refused = unsupported_embedding(
-            request, served.metadata
-        ) or served.client.unsupported_embedding(request)
-        if refused:
-            raise InvalidRequest(refused)
-        async with served.admission.slot():
-            estimate = math.ceil(sum(len(text) for text in request.inputs) / CHARS_PER_TOKEN)
-            async with self._metered(
-                served, tenant, started, estimate, estimate, 0, 0, False
-            ) as meter:
-                with upstream_span(served.metadata.provider, request.model):
-                    embeddings = await served.client.embed(request)
-                meter.reported(embeddings.usage)
-                return embeddings
+        target = self.target(request.model)
+
+        def refusals(served: ServedModel) -> list[FieldViolation]:
+            return unsupported_embedding(
+                request, served.metadata
+            ) or served.client.unsupported_embedding(replace(request, model=served.model))
+
+        failover = Failover(target, self._policy, started, refusals, self.on_attempt)
+        async for served in failover.candidates():
+            attempt = replace(request, model=served.model)
+            try:
+                async with served.admission.slot():
+                    estimate = math.ceil(
+                        sum(len(text) for text in request.inputs) / CHARS_PER_TOKEN
+                    )
+                    async with self._metered(
+                        served, tenant, failover.started, estimate, estimate, 0, 0, False
+                    ) as meter:
+                        with upstream_span(served.metadata.provider, served.model):
+                            async with asyncio.timeout(target.attempt_timeout_s):
+                                embeddings = await served.client.embed(attempt)
+                        meter.reported(embeddings.usage)
+            except BaseException as error:
+                failover.failed(served, timed_out(error, target.attempt_timeout_s))
+                continue
+            failover.answered(served)
+            note_answered_by(served.model)
+            return embeddings
+        raise failover.exhausted()
 
     @asynccontextmanager
     async def _metered(
@@ -153,12 +180,12 @@ class WorkerService:
         output_bound: int,
         streaming: bool,
     ) -> AsyncIterator[CallMeter]:
-        """Reserves the call against its tenant's quota (QuotaExceeded if it has no room): the
-        most its prompt may be (`most_prompt_tokens`: an estimate's high end) and
-        `reserved_output`; tells the edge the work begins, and charges the call once however it
-        ends (metering.py: by `prompt_tokens` and `output_bound`, the most output the provider
-        is asked for, when the provider reports no usage)."""
-        model = served.metadata.model
+        """Reserves the call against its tenant's quota and its deployment's own limits
+        (QuotaExceeded if it has no room): the most its prompt may be (`most_prompt_tokens`: an
+        estimate's high end) and `reserved_output`; tells the edge the work begins, and charges
+        the call once however it ends (metering.py: by `prompt_tokens` and `output_bound`, the
+        most output the provider is asked for, when the provider reports no usage)."""
+        model = served.model
         reservation = None
         if self.limiter is not None:
             reservation = await self.limiter.reserve(
@@ -166,8 +193,10 @@ class WorkerService:
                 model,
                 most_prompt_tokens + reserved_output,
                 Usage(prompt_tokens=most_prompt_tokens, completion_tokens=reserved_output),
+                served.deployment,
             )
         meter = CallMeter(
+            model,
             reservation,
             self.limiter.tariff(model) if self.limiter is not None else None,
             prompt_tokens,
@@ -187,21 +216,32 @@ class WorkerService:
         finally:
             meter.close(error)
 
+    def _refusals(
+        self, request: ModelRequest, streaming: bool
+    ) -> Callable[[ServedModel], list[FieldViolation]]:
+        """The request's fields a deployment cannot honour: its capabilities, then its
+        provider's own rules."""
+
+        def refusals(served: ServedModel) -> list[FieldViolation]:
+            return unsupported_fields(
+                request, served.metadata, streaming
+            ) or served.client.unsupported(replace(request, model=served.model))
+
+        return refusals
+
     @asynccontextmanager
     async def _admitted(
-        self, request: ModelRequest, started: Started | None, streaming: bool, tenant: str | None
-    ) -> AsyncIterator[tuple[ServedModel, ModelRequest, CallMeter]]:
-        """Everything a generation passes before the provider: checks, a slot, context fit, the
-        tenant's quota, a span. The fit counts the prompt, which for a long prompt is real work: it
-        runs inside the slot."""
-        validate_request(request, self.limits)
-        remember_request_text(_request_texts(request))
-        served = self.served(request.model)
-        refused = unsupported_fields(
-            request, served.metadata, streaming
-        ) or served.client.unsupported(request)
-        if refused:
-            raise InvalidRequest(refused)
+        self,
+        served: ServedModel,
+        request: ModelRequest,
+        started: Started | None,
+        streaming: bool,
+        tenant: str | None,
+    ) -> AsyncIterator[tuple[ModelRequest, CallMeter]]:
+        """Everything an attempt passes before its provider: a slot, context fit, the quotas, a
+        span. The fit counts the prompt, which for a long prompt is real work: it runs inside the
+        slot."""
+        request = replace(request, model=served.model)
         async with served.admission.slot():
             asked = request.sampling.max_new_tokens
             request, prompt, most = await self._fit_context(served, request)
@@ -210,36 +250,96 @@ class WorkerService:
             async with self._metered(
                 served, tenant, started, prompt.count, most, output, bound, streaming
             ) as meter:
-                with upstream_span(served.metadata.provider, request.model):
-                    yield served, request, meter
+                with upstream_span(served.metadata.provider, served.model):
+                    yield request, meter
+
+    def _failover(
+        self, request: ModelRequest, started: Started | None, streaming: bool
+    ) -> Failover:
+        """The request checked, and its way through its target's candidates."""
+        validate_request(request, self.limits)
+        remember_request_text(_request_texts(request))
+        target = self.target(request.model)
+        return Failover(
+            target, self._policy, started, self._refusals(request, streaming), self.on_attempt
+        )
 
     async def generate(
         self, request: ModelRequest, started: Started | None = None, tenant: str | None = None
     ) -> ModelOutput:
         """Unary goes through the provider's own `generate`: an HTTP provider then makes one
         non-streaming upstream call and reports the upstream's usage; the base class derives it
-        from the stream for the others."""
-        async with self._admitted(request, started, False, tenant) as (served, request, meter):
-            began = time.perf_counter()
-            output = await served.client.generate(request)
-            meter.saw(output)
-            if output.tool_calls:
-                _check_tool_calls(output.tool_calls, output.finish_reason)
+        from the stream for the others. An attempt that fails moves on to the next candidate
+        (worker/failover.py) until one answers whole."""
+        failover = self._failover(request, started, False)
+        timeout_s = failover.target.attempt_timeout_s
+        async for served in failover.candidates():
+            try:
+                async with self._admitted(served, request, failover.started, False, tenant) as (
+                    attempt,
+                    meter,
+                ):
+                    began = time.perf_counter()
+                    async with asyncio.timeout(timeout_s):
+                        output = await served.client.generate(attempt)
+                    meter.saw(output)
+                    if output.tool_calls:
+                        _check_tool_calls(output.tool_calls, output.finish_reason)
+            except BaseException as error:
+                failover.failed(served, timed_out(error, timeout_s))
+                continue
+            failover.answered(served)
+            note_answered_by(served.model)
             return replace(
                 output,
                 finish_reason=output.finish_reason or FinishReason.STOP,
                 timing=_timing(began, None, output.usage),
             )
+        raise failover.exhausted()
 
     async def generate_stream(
         self, request: ModelRequest, started: Started | None = None, tenant: str | None = None
     ) -> AsyncGenerator[ModelOutput, None]:
-        async with self._admitted(request, started, True, tenant) as (served, request, meter):
+        """Commits to an attempt at its first content: before it, a failed attempt moves on to
+        the next candidate; after it, the caller gets the error, never a second answer."""
+        failover = self._failover(request, started, True)
+        async for served in failover.candidates():
+            chunks = self._attempt_stream(served, request, failover.started, tenant)
+            try:
+                held = await first_content(chunks, failover.target.attempt_timeout_s)
+            except BaseException as error:
+                await chunks.aclose()
+                failover.failed(served, error)
+                continue
+            note_answered_by(served.model)
+            delivered = 0
+            async with aclosing(chunks):
+                try:
+                    for chunk in held:
+                        delivered += 1
+                        yield chunk
+                    async for chunk in chunks:
+                        delivered += 1
+                        yield chunk
+                except ModelwireError as error:
+                    raise failover.broke_after_content(served, error, delivered) from None
+                except BaseException:  # the caller left: nothing learnt of the upstream
+                    failover.left(served)
+                    raise
+            failover.answered(served)
+            return
+        raise failover.exhausted()
+
+    async def _attempt_stream(
+        self, served: ServedModel, request: ModelRequest, started: Started, tenant: str | None
+    ) -> AsyncGenerator[ModelOutput, None]:
+        """One deployment's stream, checked and metered; ends with finish_reason."""
+        async with self._admitted(served, request, started, True, tenant) as (attempt, meter):
             began = time.perf_counter()
             first_token_at: float | None = None
             finished = False
             deltas: list[ToolCallDelta] = []
-            async with aclosing(served.client.generate_stream(request)) as chunks:
+            async with aclosing(served.client.generate_stream(attempt)) as chunks:
                 async for chunk in chunks:
                     if first_token_at is None and (
                         chunk.text or chunk.reasoning or chunk.tool_call_deltas

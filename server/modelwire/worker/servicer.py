@@ -9,6 +9,7 @@ import grpc
 
 from modelwire.core.types import ResponseHeaders, Started
 from modelwire.observe.call_observer import PID
+from modelwire.observe.call_record import current_call
 from modelwire.rpc.auth import call_identity, model_refusal
 from modelwire.rpc.status import CallScope
 from modelwire.rpc.wire import PID_KEY, VIA_KEY
@@ -35,6 +36,12 @@ def _headers_when_started(context: grpc.aio.ServicerContext) -> Started:
     return started
 
 
+def _answered_by(asked: str) -> str:
+    """The model that answers (a route's member), which every answer names."""
+    record = current_call()
+    return record.answered_by if record is not None and record.answered_by else asked
+
+
 def _tenant() -> str | None:
     """Whose quota the call uses: its authenticated (or relayed) tenant; None without [auth]."""
     identity = call_identity()
@@ -54,7 +61,7 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
                 _headers_when_started(context),
                 _tenant(),
             )
-            return convert.output_to_pb(output, request.model)
+            return convert.output_to_pb(output, _answered_by(request.model))
 
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
@@ -69,8 +76,11 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
                 )
             ) as chunks,
         ):
+            model = None
             async for chunk in chunks:
-                yield convert.output_to_pb(chunk, request.model)
+                if model is None:  # a route's member commits before its first message
+                    model = _answered_by(request.model)
+                yield convert.output_to_pb(chunk, model)
 
     async def CountToken(
         self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext
@@ -88,7 +98,7 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
             embeddings = await self._service.embed(
                 convert.embed_request_from_pb(request), _headers_when_started(context), _tenant()
             )
-            return convert.embeddings_to_pb(embeddings, request.model)
+            return convert.embeddings_to_pb(embeddings, _answered_by(request.model))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
