@@ -32,9 +32,10 @@ from modelwire.gateway.server import (
     GENERATE_STREAM,
     Gateway,
 )
+from modelwire.observe.call_record import note_answered_by, note_attempt
 from modelwire.rpc.auth import caller_token
 from modelwire.rpc.status import received_error, received_status
-from modelwire.rpc.wire import Metadata
+from modelwire.rpc.wire import ATTEMPTS_TRAILER, Metadata
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.worker.convert import (
     count_request_to_pb,
@@ -77,12 +78,22 @@ class _HttpCall:
             )
 
     def set_trailing_metadata(self, trailing_metadata: Metadata) -> None:
-        """An HTTP answer has no trailers: the worker's are not passed on."""
+        """An HTTP answer has no trailers: of the worker's, only its attempts are kept (a unary
+        answer's headers and the access line show them)."""
+        _note_attempts(trailing_metadata)
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()
     ) -> NoReturn:
+        _note_attempts(trailing_metadata)
         raise received_error(code, details, received_status(trailing_metadata))
+
+
+def _note_attempts(trailing_metadata: Metadata) -> None:
+    for key, value in trailing_metadata:
+        if key == ATTEMPTS_TRAILER and isinstance(value, str):
+            for attempt in value.split(","):
+                note_attempt(attempt)
 
 
 class FleetModels:
@@ -100,7 +111,9 @@ class FleetModels:
             GENERATE, request_to_pb(request).SerializeToString(), call
         )
         await call.send_initial_metadata(())  # a worker without [quota] sends no rate limits
-        return output_from_pb(pb.ModelOutput.FromString(raw))
+        output = pb.ModelOutput.FromString(raw)
+        note_answered_by(output.model)  # a route's member
+        return output_from_pb(output)
 
     async def generate_stream(
         self, request: ModelRequest, started: Started, tenant: str | None
@@ -108,9 +121,14 @@ class FleetModels:
         """Closing it cancels the worker's call at once."""
         call = _HttpCall(started)
         raw = request_to_pb(request).SerializeToString()
+        answered = False
         async with aclosing(self._gateway.forward_stream(GENERATE_STREAM, raw, call)) as chunks:
             async for chunk in chunks:
-                yield output_from_pb(pb.ModelOutput.FromString(chunk))
+                output = pb.ModelOutput.FromString(chunk)
+                if not answered:
+                    answered = True
+                    note_answered_by(output.model)  # a route's member
+                yield output_from_pb(output)
         await call.send_initial_metadata(())  # a stream that ended without a chunk began too
 
     async def embed(

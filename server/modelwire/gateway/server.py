@@ -29,6 +29,7 @@ from typing import Any, NoReturn, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
+from modelwire.core.balance import pick_policy
 from modelwire.core.errors import (
     InvalidRequest,
     ModelwireError,
@@ -166,7 +167,9 @@ class Gateway:
     ) -> None:
         self.source = source
         self.settings = gateway or GatewaySection()
-        self.router = Router(source, self.settings, probe_health)
+        self.router = Router(
+            source, self.settings, probe_health, policy=pick_policy(self.settings.policy)
+        )
         self._budget = RetryBudget(self.settings.retry_budget_ratio)
         handlers = self._handlers()
         self.rpc = RpcServer(
