@@ -1,0 +1,660 @@
+"""Routes, deployments and breakers end to end: a real worker over gRPC (and its HTTP facade with
+the OpenAI SDK), its providers fake upstreams that misbehave on cue. For each fault: what the
+caller gets, which upstreams were called and how often, the attempts the trailer lists, and what
+the tenant was charged per model (the quota counters in the store)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import free_port, hold_quota_clock, running_worker
+from facade_clients import openai_client
+from fake_upstream import (
+    Exchange,
+    FakeUpstream,
+    Responder,
+    answer_ok,
+    fake_upstream,
+    is_stream,
+    load_toml_config,
+    openai_chunk,
+    stream_prologue,
+)
+from modelwire.app.server import Worker
+from modelwire.rpc.wire import ATTEMPTS_TRAILER, model_health
+from modelwire.v1 import worker_pb2 as pb
+from modelwire.v1 import worker_pb2_grpc as pb_grpc
+from modelwire.worker import convert
+from modelwire.worker.breaker import BreakerState
+
+TOKEN = "team-a-token-0123456789abcdef"
+AUTH = [("authorization", f"Bearer {TOKEN}")]
+PROMPT = "Say hello to the fallback."
+# The backup's answer as the fake Anthropic upstream reports it (fake_upstream.anthropic_events).
+BACKUP_USAGE = (9, 4)
+Handler = Callable[[Exchange, Responder], Awaitable[None]]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Fleet:
+    worker: Worker
+    primary: FakeUpstream
+    backup: FakeUpstream
+    stub: pb_grpc.ModelWorkerStub
+
+
+NO_BREAKER = "consecutive_failures = 1000\nmin_calls = 1000"
+
+
+def _config_text(
+    primary_url: str, backup_url: str, tokens: Path, breaker: str = NO_BREAKER, extra: str = ""
+) -> str:
+    return f"""
+[server]
+grace_period_s = 1.0
+
+[auth]
+tokens_file = "{tokens}"
+
+[[models]]
+name = "primary"
+provider = "openai"
+api_base = "{primary_url}/v1"
+upstream_model = "gpt-4o-mini"
+context_length = 128000
+timeout_s = 1.0
+max_retries = 0
+price_per_million = {{ input = 1.0, output = 2.0 }}
+
+[[models]]
+name = "backup"
+provider = "anthropic"
+api_base = "{backup_url}"
+upstream_model = "claude-sonnet-4-5"
+context_length = 200000
+timeout_s = 5.0
+max_retries = 0
+price_per_million = {{ input = 3.0, output = 15.0 }}
+
+[[routes]]
+name = "chat"
+models = ["primary", "backup"]
+
+[failover]
+attempt_timeout_s = 0.5
+
+[failover.breaker]
+{breaker}
+
+[[quota.rules]]
+tenant = "*"
+model = "primary"
+tokens_per_minute = 10000000
+
+[[quota.rules]]
+tenant = "*"
+model = "backup"
+tokens_per_minute = 10000000
+{extra}
+"""
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    tmp_path: Path, *, primary_refuses: bool = False, breaker: str = NO_BREAKER, extra: str = ""
+) -> AsyncIterator[Fleet]:
+    """A worker whose route `chat` tries `primary` (OpenAI wire, fake A) then `backup` (Anthropic
+    wire, fake B); each model's tokens counted per tenant in the in-process store."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(f'[[tokens]]\nname = "alice"\ntoken = "{TOKEN}"\ntenant = "team-a"\n')
+    async with fake_upstream() as primary, fake_upstream() as backup:
+        url = f"http://127.0.0.1:{_closed_port()}" if primary_refuses else primary.url
+        config = load_toml_config(
+            tmp_path,
+            _config_text(url, backup.url, tokens, breaker, extra.replace("{primary}", url)),
+        )
+        async with (
+            running_worker(config) as worker,
+            grpc.aio.insecure_channel(worker.address) as channel,
+        ):
+            yield Fleet(worker, primary, backup, pb_grpc.ModelWorkerStub(channel))
+
+
+@dataclass
+class Outcome:
+    texts: list[str]
+    # ModelOutput.model of each message.
+    models: list[str]
+    code: grpc.StatusCode
+    message: str
+    attempts: list[str]
+    elapsed_s: float
+
+
+def _request(model: str, max_new_tokens: int | None = None, tools: bool = False) -> pb.ModelRequest:
+    request = pb.ModelRequest(
+        model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]
+    )
+    if max_new_tokens is not None:
+        request.sampling.max_new_tokens = max_new_tokens
+    if tools:
+        request.tools.append(pb.Tool(name="lookup", description="Looks a word up."))
+    return request
+
+
+def _attempts(trailers: Any) -> list[str]:
+    for key, value in trailers or ():
+        if key == ATTEMPTS_TRAILER:
+            return str(value).split(",")
+    return []
+
+
+async def call(stub: pb_grpc.ModelWorkerStub, model: str, kind: str, **request: Any) -> Outcome:
+    """One call as a gRPC client makes it: its messages, status and the attempts trailer."""
+    began = time.monotonic()
+    texts: list[str] = []
+    models: list[str] = []
+    code, message = grpc.StatusCode.OK, ""
+    rpc: Any
+    try:
+        if kind == "unary":
+            rpc = stub.Generate(_request(model, **request), metadata=AUTH, timeout=10)
+            answer = await rpc
+            texts, models = [answer.text], [answer.model]
+        else:
+            rpc = stub.GenerateStream(_request(model, **request), metadata=AUTH, timeout=10)
+            async for chunk in rpc:
+                if chunk.text:
+                    texts.append(chunk.text)
+                models.append(chunk.model)
+    except grpc.aio.AioRpcError as error:
+        code, message = error.code(), error.details() or ""
+    return Outcome(
+        texts,
+        models,
+        code,
+        message,
+        _attempts(await rpc.trailing_metadata()),
+        time.monotonic() - began,
+    )
+
+
+async def charged(worker: Worker) -> dict[str, int]:
+    """Tokens team-a was charged per model: its per-model tokens_per_minute counters."""
+    report = await worker.limiter.usage("team-a", ())
+    return {rule.model: int(rule.limits[0].used) for rule in report.rules}
+
+
+async def prompt_tokens(fleet: Fleet) -> int:
+    """The primary's count of the prompt (what a cut-off attempt is charged for its prompt)."""
+    served = fleet.worker.service.target("primary").deployments[0]
+    messages = convert.request_from_pb(_request("primary"), fleet.worker.config.limits).messages
+    return (await served.client.count_token("primary", messages)).count
+
+
+# --- the faults (the primary's upstream) ------------------------------------------------------
+
+
+async def answers_500(exchange: Exchange, respond: Responder) -> None:
+    await respond.json(500, {"error": {"message": "upstream broke", "type": "server_error"}})
+
+
+async def answers_429(exchange: Exchange, respond: Responder) -> None:
+    await respond.json(
+        429,
+        {"error": {"message": "slow down", "type": "rate_limit_error"}},
+        headers={"Retry-After": "7"},
+    )
+
+
+async def stalls_before_first_token(exchange: Exchange, respond: Responder) -> None:
+    if is_stream(exchange):
+        await stream_prologue(exchange, respond)
+    await respond.hang()
+
+
+async def _three_tokens(respond: Responder) -> None:
+    await respond.head(200)
+    for part in ("One", " two", " three"):
+        await respond.event(openai_chunk(part))
+
+
+async def stalls_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
+    await _three_tokens(respond)
+    await respond.hang()
+
+
+async def cut_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
+    await _three_tokens(respond)
+    await respond.reset()
+
+
+async def malformed_before_content(exchange: Exchange, respond: Responder) -> None:
+    if not is_stream(exchange):
+        body = b'{"choices": [{"message": '
+        await respond.head(
+            200, {"Content-Length": str(len(body))}, chunked=False, content_type="application/json"
+        )
+        await respond.raw(body)
+        return
+    await respond.head(200)
+    await respond.event(openai_chunk())  # a preamble without content
+    await respond.raw(b"data: {not json\n\n")
+    await respond.end()
+
+
+async def malformed_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
+    await _three_tokens(respond)
+    await respond.raw(b"data: {not json\n\n")
+    await respond.end()
+
+
+BEFORE_CONTENT: list[tuple[str, Handler | None, str]] = [
+    ("refuses-to-connect", None, "unavailable"),
+    ("answers-500", answers_500, "unavailable"),
+    ("answers-429-with-retry-after", answers_429, "rate_limited"),
+    ("stalls-before-the-first-token", stalls_before_first_token, "timeout"),
+    ("malformed-before-any-content", malformed_before_content, "unavailable"),
+]
+AFTER_CONTENT: list[tuple[str, Handler]] = [
+    ("stalls-after-three-tokens", stalls_after_three_tokens),
+    ("cuts-the-stream-after-three-tokens", cut_after_three_tokens),
+    ("malformed-after-three-tokens", malformed_after_three_tokens),
+]
+
+
+@pytest.mark.parametrize("kind", ["stream", "unary"])
+@pytest.mark.parametrize(
+    ("fault", "handler", "reason"), BEFORE_CONTENT, ids=[f for f, _, _ in BEFORE_CONTENT]
+)
+async def test_before_content_the_next_model_answers_once(
+    tmp_path: Path, kind: str, fault: str, handler: Handler | None, reason: str
+) -> None:
+    async with fleet(tmp_path, primary_refuses=handler is None) as f:
+        if handler is not None:
+            f.primary.script(handler)
+        prompt = await prompt_tokens(f)
+        outcome = await call(f.stub, "chat", kind, max_new_tokens=16)
+        spent = await charged(f.worker)
+        primary_calls, backup_calls = len(f.primary.exchanges), len(f.backup.exchanges)
+
+    assert outcome.code == grpc.StatusCode.OK, outcome.message
+    assert "".join(outcome.texts) == "Hello, world!"  # the backup's answer, whole and once
+    assert set(outcome.models) == {"backup"}
+    assert outcome.attempts == [f"primary/primary={reason}", "backup/backup=answered"]
+    assert (primary_calls, backup_calls) == (0 if handler is None else 1, 1)
+    # The backup is charged its usage; the primary nothing, unless the attempt was abandoned at
+    # its timeout: then as a call cut off there (its prompt; a unary attempt its whole output
+    # bound too, since its answer may have been generated whole).
+    cut = reason == "timeout"
+    primary_charge = (prompt + (16 if kind == "unary" else 0)) if cut else 0
+    assert spent == {"primary": primary_charge, "backup": sum(BACKUP_USAGE)}
+    print(
+        f"\n{fault} ({kind}): answered by the backup {1000 * outcome.elapsed_s:.0f} ms after "
+        "the call began"
+    )
+
+
+@pytest.mark.parametrize(("fault", "handler"), AFTER_CONTENT, ids=[f for f, _ in AFTER_CONTENT])
+async def test_after_content_the_caller_gets_the_error_and_no_second_answer(
+    tmp_path: Path, fault: str, handler: Handler
+) -> None:
+    async with fleet(tmp_path) as f:
+        f.primary.script(handler)
+        prompt = await prompt_tokens(f)
+        outcome = await call(f.stub, "chat", "stream")
+        spent = await charged(f.worker)
+        primary_calls, backup_calls = len(f.primary.exchanges), len(f.backup.exchanges)
+
+    assert outcome.code == grpc.StatusCode.UNAVAILABLE, outcome.message
+    assert "after 3 messages of its answer had been sent" in outcome.message
+    assert outcome.texts == ["One", " two", " three"]
+    assert set(outcome.models) == {"primary"}
+    assert outcome.attempts == ["primary/primary=failed_after_content"]
+    assert (primary_calls, backup_calls) == (1, 0)
+    # The partial answer is charged: the prompt and the output delivered, counted as a cancelled
+    # stream's is (worker/metering.py): at least a token per message, at least 4 characters a
+    # token ("One two three" is 13 characters: 4 tokens).
+    assert spent == {"primary": prompt + max(3, math.ceil(len("One two three") / 4)), "backup": 0}
+
+
+# --- what never moves on ----------------------------------------------------------------------
+
+
+async def answers_400(exchange: Exchange, respond: Responder) -> None:
+    await respond.json(
+        400, {"error": {"message": "messages is malformed", "type": "invalid_request_error"}}
+    )
+
+
+async def test_the_callers_own_bad_request_never_moves_on(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        f.primary.script(answers_400)
+        outcome = await call(f.stub, "chat", "stream")
+        backup_calls = len(f.backup.exchanges)
+
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome.attempts == ["primary/primary=error"]
+    assert backup_calls == 0
+
+
+async def test_a_tenants_quota_refusal_never_moves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = '[[quota.rules]]\ntenant = "*"\nmodel = "primary"\nrequests_per_minute = 1\n'
+    async with fleet(tmp_path, extra=rule) as f:
+        hold_quota_clock(f.worker, monkeypatch)
+        first = await call(f.stub, "chat", "unary")
+        second = await call(f.stub, "chat", "unary")
+        calls = (len(f.primary.exchanges), len(f.backup.exchanges))
+
+    assert first.code == grpc.StatusCode.OK and first.models == ["primary"]
+    assert second.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "requests_per_minute 1" in second.message
+    assert second.attempts == ["primary/primary=error"]
+    assert calls == (1, 0)
+
+
+# --- choosing what can serve ------------------------------------------------------------------
+
+SMALL_AND_TOOLLESS = """
+[[models]]
+name = "small"
+provider = "openai"
+api_base = "{primary}/v1"
+upstream_model = "gpt-4o-mini"
+context_length = 8
+max_retries = 0
+
+[[models]]
+name = "toolless"
+provider = "openai"
+api_base = "{primary}/v1"
+upstream_model = "gpt-4o-mini"
+context_length = 128000
+capabilities = ["chat", "streaming"]
+max_retries = 0
+
+[[routes]]
+name = "long"
+models = ["small", "backup"]
+
+[[routes]]
+name = "tooled"
+models = ["toolless", "backup"]
+"""
+
+
+async def test_a_tool_request_skips_a_member_without_tools(tmp_path: Path) -> None:
+    async with fleet(tmp_path, extra=SMALL_AND_TOOLLESS) as f:
+        outcome = await call(f.stub, "tooled", "unary", tools=True)
+        plain = await call(f.stub, "tooled", "unary")
+        calls = (len(f.primary.exchanges), len(f.backup.exchanges))
+
+    assert outcome.code == grpc.StatusCode.OK, outcome.message
+    assert outcome.models == ["backup"]
+    assert outcome.attempts == ["toolless/toolless=lacks_fields", "backup/backup=answered"]
+    # Without tools the first member serves: the skip was the request's fields, not the member.
+    assert plain.models == ["toolless"]
+    assert calls == (1, 1)
+
+
+async def test_a_prompt_too_long_for_a_member_moves_to_a_longer_context(tmp_path: Path) -> None:
+    async with fleet(tmp_path, extra=SMALL_AND_TOOLLESS) as f:
+        outcome = await call(f.stub, "long", "stream")
+        calls = (len(f.primary.exchanges), len(f.backup.exchanges))
+
+    assert outcome.code == grpc.StatusCode.OK, outcome.message
+    assert outcome.attempts == ["small/small=context_length", "backup/backup=answered"]
+    assert calls == (0, 1)
+
+
+async def test_list_models_shows_routes_with_what_every_member_accepts(tmp_path: Path) -> None:
+    async with fleet(tmp_path, extra=SMALL_AND_TOOLLESS) as f:
+        listed = await f.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)
+
+    models = {m.model: m for m in listed.models}
+    assert set(models) == {"primary", "backup", "small", "toolless", "chat", "long", "tooled"}
+    tooled = models["tooled"]
+    assert tooled.provider == "route"
+    assert dict(tooled.metadata) == {"route": "toolless,backup"}
+    assert pb.CAPABILITY_TOOLS not in tooled.capabilities
+    assert pb.CAPABILITY_TOOLS in models["chat"].capabilities
+    # A longer prompt moves on to a member that holds it: the route holds the longest.
+    assert models["long"].context_length == 200000
+
+
+# --- breakers ---------------------------------------------------------------------------------
+
+
+async def _health_reaches(channel: grpc.aio.Channel, service: str, status: int) -> None:
+    """Waits on the health Watch stream until `service` reports `status`."""
+    watch = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=service), metadata=AUTH, timeout=5
+    )
+    async for update in watch:
+        if update.status == status:
+            watch.cancel()
+            return
+
+
+async def test_a_breaker_opens_probes_once_half_open_and_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    breaker = "consecutive_failures = 2\nopen_s = 30.0"
+    async with fleet(tmp_path, breaker=breaker) as f:
+        served = f.worker.service.target("primary").deployments[0]
+        now = [time.monotonic()]
+        monkeypatch.setattr(served.breaker, "_clock", lambda: now[0])
+        f.primary.script(answers_500, answers_500)
+        for _ in range(2):
+            assert (await call(f.stub, "chat", "unary")).models == ["backup"]
+        assert served.breaker.state is BreakerState.OPEN
+        async with grpc.aio.insecure_channel(f.worker.address) as channel:
+            await _health_reaches(
+                channel, model_health("primary"), health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            # The route still has a member whose circuit is closed.
+            route = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=model_health("chat")), metadata=AUTH
+            )
+        assert route.status == health_pb2.HealthCheckResponse.SERVING
+
+        # Open: calls go to the backup at once, the primary's upstream hears nothing.
+        skipped = await call(f.stub, "chat", "stream")
+        assert skipped.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
+        assert len(f.primary.exchanges) == 2
+
+        # Past open_s: one probe goes to the primary; a call meanwhile goes to the backup.
+        now[0] += 31
+        release = asyncio.Event()
+
+        async def held(exchange: Exchange, respond: Responder) -> None:
+            await release.wait()
+            await answer_ok(exchange, respond)
+
+        f.primary.script(held)
+        probe = asyncio.ensure_future(call(f.stub, "chat", "unary"))
+        await f.primary.wait_for_requests(3)
+        assert served.breaker.state is BreakerState.HALF_OPEN
+        meanwhile = await call(f.stub, "chat", "unary")
+        assert meanwhile.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
+        release.set()
+        probed = await probe
+        assert probed.models == ["primary"] and probed.attempts == ["primary/primary=answered"]
+        assert served.breaker.state is BreakerState.CLOSED
+        assert len(f.primary.exchanges) == 3
+        async with grpc.aio.insecure_channel(f.worker.address) as channel:
+            await _health_reaches(
+                channel, model_health("primary"), health_pb2.HealthCheckResponse.SERVING
+            )
+
+
+async def test_a_429s_retry_after_becomes_the_deployments_cooldown(tmp_path: Path) -> None:
+    breaker = "consecutive_failures = 1000\nopen_s = 1.0"
+    async with fleet(tmp_path, breaker=breaker) as f:
+        served = f.worker.service.target("primary").deployments[0]
+        f.primary.script(answers_429)
+        await call(f.stub, "chat", "unary")
+        cooldown = served.breaker.retry_after_s()
+        second = await call(f.stub, "chat", "unary")
+        primary_calls = len(f.primary.exchanges)
+
+    assert 6.0 < cooldown <= 7.0  # the upstream's Retry-After: 7, not open_s
+    assert second.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
+    assert primary_calls == 1
+
+
+async def test_every_circuit_open_is_unavailable_with_a_retry_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with fleet(tmp_path, breaker="consecutive_failures = 1\nopen_s = 20.0") as f:
+        f.primary.script(answers_500)
+        f.backup.script(answers_500)
+        failed = await call(f.stub, "chat", "unary")
+        refused = await call(f.stub, "chat", "unary")
+        calls = (len(f.primary.exchanges), len(f.backup.exchanges))
+
+    assert failed.code == grpc.StatusCode.UNAVAILABLE  # the last attempt's own error
+    assert failed.attempts == ["primary/primary=unavailable", "backup/backup=unavailable"]
+    assert refused.code == grpc.StatusCode.UNAVAILABLE
+    assert "circuit open" in refused.message and "retry after" in refused.message
+    assert refused.attempts == ["primary/primary=circuit_open", "backup/backup=circuit_open"]
+    assert calls == (1, 1)
+
+
+# --- deployments of one model -----------------------------------------------------------------
+
+
+def _deployments_text(east: str, west: str, extra: str = "") -> str:
+    return f"""
+[server]
+grace_period_s = 1.0
+
+[[models]]
+name = "shared"
+deployment = "east"
+weight = 3
+provider = "openai"
+api_base = "{east}/v1"
+upstream_model = "gpt-4o-mini"
+context_length = 128000
+max_retries = 0
+max_concurrency = 64
+
+[[models]]
+name = "shared"
+deployment = "west"
+provider = "openai"
+api_base = "{west}/v1"
+upstream_model = "gpt-4o-mini"
+context_length = 128000
+max_retries = 0
+max_concurrency = 64
+{extra}
+"""
+
+
+async def test_two_deployments_under_concurrent_load_share_it_by_weight(tmp_path: Path) -> None:
+    """40 streams held open at once: the least-loaded pick keeps in-flight calls at 3:1, the
+    deployments' weights (stated tolerance: ±2 calls of 30/10)."""
+    release = asyncio.Event()
+
+    async def held(exchange: Exchange, respond: Responder) -> None:
+        await release.wait()
+        await answer_ok(exchange, respond)
+
+    async with fake_upstream() as east, fake_upstream() as west:
+        east.script(*[held] * 40)
+        west.script(*[held] * 40)
+        config = load_toml_config(tmp_path, _deployments_text(east.url, west.url))
+        async with (
+            running_worker(config) as worker,
+            grpc.aio.insecure_channel(worker.address) as channel,
+        ):
+            stub = pb_grpc.ModelWorkerStub(channel)
+            calls = [asyncio.ensure_future(call(stub, "shared", "stream")) for _ in range(40)]
+            while len(east.exchanges) + len(west.exchanges) < 40:
+                await asyncio.wait(
+                    [
+                        asyncio.ensure_future(east.wait_for_requests(len(east.exchanges) + 1)),
+                        asyncio.ensure_future(west.wait_for_requests(len(west.exchanges) + 1)),
+                    ],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            shares = (len(east.exchanges), len(west.exchanges))
+            release.set()
+            outcomes = await asyncio.gather(*calls)
+
+    print(f"\n40 concurrent streams over weights 3:1: east {shares[0]}, west {shares[1]}")
+    assert all(o.code == grpc.StatusCode.OK for o in outcomes)
+    assert abs(shares[0] - 30) <= 2 and sum(shares) == 40
+    attempts = sorted({o.attempts[0] for o in outcomes})
+    assert attempts == ["shared/east=answered", "shared/west=answered"]
+
+
+async def test_a_deployment_at_its_account_limit_gives_way_to_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = (
+        '[[quota.rules]]\ntenant = "all"\nmodel = "shared"\ndeployment = "east"\n'
+        "requests_per_minute = 1\n"
+    )
+    async with fake_upstream() as east, fake_upstream() as west:
+        config = load_toml_config(tmp_path, _deployments_text(east.url, west.url, rule))
+        async with (
+            running_worker(config) as worker,
+            grpc.aio.insecure_channel(worker.address) as channel,
+        ):
+            hold_quota_clock(worker, monkeypatch)
+            stub = pb_grpc.ModelWorkerStub(channel)
+            outcomes = [await call(stub, "shared", "unary") for _ in range(4)]
+            calls = (len(east.exchanges), len(west.exchanges))
+
+    assert all(o.code == grpc.StatusCode.OK for o in outcomes)
+    assert outcomes[0].attempts == ["shared/east=answered"]
+    assert ["shared/east=account_limit", "shared/west=answered"] in [o.attempts for o in outcomes]
+    assert calls == (1, 3)
+
+
+# --- HTTP callers -----------------------------------------------------------------------------
+
+
+async def test_the_openai_sdk_gets_the_fallbacks_answer_named_by_its_model(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with fleet(tmp_path, extra=f"[http]\nport = {port}\n") as f:
+        f.primary.script(answers_500)
+        client = openai_client(port, TOKEN)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": PROMPT}]
+        )
+        completion = raw.parse()
+        spent = await charged(f.worker)
+
+    assert completion.model == "backup"
+    assert completion.choices[0].message.content == "Hello, world!"
+    assert raw.headers["x-modelwire-attempts"] == (
+        "primary/primary=unavailable,backup/backup=answered"
+    )
+    assert spent == {"primary": 0, "backup": sum(BACKUP_USAGE)}
