@@ -33,6 +33,9 @@ from fake_upstream import (
     stream_prologue,
 )
 from modelwire.app.server import Worker
+from modelwire.core.types import Usage
+from modelwire.observe.call_record import begin_call, note_charge
+from modelwire.observe.metrics import WorkerMetrics
 from modelwire.rpc.wire import ATTEMPTS_TRAILER, model_health
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -658,3 +661,28 @@ async def test_the_openai_sdk_gets_the_fallbacks_answer_named_by_its_model(
         "primary/primary=unavailable,backup/backup=answered"
     )
     assert spent == {"primary": 0, "backup": sum(BACKUP_USAGE)}
+
+
+def test_spend_metrics_are_labelled_by_each_model_that_ran() -> None:
+    """A route's call charged for two attempts: each model's tokens and cost under its own name,
+    the call's request under the name the caller used."""
+    metrics = WorkerMetrics()
+    record = begin_call("/modelwire.v1.ModelWorker/Generate", None)
+    record.model, record.tenant_label = "chat", "team-a"
+    note_charge("primary", Usage(prompt_tokens=12), 0.25)
+    note_charge("backup", Usage(prompt_tokens=9, completion_tokens=4), 0.5)
+    metrics.finished(record, streamed=False)
+
+    def sample(name: str, model: str) -> float | None:
+        value: float | None = metrics.registry.get_sample_value(
+            name, {"model": model, "tenant": "team-a"}
+        )
+        return value
+
+    assert (record.prompt_tokens, record.completion_tokens, record.cost) == (21, 4, 0.75)
+    assert sample("modelwire_prompt_tokens_total", "primary") == 12
+    assert sample("modelwire_prompt_tokens_total", "backup") == 9
+    assert sample("modelwire_completion_tokens_total", "backup") == 4
+    assert sample("modelwire_cost_total", "primary") == 0.25
+    assert sample("modelwire_cost_total", "backup") == 0.5
+    assert sample("modelwire_prompt_tokens_total", "chat") is None
