@@ -11,6 +11,7 @@ import math
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ from fake_upstream import (
     load_toml_config,
     openai_chunk,
     stream_prologue,
+)
+from fleet import (
+    Joining,
+    registered,
+    registered_worker,
+    running_controller,
+    running_gateway,
+    wait_until,
 )
 from modelwire.app.server import Worker
 from modelwire.core.types import Usage
@@ -686,3 +695,55 @@ def test_spend_metrics_are_labelled_by_each_model_that_ran() -> None:
     assert sample("modelwire_cost_total", "primary") == 0.25
     assert sample("modelwire_cost_total", "backup") == 0.5
     assert sample("modelwire_prompt_tokens_total", "chat") is None
+
+
+# --- through a gateway ------------------------------------------------------------------------
+
+
+async def test_a_gateway_forwards_a_route_and_passes_its_attempts_on(tmp_path: Path) -> None:
+    """A worker registers its routes with its models; the gateway forwards a call to the route
+    as to any model, and the caller sees the member that answered and every attempt."""
+    async with fake_upstream() as primary, fake_upstream() as backup:
+        config = load_toml_config(
+            tmp_path,
+            f"""
+[server]
+grace_period_s = 1.0
+
+[[models]]
+name = "primary"
+provider = "openai"
+api_base = "{primary.url}/v1"
+context_length = 128000
+max_retries = 0
+
+[[models]]
+name = "backup"
+provider = "anthropic"
+api_base = "{backup.url}"
+context_length = 200000
+max_retries = 0
+
+[[routes]]
+name = "chat"
+models = ["primary", "backup"]
+""",
+        )
+        primary.script(answers_500)
+        async with AsyncExitStack() as stack:
+            controller = await stack.enter_async_context(running_controller())
+            worker = await stack.enter_async_context(
+                registered_worker(config, Joining(controller=controller.address))
+            )
+            await registered(worker)
+            gateway = await stack.enter_async_context(running_gateway(controller.address))
+            await wait_until(
+                gateway.router.changed, lambda: "chat" in gateway.router.known_models(), 5
+            )
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(gateway.address))
+            outcome = await call(pb_grpc.ModelWorkerStub(channel), "chat", "stream")
+
+    assert outcome.code == grpc.StatusCode.OK, outcome.message
+    assert "".join(outcome.texts) == "Hello, world!"
+    assert set(outcome.models) == {"backup"}
+    assert outcome.attempts == ["primary/primary=unavailable", "backup/backup=answered"]
