@@ -614,12 +614,17 @@ async def test_two_deployments_under_concurrent_load_share_it_by_weight(tmp_path
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             shares = (len(east.exchanges), len(west.exchanges))
+            # The model's gauge counts both deployments' calls.
+            in_flight = worker.metrics.registry.get_sample_value(
+                "modelwire_in_flight", {"model": "shared"}
+            )
             release.set()
             outcomes = await asyncio.gather(*calls)
 
     print(f"\n40 concurrent streams over weights 3:1: east {shares[0]}, west {shares[1]}")
     assert all(o.code == grpc.StatusCode.OK for o in outcomes)
     assert abs(shares[0] - 30) <= 2 and sum(shares) == 40
+    assert in_flight == 40
     attempts = sorted({o.attempts[0] for o in outcomes})
     assert attempts == ["shared/east=answered", "shared/west=answered"]
 
