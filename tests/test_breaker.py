@@ -385,7 +385,7 @@ def test_failures_reported_while_open_do_not_shorten_the_open_time() -> None:
     assert subject.retry_after_s() == 40.0
 
 
-def test_bug_a_success_of_a_call_already_in_flight_does_not_close_it_while_open() -> None:
+def test_a_success_of_a_call_already_in_flight_does_not_close_it_while_open() -> None:
     """BUG (worker/breaker.py `succeeded`: it closes from any state): a call that went out before
     the breaker opened and succeeds while it is open closes it at once, cutting short the open
     time, an upstream 429's Retry-After included. Only the half-open probe's success may close it

@@ -1320,7 +1320,9 @@ async def test_closing_an_openai_stream_closes_the_upstream_request(
     closed_at = await exchange.wait_client_closed(timeout=10)  # a bound, not the measure
     assert closed_at >= closing
     print(f"the upstream saw its client close {(closed_at - closing) * 1000:.1f} ms after the SDK")
-    await admission_reaches(worker.service.target("gpt").deployments[0].admission, in_flight=0, queued=0)
+    await admission_reaches(
+        worker.service.target("gpt").deployments[0].admission, in_flight=0, queued=0
+    )
 
 
 async def test_closing_an_anthropic_stream_closes_the_upstream_request(
@@ -1345,7 +1347,9 @@ async def test_closing_an_anthropic_stream_closes_the_upstream_request(
     closed_at = await exchange.wait_client_closed(timeout=10)  # a bound, not the measure
     assert closed_at >= closing
     print(f"the upstream saw its client close {(closed_at - closing) * 1000:.1f} ms after the SDK")
-    await admission_reaches(worker.service.target("claude").deployments[0].admission, in_flight=0, queued=0)
+    await admission_reaches(
+        worker.service.target("claude").deployments[0].admission, in_flight=0, queued=0
+    )
 
 
 # --- 6. who called: the access line and the metrics -----------------------------------------------

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import free_port, hold_quota_clock, running_worker
+from conftest import admission_reaches, free_port, hold_quota_clock, running_worker
 from facade_clients import openai_client
 from fake_upstream import (
     Exchange,
@@ -752,3 +752,44 @@ models = ["primary", "backup"]
     assert "".join(outcome.texts) == "Hello, world!"
     assert set(outcome.models) == {"backup"}
     assert outcome.attempts == ["primary/primary=unavailable", "backup/backup=answered"]
+
+
+async def test_only_the_probe_itself_hands_the_probe_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream begun before the breaker opened, cancelled while the probe is out, must not let a
+    second call through as another probe."""
+    release = asyncio.Event()
+
+    async def first_token_then_hold(exchange: Exchange, respond: Responder) -> None:
+        await respond.head(200)
+        await respond.event(openai_chunk("early"))
+        await respond.hang()
+
+    async def held(exchange: Exchange, respond: Responder) -> None:
+        await release.wait()
+        await answer_ok(exchange, respond)
+
+    async with fleet(tmp_path, breaker="consecutive_failures = 2\nopen_s = 30.0") as f:
+        served = f.worker.service.target("primary").deployments[0]
+        now = [time.monotonic()]
+        monkeypatch.setattr(served.breaker, "_clock", lambda: now[0])
+        f.primary.script(first_token_then_hold, answers_500, answers_500, held)
+        early = f.stub.GenerateStream(_request("chat"), metadata=AUTH, timeout=10)
+        assert (await early.read()).text == "early"
+        for _ in range(2):
+            await call(f.stub, "chat", "unary")
+        assert served.breaker.state is BreakerState.OPEN
+        now[0] += 31
+        probe = asyncio.ensure_future(call(f.stub, "chat", "unary"))
+        await f.primary.wait_for_requests(4)
+        early.cancel()
+        await f.primary.exchanges[0].wait_client_closed()
+        await admission_reaches(served.admission, in_flight=1, queued=0)
+        meanwhile = await call(f.stub, "chat", "unary")
+        release.set()
+        probed = await probe
+
+    assert meanwhile.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
+    assert probed.attempts == ["primary/primary=answered"]
+    assert len(f.primary.exchanges) == 4

@@ -328,7 +328,9 @@ def ask(prompt: str = "hello", max_new_tokens: int | None = None) -> pb.ModelReq
 async def prompt_tokens(worker: Worker) -> int:
     """What the worker counts for `ask()`'s prompt (the quota reserves it)."""
     messages = (ModelMessage(Role.USER, "hello"),)
-    return (await worker.service.target("oa").deployments[0].client.count_token("oa", messages)).count
+    return (
+        await worker.service.target("oa").deployments[0].client.count_token("oa", messages)
+    ).count
 
 
 def quota_details(

@@ -164,9 +164,9 @@ def test_a_quota_rule_may_limit_one_configured_deployment(tmp_path: Path) -> Non
         pytest.param(
             model("a", "east", "price_per_million = { input = 1.0 }\n")
             + model("a", "west", "price_per_million = { input = 2.0 }\n"),
-            "models[0].price_per_million",
-            "the deployments of 'a' give different prices: set them once (the others may leave "
-            "them out)",
+            "models[1].price_per_million",
+            "differs from models[0]'s: the deployments of 'a' are priced once (the others may "
+            "leave the prices out)",
             id="different-prices",
         ),
         pytest.param(
@@ -245,7 +245,7 @@ def test_a_quota_rule_may_limit_one_configured_deployment(tmp_path: Path) -> Non
         pytest.param(
             SERVED + '[[routes]]\nname = "r"\nmodels = []\n',
             "routes[0].models",
-            "at least 1 item",
+            "names no model: a route tries at least one",
             id="route-without-members",
         ),
         pytest.param(

@@ -159,12 +159,14 @@ def _check_deployments(source: str, models: Sequence[ModelConfig]) -> None:
                     f"{source}: {model.where}.deployment: model {name!r} has two deployments "
                     f"named {model.deployment!r}"
                 )
-        prices = {model.price_per_million for model in group} - {None}
-        if len(prices) > 1:
-            raise ConfigError(
-                f"{source}: {group[0].where}.price_per_million: the deployments of {name!r} give "
-                "different prices: set them once (the others may leave them out)"
-            )
+        priced = [model for model in group if model.price_per_million is not None]
+        for model in priced[1:]:
+            if model.price_per_million != priced[0].price_per_million:
+                raise ConfigError(
+                    f"{source}: {model.where}.price_per_million: differs from "
+                    f"{priced[0].where}'s: the deployments of {name!r} are priced once (the "
+                    "others may leave the prices out)"
+                )
 
 
 def _check_routes(

@@ -838,7 +838,7 @@ class RouteConfig:
     """`[[routes]]`: a name callers use for an ordered list of models, tried in turn."""
 
     name: StrictStr
-    models: Annotated[tuple[StrictStr, ...], Field(min_length=1)]
+    models: tuple[StrictStr, ...]
     # Overrides `[failover] attempt_timeout_s` for this route's attempts.
     attempt_timeout_s: Seconds | None = None
 
@@ -852,6 +852,8 @@ class RouteConfig:
     @field_validator("models")
     @classmethod
     def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("names no model: a route tries at least one")
         repeated = sorted({model for model in value if value.count(model) > 1})
         if repeated:
             raise ValueError(f"names {repeated[0]!r} twice")

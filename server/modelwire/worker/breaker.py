@@ -67,10 +67,12 @@ class Breaker:
         return max(0.0, self._open_until - self._clock())
 
     def succeeded(self) -> None:
-        self._probing = False
+        """A call answered. Only a half-open breaker closes on it: a call that began before the
+        breaker opened proves nothing against the failures (or the 429) that opened it."""
         self._consecutive = 0
         self._record(False)
-        if self.state is not BreakerState.CLOSED:
+        if self.state is BreakerState.HALF_OPEN:
+            self._probing = False
             self._outcomes.clear()
             self._failures = 0
             self._change(BreakerState.CLOSED)

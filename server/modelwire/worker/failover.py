@@ -22,6 +22,7 @@ from modelwire.core.deadline import remaining_s
 from modelwire.core.types import ModelOutput, ResponseHeaders, Started
 from modelwire.observe.call_record import note_attempt
 from modelwire.observe.guard import never_fails
+from modelwire.worker.breaker import BreakerState
 from modelwire.worker.deployments import ServedModel, Target
 
 # Why an attempt moved on, or was skipped (the access log's and the trailer's words).
@@ -109,6 +110,8 @@ class Failover:
         self._refused: list[errors.FieldViolation] | None = None
         self._last_error: BaseException | None = None
         self._open_for: list[float] = []
+        # The deployment whose half-open breaker let this call through as its one probe.
+        self._probe: ServedModel | None = None
         self._on_attempt = on_attempt
 
     async def started(self, headers: ResponseHeaders) -> None:
@@ -143,6 +146,8 @@ class Failover:
                     self._open_for.append(chosen.breaker.retry_after_s())
                     self._note(chosen, SKIPPED_OPEN)
                     continue
+                if self._guarded and chosen.breaker.state is BreakerState.HALF_OPEN:
+                    self._probe = chosen  # this attempt is the breaker's one probe
                 yield chosen
 
     def _ready(self, served: ServedModel) -> bool:
@@ -183,8 +188,8 @@ class Failover:
 
     def left(self, served: ServedModel) -> None:
         """The attempt ended telling nothing of its upstream (the caller left, or its own
-        request was refused)."""
-        if self._guarded:
+        request was refused): a probe it held goes to the next call."""
+        if served is self._probe:
             served.breaker.released()
 
     def _breaker_failed(self, served: ServedModel, cooldown_s: float | None = None) -> None:
