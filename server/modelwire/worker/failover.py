@@ -105,8 +105,7 @@ class Failover:
         # A call with a choice: its attempts are recorded, and its deployments' breakers are
         # consulted and fed. A model with one deployment called by its name has nowhere else to
         # go: its calls reach the upstream, whose own answer the caller gets.
-        self._recorded = self._guarded = not target.single
-        self.attempts: list[Attempt] = []
+        self._choice = not target.single
         self._refused: list[errors.FieldViolation] | None = None
         self._last_error: BaseException | None = None
         self._open_for: list[float] = []
@@ -122,9 +121,8 @@ class Failover:
             await self._started(headers)
 
     def _note(self, served: ServedModel, outcome: str) -> None:
-        attempt = Attempt(served.model, served.label, outcome)
-        self.attempts.append(attempt)
-        if self._recorded:
+        if self._choice:
+            attempt = Attempt(served.model, served.label, outcome)
             note_attempt(attempt.text())
             if self._on_attempt is not None:
                 never_fails(
@@ -142,11 +140,11 @@ class Failover:
                     ready, lambda s: s.admission.in_flight + s.admission.queued
                 )
                 ready.remove(chosen)
-                if self._guarded and not chosen.breaker.allows():  # a half-open probe is out
+                if self._choice and not chosen.breaker.allows():  # a half-open probe is out
                     self._open_for.append(chosen.breaker.retry_after_s())
                     self._note(chosen, SKIPPED_OPEN)
                     continue
-                if self._guarded and chosen.breaker.state is BreakerState.HALF_OPEN:
+                if self._choice and chosen.breaker.state is BreakerState.HALF_OPEN:
                     self._probe = chosen  # this attempt is the breaker's one probe
                 yield chosen
 
@@ -157,7 +155,7 @@ class Failover:
                 self._refused = refused
             self._note(served, SKIPPED_FIELDS)
             return False
-        wait = served.breaker.retry_after_s() if self._guarded else 0.0
+        wait = served.breaker.retry_after_s() if self._choice else 0.0
         if wait > 0:
             self._open_for.append(wait)
             self._note(served, SKIPPED_OPEN)
@@ -168,10 +166,7 @@ class Failover:
         """An attempt ended without an answer: returns when the call moves on, else raises."""
         reason = move_on(error)
         if reason is None:
-            if isinstance(error, errors.ModelwireError) and _upstream_failure(error):
-                self._breaker_failed(served)
-            else:
-                self.left(served)
+            self.left(served)
             cancelled = isinstance(error, asyncio.CancelledError | GeneratorExit)
             self._note(served, "cancelled" if cancelled else "error")
             raise error
@@ -193,11 +188,11 @@ class Failover:
             served.breaker.released()
 
     def _breaker_failed(self, served: ServedModel, cooldown_s: float | None = None) -> None:
-        if self._guarded:
+        if self._choice:
             served.breaker.failed(cooldown_s)
 
     def answered(self, served: ServedModel) -> None:
-        if self._guarded:
+        if self._choice:
             served.breaker.succeeded()
         self._note(served, ANSWERED)
 
