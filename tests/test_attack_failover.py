@@ -923,3 +923,589 @@ async def test_a_route_of_one_model_reports_its_attempts_and_feeds_the_breaker(
     assert answered.attempts == ["primary/primary=answered"]
     assert failed.attempts == ["primary/primary=unavailable"]
     assert state is BreakerState.OPEN
+
+
+# --- hostile requests and names ---------------------------------------------------------------
+
+
+def _plain_members(url: str) -> str:
+    """Two models that accept nothing but chat and streaming, and a route over them."""
+    return (
+        openai_model("plain-a", url, capabilities=["chat", "streaming"])
+        + openai_model("plain-b", url, capabilities=["chat", "streaming"])
+        + table("[[routes]]", {"name": "plain", "models": ["plain-a", "plain-b"]})
+    )
+
+
+def _with_field(field: str) -> pb.ModelRequest:
+    message = request("plain")
+    if field == "tools":
+        message.tools.append(pb.Tool(name="lookup", description="Looks a word up."))
+    elif field == "output_format":
+        message.output_format.json_schema.name = "answer"
+        message.output_format.json_schema.schema_json = '{"type": "object"}'
+    else:
+        del message.messages[:]
+        message.messages.append(
+            pb.ModelMessage(
+                role=pb.ROLE_USER,
+                parts=[pb.ContentPart(image=pb.Image(url="https://example.com/cat.png"))],
+            )
+        )
+    return message
+
+
+@pytest.mark.parametrize("kind", ["stream", "unary"])
+@pytest.mark.parametrize(
+    "field", ["tools", "output_format", "messages[0].parts[0].image"]
+)
+async def test_a_field_no_member_of_a_route_accepts_is_invalid_argument_naming_it(
+    tmp_path: Path, field: str, kind: str
+) -> None:
+    async with world(tmp_path, extra=_plain_members("{primary}")) as w:
+        outcome = await call(w.stub, _with_field(field), kind)
+        rpc = (w.stub.Generate if kind == "unary" else w.stub.GenerateStream)(
+            _with_field(field), metadata=AUTH, timeout=20
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if kind == "unary":
+                await rpc
+            else:
+                async for _ in rpc:
+                    pass
+        calls = len(w.primary.exchanges)
+
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome
+    assert outcome.attempts == ["plain-a/plain-a=lacks_fields", "plain-b/plain-b=lacks_fields"]
+    violations = bad_request(caught.value).field_violations
+    assert [v.field for v in violations] == [field]
+    assert "no model of route 'plain' accepts it" in violations[0].description
+    assert calls == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 6: members refusing different fields: the INVALID_ARGUMENT keeps only the "
+    "first member's violations (Failover._ready keeps the first `refused`) and words each as "
+    "'no model of route accepts it': it claims no member accepts `tools`, which the second "
+    "accepts, and never names `output_format`, which is what the second refused",
+)
+async def test_members_refusing_different_fields_are_each_named(tmp_path: Path) -> None:
+    extra = (
+        openai_model("schema-only", "{primary}", capabilities=["chat", "streaming", "json_schema"])
+        + openai_model("tools-only", "{primary}", capabilities=["chat", "streaming", "tools"])
+        + table("[[routes]]", {"name": "mixed", "models": ["schema-only", "tools-only"]})
+    )
+    async with world(tmp_path, extra=extra) as w:
+        message = _with_field("tools")
+        message.model = "mixed"
+        message.output_format.json_schema.name = "answer"
+        message.output_format.json_schema.schema_json = '{"type": "object"}'
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.stub.Generate(message, metadata=AUTH, timeout=20)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field for v in bad_request(caught.value).field_violations}
+    assert fields == {"tools", "output_format"}
+
+
+async def test_a_route_of_200_models_answers_when_all_but_the_last_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """200 members; a tool request that only the last accepts. The trailer lists 200 attempts:
+    the call still arrives whole (gRPC's default limit on metadata is 8 KiB)."""
+    names = [f"member-{number:03d}" for number in range(200)]
+    extra = "".join(
+        openai_model(
+            name,
+            "{primary}",
+            capabilities=["chat", "streaming"] if number < 199 else None,
+            max_concurrency=1,
+        )
+        for number, name in enumerate(names)
+    ) + table("[[routes]]", {"name": "wide", "models": names})
+    async with world(tmp_path, extra=extra) as w:
+        outcome = await call(w.stub, "wide", "stream", tools=True)
+        listed = await w.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)
+        status = await health(w.channel, "wide")
+
+    assert outcome.code == grpc.StatusCode.OK, outcome.message
+    assert set(outcome.models) == {"member-199"}
+    assert outcome.attempts[:199] == [f"{n}/{n}=lacks_fields" for n in names[:199]]
+    assert outcome.attempts[199] == "member-199/member-199=answered"
+    print(f"\nthe attempts trailer of 200 members: {len(','.join(outcome.attempts))} bytes")
+    wide = next(m for m in listed.models if m.model == "wide")
+    assert wide.metadata["route"].split(",") == names
+    assert status == SERVING
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 7: the attempts trailer is unbounded (rpc/wire.attempts_trailer joins every "
+    "attempt): a route of 200 members with 40-character names whose first 199 are skipped "
+    "makes a ~19 KB trailer, past gRPC's 16 KiB hard limit, so the client gets "
+    "RESOURCE_EXHAUSTED 'received metadata size exceeds hard limit' instead of the answer the "
+    "worker sent (from ~8 KiB the soft limit already drops some answers at random; non-ASCII "
+    "names, percent-encoded, get there 3-9 times sooner)",
+)
+async def test_a_route_of_200_long_names_still_delivers_its_answer(tmp_path: Path) -> None:
+    names = [f"m{number:03d}".ljust(40, "x") for number in range(200)]
+    extra = "".join(
+        openai_model(
+            name,
+            "{primary}",
+            capabilities=["chat", "streaming"] if number < 199 else None,
+            max_concurrency=1,
+        )
+        for number, name in enumerate(names)
+    ) + table("[[routes]]", {"name": "wide", "models": names})
+    async with world(tmp_path, extra=extra) as w:
+        outcome = await call(w.stub, "wide", "unary", tools=True)
+        calls = len(w.primary.exchanges)
+
+    assert calls == 1  # the worker called the last member's upstream, which answered
+    assert outcome.code == grpc.StatusCode.OK, outcome.message
+    assert outcome.texts == ["Hello, world!"]
+
+
+async def test_weird_model_and_deployment_names_are_percent_encoded_printable_ascii(
+    tmp_path: Path,
+) -> None:
+    model, east, west = "mödel-ü", "東京,a=b", " west =x%"
+    extra = (
+        openai_model(model, "{primary}", deployment=east)
+        + openai_model(model, "{primary}", deployment=west)
+        + table("[[routes]]", {"name": "rüte", "models": [model, "backup"]})
+    )
+    async with world(tmp_path, extra=extra, failover={"policy": "fixed_order"}) as w:
+        w.primary.script(answers_500)
+        via_model = await call(w.stub, model, "stream")
+        w.primary.script(answers_500, answers_500)
+        via_route = await call(w.stub, "rüte", "unary")
+        status = await health(w.channel, "rüte")
+
+    quote = lambda name: urllib.parse.quote(name, safe="")  # noqa: E731
+    assert via_model.code == grpc.StatusCode.OK, via_model.message
+    assert via_model.attempts == [
+        f"{quote(model)}/{quote(east)}=unavailable",
+        f"{quote(model)}/{quote(west)}=answered",
+    ]
+    assert set(via_model.models) == {model}
+    assert via_route.attempts == [
+        f"{quote(model)}/{quote(east)}=unavailable",
+        f"{quote(model)}/{quote(west)}=unavailable",
+        "backup/backup=answered",
+    ]
+    assert via_route.models == ["backup"]
+    for item in via_model.attempts + via_route.attempts:
+        assert item.isascii() and item.isprintable() and "," not in item
+        names, outcome = item.rsplit("=", 1)
+        assert [urllib.parse.unquote(part) for part in names.split("/")][0] == model or (
+            names == "backup/backup"
+        )
+    assert status == SERVING
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (table("[[routes]]", {"name": "primary", "models": ["backup"]}), "is a model's name"),
+        (table("[[routes]]", {"name": "chat", "models": ["backup"]}), "configured twice"),
+        (table("[[routes]]", {"name": "meta", "models": ["chat"]}), "not a model served here"),
+        (table("[[routes]]", {"name": "empty", "models": []}), "names no model"),
+        (
+            table(
+                "[[quota.rules]]",
+                {"tenant": "all", "model": "chat", "deployment": "primary", "requests_per_minute": 1},
+            ),
+            "has no deployment",
+        ),
+        (
+            table(
+                "[[quota.rules]]",
+                {"tenant": "*", "model": "primary", "deployment": "x", "requests_per_minute": 1},
+            ),
+            'tenant = "all"',
+        ),
+    ],
+    ids=["route-named-as-a-model", "route-twice", "route-of-a-route", "empty-route",
+         "deployment-rule-on-a-route", "deployment-rule-per-tenant"],
+)
+async def test_colliding_names_are_refused_at_start(
+    tmp_path: Path, extra: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        async with world(tmp_path, extra=extra):
+            pass
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 8: ListModels' metadata['route'] and metadata['deployments'] join names "
+    "with ',' unencoded (worker/deployments.py _route_metadata, _model_metadata) while names "
+    "may hold ',': a route over 'a,b' and 'backup' reads as three members",
+)
+async def test_list_models_names_each_member_of_a_route_unambiguously(tmp_path: Path) -> None:
+    extra = (
+        openai_model("a,b", "{primary}", deployment="x,y")
+        + openai_model("a,b", "{primary}", deployment="z")
+        + table("[[routes]]", {"name": "commas", "models": ["a,b", "backup"]})
+    )
+    async with world(tmp_path, extra=extra) as w:
+        listed = {m.model: m for m in (await w.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models}
+
+    assert len(listed["commas"].metadata["route"].split(",")) == 2
+    assert len(listed["a,b"].metadata["deployments"].split(",")) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 9: a quota rule naming a route is reported at start as 'model 'chat' is "
+    "not served by this worker' (app/server._warn_unserved_rules only knows models), though "
+    "the worker serves 'chat': the operator is not told the rule names a route and that rules "
+    "must name its members",
+)
+async def test_a_rule_naming_a_route_is_reported_as_naming_a_route(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rule = table("[[quota.rules]]", {"tenant": "*", "model": "chat", "budget_per_day": 0.000001})
+    caplog.set_level(logging.WARNING)
+    async with world(tmp_path, extra=rule) as w:
+        outcome = await call(w.stub, "chat", "unary")
+
+    assert outcome.code == grpc.StatusCode.OK  # as documented: it applies to none of its calls
+    warned = [r.getMessage() for r in caplog.records if "quota.rules[2]" in r.getMessage()]
+    assert warned and "route" in warned[0], warned
+
+
+# --- money ------------------------------------------------------------------------------------
+
+
+async def test_a_budget_on_the_first_member_only_is_charged_only_what_that_model_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = TOKENS_RULES + table(
+        "[[quota.rules]]", {"tenant": "*", "model": "primary", "budget_per_day": 1.0}
+    )
+    async with world(tmp_path, rules=rules) as w:
+        hold_quota_clock(w.worker, monkeypatch)
+        w.primary.script(answers_500)
+        moved = await call(w.stub, "chat", "unary")
+        after_move = await used(w.worker, LimitKind.BUDGET_PER_DAY)
+        tokens_after_move = await used(w.worker)
+        stayed = await call(w.stub, "chat", "unary")
+        after_stay = await used(w.worker, LimitKind.BUDGET_PER_DAY)
+
+    assert moved.models == ["backup"] and stayed.models == ["primary"]
+    # The backup's answer (priced 3/15 per million) never lands on the primary's budget.
+    assert after_move == {"primary": 0.0}
+    assert tokens_after_move == {"primary": 0, "backup": BACKUP_USAGE}
+    assert after_stay["primary"] == pytest.approx((7 * 1.0 + 3 * 2.0) / 1e6)
+
+
+async def test_every_deployment_at_its_account_limit_is_resource_exhausted_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = TOKENS_RULES + "".join(
+        table(
+            "[[quota.rules]]",
+            {"tenant": "all", "model": model, "deployment": name, "requests_per_minute": 1},
+        )
+        for model, name in (("primary", "p1"), ("backup", "b1"))
+    )
+    async with world(
+        tmp_path, primary={"deployment": "p1"}, backup={"deployment": "b1"}, rules=rules
+    ) as w:
+        hold_quota_clock(w.worker, monkeypatch)
+        outcomes = [await call(w.stub, "chat", kind) for kind in ("unary", "stream", "unary")]
+        calls = (len(w.primary.exchanges), len(w.backup.exchanges))
+
+    first, second, third = outcomes
+    assert first.attempts == ["primary/p1=answered"]
+    assert second.attempts == ["primary/p1=account_limit", "backup/b1=answered"]
+    assert third.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert third.attempts == ["primary/p1=account_limit", "backup/b1=account_limit"]
+    (violation,) = quota_failure(third.trailers).violations
+    assert violation.quota_dimensions["deployment"] == "b1"
+    assert violation.quota_dimensions["model"] == "backup"
+    assert calls == (1, 1)
+
+
+async def test_a_tenant_refusal_on_the_second_member_after_the_first_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = TOKENS_RULES + "".join(
+        table("[[quota.rules]]", {"tenant": "*", "model": model, "requests_per_minute": limit})
+        for model, limit in (("primary", 100), ("backup", 1))
+    )
+    async with world(tmp_path, rules=rules) as w:
+        hold_quota_clock(w.worker, monkeypatch)
+        w.primary.script(answers_500, answers_500)
+        first = await call(w.stub, "chat", "stream")
+        second = await call(w.stub, "chat", "stream")
+        tokens = await used(w.worker)
+        requests = await used(w.worker, LimitKind.REQUESTS_PER_MINUTE)
+        calls = (len(w.primary.exchanges), len(w.backup.exchanges))
+
+    assert first.models and set(first.models) == {"backup"}
+    assert second.code == grpc.StatusCode.RESOURCE_EXHAUSTED  # the tenant's own limit
+    assert second.attempts == ["primary/primary=unavailable", "backup/backup=error"]
+    (violation,) = quota_failure(second.trailers).violations
+    assert violation.quota_dimensions["model"] == "backup"
+    assert "deployment" not in violation.quota_dimensions
+    # Each primary attempt settled (a 500 before output: no tokens, its request counted); the
+    # refused backup reservation never counted.
+    assert tokens == {"primary": 0, "backup": BACKUP_USAGE}
+    assert requests == {"primary": 2, "backup": 1}
+    assert calls == (2, 1)
+
+
+# --- 200 concurrent route calls while the primary flaps ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "breaker", [NO_BREAKER, {"consecutive_failures": 3, "open_s": 600.0}], ids=["no-breaker", "breaker"]
+)
+async def test_200_concurrent_route_calls_while_the_primary_flaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, breaker: dict[str, Any]
+) -> None:
+    """Every caller gets one whole answer, or an error after the primary's partial answer; no
+    stream names two models; the counters add up to what each answer's usage says plus what the
+    metering rules charge the cut streams."""
+    cycle = [answer_ok, answers_500, cut_after_three_tokens, answer_ok, answers_500]
+    served = 0
+
+    async def flapping(exchange: Exchange, respond: Responder) -> None:
+        nonlocal served
+        handler = cycle[served % len(cycle)]
+        served += 1
+        await handler(exchange, respond)
+
+    async with world(
+        tmp_path,
+        primary={"max_concurrency": 256},
+        backup={"max_concurrency": 256},
+        breaker=breaker,
+    ) as w:
+        hold_quota_clock(w.worker, monkeypatch)
+        prompt = await prompt_tokens(w)
+        w.primary.default = flapping
+        kinds = ["stream" if n % 3 else "unary" for n in range(200)]
+        outcomes = await asyncio.gather(*(call(w.stub, "chat", kind) for kind in kinds))
+        await _quiet(w)
+        spent = await used(w.worker)
+
+    expected = {"primary": 0, "backup": 0}
+    for kind, outcome in zip(kinds, outcomes, strict=True):
+        assert len(set(outcome.models)) == 1, outcome  # one model per call, every message
+        model = outcome.models[0]
+        if outcome.code == grpc.StatusCode.OK:
+            assert "".join(outcome.texts) == "Hello, world!", outcome
+            assert outcome.usage is not None, outcome
+            expected[model] += sum(outcome.usage)
+            assert outcome.attempts[-1] == f"{model}/{model}=answered"
+        else:
+            assert (kind, outcome.code, model) == ("stream", grpc.StatusCode.UNAVAILABLE, "primary")
+            assert outcome.texts == ["One", " two", " three"], outcome
+            assert outcome.attempts == ["primary/primary=failed_after_content"]
+            expected["primary"] += prompt + delivered_tokens(outcome.texts)
+    print(
+        f"\n200 calls: {sum(o.code == grpc.StatusCode.OK for o in outcomes)} answered, "
+        f"{sum(o.models[0] == 'backup' for o in outcomes)} by the backup; charged {spent}"
+    )
+    assert spent == expected
+
+
+# --- the HTTP facade --------------------------------------------------------------------------
+
+
+def _http(port: int) -> str:
+    return table("[http]", {"port": port})
+
+
+async def test_openai_sdk_stream_whose_first_attempt_fails_before_content_names_the_backup(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with world(tmp_path, extra=_http(port)) as w:
+        w.primary.script(answers_500)
+        client = openai_client(port, TOKEN)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": PROMPT}], stream=True
+        )
+        chunks = [chunk async for chunk in raw.parse()]
+
+    assert raw.http_response.status_code == 200
+    # The stream's headers go with its first message: the attempts before the one that answered.
+    assert raw.headers["x-modelwire-attempts"] == "primary/primary=unavailable"
+    assert chunks and {chunk.model for chunk in chunks} == {"backup"}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello, world!"
+
+
+async def test_openai_sdk_stream_failing_after_content_ends_with_the_error_event(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with world(tmp_path, extra=_http(port)) as w:
+        w.primary.script(cut_after_three_tokens)
+        client = openai_client(port, TOKEN)
+        stream = await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": PROMPT}], stream=True
+        )
+        texts: list[str] = []
+        models: set[str] = set()
+        with pytest.raises(Exception) as caught:
+            async for chunk in stream:
+                models.add(chunk.model)
+                texts += [c.delta.content or "" for c in chunk.choices]
+        backup_calls = len(w.backup.exchanges)
+
+    assert "failed after 3 messages of its answer had been sent" in str(caught.value)
+    assert "".join(texts) == "One two three"
+    assert models == {"primary"}
+    assert backup_calls == 0
+
+
+async def test_anthropic_sdk_stream_whose_first_attempt_fails_before_content(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    async with world(tmp_path, extra=_http(port)) as w:
+        w.primary.script(answers_500)
+        client = anthropic_client(port, TOKEN)
+        raw = await client.messages.with_raw_response.create(
+            model="chat",
+            max_tokens=64,
+            messages=[{"role": "user", "content": PROMPT}],
+            stream=True,
+        )
+        events = [event async for event in await raw.parse()]
+
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-modelwire-attempts"] == "primary/primary=unavailable"
+    start = next(e for e in events if e.type == "message_start")
+    assert start.message.model == "backup"
+    text = "".join(
+        e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta"
+    )
+    assert text == "Hello, world!"
+
+
+async def test_an_http_error_after_every_attempt_carries_the_attempts(tmp_path: Path) -> None:
+    port = free_port()
+    async with world(tmp_path, extra=_http(port)) as w:
+        w.primary.script(answers_500)
+        w.backup.script(answers_500)
+        client = openai_client(port, TOKEN)
+        with pytest.raises(Exception) as caught:
+            await client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": PROMPT}], stream=True
+            )
+
+    response = getattr(caught.value, "response", None)
+    assert response is not None and response.status_code == 503, caught.value
+    assert response.headers["x-modelwire-attempts"] == (
+        "primary/primary=unavailable,backup/backup=unavailable"
+    )
+
+
+async def test_an_http_caller_leaving_during_the_stall_never_reaches_the_backup(
+    tmp_path: Path,
+) -> None:
+    """No attempt timeout, a stall before content; the SDK's caller gives up (its connection
+    closes): the call is cancelled, not moved on."""
+    port = free_port()
+    async with world(tmp_path, extra=_http(port), breaker=TRIGGER_HAPPY) as w:
+        w.primary.script(stalls_before_first_token)
+        client = openai_client(port, TOKEN)
+        waiting = asyncio.ensure_future(
+            client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": PROMPT}], stream=True
+            )
+        )
+        (exchange,) = await w.primary.wait_for_requests(1)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await exchange.wait_client_closed()
+        await _quiet(w)
+        _breakers_untouched(w)
+        backup_calls = len(w.backup.exchanges)
+
+    assert backup_calls == 0
+
+
+# --- every circuit open -----------------------------------------------------------------------
+
+
+def retry_info(trailers: dict[str, Any]) -> float:
+    for detail in status_details(trailers).details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    raise AssertionError("no RetryInfo in the status")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 10: a call refused because every circuit is open did no work (no attempt, "
+    "no quota, no upstream), yet its UNAVAILABLE carries no ErrorInfo NOT_STARTED "
+    "(Failover.exhausted's NotReady; rpc/status adds NOT_STARTED only to Overloaded): a gateway "
+    "(gateway/server.py not_started) will not try another worker, whose breakers (per process) "
+    "may be closed",
+)
+async def test_every_circuit_open_is_a_refusal_a_gateway_may_take_elsewhere(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, breaker={"consecutive_failures": 1, "open_s": 30.0}) as w:
+        w.primary.script(answers_500)
+        w.backup.script(answers_500)
+        await call(w.stub, "chat", "unary")
+        forwarded = (*AUTH, (VIA_KEY, "gateway-under-test"))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await w.stub.Generate(request("chat"), metadata=forwarded, timeout=20)
+        calls = (len(w.primary.exchanges), len(w.backup.exchanges))
+
+    error = caught.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert attempts_of(error.trailing_metadata()) == [
+        "primary/primary=circuit_open",
+        "backup/backup=circuit_open",
+    ]
+    assert calls == (1, 1)
+    assert PID_KEY not in dict(error.initial_metadata() or ())  # no work began
+    assert not_started(error)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 11: when the only circuits left are half-open with their probe out, the "
+    "refusal says 'every deployment ... has its circuit open ...; retry after 0.0s' "
+    "(Failover.candidates appends retry_after_s(), 0 for HALF_OPEN) while its RetryInfo says "
+    "0.5s (errors.retry_delay's floor): the text and the detail disagree, and 0.0s invites a "
+    "tight retry loop",
+)
+async def test_half_open_circuits_with_their_probes_out_give_a_consistent_retry_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(tmp_path, breaker={"consecutive_failures": 1, "open_s": 30.0}) as w:
+        clock = Clock([w.breaker("primary"), w.breaker("backup")], monkeypatch)
+        w.primary.script(answers_500)
+        w.backup.script(answers_500)
+        await call(w.stub, "chat", "unary")
+        clock.advance(31)
+        w.primary.script(stalls_before_first_token)
+        w.backup.script(stalls_before_first_token)
+        first = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
+        await w.primary.wait_for_requests(2)
+        second = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
+        await w.backup.wait_for_requests(2)
+        refused = await call(w.stub, "chat", "unary")
+        first.cancel()
+        second.cancel()
+
+    assert refused.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.attempts == ["primary/primary=circuit_open", "backup/backup=circuit_open"]
+    delay = retry_info(refused.trailers)
+    assert f"retry after {delay:.1f}s" in refused.message, (delay, refused.message)
