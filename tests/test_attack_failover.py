@@ -40,8 +40,8 @@ from fake_upstream import (
     send_first_token,
     stream_prologue,
 )
-from modelwire.app.config import ConfigError
 from modelwire.app.server import Worker
+from modelwire.core.settings import ConfigError
 from modelwire.gateway.server import not_started
 from modelwire.quota.report import LimitKind
 from modelwire.rpc.wire import ATTEMPTS_TRAILER, PID_KEY, VIA_KEY, model_health
@@ -118,10 +118,9 @@ def anthropic_model(name: str, url: str, **overrides: Any) -> str:
 
 # The breaker out of reach unless a test sets it.
 NO_BREAKER = {"consecutive_failures": 1000, "min_calls": 1000}
-TOKENS_RULES = (
-    table("[[quota.rules]]", {"tenant": "*", "model": "primary", "tokens_per_minute": 10_000_000})
-    + table("[[quota.rules]]", {"tenant": "*", "model": "backup", "tokens_per_minute": 10_000_000})
-)
+TOKENS_RULES = table(
+    "[[quota.rules]]", {"tenant": "*", "model": "primary", "tokens_per_minute": 10_000_000}
+) + table("[[quota.rules]]", {"tenant": "*", "model": "backup", "tokens_per_minute": 10_000_000})
 
 
 def _closed_port() -> int:
@@ -184,7 +183,9 @@ async def world(
                 price_per_million=Raw("{ input = 3.0, output = 15.0 }"),
                 **(backup or {}),
             )
-            + table("[[routes]]", {"name": "chat", "models": ["primary", "backup"], **(route or {})})
+            + table(
+                "[[routes]]", {"name": "chat", "models": ["primary", "backup"], **(route or {})}
+            )
             + table("[failover]", failover or {})
             + table("[failover.breaker]", breaker or NO_BREAKER)
             + rules
@@ -195,7 +196,9 @@ async def world(
             running_worker(config) as worker,
             grpc.aio.insecure_channel(worker.address) as channel,
         ):
-            yield World(worker, primary_fake, backup_fake, pb_grpc.ModelWorkerStub(channel), channel)
+            yield World(
+                worker, primary_fake, backup_fake, pb_grpc.ModelWorkerStub(channel), channel
+            )
 
 
 class Clock:
@@ -410,7 +413,7 @@ async def open_primary(w: World, failures: int) -> None:
 
 async def first_message(rpc: Any) -> pb.ModelOutput:
     message = await rpc.read()
-    assert message is not grpc.aio.EOF
+    assert isinstance(message, pb.ModelOutput)
     return message
 
 
@@ -524,7 +527,7 @@ async def test_cancel_between_the_failed_first_attempt_and_the_second(tmp_path: 
         holder.cancel()
         await _quiet(w)
         calls = (len(w.primary.exchanges), len(w.backup.exchanges))
-        code = (await _status_of(rpc))
+        code = await _status_of(rpc)
 
     assert code == grpc.StatusCode.CANCELLED
     assert calls == (1, 1)  # the backup's upstream saw only the holder
@@ -631,7 +634,9 @@ async def test_a_half_open_breaker_lets_exactly_one_of_many_concurrent_calls_pro
     assert primary_calls == 3  # two that opened the circuit, then the single probe
     probes = [o for o in outcomes if o.attempts == ["primary/primary=answered"]]
     skipped = [
-        o for o in outcomes if o.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
+        o
+        for o in outcomes
+        if o.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
     ]
     assert (len(probes), len(skipped)) == (1, 59)
     assert state is BreakerState.CLOSED
@@ -956,9 +961,7 @@ def _with_field(field: str) -> pb.ModelRequest:
 
 
 @pytest.mark.parametrize("kind", ["stream", "unary"])
-@pytest.mark.parametrize(
-    "field", ["tools", "output_format", "messages[0].parts[0].image"]
-)
+@pytest.mark.parametrize("field", ["tools", "output_format", "messages[0].parts[0].image"])
 async def test_a_field_no_member_of_a_route_accepts_is_invalid_argument_naming_it(
     tmp_path: Path, field: str, kind: str
 ) -> None:
@@ -1084,7 +1087,9 @@ async def test_weird_model_and_deployment_names_are_percent_encoded_printable_as
         via_route = await call(w.stub, "rüte", "unary")
         status = await health(w.channel, "rüte")
 
-    quote = lambda name: urllib.parse.quote(name, safe="")  # noqa: E731
+    def quote(name: str) -> str:
+        return urllib.parse.quote(name, safe="")
+
     assert via_model.code == grpc.StatusCode.OK, via_model.message
     assert via_model.attempts == [
         f"{quote(model)}/{quote(east)}=unavailable",
@@ -1116,7 +1121,12 @@ async def test_weird_model_and_deployment_names_are_percent_encoded_printable_as
         (
             table(
                 "[[quota.rules]]",
-                {"tenant": "all", "model": "chat", "deployment": "primary", "requests_per_minute": 1},
+                {
+                    "tenant": "all",
+                    "model": "chat",
+                    "deployment": "primary",
+                    "requests_per_minute": 1,
+                },
             ),
             "has no deployment",
         ),
@@ -1128,8 +1138,14 @@ async def test_weird_model_and_deployment_names_are_percent_encoded_printable_as
             'tenant = "all"',
         ),
     ],
-    ids=["route-named-as-a-model", "route-twice", "route-of-a-route", "empty-route",
-         "deployment-rule-on-a-route", "deployment-rule-per-tenant"],
+    ids=[
+        "route-named-as-a-model",
+        "route-twice",
+        "route-of-a-route",
+        "empty-route",
+        "deployment-rule-on-a-route",
+        "deployment-rule-per-tenant",
+    ],
 )
 async def test_colliding_names_are_refused_at_start(
     tmp_path: Path, extra: str, expected: str
@@ -1152,7 +1168,10 @@ async def test_list_models_names_each_member_of_a_route_unambiguously(tmp_path: 
         + table("[[routes]]", {"name": "commas", "models": ["a,b", "backup"]})
     )
     async with world(tmp_path, extra=extra) as w:
-        listed = {m.model: m for m in (await w.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models}
+        listed = {
+            m.model: m
+            for m in (await w.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)).models
+        }
 
     assert len(listed["commas"].metadata["route"].split(",")) == 2
     assert len(listed["a,b"].metadata["deployments"].split(",")) == 2
@@ -1264,7 +1283,9 @@ async def test_a_tenant_refusal_on_the_second_member_after_the_first_failed(
 
 
 @pytest.mark.parametrize(
-    "breaker", [NO_BREAKER, {"consecutive_failures": 3, "open_s": 600.0}], ids=["no-breaker", "breaker"]
+    "breaker",
+    [NO_BREAKER, {"consecutive_failures": 3, "open_s": 600.0}],
+    ids=["no-breaker", "breaker"],
 )
 async def test_200_concurrent_route_calls_while_the_primary_flaps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, breaker: dict[str, Any]
@@ -1387,7 +1408,9 @@ async def test_anthropic_sdk_stream_whose_first_attempt_fails_before_content(
     start = next(e for e in events if e.type == "message_start")
     assert start.message.model == "backup"
     text = "".join(
-        e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta"
+        e.delta.text
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "text_delta"
     )
     assert text == "Hello, world!"
 
@@ -1443,7 +1466,8 @@ def retry_info(trailers: dict[str, Any]) -> float:
     for detail in status_details(trailers).details:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            delay: float = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            return delay
     raise AssertionError("no RetryInfo in the status")
 
 
@@ -1509,3 +1533,118 @@ async def test_half_open_circuits_with_their_probes_out_give_a_consistent_retry_
     assert refused.attempts == ["primary/primary=circuit_open", "backup/backup=circuit_open"]
     delay = retry_info(refused.trailers)
     assert f"retry after {delay:.1f}s" in refused.message, (delay, refused.message)
+
+
+# --- more cancels and probes ------------------------------------------------------------------
+
+
+async def test_cancel_of_a_unary_call_during_the_stall_charges_the_cut_off_attempt_once(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path, breaker=TRIGGER_HAPPY) as w:
+        prompt = await prompt_tokens(w)
+        w.primary.script(stalls_before_first_token)
+        rpc = w.stub.Generate(request("chat", max_new_tokens=16), metadata=AUTH, timeout=20)
+        (exchange,) = await w.primary.wait_for_requests(1)
+        rpc.cancel()
+        await exchange.wait_client_closed()
+        await _quiet(w)
+        spent = await used(w.worker)
+        _breakers_untouched(w)
+        backup_calls = len(w.backup.exchanges)
+
+    assert backup_calls == 0
+    # A unary attempt cut off: its prompt and its whole output bound, once.
+    assert spent == {"primary": prompt + 16, "backup": 0}
+
+
+async def test_cancel_during_the_second_attempts_stall(tmp_path: Path) -> None:
+    async with world(tmp_path, breaker={"consecutive_failures": 2, "open_s": 30.0}) as w:
+        backup_prompt = await prompt_tokens(w, "backup")
+        w.primary.script(answers_500)
+        w.backup.script(stalls_before_first_token)
+        rpc = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
+        (exchange,) = await w.backup.wait_for_requests(1)
+        rpc.cancel()
+        await exchange.wait_client_closed()
+        await _quiet(w)
+        spent = await used(w.worker)
+        states = (w.breaker("primary").state, w.breaker("backup").state)
+        calls = (len(w.primary.exchanges), len(w.backup.exchanges))
+
+    assert calls == (1, 1)
+    assert states == (BreakerState.CLOSED, BreakerState.CLOSED)  # one failure of two; a cancel
+    assert spent == {"primary": 0, "backup": backup_prompt}
+
+
+async def test_a_probe_refused_by_its_full_queue_hands_the_probe_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's attempt is refused here (the primary's queue is full: `overloaded`, which
+    says nothing of the upstream): the call moves on, and the probe is free for the next call."""
+    async with world(
+        tmp_path, primary={"max_concurrency": 1, "max_queue": 0}, breaker=PROBING
+    ) as w:
+        clock = Clock([w.breaker("primary")], monkeypatch)
+        await open_primary(w, 2)
+        clock.advance(31)
+        w.primary.script(commits_then_hangs)
+        holder = w.stub.GenerateStream(request("primary"), metadata=AUTH, timeout=20)
+        await first_message(holder)
+        refused = await call(w.stub, "chat", "unary")
+        holder.cancel()
+        await _quiet(w)
+        probed = await call(w.stub, "chat", "unary")
+        state = w.breaker("primary").state
+
+    assert refused.attempts == ["primary/primary=overloaded", "backup/backup=answered"]
+    assert probed.attempts == ["primary/primary=answered"]
+    assert state is BreakerState.CLOSED
+
+
+async def test_each_attempt_holds_and_frees_its_own_concurrent_call_place_in_redis(
+    tmp_path: Path,
+) -> None:
+    """A tenant allowed one call at a time, counted in Redis: an attempt that failed frees its
+    place (a background settle) before the same call's next attempt takes one."""
+    from redis_server import redis_server
+
+    with redis_server() as server:
+        rules = table("[quota]", {"store": server.url}) + table(
+            "[[quota.rules]]", {"tenant": "*", "model": "*", "concurrent_calls": 1}
+        )
+        async with world(tmp_path, rules=rules) as w:
+            outcomes = []
+            for number in range(10):
+                w.primary.script(answers_500)
+                outcomes.append(await call(w.stub, "chat", "stream" if number % 2 else "unary"))
+
+    for outcome in outcomes:
+        assert outcome.code == grpc.StatusCode.OK, outcome.message
+        assert outcome.attempts == ["primary/primary=unavailable", "backup/backup=answered"]
+
+
+async def test_one_429_with_a_day_long_retry_after_takes_the_deployment_out_for_a_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As documented (a 429's Retry-After opens the circuit whatever the counts, capped at a
+    day): one response of a dying or hostile upstream is enough. Pinned, and reported as a
+    risk: nothing bounds the cooldown below a day."""
+
+    async def answers_429_for_a_day(exchange: Exchange, respond: Responder) -> None:
+        await respond.json(
+            429,
+            {"error": {"message": "slow down", "type": "rate_limit_error"}},
+            headers={"Retry-After": "999999999"},
+        )
+
+    async with world(tmp_path) as w:
+        Clock([w.breaker("primary")], monkeypatch)
+        w.primary.script(answers_429_for_a_day)
+        first = await call(w.stub, "chat", "unary")
+        wait = w.breaker("primary").retry_after_s()
+        second = await call(w.stub, "chat", "stream")
+
+    assert first.attempts == ["primary/primary=rate_limited", "backup/backup=answered"]
+    assert wait == 86400.0
+    assert second.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]

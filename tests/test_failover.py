@@ -45,11 +45,13 @@ from modelwire.app.server import Worker
 from modelwire.core.types import Usage
 from modelwire.observe.call_record import begin_call, note_charge
 from modelwire.observe.metrics import WorkerMetrics
-from modelwire.rpc.wire import ATTEMPTS_TRAILER, model_health
+from modelwire.rpc.status import error_reasons, received_status
+from modelwire.rpc.wire import ATTEMPTS_TRAILER, NOT_STARTED, model_health
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert
 from modelwire.worker.breaker import BreakerState
+from modelwire.worker.failover import Attempt
 
 TOKEN = "team-a-token-0123456789abcdef"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
@@ -543,6 +545,10 @@ async def test_every_circuit_open_is_unavailable_with_a_retry_delay(
         f.primary.script(answers_500)
         f.backup.script(answers_500)
         failed = await call(f.stub, "chat", "unary")
+        rpc = f.stub.Generate(_request("chat"), metadata=AUTH, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await rpc
+        reasons = error_reasons(received_status(tuple(await rpc.trailing_metadata())))
         refused = await call(f.stub, "chat", "unary")
         calls = (len(f.primary.exchanges), len(f.backup.exchanges))
 
@@ -552,6 +558,8 @@ async def test_every_circuit_open_is_unavailable_with_a_retry_delay(
     assert "circuit open" in refused.message and "retry after" in refused.message
     assert refused.attempts == ["primary/primary=circuit_open", "backup/backup=circuit_open"]
     assert calls == (1, 1)
+    # Nothing started: a gateway may try another worker, whose circuits may be closed.
+    assert NOT_STARTED in reasons
 
 
 # --- deployments of one model -----------------------------------------------------------------
@@ -793,3 +801,53 @@ async def test_only_the_probe_itself_hands_the_probe_on(
     assert meanwhile.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
     assert probed.attempts == ["primary/primary=answered"]
     assert len(f.primary.exchanges) == 4
+
+
+def test_attempt_names_are_percent_encoded_in_the_trailer() -> None:
+    """Model names may hold "/" (vLLM's, OpenRouter's) and deployments any printable text: the
+    trailer's separators stay unambiguous and its value printable ASCII."""
+    attempt = Attempt("meta-llama/Llama-3", "east,1=ü", "answered")
+    assert attempt.text() == "meta-llama%2FLlama-3/east%2C1%3D%C3%BC=answered"
+
+
+async def test_a_wait_for_a_slot_is_not_the_upstreams_slowness(tmp_path: Path) -> None:
+    """The attempt timeout starts when the provider is called: a call that queued for the
+    primary's only slot longer than attempt_timeout_s still gets the primary's answer."""
+    release = asyncio.Event()
+
+    async def committed_then_held(exchange: Exchange, respond: Responder) -> None:
+        await respond.head(200)
+        await respond.event(openai_chunk("Hello"))
+        await release.wait()
+        await respond.event(openai_chunk(finish_reason="stop"))
+        await respond.event("[DONE]")
+        await respond.end()
+
+    extra = """
+[[models]]
+name = "narrow"
+provider = "openai"
+api_base = "{primary}/v1"
+context_length = 128000
+max_retries = 0
+max_concurrency = 1
+max_queue = 4
+
+[[routes]]
+name = "narrow-first"
+models = ["narrow", "backup"]
+"""
+    async with fleet(tmp_path, extra=extra) as f:
+        served = f.worker.service.target("narrow").deployments[0]
+        f.primary.script(committed_then_held)
+        first = asyncio.ensure_future(call(f.stub, "narrow-first", "stream"))
+        await f.primary.wait_for_requests(1)
+        second = asyncio.ensure_future(call(f.stub, "narrow-first", "stream"))
+        await admission_reaches(served.admission, in_flight=1, queued=1)
+        await asyncio.sleep(0.7)  # the scenario: queued longer than attempt_timeout_s = 0.5
+        release.set()
+        outcomes = [await first, await second]
+        backup_calls = len(f.backup.exchanges)
+
+    assert [o.models[0] for o in outcomes] == ["narrow", "narrow"]
+    assert backup_calls == 0

@@ -19,9 +19,11 @@ grpc); rpc/status.py turns it into the status and adds the google.rpc details sh
         ├── Overloaded                  RESOURCE_EXHAUSTED   RetryInfo, ErrorInfo NOT_STARTED
         │   └── UpstreamRateLimited     RESOURCE_EXHAUSTED   RetryInfo
         ├── QuotaExceeded               RESOURCE_EXHAUSTED   QuotaFailure, RetryInfo
-        ├── NotReady                    UNAVAILABLE          RetryInfo
+        │   └── AccountLimited          RESOURCE_EXHAUSTED   QuotaFailure, RetryInfo
+        ├── NotReady                    UNAVAILABLE          RetryInfo, ErrorInfo NOT_STARTED
         ├── QuotaStoreUnavailable       UNAVAILABLE          RetryInfo
         ├── UpstreamUnavailable         UNAVAILABLE
+        │   └── AttemptTimedOut         UNAVAILABLE
         ├── RegistryUnavailable         UNAVAILABLE
         ├── PermissionDenied            PERMISSION_DENIED    ErrorInfo `reason` (ID_TAKEN)
         └── DeadlineExceeded            DEADLINE_EXCEEDED
@@ -212,12 +214,14 @@ class QuotaStoreUnavailable(ModelwireError):
 
 class NotReady(ModelwireError):
     """Nothing can serve the call right now, but something should soon (a gateway without its
-    instance table yet, a model whose only worker restarts); retry after `retry_after_s`."""
+    instance table yet, a model whose only worker restarts, every circuit open); retry after
+    `retry_after_s`. `not_started`: refused before any work, so another instance may take it."""
 
     code: ClassVar[str] = "UNAVAILABLE"
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, retry_after_s: float, not_started: bool = False) -> None:
         self.retry_after_s = retry_delay(retry_after_s)
+        self.not_started = not_started
         super().__init__(message)
 
 

@@ -731,21 +731,20 @@ class ModelConfig:
     where: StrictStr = "models[0]"
     base: StrictStr = "."
 
-    @field_validator("name", "deployment")
+    @field_validator("name")
     @classmethod
-    def _named(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
+    def _named(cls, value: str) -> str:
+        if not value.strip():
             raise ValueError("must not be empty")
-        if value is not None and ("/" in value or not value.isprintable()):
-            # The deployment goes into log lines, metrics labels and the attempts trailer
-            # ("model/deployment").
-            raise ValueError("must be printable and hold no '/'")
         return value
 
-    @property
-    def label(self) -> str:
-        """The deployment's name where one is shown: its own, or its model's."""
-        return self.deployment if self.deployment is not None else self.name
+    @field_validator("deployment")
+    @classmethod
+    def _deployment(cls, value: str | None) -> str | None:
+        """It goes into log lines and metrics labels as it is."""
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError("must be a printable, non-empty name")
+        return value
 
     @field_validator("capabilities", mode="before")
     @classmethod

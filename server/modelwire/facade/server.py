@@ -536,7 +536,8 @@ class HttpFacade:
 
             embeddings = await self._backend.embed(embed, started, _tenant())
             _count_usage(call.record, embeddings.usage)
-            return call.json(openai_wire.embeddings_body(embeddings, embed.model, encoding))
+            model = call.answered_by or embed.model
+            return call.json(openai_wire.embeddings_body(embeddings, model, encoding))
 
         return await self._serve(request, OPENAI, work)
 

@@ -139,7 +139,9 @@ class FleetModels:
             EMBED, embed_request_to_pb(request).SerializeToString(), call
         )
         await call.send_initial_metadata(())
-        return embeddings_from_pb(pb.EmbedResponse.FromString(raw))
+        embeddings = pb.EmbedResponse.FromString(raw)
+        note_answered_by(embeddings.model)  # a route's member
+        return embeddings_from_pb(embeddings)
 
     async def count_token(self, model: str, messages: tuple[ModelMessage, ...]) -> TokenCount:
         raw = await self._gateway.forward_unary(

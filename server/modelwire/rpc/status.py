@@ -68,7 +68,7 @@ def _details(error: errors.ModelwireError) -> list[any_pb2.Any]:
         return [_packed(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_s)))]
     if isinstance(error, errors.Overloaded | errors.NotReady):
         details = [_packed(error_details_pb2.RetryInfo(retry_delay=_duration(error.retry_after_s)))]
-        if isinstance(error, errors.Overloaded) and error.not_started:
+        if error.not_started:
             details.append(_error_info(NOT_STARTED))
         return details
     if isinstance(error, errors.PermissionDenied) and error.reason is not None:

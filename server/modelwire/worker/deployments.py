@@ -71,9 +71,14 @@ def build_targets(
     groups: dict[str, list[ServedModel]] = {}
     for deployment in served:
         groups.setdefault(deployment.model, []).append(deployment)
+    # A model with one deployment has nothing to move on to: no attempt timeout cuts it short.
     targets = {
         name: Target(
-            name, ((name, tuple(group)),), _model_metadata(group), False, attempt_timeout_s
+            name,
+            ((name, tuple(group)),),
+            _model_metadata(group),
+            False,
+            attempt_timeout_s if len(group) > 1 else None,
         )
         for name, group in groups.items()
     }

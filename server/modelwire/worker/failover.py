@@ -11,7 +11,6 @@ first content: after that nothing moves on (docs/api.md#routes-and-fallbacks).
 from __future__ import annotations
 
 import asyncio
-import math
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -218,15 +217,19 @@ class Failover:
     def exhausted(self) -> BaseException:
         """What the caller gets when no candidate answered: the last attempt's own error; when
         none was made, why (fields no candidate accepts, or every circuit open)."""
-        if self._last_error is not None:
-            return self._last_error
+        error = self._last_error
+        if error is not None:
+            if isinstance(error, errors.Overloaded) and self._told_started:
+                error.not_started = False  # an earlier attempt reached its provider
+            return error
         if self._open_for:
-            wait = min(self._open_for)
+            wait = errors.retry_delay(min(self._open_for))
             return errors.NotReady(
                 f"{'route' if self.target.route else 'model'} {self.target.name!r}: every "
                 "deployment that could take the call has its circuit open after upstream "
-                f"failures; retry after {math.ceil(wait * 10) / 10:.1f}s",
+                f"failures; retry after {wait:.1f}s",
                 wait,
+                not_started=True,  # another worker's circuits may be closed
             )
         if self._refused is not None:
             if not self.target.route:
@@ -249,22 +252,36 @@ def _upstream_failure(error: errors.ModelwireError) -> bool:
     return reason is not None and reason[1]
 
 
+class AttemptClock:
+    """A stream attempt's time to its first content, started when its provider is called."""
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self._timer: asyncio.Timeout | None = None
+
+    def start(self) -> None:
+        if self._timer is not None and self.timeout_s is not None:
+            self._timer.reschedule(asyncio.get_running_loop().time() + self.timeout_s)
+
+
 async def first_content(
-    chunks: AsyncIterator[ModelOutput], timeout_s: float | None
+    chunks: AsyncIterator[ModelOutput], clock: AttemptClock
 ) -> list[ModelOutput]:
-    """The stream's messages up to its first content (inclusive), within `timeout_s`; all of
-    them when it ends before any. A timeout raises AttemptTimedOut."""
+    """The stream's messages up to its first content (inclusive), within the clock's time once
+    started; all of them when it ends before any. Running out raises AttemptTimedOut."""
     held: list[ModelOutput] = []
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(None) as clock._timer:
             async for chunk in chunks:
                 held.append(chunk)
                 if has_content(chunk):
                     return held
     except TimeoutError:
         raise errors.AttemptTimedOut(
-            f"no content within attempt_timeout_s={timeout_s:g}s"
+            f"no content within attempt_timeout_s={clock.timeout_s:g}s"
         ) from None
+    finally:
+        clock._timer = None
     return held
 
 

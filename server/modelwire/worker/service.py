@@ -51,7 +51,7 @@ from modelwire.worker.capabilities import (
     unsupported_message_fields,
 )
 from modelwire.worker.deployments import ServedModel, Target, build_targets
-from modelwire.worker.failover import Failover, first_content, timed_out
+from modelwire.worker.failover import AttemptClock, Failover, first_content, timed_out
 from modelwire.worker.metering import CHARS_PER_TOKEN, CallMeter
 from modelwire.worker.validation import (
     broken_tool_call,
@@ -304,9 +304,10 @@ class WorkerService:
         the next candidate; after it, the caller gets the error, never a second answer."""
         failover = self._failover(request, started, True)
         async for served in failover.candidates():
-            chunks = self._attempt_stream(served, request, failover.started, tenant)
+            clock = AttemptClock(failover.target.attempt_timeout_s)
+            chunks = self._attempt_stream(served, request, failover.started, tenant, clock)
             try:
-                held = await first_content(chunks, failover.target.attempt_timeout_s)
+                held = await first_content(chunks, clock)
             except BaseException as error:
                 await chunks.aclose()
                 failover.failed(served, error)
@@ -323,18 +324,25 @@ class WorkerService:
                         yield chunk
                 except ModelwireError as error:
                     raise failover.broke_after_content(served, error, delivered) from None
-                except BaseException:  # the caller left: nothing learnt of the upstream
-                    failover.left(served)
+                except BaseException as error:  # the caller left: nothing learnt of the upstream
+                    failover.failed(served, error)
                     raise
             failover.answered(served)
             return
         raise failover.exhausted()
 
     async def _attempt_stream(
-        self, served: ServedModel, request: ModelRequest, started: Started, tenant: str | None
+        self,
+        served: ServedModel,
+        request: ModelRequest,
+        started: Started,
+        tenant: str | None,
+        clock: AttemptClock,
     ) -> AsyncGenerator[ModelOutput, None]:
-        """One deployment's stream, checked and metered; ends with finish_reason."""
+        """One deployment's stream, checked and metered; ends with finish_reason. `clock` starts
+        when its provider is called (a wait for a slot is not the upstream's slowness)."""
         async with self._admitted(served, request, started, True, tenant) as (attempt, meter):
+            clock.start()
             began = time.perf_counter()
             first_token_at: float | None = None
             finished = False
