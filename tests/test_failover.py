@@ -614,13 +614,13 @@ async def test_two_deployments_under_concurrent_load_share_it_by_weight(tmp_path
             stub = pb_grpc.ModelWorkerStub(channel)
             calls = [asyncio.ensure_future(call(stub, "shared", "stream")) for _ in range(40)]
             while len(east.exchanges) + len(west.exchanges) < 40:
-                await asyncio.wait(
-                    [
-                        asyncio.ensure_future(east.wait_for_requests(len(east.exchanges) + 1)),
-                        asyncio.ensure_future(west.wait_for_requests(len(west.exchanges) + 1)),
-                    ],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                waits = [
+                    asyncio.ensure_future(east.wait_for_requests(len(east.exchanges) + 1)),
+                    asyncio.ensure_future(west.wait_for_requests(len(west.exchanges) + 1)),
+                ]
+                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for waiting in pending:
+                    waiting.cancel()
             shares = (len(east.exchanges), len(west.exchanges))
             # The model's gauge counts both deployments' calls.
             in_flight = worker.metrics.registry.get_sample_value(
