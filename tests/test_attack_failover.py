@@ -1630,3 +1630,21 @@ async def test_one_429_with_a_day_long_retry_after_takes_the_deployment_out_for_
     assert first.attempts == ["primary/primary=rate_limited", "backup/backup=answered"]
     assert wait == 86400.0
     assert second.attempts == ["primary/primary=circuit_open", "backup/backup=answered"]
+
+
+async def test_a_model_with_one_deployment_called_by_its_name_has_no_attempt_timeout(
+    tmp_path: Path,
+) -> None:
+    """The code since 6fa7755 (docs/configuration.md still says the attempt timeout bounds a
+    model with one deployment too): its silent stream runs until the caller's deadline, and its
+    breaker hears nothing; through the route the same silence moves on at the attempt timeout."""
+    async with world(tmp_path, failover={"attempt_timeout_s": 0.3}, breaker=TRIGGER_HAPPY) as w:
+        w.primary.script(stalls_before_first_token)
+        alone = await call(w.stub, "primary", "stream", timeout=1.5)
+        state = w.breaker("primary").state
+        w.primary.script(stalls_before_first_token)
+        routed = await call(w.stub, "chat", "stream", timeout=20)
+
+    assert alone.code == grpc.StatusCode.DEADLINE_EXCEEDED, alone
+    assert state is BreakerState.CLOSED
+    assert routed.attempts == ["primary/primary=timeout", "backup/backup=answered"]
