@@ -236,16 +236,16 @@ def test_the_probes_success_closes_it_and_clears_the_window() -> None:
     assert state(subject) is BreakerState.OPEN
     clock.advance(30.0)
     assert subject.allows()
-    subject.succeeded()
+    subject.succeeded(probe=True)
     assert state(subject) is BreakerState.CLOSED
     assert all(subject.allows() for _ in range(5))
     assert subject.retry_after_s() == 0.0
     # The four failures before (and the probe's success) are forgotten: three more failures are
     # fewer than min_calls; remembered, seven of eight would have opened it at the first.
     for _ in range(3):
-        subject.failed()
+        subject.failed(probe=True)
     assert state(subject) is BreakerState.CLOSED
-    subject.failed()  # four of four
+    subject.failed(probe=True)  # four of four
     assert state(subject) is BreakerState.OPEN
 
 
@@ -256,10 +256,10 @@ def test_the_probes_success_starts_the_consecutive_count_again() -> None:
     subject.failed()
     clock.advance(30.0)
     assert subject.allows()
-    subject.succeeded()
-    subject.failed()
+    subject.succeeded(probe=True)
+    subject.failed(probe=True)
     assert state(subject) is BreakerState.CLOSED
-    subject.failed()
+    subject.failed(probe=True)
     assert state(subject) is BreakerState.OPEN
 
 
@@ -270,7 +270,9 @@ def test_the_probes_failure_opens_it_again_for_open_s() -> None:
         subject.failed()
     clock.advance(30.0)
     assert subject.allows()
-    subject.failed()  # one failure, below every threshold: the probe's failure alone opens it
+    subject.failed(
+        probe=True
+    )  # one failure, below every threshold: the probe's failure alone opens it
     opened_until_half_open(subject, clock, 30.0)
 
 
@@ -280,9 +282,9 @@ def test_the_probes_429_opens_it_again_for_the_longer_of_open_s_and_the_cooldown
     subject.failed()
     clock.advance(30.0)
     assert subject.allows()
-    subject.failed(cooldown_s=45.0)
+    subject.failed(cooldown_s=45.0, probe=True)
     opened_until_half_open(subject, clock, 45.0)
-    subject.failed(cooldown_s=2.0)
+    subject.failed(cooldown_s=2.0, probe=True)
     opened_until_half_open(subject, clock, 30.0)
 
 
@@ -297,7 +299,7 @@ def test_a_released_probe_lets_the_next_call_probe() -> None:
     assert state(subject) is BreakerState.HALF_OPEN
     assert subject.allows()  # the next call is the probe
     assert not subject.allows()  # and only it
-    subject.succeeded()
+    subject.succeeded(probe=True)
     assert state(subject) is BreakerState.CLOSED
 
 
@@ -325,7 +327,7 @@ def test_retry_after_counts_down_while_open_and_is_zero_otherwise() -> None:
     assert subject.retry_after_s() == 0.0
     assert subject.allows()
     assert subject.retry_after_s() == 0.0  # half-open
-    subject.succeeded()
+    subject.succeeded(probe=True)
     assert subject.retry_after_s() == 0.0  # closed
 
 
@@ -343,7 +345,7 @@ def test_the_observer_sees_each_change_in_order() -> None:
     assert not seen[1:]  # time alone changes nothing: the next call's allows() does
     assert subject.allows()
     assert not subject.allows()
-    subject.succeeded()
+    subject.succeeded(probe=True)
     assert seen == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
@@ -355,12 +357,12 @@ def test_the_observer_sees_a_failed_probe_reopen_it() -> None:
     subject.failed()
     clock.advance(30.0)
     assert subject.allows()
-    subject.failed()
+    subject.failed(probe=True)
     clock.advance(30.0)
     assert subject.allows()
     subject.released()
     assert subject.allows()
-    subject.succeeded()
+    subject.succeeded(probe=True)
     assert seen == [
         BreakerState.OPEN,
         BreakerState.HALF_OPEN,
@@ -399,3 +401,26 @@ def test_a_success_of_a_call_already_in_flight_does_not_close_it_while_open() ->
     assert state(subject) is BreakerState.OPEN
     assert subject.retry_after_s() == 19.0
     assert not subject.allows()
+
+
+def test_only_the_probes_outcome_decides_while_half_open() -> None:
+    """Calls that began before the breaker opened end while its probe is out: their success does
+    not close it, their failure does not reopen it or free the probe."""
+    clock = FakeClock()
+    subject = breaker(clock, consecutive_failures=1, open_s=30.0)
+    subject.failed()
+    clock.advance(30.0)
+    assert subject.allows()  # the probe
+    subject.succeeded()
+    subject.failed()
+    assert state(subject) is BreakerState.HALF_OPEN
+    assert not subject.allows()  # the probe is still out
+    subject.failed(probe=True)
+    assert state(subject) is BreakerState.OPEN
+
+
+def test_a_day_long_retry_after_is_capped_at_max_cooldown_s() -> None:
+    clock = FakeClock()
+    subject = breaker(clock, consecutive_failures=NEVER, open_s=30.0)
+    subject.failed(cooldown_s=86400.0)
+    assert subject.retry_after_s() == 300.0

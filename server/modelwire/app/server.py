@@ -137,6 +137,8 @@ class Worker:
             pick_policy(config.failover.policy),
         )
         self._health_updates: set[asyncio.Task[None]] = set()
+        # Per deployment whose circuit is open: when its health is checked again.
+        self._health_timers: dict[int, asyncio.TimerHandle] = {}
         servicer = ModelWorkerServicer(self.service)
         # What tenants have used: every tenant of the tokens (as reloaded) and of the rules.
         usage_servicer = UsageAdminServicer(
@@ -231,9 +233,23 @@ class Worker:
         that may call it (rpc/wire.model_health): NOT_SERVING while every deployment of that
         name is open."""
         self.metrics.breaker_changed(served.model, served.label, state)
+        self._breaker_health(served)
+
+    def _breaker_health(self, served: ServedModel) -> None:
+        """Health of every name that may call `served`; while its circuit is open, checked again
+        when it will let a probe through (a balancer that follows this health would otherwise
+        never send the call that probes)."""
         for name, target in self.targets.items():
             if served in target.deployments:
                 self._set_health(model_health(name), _serving(target))
+        wait = served.breaker.retry_after_s()
+        timer = self._health_timers.pop(id(served), None)
+        if timer is not None:
+            timer.cancel()
+        if wait > 0:
+            self._health_timers[id(served)] = asyncio.get_running_loop().call_later(
+                wait, self._breaker_health, served
+            )
 
     def _set_health(self, service: str, serving: bool) -> None:
         status = (
@@ -278,6 +294,8 @@ class Worker:
     async def drain(self) -> None:
         """NOT_SERVING and out of the registry first, so balancers stop sending; then the grace
         period."""
+        for timer in self._health_timers.values():
+            timer.cancel()
         leave = self.registration.stop if self.registration is not None else None
         if self.facade is None:
             await self.rpc.drain(leave)
@@ -320,15 +338,24 @@ async def build_worker(config: Config) -> Worker:
 
 
 def _serving(target: Target) -> bool:
-    return any(served.breaker.state is not BreakerState.OPEN for served in target.deployments)
+    """Some deployment's circuit is closed, or lets a probe through."""
+    return any(served.breaker.retry_after_s() == 0 for served in target.deployments)
 
 
 def _warn_unserved_rules(config: Config, models: list[ServedModel]) -> None:
     """A rule naming a model no worker here serves never applies here: a typo, or a rule for
     another worker of the fleet sharing this file. Said at start and at each reload."""
     served = {m.metadata.model for m in models}
+    routes = {route.name for route in config.routes}
     for index, rule in enumerate(config.quota.rules):
-        if rule.model != ANY_MODEL and rule.model not in served:
+        if rule.model in routes:
+            logger.warning(
+                "quota.rules[%d]: %r is a route: a call is counted against the model that runs "
+                "it (each of the route's attempts its member's); name the members instead",
+                index,
+                rule.model,
+            )
+        elif rule.model != ANY_MODEL and rule.model not in served:
             logger.warning(
                 "quota.rules[%d]: model %r is not served by this worker; the rule applies to "
                 "none of its calls",

@@ -818,6 +818,8 @@ class BreakerConfig:
     window_s: Seconds = 60.0
     # How long it stays open before one probe call may pass (an upstream's Retry-After, if longer).
     open_s: Seconds = 30.0
+    # The longest an upstream's Retry-After keeps it open (a 429 asking for a day is not obeyed).
+    max_cooldown_s: Seconds = 300.0
 
 
 @dataclass(config=SECTION)

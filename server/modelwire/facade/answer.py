@@ -20,6 +20,7 @@ from modelwire.observe.call_record import CallRecord, note_error_kind
 from modelwire.quota.limiter import refusal_headers
 from modelwire.rpc.auth import Unauthenticated
 from modelwire.rpc.status import error_kind
+from modelwire.rpc.wire import attempts_text
 
 REQUEST_ID_HEADER = "x-request-id"
 # The attempts of a call with a choice of deployments or models (worker/failover.py).
@@ -89,7 +90,7 @@ class Call:
         (`model/deployment=outcome`, as gRPC's modelwire-attempts trailer)."""
         if not self.record.attempts:
             return self.headers
-        return {**self.headers, ATTEMPTS_HEADER: ",".join(self.record.attempts)}
+        return {**self.headers, ATTEMPTS_HEADER: attempts_text(self.record.attempts)}
 
     @property
     def answered_by(self) -> str | None:

@@ -40,8 +40,27 @@ INSTANCE_TRAILER = "modelwire-instance-id"
 ATTEMPTS_TRAILER = "modelwire-attempts"
 
 
+# The attempts' text is bounded (a route of hundreds of members must not push a call's trailers
+# past gRPC's 8 KiB metadata limit): the first items, "+N" for the N left out, the last item.
+MAX_ATTEMPTS_CHARS = 2048
+
+
+def attempts_text(attempts: list[str]) -> str:
+    text = ",".join(attempts)
+    if len(text) <= MAX_ATTEMPTS_CHARS:
+        return text
+    last, kept, size = attempts[-1], [], 0
+    budget = MAX_ATTEMPTS_CHARS - len(last) - 16
+    for item in attempts[:-1]:
+        if size + len(item) + 1 > budget:
+            break
+        kept.append(item)
+        size += len(item) + 1
+    return ",".join([*kept, f"+{len(attempts) - 1 - len(kept)}", last])
+
+
 def attempts_trailer(attempts: list[str]) -> Metadata:
-    return ((ATTEMPTS_TRAILER, ",".join(attempts)),) if attempts else ()
+    return ((ATTEMPTS_TRAILER, attempts_text(attempts)),) if attempts else ()
 
 
 # gRPC's rich status: a serialized google.rpc.Status with the details (rpc/status.py).

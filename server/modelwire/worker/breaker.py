@@ -66,35 +66,40 @@ class Breaker:
             return 0.0
         return max(0.0, self._open_until - self._clock())
 
-    def succeeded(self) -> None:
-        """A call answered. Only a half-open breaker closes on it: a call that began before the
-        breaker opened proves nothing against the failures (or the 429) that opened it."""
+    def succeeded(self, probe: bool = False) -> None:
+        """A call answered; `probe`: it was the half-open breaker's one probe, whose outcome
+        alone decides (a call that began before the breaker opened proves nothing against the
+        failures, or the 429, that opened it)."""
         self._consecutive = 0
         self._record(False)
-        if self.state is BreakerState.HALF_OPEN:
+        if probe and self.state is BreakerState.HALF_OPEN:
             self._probing = False
             self._outcomes.clear()
             self._failures = 0
             self._change(BreakerState.CLOSED)
 
-    def failed(self, cooldown_s: float | None = None) -> None:
+    def failed(self, cooldown_s: float | None = None, probe: bool = False) -> None:
         """An upstream failure; `cooldown_s`: the upstream asked not to be called for this long
-        (a 429's Retry-After): the breaker opens for that long even below its thresholds."""
-        self._probing = False
+        (a 429's Retry-After, at most `max_cooldown_s`): the breaker opens for that long even
+        below its thresholds. `probe`: the half-open breaker's probe, which opens it again."""
         self._consecutive += 1
         self._record(True)
         config = self._config
-        if (
-            self.state is BreakerState.HALF_OPEN
-            or self._consecutive >= config.consecutive_failures
+        cooldown = None if cooldown_s is None else min(cooldown_s, config.max_cooldown_s)
+        if self.state is BreakerState.HALF_OPEN:
+            if probe:
+                self._probing = False
+                self._open(max(config.open_s, cooldown or 0.0))
+        elif self.state is BreakerState.CLOSED and (
+            self._consecutive >= config.consecutive_failures
             or (
                 len(self._outcomes) >= config.min_calls
                 and self._failures >= config.failure_rate * len(self._outcomes)
             )
         ):
-            self._open(max(config.open_s, cooldown_s or 0.0))
-        elif cooldown_s is not None:
-            self._open(cooldown_s)
+            self._open(max(config.open_s, cooldown or 0.0))
+        elif cooldown is not None:
+            self._open(cooldown)
 
     def released(self) -> None:
         """The call that held the half-open probe ended telling nothing (the caller left, or its

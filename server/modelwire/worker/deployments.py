@@ -3,7 +3,8 @@ order), and how each shows in ListModels."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from modelwire.core.settings import DEFAULT_ESTIMATE_MARGIN, BreakerConfig, RouteConfig
@@ -56,8 +57,8 @@ class Target:
 
     @property
     def single(self) -> bool:
-        """Nothing to choose between: one model with one deployment."""
-        return len(self.members) == 1 and len(self.members[0][1]) == 1
+        """Nothing to choose between: a model (not a route) with one deployment."""
+        return not self.route and len(self.members[0][1]) == 1
 
     @property
     def deployments(self) -> tuple[ServedModel, ...]:
@@ -107,7 +108,7 @@ def _model_metadata(group: Sequence[ServedModel]) -> ModelMetadata:
     return replace(
         _merged(first, [served.metadata for served in group]),
         provider=",".join(providers),
-        metadata={**first.metadata, DEPLOYMENTS_KEY: ",".join(s.label for s in group)},
+        metadata={**first.metadata, DEPLOYMENTS_KEY: name_list(s.label for s in group)},
     )
 
 
@@ -116,9 +117,14 @@ def _route_metadata(route: RouteConfig, members: Sequence[ModelMetadata]) -> Mod
         _merged(members[0], members),
         model=route.name,
         provider=ROUTE_PROVIDER,
-        metadata={ROUTE_KEY: ",".join(route.models)},
+        metadata={ROUTE_KEY: name_list(route.models)},
         prices=None,
     )
+
+
+def name_list(names: Iterable[str]) -> str:
+    """Names comma-separated, each percent-encoded but for "/" (a name may hold a comma)."""
+    return ",".join(urllib.parse.quote(name, safe="/") for name in names)
 
 
 def _merged(first: ModelMetadata, all_metadata: Sequence[ModelMetadata]) -> ModelMetadata:

@@ -105,7 +105,8 @@ class Failover:
         # consulted and fed. A model with one deployment called by its name has nowhere else to
         # go: its calls reach the upstream, whose own answer the caller gets.
         self._choice = not target.single
-        self._refused: list[errors.FieldViolation] | None = None
+        # Every field a candidate refused, each with the reason it gave.
+        self._refused: list[errors.FieldViolation] = []
         self._last_error: BaseException | None = None
         self._open_for: list[float] = []
         # The deployment whose half-open breaker let this call through as its one probe.
@@ -150,8 +151,7 @@ class Failover:
     def _ready(self, served: ServedModel) -> bool:
         refused = self._refusals(served)
         if refused:
-            if self._refused is None:
-                self._refused = refused
+            self._refused += [v for v in refused if v not in self._refused]
             self._note(served, SKIPPED_FIELDS)
             return False
         wait = served.breaker.retry_after_s() if self._choice else 0.0
@@ -188,11 +188,11 @@ class Failover:
 
     def _breaker_failed(self, served: ServedModel, cooldown_s: float | None = None) -> None:
         if self._choice:
-            served.breaker.failed(cooldown_s)
+            served.breaker.failed(cooldown_s, probe=served is self._probe)
 
     def answered(self, served: ServedModel) -> None:
         if self._choice:
-            served.breaker.succeeded()
+            served.breaker.succeeded(probe=served is self._probe)
         self._note(served, ANSWERED)
 
     def broke_after_content(
@@ -231,20 +231,21 @@ class Failover:
                 wait,
                 not_started=True,  # another worker's circuits may be closed
             )
-        if self._refused is not None:
-            if not self.target.route:
-                return errors.InvalidRequest(self._refused)
-            return errors.InvalidRequest(
-                [
-                    errors.FieldViolation(
-                        violation.field,
-                        f"no model of route {self.target.name!r} accepts it "
-                        f"({violation.description})",
-                    )
-                    for violation in self._refused
-                ]
-            )
-        raise AssertionError("a target has at least one deployment")
+        # One violation per field, with every candidate's reason for refusing it.
+        reasons: dict[str, list[str]] = {}
+        for violation in self._refused:
+            reasons.setdefault(violation.field, []).append(violation.description)
+        prefix = (
+            f"route {self.target.name!r} has no model that accepts the request: "
+            if self.target.route
+            else ""
+        )
+        return errors.InvalidRequest(
+            [
+                errors.FieldViolation(field, prefix + "; ".join(texts))
+                for field, texts in reasons.items()
+            ]
+        )
 
 
 def _upstream_failure(error: errors.ModelwireError) -> bool:
