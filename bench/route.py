@@ -1,0 +1,568 @@
+"""`make bench-route`: what a route, a model's deployments and one failover cost a call.
+
+The worker of bench/run.py's "modelwire → HTTP upstream" row (`provider = "openai"` against
+bench/instant_upstream.py, one process), four ways, each its own `modelwire serve`:
+
+  plain        calls to model `oa`, its only deployment: a call with no choice, so the failover
+               code records no attempt and consults no breaker (the baseline)
+  route        calls to route `chat` = [`oa`, `backup`], whose first member `oa` answers: the
+               route's bookkeeping (a candidate picked, the breaker asked and told, an attempt
+               recorded, the attempts trailer, note_answered_by), no second attempt
+  deployments  calls to model `oa` with two deployments (`a`, `b`, weight 1 : 1) on the same
+               upstream: the policy's pick between them, and the same bookkeeping
+  failover     calls to route `chat` whose first member `oa` has its api_base on a closed port
+               (a socket bound here and never listening: the connection is refused at once), so
+               every call makes one refused attempt (`max_retries = 0`) and moves on to `backup`.
+               The breaker's thresholds are set out of reach, so it never opens and every call
+               pays the refused attempt
+
+and, on request (`--variants plain,...,skip`), the same route with `oa`'s circuit held open
+(`open_s` of an hour, opened before the runs): every call skips `oa` without an attempt.
+
+Every model sets `max_retries = 0` (what docs/configuration.md advises for deployments that fail
+over), and every worker but `skip` has the same `[failover.breaker]`, so the variants differ only
+in their [[models]] and [[routes]].
+
+Each is driven by ghz like bench/quota.py drives its workers (closed loop, a pilot at the same
+concurrency sizing a run of about `--duration`, so no call is cut off), unary and streamed, at
+each concurrency level. The variants are interleaved: every round measures all of them, one after
+the other, in an order rotated from round to round, and the tables give each figure's median over
+the rounds with the spread of the ratios against `plain` of the same round (this VM spreads
+repeated runs of one variant by ±15-30%). CPU per call is the worker's, from /proc (utime +
+stime); the upstream's is reported apart.
+
+Every worker is checked first, unary and streamed: the right answer, the `model` each answer
+names (the member that answered), and the `modelwire-attempts` trailer (none for `plain`;
+`oa/oa=answered` for `route`; `oa/a=answered` or `oa/b=answered` for `deployments`, both seen;
+`oa/oa=unavailable,backup/backup=answered` for `failover`).
+
+    .venv/bin/python bench/route.py [--levels 1,64] [--rounds 3] [--duration 6] [--ghz PATH]
+
+Results: bench/results/<stamp>-route.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import loadgen  # noqa: E402
+import procstat  # noqa: E402
+import run  # noqa: E402
+
+RESULTS = HERE / "results"
+VARIANTS = ("plain", "route", "deployments", "failover")
+# On request (--variants): the failover route with its first member's circuit held open.
+EXTRA_VARIANTS = ("skip",)
+LABELS = {
+    "plain": "model, one deployment",
+    "route": "route, first member answers",
+    "deployments": "model, two deployments",
+    "failover": "route, first member refused",
+    "skip": "route, first member's circuit open",
+}
+# The name each variant's calls send, the model every answer must name, and the attempts trailer
+# each call must end with (a set: a deployment's pick may go either way).
+TARGETS = {
+    "plain": "oa",
+    "route": "chat",
+    "deployments": "oa",
+    "failover": "chat",
+    "skip": "chat",
+}
+ANSWERED_BY = {
+    "plain": "oa",
+    "route": "oa",
+    "deployments": "oa",
+    "failover": "backup",
+    "skip": "backup",
+}
+ATTEMPTS: dict[str, set[str | None]] = {
+    "plain": {None},
+    "route": {"oa/oa=answered"},
+    "deployments": {"oa/a=answered", "oa/b=answered"},
+    "failover": {"oa/oa=unavailable,backup/backup=answered"},
+    "skip": {"oa/oa=circuit_open,backup/backup=answered"},
+}
+ATTEMPTS_TRAILER = "modelwire-attempts"
+# The same for every worker: no circuit opens on its own during a run (failover pays its refused
+# attempt on every call); `skip` opens its own with an hour-long open_s.
+BREAKER = """
+[failover]
+policy = "least_loaded"
+
+[failover.breaker]
+consecutive_failures = {consecutive}
+failure_rate = 1.0
+min_calls = 1000000000
+window_s = 60
+open_s = {open_s}
+"""
+
+
+def _model(name: str, api_base: str, deployment: str | None = None) -> str:
+    named = f'deployment = "{deployment}"\nweight = 1\n' if deployment is not None else ""
+    return f"""
+[[models]]
+name = "{name}"
+{named}provider = "openai"
+api_base = "{api_base}"
+context_length = 128000
+max_retries = 0
+max_concurrency = 1024
+max_queue = 4096
+"""
+
+
+def worker_config(port: int, upstream: str, closed: str, variant: str) -> str:
+    """`upstream`: http://HOST:PORT of the instant upstream; `closed`: the same of a port where
+    nothing listens."""
+    server = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+processes = 1
+grace_period_s = 1
+"""
+    live, dead = f"{upstream}/v1", f"{closed}/v1"
+    route = '\n[[routes]]\nname = "chat"\nmodels = ["oa", "backup"]\n'
+    if variant == "plain":
+        models = _model("oa", live)
+    elif variant == "route":
+        models = _model("oa", live) + _model("backup", live) + route
+    elif variant == "deployments":
+        models = _model("oa", live, "a") + _model("oa", live, "b")
+    else:  # failover, skip
+        models = _model("oa", dead) + _model("backup", live) + route
+    skip = variant == "skip"
+    breaker = BREAKER.format(
+        consecutive=5 if skip else 1_000_000_000, open_s=3600.0 if skip else 30.0
+    )
+    return server + models + breaker
+
+
+def closed_port() -> tuple[socket.socket, str]:
+    """A loopback port bound here and never listened on: a connection to it is refused at once
+    (RST), and no other process can take the port while the socket is held."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def request_of(variant: str) -> dict[str, Any]:
+    return {**run.GRPC_REQUEST, "model": TARGETS[variant]}
+
+
+def _call(stub: Any, model: str, stream: bool) -> tuple[str, set[str], str | None, list[Any]]:
+    """One call: its text, the models its messages name, its attempts trailer, its messages."""
+    from modelwire.v1 import worker_pb2 as pb
+
+    request = pb.ModelRequest(
+        model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=run.PROMPT)]
+    )
+    if stream:
+        call = stub.GenerateStream(request, timeout=10)
+        chunks = list(call)
+        trailers = dict(call.trailing_metadata() or ())
+        text = "".join(chunk.text for chunk in chunks)
+        named = {chunk.model for chunk in chunks}
+        return text, named, trailers.get(ATTEMPTS_TRAILER), chunks
+    output, call = stub.Generate.with_call(request, timeout=10)
+    trailers = dict(call.trailing_metadata() or ())
+    return output.text, {output.model}, trailers.get(ATTEMPTS_TRAILER), [output]
+
+
+def wait_ready(address: str, model: str, timeout_s: float) -> None:
+    """Until the worker answers a call to `model` (run.wait_grpc, for this name)."""
+    import grpc
+
+    from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ModelWorkerStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                _call(stub, model, False)
+                return
+            except grpc.RpcError as error:
+                last = f"{error.code().name}: {error.details()}"
+            time.sleep(0.3)
+    raise RuntimeError(f"{address} did not answer {model!r} within {timeout_s:.0f}s: {last}")
+
+
+def check_worker(address: str, variant: str, calls: int = 8) -> dict[str, list[str | None]]:
+    """The worker answers right, unary and streamed, names the model that answered on every
+    message, and ends each call with the attempts the variant must make: proof it is what it
+    says. `skip` first opens its circuit (5 refused attempts in a row). Returns the trailers
+    seen, by mode."""
+    import grpc
+
+    from modelwire.v1 import worker_pb2 as pb
+    from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+    expected_text = run.CHUNK_TEXT * run.CHUNKS
+    seen: dict[str, list[str | None]] = {"unary": [], "stream": []}
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.ModelWorkerStub(channel)
+        if variant == "skip":
+            for _ in range(6):
+                _call(stub, TARGETS[variant], False)
+        for index in range(2 * calls):
+            stream = index % 2 == 1
+            text, named, attempts, messages = _call(stub, TARGETS[variant], stream)
+            mode = "stream" if stream else "unary"
+            seen[mode].append(attempts)
+            problems = []
+            if text != expected_text:
+                problems.append(f"text of {len(text)} chars")
+            if named != {ANSWERED_BY[variant]}:
+                problems.append(f"model {sorted(named)}")
+            if attempts not in ATTEMPTS[variant]:
+                problems.append(f"attempts {attempts!r}")
+            if stream and (
+                sum(1 for m in messages if m.text) != run.CHUNKS
+                or not messages[-1].HasField("usage")
+                or messages[-1].finish_reason != pb.FINISH_REASON_STOP
+            ):
+                problems.append(f"stream of {len(messages)} messages")
+            if problems:
+                raise RuntimeError(
+                    f"{variant} worker at {address}, {mode} call to {TARGETS[variant]!r}: "
+                    + ", ".join(problems)
+                    + f"; expected model {ANSWERED_BY[variant]!r}, attempts "
+                    f"{sorted(map(str, ATTEMPTS[variant]))}"
+                )
+    if variant == "deployments":
+        both = {value for values in seen.values() for value in values}
+        if both != ATTEMPTS["deployments"]:
+            raise RuntimeError(f"deployments: only {sorted(map(str, both))} answered")
+    return seen
+
+
+def measure(
+    args: argparse.Namespace,
+    address: str,
+    worker: procstat.ProcessGroup,
+    upstream: procstat.ProcessGroup,
+    others: list[int],
+    variant: str,
+    mode: str,
+    concurrency: int,
+) -> dict[str, Any]:
+    """One measurement of one worker: a pilot sizing the run, then the run."""
+    method = "Generate" if mode == "unary" else "GenerateStream"
+    request = request_of(variant)
+    pilot = loadgen.ghz(
+        args.ghz, address, method, request, concurrency, args.pilot, args.connections
+    )
+    total = max(concurrency, round(pilot.rps * args.duration))
+    procstat.wait_for_idle(0.35, args.idle_wait)
+    load1 = procstat.loadavg1()
+    worker0 = worker.snapshot()
+    upstream0 = upstream.snapshot()
+    started = time.monotonic()
+    with run.OtherLoad(others) as other:
+        result = loadgen.ghz(
+            args.ghz,
+            address,
+            method,
+            request,
+            concurrency,
+            args.duration,
+            args.connections,
+            total=total,
+        )
+    wall = time.monotonic() - started
+    cpu = worker.cpu_since(worker0)
+    calls = max(result.ok, 1)
+    return {
+        **result.to_json(),
+        "worker_cpu_us_per_call": 1e6 * cpu / calls,
+        "worker_cores": cpu / wall,
+        "upstream_cpu_us_per_call": 1e6 * upstream.cpu_since(upstream0) / calls,
+        "loadavg1_at_start": load1,
+        "other_busy_cores": other.cores,
+    }
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (level, mode, variant): medians over the rounds, and against `plain` of the same round
+    (the ratio's or the difference's median, low and high)."""
+    summary = []
+    keys = list(dict.fromkeys((row["concurrency"], row["mode"]) for row in rows))
+    for concurrency, mode in keys:
+        base = {
+            row["round"]: row
+            for row in rows
+            if (row["concurrency"], row["mode"], row["variant"]) == (concurrency, mode, "plain")
+        }
+        for variant in dict.fromkeys(row["variant"] for row in rows):
+            mine = [
+                row
+                for row in rows
+                if (row["concurrency"], row["mode"], row["variant"]) == (concurrency, mode, variant)
+            ]
+            if not mine:
+                continue
+            paired = [(row, base[row["round"]]) for row in mine if row["round"] in base]
+            entry: dict[str, Any] = {"concurrency": concurrency, "mode": mode, "variant": variant}
+            for key in (
+                "rps",
+                "p50_ms",
+                "p99_ms",
+                "worker_cpu_us_per_call",
+                "upstream_cpu_us_per_call",
+                "other_busy_cores",
+                "loadavg1_at_start",
+            ):
+                entry[key] = _median(mine, key)
+            entry["errors"] = sum(row["errors"] for row in mine)
+            entry["rounds"] = len(mine)
+            cpu = "worker_cpu_us_per_call"
+            entry["cpu_ratio"] = _spread([row[cpu] / plain[cpu] for row, plain in paired])
+            entry["cpu_delta_us"] = _spread([row[cpu] - plain[cpu] for row, plain in paired])
+            entry["rps_ratio"] = _spread([row["rps"] / plain["rps"] for row, plain in paired])
+            entry["p50_delta_ms"] = _spread(
+                [row["p50_ms"] - plain["p50_ms"] for row, plain in paired]
+            )
+            entry["p99_ratio"] = _spread([row["p99_ms"] / plain["p99_ms"] for row, plain in paired])
+            summary.append(entry)
+    return summary
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"median": statistics.median(values), "low": min(values), "high": max(values)}
+
+
+def _x(spread: dict[str, float] | None) -> str:
+    if spread is None:
+        return "—"
+    return f"{spread['median']:.2f}× ({spread['low']:.2f}–{spread['high']:.2f})"
+
+
+def _delta(spread: dict[str, float] | None, scale: float = 1.0, digits: int = 2) -> str:
+    if spread is None:
+        return "—"
+    median, low, high = (spread[key] * scale for key in ("median", "low", "high"))
+    return f"{median:+.{digits}f} ({low:+.{digits}f} to {high:+.{digits}f})"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    header = [
+        "variant",
+        "call",
+        "c",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        "worker CPU ms / call",
+        "CPU × plain",
+        "CPU − plain, µs",
+        "calls/s × plain",
+        "p50 − plain, ms",
+        "p99 × plain",
+        "load",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in report["summary"]:
+        base = entry["variant"] == "plain"
+        cells = [
+            f"`{entry['variant']}`: {LABELS[entry['variant']]}",
+            entry["mode"],
+            str(entry["concurrency"]),
+            f"{entry['rps']:,.0f}",
+            f"{entry['p50_ms']:.2f}",
+            f"{entry['p99_ms']:.2f}",
+            f"{entry['worker_cpu_us_per_call'] / 1000:.3f}",
+            "1" if base else _x(entry["cpu_ratio"]),
+            "0" if base else _delta(entry["cpu_delta_us"], digits=0),
+            "1" if base else _x(entry["rps_ratio"]),
+            "0" if base else _delta(entry["p50_delta_ms"]),
+            "1" if base else _x(entry["p99_ratio"]),
+            f"{entry['loadavg1_at_start']:.2f} / {entry['other_busy_cores']:.2f}",
+        ]
+        if entry["errors"]:
+            cells[0] += f" ({entry['errors']} errors)"
+        lines.append("| " + " | ".join(cells) + " |")
+    machine = report["machine"]
+    settings = report["settings"]
+    return (
+        f"Run `{report['stamp']}` (bench/route.py): {machine['cpus']} × {machine['cpu']}, "
+        f"Python {machine['python']}, grpcio {machine['grpcio']}. `openai` provider → instant "
+        "HTTP upstream, one worker process per variant; ghz at c = "
+        f"{', '.join(map(str, settings['levels']))}, {settings['rounds']} interleaved rounds of "
+        f"about {settings['duration_s']:g} s per variant; medians over the rounds, ratios and "
+        "differences against `plain` of the same round (median, low–high). Load: 1-minute load "
+        f"average {report['loadavg1_at_start']:.2f} at the start, "
+        f"{report['loadavg1_at_end']:.2f} at the end; the load column: the load average when the "
+        "measurement started / the cores other processes used during it. Took "
+        f"{report['elapsed_s'] / 60:.1f} min.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--levels", default="1,64", help="comma-separated concurrency levels")
+    parser.add_argument("--modes", default="unary,stream")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
+    parser.add_argument("--pilot", type=float, default=1.5)
+    parser.add_argument("--idle-wait", type=float, default=20.0)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--max-load", type=float, default=0.7)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, `plain` first (also: {', '.join(EXTRA_VARIANTS)})",
+    )
+    parser.add_argument("--ghz", type=Path, default=ROOT / ".tools" / "bin" / "ghz")
+    args = parser.parse_args()
+    variants = tuple(args.variants.split(","))
+    if variants[0] != "plain" or not set(variants) <= set(VARIANTS + EXTRA_VARIANTS):
+        parser.error(f"--variants: `plain` first, then of {', '.join(VARIANTS + EXTRA_VARIANTS)}")
+    if not args.ghz.exists():
+        parser.error(f"ghz not found at {args.ghz} (make bench-tools)")
+    levels = [int(level) for level in args.levels.split(",")]
+    modes = args.modes.split(",")
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    workdir = Path(tempfile.mkdtemp(prefix="modelwire-bench-route-"))
+    progress = run.Progress(len(levels) * len(modes) * args.rounds * len(variants))
+    progress.say(f"bench/route.py: logs in {workdir}")
+    load_at_start = procstat.wait_for_load(args.max_load, 120, progress.say)
+    python = Path(sys.executable)
+    modelwire = python.with_name("modelwire")
+    procs: list[run.Proc] = []
+    rows: list[dict[str, Any]] = []
+    closed, closed_url = closed_port()
+    report: dict[str, Any] = {
+        "stamp": stamp,
+        "machine": run.machine(),
+        "uptime_at_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout,
+        "loadavg1_at_start": load_at_start,
+        "settings": {
+            "levels": levels,
+            "modes": modes,
+            "variants": variants,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "pilot_s": args.pilot,
+            "connections": args.connections,
+            "targets": {variant: TARGETS[variant] for variant in variants},
+        },
+        "configs": {},
+        "checks": {},
+    }
+    try:
+        upstream = run.Proc(
+            "instant-upstream",
+            [str(python), str(HERE / "instant_upstream.py"), "--port", "0"],
+            workdir,
+            ready_text="instant upstream on",
+        )
+        procs.append(upstream)
+        upstream_url = "http://" + upstream.address()
+        workers: dict[str, tuple[str, run.Proc]] = {}
+        for variant in variants:
+            port = run.free_port()
+            config = workdir / f"route-{variant}.toml"
+            text = worker_config(port, upstream_url, closed_url, variant)
+            config.write_text(text)
+            report["configs"][variant] = text
+            proc = run.Proc(
+                f"worker-{variant}",
+                [str(modelwire), "serve", "--config", str(config)],
+                workdir,
+                ready_text="modelwire serving",
+                timeout_s=90,
+            )
+            procs.append(proc)
+            address = proc.address()
+            wait_ready(address, TARGETS[variant], 30)
+            seen = check_worker(address, variant)
+            report["checks"][variant] = seen
+            progress.say(
+                f"{variant} checked: {TARGETS[variant]!r} answered by "
+                f"{ANSWERED_BY[variant]!r}, attempts "
+                + ", ".join(sorted({str(value) for values in seen.values() for value in values}))
+            )
+            workers[variant] = (address, proc)
+        upstream_group = procstat.ProcessGroup([upstream.pid])
+        others = [proc.pid for proc in procs]
+        for concurrency in levels:
+            for mode in modes:
+                for index in range(args.rounds):
+                    turn = index % len(variants)
+                    order = variants[turn:] + variants[:turn]
+                    for variant in order:
+                        address, proc = workers[variant]
+                        row = measure(
+                            args,
+                            address,
+                            procstat.ProcessGroup([proc.pid]),
+                            upstream_group,
+                            others,
+                            variant,
+                            mode,
+                            concurrency,
+                        )
+                        row.update({"variant": variant, "mode": mode, "concurrency": concurrency})
+                        row["round"] = index
+                        rows.append(row)
+                        progress.step(
+                            f"c={concurrency} {mode} round {index + 1} {variant}: "
+                            f"{row['rps']:,.0f} calls/s, p50 {row['p50_ms']:.2f} ms, p99 "
+                            f"{row['p99_ms']:.2f} ms, worker {row['worker_cpu_us_per_call']:,.0f}"
+                            f" µs/call, {row['errors']} errors, other load "
+                            f"{row['other_busy_cores']:.2f} cores"
+                        )
+        # Still what they were: the runs opened no circuit that should stay closed, and closed
+        # none that should stay open.
+        for variant in variants:
+            check_worker(workers[variant][0], variant, calls=2)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        closed.close()
+    report["rows"] = rows
+    report["summary"] = summarize(rows)
+    report["loadavg1_at_end"] = procstat.loadavg1()
+    report["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout
+    report["elapsed_s"] = time.monotonic() - progress.started
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stamp}-route.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    (RESULTS / f"{stamp}-route.md").write_text(text)
+    print(text)
+    progress.say(f"done: bench/results/{stamp}-route.md")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
