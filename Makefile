@@ -86,15 +86,6 @@ pytest: $(STAMP) $(REDIS) $(ETCD)
 # Go/Java/grpcurl interop stage against a live worker.
 test: lint typecheck pytest check-stubs lint-proto breaking-proto interop
 
-# What a route, a model's deployments and one failover over a refused connection cost a call on
-# the HTTP-provider path (bench/route.py): a plain model, a route whose first member answers, a
-# model with two deployments, a route whose first member's port refuses; interleaved rounds at
-# c = 1 and 64 (about 9 minutes); writes bench/results/<stamp>-route.{json,md}. Beside
-# bench-quota's rules, which are in mk/bench.mk (its $(BENCH_STAMP) and $(GHZ) come from there).
-.PHONY: bench-route
-bench-route: $(BENCH_STAMP) $(GHZ)
-	$(PY) bench/route.py --ghz $(GHZ)
-
 # A throwaway CA, server and client certificates for trying TLS/mTLS (docs/operations.md).
 certs:
 	scripts/make_certs.sh certs

@@ -21,6 +21,10 @@
 #                        7 minutes; bench/quota.py); then how far a token limit is overshot under concurrency,
 #                        and a requests limit shared by two workers (bench/quota_overshoot.py, under a minute);
 #                        writes bench/results/<stamp>-quota.{json,md} and <stamp>-overshoot.{json,md}
+#   make bench-route     what a route, a model's two deployments and one failover over a refused
+#                        connection cost a call on the HTTP-provider path, against a plain model;
+#                        interleaved rounds at c = 1 and 64 (about 9 minutes; bench/route.py); writes
+#                        bench/results/<stamp>-route.{json,md}
 #   make bench-tools     install the pinned load generators and LiteLLM (each rule above does it)
 #
 # Pinned tools, each installed under .tools/ by a rule that names its version (bumping a pin reinstalls):
@@ -52,7 +56,7 @@ BENCH_STAMP   := $(VENV)/.bench-installed
 
 BENCH_ARGS := --ghz $(GHZ) --ghz-version $(GHZ_VERSION) --oha $(OHA) --oha-version $(OHA_VERSION) --litellm $(LITELLM)
 
-.PHONY: bench bench-quick bench-facade bench-facade-profile bench-ablation bench-quota bench-tools
+.PHONY: bench bench-quick bench-facade bench-facade-profile bench-ablation bench-quota bench-route bench-tools
 
 bench: $(BENCH_STAMP) bench-tools
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -73,6 +77,9 @@ bench-ablation: $(BENCH_STAMP) $(GHZ)
 bench-quota: $(BENCH_STAMP) $(GHZ) redis
 	MODELWIRE_REDIS=$(REDIS) $(PY) bench/quota.py --ghz $(GHZ)
 	MODELWIRE_REDIS=$(REDIS) $(PY) bench/quota_overshoot.py
+
+bench-route: $(BENCH_STAMP) $(GHZ)
+	$(PY) bench/route.py --ghz $(GHZ)
 
 bench-tools: $(GHZ) $(OHA) $(LITELLM_STAMP)
 
