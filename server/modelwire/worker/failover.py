@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from modelwire.core import errors
@@ -116,9 +116,10 @@ class Failover:
     async def started(self, headers: ResponseHeaders) -> None:
         """Tells the edge the work began, once: at the first attempt that reached its provider
         (its response headers are that attempt's rate limits)."""
-        if not self._told_started and self._started is not None:
+        if not self._told_started:
             self._told_started = True
-            await self._started(headers)
+            if self._started is not None:
+                await self._started(headers)
 
     def _note(self, served: ServedModel, outcome: str) -> None:
         if self._choice:
@@ -129,7 +130,7 @@ class Failover:
                     "the attempt metrics", self._on_attempt, served.model, served.label, outcome
                 )
 
-    async def candidates(self) -> AsyncIterator[ServedModel]:
+    def candidates(self) -> Iterator[ServedModel]:
         """Each deployment to try, model by model in the target's order, chosen within a model
         by the policy; skipped: those that cannot honour the request's fields, and those whose
         circuit is open."""

@@ -146,7 +146,7 @@ class WorkerService:
             ) or served.client.unsupported_embedding(replace(request, model=served.model))
 
         failover = Failover(target, self._policy, started, refusals, self.on_attempt)
-        async for served in failover.candidates():
+        for served in failover.candidates():
             attempt = replace(request, model=served.model)
             try:
                 async with served.admission.slot():
@@ -273,7 +273,7 @@ class WorkerService:
         (worker/failover.py) until one answers whole."""
         failover = self._failover(request, started, False)
         timeout_s = failover.target.attempt_timeout_s
-        async for served in failover.candidates():
+        for served in failover.candidates():
             try:
                 async with self._admitted(served, request, failover.started, False, tenant) as (
                     attempt,
@@ -303,7 +303,7 @@ class WorkerService:
         """Commits to an attempt at its first content: before it, a failed attempt moves on to
         the next candidate; after it, the caller gets the error, never a second answer."""
         failover = self._failover(request, started, True)
-        async for served in failover.candidates():
+        for served in failover.candidates():
             clock = AttemptClock(failover.target.attempt_timeout_s)
             chunks = self._attempt_stream(served, request, failover.started, tenant, clock)
             try:
