@@ -310,6 +310,10 @@ async def test_before_content_the_next_model_answers_once(
         outcome = await call(f.stub, "chat", kind, max_new_tokens=16)
         spent = await charged(f.worker)
         primary_calls, backup_calls = len(f.primary.exchanges), len(f.backup.exchanges)
+        # Time to fail over: from the primary's request (the call's start when it was refused)
+        # to the backup's.
+        since = f.primary.exchanges[0].started_at if f.primary.exchanges else None
+        backup_at = f.backup.exchanges[0].started_at if f.backup.exchanges else None
 
     assert outcome.code == grpc.StatusCode.OK, outcome.message
     assert "".join(outcome.texts) == "Hello, world!"  # the backup's answer, whole and once
@@ -322,9 +326,10 @@ async def test_before_content_the_next_model_answers_once(
     cut = reason == "timeout"
     primary_charge = (prompt + (16 if kind == "unary" else 0)) if cut else 0
     assert spent == {"primary": primary_charge, "backup": sum(BACKUP_USAGE)}
+    failover_ms = f"{1000 * (backup_at - since):.1f} ms" if since and backup_at else "n/a"
     print(
-        f"\n{fault} ({kind}): answered by the backup {1000 * outcome.elapsed_s:.0f} ms after "
-        "the call began"
+        f"\n{fault} ({kind}): the backup called {failover_ms} after the primary; answered "
+        f"{1000 * outcome.elapsed_s:.0f} ms after the call began"
     )
 
 
