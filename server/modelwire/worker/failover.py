@@ -232,6 +232,8 @@ class Failover:
                 wait,
                 not_started=True,  # another worker's circuits may be closed
             )
+        if not self._choice:
+            return errors.InvalidRequest(self._refused)
         # One violation per field, with every candidate's reason for refusing it.
         reasons: dict[str, list[str]] = {}
         for violation in self._refused:
