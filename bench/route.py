@@ -43,28 +43,19 @@ Results: bench/results/<stamp>-route.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
-import shutil
 import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import loadgen  # noqa: E402
+import interleaved  # noqa: E402
 import procstat  # noqa: E402
 import run  # noqa: E402
 
-RESULTS = HERE / "results"
 VARIANTS = ("plain", "route", "deployments", "failover")
 # On request (--variants): the failover route with its first member's circuit held open.
 EXTRA_VARIANTS = ("skip",)
@@ -99,6 +90,8 @@ ATTEMPTS: dict[str, set[str | None]] = {
     "skip": {"oa/oa=circuit_open,backup/backup=answered"},
 }
 ATTEMPTS_TRAILER = "modelwire-attempts"
+# The processes whose CPU per call is reported apart from the worker's.
+SIDES = ("upstream",)
 # The same for every worker: no circuit opens on its own during a run (failover pays its refused
 # attempt on every call); `skip` opens its own with an hour-long open_s.
 BREAKER = """
@@ -255,119 +248,37 @@ def check_worker(address: str, variant: str, calls: int = 8) -> dict[str, list[s
     return seen
 
 
-def measure(
-    args: argparse.Namespace,
-    address: str,
-    worker: procstat.ProcessGroup,
-    upstream: procstat.ProcessGroup,
-    others: list[int],
-    variant: str,
-    mode: str,
-    concurrency: int,
-) -> dict[str, Any]:
-    """One measurement of one worker: a pilot sizing the run, then the run."""
-    method = "Generate" if mode == "unary" else "GenerateStream"
-    request = request_of(variant)
-    pilot = loadgen.ghz(
-        args.ghz, address, method, request, concurrency, args.pilot, args.connections
-    )
-    total = max(concurrency, round(pilot.rps * args.duration))
-    procstat.wait_for_idle(0.35, args.idle_wait)
-    load1 = procstat.loadavg1()
-    worker0 = worker.snapshot()
-    upstream0 = upstream.snapshot()
-    started = time.monotonic()
-    with run.OtherLoad(others) as other:
-        result = loadgen.ghz(
-            args.ghz,
-            address,
-            method,
-            request,
-            concurrency,
-            args.duration,
-            args.connections,
-            total=total,
-        )
-    wall = time.monotonic() - started
-    cpu = worker.cpu_since(worker0)
-    calls = max(result.ok, 1)
-    return {
-        **result.to_json(),
-        "worker_cpu_us_per_call": 1e6 * cpu / calls,
-        "worker_cores": cpu / wall,
-        "upstream_cpu_us_per_call": 1e6 * upstream.cpu_since(upstream0) / calls,
-        "loadavg1_at_start": load1,
-        "other_busy_cores": other.cores,
-    }
-
-
-def _median(rows: list[dict[str, Any]], key: str) -> float | None:
-    values = [row[key] for row in rows if row.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (level, mode, variant): medians over the rounds, and against `plain` of the same round
     (the ratio's or the difference's median, low and high)."""
-    summary = []
-    keys = list(dict.fromkeys((row["concurrency"], row["mode"]) for row in rows))
-    for concurrency, mode in keys:
-        base = {
-            row["round"]: row
-            for row in rows
-            if (row["concurrency"], row["mode"], row["variant"]) == (concurrency, mode, "plain")
-        }
-        for variant in dict.fromkeys(row["variant"] for row in rows):
-            mine = [
-                row
-                for row in rows
-                if (row["concurrency"], row["mode"], row["variant"]) == (concurrency, mode, variant)
-            ]
-            if not mine:
-                continue
-            paired = [(row, base[row["round"]]) for row in mine if row["round"] in base]
-            entry: dict[str, Any] = {"concurrency": concurrency, "mode": mode, "variant": variant}
-            for key in (
-                "rps",
-                "p50_ms",
-                "p99_ms",
-                "worker_cpu_us_per_call",
-                "upstream_cpu_us_per_call",
-                "other_busy_cores",
-                "loadavg1_at_start",
-            ):
-                entry[key] = _median(mine, key)
-            entry["errors"] = sum(row["errors"] for row in mine)
-            entry["rounds"] = len(mine)
-            cpu = "worker_cpu_us_per_call"
-            entry["cpu_ratio"] = _spread([row[cpu] / plain[cpu] for row, plain in paired])
-            entry["cpu_delta_us"] = _spread([row[cpu] - plain[cpu] for row, plain in paired])
-            entry["rps_ratio"] = _spread([row["rps"] / plain["rps"] for row, plain in paired])
-            entry["p50_delta_ms"] = _spread(
-                [row["p50_ms"] - plain["p50_ms"] for row, plain in paired]
-            )
-            entry["p99_ratio"] = _spread([row["p99_ms"] / plain["p99_ms"] for row, plain in paired])
-            summary.append(entry)
-    return summary
+    cpu = "worker_cpu_us_per_call"
+    return interleaved.summarize(
+        rows,
+        "plain",
+        SIDES,
+        {
+            "cpu_ratio": interleaved.ratio(cpu),
+            "cpu_delta_us": interleaved.difference(cpu),
+            "rps_ratio": interleaved.ratio("rps"),
+            "p50_delta_ms": interleaved.difference("p50_ms"),
+            "p99_ratio": interleaved.ratio("p99_ms"),
+        },
+    )
 
 
-def _spread(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "low": min(values), "high": max(values)}
-
-
-def _x(spread: dict[str, float] | None) -> str:
-    if spread is None:
-        return "—"
-    return f"{spread['median']:.2f}× ({spread['low']:.2f}–{spread['high']:.2f})"
-
-
-def _delta(spread: dict[str, float] | None, scale: float = 1.0, digits: int = 2) -> str:
-    if spread is None:
-        return "—"
-    median, low, high = (spread[key] * scale for key in ("median", "low", "high"))
-    return f"{median:+.{digits}f} ({low:+.{digits}f} to {high:+.{digits}f})"
+def cells(entry: dict[str, Any]) -> list[str]:
+    base = entry["variant"] == "plain"
+    return [
+        f"`{entry['variant']}`: {LABELS[entry['variant']]}",
+        *interleaved.measured(entry),
+        f"{entry['worker_cpu_us_per_call'] / 1000:.3f}",
+        "1" if base else interleaved.times(entry["cpu_ratio"]),
+        "0" if base else interleaved.delta(entry["cpu_delta_us"], digits=0),
+        "1" if base else interleaved.times(entry["rps_ratio"]),
+        "0" if base else interleaved.delta(entry["p50_delta_ms"]),
+        "1" if base else interleaved.times(entry["p99_ratio"]),
+        interleaved.load(entry),
+    ]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -386,181 +297,71 @@ def markdown(report: dict[str, Any]) -> str:
         "p99 × plain",
         "load",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for entry in report["summary"]:
-        base = entry["variant"] == "plain"
-        cells = [
-            f"`{entry['variant']}`: {LABELS[entry['variant']]}",
-            entry["mode"],
-            str(entry["concurrency"]),
-            f"{entry['rps']:,.0f}",
-            f"{entry['p50_ms']:.2f}",
-            f"{entry['p99_ms']:.2f}",
-            f"{entry['worker_cpu_us_per_call'] / 1000:.3f}",
-            "1" if base else _x(entry["cpu_ratio"]),
-            "0" if base else _delta(entry["cpu_delta_us"], digits=0),
-            "1" if base else _x(entry["rps_ratio"]),
-            "0" if base else _delta(entry["p50_delta_ms"]),
-            "1" if base else _x(entry["p99_ratio"]),
-            f"{entry['loadavg1_at_start']:.2f} / {entry['other_busy_cores']:.2f}",
-        ]
-        if entry["errors"]:
-            cells[0] += f" ({entry['errors']} errors)"
-        lines.append("| " + " | ".join(cells) + " |")
-    machine = report["machine"]
-    settings = report["settings"]
+    compared = "ratios and differences against `plain`"
     return (
-        f"Run `{report['stamp']}` (bench/route.py): {machine['cpus']} × {machine['cpu']}, "
-        f"Python {machine['python']}, grpcio {machine['grpcio']}. `openai` provider → instant "
-        "HTTP upstream, one worker process per variant; ghz at c = "
-        f"{', '.join(map(str, settings['levels']))}, {settings['rounds']} interleaved rounds of "
-        f"about {settings['duration_s']:g} s per variant; medians over the rounds, ratios and "
-        "differences against `plain` of the same round (median, low–high). Load: 1-minute load "
-        f"average {report['loadavg1_at_start']:.2f} at the start, "
-        f"{report['loadavg1_at_end']:.2f} at the end; the load column: the load average when the "
-        "measurement started / the cores other processes used during it. Took "
-        f"{report['elapsed_s'] / 60:.1f} min.\n\n" + "\n".join(lines) + "\n"
+        f"Run `{report['stamp']}` (bench/route.py): {interleaved.machine(report)}. `openai` "
+        "provider → instant HTTP upstream, one worker process per variant; "
+        f"{interleaved.method(report, compared)} {interleaved.took(report)}\n\n"
+        + interleaved.table(header, report["summary"], cells)
+        + "\n"
     )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--levels", default="1,64", help="comma-separated concurrency levels")
-    parser.add_argument("--modes", default="unary,stream")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
-    parser.add_argument("--pilot", type=float, default=1.5)
-    parser.add_argument("--idle-wait", type=float, default=20.0)
-    parser.add_argument("--connections", type=int, default=4)
-    parser.add_argument("--max-load", type=float, default=0.7)
-    parser.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated, `plain` first (also: {', '.join(EXTRA_VARIANTS)})",
-    )
-    parser.add_argument("--ghz", type=Path, default=ROOT / ".tools" / "bin" / "ghz")
+    parser = interleaved.arguments(__doc__, 6.0, VARIANTS, EXTRA_VARIANTS)
     args = parser.parse_args()
-    variants = tuple(args.variants.split(","))
-    if variants[0] != "plain" or not set(variants) <= set(VARIANTS + EXTRA_VARIANTS):
-        parser.error(f"--variants: `plain` first, then of {', '.join(VARIANTS + EXTRA_VARIANTS)}")
-    if not args.ghz.exists():
-        parser.error(f"ghz not found at {args.ghz} (make bench-tools)")
-    levels = [int(level) for level in args.levels.split(",")]
-    modes = args.modes.split(",")
-
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    workdir = Path(tempfile.mkdtemp(prefix="modelwire-bench-route-"))
-    progress = run.Progress(len(levels) * len(modes) * args.rounds * len(variants))
-    progress.say(f"bench/route.py: logs in {workdir}")
-    load_at_start = procstat.wait_for_load(args.max_load, 120, progress.say)
-    python = Path(sys.executable)
-    modelwire = python.with_name("modelwire")
-    procs: list[run.Proc] = []
-    rows: list[dict[str, Any]] = []
+    variants = interleaved.chosen_variants(parser, args, VARIANTS, EXTRA_VARIANTS)
+    settings = {"targets": {variant: TARGETS[variant] for variant in variants}}
+    harness = interleaved.Harness("route", args, variants, settings)
+    report = harness.report
+    report["configs"] = {}
+    report["checks"] = {}
     closed, closed_url = closed_port()
-    report: dict[str, Any] = {
-        "stamp": stamp,
-        "machine": run.machine(),
-        "uptime_at_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout,
-        "loadavg1_at_start": load_at_start,
-        "settings": {
-            "levels": levels,
-            "modes": modes,
-            "variants": variants,
-            "rounds": args.rounds,
-            "duration_s": args.duration,
-            "pilot_s": args.pilot,
-            "connections": args.connections,
-            "targets": {variant: TARGETS[variant] for variant in variants},
-        },
-        "configs": {},
-        "checks": {},
-    }
-    try:
-        upstream = run.Proc(
-            "instant-upstream",
-            [str(python), str(HERE / "instant_upstream.py"), "--port", "0"],
-            workdir,
-            ready_text="instant upstream on",
-        )
-        procs.append(upstream)
+    with closed, harness:
+        upstream = harness.start_upstream()
         upstream_url = "http://" + upstream.address()
         workers: dict[str, tuple[str, run.Proc]] = {}
         for variant in variants:
             port = run.free_port()
-            config = workdir / f"route-{variant}.toml"
+            config = harness.workdir / f"route-{variant}.toml"
             text = worker_config(port, upstream_url, closed_url, variant)
             config.write_text(text)
             report["configs"][variant] = text
-            proc = run.Proc(
-                f"worker-{variant}",
-                [str(modelwire), "serve", "--config", str(config)],
-                workdir,
-                ready_text="modelwire serving",
-                timeout_s=90,
+            proc = harness.start_worker(
+                variant, [str(harness.modelwire), "serve", "--config", str(config)]
             )
-            procs.append(proc)
             address = proc.address()
             wait_ready(address, TARGETS[variant], 30)
             seen = check_worker(address, variant)
             report["checks"][variant] = seen
-            progress.say(
+            harness.progress.say(
                 f"{variant} checked: {TARGETS[variant]!r} answered by "
                 f"{ANSWERED_BY[variant]!r}, attempts "
                 + ", ".join(sorted({str(value) for values in seen.values() for value in values}))
             )
             workers[variant] = (address, proc)
         upstream_group = procstat.ProcessGroup([upstream.pid])
-        others = [proc.pid for proc in procs]
-        for concurrency in levels:
-            for mode in modes:
-                for index in range(args.rounds):
-                    turn = index % len(variants)
-                    order = variants[turn:] + variants[:turn]
-                    for variant in order:
-                        address, proc = workers[variant]
-                        row = measure(
-                            args,
-                            address,
-                            procstat.ProcessGroup([proc.pid]),
-                            upstream_group,
-                            others,
-                            variant,
-                            mode,
-                            concurrency,
-                        )
-                        row.update({"variant": variant, "mode": mode, "concurrency": concurrency})
-                        row["round"] = index
-                        rows.append(row)
-                        progress.step(
-                            f"c={concurrency} {mode} round {index + 1} {variant}: "
-                            f"{row['rps']:,.0f} calls/s, p50 {row['p50_ms']:.2f} ms, p99 "
-                            f"{row['p99_ms']:.2f} ms, worker {row['worker_cpu_us_per_call']:,.0f}"
-                            f" µs/call, {row['errors']} errors, other load "
-                            f"{row['other_busy_cores']:.2f} cores"
-                        )
+        others = harness.others()
+
+        def measure(variant: str, mode: str, concurrency: int) -> dict[str, Any]:
+            address, proc = workers[variant]
+            return interleaved.measure(
+                args,
+                address,
+                request_of(variant),
+                procstat.ProcessGroup([proc.pid]),
+                {"upstream": upstream_group},
+                others,
+                mode,
+                concurrency,
+            )
+
+        harness.rounds(measure)
         # Still what they were: the runs opened no circuit that should stay closed, and closed
         # none that should stay open.
         for variant in variants:
             check_worker(workers[variant][0], variant, calls=2)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-        closed.close()
-    report["rows"] = rows
-    report["summary"] = summarize(rows)
-    report["loadavg1_at_end"] = procstat.loadavg1()
-    report["uptime_at_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout
-    report["elapsed_s"] = time.monotonic() - progress.started
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stamp}-route.json").write_text(json.dumps(report, indent=1) + "\n")
-    text = markdown(report)
-    (RESULTS / f"{stamp}-route.md").write_text(text)
-    print(text)
-    progress.say(f"done: bench/results/{stamp}-route.md")
-    shutil.rmtree(workdir, ignore_errors=True)
+    harness.finish(summarize, markdown)
     return 0
 
 
