@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -177,26 +176,6 @@ def _call(stub: Any, model: str, stream: bool) -> tuple[str, set[str], str | Non
     output, call = stub.Generate.with_call(request, timeout=10)
     trailers = dict(call.trailing_metadata() or ())
     return output.text, {output.model}, trailers.get(ATTEMPTS_TRAILER), [output]
-
-
-def wait_ready(address: str, model: str, timeout_s: float) -> None:
-    """Until the worker answers a call to `model` (run.wait_grpc, for this name)."""
-    import grpc
-
-    from modelwire.v1 import worker_pb2_grpc as pb_grpc
-
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.ModelWorkerStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                _call(stub, model, False)
-                return
-            except grpc.RpcError as error:
-                last = f"{error.code().name}: {error.details()}"
-            time.sleep(0.3)
-    raise RuntimeError(f"{address} did not answer {model!r} within {timeout_s:.0f}s: {last}")
 
 
 def check_worker(address: str, variant: str, calls: int = 8) -> dict[str, list[str | None]]:
@@ -331,7 +310,7 @@ def main() -> int:
                 variant, [str(harness.modelwire), "serve", "--config", str(config)]
             )
             address = proc.address()
-            wait_ready(address, TARGETS[variant], 30)
+            run.wait_grpc(address, 30, TARGETS[variant])
             seen = check_worker(address, variant)
             report["checks"][variant] = seen
             harness.progress.say(

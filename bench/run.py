@@ -202,7 +202,8 @@ def wait_http(url: str, timeout_s: float, body: dict[str, Any] | None = None) ->
     raise RuntimeError(f"{url} not ready within {timeout_s:.0f}s: {last}")
 
 
-def wait_grpc(address: str, timeout_s: float) -> None:
+def wait_grpc(address: str, timeout_s: float, model: str = MODEL) -> None:
+    """Until the worker answers a Generate of `model`."""
     import grpc
 
     from modelwire.v1 import worker_pb2 as pb
@@ -216,7 +217,7 @@ def wait_grpc(address: str, timeout_s: float) -> None:
             try:
                 stub.Generate(
                     pb.ModelRequest(
-                        model=MODEL, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]
+                        model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]
                     ),
                     timeout=5,
                 )
