@@ -11,306 +11,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import math
-import socket
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import admission_reaches, free_port, hold_quota_clock, running_worker
+from conftest import admission_reaches, free_port, hold_quota_clock
 from facade_clients import anthropic_client, openai_client
+from failover_calls import (
+    AUTH,
+    NO_BREAKER,
+    NOT_SERVING,
+    PROMPT,
+    SERVING,
+    TOKEN,
+    TOKENS_RULES,
+    Clock,
+    World,
+    answers_429,
+    answers_500,
+    attempts_of,
+    call,
+    cut_after_three_tokens,
+    health,
+    health_reaches,
+    held,
+    openai_model,
+    prompt_tokens,
+    request,
+    stalls_after_three_tokens,
+    stalls_before_first_token,
+    table,
+    used,
+    world,
+)
 from fake_upstream import (
     Exchange,
     FakeUpstream,
+    Handler,
     Responder,
     answer_ok,
-    fake_upstream,
-    is_stream,
-    load_toml_config,
     openai_chunk,
     send_first_token,
     stream_prologue,
 )
-from modelwire.app.server import Worker
 from modelwire.core.settings import ConfigError
 from modelwire.gateway.server import not_started
 from modelwire.quota.report import LimitKind
-from modelwire.rpc.wire import ATTEMPTS_TRAILER, PID_KEY, VIA_KEY, model_health
+from modelwire.rpc.wire import PID_KEY, VIA_KEY
 from modelwire.v1 import worker_pb2 as pb
-from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from modelwire.worker import convert
-from modelwire.worker.admission import Admission
-from modelwire.worker.breaker import Breaker, BreakerState
-from modelwire.worker.deployments import ServedModel
+from modelwire.worker.breaker import BreakerState
 
-TOKEN = "attack-failover-token-0123456789"
-AUTH = (("authorization", f"Bearer {TOKEN}"),)
-PROMPT = "Say hello to the fallback."
 # What the fakes report (fake_upstream.answer_ok): OpenAI's stream usage chunk (7, 4 parts), its
 # unary completion (7, 3), Anthropic's message (9, 4) streamed or not.
 PRIMARY_STREAM_USAGE = 7 + 4
 PRIMARY_UNARY_USAGE = 7 + 3
 BACKUP_USAGE = 9 + 4
-Handler = Callable[[Exchange, Responder], Awaitable[None]]
 
 
-# --- configuration ----------------------------------------------------------------------------
-
-
-class Raw(str):
-    """A TOML value written as it is (an inline table)."""
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, Raw):
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return repr(value)
-
-
-def table(header: str, values: dict[str, Any]) -> str:
-    lines = [header]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
-    return "\n".join(lines) + "\n"
-
-
-def openai_model(name: str, url: str, **overrides: Any) -> str:
-    values: dict[str, Any] = {
-        "name": name,
-        "provider": "openai",
-        "api_base": f"{url}/v1",
-        "upstream_model": "gpt-4o-mini",
-        "context_length": 128000,
-        "timeout_s": 30.0,
-        "max_retries": 0,
-    }
-    values.update(overrides)
-    return table("[[models]]", values)
-
-
-def anthropic_model(name: str, url: str, **overrides: Any) -> str:
-    values: dict[str, Any] = {
-        "name": name,
-        "provider": "anthropic",
-        "api_base": url,
-        "upstream_model": "claude-sonnet-4-5",
-        "context_length": 200000,
-        "timeout_s": 30.0,
-        "max_retries": 0,
-    }
-    values.update(overrides)
-    return table("[[models]]", values)
-
-
-# The breaker out of reach unless a test sets it.
-NO_BREAKER = {"consecutive_failures": 1000, "min_calls": 1000}
-TOKENS_RULES = table(
-    "[[quota.rules]]", {"tenant": "*", "model": "primary", "tokens_per_minute": 10_000_000}
-) + table("[[quota.rules]]", {"tenant": "*", "model": "backup", "tokens_per_minute": 10_000_000})
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class World:
-    worker: Worker
-    primary: FakeUpstream
-    backup: FakeUpstream
-    stub: pb_grpc.ModelWorkerStub
-    channel: grpc.aio.Channel
-
-    def served(self, model: str, index: int = 0) -> ServedModel:
-        return self.worker.service.target(model).deployments[index]
-
-    def gate(self, model: str, index: int = 0) -> Admission:
-        return self.served(model, index).admission
-
-    def breaker(self, model: str, index: int = 0) -> Breaker:
-        return self.served(model, index).breaker
-
-
-@contextlib.asynccontextmanager
-async def world(
-    tmp_path: Path,
-    *,
-    primary: dict[str, Any] | None = None,
-    backup: dict[str, Any] | None = None,
-    failover: dict[str, Any] | None = None,
-    breaker: dict[str, Any] | None = None,
-    route: dict[str, Any] | None = None,
-    rules: str = TOKENS_RULES,
-    extra: str = "",
-    primary_refuses: bool = False,
-) -> AsyncIterator[World]:
-    """A worker whose route `chat` tries `primary` (OpenAI wire, fake A) then `backup` (Anthropic
-    wire, fake B), with [auth] (tenant team-a) and per-tenant token counters for each model.
-    `extra` may use {primary} and {backup} for the fakes' URLs."""
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(f'[[tokens]]\nname = "alice"\ntoken = "{TOKEN}"\ntenant = "team-a"\n')
-    async with fake_upstream() as primary_fake, fake_upstream() as backup_fake:
-        primary_url = f"http://127.0.0.1:{_closed_port()}" if primary_refuses else primary_fake.url
-        text = (
-            table("[server]", {"grace_period_s": 1.0})
-            + table("[auth]", {"tokens_file": str(tokens)})
-            + openai_model(
-                "primary",
-                primary_url,
-                price_per_million=Raw("{ input = 1.0, output = 2.0 }"),
-                **(primary or {}),
-            )
-            + anthropic_model(
-                "backup",
-                backup_fake.url,
-                price_per_million=Raw("{ input = 3.0, output = 15.0 }"),
-                **(backup or {}),
-            )
-            + table(
-                "[[routes]]", {"name": "chat", "models": ["primary", "backup"], **(route or {})}
-            )
-            + table("[failover]", failover or {})
-            + table("[failover.breaker]", breaker or NO_BREAKER)
-            + rules
-            + extra.replace("{primary}", primary_url).replace("{backup}", backup_fake.url)
-        )
-        config = load_toml_config(tmp_path, text)
-        async with (
-            running_worker(config) as worker,
-            grpc.aio.insecure_channel(worker.address) as channel,
-        ):
-            yield World(
-                worker, primary_fake, backup_fake, pb_grpc.ModelWorkerStub(channel), channel
-            )
-
-
-class Clock:
-    """A breaker's clock, moved by hand."""
-
-    def __init__(self, breakers: list[Breaker], monkeypatch: pytest.MonkeyPatch) -> None:
-        self.now = 1000.0
-        for breaker in breakers:
-            monkeypatch.setattr(breaker, "_clock", self)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-# --- calls ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    texts: list[str]
-    models: list[str]
-    usage: tuple[int, int] | None
-    code: grpc.StatusCode
-    message: str
-    attempts: list[str]
-    trailers: dict[str, Any]
-    initial: dict[str, Any]
-
-
-def request(
-    model: str, max_new_tokens: int | None = None, tools: bool = False, **fields: Any
-) -> pb.ModelRequest:
-    message = pb.ModelRequest(
-        model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)], **fields
-    )
-    if max_new_tokens is not None:
-        message.sampling.max_new_tokens = max_new_tokens
-    if tools:
-        message.tools.append(pb.Tool(name="lookup", description="Looks a word up."))
-    return message
-
-
-def attempts_of(trailers: Any) -> list[str]:
-    for key, value in trailers or ():
-        if key == ATTEMPTS_TRAILER:
-            return str(value).split(",")
-    return []
-
-
-async def call(
-    stub: pb_grpc.ModelWorkerStub,
-    model: str | pb.ModelRequest,
-    kind: str = "unary",
-    *,
-    timeout: float = 20.0,
-    metadata: tuple[tuple[str, str], ...] = AUTH,
-    **fields: Any,
-) -> Outcome:
-    message = model if isinstance(model, pb.ModelRequest) else request(model, **fields)
-    texts: list[str] = []
-    models: list[str] = []
-    usage: tuple[int, int] | None = None
-    code, details = grpc.StatusCode.OK, ""
-    rpc: Any
-    try:
-        if kind == "unary":
-            rpc = stub.Generate(message, metadata=metadata, timeout=timeout)
-            answer = await rpc
-            texts, models = [answer.text], [answer.model]
-            usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens)
-        else:
-            rpc = stub.GenerateStream(message, metadata=metadata, timeout=timeout)
-            async for chunk in rpc:
-                if chunk.text:
-                    texts.append(chunk.text)
-                models.append(chunk.model)
-                if chunk.HasField("usage"):
-                    usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-    except grpc.aio.AioRpcError as error:
-        code, details = error.code(), error.details() or ""
-    trailers = await rpc.trailing_metadata()
-    initial = await rpc.initial_metadata()
-    return Outcome(
-        texts,
-        models,
-        usage,
-        code,
-        details,
-        attempts_of(trailers),
-        dict(trailers or ()),
-        dict(initial or ()),
-    )
-
-
-async def used(worker: Worker, kind: LimitKind = LimitKind.TOKENS_PER_MINUTE) -> dict[str, float]:
-    """What team-a used per model rule, of one kind of limit (requests, tokens, budget)."""
-    report = await worker.limiter.usage("team-a", ())
-    found: dict[str, float] = {}
-    for rule in report.rules:
-        for limit in rule.limits:
-            if limit.kind is kind:
-                found[rule.model] = found.get(rule.model, 0) + limit.used
-    return found
-
-
-async def prompt_tokens(w: World, model: str = "primary") -> int:
-    served = w.served(model)
-    messages = convert.request_from_pb(request(model), w.worker.config.limits).messages
-    return (await served.client.count_token(model, messages)).count
+# --- what the status says ---------------------------------------------------------------------
 
 
 def status_details(trailers: dict[str, Any]) -> status_pb2.Status:
@@ -335,40 +100,7 @@ def bad_request(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest:
     raise AssertionError("no BadRequest in the status")
 
 
-async def health(channel: grpc.aio.Channel, name: str) -> int:
-    answer = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=model_health(name)), metadata=AUTH
-    )
-    status: int = answer.status
-    return status
-
-
-async def health_reaches(channel: grpc.aio.Channel, name: str, status: int) -> None:
-    """Waits on the health Watch stream (bounded) until `name` reports `status`."""
-    watch = health_pb2_grpc.HealthStub(channel).Watch(
-        health_pb2.HealthCheckRequest(service=model_health(name)), metadata=AUTH, timeout=10
-    )
-    async for update in watch:
-        if update.status == status:
-            watch.cancel()
-            return
-
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
 # --- upstream behaviours ----------------------------------------------------------------------
-
-
-async def answers_500(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(500, {"error": {"message": "upstream broke", "type": "server_error"}})
-
-
-async def stalls_before_first_token(exchange: Exchange, respond: Responder) -> None:
-    if is_stream(exchange):
-        await stream_prologue(exchange, respond)
-    await respond.hang()
 
 
 async def commits_then_hangs(exchange: Exchange, respond: Responder) -> None:
@@ -376,31 +108,6 @@ async def commits_then_hangs(exchange: Exchange, respond: Responder) -> None:
     await stream_prologue(exchange, respond)
     await send_first_token(exchange, respond)
     await respond.hang()
-
-
-async def three_tokens_then_hangs(exchange: Exchange, respond: Responder) -> None:
-    await respond.head(200)
-    for part in ("One", " two", " three"):
-        await respond.event(openai_chunk(part))
-    await respond.hang()
-
-
-async def cut_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
-    if not is_stream(exchange):
-        await answers_500(exchange, respond)
-        return
-    await respond.head(200)
-    for part in ("One", " two", " three"):
-        await respond.event(openai_chunk(part))
-    await respond.reset()
-
-
-def held(release: asyncio.Event, then: Handler = answer_ok) -> Handler:
-    async def handler(exchange: Exchange, respond: Responder) -> None:
-        await release.wait()
-        await then(exchange, respond)
-
-    return handler
 
 
 async def open_primary(w: World, failures: int) -> None:
@@ -432,6 +139,16 @@ async def _quiet(w: World) -> None:
     """Every deployment's admission back to nothing running and nothing queued."""
     for model in ("primary", "backup"):
         await admission_reaches(w.gate(model), 0, 0)
+
+
+async def _cancel_and_settle(w: World, rpc: Any, upstream: FakeUpstream) -> dict[str, float]:
+    """Cancels `rpc` once `upstream` has its one request; once the upstream has seen the client
+    leave and every admission is quiet, what team-a was charged per model."""
+    (exchange,) = await upstream.wait_for_requests(1)
+    rpc.cancel()
+    await exchange.wait_client_closed()
+    await _quiet(w)
+    return await used(w.worker)
 
 
 def _breakers_untouched(w: World) -> None:
@@ -487,11 +204,7 @@ async def test_cancel_during_the_stall_before_first_content(tmp_path: Path) -> N
         prompt = await prompt_tokens(w)
         w.primary.script(stalls_before_first_token)
         rpc = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
-        (exchange,) = await w.primary.wait_for_requests(1)
-        rpc.cancel()
-        await exchange.wait_client_closed()
-        await _quiet(w)
-        spent = await used(w.worker)
+        spent = await _cancel_and_settle(w, rpc, w.primary)
         _breakers_untouched(w)
         later = await call(w.stub, "chat", "stream")  # a barrier: nothing else was under way
         calls = (len(w.primary.exchanges), len(w.backup.exchanges))
@@ -544,14 +257,10 @@ async def _status_of(rpc: Any) -> grpc.StatusCode:
 async def test_cancel_after_commit(tmp_path: Path, messages: int) -> None:
     async with world(tmp_path, breaker=TRIGGER_HAPPY) as w:
         prompt = await prompt_tokens(w)
-        w.primary.script(commits_then_hangs if messages == 1 else three_tokens_then_hangs)
+        w.primary.script(commits_then_hangs if messages == 1 else stalls_after_three_tokens)
         rpc = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
         got = [await first_message(rpc) for _ in range(messages)]
-        (exchange,) = await w.primary.wait_for_requests(1)
-        rpc.cancel()
-        await exchange.wait_client_closed()
-        await _quiet(w)
-        spent = await used(w.worker)
+        spent = await _cancel_and_settle(w, rpc, w.primary)
         _breakers_untouched(w)
         later = await call(w.stub, "chat", "stream")
         calls = (len(w.primary.exchanges), len(w.backup.exchanges))
@@ -609,13 +318,23 @@ async def test_the_upstreams_own_timeout_before_content_moves_on(tmp_path: Path)
 PROBING = {"consecutive_failures": 2, "open_s": 30.0}
 
 
-async def test_a_half_open_breaker_lets_exactly_one_of_many_concurrent_calls_probe(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async with world(tmp_path, breaker=PROBING) as w:
+@contextlib.asynccontextmanager
+async def _half_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> AsyncIterator[World]:
+    """A world (breaker PROBING) whose primary's circuit two 500s opened and whose open_s has
+    passed: the next route call to reach the primary is its probe."""
+    async with world(tmp_path, breaker=PROBING, **settings) as w:
         clock = Clock([w.breaker("primary")], monkeypatch)
         await open_primary(w, 2)
         clock.advance(31)
+        yield w
+
+
+async def test_a_half_open_breaker_lets_exactly_one_of_many_concurrent_calls_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _half_open(tmp_path, monkeypatch) as w:
         release = asyncio.Event()
         w.primary.script(held(release))
         calls = [asyncio.ensure_future(call(w.stub, "chat", kind)) for kind in ["unary"] * 60]
@@ -645,10 +364,7 @@ async def test_a_half_open_breaker_lets_exactly_one_of_many_concurrent_calls_pro
 async def test_a_probe_cancelled_by_its_caller_lets_the_next_call_probe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with world(tmp_path, breaker=PROBING) as w:
-        clock = Clock([w.breaker("primary")], monkeypatch)
-        await open_primary(w, 2)
-        clock.advance(31)
+    async with _half_open(tmp_path, monkeypatch) as w:
         w.primary.script(stalls_before_first_token)
         probe = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
         exchange = (await w.primary.wait_for_requests(3))[2]
@@ -667,10 +383,7 @@ async def test_a_probe_cancelled_by_its_caller_lets_the_next_call_probe(
 async def test_a_failed_probe_opens_the_circuit_again_for_open_s(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with world(tmp_path, breaker=PROBING) as w:
-        clock = Clock([w.breaker("primary")], monkeypatch)
-        await open_primary(w, 2)
-        clock.advance(31)
+    async with _half_open(tmp_path, monkeypatch) as w:
         w.primary.script(answers_500)
         probe = await call(w.stub, "chat", "stream")
         state, wait = w.breaker("primary").state, w.breaker("primary").retry_after_s()
@@ -981,22 +694,27 @@ async def test_members_refusing_different_fields_are_each_named(tmp_path: Path) 
     assert fields == {"tools", "output_format"}
 
 
+def _wide_route(names: list[str]) -> str:
+    """A model of each name on the primary's fake, all but the last accepting nothing but chat
+    and streaming (no tools), and the route `wide` over them in that order."""
+    return "".join(
+        openai_model(
+            name,
+            "{primary}",
+            capabilities=["chat", "streaming"] if number < len(names) - 1 else None,
+            max_concurrency=1,
+        )
+        for number, name in enumerate(names)
+    ) + table("[[routes]]", {"name": "wide", "models": names})
+
+
 async def test_a_route_of_200_models_answers_when_all_but_the_last_are_skipped(
     tmp_path: Path,
 ) -> None:
     """200 members; a tool request that only the last accepts. The trailer lists 200 attempts:
     the call still arrives whole (gRPC's default limit on metadata is 8 KiB)."""
     names = [f"member-{number:03d}" for number in range(200)]
-    extra = "".join(
-        openai_model(
-            name,
-            "{primary}",
-            capabilities=["chat", "streaming"] if number < 199 else None,
-            max_concurrency=1,
-        )
-        for number, name in enumerate(names)
-    ) + table("[[routes]]", {"name": "wide", "models": names})
-    async with world(tmp_path, extra=extra) as w:
+    async with world(tmp_path, extra=_wide_route(names)) as w:
         outcome = await call(w.stub, "wide", "stream", tools=True)
         listed = await w.stub.ListModels(pb.ListModelsRequest(), metadata=AUTH)
         status = await health(w.channel, "wide")
@@ -1017,16 +735,7 @@ async def test_a_route_of_200_models_answers_when_all_but_the_last_are_skipped(
 
 async def test_a_route_of_200_long_names_still_delivers_its_answer(tmp_path: Path) -> None:
     names = [f"m{number:03d}".ljust(40, "x") for number in range(200)]
-    extra = "".join(
-        openai_model(
-            name,
-            "{primary}",
-            capabilities=["chat", "streaming"] if number < 199 else None,
-            max_concurrency=1,
-        )
-        for number, name in enumerate(names)
-    ) + table("[[routes]]", {"name": "wide", "models": names})
-    async with world(tmp_path, extra=extra) as w:
+    async with world(tmp_path, extra=_wide_route(names)) as w:
         outcome = await call(w.stub, "wide", "unary", tools=True)
         calls = len(w.primary.exchanges)
 
@@ -1291,15 +1000,18 @@ async def test_200_concurrent_route_calls_while_the_primary_flaps(
 # --- the HTTP facade --------------------------------------------------------------------------
 
 
-def _http(port: int) -> str:
-    return table("[http]", {"port": port})
+@contextlib.asynccontextmanager
+async def _with_http(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[World, int]]:
+    """A world whose worker serves its HTTP facade too, on the port given with it."""
+    port = free_port()
+    async with world(tmp_path, extra=table("[http]", {"port": port}), **settings) as w:
+        yield w, port
 
 
 async def test_openai_sdk_stream_whose_first_attempt_fails_before_content_names_the_backup(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    async with world(tmp_path, extra=_http(port)) as w:
+    async with _with_http(tmp_path) as (w, port):
         w.primary.script(answers_500)
         client = openai_client(port, TOKEN)
         raw = await client.chat.completions.with_raw_response.create(
@@ -1318,8 +1030,7 @@ async def test_openai_sdk_stream_whose_first_attempt_fails_before_content_names_
 async def test_openai_sdk_stream_failing_after_content_ends_with_the_error_event(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    async with world(tmp_path, extra=_http(port)) as w:
+    async with _with_http(tmp_path) as (w, port):
         w.primary.script(cut_after_three_tokens)
         client = openai_client(port, TOKEN)
         stream = await client.chat.completions.create(
@@ -1342,8 +1053,7 @@ async def test_openai_sdk_stream_failing_after_content_ends_with_the_error_event
 async def test_anthropic_sdk_stream_whose_first_attempt_fails_before_content(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    async with world(tmp_path, extra=_http(port)) as w:
+    async with _with_http(tmp_path) as (w, port):
         w.primary.script(answers_500)
         client = anthropic_client(port, TOKEN)
         raw = await client.messages.with_raw_response.create(
@@ -1367,8 +1077,7 @@ async def test_anthropic_sdk_stream_whose_first_attempt_fails_before_content(
 
 
 async def test_an_http_error_after_every_attempt_carries_the_attempts(tmp_path: Path) -> None:
-    port = free_port()
-    async with world(tmp_path, extra=_http(port)) as w:
+    async with _with_http(tmp_path) as (w, port):
         w.primary.script(answers_500)
         w.backup.script(answers_500)
         client = openai_client(port, TOKEN)
@@ -1389,8 +1098,7 @@ async def test_an_http_caller_leaving_during_the_stall_never_reaches_the_backup(
 ) -> None:
     """No attempt timeout, a stall before content; the SDK's caller gives up (its connection
     closes): the call is cancelled, not moved on."""
-    port = free_port()
-    async with world(tmp_path, extra=_http(port), breaker=TRIGGER_HAPPY) as w:
+    async with _with_http(tmp_path, breaker=TRIGGER_HAPPY) as (w, port):
         w.primary.script(stalls_before_first_token)
         client = openai_client(port, TOKEN)
         waiting = asyncio.ensure_future(
@@ -1484,11 +1192,7 @@ async def test_cancel_of_a_unary_call_during_the_stall_charges_the_cut_off_attem
         prompt = await prompt_tokens(w)
         w.primary.script(stalls_before_first_token)
         rpc = w.stub.Generate(request("chat", max_new_tokens=16), metadata=AUTH, timeout=20)
-        (exchange,) = await w.primary.wait_for_requests(1)
-        rpc.cancel()
-        await exchange.wait_client_closed()
-        await _quiet(w)
-        spent = await used(w.worker)
+        spent = await _cancel_and_settle(w, rpc, w.primary)
         _breakers_untouched(w)
         backup_calls = len(w.backup.exchanges)
 
@@ -1503,11 +1207,7 @@ async def test_cancel_during_the_second_attempts_stall(tmp_path: Path) -> None:
         w.primary.script(answers_500)
         w.backup.script(stalls_before_first_token)
         rpc = w.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=20)
-        (exchange,) = await w.backup.wait_for_requests(1)
-        rpc.cancel()
-        await exchange.wait_client_closed()
-        await _quiet(w)
-        spent = await used(w.worker)
+        spent = await _cancel_and_settle(w, rpc, w.backup)
         states = (w.breaker("primary").state, w.breaker("backup").state)
         calls = (len(w.primary.exchanges), len(w.backup.exchanges))
 
@@ -1521,12 +1221,9 @@ async def test_a_probe_refused_by_its_full_queue_hands_the_probe_on(
 ) -> None:
     """The probe's attempt is refused here (the primary's queue is full: `overloaded`, which
     says nothing of the upstream): the call moves on, and the probe is free for the next call."""
-    async with world(
-        tmp_path, primary={"max_concurrency": 1, "max_queue": 0}, breaker=PROBING
+    async with _half_open(
+        tmp_path, monkeypatch, primary={"max_concurrency": 1, "max_queue": 0}
     ) as w:
-        clock = Clock([w.breaker("primary")], monkeypatch)
-        await open_primary(w, 2)
-        clock.advance(31)
         w.primary.script(commits_then_hangs)
         holder = w.stub.GenerateStream(request("primary"), metadata=AUTH, timeout=20)
         await first_message(holder)
@@ -1568,17 +1265,9 @@ async def test_one_429_with_a_day_long_retry_after_is_capped_at_max_cooldown_s(
 ) -> None:
     """A 429's Retry-After opens the circuit whatever the counts, but a dying or hostile
     upstream asking for a day gets `max_cooldown_s` (300 s by default)."""
-
-    async def answers_429_for_a_day(exchange: Exchange, respond: Responder) -> None:
-        await respond.json(
-            429,
-            {"error": {"message": "slow down", "type": "rate_limit_error"}},
-            headers={"Retry-After": "999999999"},
-        )
-
     async with world(tmp_path) as w:
         Clock([w.breaker("primary")], monkeypatch)
-        w.primary.script(answers_429_for_a_day)
+        w.primary.script(answers_429("999999999"))
         first = await call(w.stub, "chat", "unary")
         wait = w.breaker("primary").retry_after_s()
         second = await call(w.stub, "chat", "stream")

@@ -8,30 +8,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import admission_reaches, free_port, hold_quota_clock, running_worker
 from facade_clients import openai_client
+from failover_calls import (
+    AUTH,
+    NO_BREAKER,
+    NOT_SERVING,
+    PROMPT,
+    SERVING,
+    TOKEN,
+    Clock,
+    World,
+    answers_429,
+    answers_500,
+    call,
+    cut_after_three_tokens,
+    health,
+    health_reaches,
+    held,
+    prompt_tokens,
+    request,
+    stalls_after_three_tokens,
+    stalls_before_first_token,
+    three_tokens,
+    used,
+    world,
+)
 from fake_upstream import (
     Exchange,
-    FakeUpstream,
+    Handler,
     Responder,
-    answer_ok,
     fake_upstream,
     is_stream,
     load_toml_config,
     openai_chunk,
-    stream_prologue,
 )
 from fleet import (
     Joining,
@@ -41,225 +58,42 @@ from fleet import (
     running_gateway,
     wait_until,
 )
-from modelwire.app.server import Worker
 from modelwire.core.types import Usage
 from modelwire.observe.call_record import begin_call, note_charge
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.rpc.status import error_reasons, received_status
-from modelwire.rpc.wire import ATTEMPTS_TRAILER, NOT_STARTED, model_health
+from modelwire.rpc.wire import NOT_STARTED
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
-from modelwire.worker import convert
 from modelwire.worker.breaker import BreakerState
 from modelwire.worker.failover import Attempt
 
-TOKEN = "team-a-token-0123456789abcdef"
-AUTH = [("authorization", f"Bearer {TOKEN}")]
-PROMPT = "Say hello to the fallback."
 # The backup's answer as the fake Anthropic upstream reports it (fake_upstream.anthropic_events).
 BACKUP_USAGE = (9, 4)
-Handler = Callable[[Exchange, Responder], Awaitable[None]]
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclass
-class Fleet:
-    worker: Worker
-    primary: FakeUpstream
-    backup: FakeUpstream
-    stub: pb_grpc.ModelWorkerStub
-
-
-NO_BREAKER = "consecutive_failures = 1000\nmin_calls = 1000"
-
-
-def _config_text(
-    primary_url: str, backup_url: str, tokens: Path, breaker: str = NO_BREAKER, extra: str = ""
-) -> str:
-    return f"""
-[server]
-grace_period_s = 1.0
-
-[auth]
-tokens_file = "{tokens}"
-
-[[models]]
-name = "primary"
-provider = "openai"
-api_base = "{primary_url}/v1"
-upstream_model = "gpt-4o-mini"
-context_length = 128000
-timeout_s = 1.0
-max_retries = 0
-price_per_million = {{ input = 1.0, output = 2.0 }}
-
-[[models]]
-name = "backup"
-provider = "anthropic"
-api_base = "{backup_url}"
-upstream_model = "claude-sonnet-4-5"
-context_length = 200000
-timeout_s = 5.0
-max_retries = 0
-price_per_million = {{ input = 3.0, output = 15.0 }}
-
-[[routes]]
-name = "chat"
-models = ["primary", "backup"]
-
-[failover]
-attempt_timeout_s = 0.5
-
-[failover.breaker]
-{breaker}
-
-[[quota.rules]]
-tenant = "*"
-model = "primary"
-tokens_per_minute = 10000000
-
-[[quota.rules]]
-tenant = "*"
-model = "backup"
-tokens_per_minute = 10000000
-{extra}
-"""
-
-
-@contextlib.asynccontextmanager
-async def fleet(
-    tmp_path: Path, *, primary_refuses: bool = False, breaker: str = NO_BREAKER, extra: str = ""
-) -> AsyncIterator[Fleet]:
-    """A worker whose route `chat` tries `primary` (OpenAI wire, fake A) then `backup` (Anthropic
-    wire, fake B); each model's tokens counted per tenant in the in-process store."""
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text(f'[[tokens]]\nname = "alice"\ntoken = "{TOKEN}"\ntenant = "team-a"\n')
-    async with fake_upstream() as primary, fake_upstream() as backup:
-        url = f"http://127.0.0.1:{_closed_port()}" if primary_refuses else primary.url
-        config = load_toml_config(
-            tmp_path,
-            _config_text(url, backup.url, tokens, breaker, extra.replace("{primary}", url)),
-        )
-        async with (
-            running_worker(config) as worker,
-            grpc.aio.insecure_channel(worker.address) as channel,
-        ):
-            yield Fleet(worker, primary, backup, pb_grpc.ModelWorkerStub(channel))
-
-
-@dataclass
-class Outcome:
-    texts: list[str]
-    # ModelOutput.model of each message.
-    models: list[str]
-    code: grpc.StatusCode
-    message: str
-    attempts: list[str]
-    elapsed_s: float
-
-
-def _request(model: str, max_new_tokens: int | None = None, tools: bool = False) -> pb.ModelRequest:
-    request = pb.ModelRequest(
-        model=model, messages=[pb.ModelMessage(role=pb.ROLE_USER, content=PROMPT)]
+def fleet(
+    tmp_path: Path,
+    *,
+    primary_refuses: bool = False,
+    breaker: dict[str, Any] = NO_BREAKER,
+    extra: str = "",
+) -> contextlib.AbstractAsyncContextManager[World]:
+    """A worker whose route `chat` tries `primary` (OpenAI wire, fake A, timeout_s 1.0) then
+    `backup` (Anthropic wire, fake B, timeout_s 5.0), each attempt bounded at 0.5 s; each model's
+    tokens counted per tenant in the in-process store (failover_calls.world)."""
+    return world(
+        tmp_path,
+        primary={"timeout_s": 1.0},
+        backup={"timeout_s": 5.0},
+        failover={"attempt_timeout_s": 0.5},
+        breaker=breaker,
+        extra=extra,
+        primary_refuses=primary_refuses,
     )
-    if max_new_tokens is not None:
-        request.sampling.max_new_tokens = max_new_tokens
-    if tools:
-        request.tools.append(pb.Tool(name="lookup", description="Looks a word up."))
-    return request
-
-
-def _attempts(trailers: Any) -> list[str]:
-    for key, value in trailers or ():
-        if key == ATTEMPTS_TRAILER:
-            return str(value).split(",")
-    return []
-
-
-async def call(stub: pb_grpc.ModelWorkerStub, model: str, kind: str, **request: Any) -> Outcome:
-    """One call as a gRPC client makes it: its messages, status and the attempts trailer."""
-    began = time.monotonic()
-    texts: list[str] = []
-    models: list[str] = []
-    code, message = grpc.StatusCode.OK, ""
-    rpc: Any
-    try:
-        if kind == "unary":
-            rpc = stub.Generate(_request(model, **request), metadata=AUTH, timeout=10)
-            answer = await rpc
-            texts, models = [answer.text], [answer.model]
-        else:
-            rpc = stub.GenerateStream(_request(model, **request), metadata=AUTH, timeout=10)
-            async for chunk in rpc:
-                if chunk.text:
-                    texts.append(chunk.text)
-                models.append(chunk.model)
-    except grpc.aio.AioRpcError as error:
-        code, message = error.code(), error.details() or ""
-    return Outcome(
-        texts,
-        models,
-        code,
-        message,
-        _attempts(await rpc.trailing_metadata()),
-        time.monotonic() - began,
-    )
-
-
-async def charged(worker: Worker) -> dict[str, int]:
-    """Tokens team-a was charged per model: its per-model tokens_per_minute counters."""
-    report = await worker.limiter.usage("team-a", ())
-    return {rule.model: int(rule.limits[0].used) for rule in report.rules}
-
-
-async def prompt_tokens(fleet: Fleet) -> int:
-    """The primary's count of the prompt (what a cut-off attempt is charged for its prompt)."""
-    served = fleet.worker.service.target("primary").deployments[0]
-    messages = convert.request_from_pb(_request("primary"), fleet.worker.config.limits).messages
-    return (await served.client.count_token("primary", messages)).count
 
 
 # --- the faults (the primary's upstream) ------------------------------------------------------
-
-
-async def answers_500(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(500, {"error": {"message": "upstream broke", "type": "server_error"}})
-
-
-async def answers_429(exchange: Exchange, respond: Responder) -> None:
-    await respond.json(
-        429,
-        {"error": {"message": "slow down", "type": "rate_limit_error"}},
-        headers={"Retry-After": "7"},
-    )
-
-
-async def stalls_before_first_token(exchange: Exchange, respond: Responder) -> None:
-    if is_stream(exchange):
-        await stream_prologue(exchange, respond)
-    await respond.hang()
-
-
-async def _three_tokens(respond: Responder) -> None:
-    await respond.head(200)
-    for part in ("One", " two", " three"):
-        await respond.event(openai_chunk(part))
-
-
-async def stalls_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
-    await _three_tokens(respond)
-    await respond.hang()
-
-
-async def cut_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
-    await _three_tokens(respond)
-    await respond.reset()
 
 
 async def malformed_before_content(exchange: Exchange, respond: Responder) -> None:
@@ -277,7 +111,7 @@ async def malformed_before_content(exchange: Exchange, respond: Responder) -> No
 
 
 async def malformed_after_three_tokens(exchange: Exchange, respond: Responder) -> None:
-    await _three_tokens(respond)
+    await three_tokens(respond)
     await respond.raw(b"data: {not json\n\n")
     await respond.end()
 
@@ -285,7 +119,7 @@ async def malformed_after_three_tokens(exchange: Exchange, respond: Responder) -
 BEFORE_CONTENT: list[tuple[str, Handler | None, str]] = [
     ("refuses-to-connect", None, "unavailable"),
     ("answers-500", answers_500, "unavailable"),
-    ("answers-429-with-retry-after", answers_429, "rate_limited"),
+    ("answers-429-with-retry-after", answers_429("7"), "rate_limited"),
     ("stalls-before-the-first-token", stalls_before_first_token, "timeout"),
     ("malformed-before-any-content", malformed_before_content, "unavailable"),
 ]
@@ -308,7 +142,7 @@ async def test_before_content_the_next_model_answers_once(
             f.primary.script(handler)
         prompt = await prompt_tokens(f)
         outcome = await call(f.stub, "chat", kind, max_new_tokens=16)
-        spent = await charged(f.worker)
+        spent = await used(f.worker)
         primary_calls, backup_calls = len(f.primary.exchanges), len(f.backup.exchanges)
         # Time to fail over: from the primary's request (the call's start when it was refused)
         # to the backup's.
@@ -341,7 +175,7 @@ async def test_after_content_the_caller_gets_the_error_and_no_second_answer(
         f.primary.script(handler)
         prompt = await prompt_tokens(f)
         outcome = await call(f.stub, "chat", "stream")
-        spent = await charged(f.worker)
+        spent = await used(f.worker)
         primary_calls, backup_calls = len(f.primary.exchanges), len(f.backup.exchanges)
 
     assert outcome.code == grpc.StatusCode.UNAVAILABLE, outcome.message
@@ -465,38 +299,20 @@ async def test_list_models_shows_routes_with_what_every_member_accepts(tmp_path:
 # --- breakers ---------------------------------------------------------------------------------
 
 
-async def _health_reaches(channel: grpc.aio.Channel, service: str, status: int) -> None:
-    """Waits on the health Watch stream until `service` reports `status`."""
-    watch = health_pb2_grpc.HealthStub(channel).Watch(
-        health_pb2.HealthCheckRequest(service=service), metadata=AUTH, timeout=5
-    )
-    async for update in watch:
-        if update.status == status:
-            watch.cancel()
-            return
-
-
 async def test_a_breaker_opens_probes_once_half_open_and_closes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    breaker = "consecutive_failures = 2\nopen_s = 30.0"
+    breaker = {"consecutive_failures": 2, "open_s": 30.0}
     async with fleet(tmp_path, breaker=breaker) as f:
-        served = f.worker.service.target("primary").deployments[0]
-        now = [time.monotonic()]
-        monkeypatch.setattr(served.breaker, "_clock", lambda: now[0])
+        served = f.served("primary")
+        clock = Clock([served.breaker], monkeypatch)
         f.primary.script(answers_500, answers_500)
         for _ in range(2):
             assert (await call(f.stub, "chat", "unary")).models == ["backup"]
         assert served.breaker.state is BreakerState.OPEN
-        async with grpc.aio.insecure_channel(f.worker.address) as channel:
-            await _health_reaches(
-                channel, model_health("primary"), health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            # The route still has a member whose circuit is closed.
-            route = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=model_health("chat")), metadata=AUTH
-            )
-        assert route.status == health_pb2.HealthCheckResponse.SERVING
+        await health_reaches(f.channel, "primary", NOT_SERVING)
+        # The route still has a member whose circuit is closed.
+        assert await health(f.channel, "chat") == SERVING
 
         # Open: calls go to the backup at once, the primary's upstream hears nothing.
         skipped = await call(f.stub, "chat", "stream")
@@ -504,14 +320,9 @@ async def test_a_breaker_opens_probes_once_half_open_and_closes(
         assert len(f.primary.exchanges) == 2
 
         # Past open_s: one probe goes to the primary; a call meanwhile goes to the backup.
-        now[0] += 31
+        clock.advance(31)
         release = asyncio.Event()
-
-        async def held(exchange: Exchange, respond: Responder) -> None:
-            await release.wait()
-            await answer_ok(exchange, respond)
-
-        f.primary.script(held)
+        f.primary.script(held(release))
         probe = asyncio.ensure_future(call(f.stub, "chat", "unary"))
         await f.primary.wait_for_requests(3)
         assert served.breaker.state is BreakerState.HALF_OPEN
@@ -522,17 +333,14 @@ async def test_a_breaker_opens_probes_once_half_open_and_closes(
         assert probed.models == ["primary"] and probed.attempts == ["primary/primary=answered"]
         assert served.breaker.state is BreakerState.CLOSED
         assert len(f.primary.exchanges) == 3
-        async with grpc.aio.insecure_channel(f.worker.address) as channel:
-            await _health_reaches(
-                channel, model_health("primary"), health_pb2.HealthCheckResponse.SERVING
-            )
+        await health_reaches(f.channel, "primary", SERVING)
 
 
 async def test_a_429s_retry_after_becomes_the_deployments_cooldown(tmp_path: Path) -> None:
-    breaker = "consecutive_failures = 1000\nopen_s = 1.0"
+    breaker = {"consecutive_failures": 1000, "open_s": 1.0}
     async with fleet(tmp_path, breaker=breaker) as f:
-        served = f.worker.service.target("primary").deployments[0]
-        f.primary.script(answers_429)
+        served = f.served("primary")
+        f.primary.script(answers_429("7"))
         await call(f.stub, "chat", "unary")
         cooldown = served.breaker.retry_after_s()
         second = await call(f.stub, "chat", "unary")
@@ -546,11 +354,11 @@ async def test_a_429s_retry_after_becomes_the_deployments_cooldown(tmp_path: Pat
 async def test_every_circuit_open_is_unavailable_with_a_retry_delay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with fleet(tmp_path, breaker="consecutive_failures = 1\nopen_s = 20.0") as f:
+    async with fleet(tmp_path, breaker={"consecutive_failures": 1, "open_s": 20.0}) as f:
         f.primary.script(answers_500)
         f.backup.script(answers_500)
         failed = await call(f.stub, "chat", "unary")
-        rpc = f.stub.Generate(_request("chat"), metadata=AUTH, timeout=10)
+        rpc = f.stub.Generate(request("chat"), metadata=AUTH, timeout=10)
         with pytest.raises(grpc.aio.AioRpcError):
             await rpc
         reasons = error_reasons(received_status(tuple(await rpc.trailing_metadata())))
@@ -603,14 +411,9 @@ async def test_two_deployments_under_concurrent_load_share_it_by_weight(tmp_path
     """40 streams held open at once: the least-loaded pick keeps in-flight calls at 3:1, the
     deployments' weights (stated tolerance: ±2 calls of 30/10)."""
     release = asyncio.Event()
-
-    async def held(exchange: Exchange, respond: Responder) -> None:
-        await release.wait()
-        await answer_ok(exchange, respond)
-
     async with fake_upstream() as east, fake_upstream() as west:
-        east.script(*[held] * 40)
-        west.script(*[held] * 40)
+        east.script(*[held(release)] * 40)
+        west.script(*[held(release)] * 40)
         config = load_toml_config(tmp_path, _deployments_text(east.url, west.url))
         async with (
             running_worker(config) as worker,
@@ -680,7 +483,7 @@ async def test_the_openai_sdk_gets_the_fallbacks_answer_named_by_its_model(
             model="chat", messages=[{"role": "user", "content": PROMPT}]
         )
         completion = raw.parse()
-        spent = await charged(f.worker)
+        spent = await used(f.worker)
 
     assert completion.model == "backup"
     assert completion.choices[0].message.content == "Hello, world!"
@@ -779,21 +582,16 @@ async def test_only_the_probe_itself_hands_the_probe_on(
         await respond.event(openai_chunk("early"))
         await respond.hang()
 
-    async def held(exchange: Exchange, respond: Responder) -> None:
-        await release.wait()
-        await answer_ok(exchange, respond)
-
-    async with fleet(tmp_path, breaker="consecutive_failures = 2\nopen_s = 30.0") as f:
-        served = f.worker.service.target("primary").deployments[0]
-        now = [time.monotonic()]
-        monkeypatch.setattr(served.breaker, "_clock", lambda: now[0])
-        f.primary.script(first_token_then_hold, answers_500, answers_500, held)
-        early = f.stub.GenerateStream(_request("chat"), metadata=AUTH, timeout=10)
+    async with fleet(tmp_path, breaker={"consecutive_failures": 2, "open_s": 30.0}) as f:
+        served = f.served("primary")
+        clock = Clock([served.breaker], monkeypatch)
+        f.primary.script(first_token_then_hold, answers_500, answers_500, held(release))
+        early = f.stub.GenerateStream(request("chat"), metadata=AUTH, timeout=10)
         assert (await early.read()).text == "early"
         for _ in range(2):
             await call(f.stub, "chat", "unary")
         assert served.breaker.state is BreakerState.OPEN
-        now[0] += 31
+        clock.advance(31)
         probe = asyncio.ensure_future(call(f.stub, "chat", "unary"))
         await f.primary.wait_for_requests(4)
         early.cancel()
@@ -843,7 +641,7 @@ name = "narrow-first"
 models = ["narrow", "backup"]
 """
     async with fleet(tmp_path, extra=extra) as f:
-        served = f.worker.service.target("narrow").deployments[0]
+        served = f.served("narrow")
         f.primary.script(committed_then_held)
         first = asyncio.ensure_future(call(f.stub, "narrow-first", "stream"))
         await f.primary.wait_for_requests(1)
