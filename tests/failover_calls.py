@@ -33,6 +33,7 @@ from fake_upstream import (
 )
 from modelwire.app.server import Worker
 from modelwire.quota.report import LimitKind
+from modelwire.quota.store import MemoryStore
 from modelwire.rpc.wire import ATTEMPTS_TRAILER, model_health
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -174,6 +175,12 @@ async def world(
             running_worker(config) as worker,
             grpc.aio.insecure_channel(worker.address) as channel,
         ):
+            store = worker.limiter._store
+            if isinstance(store, MemoryStore):
+                # The per-minute windows stay still: counts read after two attempts half a second
+                # apart must not be split by a minute's turn.
+                still = time.time()
+                store._clock = lambda: still
             yield World(
                 worker, primary_fake, backup_fake, pb_grpc.ModelWorkerStub(channel), channel
             )

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from conftest import running_worker
+from conftest import admission_reaches, running_worker
 from fake_upstream import (
     Exchange,
     FakeUpstream,
@@ -458,6 +458,9 @@ async def test_a_unary_call_without_max_new_tokens_cut_off_is_charged_what_it_as
     async with running_worker(config) as worker, grpc.aio.insecure_channel(worker.address) as ch:
         with pytest.raises(grpc.aio.AioRpcError):
             await pb_grpc.ModelWorkerStub(ch).Generate(ask(), metadata=bearer(TOKEN), timeout=0.5)
+        # The caller's deadline ended the call at the caller first: the worker settles it before
+        # its slot goes back.
+        await admission_reaches(worker.models[0].admission, in_flight=0, queued=0)
         counts = await used(worker)
     body = upstream.exchanges[0].json()
     asked = body.get("max_completion_tokens") or body.get("max_tokens")
