@@ -28,6 +28,7 @@ def gateway_facade(
         server=config.server,
         backend=FleetModels(gateway),
         metrics=gateway.rpc.metrics,
+        sampling=gateway.rpc.sampling,
         auth=gateway.rpc.auth,
         auth_config=auth,
         tls=config.tls,

@@ -197,6 +197,7 @@ class Worker:
                 server=config.server,
                 backend=_ServedModels(self.service),
                 metrics=self.metrics,
+                sampling=self.rpc.sampling,
                 auth=self.rpc.auth,
                 auth_config=config.auth,
                 tls=config.tls,

@@ -411,6 +411,11 @@ class ObservabilityConfig:
     tracing: StrictBool = False
     otlp_endpoint: StrictStr | None = None
     log_format: Literal["json", "text"] = "json"
+    # The share of successful calls whose access line is written (docs/operations.md#access-log);
+    # a refused, failed or slow call's always is, and metrics count every call.
+    access_log_sample_rate: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = 1.0
+    # A call this slow to its answer (unary) or its first message (a stream) is always logged.
+    access_log_slow_s: Seconds = 1.0
 
     @field_validator("otlp_endpoint")
     @classmethod

@@ -65,6 +65,7 @@ from modelwire.facade.connections import (
 from modelwire.facade.errors import BodyTimeout
 from modelwire.observe.call_observer import CallObserver
 from modelwire.observe.call_record import CallRecord, note_context
+from modelwire.observe.logs import AccessSampling
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.observe.tracing import http_server_span
 from modelwire.rpc.auth import BearerAuth, Unauthenticated, bearer_token, call_identity
@@ -122,6 +123,7 @@ class HttpFacade:
         server: ServerConfig,
         backend: ModelBackend,
         metrics: WorkerMetrics,
+        sampling: AccessSampling,
         auth: BearerAuth | None,
         auth_config: AuthConfig | None,
         tls: TlsConfig | None,
@@ -137,8 +139,8 @@ class HttpFacade:
         check_http_exposure(role, http, server, auth_config)
         self._port = http.port
         self._backend = backend
-        # The gRPC port's metrics: one /metrics for both doors.
-        self._observer = CallObserver(metrics, lambda _request: "")
+        # The gRPC port's metrics and access-line sampling: one /metrics, one log for both doors.
+        self._observer = CallObserver(metrics, lambda _request: "", sampling)
         self._auth = auth
         self._model_label = model_label
         self._reuse_port = reuse_port

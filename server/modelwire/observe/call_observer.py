@@ -16,7 +16,7 @@ import grpc
 
 from modelwire.observe.call_record import CallRecord, begin_call
 from modelwire.observe.guard import never_fails
-from modelwire.observe.logs import log_call
+from modelwire.observe.logs import AccessSampling, log_call
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.v1 import worker_pb2 as pb
 
@@ -52,9 +52,16 @@ def _ended_code(error: BaseException, context: grpc.aio.ServicerContext) -> str:
 
 
 class CallObserver:
-    def __init__(self, metrics: WorkerMetrics | None, model_label: ModelLabel) -> None:
+    def __init__(
+        self,
+        metrics: WorkerMetrics | None,
+        model_label: ModelLabel,
+        sampling: AccessSampling | None = None,
+    ) -> None:
+        """`sampling`: which calls' access lines are written (None: every call's)."""
         self._metrics = metrics
         self._model_label = model_label
+        self._sampling = sampling or AccessSampling()
 
     def begin(self, method: str, request: Any, request_id: str | None) -> CallRecord:
         """The call's record, under the caller's request id when it sent one."""
@@ -86,11 +93,15 @@ class CallObserver:
         record.code = _ended_code(error, context)
 
     def finished(self, record: CallRecord, streamed: bool) -> None:
-        """However the call ended: logged and counted once; a watch's normal end only at DEBUG."""
+        """However the call ended: counted once, and logged once unless sampling leaves out a
+        successful fast call's line; a watch's normal end only at DEBUG."""
         if record.code == "CANCELLED" and record.method in SUBSCRIPTIONS:
             never_fails("the call log", log_call, record, logging.DEBUG)
             return
-        never_fails("the call log", log_call, record)
+        sampling = self._sampling
+        if sampling.keeps(record):
+            rate = sampling.rate if sampling.rate < 1.0 and record.code == "OK" else None
+            never_fails("the call log", log_call, record, logging.INFO, rate)
         if self._metrics is not None:
             never_fails("the call metrics", self._metrics.finished, record, streamed)
 

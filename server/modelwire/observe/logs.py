@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from modelwire.observe.call_record import CallRecord
 
@@ -80,7 +83,25 @@ def configure_logging(level: str, log_format: str) -> None:
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
-def log_call(record: CallRecord, level: int = logging.INFO) -> None:
+@dataclass(frozen=True)
+class AccessSampling:
+    """Which calls' access lines are written: every refused, failed or slow call, and successful
+    ones at `rate` (their lines say `sampled`, the rate, so counts can be scaled back)."""
+
+    rate: float = 1.0
+    # Seconds to a unary call's answer, or to a stream's first message, that make a call slow.
+    slow_s: float = 1.0
+    draw: Callable[[], float] = field(default=random.random, compare=False)
+
+    def keeps(self, record: CallRecord) -> bool:
+        if self.rate >= 1.0 or record.code != "OK":
+            return True
+        first = record.first_chunk_at
+        waited = record.latency_s if first is None else first - record.started
+        return waited >= self.slow_s or self.draw() < self.rate
+
+
+def log_call(record: CallRecord, level: int = logging.INFO, sampled: float | None = None) -> None:
     """The call's line. Its record is made directly: `Logger.info` would walk the stack to find
     the caller's file and line, which this line never shows (a quarter of its cost)."""
     if not _access.isEnabledFor(level):
@@ -117,4 +138,6 @@ def log_call(record: CallRecord, level: int = logging.INFO) -> None:
         fields["answered_by"] = record.answered_by
     if record.context is not None:
         fields["context"] = record.context
+    if sampled is not None:
+        fields["sampled"] = sampled
     _access.handle(_access.makeRecord(ACCESS_LOGGER, level, "", 0, "call", (), None, extra=fields))

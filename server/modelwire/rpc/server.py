@@ -40,6 +40,7 @@ from modelwire.core.settings import (
 )
 from modelwire.observe import tracing
 from modelwire.observe.call_observer import CallObserver, ModelLabel
+from modelwire.observe.logs import AccessSampling
 from modelwire.observe.metrics import WorkerMetrics
 from modelwire.rpc.auth import BearerAuth
 from modelwire.rpc.call_pipeline import CallPipeline, CallTrailers
@@ -164,7 +165,11 @@ class RpcServer:
             self.tls = ServerTls(tls) if tls is not None else None
         except ValueError as error:
             raise StartupFailure(str(error)) from None
-        observer = CallObserver(self.metrics, model_label)
+        # Which calls' access lines are written; the HTTP facade on this process shares it.
+        self.sampling = AccessSampling(
+            observability.access_log_sample_rate, observability.access_log_slow_s
+        )
+        observer = CallObserver(self.metrics, model_label, self.sampling)
         interceptors.append(CallPipeline(observer, self.auth, trailers))
         self.server = grpc.aio.server(interceptors=interceptors, options=_options(server, options))
         self.health = health.aio.HealthServicer()
