@@ -181,7 +181,11 @@ class Worker:
             self.rpc.auth.name_tenants(self.limiter.tenants())
         self.limiter.on_store_change = self._store_changed
         for served in models:
-            served.admission.observer = self._admission_changed
+            # A model's gauges count every deployment of it; one deployment's are its own.
+            shared = len(self.targets[served.model].deployments) > 1
+            served.admission.observer = (
+                self._admission_changed if shared else self.metrics.admission_changed
+            )
             self.metrics.admission_changed(
                 served.metadata.model, 0, 0
             )  # the gauges exist from the start
@@ -221,13 +225,14 @@ class Worker:
         self.metrics.quota_store_changed(available)
         self._set_health(QUOTA_STORE_HEALTH, available)
 
-    def _admission_changed(self, model: str, in_flight: int, queued: int) -> None:
-        """A model's gauges count every deployment of it."""
+    def _admission_changed(self, model: str, _in_flight: int, _queued: int) -> None:
+        """The gauges of a model with several deployments: theirs added up."""
         deployments = self.targets[model].deployments
-        if len(deployments) > 1:
-            in_flight = sum(served.admission.in_flight for served in deployments)
-            queued = sum(served.admission.queued for served in deployments)
-        self.metrics.admission_changed(model, in_flight, queued)
+        self.metrics.admission_changed(
+            model,
+            sum(served.admission.in_flight for served in deployments),
+            sum(served.admission.queued for served in deployments),
+        )
 
     def _breaker_changed(self, served: ServedModel, state: BreakerState) -> None:
         """A deployment's circuit opened or closed: in metrics, and in health under each name

@@ -98,10 +98,10 @@ class CallObserver:
         if record.code == "CANCELLED" and record.method in SUBSCRIPTIONS:
             never_fails("the call log", log_call, record, logging.DEBUG)
             return
-        sampling = self._sampling
-        if sampling.keeps(record):
-            rate = sampling.rate if sampling.rate < 1.0 and record.code == "OK" else None
-            never_fails("the call log", log_call, record, logging.INFO, rate)
+        verdict = self._sampling.verdict(record)
+        if verdict is not None:
+            sampled = verdict if verdict < 1.0 else None
+            never_fails("the call log", log_call, record, logging.INFO, sampled)
         if self._metrics is not None:
             never_fails("the call metrics", self._metrics.finished, record, streamed)
 

@@ -85,20 +85,24 @@ _access = logging.getLogger(ACCESS_LOGGER)
 
 @dataclass(frozen=True)
 class AccessSampling:
-    """Which calls' access lines are written: every refused, failed or slow call, and successful
-    ones at `rate` (their lines say `sampled`, the rate, so counts can be scaled back)."""
+    """Which calls' access lines are written: every refused, failed or slow call, and other
+    successful ones at `rate` (their lines say `sampled`, the rate, so counts can be scaled
+    back; a line always written does not, as scaling it would count it 1/rate times)."""
 
     rate: float = 1.0
     # Seconds to a unary call's answer, or to a stream's first message, that make a call slow.
     slow_s: float = 1.0
     draw: Callable[[], float] = field(default=random.random, compare=False)
 
-    def keeps(self, record: CallRecord) -> bool:
+    def verdict(self, record: CallRecord) -> float | None:
+        """None: the line is left out; 1.0: always written; else the rate it was drawn at."""
         if self.rate >= 1.0 or record.code != "OK":
-            return True
+            return 1.0
         first = record.first_chunk_at
         waited = record.latency_s if first is None else first - record.started
-        return waited >= self.slow_s or self.draw() < self.rate
+        if waited >= self.slow_s:
+            return 1.0
+        return self.rate if self.draw() < self.rate else None
 
 
 def log_call(record: CallRecord, level: int = logging.INFO, sampled: float | None = None) -> None:

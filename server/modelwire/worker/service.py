@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import replace
+from typing import TypeVar
 
 from modelwire.core.balance import LeastLoaded, PickPolicy
 from modelwire.core.errors import (
@@ -59,6 +60,9 @@ from modelwire.worker.validation import (
     validate_embed_request,
     validate_request,
 )
+
+# A request that names its model (ModelRequest, EmbedRequest).
+_Named = TypeVar("_Named", ModelRequest, EmbedRequest)
 
 
 class WorkerService:
@@ -143,11 +147,11 @@ class WorkerService:
         def refusals(served: ServedModel) -> list[FieldViolation]:
             return unsupported_embedding(
                 request, served.metadata
-            ) or served.client.unsupported_embedding(replace(request, model=served.model))
+            ) or served.client.unsupported_embedding(_for(request, served))
 
         failover = Failover(target, self._policy, started, refusals, self.on_attempt)
         for served in failover.candidates():
-            attempt = replace(request, model=served.model)
+            attempt = _for(request, served)
             try:
                 async with served.admission.slot():
                     estimate = math.ceil(
@@ -225,7 +229,7 @@ class WorkerService:
         def refusals(served: ServedModel) -> list[FieldViolation]:
             return unsupported_fields(
                 request, served.metadata, streaming
-            ) or served.client.unsupported(replace(request, model=served.model))
+            ) or served.client.unsupported(_for(request, served))
 
         return refusals
 
@@ -241,7 +245,7 @@ class WorkerService:
         """Everything an attempt passes before its provider: a slot, context fit, the quotas, a
         span. The fit counts the prompt, which for a long prompt is real work: it runs inside the
         slot."""
-        request = replace(request, model=served.model)
+        request = _for(request, served)
         async with served.admission.slot():
             asked = request.sampling.max_new_tokens
             request, prompt, most = await self._fit_context(served, request)
@@ -398,6 +402,12 @@ class WorkerService:
             request, sampling=replace(request.sampling, max_new_tokens=bounded)
         )
         return bounded_request, prompt, high
+
+
+def _for(request: _Named, served: ServedModel) -> _Named:
+    """The request as `served` gets it: a route's member's name in it; as it is otherwise (a
+    copy of every request would cost each call)."""
+    return request if request.model == served.model else replace(request, model=served.model)
 
 
 def _request_texts(request: ModelRequest) -> list[str]:
