@@ -168,6 +168,48 @@ async def collect(stream: Any) -> list[pb.ModelOutput]:
     return [message async for message in stream]
 
 
+def fold_stream(view: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A stream's view (("reasoning", text), ("text", text), ("call", index, id, name, piece) in
+    order) as coalescing may deliver it (core/coalesce.py): adjacent texts and reasonings joined,
+    each run of tool-call pieces joined per index in the order the indices came. Equal for a
+    stream however its deltas were merged."""
+    folded: list[tuple[Any, ...]] = []
+    calls: dict[int, list[Any]] = {}
+
+    def end_calls() -> None:
+        folded.extend(("call", index, *fields) for index, fields in calls.items())
+        calls.clear()
+
+    for item in view:
+        if item[0] == "call":
+            _, index, call_id, name, piece = item
+            known = calls.setdefault(index, ["", "", ""])
+            known[0], known[1] = known[0] or call_id, known[1] or name
+            known[2] += piece
+            continue
+        end_calls()
+        if folded and folded[-1][0] == item[0]:
+            folded[-1] = (item[0], folded[-1][1] + item[1])
+        else:
+            folded.append(item)
+    end_calls()
+    return folded
+
+
+def stream_view(messages: list[pb.ModelOutput]) -> list[tuple[Any, ...]]:
+    """Each message's reasoning, text and tool-call pieces, in the order a message holds them."""
+    view: list[tuple[Any, ...]] = []
+    for output in messages:
+        if output.HasField("reasoning") and output.reasoning:
+            view.append(("reasoning", output.reasoning))
+        if output.text:
+            view.append(("text", output.text))
+        view += (
+            ("call", d.index, d.id, d.name, d.arguments_delta) for d in output.tool_call_deltas
+        )
+    return view
+
+
 def assert_weather_call(call_name: str, arguments_json: str) -> dict[str, Any]:
     assert call_name == "get_weather"
     arguments = json.loads(arguments_json)

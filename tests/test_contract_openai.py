@@ -30,6 +30,7 @@ from conformance import (
     assert_refused,
     cases_for,
     collect,
+    fold_stream,
     run_case,
     two_turn_messages,
     user,
@@ -519,14 +520,18 @@ async def test_streamed_tool_calls_split_mid_json_and_interleaved(
     pairs = zip(paris, rome, strict=False)
     interleaved = [piece for pair in pairs for piece in pair] + rome[len(paris) :]
     indexes = [0, 1] * len(paris) + [1]
-    assert deltas_of(messages) == [
-        (0, "call_p", "get_weather", ""),
-        (1, "call_r", "get_weather", ""),
-    ] + [(index, "", "", piece) for index, piece in zip(indexes, interleaved, strict=True)]
-    assert all(len(message.tool_call_deltas) == 1 and not message.text for message in messages[:-1])
+    view = [("call", *delta) for delta in deltas_of(messages)]
+    assert fold_stream(view) == fold_stream(
+        [("call", 0, "call_p", "get_weather", ""), ("call", 1, "call_r", "get_weather", "")]
+        + [
+            ("call", index, "", "", piece)
+            for index, piece in zip(indexes, interleaved, strict=True)
+        ]
+    )
+    assert not any(message.text for message in messages)
     assert not any(message.tool_calls for message in messages)
     last = messages[-1]
-    assert last.finish_reason == pb.FINISH_REASON_TOOL_CALLS and not last.tool_call_deltas
+    assert last.finish_reason == pb.FINISH_REASON_TOOL_CALLS
     assert (
         last.usage.prompt_tokens,
         last.usage.completion_tokens,

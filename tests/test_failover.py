@@ -179,8 +179,8 @@ async def test_after_content_the_caller_gets_the_error_and_no_second_answer(
         primary_calls, backup_calls = len(f.primary.exchanges), len(f.backup.exchanges)
 
     assert outcome.code == grpc.StatusCode.UNAVAILABLE, outcome.message
-    assert "after 3 messages of its answer had been sent" in outcome.message
-    assert outcome.texts == ["One", " two", " three"]
+    assert "after 3 deltas of its answer had been passed on" in outcome.message
+    assert "".join(outcome.texts) == "One two three"  # in 1-3 messages: coalesced
     assert set(outcome.models) == {"primary"}
     assert outcome.attempts == ["primary/primary=failed_after_content"]
     assert (primary_calls, backup_calls) == (1, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -328,17 +328,25 @@ class Embeddings:
     usage: Usage
 
 
-def merge_tool_call_deltas(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
-    """Whole calls from their pieces, in index order: ids and names from the first piece that has
-    them, arguments concatenated."""
+def join_tool_call_deltas(deltas: Sequence[ToolCallDelta]) -> tuple[ToolCallDelta, ...]:
+    """One piece per call, in the order the calls came: its id and name from the first piece that
+    has them, its arguments concatenated."""
     calls: dict[int, tuple[str, str, list[str]]] = {}
     for delta in deltas:
         call_id, name, arguments = calls.setdefault(delta.index, ("", "", []))
         calls[delta.index] = (call_id or delta.id, name or delta.name, arguments)
         arguments.append(delta.arguments_delta)
     return tuple(
-        ToolCall(id=call_id, name=name, arguments_json="".join(arguments))
-        for _, (call_id, name, arguments) in sorted(calls.items())
+        ToolCallDelta(index, call_id, name, "".join(arguments))
+        for index, (call_id, name, arguments) in calls.items()
+    )
+
+
+def merge_tool_call_deltas(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
+    """Whole calls from their pieces, in index order."""
+    return tuple(
+        ToolCall(id=call.id, name=call.name, arguments_json=call.arguments_delta)
+        for call in sorted(join_tool_call_deltas(deltas), key=lambda call: call.index)
     )
 
 

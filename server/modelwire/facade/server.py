@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from modelwire.core import strict_json
+from modelwire.core.coalesce import coalesce_outputs, coalesced
 from modelwire.core.errors import (
     FieldViolation,
     InvalidRequest,
@@ -491,10 +492,14 @@ class HttpFacade:
 
         try:
             chunks: AsyncGenerator[ModelOutput, None]
-            async with aclosing(
-                self._backend.generate_stream(parsed.request, started, _tenant())
-            ) as chunks:
-                async for chunk in chunks:
+            async with (
+                aclosing(
+                    self._backend.generate_stream(parsed.request, started, _tenant())
+                ) as chunks,
+                # Deltas waiting when the connection takes the next event go as one (docs/api.md).
+                aclosing(coalesced(chunks, coalesce_outputs)) as outputs,
+            ):
+                async for chunk in outputs:
                     if stream is None:
                         stream = await prepare()
                     observer.streamed(record, chunk)

@@ -30,6 +30,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from modelwire.core.balance import pick_policy
+from modelwire.core.coalesce import coalesced
 from modelwire.core.errors import (
     InvalidRequest,
     ModelwireError,
@@ -46,6 +47,7 @@ from modelwire.core.settings import (
 )
 from modelwire.fleet.orca import parse_report
 from modelwire.fleet.registry import RegistryClient
+from modelwire.gateway.coalesce import merge_messages
 from modelwire.gateway.router import (
     LIST_MODELS_TIMEOUT_S,
     MAX_ATTEMPTS,
@@ -442,8 +444,9 @@ class Gateway:
             async with (
                 CallScope(context),
                 aclosing(self.forward_stream(method, raw, context)) as chunks,
+                aclosing(coalesced(chunks, merge_messages)) as messages,
             ):
-                async for chunk in chunks:
+                async for chunk in messages:
                     yield chunk
 
         return forward

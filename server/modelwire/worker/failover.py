@@ -208,11 +208,12 @@ class Failover:
         self._note(served, FAILED_AFTER_CONTENT)
         if move_on(error) is None:
             return error
-        messages = "1 message" if delivered == 1 else f"{delivered} messages"
+        # Counted as the provider gave them: coalescing may have sent them in fewer messages.
+        deltas = "1 delta" if delivered == 1 else f"{delivered} deltas"
         deployment = f" ({served.deployment})" if served.deployment is not None else ""
         return errors.UpstreamUnavailable(
-            f"model {served.model!r}{deployment} failed after {messages} of its answer had been "
-            f"sent: {error}"
+            f"model {served.model!r}{deployment} failed after {deltas} of its answer had been "
+            f"passed on: {error}"
         )
 
     def exhausted(self) -> BaseException:

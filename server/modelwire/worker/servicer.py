@@ -7,6 +7,7 @@ from contextlib import aclosing
 
 import grpc
 
+from modelwire.core.coalesce import coalesce_outputs, coalesced
 from modelwire.core.types import ResponseHeaders, Started
 from modelwire.observe.call_observer import PID
 from modelwire.observe.call_record import current_call
@@ -75,9 +76,11 @@ class ModelWorkerServicer(pb_grpc.ModelWorkerServicer):
                     _tenant(),
                 )
             ) as chunks,
+            # Deltas waiting when gRPC is ready for the next message go as one (docs/api.md).
+            aclosing(coalesced(chunks, coalesce_outputs)) as messages,
         ):
             model = None
-            async for chunk in chunks:
+            async for chunk in messages:
                 if model is None:  # a route's member commits before its first message
                     model = _answered_by(request.model)
                 yield convert.output_to_pb(chunk, model)
