@@ -6,7 +6,10 @@ model fields): no interceptor, no conversion, no admission, no token counting, n
 costs is what Python gRPC itself costs for these messages, so the load generator calls it exactly
 as it calls modelwire.
 
-    python bench/echo_floor.py --port 8901 [--chunks 100] [--chunk-text "hello "]
+    python bench/echo_floor.py --port 8901 [--chunks 100] [--chunk-text "hello "] [--interval 0.001]
+
+`--interval S` paces a stream's deltas S seconds apart, as the echo provider's `chunk_interval_s`
+does (an asyncio.sleep between two deltas), so each goes as a message of its own on both sides.
 
 Prints "echo floor on HOST:PORT" when it listens.
 """
@@ -40,11 +43,12 @@ def _final(model: str, completion_tokens: int, text: str = "") -> pb.ModelOutput
 
 
 class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
-    def __init__(self, model: str, chunks: int, chunk_text: str) -> None:
+    def __init__(self, model: str, chunks: int, chunk_text: str, interval_s: float = 0.0) -> None:
         self._unary = _final(model, chunks, chunk_text * chunks)
         self._chunk = pb.ModelOutput(text=chunk_text, model=model)
         self._last = _final(model, chunks)
         self._chunks = chunks
+        self._interval_s = interval_s
         self._count = pb.CountTokenResponse(count=12, tokenizer="tiktoken:o200k_base", exact=True)
         self._models = pb.ListModelsResponse(
             models=[
@@ -63,7 +67,10 @@ class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
         chunk = self._chunk
-        for _ in range(self._chunks):
+        interval = self._interval_s
+        for index in range(self._chunks):
+            if interval and index:
+                await asyncio.sleep(interval)
             yield chunk
         yield self._last
 
@@ -78,9 +85,13 @@ class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
         return self._models
 
 
-async def serve(host: str, port: int, model: str, chunks: int, chunk_text: str) -> None:
+async def serve(
+    host: str, port: int, model: str, chunks: int, chunk_text: str, interval_s: float = 0.0
+) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_ModelWorkerServicer_to_server(FloorServicer(model, chunks, chunk_text), server)
+    pb_grpc.add_ModelWorkerServicer_to_server(
+        FloorServicer(model, chunks, chunk_text, interval_s), server
+    )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     print(f"echo floor on {host}:{bound}", flush=True)
@@ -96,9 +107,12 @@ def main() -> None:
     parser.add_argument("--model", default="gpt-4o")
     parser.add_argument("--chunks", type=int, default=100)
     parser.add_argument("--chunk-text", default="hello ")
+    parser.add_argument("--interval", type=float, default=0.0, help="seconds between deltas")
     args = parser.parse_args()
     try:
-        asyncio.run(serve(args.host, args.port, args.model, args.chunks, args.chunk_text))
+        asyncio.run(
+            serve(args.host, args.port, args.model, args.chunks, args.chunk_text, args.interval)
+        )
     except KeyboardInterrupt:
         pass
 

@@ -245,6 +245,9 @@ class Running:
             proc.stop()
 
 
+MODES = ("unary", "stream")
+
+
 @dataclass
 class Target:
     key: str
@@ -252,6 +255,9 @@ class Target:
     protocol: str
     start: Callable[["Context"], Running]
     note: str = ""
+    modes: tuple[str, ...] = MODES
+    # Deltas paced apart: the check wants each delta in a message of its own.
+    paced: bool = False
 
 
 @dataclass
@@ -263,8 +269,16 @@ class Context:
     litellm: Path | None = None
 
 
-def _worker_toml(port: int, processes: int, model_block: str, http_port: int | None = None) -> str:
+def _worker_toml(
+    port: int,
+    processes: int,
+    model_block: str,
+    http_port: int | None = None,
+    max_concurrency: int = 1024,
+) -> str:
     # [http] port: the worker's HTTP facade (OpenAI's and Anthropic's APIs) on a port of its own.
+    # Admission admits every call of the benchmark (bench/paced.py raises max_concurrency to its
+    # stream count): a call queued in the worker would be measured as the worker's latency.
     http = f"\n[http]\nport = {http_port}\n" if http_port is not None else ""
     return f"""
 [server]
@@ -275,13 +289,17 @@ grace_period_s = 1
 {http}
 [[models]]
 name = "{MODEL}"
-max_concurrency = 1024
-max_queue = 4096
+max_concurrency = {max_concurrency}
+max_queue = {4 * max_concurrency}
 {model_block}
 """
 
 
 ECHO_MODEL = f'provider = "echo"\nchunks = {CHUNKS}\nchunk_text = "{CHUNK_TEXT}"\n'
+# The echo rows paced apart: a delta every PACE_S, as a model decodes (if faster than any does), so
+# each delta goes as its own message; the floor's paced row pauses the same way.
+PACE_S = 0.001
+ECHO_PACED_MODEL = ECHO_MODEL + f"chunk_interval_s = {PACE_S}\n"
 
 
 def _openai_model(upstream: str) -> str:
@@ -295,10 +313,11 @@ def start_worker(
     processes: int = 1,
     extra: list[str] | None = None,
     http_port: int | None = None,
+    max_concurrency: int = 1024,
 ) -> Proc:
     port = free_port()
     config = ctx.workdir / f"{name}.toml"
-    config.write_text(_worker_toml(port, processes, model_block, http_port))
+    config.write_text(_worker_toml(port, processes, model_block, http_port, max_concurrency))
     command = [str(ctx.modelwire), "serve", "--config", str(config), *(extra or [])]
     return Proc(name, command, ctx.workdir, ready_text="modelwire serving", timeout_s=90)
 
@@ -308,9 +327,9 @@ def _grpc_running(procs: list[Proc], address: str) -> Running:
     return Running("grpc", address, procstat.ProcessGroup([proc.pid for proc in procs]), procs)
 
 
-def start_floor(ctx: Context) -> Running:
+def start_floor(ctx: Context, name: str = "floor", interval_s: float = 0.0) -> Running:
     proc = Proc(
-        "floor",
+        name,
         [
             str(ctx.python),
             str(HERE / "echo_floor.py"),
@@ -322,11 +341,17 @@ def start_floor(ctx: Context) -> Running:
             CHUNK_TEXT,
             "--model",
             MODEL,
+            "--interval",
+            str(interval_s),
         ],
         ctx.workdir,
         ready_text="echo floor on",
     )
     return _grpc_running([proc], proc.address())
+
+
+def start_floor_paced(ctx: Context) -> Running:
+    return start_floor(ctx, "floor-paced", PACE_S)
 
 
 def start_forward_floor(ctx: Context) -> Running:
@@ -353,6 +378,11 @@ def start_forward_floor(ctx: Context) -> Running:
 
 def start_modelwire(ctx: Context) -> Running:
     proc = start_worker(ctx, "modelwire-echo", ECHO_MODEL)
+    return _grpc_running([proc], proc.address())
+
+
+def start_modelwire_paced(ctx: Context) -> Running:
+    proc = start_worker(ctx, "modelwire-echo-paced", ECHO_PACED_MODEL)
     return _grpc_running([proc], proc.address())
 
 
@@ -470,6 +500,11 @@ def start_litellm(ctx: Context) -> Running:
             str(port),
             "--num_workers",
             str(CPUS),
+            # uvicorn's supervisor kills a worker that does not answer its health check within
+            # 5 s: on a busy machine LiteLLM's import alone takes longer, and the workers were
+            # killed and restarted without end. Only its patience changes.
+            "--timeout_worker_healthcheck",
+            "120",
         ],
         ctx.workdir,
         env=LITELLM_ENV,
@@ -495,6 +530,22 @@ UPSTREAM_PID = [0]
 TARGETS = [
     Target("floor", "floor: bare grpc.aio", "grpc", start_floor),
     Target("modelwire", "modelwire (echo provider)", "grpc", start_modelwire),
+    Target(
+        "floor-paced",
+        f"floor, deltas {PACE_S * 1000:g} ms apart",
+        "grpc",
+        start_floor_paced,
+        modes=("stream",),
+        paced=True,
+    ),
+    Target(
+        "modelwire-paced",
+        f"modelwire (echo provider), deltas {PACE_S * 1000:g} ms apart",
+        "grpc",
+        start_modelwire_paced,
+        modes=("stream",),
+        paced=True,
+    ),
     Target("modelwire-p2", "modelwire --processes 2", "grpc", start_modelwire_p2),
     Target("gateway", "modelwire gateway → worker", "grpc", start_gateway),
     Target("forward-floor", "bare grpc.aio forwarder → floor", "grpc", start_forward_floor),
@@ -514,14 +565,18 @@ TARGETS = [
     Target("litellm", "LiteLLM proxy → HTTP upstream", "http", start_litellm),
     Target("http-floor", "HTTP upstream directly", "http", start_http_floor),
 ]
-MODES = ("unary", "stream")
 
 
 # --------------------------------------------------------------------------------------------
 # checks: each target answers what the benchmark claims it answers
+#
+# Deltas may be coalesced (several waiting deltas go as one message), so a stream is checked by
+# its concatenated text, and finish reason and usage on its last message, not by its message
+# count; "chunks/s" counts deltas of content delivered, 100 per call. Paced targets must still send
+# each delta in a message of its own (nothing is waiting when the next is sent).
 
 
-def verify(running: Running) -> str:
+def verify(running: Running, paced: bool = False) -> str:
     if running.protocol == "grpc":
         import grpc
 
@@ -535,16 +590,17 @@ def verify(running: Running) -> str:
             )
             unary = stub.Generate(request, timeout=10)
             chunks = list(stub.GenerateStream(request, timeout=10))
-        text_chunks = [chunk for chunk in chunks if chunk.text]
+        text_messages = sum(1 for chunk in chunks if chunk.text)
         ok = (
             unary.text == CHUNK_TEXT * CHUNKS
-            and len(text_chunks) == CHUNKS
+            and "".join(chunk.text for chunk in chunks) == CHUNK_TEXT * CHUNKS
+            and (text_messages == CHUNKS or not paced)
             and chunks[-1].HasField("usage")
             and chunks[-1].finish_reason == pb.FINISH_REASON_STOP
         )
         sizes = (
-            f"unary {unary.ByteSize()} B, stream {len(chunks)} messages, "
-            f"{sum(c.ByteSize() for c in chunks)} B"
+            f"unary {unary.ByteSize()} B, stream {len(chunks)} messages ({text_messages} with "
+            f"text), {sum(c.ByteSize() for c in chunks)} B"
         )
         if not ok:
             raise RuntimeError(f"{running.address} answered unexpectedly: {sizes}")
@@ -577,14 +633,17 @@ def verify(running: Running) -> str:
         for choice in event.get("choices") or []
         if choice.get("delta", {}).get("content")
     ]
-    usage = any(event.get("usage") for event in deltas)
+    usage = bool(deltas) and bool(deltas[-1].get("usage"))
     if (
         unary["choices"][0]["message"]["content"] != CHUNK_TEXT * CHUNKS
-        or len(texts) != CHUNKS
+        or "".join(texts) != CHUNK_TEXT * CHUNKS
         or not usage
     ):
         raise RuntimeError(f"{url} answered unexpectedly")
-    return f"unary {len(unary_body)} B, stream {len(deltas)} events, {len(stream_body)} B"
+    return (
+        f"unary {len(unary_body)} B, stream {len(deltas)} events ({len(texts)} with text), "
+        f"{len(stream_body)} B"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -788,13 +847,18 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        help="comma-separated parts: " + ",".join(t.key for t in TARGETS) + ",count,streams,local",
+        help="comma-separated parts: "
+        + ",".join(t.key for t in TARGETS)
+        + ",count,streams,local,paced (paced: not in --quick unless named here)",
     )
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out")
     parser.add_argument("--ghz", type=Path, default=ROOT / ".tools" / "bin" / "ghz")
     parser.add_argument("--ghz-version", default="?")
     parser.add_argument("--oha", type=Path, default=ROOT / ".tools" / "bin" / "oha")
     parser.add_argument("--oha-version", default="?")
+    parser.add_argument(
+        "--pacedload", type=Path, default=ROOT / ".tools" / "pacedload", help="bench/pacedload"
+    )
     parser.add_argument(
         "--litellm", type=Path, default=ROOT / ".tools" / "litellm-venv" / "bin" / "litellm"
     )
@@ -830,10 +894,11 @@ def main() -> int:
         ghz=args.ghz,
         oha=args.oha if args.oha.exists() else None,
     )
-    parts = [t.key for t in TARGETS] + ["count", "streams", "local"]
+    parts = [t.key for t in TARGETS] + ["count", "streams", "local", "paced"]
+    default_parts = [p for p in parts if p != "paced"] if quick else parts
     wanted = [
         p
-        for p in (args.only.split(",") if args.only else parts)
+        for p in (args.only.split(",") if args.only else default_parts)
         if p and p not in args.skip.split(",")
     ]
     unknown = set(wanted) - set(parts)
@@ -841,13 +906,25 @@ def main() -> int:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if not settings.ghz.exists():
         parser.error(f"ghz not found at {settings.ghz} (make bench-tools)")
+    if "paced" in wanted and not args.pacedload.exists():
+        parser.error(f"pacedload not found at {args.pacedload} (make bench-paced builds it)")
     targets = [t for t in TARGETS if t.key in wanted]
     if settings.oha is None:
         skipped = [t.key for t in targets if t.protocol == "http"]
         print(f"oha not found at {args.oha}: skipping {', '.join(skipped)}", file=sys.stderr)
         targets = [t for t in targets if t.protocol == "grpc"]
-    steps = sum(len(MODES) * len(settings.levels) for _ in targets) + len(targets)
+    import paced
+
+    paced_settings = paced.Settings(
+        pacedload=args.pacedload,
+        counts=(500,) if quick else paced.COUNTS,
+        window_s=3.0 if quick else 10.0,
+        warmup_s=2.0 if quick else 3.0,
+        idle_wait_s=settings.idle_wait_s,
+    )
+    steps = sum(len(t.modes) * len(settings.levels) for t in targets) + len(targets)
     steps += ("count" in wanted) + ("streams" in wanted) + ("local" in wanted)
+    steps += len(paced.TARGETS) * len(paced_settings.counts) if "paced" in wanted else 0
     progress = Progress(steps)
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -862,9 +939,9 @@ def main() -> int:
     )
 
     progress.say(
-        f"modelwire bench ({'quick' if quick else 'full'}): {len(targets)} targets × {len(MODES)} "
-        f"calls × concurrency {','.join(map(str, settings.levels))}, {settings.duration_s:g}s "
-        f"each; logs in {workdir}"
+        f"modelwire bench ({'quick' if quick else 'full'}): {len(targets)} targets × "
+        f"{'/'.join(MODES)} calls × concurrency {','.join(map(str, settings.levels))}, "
+        f"{settings.duration_s:g}s each; logs in {workdir}"
     )
     load_at_start = procstat.wait_for_load(args.max_load, 10 if quick else 120, progress.say)
     report: dict[str, Any] = {
@@ -914,11 +991,11 @@ def main() -> int:
             except Exception as error:  # noqa: BLE001 - one target failing must not lose the others
                 report["failures"][target.key] = str(error)
                 progress.say(f"{target.label}: FAILED to start: {error}")
-                progress.done += len(MODES) * len(settings.levels)
+                progress.done += len(target.modes) * len(settings.levels)
                 continue
             try:
-                report["verified"][target.key] = verify(running)
-                for mode in MODES:
+                report["verified"][target.key] = verify(running, target.paced)
+                for mode in target.modes:
                     for level in settings.levels:
                         row = measure(settings, target, running, mode, level, upstream_group)
                         report["rows"].append(row)
@@ -970,30 +1047,52 @@ def main() -> int:
                 proc.stop()
 
         if "streams" in wanted:
-            import slow_streams
-
+            streams, chunks = (1000, 3) if quick else (10_000, 10)
             try:
                 procstat.wait_for_idle(0.35, settings.idle_wait_s)
                 load1 = procstat.loadavg1()
+                # Its own process (it starts its worker and holds the streams itself); the
+                # harness reads the JSON it prints.
                 with OtherLoad([]) as other:
-                    result = slow_streams.run(
-                        ctx.modelwire,
-                        workdir,
-                        streams=1000,
-                        chunks=3 if quick else 10,
-                        interval=1.0,
+                    out = subprocess.run(
+                        [
+                            str(python),
+                            str(HERE / "slow_streams.py"),
+                            "--streams",
+                            str(streams),
+                            "--chunks",
+                            str(chunks),
+                            "--interval",
+                            "1.0",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=900,
                     )
+                if out.returncode != 0:
+                    raise RuntimeError(out.stderr.strip()[-1500:])
+                result = json.loads(out.stdout)
                 result["loadavg1_at_start"] = load1
                 result["other_busy_cores"] = other.cores
                 report["slow_streams"] = result
                 progress.step(
-                    f"1,000 slow streams: {result['completed']} completed, peak RSS "
+                    f"{streams:,} slow streams: {result['completed']:,} completed, peak RSS "
                     f"{result['rss_peak_mib']:.0f} MiB ({result['rss_per_stream_kib']:.1f} KiB per "
                     "stream)"
                 )
             except Exception as error:  # noqa: BLE001
                 report["failures"]["streams"] = str(error)
-                progress.step(f"1,000 slow streams: FAILED: {error}")
+                progress.step(f"{streams:,} slow streams: FAILED: {error}")
+
+        if "paced" in wanted:
+            # Behind an upstream of its own (paced), as `make bench-paced` runs it.
+            try:
+                report["paced"] = paced.run_paced(
+                    ctx, paced_settings, progress, list(paced.TARGETS)
+                )
+            except Exception as error:  # noqa: BLE001
+                report["failures"]["paced"] = str(error)
+                progress.say(f"paced streams: FAILED: {error}")
     finally:
         upstream_proc.stop()
 

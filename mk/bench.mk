@@ -98,3 +98,26 @@ $(LITELLM_STAMP):
 	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
 	$(LITELLM_VENV)/bin/pip install 'litellm[proxy]==$(LITELLM_VERSION)'
 	touch $@
+
+# ---- paced streams (issue 27): bench/pacedload, the Go load generator, and bench-paced ----------
+#   make bench-paced     500, 1,000 and 2,000 concurrent streams at 20 tokens/s through modelwire
+#                        (one process, and --processes = CPUs) and through LiteLLM, all against
+#                        bench/instant_upstream.py --pace 20 (bench/paced.py, about 5 minutes);
+#                        writes bench/results/<stamp>-paced.{json,md}. `make bench` runs the same
+#                        as its `paced` part.
+# pacedload is Go (Python on 2 cores cannot read 2,000 streams × 20 tokens/s); its module uses the
+# generated stubs of client_stub/go through a replace directive, with that module's pins.
+PACEDLOAD := $(BENCH_TOOLS)/pacedload
+PACEDLOAD_SOURCES := $(wildcard bench/pacedload/*.go) bench/pacedload/go.mod bench/pacedload/go.sum \
+	$(wildcard client_stub/go/modelwirev1/*.go) client_stub/go/go.mod
+
+.PHONY: bench-paced
+
+bench: $(PACEDLOAD)
+BENCH_ARGS += --pacedload $(PACEDLOAD)
+
+bench-paced: $(BENCH_STAMP) $(PACEDLOAD) $(LITELLM_STAMP)
+	$(PY) bench/paced.py --pacedload $(PACEDLOAD) --litellm $(LITELLM)
+
+$(PACEDLOAD): $(PACEDLOAD_SOURCES)
+	cd bench/pacedload && $(GO) build -o $@ .
