@@ -2,7 +2,8 @@
 really spent on (100 deltas sent at once, the streamed rows of bench/run.py, is not).
 
 bench/instant_upstream.py --pace 20 streams every answer at 20 tokens per second, each token's
-text its wall-clock send time ("t<unix-ns> "). In front of it, each in turn:
+text its wall-clock send time ("t<unix-ns> "). Called directly (the measurement's own floor: what
+the upstream and the load generator add on these cores), then with in front of it, each in turn:
 
   modelwire      `provider = "openai"` on that upstream, one process, called over gRPC
   modelwire ×N   the same with `--processes` = CPUs (as many as LiteLLM gets workers)
@@ -18,7 +19,7 @@ per delivered token, tokens/s, added gap p50/p99, errors; per target, the stream
 added p99 passes 10 ms. Every worker admits all streams (`max_concurrency` = the most streams).
 
     .venv/bin/python bench/paced.py [--streams 500,1000,2000] [--window 10]
-        [--targets modelwire,modelwire-pN,litellm] [--pacedload PATH] [--litellm PATH]
+        [--targets upstream,modelwire,modelwire-pN,litellm] [--pacedload PATH] [--litellm PATH]
 
 Alone it writes bench/results/<stamp>-paced.{json,md}; `make bench` runs it as its `paced` part.
 """
@@ -79,16 +80,25 @@ def _start_modelwire(ctx: run.Context, processes: int, most: int) -> run.Running
     return run._grpc_running([proc], proc.address())
 
 
-# key: (label, start(ctx, the most streams it must admit))
-TARGETS: dict[str, tuple[str, Callable[[run.Context, int], run.Running]]] = {
-    "modelwire": ("modelwire → paced upstream", lambda ctx, most: _start_modelwire(ctx, 1, most)),
+def _direct(ctx: run.Context, upstream: run.Proc) -> run.Running:
+    # The upstream itself: its process is measured as the server here, as in run.py's HTTP floor.
+    return run.Running("http", ctx.upstream, procstat.ProcessGroup([upstream.pid]), [])
+
+
+# key: (label, start(ctx, the most streams it must admit, the paced upstream))
+TARGETS: dict[str, tuple[str, Callable[[run.Context, int, run.Proc], run.Running]]] = {
+    "upstream": ("paced upstream directly", lambda ctx, most, upstream: _direct(ctx, upstream)),
+    "modelwire": (
+        "modelwire → paced upstream",
+        lambda ctx, most, upstream: _start_modelwire(ctx, 1, most),
+    ),
     "modelwire-pN": (
         f"modelwire --processes {run.CPUS} → paced upstream",
-        lambda ctx, most: _start_modelwire(ctx, run.CPUS, most),
+        lambda ctx, most, upstream: _start_modelwire(ctx, run.CPUS, most),
     ),
     "litellm": (
         f"LiteLLM (--num_workers {run.CPUS}) → paced upstream",
-        lambda ctx, most: run.start_litellm(ctx),
+        lambda ctx, most, upstream: run.start_litellm(ctx),
     ),
 }
 
@@ -226,7 +236,7 @@ def run_paced(
             label, start = TARGETS[key]
             progress.say(f"{label}: starting")
             try:
-                running = start(paced_ctx, max(settings.counts))
+                running = start(paced_ctx, max(settings.counts), upstream)
             except Exception as error:  # noqa: BLE001 - one target failing must not lose the others
                 result["failures"][key] = f"start: {error}"
                 progress.done += len(settings.counts)

@@ -514,6 +514,7 @@ PACED_HEADER = [
     "first token p50 / p99 ms",
     "CPU-µs per token",
     "server cores",
+    "harness cores: upstream + load generator",
     "messages with several tokens",
     "errors",
     "load",
@@ -542,6 +543,7 @@ def paced_rows(paced: dict[str, Any]) -> list[list[str]]:
                 _ms(row.get("first_token_ms"), "p50", "p99"),
                 "—" if row["cpu_us_per_token"] is None else f"{row['cpu_us_per_token']:.1f}",
                 f"{row['server_cores']:.2f}",
+                f"{row['upstream_cores']:.2f} + {row['loadgen_cores']:.2f}",
                 f"{row['messages_with_several_tokens']:,} of {row['messages']:,}",
                 errors,
                 f"{row['loadavg1_at_start']:.2f} / {row['other_busy_cores']:.2f}",
@@ -576,7 +578,8 @@ def paced_section(paced: dict[str, Any]) -> list[str]:
         "of tokens, the gap at the caller minus the gap the upstream put between them; token "
         "delay: the caller's receipt minus the upstream's send time; first token: from the call "
         "to its first token; CPU: the server process tree's over the window per token delivered "
-        "in it.",
+        "in it. The upstream called directly is the measurement's floor: what the upstream and "
+        "the load generator themselves add on these cores (its server cores are the upstream's).",
         "",
         _markdown_table(paced_rows(paced)),
         "",
