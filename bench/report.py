@@ -187,34 +187,28 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def console_table(report: dict[str, Any]) -> str:
-    rows = table_rows(report)
+def _console(rows: list[list[str]]) -> list[str]:
+    """A table in aligned columns, a rule under its header; nothing when it has no rows."""
+    if len(rows) < 2:
+        return []
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    out = []
-    for number, row in enumerate(rows):
-        out.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
-        if number == 0:
-            out.append("  ".join("-" * width for width in widths))
-    out.append("")
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    return [lines[0], "  ".join("-" * width for width in widths), *lines[1:], ""]
+
+
+def console_table(report: dict[str, Any]) -> str:
+    out = _console(table_rows(report))
     if report.get("paced"):
-        paced = paced_rows(report["paced"])
-        widths = [max(len(row[i]) for row in paced) for i in range(len(paced[0]))]
-        out += ["Paced streams:"]
-        out += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in paced]
-        out.append("")
+        out += ["Paced streams:", *_console(paced_rows(report["paced"]))]
     out += [
         f"{'MET   ' if v['met'] else 'MISSED' if v['met'] is False else 'n/a   '} {v['path']}: "
         f"{v['measured']} (target {v['target']}" + (f"; {v['detail']})" if v["detail"] else ")")
         for v in verdicts(report)
     ]
-    facade = facade_rows(report)
-    if len(facade) > 1:
+    facade = _console(facade_rows(report))
+    if facade:
         out += ["", "HTTP facade against the gRPC path and LiteLLM (same run, same upstream):"]
-        widths = [max(len(row[i]) for row in facade) for i in range(len(facade[0]))]
-        for number, row in enumerate(facade):
-            out.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
-            if number == 0:
-                out.append("  ".join("-" * width for width in widths))
+        out += facade
     return "\n".join(out)
 
 
