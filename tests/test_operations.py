@@ -153,9 +153,11 @@ def spans() -> InMemorySpanExporter:
     """The process-wide tracer provider, exporting to memory (set once: OpenTelemetry allows no
     reset)."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # another test module may have set it already
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     return exporter
 
 

@@ -7,9 +7,11 @@ rather than at its next yield.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class Cancellation:
@@ -46,3 +48,17 @@ class Cancellation:
         finally:
             with self._lock:
                 self._callbacks.remove(callback)
+
+
+async def outlive_cancels(future: asyncio.Future[Any]) -> None:
+    """Waits for `future` (work already started: a thread's job, a task cleaning up) even if the
+    waiting task is cancelled meanwhile, once or again; that cancel is re-raised once it is done.
+    Its own outcome is the caller's to read."""
+    interrupted = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Generic, TypeVar
 
+from modelwire.core.cancellation import outlive_cancels
 from modelwire.core.types import ModelOutput, join_tool_call_deltas
 
 T = TypeVar("T")
@@ -111,10 +112,17 @@ async def coalesced(
     finally:
         if not reader.done():
             reader.cancel()
-            await asyncio.wait((reader,))
+            # Its cleanup (an admission slot, a thread to wait for) is done before the call ends,
+            # however often the caller's task is cancelled meanwhile.
+            await outlive_cancels(reader)
 
 
 # --- how ModelOutput deltas merge
+
+# The most characters of content one merged message gathers (under 1 MiB in UTF-8): past it the next
+# delta starts a message of its own, so a merged message stays far below gRPC's default 4 MiB
+# receive limit that every client has unless it raises it, as each delta was.
+MAX_MERGED_CHARS = 256 * 1024
 
 # A message holds one run of each kind in this order; a delta of an earlier kind after a later one
 # starts a new message, so reasoning, its signature, text and tool-call deltas keep their order.
@@ -144,17 +152,33 @@ def coalesce_outputs(outputs: list[ModelOutput]) -> list[ModelOutput]:
     merged: list[ModelOutput] = []
     run: list[ModelOutput] = []
     reached = _REASONING  # the latest kind in `run`
+    size = 0  # the characters of content in `run`
     for output in outputs:
         kinds = _kinds(output)
-        if run and (reached == _LAST or (kinds is not None and _goes_back(kinds[0], reached))):
+        grown = size + _size(output)
+        if run and (
+            reached == _LAST
+            or grown > MAX_MERGED_CHARS
+            or (kinds is not None and _goes_back(kinds[0], reached))
+        ):
             merged.append(_joined(run))
-            run, reached = [], _REASONING
+            run, reached, grown = [], _REASONING, _size(output)
         if kinds is not None:
             reached = max(reached, kinds[1])
         run.append(output)
+        size = grown
     if run:
         merged.append(_joined(run))
     return merged
+
+
+def _size(output: ModelOutput) -> int:
+    return (
+        len(output.text)
+        + len(output.reasoning or "")
+        + len(output.reasoning_signature)
+        + sum(len(d.arguments_delta) + len(d.id) + len(d.name) for d in output.tool_call_deltas)
+    )
 
 
 def _goes_back(first: int, reached: int) -> bool:

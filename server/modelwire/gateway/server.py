@@ -47,7 +47,7 @@ from modelwire.core.settings import (
 )
 from modelwire.fleet.orca import parse_report
 from modelwire.fleet.registry import RegistryClient
-from modelwire.gateway.coalesce import merge_messages
+from modelwire.gateway.coalesce import AbortAfterMessages, HeldAbort, merge_messages
 from modelwire.gateway.router import (
     LIST_MODELS_TIMEOUT_S,
     MAX_ATTEMPTS,
@@ -443,11 +443,14 @@ class Gateway:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             async with (
                 CallScope(context),
-                aclosing(self.forward_stream(method, raw, context)) as chunks,
+                aclosing(self.forward_stream(method, raw, AbortAfterMessages(context))) as chunks,
                 aclosing(coalesced(chunks, merge_messages)) as messages,
             ):
-                async for chunk in messages:
-                    yield chunk
+                try:
+                    async for chunk in messages:
+                        yield chunk
+                except HeldAbort as failed:  # after every message read before it
+                    await context.abort(failed.code, failed.details, failed.trailing_metadata)
 
         return forward
 

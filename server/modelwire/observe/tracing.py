@@ -66,16 +66,19 @@ def _recorded_span(provider: str, model: str) -> Iterator[None]:
         kind=trace.SpanKind.CLIENT,
         attributes={"modelwire.provider": provider, "modelwire.model": model},
     )
+    previous = otel_context.get_current()
     made_current = trace.set_span_in_context(span)
-    token = otel_context.attach(made_current)
+    otel_context.attach(made_current)
     try:
         yield
     except BaseException as error:
         span.record_exception(error)
         raise
     finally:
+        # The previous context set again rather than the attach's token reset: a token resets only
+        # in the Context that made it, and a stream read ahead (core/coalesce.py) ends in a copy.
         if otel_context.get_current() is made_current:
-            otel_context.detach(token)
+            otel_context.attach(previous)
         span.end()
 
 

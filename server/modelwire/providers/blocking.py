@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from modelwire.core.cancellation import Cancellation
+from modelwire.core.cancellation import Cancellation, outlive_cancels
 from modelwire.core.types import ModelOutput
 
 T = TypeVar("T")
@@ -28,16 +28,11 @@ async def until_done(job: concurrent.futures.Future[Any]) -> None:
     """Waits for a started job even if the waiting task is cancelled meanwhile; that cancel is
     re-raised once the job is done. The job's own outcome is the caller's to read, not ours."""
     waiter = asyncio.wrap_future(job)
-    interrupted = False
-    while not waiter.done():
-        try:
-            await asyncio.wait([waiter])
-        except asyncio.CancelledError:
-            interrupted = True
-    if not waiter.cancelled():
-        waiter.exception()  # retrieved, so asyncio does not warn about it
-    if interrupted:
-        raise asyncio.CancelledError
+    try:
+        await outlive_cancels(waiter)
+    finally:
+        if waiter.done() and not waiter.cancelled():
+            waiter.exception()  # retrieved, so asyncio does not warn about it
 
 
 async def run_blocking(executor: Executor, work: Callable[[], T]) -> T:

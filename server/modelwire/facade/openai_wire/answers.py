@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from dataclasses import replace
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -146,6 +147,11 @@ class ChatStream:
         )
 
     def chunk(self, output: ModelOutput) -> bytes:
+        if output.reasoning and (output.text or output.tool_call_deltas):
+            # Reasoning in a chunk of its own: DeepSeek, vLLM and SGLang never send both, and their
+            # clients read a chunk as reasoning or as content (a coalesced message may hold both).
+            reasoning = self.chunk(ModelOutput(reasoning=output.reasoning))
+            return reasoning + self.chunk(replace(output, reasoning=None))
         if output.usage is not None:
             self._usage = output.usage
         finish = output.finish_reason
