@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -51,12 +51,16 @@ class CallRecord:
     reasoning_tokens: int = 0
     usage_estimated: bool = False
     # What each model that ran was charged, when the call was charged (the models of a route's
-    # attempts): (model, usage, cost). The sums above are the call's.
-    charges: list[tuple[str, Usage, float]] = field(default_factory=list)
+    # attempts): (model, usage, cost). The sums above are the call's. Tuples, grown by the rare
+    # call that has any: most calls then allocate nothing for them.
+    charges: tuple[tuple[str, Usage, float], ...] = ()
     # A call with a choice of deployments or models: each attempt as `model/deployment=outcome`
     # (worker/failover.py), and the model that answered.
-    attempts: list[str] = field(default_factory=list)
+    attempts: tuple[str, ...] = ()
     answered_by: str | None = None
+    # The trailers the call's server adds (a worker's load report), made when asked: set by the
+    # call pipeline, read by a failure's status (rpc/status.py CallScope).
+    server_trailers: Callable[[], tuple[tuple[str, str | bytes], ...]] | None = None
 
     @property
     def latency_s(self) -> float:
@@ -82,7 +86,9 @@ def _request_id(given: str | None) -> str:
     # the answer.
     if given and len(given) <= MAX_REQUEST_ID_CHARS and sendable(given) and given == given.strip():
         return given
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits: what uuid4().hex gives but for its version bits, without
+    # building a UUID object per call.
+    return os.urandom(16).hex()
 
 
 def begin_call(method: str, request_id: str | None) -> CallRecord:
@@ -126,7 +132,7 @@ def note_charge(model: str, usage: Usage, cost: float) -> None:
     if record.cost is None:
         record.prompt_tokens = record.completion_tokens = 0
         record.cost = 0.0
-    record.charges.append((model, usage, cost))
+    record.charges += ((model, usage, cost),)
     record.prompt_tokens += usage.prompt_tokens
     record.completion_tokens += usage.completion_tokens
     record.cached_prompt_tokens += usage.cached_prompt_tokens
@@ -139,7 +145,7 @@ def note_charge(model: str, usage: Usage, cost: float) -> None:
 def note_attempt(attempt: str) -> None:
     record = _current.get()
     if record is not None:
-        record.attempts.append(attempt)
+        record.attempts += (attempt,)
 
 
 def note_answered_by(model: str) -> None:

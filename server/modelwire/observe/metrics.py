@@ -116,9 +116,12 @@ class WorkerMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        # Labelled children looked up once per model: admission changes four times per call.
-        self._admission_gauges: dict[str, tuple[Gauge, Gauge]] = {}
+        # Labelled children looked up once: admission changes four times per call, and a
+        # finished call updates a request counter, a latency histogram and its token counters.
+        self._admission_gauges: dict[str, _AdmissionGauges] = {}
         self._children: dict[tuple[object, ...], Counter | Histogram] = {}
+        self._calls: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._tokens: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.attempts = Counter(
             "modelwire_attempts",
             "Attempts of calls with a choice of deployments or models, by how each ended "
@@ -143,12 +146,10 @@ class WorkerMetrics:
     def admission_changed(self, model: str, in_flight: int, queued: int) -> None:
         gauges = self._admission_gauges.get(model)
         if gauges is None:
-            gauges = self._admission_gauges[model] = (
-                self.in_flight.labels(model),
-                self.queued.labels(model),
+            gauges = self._admission_gauges[model] = _AdmissionGauges(
+                self.in_flight.labels(model), self.queued.labels(model)
             )
-        gauges[0].set(in_flight)
-        gauges[1].set(queued)
+        gauges.update(in_flight, queued)
 
     def breaker_changed(self, model: str, deployment: str, state: int) -> None:
         self.breaker_state.labels(model, deployment).set(state)
@@ -174,11 +175,18 @@ class WorkerMetrics:
         return child
 
     def finished(self, record: CallRecord, streamed: bool) -> None:
-        method = record.method.rsplit("/", 1)[-1]
         tenant = record.tenant_label
-        self._child(self.requests, method, record.model, record.code, tenant).inc()
+        key = (record.method, record.model, record.code, tenant)
+        call = self._calls.get(key)
+        if call is None:
+            method = record.method.rsplit("/", 1)[-1]
+            call = self._calls[key] = (
+                self.requests.labels(method, record.model, record.code, tenant),
+                self.duration.labels(method, record.model),
+            )
+        call[0].inc()
         if not streamed:
-            self._child(self.duration, method, record.model).observe(record.latency_s)
+            call[1].observe(record.latency_s)
         if record.first_chunk_at is not None:
             self._child(self.time_to_first_token, record.model).observe(
                 record.first_chunk_at - record.started
@@ -186,8 +194,14 @@ class WorkerMetrics:
         if record.cost is None:  # not charged here: the tokens its response reports
             if record.prompt_tokens or record.completion_tokens:
                 model = record.answered_by or record.model
-                self._child(self.prompt_tokens, model, tenant).inc(record.prompt_tokens)
-                self._child(self.completion_tokens, model, tenant).inc(record.completion_tokens)
+                counters = self._tokens.get((model, tenant))
+                if counters is None:
+                    counters = self._tokens[(model, tenant)] = (
+                        self.prompt_tokens.labels(model, tenant),
+                        self.completion_tokens.labels(model, tenant),
+                    )
+                counters[0].inc(record.prompt_tokens)
+                counters[1].inc(record.completion_tokens)
         for model, usage, cost in record.charges:  # each model that ran, as it was charged
             self._child(self.cost, model, tenant).inc(cost)
             for counter, tokens in (
@@ -201,6 +215,26 @@ class WorkerMetrics:
                     self._child(counter, model, tenant).inc(tokens)
         if record.error_kind is not None:
             self._child(self.errors, record.model, record.error_kind, tenant).inc()
+
+
+class _AdmissionGauges:
+    """A model's in-flight and queued gauges, each set only when its value changes (a free slot
+    taken and given back leaves the queue as it was)."""
+
+    __slots__ = ("_in_flight", "_queued", "_values")
+
+    def __init__(self, in_flight: Gauge, queued: Gauge) -> None:
+        self._in_flight = in_flight
+        self._queued = queued
+        self._values: tuple[int, int] | None = None
+
+    def update(self, in_flight: int, queued: int) -> None:
+        values = self._values
+        if values is None or values[0] != in_flight:
+            self._in_flight.set(in_flight)
+        if values is None or values[1] != queued:
+            self._queued.set(queued)
+        self._values = (in_flight, queued)
 
 
 def serve_metrics(metrics: WorkerMetrics | None, host: str, port: int) -> int:

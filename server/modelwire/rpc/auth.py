@@ -174,13 +174,6 @@ def is_open_by_nature(method: str) -> bool:
     return method.startswith((HEALTH_PREFIX, *REFLECTION_PREFIXES))
 
 
-async def refuse_unbelievable_claim(context: grpc.aio.ServicerContext) -> None:
-    """A call at a server without [auth]: no one can hold `relay`, so a relayed identity cannot
-    be believed, and is refused."""
-    if claims_identity(context.invocation_metadata()):
-        await refuse(context, forged_identity(None))
-
-
 def model_calls(method: str) -> Permission | None:
     """What a ModelWorker server's (a worker's, a gateway's) methods need: `generate`, each."""
     return "generate" if method.startswith(f"/{WORKER_SERVICE}/") else None

@@ -1,8 +1,9 @@
 """The one server interceptor of every modelwire server. Each method's handler is wrapped once, into
 one behavior that, per call and in this order: opens the call's record (observe/call_observer.py),
-checks the bearer token (rpc/auth.py), sets the load-report trailers (worker/orca.py, on a worker),
-refuses an undecodable body (rpc/malformed.py), runs the method, and logs and counts the call
-however it ended.
+checks the bearer token (rpc/auth.py), counts the call for the load reports (worker/orca.py, on a
+worker), refuses an undecodable body (rpc/malformed.py), runs the method, sets the load report
+once it answered (a failure's status gets one made when it fails: rpc/status.py), and logs and
+counts the call however it ended.
 
 One wrapper rather than one interceptor per concern: grpc.aio awaits every interceptor for every
 call, and every wrapped behavior adds an await per call and an async-generator hop per streamed
@@ -14,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from functools import partial
 from typing import Any, Protocol
 
 import grpc
@@ -21,8 +23,16 @@ import grpc
 from modelwire.observe.call_observer import PID, CallObserver
 from modelwire.observe.call_record import CallRecord
 from modelwire.rpc import malformed
-from modelwire.rpc.auth import BearerAuth, is_open_by_nature, refuse_unbelievable_claim
-from modelwire.rpc.wire import PID_KEY, REQUEST_ID_KEY, Metadata, attempts_trailer
+from modelwire.rpc.auth import BearerAuth, forged_identity, is_open_by_nature
+from modelwire.rpc.status import refuse
+from modelwire.rpc.wire import (
+    CALLER_KEY,
+    PID_KEY,
+    REQUEST_ID_KEY,
+    TENANT_KEY,
+    Metadata,
+    attempts_trailer,
+)
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
@@ -30,11 +40,12 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, N
 
 class CallTrailers(Protocol):
     """Trailers a server adds to the calls of the methods it `applies` to (the worker's ORCA
-    report)."""
+    report): `started` is told of each call that passed its checks (what it returns is not
+    used), `trailers` makes them."""
 
     def applies(self, method: str) -> bool: ...
 
-    def started(self, request: Any) -> Metadata: ...
+    def started(self, request: Any) -> object: ...
 
     def trailers(self, request: Any) -> Metadata: ...
 
@@ -100,9 +111,15 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         observer = self._observer
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record, named = _begin(observer, method, request, context)
+            record, named, claimed = _begin(observer, method, request, context)
             try:
-                await _admit(method, request, context, named, auth, trailers, refuse_claims)
+                if auth is not None or claimed or isinstance(request, malformed.Undecodable):
+                    await _check(
+                        method, request, context, named, auth, trailers, refuse_claims and claimed
+                    )
+                if trailers is not None:
+                    trailers.started(request)
+                    record.server_trailers = partial(trailers.trailers, request)
                 response = await behavior(request, context)
                 if trailers is not None:
                     context.set_trailing_metadata(
@@ -131,9 +148,15 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncGenerator[Any, None]:
-            record, named = _begin(observer, method, request, context)
+            record, named, claimed = _begin(observer, method, request, context)
             try:
-                await _admit(method, request, context, named, auth, trailers, refuse_claims)
+                if auth is not None or claimed or isinstance(request, malformed.Undecodable):
+                    await _check(
+                        method, request, context, named, auth, trailers, refuse_claims and claimed
+                    )
+                if trailers is not None:
+                    trailers.started(request)
+                    record.server_trailers = partial(trailers.trailers, request)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     # It writes its messages itself (grpc-health's Watch awaits `context.write`).
@@ -161,37 +184,44 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 def _begin(
     observer: CallObserver, method: str, request: Any, context: grpc.aio.ServicerContext
-) -> tuple[CallRecord, Metadata]:
-    """The call's record, and the trailers that name it (its request id, this process)."""
+) -> tuple[CallRecord, Metadata, bool]:
+    """The call's record, the trailers that name it (its request id, this process), set at once
+    so a refusal carries them too, and whether its metadata relays an identity (rpc/auth.py):
+    the metadata read once for both."""
     request_id = None
+    claimed = False
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY:
-            request_id = str(value)
-            break
+            if request_id is None:
+                request_id = str(value)
+        elif key == CALLER_KEY or key == TENANT_KEY:
+            claimed = True
     record = observer.begin(method, request, request_id)
-    return record, ((REQUEST_ID_KEY, record.request_id), (PID_KEY, PID))
+    named: Metadata = ((REQUEST_ID_KEY, record.request_id), (PID_KEY, PID))
+    context.set_trailing_metadata(named)
+    return record, named, claimed
 
 
-async def _admit(
+async def _check(
     method: str,
     request: Any,
     context: grpc.aio.ServicerContext,
     named: Metadata,
     auth: BearerAuth | None,
     trailers: CallTrailers | None,
-    refuse_claims: bool,
+    forged: bool,
 ) -> None:
-    """What runs before the method, unary or streamed: the call's trailers (so a refusal carries
-    them too), the token check (or, where no one authenticates, the refusal of a relayed
-    identity), and the refusal of an undecodable body."""
-    context.set_trailing_metadata(named)
+    """What a call must pass before its method, where there is something to check: the token
+    (or, where no one authenticates, the refusal of a relayed identity: `forged`), then the
+    refusal of an undecodable body, which carries the load report."""
     if auth is not None:
         await auth.check(method, request, context)
-    elif refuse_claims:
-        await refuse_unbelievable_claim(context)
-    if trailers is not None:
-        context.set_trailing_metadata(named + trailers.started(request))
+    elif forged:
+        await refuse(context, forged_identity(None))
     if isinstance(request, malformed.Undecodable):
+        if trailers is not None:
+            trailers.started(request)
+            context.set_trailing_metadata(named + trailers.trailers(request))
         await malformed.refuse(context)
 
 

@@ -318,14 +318,15 @@ class CallScope:
         if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
             note_error_kind(error_kind(error))
             status = to_status(error)
-            # Keep what the interceptors already put in the trailer (request id) next to the
-            # details.
+            # Keep what the call pipeline already put in the trailer (request id) next to the
+            # details, with the server's own trailers as they are now (a worker's load report).
+            trailer = tuple(self._context.trailing_metadata() or ())
             record = current_call()
-            trailer = (
-                tuple(self._context.trailing_metadata() or ())
-                + attempts_trailer(record.attempts if record is not None else [])
-                + tuple(status.trailing_metadata)
-            )
+            if record is not None:
+                if record.server_trailers is not None:
+                    trailer += record.server_trailers()
+                trailer += attempts_trailer(record.attempts)
+            trailer += tuple(status.trailing_metadata)
             try:
                 await self._context.abort(status.code, status.details, trailer)
             except grpc.aio.AbortError:

@@ -8,6 +8,8 @@ and that every user of these names may import (fleet/, worker/, gateway/, contro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from modelwire.v1 import usage_pb2, worker_pb2
 
 # Metadata and trailers: (key, value) pairs as grpc.aio takes them.
@@ -45,7 +47,7 @@ ATTEMPTS_TRAILER = "modelwire-attempts"
 MAX_ATTEMPTS_CHARS = 2048
 
 
-def attempts_text(attempts: list[str]) -> str:
+def attempts_text(attempts: Sequence[str]) -> str:
     text = ",".join(attempts)
     if len(text) <= MAX_ATTEMPTS_CHARS:
         return text
@@ -59,7 +61,7 @@ def attempts_text(attempts: list[str]) -> str:
     return ",".join([*kept, f"+{len(attempts) - 1 - len(kept)}", last])
 
 
-def attempts_trailer(attempts: list[str]) -> Metadata:
+def attempts_trailer(attempts: Sequence[str]) -> Metadata:
     return ((ATTEMPTS_TRAILER, attempts_text(attempts)),) if attempts else ()
 
 

@@ -236,28 +236,37 @@ def shortest_float32(value: float) -> float:
     return value
 
 
+# What a request without sampling parameters or a RequestContext gets: the defaults, made once
+# (a frozen dataclass costs its every field to build: the common request pays for none).
+_NO_SAMPLING = SamplingParams()
+_NO_CONTEXT = RequestContext()
+
+
 def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelRequest:
-    sampling = request.sampling
+    context = _NO_CONTEXT
     if request.HasField("context"):
-        context = request.context
-        note_context(context.request_id, context.user, context.metadata)
+        given = request.context
+        note_context(given.request_id, given.user, given.metadata)
+        context = RequestContext(
+            request_id=given.request_id, user=given.user, metadata=dict(given.metadata)
+        )
+    messages = messages_from_pb(request.messages, limits)
+    sampling = _sampling_from_pb(request.sampling) if request.HasField("sampling") else _NO_SAMPLING
+    if not (
+        request.tools
+        or request.HasField("tool_choice")
+        or request.HasField("parallel_tool_calls")
+        or request.HasField("output_format")
+        or request.HasField("reasoning")
+    ):  # the common case: the fields left out keep their defaults
+        return ModelRequest(
+            model=request.model, messages=messages, sampling=sampling, context=context
+        )
     return ModelRequest(
         model=request.model,
-        messages=messages_from_pb(request.messages, limits),
-        sampling=SamplingParams(
-            temperature=_float(sampling, "temperature"),
-            top_p=_float(sampling, "top_p"),
-            max_new_tokens=sampling.max_new_tokens if sampling.HasField("max_new_tokens") else None,
-            stop=tuple(sampling.stop),
-            seed=sampling.seed if sampling.HasField("seed") else None,
-            presence_penalty=_float(sampling, "presence_penalty"),
-            frequency_penalty=_float(sampling, "frequency_penalty"),
-        ),
-        context=RequestContext(
-            request_id=request.context.request_id,
-            user=request.context.user,
-            metadata=dict(request.context.metadata),
-        ),
+        messages=messages,
+        sampling=sampling,
+        context=context,
         tools=tuple(
             Tool(
                 name=tool.name,
@@ -266,9 +275,7 @@ def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelReq
                 strict=tool.strict,
             )
             for tool in request.tools
-        )
-        if request.tools
-        else (),
+        ),
         tool_choice=_tool_choice_from_pb(request) if request.HasField("tool_choice") else None,
         parallel_tool_calls=request.parallel_tool_calls
         if request.HasField("parallel_tool_calls")
@@ -277,6 +284,18 @@ def request_from_pb(request: pb.ModelRequest, limits: RequestLimits) -> ModelReq
         if request.HasField("output_format")
         else None,
         reasoning=_reasoning_from_pb(request) if request.HasField("reasoning") else None,
+    )
+
+
+def _sampling_from_pb(sampling: pb.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        temperature=_float(sampling, "temperature"),
+        top_p=_float(sampling, "top_p"),
+        max_new_tokens=sampling.max_new_tokens if sampling.HasField("max_new_tokens") else None,
+        stop=tuple(sampling.stop),
+        seed=sampling.seed if sampling.HasField("seed") else None,
+        presence_penalty=_float(sampling, "presence_penalty"),
+        frequency_penalty=_float(sampling, "frequency_penalty"),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from types import TracebackType
 
 from modelwire.core.dispatch import watch_dispatch
 from modelwire.core.errors import DeadlineExceeded
@@ -22,6 +23,8 @@ _CUT_OFF = (asyncio.CancelledError, GeneratorExit, TimeoutError, DeadlineExceede
 
 
 class CallMeter:
+    """Also a context manager around the provider's work: closed however the block ends."""
+
     def __init__(
         self,
         model: str,
@@ -98,6 +101,17 @@ class CallMeter:
             return Usage(self._prompt, self._output_bound, estimated=True)
         delivered = max(self._chunks, math.ceil(self._chars / CHARS_PER_TOKEN))
         return Usage(self._prompt, delivered, estimated=True)
+
+    def __enter__(self) -> CallMeter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close(error)
 
     def close(self, error: BaseException | None) -> None:
         """Charges the call once: settles its reservation and puts usage and cost in its record.

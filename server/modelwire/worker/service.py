@@ -157,9 +157,10 @@ class WorkerService:
                     estimate = math.ceil(
                         sum(len(text) for text in request.inputs) / CHARS_PER_TOKEN
                     )
-                    async with self._metered(
+                    meter = await self._meter(
                         served, tenant, failover.started, estimate, estimate, 0, 0, False
-                    ) as meter:
+                    )
+                    with meter:
                         with upstream_span(served.metadata.provider, served.model):
                             async with asyncio.timeout(target.attempt_timeout_s):
                                 embeddings = await served.client.embed(attempt)
@@ -172,8 +173,7 @@ class WorkerService:
             return embeddings
         raise failover.exhausted()
 
-    @asynccontextmanager
-    async def _metered(
+    async def _meter(
         self,
         served: ServedModel,
         tenant: str | None,
@@ -183,16 +183,18 @@ class WorkerService:
         reserved_output: int,
         output_bound: int,
         streaming: bool,
-    ) -> AsyncIterator[CallMeter]:
+    ) -> CallMeter:
         """Reserves the call against its tenant's quota and its deployment's own limits
         (QuotaExceeded if it has no room): the most its prompt may be (`most_prompt_tokens`: an
-        estimate's high end) and `reserved_output`; tells the edge the work begins, and charges
-        the call once however it ends (metering.py: by `prompt_tokens` and `output_bound`, the
-        most output the provider is asked for, when the provider reports no usage)."""
+        estimate's high end) and `reserved_output`; tells the edge the work begins. The meter it
+        returns charges the call once however it ends (metering.py: by `prompt_tokens` and
+        `output_bound`, the most output the provider is asked for, when the provider reports no
+        usage); the caller holds it in a `with` block around the provider's work."""
         model = served.model
+        limiter = self.limiter
         reservation = None
-        if self.limiter is not None:
-            reservation = await self.limiter.reserve(
+        if limiter is not None and limiter.rules:  # no rules: nothing to reserve
+            reservation = await limiter.reserve(
                 tenant,
                 model,
                 most_prompt_tokens + reserved_output,
@@ -202,23 +204,20 @@ class WorkerService:
         meter = CallMeter(
             model,
             reservation,
-            self.limiter.tariff(model) if self.limiter is not None else None,
+            limiter.tariff(model) if limiter is not None else None,
             prompt_tokens,
             output_bound,
             streaming,
             served.client.signals_dispatch,
         )
-        error: BaseException | None = None
-        try:
-            if started is not None:
+        if started is not None:
+            try:
                 await started(reservation.headers() if reservation is not None else ())
-            meter.start()
-            yield meter
-        except BaseException as failed:
-            error = failed
-            raise
-        finally:
-            meter.close(error)
+            except BaseException as error:
+                meter.close(error)
+                raise
+        meter.start()
+        return meter
 
     def _refusals(
         self, request: ModelRequest, streaming: bool
@@ -251,11 +250,11 @@ class WorkerService:
             request, prompt, most = await self._fit_context(served, request)
             bound = request.sampling.max_new_tokens or 0
             output = bound if asked is not None else min(bound, self.default_output_reservation)
-            async with self._metered(
+            meter = await self._meter(
                 served, tenant, started, prompt.count, most, output, bound, streaming
-            ) as meter:
-                with upstream_span(served.metadata.provider, served.model):
-                    yield request, meter
+            )
+            with meter, upstream_span(served.metadata.provider, served.model):
+                yield request, meter
 
     def _failover(
         self, request: ModelRequest, started: Started | None, streaming: bool
@@ -284,8 +283,11 @@ class WorkerService:
                     meter,
                 ):
                     began = time.perf_counter()
-                    async with asyncio.timeout(timeout_s):
+                    if timeout_s is None:  # a model with one deployment: nothing to move on to
                         output = await served.client.generate(attempt)
+                    else:
+                        async with asyncio.timeout(timeout_s):
+                            output = await served.client.generate(attempt)
                     meter.saw(output)
                     if output.tool_calls:
                         _check_tool_calls(output.tool_calls, output.finish_reason)
@@ -396,12 +398,12 @@ class WorkerService:
             raise ContextLengthExceeded(request.model, prompt.count, context_length, margin)
         room = context_length - high if high < context_length else context_length - low
         room = min(room, served.metadata.max_output_tokens)
-        wanted = request.sampling.max_new_tokens or served.client.default_max_new_tokens
+        asked = request.sampling.max_new_tokens
+        wanted = asked or served.client.default_max_new_tokens
         bounded = room if wanted is None else min(wanted, room)
-        bounded_request = replace(
-            request, sampling=replace(request.sampling, max_new_tokens=bounded)
-        )
-        return bounded_request, prompt, high
+        if bounded != asked:
+            request = replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
+        return request, prompt, high
 
 
 def _for(request: _Named, served: ServedModel) -> _Named:
