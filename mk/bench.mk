@@ -2,8 +2,9 @@
 # from there); try it alone with
 #   make -f Makefile -f mk/bench.mk bench-quick
 #
-#   make bench           the full run (about 16 minutes): every target at concurrency 1, 16, 64, 256 for 10 s,
-#                        CountToken, 1,000 slow streams, the local model; writes bench/results/<stamp>.{json,md},
+#   make bench           the full run (about 25 minutes): every target at concurrency 1, 16, 64, 256 for 10 s,
+#                        CountToken, 10,000 slow streams, the local model, paced streams (bench-paced) and
+#                        the verdict table of issue 27's targets; writes bench/results/<stamp>.{json,md},
 #                        bench/results/latest.{json,md}, docs/benchmarks.png and the generated part of docs/benchmarks.md
 #   make bench-quick     the same at concurrency 1 and 64 for 1.5 s each (under 3 minutes once the tools are built);
 #                        writes only bench/results/<stamp>-quick.{json,md,png}
