@@ -155,6 +155,19 @@ async def test_large_deltas_each_within_grpcs_default_limit_still_reach_a_defaul
     assert all(m.ByteSize() <= 4 * MIB for m in messages)
 
 
+async def test_large_deltas_through_a_gateway_still_reach_a_default_client() -> None:
+    """The same behind a gateway: its channel to the worker and its caller both have the 4 MiB
+    default; the gateway merges what waits for its caller too (gateway/coalesce.py)."""
+    Scripted.plays.append(big_deltas_after_a_first(3 * MIB, 3))
+    async with fleet() as (_, gateway):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+            rpc = pb_grpc.ModelWorkerStub(channel).GenerateStream(stream_request(), timeout=30)
+            messages, code, details = await read_all(rpc)
+    assert code == grpc.StatusCode.OK, (code, details)
+    assert text_of(messages) == "start " + "a" * 3 * MIB + "b" * 3 * MIB + "c" * 3 * MIB
+    assert all(m.ByteSize() <= 4 * MIB for m in messages)
+
+
 # --- the gateway: a worker failing mid-stream -------------------------------------------------
 
 
