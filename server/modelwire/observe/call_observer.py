@@ -71,15 +71,11 @@ class CallObserver:
 
     def streamed(self, record: CallRecord, message: Any) -> None:
         now = time.perf_counter()
+        last = record.last_chunk_at
         if record.first_chunk_at is None:
             record.first_chunk_at = now
-        elif self._metrics is not None and record.last_chunk_at is not None:
-            never_fails(
-                "the call metrics",
-                self._metrics.inter_token_gap,
-                record.model,
-                now - record.last_chunk_at,
-            )
+        elif self._metrics is not None and last is not None:
+            never_fails("the call metrics", self._metrics.inter_token_gap, record.model, now - last)
         record.last_chunk_at = now
         record.chunks += 1
         _count_usage(record, message)

@@ -116,12 +116,14 @@ class WorkerMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
-        # Labelled children looked up once: admission changes four times per call, and a
-        # finished call updates a request counter, a latency histogram and its token counters.
+        # Labelled children looked up once: admission changes four times per call, a streamed
+        # message observes a gap, a finished call updates a request counter, a latency histogram
+        # and its token counters.
         self._admission_gauges: dict[str, _AdmissionGauges] = {}
         self._children: dict[tuple[object, ...], Counter | Histogram] = {}
         self._calls: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._tokens: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._gaps: dict[str, Any] = {}  # a streamed message's: looked up once per model
         self.attempts = Counter(
             "modelwire_attempts",
             "Attempts of calls with a choice of deployments or models, by how each ended "
@@ -163,7 +165,10 @@ class WorkerMetrics:
             self.quota_store_failures.inc()
 
     def inter_token_gap(self, model: str, gap_s: float) -> None:
-        self._child(self.inter_token, model).observe(gap_s)
+        histogram = self._gaps.get(model)
+        if histogram is None:
+            histogram = self._gaps[model] = self.inter_token.labels(model)
+        histogram.observe(gap_s)
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: the label sets are bounded (known models,

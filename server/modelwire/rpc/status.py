@@ -299,11 +299,14 @@ class CallScope:
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
         remaining = context.time_remaining()
-        self._timeout = asyncio.timeout(remaining)
+        # No deadline, no timer (an unarmed asyncio.timeout costs a call as much as half an armed
+        # one).
+        self._timeout = asyncio.timeout(remaining) if remaining is not None else None
         set_deadline(remaining)
 
     async def __aenter__(self) -> None:
-        await self._timeout.__aenter__()
+        if self._timeout is not None:
+            await self._timeout.__aenter__()
 
     async def __aexit__(
         self,
@@ -311,10 +314,11 @@ class CallScope:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        try:
-            await self._timeout.__aexit__(kind, error, traceback)
-        except TimeoutError as expired:
-            error = expired
+        if self._timeout is not None:
+            try:
+                await self._timeout.__aexit__(kind, error, traceback)
+            except TimeoutError as expired:
+                error = expired
         if isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
             note_error_kind(error_kind(error))
             status = to_status(error)

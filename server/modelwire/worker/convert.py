@@ -301,9 +301,9 @@ def _sampling_from_pb(sampling: pb.SamplingParams) -> SamplingParams:
 
 def output_to_pb(output: ModelOutput, model: str) -> pb.ModelOutput:
     """`model` names the answering model on every message, whatever the domain output carries."""
-    message = pb.ModelOutput(
-        text=output.text, finish_reason=_FINISH_TO_PB[output.finish_reason], model=model
-    )
+    message = pb.ModelOutput(text=output.text, model=model)
+    if output.finish_reason is not None:  # a stream's deltas have none
+        message.finish_reason = _FINISH_TO_PB[output.finish_reason]
     if output.reasoning is not None:
         message.reasoning = output.reasoning
     if output.usage is not None:
@@ -334,13 +334,19 @@ def output_to_pb(output: ModelOutput, model: str) -> pb.ModelOutput:
 
 
 def _usage_to_pb(usage: Usage, message: pb.Usage) -> None:
+    """The counts are always written (the message is then present); the optional parts only
+    when set, as a zero is not sent anyway."""
     message.prompt_tokens = usage.prompt_tokens
     message.completion_tokens = usage.completion_tokens
     message.total_tokens = usage.total_tokens
-    message.estimated = usage.estimated
-    message.cached_prompt_tokens = usage.cached_prompt_tokens
-    message.cache_write_tokens = usage.cache_write_tokens
-    message.reasoning_tokens = usage.reasoning_tokens
+    if usage.estimated:
+        message.estimated = True
+    if usage.cached_prompt_tokens:
+        message.cached_prompt_tokens = usage.cached_prompt_tokens
+    if usage.cache_write_tokens:
+        message.cache_write_tokens = usage.cache_write_tokens
+    if usage.reasoning_tokens:
+        message.reasoning_tokens = usage.reasoning_tokens
 
 
 def embeddings_to_pb(embeddings: Embeddings, model: str) -> pb.EmbedResponse:

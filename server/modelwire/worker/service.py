@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import replace
+from types import TracebackType
 from typing import TypeVar
 
 from modelwire.core.balance import LeastLoaded, PickPolicy
@@ -232,30 +233,6 @@ class WorkerService:
 
         return refusals
 
-    @asynccontextmanager
-    async def _admitted(
-        self,
-        served: ServedModel,
-        request: ModelRequest,
-        started: Started | None,
-        streaming: bool,
-        tenant: str | None,
-    ) -> AsyncIterator[tuple[ModelRequest, CallMeter]]:
-        """Everything an attempt passes before its provider: a slot, context fit, the quotas, a
-        span. The fit counts the prompt, which for a long prompt is real work: it runs inside the
-        slot."""
-        request = _for(request, served)
-        async with served.admission.slot():
-            asked = request.sampling.max_new_tokens
-            request, prompt, most = await self._fit_context(served, request)
-            bound = request.sampling.max_new_tokens or 0
-            output = bound if asked is not None else min(bound, self.default_output_reservation)
-            meter = await self._meter(
-                served, tenant, started, prompt.count, most, output, bound, streaming
-            )
-            with meter, upstream_span(served.metadata.provider, served.model):
-                yield request, meter
-
     def _failover(
         self, request: ModelRequest, started: Started | None, streaming: bool
     ) -> Failover:
@@ -278,7 +255,7 @@ class WorkerService:
         timeout_s = failover.target.attempt_timeout_s
         for served in failover.candidates():
             try:
-                async with self._admitted(served, request, failover.started, False, tenant) as (
+                async with _Admitted(self, served, request, failover.started, False, tenant) as (
                     attempt,
                     meter,
                 ):
@@ -347,7 +324,7 @@ class WorkerService:
     ) -> AsyncGenerator[ModelOutput, None]:
         """One deployment's stream, checked and metered; ends with finish_reason. `clock` starts
         when its provider is called (a wait for a slot is not the upstream's slowness)."""
-        async with self._admitted(served, request, started, True, tenant) as (attempt, meter):
+        async with _Admitted(self, served, request, started, True, tenant) as (attempt, meter):
             clock.start()
             began = time.perf_counter()
             first_token_at: float | None = None
@@ -404,6 +381,88 @@ class WorkerService:
         if bounded != asked:
             request = replace(request, sampling=replace(request.sampling, max_new_tokens=bounded))
         return request, prompt, high
+
+
+class _Admitted:
+    """Everything an attempt passes before its provider: a slot, context fit, the quotas, a
+    span; `async with` gives the request as the provider gets it and the call's meter. The fit
+    counts the prompt, which for a long prompt is real work: it runs inside the slot.
+
+    A class rather than an @asynccontextmanager, which costs every call more (callgrind) and
+    holds a generator of its own for as long as a stream is open."""
+
+    __slots__ = (
+        "_service",
+        "_served",
+        "_request",
+        "_started",
+        "_streaming",
+        "_tenant",
+        "_slot",
+        "_meter",
+        "_span",
+    )
+
+    def __init__(
+        self,
+        service: WorkerService,
+        served: ServedModel,
+        request: ModelRequest,
+        started: Started | None,
+        streaming: bool,
+        tenant: str | None,
+    ) -> None:
+        self._service = service
+        self._served = served
+        self._request = request
+        self._started = started
+        self._streaming = streaming
+        self._tenant = tenant
+
+    async def __aenter__(self) -> tuple[ModelRequest, CallMeter]:
+        service, served = self._service, self._served
+        slot = self._slot = served.admission.slot()
+        await slot.__aenter__()
+        try:
+            request = _for(self._request, served)
+            asked = request.sampling.max_new_tokens
+            request, prompt, most = await service._fit_context(served, request)
+            bound = request.sampling.max_new_tokens or 0
+            output = bound if asked is not None else min(bound, service.default_output_reservation)
+            meter = self._meter = await service._meter(
+                served,
+                self._tenant,
+                self._started,
+                prompt.count,
+                most,
+                output,
+                bound,
+                self._streaming,
+            )
+            try:
+                span = self._span = upstream_span(served.metadata.provider, served.model)
+                span.__enter__()
+            except BaseException as error:
+                meter.close(error)
+                raise
+        except BaseException as error:
+            await slot.__aexit__(type(error), error, error.__traceback__)
+            raise
+        return request, meter
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            try:
+                self._span.__exit__(kind, error, traceback)
+            finally:
+                self._meter.close(error)
+        finally:
+            await self._slot.__aexit__(kind, error, traceback)
 
 
 def _for(request: _Named, served: ServedModel) -> _Named:

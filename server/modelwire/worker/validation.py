@@ -16,6 +16,7 @@ from modelwire.core.types import (
     ModelRequest,
     NamedTool,
     Role,
+    SamplingParams,
     ToolCall,
     ToolChoiceMode,
 )
@@ -319,8 +320,17 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
     if not request.plain:
         chars += _check_tools(violations, request, limits)
     _check_chars(violations, chars, limits)
-    sampling = request.sampling
-    _check_range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
+    _check_sampling(violations, request.sampling, limits)
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def _check_sampling(
+    violations: list[FieldViolation], sampling: SamplingParams, limits: RequestLimits
+) -> None:
+    """Each value the caller set (most set none: each is looked at only when set)."""
+    if sampling.temperature is not None:
+        _check_range(violations, "sampling.temperature", sampling.temperature, 0.0, 2.0)
     if sampling.top_p is not None and not 0.0 < sampling.top_p <= 1.0:
         violations.append(
             FieldViolation("sampling.top_p", f"must be in (0, 1], got {sampling.top_p:g}")
@@ -332,8 +342,14 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
                 f"must be positive when set, got {sampling.max_new_tokens}",
             )
         )
-    _check_range(violations, "sampling.presence_penalty", sampling.presence_penalty, -2.0, 2.0)
-    _check_range(violations, "sampling.frequency_penalty", sampling.frequency_penalty, -2.0, 2.0)
+    if sampling.presence_penalty is not None:
+        _check_range(violations, "sampling.presence_penalty", sampling.presence_penalty, -2.0, 2.0)
+    if sampling.frequency_penalty is not None:
+        _check_range(
+            violations, "sampling.frequency_penalty", sampling.frequency_penalty, -2.0, 2.0
+        )
+    if not sampling.stop:
+        return
     if len(sampling.stop) > limits.max_stop_strings:
         violations.append(
             FieldViolation(
@@ -353,5 +369,3 @@ def validate_request(request: ModelRequest, limits: RequestLimits) -> None:
                     f"{len(stop)}",
                 )
             )
-    if violations:
-        raise InvalidRequest(violations)
