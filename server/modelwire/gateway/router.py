@@ -37,7 +37,7 @@ from modelwire.fleet.registry import DEFAULT_TTL_S, RegistryClient
 from modelwire.fleet.types import EventType, Instance, WatchBatch
 from modelwire.observe.call_record import sendable
 from modelwire.rpc.channels import client_options, dial
-from modelwire.rpc.wire import LOAD_TRAILER, ORCA_TRAILER, Metadata
+from modelwire.rpc.wire import INSTANCE_TRAILER, LOAD_TRAILER, ORCA_TRAILER, Metadata
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ RATE_LIMIT_PREFIX = "x-ratelimit-"
 _HOP_KEYS = frozenset(
     {"te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"}
 )
+_HOP_KEYS_AND_AUTHORIZATION = _HOP_KEYS | {"authorization"}
 
 
 @dataclass
@@ -66,10 +67,21 @@ class Route:
     probe: bool | None = None
     picked_at: float = 0.0
     probe_task: asyncio.Task[None] | None = None
+    _unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def instance_id(self) -> str:
         return self.instance.instance_id
+
+    def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """The channel's callable for a unary `method`, made once: grpc.aio builds a new one at
+        every `unary_unary`."""
+        call = self._unary.get(method)
+        if call is None:
+            call = self._unary[method] = self.channel.unary_unary(method)
+        return call
 
     @property
     def routable(self) -> bool:
@@ -155,6 +167,13 @@ def leading_model(raw: bytes) -> str:
     metrics label of a call, read before authentication. Only a label: what the call routes on and
     is allowed is `model_field`'s reading (a body may repeat field 1). A body whose start is not
     protobuf wire format, or that names no model first, is the caller's mistake."""
+    # What every serializer writes: field 1 first, a name shorter than 128 bytes (a one-byte
+    # length). Anything else, a refusal included, is read by the loop below.
+    if len(raw) > 2 and raw[0] == 0x0A and 0 < raw[1] < 0x80 and raw[1] + 2 <= len(raw):
+        try:
+            return raw[2 : 2 + raw[1]].decode()
+        except UnicodeDecodeError:
+            pass
     position = 0
     try:
         for _ in range(MAX_FIELDS_BEFORE_MODEL):
@@ -208,11 +227,8 @@ def forwarded_metadata(
 ) -> Metadata:
     """The caller's metadata for the worker: never this hop's own headers, and the caller's
     `authorization` only when the gateway is told to pass it on (it has a token of its own)."""
-    return tuple(
-        (k, v)
-        for k, v in metadata or ()
-        if not k.startswith(":") and k not in _HOP_KEYS and (authorization or k != "authorization")
-    )
+    dropped = _HOP_KEYS if authorization else _HOP_KEYS_AND_AUTHORIZATION
+    return tuple([(k, v) for k, v in metadata or () if k not in dropped and k[:1] != ":"])
 
 
 def rate_limits(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
@@ -237,14 +253,23 @@ def refuse_unsendable(metadata: Metadata) -> None:
             )
 
 
-def returned_trailers(metadata: Sequence[tuple[str, str | bytes]] | None) -> Metadata:
-    """Upstream trailers the caller gets: not the upstream's ORCA report (it describes one worker,
-    and the caller balances across gateways)."""
-    return tuple((k, v) for k, v in metadata or () if k not in (ORCA_TRAILER, LOAD_TRAILER))
+# Trailers of a worker's the caller never gets: its load report (it describes one worker, and the
+# caller balances across gateways), and its instance id, which the gateway sets itself.
+_NOT_RETURNED = frozenset({ORCA_TRAILER, LOAD_TRAILER, INSTANCE_TRAILER})
+
+
+def returned_trailers(
+    metadata: Sequence[tuple[str, str | bytes]] | None, instance_id: str
+) -> Metadata:
+    """A worker's trailers as the caller gets them, naming the instance that answered."""
+    kept = [(k, v) for k, v in metadata or () if k not in _NOT_RETURNED]
+    kept.append((INSTANCE_TRAILER, instance_id))
+    return tuple(kept)
 
 
 class Router:
-    """The instance table and the choice of instance; fed by a registry watch."""
+    """The instance table and the choice of instance; fed by a registry watch. `routes` changes
+    only through the watch (`_upsert`, `_remove`), which renews what each call reads of it."""
 
     def __init__(
         self,
@@ -261,6 +286,11 @@ class Router:
         # When each model was last served by some instance: such a model is "not ready", not
         # unknown.
         self._last_served: dict[str, float] = {}
+        # What every call reads of the table, made again only after it changed (`_changed`): the
+        # models of the table and of `_last_served` (a metrics label names only these), and the
+        # instances serving each model, in table order.
+        self._known: frozenset[str] | None = None
+        self._serving: dict[str, list[Route]] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, int]] = {}
         self._probe_health = probe_health
         self._follower: asyncio.Task[None] | None = None
@@ -339,7 +369,12 @@ class Router:
             self.synced.set()
         await self._notify()
 
+    def _changed(self) -> None:
+        self._known = None
+        self._serving.clear()
+
     def _upsert(self, instance: Instance) -> None:
+        self._changed()  # a registration may name other models
         stale = self._stale.pop(instance.instance_id, None)
         if stale is not None:
             stale.cancel()
@@ -369,6 +404,7 @@ class Router:
         route = self.routes.pop(instance_id, None)
         if route is None:
             return
+        self._changed()
         now = time.monotonic()
         self._last_served.update((model, now) for model in route.instance.spec.model_names)
         logger.info("instance %s at %s left", instance_id, route.instance.address)
@@ -430,14 +466,23 @@ class Router:
             for r in self.routes.values()
         )
 
-    def known_models(self) -> set[str]:
-        return {m for r in self.routes.values() for m in r.instance.spec.model_names} | set(
-            self._last_served
-        )
+    def known_models(self) -> frozenset[str]:
+        """The models some instance serves or served: what a metrics label may name. A pick adds
+        to `_last_served` only a model the table names, so only the table's changes renew it."""
+        known = self._known
+        if known is None:
+            known = self._known = frozenset(
+                {m for r in self.routes.values() for m in r.instance.spec.model_names}
+            ).union(self._last_served)
+        return known
 
     def pick(self, model: str, tried: set[str]) -> Route:
         now = time.monotonic()
-        serving = [r for r in self.routes.values() if r.instance.spec.serves(model)]
+        serving = self._serving.get(model)
+        if serving is None:
+            serving = [r for r in self.routes.values() if r.instance.spec.serves(model)]
+            if serving:  # a model nobody serves is not kept: callers may name any
+                self._serving[model] = serving
         if not serving:
             self._refuse_missing(model, now)
         self._last_served[model] = now

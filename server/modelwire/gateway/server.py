@@ -45,7 +45,7 @@ from modelwire.core.settings import (
     ServerConfig,
     TlsConfig,
 )
-from modelwire.fleet.orca import parse_report
+from modelwire.fleet.orca import reported_load
 from modelwire.fleet.registry import RegistryClient
 from modelwire.gateway.coalesce import AbortAfterMessages, HeldAbort, merge_messages
 from modelwire.gateway.router import (
@@ -94,6 +94,9 @@ LIST_MODELS = f"/{WORKER_SERVICE}/ListModels"
 
 # A gateway that sees its own id in a call's VIA_KEY refuses it; so does one past this many hops.
 MAX_HOPS = 8
+# What this gateway sets itself, never the caller's: the request id it logs the call under, and who
+# the call is for.
+_RELAYED_KEYS = frozenset({REQUEST_ID_KEY, CALLER_KEY, TENANT_KEY})
 # A retry budget lets a burst this large through before the ratio governs.
 _BUDGET_BURST = 10.0
 
@@ -250,34 +253,32 @@ class Gateway:
     def _metadata(self, context: CallContext) -> Metadata:
         """The caller's metadata for the worker, with this gateway added to the call's path; a
         call that already passed here (an instance registered at this gateway's address) stops."""
-        incoming = context.invocation_metadata() or ()
-        via = [
-            hop
-            for key, value in incoming
-            if key == VIA_KEY and isinstance(value, str)
-            for hop in value.split(",")
-        ]
+        via: list[str] = []
+        # Never the caller's own claim of who it is: the worker hears whom this gateway
+        # authenticated.
+        caller: list[tuple[str, str | bytes]] = []
+        for key, value in context.invocation_metadata() or ():
+            if key == VIA_KEY:
+                if isinstance(value, str):
+                    via += value.split(",")
+            elif key not in _RELAYED_KEYS:
+                caller.append((key, value))
         if self._id in via or len(via) >= MAX_HOPS:
             raise RoutingLoop(
                 f"the call came back to gateway {self._id} after {len(via)} hops: an instance is "
                 "registered at a gateway's address; deregister it"
             )
-        # The worker logs the call under the id this gateway logs it under (the caller's, when
-        # usable).
-        record = current_call()
-        own = ((REQUEST_ID_KEY, record.request_id),) if record is not None else ()
-        # Never the caller's own claim of who it is: the worker hears whom this gateway
-        # authenticated.
-        caller = [
-            (k, v)
-            for k, v in incoming
-            if k not in (VIA_KEY, REQUEST_ID_KEY, CALLER_KEY, TENANT_KEY)
-        ]
-        outgoing = forwarded_metadata(caller, self.settings.workers.forward_authorization) + (
+        outgoing = (
+            *forwarded_metadata(caller, self.settings.workers.forward_authorization),
             (VIA_KEY, ",".join([*via, self._id])),
         )
         refuse_unsendable(outgoing)
-        return outgoing + own + self._relayed()
+        # The worker logs the call under the id this gateway logs it under (the caller's, when
+        # usable).
+        record = current_call()
+        if record is not None:
+            outgoing += ((REQUEST_ID_KEY, record.request_id),)
+        return outgoing + self._relayed()
 
     def _relayed(self) -> Metadata:
         """Who the call is for, for the worker: the caller this gateway authenticated, sent with its
@@ -333,26 +334,64 @@ class Gateway:
         )
         return True
 
-    async def _forward(
-        self, raw: bytes, context: CallContext, attempt: Attempt
-    ) -> AsyncGenerator[bytes, None]:
-        """The one retry loop of unary and streamed calls: `attempt` makes the call on a route,
-        yields what the caller gets and fills in the worker's trailers; once it has yielded, the
-        call is the caller's and never retried."""
+    def _admitted(self, raw: bytes) -> str:
+        """The model a call names, for its label and held to the caller's allow-list (the worker
+        sees this gateway's token); a call let through earns the retry budget its share."""
         model = model_field(raw)
         record = current_call()
         if record is not None:  # the label was read before authentication, from the first field 1
             record.model = model if model in self.router.known_models() else UNKNOWN_MODEL
-        # The caller's allow-list, checked here: the worker sees this gateway's token.
         refusal = model_refusal(model)
         if refusal is not None:
             raise PermissionDenied(refusal)
         self._budget.earn()
+        return model
+
+    def _opened(self, model: str, tried: set[str]) -> Route:
+        """The next attempt's instance, counted open for `model` until `_closed`."""
+        route = self.router.pick(model, tried)
+        tried.add(route.instance_id)
+        route.open[model] = route.open.get(model, 0) + 1
+        return route
+
+    async def _failed(
+        self,
+        model: str,
+        route: Route,
+        error: grpc.aio.AioRpcError | None,
+        tried: set[str],
+        context: CallContext,
+    ) -> None:
+        """After an attempt that did not start (`error` None: no connection): returns when
+        another instance is to be tried, else ends the call with this attempt's answer."""
+        if self._again(model, route, error, tried, context):
+            return
+        if error is None:
+            raise _unreachable(route) from None
+        await _pass_on(context, error, route)
+        raise error
+
+    def _settled(
+        self,
+        route: Route,
+        model: str,
+        trailers: Sequence[tuple[str, str | bytes]] | None,
+        context: CallContext,
+    ) -> None:
+        """A call the worker answered: its load report read, its trailers the caller's."""
+        self._observe(route, model, trailers)
+        context.set_trailing_metadata(returned_trailers(trailers, route.instance_id))
+
+    async def _forward(
+        self, raw: bytes, context: CallContext, attempt: Attempt
+    ) -> AsyncGenerator[bytes, None]:
+        """The retry loop of streamed calls: `attempt` makes the call on a route, yields what the
+        caller gets and fills in the worker's trailers; once it has yielded, the call is the
+        caller's and never retried. `forward_unary` is the same loop without generators."""
+        model = self._admitted(raw)
         tried: set[str] = set()
         while True:
-            route = self.router.pick(model, tried)
-            tried.add(route.instance_id)
-            route.open[model] = route.open.get(model, 0) + 1
+            route = self._opened(model, tried)
             started = False
             trailers: list[tuple[str, str | bytes]] = []
             try:
@@ -361,43 +400,45 @@ class Gateway:
                     async for answer in answers:
                         started = True
                         yield answer
-                self._observe(route, model, trailers)
-                context.set_trailing_metadata(_with_instance(returned_trailers(trailers), route))
+                self._settled(route, model, trailers, context)
                 return
             except _NoConnection:
-                if self._again(model, route, None, tried, context):
-                    continue
-                raise _unreachable(route) from None
+                await self._failed(model, route, None, tried, context)
             except grpc.aio.AioRpcError as error:
-                if not started and self._again(model, route, error, tried, context):
-                    continue
-                await _pass_on(context, error, route)
-                raise
+                if started:
+                    await _pass_on(context, error, route)
+                    raise
+                await self._failed(model, route, error, tried, context)
             finally:
                 route.open[model] -= 1
 
     async def forward_unary(self, method: str, raw: bytes, context: CallContext) -> bytes:
-        """A unary call forwarded to the fleet; the worker's failure ends it by `context.abort`."""
-
-        async def attempt(
-            route: Route, trailers: list[tuple[str, str | bytes]]
-        ) -> AsyncGenerator[bytes, None]:
-            call = route.channel.unary_unary(method)(
-                raw, timeout=context.time_remaining(), metadata=self._metadata(context)
-            )
-            # Awaiting the call cancels it when this task is cancelled (the caller left).
-            response: bytes = await call
-            limits = rate_limits(await call.initial_metadata())
-            if limits:  # the worker's quota: headers only then (each costs a frame)
-                await context.send_initial_metadata(limits)
-            trailers.extend(await call.trailing_metadata() or ())
-            yield response
-
-        responses: list[bytes] = []
-        async with aclosing(self._forward(raw, context, attempt)) as answers:
-            # Read to the end: the loop sets the worker's trailers after its one answer.
-            responses += [response async for response in answers]
-        return responses[0]
+        """A unary call forwarded to the fleet; the worker's failure ends it by `context.abort`.
+        `_forward`'s loop, in a coroutine: a unary answer comes whole, so every failure is before
+        the call is the caller's (async generators would cost each call a fifth of the gateway's
+        own instructions)."""
+        model = self._admitted(raw)
+        tried: set[str] = set()
+        while True:
+            route = self._opened(model, tried)
+            try:
+                await self._connected(route)
+                call = route.unary(method)(
+                    raw, timeout=context.time_remaining(), metadata=self._metadata(context)
+                )
+                # Awaiting the call cancels it when this task is cancelled (the caller left).
+                response: bytes = await call
+                limits = rate_limits(await call.initial_metadata())
+                if limits:  # the worker's quota: headers only then (each costs a frame)
+                    await context.send_initial_metadata(limits)
+                self._settled(route, model, await call.trailing_metadata(), context)
+                return response
+            except _NoConnection:
+                await self._failed(model, route, None, tried, context)
+            except grpc.aio.AioRpcError as error:
+                await self._failed(model, route, error, tried, context)
+            finally:
+                route.open[model] -= 1
 
     def forward_stream(
         self, method: str, raw: bytes, context: CallContext
@@ -458,9 +499,8 @@ class Gateway:
     def _observe(
         route: Route, model: str, trailers: Sequence[tuple[str, str | bytes]] | None
     ) -> None:
-        report = parse_report(trailers)
-        if report is not None and "in_flight" in report.named_metrics:
-            load = report.named_metrics["in_flight"] + report.named_metrics.get("queued", 0.0)
+        load = reported_load(trailers)
+        if load is not None:
             # The report was made after this call finished at the worker; it is still open here.
             route.reported(model, load, open_excluding=1)
 
@@ -485,7 +525,7 @@ class Gateway:
 
         async def ask(route: Route) -> list[pb.ModelMetadata]:
             try:
-                answer: bytes = await route.channel.unary_unary(LIST_MODELS)(
+                answer: bytes = await route.unary(LIST_MODELS)(
                     pb.ListModelsRequest().SerializeToString(), timeout=timeout, metadata=metadata
                 )
                 return list(pb.ListModelsResponse.FromString(answer).models)
@@ -522,7 +562,7 @@ async def _pass_on(context: CallContext, error: grpc.aio.AioRpcError, route: Rou
     await context.abort(
         error.code(),
         error.details() or "",
-        _with_instance(returned_trailers(error.trailing_metadata()), route),
+        returned_trailers(error.trailing_metadata(), route.instance_id),
     )
 
 
@@ -531,8 +571,3 @@ def _headers(initial: Sequence[tuple[str, str | bytes]] | None, route: Route) ->
     return forwarded_metadata(initial, authorization=False) + (
         (INSTANCE_TRAILER, route.instance_id),
     )
-
-
-def _with_instance(trailers: Metadata, route: Route) -> Metadata:
-    kept = tuple((k, v) for k, v in trailers if k != INSTANCE_TRAILER)
-    return kept + ((INSTANCE_TRAILER, route.instance_id),)
