@@ -414,7 +414,7 @@ async def test_stream_that_hangs_between_chunks_times_out(
 
     # After content a stream never moves on: the caller learns the answer broke, and how far.
     assert error is not None and error.code == grpc.StatusCode.UNAVAILABLE
-    assert "after 1 message of its answer had been sent" in error.message
+    assert "after 1 delta of its answer had been passed on" in error.message
     assert "timeout_s=0.6" in error.message
     assert texts == ["Hello"]
     await fake.exchanges[0].wait_client_closed(1.0)
