@@ -85,7 +85,7 @@ def _patch(variant: str) -> None:
         from modelwire.observe.call_record import CallRecord
 
         CallObserver.begin = (  # type: ignore[method-assign]
-            lambda self, method, request, context: (CallRecord(method, ""), ())
+            lambda self, method, request, request_id: CallRecord(method, "")
         )
         CallObserver.streamed = CallObserver.answered = (  # type: ignore[method-assign]
             lambda self, *args: None
