@@ -105,10 +105,11 @@ class Failover:
         # consulted and fed. A model with one deployment called by its name has nowhere else to
         # go: its calls reach the upstream, whose own answer the caller gets.
         self._choice = not target.single
-        # Every field a candidate refused, each with the reason it gave.
-        self._refused: list[errors.FieldViolation] = []
+        # Every field a candidate refused, each with the reason it gave. Tuples: most calls add
+        # nothing to them, and allocate nothing for them.
+        self._refused: tuple[errors.FieldViolation, ...] = ()
         self._last_error: BaseException | None = None
-        self._open_for: list[float] = []
+        self._open_for: tuple[float, ...] = ()
         # The deployment whose half-open breaker let this call through as its one probe.
         self._probe: ServedModel | None = None
         self._on_attempt = on_attempt
@@ -148,7 +149,7 @@ class Failover:
                 )
                 ready.remove(chosen)
                 if self._choice and not chosen.breaker.allows():  # a half-open probe is out
-                    self._open_for.append(chosen.breaker.retry_after_s())
+                    self._open_for += (chosen.breaker.retry_after_s(),)
                     self._note(chosen, SKIPPED_OPEN)
                     continue
                 if self._choice and chosen.breaker.state is BreakerState.HALF_OPEN:
@@ -158,12 +159,12 @@ class Failover:
     def _ready(self, served: ServedModel) -> bool:
         refused = self._refusals(served)
         if refused:
-            self._refused += [v for v in refused if v not in self._refused]
+            self._refused += tuple(v for v in refused if v not in self._refused)
             self._note(served, SKIPPED_FIELDS)
             return False
         wait = served.breaker.retry_after_s() if self._choice else 0.0
         if wait > 0:
-            self._open_for.append(wait)
+            self._open_for += (wait,)
             self._note(served, SKIPPED_OPEN)
             return False
         return True
@@ -240,7 +241,7 @@ class Failover:
                 not_started=True,  # another worker's circuits may be closed
             )
         if not self._choice:
-            return errors.InvalidRequest(self._refused)
+            return errors.InvalidRequest(list(self._refused))
         # One violation per field, with every candidate's reason for refusing it.
         reasons: dict[str, list[str]] = {}
         for violation in self._refused:
