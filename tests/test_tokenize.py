@@ -4,14 +4,17 @@ network."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tiktoken
 
 from modelwire.core.errors import TokenizerUnavailable
 from modelwire.core.types import ModelMessage, Role
-from modelwire.tokenize import tiktoken_counter
+from modelwire.tokenize import placement, tiktoken_counter
 from modelwire.tokenize.tiktoken_counter import count_tokens, get_encoding
 
 
@@ -111,3 +114,42 @@ def test_disabled_cache_makes_o200k_a_clear_error(monkeypatch: pytest.MonkeyPatc
             count_tokens("gpt-4o", SENTENCE)
     finally:
         get_encoding.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        SENTENCE,
+        MIXED_TEXT,
+        "<|endoftext|> is text here, never the special token",
+        "a lone surrogate \ud800 as JSON can carry",
+        "trailing spaces and breaks  \n\n\t  ",
+    ],
+)
+def test_a_count_is_the_length_of_tiktokens_ordinary_encoding(text: str) -> None:
+    encoding = get_encoding("o200k_base")
+    assert tiktoken_counter.count_text(encoding, text) == len(encoding.encode_ordinary(text))
+
+
+def test_an_encoding_is_first_used_on_the_counting_thread(
+    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used_on: list[str] = []
+    count_text = tiktoken_counter.count_text
+
+    def recording(encoding: tiktoken.Encoding, text: str) -> int:
+        used_on.append(threading.current_thread().name)
+        return count_text(encoding, text)
+
+    monkeypatch.setattr(tiktoken_counter, "count_text", recording)
+    count_tokens("gpt-4o", SENTENCE)
+    assert used_on[0].startswith("modelwire-count") and len(used_on) == 2
+
+
+def test_an_encoding_first_loaded_by_a_count_on_the_counting_thread_loads(
+    fresh_cache: Path,
+) -> None:
+    with placement.counting_executor(ThreadPoolExecutor(1)) as executor:
+        counted = executor.submit(count_tokens, "gpt-4o", SENTENCE).result(timeout=60)
+    assert counted.count == independent_count("o200k_base", SENTENCE)
