@@ -2,24 +2,35 @@
 
 Prompts of exactly 100, 10,000 and 100,000 o200k tokens (a model named gpt-4o), sent one call at a
 time (concurrency 1: the number that matters is the per-call cost on top of tiktoken's own). The
-direct side calls the same `encode(prompt, disallowed_special=())` modelwire calls, on the same
-offline encoding and the same str object every time; "direct from bytes" decodes the prompt's UTF-8
-first, as any server that receives it must (tiktoken then converts a fresh str back to UTF-8). With
-`--floor`, the same CountToken requests also go to the bare grpc.aio floor (bench/echo_floor.py),
-which answers without reading the prompt: what gRPC itself costs to carry it.
+direct side calls `len(encode(prompt, disallowed_special=()))`, what a program counting with
+tiktoken writes, on the same offline encoding and the same str object every time, on the thread
+that owns the encoding's regex caches (tiktoken is about 20% slower on any other thread; in this
+process that is modelwire's counting thread, tokenize/placement.py). "Direct from bytes" decodes the
+prompt's UTF-8 first, as any server that receives it must (tiktoken then converts a fresh str back
+to UTF-8). With `--floor`, the same CountToken requests also go to the bare grpc.aio floor
+(bench/echo_floor.py), which answers without reading the prompt: what gRPC itself costs to carry
+it.
+
+The machine's other load moves both sides, so they are interleaved: `--rounds` rounds per size,
+each timing direct, from bytes and gRPC for its share of `--seconds` (the order rotating); the
+ratio is taken within a round, and its median, min and max over the rounds are reported.
 
     python bench/count_tokens.py --address 127.0.0.1:50051 [--floor 127.0.0.1:8901] [--seconds 3]
+        [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from modelwire.tokenize.placement import on_counting_thread
 from modelwire.tokenize.tiktoken_counter import encoding_for_model
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
@@ -54,7 +65,7 @@ def prompt_of(tokens: int, seed: int = 7) -> str:
     raise RuntimeError(f"could not build a prompt of exactly {tokens} tokens")
 
 
-def _timed(call: Any, seconds: float, min_calls: int = 3) -> tuple[int, float]:
+def _timed(call: Callable[[], object], seconds: float, min_calls: int = 3) -> tuple[int, float]:
     calls = 0
     started = time.perf_counter()
     while True:
@@ -65,8 +76,17 @@ def _timed(call: Any, seconds: float, min_calls: int = 3) -> tuple[int, float]:
             return calls, elapsed
 
 
+def _ms_per_call(call: Callable[[], object], seconds: float) -> float:
+    calls, elapsed = _timed(call, seconds)
+    return 1000 * elapsed / calls
+
+
 def run(
-    address: str, seconds: float = 3.0, sizes: tuple[int, ...] = SIZES, floor: str | None = None
+    address: str,
+    seconds: float = 3.0,
+    sizes: tuple[int, ...] = SIZES,
+    floor: str | None = None,
+    rounds: int = 3,
 ) -> list[dict[str, Any]]:
     encoding, _ = encoding_for_model(MODEL)
     rows = []
@@ -74,39 +94,63 @@ def run(
         ("grpc.max_send_message_length", 64 << 20),
         ("grpc.max_receive_message_length", 64 << 20),
     ]
+    share = seconds / rounds
     floor_channel = grpc.insecure_channel(floor, options=options) if floor else None
     floor_stub = pb_grpc.ModelWorkerStub(floor_channel) if floor_channel else None
     with grpc.insecure_channel(address, options=options) as channel:
         stub = pb_grpc.ModelWorkerStub(channel)
         for size in sizes:
             prompt = prompt_of(size)
+            wire = prompt.encode()
             request = pb.CountTokenRequest(model=MODEL, prompt=prompt)
             answered = stub.CountToken(request, timeout=60)
             assert answered.count == size, (answered.count, size)
-            encoding.encode(prompt, disallowed_special=())  # warm
-            # Each lambda binds this size's values (called only within this iteration anyway).
-            direct_calls, direct_s = _timed(
-                lambda prompt=prompt: encoding.encode(prompt, disallowed_special=()), seconds
-            )
-            wire = prompt.encode()
-            bytes_calls, bytes_s = _timed(
-                lambda wire=wire: encoding.encode(wire.decode(), disallowed_special=()), seconds
-            )
-            grpc_calls, grpc_s = _timed(
-                lambda request=request: stub.CountToken(request, timeout=60), seconds
-            )
-            direct_rate = size * direct_calls / direct_s
-            grpc_rate = size * grpc_calls / grpc_s
+
+            # Each closure binds this size's values (called only within this iteration anyway).
+            def direct(prompt: str = prompt) -> float:
+                return on_counting_thread(
+                    lambda: _ms_per_call(
+                        lambda: len(encoding.encode(prompt, disallowed_special=())), share
+                    )
+                )
+
+            def from_bytes(wire: bytes = wire) -> float:
+                return on_counting_thread(
+                    lambda: _ms_per_call(
+                        lambda: len(encoding.encode(wire.decode(), disallowed_special=())), share
+                    )
+                )
+
+            def over_grpc(request: pb.CountTokenRequest = request) -> float:
+                return _ms_per_call(lambda: stub.CountToken(request, timeout=60), share)
+
+            sides = {"direct": direct, "from_bytes": from_bytes, "grpc": over_grpc}
+            for measure in sides.values():
+                measure()  # warm
+            measured: dict[str, list[float]] = {name: [] for name in sides}
+            order = list(sides)
+            for index in range(rounds):
+                for name in order[index % 3 :] + order[: index % 3]:
+                    measured[name].append(sides[name]())
+            ratios = [d / g for d, g in zip(measured["direct"], measured["grpc"], strict=True)]
+            from_bytes_ratios = [
+                b / g for b, g in zip(measured["from_bytes"], measured["grpc"], strict=True)
+            ]
+            direct_ms = statistics.median(measured["direct"])
+            grpc_ms = statistics.median(measured["grpc"])
             row = {
                 "tokens": size,
                 "prompt_bytes": len(wire),
-                "direct_tokens_per_s": direct_rate,
-                "direct_ms_per_call": 1000 * direct_s / direct_calls,
-                "direct_from_bytes_ms_per_call": 1000 * bytes_s / bytes_calls,
-                "grpc_tokens_per_s": grpc_rate,
-                "grpc_ms_per_call": 1000 * grpc_s / grpc_calls,
-                "ratio": grpc_rate / direct_rate,
-                "ratio_from_bytes": grpc_rate / (size * bytes_calls / bytes_s),
+                "rounds": rounds,
+                "direct_tokens_per_s": 1000 * size / direct_ms,
+                "direct_ms_per_call": direct_ms,
+                "direct_from_bytes_ms_per_call": statistics.median(measured["from_bytes"]),
+                "grpc_tokens_per_s": 1000 * size / grpc_ms,
+                "grpc_ms_per_call": grpc_ms,
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "ratio_from_bytes": statistics.median(from_bytes_ratios),
             }
             if floor_stub is not None:
                 floor_stub.CountToken(request, timeout=60)
@@ -130,17 +174,19 @@ def main() -> None:
     parser.add_argument(
         "--floor", help="address of bench/echo_floor.py, to measure gRPC's own cost of the request"
     )
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per size and side, in all")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(
-        "| tokens | direct tiktoken (tokens/s) | CountToken over gRPC (tokens/s) | ratio | ms per "
-        "call: direct / from bytes / gRPC floor / modelwire |"
+        "| tokens | direct tiktoken (tokens/s) | CountToken over gRPC (tokens/s) | ratio: median "
+        "(min–max) | ms per call: direct / from bytes / gRPC floor / modelwire |"
     )
     print("| --- | --- | --- | --- | --- |")
-    for row in run(args.address, args.seconds, floor=args.floor):
+    for row in run(args.address, args.seconds, floor=args.floor, rounds=args.rounds):
         print(
             f"| {row['tokens']:,} | {row['direct_tokens_per_s']:,.0f} | "
-            f"{row['grpc_tokens_per_s']:,.0f} | {row['ratio']:.2f} | "
+            f"{row['grpc_tokens_per_s']:,.0f} | {row['ratio']:.2f} ({row['ratio_min']:.2f}–"
+            f"{row['ratio_max']:.2f}) | "
             f"{row['direct_ms_per_call']:.3f} / {row['direct_from_bytes_ms_per_call']:.3f} / "
             f"{row.get('floor_ms_per_call', float('nan')):.3f} / {row['grpc_ms_per_call']:.3f} |"
         )
