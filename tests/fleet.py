@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -202,3 +203,25 @@ async def running_gateway(
         yield gateway
     finally:
         await gateway.stop()
+
+
+class CallerSide:
+    """A gRPC caller's side of a gateway's forwarded call, as forwarding uses it (no network)."""
+
+    def time_remaining(self) -> float | None:
+        return 30.0
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None:
+        return ()
+
+    async def send_initial_metadata(self, initial_metadata: Any) -> None:
+        return None
+
+    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
+        return None
+
+    def trailing_metadata(self) -> Any:
+        return ()
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> NoReturn:
+        raise AssertionError(f"aborted: {code} {details}")

@@ -24,7 +24,14 @@ import grpc
 import pytest
 
 from conftest import admission_reaches, running_worker
-from fleet import Joining, registered, registered_worker, running_controller, running_gateway
+from fleet import (
+    CallerSide,
+    Joining,
+    registered,
+    registered_worker,
+    running_controller,
+    running_gateway,
+)
 from modelwire.app.config import Config
 from modelwire.app.server import Worker
 from modelwire.core.errors import UpstreamUnavailable
@@ -171,7 +178,7 @@ async def test_large_deltas_through_a_gateway_still_reach_a_default_client() -> 
 # --- the gateway: a worker failing mid-stream -------------------------------------------------
 
 
-class AbortRecorder:
+class AbortRecorder(CallerSide):
     """A gRPC caller's side of a forwarded call as grpc.aio behaves: `abort` sends the status at
     once (grpc's `_ServicerContext.abort` sends it from whichever task calls it) and raises
     AbortError; a message the handler yields after that never reaches the caller."""
@@ -181,21 +188,6 @@ class AbortRecorder:
         self.status: tuple[grpc.StatusCode, str] | None = None
         self.aborted = asyncio.Event()
         self.lost: list[bytes] = []
-
-    def time_remaining(self) -> float | None:
-        return 30.0
-
-    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None:
-        return ()
-
-    async def send_initial_metadata(self, initial_metadata: Any) -> None:
-        return None
-
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
-        return None
-
-    def trailing_metadata(self) -> Any:
-        return ()
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> NoReturn:
         self.status = (code, details)

@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import aiohttp
 import grpc
@@ -25,7 +25,14 @@ from fake_upstream import (
     openai_chunk,
     openai_usage_chunk,
 )
-from fleet import Joining, registered, registered_worker, running_controller, running_gateway
+from fleet import (
+    CallerSide,
+    Joining,
+    registered,
+    registered_worker,
+    running_controller,
+    running_gateway,
+)
 from modelwire.app.config import Config
 from modelwire.core.coalesce import coalesce_outputs, coalesced
 from modelwire.core.settings import ModelConfig
@@ -321,28 +328,6 @@ async def test_the_http_facade_coalesces_an_upstreams_backlog_into_fewer_events(
 # --- the gateway's stream ---------------------------------------------------------------------
 
 
-class _Context:
-    """The caller's side of a forwarded call, as forwarding uses it."""
-
-    def time_remaining(self) -> float | None:
-        return 30.0
-
-    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None:
-        return ()
-
-    async def send_initial_metadata(self, initial_metadata: Any) -> None:
-        return None
-
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
-        return None
-
-    def trailing_metadata(self) -> Any:
-        return ()
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> NoReturn:
-        raise AssertionError(f"aborted: {code} {details}")
-
-
 def _echo_config(chunks: int) -> Config:
     model = ModelConfig(
         name="echo",
@@ -379,7 +364,7 @@ async def test_the_gateway_merges_what_waits_and_passes_a_lone_message_as_it_cam
 
         gateway.forward_stream = counted  # type: ignore[method-assign]
         handler = gateway._stream(GENERATE_STREAM)
-        async with aclosing(handler(raw, _Context())) as sent:  # type: ignore[type-var,arg-type]
+        async with aclosing(handler(raw, CallerSide())) as sent:  # type: ignore[type-var,arg-type]
             first = await anext(sent)
             await ended.wait()  # the worker's whole answer waits at the gateway
             rest = [message async for message in sent]
