@@ -139,12 +139,17 @@ async def test_metrics_show_exactly_the_traffic_sent(
 async def test_in_flight_gauge_counts_a_running_stream(
     tmp_path: Path, worker_factory: WorkerFactory
 ) -> None:
-    async with worker_factory(load_config(config_file(tmp_path))) as worker:
+    # Its next token a second after the first: a stream of instant tokens may be over (read
+    # ahead to its end, core/coalesce.py) by the time its first message is read.
+    held = (
+        '[[models]]\nname = "held"\nprovider = "blocking-test"\ntokens = 3\ntoken_delay_s = 1.0\n'
+    )
+    async with worker_factory(load_config(config_file(tmp_path, held))) as worker:
         port = serve_metrics(worker.metrics, "127.0.0.1", 0)
         async with ModelWorkerClient(worker.address) as client:
-            stream = client.stream("slow", "hi")
+            stream = client.stream("held", "hi")
             await anext(stream)
-            assert scrape(port)['modelwire_in_flight{model="slow"}'] == 1
+            assert scrape(port)['modelwire_in_flight{model="held"}'] == 1
             await stream.aclose()
 
 
