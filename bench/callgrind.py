@@ -7,22 +7,27 @@ The process measured runs under `valgrind --tool=callgrind` (threads and all); e
 natively. This harness drives it from outside with a fixed number of calls, one at a time: a
 warm-up, then `callgrind_control --zero PID`, the measured calls, `callgrind_control --dump PID`.
 Start-up, warm-up and shutdown are left out; what is counted is Ir (instructions executed) in the
-window, divided by its calls.
+window, divided by its calls. What the process does by the clock meanwhile (heartbeats, keepalive
+pings) is counted too, and weighs more than at full speed: a few thousand Ir per call here.
 
   floor           bench/echo_floor.py, unary: grpc.aio's own cost of a call
   worker          `modelwire serve`, echo provider: unary Generate; GenerateStream of 100 deltas and
-                  of 1, their difference / 99 is the cost of a streamed delta
-  gateway         `modelwire gateway` (the worker and a controller outside): unary, and a delta
+                  of 1, their difference / 99 is the cost of a streamed delta (a slowed worker
+                  coalesces a stream's backlog: the messages per call say how many went)
+  gateway         `modelwire gateway` (the worker and a controller outside): unary, and whole
+                  streams of 100 and of 1 deltas
   gateway-worker  the worker behind a gateway (gateway and controller outside): unary; less the
                   worker's own unary, what gateway calls cost a worker (early headers, relay)
   forward-floor   bench/forward_floor.py in front of the floor (outside): unary
+  gateway@V, gateway-worker@V   the same with one of the gateway's layers off (GATEWAY_VARIANTS)
 
 The gateway's share of the ratio target: gateway + (gateway-worker − worker) against
 forward-floor. Each scenario runs `--runs` times in fresh processes; the table gives the median and
 the spread ((max − min) / median), and for each its top functions by inclusive Ir and its own Ir
 by shared object (grpc's core, the interpreter, protobuf, libc).
 
-    .venv/bin/python bench/callgrind.py [--only worker,gateway,...] [--runs 3] [--calls 400]
+    .venv/bin/python bench/callgrind.py [--only worker,gateway@no-orca,...] [--runs 3]
+        [--calls 400] [--source DIR]    # DIR: another copy of server/, the other side of a change
 
 Writes bench/results/<stamp>-callgrind.{json,md} and keeps the callgrind files beside them
 (<stamp>-callgrind/).
@@ -36,6 +41,7 @@ import datetime as dt
 import functools
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -268,6 +274,8 @@ GATEWAY_VARIANTS = {
     "plain-metadata": "only the gateway's via sent to the worker",
     "no-via": "nothing sent to the worker (it then sends no early headers)",
     "one-try": "no retry loop: pick, call, answer",
+    "plain-channel": "channels to workers without keepalive options",
+    "no-bdp": "channels to workers without BDP pings",
 }
 
 
@@ -319,6 +327,15 @@ def _patch_gateway(variant: str) -> None:
         gateway.Gateway._metadata = lambda self, context: ((VIA_KEY, self._id),)  # type: ignore[method-assign]
     elif variant == "no-via":
         gateway.Gateway._metadata = lambda self, context: ()  # type: ignore[method-assign]
+    elif variant in ("plain-channel", "no-bdp"):
+        options = router.client_options
+
+        def client_options(*args: Any) -> list[tuple[str, int | str]]:
+            if variant == "plain-channel":
+                return []
+            return [*options(*args), ("grpc.http2.bdp_probe", 0)]
+
+        router.client_options = client_options
     elif variant == "one-try":
 
         async def forward_unary(self: Any, method: str, raw: bytes, context: Any) -> bytes:
@@ -517,10 +534,11 @@ def summarize(scenarios: list[Scenario]) -> dict[str, Any]:
         row = rows.get(key)
         return None if row is None else float(row["ir_per_call"])
 
-    for scenario in ("worker", "gateway"):
-        many, one = ir(f"{scenario}/stream"), ir(f"{scenario}/stream-1")
-        if many is not None and one is not None:
-            derived[f"{scenario} per delta"] = (many - one) / (run.CHUNKS - 1)
+    # The gateway passes on what the worker sends: its streams' difference is the worker's
+    # coalescing, not a cost of the gateway's per delta.
+    many, one = ir("worker/stream"), ir("worker/stream-1")
+    if many is not None and one is not None:
+        derived["worker per delta"] = (many - one) / (run.CHUNKS - 1)
     gateway, forwarder = ir("gateway/unary"), ir("forward-floor/unary")
     behind, alone = ir("gateway-worker/unary"), ir("worker/unary")
     if behind is not None and alone is not None:
@@ -536,7 +554,8 @@ def summarize(scenarios: list[Scenario]) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"Run `{report['stamp']}` ({report['commit']}): {report['settings']['runs']} runs of each "
+        f"Run `{report['stamp']}` ({report['settings']['source'] or report['commit']}): "
+        f"{report['settings']['runs']} runs of each "
         f"scenario in fresh processes, {report['settings']['concurrency']} call(s) at a time; Ir "
         "(instructions) of the measured process per call.",
         "",
@@ -627,6 +646,8 @@ def main() -> int:
         return serve(args.serve, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        parser.error("valgrind not found: install it (Debian: apt-get install valgrind)")
     wanted = args.only.split(",")
     variants = {
         f"{base}@{variant}"

@@ -1,5 +1,6 @@
 """The gateway's instance table and its choice of instance, made by a `PickPolicy`
-(core/balance.py): by default the power of two choices on load relative to weight.
+(core/balance.py): by default the power of two choices on load relative to weight. A sole
+candidate is the pick whatever the policy.
 
 - Load of an instance for a model = the calls this gateway has open to it for that model, plus the
   load others put on it: the instance's last report (heartbeat through the controller, or the ORCA
@@ -486,14 +487,18 @@ class Router:
         if not serving:
             self._refuse_missing(model, now)
         self._last_served[model] = now
-        candidates = [r for r in serving if r.routable and r.instance_id not in tried]
-        if not candidates:
-            # Nothing healthy is left: try the others rather than refuse (health may lag behind).
-            candidates = [r for r in serving if r.instance_id not in tried]
+        candidates = [r for r in serving if r.instance_id not in tried] if tried else serving
+        if len(candidates) > 1:
+            # The healthy ones; when none is, the others rather than a refusal (health may lag).
+            candidates = [r for r in candidates if r.routable] or candidates
         if not candidates:
             raise NotReady(
                 f"every instance of model {model!r} was tried and is unavailable", NOT_READY_RETRY_S
             )
+        if len(candidates) == 1:  # what every policy picks of one, without reading loads
+            chosen = candidates[0]
+            chosen.picked_at = now
+            return chosen
         return self.policy.pick(candidates, lambda r: r.load(model, now))
 
     def _refuse_missing(self, model: str, now: float) -> None:

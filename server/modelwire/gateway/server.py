@@ -379,8 +379,9 @@ class Gateway:
         context: CallContext,
     ) -> None:
         """A call the worker answered: its load report read, its trailers the caller's."""
-        self._observe(route, model, trailers)
-        context.set_trailing_metadata(returned_trailers(trailers, route.instance_id))
+        received = tuple(trailers or ())  # grpc.aio's Metadata iterates in Python: once
+        self._observe(route, model, received)
+        context.set_trailing_metadata(returned_trailers(received, route.instance_id))
 
     async def _forward(
         self, raw: bytes, context: CallContext, attempt: Attempt
