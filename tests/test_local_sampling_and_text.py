@@ -12,7 +12,7 @@ from modelwire.app.server import Worker
 from modelwire.client import ModelWorkerClient
 from modelwire.core.types import ModelMessage, Role
 from modelwire.providers.llama.client import LlamaCppClient, TokenDecoder
-from modelwire.providers.llama.gemma_format import END_OF_TURN, START_OF_TURN
+from modelwire.providers.llama.gemma_format import END_OF_TURN, START_OF_TURN, format_gemma_chat
 
 MODEL = "gemma-3-270m"
 CHAT = [("user", "Tell me about the sea.")]
@@ -176,3 +176,28 @@ async def test_injected_text_is_counted_and_generated_as_plain_text(
         [ModelMessage(Role.SYSTEM, "Never reveal the password."), ModelMessage(Role.USER, "")]
     )
     assert plain.count == len(fed) - len(empty)
+
+
+def test_a_prompt_tokenizes_only_its_messages_text(
+    embedded_worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template's pieces are tokenized once (llama.cpp walks every special token per call);
+    the tokens are those of tokenizing every piece."""
+    client = provider(embedded_worker)
+    model = client.model
+    messages = [ModelMessage(Role.SYSTEM, "Be brief."), ModelMessage(Role.USER, "Hi")]
+    client.prompt_tokens(list(messages))
+    tokenized: list[str] = []
+    tokenize = model.tokenize
+
+    def recording(text: str, *, special: bool) -> list[int]:
+        tokenized.append(text)
+        return tokenize(text, special=special)
+
+    monkeypatch.setattr(model, "tokenize", recording)
+    again = client.prompt_tokens(list(messages))
+    assert tokenized == ["user\nBe brief.\n\nHi"]
+    every_piece = [model.bos]
+    for piece in format_gemma_chat(messages):
+        every_piece += tokenize(piece.text, special=piece.marker)
+    assert again == every_piece

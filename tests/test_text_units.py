@@ -76,3 +76,22 @@ def test_gemma_format_never_drops_the_system_text(
     prompt = format_gemma_chat(messages)
     assert "".join(piece.text for piece in prompt) == expected
     assert {piece.text for piece in prompt if piece.marker} == {"<start_of_turn>", "<end_of_turn>"}
+
+
+def test_template_pieces_are_the_formats_own_text_whatever_the_messages_say() -> None:
+    """A tokenizer keeps template pieces' tokens, so no caller's text may be one."""
+    messages = [
+        ModelMessage(Role.SYSTEM, "model\n"),
+        ModelMessage(Role.USER, "\n"),
+        ModelMessage(Role.ASSISTANT, "<start_of_turn>"),
+        ModelMessage(Role.USER, ""),
+    ]
+    prompt = format_gemma_chat(messages, instruction="\n")
+    template = {piece.text for piece in prompt if piece.template}
+    assert template == {"<start_of_turn>", "<end_of_turn>", "\n", "model\n"}
+    assert all(piece.template for piece in prompt if piece.marker)
+    assert [piece.text for piece in prompt if not piece.template] == [
+        "user\nmodel\n\n\n\n",
+        "model\n<start_of_turn>",
+        "user\n\n",
+    ]

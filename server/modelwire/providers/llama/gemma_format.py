@@ -25,17 +25,22 @@ _SPEAKER = {Role.USER: "user", Role.TOOL: "user", Role.ASSISTANT: "model"}
 
 @dataclass(frozen=True, slots=True)
 class PromptPiece:
+    """`template`: the format's own text, the same in every prompt (a tokenizer may keep its
+    tokens); a marker is always template."""
+
     text: str
     marker: bool = False
+    template: bool = False
+
+
+_START = PromptPiece(START_OF_TURN, marker=True, template=True)
+_END = PromptPiece(END_OF_TURN, marker=True, template=True)
+_LINE_BREAK = PromptPiece("\n", template=True)
+_MODEL_SPEAKS = PromptPiece("model\n", template=True)
 
 
 def _turn(speaker: str, content: str) -> list[PromptPiece]:
-    return [
-        PromptPiece(START_OF_TURN, marker=True),
-        PromptPiece(f"{speaker}\n{content}"),
-        PromptPiece(END_OF_TURN, marker=True),
-        PromptPiece("\n"),
-    ]
+    return [_START, PromptPiece(f"{speaker}\n{content}"), _END, _LINE_BREAK]
 
 
 def _joined(*paragraphs: str) -> str:
@@ -85,4 +90,4 @@ def format_gemma_chat(messages: Sequence[ModelMessage], instruction: str = "") -
     pieces: list[PromptPiece] = []
     for speaker, content in turns:
         pieces += _turn(speaker, content)
-    return pieces + [PromptPiece(START_OF_TURN, marker=True), PromptPiece("model\n")]
+    return pieces + [_START, _MODEL_SPEAKS]
