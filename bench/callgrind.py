@@ -274,6 +274,7 @@ GATEWAY_VARIANTS = {
     "plain-metadata": "only the gateway's via sent to the worker",
     "no-via": "nothing sent to the worker (it then sends no early headers)",
     "one-try": "no retry loop: pick, call, answer",
+    "no-deadline-timer": "no asyncio timer for the caller's deadline (gRPC's own still ends it)",
     "plain-channel": "channels to workers without keepalive options",
     "no-bdp": "channels to workers without BDP pings",
 }
@@ -336,6 +337,14 @@ def _patch_gateway(variant: str) -> None:
             return [*options(*args), ("grpc.http2.bdp_probe", 0)]
 
         router.client_options = client_options
+    elif variant == "no-deadline-timer":
+
+        class Scope(gateway.CallScope):
+            def __init__(self, context: Any) -> None:
+                super().__init__(context)
+                self._timeout = None
+
+        gateway.CallScope = Scope  # type: ignore[misc]
     elif variant == "one-try":
 
         async def forward_unary(self: Any, method: str, raw: bytes, context: Any) -> bytes:

@@ -186,6 +186,23 @@ async def test_deadline_cancellation_and_error_details_cross_the_gateway(
         assert count.count > 0
 
 
+async def test_a_unary_call_s_deadline_crosses_the_gateway(
+    fleet: tuple[ControllerServer, list[Worker], Gateway],
+) -> None:
+    """The caller's deadline ends a unary call at the gateway and the worker's generation behind
+    it: gRPC ends the gateway's handler at the deadline, and the worker's call carries what was
+    left of it."""
+    _, workers, gateway = fleet
+    clients = [client_of(w) for w in workers]
+    produced = sum(c.produced for c in clients)
+    async with ModelWorkerClient(gateway.address, timeout=10) as via:
+        with pytest.raises(ModelwireCallError) as raised:
+            await via.generate("slow", "hi", timeout=0.3)
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert all(await asyncio.gather(*(asyncio.to_thread(c.wait_idle, 2.0) for c in clients)))
+        assert sum(c.produced for c in clients) - produced < 1000, "the generation ran to its end"
+
+
 class FakeWorker(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
     """A scripted upstream: records what arrived; `mode` says how it answers."""
 
