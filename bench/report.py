@@ -160,7 +160,8 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
     if streams:
         rows.append(
             [
-                f"modelwire, {streams['streams']:,} slow streams (1 chunk/s)",
+                f"modelwire, {streams['streams']:,} slow streams "
+                f"(a chunk every {streams['interval_s']:g} s)",
                 f"{streams['chunks_per_stream']} chunks each",
                 str(streams["streams"]),
                 f"{streams['completed']}/{streams['streams']} completed",
@@ -479,8 +480,8 @@ def verdicts(report: dict[str, Any]) -> list[Verdict]:
                 "≤ 600 MiB, all held",
                 held and streams["rss_peak_mib"] <= 600,
                 f"{streams['rss_peak_mib']:.0f} MiB",
-                f"{streams['completed']:,}/{streams['streams']:,} completed, idle "
-                f"{streams['rss_before_mib']:.0f} MiB",
+                f"{streams['completed']:,}/{streams['streams']:,} completed, "
+                f"{streams['peak_open']:,} open at once, idle {streams['rss_before_mib']:.0f} MiB",
             )
         )
     else:

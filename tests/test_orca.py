@@ -149,3 +149,25 @@ async def test_the_orca_trailer_is_on_the_wire_and_rises_under_load() -> None:
     assert loaded.named_metrics["in_flight"] == 2.0
     assert loaded.rps_fractional > 0
     assert unbase64(loaded_trailers[LOAD_TRAILER]) == unbase64(loaded_trailers[ORCA_TRAILER])
+
+
+def test_the_call_rate_forgets_calls_older_than_its_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rate keeps its buckets' sum as they change: each second that passes takes its bucket's
+    calls out of the sum, and a gap longer than the window empties it."""
+    from modelwire.worker import orca
+
+    now = [1000.0]
+    monkeypatch.setattr(orca.time, "monotonic", lambda: now[0])
+    rate = orca._Rate()
+    for second, calls in ((0, 3), (1, 2), (4, 5)):
+        now[0] = 1000.0 + second
+        for _ in range(calls):
+            rate.add()
+    assert rate.per_second() == pytest.approx(10 / orca.RATE_WINDOW_S)
+    now[0] = 1000.0 + orca.RATE_WINDOW_S  # the first second's 3 calls leave the window
+    assert rate.per_second() == pytest.approx(7 / orca.RATE_WINDOW_S)
+    now[0] = 1000.0 + orca.RATE_WINDOW_S + 4  # so do the next two seconds' (and 4 s idle)
+    assert rate.per_second() == pytest.approx(0 / orca.RATE_WINDOW_S)
+    now[0] = 1000.0 + 3 * orca.RATE_WINDOW_S  # a long gap, then one call
+    rate.add()
+    assert rate.per_second() == pytest.approx(1 / orca.RATE_WINDOW_S)

@@ -14,7 +14,6 @@ is late; `asyncio.Queue` would not let the reader's end or error follow the item
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -36,7 +35,7 @@ class _ReadAhead(Generic[T]):
     __slots__ = ("waiting", "end", "_limit", "_wake", "_room")
 
     def __init__(self, limit: int) -> None:
-        self.waiting: deque[T] = deque()
+        self.waiting: list[T] = []
         self.end: BaseException | None = None
         self._limit = limit
         self._wake: asyncio.Future[None] | None = None
@@ -64,18 +63,18 @@ class _ReadAhead(Generic[T]):
 
     def take(self) -> list[T]:
         """Everything waiting, at once; the reader may go on if it was held at the bound."""
-        taken = list(self.waiting)
-        self.waiting.clear()
+        taken, self.waiting = self.waiting, []
         room = self._room
         if room is not None and not room.done():
             room.set_result(None)
         return taken
 
-    async def wait(self) -> None:
-        """Until an item or the end is there."""
-        if not self.waiting and self.end is None:
-            self._wake = asyncio.get_running_loop().create_future()
-            await self._wake
+    def wake(self) -> asyncio.Future[None] | None:
+        """A future done when an item or the end is there; None when one is already."""
+        if self.waiting or self.end is not None:
+            return None
+        wake = self._wake = asyncio.get_running_loop().create_future()
+        return wake
 
 
 async def coalesced(
@@ -98,7 +97,9 @@ async def coalesced(
     try:
         yield first
         while True:
-            await ahead.wait()
+            wake = ahead.wake()  # not a coroutine: one fewer object per delta
+            if wake is not None:
+                await wake
             batch = ahead.take()
             if len(batch) == 1:
                 yield batch[0]

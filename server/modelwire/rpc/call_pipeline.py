@@ -40,12 +40,11 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[Any, N
 
 class CallTrailers(Protocol):
     """Trailers a server adds to the calls of the methods it `applies` to (the worker's ORCA
-    report): `started` is told of each call that passed its checks (what it returns is not
-    used), `trailers` makes them."""
+    report): `started` is told of each call that passed its checks, `trailers` makes them."""
 
     def applies(self, method: str) -> bool: ...
 
-    def started(self, request: Any) -> object: ...
+    def started(self, request: Any) -> None: ...
 
     def trailers(self, request: Any) -> Metadata: ...
 

@@ -39,25 +39,32 @@ CPU_SAMPLE_S = 1.0
 
 
 class _Rate:
-    """Calls per second over the last RATE_WINDOW_S seconds, in one-second buckets."""
+    """Calls per second over the last RATE_WINDOW_S seconds, in one-second buckets; their sum is
+    kept as they change, so a report reads it at once."""
 
     def __init__(self) -> None:
         self._buckets = [0] * RATE_WINDOW_S
         self._second = int(time.monotonic())
+        self._total = 0
 
     def _advance(self) -> None:
         now = int(time.monotonic())
+        if now <= self._second:
+            return
         for second in range(max(self._second + 1, now - RATE_WINDOW_S + 1), now + 1):
-            self._buckets[second % RATE_WINDOW_S] = 0
-        self._second = max(self._second, now)
+            index = second % RATE_WINDOW_S
+            self._total -= self._buckets[index]
+            self._buckets[index] = 0
+        self._second = now
 
     def add(self) -> None:
         self._advance()
         self._buckets[self._second % RATE_WINDOW_S] += 1
+        self._total += 1
 
     def per_second(self) -> float:
         self._advance()
-        return sum(self._buckets) / RATE_WINDOW_S
+        return self._total / RATE_WINDOW_S
 
 
 class _Cpu:
@@ -84,41 +91,54 @@ class _Cpu:
 
 
 class LoadReports:
-    """The ORCA trailers of the worker's calls, which the call pipeline (rpc/call_pipeline.py) sets
-    when a call starts (so that an error carries a report too) and again when it has answered."""
+    """The ORCA trailers of the worker's calls: the call pipeline (rpc/call_pipeline.py) counts a
+    call when it starts and sets its report once it has answered; a call that fails gets its
+    report with its status (rpc/status.py CallScope), made then."""
 
     def __init__(
         self, targets: Mapping[str, Target], instance_id: Callable[[], str | None] = lambda: None
     ) -> None:
         """`targets`: each name callers use, its load that of every deployment it may call."""
-        self._targets = {name: target.deployments for name, target in targets.items()}
+        self._targets = {
+            name: tuple(served.admission for served in target.deployments)
+            for name, target in targets.items()
+        }
         self._all = tuple(
-            {id(d): d for target in targets.values() for d in target.deployments}.values()
+            {
+                id(served): served.admission
+                for target in targets.values()
+                for served in target.deployments
+            }.values()
         )
         self._instance_id = instance_id
         self._rate = _Rate()
         self._cpu = _Cpu()
 
     def report(self, model: str) -> orca_load_report_pb2.OrcaLoadReport:
+        admissions = self._targets.get(model, self._all)
+        if len(admissions) == 1:  # a model with one deployment: no sums
+            only = admissions[0]
+            in_flight, queued, capacity = only.in_flight, only.queued, only.max_concurrency
+        else:
+            in_flight = sum(admission.in_flight for admission in admissions)
+            queued = sum(admission.queued for admission in admissions)
+            capacity = sum(admission.max_concurrency for admission in admissions)
         report = orca_load_report_pb2.OrcaLoadReport(
-            cpu_utilization=self._cpu.sample(), rps_fractional=self._rate.per_second()
+            cpu_utilization=self._cpu.sample(),
+            rps_fractional=self._rate.per_second(),
+            application_utilization=in_flight / capacity if capacity else 0.0,
         )
-        served = self._targets.get(model, self._all)
-        in_flight = sum(m.admission.in_flight for m in served)
-        queued = sum(m.admission.queued for m in served)
-        capacity = sum(m.admission.max_concurrency for m in served)
-        report.application_utilization = in_flight / capacity if capacity else 0.0
-        report.named_metrics["in_flight"] = in_flight
-        report.named_metrics["queued"] = queued
-        report.named_metrics["capacity"] = capacity
+        named = report.named_metrics
+        named["in_flight"] = in_flight
+        named["queued"] = queued
+        named["capacity"] = capacity
         return report
 
     def applies(self, method: str) -> bool:
         return method.startswith(WORKER_PREFIX)
 
-    def started(self, request: Any) -> Metadata:
+    def started(self, request: Any) -> None:
         self._rate.add()
-        return self.trailers(request)
 
     def trailers(self, request: Any) -> Metadata:
         report = self.report(getattr(request, "model", "")).SerializeToString()
