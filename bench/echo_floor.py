@@ -7,9 +7,13 @@ costs is what Python gRPC itself costs for these messages, so the load generator
 as it calls modelwire.
 
     python bench/echo_floor.py --port 8901 [--chunks 100] [--chunk-text "hello "] [--interval 0.001]
+        [--stamp]
 
 `--interval S` paces a stream's deltas S seconds apart, as the echo provider's `chunk_interval_s`
 does (an asyncio.sleep between two deltas), so each goes as a message of its own on both sides.
+`--stamp` makes each delta's text its send time, "t<unix-ns> ", as bench/instant_upstream.py's
+paced mode does, and a stream as long as the request's `max_new_tokens`: with `--interval 0.05`
+it is the gRPC side's floor of bench/paced.py (bench/pacedload reads the stamps).
 
 Prints "echo floor on HOST:PORT" when it listens.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -43,7 +48,16 @@ def _final(model: str, completion_tokens: int, text: str = "") -> pb.ModelOutput
 
 
 class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
-    def __init__(self, model: str, chunks: int, chunk_text: str, interval_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: str,
+        chunks: int,
+        chunk_text: str,
+        interval_s: float = 0.0,
+        stamp: bool = False,
+    ) -> None:
+        self._model = model
+        self._stamp = stamp
         self._unary = _final(model, chunks, chunk_text * chunks)
         self._chunk = pb.ModelOutput(text=chunk_text, model=model)
         self._last = _final(model, chunks)
@@ -66,6 +80,10 @@ class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
     async def GenerateStream(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelOutput]:
+        if self._stamp:
+            async for message in self._stamped(request):
+                yield message
+            return
         chunk = self._chunk
         interval = self._interval_s
         for index in range(self._chunks):
@@ -73,6 +91,16 @@ class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
                 await asyncio.sleep(interval)
             yield chunk
         yield self._last
+
+    async def _stamped(self, request: pb.ModelRequest) -> AsyncIterator[pb.ModelOutput]:
+        sampling = request.sampling
+        tokens = sampling.max_new_tokens if sampling.HasField("max_new_tokens") else self._chunks
+        model, interval = self._model, self._interval_s
+        for index in range(tokens):
+            if interval and index:
+                await asyncio.sleep(interval)
+            yield pb.ModelOutput(text=f"t{time.time_ns()} ", model=model)
+        yield _final(model, tokens)
 
     async def CountToken(
         self, request: pb.CountTokenRequest, context: grpc.aio.ServicerContext
@@ -86,11 +114,17 @@ class FloorServicer(pb_grpc.ModelWorkerServicer):  # type: ignore[misc]
 
 
 async def serve(
-    host: str, port: int, model: str, chunks: int, chunk_text: str, interval_s: float = 0.0
+    host: str,
+    port: int,
+    model: str,
+    chunks: int,
+    chunk_text: str,
+    interval_s: float = 0.0,
+    stamp: bool = False,
 ) -> None:
     server = grpc.aio.server()
     pb_grpc.add_ModelWorkerServicer_to_server(
-        FloorServicer(model, chunks, chunk_text, interval_s), server
+        FloorServicer(model, chunks, chunk_text, interval_s, stamp), server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
@@ -108,10 +142,19 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100)
     parser.add_argument("--chunk-text", default="hello ")
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between deltas")
+    parser.add_argument("--stamp", action="store_true", help="each delta's text its send time")
     args = parser.parse_args()
     try:
         asyncio.run(
-            serve(args.host, args.port, args.model, args.chunks, args.chunk_text, args.interval)
+            serve(
+                args.host,
+                args.port,
+                args.model,
+                args.chunks,
+                args.chunk_text,
+                args.interval,
+                args.stamp,
+            )
         )
     except KeyboardInterrupt:
         pass

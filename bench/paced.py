@@ -5,6 +5,11 @@ bench/instant_upstream.py --pace 20 streams every answer at 20 tokens per second
 text its wall-clock send time ("t<unix-ns> "). Called directly (the measurement's own floor: what
 the upstream and the load generator add on these cores), then with in front of it, each in turn:
 
+  grpc-floor     bench/echo_floor.py --stamp pacing its own tokens, no upstream: what grpc.aio
+                 alone costs per paced token
+  sse-floor      bench/sse_floor.py: a bare grpc.aio server relaying the upstream's events with
+                 aiohttp, one message per event: what grpc.aio and aiohttp alone cost, the least
+                 a Python gateway built on them can
   modelwire      `provider = "openai"` on that upstream, one process, called over gRPC
   modelwire ×N   the same with `--processes` = CPUs (as many as LiteLLM gets workers)
   LiteLLM        bench/run.py's LiteLLM (--num_workers = CPUs) on that upstream, called over SSE
@@ -19,7 +24,8 @@ per delivered token, tokens/s, added gap p50/p99, errors; per target, the stream
 added p99 passes 10 ms. Every worker admits all streams (`max_concurrency` = the most streams).
 
     .venv/bin/python bench/paced.py [--streams 500,1000,2000] [--window 10]
-        [--targets upstream,modelwire,modelwire-pN,litellm] [--pacedload PATH] [--litellm PATH]
+        [--targets upstream,grpc-floor,sse-floor,modelwire,modelwire-pN,litellm]
+        [--pacedload PATH] [--litellm PATH]
 
 Alone it writes bench/results/<stamp>-paced.{json,md}; `make bench` runs it as its `paced` part.
 """
@@ -80,6 +86,40 @@ def _start_modelwire(ctx: run.Context, processes: int, most: int) -> run.Running
     return run._grpc_running([proc], proc.address())
 
 
+def _grpc_floor(ctx: run.Context) -> run.Running:
+    """bench/echo_floor.py pacing its own stamped tokens: what grpc.aio alone costs per token."""
+    proc = run.Proc(
+        "paced-grpc-floor",
+        [
+            str(ctx.python),
+            str(HERE / "echo_floor.py"),
+            "--port",
+            "0",
+            "--model",
+            run.MODEL,
+            "--chunks",
+            str(TOKENS),
+            "--interval",
+            str(1 / RATE),
+            "--stamp",
+        ],
+        ctx.workdir,
+        ready_text="echo floor on",
+    )
+    return run._grpc_running([proc], proc.address())
+
+
+def _sse_floor(ctx: run.Context) -> run.Running:
+    """bench/sse_floor.py on the paced upstream: what grpc.aio and aiohttp alone cost per token."""
+    proc = run.Proc(
+        "paced-sse-floor",
+        [str(ctx.python), str(HERE / "sse_floor.py"), "--port", "0", "--upstream", ctx.upstream],
+        ctx.workdir,
+        ready_text="sse floor on",
+    )
+    return run._grpc_running([proc], proc.address())
+
+
 def _direct(ctx: run.Context, upstream: run.Proc) -> run.Running:
     # The upstream itself: its process is measured as the server here, as in run.py's HTTP floor.
     return run.Running("http", ctx.upstream, procstat.ProcessGroup([upstream.pid]), [])
@@ -88,6 +128,14 @@ def _direct(ctx: run.Context, upstream: run.Proc) -> run.Running:
 # key: (label, start(ctx, the most streams it must admit, the paced upstream))
 TARGETS: dict[str, tuple[str, Callable[[run.Context, int, run.Proc], run.Running]]] = {
     "upstream": ("paced upstream directly", lambda ctx, most, upstream: _direct(ctx, upstream)),
+    "grpc-floor": (
+        "bare grpc.aio, pacing its own tokens",
+        lambda ctx, most, upstream: _grpc_floor(ctx),
+    ),
+    "sse-floor": (
+        "bare grpc.aio + aiohttp relay → paced upstream",
+        lambda ctx, most, upstream: _sse_floor(ctx),
+    ),
     "modelwire": (
         "modelwire → paced upstream",
         lambda ctx, most, upstream: _start_modelwire(ctx, 1, most),

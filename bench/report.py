@@ -291,6 +291,18 @@ def _paced_row(report: dict[str, Any], target: str, streams: int) -> dict[str, A
     return None
 
 
+def _paced_floors(report: dict[str, Any], streams: int) -> str:
+    """The paced floors' CPU per token at `streams`, for a verdict's detail: what grpc.aio alone,
+    and grpc.aio with aiohttp relaying the upstream, cost on these cores (bench/paced.py)."""
+    found = []
+    floors = (("grpc-floor", "bare grpc.aio"), ("sse-floor", "grpc.aio + aiohttp relay"))
+    for target, name in floors:
+        row = _paced_row(report, target, streams)
+        if row and row["cpu_us_per_token"]:
+            found.append(f"{name} {row['cpu_us_per_token']:.1f}")
+    return f"; floors: {', '.join(found)} CPU-µs per token" if found else ""
+
+
 def verdicts(report: dict[str, Any]) -> list[Verdict]:
     """Issue 27's targets, each a ratio from this one run (docs/benchmarks.md, "The verdict
     table"): the measured value, the target, met or missed, and the figures it comes from."""
@@ -320,7 +332,8 @@ def verdicts(report: dict[str, Any]) -> list[Verdict]:
                     f"; --processes N {pn['cpu_us_per_token']:.1f}"
                     if pn and pn["cpu_us_per_token"]
                     else ""
-                ),
+                )
+                + _paced_floors(report, 1000),
             )
         )
     else:
@@ -343,6 +356,12 @@ def verdicts(report: dict[str, Any]) -> list[Verdict]:
                 + (
                     f"; LiteLLM p99 {lite['added_gap_ms']['p99']:.2f} ms"
                     if lite and lite.get("added_gap_ms")
+                    else ""
+                )
+                + (
+                    f"; grpc.aio + aiohttp relay p99 {relay['added_gap_ms']['p99']:.2f} ms"
+                    if (relay := _paced_row(report, "sse-floor", 1000))
+                    and relay.get("added_gap_ms")
                     else ""
                 ),
             )
