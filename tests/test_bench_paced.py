@@ -134,3 +134,54 @@ def test_verdicts_judge_the_paced_rows_as_ratios() -> None:
     assert p99["met"] is False and p99["measured"] == "6.00 ms"
     others = [v for v in found.values() if v not in (cpu, p99)]
     assert others and all(v["met"] is None for v in others)
+
+
+async def test_the_paced_floors_relay_stamped_tokens_and_the_usage() -> None:
+    """bench/paced.py's two floors answer as pacedload reads them: as many stamped deltas as the
+    request's max_new_tokens, in order, then the usage; sse_floor.py by relaying the paced
+    upstream's events one message each."""
+    import grpc
+
+    import echo_floor
+    import sse_floor
+    from modelwire.v1 import worker_pb2 as pb
+    from modelwire.v1 import worker_pb2_grpc as pb_grpc
+
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(
+        lambda: instant_upstream.InstantProtocol(
+            instant_upstream.Answers(100, "hello "), instant_upstream.Paced(10_000, 100)
+        ),
+        "127.0.0.1",
+        0,
+    )
+    upstream_url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    stamped = echo_floor.FloorServicer("m", 100, "hello ", interval_s=0.0, stamp=True)
+    relay = sse_floor.RelayServicer(upstream_url)
+    request = pb.ModelRequest(
+        model="m",
+        messages=[pb.ModelMessage(role=pb.ROLE_USER, content="hi")],
+        sampling=pb.SamplingParams(max_new_tokens=5),
+    )
+    try:
+        for servicer in (stamped, relay):
+            server = grpc.aio.server()
+            pb_grpc.add_ModelWorkerServicer_to_server(servicer, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                messages = [
+                    message
+                    async for message in pb_grpc.ModelWorkerStub(channel).GenerateStream(request)
+                ]
+            await server.stop(None)
+            texts = [message.text for message in messages[:-1]]
+            stamps = [int(text[1:-1]) for text in texts]
+            assert texts == [instant_upstream.stamp_text(stamp) for stamp in stamps]
+            assert len(stamps) == 5 and stamps == sorted(stamps), type(servicer).__name__
+            assert messages[-1].usage.completion_tokens == 5
+            assert messages[-1].finish_reason == pb.FINISH_REASON_STOP
+    finally:
+        upstream.close()
+        if relay._session is not None:
+            await relay._session.close()
