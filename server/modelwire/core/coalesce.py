@@ -85,8 +85,9 @@ async def coalesced(
     """`items`, with the ones waiting together when the next is asked for passed through `merge`.
 
     An error of `items` comes after the items read before it. Closing this generator cancels the
-    reader and waits for it (the stream's own cleanup — an admission slot, a connection — is done
-    when this returns); `items` must not be closed by anyone else while it runs.
+    reader and waits for it; the caller then closes `items` itself (`aclosing`), since a reader
+    held at the bound is not inside `items` and its cancel does not close them. `items` must not be
+    closed by anyone else while this runs.
     """
     try:
         first = await anext(items)

@@ -1,7 +1,7 @@
-"""ORCA per-call load reports: every ModelWorker response carries `xds.data.orca.v3.OrcaLoadReport`
-in the `endpoint-load-metrics-bin` trailer, so gRPC clients using `weighted_round_robin` (Go, Java,
-C++) balance on the worker's real load. Python gRPC has no ORCA API; the call pipeline writes the
-trailer.
+"""ORCA per-call load reports: every ModelWorker call that passes its token check carries
+`xds.data.orca.v3.OrcaLoadReport` in the `endpoint-load-metrics-bin` trailer, so gRPC clients
+using `weighted_round_robin` (Go, Java, C++) balance on the worker's real load. Python gRPC has no
+ORCA API; the call pipeline writes the trailer.
 
 Per call, for the model of the call:
 - `application_utilization` = in-flight / capacity (the model's admission limit), after the call;
