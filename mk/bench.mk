@@ -2,7 +2,7 @@
 # from there); try it alone with
 #   make -f Makefile -f mk/bench.mk bench-quick
 #
-#   make bench           the full run (about 25 minutes): every target at concurrency 1, 16, 64, 256 for 10 s,
+#   make bench           the full run (about 30 minutes): every target at concurrency 1, 16, 64, 256 for 10 s,
 #                        CountToken, 10,000 slow streams, the local model, paced streams (bench-paced) and
 #                        the verdict table of issue 27's targets; writes bench/results/<stamp>.{json,md},
 #                        bench/results/latest.{json,md}, docs/benchmarks.png and the generated part of docs/benchmarks.md
