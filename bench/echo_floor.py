@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from floor_listen import listen
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 
@@ -126,10 +127,7 @@ async def serve(
     pb_grpc.add_ModelWorkerServicer_to_server(
         FloorServicer(model, chunks, chunk_text, interval_s, stamp), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"echo floor on {host}:{bound}", flush=True)
-    await server.wait_for_termination()
+    await listen(server, host, port, "echo floor")
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from floor_listen import listen
+
 SERVICE = "modelwire.v1.ModelWorker"
 UNARY = ("Generate", "CountToken", "Embed", "ListModels")
 STREAMS = ("GenerateStream",)
@@ -52,10 +54,7 @@ async def serve(host: str, port: int, upstream: str) -> None:
     channel = grpc.aio.insecure_channel(upstream)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((_handlers(channel),))
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"forward floor on {host}:{bound}", flush=True)
-    await server.wait_for_termination()
+    await listen(server, host, port, "forward floor")
 
 
 def main() -> None:

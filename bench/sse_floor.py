@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from floor_listen import listen
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 
@@ -105,10 +106,7 @@ def _usage(usage: dict[str, int]) -> pb.Usage:
 async def serve(host: str, port: int, upstream: str) -> None:
     server = grpc.aio.server()
     pb_grpc.add_ModelWorkerServicer_to_server(RelayServicer(upstream), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    print(f"sse floor on {host}:{bound}", flush=True)
-    await server.wait_for_termination()
+    await listen(server, host, port, "sse floor")
 
 
 def main() -> None:
