@@ -1,7 +1,7 @@
-"""Many open streams: N concurrent slow GenerateStream calls (one delta per second) held by one
-worker, and what each costs it in memory.
+"""Many open streams: N concurrent slow GenerateStream calls (a delta every `--interval` seconds,
+1 by default; `make bench` uses 3) held by one worker, and what each costs it in memory.
 
-The worker serves an `echo` model with `chunk_interval_s = 1`; admission is configured to admit
+The worker serves an `echo` model with `chunk_interval_s` = the interval; admission is configured to admit
 them all (`max_concurrency = N`, `max_queue = N`). With `--floor` the same streams are held by the
 bare grpc.aio floor instead (bench/echo_floor.py with `--interval`: the same messages, an
 asyncio.sleep between two), which is what gRPC Python itself needs per open stream.
