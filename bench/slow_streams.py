@@ -1,10 +1,10 @@
 """Many open streams: N concurrent slow GenerateStream calls (a delta every `--interval` seconds,
 1 by default; `make bench` uses 3) held by one worker, and what each costs it in memory.
 
-The worker serves an `echo` model with `chunk_interval_s` = the interval; admission is configured to admit
-them all (`max_concurrency = N`, `max_queue = N`). With `--floor` the same streams are held by the
-bare grpc.aio floor instead (bench/echo_floor.py with `--interval`: the same messages, an
-asyncio.sleep between two), which is what gRPC Python itself needs per open stream.
+The worker serves an `echo` model with `chunk_interval_s` = the interval; admission is configured
+to admit them all (`max_concurrency = N`, `max_queue = N`). With `--floor` the same streams are
+held by the bare grpc.aio floor instead (bench/echo_floor.py with `--interval`: the same messages,
+an asyncio.sleep between two), which is what gRPC Python itself needs per open stream.
 
 The streams are opened by `--clients` processes (asyncio, grpc.aio), each over `--channels`
 HTTP/2 connections, so that the client is not what limits them: one Python process reading 10,000
