@@ -323,7 +323,12 @@ def start_worker(
 
 
 def _grpc_running(procs: list[Proc], address: str) -> Running:
-    wait_grpc(address, 30)
+    try:
+        wait_grpc(address, 30)
+    except BaseException:  # a server that never answered is not left running behind the harness
+        for proc in procs:
+            proc.stop()
+        raise
     return Running("grpc", address, procstat.ProcessGroup([proc.pid for proc in procs]), procs)
 
 
