@@ -34,10 +34,18 @@ class PickPolicy(ABC):
 
     name: ClassVar[str]
 
-    @abstractmethod
     def pick(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
         """One of `candidates` (non-empty, in their configured order); `load(c)` is its current
-        load (calls open on it, not divided by weight). Sets the chosen one's picked_at."""
+        load (calls open on it, not divided by weight). Sets the chosen one's picked_at. A sole
+        candidate is the pick of every policy: it is taken without reading a load or a random
+        number (the gateway's and a worker's usual case, one instance or deployment)."""
+        if len(candidates) == 1:
+            return _picked(candidates[0])
+        return self._choose(candidates, load)
+
+    @abstractmethod
+    def _choose(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
+        """The policy's choice among two candidates or more."""
 
 
 def _picked(chosen: C) -> C:
@@ -56,7 +64,7 @@ class LeastLoaded(PickPolicy):
         # The module's generator by default: one seeding (a test's) governs every caller.
         self._sample = rng.sample if rng is not None else random.sample
 
-    def pick(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
+    def _choose(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
         pool = self._sample(list(candidates), 2) if len(candidates) > 2 else candidates
         return _picked(min(pool, key=lambda c: (load(c) / c.weight, c.picked_at)))
 
@@ -70,7 +78,7 @@ class Weighted(PickPolicy):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._choices = rng.choices if rng is not None else random.choices
 
-    def pick(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
+    def _choose(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
         return _picked(self._choices(candidates, weights=[c.weight for c in candidates])[0])
 
 
@@ -83,7 +91,7 @@ class FixedOrder(PickPolicy):
     def __init__(self, rng: random.Random | None = None) -> None:
         """`rng` is accepted, and unused, so every policy is built the same way."""
 
-    def pick(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
+    def _choose(self, candidates: Sequence[C], load: Callable[[C], float]) -> C:
         return _picked(candidates[0])
 
 

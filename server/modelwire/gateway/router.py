@@ -1,6 +1,5 @@
 """The gateway's instance table and its choice of instance, made by a `PickPolicy`
-(core/balance.py): by default the power of two choices on load relative to weight. A sole
-candidate is the pick whatever the policy.
+(core/balance.py): by default the power of two choices on load relative to weight.
 
 - Load of an instance for a model = the calls this gateway has open to it for that model, plus the
   load others put on it: the instance's last report (heartbeat through the controller, or the ORCA
@@ -495,10 +494,6 @@ class Router:
             raise NotReady(
                 f"every instance of model {model!r} was tried and is unavailable", NOT_READY_RETRY_S
             )
-        if len(candidates) == 1:  # what every policy picks of one, without reading loads
-            chosen = candidates[0]
-            chosen.picked_at = now
-            return chosen
         return self.policy.pick(candidates, lambda r: r.load(model, now))
 
     def _refuse_missing(self, model: str, now: float) -> None:

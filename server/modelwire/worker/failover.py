@@ -138,14 +138,8 @@ class Failover:
         for _model, group in self.target.members:
             ready = [served for served in group if self._ready(served)]
             while ready:
-                # A model's only deployment is no choice: the policy is not asked (nor its
-                # picked_at, which only orders a model's deployments among themselves, kept).
-                chosen = (
-                    ready[0]
-                    if len(group) == 1
-                    else self._policy.pick(
-                        ready, lambda s: s.admission.in_flight + s.admission.queued
-                    )
+                chosen = self._policy.pick(
+                    ready, lambda s: s.admission.in_flight + s.admission.queued
                 )
                 ready.remove(chosen)
                 if self._choice and not chosen.breaker.allows():  # a half-open probe is out
