@@ -14,11 +14,10 @@ import asyncio
 import gc
 import json
 import logging
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import pytest
@@ -39,55 +38,16 @@ from modelwire.core.settings import ModelConfig
 from modelwire.core.settings import WorkerServerConfig as ServerConfig
 from modelwire.core.types import FinishReason, ModelOutput, ModelRequest, Usage
 from modelwire.gateway.server import GENERATE_STREAM, Gateway
-from modelwire.providers import registry
-from modelwire.providers.echo import EchoClient
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
+from scripted import MODEL, PROVIDER, Play, Scripted, install_scripted
 
-MODEL = "scripted"
-PROVIDER = "scripted-coalesce"
 MIB = 1024 * 1024
-
-# --- a provider whose every stream the test scripts -------------------------------------------
-
-Play = Callable[[ModelRequest], AsyncIterator[ModelOutput]]
-
-
-class Scripted(EchoClient):
-    """Echo's metadata and counting; each stream plays the next script (`plays`), or echo's
-    answer when none is queued. Counts the streams that ended and how (`ends`)."""
-
-    provider = PROVIDER
-    plays: ClassVar[deque[Play]] = deque()
-    ends: ClassVar[list[str]] = []
-    ended: ClassVar[asyncio.Event | None] = None
-
-    async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
-        if not Scripted.plays:
-            async for output in super().generate_stream(request):
-                yield output
-            return
-        play = Scripted.plays.popleft()
-        how = "finished"
-        try:
-            async with aclosing(play(request)) as outputs:  # type: ignore[type-var]
-                async for output in outputs:
-                    yield output
-        except BaseException as error:
-            how = type(error).__name__
-            raise
-        finally:
-            Scripted.ends.append(how)
-            if Scripted.ended is not None:
-                Scripted.ended.set()
 
 
 @pytest.fixture(autouse=True)
 def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry.PROVIDERS, PROVIDER, Scripted)
-    Scripted.plays.clear()
-    Scripted.ends.clear()
-    Scripted.ended = asyncio.Event()
+    install_scripted(monkeypatch)
 
 
 def scripted_config(grace_period_s: float = 1.0, **model: Any) -> Config:

@@ -15,12 +15,11 @@ import pickle
 import random
 import subprocess
 import sys
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 import pytest
@@ -46,20 +45,16 @@ from modelwire.core.types import (
     SamplingParams,
     Tool,
     Usage,
-    merge_outputs,
 )
 from modelwire.observe.call_record import begin_call
-from modelwire.providers import registry
-from modelwire.providers.echo import EchoClient
 from modelwire.rpc.status import CallScope, received_status
 from modelwire.rpc.wire import LOAD_TRAILER, ORCA_TRAILER, REQUEST_ID_KEY, WORKER_SERVICE
 from modelwire.v1 import worker_pb2 as pb
 from modelwire.v1 import worker_pb2_grpc as pb_grpc
 from modelwire.worker import convert, orca
+from scripted import MODEL, PROVIDER, Scripted, install_scripted
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "scripted"
-PROVIDER = "scripted-cuts"
 GARBAGE = b"\xff\xff\xff"  # no message decodes it (tests/test_malformed_bodies.py)
 
 VALUE_TYPES = [
@@ -69,38 +64,9 @@ VALUE_TYPES = [
 ]
 
 
-# --- a provider whose streams the test scripts --------------------------------------------------
-
-Play = Callable[[ModelRequest], AsyncIterator[ModelOutput]]
-
-
-class Scripted(EchoClient):
-    """Echo, but each call plays the next script queued in `plays` when there is one."""
-
-    provider = PROVIDER
-    plays: ClassVar[deque[Play]] = deque()
-
-    async def generate(self, request: ModelRequest) -> ModelOutput:
-        if not Scripted.plays:
-            return await super().generate(request)
-        play = Scripted.plays.popleft()
-        return merge_outputs([output async for output in play(request)])
-
-    async def generate_stream(self, request: ModelRequest) -> AsyncGenerator[ModelOutput, None]:
-        if not Scripted.plays:
-            async for output in super().generate_stream(request):
-                yield output
-            return
-        play = Scripted.plays.popleft()
-        async with aclosing(play(request)) as outputs:  # type: ignore[type-var]
-            async for output in outputs:
-                yield output
-
-
 @pytest.fixture(autouse=True)
 def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry.PROVIDERS, PROVIDER, Scripted)
-    Scripted.plays.clear()
+    install_scripted(monkeypatch)
 
 
 def scripted_config(quota: QuotaSection | None = None, **model: Any) -> Config:
