@@ -58,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import run  # noqa: E402
+from callgrind_control import control  # noqa: E402
 
 # The worker serves the bench's model (100 deltas) and a one-delta model: the difference of their
 # streams is the cost of 99 deltas.
@@ -405,22 +406,17 @@ async def _calls(address: str, window: Window, count: int, concurrency: int) -> 
     return messages / max(count, 1)
 
 
-def _control(pid: int, *what: str) -> None:
-    """callgrind_control, always with the pid: other sessions may run callgrind too."""
-    subprocess.run(["callgrind_control", *what, str(pid)], check=True, capture_output=True)
-
-
 def _measure(
     address: str, pid: int, outdir: Path, name: str, window: Window, args: argparse.Namespace
 ) -> Measured:
     warm = max(args.concurrency, window.calls // 5)
     asyncio.run(_calls(address, window, warm, args.concurrency))
     before = set(outdir.glob(f"{name}.{pid}.*"))
-    _control(pid, "--zero")
+    control(pid, "--zero")
     started = time.monotonic()
     messages = asyncio.run(_calls(address, window, window.calls, args.concurrency))
     seconds = time.monotonic() - started
-    _control(pid, f"--dump={window.name}")
+    control(pid, f"--dump={window.name}")
     (path,) = set(outdir.glob(f"{name}.{pid}.*")) - before
     return Measured(window, total_ir(path), seconds, messages, path)
 

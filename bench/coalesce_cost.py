@@ -13,19 +13,14 @@ default) after 2,000 warm-up deltas; divide the two runs' difference by DELTAS.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 
+from callgrind_control import counted
 from modelwire.core.coalesce import coalesce_outputs, coalesced
 from modelwire.core.types import ModelOutput
 
 WARM_UP = 2000
-
-
-def _control(*what: str) -> None:
-    subprocess.run(["callgrind_control", *what, str(os.getpid())], check=True, capture_output=True)
 
 
 async def _paced(deltas: int) -> AsyncIterator[ModelOutput]:
@@ -47,11 +42,8 @@ async def _read(mode: str, deltas: int) -> None:
 
 async def main(mode: str, deltas: int) -> None:
     await _read(mode, WARM_UP)
-    _control("--instr=on")
-    _control("--zero")
-    await _read(mode, deltas)
-    _control(f"--dump={mode}")
-    _control("--instr=off")
+    with counted(mode):
+        await _read(mode, deltas)
 
 
 if __name__ == "__main__":

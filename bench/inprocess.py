@@ -101,15 +101,12 @@ class StandInContext:
         return None
 
 
-def _control(*what: str) -> None:
-    subprocess.run(["callgrind_control", *what, str(os.getpid())], check=True, capture_output=True)
-
-
 async def _child(config_path: Path, mode: str, calls: int, variants: list[str]) -> None:
     """Runs under callgrind: each variant's calls between a zero and a dump named after it."""
     import grpc
 
     import echo_floor
+    from callgrind_control import counted
     from modelwire.app.config import load_config
     from modelwire.app.server import _request_model_label, build_worker
     from modelwire.core.types import TokenCount
@@ -200,12 +197,9 @@ async def _child(config_path: Path, mode: str, calls: int, variants: list[str]) 
         with variant(name) as call:
             for _ in range(WARM_UP):
                 await call()
-            _control("--instr=on")
-            _control("--zero")
-            for _ in range(calls):
-                await call()
-            _control("--dump=variant-" + name)
-    _control("--instr=off")
+            with counted("variant-" + name):
+                for _ in range(calls):
+                    await call()
 
 
 def _counts(directory: Path) -> dict[str, int]:
